@@ -1,0 +1,88 @@
+// Sparge: training-free block-sparse attention (SpargeAttn), public C++ API.
+//
+//   o = softmax(scale * q kᵀ + causal mask, restricted to the kept tiles) v
+//
+// Two stages, callable together (`sparse_attention`) or apart:
+//   1. predict_block_mask: pool Q/K blocks, measure self-similarity, softmax a compressed map,
+//      keep key blocks by TopCdf / TopK, force non-similar blocks on -> BlockMask.
+//   2. block_sparse_attention: FlashAttention-style online softmax over the kept tiles only,
+//      skipping P·V per row group when the tile is negligible (pv_threshold).
+// Every call validates its arguments first (messages name the argument) and returns a Status.
+// Calls are thread-safe and re-entrant: there is no global state.
+//
+// Shapes: q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] with Hq % Hkv == 0 (GQA/MQA), o like q.
+// Any Nq, Nk >= 1. A query row that sees no key (an empty mask row, or a row that causal
+// bottom-right alignment leaves without keys) gets zeros and lse = -inf.
+// NaN/Inf inside q/k/v are not checked (that would cost a pass over the data): they propagate
+// into the rows they touch, as in dense attention; Stage 1 then treats an affected block as
+// non-similar (its similarity compares false), so it is computed, never silently dropped.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sparge/status.h"
+#include "sparge/types.h"
+
+namespace sparge {
+
+// Sizes of one attention problem, read off q and k.
+struct ProblemShape {
+  int64_t batch = 0, heads_q = 0, heads_kv = 0, seq_q = 0, seq_k = 0, head_dim = 0;
+  DType dtype = DType::kFloat32;
+};
+ProblemShape problem_shape(const TensorView& q, const TensorView& k);
+
+// Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device` (0 on CPU
+// means "optional": the CPU backends allocate when no workspace is given).
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
+
+// Check options and tensors without running anything (the same checks every entry performs).
+Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                const SparseOptions& opts);
+
+// Stage 1. `mask` must have storage for [B, Hq, nq] counts and [B, Hq, nq, nk] indices on the
+// tensors' device, with the geometry (block_q, block_k, seq_q, seq_k) of `opts` and q/k.
+Status predict_block_mask(const TensorView& q, const TensorView& k, const SparseOptions& opts,
+                          const BlockMask& mask, const ExecContext& ctx = {});
+
+// Stage 2 with a given mask (predicted or the caller's own).
+Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                              const BlockMask& mask, const SparseOptions& opts,
+                              const TensorView& o, const AttentionExtras& extras = {},
+                              const ExecContext& ctx = {});
+
+// Both stages. When `mask_out` is given, the predicted mask is written there (and is what the
+// attention used); otherwise it lives in the workspace.
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const SparseOptions& opts, const TensorView& o,
+                        const AttentionExtras& extras = {}, const ExecContext& ctx = {},
+                        const BlockMask* mask_out = nullptr);
+
+// Host helpers on host masks.
+// Every causally allowed tile on (the dense mask, for baselines and user masks).
+Status fill_dense_mask(const BlockMask& mask, bool causal, CausalAlign align);
+// Tiles kept vs tiles dense/causal attention computes; sparsity uses the right denominator.
+AttentionStats mask_stats(const BlockMask& host_mask, bool causal, CausalAlign align);
+
+// Hilbert ordering of a (T, H, W) token grid (generalized curve: any sizes >= 1).
+// order[i] = row-major index t*H*W + h*W + w of the i-th token along the curve; consecutive
+// tokens are grid neighbours.
+std::vector<int64_t> hilbert_order(int64_t frames, int64_t height, int64_t width);
+std::vector<int64_t> inverse_order(const std::vector<int64_t>& order);
+
+// out[:, :, first + i] = in[:, :, first + order[i]] for i < order_len (inverse: out[..order[i]..]
+// = in[..i..]); tokens outside [first, first + order_len) are copied unchanged (e.g. text tokens).
+// `order` lives on the tensors' device. in and out must not overlap.
+Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
+                      int64_t order_len, int64_t first_token, bool inverse,
+                      const ExecContext& ctx = {});
+
+// What this build contains (backends, CUDA archs, head dims, dtypes) as one line of text.
+std::string build_info();
+// Number of usable CUDA devices (0 when built without CUDA or when no driver/GPU is present).
+int cuda_device_count();
+
+}  // namespace sparge

@@ -1,0 +1,179 @@
+// Public value types: tensor views, options, block masks, execution context.
+//
+// Nothing here depends on CUDA or PyTorch. All types are plain views or values; the library
+// never takes ownership of caller memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace sparge {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class Device : int { kCPU = 0, kCUDA = 1 };
+
+// How a 4-D attention tensor is laid out when it is built from a contiguous buffer.
+// HND = [batch, heads, tokens, head_dim]; NHD = [batch, tokens, heads, head_dim].
+// A TensorView always stores per-axis strides, so any other stride pattern works too.
+enum class Layout : int { kHND = 0, kNHD = 1 };
+
+const char* dtype_name(DType t);
+std::size_t dtype_size(DType t);
+
+// A non-owning view of a 4-D tensor indexed logically as (batch, head, token, channel).
+// Strides are in elements, one per logical axis, whatever the physical order is.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  Device device = Device::kCPU;
+  int device_index = 0;
+  int64_t batch = 0, heads = 0, tokens = 0, head_dim = 0;
+  int64_t stride_batch = 0, stride_head = 0, stride_token = 0, stride_dim = 1;
+  // Number of elements reachable from `data` (the allocation), or -1 when unknown.
+  // When known, validation rejects strides that would step outside it.
+  int64_t capacity = -1;
+
+  // A contiguous tensor in the given layout. For kNHD the dimensions are still passed in
+  // logical order (batch, heads, tokens, head_dim); only the strides differ.
+  static TensorView contiguous(void* data, DType dtype, Layout layout, int64_t batch,
+                               int64_t heads, int64_t tokens, int64_t head_dim,
+                               Device device = Device::kCPU, int device_index = 0);
+
+  int64_t offset(int64_t b, int64_t h, int64_t n, int64_t d) const {
+    return b * stride_batch + h * stride_head + n * stride_token + d * stride_dim;
+  }
+  int64_t numel() const { return batch * heads * tokens * head_dim; }
+};
+
+// How to choose key blocks per query block in Stage 1.
+enum class SelectMode : int {
+  kTopCdf = 0,  // keep the most probable blocks until their mass reaches cdf_threshold (inclusive)
+  kTopK = 1,    // keep floor(topk * allowed blocks) blocks, at least one
+};
+
+// Causal alignment when Nq != Nk. Query i may see key j iff j <= i + offset, where
+// offset = 0 (kTopLeft, PyTorch SDPA's is_causal) or Nk - Nq (kBottomRight, FlashAttention's,
+// a prefill chunk attending to a KV cache that ends at the same position).
+enum class CausalAlign : int { kTopLeft = 0, kBottomRight = 1 };
+
+enum class QuantMode : int {
+  kNone = 0,     // exact: inputs' dtype, fp32 accumulation
+  kInt8Fp8 = 1,  // SageAttention2: INT8 per-block Q/K (K smoothed by its mean), FP8 e4m3 V per channel
+};
+
+// Which implementation runs. kAuto picks by device: the fast CPU backend or the CUDA backend.
+enum class Backend : int { kAuto = 0, kReference = 1, kCpuFast = 2, kCuda = 3 };
+
+// A threshold that is either one value for every head or one value per query head.
+// `per_head` (host memory, length = query heads) wins when non-null; the caller keeps it alive.
+struct HeadParam {
+  float value = 0.0f;
+  const float* per_head = nullptr;
+  float at(int64_t head) const { return per_head ? per_head[head] : value; }
+};
+
+// Every option of the method, validated in one place (src/common/validate.cc).
+struct SparseOptions {
+  // Softmax scale; 0 means 1/sqrt(head_dim). Stage 1 uses the same scale as Stage 2.
+  float scale = 0.0f;
+  bool causal = false;
+  CausalAlign causal_align = CausalAlign::kTopLeft;
+
+  // Stage 1. A block is "self-similar" iff its mean pairwise cosine similarity is > sim_threshold
+  // (strict). Non-similar blocks are always computed. Range [-1, 1]: < 0 = every block similar,
+  // >= 1 = no block similar (dense).
+  HeadParam sim_threshold{0.6f};
+  SelectMode select = SelectMode::kTopCdf;
+  HeadParam cdf_threshold{0.98f};  // (0, 1]
+  HeadParam topk{0.5f};            // (0, 1]
+  bool attention_sink = false;     // always keep key block 0 where causality allows it
+
+  // Stage 2: skip P·V of a tile for a group of `pv_group_rows` query rows when every row's tile
+  // max is at least `pv_threshold` below its running max, in log2 units of the scaled scores
+  // (i.e. the tile's weights are all < 2^-pv_threshold). Range [0, +inf]; +inf never skips.
+  HeadParam pv_threshold{50.0f};
+  int pv_group_rows = 16;  // rows deciding together; the CUDA kernels decide per warp = 16 rows
+
+  // Block geometry of the predicted mask (must match what the chosen backend supports).
+  int block_q = 128;
+  int block_k = 64;
+
+  QuantMode quant = QuantMode::kNone;
+};
+
+// Which (query block, key block) tiles are computed, per (batch, query head, query block):
+// `counts[r]` kept key blocks, listed in ascending order in indices[r * num_k_blocks + t],
+// t < counts[r]. The mask carries its geometry, so a kernel can reject a mask built for
+// another tile shape. Memory is the caller's (host or device, see `device`).
+struct BlockMask {
+  int32_t* counts = nullptr;   // [batch, heads, num_q_blocks]
+  int32_t* indices = nullptr;  // [batch, heads, num_q_blocks, num_k_blocks]
+  Device device = Device::kCPU;
+  int device_index = 0;
+  int64_t batch = 0, heads = 0;
+  int64_t seq_q = 0, seq_k = 0;
+  int block_q = 128, block_k = 64;
+
+  int64_t num_q_blocks() const { return (seq_q + block_q - 1) / block_q; }
+  int64_t num_k_blocks() const { return (seq_k + block_k - 1) / block_k; }
+  int64_t rows() const { return batch * heads * num_q_blocks(); }
+  int64_t row(int64_t b, int64_t h, int64_t qb) const {
+    return (b * heads + h) * num_q_blocks() + qb;
+  }
+};
+
+// A BlockMask that owns host storage; `view()` hands out the non-owning BlockMask.
+struct HostBlockMask {
+  std::vector<int32_t> counts, indices;
+  BlockMask mask;
+
+  HostBlockMask() = default;
+  HostBlockMask(int64_t batch, int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
+                int block_k);
+  HostBlockMask(const HostBlockMask& other) { *this = other; }
+  HostBlockMask& operator=(const HostBlockMask& other);
+  BlockMask& view() { return mask; }
+  const BlockMask& view() const { return mask; }
+  // Dense 0/1 map [batch, heads, num_q_blocks, num_k_blocks].
+  std::vector<uint8_t> to_dense() const;
+  // Build from a dense 0/1 map of the same shape.
+  static HostBlockMask from_dense(const std::vector<uint8_t>& dense, int64_t batch,
+                                  int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
+                                  int block_k);
+};
+
+// Optional outputs of the attention call. Pointers live on the same device as the output.
+struct AttentionExtras {
+  // Natural-log log-sum-exp of each query row, fp32 [batch, query heads, seq_q] contiguous;
+  // -inf for rows that see no key.
+  float* lse = nullptr;
+  // Per query head, 64-bit counters, accumulated across calls (the caller zeroes them):
+  // [h * 2 + 0] = (row group, key tile) pairs visited, [h * 2 + 1] = pairs whose P·V was skipped.
+  unsigned long long* pv_counters = nullptr;
+};
+
+// Where and how to run: CUDA stream (cudaStream_t as void*), caller workspace, backend.
+struct ExecContext {
+  void* stream = nullptr;
+  void* workspace = nullptr;         // required on CUDA (see workspace_size); optional on CPU
+  std::size_t workspace_bytes = 0;
+  Backend backend = Backend::kAuto;
+  int num_threads = 0;               // CPU: 0 = OpenMP default
+};
+
+// Host-side summary of a mask and a run, with the denominators defined in DESIGN.md.
+struct AttentionStats {
+  int64_t tiles_dense = 0;     // tiles dense (or causal) attention computes
+  int64_t tiles_computed = 0;  // tiles the mask keeps (within the causal region)
+  unsigned long long pv_visited = 0, pv_skipped = 0;
+  double sparsity() const {
+    return tiles_dense ? 1.0 - double(tiles_computed) / double(tiles_dense) : 0.0;
+  }
+  double pv_skip_fraction() const {
+    return pv_visited ? double(pv_skipped) / double(pv_visited) : 0.0;
+  }
+};
+
+}  // namespace sparge

@@ -1,0 +1,49 @@
+// The contract between the dispatcher (src/common/dispatch.cc) and the backends.
+//
+// Arguments reach a backend already validated: shapes agree, strides fit, options are in
+// range, the mask geometry matches. A backend only checks what is specific to it (e.g. the
+// CUDA backend's compiled head dims) and returns Status::unsupported naming the field.
+#pragma once
+
+#include <cstddef>
+
+#include "sparge/sparge.h"
+
+namespace sparge::detail {
+
+// One validated attention problem. `scale` is resolved (never 0).
+struct Problem {
+  TensorView q, k, v;
+  ProblemShape shape;
+  SparseOptions opts;
+  float scale = 1.0f;
+};
+
+}  // namespace sparge::detail
+
+namespace sparge::cpu {
+// Exact reference (double accumulation), the oracle of every test.
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask);
+Status attention_reference(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                           const AttentionExtras& extras);
+// Fast backend: same function, blocked + OpenMP + vectorized, float accumulation.
+Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                      const AttentionExtras& extras, int num_threads);
+Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
+                      int64_t order_len, int64_t first_token, bool inverse);
+}  // namespace sparge::cpu
+
+namespace sparge::cuda {
+// Implemented in src/cuda/ when built with CUDA, else by src/common/cuda_stub.cc.
+int device_count();
+std::string compiled_set();  // for build_info()
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts);
+// Stage 1 into `mask` (device memory); scratch from ctx.workspace.
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
+                          const ExecContext& ctx);
+Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                 const AttentionExtras& extras, const ExecContext& ctx);
+Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
+                      int64_t order_len, int64_t first_token, bool inverse,
+                      const ExecContext& ctx);
+}  // namespace sparge::cuda

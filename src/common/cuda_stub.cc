@@ -1,0 +1,27 @@
+// The CUDA backend's entry points in a build without CUDA: each says how to get it.
+#include "common/backend.h"
+
+namespace sparge::cuda {
+namespace {
+Status not_built() {
+  return Status::unsupported(
+      "tensors are on cuda but this build of sparge has no CUDA backend "
+      "(reconfigure with nvcc on PATH, SPARGE_WITH_CUDA=ON)");
+}
+}  // namespace
+
+int device_count() { return 0; }
+std::string compiled_set() { return "none"; }
+std::size_t workspace_size(const ProblemShape&, const SparseOptions&) { return 0; }
+Status predict_block_mask(const detail::Problem&, const BlockMask&, const ExecContext&) {
+  return not_built();
+}
+Status attention(const detail::Problem&, const BlockMask&, const TensorView&,
+                 const AttentionExtras&, const ExecContext&) {
+  return not_built();
+}
+Status permute_tokens(const TensorView&, const TensorView&, const int64_t*, int64_t, int64_t,
+                      bool, const ExecContext&) {
+  return not_built();
+}
+}  // namespace sparge::cuda

@@ -1,0 +1,202 @@
+// The public entry points: validate once, resolve the backend, call it. This is the only place
+// that chooses between the CPU reference, the fast CPU backend and the CUDA backend.
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "common/backend.h"
+#include "common/geometry.h"
+#include "common/validate.h"
+#include "sparge/build_info.h"
+#include "sparge/sparge.h"
+
+namespace sparge {
+namespace {
+
+constexpr std::size_t kAlign = 256;
+std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+Status resolve_backend(Device device, Backend requested, Backend* out) {
+  if (requested == Backend::kAuto) {
+    *out = device == Device::kCUDA ? Backend::kCuda : Backend::kCpuFast;
+    return Status::ok();
+  }
+  const bool cpu_backend = requested == Backend::kReference || requested == Backend::kCpuFast;
+  if (requested != Backend::kCuda && !cpu_backend)
+    return Status::invalid("ExecContext.backend must be kAuto, kReference, kCpuFast or kCuda");
+  if (cpu_backend && device != Device::kCPU)
+    return Status::invalid("ExecContext.backend kReference/kCpuFast needs cpu tensors, got cuda");
+  if (requested == Backend::kCuda && device != Device::kCUDA)
+    return Status::invalid("ExecContext.backend kCuda needs cuda tensors, got cpu");
+  *out = requested;
+  return Status::ok();
+}
+
+detail::Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
+                             const SparseOptions& opts) {
+  detail::Problem p{q, k, v, problem_shape(q, k), opts, opts.scale};
+  if (p.scale == 0.0f) p.scale = static_cast<float>(1.0 / std::sqrt(double(q.head_dim)));
+  return p;
+}
+
+// Storage for a predicted mask carved from the front of a CUDA workspace.
+std::size_t mask_bytes(const ProblemShape& s, const SparseOptions& o) {
+  const int64_t rows = s.batch * s.heads_q * detail::ceil_div(s.seq_q, o.block_q);
+  const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
+  return align_up(sizeof(int32_t) * rows) + align_up(sizeof(int32_t) * rows * nk);
+}
+
+BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
+  BlockMask m;
+  m.device = q.device;
+  m.device_index = q.device_index;
+  m.batch = q.batch;
+  m.heads = q.heads;
+  m.seq_q = q.tokens;
+  m.seq_k = k.tokens;
+  m.block_q = o.block_q;
+  m.block_k = o.block_k;
+  return m;
+}
+
+Status check_extras(const AttentionExtras& e) {
+  (void)e;  // pointers only; their device is documented to be the output's
+  return Status::ok();
+}
+
+}  // namespace
+
+ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
+  return ProblemShape{q.batch, q.heads, k.heads, q.tokens, k.tokens, q.head_dim, q.dtype};
+}
+
+std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device) {
+  if (device != Device::kCUDA) return 0;
+  return mask_bytes(s, o) + align_up(cuda::workspace_size(s, o));
+}
+
+Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                const SparseOptions& opts) {
+  SPARGE_RETURN_IF_ERROR(detail::validate_qkv(q, k, v));
+  return detail::validate_options(opts, q.heads);
+}
+
+Status predict_block_mask(const TensorView& q, const TensorView& k, const SparseOptions& opts,
+                          const BlockMask& mask, const ExecContext& ctx) {
+  // Stage 1 reads only q and k; k stands in for v in the shape checks.
+  SPARGE_RETURN_IF_ERROR(validate(q, k, k, opts));
+  SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+  const detail::Problem p = make_problem(q, k, k, opts);
+  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx);
+  return cpu::predict_block_mask(p, mask);
+}
+
+Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                              const BlockMask& mask, const SparseOptions& opts,
+                              const TensorView& o, const AttentionExtras& extras,
+                              const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
+  SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
+  SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
+  SPARGE_RETURN_IF_ERROR(check_extras(extras));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+  const detail::Problem p = make_problem(q, k, v, opts);
+  switch (backend) {
+    case Backend::kCuda: return cuda::attention(p, mask, o, extras, ctx);
+    case Backend::kReference: return cpu::attention_reference(p, mask, o, extras);
+    default: return cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
+  }
+}
+
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const SparseOptions& opts, const TensorView& o,
+                        const AttentionExtras& extras, const ExecContext& ctx,
+                        const BlockMask* mask_out) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
+  SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+
+  if (backend != Backend::kCuda) {
+    HostBlockMask owned;
+    const BlockMask* mask = mask_out;
+    if (mask == nullptr) {
+      owned = HostBlockMask(q.batch, q.heads, q.tokens, k.tokens, opts.block_q, opts.block_k);
+      mask = &owned.view();
+    } else {
+      SPARGE_RETURN_IF_ERROR(detail::validate_mask(*mask, q, k, opts));
+    }
+    const detail::Problem p = make_problem(q, k, v, opts);
+    SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask));
+    return backend == Backend::kReference ? cpu::attention_reference(p, *mask, o, extras)
+                                          : cpu::attention_fast(p, *mask, o, extras,
+                                                                ctx.num_threads);
+  }
+
+  // CUDA: the mask (unless the caller gives one) and Stage-1 scratch come from the workspace.
+  const ProblemShape shape = problem_shape(q, k);
+  const std::size_t need = workspace_size(shape, opts, Device::kCUDA);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < need) {
+    std::ostringstream os;
+    os << "ExecContext.workspace must hold at least " << need << " bytes (workspace_size()), got "
+       << (ctx.workspace ? ctx.workspace_bytes : 0);
+    return Status::workspace(os.str());
+  }
+  BlockMask mask = mask_out ? *mask_out : mask_like(q, k, opts);
+  if (mask_out) {
+    SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
+  } else {
+    const int64_t rows = mask.rows();
+    auto* base = static_cast<char*>(ctx.workspace);
+    mask.counts = reinterpret_cast<int32_t*>(base);
+    mask.indices = reinterpret_cast<int32_t*>(base + align_up(sizeof(int32_t) * rows));
+  }
+  ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage
+  rest.workspace = static_cast<char*>(ctx.workspace) + mask_bytes(shape, opts);
+  rest.workspace_bytes = ctx.workspace_bytes - mask_bytes(shape, opts);
+  const detail::Problem p = make_problem(q, k, v, opts);
+  SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest));
+  return cuda::attention(p, mask, o, extras, rest);
+}
+
+Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
+                      int64_t order_len, int64_t first_token, bool inverse,
+                      const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(detail::validate_qkv(in, in, in));
+  SPARGE_RETURN_IF_ERROR(detail::validate_output(out, in, "out"));
+  if (order == nullptr) return Status::invalid("order must not be null");
+  if (order_len < 0 || first_token < 0 || first_token + order_len > in.tokens) {
+    std::ostringstream os;
+    os << "first_token (" << first_token << ") + order_len (" << order_len
+       << ") must lie within in.tokens (" << in.tokens << ")";
+    return Status::invalid(os.str());
+  }
+  if (in.device == Device::kCUDA)
+    return cuda::permute_tokens(in, out, order, order_len, first_token, inverse, ctx);
+  for (int64_t i = 0; i < order_len; ++i)
+    if (order[i] < 0 || order[i] >= order_len) {
+      std::ostringstream os;
+      os << "order[" << i << "] must be in [0, " << order_len << "), got " << order[i];
+      return Status::invalid(os.str());
+    }
+  return cpu::permute_tokens(in, out, order, order_len, first_token, inverse);
+}
+
+std::string build_info() {
+  std::ostringstream os;
+  os << "sparge " << SPARGE_VERSION << "; backends: cpu-reference, cpu-fast";
+#if SPARGE_WITH_CUDA
+  os << ", cuda (" << cuda::compiled_set() << ")";
+#else
+  os << "; cuda: not built (configure with nvcc on PATH)";
+#endif
+  return os.str();
+}
+
+int cuda_device_count() { return cuda::device_count(); }
+
+}  // namespace sparge

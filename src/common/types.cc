@@ -1,0 +1,91 @@
+// Out-of-line members of the public value types.
+#include <cstring>
+
+#include "common/geometry.h"
+#include "sparge/types.h"
+
+namespace sparge {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+std::size_t dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+
+TensorView TensorView::contiguous(void* data, DType dtype, Layout layout, int64_t batch,
+                                  int64_t heads, int64_t tokens, int64_t head_dim, Device device,
+                                  int device_index) {
+  TensorView t;
+  t.data = data;
+  t.dtype = dtype;
+  t.device = device;
+  t.device_index = device_index;
+  t.batch = batch;
+  t.heads = heads;
+  t.tokens = tokens;
+  t.head_dim = head_dim;
+  t.stride_dim = 1;
+  if (layout == Layout::kHND) {
+    t.stride_token = head_dim;
+    t.stride_head = tokens * head_dim;
+  } else {
+    t.stride_head = head_dim;
+    t.stride_token = heads * head_dim;
+  }
+  t.stride_batch = heads * tokens * head_dim;
+  t.capacity = batch * heads * tokens * head_dim;
+  return t;
+}
+
+HostBlockMask::HostBlockMask(int64_t batch, int64_t heads, int64_t seq_q, int64_t seq_k,
+                             int block_q, int block_k) {
+  mask.batch = batch;
+  mask.heads = heads;
+  mask.seq_q = seq_q;
+  mask.seq_k = seq_k;
+  mask.block_q = block_q;
+  mask.block_k = block_k;
+  mask.device = Device::kCPU;
+  counts.assign(static_cast<size_t>(mask.rows()), 0);
+  indices.assign(static_cast<size_t>(mask.rows() * mask.num_k_blocks()), 0);
+  mask.counts = counts.data();
+  mask.indices = indices.data();
+}
+
+HostBlockMask& HostBlockMask::operator=(const HostBlockMask& other) {
+  counts = other.counts;
+  indices = other.indices;
+  mask = other.mask;
+  mask.counts = counts.data();
+  mask.indices = indices.data();
+  return *this;
+}
+
+std::vector<uint8_t> HostBlockMask::to_dense() const {
+  const int64_t nk = mask.num_k_blocks();
+  std::vector<uint8_t> dense(static_cast<size_t>(mask.rows() * nk), 0);
+  for (int64_t r = 0; r < mask.rows(); ++r)
+    for (int32_t t = 0; t < counts[r]; ++t) dense[r * nk + indices[r * nk + t]] = 1;
+  return dense;
+}
+
+HostBlockMask HostBlockMask::from_dense(const std::vector<uint8_t>& dense, int64_t batch,
+                                        int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
+                                        int block_k) {
+  HostBlockMask m(batch, heads, seq_q, seq_k, block_q, block_k);
+  const int64_t nk = m.mask.num_k_blocks();
+  for (int64_t r = 0; r < m.mask.rows(); ++r) {
+    int32_t c = 0;
+    for (int64_t j = 0; j < nk; ++j)
+      if (dense[r * nk + j]) m.indices[r * nk + c++] = static_cast<int32_t>(j);
+    m.counts[r] = c;
+  }
+  return m;
+}
+
+}  // namespace sparge

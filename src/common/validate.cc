@@ -1,0 +1,229 @@
+#include "common/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/geometry.h"
+
+namespace sparge::detail {
+namespace {
+
+template <typename... Args>
+std::string cat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+std::string shape_str(const TensorView& t) {
+  return cat("[", t.batch, ", ", t.heads, ", ", t.tokens, ", ", t.head_dim, "]");
+}
+
+const char* device_name(Device d) { return d == Device::kCUDA ? "cuda" : "cpu"; }
+
+bool valid_dtype(DType t) {
+  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
+}
+
+// Checks one per-head threshold (scalar or each head's value) against [lo, hi] with the given
+// open/closed ends. NaN always fails.
+Status check_param(const HeadParam& p, int64_t heads, const char* field, double lo,
+                   bool lo_open, double hi, bool hi_open, const char* range) {
+  const int64_t n = p.per_head ? heads : 1;
+  for (int64_t h = 0; h < n; ++h) {
+    const double x = p.per_head ? p.per_head[h] : p.value;
+    const bool ok = !std::isnan(x) && (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
+    if (!ok) {
+      std::string name = p.per_head ? cat("SparseOptions.", field, "[", h, "]")
+                                    : cat("SparseOptions.", field);
+      return Status::invalid(cat(name, " must be in ", range, ", got ", x));
+    }
+  }
+  return Status::ok();
+}
+
+bool valid_block(int b) { return b == 16 || b == 32 || b == 64 || b == 128 || b == 256; }
+
+Status check_tensor(const TensorView& t, const char* name) {
+  if (!valid_dtype(t.dtype))
+    return Status::invalid(cat(name, ".dtype must be float32, float16 or bfloat16, got code ",
+                               static_cast<int>(t.dtype)));
+  if (t.device != Device::kCPU && t.device != Device::kCUDA)
+    return Status::invalid(cat(name, ".device must be cpu or cuda, got code ",
+                               static_cast<int>(t.device)));
+  const std::pair<const char*, int64_t> dims[] = {
+      {"batch", t.batch}, {"heads", t.heads}, {"tokens", t.tokens}, {"head_dim", t.head_dim}};
+  for (const auto& [dim, extent] : dims)
+    if (extent < 1) return Status::invalid(cat(name, ".", dim, " must be >= 1, got ", extent));
+  if (t.data == nullptr) return Status::invalid(cat(name, ".data must not be null"));
+  if (t.stride_dim != 1)
+    return Status::invalid(cat(name, ".stride_dim must be 1 (head_dim contiguous), got ",
+                               t.stride_dim));
+  const std::pair<const char*, int64_t> strides[] = {{"stride_batch", t.stride_batch},
+                                                     {"stride_head", t.stride_head},
+                                                     {"stride_token", t.stride_token}};
+  for (const auto& [s, v] : strides)
+    if (v < 0) return Status::invalid(cat(name, ".", s, " must be >= 0, got ", v));
+  if (t.capacity >= 0) {
+    const int64_t last = t.offset(t.batch - 1, t.heads - 1, t.tokens - 1, t.head_dim - 1);
+    if (last >= t.capacity)
+      return Status::invalid(cat(name, " strides (", t.stride_batch, ", ", t.stride_head, ", ",
+                                 t.stride_token, ", ", t.stride_dim, ") reach element ", last,
+                                 " but the buffer holds ", t.capacity, " elements"));
+  }
+  if (t.device == Device::kCUDA) {
+    // 16-byte vector loads (cp.async) need aligned rows.
+    const int64_t elems16 = 16 / static_cast<int64_t>(dtype_size(t.dtype));
+    if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+      return Status::invalid(cat(name, ".data must be 16-byte aligned on cuda"));
+    for (const auto& [s, v] : strides)
+      if (v % elems16 != 0)
+        return Status::invalid(cat(name, ".", s, " must be a multiple of ", elems16,
+                                   " elements (16 bytes) on cuda, got ", v));
+  }
+  return Status::ok();
+}
+
+// No two logical elements of an output may share an address.
+bool strides_alias(const TensorView& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, extent) of non-trivial axes
+  const int64_t ext[4] = {t.batch, t.heads, t.tokens, t.head_dim};
+  const int64_t str[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
+  for (int i = 0; i < 4; ++i)
+    if (ext[i] > 1) dims.emplace_back(str[i], ext[i]);
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 1;  // elements covered by the axes so far
+  for (const auto& [stride, extent] : dims) {
+    if (stride < span) return true;
+    span = stride * extent;
+  }
+  return false;
+}
+
+}  // namespace
+
+Status validate_options(const SparseOptions& o, int64_t heads_q) {
+  if (!std::isfinite(o.scale) || o.scale < 0)
+    return Status::invalid(cat("SparseOptions.scale must be finite and > 0 (0 = 1/sqrt(head_dim)), got ",
+                               o.scale));
+  if (o.causal_align != CausalAlign::kTopLeft && o.causal_align != CausalAlign::kBottomRight)
+    return Status::invalid(cat("SparseOptions.causal_align must be kTopLeft or kBottomRight, got code ",
+                               static_cast<int>(o.causal_align)));
+  if (o.select != SelectMode::kTopCdf && o.select != SelectMode::kTopK)
+    return Status::invalid(cat("SparseOptions.select must be kTopCdf or kTopK, got code ",
+                               static_cast<int>(o.select)));
+  if (o.quant != QuantMode::kNone && o.quant != QuantMode::kInt8Fp8)
+    return Status::invalid(cat("SparseOptions.quant must be kNone or kInt8Fp8, got code ",
+                               static_cast<int>(o.quant)));
+  SPARGE_RETURN_IF_ERROR(
+      check_param(o.sim_threshold, heads_q, "sim_threshold", -1, false, 1, false, "[-1, 1]"));
+  if (o.select == SelectMode::kTopCdf)
+    SPARGE_RETURN_IF_ERROR(
+        check_param(o.cdf_threshold, heads_q, "cdf_threshold", 0, true, 1, false, "(0, 1]"));
+  else
+    SPARGE_RETURN_IF_ERROR(check_param(o.topk, heads_q, "topk", 0, true, 1, false, "(0, 1]"));
+  SPARGE_RETURN_IF_ERROR(check_param(o.pv_threshold, heads_q, "pv_threshold", 0, false,
+                                     INFINITY, false, "[0, inf]"));
+  if (!valid_block(o.block_q))
+    return Status::invalid(cat("SparseOptions.block_q must be one of 16, 32, 64, 128, 256, got ",
+                               o.block_q));
+  if (!valid_block(o.block_k))
+    return Status::invalid(cat("SparseOptions.block_k must be one of 16, 32, 64, 128, 256, got ",
+                               o.block_k));
+  if (o.pv_group_rows < 1 || o.pv_group_rows > o.block_q)
+    return Status::invalid(cat("SparseOptions.pv_group_rows must be in [1, block_q = ", o.block_q,
+                               "], got ", o.pv_group_rows));
+  return Status::ok();
+}
+
+Status validate_qkv(const TensorView& q, const TensorView& k, const TensorView& v) {
+  SPARGE_RETURN_IF_ERROR(check_tensor(q, "q"));
+  SPARGE_RETURN_IF_ERROR(check_tensor(k, "k"));
+  SPARGE_RETURN_IF_ERROR(check_tensor(v, "v"));
+  if (k.dtype != q.dtype || v.dtype != q.dtype)
+    return Status::invalid(cat("k.dtype and v.dtype must equal q.dtype (", dtype_name(q.dtype),
+                               "), got ", dtype_name(k.dtype), " and ", dtype_name(v.dtype)));
+  if (k.device != q.device || v.device != q.device || k.device_index != q.device_index ||
+      v.device_index != q.device_index)
+    return Status::invalid(cat("k and v must be on q's device (", device_name(q.device), ":",
+                               q.device_index, ")"));
+  if (k.batch != q.batch)
+    return Status::invalid(cat("k.batch must equal q.batch (", q.batch, "), got ", k.batch));
+  if (v.batch != k.batch || v.heads != k.heads || v.tokens != k.tokens)
+    return Status::invalid(cat("v shape must equal k shape ", shape_str(k), ", got ", shape_str(v)));
+  if (q.heads % k.heads != 0)
+    return Status::invalid(cat("q.heads (", q.heads, ") must be a multiple of k.heads (", k.heads,
+                               ") for GQA/MQA"));
+  if (k.head_dim != q.head_dim || v.head_dim != q.head_dim)
+    return Status::invalid(cat("k.head_dim and v.head_dim must equal q.head_dim (", q.head_dim,
+                               "), got ", k.head_dim, " and ", v.head_dim));
+  if (q.head_dim > 256)
+    return Status::unsupported(cat("q.head_dim must be <= 256, got ", q.head_dim));
+  return Status::ok();
+}
+
+Status validate_output(const TensorView& o, const TensorView& q, const char* name) {
+  SPARGE_RETURN_IF_ERROR(check_tensor(o, name));
+  if (o.dtype != q.dtype)
+    return Status::invalid(cat(name, ".dtype must equal q.dtype (", dtype_name(q.dtype), "), got ",
+                               dtype_name(o.dtype)));
+  if (o.device != q.device || o.device_index != q.device_index)
+    return Status::invalid(cat(name, " must be on q's device (", device_name(q.device), ":",
+                               q.device_index, ")"));
+  if (o.batch != q.batch || o.heads != q.heads || o.tokens != q.tokens || o.head_dim != q.head_dim)
+    return Status::invalid(cat(name, " shape must equal q shape ", shape_str(q), ", got ",
+                               shape_str(o)));
+  if (strides_alias(o))
+    return Status::invalid(cat(name, " strides (", o.stride_batch, ", ", o.stride_head, ", ",
+                               o.stride_token, ", ", o.stride_dim,
+                               ") make distinct elements share memory"));
+  return Status::ok();
+}
+
+Status validate_mask(const BlockMask& m, const TensorView& q, const TensorView& k,
+                     const SparseOptions& opts) {
+  if (m.counts == nullptr || m.indices == nullptr)
+    return Status::invalid("mask.counts and mask.indices must not be null");
+  if (m.device != q.device || m.device_index != q.device_index)
+    return Status::invalid(cat("mask must be on q's device (", device_name(q.device), ":",
+                               q.device_index, "), got ", device_name(m.device), ":",
+                               m.device_index));
+  if (m.block_q != opts.block_q || m.block_k != opts.block_k)
+    return Status::invalid(cat("mask block geometry (block_q ", m.block_q, ", block_k ", m.block_k,
+                               ") must equal SparseOptions (block_q ", opts.block_q, ", block_k ",
+                               opts.block_k, ")"));
+  if (m.batch != q.batch || m.heads != q.heads || m.seq_q != q.tokens || m.seq_k != k.tokens) {
+    const int64_t nq = ceil_div(q.tokens, opts.block_q), nk = ceil_div(k.tokens, opts.block_k);
+    return Status::invalid(cat("mask shape [", m.batch, ", ", m.heads, ", ", m.num_q_blocks(), ", ",
+                               m.num_k_blocks(), "] (seq_q ", m.seq_q, ", seq_k ", m.seq_k,
+                               ") must equal [", q.batch, ", ", q.heads, ", ", nq, ", ", nk,
+                               "] (seq_q ", q.tokens, ", seq_k ", k.tokens, ") for blocks ",
+                               opts.block_q, "x", opts.block_k));
+  }
+  if (m.device == Device::kCPU) return validate_mask_contents(m);
+  return Status::ok();
+}
+
+Status validate_mask_contents(const BlockMask& m) {
+  const int64_t nk = m.num_k_blocks();
+  for (int64_t r = 0; r < m.rows(); ++r) {
+    const int32_t c = m.counts[r];
+    if (c < 0 || c > nk)
+      return Status::invalid(cat("mask.counts[", r, "] must be in [0, ", nk, "], got ", c));
+    const int32_t* idx = m.indices + r * nk;
+    for (int32_t t = 0; t < c; ++t) {
+      if (idx[t] < 0 || idx[t] >= nk || (t > 0 && idx[t] <= idx[t - 1]))
+        return Status::invalid(cat("mask.indices of row ", r,
+                                   " must be strictly ascending key-block indices in [0, ", nk,
+                                   "), got ", idx[t], " at position ", t));
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace sparge::detail

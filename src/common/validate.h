@@ -1,0 +1,19 @@
+// The single place where arguments are checked. Every public entry point calls these before
+// any work; messages name the argument, the expected value and the value received.
+#pragma once
+
+#include "sparge/sparge.h"
+
+namespace sparge::detail {
+
+Status validate_options(const SparseOptions& opts, int64_t heads_q);
+// q, k, v: ranks, shapes, GQA ratio, dtypes, devices, strides, head dim.
+Status validate_qkv(const TensorView& q, const TensorView& k, const TensorView& v);
+// o must look like q (same dtype, shape, device) and must not alias its own elements.
+Status validate_output(const TensorView& o, const TensorView& q, const char* name = "o");
+// The mask's geometry must match q/k and the options; host masks also get a content check.
+Status validate_mask(const BlockMask& mask, const TensorView& q, const TensorView& k,
+                     const SparseOptions& opts);
+Status validate_mask_contents(const BlockMask& host_mask);
+
+}  // namespace sparge::detail

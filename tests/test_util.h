@@ -1,0 +1,105 @@
+// Shared test helpers: typed host tensors in any layout, error metrics, poisoning.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common/fp_convert.h"
+#include "sparge/sparge.h"
+
+namespace sparge::test {
+
+// A host tensor of any dtype/layout built from logical HND float data [B, H, N, D].
+// Storage is padded (`pad_tokens` extra token rows) so that NHD/HND views with non-trivial
+// strides can be exercised; `view` describes the logical tensor.
+struct HostTensor {
+  std::vector<float> f32;
+  std::vector<uint16_t> half;
+  TensorView view;
+
+  static HostTensor make(const std::vector<float>& hnd, int64_t B, int64_t H, int64_t N,
+                         int64_t D, DType dtype, Layout layout, int64_t pad_tokens = 0) {
+    HostTensor t;
+    const int64_t Np = N + pad_tokens;
+    const int64_t total = B * H * Np * D;
+    if (dtype == DType::kFloat32) t.f32.assign(total, 0.0f);
+    else t.half.assign(total, 0);
+    void* data = dtype == DType::kFloat32 ? static_cast<void*>(t.f32.data())
+                                          : static_cast<void*>(t.half.data());
+    t.view = TensorView::contiguous(data, dtype, layout, B, H, Np, D);
+    t.view.tokens = N;  // logical extent; padding rows stay unused
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t d = 0; d < D; ++d)
+            t.set(b, h, n, d, hnd[((b * H + h) * N + n) * D + d]);
+    return t;
+  }
+
+  // An output tensor filled with NaN so that unwritten elements are caught.
+  static HostTensor poisoned(int64_t B, int64_t H, int64_t N, int64_t D, DType dtype,
+                             Layout layout) {
+    std::vector<float> nan(B * H * N * D, std::numeric_limits<float>::quiet_NaN());
+    return make(nan, B, H, N, D, dtype, layout);
+  }
+
+  void set(int64_t b, int64_t h, int64_t n, int64_t d, float x) {
+    const int64_t off = view.offset(b, h, n, d);
+    switch (view.dtype) {
+      case DType::kFloat32: f32[off] = x; break;
+      case DType::kFloat16: half[off] = detail::float_to_half_bits(x); break;
+      case DType::kBFloat16: half[off] = detail::float_to_bf16_bits(x); break;
+    }
+  }
+  float get(int64_t b, int64_t h, int64_t n, int64_t d) const {
+    const int64_t off = view.offset(b, h, n, d);
+    switch (view.dtype) {
+      case DType::kFloat32: return f32[off];
+      case DType::kFloat16: return detail::half_bits_to_float(half[off]);
+      case DType::kBFloat16: return detail::bf16_bits_to_float(half[off]);
+    }
+    return NAN;
+  }
+  // Logical HND float copy (what the values actually are after rounding to the dtype).
+  std::vector<float> to_hnd() const {
+    std::vector<float> out(view.numel());
+    size_t i = 0;
+    for (int64_t b = 0; b < view.batch; ++b)
+      for (int64_t h = 0; h < view.heads; ++h)
+        for (int64_t n = 0; n < view.tokens; ++n)
+          for (int64_t d = 0; d < view.head_dim; ++d) out[i++] = get(b, h, n, d);
+    return out;
+  }
+};
+
+// ‖out − ref‖₁ / ‖ref‖₁; NaN anywhere in `out` gives +inf so that it can never pass.
+inline double rel_l1(const std::vector<float>& out, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(out[i])) return std::numeric_limits<double>::infinity();
+    num += std::fabs(double(out[i]) - double(ref[i]));
+    den += std::fabs(double(ref[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+inline double cosine_similarity(const std::vector<float>& a, const std::vector<float>& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return -2.0;
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+}
+
+inline bool any_nan(const std::vector<float>& x) {
+  for (float v : x)
+    if (std::isnan(v)) return true;
+  return false;
+}
+
+}  // namespace sparge::test
