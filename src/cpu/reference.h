@@ -1,0 +1,18 @@
+// Internal helpers of the CPU reference that tests, the fast backend's tests, the GPU tests and
+// the command line share.
+#pragma once
+
+#include <vector>
+
+#include "sparge/types.h"
+
+namespace sparge::cpu {
+
+// Plain dense softmax attention in double, nothing skipped: o = softmax(scale·q kᵀ + causal) v.
+// q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D] in any dtype/strides (host memory, Hq % Hkv == 0).
+// Returns logical HND [B, Hq, Nq, D] contiguous; a row that sees no key gets zeros.
+std::vector<double> dense_attention_reference(const TensorView& q, const TensorView& k,
+                                              const TensorView& v, float scale, bool causal,
+                                              CausalAlign align);
+
+}  // namespace sparge::cpu
