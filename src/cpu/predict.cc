@@ -1,6 +1,168 @@
-// PLACEHOLDER (being written): replaced by the real implementation.
+// Stage 1 on the CPU, exactly as docs/method.md "Stage 1", in double: pool every q block and
+// smoothed k block, measure its self-similarity, softmax the compressed score map over the
+// eligible key blocks, select by TopCdf / TopK, then force non-similar blocks (and the sink) on.
+// Pooling and similarity are O(N·D): s = ‖Σ x̂‖² / n², no Gram matrix. Serves both CPU backends.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
 #include "common/backend.h"
+#include "common/geometry.h"
+#include "cpu/tensor_io.h"
 
 namespace sparge::cpu {
-Status predict_block_mask(const detail::Problem&, const BlockMask&) { return Status::internal("src/cpu/predict.cc is not implemented yet"); }
+namespace {
+
+// Pooled rows and self-similarity of every block of one (batch, head) slice.
+struct BlockStats {
+  std::vector<double> pooled;  // [num_blocks, D]
+  std::vector<double> sim;     // [num_blocks]
+};
+
+// Per-channel mean of k over all tokens of (b, h): the smoothing shift of Stage 1.
+std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h) {
+  std::vector<double> mean(k.head_dim, 0.0);
+  for (int64_t n = 0; n < k.tokens; ++n)
+    for (int64_t d = 0; d < k.head_dim; ++d) mean[d] += load_element(k, k.offset(b, h, n, d));
+  for (double& m : mean) m /= static_cast<double>(k.tokens);
+  return mean;
+}
+
+// Blocks of `block` rows of (b, h); `shift` (per channel) is subtracted first when non-empty.
+// A tail block is pooled over its valid rows only.
+BlockStats block_stats(const TensorView& t, int64_t b, int64_t h, int block,
+                       const std::vector<double>& shift) {
+  const int64_t D = t.head_dim, num_blocks = detail::ceil_div(t.tokens, block);
+  BlockStats s{std::vector<double>(num_blocks * D, 0.0), std::vector<double>(num_blocks, 0.0)};
+  std::vector<double> row(D), unit_sum(D);
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    const int64_t first = blk * block, n = std::min<int64_t>(block, t.tokens - first);
+    double* pooled = &s.pooled[blk * D];
+    std::fill(unit_sum.begin(), unit_sum.end(), 0.0);
+    for (int64_t r = first; r < first + n; ++r) {
+      double norm2 = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        row[d] = load_element(t, t.offset(b, h, r, d)) - (shift.empty() ? 0.0 : shift[d]);
+        norm2 += row[d] * row[d];
+        pooled[d] += row[d];
+      }
+      if (norm2 == 0.0) continue;  // a zero row normalizes to zero; NaN rows propagate
+      const double inv = 1.0 / std::sqrt(norm2);
+      for (int64_t d = 0; d < D; ++d) unit_sum[d] += row[d] * inv;
+    }
+    double sum2 = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      pooled[d] /= static_cast<double>(n);
+      sum2 += unit_sum[d] * unit_sum[d];
+    }
+    s.sim[blk] = sum2 / (static_cast<double>(n) * static_cast<double>(n));
+  }
+  return s;
+}
+
+// A NaN similarity compares false, so its block is non-similar (always computed).
+bool is_similar(double sim, double threshold) { return sim > threshold; }
+
+// Ranks eligible columns by probability, descending, ties to the lower index; NaN ranks last
+// (its selection is unspecified, but the comparator must stay a strict weak order).
+void rank_columns(const std::vector<double>& prob, std::vector<int64_t>* cols) {
+  auto key = [&](int64_t j) { return std::isnan(prob[j]) ? -1.0 : prob[j]; };
+  std::stable_sort(cols->begin(), cols->end(),
+                   [&](int64_t a, int64_t b) { return key(a) > key(b); });
+}
+
+// Selected key blocks of one mask row among the eligible columns (j < allowed, key similar).
+void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<uint8_t>& key_sim,
+                int64_t allowed, int64_t D, double scale, const SparseOptions& o, int64_t h,
+                std::vector<uint8_t>* selected) {
+  std::vector<int64_t> cols;
+  for (int64_t j = 0; j < allowed; ++j)
+    if (key_sim[j]) cols.push_back(j);
+  if (cols.empty()) return;
+
+  std::vector<double> prob(allowed, 0.0);
+  double max_score = -INFINITY;
+  for (int64_t j : cols) {
+    double dot = 0.0;
+    for (int64_t d = 0; d < D; ++d) dot += pooled_q[d] * ks.pooled[j * D + d];
+    prob[j] = scale * dot;
+    max_score = std::max(max_score, prob[j]);
+  }
+  double total = 0.0;
+  for (int64_t j : cols) {
+    prob[j] = std::exp(prob[j] - max_score);
+    total += prob[j];
+  }
+  for (int64_t j : cols) prob[j] /= total;
+  rank_columns(prob, &cols);
+
+  size_t keep = cols.size();
+  if (o.select == SelectMode::kTopCdf) {
+    const double tau = o.cdf_threshold.at(h);
+    double mass = 0.0;
+    for (size_t t = 0; t < cols.size(); ++t) {
+      mass += prob[cols[t]];
+      if (mass >= tau) {  // inclusive: the block that reaches tau is kept
+        keep = t + 1;
+        break;
+      }
+    }
+  } else {
+    const double kappa = o.topk.at(h);
+    const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(
+                                               std::floor(kappa * static_cast<double>(allowed))));
+    keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));
+  }
+  for (size_t t = 0; t < keep; ++t) (*selected)[cols[t]] = 1;
+}
+
+}  // namespace
+
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
+  const ProblemShape& s = p.shape;
+  const SparseOptions& o = p.opts;
+  const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
+  const int64_t nq = mask.num_q_blocks(), nk = mask.num_k_blocks();
+  const int64_t offset =
+      detail::causal_offset(o.causal_align == CausalAlign::kBottomRight, s.seq_q, s.seq_k);
+  const double scale = p.scale;
+
+  std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < s.batch * s.heads_kv; ++bh) {
+    const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
+    key_stats[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h));
+  }
+
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
+    const int64_t b = bh / s.heads_q, h = bh % s.heads_q;
+    const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
+    const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
+    const double theta = o.sim_threshold.at(h);
+    std::vector<uint8_t> key_sim(nk), keep(nk);
+    for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
+
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t allowed = detail::allowed_key_blocks(i, o.block_q, o.block_k, o.causal,
+                                                         offset, s.seq_q, s.seq_k);
+      const bool query_sim = is_similar(qs.sim[i], theta);
+      std::fill(keep.begin(), keep.end(), 0);
+      if (query_sim) select_row(&qs.pooled[i * D], ks, key_sim, allowed, D, scale, o, h, &keep);
+      for (int64_t j = 0; j < allowed; ++j)
+        if (!query_sim || !key_sim[j]) keep[j] = 1;
+      if (o.attention_sink && allowed > 0) keep[0] = 1;
+
+      const int64_t row = mask.row(b, h, i);
+      int32_t count = 0;
+      for (int64_t j = 0; j < allowed; ++j)
+        if (keep[j]) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
+      mask.counts[row] = count;
+    }
+  }
+  return Status::ok();
+}
+
 }  // namespace sparge::cpu

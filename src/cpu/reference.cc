@@ -1,6 +1,210 @@
-// PLACEHOLDER (being written): replaced by the real implementation.
+// Stage 2 on the CPU, exactly as docs/method.md "Stage 2", in double: the oracle of every test.
+// Per (b, h, query block) it walks the kept key blocks in ascending order with an online softmax
+// in log2 units; each group of pv_group_rows rows skips a tile when every row's tile max is at
+// least λ below its running max. Deliberately plain: no blocking, no vectorization.
+#include "cpu/reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
 #include "common/backend.h"
+#include "common/geometry.h"
+#include "cpu/quantize.h"
+#include "cpu/tensor_io.h"
 
 namespace sparge::cpu {
-Status attention_reference(const detail::Problem&, const BlockMask&, const TensorView&, const AttentionExtras&) { return Status::internal("src/cpu/reference.cc is not implemented yet"); }
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634074;
+constexpr double kLn2 = 0.6931471805599453094;
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// Logical [tokens, D] double copy of (b, h) of t.
+std::vector<double> load_slice(const TensorView& t, int64_t b, int64_t h) {
+  std::vector<double> out(t.tokens * t.head_dim);
+  for (int64_t n = 0; n < t.tokens; ++n)
+    for (int64_t d = 0; d < t.head_dim; ++d)
+      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
+  return out;
+}
+
+// Scores t_rc in log2 units for one (b, query head): exact, or from the INT8 codes.
+struct HeadScores {
+  int64_t D = 0;
+  double scale_log2 = 0;
+  std::vector<double> q, k;          // exact mode, [Nq, D] / [Nk, D]
+  const int8_t* q8 = nullptr;        // quantized mode, HND slices
+  const int8_t* k8 = nullptr;
+  const float* q_scale = nullptr;    // per query block
+  const float* k_scale = nullptr;    // per key block
+  int block_q = 0, block_k = 0;
+
+  double operator()(int64_t r, int64_t c) const {
+    if (q8 == nullptr) {
+      double dot = 0.0;
+      for (int64_t d = 0; d < D; ++d) dot += q[r * D + d] * k[c * D + d];
+      return scale_log2 * dot;
+    }
+    int32_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += int32_t(q8[r * D + d]) * int32_t(k8[c * D + d]);
+    return double(dot) * q_scale[r / block_q] * k_scale[c / block_k] * scale_log2;
+  }
+};
+
+// Running softmax state of one query row.
+struct RowState {
+  double m = kNegInf, l = 0.0;
+  std::vector<double> acc;
+};
+
+// One (b, h): all query blocks; adds (visited, skipped) group-tile pairs to `counters`.
+void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScores& score,
+                 const std::vector<double>& v, int64_t b, int64_t h, const TensorView& o,
+                 float* lse, unsigned long long counters[2]) {
+  const ProblemShape& s = p.shape;
+  const SparseOptions& opt = p.opts;
+  const int64_t D = s.head_dim, nk = mask.num_k_blocks();
+  const int64_t offset =
+      detail::causal_offset(opt.causal_align == CausalAlign::kBottomRight, s.seq_q, s.seq_k);
+  const double lambda = opt.pv_threshold.at(h);
+
+  for (int64_t i = 0; i < mask.num_q_blocks(); ++i) {
+    const int64_t r0 = i * opt.block_q, r1 = std::min<int64_t>(s.seq_q, r0 + opt.block_q);
+    std::vector<RowState> rows(r1 - r0);
+    for (RowState& st : rows) st.acc.assign(D, 0.0);
+    const int64_t mrow = mask.row(b, h, i);
+
+    for (int32_t t = 0; t < mask.counts[mrow]; ++t) {
+      const int64_t j = mask.indices[mrow * nk + t];
+      const int64_t c0 = j * opt.block_k, c1 = std::min<int64_t>(s.seq_k, c0 + opt.block_k);
+      std::vector<double> tile((r1 - r0) * (c1 - c0)), tile_max(r1 - r0, kNegInf);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t last = detail::last_visible_key(r, opt.causal, offset, s.seq_k);
+        for (int64_t c = c0; c < c1; ++c) {
+          const double x = c <= last ? score(r, c) : kNegInf;
+          tile[(r - r0) * (c1 - c0) + (c - c0)] = x;
+          tile_max[r - r0] = std::max(tile_max[r - r0], x);
+        }
+      }
+      for (int64_t g0 = r0; g0 < r1; g0 += opt.pv_group_rows) {
+        const int64_t g1 = std::min<int64_t>(r1, g0 + opt.pv_group_rows);
+        ++counters[0];
+        bool skip = true;
+        for (int64_t r = g0; r < g1 && skip; ++r) {
+          const double m_loc = tile_max[r - r0], m = rows[r - r0].m;
+          skip = m_loc == kNegInf || (m != kNegInf && m_loc - m <= -lambda);
+        }
+        if (skip) {
+          ++counters[1];
+          continue;
+        }
+        for (int64_t r = g0; r < g1; ++r) {
+          RowState& st = rows[r - r0];
+          const double m_new = std::max(st.m, tile_max[r - r0]);
+          if (m_new == kNegInf) continue;  // the row has seen no key yet: nothing to add
+          const double rescale = std::exp2(st.m - m_new);
+          st.l *= rescale;
+          for (double& a : st.acc) a *= rescale;
+          for (int64_t c = c0; c < c1; ++c) {
+            const double pr = std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
+            st.l += pr;
+            for (int64_t d = 0; d < D; ++d) st.acc[d] += pr * v[c * D + d];
+          }
+          st.m = m_new;
+        }
+      }
+    }
+
+    for (int64_t r = r0; r < r1; ++r) {
+      const RowState& st = rows[r - r0];
+      const bool empty = st.l == 0.0;
+      for (int64_t d = 0; d < D; ++d)
+        store_element(o, o.offset(b, h, r, d), empty ? 0.0f : float(st.acc[d] / st.l));
+      if (lse != nullptr)
+        lse[(b * s.heads_q + h) * s.seq_q + r] =
+            empty ? -INFINITY : float(kLn2 * (st.m + std::log2(st.l)));
+    }
+  }
+}
+
+}  // namespace
+
+Status attention_reference(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                           const AttentionExtras& extras) {
+  const ProblemShape& s = p.shape;
+  const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
+  const bool quantized = p.opts.quant == QuantMode::kInt8Fp8;
+  QuantizedInputs qi;
+  if (quantized) qi = quantize_inputs(p);
+  const int64_t nq = mask.num_q_blocks(), nk = mask.num_k_blocks();
+
+  std::vector<unsigned long long> counters(s.batch * s.heads_q * 2, 0);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
+    const int64_t b = bh / s.heads_q, h = bh % s.heads_q, hk = h / group;
+    const int64_t bhk = b * s.heads_kv + hk;
+    HeadScores score;
+    score.D = D;
+    score.scale_log2 = double(p.scale) * kLog2e;
+    std::vector<double> v;
+    if (quantized) {
+      score.q8 = &qi.q[bh * s.seq_q * D];
+      score.k8 = &qi.k[bhk * s.seq_k * D];
+      score.q_scale = &qi.q_scale[bh * nq];
+      score.k_scale = &qi.k_scale[bhk * nk];
+      score.block_q = p.opts.block_q;
+      score.block_k = p.opts.block_k;
+      v.assign(qi.v.begin() + bhk * s.seq_k * D, qi.v.begin() + (bhk + 1) * s.seq_k * D);
+    } else {
+      score.q = load_slice(p.q, b, h);
+      score.k = load_slice(p.k, b, hk);
+      v = load_slice(p.v, b, hk);
+    }
+    attend_head(p, mask, score, v, b, h, o, extras.lse, &counters[bh * 2]);
+  }
+  if (extras.pv_counters != nullptr)
+    for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
+      const int64_t h = bh % s.heads_q;
+      extras.pv_counters[h * 2 + 0] += counters[bh * 2 + 0];
+      extras.pv_counters[h * 2 + 1] += counters[bh * 2 + 1];
+    }
+  return Status::ok();
+}
+
+std::vector<double> dense_attention_reference(const TensorView& q, const TensorView& k,
+                                              const TensorView& v, float scale, bool causal,
+                                              CausalAlign align) {
+  const int64_t B = q.batch, Hq = q.heads, Nq = q.tokens, Nk = k.tokens, D = q.head_dim;
+  const int64_t group = Hq / k.heads;
+  const int64_t offset = detail::causal_offset(align == CausalAlign::kBottomRight, Nq, Nk);
+  std::vector<double> out(B * Hq * Nq * D, 0.0);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < B * Hq; ++bh) {
+    const int64_t b = bh / Hq, h = bh % Hq;
+    const std::vector<double> qs = load_slice(q, b, h), ks = load_slice(k, b, h / group),
+                              vs = load_slice(v, b, h / group);
+    std::vector<double> w(Nk);
+    for (int64_t r = 0; r < Nq; ++r) {
+      const int64_t last = detail::last_visible_key(r, causal, offset, Nk);
+      if (last < 0) continue;  // the row sees no key: zeros
+      double mx = kNegInf;
+      for (int64_t c = 0; c <= last; ++c) {
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; ++d) dot += qs[r * D + d] * ks[c * D + d];
+        w[c] = double(scale) * dot;
+        mx = std::max(mx, w[c]);
+      }
+      double sum = 0.0;
+      for (int64_t c = 0; c <= last; ++c) sum += (w[c] = std::exp(w[c] - mx));
+      double* o = &out[(bh * Nq + r) * D];
+      for (int64_t c = 0; c <= last; ++c)
+        for (int64_t d = 0; d < D; ++d) o[d] += w[c] / sum * vs[c * D + d];
+    }
+  }
+  return out;
+}
+
 }  // namespace sparge::cpu
