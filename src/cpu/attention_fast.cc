@@ -1,6 +1,329 @@
-// PLACEHOLDER (being written): replaced by the real implementation.
+// Fast CPU Stage 2 (docs/method.md "Stage 2"): the same function as the reference, computed
+// FlashAttention-style in fp32. OpenMP hands out (batch, head, query block) tasks dynamically
+// (sparse rows have uneven work). Per task the query block is converted once to fp32,
+// transposed and pre-scaled by scale·log2(e); each kept key tile is converted into thread-local
+// scratch (allocated once per call), scored as a small GEMM, tested against the λ rule per
+// group of pv_group_rows rows, and only then is V converted and P·V accumulated.
+// Quantized mode reads the int8 codes of src/cpu/quantize.h: the int8 dot products are exact in
+// fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
 #include "common/backend.h"
+#include "common/geometry.h"
+#include "cpu/attention_fast_kernels.h"
+#include "cpu/quantize.h"
 
 namespace sparge::cpu {
-Status attention_fast(const detail::Problem&, const BlockMask&, const TensorView&, const AttentionExtras&, int) { return Status::internal("src/cpu/attention_fast.cc is not implemented yet"); }
+namespace {
+
+using fast::Elem;
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+Elem elem_of(DType t) {
+  switch (t) {
+    case DType::kFloat16:
+      return Elem::kF16;
+    case DType::kBFloat16:
+      return Elem::kBF16;
+    default:
+      return Elem::kF32;
+  }
+}
+
+// Rows of one (batch, head) plane of q, k or v: where row n starts and how to widen it.
+struct Plane {
+  const char* base = nullptr;
+  int64_t row_bytes = 0;  // byte step between consecutive tokens
+  Elem elem = Elem::kF32;
+  const void* row(int64_t n) const { return base + n * row_bytes; }
+};
+
+Plane view_plane(const TensorView& t, int64_t b, int64_t h) {
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+  return {static_cast<const char*>(t.data) + t.offset(b, h, 0, 0) * es, t.stride_token * es,
+          elem_of(t.dtype)};
+}
+
+// Everything a task needs, resolved once per call.
+struct Plan {
+  const detail::Problem* p = nullptr;
+  const BlockMask* mask = nullptr;
+  const QuantizedInputs* quant = nullptr;  // null in exact mode
+  TensorView o;
+  AttentionExtras extras;
+  int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0, causal_off = 0;
+  bool causal = false;
+  double score_log2 = 0;  // scale · log2(e)
+};
+
+// One thread's scratch, sized for the largest block; allocated once per call.
+struct Scratch {
+  float* mem = nullptr;
+  float *qt, *k, *v, *st, *acc, *row, *m, *l, *mloc, *alpha, *rowsum, *pbuf;
+  std::vector<int32_t> active;
+
+  explicit Scratch(const Plan& pl) {
+    const int64_t bq = pl.bq, bk = pl.bk, D = pl.D, Dp = pl.Dp;
+    const int64_t sizes[] = {D * bq, bk * D, bk * Dp, bk * bq, bq * Dp, Dp,
+                             bq,     bq,     bq,      bq,      bq,      bk * 4};
+    int64_t total = 0;
+    for (int64_t s : sizes) total += round_up(s, 16);
+    mem = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
+    if (mem == nullptr) return;
+    std::fill(mem, mem + total, 0.0f);  // pads (V/acc columns ≥ D) must read as zero
+    float** parts[] = {&qt, &k, &v, &st, &acc, &row, &m, &l, &mloc, &alpha, &rowsum, &pbuf};
+    float* at = mem;
+    for (int i = 0; i < 12; ++i) {
+      *parts[i] = at;
+      at += round_up(sizes[i], 16);
+    }
+    active.reserve(bq);
+  }
+  ~Scratch() { std::free(mem); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// P·V for the active rows, 4 rows per register block. P is key-major (st[c * bq + r]).
+void accumulate_pv(const Plan& pl, Scratch& s, int64_t keys) {
+  const int64_t n = static_cast<int64_t>(s.active.size());
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    const int rows = static_cast<int>(std::min<int64_t>(4, n - i0));
+    float* acc[4];
+    float alpha[4];
+    for (int i = 0; i < rows; ++i) {
+      const int32_t r = s.active[i0 + i];
+      acc[i] = s.acc + r * pl.Dp;
+      alpha[i] = s.alpha[r];
+      for (int64_t c = 0; c < keys; ++c) s.pbuf[c * 4 + i] = s.st[c * pl.bq + r];
+    }
+    switch (rows) {
+      case 4:
+        fast::pv_rows<4>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
+        break;
+      case 3:
+        fast::pv_rows<3>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
+        break;
+      case 2:
+        fast::pv_rows<2>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
+        break;
+      default:
+        fast::pv_rows<1>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
+        break;
+    }
+  }
+}
+
+// Sets st[c][r] = -inf where key key0 + c is causally hidden from row row0 + r: rows
+// r < key0 + c - off - row0 (a prefix of each key-major line).
+void apply_causal_mask(const Plan& pl, Scratch& s, int64_t row0, int64_t key0, int64_t keys,
+                       int64_t rows) {
+  for (int64_t c = 0; c < keys; ++c) {
+    const int64_t hidden = std::clamp<int64_t>(key0 + c - pl.causal_off - row0, 0, rows);
+    std::fill(s.st + c * pl.bq, s.st + c * pl.bq + hidden, kNegInf);
+  }
+}
+
+// One (batch, query head, query block) task. counters[0/1] get visited / skipped pairs.
+void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
+                  unsigned long long counters[2]) {
+  const detail::Problem& p = *pl.p;
+  const int64_t Nq = p.shape.seq_q, Nk = p.shape.seq_k, D = pl.D, bq = pl.bq, bk = pl.bk;
+  const int64_t hkv = h / (p.shape.heads_q / p.shape.heads_kv);
+  const int64_t row0 = qb * bq, rows = std::min(bq, Nq - row0), rows16 = round_up(rows, 16);
+  const float lambda = p.opts.pv_threshold.at(h);
+
+  // Q block → qt[d * bq + r] (transposed so that the score GEMM reads rows as vectors).
+  Plane qplane, kplane, vplane;
+  float q_mul = static_cast<float>(pl.score_log2);
+  if (pl.quant) {
+    const QuantizedInputs& qi = *pl.quant;
+    qplane = {reinterpret_cast<const char*>(&qi.q[((b * p.shape.heads_q + h) * Nq) * D]), D,
+              Elem::kI8};
+    kplane = {reinterpret_cast<const char*>(&qi.k[((b * p.shape.heads_kv + hkv) * Nk) * D]), D,
+              Elem::kI8};
+    vplane = {reinterpret_cast<const char*>(&qi.v[((b * p.shape.heads_kv + hkv) * Nk) * D]),
+              D * static_cast<int64_t>(sizeof(float)), Elem::kF32};
+    q_mul = 1.0f;  // codes stay integers; the scales multiply the scores per tile
+  } else {
+    qplane = view_plane(p.q, b, h);
+    kplane = view_plane(p.k, b, hkv);
+    vplane = view_plane(p.v, b, hkv);
+  }
+  for (int64_t r = 0; r < rows16; ++r) {
+    if (r < rows)
+      fast::load_row(qplane.row(row0 + r), qplane.elem, D, q_mul, s.row);
+    else
+      std::fill(s.row, s.row + D, 0.0f);
+    for (int64_t d = 0; d < D; ++d) s.qt[d * bq + r] = s.row[d];
+  }
+  std::fill(s.m, s.m + bq, kNegInf);
+  std::fill(s.l, s.l + bq, 0.0f);
+  std::fill(s.acc, s.acc + rows16 * pl.Dp, 0.0f);
+
+  const int64_t mrow = pl.mask->row(b, h, qb);
+  const int32_t count = pl.mask->counts[mrow];
+  const int32_t* kept = pl.mask->indices + mrow * pl.nk;
+  const int64_t allowed = detail::allowed_key_blocks(qb, static_cast<int>(bq), static_cast<int>(bk),
+                                                     pl.causal, pl.causal_off, Nq, Nk);
+  const int64_t groups = detail::ceil_div(rows, pl.group);
+  for (int32_t t = 0; t < count; ++t) {
+    const int64_t j = kept[t];
+    counters[0] += groups;
+    if (j >= allowed) {  // causality hides the whole tile from every row: all groups skip
+      counters[1] += groups;
+      continue;
+    }
+    const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys4 = round_up(keys, 4);
+    for (int64_t c = 0; c < keys; ++c)
+      fast::load_row(kplane.row(key0 + c), kplane.elem, D, 1.0f, s.k + c * D);
+    std::fill(s.k + keys * D, s.k + keys4 * D, 0.0f);
+    fast::scores_tile(s.qt, bq, s.k, D, D, keys4, rows16, s.st, bq);
+    if (pl.quant) {  // t = (Σ q8·k8) · s_q · s_k · scale · log2(e)
+      const float f = static_cast<float>(
+          double(pl.quant->q_scale[(b * p.shape.heads_q + h) * pl.nq + qb]) *
+          pl.quant->k_scale[(b * p.shape.heads_kv + hkv) * pl.nk + j] * pl.score_log2);
+      const __m256 vf = _mm256_set1_ps(f);
+      for (int64_t c = 0; c < keys; ++c)
+        for (int64_t r = 0; r < rows16; r += 8)
+          _mm256_storeu_ps(s.st + c * bq + r,
+                           _mm256_mul_ps(vf, _mm256_loadu_ps(s.st + c * bq + r)));
+    }
+    if (pl.causal && key0 + keys - 1 > row0 + pl.causal_off)
+      apply_causal_mask(pl, s, row0, key0, keys, rows16);
+
+    // Tile row maxima m_loc (vertical over the key-major lines).
+    for (int64_t r = 0; r < rows16; r += 8) {
+      __m256 mx = _mm256_set1_ps(kNegInf);
+      for (int64_t c = 0; c < keys; ++c) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s.st + c * bq + r));
+      _mm256_storeu_ps(s.mloc + r, mx);
+    }
+
+    // λ rule per group; computed groups update m and collect their rows that see a key.
+    s.active.clear();
+    int64_t span_lo = rows, span_hi = 0;
+    for (int64_t g0 = 0; g0 < rows; g0 += pl.group) {
+      const int64_t g1 = std::min(rows, g0 + pl.group);
+      bool skip = true;
+      for (int64_t r = g0; r < g1 && skip; ++r)
+        skip = s.mloc[r] == kNegInf || (s.m[r] != kNegInf && s.mloc[r] - s.m[r] <= -lambda);
+      if (skip) {
+        ++counters[1];
+        continue;
+      }
+      for (int64_t r = g0; r < g1; ++r) {
+        const float m_new = std::max(s.m[r], s.mloc[r]);
+        if (m_new == kNegInf) continue;  // the row has seen no key yet and none here
+        s.alpha[r] = s.m[r] == kNegInf ? 0.0f : std::exp2(s.m[r] - m_new);
+        s.m[r] = m_new;
+        s.active.push_back(static_cast<int32_t>(r));
+      }
+      span_lo = std::min(span_lo, g0);
+      span_hi = g1;
+    }
+    if (s.active.empty()) continue;
+
+    // p = 2^(t − m_new) over the computed span (8-aligned), then row sums.
+    const int64_t lo8 = span_lo / 8 * 8, hi8 = round_up(span_hi, 8);
+    for (int64_t c = 0; c < keys; ++c) {
+      float* line = s.st + c * bq;
+      for (int64_t r = lo8; r < hi8; r += 8)
+        _mm256_storeu_ps(line + r, fast::exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(line + r),
+                                                               _mm256_loadu_ps(s.m + r))));
+    }
+    for (int64_t r = lo8; r < hi8; r += 8) {
+      __m256 sum = _mm256_setzero_ps();
+      for (int64_t c = 0; c < keys; ++c)
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(s.st + c * bq + r));
+      _mm256_storeu_ps(s.rowsum + r, sum);
+    }
+    for (int32_t r : s.active) s.l[r] = s.l[r] * s.alpha[r] + s.rowsum[r];
+
+    for (int64_t c = 0; c < keys; ++c)
+      fast::load_row(vplane.row(key0 + c), vplane.elem, D, 1.0f, s.v + c * pl.Dp);
+    accumulate_pv(pl, s, keys);
+  }
+
+  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l).
+  const Elem out_elem = elem_of(pl.o.dtype);
+  const int64_t es = static_cast<int64_t>(dtype_size(pl.o.dtype));
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool empty = !(s.l[r] > 0.0f);
+    void* dst = static_cast<char*>(pl.o.data) + pl.o.offset(b, h, row0 + r, 0) * es;
+    fast::store_row(s.acc + r * pl.Dp, D, empty ? 0.0f : 1.0f / s.l[r], out_elem, dst);
+    if (pl.extras.lse)
+      pl.extras.lse[(b * p.shape.heads_q + h) * Nq + row0 + r] =
+          empty ? kNegInf : static_cast<float>(kLn2 * (double(s.m[r]) + std::log2(double(s.l[r]))));
+  }
+}
+
+}  // namespace
+
+Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                      const AttentionExtras& extras, int num_threads) {
+  QuantizedInputs quantized;
+  if (p.opts.quant == QuantMode::kInt8Fp8) quantized = quantize_inputs(p);
+
+  Plan pl;
+  pl.p = &p;
+  pl.mask = &mask;
+  pl.quant = p.opts.quant == QuantMode::kInt8Fp8 ? &quantized : nullptr;
+  pl.o = o;
+  pl.extras = extras;
+  pl.D = p.shape.head_dim;
+  pl.Dp = round_up(pl.D, 16);
+  pl.bq = p.opts.block_q;
+  pl.bk = p.opts.block_k;
+  pl.group = p.opts.pv_group_rows;
+  pl.nq = mask.num_q_blocks();
+  pl.nk = mask.num_k_blocks();
+  pl.causal = p.opts.causal;
+  pl.causal_off = p.opts.causal
+                      ? detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
+                                              p.shape.seq_q, p.shape.seq_k)
+                      : 0;
+  pl.score_log2 = double(p.scale) * kLog2e;
+
+  const int64_t heads = p.shape.heads_q, tasks = p.shape.batch * heads * pl.nq;
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  bool out_of_memory = false;
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch scratch(pl);
+    if (scratch.mem == nullptr) {
+#pragma omp atomic write
+      out_of_memory = true;
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      if (scratch.mem == nullptr) continue;
+      const int64_t qb = task % pl.nq, bh = task / pl.nq;
+      unsigned long long counters[2] = {0, 0};
+      attend_block(pl, scratch, bh / heads, bh % heads, qb, counters);
+      if (extras.pv_counters) {
+        unsigned long long* dst = extras.pv_counters + (bh % heads) * 2;
+#pragma omp atomic
+        dst[0] += counters[0];
+#pragma omp atomic
+        dst[1] += counters[1];
+      }
+    }
+  }
+  if (out_of_memory)
+    return Status::internal("attention_fast: could not allocate per-thread scratch memory");
+  return Status::ok();
+}
+
 }  // namespace sparge::cpu

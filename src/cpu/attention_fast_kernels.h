@@ -1,0 +1,181 @@
+// AVX2/FMA building blocks of the fast CPU backend (src/cpu/attention_fast.cc): row
+// conversions into fp32 scratch, a vectorized exp2, and the two register-blocked small GEMMs
+//   S = K·Qᵀ  (scores, stored key-major: st[c * ld + r], so row maxima and sums are vertical)
+//   acc[r] = alpha[r]·acc[r] + Σ_c P[c][r]·V[c]   (P·V for up to 4 query rows at a time).
+// The library is built with -march=x86-64-v3 and -ffp-contract=off, so every fused multiply-add
+// here is an explicit _mm256_fmadd_ps.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "common/fp_convert.h"
+
+namespace sparge::cpu::fast {
+
+// The element types a tile row is read from (fp32/fp16/bf16 tensors, int8 quantized codes).
+enum class Elem { kF32, kF16, kBF16, kI8 };
+
+// dst[i] = mul · float(src[i]) for i < n. Widening is exact; the product rounds once.
+inline void load_row(const void* src, Elem type, int64_t n, float mul, float* dst) {
+  const __m256 vmul = _mm256_set1_ps(mul);
+  int64_t i = 0;
+  switch (type) {
+    case Elem::kF32: {
+      const float* s = static_cast<const float*>(src);
+      for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), vmul));
+      for (; i < n; ++i) dst[i] = s[i] * mul;
+      break;
+    }
+    case Elem::kF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(h), vmul));
+      }
+      for (; i < n; ++i) dst[i] = detail::half_bits_to_float(s[i]) * mul;
+      break;
+    }
+    case Elem::kBF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+        const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);  // bf16 = top half
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_castsi256_ps(w), vmul));
+      }
+      for (; i < n; ++i) dst[i] = detail::bf16_bits_to_float(s[i]) * mul;
+      break;
+    }
+    case Elem::kI8: {
+      const int8_t* s = static_cast<const int8_t*>(src);
+      for (; i + 8 <= n; i += 8) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vmul));
+      }
+      for (; i < n; ++i) dst[i] = static_cast<float>(s[i]) * mul;
+      break;
+    }
+  }
+}
+
+// dst[i] = round_to_dtype(mul · src[i]) for i < n; fp16/bf16 round to nearest even.
+inline void store_row(const float* src, int64_t n, float mul, Elem type, void* dst) {
+  const __m256 vmul = _mm256_set1_ps(mul);
+  int64_t i = 0;
+  if (type == Elem::kF32) {
+    float* d = static_cast<float*>(dst);
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), vmul));
+    for (; i < n; ++i) d[i] = src[i] * mul;
+    return;
+  }
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  if (type == Elem::kF16) {
+    for (; i + 8 <= n; i += 8) {
+      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(src + i), vmul);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
+                       _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    for (; i < n; ++i) d[i] = detail::float_to_half_bits(src[i] * mul);
+    return;
+  }
+  // bf16: the scalar rule of fp_convert.h is branchy, and outputs are written once per row.
+  for (; i < n; ++i) d[i] = detail::float_to_bf16_bits(src[i] * mul);
+}
+
+// 2^x for 8 lanes: 2^n · 2^f with n = round(x), f ∈ [-0.5, 0.5], 2^f by its Taylor series to
+// degree 7 (truncation < 6e-9 relative; total error a few ulp). x < -126 gives exactly 0 (so
+// -inf → 0), NaN stays NaN. Inputs above 127 saturate at 2^127.
+inline __m256 exp2_ps(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-126.0f), hi = _mm256_set1_ps(127.0f);
+  // max/min return the second operand when one is NaN: the NaN flows through.
+  const __m256 xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(xc, n);
+  // c_k = ln(2)^k / k!
+  __m256 p = _mm256_set1_ps(1.5252733804059841e-05f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381608e-04f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-02f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
+  const __m256 r = _mm256_mul_ps(p, pow2n);
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), r);
+}
+
+// st[c * lds + r] = Σ_{d < D} k[c * ldk + d] · qt[d * ldq + r] for c < keys, r < rows.
+// keys % 4 == 0 and rows % 16 == 0: a 4-key × 16-row register block (8 accumulators, enough
+// independent FMA chains to hide the FMA latency on two pipes).
+inline void scores_tile(const float* qt, int64_t ldq, const float* k, int64_t ldk, int64_t D,
+                        int64_t keys, int64_t rows, float* st, int64_t lds) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    for (int64_t c0 = 0; c0 < keys; c0 += 4) {
+      __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+      __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+      __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+      __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+      const float* k0 = k + c0 * ldk;
+      const float* q = qt + r0;
+      for (int64_t d = 0; d < D; ++d, q += ldq) {
+        const __m256 q0 = _mm256_loadu_ps(q), q1 = _mm256_loadu_ps(q + 8);
+        __m256 kb = _mm256_broadcast_ss(k0 + d);
+        a00 = _mm256_fmadd_ps(kb, q0, a00);
+        a01 = _mm256_fmadd_ps(kb, q1, a01);
+        kb = _mm256_broadcast_ss(k0 + ldk + d);
+        a10 = _mm256_fmadd_ps(kb, q0, a10);
+        a11 = _mm256_fmadd_ps(kb, q1, a11);
+        kb = _mm256_broadcast_ss(k0 + 2 * ldk + d);
+        a20 = _mm256_fmadd_ps(kb, q0, a20);
+        a21 = _mm256_fmadd_ps(kb, q1, a21);
+        kb = _mm256_broadcast_ss(k0 + 3 * ldk + d);
+        a30 = _mm256_fmadd_ps(kb, q0, a30);
+        a31 = _mm256_fmadd_ps(kb, q1, a31);
+      }
+      float* s = st + c0 * lds + r0;
+      _mm256_storeu_ps(s, a00);
+      _mm256_storeu_ps(s + 8, a01);
+      _mm256_storeu_ps(s + lds, a10);
+      _mm256_storeu_ps(s + lds + 8, a11);
+      _mm256_storeu_ps(s + 2 * lds, a20);
+      _mm256_storeu_ps(s + 2 * lds + 8, a21);
+      _mm256_storeu_ps(s + 3 * lds, a30);
+      _mm256_storeu_ps(s + 3 * lds + 8, a31);
+    }
+  }
+}
+
+// For kRows query rows: acc_i[0:dp] = alpha_i · acc_i + Σ_{c < keys} p[c * 4 + i] · v[c * dp + :].
+// `p` holds the rows' probabilities interleaved (4 per key), dp % 16 == 0.
+template <int kRows>
+inline void pv_rows(const float* p, const float* v, int64_t keys, int64_t dp, float* const* acc,
+                    const float* alpha) {
+  for (int64_t d0 = 0; d0 < dp; d0 += 16) {
+    __m256 lo[kRows], hi[kRows];
+    for (int i = 0; i < kRows; ++i) {
+      const __m256 a = _mm256_set1_ps(alpha[i]);
+      lo[i] = _mm256_mul_ps(a, _mm256_loadu_ps(acc[i] + d0));
+      hi[i] = _mm256_mul_ps(a, _mm256_loadu_ps(acc[i] + d0 + 8));
+    }
+    const float* vc = v + d0;
+    for (int64_t c = 0; c < keys; ++c, vc += dp) {
+      const __m256 v0 = _mm256_loadu_ps(vc), v1 = _mm256_loadu_ps(vc + 8);
+      for (int i = 0; i < kRows; ++i) {
+        const __m256 pb = _mm256_broadcast_ss(p + c * 4 + i);
+        lo[i] = _mm256_fmadd_ps(pb, v0, lo[i]);
+        hi[i] = _mm256_fmadd_ps(pb, v1, hi[i]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {
+      _mm256_storeu_ps(acc[i] + d0, lo[i]);
+      _mm256_storeu_ps(acc[i] + d0 + 8, hi[i]);
+    }
+  }
+}
+
+}  // namespace sparge::cpu::fast
