@@ -86,7 +86,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Sparse
                           const BlockMask& mask, const ExecContext& ctx) {
   // Stage 1 reads only q and k; k stands in for v in the shape checks.
   SPARGE_RETURN_IF_ERROR(validate(q, k, k, opts));
-  SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
+  SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
   const detail::Problem p = make_problem(q, k, k, opts);
@@ -128,7 +128,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
       owned = HostBlockMask(q.batch, q.heads, q.tokens, k.tokens, opts.block_q, opts.block_k);
       mask = &owned.view();
     } else {
-      SPARGE_RETURN_IF_ERROR(detail::validate_mask(*mask, q, k, opts));
+      SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(*mask, q, k, opts));
     }
     const detail::Problem p = make_problem(q, k, v, opts);
     SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask));
@@ -148,7 +148,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   }
   BlockMask mask = mask_out ? *mask_out : mask_like(q, k, opts);
   if (mask_out) {
-    SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
+    SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   } else {
     const int64_t rows = mask.rows();
     auto* base = static_cast<char*>(ctx.workspace);

@@ -187,6 +187,13 @@ Status validate_output(const TensorView& o, const TensorView& q, const char* nam
 
 Status validate_mask(const BlockMask& m, const TensorView& q, const TensorView& k,
                      const SparseOptions& opts) {
+  SPARGE_RETURN_IF_ERROR(validate_mask_geometry(m, q, k, opts));
+  if (m.device == Device::kCPU) return validate_mask_contents(m);
+  return Status::ok();
+}
+
+Status validate_mask_geometry(const BlockMask& m, const TensorView& q, const TensorView& k,
+                              const SparseOptions& opts) {
   if (m.counts == nullptr || m.indices == nullptr)
     return Status::invalid("mask.counts and mask.indices must not be null");
   if (m.device != q.device || m.device_index != q.device_index)
@@ -205,7 +212,6 @@ Status validate_mask(const BlockMask& m, const TensorView& q, const TensorView& 
                                "] (seq_q ", q.tokens, ", seq_k ", k.tokens, ") for blocks ",
                                opts.block_q, "x", opts.block_k));
   }
-  if (m.device == Device::kCPU) return validate_mask_contents(m);
   return Status::ok();
 }
 

@@ -14,6 +14,9 @@ Status validate_output(const TensorView& o, const TensorView& q, const char* nam
 // The mask's geometry must match q/k and the options; host masks also get a content check.
 Status validate_mask(const BlockMask& mask, const TensorView& q, const TensorView& k,
                      const SparseOptions& opts);
+// The geometry alone, for masks that are outputs (Stage 1 writes them; their contents are junk).
+Status validate_mask_geometry(const BlockMask& mask, const TensorView& q, const TensorView& k,
+                              const SparseOptions& opts);
 Status validate_mask_contents(const BlockMask& host_mask);
 
 }  // namespace sparge::detail
