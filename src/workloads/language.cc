@@ -37,7 +37,7 @@ constexpr double kWindows[] = {16.0, 64.0, 256.0, 32.0};
 struct QueryHead {
   double local_logit, sink_logit;
 };
-constexpr QueryHead kQueryHeads[] = {{10.0, 9.0}, {12.0, 8.0}, {8.0, 10.0}, {14.0, 7.0}};
+constexpr QueryHead kQueryHeads[] = {{10.0, 9.5}, {12.0, 11.5}, {8.0, 9.0}, {14.0, 13.0}};
 
 template <typename T, size_t N>
 const T& cycle(const T (&table)[N], int64_t i) {
