@@ -1,0 +1,22 @@
+"""Sparge: training-free block-sparse attention (SpargeAttn) for PyTorch, on CPU and CUDA.
+
+    import sparge
+    out = sparge.attention(q, k, v, cdf_threshold=0.95)      # both stages
+    with sparge.patch_sdpa(pv_threshold=20.0):               # a model's SDPA calls -> Sparge
+        y = model(x)
+
+The ops are registered with torch.library (namespace `sparge`) and have fake kernels, so
+torch.compile(fullgraph=True) traces them. Inference only. See docs/python.md.
+"""
+from . import _C  # noqa: F401  (loads the extension, which registers torch.ops.sparge.*)
+from . import _fake  # noqa: F401  (fake kernels for torch.compile)
+from .mask import BlockMask, allowed_key_blocks
+from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention, build_info,
+                  predict_block_mask)
+from .patch import SpargeFallbackWarning, patch_sdpa, sdpa
+
+__version__ = "0.1.0"
+
+__all__ = ["attention", "predict_block_mask", "block_sparse_attention", "BlockMask",
+           "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
+           "allowed_key_blocks", "CUDA_HEAD_DIMS"]

@@ -1,0 +1,148 @@
+"""A drop-in for F.scaled_dot_product_attention, and a context manager that routes a model's
+SDPA calls to Sparge:
+
+    with sparge.patch_sdpa(cdf_threshold=0.95, pv_threshold=20.0):
+        out = model(x)
+
+Calls Sparge cannot serve exactly (dropout, an explicit attn_mask, short sequences, gradients,
+dtypes/devices the kernels lack) go to PyTorch's own SDPA, with one warning per reason.
+Models that call `torch.nn.functional.scaled_dot_product_attention` at run time are patched;
+code that imported the function under another name before the patch keeps PyTorch's.
+"""
+import warnings
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+
+
+class SpargeFallbackWarning(UserWarning):
+    """A call was sent to PyTorch's SDPA because Sparge does not support it."""
+
+
+# Below this many key tokens (two key blocks of the default 64) no tile can be skipped usefully.
+DEFAULT_MIN_SEQ_LEN = 128
+_TORCH_SDPA = F.scaled_dot_product_attention
+# Calls PyTorch itself rejects (wrong types or shapes) go to it silently, so it raises its error.
+_LET_TORCH_RAISE = ""
+
+
+def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_seq_len) -> Optional[str]:
+    tensors = (query, key, value)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return _LET_TORCH_RAISE
+    if dropout_p > 0.0:
+        return "dropout_p > 0 (Sparge has no attention dropout)"
+    if attn_mask is not None:
+        return "attn_mask given (Sparge takes no dense masks; use is_causal or a BlockMask)"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "gradients requested (Sparge is inference-only)"
+    if any(t.dim() not in (3, 4) for t in tensors) or len({t.dim() for t in tensors}) != 1:
+        return "inputs are not 3-D or 4-D [batch, (heads,) tokens, head_dim]"
+    if query.shape[-1] != key.shape[-1] or key.shape[-1] != value.shape[-1]:
+        return "value head dim differs from query/key head dim"
+    if query.shape[-1] > 256:
+        return "head_dim > 256"
+    if query.dim() == 4 and query.shape[1] != key.shape[1] and \
+            not (enable_gqa and query.shape[1] % key.shape[1] == 0):
+        return _LET_TORCH_RAISE
+    if query.device.type not in ("cpu", "cuda"):
+        return f"device {query.device.type} (Sparge runs on cpu and cuda)"
+    allowed = (torch.float16, torch.bfloat16) if query.is_cuda else \
+        (torch.float32, torch.float16, torch.bfloat16)
+    if any(t.dtype != query.dtype for t in tensors) or query.dtype not in allowed:
+        return f"dtype {query.dtype} on {query.device.type} (supported: {allowed})"
+    if query.shape[-2] < min_seq_len or key.shape[-2] < min_seq_len:
+        return f"sequence shorter than min_seq_len={min_seq_len}"
+    return None
+
+
+class _Router:
+    """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa)."""
+
+    def __init__(self, min_seq_len: int, options: Dict):
+        unknown = set(options) - _ATTENTION_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
+                            f"expected some of {sorted(_ATTENTION_OPTIONS)}")
+        self.min_seq_len = min_seq_len
+        self.options = options
+        self.fallbacks: Dict[str, int] = {}  # reason -> number of calls sent to PyTorch
+        self.sparge_calls = 0
+
+    def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                 scale=None, enable_gqa=False):
+        reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
+                                  self.min_seq_len)
+        if reason:
+            if reason not in self.fallbacks:
+                warnings.warn(f"sparge: using PyTorch SDPA: {reason}", SpargeFallbackWarning,
+                              stacklevel=3)
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        if reason is not None:
+            extra = {"enable_gqa": True} if enable_gqa else {}
+            return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                               is_causal=is_causal, scale=scale, **extra)
+        self.sparge_calls += 1
+        three_d = query.dim() == 3
+        if three_d:  # [batch, tokens, head_dim]: one head
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        out = ops.attention(query, key, value, is_causal=bool(is_causal),
+                            scale=None if scale is None else float(scale), **self.options)
+        return out.squeeze(1) if three_d else out
+
+
+_ATTENTION_OPTIONS = {"causal_align", "sim_threshold", "cdf_threshold", "topk", "pv_threshold",
+                      "attention_sink", "token_grid", "grid_offset", "block_q", "block_k",
+                      "quantized", "backend"}
+_DEFAULT_ROUTER = _Router(DEFAULT_MIN_SEQ_LEN, {})
+
+
+def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+         enable_gqa=False):
+    """F.scaled_dot_product_attention with Sparge's default thresholds (same signature).
+
+    Unsupported calls (see module doc) run PyTorch's SDPA, with one warning per reason.
+    """
+    return _DEFAULT_ROUTER(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+class patch_sdpa:
+    """Context manager routing F.scaled_dot_product_attention to Sparge with these options.
+
+    `min_seq_len`: shorter sequences run PyTorch's SDPA. Other keyword arguments are those of
+    `sparge.attention` (thresholds, block sizes, backend, ...). After the block, `fallbacks`
+    maps each fallback reason to its number of calls and `sparge_calls` counts the rest.
+    """
+
+    def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, **options):
+        if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
+            raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
+        self._router = _Router(min_seq_len, options)
+        self._saved = []
+
+    @property
+    def fallbacks(self) -> Dict[str, int]:
+        return dict(self._router.fallbacks)
+
+    @property
+    def sparge_calls(self) -> int:
+        return self._router.sparge_calls
+
+    def __enter__(self):
+        router = self._router
+
+        def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                         is_causal=False, scale=None, enable_gqa=False):
+            return router(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+        self._saved.append(F.scaled_dot_product_attention)
+        F.scaled_dot_product_attention = scaled_dot_product_attention
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._saved.pop()
+        return False
+
