@@ -1,0 +1,39 @@
+// The key tiles one query block visits: its BlockMask row (count + ascending key-block indices).
+// Every thread of the CTA walks the same iterator, so loads and math agree on the sequence.
+// Out-of-range entries (a corrupt device mask) are skipped rather than read out of bounds.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention/params.h"
+
+namespace sparge::cuda {
+
+class BlockIter {
+ public:
+  __device__ BlockIter(const AttnParams& p, int64_t mask_row) : nk_(p.num_k_blocks) {
+    indices_ = p.mask_indices + mask_row * p.num_k_blocks;
+    int count = p.mask_counts[mask_row];
+    count_ = count < 0 ? 0 : (count > nk_ ? nk_ : count);
+    pos_ = 0;
+    advance_to_valid();
+  }
+  __device__ bool done() const { return pos_ >= count_; }
+  __device__ int block() const { return current_; }
+  __device__ void next() {
+    ++pos_;
+    advance_to_valid();
+  }
+
+ private:
+  __device__ void advance_to_valid() {
+    for (; pos_ < count_; ++pos_) {
+      current_ = __ldg(indices_ + pos_);
+      if (current_ >= 0 && current_ < nk_) return;
+    }
+  }
+  const int32_t* indices_;
+  int count_, pos_, nk_, current_ = 0;
+};
+
+}  // namespace sparge::cuda

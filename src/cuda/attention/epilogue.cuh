@@ -1,0 +1,43 @@
+// Epilogue of the attention kernel: o_r = acc_r / l_r (0 when l_r = 0: the row saw no key),
+// lse_r = ln 2 · (m_r + log2 l_r) (-inf when l_r = 0), and the per-head λ-skip counters.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/attention/params.h"
+#include "cuda/common/math.cuh"
+
+namespace sparge::cuda {
+
+template <typename Traits>
+__device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, int row_g,
+                                             int lane, const float (&acc)[Traits::kHeadDim / 8][4],
+                                             const float (&row_max)[2], const float (&l)[2]) {
+  using T = typename Traits::Element;
+  auto* gO = static_cast<T*>(p.o) + int64_t(b) * p.o_stride[0] + int64_t(h) * p.o_stride[1];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row_g + 8 * i;
+    if (row >= p.seq_q) continue;
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+    T* dst = gO + int64_t(row) * p.o_stride[2] + (lane & 3) * 2;
+#pragma unroll
+    for (int d = 0; d < Traits::kHeadDim / 8; ++d)
+      *reinterpret_cast<uint32_t*>(dst + d * 8) = pack2<T>(acc[d][2 * i] * inv, acc[d][2 * i + 1] * inv);
+    if (p.lse != nullptr && (lane & 3) == 0) {
+      const float lse = l[i] > 0.0f ? kLn2 * (row_max[i] + log2f(l[i])) : -INFINITY;
+      p.lse[(int64_t(b) * p.heads_q + h) * p.seq_q + row] = lse;
+    }
+  }
+}
+
+// One atomic pair per warp and CTA: (row group, tile) pairs visited and skipped.
+__device__ __forceinline__ void add_pv_counters(const AttnParams& p, int h, int lane,
+                                                unsigned visited, unsigned skipped) {
+  if (p.pv_counters == nullptr || lane != 0 || visited == 0) return;
+  atomicAdd(p.pv_counters + 2 * h, static_cast<unsigned long long>(visited));
+  if (skipped) atomicAdd(p.pv_counters + 2 * h + 1, static_cast<unsigned long long>(skipped));
+}
+
+}  // namespace sparge::cuda

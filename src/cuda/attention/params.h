@@ -1,0 +1,42 @@
+// Arguments of the block-sparse attention kernel: plain pointers, element strides and runtime
+// scalars, filled once by dispatch.cu (Arguments -> Params) and passed by value to the kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "sparge/status.h"
+
+namespace sparge::cuda {
+
+// Per-head thresholds travel inside the kernel parameters (no host->device copy in the hot path).
+constexpr int kMaxParamHeads = 256;
+
+struct AttnParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  // Strides in elements, logical order (batch, head, token); channels are contiguous.
+  int64_t q_stride[3], k_stride[3], v_stride[3], o_stride[3];
+  int batch, heads_q, heads_kv, seq_q, seq_k;
+  int group;            // heads_q / heads_kv
+  int causal_offset;    // key c visible from row r iff c <= r + causal_offset (causal only)
+  float scale_log2;     // scale · log2(e): scores in log2 units
+  const int32_t* mask_counts;   // [batch, heads_q, nq]
+  const int32_t* mask_indices;  // [batch, heads_q, nq, nk]
+  int num_q_blocks, num_k_blocks;
+  float* lse;                           // optional [batch, heads_q, seq_q]
+  unsigned long long* pv_counters;      // optional [heads_q][2]: visited, skipped
+  // λ per query head (log2 units); pv_lambda_uniform when per-head values are not given.
+  float pv_lambda_uniform;
+  bool pv_lambda_per_head;
+  float pv_lambda[kMaxParamHeads];
+};
+
+// Explicitly instantiated per (dtype, head dim, causal) in src/cuda/instances/.
+template <typename T, int kHeadDim, bool kCausal>
+Status launch_attn(const AttnParams& params, cudaStream_t stream);
+
+}  // namespace sparge::cuda

@@ -1,0 +1,88 @@
+// Online softmax in log2 units for one warp's 16 query rows (each thread holds rows g and g+8
+// of the mma C fragments), and the λ rule of docs/method.md deciding whether the warp skips P·V.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/common/math.cuh"
+
+namespace sparge::cuda {
+
+template <int kNTiles>  // 8-column score tiles per key tile
+struct OnlineSoftmax {
+  float row_max[2];  // m_r, -inf until the row sees a key
+  float row_sum[2];  // this thread's share of l_r (summed over the quad in finalize)
+
+  __device__ void init() {
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.0f;
+  }
+
+  // Max of each of the thread's two rows over the tile (scores already in log2 units).
+  __device__ static void tile_max(const float (&s)[kNTiles][4], float (&m_loc)[2]) {
+    m_loc[0] = m_loc[1] = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n) {
+      m_loc[0] = fmaxf(m_loc[0], fmaxf(s[n][0], s[n][1]));
+      m_loc[1] = fmaxf(m_loc[1], fmaxf(s[n][2], s[n][3]));
+    }
+    // The 4 threads of a quad share a row.
+    m_loc[0] = warp_max_xor(m_loc[0], 2);
+    m_loc[1] = warp_max_xor(m_loc[1], 2);
+  }
+
+  // The λ rule: the warp skips the tile iff every existing row r has m_loc_r = -inf or
+  // (m_r != -inf and m_loc_r - m_r <= -λ). Rows past seq_q do not exist and never block a skip.
+  __device__ bool warp_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
+                             float lambda) const {
+    bool skippable = true;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const bool negligible = m_loc[i] == -INFINITY ||
+                              (row_max[i] != -INFINITY && m_loc[i] - row_max[i] <= -lambda);
+      skippable = skippable && (!row_exists[i] || negligible);
+    }
+    return __all_sync(0xffffffffu, skippable);
+  }
+
+  // Computed tile: m_new = max(m, m_loc), rescale acc and l by 2^(m - m_new), s <- 2^(s - m_new),
+  // l += Σ s. A row still at -inf uses 0 as base so that no inf - inf appears.
+  template <int kOTiles>
+  __device__ void update(float (&s)[kNTiles][4], const float (&m_loc)[2],
+                         float (&acc)[kOTiles][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float m_new = fmaxf(row_max[i], m_loc[i]);
+      const float base = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = fast_exp2(row_max[i] - base);
+      row_max[i] = m_new;
+      row_sum[i] *= alpha;
+#pragma unroll
+      for (int d = 0; d < kOTiles; ++d) {
+        acc[d][2 * i] *= alpha;
+        acc[d][2 * i + 1] *= alpha;
+      }
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+        s[n][2 * i] = fast_exp2(s[n][2 * i] - base);
+        s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - base);
+        sum += s[n][2 * i] + s[n][2 * i + 1];
+      }
+      row_sum[i] += sum;
+    }
+  }
+
+  // Full l_r of both rows (quad sum).
+  __device__ void finalize(float (&l)[2]) const {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float x = row_sum[i];
+      x += __shfl_xor_sync(0xffffffffu, x, 1);
+      x += __shfl_xor_sync(0xffffffffu, x, 2);
+      l[i] = x;
+    }
+  }
+};
+
+}  // namespace sparge::cuda

@@ -1,0 +1,297 @@
+// The CUDA backend's entry points (declared in src/common/backend.h). This is the only place
+// where runtime values (dtype, head dim, causal) become template arguments: plain switches whose
+// default returns Status::unsupported naming the field, the value and the compiled set.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include "cuda/attention/params.h"
+#include "common/backend.h"
+#include "cuda/common/check.cuh"
+#include "common/geometry.h"
+#include "cuda/instances/compiled_instances.h"
+#include "cuda/permute/permute.h"
+#include "cuda/predict/params.h"
+#include "sparge/build_info.h"
+
+namespace sparge::cuda {
+namespace {
+
+constexpr int kTileQ = 128, kTileK = 64;  // AttnTraitsSm80::kBlockM / kBlockN
+constexpr int kPvGroupRows = 16;          // one warp's rows
+
+template <typename... Args>
+std::string cat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+bool fast_build() {
+#if defined(SPARGE_FAST_BUILD)
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string attention_set() {
+  std::ostringstream os;
+  bool first = true;
+  for (const auto& inst : kCompiledInstances) {
+    if (fast_build() && !inst.in_fast_build) continue;
+    os << (first ? "" : ", ") << "d" << inst.head_dim << (inst.bf16 ? " bf16" : " fp16")
+       << (inst.causal ? " causal" : " dense");
+    first = false;
+  }
+  return os.str();
+}
+
+bool compiled(int head_dim, bool bf16, bool causal) {
+  for (const auto& inst : kCompiledInstances)
+    if (inst.head_dim == head_dim && inst.bf16 == bf16 && inst.causal == causal)
+      return !fast_build() || inst.in_fast_build;
+  return false;
+}
+
+void set_strides(int64_t (&dst)[3], const TensorView& t) {
+  dst[0] = t.stride_batch;
+  dst[1] = t.stride_head;
+  dst[2] = t.stride_token;
+}
+
+Status check_dtype(DType dtype, const char* field) {
+  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) return Status::ok();
+  return Status::unsupported(cat(field, " must be float16 or bfloat16 on cuda, got ", dtype_name(dtype)));
+}
+
+// The launch goes to the current device; the tensors must live there.
+Status check_device(int device_index) {
+  int current = -1;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device_index)
+    return Status::invalid(cat("q.device_index (", device_index, ") must be the current CUDA device (",
+                               current, "); call cudaSetDevice first"));
+  return Status::ok();
+}
+
+Status check_sizes(const detail::Problem& p) {
+  const int64_t limit = INT32_MAX - 256;
+  if (p.shape.seq_q > limit || p.shape.seq_k > limit)
+    return Status::unsupported(cat("seq_q and seq_k must be < 2^31 on cuda, got ", p.shape.seq_q, " and ",
+                                   p.shape.seq_k));
+  if (p.shape.heads_q > 65535 || p.shape.batch > 65535)
+    return Status::unsupported(cat("q.heads and q.batch must be <= 65535 on cuda, got ", p.shape.heads_q,
+                                   " and ", p.shape.batch));
+  return Status::ok();
+}
+
+// ---- attention: by_head_dim -> by_dtype -> by_causal -------------------------------------------
+template <typename T, int kHeadDim>
+Status attention_by_causal(const AttnParams& params, bool causal, cudaStream_t stream) {
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  if (!compiled(kHeadDim, bf16, causal))
+    return Status::unsupported(cat("attention instance (head_dim ", kHeadDim, ", ", bf16 ? "bf16" : "fp16",
+                                   causal ? ", causal" : ", dense",
+                                   ") is not compiled (SPARGE_FAST_BUILD=ON); compiled: ", attention_set()));
+#if defined(SPARGE_FAST_BUILD)
+  if constexpr (!(kHeadDim == 128 && std::is_same_v<T, __nv_bfloat16>)) return Status::internal("unreachable");
+  else return launch_attn<T, kHeadDim, false>(params, stream);
+#else
+  return causal ? launch_attn<T, kHeadDim, true>(params, stream)
+                : launch_attn<T, kHeadDim, false>(params, stream);
+#endif
+}
+
+template <int kHeadDim>
+Status attention_by_dtype(const AttnParams& params, DType dtype, bool causal, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kBFloat16: return attention_by_causal<__nv_bfloat16, kHeadDim>(params, causal, stream);
+    case DType::kFloat16: return attention_by_causal<__half, kHeadDim>(params, causal, stream);
+    default:
+      return Status::unsupported(cat("q.dtype ", dtype_name(dtype), " is not compiled on cuda; compiled: ",
+                                     attention_set()));
+  }
+}
+
+Status attention_by_head_dim(const AttnParams& params, int64_t head_dim, DType dtype, bool causal,
+                             cudaStream_t stream) {
+  switch (head_dim) {
+    case 64: return attention_by_dtype<64>(params, dtype, causal, stream);
+    case 128: return attention_by_dtype<128>(params, dtype, causal, stream);
+    default:
+      return Status::unsupported(cat("q.head_dim must be 64 or 128 on cuda, got ", head_dim,
+                                     "; compiled: ", attention_set()));
+  }
+}
+
+// ---- predict: by_dtype ------------------------------------------------------------------------
+Status predict_by_dtype(const PredictParams& params, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kBFloat16: return launch_predict<__nv_bfloat16>(params, stream);
+    case DType::kFloat16: return launch_predict<__half>(params, stream);
+    default:
+      return Status::unsupported(cat("q.dtype must be float16 or bfloat16 on cuda, got ", dtype_name(dtype)));
+  }
+}
+
+}  // namespace
+
+int device_count() {
+  int n = 0;
+  // No driver or no GPU: cudart_static reports an error, which means "no device" here.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string compiled_set() {
+  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention mma.sync tiles ", kTileQ, "x", kTileK, ": ",
+             attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
+}
+
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
+  return predict_workspace(shape, opts).total;
+}
+
+Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                 const AttentionExtras& extras, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  if (p.opts.quant != QuantMode::kNone)
+    return Status::unsupported("SparseOptions.quant kInt8Fp8 is not implemented by the CUDA backend yet; use kNone");
+  if (mask.block_q != kTileQ || mask.block_k != kTileK)
+    return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
+                                   ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
+                                   kTileK, ")"));
+  if (p.opts.pv_group_rows != kPvGroupRows)
+    return Status::unsupported(cat("SparseOptions.pv_group_rows must be ", kPvGroupRows,
+                                   " on cuda (one warp's rows), got ", p.opts.pv_group_rows));
+  if (p.opts.pv_threshold.per_head && p.shape.heads_q > kMaxParamHeads)
+    return Status::unsupported(cat("per-head pv_threshold supports at most ", kMaxParamHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+
+  AttnParams a{};
+  a.q = p.q.data;
+  a.k = p.k.data;
+  a.v = p.v.data;
+  a.o = o.data;
+  set_strides(a.q_stride, p.q);
+  set_strides(a.k_stride, p.k);
+  set_strides(a.v_stride, p.v);
+  set_strides(a.o_stride, o);
+  a.batch = int(p.shape.batch);
+  a.heads_q = int(p.shape.heads_q);
+  a.heads_kv = int(p.shape.heads_kv);
+  a.seq_q = int(p.shape.seq_q);
+  a.seq_k = int(p.shape.seq_k);
+  a.group = int(p.shape.heads_q / p.shape.heads_kv);
+  a.causal_offset = int(detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
+                                              p.shape.seq_q, p.shape.seq_k));
+  a.scale_log2 = float(double(p.scale) * 1.4426950408889634);
+  a.mask_counts = mask.counts;
+  a.mask_indices = mask.indices;
+  a.num_q_blocks = int(mask.num_q_blocks());
+  a.num_k_blocks = int(mask.num_k_blocks());
+  a.lse = extras.lse;
+  a.pv_counters = extras.pv_counters;
+  a.pv_lambda_uniform = p.opts.pv_threshold.value;
+  a.pv_lambda_per_head = p.opts.pv_threshold.per_head != nullptr;
+  if (a.pv_lambda_per_head)
+    for (int h = 0; h < a.heads_q; ++h) a.pv_lambda[h] = p.opts.pv_threshold.per_head[h];
+  return attention_by_head_dim(a, p.shape.head_dim, p.q.dtype, p.opts.causal,
+                               static_cast<cudaStream_t>(ctx.stream));
+}
+
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  const bool per_head = p.opts.sim_threshold.per_head || p.opts.cdf_threshold.per_head ||
+                        p.opts.topk.per_head;
+  if (per_head && p.shape.heads_q > kMaxPredictHeads)
+    return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  if (mask.num_k_blocks() > max_sortable_key_blocks())
+    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
+                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
+                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
+  const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
+    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
+                                 " bytes for Stage 1 (workspace_size()), got ",
+                                 ctx.workspace ? ctx.workspace_bytes : 0));
+  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
+    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+
+  PredictParams s{};
+  s.q = p.q.data;
+  s.k = p.k.data;
+  set_strides(s.q_stride, p.q);
+  set_strides(s.k_stride, p.k);
+  s.batch = int(p.shape.batch);
+  s.heads_q = int(p.shape.heads_q);
+  s.heads_kv = int(p.shape.heads_kv);
+  s.group = int(p.shape.heads_q / p.shape.heads_kv);
+  s.seq_q = int(p.shape.seq_q);
+  s.seq_k = int(p.shape.seq_k);
+  s.head_dim = int(p.shape.head_dim);
+  s.block_q = mask.block_q;
+  s.block_k = mask.block_k;
+  s.num_q_blocks = int(mask.num_q_blocks());
+  s.num_k_blocks = int(mask.num_k_blocks());
+  s.scale = double(p.scale);
+  s.causal = p.opts.causal;
+  s.causal_offset = detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
+                                          p.shape.seq_q, p.shape.seq_k);
+  s.topk = p.opts.select == SelectMode::kTopK;
+  s.attention_sink = p.opts.attention_sink;
+  s.per_head = per_head;
+  const HeadParam& select = s.topk ? p.opts.topk : p.opts.cdf_threshold;
+  for (int h = 0; h < (per_head ? s.heads_q : 1); ++h) {
+    s.sim_threshold[h] = p.opts.sim_threshold.at(h);
+    s.select_value[h] = select.at(h);
+  }
+  s.mask_counts = mask.counts;
+  s.mask_indices = mask.indices;
+  auto* base = static_cast<char*>(ctx.workspace);
+  s.km_partial = reinterpret_cast<double*>(base + ws.km_partial);
+  s.km = reinterpret_cast<double*>(base + ws.km);
+  s.pooled_q = reinterpret_cast<double*>(base + ws.pooled_q);
+  s.sim_q = reinterpret_cast<double*>(base + ws.sim_q);
+  s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
+  s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);
+  s.scores = reinterpret_cast<double*>(base + ws.scores);
+  return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+}
+
+Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
+                      int64_t order_len, int64_t first_token, bool inverse, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_device(in.device_index));
+  PermuteParams pp{};
+  pp.in = in.data;
+  pp.out = out.data;
+  set_strides(pp.in_stride, in);
+  set_strides(pp.out_stride, out);
+  pp.batch = in.batch;
+  pp.heads = in.heads;
+  pp.tokens = in.tokens;
+  pp.head_dim = in.head_dim;
+  pp.elem_bytes = int(dtype_size(in.dtype));
+  pp.order = order;
+  pp.order_len = order_len;
+  pp.first = first_token;
+  pp.inverse = inverse;
+  return launch_permute(pp, static_cast<cudaStream_t>(ctx.stream));
+}
+
+}  // namespace sparge::cuda

@@ -1,0 +1,71 @@
+// Arguments and workspace layout of Stage 1 (block-mask prediction) on CUDA.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sparge/sparge.h"
+
+namespace sparge::cuda {
+
+constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the kernel parameters
+constexpr int kKeyMeanChunk = 1024;    // tokens per partial sum of the key mean (fixed order)
+constexpr int kScoreRowsPerCta = 16;   // query blocks per CTA of the compressed-score kernel
+
+struct PredictParams {
+  const void* q;
+  const void* k;
+  int64_t q_stride[3], k_stride[3];  // (batch, head, token) in elements
+  int batch, heads_q, heads_kv, group, seq_q, seq_k, head_dim;
+  int block_q, block_k, num_q_blocks, num_k_blocks;
+  double scale;
+  bool causal;
+  int64_t causal_offset;
+  bool topk;              // false: TopCdf
+  bool attention_sink;
+  bool per_head;          // thresholds below are per query head, else [0] for every head
+  float sim_threshold[kMaxPredictHeads];
+  float select_value[kMaxPredictHeads];  // τ (TopCdf) or κ (TopK)
+  int32_t* mask_counts;
+  int32_t* mask_indices;
+  // Workspace (doubles): key-mean partial sums and mean, pooled blocks, similarities, scores.
+  double* km_partial;  // [batch·heads_kv, chunks, D]
+  double* km;          // [batch·heads_kv, D]
+  double* pooled_q;    // [batch·heads_q, nq, D]
+  double* sim_q;       // [batch·heads_q, nq]
+  double* pooled_kt;   // [batch·heads_kv, D, nk] (transposed: the score kernel reads along nk)
+  double* sim_k;       // [batch·heads_kv, nk]
+  double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k
+};
+
+// Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
+struct PredictWorkspace {
+  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, total;
+};
+
+inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOptions& o) {
+  auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+  const std::size_t nq = (s.seq_q + o.block_q - 1) / o.block_q;
+  const std::size_t nk = (s.seq_k + o.block_k - 1) / o.block_k;
+  const std::size_t chunks = (s.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
+  const std::size_t bhq = s.batch * s.heads_q, bhk = s.batch * s.heads_kv, d = s.head_dim;
+  const std::size_t sizes[7] = {bhk * chunks * d, bhk * d, bhq * nq * d, bhq * nq,
+                                bhk * d * nk,     bhk * nk, bhq * nq * nk};
+  std::size_t offs[7], at = 0;
+  for (int i = 0; i < 7; ++i) {
+    offs[i] = at;
+    at += align(sizes[i] * sizeof(double));
+  }
+  return {offs[0], offs[1], offs[2], offs[3], offs[4], offs[5], offs[6], at};
+}
+
+// Explicitly instantiated for __half and __nv_bfloat16 in predict.cu.
+template <typename T>
+Status launch_predict(const PredictParams& params, cudaStream_t stream);
+
+// Largest key-block count one CTA of the selection kernel can sort in shared memory.
+int max_sortable_key_blocks();
+
+}  // namespace sparge::cuda

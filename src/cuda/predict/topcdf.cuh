@@ -1,0 +1,179 @@
+// Stage 1, second half: the compressed score map S̃ = scale · p_q · p_kᵀ, then per query block
+// the softmax over eligible key blocks (causally allowed and similar), the TopCdf / TopK
+// selection ranked by P̃ descending with ties to the lower index, the forced non-similar rows and
+// columns, the sink column, and the ascending BlockMask row (docs/method.md, Stage 1, steps 3-7).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/geometry.h"
+#include "cuda/common/math.cuh"
+#include "cuda/predict/params.h"
+
+namespace sparge::cuda {
+
+constexpr int kSelectThreads = 256;
+
+// Scores of kScoreRowsPerCta query blocks against every key block: grid (⌈nq/16⌉, batch·heads_q).
+__global__ void __launch_bounds__(256) compressed_scores(const PredictParams p) {
+  __shared__ double sQ[kScoreRowsPerCta][256];
+  const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
+  const int bhk = b * p.heads_kv + h / p.group;
+  const int i0 = blockIdx.x * kScoreRowsPerCta;
+  const int rows = min(kScoreRowsPerCta, p.num_q_blocks - i0);
+  for (int e = threadIdx.x; e < kScoreRowsPerCta * p.head_dim; e += blockDim.x) {
+    const int r = e / p.head_dim, d = e % p.head_dim;
+    sQ[r][d] = r < rows ? p.pooled_q[(int64_t(bh) * p.num_q_blocks + i0 + r) * p.head_dim + d] : 0.0;
+  }
+  __syncthreads();
+  const double* gKt = p.pooled_kt + int64_t(bhk) * p.head_dim * p.num_k_blocks;
+  for (int j = threadIdx.x; j < p.num_k_blocks; j += blockDim.x) {
+    double acc[kScoreRowsPerCta];
+#pragma unroll
+    for (int r = 0; r < kScoreRowsPerCta; ++r) acc[r] = 0.0;
+    for (int d = 0; d < p.head_dim; ++d) {
+      const double kv = gKt[int64_t(d) * p.num_k_blocks + j];
+#pragma unroll
+      for (int r = 0; r < kScoreRowsPerCta; ++r) acc[r] += sQ[r][d] * kv;
+    }
+#pragma unroll
+    for (int r = 0; r < kScoreRowsPerCta; ++r)
+      if (r < rows) p.scores[(int64_t(bh) * p.num_q_blocks + i0 + r) * p.num_k_blocks + j] = p.scale * acc[r];
+  }
+}
+
+// Block-wide reduction / exclusive scan over kSelectThreads threads; `scratch` holds 32 values.
+template <typename V, typename Op>
+__device__ V block_reduce(V x, V* scratch, Op op) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int off = 16; off > 0; off >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  V r = scratch[0];
+  for (int w = 1; w < kSelectThreads / 32; ++w) r = op(r, scratch[w]);
+  return r;
+}
+
+template <typename V>
+__device__ V block_exclusive_scan(V x, V* scratch, V* total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  V inc = x;
+  for (int off = 1; off < 32; off <<= 1) {
+    const V y = __shfl_up_sync(0xffffffffu, inc, off);
+    if (lane >= off) inc += y;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  V before = V(0), all = V(0);
+  for (int w = 0; w < kSelectThreads / 32; ++w) {
+    if (w < warp) before += scratch[w];
+    all += scratch[w];
+  }
+  *total = all;
+  return before + inc - x;
+}
+
+// One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
+__global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictParams p, int sort_len) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  double* sProb = reinterpret_cast<double*>(smem_raw);      // P̃, -1 for ineligible
+  int* sIdx = reinterpret_cast<int*>(sProb + sort_len);      // key block of each sort slot
+  int* sKeep = sIdx + sort_len;                               // final mask row as 0/1 flags
+  __shared__ double sScratchD[32];
+  __shared__ int sScratchI[32];
+
+  const int i = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
+  const int bhk = b * p.heads_kv + h / p.group;
+  const int nk = p.num_k_blocks;
+  const int64_t row = int64_t(bh) * p.num_q_blocks + i;
+  const int allowed = int(detail::allowed_key_blocks(i, p.block_q, p.block_k, p.causal,
+                                                     p.causal_offset, p.seq_q, p.seq_k));
+  const float theta = p.sim_threshold[p.per_head ? h : 0];
+  const float select = p.select_value[p.per_head ? h : 0];
+  const bool q_similar = p.sim_q[row] > double(theta);  // NaN compares false: non-similar
+  const double* gScores = p.scores + row * nk;
+
+  // Eligible columns: causally allowed and similar. Non-similar ones are forced on below.
+  double local_max = -INFINITY;
+  int local_eligible = 0;
+  for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
+    const bool in_range = j < allowed;
+    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    sIdx[j] = j;
+    sProb[j] = k_similar ? gScores[j] : -INFINITY;
+    if (k_similar) {
+      local_max = fmax(local_max, sProb[j]);
+      ++local_eligible;
+    }
+    if (j < nk) sKeep[j] = in_range && (!k_similar || !q_similar);
+  }
+  const auto max_op = [](double a, double b) { return fmax(a, b); };
+  const auto sum_op = [](double a, double b) { return a + b; };
+  const double row_max = block_reduce(local_max, sScratchD, max_op);
+  const int eligible = block_reduce(local_eligible, sScratchI, [](int a, int b) { return a + b; });
+
+  if (eligible > 0) {
+    // P̃ = softmax over the eligible columns.
+    double local_sum = 0.0;
+    for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
+      const double e = sProb[j] == -INFINITY ? -1.0 : exp(sProb[j] - row_max);
+      sProb[j] = e;
+      if (e >= 0.0) local_sum += e;
+    }
+    const double denom = block_reduce(local_sum, sScratchD, sum_op);
+    for (int j = threadIdx.x; j < sort_len; j += kSelectThreads)
+      if (sProb[j] >= 0.0) sProb[j] /= denom;
+    __syncthreads();
+    // Bitonic sort: P̃ descending, ties to the lower key block (ineligible slots sink to the end).
+    for (int k = 2; k <= sort_len; k <<= 1)
+      for (int jj = k >> 1; jj > 0; jj >>= 1) {
+        for (int a = threadIdx.x; a < sort_len; a += kSelectThreads) {
+          const int c = a ^ jj;
+          if (c <= a) continue;
+          const bool a_after_c = sProb[a] < sProb[c] || (sProb[a] == sProb[c] && sIdx[a] > sIdx[c]);
+          const bool ascending_run = (a & k) == 0;
+          if (ascending_run == a_after_c) {
+            const double tp = sProb[a]; sProb[a] = sProb[c]; sProb[c] = tp;
+            const int ti = sIdx[a]; sIdx[a] = sIdx[c]; sIdx[c] = ti;
+          }
+        }
+        __syncthreads();
+      }
+    // TopCdf: keep rank t iff the mass before it is < τ (the block reaching τ is kept; if the
+    // total stays below τ, all are kept). TopK: the first max(1, ⌊κ·allowed⌋) ranks.
+    const int64_t topk_keep = max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
+    double carry = 0.0;
+    for (int base = 0; base < sort_len; base += kSelectThreads) {
+      const int t = base + threadIdx.x;
+      const double prob = sProb[t];
+      double chunk_total;
+      const double before = carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
+      carry += chunk_total;
+      if (prob >= 0.0) {
+        const bool keep = p.topk ? t < topk_keep : before < double(select);
+        if (keep) sKeep[sIdx[t]] = 1;
+      }
+    }
+  }
+  __syncthreads();
+  if (p.attention_sink && allowed > 0 && threadIdx.x == 0) sKeep[0] = 1;
+  __syncthreads();
+
+  // Ascending compaction of the kept flags into the mask row.
+  int32_t* gIdx = p.mask_indices + row * nk;
+  int written = 0;
+  for (int base = 0; base < allowed; base += kSelectThreads) {
+    const int j = base + threadIdx.x;
+    const int flag = j < allowed ? sKeep[j] : 0;
+    int chunk_total;
+    const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
+    if (flag) gIdx[pos] = j;
+    written += chunk_total;
+  }
+  if (threadIdx.x == 0) p.mask_counts[row] = written;
+}
+
+}  // namespace sparge::cuda

@@ -1,0 +1,143 @@
+// Helpers of the GPU tests: device copies of host tensors and masks, poisoned outputs, the
+// skip-without-GPU guard, and the fp32 CPU reference on exactly the values the GPU reads.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "sparge/sparge.h"
+#include "test_util.h"
+
+namespace sparge::test {
+
+#define SPARGE_SKIP_WITHOUT_GPU()                                                \
+  do {                                                                           \
+    if (::sparge::cuda_device_count() == 0)                                      \
+      GTEST_SKIP() << "no CUDA device (or no driver): GPU test skipped";         \
+  } while (0)
+
+#define SPARGE_ASSERT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+    if (cudaMalloc(&ptr_, bytes ? bytes : 16) != cudaSuccess) ptr_ = nullptr;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  void* get() const { return ptr_; }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// A device copy of a HostTensor's storage with the same strides.
+struct DeviceTensor {
+  DeviceBuffer buf;
+  TensorView view;
+  HostTensor host;  // layout twin used to read the device data back
+
+  static DeviceTensor upload(const HostTensor& h) {
+    DeviceTensor d;
+    d.host = h;
+    const bool f32 = h.view.dtype == DType::kFloat32;
+    const void* src = f32 ? static_cast<const void*>(h.f32.data()) : static_cast<const void*>(h.half.data());
+    const std::size_t bytes = f32 ? h.f32.size() * 4 : h.half.size() * 2;
+    d.buf = DeviceBuffer(bytes);
+    cudaMemcpy(d.buf.get(), src, bytes, cudaMemcpyHostToDevice);
+    d.view = h.view;
+    d.view.data = d.buf.get();
+    d.view.device = Device::kCUDA;
+    return d;
+  }
+  // Logical HND float values currently on the device.
+  std::vector<float> download() {
+    const bool f32 = host.view.dtype == DType::kFloat32;
+    void* dst = f32 ? static_cast<void*>(host.f32.data()) : static_cast<void*>(host.half.data());
+    cudaMemcpy(dst, buf.get(), buf.bytes(), cudaMemcpyDeviceToHost);
+    return host.to_hnd();
+  }
+};
+
+struct DeviceMask {
+  DeviceBuffer counts, indices;
+  BlockMask mask;
+  static DeviceMask like(const BlockMask& m) {
+    DeviceMask d;
+    d.counts = DeviceBuffer(sizeof(int32_t) * m.rows());
+    d.indices = DeviceBuffer(sizeof(int32_t) * m.rows() * m.num_k_blocks());
+    d.mask = m;
+    d.mask.counts = static_cast<int32_t*>(d.counts.get());
+    d.mask.indices = static_cast<int32_t*>(d.indices.get());
+    d.mask.device = Device::kCUDA;
+    // Poison: counts past nk and indices of -1 are caught by the comparisons.
+    cudaMemset(d.counts.get(), 0x7f, d.counts.bytes());
+    cudaMemset(d.indices.get(), 0xff, d.indices.bytes());
+    return d;
+  }
+  static DeviceMask upload(const HostBlockMask& h) {
+    DeviceMask d = like(h.view());
+    cudaMemcpy(d.counts.get(), h.counts.data(), d.counts.bytes(), cudaMemcpyHostToDevice);
+    cudaMemcpy(d.indices.get(), h.indices.data(), d.indices.bytes(), cudaMemcpyHostToDevice);
+    return d;
+  }
+  HostBlockMask download() const {
+    HostBlockMask h(mask.batch, mask.heads, mask.seq_q, mask.seq_k, mask.block_q, mask.block_k);
+    cudaMemcpy(h.counts.data(), counts.get(), counts.bytes(), cudaMemcpyDeviceToHost);
+    cudaMemcpy(h.indices.data(), indices.get(), indices.bytes(), cudaMemcpyDeviceToHost);
+    return h;
+  }
+};
+
+inline std::vector<float> gaussian(std::size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> x(n);
+  for (float& v : x) v = dist(rng);
+  return x;
+}
+
+// The same values in fp32 (HND contiguous): the CPU reference then computes on exactly the
+// numbers the GPU read, and writes an fp32 output that adds no rounding of its own.
+inline HostTensor as_fp32(const HostTensor& t) {
+  return HostTensor::make(t.to_hnd(), t.view.batch, t.view.heads, t.view.tokens,
+                          t.view.head_dim, DType::kFloat32, Layout::kHND);
+}
+
+// Random mask over the causally allowed tiles: each kept with probability `keep`; rows listed
+// in `empty_every` (every n-th row, 0 = none) keep nothing.
+inline HostBlockMask random_mask(int64_t B, int64_t H, int64_t Nq, int64_t Nk, bool causal,
+                                 CausalAlign align, double keep, int empty_every, uint64_t seed) {
+  HostBlockMask full(B, H, Nq, Nk, 128, 64);
+  EXPECT_TRUE(fill_dense_mask(full.view(), causal, align).is_ok());
+  std::vector<uint8_t> dense = full.to_dense();
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const int64_t nk = full.mask.num_k_blocks();
+  for (int64_t r = 0; r < full.mask.rows(); ++r)
+    for (int64_t j = 0; j < nk; ++j) {
+      uint8_t& cell = dense[r * nk + j];
+      if (empty_every > 0 && r % empty_every == 0) cell = 0;
+      else if (cell && u(rng) >= keep) cell = 0;
+    }
+  return HostBlockMask::from_dense(dense, B, H, Nq, Nk, 128, 64);
+}
+
+}  // namespace sparge::test

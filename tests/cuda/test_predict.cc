@@ -1,0 +1,157 @@
+// GPU Stage 1 against the CPU reference mask: random and structured (video-grid, language-like)
+// inputs, TopCdf and TopK, causal in both alignments, GQA, sinks, per-head thresholds, odd
+// lengths. Reports the fraction of identical blocks (only exact ties may differ).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "common/validate.h"
+#include "gpu_test_util.h"
+#include "sparge/workloads.h"
+
+namespace sparge::test {
+namespace {
+
+struct PredictCase {
+  std::string workload;  // "random", "video", "llm"
+  int64_t Hq, Hkv, Nq, Nk, D;
+  DType dtype;
+  Layout layout;
+  bool causal;
+  CausalAlign align;
+  SelectMode select;
+  float sim, cdf_or_topk;
+  bool sink;
+};
+
+workloads::Workload make_workload(const PredictCase& c, uint64_t seed) {
+  if (c.workload == "video") {
+    // Nq = Nk = frames·h·w.
+    return workloads::video_grid(1, c.Hq, c.Nq / 64, 8, 8, c.D, seed);
+  }
+  if (c.workload == "llm") return workloads::language_like(1, c.Hq, c.Hkv, c.Nq, c.D, seed);
+  return workloads::random_gaussian(1, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
+}
+
+class PredictVsReference : public ::testing::TestWithParam<PredictCase> {};
+
+TEST_P(PredictVsReference, MasksAgreeExceptAtTies) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const PredictCase& c = GetParam();
+  workloads::Workload w = make_workload(c, 11 + c.Nq);
+  const int64_t B = w.batch, Hq = w.heads_q, Hkv = w.heads_kv, Nq = w.seq_q, Nk = w.seq_k, D = w.head_dim;
+  HostTensor q = HostTensor::make(w.q, B, Hq, Nq, D, c.dtype, c.layout, 1);
+  HostTensor k = HostTensor::make(w.k, B, Hkv, Nk, D, c.dtype, c.layout, 1);
+
+  SparseOptions opts;
+  opts.causal = c.causal;
+  opts.causal_align = c.align;
+  opts.select = c.select;
+  opts.attention_sink = c.sink;
+  std::vector<float> per_head_sim(Hq);
+  for (int64_t h = 0; h < Hq; ++h) per_head_sim[h] = c.sim + 0.1f * float(h % 3) - 0.1f;
+  opts.sim_threshold.per_head = per_head_sim.data();
+  if (c.select == SelectMode::kTopK) opts.topk.value = c.cdf_or_topk;
+  else opts.cdf_threshold.value = c.cdf_or_topk;
+
+  HostBlockMask ref(B, Hq, Nq, Nk, opts.block_q, opts.block_k);
+  Status st = predict_block_mask(q.view, k.view, opts, ref.view());
+  ASSERT_TRUE(st.is_ok()) << st.message();
+
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
+  DeviceMask dmask = DeviceMask::like(ref.view());
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  st = predict_block_mask(dq.view, dk.view, opts, dmask.mask, ctx);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  HostBlockMask got = dmask.download();
+  const Status valid = detail::validate_mask_contents(got.view());
+  ASSERT_TRUE(valid.is_ok()) << valid.message();
+
+  const std::vector<uint8_t> a = got.to_dense(), b = ref.to_dense();
+  int64_t same = 0, kept = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    same += a[i] == b[i];
+    kept += b[i];
+  }
+  const double frac = double(same) / double(a.size());
+  const AttentionStats stats = mask_stats(ref.view(), c.causal, c.align);
+  std::printf("[ predict ] %s Hq%ld Nq%ld Nk%ld D%ld %s: identical blocks %.5f (%ld/%zu), ref sparsity %.3f\n",
+              c.workload.c_str(), long(Hq), long(Nq), long(Nk), long(D),
+              c.select == SelectMode::kTopK ? "topk" : "topcdf", frac, long(same), a.size(), stats.sparsity());
+  EXPECT_GE(frac, 0.995);
+  EXPECT_GT(kept, 0);
+}
+
+const PredictCase kPredictCases[] = {
+    {"random", 2, 1, 1, 1, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.9f, false},
+    {"random", 4, 2, 1000, 1000, 128, DType::kBFloat16, Layout::kNHD, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, -0.5f, 0.9f, false},
+    {"random", 2, 2, 129, 1000, 64, DType::kFloat16, Layout::kHND, true, CausalAlign::kBottomRight, SelectMode::kTopK, -0.5f, 0.3f, true},
+    {"random", 2, 1, 1000, 129, 64, DType::kFloat16, Layout::kHND, true, CausalAlign::kBottomRight, SelectMode::kTopCdf, -0.5f, 0.5f, false},
+    {"random", 2, 2, 17, 1000, 128, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopK, 0.0f, 0.5f, false},
+    {"video", 4, 4, 4096, 4096, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.5f, 0.9f, false},
+    {"video", 2, 2, 2048, 2048, 128, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopK, 0.6f, 0.2f, true},
+    {"llm", 4, 2, 2000, 2000, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.95f, true},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, PredictVsReference, ::testing::ValuesIn(kPredictCases));
+
+TEST(PredictErrors, WorkspaceTooSmallIsReported) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  DeviceBuffer buf(2 * 256 * 64);
+  TensorView t = TensorView::contiguous(buf.get(), DType::kBFloat16, Layout::kHND, 1, 1, 256, 64, Device::kCUDA);
+  HostBlockMask h(1, 1, 256, 256, 128, 64);
+  DeviceMask m = DeviceMask::like(h.view());
+  SparseOptions opts;
+  const Status st = predict_block_mask(t, t, opts, m.mask, ExecContext{});
+  EXPECT_EQ(st.code(), StatusCode::kWorkspaceTooSmall);
+  EXPECT_NE(st.message().find("workspace"), std::string::npos) << st.message();
+}
+
+// End to end: sparse_attention (Stage 1 + 2 from the workspace) against the reference backend.
+TEST(SparseAttentionEndToEnd, MatchesReference) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  workloads::Workload w = workloads::video_grid(1, 2, 8, 8, 16, 128, 3);  // N = 1024
+  const int64_t B = 1, H = 2, N = w.seq_q, D = 128;
+  HostTensor q = HostTensor::make(w.q, B, H, N, D, DType::kBFloat16, Layout::kHND);
+  HostTensor k = HostTensor::make(w.k, B, H, N, D, DType::kBFloat16, Layout::kHND);
+  HostTensor v = HostTensor::make(w.v, B, H, N, D, DType::kBFloat16, Layout::kHND);
+  SparseOptions opts;
+  opts.sim_threshold.value = 0.4f;
+  opts.cdf_threshold.value = 0.9f;
+  opts.pv_threshold.value = INFINITY;
+
+  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
+  HostTensor o32 = HostTensor::poisoned(B, H, N, D, DType::kFloat32, Layout::kHND);
+  HostBlockMask ref_mask(B, H, N, N, 128, 64);
+  ExecContext ref_ctx;
+  ref_ctx.backend = Backend::kReference;
+  Status st = sparse_attention(q32.view, k32.view, v32.view, opts, o32.view, {}, ref_ctx, &ref_mask.view());
+  ASSERT_TRUE(st.is_ok()) << st.message();
+
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(B, H, N, D, DType::kBFloat16, Layout::kHND));
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  DeviceMask dmask = DeviceMask::like(ref_mask.view());
+  st = sparse_attention(dq.view, dk.view, dv.view, opts, dout.view, {}, ctx, &dmask.mask);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const HostBlockMask got = dmask.download();
+  const AttentionStats stats = mask_stats(got.view(), false, CausalAlign::kTopLeft);
+  const double err = rel_l1(dout.download(), o32.to_hnd());
+  std::printf("[ end-to-end ] video N=%ld sparsity %.3f rel_l1 %.2e\n", long(N), stats.sparsity(), err);
+  EXPECT_EQ(got.to_dense(), ref_mask.to_dense());
+  EXPECT_LE(err, 5e-3);
+}
+
+}  // namespace
+}  // namespace sparge::test
