@@ -138,6 +138,10 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   }
 
   // CUDA: the mask (unless the caller gives one) and Stage-1 scratch come from the workspace.
+#if !SPARGE_WITH_CUDA
+  // No CUDA backend in this build: say so (the stub's message), not that the workspace is small.
+  return cuda::predict_block_mask(make_problem(q, k, v, opts), mask_like(q, k, opts), ctx);
+#endif
   const ProblemShape shape = problem_shape(q, k);
   const std::size_t need = workspace_size(shape, opts, Device::kCUDA);
   if (ctx.workspace == nullptr || ctx.workspace_bytes < need) {
