@@ -1,0 +1,193 @@
+// The C ABI end to end: defaults, errors in the caller's buffer, and runs that match the C++ API
+// bit for bit.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "reference_cases.h"
+#include "sparge/sparge.h"
+#include "sparge/sparge_c.h"
+#include "test_util.h"
+
+namespace sparge::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+sparge_tensor to_c(const TensorView& t) {
+  sparge_tensor c;
+  c.data = t.data;
+  c.dtype = static_cast<int>(t.dtype);
+  c.device = SPARGE_CPU;
+  c.device_index = 0;
+  const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
+  const int64_t strides[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
+  std::memcpy(c.shape, shape, sizeof(shape));
+  std::memcpy(c.strides, strides, sizeof(strides));
+  return c;
+}
+
+sparge_block_mask to_c(const BlockMask& m) {
+  return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0, m.batch, m.heads,
+                           m.seq_q,  m.seq_k,   m.block_q,  m.block_k};
+}
+
+// A bf16 GQA problem in NHD layout (non-trivial strides), with outputs for both APIs.
+struct Problem {
+  static constexpr int64_t B = 1, Hq = 4, Hkv = 2, N = 200, D = 32;
+  HostTensor q = HostTensor::make(gaussian(B * Hq * N * D, 31), B, Hq, N, D, DType::kBFloat16,
+                                  Layout::kNHD);
+  HostTensor k = HostTensor::make(gaussian(B * Hkv * N * D, 32), B, Hkv, N, D, DType::kBFloat16,
+                                  Layout::kNHD);
+  HostTensor v = HostTensor::make(gaussian(B * Hkv * N * D, 33), B, Hkv, N, D, DType::kBFloat16,
+                                  Layout::kNHD);
+  HostTensor o_c = HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
+  HostTensor o_cpp = HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
+  std::vector<float> lse_c = std::vector<float>(B * Hq * N, NAN);
+  std::vector<float> lse_cpp = std::vector<float>(B * Hq * N, NAN);
+};
+
+TEST(CApi, DefaultsEqualTheCppDefaults) {
+  const sparge_options c = sparge_default_options();
+  const SparseOptions d;
+  EXPECT_EQ(c.scale, d.scale);
+  EXPECT_EQ(c.causal, 0);
+  EXPECT_EQ(c.causal_bottom_right, 0);
+  EXPECT_EQ(c.sim_threshold, d.sim_threshold.value);
+  EXPECT_EQ(c.select_topk, 0);
+  EXPECT_EQ(c.cdf_threshold, d.cdf_threshold.value);
+  EXPECT_EQ(c.topk, d.topk.value);
+  EXPECT_EQ(c.attention_sink, 0);
+  EXPECT_EQ(c.pv_threshold, d.pv_threshold.value);
+  EXPECT_EQ(c.pv_group_rows, d.pv_group_rows);
+  EXPECT_EQ(c.block_q, d.block_q);
+  EXPECT_EQ(c.block_k, d.block_k);
+  EXPECT_EQ(c.quant, 0);
+  EXPECT_EQ(c.per_head_sim, nullptr);
+  EXPECT_EQ(c.per_head_cdf, nullptr);
+  EXPECT_EQ(c.per_head_topk, nullptr);
+  EXPECT_EQ(c.per_head_pv, nullptr);
+}
+
+TEST(CApi, ErrorsGoToTheCallersBuffer) {
+  Problem p;
+  const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),
+                      o = to_c(p.o_c.view);
+  sparge_options opts = sparge_default_options();
+  opts.cdf_threshold = 1.5f;
+  char err[256];
+  std::memset(err, 'x', sizeof(err));
+  int rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
+                                   err, sizeof(err));
+  EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(err), HasSubstr("SparseOptions.cdf_threshold must be in (0, 1], got 1.5"));
+  EXPECT_TRUE(any_nan(p.o_c.to_hnd()));  // nothing was written
+
+  // Truncated to the buffer, always terminated; a NULL buffer is fine too.
+  char small[12];
+  std::memset(small, 'x', sizeof(small));
+  rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
+                               small, 8);
+  EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_EQ(std::string(small), "SparseO");
+  EXPECT_EQ(small[8], 'x');  // nothing past err_len
+  EXPECT_EQ(sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
+                                    nullptr, 0),
+            static_cast<int>(StatusCode::kInvalidArgument));
+
+  opts = sparge_default_options();
+  rc = sparge_sparse_attention(nullptr, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
+                               err, sizeof(err));
+  EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(err), HasSubstr("q must not be NULL"));
+  opts.causal = 2;
+  rc = sparge_predict_block_mask(&q, &k, &opts, nullptr, nullptr, 0, nullptr, err, sizeof(err));
+  EXPECT_THAT(std::string(err), HasSubstr("sparge_options.causal must be 0 or 1, got 2"));
+  opts.causal = 0;
+  rc = sparge_predict_block_mask(&q, &k, &opts, nullptr, nullptr, 0, nullptr, err, sizeof(err));
+  EXPECT_THAT(std::string(err), HasSubstr("mask must not be NULL"));
+  sparge_tensor bad = q;
+  bad.device = 3;
+  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0,
+                                     nullptr, err, sizeof(err));
+  EXPECT_THAT(std::string(err), HasSubstr("q.device must be SPARGE_CPU (0) or SPARGE_CUDA (1)"));
+  bad = q;
+  bad.dtype = 4;
+  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0,
+                                     nullptr, err, sizeof(err));
+  EXPECT_THAT(std::string(err), HasSubstr("mask must not be NULL"));
+  HostBlockMask mask(1, 4, 200, 200, 128, 64);
+  const sparge_block_mask cmask = to_c(mask.view());
+  rc = sparge_block_sparse_attention(&bad, &k, &v, &cmask, &opts, &o, nullptr, nullptr, 0,
+                                     nullptr, err, sizeof(err));
+  EXPECT_THAT(std::string(err), HasSubstr("q.dtype must be float32, float16 or bfloat16, got code 4"));
+  EXPECT_EQ(sparge_workspace_size(&q, &k, &opts), 0u);  // CPU needs no workspace
+}
+
+TEST(CApi, RunsMatchTheCppApiBitForBit) {
+  Problem p;
+  const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),
+                      o = to_c(p.o_c.view);
+  const float sim[4] = {0.2f, 0.3f, 1.0f, -1.0f}, pv[4] = {5.0f, 10.0f, 20.0f, INFINITY};
+  sparge_options c = sparge_default_options();
+  c.causal = 1;
+  c.causal_bottom_right = 1;
+  c.block_q = 64;
+  c.block_k = 32;
+  c.cdf_threshold = 0.7f;
+  c.attention_sink = 1;
+  c.per_head_sim = sim;
+  c.per_head_pv = pv;
+  SparseOptions cpp;
+  cpp.causal = true;
+  cpp.causal_align = CausalAlign::kBottomRight;
+  cpp.block_q = 64;
+  cpp.block_k = 32;
+  cpp.cdf_threshold = {0.7f};
+  cpp.attention_sink = true;
+  cpp.sim_threshold = {0.6f, sim};
+  cpp.pv_threshold = {50.0f, pv};
+
+  HostBlockMask mask_c(1, 4, 200, 200, 64, 32), mask_cpp(1, 4, 200, 200, 64, 32);
+  const sparge_block_mask cmask = to_c(mask_c.view());
+  char err[256] = "";
+  ASSERT_EQ(sparge_sparse_attention(&q, &k, &v, &c, &o, p.lse_c.data(), nullptr, 0, nullptr,
+                                    &cmask, err, sizeof(err)),
+            0)
+      << err;
+  AttentionExtras extras;
+  extras.lse = p.lse_cpp.data();
+  ASSERT_TRUE(sparse_attention(p.q.view, p.k.view, p.v.view, cpp, p.o_cpp.view, extras, {},
+                               &mask_cpp.view())
+                  .is_ok());
+  EXPECT_EQ(mask_c.counts, mask_cpp.counts);
+  EXPECT_EQ(mask_c.indices, mask_cpp.indices);
+  EXPECT_EQ(p.o_c.half, p.o_cpp.half);
+  EXPECT_EQ(0, std::memcmp(p.lse_c.data(), p.lse_cpp.data(), p.lse_c.size() * sizeof(float)));
+  EXPECT_FALSE(any_nan(p.o_c.to_hnd()));
+  const AttentionStats st = mask_stats(mask_c.view(), true, CausalAlign::kBottomRight);
+  EXPECT_GT(st.sparsity(), 0.0);  // the options really made a sparse mask
+
+  // Stage 1 and Stage 2 separately, through the C entry points.
+  HostBlockMask mask_c2(1, 4, 200, 200, 64, 32);
+  const sparge_block_mask cmask2 = to_c(mask_c2.view());
+  ASSERT_EQ(sparge_predict_block_mask(&q, &k, &c, &cmask2, nullptr, 0, nullptr, err, sizeof(err)),
+            0)
+      << err;
+  EXPECT_EQ(mask_c2.indices, mask_cpp.indices);
+  HostTensor o2 = HostTensor::poisoned(1, 4, 200, 32, DType::kBFloat16, Layout::kNHD);
+  const sparge_tensor o2c = to_c(o2.view);
+  ASSERT_EQ(sparge_block_sparse_attention(&q, &k, &v, &cmask2, &c, &o2c, nullptr, nullptr, 0,
+                                          nullptr, err, sizeof(err)),
+            0)
+      << err;
+  EXPECT_EQ(o2.half, p.o_cpp.half);
+}
+
+}  // namespace
+}  // namespace sparge::test
