@@ -1,13 +1,12 @@
 // The C ABI (include/sparge/sparge_c.h) on top of the C++ API. Nothing throws across it: every
 // entry converts its plain structs, calls the C++ function, and turns a failed Status (or an
 // exception such as std::bad_alloc) into an int code plus a message in the caller's buffer.
-#include "sparge/sparge_c.h"
-
 #include <cstring>
 #include <exception>
 #include <string>
 
 #include "sparge/sparge.h"
+#include "sparge/sparge_c.h"
 
 namespace {
 
@@ -67,8 +66,8 @@ Status to_options(const sparge_options* c, sparge::SparseOptions* out) {
   sparge::SparseOptions o;
   o.scale = c->scale;
   o.causal = c->causal != 0;
-  o.causal_align = c->causal_bottom_right ? sparge::CausalAlign::kBottomRight
-                                          : sparge::CausalAlign::kTopLeft;
+  o.causal_align =
+      c->causal_bottom_right ? sparge::CausalAlign::kBottomRight : sparge::CausalAlign::kTopLeft;
   o.sim_threshold = {c->sim_threshold, c->per_head_sim};
   o.select = c->select_topk ? sparge::SelectMode::kTopK : sparge::SelectMode::kTopCdf;
   o.cdf_threshold = {c->cdf_threshold, c->per_head_cdf};
@@ -159,10 +158,9 @@ size_t sparge_workspace_size(const sparge_tensor* q, const sparge_tensor* k,
   }
 }
 
-int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k,
-                            const sparge_tensor* v, const sparge_options* opts,
-                            const sparge_tensor* o, float* lse, void* workspace,
-                            size_t workspace_bytes, void* stream,
+int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k, const sparge_tensor* v,
+                            const sparge_options* opts, const sparge_tensor* o, float* lse,
+                            void* workspace, size_t workspace_bytes, void* stream,
                             const sparge_block_mask* mask_out, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> Status {
     sparge::TensorView qv, kv, vv, ov;
@@ -202,8 +200,8 @@ int sparge_predict_block_mask(const sparge_tensor* q, const sparge_tensor* k,
 int sparge_block_sparse_attention(const sparge_tensor* q, const sparge_tensor* k,
                                   const sparge_tensor* v, const sparge_block_mask* mask,
                                   const sparge_options* opts, const sparge_tensor* o, float* lse,
-                                  void* workspace, size_t workspace_bytes, void* stream,
-                                  char* err, size_t err_len) {
+                                  void* workspace, size_t workspace_bytes, void* stream, char* err,
+                                  size_t err_len) {
   return guarded(err, err_len, [&]() -> Status {
     sparge::TensorView qv, kv, vv, ov;
     sparge::SparseOptions so;

@@ -111,8 +111,8 @@ void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<
     }
   } else {
     const double kappa = o.topk.at(h);
-    const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(
-                                               std::floor(kappa * static_cast<double>(allowed))));
+    const int64_t n = std::max<int64_t>(
+        1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed))));
     keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));
   }
   for (size_t t = 0; t < keep; ++t) (*selected)[cols[t]] = 1;
@@ -146,8 +146,8 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
     for (int64_t i = 0; i < nq; ++i) {
-      const int64_t allowed = detail::allowed_key_blocks(i, o.block_q, o.block_k, o.causal,
-                                                         offset, s.seq_q, s.seq_k);
+      const int64_t allowed =
+          detail::allowed_key_blocks(i, o.block_q, o.block_k, o.causal, offset, s.seq_q, s.seq_k);
       const bool query_sim = is_similar(qs.sim[i], theta);
       std::fill(keep.begin(), keep.end(), 0);
       if (query_sim) select_row(&qs.pooled[i * D], ks, key_sim, allowed, D, scale, o, h, &keep);

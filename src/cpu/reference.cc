@@ -35,11 +35,11 @@ std::vector<double> load_slice(const TensorView& t, int64_t b, int64_t h) {
 struct HeadScores {
   int64_t D = 0;
   double scale_log2 = 0;
-  std::vector<double> q, k;          // exact mode, [Nq, D] / [Nk, D]
-  const int8_t* q8 = nullptr;        // quantized mode, HND slices
+  std::vector<double> q, k;    // exact mode, [Nq, D] / [Nk, D]
+  const int8_t* q8 = nullptr;  // quantized mode, HND slices
   const int8_t* k8 = nullptr;
-  const float* q_scale = nullptr;    // per query block
-  const float* k_scale = nullptr;    // per key block
+  const float* q_scale = nullptr;  // per query block
+  const float* k_scale = nullptr;  // per key block
   int block_q = 0, block_k = 0;
 
   double operator()(int64_t r, int64_t c) const {

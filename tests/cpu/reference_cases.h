@@ -38,8 +38,8 @@ inline ReferenceRun run_reference(const TensorView& q, const TensorView& k, cons
                                   const BlockMask& mask, const SparseOptions& opts,
                                   DType out_dtype = DType::kFloat32) {
   ReferenceRun run;
-  HostTensor o = HostTensor::poisoned(q.batch, q.heads, q.tokens, q.head_dim, out_dtype,
-                                      Layout::kHND);
+  HostTensor o =
+      HostTensor::poisoned(q.batch, q.heads, q.tokens, q.head_dim, out_dtype, Layout::kHND);
   run.lse.assign(q.batch * q.heads * q.tokens, std::numeric_limits<float>::quiet_NaN());
   run.counters.assign(q.heads * 2, 0);
   AttentionExtras extras;

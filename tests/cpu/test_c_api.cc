@@ -33,19 +33,19 @@ sparge_tensor to_c(const TensorView& t) {
 }
 
 sparge_block_mask to_c(const BlockMask& m) {
-  return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0, m.batch, m.heads,
-                           m.seq_q,  m.seq_k,   m.block_q,  m.block_k};
+  return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0,         m.batch,
+                           m.heads,  m.seq_q,   m.seq_k,    m.block_q, m.block_k};
 }
 
 // A bf16 GQA problem in NHD layout (non-trivial strides), with outputs for both APIs.
 struct Problem {
   static constexpr int64_t B = 1, Hq = 4, Hkv = 2, N = 200, D = 32;
-  HostTensor q = HostTensor::make(gaussian(B * Hq * N * D, 31), B, Hq, N, D, DType::kBFloat16,
-                                  Layout::kNHD);
-  HostTensor k = HostTensor::make(gaussian(B * Hkv * N * D, 32), B, Hkv, N, D, DType::kBFloat16,
-                                  Layout::kNHD);
-  HostTensor v = HostTensor::make(gaussian(B * Hkv * N * D, 33), B, Hkv, N, D, DType::kBFloat16,
-                                  Layout::kNHD);
+  HostTensor q =
+      HostTensor::make(gaussian(B * Hq * N * D, 31), B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
+  HostTensor k =
+      HostTensor::make(gaussian(B * Hkv * N * D, 32), B, Hkv, N, D, DType::kBFloat16, Layout::kNHD);
+  HostTensor v =
+      HostTensor::make(gaussian(B * Hkv * N * D, 33), B, Hkv, N, D, DType::kBFloat16, Layout::kNHD);
   HostTensor o_c = HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
   HostTensor o_cpp = HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
   std::vector<float> lse_c = std::vector<float>(B * Hq * N, NAN);
@@ -85,14 +85,15 @@ TEST(CApi, ErrorsGoToTheCallersBuffer) {
   int rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
                                    err, sizeof(err));
   EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
-  EXPECT_THAT(std::string(err), HasSubstr("SparseOptions.cdf_threshold must be in (0, 1], got 1.5"));
+  EXPECT_THAT(std::string(err),
+              HasSubstr("SparseOptions.cdf_threshold must be in (0, 1], got 1.5"));
   EXPECT_TRUE(any_nan(p.o_c.to_hnd()));  // nothing was written
 
   // Truncated to the buffer, always terminated; a NULL buffer is fine too.
   char small[12];
   std::memset(small, 'x', sizeof(small));
-  rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
-                               small, 8);
+  rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr, small,
+                               8);
   EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
   EXPECT_EQ(std::string(small), "SparseO");
   EXPECT_EQ(small[8], 'x');  // nothing past err_len
@@ -113,19 +114,20 @@ TEST(CApi, ErrorsGoToTheCallersBuffer) {
   EXPECT_THAT(std::string(err), HasSubstr("mask must not be NULL"));
   sparge_tensor bad = q;
   bad.device = 3;
-  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0,
-                                     nullptr, err, sizeof(err));
+  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0, nullptr,
+                                     err, sizeof(err));
   EXPECT_THAT(std::string(err), HasSubstr("q.device must be SPARGE_CPU (0) or SPARGE_CUDA (1)"));
   bad = q;
   bad.dtype = 4;
-  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0,
-                                     nullptr, err, sizeof(err));
+  rc = sparge_block_sparse_attention(&bad, &k, &v, nullptr, &opts, &o, nullptr, nullptr, 0, nullptr,
+                                     err, sizeof(err));
   EXPECT_THAT(std::string(err), HasSubstr("mask must not be NULL"));
   HostBlockMask mask(1, 4, 200, 200, 128, 64);
   const sparge_block_mask cmask = to_c(mask.view());
-  rc = sparge_block_sparse_attention(&bad, &k, &v, &cmask, &opts, &o, nullptr, nullptr, 0,
-                                     nullptr, err, sizeof(err));
-  EXPECT_THAT(std::string(err), HasSubstr("q.dtype must be float32, float16 or bfloat16, got code 4"));
+  rc = sparge_block_sparse_attention(&bad, &k, &v, &cmask, &opts, &o, nullptr, nullptr, 0, nullptr,
+                                     err, sizeof(err));
+  EXPECT_THAT(std::string(err),
+              HasSubstr("q.dtype must be float32, float16 or bfloat16, got code 4"));
   EXPECT_EQ(sparge_workspace_size(&q, &k, &opts), 0u);  // CPU needs no workspace
 }
 
@@ -156,8 +158,8 @@ TEST(CApi, RunsMatchTheCppApiBitForBit) {
   HostBlockMask mask_c(1, 4, 200, 200, 64, 32), mask_cpp(1, 4, 200, 200, 64, 32);
   const sparge_block_mask cmask = to_c(mask_c.view());
   char err[256] = "";
-  ASSERT_EQ(sparge_sparse_attention(&q, &k, &v, &c, &o, p.lse_c.data(), nullptr, 0, nullptr,
-                                    &cmask, err, sizeof(err)),
+  ASSERT_EQ(sparge_sparse_attention(&q, &k, &v, &c, &o, p.lse_c.data(), nullptr, 0, nullptr, &cmask,
+                                    err, sizeof(err)),
             0)
       << err;
   AttentionExtras extras;

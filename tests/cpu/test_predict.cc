@@ -32,7 +32,8 @@ void append_rows(std::vector<float>* x, int64_t n, std::vector<float> row) {
 // Rows alternating a, b, a, b, ...
 void append_alternating(std::vector<float>* x, int64_t n, std::vector<float> a,
                         std::vector<float> b) {
-  for (int64_t i = 0; i < n; ++i) x->insert(x->end(), (i % 2 ? b : a).begin(), (i % 2 ? b : a).end());
+  for (int64_t i = 0; i < n; ++i)
+    x->insert(x->end(), (i % 2 ? b : a).begin(), (i % 2 ? b : a).end());
 }
 // Key blocks of 16 constant rows c_j·e0.
 std::vector<float> constant_key_blocks(const std::vector<float>& c) {
@@ -82,8 +83,8 @@ Blocks kept(const HostBlockMask& m, int64_t b, int64_t h, int64_t i) {
 
 TEST(Predict, TopCdfKeepsTheBlockThatReachesTau) {
   // P̃ = (0.15, 0.5, 0.05, 0.3) by construction: key block j scores ln P_j.
-  const std::vector<float> k = constant_key_blocks(
-      {std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)});
+  const std::vector<float> k =
+      constant_key_blocks({std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)});
   const std::vector<float> q = e0_queries(16);
   SparseOptions o = base_options();
   const std::pair<float, Blocks> cases[] = {
@@ -98,8 +99,8 @@ TEST(Predict, TopKCountsOnlyCausallyAllowedBlocks) {
   // κ = 0.5: row i keeps max(1, ⌊0.5·A_i⌋) of its A_i = i + 1 allowed blocks, not ⌊0.5·4⌋ = 2.
   SparseOptions o = topk_options(0.5f);
   o.causal = true;
-  const HostBlockMask m = predict(e0_queries(64), constant_key_blocks({0, 3, 1, 2}),
-                                  Dims{1, 1, 1, 64, 64}, o);
+  const HostBlockMask m =
+      predict(e0_queries(64), constant_key_blocks({0, 3, 1, 2}), Dims{1, 1, 1, 64, 64}, o);
   EXPECT_EQ(kept(m, 0, 0, 0), Blocks({0}));
   EXPECT_EQ(kept(m, 0, 0, 1), Blocks({1}));
   EXPECT_EQ(kept(m, 0, 0, 2), Blocks({1}));
@@ -170,8 +171,8 @@ TEST(Predict, AttentionSinkKeepsKeyBlockZeroWhereAllowed) {
   // Bottom-right, Nq = 64 > Nk = 32: q blocks 0 and 1 see no key, so the sink adds nothing there.
   o.causal = true;
   o.causal_align = CausalAlign::kBottomRight;
-  const HostBlockMask m = predict(e0_queries(64), constant_key_blocks({0, 3}),
-                                  Dims{1, 1, 1, 64, 32}, o);
+  const HostBlockMask m =
+      predict(e0_queries(64), constant_key_blocks({0, 3}), Dims{1, 1, 1, 64, 32}, o);
   EXPECT_EQ(kept(m, 0, 0, 0), Blocks({}));
   EXPECT_EQ(kept(m, 0, 0, 1), Blocks({}));
   EXPECT_EQ(kept(m, 0, 0, 2), Blocks({0}));
@@ -198,7 +199,8 @@ TEST(Predict, GqaQueryHeadsShareTheirKvHead) {
   std::vector<float> k = constant_key_blocks({0, 3, 1, 2});
   const std::vector<float> k1 = constant_key_blocks({2, 0, 1, 3});
   k.insert(k.end(), k1.begin(), k1.end());
-  const HostBlockMask m = predict(e0_queries(4 * 16), k, Dims{1, 4, 2, 16, 64}, topk_options(0.25f));
+  const HostBlockMask m =
+      predict(e0_queries(4 * 16), k, Dims{1, 4, 2, 16, 64}, topk_options(0.25f));
   EXPECT_EQ(kept(m, 0, 0, 0), Blocks({1}));
   EXPECT_EQ(kept(m, 0, 1, 0), Blocks({1}));
   EXPECT_EQ(kept(m, 0, 2, 0), Blocks({3}));
@@ -216,8 +218,8 @@ TEST(Predict, PerHeadThresholdsApplyToTheirOwnHead) {
   EXPECT_EQ(kept(m, 0, 1, 0), Blocks({1, 3}));
   EXPECT_EQ(kept(m, 0, 2, 0), Blocks({0, 1, 2, 3}));  // θ = 1: dense head
 
-  const std::vector<float> kp = constant_key_blocks(
-      {std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)});
+  const std::vector<float> kp =
+      constant_key_blocks({std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)});
   const float tau[2] = {0.4f, 0.9f};
   SparseOptions c = base_options();
   c.cdf_threshold = {0.5f, tau};

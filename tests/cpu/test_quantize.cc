@@ -63,13 +63,13 @@ TEST(E4m3, EveryCodeRoundTripsBitExactly) {
 }
 
 TEST(E4m3, TiesRoundToEven) {
-  EXPECT_EQ(float_to_e4m3_bits(1.0625f), 0x38);   // between 1 (even) and 1.125
-  EXPECT_EQ(float_to_e4m3_bits(1.1875f), 0x3a);   // between 1.125 and 1.25 (even)
+  EXPECT_EQ(float_to_e4m3_bits(1.0625f), 0x38);  // between 1 (even) and 1.125
+  EXPECT_EQ(float_to_e4m3_bits(1.1875f), 0x3a);  // between 1.125 and 1.25 (even)
   EXPECT_EQ(float_to_e4m3_bits(-1.0625f), 0xb8);
-  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(1.0f, -10)), 0x00);       // half the smallest step
-  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(3.0f, -10)), 0x02);       // 1.5 steps -> 2
-  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(15.0f, -10)), 0x08);      // 7.5 steps: up to 2^-6
-  EXPECT_EQ(float_to_e4m3_bits(1.05f), 0x38);    // not a tie: nearest
+  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(1.0f, -10)), 0x00);   // half the smallest step
+  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(3.0f, -10)), 0x02);   // 1.5 steps -> 2
+  EXPECT_EQ(float_to_e4m3_bits(std::ldexp(15.0f, -10)), 0x08);  // 7.5 steps: up to 2^-6
+  EXPECT_EQ(float_to_e4m3_bits(1.05f), 0x38);                   // not a tie: nearest
   EXPECT_EQ(float_to_e4m3_bits(1.08f), 0x39);
 }
 
@@ -86,10 +86,14 @@ TEST(HalfFormats, EveryCodeRoundTrips) {
   for (uint32_t code = 0; code < 65536; ++code) {
     const uint16_t c = uint16_t(code);
     const float h = detail::half_bits_to_float(c), b = detail::bf16_bits_to_float(c);
-    if (std::isnan(h)) ASSERT_TRUE(std::isnan(detail::half_bits_to_float(detail::float_to_half_bits(h))));
-    else ASSERT_EQ(detail::float_to_half_bits(h), c) << code;
-    if (std::isnan(b)) ASSERT_TRUE(std::isnan(detail::bf16_bits_to_float(detail::float_to_bf16_bits(b))));
-    else ASSERT_EQ(detail::float_to_bf16_bits(b), c) << code;
+    if (std::isnan(h))
+      ASSERT_TRUE(std::isnan(detail::half_bits_to_float(detail::float_to_half_bits(h))));
+    else
+      ASSERT_EQ(detail::float_to_half_bits(h), c) << code;
+    if (std::isnan(b))
+      ASSERT_TRUE(std::isnan(detail::bf16_bits_to_float(detail::float_to_bf16_bits(b))));
+    else
+      ASSERT_EQ(detail::float_to_bf16_bits(b), c) << code;
   }
 }
 
@@ -98,7 +102,7 @@ TEST(HalfFormats, TiesRoundToEvenAndOverflow) {
   EXPECT_EQ(detail::round_to_half(1.0f + std::ldexp(3.0f, -11)), 1.0f + std::ldexp(1.0f, -9));
   EXPECT_EQ(detail::round_to_half(65519.0f), 65504.0f);
   EXPECT_TRUE(std::isinf(detail::round_to_half(65520.0f)));
-  EXPECT_EQ(detail::round_to_half(std::ldexp(1.0f, -25)), 0.0f);           // tie to even (0)
+  EXPECT_EQ(detail::round_to_half(std::ldexp(1.0f, -25)), 0.0f);  // tie to even (0)
   EXPECT_EQ(detail::round_to_half(std::ldexp(3.0f, -25)), std::ldexp(1.0f, -23));
   EXPECT_EQ(detail::round_to_bf16(1.0f + std::ldexp(1.0f, -8)), 1.0f);
   EXPECT_EQ(detail::round_to_bf16(1.0f + std::ldexp(3.0f, -8)), 1.0f + std::ldexp(1.0f, -6));
@@ -108,23 +112,23 @@ TEST(HalfFormats, TiesRoundToEvenAndOverflow) {
 // Quantized vs exact attention on the same random problem and the same dense mask.
 TEST(QuantizedAttention, StaysCloseToExactOnRandomInputs) {
   const int64_t B = 1, H = 2, N = 256, D = 64;
-  const HostTensor q = HostTensor::make(gaussian(B * H * N * D, 21), B, H, N, D, DType::kFloat16,
-                                        Layout::kNHD);
+  const HostTensor q =
+      HostTensor::make(gaussian(B * H * N * D, 21), B, H, N, D, DType::kFloat16, Layout::kNHD);
   std::vector<float> kx = gaussian(B * H * N * D, 22);
   for (size_t i = 0; i < kx.size(); ++i) kx[i] += i % D == 3 ? 5.0f : 0.0f;  // a channel bias
   const HostTensor k = HostTensor::make(kx, B, H, N, D, DType::kFloat16, Layout::kNHD);
-  const HostTensor v = HostTensor::make(gaussian(B * H * N * D, 23), B, H, N, D, DType::kFloat16,
-                                        Layout::kNHD);
+  const HostTensor v =
+      HostTensor::make(gaussian(B * H * N * D, 23), B, H, N, D, DType::kFloat16, Layout::kNHD);
   SparseOptions opts;
   opts.causal = true;
   opts.quant = QuantMode::kInt8Fp8;
   HostBlockMask mask(B, H, N, N, opts.block_q, opts.block_k);
   ASSERT_TRUE(fill_dense_mask(mask.view(), true, CausalAlign::kTopLeft).is_ok());
-  const ReferenceRun quant = run_reference(q.view, k.view, v.view, mask.view(), opts,
-                                           DType::kFloat16);
+  const ReferenceRun quant =
+      run_reference(q.view, k.view, v.view, mask.view(), opts, DType::kFloat16);
   ASSERT_TRUE(quant.status.is_ok()) << quant.status.message();
-  const std::vector<double> exact = cpu::dense_attention_reference(
-      q.view, k.view, v.view, 0.125f, true, CausalAlign::kTopLeft);
+  const std::vector<double> exact =
+      cpu::dense_attention_reference(q.view, k.view, v.view, 0.125f, true, CausalAlign::kTopLeft);
   const double err = rel_l1(quant.o, std::vector<float>(exact.begin(), exact.end()));
   std::printf("quantized (int8 Q/K, e4m3 V) vs exact: rel L1 = %.5f\n", err);
   EXPECT_LT(err, 0.035);
@@ -162,8 +166,8 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
   opts.scale = 1e-4f;  // logits of a few units, so the softmax is not one-hot
 
   // The codes and scales are the hand values.
-  const detail::Problem p{qt.view, kt.view, vt.view, problem_shape(qt.view, kt.view), opts,
-                          opts.scale};
+  const ProblemShape shape = problem_shape(qt.view, kt.view);
+  const detail::Problem p{qt.view, kt.view, vt.view, shape, opts, opts.scale};
   const cpu::QuantizedInputs qi = cpu::quantize_inputs(p);
   const float s = 127.0f / 127.0f + 1e-7f, q_scale[2] = {s, 63.5f / 127.0f + 1e-7f};
   ASSERT_EQ(qi.q_scale[0], q_scale[0]);
@@ -186,8 +190,7 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
     double mx = -INFINITY, sum = 0;
     for (int64_t c = 0; c < N; ++c) {
       double dot = 0;
-      for (int64_t d = 0; d < D; ++d)
-        dot += double(qi.q[r * D + d]) * double(qi.k[c * D + d]);
+      for (int64_t d = 0; d < D; ++d) dot += double(qi.q[r * D + d]) * double(qi.k[c * D + d]);
       w[c] = dot * double(q_scale[r / 16]) * double(s) * double(opts.scale);
       mx = std::max(mx, w[c]);
     }

@@ -89,7 +89,7 @@ TEST(Validation, TensorFields) {
   expect_everywhere([](Inputs& in) { in.q.stride_dim = 2; }, "q.stride_dim must be 1");
   expect_everywhere([](Inputs& in) { in.k.stride_token = -16; },
                     "k.stride_token must be >= 0, got -16");
-  expect_everywhere([](Inputs& in) { in.v.stride_head = -1; }, "v.stride_head must be >= 0", 
+  expect_everywhere([](Inputs& in) { in.v.stride_head = -1; }, "v.stride_head must be >= 0",
                     StatusCode::kInvalidArgument, false);
   expect_everywhere([](Inputs& in) { in.q.stride_token = 17; },
                     "q strides (2560, 640, 17, 1) reach element 2598 but the buffer holds 2560");
@@ -98,8 +98,13 @@ TEST(Validation, TensorFields) {
 }
 
 TEST(Validation, ShapesAcrossTensors) {
-  expect_everywhere([](Inputs& in) { in.k.batch = 2; in.v.batch = 2; in.k.capacity = in.v.capacity = -1; },
-                    "k.batch must equal q.batch (1), got 2");
+  expect_everywhere(
+      [](Inputs& in) {
+        in.k.batch = 2;
+        in.v.batch = 2;
+        in.k.capacity = in.v.capacity = -1;
+      },
+      "k.batch must equal q.batch (1), got 2");
   expect_everywhere([](Inputs& in) { in.v.tokens = 39; },
                     "v shape must equal k shape [1, 2, 40, 16], got [1, 2, 39, 16]",
                     StatusCode::kInvalidArgument, false);
@@ -132,9 +137,13 @@ TEST(Validation, OutputTensor) {
                     StatusCode::kInvalidArgument, false);
   expect_everywhere([](Inputs& in) { in.o.device_index = 2; }, "o must be on q's device",
                     StatusCode::kInvalidArgument, false);
-  expect_everywhere([](Inputs& in) { in.o.stride_head = 8; in.o.capacity = -1; },
-                    "o strides (2560, 8, 16, 1) make distinct elements share memory",
-                    StatusCode::kInvalidArgument, false);
+  expect_everywhere(
+      [](Inputs& in) {
+        in.o.stride_head = 8;
+        in.o.capacity = -1;
+      },
+      "o strides (2560, 8, 16, 1) make distinct elements share memory",
+      StatusCode::kInvalidArgument, false);
   expect_everywhere([](Inputs& in) { in.o.data = nullptr; }, "o.data must not be null",
                     StatusCode::kInvalidArgument, false);
 }
@@ -160,10 +169,18 @@ TEST(Validation, OptionRanges) {
                     "SparseOptions.cdf_threshold must be in (0, 1]");
   expect_everywhere([&](Inputs& in) { in.opts.cdf_threshold = {nan}; },
                     "SparseOptions.cdf_threshold must be in (0, 1], got nan");
-  expect_everywhere([](Inputs& in) { in.opts.select = SelectMode::kTopK; in.opts.topk = {0.0f}; },
-                    "SparseOptions.topk must be in (0, 1], got 0");
-  expect_everywhere([&](Inputs& in) { in.opts.select = SelectMode::kTopK; in.opts.topk = {nan}; },
-                    "SparseOptions.topk must be in (0, 1], got nan");
+  expect_everywhere(
+      [](Inputs& in) {
+        in.opts.select = SelectMode::kTopK;
+        in.opts.topk = {0.0f};
+      },
+      "SparseOptions.topk must be in (0, 1], got 0");
+  expect_everywhere(
+      [&](Inputs& in) {
+        in.opts.select = SelectMode::kTopK;
+        in.opts.topk = {nan};
+      },
+      "SparseOptions.topk must be in (0, 1], got nan");
   expect_everywhere([](Inputs& in) { in.opts.pv_threshold = {-0.5f}; },
                     "SparseOptions.pv_threshold must be in [0, inf], got -0.5");
   expect_everywhere([&](Inputs& in) { in.opts.pv_threshold = {nan}; },
@@ -186,14 +203,27 @@ TEST(Validation, OptionRanges) {
 TEST(Validation, PerHeadOptionsNameTheHead) {
   const float sim[4] = {0.5f, 0.5f, NAN, 0.5f}, cdf[4] = {0.9f, 0.9f, 0.9f, 2.0f};
   const float pv[4] = {1.0f, NAN, 1.0f, 1.0f}, topk[4] = {0.5f, -0.1f, 0.5f, 0.5f};
-  expect_everywhere([&](Inputs& in) { in.opts.sim_threshold = {0.5f, sim}; },
-                    "SparseOptions.sim_threshold[2] must be in [-1, 1], got nan");
-  expect_everywhere([&](Inputs& in) { in.opts.cdf_threshold = {0.5f, cdf}; },
-                    "SparseOptions.cdf_threshold[3] must be in (0, 1], got 2");
-  expect_everywhere([&](Inputs& in) { in.opts.pv_threshold = {0.5f, pv}; },
-                    "SparseOptions.pv_threshold[1] must be in [0, inf], got nan");
-  expect_everywhere([&](Inputs& in) { in.opts.select = SelectMode::kTopK; in.opts.topk = {0.5f, topk}; },
-                    "SparseOptions.topk[1] must be in (0, 1], got -0.1");
+  expect_everywhere(
+      [&](Inputs& in) {
+        in.opts.sim_threshold = {0.5f, sim};
+      },
+      "SparseOptions.sim_threshold[2] must be in [-1, 1], got nan");
+  expect_everywhere(
+      [&](Inputs& in) {
+        in.opts.cdf_threshold = {0.5f, cdf};
+      },
+      "SparseOptions.cdf_threshold[3] must be in (0, 1], got 2");
+  expect_everywhere(
+      [&](Inputs& in) {
+        in.opts.pv_threshold = {0.5f, pv};
+      },
+      "SparseOptions.pv_threshold[1] must be in [0, inf], got nan");
+  expect_everywhere(
+      [&](Inputs& in) {
+        in.opts.select = SelectMode::kTopK;
+        in.opts.topk = {0.5f, topk};
+      },
+      "SparseOptions.topk[1] must be in (0, 1], got -0.1");
 }
 
 TEST(Validation, MaskGeometry) {
@@ -202,7 +232,8 @@ TEST(Validation, MaskGeometry) {
   expect_error(block_sparse_attention(in.q, in.k, in.v, wrong.view(), in.opts, in.o, {}, in.ctx),
                "mask shape [1, 4, 3, 5] (seq_q 40, seq_k 80) must equal [1, 4, 3, 3] (seq_q 40, "
                "seq_k 40) for blocks 16x16");
-  expect_error(predict_block_mask(in.q, in.k, in.opts, wrong.view(), in.ctx), "mask shape [1, 4, 3, 5]");
+  expect_error(predict_block_mask(in.q, in.k, in.opts, wrong.view(), in.ctx),
+               "mask shape [1, 4, 3, 5]");
   HostBlockMask heads(1, 2, 40, 40, 16, 16);
   expect_error(predict_block_mask(in.q, in.k, in.opts, heads.view(), in.ctx),
                "mask shape [1, 2, 3, 3]");
@@ -230,8 +261,9 @@ TEST(Validation, MaskContents) {
   expect_error(in.attention(), "mask.counts[5] must be in [0, 3], got -1");
   in.mask.counts[5] = 3;
   in.mask.indices[5 * 3 + 2] = 1;  // 0, 1, 1
-  expect_error(in.attention(), "mask.indices of row 5 must be strictly ascending key-block "
-                               "indices in [0, 3), got 1 at position 2");
+  expect_error(in.attention(),
+               "mask.indices of row 5 must be strictly ascending key-block "
+               "indices in [0, 3), got 1 at position 2");
   in.mask.indices[5 * 3 + 2] = 3;
   expect_error(in.attention(), "got 3 at position 2");
   // An output mask is written by Stage 1, so its old contents do not matter.
@@ -260,11 +292,13 @@ struct CudaInputs : Inputs {
 TEST(Validation, CudaTensorRules) {
   CudaInputs in;
   in.ctx.backend = Backend::kReference;
-  expect_error(in.attention(), "ExecContext.backend kReference/kCpuFast needs cpu tensors, got cuda");
+  expect_error(in.attention(),
+               "ExecContext.backend kReference/kCpuFast needs cpu tensors, got cuda");
   in.ctx.backend = Backend::kAuto;
   in.k.stride_token = 18;
   in.k.capacity = -1;
-  expect_error(in.attention(), "k.stride_token must be a multiple of 4 elements (16 bytes) on cuda, got 18");
+  expect_error(in.attention(),
+               "k.stride_token must be a multiple of 4 elements (16 bytes) on cuda, got 18");
   in.k.stride_token = 16;
   in.q.data = static_cast<char*>(in.q.data) + 4;
   in.q.capacity = -1;
