@@ -1,0 +1,214 @@
+#include "cli_common.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+
+#include "common/fp_convert.h"
+
+namespace sparge::cli {
+namespace {
+
+double now_ms() {
+  using Clock = std::chrono::steady_clock;
+  return std::chrono::duration<double, std::milli>(Clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+const std::vector<std::string>& workload_names() {
+  static const std::vector<std::string> names = {"video", "llm", "random"};
+  return names;
+}
+
+void add_workload_options(ArgParser& p, const std::string& default_grid,
+                          const std::string& default_tokens) {
+  p.add("workload", "NAME", "video",
+        "video (smooth T,H,W grid), llm (causal: sinks, windows, retrieval) or random");
+  p.add("batch", "B", "1", "batch size");
+  p.add("heads", "H", "4", "query heads");
+  p.add("kv-heads", "H", "", "key/value heads for llm and random (default: --heads)");
+  p.add("grid", "T,H,W", default_grid, "video token grid (frames,height,width)");
+  p.add("tokens", "N", default_tokens, "sequence length for llm and random");
+  p.add("head-dim", "D", "64", "head dimension");
+  p.add("seed", "S", "0", "workload seed");
+}
+
+workloads::Workload make_workload(const ArgParser& p, const std::string& workload) {
+  const std::string name = workload.empty() ? p.choice("workload", workload_names()) : workload;
+  const int64_t batch = p.integer("batch", 1, 64);
+  const int64_t heads = p.integer("heads", 1, 128);
+  const int64_t kv_heads = p.given("kv-heads") ? p.integer("kv-heads", 1, heads) : heads;
+  if (heads % kv_heads != 0)
+    throw UsageError("--kv-heads must divide --heads (" + std::to_string(heads) + "), got " +
+                     std::to_string(kv_heads));
+  const int64_t dim = p.integer("head-dim", 1, 256);
+  const uint64_t seed = static_cast<uint64_t>(p.integer("seed", 0, INT64_MAX));
+  if (name == "video") {
+    const std::vector<int64_t> g = p.int_list("grid", 3, 1, 4096);
+    if (g[0] * g[1] * g[2] > (int64_t(1) << 22))
+      throw UsageError("--grid must have at most 4194304 tokens, got " +
+                       std::to_string(g[0] * g[1] * g[2]));
+    return workloads::video_grid(batch, heads, g[0], g[1], g[2], dim, seed);
+  }
+  const int64_t tokens = p.integer("tokens", 1, int64_t(1) << 22);
+  if (name == "llm") return workloads::language_like(batch, heads, kv_heads, tokens, dim, seed);
+  return workloads::random_gaussian(batch, heads, kv_heads, tokens, tokens, dim, seed);
+}
+
+void add_sparse_options(ArgParser& p, bool sweep) {
+  p.add("sim", "X", "0.6", "sim_threshold: blocks with self-similarity <= X are always computed");
+  if (sweep) {
+    p.add("cdf", "X,X,..", "0.9,0.95,0.98,0.995", "TopCdf thresholds to sweep");
+    p.add("topk", "X,X,..", "", "sweep TopK fractions instead of TopCdf");
+  } else {
+    p.add("cdf", "X", "0.98", "TopCdf: keep key blocks until their predicted mass reaches X");
+    p.add("topk", "X", "", "use TopK instead: keep a fraction X of the key blocks");
+  }
+  p.add("pv", "L", "50", "pv_threshold λ (log2 units; inf = never skip P·V)");
+  p.add("block-q", "N", "128", "query block rows");
+  p.add("block-k", "N", "64", "key block rows");
+  p.add_flag("sink", "always keep key block 0 (attention sink)");
+}
+
+SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value) {
+  SparseOptions o;
+  o.causal = causal;
+  o.sim_threshold.value = static_cast<float>(p.real("sim", -1.0, 1.0));
+  const bool topk = p.given("topk");
+  if (topk) o.select = SelectMode::kTopK;
+  if (swept_value >= 0) {
+    (topk ? o.topk : o.cdf_threshold).value = static_cast<float>(swept_value);
+  } else {
+    o.cdf_threshold.value = static_cast<float>(p.real("cdf", 0.0, 1.0, true));
+    if (topk) o.topk.value = static_cast<float>(p.real("topk", 0.0, 1.0, true));
+  }
+  o.pv_threshold.value =
+      static_cast<float>(p.real("pv", 0.0, std::numeric_limits<double>::infinity()));
+  const std::vector<std::string> blocks = {"16", "32", "64", "128", "256"};
+  o.block_q = std::stoi(p.choice("block-q", blocks));
+  o.block_k = std::stoi(p.choice("block-k", blocks));
+  o.attention_sink = p.flag("sink");
+  return o;
+}
+
+DType dtype_option(const ArgParser& p) {
+  const std::string s = p.choice("dtype", {"float32", "bfloat16", "float16"});
+  if (s == "bfloat16") return DType::kBFloat16;
+  if (s == "float16") return DType::kFloat16;
+  return DType::kFloat32;
+}
+
+double apply_hilbert(workloads::Workload& w) {
+  if (w.grid_t == 0) return 0.0;
+  const double start = now_ms();
+  const std::vector<int64_t> order = hilbert_order(w.grid_t, w.grid_h, w.grid_w);
+  const auto reorder = [&](std::vector<float>& x, int64_t heads) {
+    std::vector<float> out(x.size());
+    const TensorView in = TensorView::contiguous(x.data(), DType::kFloat32, Layout::kHND,
+                                                 w.batch, heads, w.seq_q, w.head_dim);
+    const TensorView to = TensorView::contiguous(out.data(), DType::kFloat32, Layout::kHND,
+                                                 w.batch, heads, w.seq_q, w.head_dim);
+    check_ok(permute_tokens(in, to, order.data(), w.seq_q, 0, false), "permute_tokens");
+    x.swap(out);
+  };
+  reorder(w.q, w.heads_q);
+  reorder(w.k, w.heads_kv);
+  reorder(w.v, w.heads_kv);
+  return now_ms() - start;
+}
+
+TypedTensor TypedTensor::from(const std::vector<float>& x, DType dtype, int64_t batch,
+                              int64_t heads, int64_t tokens, int64_t dim) {
+  TypedTensor t;
+  void* data = nullptr;
+  if (dtype == DType::kFloat32) {
+    t.f32 = x;
+    data = t.f32.data();
+  } else {
+    t.bits = workloads::to_half_bits(x, dtype);
+    data = t.bits.data();
+  }
+  t.view = TensorView::contiguous(data, dtype, Layout::kHND, batch, heads, tokens, dim);
+  return t;
+}
+
+TypedTensor TypedTensor::poisoned(DType dtype, int64_t batch, int64_t heads, int64_t tokens,
+                                  int64_t dim) {
+  const std::vector<float> nan(static_cast<size_t>(batch * heads * tokens * dim),
+                               std::numeric_limits<float>::quiet_NaN());
+  return from(nan, dtype, batch, heads, tokens, dim);
+}
+
+std::vector<float> TypedTensor::to_float() const {
+  if (view.dtype == DType::kFloat32) return f32;
+  std::vector<float> out(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i)
+    out[i] = view.dtype == DType::kBFloat16 ? detail::bf16_bits_to_float(bits[i])
+                                            : detail::half_bits_to_float(bits[i]);
+  return out;
+}
+
+TypedInputs typed_inputs(const workloads::Workload& w, DType dtype) {
+  return {TypedTensor::from(w.q, dtype, w.batch, w.heads_q, w.seq_q, w.head_dim),
+          TypedTensor::from(w.k, dtype, w.batch, w.heads_kv, w.seq_k, w.head_dim),
+          TypedTensor::from(w.v, dtype, w.batch, w.heads_kv, w.seq_k, w.head_dim)};
+}
+
+double median_ms(const std::function<void()>& fn, int repeats) {
+  fn();
+  std::vector<double> times;
+  for (int i = 0; i < std::max(repeats, 1); ++i) {
+    const double start = now_ms();
+    fn();
+    times.push_back(now_ms() - start);
+  }
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+}
+
+double rel_l1(const std::vector<float>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    num += std::fabs(a[i] - ref[i]);
+    den += std::fabs(ref[i]);
+  }
+  return den > 0 ? num / den : num;
+}
+
+double cosine(const std::vector<float>& a, const std::vector<double>& ref) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::quiet_NaN();
+    ab += a[i] * ref[i];
+    aa += double(a[i]) * a[i];
+    bb += ref[i] * ref[i];
+  }
+  return aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+}
+
+void check_ok(const Status& s, const std::string& what) {
+  if (!s.is_ok()) throw std::runtime_error(what + ": " + s.message());
+}
+
+void progress(int step, int steps, const std::string& what) {
+  std::fprintf(stderr, "[%d/%d] %s\n", step, steps, what.c_str());
+  std::fflush(stderr);
+}
+
+std::string shape_text(const workloads::Workload& w) {
+  std::ostringstream os;
+  os << w.name << " B" << w.batch << " Hq" << w.heads_q << " Hkv" << w.heads_kv << " N"
+     << w.seq_q << " D" << w.head_dim;
+  if (w.grid_t) os << " (grid " << w.grid_t << "x" << w.grid_h << "x" << w.grid_w << ")";
+  if (w.causal) os << " causal";
+  return os.str();
+}
+
+}  // namespace sparge::cli
