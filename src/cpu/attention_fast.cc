@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -66,7 +67,16 @@ struct Plan {
   int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0, causal_off = 0;
   bool causal = false;
   double score_log2 = 0;  // scale · log2(e)
+  bool avx512 = false;    // AVX-512 kernels (else AVX2)
 };
+
+// AVX-512F when the CPU has it, unless SPARGE_CPU_ISA=avx2 asks for the AVX2 kernels (tests run
+// both; results agree to rounding, not bit for bit).
+bool use_avx512() {
+  const char* isa = std::getenv("SPARGE_CPU_ISA");
+  if (isa != nullptr && std::strcmp(isa, "avx2") == 0) return false;
+  return __builtin_cpu_supports("avx512f");
+}
 
 // One thread's scratch, sized for the largest block; allocated once per call.
 struct Scratch {
@@ -77,7 +87,7 @@ struct Scratch {
   explicit Scratch(const Plan& pl) {
     const int64_t bq = pl.bq, bk = pl.bk, D = pl.D, Dp = pl.Dp;
     const int64_t sizes[] = {D * bq, bk * D, bk * Dp, bk * bq, bq * Dp, Dp,
-                             bq,     bq,     bq,      bq,      bq,      bk * 4};
+                             bq,     bq,     bq,      bq,      bq,      bk * 8};
     int64_t total = 0;
     for (int64_t s : sizes) total += round_up(s, 16);
     mem = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
@@ -96,33 +106,44 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// P·V for the active rows, 4 rows per register block. P is key-major (st[c * bq + r]).
+// P·V kernels by row count (index = rows in the register block).
+using PvKernel = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float* const*,
+                          const float*);
+constexpr PvKernel kPvAvx2[] = {nullptr, fast::pv_rows<1>, fast::pv_rows<2>, fast::pv_rows<3>,
+                                fast::pv_rows<4>};
+constexpr PvKernel kPvAvx512[] = {nullptr,
+                                  fast::pv_rows_avx512<1>,
+                                  fast::pv_rows_avx512<2>,
+                                  fast::pv_rows_avx512<3>,
+                                  fast::pv_rows_avx512<4>,
+                                  fast::pv_rows_avx512<5>,
+                                  fast::pv_rows_avx512<6>,
+                                  fast::pv_rows_avx512<7>,
+                                  fast::pv_rows_avx512<8>};
+
+// P·V for the active rows, 4 (AVX2) or 8 (AVX-512) rows per register block. P is key-major
+// (st[c * bq + r]): consecutive rows are read in place, others are first interleaved into pbuf.
 void accumulate_pv(const Plan& pl, Scratch& s, int64_t keys) {
+  const int block = pl.avx512 ? 8 : 4;
   const int64_t n = static_cast<int64_t>(s.active.size());
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    const int rows = static_cast<int>(std::min<int64_t>(4, n - i0));
-    float* acc[4];
-    float alpha[4];
+  for (int64_t i0 = 0; i0 < n; i0 += block) {
+    const int rows = static_cast<int>(std::min<int64_t>(block, n - i0));
+    const int32_t* r = &s.active[i0];
+    float* acc[8];
+    float alpha[8];
     for (int i = 0; i < rows; ++i) {
-      const int32_t r = s.active[i0 + i];
-      acc[i] = s.acc + r * pl.Dp;
-      alpha[i] = s.alpha[r];
-      for (int64_t c = 0; c < keys; ++c) s.pbuf[c * 4 + i] = s.st[c * pl.bq + r];
+      acc[i] = s.acc + r[i] * pl.Dp;
+      alpha[i] = s.alpha[r[i]];
     }
-    switch (rows) {
-      case 4:
-        fast::pv_rows<4>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
-        break;
-      case 3:
-        fast::pv_rows<3>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
-        break;
-      case 2:
-        fast::pv_rows<2>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
-        break;
-      default:
-        fast::pv_rows<1>(s.pbuf, s.v, keys, pl.Dp, acc, alpha);
-        break;
+    const float* p = s.st + r[0];
+    int64_t ldp = pl.bq;
+    if (r[rows - 1] - r[0] != rows - 1) {  // rows are ascending: not consecutive, gather
+      for (int i = 0; i < rows; ++i)
+        for (int64_t c = 0; c < keys; ++c) s.pbuf[c * block + i] = s.st[c * pl.bq + r[i]];
+      p = s.pbuf;
+      ldp = block;
     }
+    (pl.avx512 ? kPvAvx512 : kPvAvx2)[rows](p, ldp, s.v, keys, pl.Dp, acc, alpha);
   }
 }
 
@@ -186,11 +207,14 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       counters[1] += groups;
       continue;
     }
-    const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys4 = round_up(keys, 4);
+    const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys8 = round_up(keys, 8);
     for (int64_t c = 0; c < keys; ++c)
       fast::load_row(kplane.row(key0 + c), kplane.elem, D, 1.0f, s.k + c * D);
-    std::fill(s.k + keys * D, s.k + keys4 * D, 0.0f);
-    fast::scores_tile(s.qt, bq, s.k, D, D, keys4, rows16, s.st, bq);
+    std::fill(s.k + keys * D, s.k + keys8 * D, 0.0f);
+    if (pl.avx512)
+      fast::scores_tile_avx512(s.qt, bq, s.k, D, D, keys8, rows16, s.st, bq);
+    else
+      fast::scores_tile(s.qt, bq, s.k, D, D, keys8, rows16, s.st, bq);
     if (pl.quant) {  // t = (Σ q8·k8) · s_q · s_k · scale · log2(e)
       const float f = static_cast<float>(
           double(pl.quant->q_scale[(b * p.shape.heads_q + h) * pl.nq + qb]) *
@@ -283,7 +307,7 @@ Status attention_fast(const detail::Problem& p, const BlockMask& mask, const Ten
   pl.o = o;
   pl.extras = extras;
   pl.D = p.shape.head_dim;
-  pl.Dp = round_up(pl.D, 16);
+  pl.Dp = round_up(pl.D, 32);  // whole register blocks of either ISA
   pl.bq = p.opts.block_q;
   pl.bk = p.opts.block_k;
   pl.group = p.opts.pv_group_rows;
@@ -295,6 +319,7 @@ Status attention_fast(const detail::Problem& p, const BlockMask& mask, const Ten
                                               p.shape.seq_q, p.shape.seq_k)
                       : 0;
   pl.score_log2 = double(p.scale) * kLog2e;
+  pl.avx512 = use_avx512();
 
   const int64_t heads = p.shape.heads_q, tasks = p.shape.batch * heads * pl.nq;
   const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();

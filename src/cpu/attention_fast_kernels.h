@@ -150,11 +150,11 @@ inline void scores_tile(const float* qt, int64_t ldq, const float* k, int64_t ld
   }
 }
 
-// For kRows query rows: acc_i[0:dp] = alpha_i · acc_i + Σ_{c < keys} p[c * 4 + i] · v[c * dp + :].
-// `p` holds the rows' probabilities interleaved (4 per key), dp % 16 == 0.
+// For kRows query rows: acc_i[0:dp] = alpha_i · acc_i + Σ_{c < keys} p[c * ldp + i] · v[c * dp + :]
+// (row i's probability of key c at p[c * ldp + i]), dp % 16 == 0.
 template <int kRows>
-inline void pv_rows(const float* p, const float* v, int64_t keys, int64_t dp, float* const* acc,
-                    const float* alpha) {
+inline void pv_rows(const float* p, int64_t ldp, const float* v, int64_t keys, int64_t dp,
+                    float* const* acc, const float* alpha) {
   for (int64_t d0 = 0; d0 < dp; d0 += 16) {
     __m256 lo[kRows], hi[kRows];
     for (int i = 0; i < kRows; ++i) {
@@ -166,7 +166,7 @@ inline void pv_rows(const float* p, const float* v, int64_t keys, int64_t dp, fl
     for (int64_t c = 0; c < keys; ++c, vc += dp) {
       const __m256 v0 = _mm256_loadu_ps(vc), v1 = _mm256_loadu_ps(vc + 8);
       for (int i = 0; i < kRows; ++i) {
-        const __m256 pb = _mm256_broadcast_ss(p + c * 4 + i);
+        const __m256 pb = _mm256_broadcast_ss(p + c * ldp + i);
         lo[i] = _mm256_fmadd_ps(pb, v0, lo[i]);
         hi[i] = _mm256_fmadd_ps(pb, v1, hi[i]);
       }
@@ -174,6 +174,72 @@ inline void pv_rows(const float* p, const float* v, int64_t keys, int64_t dp, fl
     for (int i = 0; i < kRows; ++i) {
       _mm256_storeu_ps(acc[i] + d0, lo[i]);
       _mm256_storeu_ps(acc[i] + d0 + 8, hi[i]);
+    }
+  }
+}
+
+// ---- AVX-512 variants (chosen at run time when the CPU has AVX-512F; see attention_fast.cc).
+// Same contracts with wider register blocks: 32 rows × 8 keys for the scores, 8 rows × 32
+// channels for P·V (16 zmm accumulators each, half the load traffic per FMA of the AVX2 blocks).
+#define SPARGE_TARGET_AVX512 __attribute__((target("avx512f")))
+
+// kRowVecs × 16 rows × 8 keys of st = K·Qᵀ starting at (c0, r0).
+template <int kRowVecs>
+SPARGE_TARGET_AVX512 inline void scores_block_avx512(const float* qt, int64_t ldq, const float* k,
+                                                     int64_t ldk, int64_t D, float* st,
+                                                     int64_t lds) {
+  __m512 acc[8][kRowVecs];
+  for (int i = 0; i < 8; ++i)
+    for (int v = 0; v < kRowVecs; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d, qt += ldq) {
+    __m512 q[kRowVecs];
+    for (int v = 0; v < kRowVecs; ++v) q[v] = _mm512_loadu_ps(qt + 16 * v);
+    for (int i = 0; i < 8; ++i) {
+      const __m512 kb = _mm512_set1_ps(k[i * ldk + d]);
+      for (int v = 0; v < kRowVecs; ++v) acc[i][v] = _mm512_fmadd_ps(kb, q[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < 8; ++i)
+    for (int v = 0; v < kRowVecs; ++v) _mm512_storeu_ps(st + i * lds + 16 * v, acc[i][v]);
+}
+
+// scores_tile with keys % 8 == 0 and rows % 16 == 0.
+SPARGE_TARGET_AVX512 inline void scores_tile_avx512(const float* qt, int64_t ldq, const float* k,
+                                                    int64_t ldk, int64_t D, int64_t keys,
+                                                    int64_t rows, float* st, int64_t lds) {
+  int64_t r0 = 0;
+  for (; r0 + 32 <= rows; r0 += 32)
+    for (int64_t c0 = 0; c0 < keys; c0 += 8)
+      scores_block_avx512<2>(qt + r0, ldq, k + c0 * ldk, ldk, D, st + c0 * lds + r0, lds);
+  if (r0 < rows)
+    for (int64_t c0 = 0; c0 < keys; c0 += 8)
+      scores_block_avx512<1>(qt + r0, ldq, k + c0 * ldk, ldk, D, st + c0 * lds + r0, lds);
+}
+
+// pv_rows for up to 8 rows, dp % 32 == 0.
+template <int kRows>
+SPARGE_TARGET_AVX512 inline void pv_rows_avx512(const float* p, int64_t ldp, const float* v,
+                                                int64_t keys, int64_t dp, float* const* acc,
+                                                const float* alpha) {
+  for (int64_t d0 = 0; d0 < dp; d0 += 32) {
+    __m512 lo[kRows], hi[kRows];
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 a = _mm512_set1_ps(alpha[i]);
+      lo[i] = _mm512_mul_ps(a, _mm512_loadu_ps(acc[i] + d0));
+      hi[i] = _mm512_mul_ps(a, _mm512_loadu_ps(acc[i] + d0 + 16));
+    }
+    const float* vc = v + d0;
+    for (int64_t c = 0; c < keys; ++c, vc += dp) {
+      const __m512 v0 = _mm512_loadu_ps(vc), v1 = _mm512_loadu_ps(vc + 16);
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 pb = _mm512_set1_ps(p[c * ldp + i]);
+        lo[i] = _mm512_fmadd_ps(pb, v0, lo[i]);
+        hi[i] = _mm512_fmadd_ps(pb, v1, hi[i]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {
+      _mm512_storeu_ps(acc[i] + d0, lo[i]);
+      _mm512_storeu_ps(acc[i] + d0 + 16, hi[i]);
     }
   }
 }

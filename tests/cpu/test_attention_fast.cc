@@ -396,6 +396,48 @@ TEST(AttentionFast, RowsWithoutKeysAreZero) {
   check_case(c);
 }
 
+// The AVX2 kernels (used on CPUs without AVX-512F) on a mix of the cases above; on such a CPU
+// this repeats them, elsewhere it is the only run of that code.
+TEST(AttentionFast, Avx2KernelsMatchReference) {
+  ASSERT_EQ(0, setenv("SPARGE_CPU_ISA", "avx2", 1));
+  uint64_t seed = 90;
+  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (int64_t d : {64, 40, 256}) {
+      Case c;
+      c.dtype = t;
+      c.D = d;
+      c.Hq = 4;
+      c.Hkv = 2;
+      c.Nq = 150;
+      c.Nk = 203;
+      c.causal = d != 64;
+      c.align = d == 40 ? CausalAlign::kBottomRight : CausalAlign::kTopLeft;
+      c.layout = t == DType::kFloat16 ? Layout::kNHD : Layout::kHND;
+      c.keep = 0.7;
+      c.seed = ++seed;
+      c.name = std::string("avx2 ") + dtype_name(t) + " D=" + std::to_string(d);
+      check_case(c);
+    }
+  Case grid;
+  grid.data = Data::kGrid;
+  grid.grid_max = 1;
+  grid.D = 16;
+  grid.group = 1;
+  grid.lambda = 0.0f;
+  grid.Nq = 257;
+  grid.Nk = 300;
+  grid.keep = 0.8;
+  grid.name = "avx2 lambda 0 group 1";
+  check_case(grid);
+  Case quant;
+  quant.quant = QuantMode::kInt8Fp8;
+  quant.D = 128;
+  quant.causal = true;
+  quant.name = "avx2 quant int8/fp8";
+  check_case(quant);
+  ASSERT_EQ(0, unsetenv("SPARGE_CPU_ISA"));
+}
+
 TEST(AttentionFast, LargerShapesAtLevel2) {
   if (test_level() < 2) GTEST_SKIP() << "SPARGE_TEST_LEVEL < 2";
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
