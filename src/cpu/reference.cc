@@ -2,6 +2,8 @@
 // Per (b, h, query block) it walks the kept key blocks in ascending order with an online softmax
 // in log2 units; each group of pv_group_rows rows skips a tile when every row's tile max is at
 // least λ below its running max. Deliberately plain: no blocking, no vectorization.
+// Quantized mode takes its scores from the INT8 codes and scales and V from its e4m3 values
+// (cpu/quantize.h); the softmax stays in double, so it is exact given the quantized inputs.
 #include "cpu/reference.h"
 
 #include <algorithm>
@@ -118,6 +120,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
       }
     }
 
+    // double -> float -> fp16/bf16 may round twice; that moves an exact tie by one unit at most.
     for (int64_t r = r0; r < r1; ++r) {
       const RowState& st = rows[r - r0];
       const bool empty = st.l == 0.0;
