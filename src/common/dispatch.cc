@@ -17,7 +17,11 @@ namespace {
 constexpr std::size_t kAlign = 256;
 std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-Status resolve_backend(Device device, Backend requested, Backend* out) {
+Status resolve_backend(Device device, const ExecContext& ctx, Backend* out) {
+  if (ctx.num_threads < 0)
+    return Status::invalid("ExecContext.num_threads must be >= 0 (0 = OpenMP default), got " +
+                           std::to_string(ctx.num_threads));
+  const Backend requested = ctx.backend;
   if (requested == Backend::kAuto) {
     *out = device == Device::kCUDA ? Backend::kCuda : Backend::kCpuFast;
     return Status::ok();
@@ -88,7 +92,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Sparse
   SPARGE_RETURN_IF_ERROR(validate(q, k, k, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
-  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   const detail::Problem p = make_problem(q, k, k, opts);
   if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx);
   return cpu::predict_block_mask(p, mask);
@@ -103,7 +107,7 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
   SPARGE_RETURN_IF_ERROR(check_extras(extras));
   Backend backend;
-  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   const detail::Problem p = make_problem(q, k, v, opts);
   switch (backend) {
     case Backend::kCuda: return cuda::attention(p, mask, o, extras, ctx);
@@ -119,7 +123,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   Backend backend;
-  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx.backend, &backend));
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
 
   if (backend != Backend::kCuda) {
     HostBlockMask owned;

@@ -278,6 +278,9 @@ TEST(Validation, BackendChoice) {
   in.ctx.backend = Backend::kCuda;
   expect_error(in.attention(), "ExecContext.backend kCuda needs cuda tensors, got cpu");
   expect_error(in.predict(), "ExecContext.backend kCuda needs cuda tensors");
+  in.ctx.backend = Backend::kCpuFast;
+  in.ctx.num_threads = -1;
+  expect_error(in.attention(), "ExecContext.num_threads must be >= 0");
 }
 
 // CUDA tensors (host pointers, 16-byte aligned, never dereferenced: validation or the missing
