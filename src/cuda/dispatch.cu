@@ -34,7 +34,7 @@ std::string cat(Args&&... args) {
 }
 
 bool fast_build() {
-#if defined(SPARGE_FAST_BUILD)
+#if SPARGE_FAST_BUILD
   return true;
 #else
   return false;
@@ -100,7 +100,7 @@ Status attention_by_causal(const AttnParams& params, bool causal, cudaStream_t s
     return Status::unsupported(cat("attention instance (head_dim ", kHeadDim, ", ", bf16 ? "bf16" : "fp16",
                                    causal ? ", causal" : ", dense",
                                    ") is not compiled (SPARGE_FAST_BUILD=ON); compiled: ", attention_set()));
-#if defined(SPARGE_FAST_BUILD)
+#if SPARGE_FAST_BUILD
   if constexpr (!(kHeadDim == 128 && std::is_same_v<T, __nv_bfloat16>)) return Status::internal("unreachable");
   else return launch_attn<T, kHeadDim, false>(params, stream);
 #else
