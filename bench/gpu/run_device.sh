@@ -38,6 +38,6 @@ if [ "$mode" = test ] || [ "$mode" = all ]; then
 fi
 
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
-  PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attention.py --lib build-dev/libsparge_c.so --commit "$commit" \
+  PYTHONUNBUFFERED=1 timeout 540 python3 bench/gpu/bench_attention.py --lib build-dev/libsparge_c.so --commit "$commit" \
     --out-dir "$out" 2>&1 | tee "$out/bench.log" | tail -60
 fi

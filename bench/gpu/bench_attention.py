@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""GPU benchmark of Sparge's block-sparse attention against PyTorch baselines, same process.
+
+hd 128, bf16, B 1, H 32, N in {4K, 8K, 16K, 32K}, non-causal and causal. Sparge runs fixed random
+block masks (sparsity 0, 0.5, 0.75, 0.9 of the causally allowed 128x64 tiles) through the C ABI
+(libsparge_c.so, ctypes, PyTorch's current stream); FlexAttention runs the same block mask
+(BlockMask of 128x64 blocks); SDPA (cuDNN and Flash backends) runs dense. Stage 1 is timed alone.
+Timing: CUDA events around each call after warm-up, median of the repeats, several input sets
+rotated so that the inputs never sit in L2. Records: JSON Lines per /work/shared/bench-schema.md.
+
+    python3 bench/gpu/bench_attention.py --lib build-dev/libsparge_c.so --commit $(git rev-parse --short HEAD)
+"""
+import argparse
+import ctypes as C
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BLOCK_Q, BLOCK_K = 128, 64
+
+
+class Tensor(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("dtype", C.c_int), ("device", C.c_int), ("device_index", C.c_int),
+                ("shape", C.c_int64 * 4), ("strides", C.c_int64 * 4)]
+
+
+class Options(C.Structure):
+    _fields_ = [("scale", C.c_float), ("causal", C.c_int), ("causal_bottom_right", C.c_int),
+                ("sim_threshold", C.c_float), ("select_topk", C.c_int), ("cdf_threshold", C.c_float),
+                ("topk", C.c_float), ("attention_sink", C.c_int), ("pv_threshold", C.c_float),
+                ("pv_group_rows", C.c_int), ("block_q", C.c_int), ("block_k", C.c_int), ("quant", C.c_int),
+                ("per_head_sim", C.c_void_p), ("per_head_cdf", C.c_void_p), ("per_head_topk", C.c_void_p),
+                ("per_head_pv", C.c_void_p)]
+
+
+class Mask(C.Structure):
+    _fields_ = [("counts", C.c_void_p), ("indices", C.c_void_p), ("device", C.c_int), ("device_index", C.c_int),
+                ("batch", C.c_int64), ("heads", C.c_int64), ("seq_q", C.c_int64), ("seq_k", C.c_int64),
+                ("block_q", C.c_int), ("block_k", C.c_int)]
+
+
+class Sparge:
+    def __init__(self, path):
+        self.lib = C.CDLL(path)
+        self.lib.sparge_default_options.restype = Options
+        self.lib.sparge_workspace_size.restype = C.c_size_t
+        self.lib.sparge_workspace_size.argtypes = [C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Options)]
+        self.err = C.create_string_buffer(1024)
+
+    @staticmethod
+    def tensor(t):  # logical (B, H, N, D) view of a torch tensor
+        dt = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 0}[t.dtype]
+        return Tensor(t.data_ptr(), dt, 1, t.device.index or 0, (C.c_int64 * 4)(*t.shape),
+                      (C.c_int64 * 4)(*t.stride()))
+
+    def options(self, causal, **kw):
+        o = self.lib.sparge_default_options()
+        o.causal = int(causal)
+        for k, v in kw.items():
+            setattr(o, k, v)
+        return o
+
+    def check(self, rc, what):
+        if rc != 0:
+            raise RuntimeError(f"{what}: code {rc}: {self.err.value.decode()}")
+
+    def attention(self, q, k, v, mask, opts, o, stream):
+        tq, tk, tv, to = self.tensor(q), self.tensor(k), self.tensor(v), self.tensor(o)
+        rc = self.lib.sparge_block_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), C.byref(mask),
+                                                    C.byref(opts), C.byref(to), None, None, C.c_size_t(0),
+                                                    C.c_void_p(stream), self.err, C.c_size_t(1024))
+        self.check(rc, "sparge_block_sparse_attention")
+
+    def workspace_size(self, q, k, opts):
+        tq, tk = self.tensor(q), self.tensor(k)
+        return self.lib.sparge_workspace_size(C.byref(tq), C.byref(tk), C.byref(opts))
+
+    def predict(self, q, k, opts, mask, ws, stream):
+        tq, tk = self.tensor(q), self.tensor(k)
+        rc = self.lib.sparge_predict_block_mask(C.byref(tq), C.byref(tk), C.byref(opts), C.byref(mask),
+                                                C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
+                                                C.c_void_p(stream), self.err, C.c_size_t(1024))
+        self.check(rc, "sparge_predict_block_mask")
+
+
+def time_ms(fn, sets, warmup=3, reps=10):
+    """Median of per-call CUDA-event times, rotating over the input sets."""
+    for i in range(warmup):
+        fn(sets[i % len(sets)])
+    times = []
+    for i in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn(sets[i % len(sets)])
+        e.record()
+        times.append((s, e))
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in times)
+
+
+def allowed_blocks(nq, nk, n, causal):
+    """A_i per query block (top-left causal, Nq = Nk = n)."""
+    i = torch.arange(nq, device="cuda")
+    if not causal:
+        return torch.full((nq,), nk, device="cuda", dtype=torch.int64)
+    last_row = torch.clamp((i + 1) * BLOCK_Q, max=n) - 1
+    return last_row // BLOCK_K + 1
+
+
+def random_block_mask(heads, n, causal, sparsity, seed):
+    """Keep round((1 - s)·A_i) (>= 1) random allowed key blocks per (head, query block)."""
+    nq, nk = math.ceil(n / BLOCK_Q), math.ceil(n / BLOCK_K)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    allowed = allowed_blocks(nq, nk, n, causal)  # [nq]
+    j = torch.arange(nk, device="cuda")
+    is_allowed = j[None, :] < allowed[:, None]  # [nq, nk]
+    keep_n = torch.clamp(torch.round((1 - sparsity) * allowed.double()).long(), min=1)
+    r = torch.rand((heads, nq, nk), device="cuda", generator=g)
+    r = torch.where(is_allowed[None], r, torch.full_like(r, 2.0))
+    rank = r.argsort(dim=-1).argsort(dim=-1)
+    keep = (rank < keep_n[None, :, None]) & is_allowed[None]
+    counts = keep.sum(-1).to(torch.int32)  # [H, nq]
+    order = torch.where(keep, j, j + nk).argsort(dim=-1)  # kept blocks first, ascending
+    indices = order.to(torch.int32).contiguous()
+    tiles = int(counts.sum())
+    dense_tiles = int(allowed.sum()) * heads
+    return keep, counts.contiguous(), indices, 1.0 - tiles / dense_tiles
+
+
+def flex_block_mask(keep, n, causal):
+    """FlexAttention BlockMask of the same 128x64 tiles; diagonal tiles get the causal mask_mod."""
+    from torch.nn.attention.flex_attention import BlockMask
+    heads, nq, nk = keep.shape
+    if causal:
+        i = torch.arange(nq, device="cuda")[:, None]
+        j = torch.arange(nk, device="cuda")[None, :]
+        full = keep & ((j + 1) * BLOCK_K - 1 <= i * BLOCK_Q)[None]  # every pair visible
+        partial = keep & ~full
+    else:
+        full, partial = keep, torch.zeros_like(keep)
+
+    def to_kv(m):
+        jj = torch.arange(nk, device="cuda")
+        cnt = m.sum(-1).to(torch.int32)[None]
+        idx = torch.where(m, jj, jj + nk).argsort(dim=-1).to(torch.int32)[None]
+        return cnt.contiguous(), idx.contiguous()
+
+    pc, pi = to_kv(partial)
+    fc, fi = to_kv(full)
+    mask_mod = (lambda b, h, q_idx, kv_idx: q_idx >= kv_idx) if causal else None
+    return BlockMask.from_kv_blocks(pc, pi, fc, fi, BLOCK_SIZE=(BLOCK_Q, BLOCK_K), mask_mod=mask_mod,
+                                    seq_lengths=(n, n))
+
+
+def rel_l1(o, ref):
+    return float((o.float() - ref.float()).abs().sum() / ref.float().abs().sum())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", default="build-dev/libsparge_c.so")
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--seqs", default="4096,8192,16384,32768")
+    ap.add_argument("--sparsities", default="0,0.5,0.75,0.9")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--out-dir", default=".")
+    ap.add_argument("--results-dir", default="bench/results")
+    ap.add_argument("--md-from", help="only print the Markdown table of an existing .jsonl file")
+    args = ap.parse_args()
+    if args.md_from:
+        with open(args.md_from) as f:
+            print(markdown([json.loads(line) for line in f if line.strip()]), end="")
+        return
+
+    torch.manual_seed(0)
+    sp = Sparge(args.lib)
+    dev = torch.cuda.get_device_name()
+    date = datetime.date.today().isoformat()
+    B, H, D, dtype = 1, args.heads, 128, torch.bfloat16
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    flex = None
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    records = []
+    slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
+    name = f"{date}_{slug}_attention"
+    live = open(os.path.join(args.out_dir, name + ".jsonl"), "w")  # survives a timeout
+    base = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16", head_dim=D,
+                batch=B, heads_q=H, heads_kv=H)
+
+    def emit(**kw):
+        r = dict(base)
+        r.update(kw)
+        records.append(r)
+        live.write(json.dumps(r) + "\n")
+        live.flush()
+        print(json.dumps(r), flush=True)
+
+    for n in [int(x) for x in args.seqs.split(",")]:
+        set_bytes = 3 * B * H * n * D * 2
+        n_sets = max(1, min(4, math.ceil(3 * l2 / set_bytes)))
+        sets = [tuple(torch.randn(B, H, n, D, device="cuda", dtype=dtype) for _ in range(3)) for _ in range(n_sets)]
+        out = torch.empty(B, H, n, D, device="cuda", dtype=dtype)
+        stream = torch.cuda.current_stream().cuda_stream
+        for causal in (False, True):
+            flops = 4 * B * H * n * n * D / (2 if causal else 1)
+            shape = dict(seq_q=n, seq_k=n, causal=causal)
+            q0, k0, v0 = sets[0]
+            ref = F.scaled_dot_product_attention(q0.float(), k0.float(), v0.float(), is_causal=causal)
+            for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+                try:
+                    with sdpa_kernel(backend):
+                        fn = lambda s: F.scaled_dot_product_attention(*s, is_causal=causal)
+                        err = rel_l1(fn(sets[0]), ref)
+                        ms = time_ms(fn, sets, reps=args.reps)
+                    emit(impl=name, sparsity=0.0, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None, **shape)
+                except RuntimeError as e:
+                    print(f"{name} failed at N={n}: {e}", file=sys.stderr)
+            opts = sp.options(causal, pv_threshold=float("inf"))
+            dense_ms = None
+            for s in [float(x) for x in args.sparsities.split(",")]:
+                keep, counts, indices, actual = random_block_mask(H, n, causal, s, seed=n + int(100 * s))
+                mask = Mask(counts.data_ptr(), indices.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
+                fn = lambda st: sp.attention(st[0], st[1], st[2], mask, opts, out, stream)
+                out.fill_(float("nan"))
+                fn(sets[0])
+                err = rel_l1(out, ref) if s == 0 else None
+                o_sparge = out.clone() if flex is not None else None
+                ms = time_ms(fn, sets, reps=args.reps)
+                dense_ms = ms if s == 0 else dense_ms
+                emit(impl="sparge-exact", sparsity=actual, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None,
+                     target_ms=(dense_ms * (1 - actual) / 0.85 if dense_ms else None), **shape)
+                if flex is not None:
+                    try:
+                        bm = flex_block_mask(keep, n, causal)
+                        ffn = lambda st: flex(st[0], st[1], st[2], block_mask=bm)
+                        o_flex = ffn(sets[0])
+                        ms_f = time_ms(ffn, sets, reps=args.reps)
+                        emit(impl="flex", sparsity=actual, ms=ms_f, tops=flops / ms_f / 1e9,
+                             rel_l1=rel_l1(o_flex, ref) if s == 0 else None, cos_sim=None,
+                             rel_l1_sparge_vs_flex=rel_l1(o_sparge, o_flex), **shape)
+                    except Exception as e:  # noqa: BLE001 - a baseline failing must not stop the run
+                        print(f"flex failed at N={n} causal={causal} s={s}: {type(e).__name__}: {e}", file=sys.stderr)
+            # Stage 1 alone (default options), on the first input set.
+            popts = sp.options(causal)
+            ws = torch.empty(sp.workspace_size(q0, k0, popts), device="cuda", dtype=torch.uint8)
+            nq, nk = math.ceil(n / BLOCK_Q), math.ceil(n / BLOCK_K)
+            pc = torch.empty(B * H * nq, device="cuda", dtype=torch.int32)
+            pi = torch.empty(B * H * nq * nk, device="cuda", dtype=torch.int32)
+            pmask = Mask(pc.data_ptr(), pi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
+            pfn = lambda st: sp.predict(st[0], st[1], popts, pmask, ws, stream)
+            ms_p = time_ms(pfn, sets, reps=args.reps)
+            emit(impl="sparge-stage1", sparsity=None, ms=ms_p, tops=None, rel_l1=None, cos_sim=None,
+                 stage1_fraction_of_dense=ms_p / dense_ms, **shape)
+        del sets, out
+        torch.cuda.empty_cache()
+
+    live.close()
+    for d in (args.out_dir, args.results_dir):
+        if d and os.path.isdir(d):
+            with open(os.path.join(d, name + ".jsonl"), "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            with open(os.path.join(d, name + ".md"), "w") as f:
+                f.write(markdown(records))
+    print(markdown(records))
+
+
+def markdown(records):
+    lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, hd 128, "
+             f"B 1, H {records[0]['heads_q']}; dense-equivalent TOPS (halved for causal); ms in brackets.", "",
+             "| N | causal | impl | s=0 | s=0.5 | s=0.75 | s=0.9 |", "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["seq_q"], r["causal"]) for r in records})
+    for n, causal in keys:
+        for impl in ("sparge-exact", "flex", "sdpa-cudnn", "sdpa-flash"):
+            rs = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == impl]
+            if not rs:
+                continue
+            cells = [f"{r['tops']:.0f} ({r['ms']:.2f})" for r in sorted(rs, key=lambda r: r["sparsity"])]
+            lines.append(f"| {n} | {causal} | {impl} | " + " | ".join(cells + [""] * (4 - len(cells))) + " |")
+        st = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == "sparge-stage1"]
+        if st:
+            lines.append(f"| {n} | {causal} | stage 1 alone | {st[0]['ms']:.3f} ms = "
+                         f"{100 * st[0]['stage1_fraction_of_dense']:.1f}% of dense | | | |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
