@@ -46,8 +46,10 @@ bool parse_real(const std::string& s, double* out) {
 std::string range_text(double lo, double hi, bool lo_open) {
   std::ostringstream os;
   os << (lo_open ? "(" : "[") << lo << ", ";
-  if (std::isinf(hi)) os << "inf";
-  else os << hi;
+  if (std::isinf(hi))
+    os << "inf";
+  else
+    os << hi;
   os << "]";
   return os.str();
 }
@@ -92,8 +94,8 @@ bool ArgParser::parse(int argc, char** argv, int first) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") return false;
     if (arg.rfind("--", 0) != 0)
-      throw UsageError("unexpected argument '" + arg + "' (options start with --; see " +
-                       command_ + " --help)");
+      throw UsageError("unexpected argument '" + arg + "' (options start with --; see " + command_ +
+                       " --help)");
     std::string name = arg.substr(2), value;
     const size_t eq = name.find('=');
     const bool inline_value = eq != std::string::npos;
@@ -110,8 +112,7 @@ bool ArgParser::parse(int argc, char** argv, int first) {
       continue;
     }
     if (!inline_value) {
-      if (i + 1 >= argc)
-        throw UsageError("--" + name + " needs a value (" + o->value_name + ")");
+      if (i + 1 >= argc) throw UsageError("--" + name + " needs a value (" + o->value_name + ")");
       value = argv[++i];
     }
     o->present = true;
@@ -125,8 +126,10 @@ std::string ArgParser::help() const {
   os << "usage: " << command_ << " [options]\n\n" << summary_ << "\n\noptions:\n";
   for (const Option& o : options_) {
     std::string left = "  --" + o.name + (o.is_flag ? "" : " " + o.value_name);
-    if (left.size() < 26) left.resize(26, ' ');
-    else left += "\n" + std::string(26, ' ');
+    if (left.size() < 26)
+      left.resize(26, ' ');
+    else
+      left += "\n" + std::string(26, ' ');
     os << left << o.help;
     if (!o.is_flag && !o.fallback.empty()) os << " (default " << o.fallback << ")";
     os << "\n";
@@ -188,7 +191,7 @@ std::vector<int64_t> ArgParser::int_list(const std::string& name, size_t count, 
 }
 
 std::vector<double> ArgParser::real_list(const std::string& name, double lo, double hi,
-                                          bool lo_open) const {
+                                         bool lo_open) const {
   const std::string s = str(name);
   std::vector<double> out;
   for (const std::string& p : split_commas(s)) {

@@ -109,10 +109,10 @@ double apply_hilbert(workloads::Workload& w) {
   const std::vector<int64_t> order = hilbert_order(w.grid_t, w.grid_h, w.grid_w);
   const auto reorder = [&](std::vector<float>& x, int64_t heads) {
     std::vector<float> out(x.size());
-    const TensorView in = TensorView::contiguous(x.data(), DType::kFloat32, Layout::kHND,
-                                                 w.batch, heads, w.seq_q, w.head_dim);
-    const TensorView to = TensorView::contiguous(out.data(), DType::kFloat32, Layout::kHND,
-                                                 w.batch, heads, w.seq_q, w.head_dim);
+    const TensorView in = TensorView::contiguous(x.data(), DType::kFloat32, Layout::kHND, w.batch,
+                                                 heads, w.seq_q, w.head_dim);
+    const TensorView to = TensorView::contiguous(out.data(), DType::kFloat32, Layout::kHND, w.batch,
+                                                 heads, w.seq_q, w.head_dim);
     check_ok(permute_tokens(in, to, order.data(), w.seq_q, 0, false), "permute_tokens");
     x.swap(out);
   };
@@ -204,8 +204,8 @@ void progress(int step, int steps, const std::string& what) {
 
 std::string shape_text(const workloads::Workload& w) {
   std::ostringstream os;
-  os << w.name << " B" << w.batch << " Hq" << w.heads_q << " Hkv" << w.heads_kv << " N"
-     << w.seq_q << " D" << w.head_dim;
+  os << w.name << " B" << w.batch << " Hq" << w.heads_q << " Hkv" << w.heads_kv << " N" << w.seq_q
+     << " D" << w.head_dim;
   if (w.grid_t) os << " (grid " << w.grid_t << "x" << w.grid_h << "x" << w.grid_w << ")";
   if (w.causal) os << " causal";
   return os.str();

@@ -38,8 +38,8 @@ struct TypedTensor {
   std::vector<uint16_t> bits;
   TensorView view;
   // A typed copy of the HND fp32 buffer `x` of shape [batch, heads, tokens, dim].
-  static TypedTensor from(const std::vector<float>& x, DType dtype, int64_t batch,
-                          int64_t heads, int64_t tokens, int64_t dim);
+  static TypedTensor from(const std::vector<float>& x, DType dtype, int64_t batch, int64_t heads,
+                          int64_t tokens, int64_t dim);
   // An output of that shape filled with NaN, so unwritten elements show.
   static TypedTensor poisoned(DType dtype, int64_t batch, int64_t heads, int64_t tokens,
                               int64_t dim);

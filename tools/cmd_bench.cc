@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -111,8 +112,8 @@ int run_bench(int argc, char** argv) {
     }
   }
   const bool topk = p.given("topk");
-  const std::vector<double> sweep = topk ? p.real_list("topk", 0.0, 1.0, true)
-                                         : p.real_list("cdf", 0.0, 1.0, true);
+  const std::vector<double> sweep =
+      topk ? p.real_list("topk", 0.0, 1.0, true) : p.real_list("cdf", 0.0, 1.0, true);
   const DType dtype = dtype_option(p);
   const int repeats = static_cast<int>(p.integer("repeats", 1, 1000));
   ExecContext ctx;
@@ -146,10 +147,15 @@ int run_bench(int argc, char** argv) {
       check_ok(fill_dense_mask(dense.view(), w.causal, base.causal_align), "fill_dense_mask");
       TypedTensor o = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
       Record r{"dense-cpu", "all tiles"};
-      r.ms = median_ms([&] {
-        check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense.view(), base,
-                                        o.view, {}, ctx), "dense attention");
-      }, repeats);
+      SparseOptions dense_opts = base;  // full attention: no P·V skipping either
+      dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
+      r.ms = median_ms(
+          [&] {
+            check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense.view(),
+                                            dense_opts, o.view, {}, ctx),
+                     "dense attention");
+          },
+          repeats);
       r.rel_l1 = rel_l1(o.to_float(), ref);
       r.cos_sim = cosine(o.to_float(), ref);
       records.push_back(r);
@@ -165,16 +171,22 @@ int run_bench(int argc, char** argv) {
       AttentionExtras extras;
       extras.pv_counters = counters.data();
       check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, extras, ctx,
-                                &mask.view()), "sparse_attention");
+                                &mask.view()),
+               "sparse_attention");
       Record r{"sparge-cpu", setting.str()};
-      r.ms = median_ms([&] {
-        check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, {}, ctx,
-                                  &mask.view()), "sparse_attention");
-      }, repeats);
-      r.stage1_ms = median_ms([&] {
-        check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
-                 "predict_block_mask");
-      }, repeats);
+      r.ms = median_ms(
+          [&] {
+            check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, {}, ctx,
+                                      &mask.view()),
+                     "sparse_attention");
+          },
+          repeats);
+      r.stage1_ms = median_ms(
+          [&] {
+            check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
+                     "predict_block_mask");
+          },
+          repeats);
       AttentionStats st = mask_stats(mask.view(), w.causal, opts.causal_align);
       for (int64_t h = 0; h < w.heads_q; ++h) {
         st.pv_visited += counters[2 * h];
@@ -191,11 +203,11 @@ int run_bench(int argc, char** argv) {
     const double work = 4.0 * double(w.batch * w.heads_q) * double(w.seq_q) * double(w.seq_k) *
                         double(w.head_dim) * (w.causal ? 0.5 : 1.0);
     for (const Record& r : records) {
-      std::printf("%-10s %-28s %-10s %-10s sparsity %.3f  %9.2f ms  speedup %5.2fx  "
-                  "rel_l1 %.3e  cos %.6f\n",
-                  w.name.c_str(), shape_text(w).substr(w.name.size() + 1).c_str(),
-                  r.impl.c_str(), r.setting.c_str(), r.sparsity, r.ms, dense_ms / r.ms,
-                  r.rel_l1, r.cos_sim);
+      std::printf(
+          "%-10s %-28s %-10s %-10s sparsity %.3f  %9.2f ms  speedup %5.2fx  "
+          "rel_l1 %.3e  cos %.6f\n",
+          w.name.c_str(), shape_text(w).substr(w.name.size() + 1).c_str(), r.impl.c_str(),
+          r.setting.c_str(), r.sparsity, r.ms, dense_ms / r.ms, r.rel_l1, r.cos_sim);
       if (!jsonl.is_open()) continue;
       jsonl << "{\"date\": \"" << date << "\", \"device\": \"" << json_escape(device)
             << "\", \"commit\": \"" << commit << "\", \"impl\": \"" << r.impl
@@ -207,11 +219,11 @@ int run_bench(int argc, char** argv) {
             << ", \"sparsity\": " << json_number(r.sparsity) << ", \"ms\": " << json_number(r.ms)
             << ", \"tops\": " << json_number(work / (r.ms * 1e-3) / 1e12)
             << ", \"rel_l1\": " << json_number(r.rel_l1)
-            << ", \"cos_sim\": " << json_number(r.cos_sim)
-            << ", \"setting\": \"" << r.setting << "\", \"stage1_ms\": "
-            << json_number(r.stage1_ms) << ", \"pv_skip_fraction\": " << json_number(r.pv_skip)
-            << ", \"threads\": " << threads_used << ", \"hilbert\": "
-            << (hilbert ? "true" : "false") << "}\n";
+            << ", \"cos_sim\": " << json_number(r.cos_sim) << ", \"setting\": \"" << r.setting
+            << "\", \"stage1_ms\": " << json_number(r.stage1_ms)
+            << ", \"pv_skip_fraction\": " << json_number(r.pv_skip)
+            << ", \"threads\": " << threads_used
+            << ", \"hilbert\": " << (hilbert ? "true" : "false") << "}\n";
     }
   }
   return 0;

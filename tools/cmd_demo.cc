@@ -3,6 +3,7 @@
 // (Stage 1 prediction + Stage 2). Accuracy of both against float64 full attention.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -48,10 +49,15 @@ int run_demo(int argc, char** argv) {
   HostBlockMask dense_mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
   check_ok(fill_dense_mask(dense_mask.view(), opts.causal, opts.causal_align), "fill_dense_mask");
   TypedTensor dense_out = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
-  const double dense_ms = median_ms([&] {
-    check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense_mask.view(), opts,
-                                    dense_out.view, {}, ctx), "dense attention");
-  }, repeats);
+  SparseOptions dense_opts = opts;  // full attention: no P·V skipping either
+  dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
+  const double dense_ms = median_ms(
+      [&] {
+        check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense_mask.view(),
+                                        dense_opts, dense_out.view, {}, ctx),
+                 "dense attention");
+      },
+      repeats);
 
   progress(3, steps, "sparse attention (prediction + attention)");
   HostBlockMask mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
@@ -61,15 +67,21 @@ int run_demo(int argc, char** argv) {
   extras.pv_counters = counters.data();
   // One counted run (the counters accumulate), then timed runs without them.
   check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, sparse_out.view, extras, ctx,
-                            &mask.view()), "sparse_attention");
-  const double sparse_ms = median_ms([&] {
-    check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, sparse_out.view, {}, ctx,
-                              &mask.view()), "sparse_attention");
-  }, repeats);
-  const double predict_ms = median_ms([&] {
-    check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
-             "predict_block_mask");
-  }, repeats);
+                            &mask.view()),
+           "sparse_attention");
+  const double sparse_ms = median_ms(
+      [&] {
+        check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, sparse_out.view, {}, ctx,
+                                  &mask.view()),
+                 "sparse_attention");
+      },
+      repeats);
+  const double predict_ms = median_ms(
+      [&] {
+        check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
+                 "predict_block_mask");
+      },
+      repeats);
 
   progress(4, steps, "float64 full attention (reference)");
   const std::vector<double> ref = cpu::dense_attention_reference(

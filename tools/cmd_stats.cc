@@ -19,9 +19,9 @@
 namespace sparge::cli {
 namespace {
 
-constexpr int64_t kSinkKeys = 4;    // docs/workloads.md: the llm workload's sink tokens
-constexpr int64_t kWindowKeys = 64; // "recent" keys for the llm window mass
-constexpr int64_t kNearCells = 2;   // video: Chebyshev radius of the local neighbourhood
+constexpr int64_t kSinkKeys = 4;     // docs/workloads.md: the llm workload's sink tokens
+constexpr int64_t kWindowKeys = 64;  // "recent" keys for the llm window mass
+constexpr int64_t kNearCells = 2;    // video: Chebyshev radius of the local neighbourhood
 
 // Softmax row of query i of head h, batch 0, in double.
 std::vector<double> attention_row(const workloads::Workload& w, int64_t h, int64_t i) {
@@ -47,8 +47,7 @@ struct HeadRun {
 };
 
 // Default-path sparse attention (fast backend) vs float64 dense, per query head.
-HeadRun run_per_head(workloads::Workload w, bool hilbert, const SparseOptions& opts,
-                     int threads) {
+HeadRun run_per_head(workloads::Workload w, bool hilbert, const SparseOptions& opts, int threads) {
   if (hilbert) apply_hilbert(w);
   TypedInputs in = typed_inputs(w, DType::kFloat32);
   TypedTensor o = TypedTensor::poisoned(DType::kFloat32, w.batch, w.heads_q, w.seq_q, w.head_dim);
@@ -117,8 +116,10 @@ int run_stats(int argc, char** argv) {
             std::llabs(i / w.grid_w % w.grid_h - jj / w.grid_w % w.grid_h) <= kNearCells &&
             std::llabs(i % w.grid_w - jj % w.grid_w) <= kNearCells)
           near += pr[j];
-        if (jj < kSinkKeys) sink += pr[j];
-        else if (i - jj < kWindowKeys) window += pr[j];
+        if (jj < kSinkKeys)
+          sink += pr[j];
+        else if (i - jj < kWindowKeys)
+          window += pr[j];
       }
       if (w.causal && static_cast<int64_t>(pr.size()) > kSinkKeys) {
         const int64_t best = std::max_element(pr.begin() + kSinkKeys, pr.end()) - pr.begin();
@@ -126,7 +127,8 @@ int run_stats(int argc, char** argv) {
       }
     }
     std::printf("head %lld: entropy %.2f", static_cast<long long>(h), entropy / rows);
-    if (video) std::printf(", mass within %lld cells %.3f", static_cast<long long>(kNearCells), near / rows);
+    if (video)
+      std::printf(", mass within %lld cells %.3f", static_cast<long long>(kNearCells), near / rows);
     if (w.causal)
       std::printf(", sink mass %.3f, last-%lld mass %.3f, far lookups %lld of %lld rows",
                   sink / rows, static_cast<long long>(kWindowKeys), window / rows,

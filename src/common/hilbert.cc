@@ -57,7 +57,8 @@ std::vector<Piece> pieces_of(const Dims& n, const Plan& p) {
   const int64_t w = n[0], h = n[1], d = n[2];
   const int64_t w1 = p.split_a, w2 = w - p.split_a;
   switch (p.cut) {
-    case Cut::kLine: return {};
+    case Cut::kLine:
+      return {};
     case Cut::kHalves:
       return {{{0, 0, 0}, {{{0, 1, w1}, {1, 1, h}, {2, 1, d}}}},
               {{w1, 0, 0}, {{{0, 1, w2}, {1, 1, h}, {2, 1, d}}}}};
@@ -157,10 +158,9 @@ class Planner {
 
     const std::vector<int64_t> one{0};
     for (Cut cut : order) {
-      const bool split_b = cut == Cut::kUSecond || cut == Cut::kFiveSecond ||
-                           cut == Cut::kFiveThird;
-      const bool split_c = cut == Cut::kUThird || cut == Cut::kFiveSecond ||
-                           cut == Cut::kFiveThird;
+      const bool split_b =
+          cut == Cut::kUSecond || cut == Cut::kFiveSecond || cut == Cut::kFiveThird;
+      const bool split_c = cut == Cut::kUThird || cut == Cut::kFiveSecond || cut == Cut::kFiveThird;
       if ((split_b && h < 2) || (split_c && d < 2) || w < 2) continue;
       const std::vector<int64_t> as = split_candidates(w);
       const std::vector<int64_t> bs = split_b ? split_candidates(h) : one;

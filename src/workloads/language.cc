@@ -26,10 +26,10 @@ using detail::Rng;
 enum Stream : uint64_t { kQ = 11, kK, kV, kFreq, kSinkDir, kRetrieval };
 
 constexpr int64_t kSinkTokens = 4;
-constexpr int64_t kRetrievalQueries = 16;    // consecutive queries sharing one retrieval key
-constexpr int64_t kTokensPerRetrieval = 512; // one retrieval pair per this many tokens
-constexpr double kContentNoise = 0.15;       // per-channel sd of content noise in q and k
-constexpr double kRetrievalBoost = 6.0;      // retrieval logit above the local peak logit
+constexpr int64_t kRetrievalQueries = 16;     // consecutive queries sharing one retrieval key
+constexpr int64_t kTokensPerRetrieval = 512;  // one retrieval pair per this many tokens
+constexpr double kContentNoise = 0.15;        // per-channel sd of content noise in q and k
+constexpr double kRetrievalBoost = 6.0;       // retrieval logit above the local peak logit
 
 // Per kv head: local window length w in tokens.
 constexpr double kWindows[] = {16.0, 64.0, 256.0, 32.0};
@@ -80,7 +80,7 @@ Workload language_like(int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t
   w.v.assign(w.k.size(), 0.0f);
   if (heads_kv < 1 || heads_q % heads_kv != 0) return w;
   const int64_t group = heads_q / heads_kv;
-  const int64_t pairs = d / 4;           // positional channels P = 2 · pairs, about half of D
+  const int64_t pairs = d / 4;  // positional channels P = 2 · pairs, about half of D
   const int64_t content_first = 2 * pairs;
   const double inv_scale = std::sqrt(static_cast<double>(d));  // logit = amplitude² / √D
   const int64_t sinks = std::min(kSinkTokens, n);
@@ -95,7 +95,8 @@ Workload language_like(int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t
       // Retrieval pairs: a key in the first half, queries at least n/4 tokens later.
       std::vector<RetrievalPair> retrieval;
       Rng rret = Rng::stream(seed, kRetrieval, b, g);
-      const int64_t num_pairs = n >= 4 * kRetrievalQueries ? std::max<int64_t>(1, n / kTokensPerRetrieval) : 0;
+      const int64_t num_pairs =
+          n >= 4 * kRetrievalQueries ? std::max<int64_t>(1, n / kTokensPerRetrieval) : 0;
       for (int64_t r = 0; r < num_pairs; ++r) {
         RetrievalPair p;
         p.key = sinks + rret.below(std::max<int64_t>(1, n / 2 - sinks));
@@ -142,7 +143,8 @@ Workload language_like(int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t
           float* q = &w.q[qbase + static_cast<size_t>(i * d)];
           for (int64_t m = 0; m < pairs; ++m) {
             q[2 * m] = static_cast<float>(local_amp * pos_norm * std::cos(theta[m] * double(i)));
-            q[2 * m + 1] = static_cast<float>(local_amp * pos_norm * std::sin(theta[m] * double(i)));
+            q[2 * m + 1] =
+                static_cast<float>(local_amp * pos_norm * std::sin(theta[m] * double(i)));
           }
           for (int64_t c = content_first; c < d; ++c) {
             double x = kContentNoise * rq.normal() + sink_amp * sink_dir[c];

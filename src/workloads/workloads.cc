@@ -78,8 +78,9 @@ constexpr VideoHead kVideoHeads[] = {
     {4.5, 7.0, 12.0},
     {7.0, 7.0, 9.0},
 };
-constexpr double kVideoNoise = 0.1;    // i.i.d. noise norm relative to the feature norm
-constexpr double kVideoKeyBias = 0.5;  // per-head constant added to every key (K smoothing removes it)
+constexpr double kVideoNoise = 0.1;  // i.i.d. noise norm relative to the feature norm
+constexpr double kVideoKeyBias =
+    0.5;  // per-head constant added to every key (K smoothing removes it)
 
 }  // namespace
 
@@ -111,8 +112,8 @@ Workload video_grid(int64_t batch, int64_t heads, int64_t frames, int64_t height
       const Frequencies qk(Rng::stream(seed, kFreq, b, h), pairs, prof.len_t, prof.len_s,
                            prof.len_s);
       // Values vary smoothly too, on twice the length scale.
-      const Frequencies vf(Rng::stream(seed, kFreqV, b, h), pairs, 2 * prof.len_t,
-                           2 * prof.len_s, 2 * prof.len_s);
+      const Frequencies vf(Rng::stream(seed, kFreqV, b, h), pairs, 2 * prof.len_t, 2 * prof.len_s,
+                           2 * prof.len_s);
       const double amp = std::sqrt(prof.peak_logit * inv_scale);
       Rng rbias = Rng::stream(seed, kBias, b, h);
       std::vector<double> key_bias(static_cast<size_t>(d));

@@ -84,7 +84,8 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
       {"demo --heads 0", "--heads must be an integer in [1, 128], got '0'"},
       {"demo --cdf 1.5", "--cdf must be a number in (0, 1], got '1.5'"},
       {"mask --grid 4,4", "--grid must be 3 comma-separated integers"},
-      {"bench --workloads video,chess", "--workloads must list names from video, llm, random, got 'chess'"},
+      {"bench --workloads video,chess",
+       "--workloads must list names from video, llm, random, got 'chess'"},
       {"demo --bogus 3", "unknown option --bogus"},
       {"demo --workload music", "--workload must be one of video, llm, random, got 'music'"},
       {"stats --heads 4 --kv-heads 3 --workload llm", "--kv-heads must divide --heads (4), got 3"},
@@ -101,7 +102,8 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
 TEST_F(Cli, MaskWritesAValidPgm) {
   const std::string path = temp_path("sparge_cli_mask.pgm");
   std::remove(path.c_str());
-  const RunResult r = run_cli(std::string("mask ") + kTiny + " --compare --scale 2 --pgm --out " + path);
+  const RunResult r =
+      run_cli(std::string("mask ") + kTiny + " --compare --scale 2 --pgm --out " + path);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string data = read_file(path);
   std::istringstream header(data);
@@ -137,7 +139,8 @@ TEST_F(Cli, MaskWritesPngWhenAvailable) {
 TEST_F(Cli, DemoReportsSparsityAndAccuracy) {
   const RunResult r = run_cli(std::string("demo ") + kTiny + " --repeats 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* field : {"dense", "sparse", "speedup", "sparsity", "PV skip", "rel L1", "cosine", "[5/5]"})
+  for (const char* field :
+       {"dense", "sparse", "speedup", "sparsity", "PV skip", "rel L1", "cosine", "[5/5]"})
     EXPECT_NE(r.output.find(field), std::string::npos) << field << "\n" << r.output;
   EXPECT_EQ(r.output.find("nan"), std::string::npos) << r.output;
 }
@@ -145,16 +148,17 @@ TEST_F(Cli, DemoReportsSparsityAndAccuracy) {
 TEST_F(Cli, BenchWritesSchemaFields) {
   const std::string path = temp_path("sparge_cli_bench.jsonl");
   std::remove(path.c_str());
-  const RunResult r = run_cli(std::string("bench ") + kTiny +
-                              " --workloads video,random --tokens 200 --cdf 0.9,0.99 --repeats 1 --jsonl " + path);
+  const RunResult r =
+      run_cli(std::string("bench ") + kTiny +
+              " --workloads video,random --tokens 200 --cdf 0.9,0.99 --repeats 1 --jsonl " + path);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::istringstream lines(read_file(path));
   int count = 0;
   for (std::string line; std::getline(lines, line); ++count)
-    for (const char* key : {"\"date\"", "\"device\"", "\"commit\"", "\"impl\"", "\"workload\"",
-                            "\"dtype\"", "\"head_dim\"", "\"batch\"", "\"heads_q\"", "\"heads_kv\"",
-                            "\"seq_q\"", "\"seq_k\"", "\"causal\"", "\"sparsity\"", "\"ms\"",
-                            "\"tops\"", "\"rel_l1\"", "\"cos_sim\""})
+    for (const char* key :
+         {"\"date\"", "\"device\"", "\"commit\"", "\"impl\"", "\"workload\"", "\"dtype\"",
+          "\"head_dim\"", "\"batch\"", "\"heads_q\"", "\"heads_kv\"", "\"seq_q\"", "\"seq_k\"",
+          "\"causal\"", "\"sparsity\"", "\"ms\"", "\"tops\"", "\"rel_l1\"", "\"cos_sim\""})
       EXPECT_NE(line.find(key), std::string::npos) << key << " missing in " << line;
   EXPECT_EQ(count, 2 * 3) << "a dense line and two sweep lines per workload";
 }

@@ -38,14 +38,16 @@ std::string check_curve(const Grid& g, const std::vector<int64_t>& order) {
   std::vector<char> seen(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t cell = order[i];
-    if (cell < 0 || cell >= n || seen[cell]) return "index " + std::to_string(i) + " repeats or is out of range";
+    if (cell < 0 || cell >= n || seen[cell])
+      return "index " + std::to_string(i) + " repeats or is out of range";
     seen[cell] = 1;
   }
   for (int64_t i = 1; i < n; ++i) {
     const int64_t a = order[i - 1], b = order[i], plane = g.h * g.w;
     const int64_t dist = std::llabs(a / plane - b / plane) +
                          std::llabs(a / g.w % g.h - b / g.w % g.h) + std::llabs(a % g.w - b % g.w);
-    if (dist != 1) return "step " + std::to_string(i) + " has Manhattan distance " + std::to_string(dist);
+    if (dist != 1)
+      return "step " + std::to_string(i) + " has Manhattan distance " + std::to_string(dist);
   }
   return "";
 }
@@ -60,7 +62,7 @@ TEST(Hilbert, EveryGridUpTo9IsANeighbourWalk) {
 }
 
 TEST(Hilbert, LargerAndDegenerateGrids) {
-  const Grid grids[] = {{13, 30, 45}, {1, 1, 1000}, {1, 97, 89}, {17, 1, 33}, {2, 15, 2},
+  const Grid grids[] = {{13, 30, 45}, {1, 1, 1000}, {1, 97, 89}, {17, 1, 33},  {2, 15, 2},
                         {99, 3, 5},   {16, 45, 80}, {7, 61, 1},  {21, 16, 16}, {1, 1, 1}};
   for (const Grid& g : grids)
     EXPECT_EQ(check_curve(g, hilbert_order(g.t, g.h, g.w)), "") << grid_name(g);
@@ -140,8 +142,10 @@ INSTANTIATE_TEST_SUITE_P(DtypesAndLayouts, PermuteRoundTrip,
 
 TEST(Permute, RejectsBadArguments) {
   std::vector<float> a(64, 1.0f), b(64, 0.0f);
-  const TensorView in = TensorView::contiguous(a.data(), DType::kFloat32, Layout::kHND, 1, 1, 16, 4);
-  const TensorView out = TensorView::contiguous(b.data(), DType::kFloat32, Layout::kHND, 1, 1, 16, 4);
+  const TensorView in =
+      TensorView::contiguous(a.data(), DType::kFloat32, Layout::kHND, 1, 1, 16, 4);
+  const TensorView out =
+      TensorView::contiguous(b.data(), DType::kFloat32, Layout::kHND, 1, 1, 16, 4);
   std::vector<int64_t> order = {0, 1, 2, 9};
   Status s = permute_tokens(in, out, order.data(), 4, 0, false);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
@@ -193,8 +197,9 @@ TEST(Hilbert, RaisesBlockSelfSimilarityOnVideo) {
     const double q_hb = mean_block_similarity(q, n, d, 128, hilbert, false);
     const double k_rm = mean_block_similarity(k, n, d, 64, row_major, true);
     const double k_hb = mean_block_similarity(k, n, d, 64, hilbert, true);
-    std::printf("head %lld: q blocks s %.3f -> %.3f, k blocks s %.3f -> %.3f (row-major -> Hilbert)\n",
-                static_cast<long long>(h), q_rm, q_hb, k_rm, k_hb);
+    std::printf(
+        "head %lld: q blocks s %.3f -> %.3f, k blocks s %.3f -> %.3f (row-major -> Hilbert)\n",
+        static_cast<long long>(h), q_rm, q_hb, k_rm, k_hb);
     EXPECT_GT(q_hb, q_rm + 0.05) << "head " << h;
     EXPECT_GT(k_hb, k_rm + 0.1) << "head " << h;
     // Above the default sim_threshold 0.6, so Stage 1 may skip these blocks at all.

@@ -67,8 +67,8 @@ TEST(Workloads, SameSeedSameBitsOtherSeedOtherBits) {
   };
   const std::vector<Workload> a = gen(7), b = gen(7), c = gen(8);
   for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_TRUE(same_bits(a[i].q, b[i].q) && same_bits(a[i].k, b[i].k) &&
-                same_bits(a[i].v, b[i].v)) << a[i].name;
+    EXPECT_TRUE(same_bits(a[i].q, b[i].q) && same_bits(a[i].k, b[i].k) && same_bits(a[i].v, b[i].v))
+        << a[i].name;
     EXPECT_FALSE(same_bits(a[i].q, c[i].q)) << a[i].name;
     EXPECT_FALSE(same_bits(a[i].k, c[i].k)) << a[i].name;
     EXPECT_FALSE(same_bits(a[i].v, c[i].v)) << a[i].name;
@@ -196,8 +196,8 @@ std::pair<double, double> sparse_vs_dense(Workload& w, const std::vector<int64_t
                            int64_t heads) {
     const TensorView a = TensorView::contiguous(from.data(), DType::kFloat32, Layout::kHND,
                                                 src.batch, heads, n, src.head_dim);
-    const TensorView b = TensorView::contiguous(to.data(), DType::kFloat32, Layout::kHND,
-                                                src.batch, heads, n, src.head_dim);
+    const TensorView b = TensorView::contiguous(to.data(), DType::kFloat32, Layout::kHND, src.batch,
+                                                heads, n, src.head_dim);
     EXPECT_TRUE(permute_tokens(a, b, order.data(), n, 0, false));
   };
   permute(w, w.q, q, w.heads_q);
@@ -210,15 +210,13 @@ std::pair<double, double> sparse_vs_dense(Workload& w, const std::vector<int64_t
   std::vector<float> o(q.size(), std::numeric_limits<float>::quiet_NaN());
   HostBlockMask mask(w.batch, w.heads_q, n, n, 128, 64);
   const SparseOptions opts;
-  EXPECT_TRUE(sparse_attention(view(q, w.heads_q), view(k, w.heads_kv), view(v, w.heads_kv),
-                               opts, view(o, w.heads_q), {}, {}, &mask.view()));
+  EXPECT_TRUE(sparse_attention(view(q, w.heads_q), view(k, w.heads_kv), view(v, w.heads_kv), opts,
+                               view(o, w.heads_q), {}, {}, &mask.view()));
   const std::vector<double> ref = cpu::dense_attention_reference(
       view(q, w.heads_q), view(k, w.heads_kv), view(v, w.heads_kv),
-      static_cast<float>(1.0 / std::sqrt(double(w.head_dim))), false,
-      CausalAlign::kTopLeft);
+      static_cast<float>(1.0 / std::sqrt(double(w.head_dim))), false, CausalAlign::kTopLeft);
   const std::vector<float> ref32(ref.begin(), ref.end());
-  return {mask_stats(mask.view(), false, CausalAlign::kTopLeft).sparsity(),
-          test::rel_l1(o, ref32)};
+  return {mask_stats(mask.view(), false, CausalAlign::kTopLeft).sparsity(), test::rel_l1(o, ref32)};
 }
 
 TEST(Workloads, VideoDemoPropertyHoldsWithHilbertOrder) {
@@ -227,8 +225,9 @@ TEST(Workloads, VideoDemoPropertyHoldsWithHilbertOrder) {
   for (int64_t i = 0; i < w.seq_q; ++i) row_major[i] = i;
   const auto [sparsity, err] = sparse_vs_dense(w, hilbert_order(8, 16, 16));
   const auto [sparsity_rm, err_rm] = sparse_vs_dense(w, row_major);
-  std::printf("video 8x16x16: Hilbert sparsity %.3f rel L1 %.4f; row-major sparsity %.3f rel L1 %.4f\n",
-              sparsity, err, sparsity_rm, err_rm);
+  std::printf(
+      "video 8x16x16: Hilbert sparsity %.3f rel L1 %.4f; row-major sparsity %.3f rel L1 %.4f\n",
+      sparsity, err, sparsity_rm, err_rm);
   EXPECT_GE(sparsity, 0.5);
   EXPECT_LE(err, 0.05);
   EXPECT_GT(sparsity, sparsity_rm + 0.2) << "Hilbert order should make far more tiles skippable";
