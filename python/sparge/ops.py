@@ -6,6 +6,7 @@ On cuda the GPU kernels take float16/bfloat16 and compiled head dims (CUDA_HEAD_
 dims are zero-padded here, with the caller's scale, and the output is sliced back.
 The rules the kernels follow are in docs/method.md; the options are validated by the C++ core.
 """
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -15,8 +16,17 @@ import torch.nn.functional as F
 from . import _options
 from .mask import BlockMask
 
+
+
+def _compiled_head_dims():
+    """Head dims of the compiled CUDA attention instances ("d64 bf16, ..." in build_info)."""
+    from . import _C
+    dims = sorted({int(d) for d in re.findall(r"\bd(\d+) (?:bf16|fp16)", _C.build_info())})
+    return tuple(dims) or (64, 128)
+
+
 # Head dims the CUDA kernels are compiled for (src/cuda/instances); others are padded up.
-CUDA_HEAD_DIMS = (64, 128)
+CUDA_HEAD_DIMS = _compiled_head_dims()
 
 
 @dataclass
@@ -76,11 +86,17 @@ def _padded_head_dim(x: torch.Tensor) -> int:
     return fits[0] if fits else head_dim  # larger ones: the C++ error names the compiled set
 
 
-def _pad(x: Optional[torch.Tensor], head_dim: int) -> Optional[torch.Tensor]:
-    # Zero channels change no dot product, pooled score or cosine similarity (scale is explicit).
-    if x is None or x.shape[-1] == head_dim:
-        return x
-    return F.pad(x, (0, head_dim - x.shape[-1]))
+def _pad(padded: int, q: torch.Tensor, *others: torch.Tensor):
+    """q, k, (v) with zero channels up to `padded`: zero channels change no dot product, pooled
+    score or cosine similarity, and the scale is explicit, so the result is unchanged."""
+    head_dim = q.shape[-1]
+    if padded == head_dim:
+        return (q, *others)
+    for t, name in zip(others, ("k", "v")):
+        if t.shape[-1] != head_dim:  # checked here because padding would hide the mismatch
+            raise ValueError(f"k.head_dim and v.head_dim must equal q.head_dim ({head_dim}), "
+                             f"got {name}.head_dim {t.shape[-1]}")
+    return tuple(F.pad(t, (0, padded - head_dim)) for t in (q, *others))
 
 
 def _pack(q, scale, with_extras, kw):
@@ -140,8 +156,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
         backend=backend))
     out, lse, counts, indices, pv_counters = torch.ops.sparge.attention(
-        _pad(qh, padded), _pad(kh, padded), _pad(vh, padded), packed.scalars, packed.flags,
-        packed.per_head)
+        *_pad(padded, qh, kh, vh), packed.scalars, packed.flags, packed.per_head)
     if padded != head_dim:
         out = out[..., :head_dim]
     if inverse is not None:
@@ -172,7 +187,7 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=False,
         backend=backend))
     counts, indices = torch.ops.sparge.predict_block_mask(
-        _pad(qh, padded), _pad(kh, padded), packed.scalars, packed.flags, packed.per_head)
+        *_pad(padded, qh, kh), packed.scalars, packed.flags, packed.per_head)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align)
 
@@ -197,8 +212,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         pv_threshold=pv_threshold, attention_sink=False, block_q=m.block_q, block_k=m.block_k,
         quantized=quantized, backend=backend))
     out, lse, pv_counters = torch.ops.sparge.block_sparse_attention(
-        _pad(qh, padded), _pad(kh, padded), _pad(vh, padded), m.counts, m.indices,
-        packed.scalars, packed.flags, packed.per_head)
+        *_pad(padded, qh, kh, vh), m.counts, m.indices, packed.scalars, packed.flags,
+        packed.per_head)
     out = _from_hnd(out[..., :head_dim] if padded != head_dim else out, layout)
     return (out, SparseStats(m, lse, pv_counters)) if return_stats else out
 

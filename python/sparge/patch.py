@@ -62,7 +62,7 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
 class _Router:
     """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa)."""
 
-    def __init__(self, min_seq_len: int, options: Dict):
+    def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False):
         unknown = set(options) - _ATTENTION_OPTIONS
         if unknown:
             raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
@@ -71,6 +71,8 @@ class _Router:
         self.options = options
         self.fallbacks: Dict[str, int] = {}  # reason -> number of calls sent to PyTorch
         self.sparge_calls = 0
+        self.collect_stats = collect_stats
+        self.tiles_kept = self.tiles_dense = 0
 
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, enable_gqa=False):
@@ -90,7 +92,13 @@ class _Router:
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         out = ops.attention(query, key, value, is_causal=bool(is_causal),
-                            scale=None if scale is None else float(scale), **self.options)
+                            scale=None if scale is None else float(scale),
+                            return_stats=self.collect_stats, **self.options)
+        if self.collect_stats:  # eager only: reading the counts synchronizes
+            out, stats = out
+            kept, dense = stats.block_mask.tiles()
+            self.tiles_kept += int(kept)
+            self.tiles_dense += int(dense)
         return out.squeeze(1) if three_d else out
 
 
@@ -112,16 +120,25 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 class patch_sdpa:
     """Context manager routing F.scaled_dot_product_attention to Sparge with these options.
 
-    `min_seq_len`: shorter sequences run PyTorch's SDPA. Other keyword arguments are those of
-    `sparge.attention` (thresholds, block sizes, backend, ...). After the block, `fallbacks`
-    maps each fallback reason to its number of calls and `sparge_calls` counts the rest.
+    `min_seq_len`: shorter sequences run PyTorch's SDPA. `collect_stats=True` (eager only)
+    adds up the tiles Sparge kept and the tiles dense attention computes (`sparsity`). Other
+    keyword arguments are those of `sparge.attention` (thresholds, block sizes, backend, ...).
+    After the block, `fallbacks` maps each fallback reason to its number of calls and
+    `sparge_calls` counts the rest.
     """
 
-    def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, **options):
+    def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
+                 **options):
         if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
             raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
-        self._router = _Router(min_seq_len, options)
+        self._router = _Router(min_seq_len, options, collect_stats)
         self._saved = []
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
+        r = self._router
+        return 1.0 - r.tiles_kept / r.tiles_dense if r.tiles_dense else 0.0
 
     @property
     def fallbacks(self) -> Dict[str, int]:

