@@ -123,8 +123,8 @@ struct Launch {
   sparge::ExecContext ctx;
   at::Tensor workspace;
 
-  Launch(const at::Tensor& q, const at::Tensor& k, const sparge::SparseOptions& opts,
-         int64_t backend) {
+  Launch(const at::Tensor& q, const sparge::TensorView& qv, const sparge::TensorView& kv,
+         const sparge::SparseOptions& opts, int64_t backend) {
     TORCH_CHECK_VALUE(backend >= 0 && backend <= 3, "backend code must be in [0, 3], got ",
                       backend);
     ctx.backend = static_cast<sparge::Backend>(backend);
@@ -132,7 +132,7 @@ struct Launch {
     guard.reset_device(q.device());
     c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
     ctx.stream = impl.getStream(q.device()).native_handle();
-    const sparge::ProblemShape shape = sparge::problem_shape(to_view(q, "q"), to_view(k, "k"));
+    const sparge::ProblemShape shape = sparge::problem_shape(qv, kv);
     const std::size_t bytes = sparge::workspace_size(shape, opts, sparge::Device::kCUDA);
     workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))},
                           q.options().dtype(at::kByte));
@@ -195,10 +195,11 @@ std::vector<at::Tensor> empty_outputs(const at::Tensor& q, bool with_extras,
 std::tuple<at::Tensor, at::Tensor> predict_block_mask(
     const at::Tensor& q, const at::Tensor& k, at::ArrayRef<double> scalars, at::IntArrayRef flags,
     const std::vector<std::optional<at::Tensor>>& per_head) {
+  const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k");
   const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, k, opts, flags[kBackend]);
+  Launch launch(q, qv, kv, opts, flags[kBackend]);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
-  throw_if_error(sparge::predict_block_mask(to_view(q, "q"), to_view(k, "k"), opts,
+  throw_if_error(sparge::predict_block_mask(qv, kv, opts,
                                             mask_view(mask[0], mask[1], q, k, opts),
                                             launch.ctx));
   return {mask[0], mask[1]};
@@ -208,28 +209,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
     const at::Tensor& indices, at::ArrayRef<double> scalars, at::IntArrayRef flags,
     const std::vector<std::optional<at::Tensor>>& per_head) {
+  const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
   const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, k, opts, flags[kBackend]);
+  Launch launch(q, qv, kv, opts, flags[kBackend]);
+  const sparge::BlockMask m = mask_view(counts, indices, q, k, opts);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, flags[kWithExtras] != 0, &extras);
-  throw_if_error(sparge::block_sparse_attention(
-      to_view(q, "q"), to_view(k, "k"), to_view(v, "v"), mask_view(counts, indices, q, k, opts),
-      opts, to_view(outs[0], "out"), extras, launch.ctx));
+  throw_if_error(sparge::block_sparse_attention(qv, kv, vv, m, opts, to_view(outs[0], "out"),
+                                                extras, launch.ctx));
   return {outs[0], outs[1], outs[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::ArrayRef<double> scalars,
     at::IntArrayRef flags, const std::vector<std::optional<at::Tensor>>& per_head) {
+  const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
   const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, k, opts, flags[kBackend]);
+  Launch launch(q, qv, kv, opts, flags[kBackend]);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, flags[kWithExtras] != 0, &extras);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
-  throw_if_error(sparge::sparse_attention(to_view(q, "q"), to_view(k, "k"), to_view(v, "v"),
-                                          opts, to_view(outs[0], "out"), extras, launch.ctx,
-                                          &m));
+  throw_if_error(sparge::sparse_attention(qv, kv, vv, opts, to_view(outs[0], "out"), extras,
+                                          launch.ctx, &m));
   return {outs[0], outs[1], mask[0], mask[1], outs[2]};
 }
 
