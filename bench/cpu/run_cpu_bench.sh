@@ -23,7 +23,10 @@ out="bench/results/${date_iso}_${slug}_cpu-attention"
 raw=$(mktemp)
 trap 'rm -f "$raw"' EXIT
 
+# Random interleaving spreads each case's repetitions over the run, so load from other
+# processes hits every case alike instead of one case's whole block.
 "$BUILD_DIR/bench/bench_cpu_attention" --benchmark_repetitions="$REPS" \
+  --benchmark_enable_random_interleaving=true \
   --benchmark_format=json --benchmark_out="$raw" --benchmark_out_format=json >/dev/null
 
 python3 - "$raw" "$out" "$date_iso" "$cpu_model" "$commit" "$threads" "$REPS" <<'EOF'
@@ -43,9 +46,11 @@ def ms(rs):  # real_time is in the benchmark's unit (ms)
 
 records = []
 dense_ms = {}
+dense_cpu_ms = {}
 for name, rs in runs.items():
     if name.startswith("BM_SpargeCpu") and rs[0]["sparsity"] == 0:
         dense_ms[rs[0]["label"]] = ms(rs)
+        dense_cpu_ms[rs[0]["label"]] = median(rs, "cpu_ms")
 for name, rs in runs.items():
     r0 = rs[0]
     base = {"date": date, "device": device, "commit": commit, "threads": int(threads),
@@ -58,9 +63,12 @@ for name, rs in runs.items():
                    sparsity=round(r0["sparsity"], 4), ms=round(t, 3),
                    tops=round(4.0 * B * H * N * N * D / (t * 1e-3) / 1e12, 5),
                    gflops=round(4.0 * B * H * N * N * D / (t * 1e-3) / 1e9, 2),
-                   rel_l1=None, cos_sim=None, block_q=128, block_k=64)
+                   rel_l1=None, cos_sim=None, block_q=128, block_k=64,
+                   cpu_ms=round(median(rs, "cpu_ms"), 3),
+                   cpu_gflops=round(4.0 * B * H * N * N * D / (median(rs, "cpu_ms") * 1e-3) / 1e9, 2))
         if r0["sparsity"] > 0 and r0["label"] in dense_ms:
             rec["time_vs_dense"] = round(t / dense_ms[r0["label"]], 4)
+            rec["cpu_time_vs_dense"] = round(median(rs, "cpu_ms") / dense_cpu_ms[r0["label"]], 4)
             rec["target_ratio"] = round((1 - r0["sparsity"]) / 0.8, 4)
         records.append(rec)
     elif name.startswith("BM_OpenBlasSgemm"):
@@ -71,25 +79,34 @@ for name, rs in runs.items():
                             heads_kv=None, seq_q=None, seq_k=None, causal=None, sparsity=0.0,
                             ms=round(t, 3), tops=round(2.0 * M * N * K / (t * 1e-3) / 1e12, 5),
                             gflops=round(2.0 * M * N * K / (t * 1e-3) / 1e9, 2),
-                            rel_l1=None, cos_sim=None, m=M, n=N, k=K))
+                            rel_l1=None, cos_sim=None, m=M, n=N, k=K,
+                            cpu_ms=round(median(rs, "cpu_ms"), 3),
+                            cpu_gflops=round(2.0 * M * N * K / (median(rs, "cpu_ms") * 1e-3) / 1e9, 2)))
 with open(out + ".jsonl", "w") as f:
     for r in records:
         f.write(json.dumps(r) + "\n")
 
 best_sgemm = max((r["gflops"] for r in records if r["impl"] == "openblas-sgemm"), default=None)
+best_sgemm_cpu = max((r["cpu_gflops"] for r in records if r["impl"] == "openblas-sgemm"),
+                     default=None)
 lines = [f"# CPU attention, {device}, {threads} threads, commit {commit}, {date}", "",
          f"Median of {reps} repetitions (`bench/cpu/run_cpu_bench.sh`). GFLOP/s is "
          "dense-equivalent (4·B·H·N²·D / time); time_vs_dense is the goal's left side, "
-         "target = (1 − sparsity)/0.8.", "",
-         "| impl | case | dtype | sparsity | ms | GFLOP/s | vs best SGEMM | time_vs_dense | target |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "target = (1 − sparsity)/0.8. The cpu columns use process CPU time / threads, which "
+         "other jobs on a shared machine do not inflate.", "",
+         f"Load average at the end of the run: {open('/proc/loadavg').read().split()[0]}.", "",
+         "| impl | case | dtype | sparsity | ms | GFLOP/s | vs best SGEMM | time_vs_dense "
+         "| cpu ms | cpu GFLOP/s | cpu vs best SGEMM | cpu time_vs_dense | target |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in records:
     case = (f"B{r['batch']} H{r['heads_q']} N{r['seq_q']} D{r['head_dim']}"
             if r["impl"] == "sparge-cpu" else r["workload"])
     rel = f"{r['gflops'] / best_sgemm:.2f}" if best_sgemm else "-"
+    rel_cpu = f"{r['cpu_gflops'] / best_sgemm_cpu:.2f}" if best_sgemm_cpu else "-"
     lines.append(f"| {r['impl']} | {case} | {r['dtype']} | {r['sparsity']:.3f} | {r['ms']:.1f} | "
                  f"{r['gflops']:.1f} | {rel} | {r.get('time_vs_dense', '-')} | "
-                 f"{r.get('target_ratio', '-')} |")
+                 f"{r['cpu_ms']:.1f} | {r['cpu_gflops']:.1f} | {rel_cpu} | "
+                 f"{r.get('cpu_time_vs_dense', '-')} | {r.get('target_ratio', '-')} |")
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
