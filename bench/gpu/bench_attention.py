@@ -19,9 +19,12 @@ import os
 import statistics
 import sys
 
-import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+try:  # --md-from works without PyTorch
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:
+    torch = None
 
 BLOCK_Q, BLOCK_K = 128, 64
 
@@ -218,15 +221,15 @@ def main():
             shape = dict(seq_q=n, seq_k=n, causal=causal)
             q0, k0, v0 = sets[0]
             ref = F.scaled_dot_product_attention(q0.float(), k0.float(), v0.float(), is_causal=causal)
-            for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+            for impl, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
                 try:
                     with sdpa_kernel(backend):
                         fn = lambda s: F.scaled_dot_product_attention(*s, is_causal=causal)
                         err = rel_l1(fn(sets[0]), ref)
                         ms = time_ms(fn, sets, reps=args.reps)
-                    emit(impl=name, sparsity=0.0, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None, **shape)
+                    emit(impl=impl, sparsity=0.0, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None, **shape)
                 except RuntimeError as e:
-                    print(f"{name} failed at N={n}: {e}", file=sys.stderr)
+                    print(f"{impl} failed at N={n}: {e}", file=sys.stderr)
             opts = sp.options(causal, pv_threshold=float("inf"))
             dense_ms = None
             for s in [float(x) for x in args.sparsities.split(",")]:
