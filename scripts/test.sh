@@ -19,3 +19,4 @@ if command -v nvcc >/dev/null 2>&1 && [ "${SPARGE_SKIP_CUDA:-0}" != 1 ]; then
 else
   echo "== CUDA build skipped (no nvcc on PATH)"
 fi
+bash "$root/scripts/test_python.sh"  # the PyTorch package: pip install . then pytest
