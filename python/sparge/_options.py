@@ -35,7 +35,8 @@ class PackedOptions:
     per_head: List[Optional[torch.Tensor]]
 
 
-def head_threshold(value: Threshold, heads_q: int, name: str) -> Tuple[float, Optional[torch.Tensor]]:
+def head_threshold(value: Threshold, heads_q: int,
+                   name: str) -> Tuple[float, Optional[torch.Tensor]]:
     """A float for every head, or a float32 cpu tensor with one value per query head."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a float or a 1-D tensor of length {heads_q}, got bool")

@@ -33,8 +33,8 @@ CUDA_HEAD_DIMS = _compiled_head_dims()
 class SparseStats:
     """What a call computed. Tensors, so a compiled graph can return them without syncing."""
     block_mask: BlockMask
-    lse: torch.Tensor          # natural-log LSE per query row [B, Hq, Nq] (-inf: row sees no key)
-    pv_counters: torch.Tensor  # [Hq, 2]: (row group, tile) pairs visited, and skipped by pv_threshold
+    lse: torch.Tensor          # natural-log LSE per row [B, Hq, Nq] (-inf: row sees no key)
+    pv_counters: torch.Tensor  # [Hq, 2]: (row group, tile) pairs visited, skipped by λ
 
     @property
     def sparsity(self) -> float:
@@ -107,7 +107,8 @@ def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, dev
     """Gather index putting tokens [offset, offset + T*H*W) in Hilbert order (others stay)."""
     if not (isinstance(grid, (tuple, list)) and len(grid) == 3
             and all(isinstance(g, int) and not isinstance(g, bool) for g in grid)):
-        raise TypeError(f"token_grid must be a tuple of 3 ints (frames, height, width), got {grid!r}")
+        raise TypeError("token_grid must be a tuple of 3 ints (frames, height, width), "
+                        f"got {grid!r}")
     count = grid[0] * grid[1] * grid[2]
     if offset < 0 or offset + count > tokens:
         raise ValueError(f"token_grid {tuple(grid)} at grid_offset {offset} needs "

@@ -29,7 +29,8 @@ _TORCH_SDPA = F.scaled_dot_product_attention
 _LET_TORCH_RAISE = ""
 
 
-def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_seq_len) -> Optional[str]:
+def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
+                     min_seq_len) -> Optional[str]:
     tensors = (query, key, value)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return _LET_TORCH_RAISE

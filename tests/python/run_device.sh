@@ -9,7 +9,8 @@ out="${OUT:-/tmp/sparge-device}"
 mkdir -p "$out"
 cd "$root"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi -L; python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+nvidia-smi -L
+python3 -c "import torch, transformers as t; print('torch', torch.__version__, t.__version__)"
 start=$(date +%s)
 SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
   python3 -m pip install -q --no-deps --disable-pip-version-check . >"$out/install.log" 2>&1 \

@@ -79,7 +79,8 @@ def test_fallbacks_warn_once_per_reason_and_match_torch():
             dropped = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
             grad_q = q.clone().requires_grad_()
             trained = F.scaled_dot_product_attention(grad_q, k, v)
-    reasons = [str(w.message) for w in caught if issubclass(w.category, sparge.SpargeFallbackWarning)]
+    reasons = [str(w.message) for w in caught
+               if issubclass(w.category, sparge.SpargeFallbackWarning)]
     assert len(reasons) == 5 and len(set(reasons)) == 5, reasons
     assert patch.sparge_calls == 0
     assert sorted(patch.fallbacks.values()) == [1, 1, 3, 3, 3]
