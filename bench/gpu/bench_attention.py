@@ -177,6 +177,7 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--results-dir", default="bench/results")
+    ap.add_argument("--tag", default="attention", help="last part of the record file name")
     ap.add_argument("--md-from", help="only print the Markdown table of an existing .jsonl file")
     args = ap.parse_args()
     if args.md_from:
@@ -197,7 +198,7 @@ def main():
         flex = torch.compile(flex_attention, dynamic=False)
     records = []
     slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
-    name = f"{date}_{slug}_attention"
+    name = f"{date}_{slug}_{args.tag}"
     live = open(os.path.join(args.out_dir, name + ".jsonl"), "w")  # survives a timeout
     base = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16", head_dim=D,
                 batch=B, heads_q=H, heads_kv=H)

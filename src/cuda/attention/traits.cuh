@@ -14,8 +14,9 @@ struct AttnTraitsSm80 {
   static constexpr int kBlockN = 64;   // keys per tile = SparseOptions::block_k
   static constexpr int kWarps = 8;     // each warp owns 16 query rows = one λ-skip group
   static constexpr int kThreads = kWarps * 32;
-  // d64 fits 128 registers (2 CTAs per SM); d128 needs ~170 and spills 104 bytes at 128.
-  static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 2 : 1;
+  // 2 CTAs (16 warps) per SM: d128 then spills 104 bytes at the 128-register cap, but hides
+  // latency better (bench/results/2026-11-22_NVIDIA-H200_occupancy2.jsonl vs ..._attention.jsonl).
+  static constexpr int kMinBlocksPerSm = 2;
   static constexpr int kRowsPerWarp = kBlockM / kWarps;
   static constexpr int kChunk = 8;  // elements per 16-byte cp.async / ldmatrix row segment
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
