@@ -8,6 +8,8 @@
 The ops are registered with torch.library (namespace `sparge`) and have fake kernels, so
 torch.compile(fullgraph=True) traces them. Inference only. See docs/python.md.
 """
+import torch  # noqa: F401  (first: loads libc10/libtorch, which the extension links against)
+
 from . import _C  # noqa: F401  (loads the extension, which registers torch.ops.sparge.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from .mask import BlockMask, allowed_key_blocks

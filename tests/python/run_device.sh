@@ -8,7 +8,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/sparge-device}"
 mkdir -p "$out"
 cd "$root"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONFAULTHANDLER=1
 nvidia-smi -L
 python3 -c "import torch, transformers as t; print('torch', torch.__version__, t.__version__)"
 start=$(date +%s)
