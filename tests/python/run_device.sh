@@ -11,6 +11,11 @@ cd "$root"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONFAULTHANDLER=1
 nvidia-smi -L
 python3 -c "import torch, transformers as t; print('torch', torch.__version__, t.__version__)"
+# The image's $CXX (/opt/gcc) links libstdc++ statically: the extension then holds a second
+# copy whose locale facets are not initialized, and the first `ostream << int` crashes. The
+# system compiler links the shared libstdc++ that PyTorch uses.
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+rm -rf python/build
 start=$(date +%s)
 SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
   python3 -m pip install -q --no-deps --disable-pip-version-check . >"$out/install.log" 2>&1 \
