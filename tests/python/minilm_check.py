@@ -87,6 +87,14 @@ def compare(tokenizer, model, device, texts, **options):
     return cosine, patch
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "cpu"
+
+
 def _timed_ms(fn, device):
     fn()
     if device == "cuda":
@@ -116,7 +124,7 @@ def main():
     tokenizer, model = load(model_dir(args.model_dir), args.device, dtype)
     texts = sentences()
     tokens = token_counts(tokenizer, texts)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     print(f"model {model.config.num_hidden_layers} layers, {model.config.num_attention_heads} "
