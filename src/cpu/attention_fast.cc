@@ -81,19 +81,19 @@ bool use_avx512() {
 // One thread's scratch, sized for the largest block; allocated once per call.
 struct Scratch {
   float* mem = nullptr;
-  float *qt, *k, *v, *st, *acc, *row, *m, *l, *mloc, *alpha, *rowsum, *pbuf;
+  float *qt, *k, *v, *st, *acc, *rows8, *m, *l, *mloc, *alpha, *rowsum, *pbuf;
   std::vector<int32_t> active;
 
   explicit Scratch(const Plan& pl) {
     const int64_t bq = pl.bq, bk = pl.bk, D = pl.D, Dp = pl.Dp;
-    const int64_t sizes[] = {D * bq, bk * D, bk * Dp, bk * bq, bq * Dp, Dp,
+    const int64_t sizes[] = {D * bq, bk * D, bk * Dp, bk * bq, bq * Dp, 8 * Dp,
                              bq,     bq,     bq,      bq,      bq,      bk * 8};
     int64_t total = 0;
     for (int64_t s : sizes) total += round_up(s, 16);
     mem = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
     if (mem == nullptr) return;
     std::fill(mem, mem + total, 0.0f);  // pads (V/acc columns ≥ D) must read as zero
-    float** parts[] = {&qt, &k, &v, &st, &acc, &row, &m, &l, &mloc, &alpha, &rowsum, &pbuf};
+    float** parts[] = {&qt, &k, &v, &st, &acc, &rows8, &m, &l, &mloc, &alpha, &rowsum, &pbuf};
     float* at = mem;
     for (int i = 0; i < 12; ++i) {
       *parts[i] = at;
@@ -183,12 +183,19 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     kplane = view_plane(p.k, b, hkv);
     vplane = view_plane(p.v, b, hkv);
   }
-  for (int64_t r = 0; r < rows16; ++r) {
-    if (r < rows)
-      fast::load_row(qplane.row(row0 + r), qplane.elem, D, q_mul, s.row);
-    else
-      std::fill(s.row, s.row + D, 0.0f);
-    for (int64_t d = 0; d < D; ++d) s.qt[d * bq + r] = s.row[d];
+  // Eight rows at a time: widen into rows8, then transpose 8×8 blocks in registers.
+  for (int64_t r0 = 0; r0 < rows16; r0 += 8) {
+    for (int64_t i = 0; i < 8; ++i) {
+      float* line = s.rows8 + i * pl.Dp;
+      if (r0 + i < rows)
+        fast::load_row(qplane.row(row0 + r0 + i), qplane.elem, D, q_mul, line);
+      else
+        std::fill(line, line + D, 0.0f);
+    }
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) fast::transpose_8x8(s.rows8 + d, pl.Dp, s.qt + d * bq + r0, bq);
+    for (; d < D; ++d)
+      for (int64_t i = 0; i < 8; ++i) s.qt[d * bq + r0 + i] = s.rows8[i * pl.Dp + d];
   }
   std::fill(s.m, s.m + bq, kNegInf);
   std::fill(s.l, s.l + bq, 0.0f);

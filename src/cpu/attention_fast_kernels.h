@@ -85,6 +85,27 @@ inline void store_row(const float* src, int64_t n, float mul, Elem type, void* d
   for (; i < n; ++i) d[i] = detail::float_to_bf16_bits(src[i] * mul);
 }
 
+// out[i * ldo + j] = in[j * ldi + i] for i, j < 8: an 8×8 block transposed in registers
+// (unpack pairs, then quads, then swap 128-bit halves).
+inline void transpose_8x8(const float* in, int64_t ldi, float* out, int64_t ldo) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + i * ldi);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
 // 2^x for 8 lanes: 2^n · 2^f with n = round(x), f ∈ [-0.5, 0.5], 2^f by its Taylor series to
 // degree 7 (truncation < 6e-9 relative; total error a few ulp). x < -126 gives exactly 0 (so
 // -inf → 0), NaN stays NaN. Inputs above 127 saturate at 2^127.
