@@ -1,7 +1,8 @@
 // Block-sparse attention forward, sm80+ (mma.sync; also the kernel used on sm_90a for now).
 //   o = softmax(scale · q kᵀ + mask) v over the key tiles the BlockMask keeps, online softmax in
-//   log2 units, P·V skipped per warp (16 rows) by the λ rule of docs/method.md.
-// CTA = 128 query rows of one (batch, head), 8 warps × 16 rows; key tiles of 64.
+//   log2 units, P·V skipped per 16-row slab by the λ rule of docs/method.md.
+// CTA = 128 query rows of one (batch, head), 4 warps × 32 rows (two m16 slabs per warp, so each
+// K/V fragment read from shared memory feeds two mma); key tiles of 64.
 // Shared memory: Q (128×D) + K (64×D) + V (64×D), swizzled; V of tile t loads during QKᵀ of t,
 // K of tile t+1 during P·V of t (FlashAttention-2 schedule).
 // Chosen for every supported (dtype, head dim, causal) by dispatch.cu.
@@ -23,7 +24,7 @@ template <typename Traits, bool kCausal>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) attn_fwd_sm80(const AttnParams p) {
   using T = typename Traits::Element;
   constexpr int kNTiles = Traits::kBlockN / 8;
-  constexpr int kOTiles = Traits::kHeadDim / 8;
+  constexpr int kSlabs = Traits::kSlabs;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + Traits::kQElems;
@@ -35,10 +36,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   const int hk = h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q0 = qb * Traits::kBlockM;
-  const int row_g = q0 + warp * 16 + lane / 4;
-  const bool row_exists[2] = {row_g < p.seq_q, row_g + 8 < p.seq_q};
-  const bool group_exists = q0 + warp * 16 < p.seq_q;
+  const int slab0 = q0 + warp * Traits::kRowsPerWarp;  // first row of the warp's slab 0
+  int row_g[kSlabs];        // this thread's row g of each slab (row g + 8 is its second row)
+  bool row_exists[kSlabs][2];
+  bool slab_exists[kSlabs];  // a slab whose rows all lie past seq_q is no λ group at all
+#pragma unroll
+  for (int j = 0; j < kSlabs; ++j) {
+    row_g[j] = slab0 + j * Traits::kSlabRows + lane / 4;
+    row_exists[j][0] = row_g[j] < p.seq_q;
+    row_exists[j][1] = row_g[j] + 8 < p.seq_q;
+    slab_exists[j] = slab0 + j * Traits::kSlabRows < p.seq_q;
+  }
   const float lambda = p.pv_lambda_per_head ? p.pv_lambda[h] : p.pv_lambda_uniform;
+  const float scale_log2 = p.scale_log2;
 
   const T* gQ = static_cast<const T*>(p.q) + int64_t(b) * p.q_stride[0] + int64_t(h) * p.q_stride[1];
   const T* gK = static_cast<const T*>(p.k) + int64_t(b) * p.k_stride[0] + int64_t(hk) * p.k_stride[1];
@@ -50,12 +60,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, p.seq_k);
   cp_async_commit();
 
-  OnlineSoftmax<kNTiles> softmax;
-  softmax.init();
-  float acc[kOTiles][4];
+  OnlineSoftmax<kNTiles> softmax[kSlabs];
+  AccTile<Traits> acc;
 #pragma unroll
-  for (int d = 0; d < kOTiles; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
-  unsigned visited = 0, skipped = 0;
+  for (int j = 0; j < kSlabs; ++j) {
+    softmax[j].init();
+#pragma unroll
+    for (int d = 0; d < Traits::kHeadDim / 8; ++d) acc[j][d][0] = acc[j][d][1] = acc[j][d][2] = acc[j][d][3] = 0.0f;
+  }
+  unsigned visited = 0, skipped = 0;  // (slab, tile) pairs of this warp
 
   while (!tiles.done()) {
     const int key0 = tiles.block() * Traits::kBlockN;
@@ -64,19 +77,28 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     load_tile_async<Traits, Traits::kBlockN>(sV, gV, p.v_stride[2], key0, p.seq_k);
     cp_async_commit();
 
-    float s[kNTiles][4];  // S = Q·Kᵀ
+    ScoreTile<Traits> s;  // S = Q·Kᵀ, raw
     gemm_qk<Traits>(sQ, sK, warp, lane, s);
     const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
                             (kCausal && key0 + Traits::kBlockN - 1 > q0 + p.causal_offset);
-    scale_and_mask<Traits, kCausal>(s, p, row_g, key0, lane, needs_mask);
-    float m_loc[2];
-    OnlineSoftmax<kNTiles>::tile_max(s, m_loc);
-    const bool skip = softmax.warp_skips(m_loc, row_exists, lambda);
-    if (group_exists) {
-      ++visited;
-      skipped += skip;
+    ProbTile<Traits> prob;
+    int run_mask = 0;  // bit j: slab j computes P·V for this tile (warp-uniform)
+#pragma unroll
+    for (int j = 0; j < kSlabs; ++j) {
+      if (needs_mask) apply_mask<Traits, kCausal>(s[j], p, row_g[j], key0, lane);
+      float m_loc[2];
+      OnlineSoftmax<kNTiles>::tile_max(s[j], scale_log2, m_loc);
+      const bool skip = softmax[j].slab_skips(m_loc, row_exists[j], lambda);
+      if (slab_exists[j]) {
+        ++visited;
+        skipped += skip;
+      }
+      if (!skip) {
+        softmax[j].update(s[j], m_loc, scale_log2, acc[j]);  // P = 2^(s·c - m_new), acc, l rescaled
+        pack_probs<Traits>(s[j], prob[j]);
+        run_mask |= 1 << j;
+      }
     }
-    if (!skip) softmax.update(s, m_loc, acc);  // P = 2^(t - m_new), acc and l rescaled
 
     cp_async_wait_all();
     __syncthreads();  // V[t] landed; every warp is done with K[t]
@@ -84,12 +106,21 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     if (!tiles.done())
       load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, p.seq_k);
     cp_async_commit();
-    if (!skip) gemm_pv<Traits>(s, sV, lane, acc);  // O += P·V
+    // O += P·V for the slabs that did not skip.
+    if (run_mask == 3)
+      gemm_pv<Traits, 3>(prob, sV, lane, acc);
+    else if (run_mask == 1)
+      gemm_pv<Traits, 1>(prob, sV, lane, acc);
+    else if (run_mask == 2)
+      gemm_pv<Traits, 2>(prob, sV, lane, acc);
   }
 
-  float l[2];
-  softmax.finalize(l);
-  store_output<Traits>(p, b, h, row_g, lane, acc, softmax.row_max, l);
+#pragma unroll
+  for (int j = 0; j < kSlabs; ++j) {
+    float l[2];
+    softmax[j].finalize(l);
+    store_output<Traits>(p, b, h, row_g[j], lane, acc[j], softmax[j].row_max, l);
+  }
   add_pv_counters(p, h, lane, visited, skipped);
 }
 

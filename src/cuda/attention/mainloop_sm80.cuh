@@ -1,6 +1,7 @@
 // Mainloop pieces of the sm80 block-sparse attention kernel: global->shared tile loads
 // (cp.async, zero-filled past the sequence end), the two warp GEMMs on tensor cores
-// (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16) and the element-wise tail/causal mask.
+// (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16, two 16-row slabs per warp) and the
+// element-wise tail/causal mask.
 #pragma once
 
 #include <cmath>
@@ -14,86 +15,117 @@
 namespace sparge::cuda {
 
 // Rows [row0, row0 + kRows) of a (batch, head) slice into a swizzled smem tile; rows at or past
-// `rows_valid` are zero-filled (their global address is never read).
+// `rows_valid` are zero-filled (their global address is never read). Each thread copies one
+// chunk column every kRowsPerPass rows: kRowsPerPass is a multiple of 8, so the swizzle of its
+// chunk is the same on every pass and the shared address is a constant offset; the global
+// pointer advances by one increment, so no per-pass 64-bit addresses stay live in registers.
 template <typename Traits, int kRows>
 __device__ __forceinline__ void load_tile_async(typename Traits::Element* sTile,
                                                 const typename Traits::Element* gBase,
                                                 int64_t stride_token, int row0, int rows_valid) {
-  constexpr int kChunks = kRows * Traits::kChunksPerRow;
-  static_assert(kChunks % Traits::kThreads == 0, "tile chunks must split evenly over threads");
+  constexpr int kCpr = Traits::kChunksPerRow;
+  constexpr int kRowsPerPass = Traits::kThreads / kCpr;
+  static_assert(Traits::kThreads % kCpr == 0 && kRowsPerPass % 8 == 0 && kRows % kRowsPerPass == 0,
+                "tile chunks must split evenly over threads in whole swizzle periods");
+  const int row = threadIdx.x / kCpr, chunk = threadIdx.x % kCpr;
+  auto* dst = sTile + swizzle_offset<kCpr>(row, chunk);
+  const auto* src = gBase + int64_t(row0 + row) * stride_token + chunk * Traits::kChunk;
+  const int64_t step = int64_t(kRowsPerPass) * stride_token;
 #pragma unroll
-  for (int it = 0; it < kChunks / Traits::kThreads; ++it) {
-    const int id = threadIdx.x + it * Traits::kThreads;
-    const int row = id / Traits::kChunksPerRow, chunk = id % Traits::kChunksPerRow;
-    const bool valid = row0 + row < rows_valid;
-    const auto* src = valid ? gBase + int64_t(row0 + row) * stride_token + chunk * Traits::kChunk
-                            : gBase;
-    cp_async_16(sTile + swizzle_offset<Traits::kChunksPerRow>(row, chunk), src, valid);
+  for (int pass = 0; pass < kRows / kRowsPerPass; ++pass) {
+    const bool valid = row0 + row + pass * kRowsPerPass < rows_valid;
+    cp_async_16(dst + pass * kRowsPerPass * kCpr * Traits::kChunk, valid ? src : gBase, valid);
+    src += step;
   }
 }
 
-// S[16 x kBlockN] = Q[warp rows] · K[tile]ᵀ for this warp (raw dot products, fp32).
+// Score tile of one warp: S[slab][n-tile][C fragment], raw dot products in fp32.
+template <typename Traits>
+using ScoreTile = float[Traits::kSlabs][Traits::kBlockN / 8][4];
+// P of one warp packed to the input type, already in the A layout of the P·V mma.
+template <typename Traits>
+using ProbTile = uint32_t[Traits::kSlabs][Traits::kBlockN / 16][4];
+// O accumulator of one warp.
+template <typename Traits>
+using AccTile = float[Traits::kSlabs][Traits::kHeadDim / 8][4];
+
+// S = Q[warp rows] · K[tile]ᵀ. Each K fragment feeds the mma of both slabs.
 template <typename Traits>
 __device__ __forceinline__ void gemm_qk(const typename Traits::Element* sQ,
                                         const typename Traits::Element* sK, int warp, int lane,
-                                        float (&s)[Traits::kBlockN / 8][4]) {
+                                        ScoreTile<Traits>& s) {
   using T = typename Traits::Element;
   constexpr int kCpr = Traits::kChunksPerRow;
 #pragma unroll
-  for (int n = 0; n < Traits::kBlockN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-  const int q_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  for (int j = 0; j < Traits::kSlabs; ++j)
+#pragma unroll
+    for (int n = 0; n < Traits::kBlockN / 8; ++n) s[j][n][0] = s[j][n][1] = s[j][n][2] = s[j][n][3] = 0.0f;
+  const int q_row = warp * Traits::kRowsPerWarp + (lane & 7) + ((lane >> 3) & 1) * 8;
   const int k_row_in_pair = (lane & 7) + (lane >> 4) * 8;
 #pragma unroll
   for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-    uint32_t a[4];
-    ldmatrix_x4(a, sQ + swizzle_offset<kCpr>(q_row, ks * 2 + (lane >> 4)));
+    uint32_t a[Traits::kSlabs][4];
+#pragma unroll
+    for (int j = 0; j < Traits::kSlabs; ++j)
+      ldmatrix_x4(a[j], sQ + swizzle_offset<kCpr>(q_row + j * Traits::kSlabRows, ks * 2 + (lane >> 4)));
 #pragma unroll
     for (int np = 0; np < Traits::kBlockN / 16; ++np) {
       uint32_t b[4];  // b[0..1]: key tile 2np, b[2..3]: key tile 2np+1
       ldmatrix_x4(b, sK + swizzle_offset<kCpr>(np * 16 + k_row_in_pair, ks * 2 + ((lane >> 3) & 1)));
-      mma_16816<T>(s[2 * np], a, b[0], b[1]);
-      mma_16816<T>(s[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int j = 0; j < Traits::kSlabs; ++j) {
+        mma_16816<T>(s[j][2 * np], a[j], b[0], b[1]);
+        mma_16816<T>(s[j][2 * np + 1], a[j], b[2], b[3]);
+      }
     }
   }
 }
 
-// O[16 x D] += P[16 x kBlockN] · V[tile]; P comes straight from the score registers (the C
-// layout of two adjacent 8-column tiles is the A layout of one 16-deep k step).
+// P of one slab from its score registers: the C layout of two adjacent 8-column tiles is the A
+// layout of one 16-deep k step.
 template <typename Traits>
-__device__ __forceinline__ void gemm_pv(const float (&p)[Traits::kBlockN / 8][4],
+__device__ __forceinline__ void pack_probs(const float (&s)[Traits::kBlockN / 8][4],
+                                           uint32_t (&p)[Traits::kBlockN / 16][4]) {
+  using T = typename Traits::Element;
+#pragma unroll
+  for (int kk = 0; kk < Traits::kBlockN / 16; ++kk) {
+    p[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    p[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    p[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    p[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+// O[slab] += P[slab] · V[tile] for the slabs set in kSlabMask (bit j = slab j); each V fragment
+// feeds every selected slab. The mask is a template argument so that no branch sits in the loop.
+template <typename Traits, int kSlabMask>
+__device__ __forceinline__ void gemm_pv(const ProbTile<Traits>& p,
                                         const typename Traits::Element* sV, int lane,
-                                        float (&acc)[Traits::kHeadDim / 8][4]) {
+                                        AccTile<Traits>& acc) {
   using T = typename Traits::Element;
   constexpr int kCpr = Traits::kChunksPerRow;
   const int v_row_in_step = (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < Traits::kBlockN / 16; ++kk) {
-    uint32_t a[4];
-    a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
-    a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
-    a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
 #pragma unroll
     for (int dp = 0; dp < Traits::kHeadDim / 16; ++dp) {
       uint32_t b[4];  // b[0..1]: channels 16dp..+7, b[2..3]: 16dp+8..+15
       ldmatrix_x4_trans(b, sV + swizzle_offset<kCpr>(kk * 16 + v_row_in_step, dp * 2 + (lane >> 4)));
-      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int j = 0; j < Traits::kSlabs; ++j) {
+        if (!(kSlabMask & (1 << j))) continue;
+        mma_16816<T>(acc[j][2 * dp], p[j][kk], b[0], b[1]);
+        mma_16816<T>(acc[j][2 * dp + 1], p[j][kk], b[2], b[3]);
+      }
     }
   }
 }
 
-// Scale to log2 units and set masked pairs to -inf: keys past seq_k, and (causal) key c > r + off.
-// `needs_mask` is uniform per tile; interior tiles only scale.
+// Set masked pairs of one slab to -inf: keys past seq_k, and (causal) key c > r + off.
+// Called only on tiles that straddle the sequence tail or the causal diagonal.
 template <typename Traits, bool kCausal>
-__device__ __forceinline__ void scale_and_mask(float (&s)[Traits::kBlockN / 8][4],
-                                               const AttnParams& p, int row_g, int key0,
-                                               int lane, bool needs_mask) {
-#pragma unroll
-  for (int n = 0; n < Traits::kBlockN / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[n][e] *= p.scale_log2;
-  if (!needs_mask) return;
+__device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], const AttnParams& p,
+                                           int row_g, int key0, int lane) {
 #pragma unroll
   for (int n = 0; n < Traits::kBlockN / 8; ++n)
 #pragma unroll

@@ -1,5 +1,7 @@
-// Online softmax in log2 units for one warp's 16 query rows (each thread holds rows g and g+8
-// of the mma C fragments), and the λ rule of docs/method.md deciding whether the warp skips P·V.
+// Online softmax in log2 units for one 16-row slab of a warp (each thread holds rows g and g+8
+// of the mma C fragments), and the λ rule of docs/method.md deciding whether the slab skips P·V.
+// Scores arrive raw (q·k); the scale·log2 e factor is folded into the max and into one FFMA per
+// element before exp2.
 #pragma once
 
 #include <cmath>
@@ -8,9 +10,16 @@
 
 namespace sparge::cuda {
 
+// 2^x on the SFU (one MUFU.EX2; -inf -> +0). Denormal results flush to 0, far below bf16/fp16 P.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <int kNTiles>  // 8-column score tiles per key tile
 struct OnlineSoftmax {
-  float row_max[2];  // m_r, -inf until the row sees a key
+  float row_max[2];  // m_r in log2 units, -inf until the row sees a key
   float row_sum[2];  // this thread's share of l_r (summed over the quad in finalize)
 
   __device__ void init() {
@@ -18,8 +27,9 @@ struct OnlineSoftmax {
     row_sum[0] = row_sum[1] = 0.0f;
   }
 
-  // Max of each of the thread's two rows over the tile (scores already in log2 units).
-  __device__ static void tile_max(const float (&s)[kNTiles][4], float (&m_loc)[2]) {
+  // Max of each of the thread's two rows over the tile, in log2 units. Scaling by a positive
+  // factor is monotonic under rounding, so max(s)·c equals max(s·c) exactly.
+  __device__ static void tile_max(const float (&s)[kNTiles][4], float scale_log2, float (&m_loc)[2]) {
     m_loc[0] = m_loc[1] = -INFINITY;
 #pragma unroll
     for (int n = 0; n < kNTiles; ++n) {
@@ -27,13 +37,14 @@ struct OnlineSoftmax {
       m_loc[1] = fmaxf(m_loc[1], fmaxf(s[n][2], s[n][3]));
     }
     // The 4 threads of a quad share a row.
-    m_loc[0] = warp_max_xor(m_loc[0], 2);
-    m_loc[1] = warp_max_xor(m_loc[1], 2);
+    m_loc[0] = warp_max_xor(m_loc[0], 2) * scale_log2;
+    m_loc[1] = warp_max_xor(m_loc[1], 2) * scale_log2;
   }
 
-  // The λ rule: the warp skips the tile iff every existing row r has m_loc_r = -inf or
+  // The λ rule: the slab skips the tile iff every existing row r has m_loc_r = -inf or
   // (m_r != -inf and m_loc_r - m_r <= -λ). Rows past seq_q do not exist and never block a skip.
-  __device__ bool warp_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
+  // All lanes hold the same slab, so the result is warp-uniform.
+  __device__ bool slab_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
                              float lambda) const {
     bool skippable = true;
 #pragma unroll
@@ -45,16 +56,16 @@ struct OnlineSoftmax {
     return __all_sync(0xffffffffu, skippable);
   }
 
-  // Computed tile: m_new = max(m, m_loc), rescale acc and l by 2^(m - m_new), s <- 2^(s - m_new),
-  // l += Σ s. A row still at -inf uses 0 as base so that no inf - inf appears.
+  // Computed tile: m_new = max(m, m_loc), rescale acc and l by 2^(m - m_new),
+  // s <- 2^(s·c - m_new), l += Σ s. A row still at -inf uses 0 as base so that no inf - inf appears.
   template <int kOTiles>
-  __device__ void update(float (&s)[kNTiles][4], const float (&m_loc)[2],
+  __device__ void update(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
                          float (&acc)[kOTiles][4]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float m_new = fmaxf(row_max[i], m_loc[i]);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = fast_exp2(row_max[i] - base);
+      const float alpha = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;
       row_sum[i] *= alpha;
 #pragma unroll
@@ -65,8 +76,8 @@ struct OnlineSoftmax {
       float sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
-        s[n][2 * i] = fast_exp2(s[n][2 * i] - base);
-        s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - base);
+        s[n][2 * i] = exp2_approx(fmaf(s[n][2 * i], scale_log2, -base));
+        s[n][2 * i + 1] = exp2_approx(fmaf(s[n][2 * i + 1], scale_log2, -base));
         sum += s[n][2 * i] + s[n][2 * i + 1];
       }
       row_sum[i] += sum;

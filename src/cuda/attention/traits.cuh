@@ -12,12 +12,16 @@ struct AttnTraitsSm80 {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;  // query rows per CTA = SparseOptions::block_q
   static constexpr int kBlockN = 64;   // keys per tile = SparseOptions::block_k
-  static constexpr int kWarps = 8;     // each warp owns 16 query rows = one λ-skip group
+  // 4 warps × 32 rows: each K/V fragment read from shared memory feeds the mma of two 16-row
+  // slabs (FlashAttention-2's split); with 16 rows per warp the kernel was bound by ldmatrix.
+  static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  // 2 CTAs (16 warps) per SM: d128 then spills 104 bytes at the 128-register cap, but hides
-  // latency better (bench/results/2026-11-22_NVIDIA-H200_occupancy2.jsonl vs ..._attention.jsonl).
-  static constexpr int kMinBlocksPerSm = 2;
   static constexpr int kRowsPerWarp = kBlockM / kWarps;
+  static constexpr int kSlabRows = 16;  // one m16 mma slab = one λ-skip group (pv_group_rows)
+  static constexpr int kSlabs = kRowsPerWarp / kSlabRows;
+  // Registers: d128 keeps 2 × 64 accumulator floats + 2 × 32 scores per thread: 2 CTAs (8 warps)
+  // per SM at the 255-register cap (ptxas: 152 bytes of spill). d64 at 3 CTAs spilled 232 bytes.
+  static constexpr int kMinBlocksPerSm = 2;
   static constexpr int kChunk = 8;  // elements per 16-byte cp.async / ldmatrix row segment
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
   // Shared memory: Q tile, one K tile, one V tile (K of tile t+1 loads during P·V of tile t and
@@ -26,7 +30,7 @@ struct AttnTraitsSm80 {
   static constexpr int kKVElems = kBlockN * kHeadDim;
   static constexpr int kSmemBytes = (kQElems + 2 * kKVElems) * int(sizeof(T));
 
-  static_assert(kRowsPerWarp == 16, "the λ skip is decided per warp over 16 rows (pv_group_rows)");
+  static_assert(kSlabs == 2, "the P·V paths are written for two 16-row slabs per warp");
   static_assert(kHeadDim % 64 == 0, "the XOR swizzle needs 8 chunks of 16 bytes per row");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
 };
