@@ -107,8 +107,8 @@ struct Scratch {
 };
 
 // P·V kernels by row count (index = rows in the register block).
-using PvKernel = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float* const*,
-                          const float*);
+using PvKernel = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
+                          float* const*, const float*);
 constexpr PvKernel kPvAvx2[] = {nullptr, fast::pv_rows<1>, fast::pv_rows<2>, fast::pv_rows<3>,
                                 fast::pv_rows<4>};
 constexpr PvKernel kPvAvx512[] = {nullptr,
@@ -123,7 +123,7 @@ constexpr PvKernel kPvAvx512[] = {nullptr,
 
 // P·V for the active rows, 4 (AVX2) or 8 (AVX-512) rows per register block. P is key-major
 // (st[c * bq + r]): consecutive rows are read in place, others are first interleaved into pbuf.
-void accumulate_pv(const Plan& pl, Scratch& s, int64_t keys) {
+void accumulate_pv(const Plan& pl, Scratch& s, const float* v, int64_t ldv, int64_t keys) {
   const int block = pl.avx512 ? 8 : 4;
   const int64_t n = static_cast<int64_t>(s.active.size());
   for (int64_t i0 = 0; i0 < n; i0 += block) {
@@ -143,7 +143,27 @@ void accumulate_pv(const Plan& pl, Scratch& s, int64_t keys) {
       p = s.pbuf;
       ldp = block;
     }
-    (pl.avx512 ? kPvAvx512 : kPvAvx2)[rows](p, ldp, s.v, keys, pl.Dp, acc, alpha);
+    (pl.avx512 ? kPvAvx512 : kPvAvx2)[rows](p, ldp, v, ldv, keys, pl.Dp, acc, alpha);
+  }
+}
+
+int64_t elem_bytes(Elem e) {
+  switch (e) {
+    case Elem::kF32:
+      return 4;
+    case Elem::kI8:
+      return 1;
+    default:
+      return 2;
+  }
+}
+
+// Asks for the first `width` elements of rows [first, first + count) to be brought into L2.
+void prefetch_rows(const Plane& plane, int64_t first, int64_t count, int64_t width) {
+  const int64_t bytes = width * elem_bytes(plane.elem);
+  for (int64_t n = first; n < first + count; ++n) {
+    const char* row = static_cast<const char*>(plane.row(n));
+    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
   }
 }
 
@@ -207,6 +227,10 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
   const int64_t allowed = detail::allowed_key_blocks(qb, static_cast<int>(bq), static_cast<int>(bk),
                                                      pl.causal, pl.causal_off, Nq, Nk);
   const int64_t groups = detail::ceil_div(rows, pl.group);
+  // fp32 rows are used where they lie: K when a tile fills whole 8-key register blocks (the
+  // tail tile is copied and zero-padded), V when no zero pad columns are needed (D == Dp).
+  const bool k_in_place = kplane.elem == Elem::kF32;
+  const bool v_in_place = vplane.elem == Elem::kF32 && D == pl.Dp;
   for (int32_t t = 0; t < count; ++t) {
     const int64_t j = kept[t];
     counters[0] += groups;
@@ -214,14 +238,27 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       counters[1] += groups;
       continue;
     }
+    // Kept tiles are scattered: fetch the next one while this one is computed.
+    if (t + 1 < count && kept[t + 1] < allowed) {
+      const int64_t next0 = kept[t + 1] * bk, next_keys = std::min(bk, Nk - next0);
+      prefetch_rows(kplane, next0, next_keys, D);
+      prefetch_rows(vplane, next0, next_keys, D);
+    }
     const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys8 = round_up(keys, 8);
-    for (int64_t c = 0; c < keys; ++c)
-      fast::load_row(kplane.row(key0 + c), kplane.elem, D, 1.0f, s.k + c * D);
-    std::fill(s.k + keys * D, s.k + keys8 * D, 0.0f);
+    const float* ktile = s.k;
+    int64_t ldk = D;
+    if (k_in_place && keys == keys8) {
+      ktile = static_cast<const float*>(kplane.row(key0));
+      ldk = kplane.row_bytes / static_cast<int64_t>(sizeof(float));
+    } else {
+      for (int64_t c = 0; c < keys; ++c)
+        fast::load_row(kplane.row(key0 + c), kplane.elem, D, 1.0f, s.k + c * D);
+      std::fill(s.k + keys * D, s.k + keys8 * D, 0.0f);
+    }
     if (pl.avx512)
-      fast::scores_tile_avx512(s.qt, bq, s.k, D, D, keys8, rows16, s.st, bq);
+      fast::scores_tile_avx512(s.qt, bq, ktile, ldk, D, keys8, rows16, s.st, bq);
     else
-      fast::scores_tile(s.qt, bq, s.k, D, D, keys8, rows16, s.st, bq);
+      fast::scores_tile(s.qt, bq, ktile, ldk, D, keys8, rows16, s.st, bq);
     if (pl.quant) {  // t = (Σ q8·k8) · s_q · s_k · scale · log2(e)
       const float f = static_cast<float>(
           double(pl.quant->q_scale[(b * p.shape.heads_q + h) * pl.nq + qb]) *
@@ -282,9 +319,14 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
     for (int32_t r : s.active) s.l[r] = s.l[r] * s.alpha[r] + s.rowsum[r];
 
-    for (int64_t c = 0; c < keys; ++c)
-      fast::load_row(vplane.row(key0 + c), vplane.elem, D, 1.0f, s.v + c * pl.Dp);
-    accumulate_pv(pl, s, keys);
+    if (v_in_place) {
+      accumulate_pv(pl, s, static_cast<const float*>(vplane.row(key0)),
+                    vplane.row_bytes / static_cast<int64_t>(sizeof(float)), keys);
+    } else {
+      for (int64_t c = 0; c < keys; ++c)
+        fast::load_row(vplane.row(key0 + c), vplane.elem, D, 1.0f, s.v + c * pl.Dp);
+      accumulate_pv(pl, s, s.v, pl.Dp, keys);
+    }
   }
 
   // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l).

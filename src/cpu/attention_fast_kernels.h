@@ -171,11 +171,11 @@ inline void scores_tile(const float* qt, int64_t ldq, const float* k, int64_t ld
   }
 }
 
-// For kRows query rows: acc_i[0:dp] = alpha_i · acc_i + Σ_{c < keys} p[c * ldp + i] · v[c * dp + :]
-// (row i's probability of key c at p[c * ldp + i]), dp % 16 == 0.
+// For kRows query rows: acc_i[0:dp] = alpha_i · acc_i + Σ_{c < keys} p[c * ldp + i] · v_c[0:dp]
+// with v_c = v + c * ldv (row i's probability of key c at p[c * ldp + i]), dp % 16 == 0.
 template <int kRows>
-inline void pv_rows(const float* p, int64_t ldp, const float* v, int64_t keys, int64_t dp,
-                    float* const* acc, const float* alpha) {
+inline void pv_rows(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t keys,
+                    int64_t dp, float* const* acc, const float* alpha) {
   for (int64_t d0 = 0; d0 < dp; d0 += 16) {
     __m256 lo[kRows], hi[kRows];
     for (int i = 0; i < kRows; ++i) {
@@ -184,7 +184,7 @@ inline void pv_rows(const float* p, int64_t ldp, const float* v, int64_t keys, i
       hi[i] = _mm256_mul_ps(a, _mm256_loadu_ps(acc[i] + d0 + 8));
     }
     const float* vc = v + d0;
-    for (int64_t c = 0; c < keys; ++c, vc += dp) {
+    for (int64_t c = 0; c < keys; ++c, vc += ldv) {
       const __m256 v0 = _mm256_loadu_ps(vc), v1 = _mm256_loadu_ps(vc + 8);
       for (int i = 0; i < kRows; ++i) {
         const __m256 pb = _mm256_broadcast_ss(p + c * ldp + i);
@@ -240,8 +240,8 @@ SPARGE_TARGET_AVX512 inline void scores_tile_avx512(const float* qt, int64_t ldq
 // pv_rows for up to 8 rows, dp % 32 == 0.
 template <int kRows>
 SPARGE_TARGET_AVX512 inline void pv_rows_avx512(const float* p, int64_t ldp, const float* v,
-                                                int64_t keys, int64_t dp, float* const* acc,
-                                                const float* alpha) {
+                                                int64_t ldv, int64_t keys, int64_t dp,
+                                                float* const* acc, const float* alpha) {
   for (int64_t d0 = 0; d0 < dp; d0 += 32) {
     __m512 lo[kRows], hi[kRows];
     for (int i = 0; i < kRows; ++i) {
@@ -250,7 +250,7 @@ SPARGE_TARGET_AVX512 inline void pv_rows_avx512(const float* p, int64_t ldp, con
       hi[i] = _mm512_mul_ps(a, _mm512_loadu_ps(acc[i] + d0 + 16));
     }
     const float* vc = v + d0;
-    for (int64_t c = 0; c < keys; ++c, vc += dp) {
+    for (int64_t c = 0; c < keys; ++c, vc += ldv) {
       const __m512 v0 = _mm512_loadu_ps(vc), v1 = _mm512_loadu_ps(vc + 16);
       for (int i = 0; i < kRows; ++i) {
         const __m512 pb = _mm512_set1_ps(p[c * ldp + i]);
