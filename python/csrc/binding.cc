@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "sparge/sparge.h"
+#include "workloads_binding.h"
 
 namespace {
 
@@ -285,4 +286,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("cuda_device_count", &sparge::cuda_device_count);
   module.def("_set_poison_outputs", [](bool on) { g_poison_outputs = on; },
              "Test hook: fill outputs with NaN before each run.");
+  sparge_binding::register_workloads(module);
 }
