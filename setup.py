@@ -70,6 +70,15 @@ def project_version():
     return match.group(1)
 
 
+def default_arch_list():
+    """Without TORCH_CUDA_ARCH_LIST torch builds for the visible GPU; on sm_90 that is plain
+    sm_90, which lacks the wgmma instructions of the Hopper kernel: ask for 9.0a instead."""
+    if "TORCH_CUDA_ARCH_LIST" in os.environ or not torch.cuda.is_available():
+        return
+    major, minor = torch.cuda.get_device_capability()
+    os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "")
+
+
 def cuda_archs():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     return ";".join(a.replace(".", "") for a in re.split(r"[;\s]+", archs) if a) or "torch-default"
@@ -82,6 +91,7 @@ def write_build_info(with_cuda):
         "SPARGE_WITH_CUDA_INT": "1" if with_cuda else "0",
         "SPARGE_CUDA_ARCHS": cuda_archs() if with_cuda else "",
         "SPARGE_FAST_BUILD_INT": "0",
+        "SPARGE_CUDA_HAVE_SM90A_INT": "1" if with_cuda and "90a" in cuda_archs().split(";") else "0",
     }
     template = (ROOT / "cmake" / "build_info.h.in").read_text()
     unknown = sorted(set(re.findall(r"@(\w+)@", template)) - set(values))
@@ -112,6 +122,8 @@ def sources(with_cuda):
 
 def extension():
     with_cuda = want_cuda()
+    if with_cuda:
+        default_arch_list()
     generated_include = write_build_info(with_cuda)
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
     if platform.machine() in ("x86_64", "AMD64"):

@@ -175,6 +175,9 @@ def main():
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--kernels", default="auto,sm80",
+                    help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the wgmma kernel "
+                         "on sm_90 when compiled for sm_90a)")
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--results-dir", default="bench/results")
     ap.add_argument("--tag", default="attention", help="last part of the record file name")
@@ -232,19 +235,35 @@ def main():
                 except RuntimeError as e:
                     print(f"{impl} failed at N={n}: {e}", file=sys.stderr)
             opts = sp.options(causal, pv_threshold=float("inf"))
-            dense_ms = None
+            dense_ms = {}
             for s in [float(x) for x in args.sparsities.split(",")]:
                 keep, counts, indices, actual = random_block_mask(H, n, causal, s, seed=n + int(100 * s))
                 mask = Mask(counts.data_ptr(), indices.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
                 fn = lambda st: sp.attention(st[0], st[1], st[2], mask, opts, out, stream)
-                out.fill_(float("nan"))
-                fn(sets[0])
-                err = rel_l1(out, ref) if s == 0 else None
-                o_sparge = out.clone() if flex is not None else None
-                ms = time_ms(fn, sets, reps=args.reps)
-                dense_ms = ms if s == 0 else dense_ms
-                emit(impl="sparge-exact", sparsity=actual, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None,
-                     target_ms=(dense_ms * (1 - actual) / 0.85 if dense_ms else None), **shape)
+                o_sparge = None
+                for kernel in args.kernels.split(","):
+                    os.environ["SPARGE_CUDA_KERNEL"] = kernel
+                    out.fill_(float("nan"))
+                    fn(sets[0])
+                    # Checked at every sparsity: against the reference when dense, else finite and
+                    # equal (to rounding) to the first kernel's output on the same mask.
+                    err = rel_l1(out, ref) if s == 0 else None
+                    if not torch.isfinite(out).all():
+                        raise SystemExit(f"kernel {kernel}: non-finite output at N={n} causal={causal} s={s}")
+                    if o_sparge is None:
+                        o_sparge = out.clone()
+                        vs_first = None
+                    else:
+                        vs_first = rel_l1(out, o_sparge)
+                    ms = time_ms(fn, sets, reps=args.reps)
+                    first = kernel == args.kernels.split(",")[0]
+                    dense_ms[kernel] = ms if s == 0 else dense_ms.get(kernel)
+                    d_ms = dense_ms.get(kernel)
+                    emit(impl="sparge-exact" if first else f"sparge-exact-{kernel}", kernel=kernel,
+                         sparsity=actual, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None,
+                         rel_l1_vs_first_kernel=vs_first,
+                         target_ms=(d_ms * (1 - actual) / 0.85 if d_ms else None), **shape)
+                os.environ.pop("SPARGE_CUDA_KERNEL", None)
                 if flex is not None:
                     try:
                         bm = flex_block_mask(keep, n, causal)
@@ -265,8 +284,9 @@ def main():
             pmask = Mask(pc.data_ptr(), pi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
             pfn = lambda st: sp.predict(st[0], st[1], popts, pmask, ws, stream)
             ms_p = time_ms(pfn, sets, reps=args.reps)
+            first_dense = dense_ms.get(args.kernels.split(",")[0])
             emit(impl="sparge-stage1", sparsity=None, ms=ms_p, tops=None, rel_l1=None, cos_sim=None,
-                 stage1_fraction_of_dense=ms_p / dense_ms, **shape)
+                 stage1_fraction_of_dense=ms_p / first_dense if first_dense else None, **shape)
         del sets, out
         torch.cuda.empty_cache()
 
@@ -287,14 +307,15 @@ def markdown(records):
              "| N | causal | impl | s=0 | s=0.5 | s=0.75 | s=0.9 |", "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})
     for n, causal in keys:
-        for impl in ("sparge-exact", "flex", "sdpa-cudnn", "sdpa-flash"):
+        impls = ["sparge-exact"] + sorted({r["impl"] for r in records if r["impl"].startswith("sparge-exact-")})
+        for impl in impls + ["flex", "sdpa-cudnn", "sdpa-flash"]:
             rs = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == impl]
             if not rs:
                 continue
             cells = [f"{r['tops']:.0f} ({r['ms']:.2f})" for r in sorted(rs, key=lambda r: r["sparsity"])]
             lines.append(f"| {n} | {causal} | {impl} | " + " | ".join(cells + [""] * (4 - len(cells))) + " |")
         st = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == "sparge-stage1"]
-        if st:
+        if st and st[0].get("stage1_fraction_of_dense"):
             lines.append(f"| {n} | {causal} | stage 1 alone | {st[0]['ms']:.3f} ms = "
                          f"{100 * st[0]['stage1_fraction_of_dense']:.1f}% of dense | | | |")
     return "\n".join(lines) + "\n"

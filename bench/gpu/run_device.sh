@@ -21,9 +21,13 @@ grep -E "spill|error" "$out/build.log" | sort -u | head -20
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
 
 if [ "$mode" = test ] || [ "$mode" = all ]; then
+  # The wgmma kernel (the default on sm_90), then the same tests on the mma.sync kernel.
+  SPARGE_CUDA_KERNEL=sm80 ./build-dev/tests/sparge_gpu_tests >"$out/gpu_tests_sm80.log" 2>&1
+  echo "gpu tests (SPARGE_CUDA_KERNEL=sm80) rc=$? : $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests_sm80.log" | tr '\n' ' ')"
+  grep -E "FAILED|Failure|Which is" "$out/gpu_tests_sm80.log" | head -10
   ./build-dev/tests/sparge_gpu_tests >"$out/gpu_tests.log" 2>&1
   rc=$?
-  echo "gpu tests rc=$rc"
+  echo "gpu tests (default kernel) rc=$rc : $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests.log" | tr '\n' ' ')"
   if [ $rc -ge 128 ]; then  # crashed: where?
     cuda-gdb -batch -ex run -ex bt --args ./build-dev/tests/sparge_gpu_tests >"$out/crash.log" 2>&1
     grep -E "^#|signal" "$out/crash.log" | head -20

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -23,7 +25,7 @@
 namespace sparge::cuda {
 namespace {
 
-constexpr int kTileQ = 128, kTileK = 64;  // AttnTraitsSm80::kBlockM / kBlockN
+constexpr int kTileQ = 128, kTileK = 64;  // kBlockM / kBlockN of both kernels (traits*.cuh)
 constexpr int kPvGroupRows = 16;          // one warp's rows
 
 template <typename... Args>
@@ -92,9 +94,51 @@ Status check_sizes(const detail::Problem& p) {
   return Status::ok();
 }
 
-// ---- attention: by_head_dim -> by_dtype -> by_causal -------------------------------------------
+// ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
+// sm90: the wgmma kernel, on sm_90 devices when this build holds sm_90a code. sm80: the mma.sync
+// kernel, everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|auto overrides the choice, to compare the
+// two or to fall back; it is read at every call (getenv costs far less than a launch), so a
+// benchmark can switch kernels inside one process.
+enum class Kernel { kSm80, kSm90 };
+
+Status kernel_override(const char** value) {
+  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
+  *value = env;
+  if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
+      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90"))
+    return Status::ok();
+  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80 or sm90, got '",
+                             env, "'"));
+}
+
+Status choose_kernel(int device_index, Kernel* kernel) {
+  const char* forced = nullptr;
+  SPARGE_RETURN_IF_ERROR(kernel_override(&forced));
+  int major = 0, minor = 0;
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index));
+  const bool sm90_runs = SPARGE_CUDA_HAVE_SM90A && major == 9 && minor == 0;
+  if (forced != nullptr && !std::strcmp(forced, "sm80")) {
+    *kernel = Kernel::kSm80;
+  } else if (forced != nullptr && !std::strcmp(forced, "sm90")) {
+    if (!sm90_runs)
+      return Status::unsupported(cat("SPARGE_CUDA_KERNEL=sm90 needs an sm_90 device and a build with sm_90a (",
+                                     "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
+    *kernel = Kernel::kSm90;
+  } else {
+    *kernel = sm90_runs ? Kernel::kSm90 : Kernel::kSm80;
+  }
+  return Status::ok();
+}
+
+template <typename T, int kHeadDim, bool kCausal>
+Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
+  return kernel == Kernel::kSm90 ? launch_attn_sm90<T, kHeadDim, kCausal>(params, stream)
+                                 : launch_attn<T, kHeadDim, kCausal>(params, stream);
+}
+
 template <typename T, int kHeadDim>
-Status attention_by_causal(const AttnParams& params, bool causal, cudaStream_t stream) {
+Status attention_by_causal(Kernel kernel, const AttnParams& params, bool causal, cudaStream_t stream) {
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   if (!compiled(kHeadDim, bf16, causal))
     return Status::unsupported(cat("attention instance (head_dim ", kHeadDim, ", ", bf16 ? "bf16" : "fp16",
@@ -102,29 +146,30 @@ Status attention_by_causal(const AttnParams& params, bool causal, cudaStream_t s
                                    ") is not compiled (SPARGE_FAST_BUILD=ON); compiled: ", attention_set()));
 #if SPARGE_FAST_BUILD
   if constexpr (!(kHeadDim == 128 && std::is_same_v<T, __nv_bfloat16>)) return Status::internal("unreachable");
-  else return launch_attn<T, kHeadDim, false>(params, stream);
+  else return launch<T, kHeadDim, false>(kernel, params, stream);
 #else
-  return causal ? launch_attn<T, kHeadDim, true>(params, stream)
-                : launch_attn<T, kHeadDim, false>(params, stream);
+  return causal ? launch<T, kHeadDim, true>(kernel, params, stream)
+                : launch<T, kHeadDim, false>(kernel, params, stream);
 #endif
 }
 
 template <int kHeadDim>
-Status attention_by_dtype(const AttnParams& params, DType dtype, bool causal, cudaStream_t stream) {
+Status attention_by_dtype(Kernel kernel, const AttnParams& params, DType dtype, bool causal,
+                          cudaStream_t stream) {
   switch (dtype) {
-    case DType::kBFloat16: return attention_by_causal<__nv_bfloat16, kHeadDim>(params, causal, stream);
-    case DType::kFloat16: return attention_by_causal<__half, kHeadDim>(params, causal, stream);
+    case DType::kBFloat16: return attention_by_causal<__nv_bfloat16, kHeadDim>(kernel, params, causal, stream);
+    case DType::kFloat16: return attention_by_causal<__half, kHeadDim>(kernel, params, causal, stream);
     default:
       return Status::unsupported(cat("q.dtype ", dtype_name(dtype), " is not compiled on cuda; compiled: ",
                                      attention_set()));
   }
 }
 
-Status attention_by_head_dim(const AttnParams& params, int64_t head_dim, DType dtype, bool causal,
-                             cudaStream_t stream) {
+Status attention_by_head_dim(Kernel kernel, const AttnParams& params, int64_t head_dim, DType dtype,
+                             bool causal, cudaStream_t stream) {
   switch (head_dim) {
-    case 64: return attention_by_dtype<64>(params, dtype, causal, stream);
-    case 128: return attention_by_dtype<128>(params, dtype, causal, stream);
+    case 64: return attention_by_dtype<64>(kernel, params, dtype, causal, stream);
+    case 128: return attention_by_dtype<128>(kernel, params, dtype, causal, stream);
     default:
       return Status::unsupported(cat("q.head_dim must be 64 or 128 on cuda, got ", head_dim,
                                      "; compiled: ", attention_set()));
@@ -154,7 +199,8 @@ int device_count() {
 }
 
 std::string compiled_set() {
-  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention mma.sync tiles ", kTileQ, "x", kTileK, ": ",
+  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention ", SPARGE_CUDA_HAVE_SM90A ? "wgmma (sm_90a) and " : "",
+             "mma.sync tiles ", kTileQ, "x", kTileK, ": ",
              attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
 }
 
@@ -208,7 +254,9 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   a.pv_lambda_per_head = p.opts.pv_threshold.per_head != nullptr;
   if (a.pv_lambda_per_head)
     for (int h = 0; h < a.heads_q; ++h) a.pv_lambda[h] = p.opts.pv_threshold.per_head[h];
-  return attention_by_head_dim(a, p.shape.head_dim, p.q.dtype, p.opts.causal,
+  Kernel kernel = Kernel::kSm80;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel));
+  return attention_by_head_dim(kernel, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
                                static_cast<cudaStream_t>(ctx.stream));
 }
 

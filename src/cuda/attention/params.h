@@ -35,8 +35,11 @@ struct AttnParams {
   float pv_lambda[kMaxParamHeads];
 };
 
-// Explicitly instantiated per (dtype, head dim, causal) in src/cuda/instances/.
+// Explicitly instantiated per (dtype, head dim, causal) in src/cuda/instances/: the mma.sync
+// kernel (sm_80 and newer) and the wgmma kernel (sm_90a only).
 template <typename T, int kHeadDim, bool kCausal>
 Status launch_attn(const AttnParams& params, cudaStream_t stream);
+template <typename T, int kHeadDim, bool kCausal>
+Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
 
 }  // namespace sparge::cuda

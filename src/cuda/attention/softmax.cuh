@@ -56,23 +56,19 @@ struct OnlineSoftmax {
     return __all_sync(0xffffffffu, skippable);
   }
 
-  // Computed tile: m_new = max(m, m_loc), rescale acc and l by 2^(m - m_new),
-  // s <- 2^(s·c - m_new), l += Σ s. A row still at -inf uses 0 as base so that no inf - inf appears.
-  template <int kOTiles>
-  __device__ void update(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
-                         float (&acc)[kOTiles][4]) {
+  // Computed tile, scores half: m_new = max(m, m_loc), l rescaled by alpha = 2^(m - m_new),
+  // s <- 2^(s·c - m_new), l += Σ s. A row still at -inf uses 0 as base so that no inf - inf
+  // appears. The accumulator is rescaled separately (rescale) so that a kernel whose P·V of the
+  // previous tile is still in flight can do this half first.
+  __device__ void exponentiate(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
+                               float (&alpha)[2]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float m_new = fmaxf(row_max[i], m_loc[i]);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = exp2_approx(row_max[i] - base);
+      alpha[i] = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;
-      row_sum[i] *= alpha;
-#pragma unroll
-      for (int d = 0; d < kOTiles; ++d) {
-        acc[d][2 * i] *= alpha;
-        acc[d][2 * i + 1] *= alpha;
-      }
+      row_sum[i] *= alpha[i];
       float sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
@@ -82,6 +78,27 @@ struct OnlineSoftmax {
       }
       row_sum[i] += sum;
     }
+  }
+
+  // acc of rows g and g+8 times their alpha.
+  template <int kOTiles>
+  __device__ static void rescale(float (&acc)[kOTiles][4], const float (&alpha)[2]) {
+#pragma unroll
+    for (int d = 0; d < kOTiles; ++d) {
+      acc[d][0] *= alpha[0];
+      acc[d][1] *= alpha[0];
+      acc[d][2] *= alpha[1];
+      acc[d][3] *= alpha[1];
+    }
+  }
+
+  // Both halves at once (the sm80 kernel, whose P·V is synchronous).
+  template <int kOTiles>
+  __device__ void update(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
+                         float (&acc)[kOTiles][4]) {
+    float alpha[2];
+    exponentiate(s, m_loc, scale_log2, alpha);
+    rescale(acc, alpha);
   }
 
   // Full l_r of both rows (quad sum).

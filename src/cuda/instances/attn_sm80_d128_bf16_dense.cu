@@ -3,7 +3,7 @@
 
 #if 1
 namespace sparge::cuda {
-template Status launch_attn<__nv_bfloat16, 128, false>(const AttnParams&,
-                                                                    cudaStream_t);
+template Status launch_attn<__nv_bfloat16, 128, false>(
+    const AttnParams&, cudaStream_t);
 }  // namespace sparge::cuda
 #endif

@@ -3,7 +3,7 @@
 
 #if !SPARGE_FAST_BUILD
 namespace sparge::cuda {
-template Status launch_attn<__half, 128, false>(const AttnParams&,
-                                                                    cudaStream_t);
+template Status launch_attn<__half, 128, false>(
+    const AttnParams&, cudaStream_t);
 }  // namespace sparge::cuda
 #endif
