@@ -20,3 +20,4 @@ else
   echo "== CUDA build skipped (no nvcc on PATH)"
 fi
 bash "$root/scripts/test_python.sh"  # the PyTorch package: pip install . then pytest
+SPARGE_SKIP_INSTALL=1 PYTHON="${SPARGE_VENV:-$root/.venv}/bin/python" bash "$root/bench/report.sh" --cpu --out "$(mktemp -d)/report"  # evaluation report, small version (docs/results.md)

@@ -2,6 +2,7 @@
 from pareto import BOUNDS, sparsity_at_bound
 from plots import ORDER_NAMES
 from records import number
+from sweep import BASELINE_SPARSITIES
 
 PATH_NAMES = {"sparge-exact": "Sparge", "sparge-quant": "Sparge int8/fp8",
               "baseline-window": "window", "baseline-random": "random blocks"}
@@ -18,6 +19,11 @@ def _cases(records, section):
 def _fmt(x, digits=3):
     x = number(x)
     return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _rate(r):
+    tops = r["tops"]
+    return f"{r['ms']:.3f} ({tops:.0f})" if tops >= 10 else f"{r['ms']:.3f} ({tops:.2f})"
 
 
 def _shape(r):
@@ -44,7 +50,9 @@ def bound_table(records):
                         p = pts[i]
                         settings.append((case, PATH_NAMES[impl], ORDER_NAMES[order], bound,
                                          p["setting"], p["sparsity"], p["rel_l1"], p["cos_sim"]))
-                rows.append((recs[0], PATH_NAMES[impl], ORDER_NAMES[order], cells))
+                floor = [p["rel_l1"] for p in pts if p.get("family") == "dense"]
+                rows.append((recs[0], PATH_NAMES[impl], ORDER_NAMES[order], cells,
+                             floor[0] if floor else None))
     return rows, settings
 
 
@@ -87,13 +95,17 @@ def markdown(records, notes, meta, images) -> str:
                   "The largest tile sparsity among the sweep's points whose relative L1 is "
                   "within the bound (– : no point is). Sparge rows sweep the thresholds "
                   "(`options` in the records); window and random-block baselines were run at "
-                  "sparsities 0.25–0.95 in the same token order.", "",
+                  f"sparsities {', '.join(f'{s:g}' for s in BASELINE_SPARSITIES)} in the same "
+                  "token order. *floor*: the error of the same path with nothing skipped "
+                  "(arithmetic and, for int8/fp8, quantization).", "",
                   "| workload | tokens | heads | head dim | causal | path | order | ≤ 0.02 | "
-                  "≤ 0.05 | ≤ 0.1 |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r, path, order, cells in rows:
+                  "≤ 0.05 | ≤ 0.1 | floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, path, order, cells, floor in rows:
             values = " | ".join(_fmt(c) for c in cells)
             path_cell = f"**{path}**" if path == "Sparge" else path
-            lines.append(f"| {r['case']} | {_shape(r)} | {path_cell} | {order} | {values} |")
+            floor = "" if floor is None else f"{number(floor):.1e}"
+            lines.append(f"| {r['case']} | {_shape(r)} | {path_cell} | {order} | {values} | "
+                         f"{floor} |")
     real = real_table(records)
     if real:
         lines += ["", "## Real models: end-to-end metric at those bounds", "",
@@ -134,16 +146,16 @@ def markdown(records, notes, meta, images) -> str:
             for r in recs:
                 if r["impl"] in ("sdpa-cudnn", "sdpa-flash"):
                     lines.append(f"| {case} | {r['impl']} (dense) | 0 | {_fmt(r['rel_l1'], 4)}"
-                                 f" | {r['ms']:.3f} ({r['tops']:.0f}) | | |")
+                                 f" | {_rate(r)} | | |")
             for r in recs:
                 if r["impl"] != "sparge-exact":
                     continue
                 cell = {}
                 for impl in ("sparge-stage2", "flex"):
                     m = [x for x in recs if x["impl"] == impl and x["setting"] == r["setting"]]
-                    cell[impl] = f"{m[0]['ms']:.3f} ({m[0]['tops']:.0f})" if m else "–"
+                    cell[impl] = _rate(m[0]) if m else "–"
                 lines.append(f"| {case} | {r['setting']} | {_fmt(r['sparsity'])} | "
-                             f"{_fmt(r['rel_l1'], 4)} | {r['ms']:.3f} ({r['tops']:.0f}) | "
+                             f"{_fmt(r['rel_l1'], 4)} | {_rate(r)} | "
                              f"{cell['sparge-stage2']} | {cell['flex']} |")
     if images:
         lines += ["", "## Plots", ""]
