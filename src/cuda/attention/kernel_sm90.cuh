@@ -69,8 +69,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   for (int d = 0; d < kOTiles; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
   unsigned visited = 0, skipped = 0;
 
+  // The Q load needs no mask entry: start it before the dependent reads of the mask row, so that
+  // their latency and the Q load overlap (short rows of a sparse mask are latency-bound).
+  load_tile_sw128<Traits, Traits::kBlockM>(sQ, gQ, p.q_stride[2], q0, p.seq_q);
   BlockIter next(p, (int64_t(b) * p.heads_q + h) * p.num_q_blocks + qb);
-  if (!next.done()) {
+  if (next.done()) {
+    cp_async_wait_all();  // no copy may land after the CTA has left
+  } else {
     float s[kNTiles][4];                      // scores of the tile being processed
     uint32_t prob[Traits::kBlockN / 16][4];   // P of the previous tile, A operand of its P·V
     float alpha[2];
@@ -103,24 +108,24 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       pack_probs<Traits>(s, prob);
     };
 
-    // Prologue: Q and K of the first tile; its scores; then K of the second and V of the first.
+    // Prologue: group 1 = Q and K of the first tile, group 2 = K of the second and V of the
+    // first, all in flight at once; the first scores need group 1 only.
     int key0 = next.block() * Traits::kBlockN;
-    load_tile_sw128<Traits, Traits::kBlockM>(sQ, gQ, p.q_stride[2], q0, p.seq_q);
     load_tile_sw128<Traits, Traits::kBlockN>(sK(0), gK, p.k_stride[2], key0, p.seq_k);
     cp_async_commit();
-    cp_async_wait_all();
-    fence_proxy_async_smem();
-    __syncthreads();
-    fence_operands(s);
-    wgmma_fence();
-    issue_qk<Traits>(s, sQ_addr, sK_addr0, wg);
-    wgmma_commit();
     BlockIter after = next;
     after.next();
     if (!after.done())
       load_tile_sw128<Traits, Traits::kBlockN>(sK(1), gK, p.k_stride[2], after.block() * Traits::kBlockN, p.seq_k);
     load_tile_sw128<Traits, Traits::kBlockN>(sV(0), gV, p.v_stride[2], key0, p.seq_k);
     cp_async_commit();
+    cp_async_wait_groups<1>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    fence_operands(s);
+    wgmma_fence();
+    issue_qk<Traits>(s, sQ_addr, sK_addr0, wg);
+    wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
     scores_to_probs(key0);
