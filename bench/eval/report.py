@@ -6,6 +6,7 @@ summary, in one directory. Run through bench/report.sh (which installs the packa
     python bench/eval/report.py            # GPU: 8K-128K tokens, bf16 (a CUDA device needed)
     python bench/eval/report.py --cpu      # the small version: 2K-4K tokens, float32
     python bench/eval/report.py --md-from bench/results/<dir>   # rewrite README.md and plots
+    python bench/eval/report.py --md-from bench/results/<dir> --docs gpu   # and docs/results.md
 
 Writes <out>/report.jsonl (bench-schema.md records), README.md, meta.json and PNGs; the default
 <out> is bench/results/<yyyy-mm-dd>_<device>_report.
@@ -47,17 +48,33 @@ def mask_pictures(case, out_dir, heads=4):
 
 
 def write_outputs(out_dir, records, notes, meta, mask_images):
-    images = []
+    """README.md, meta.json and the plots; returns the image names the README shows."""
     if plots.available():
         images = plots.accuracy(records, out_dir) + plots.real_models(records, out_dir) + \
             plots.speed(records, out_dir) + list(mask_images)
-    else:
-        meta["plots_note"] = "matplotlib is not installed here: no PNG plots were drawn."
-    text = summary.markdown(records, notes, meta, images)
-    (Path(out_dir) / "README.md").write_text(text)
+    else:  # --md-from without matplotlib keeps the PNGs an earlier run drew
+        images = sorted(p.name for p in Path(out_dir).glob("*.png"))
+        if not images:
+            meta["plots_note"] = "matplotlib is not installed here: no PNG plots were drawn."
+    (Path(out_dir) / "README.md").write_text(summary.markdown(records, notes, meta, images))
     with open(Path(out_dir) / "meta.json", "w") as f:
         json.dump(dict(meta, notes=notes, mask_images=list(mask_images)), f, indent=1)
-    return text
+    return images
+
+
+DOCS = ROOT / "docs" / "results.md"
+
+
+def update_docs(block: str, text: str):
+    """Replace the block between `<!-- report:NAME begin -->` and `<!-- report:NAME end -->` of
+    docs/results.md with text."""
+    begin, end = f"<!-- report:{block} begin -->", f"<!-- report:{block} end -->"
+    doc = DOCS.read_text()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"docs/results.md has no '{begin}' ... '{end}' block")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOCS.write_text(f"{head}{begin}\n{text}{end}{tail}")
 
 
 def main():
@@ -65,7 +82,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="the small CPU version")
     ap.add_argument("--out", help="output directory (default bench/results/<date>_<device>_report)")
-    ap.add_argument("--budget", type=float, help="wall-clock budget in s (default 240)")
+    ap.add_argument("--budget", type=float,
+                    help="wall-clock budget in s (default 260 on the GPU, 240 with --cpu); "
+                         "later stages are cut short with a note when it runs out")
     ap.add_argument("--workloads", help="comma-separated subset of the suite's workloads")
     ap.add_argument("--real", choices=("auto", "all", "none"), default="auto",
                     help="real models: auto = all on the GPU, MiniLM only with --cpu")
@@ -77,14 +96,21 @@ def main():
                     help="threshold grid (default: small with --cpu, full on the GPU)")
     ap.add_argument("--command", default=None, help="the command line to print in the report")
     ap.add_argument("--md-from", help="rewrite README.md and the plots of an existing report")
+    ap.add_argument("--docs", metavar="BLOCK",
+                    help="with --md-from: also write the report into docs/results.md's block "
+                         "BLOCK (cpu, gpu)")
     args = ap.parse_args()
 
     if args.md_from:
-        out_dir = Path(args.md_from)
+        out_dir = Path(args.md_from).resolve()
         meta = json.loads((out_dir / "meta.json").read_text())
-        notes = meta.pop("notes", [])
-        print(write_outputs(out_dir, load(out_dir / "report.jsonl"), notes, meta,
-                            meta.pop("mask_images", [])))
+        notes, masks = meta.pop("notes", []), meta.pop("mask_images", [])
+        records = load(out_dir / "report.jsonl")
+        images = write_outputs(out_dir, records, notes, meta, masks)
+        if args.docs:
+            update_docs(args.docs, summary.docs_block(
+                records, notes, meta, images, str(out_dir.relative_to(ROOT))))
+            print(f"docs/results.md: block '{args.docs}' now shows {out_dir.relative_to(ROOT)}")
         return 0
 
     device = "cpu" if args.cpu else "cuda"
@@ -96,7 +122,7 @@ def main():
     dtype = torch.float32 if args.cpu else torch.bfloat16
     specs = suite.select(suite.CPU if args.cpu else suite.GPU, args.workloads)
     grid = args.grid or ("small" if args.cpu else "full")
-    budget = Budget(args.budget or 240.0)
+    budget = Budget(args.budget or (240.0 if args.cpu else 260.0))
     date = datetime.date.today().isoformat()
     name = device_name(device)
     out_dir = Path(args.out) if args.out else \
@@ -161,9 +187,11 @@ def main():
             log(f"{case.name}: {len(got)} speed records in {time.monotonic() - start:.1f} s")
     rec.close()
     meta["elapsed_s"] = budget.elapsed()
-    text = write_outputs(out_dir, rec.records, rec.notes, meta, mask_images)
-    headline = text.split("## Plots")[0]
-    print("\n" + headline)
+    write_outputs(out_dir, rec.records, rec.notes, meta, mask_images)
+    print("\n".join(summary.header(rec.records, rec.notes, meta) +
+                    summary.bound_section(rec.records) +
+                    summary.real_section(rec.records, every=False) +
+                    summary.speed_section(rec.records)) + "\n")
     log(f"report written to {out_dir} in {budget.elapsed():.0f} s")
     return 0
 

@@ -48,6 +48,7 @@ class Flex:
     """torch.compile'd flex_attention and the BlockMask conversion of bench/gpu."""
 
     def __init__(self):
+        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
         from bench_attention import flex_block_mask
         for name in ("recompile_limit", "cache_size_limit"):  # one compile per shape

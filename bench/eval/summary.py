@@ -72,15 +72,15 @@ def real_table(records):
     return out
 
 
-def markdown(records, notes, meta, images) -> str:
+def header(records, notes, meta, level="#") -> list:
     first = records[0] if records else {}
-    lines = [f"# Sparge evaluation report: {meta.get('device', first.get('device', '?'))}",
+    lines = [f"{level} Sparge evaluation report: {meta.get('device', first.get('device', '?'))}",
              "",
              f"Date {first.get('date', '?')}, commit `{first.get('commit', '?')}`, made by "
              f"`{meta.get('command', 'bash bench/report.sh')}` in {meta.get('elapsed_s', 0):.0f} s "
-             f"(budget {meta.get('budget_s', 0):.0f} s). Records: `report.jsonl` "
-             f"({len(records)} lines, bench-schema.md fields plus `section`, `case`, `order`, "
-             "`setting`, `options`, ...).",
+             f"(budget {meta.get('budget_s', 0):.0f} s; threshold grid "
+             f"{meta.get('grid', '?')}). Records: `report.jsonl` ({len(records)} lines, "
+             "bench-schema.md fields plus `section`, `case`, `order`, `setting`, `options`, ...).",
              "",
              "Accuracy is measured against full attention of the same inputs in "
              f"{meta.get('reference', 'float32')} (relative L1 = ‖o − o_ref‖₁ / ‖o_ref‖₁; "
@@ -89,84 +89,130 @@ def markdown(records, notes, meta, images) -> str:
              "the λ skip inside computed tiles is in `pv_skip_fraction`, not in it."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    rows, settings = bound_table(records)
-    if rows:
-        lines += ["", "## Sparsity reached at relative L1 ≤ 0.02, 0.05, 0.1", "",
-                  "The largest tile sparsity among the sweep's points whose relative L1 is "
-                  "within the bound (– : no point is). Sparge rows sweep the thresholds "
-                  "(`options` in the records); window and random-block baselines were run at "
-                  f"sparsities {', '.join(f'{s:g}' for s in BASELINE_SPARSITIES)} in the same "
-                  "token order. *floor*: the error of the same path with nothing skipped "
-                  "(arithmetic and, for int8/fp8, quantization).", "",
-                  "| workload | tokens | heads | head dim | causal | path | order | ≤ 0.02 | "
-                  "≤ 0.05 | ≤ 0.1 | floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r, path, order, cells, floor in rows:
-            values = " | ".join(_fmt(c) for c in cells)
-            path_cell = f"**{path}**" if path == "Sparge" else path
-            floor = "" if floor is None else f"{number(floor):.1e}"
-            lines.append(f"| {r['case']} | {_shape(r)} | {path_cell} | {order} | {values} | "
-                         f"{floor} |")
+    return lines
+
+
+def bound_section(records, level="##") -> list:
+    rows, _ = bound_table(records)
+    if not rows:
+        return []
+    lines = ["", f"{level} Sparsity reached at relative L1 ≤ 0.02, 0.05, 0.1", "",
+             "The largest tile sparsity among the sweep's points whose relative L1 is "
+             "within the bound (– : no point is). Sparge rows sweep the thresholds "
+             "(`options` in the records); window and random-block baselines were run at "
+             f"sparsities {', '.join(f'{s:g}' for s in BASELINE_SPARSITIES)} in the same "
+             "token order. *floor*: the error of the same path with nothing skipped "
+             "(arithmetic and, for int8/fp8, quantization).", "",
+             "| workload | tokens | heads | head dim | causal | path | order | ≤ 0.02 | "
+             "≤ 0.05 | ≤ 0.1 | floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, path, order, cells, floor in rows:
+        values = " | ".join(_fmt(c) for c in cells)
+        path_cell = f"**{path}**" if path == "Sparge" else path
+        floor = "" if floor is None else f"{number(floor):.1e}"
+        lines.append(f"| {r['case']} | {_shape(r)} | {path_cell} | {order} | {values} | "
+                     f"{floor} |")
+    return lines
+
+
+def real_section(records, level="##", every=True) -> list:
     real = real_table(records)
-    if real:
-        lines += ["", "## Real models: end-to-end metric at those bounds", "",
-                  "Per bound, the setting with the largest pooled tile sparsity of the captured "
-                  "layers whose pooled relative L1 is within the bound, and the whole model's "
-                  "metric under `sparge.patch_sdpa` with that setting (sparsity as the patch "
-                  "measured it).", "",
-                  "| model | bound | setting | layers rel L1 | layers sparsity | metric | value "
-                  "| e2e sparsity |", "|---|---|---|---|---|---|---|---|"]
-        for case, bound, r, ref in real:
-            if r is None:
-                lines.append(f"| {case} | ≤ {bound:g} | – | | | | | |")
-                continue
-            lines.append(f"| {case} | ≤ {bound:g} | {r['setting']} | {_fmt(r['layers_rel_l1'], 4)}"
-                         f" | {_fmt(r['layers_sparsity'])} | {r['metric']} | "
+    if not real:
+        return []
+    lines = ["", f"{level} Real models: end-to-end metric at those bounds", "",
+             "Per bound, the setting with the largest pooled tile sparsity of the captured "
+             "layers whose pooled relative L1 is within the bound, and the whole model's "
+             "metric under `sparge.patch_sdpa` with that setting (sparsity as the patch "
+             "measured it; embedding_cos: mean cosine similarity of the embeddings to the "
+             "unpatched model's, logits_kl: mean KL divergence of the next-token "
+             "distributions, in nats).", "",
+             "| model | bound | setting | layers rel L1 | layers sparsity | metric | value "
+             "| e2e sparsity |", "|---|---|---|---|---|---|---|---|"]
+    for case, bound, r, _ in real:
+        if r is None:
+            lines.append(f"| {case} | ≤ {bound:g} | – | | | | | |")
+            continue
+        lines.append(f"| {case} | ≤ {bound:g} | {r['setting']} | {_fmt(r['layers_rel_l1'], 4)}"
+                     f" | {_fmt(r['layers_sparsity'])} | {r['metric']} | "
+                     f"{_fmt(r['value'], 6)} | {_fmt(r['sparsity'])} |")
+    if not every:
+        return lines
+    lines += ["", "Every real-model setting:", "",
+              "| model | setting | layers rel L1 | layers min cos | layers sparsity | metric "
+              "| value | e2e sparsity |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r.get("section") == "real-e2e":
+            lines.append(f"| {r['case']} | {r['setting']} | "
+                         f"{_fmt(r.get('layers_rel_l1'), 4)} | "
+                         f"{_fmt(r.get('layers_cos_sim_min'), 5)} | "
+                         f"{_fmt(r.get('layers_sparsity'))} | {r['metric']} | "
                          f"{_fmt(r['value'], 6)} | {_fmt(r['sparsity'])} |")
-        lines += ["", "Every real-model setting:", "",
-                  "| model | setting | layers rel L1 | layers min cos | layers sparsity | metric "
-                  "| value | e2e sparsity |", "|---|---|---|---|---|---|---|---|"]
-        for r in records:
-            if r.get("section") == "real-e2e":
-                lines.append(f"| {r['case']} | {r['setting']} | "
-                             f"{_fmt(r.get('layers_rel_l1'), 4)} | "
-                             f"{_fmt(r.get('layers_cos_sim_min'), 5)} | "
-                             f"{_fmt(r.get('layers_sparsity'))} | {r['metric']} | "
-                             f"{_fmt(r['value'], 6)} | {_fmt(r['sparsity'])} |")
+    return lines
+
+
+def speed_section(records, level="##") -> list:
     speed = [r for r in records if r.get("section") == "speed"]
-    if speed:
-        lines += ["", "## Speed vs sparsity", "",
-                  "Median ms (CUDA events after warm-up) and dense-equivalent TOPS. "
-                  "sparge: both stages through `sparge.attention` (Hilbert gather included); "
-                  "stage 2: `block_sparse_attention` on the predicted mask; flex: "
-                  "FlexAttention on the same tile mask; SDPA: dense.", "",
-                  "| workload | setting | sparsity | rel L1 | sparge ms (TOPS) | stage 2 ms "
-                  "(TOPS) | flex ms (TOPS) |", "|---|---|---|---|---|---|---|"]
-        for case in _cases(records, "speed"):
-            recs = [r for r in speed if r["case"] == case]
-            for r in recs:
-                if r["impl"] in ("sdpa-cudnn", "sdpa-flash"):
-                    lines.append(f"| {case} | {r['impl']} (dense) | 0 | {_fmt(r['rel_l1'], 4)}"
-                                 f" | {_rate(r)} | | |")
-            for r in recs:
-                if r["impl"] != "sparge-exact":
-                    continue
-                cell = {}
-                for impl in ("sparge-stage2", "flex"):
-                    m = [x for x in recs if x["impl"] == impl and x["setting"] == r["setting"]]
-                    cell[impl] = _rate(m[0]) if m else "–"
-                lines.append(f"| {case} | {r['setting']} | {_fmt(r['sparsity'])} | "
-                             f"{_fmt(r['rel_l1'], 4)} | {_rate(r)} | "
-                             f"{cell['sparge-stage2']} | {cell['flex']} |")
+    if not speed:
+        return []
+    lines = ["", f"{level} Speed vs sparsity", "",
+             "Median ms (CUDA events after warm-up) and dense-equivalent TOPS. "
+             "sparge: both stages through `sparge.attention` (Hilbert gather included); "
+             "stage 2: `block_sparse_attention` on the predicted mask; flex: "
+             "FlexAttention on the same tile mask; SDPA: dense.", "",
+             "| workload | setting | sparsity | rel L1 | sparge ms (TOPS) | stage 2 ms "
+             "(TOPS) | flex ms (TOPS) |", "|---|---|---|---|---|---|---|"]
+    for case in _cases(records, "speed"):
+        recs = [r for r in speed if r["case"] == case]
+        for r in recs:
+            if r["impl"] in ("sdpa-cudnn", "sdpa-flash"):
+                lines.append(f"| {case} | {r['impl']} (dense) | 0 | {_fmt(r['rel_l1'], 4)}"
+                             f" | {_rate(r)} | | |")
+        for r in recs:
+            if r["impl"] != "sparge-exact":
+                continue
+            cell = {}
+            for impl in ("sparge-stage2", "flex"):
+                m = [x for x in recs if x["impl"] == impl and x["setting"] == r["setting"]]
+                cell[impl] = _rate(m[0]) if m else "–"
+            lines.append(f"| {case} | {r['setting']} | {_fmt(r['sparsity'])} | "
+                         f"{_fmt(r['rel_l1'], 4)} | {_rate(r)} | "
+                         f"{cell['sparge-stage2']} | {cell['flex']} |")
+    return lines
+
+
+def images_section(images, meta, level="##", prefix="") -> list:
     if images:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{name}]({name})" for name in images]
-    elif meta.get("plots_note"):
-        lines += ["", "## Plots", "", meta["plots_note"]]
-    if settings:
-        lines += ["", "## Settings that reached the bounds", "",
-                  "| workload | path | order | bound | setting | sparsity | rel L1 | cos |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for case, path, order, bound, setting, s, err, cos in settings:
-            lines.append(f"| {case} | {path} | {order} | ≤ {bound:g} | {setting} | {_fmt(s)} | "
-                         f"{_fmt(err, 4)} | {_fmt(cos, 5)} |")
+        return ["", f"{level} Plots", ""] + [f"![{name}]({prefix}{name})" for name in images]
+    if meta.get("plots_note"):
+        return ["", f"{level} Plots", "", meta["plots_note"]]
+    return []
+
+
+def settings_section(records, level="##") -> list:
+    _, settings = bound_table(records)
+    if not settings:
+        return []
+    lines = ["", f"{level} Settings that reached the bounds", "",
+             "| workload | path | order | bound | setting | sparsity | rel L1 | cos |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case, path, order, bound, setting, s, err, cos in settings:
+        lines.append(f"| {case} | {path} | {order} | ≤ {bound:g} | {setting} | {_fmt(s)} | "
+                     f"{_fmt(err, 4)} | {_fmt(cos, 5)} |")
+    return lines
+
+
+def markdown(records, notes, meta, images) -> str:
+    """The report directory's README.md."""
+    lines = header(records, notes, meta) + bound_section(records) + real_section(records) + \
+        speed_section(records) + images_section(images, meta) + settings_section(records)
+    return "\n".join(lines) + "\n"
+
+
+def docs_block(records, notes, meta, images, report_dir: str) -> str:
+    """The same report as a block of docs/results.md (one heading level down, images and the
+    report linked from docs/)."""
+    prefix = f"../{report_dir}/"
+    lines = header(records, notes, meta, level="###") + [
+        "", f"Full report: [`{report_dir}/README.md`]({prefix}README.md)."]
+    lines += bound_section(records, "####") + real_section(records, "####", every=False) + \
+        speed_section(records, "####") + images_section(images, meta, "####", prefix)
     return "\n".join(lines) + "\n"
