@@ -35,6 +35,12 @@ STYLE = {  # (impl, order) -> colour, marker
 }
 
 
+def _title(case, r):
+    heads = f"{r['heads_q']}/{r['heads_kv']}" if r["heads_q"] != r["heads_kv"] else r["heads_q"]
+    return (f"{case}: {r['seq_q']} tokens, {heads} heads, d {r['head_dim']}, {r['dtype']}"
+            f"{', causal' if r['causal'] else ''}")
+
+
 def _cases(records, section):
     seen = []
     for r in records:
@@ -66,9 +72,7 @@ def accuracy(records, out_dir) -> list:
         ax.set_xlim(-0.02, 1.0)
         ax.set_xlabel("tile sparsity")
         ax.set_ylabel("relative L1 vs full attention")
-        first = rows[0]
-        ax.set_title(f"{case}: {first['seq_q']} tokens, {first['heads_q']} heads, "
-                     f"{first['dtype']}{', causal' if first['causal'] else ''}")
+        ax.set_title(_title(case, rows[0]))
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
         name = f"accuracy_{case}.png"
@@ -98,9 +102,7 @@ def speed(records, out_dir) -> list:
                     ax.axhline(r["tops"], color=colour, ls="--", lw=1, label=f"{impl} (dense)")
         ax.set_xlabel("tile sparsity")
         ax.set_ylabel("dense-equivalent TOPS")
-        first = rows[0]
-        ax.set_title(f"{case}: {first['seq_q']} tokens, {first['heads_q']} heads, "
-                     f"{first['dtype']}{', causal' if first['causal'] else ''}")
+        ax.set_title(_title(case, rows[0]))
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         name = f"speed_{case}.png"
