@@ -46,9 +46,9 @@ if [ "$install" = 1 ]; then
   else
     # As tests/python/run_device.sh: the system g++ (the image's $CXX links libstdc++
     # statically, and the extension then crashes at its first ostream << int).
-    echo "== pip install . (CUDA, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0})"
+    echo "== pip install . (CUDA, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a})"
     CXX=/usr/bin/g++ CC=/usr/bin/gcc SPARGE_WITH_CUDA=1 \
-      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "$PYTHON" -m pip install -q --no-deps --disable-pip-version-check . >"$install_log" 2>&1
   fi || { tail -40 "$install_log"; echo "error: pip install . failed (log: $install_log)"; exit 1; }
   echo "== installed in $(($(date +%s) - start)) s"

@@ -17,7 +17,7 @@ python3 -c "import torch, transformers as t; print('torch', torch.__version__, t
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc
 rm -rf python/build
 start=$(date +%s)
-SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-16}" \
   python3 -m pip install -q --no-deps --disable-pip-version-check . >"$out/install.log" 2>&1 \
   || { tail -50 "$out/install.log"; exit 1; }
 echo "pip install . took $(($(date +%s) - start)) s"
