@@ -85,8 +85,9 @@ def header(records, notes, meta, level="#") -> list:
              "Accuracy is measured against full attention of the same inputs in "
              f"{meta.get('reference', 'float32')} (relative L1 = ‖o − o_ref‖₁ / ‖o_ref‖₁; "
              "cosine similarity of the flattened outputs). Sparsity is the fraction of the "
-             "128×64 tiles that dense (causal: causal) attention computes and the mask skips; "
-             "the λ skip inside computed tiles is in `pv_skip_fraction`, not in it."]
+             "128×64 tiles that dense attention (causal attention for causal workloads) "
+             "computes and the mask skips; the λ skip inside computed tiles is in "
+             "`pv_skip_fraction`, not in it."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return lines
