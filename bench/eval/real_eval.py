@@ -24,13 +24,19 @@ CPU_SOURCES = ("minilm",)
 CPU_E2E = dict(inputs_limit=3)
 
 
-def settings(small: bool = False):
+def settings(small: bool = False, causal: bool = False):
+    """The real models' grid; causal models also keep key block 0 (attention_sink) in some."""
     cdfs = (0.7, 0.9, 0.98) if small else (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995)
     topks = (0.25, 0.5) if small else (0.1, 0.25, 0.5)
     grid = [_setting("dense")]
     grid += [_setting("cdf", cdf_threshold=c, sim_threshold=-0.1) for c in cdfs]
     grid += [_setting("topk", topk=t, sim_threshold=-0.1) for t in topks]
     grid.append(_setting("cdf", cdf_threshold=0.9, sim_threshold=0.3, pv_threshold=10.0))
+    if causal:
+        sink_cdfs = (0.9, 0.98) if small else (0.7, 0.9, 0.95, 0.98, 0.995)
+        grid += [_setting("sink", cdf_threshold=c, sim_threshold=-0.1, attention_sink=True)
+                 for c in sink_cdfs]
+        grid.append(_setting("sink", topk=0.5, sim_threshold=-0.1, attention_sink=True))
     return grid
 
 
@@ -141,7 +147,7 @@ def _one(module, name, source, rec, budget, device, dtype, reserve, small):
                             family="reference", options=None, sparsity=0.0, rel_l1=None,
                             cos_sim=None, metric=metric, value=reference.get("value"),
                             inputs=len(reference.get("per_input", [])), **base))
-    for setting in settings(small):
+    for setting in settings(small, causal=any(layer.causal for layer in layers)):
         if budget.expired(reserve):
             rec.note(f"{name}: time budget reached, real-model settings cut short")
             break

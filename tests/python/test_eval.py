@@ -217,7 +217,8 @@ def test_real_models_through_the_interface(tmp_path, monkeypatch):
     rec = Recorder(tmp_path / "r.jsonl", "cpu", "test", log=lambda _: None)
     out = real_eval.run(rec, Budget(600), "cpu", torch.float32, small=True)
     assert any("gone" in n and "no weights" in n for n in rec.notes)
-    grid = real_eval.settings(small=True)
+    grid = real_eval.settings(small=True, causal=True)
+    assert any(s.options.get("attention_sink") for s in grid)
     layers = [r for r in out if r["section"] == "real-layers"]
     e2e = [r for r in out if r["section"] == "real-e2e"]
     assert len(layers) == 2 * len(grid) and len(e2e) == len(grid) + 1
