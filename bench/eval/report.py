@@ -128,6 +128,8 @@ def main():
     out_dir = Path(args.out) if args.out else \
         ROOT / "bench" / "results" / f"{date}_{device_slug(name)}_report"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.png"):  # a rerun into the same directory draws its own
+        stale.unlink()
     rec = Recorder(out_dir / "report.jsonl", device, os.environ.get("SPARGE_COMMIT")
                    or commit_id(), log=log)
     command = args.command or "python bench/eval/report.py " + " ".join(sys.argv[1:])
