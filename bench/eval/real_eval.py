@@ -33,7 +33,7 @@ def settings(small: bool = False, causal: bool = False):
     grid += [_setting("topk", topk=t, sim_threshold=-0.1) for t in topks]
     grid.append(_setting("cdf", cdf_threshold=0.9, sim_threshold=0.3, pv_threshold=10.0))
     if causal:
-        sink_cdfs = (0.9, 0.98) if small else (0.7, 0.9, 0.95, 0.98, 0.995)
+        sink_cdfs = (0.9, 0.98, 0.995, 0.999) if small else (0.7, 0.9, 0.95, 0.98, 0.995, 0.999)
         grid += [_setting("sink", cdf_threshold=c, sim_threshold=-0.1, attention_sink=True)
                  for c in sink_cdfs]
         grid.append(_setting("sink", topk=0.5, sim_threshold=-0.1, attention_sink=True))
