@@ -15,7 +15,7 @@ import torch
 import sparge
 
 from measure import reference_attention
-from sweep import INF, Setting, _setting
+from sweep import _setting
 
 
 # The --cpu version: MiniLM only, on 3 of its 12 inputs (a 2-core CPU needs about 1 s per
@@ -177,5 +177,3 @@ def _one(module, name, source, rec, budget, device, dtype, reserve, small):
             inputs=len(e2e.get("per_input", [])), **base))
     return out
 
-
-__all__ = ["run", "settings", "Setting", "INF"]

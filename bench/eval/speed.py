@@ -12,7 +12,6 @@ expanded to the query heads for SDPA and FlexAttention (Sparge reads them in pla
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 

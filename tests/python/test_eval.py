@@ -230,3 +230,22 @@ def test_real_models_through_the_interface(tmp_path, monkeypatch):
         assert case == "toy" and ref["impl"] == "unpatched"
         ok = [r for r in e2e if r["impl"] == "sparge-exact" and r["layers_rel_l1"] <= bound]
         assert row["layers_sparsity"] == max(r["layers_sparsity"] for r in ok)
+
+
+# ------------------------------------------------------------------------------ speed points
+def test_speed_points_are_the_dense_point_and_a_spread_of_the_front():
+    import speed  # its GPU parts are not run here; pick_points is plain bookkeeping
+    rng = random.Random(3)
+    rows = [dict(impl="sparge-exact", order="hilbert", family="dense", setting="dense",
+                 sparsity=0.0, rel_l1=1e-6)]
+    rows += [dict(impl="sparge-exact", order="hilbert", family="cdf", setting=f"p{i}",
+                  sparsity=rng.random(), rel_l1=rng.random() * 0.1) for i in range(60)]
+    rows += [dict(impl="baseline-window", order="hilbert", family="baseline", setting="w",
+                  sparsity=0.99, rel_l1=1e-9)]   # baselines are never timed as Sparge
+    picked = speed.pick_points(rows, "hilbert")
+    assert picked[0]["family"] == "dense" and 2 <= len(picked) <= speed.MAX_POINTS + 1
+    front = [rows[i] for i in pareto.pareto_front([(r["sparsity"], r["rel_l1"]) for r in rows
+                                                   if r["impl"] == "sparge-exact"])]
+    assert all(p in front for p in picked[1:])
+    assert picked[1]["sparsity"] == min(r["sparsity"] for r in front if r["sparsity"] > 0)
+    assert picked[-1]["sparsity"] == max(r["sparsity"] for r in front)
