@@ -3,8 +3,8 @@
 # bench/eval/report.py, which writes bench/results/<yyyy-mm-dd>_<device>_report/ (report.jsonl,
 # README.md, PNG plots). See docs/results.md.
 #
-#   bash bench/report.sh                 # on the GPU machine (offline): 8K-128K tokens, ~4 min
-#   bash bench/report.sh --cpu           # the small version on a CPU machine (~2 min on 2 cores)
+#   bash bench/report.sh                 # on the GPU machine (offline): 8K-128K tokens
+#   bash bench/report.sh --cpu           # the small version on a CPU machine (< 2 min on 2 cores)
 #   bash bench/report.sh --cpu --out DIR # anywhere else (CI writes to a temporary directory)
 # Other options go to report.py (--workloads, --budget, --real, --flex, --grid, ...).
 #
