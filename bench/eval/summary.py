@@ -156,26 +156,28 @@ def speed_section(records, level="##") -> list:
         return []
     lines = ["", f"{level} Speed vs sparsity", "",
              "Median ms (CUDA events after warm-up) and dense-equivalent TOPS. "
-             "sparge: both stages through `sparge.attention` (Hilbert gather included); "
-             "stage 2: `block_sparse_attention` on the predicted mask; flex: "
-             "FlexAttention on the same tile mask; SDPA: dense.", "",
-             "| workload | setting | sparsity | rel L1 | sparge ms (TOPS) | stage 2 ms "
-             "(TOPS) | flex ms (TOPS) |", "|---|---|---|---|---|---|---|"]
+             "sparge: both stages through `sparge.attention` (Hilbert gather and scatter "
+             "included); stage 1: `predict_block_mask` alone; stage 2: "
+             "`block_sparse_attention` on the predicted mask; flex: FlexAttention on the same "
+             "tile mask; SDPA: dense. Stages 1 and 2 and flex run on tokens already in order.",
+             "", "| workload | setting | sparsity | rel L1 | sparge ms (TOPS) | stage 1 ms | "
+             "stage 2 ms (TOPS) | flex ms (TOPS) |", "|---|---|---|---|---|---|---|---|"]
     for case in _cases(records, "speed"):
         recs = [r for r in speed if r["case"] == case]
         for r in recs:
             if r["impl"] in ("sdpa-cudnn", "sdpa-flash"):
                 lines.append(f"| {case} | {r['impl']} (dense) | 0 | {_fmt(r['rel_l1'], 4)}"
-                             f" | {_rate(r)} | | |")
+                             f" | {_rate(r)} | | | |")
         for r in recs:
             if r["impl"] != "sparge-exact":
                 continue
             cell = {}
-            for impl in ("sparge-stage2", "flex"):
+            for impl in ("sparge-stage1", "sparge-stage2", "flex"):
                 m = [x for x in recs if x["impl"] == impl and x["setting"] == r["setting"]]
-                cell[impl] = _rate(m[0]) if m else "–"
+                cell[impl] = "–" if not m else _rate(m[0]) if m[0]["tops"] is not None \
+                    else f"{m[0]['ms']:.3f}"
             lines.append(f"| {case} | {r['setting']} | {_fmt(r['sparsity'])} | "
-                         f"{_fmt(r['rel_l1'], 4)} | {_rate(r)} | "
+                         f"{_fmt(r['rel_l1'], 4)} | {_rate(r)} | {cell['sparge-stage1']} | "
                          f"{cell['sparge-stage2']} | {cell['flex']} |")
     return lines
 
