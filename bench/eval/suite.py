@@ -23,7 +23,7 @@ class Spec:
     head_dim: int
     tokens: int = 0               # llm-like and random
     grid: Optional[Tuple[int, int, int]] = None  # video-grid: (frames, height, width)
-    flex: bool = False            # time FlexAttention on this one (each shape compiles anew)
+    flex: bool = False            # with --flex some: time FlexAttention on this one
     masks: bool = False           # draw its predicted masks before/after Hilbert reordering
     extra: dict = field(default_factory=dict)
 
