@@ -6,6 +6,7 @@ On cuda the GPU kernels take float16/bfloat16 and compiled head dims (CUDA_HEAD_
 dims are zero-padded here, with the caller's scale, and the output is sliced back.
 The rules the kernels follow are in docs/method.md; the options are validated by the C++ core.
 """
+import functools
 import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -118,6 +119,28 @@ def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, dev
                       torch.arange(offset + count, tokens, device=device)])
 
 
+def _gather_and_inverse(tokens: int, grid, offset: int, device):
+    gather = _token_permutation(tokens, grid, offset, device)
+    inverse = torch.empty_like(gather).scatter_(
+        0, gather, torch.arange(gather.numel(), device=gather.device))
+    return gather, inverse
+
+
+# The order is built on the host (milliseconds for 128K tokens) and copied over: keep the last
+# few per (tokens, grid, offset, device). The tensors are only read (index_select).
+_cached_gather_and_inverse = functools.lru_cache(maxsize=16)(_gather_and_inverse)
+
+
+def _hilbert_gathers(tokens: int, grid, offset: int, device):
+    hashable = isinstance(grid, (tuple, list)) and isinstance(offset, int)
+    if torch.compiler.is_compiling() or not hashable:  # traced, or invalid: no caching
+        return _gather_and_inverse(tokens, grid, offset, device)
+    try:
+        return _cached_gather_and_inverse(tokens, tuple(grid), offset, torch.device(device))
+    except TypeError:  # an unhashable element: the uncached path raises the named error
+        return _gather_and_inverse(tokens, grid, offset, device)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
               causal_align: str = "top_left", scale: Optional[float] = None,
               layout: str = "HND", sim_threshold=_options.DEFAULT_SIM_THRESHOLD,
@@ -143,12 +166,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         if is_causal:
             raise ValueError("token_grid reorders tokens, which breaks causal order: pass "
                              "is_causal=False with a token_grid")
-        gather_q = _token_permutation(qh.shape[2], token_grid, grid_offset, qh.device)
-        gather_k = _token_permutation(kh.shape[2], token_grid, grid_offset, kh.device)
+        gather_q, inverse = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
+        gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[0]
         qh, kh, vh = qh.index_select(2, gather_q), kh.index_select(2, gather_k), \
             vh.index_select(2, gather_k)
-        inverse = torch.empty_like(gather_q).scatter_(
-            0, gather_q, torch.arange(gather_q.numel(), device=gather_q.device))
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
     packed = _pack(qh, scale, return_stats, dict(
