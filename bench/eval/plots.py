@@ -5,7 +5,7 @@ Every function returns the file names it wrote ([] without matplotlib)."""
 from pathlib import Path
 
 from pareto import BOUNDS, pareto_front
-from records import number
+from records import cases, number
 
 
 def _pyplot():
@@ -41,20 +41,12 @@ def _title(case, r):
             f"{', causal' if r['causal'] else ''}")
 
 
-def _cases(records, section):
-    seen = []
-    for r in records:
-        if r.get("section") == section and r["case"] not in seen:
-            seen.append(r["case"])
-    return seen
-
-
 def accuracy(records, out_dir) -> list:
     plt = _pyplot()
     if plt is None:
         return []
     written = []
-    for case in _cases(records, "accuracy"):
+    for case in cases(records, "accuracy"):
         rows = [r for r in records if r.get("section") == "accuracy" and r["case"] == case]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (impl, order), (colour, marker) in STYLE.items():
@@ -87,7 +79,7 @@ def speed(records, out_dir) -> list:
     if plt is None:
         return []
     written = []
-    for case in _cases(records, "speed"):
+    for case in cases(records, "speed"):
         rows = [r for r in records if r.get("section") == "speed" and r["case"] == case]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for impl, colour, marker in (("sparge-exact", "tab:blue", "o"),
@@ -117,7 +109,7 @@ def real_models(records, out_dir) -> list:
     if plt is None:
         return []
     written = []
-    for case in _cases(records, "real-e2e"):
+    for case in cases(records, "real-e2e"):
         rows = [r for r in records if r.get("section") == "real-e2e" and r["case"] == case
                 and r["impl"] == "sparge-exact" and r.get("value") is not None]
         if not rows:

@@ -112,3 +112,12 @@ def load(path) -> list:
 def number(value):
     """A record's float field back from JSON ('inf' strings included); None stays None."""
     return float(value) if isinstance(value, str) else value
+
+
+def cases(records, section) -> list:
+    """The case names of one report section, in the order they first appear."""
+    seen = []
+    for r in records:
+        if r.get("section") == section and r["case"] not in seen:
+            seen.append(r["case"])
+    return seen

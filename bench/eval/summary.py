@@ -1,19 +1,11 @@
 """The report's README.md, written from the records (report.jsonl) alone."""
 from pareto import BOUNDS, sparsity_at_bound
 from plots import ORDER_NAMES
-from records import number
+from records import cases, number
 from sweep import BASELINE_SPARSITIES
 
 PATH_NAMES = {"sparge-exact": "Sparge", "sparge-quant": "Sparge int8/fp8",
               "baseline-window": "window", "baseline-random": "random blocks"}
-
-
-def _cases(records, section):
-    seen = []
-    for r in records:
-        if r.get("section") == section and r["case"] not in seen:
-            seen.append(r["case"])
-    return seen
 
 
 def _fmt(x, digits=3):
@@ -34,7 +26,7 @@ def _shape(r):
 def bound_table(records):
     """Rows (case, path, order) -> the sparsity reached under each bound, and the settings."""
     rows, settings = [], []
-    for case in _cases(records, "accuracy"):
+    for case in cases(records, "accuracy"):
         recs = [r for r in records if r.get("section") == "accuracy" and r["case"] == case]
         for impl in PATH_NAMES:
             for order in ORDER_NAMES:
@@ -60,7 +52,7 @@ def real_table(records):
     """Per real model and bound: the setting of largest layer sparsity whose pooled layer
     relative L1 is within the bound, and its end-to-end metric."""
     out = []
-    for case in _cases(records, "real-e2e"):
+    for case in cases(records, "real-e2e"):
         recs = [r for r in records if r.get("section") == "real-e2e" and r["case"] == case]
         ref = [r for r in recs if r["impl"] == "unpatched"]
         runs = [r for r in recs if r["impl"] == "sparge-exact"]
@@ -162,7 +154,7 @@ def speed_section(records, level="##") -> list:
              "tile mask; SDPA: dense. Stages 1 and 2 and flex run on tokens already in order.",
              "", "| workload | setting | sparsity | rel L1 | sparge ms (TOPS) | stage 1 ms | "
              "stage 2 ms (TOPS) | flex ms (TOPS) |", "|---|---|---|---|---|---|---|---|"]
-    for case in _cases(records, "speed"):
+    for case in cases(records, "speed"):
         recs = [r for r in speed if r["case"] == case]
         for r in recs:
             if r["impl"] in ("sdpa-cudnn", "sdpa-flash"):
