@@ -19,10 +19,9 @@ struct AttnTraitsSm90 {
   static constexpr int kWarpgroups = kBlockM / 64;
   static constexpr int kThreads = kWarpgroups * 128;
   static constexpr int kSlabRows = 16;
-#ifndef SPARGE_SM90_MIN_BLOCKS
-#define SPARGE_SM90_MIN_BLOCKS 1
-#endif
-  static constexpr int kMinBlocksPerSm = SPARGE_SM90_MIN_BLOCKS;
+  // No register cap: d128 needs 155-159 registers (one CTA per SM); capping at 128 for two
+  // spills 144 bytes and makes ptxas serialize the wgmma pipeline (C7512). d64 fits two anyway.
+  static constexpr int kMinBlocksPerSm = 1;
   static constexpr int kChunk = 8;  // elements per 16-byte cp.async
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
   // Shared memory (SW128 tiles, see wgmma_sm90.cuh): Q, then two stages of K and two of V, so

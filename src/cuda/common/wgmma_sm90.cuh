@@ -83,9 +83,24 @@ __device__ __forceinline__ void fence_operands(uint32_t (&r)[kRows][kCols]) {
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "    \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
+// Which input type: the instruction strings below differ only in its PTX name, bf16 or f16.
 template <typename T> struct WgmmaType;
 template <> struct WgmmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
 template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
+
+// SS m64n64k16: 32 accumulators, then descriptors %32, %33 and the scale-d flag %34.
+#define SPARGE_WGMMA_SS(TYPE)                                                                \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"                                \
+               " wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " SPARGE_OPS32 \
+               ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                            \
+               : SPARGE_ACC32(f) : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
+// RS: accumulators, then the four A registers and the B descriptor; always accumulates.
+#define SPARGE_WGMMA_RS(SHAPE, TYPE, OPS, ACC, TAIL)                                        \
+  asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"                                 \
+               " wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " " OPS TAIL   \
+               : ACC : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+#define SPARGE_RS_TAIL32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+#define SPARGE_RS_TAIL64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
 
 // d[64×64] (+)= A[64×16] · B[64×16]ᵀ, both K-major in shared memory. accumulate = false
 // overwrites d (the first k step of a tile).
@@ -93,21 +108,10 @@ template <typename T>
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t desc_a,
                                                    uint64_t desc_b, bool accumulate) {
   float(&f)[32] = reinterpret_cast<float(&)[32]>(d);
-  if constexpr (WgmmaType<T>::kBf16) {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
-        " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " SPARGE_OPS32
-        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : SPARGE_ACC32(f)
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
-  } else {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
-        " wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " SPARGE_OPS32
-        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : SPARGE_ACC32(f)
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
-  }
+  if constexpr (WgmmaType<T>::kBf16)
+    SPARGE_WGMMA_SS("bf16");
+  else
+    SPARGE_WGMMA_SS("f16");
 }
 
 // d[64×N] += A[64×16] · B[16×N]: A from registers (mma.sync A layout), B MN-major in shared
@@ -117,37 +121,21 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const ui
                                                   uint64_t desc_b) {
   static_assert(N == 64 || N == 128, "P·V wgmma is instantiated for head dims 64 and 128");
   float(&f)[N / 2] = reinterpret_cast<float(&)[N / 2]>(d);
-  if constexpr (N == 64) {
-    if constexpr (WgmmaType<T>::kBf16) {
-      asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"
-                   " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " SPARGE_OPS32
-                   ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                   : SPARGE_ACC32(f)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    } else {
-      asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"
-                   " wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " SPARGE_OPS32
-                   ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                   : SPARGE_ACC32(f)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    }
-  } else {
-    if constexpr (WgmmaType<T>::kBf16) {
-      asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"
-                   " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SPARGE_OPS64
-                   ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                   : SPARGE_ACC64(f)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    } else {
-      asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"
-                   " wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " SPARGE_OPS64
-                   ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                   : SPARGE_ACC64(f)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-    }
-  }
+  constexpr bool kBf16 = WgmmaType<T>::kBf16;
+  if constexpr (N == 64 && kBf16)
+    SPARGE_WGMMA_RS("m64n64k16", "bf16", SPARGE_OPS32, SPARGE_ACC32(f), SPARGE_RS_TAIL32);
+  else if constexpr (N == 64)
+    SPARGE_WGMMA_RS("m64n64k16", "f16", SPARGE_OPS32, SPARGE_ACC32(f), SPARGE_RS_TAIL32);
+  else if constexpr (kBf16)
+    SPARGE_WGMMA_RS("m64n128k16", "bf16", SPARGE_OPS64, SPARGE_ACC64(f), SPARGE_RS_TAIL64);
+  else
+    SPARGE_WGMMA_RS("m64n128k16", "f16", SPARGE_OPS64, SPARGE_ACC64(f), SPARGE_RS_TAIL64);
 }
 
+#undef SPARGE_WGMMA_SS
+#undef SPARGE_WGMMA_RS
+#undef SPARGE_RS_TAIL32
+#undef SPARGE_RS_TAIL64
 #undef SPARGE_F4
 #undef SPARGE_F16
 #undef SPARGE_ACC32
