@@ -263,8 +263,7 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
   SPARGE_RETURN_IF_ERROR(check_sizes(p));
-  const bool per_head = p.opts.sim_threshold.per_head || p.opts.cdf_threshold.per_head ||
-                        p.opts.topk.per_head;
+  const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
   if (per_head && p.shape.heads_q > kMaxPredictHeads)
     return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
                                    " query heads on cuda, got ", p.shape.heads_q));
@@ -304,10 +303,9 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
   s.topk = p.opts.select == SelectMode::kTopK;
   s.attention_sink = p.opts.attention_sink;
   s.per_head = per_head;
-  const HeadParam& select = s.topk ? p.opts.topk : p.opts.cdf_threshold;
   for (int h = 0; h < (per_head ? s.heads_q : 1); ++h) {
     s.sim_threshold[h] = p.opts.sim_threshold.at(h);
-    s.select_value[h] = select.at(h);
+    s.select_value[h] = p.opts.select_value.at(h);
   }
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
