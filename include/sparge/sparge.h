@@ -39,6 +39,10 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 // means "optional": the CPU backends allocate when no workspace is given).
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
 
+// Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings
+// chosen before any tensor exists.
+Status validate_options(const SparseOptions& opts, int64_t heads_q);
+
 // Check options and tensors without running anything (the same checks every entry performs).
 Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
                 const SparseOptions& opts);
@@ -82,6 +86,9 @@ Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t
 
 // What this build contains (backends, CUDA archs, head dims, dtypes) as one line of text.
 std::string build_info();
+// Head dims the compiled CUDA attention kernels take, ascending (empty without CUDA); the
+// Python package pads other head dims up to the next one.
+std::vector<int> cuda_head_dims();
 // Number of usable CUDA devices (0 when built without CUDA or when no driver/GPU is present).
 int cuda_device_count();
 

@@ -63,6 +63,11 @@ typedef struct sparge_block_mask {
 
 sparge_options sparge_default_options(void);
 
+/* For bindings that cannot include this header (ctypes, other languages' FFI): the struct's size
+ * and an initializer writing the defaults into caller memory of that size. */
+size_t sparge_options_size(void);
+void sparge_options_init(sparge_options* opts);
+
 /* Sets one option by its name in option_list.h ("pv_threshold", "causal", "select", ...), for
  * bindings that cannot include this header: numbers for floats, 0/1 for booleans, the constant
  * for enums. A per-head value is set with sparge_options_set_per_head. Returns 0 or an error code

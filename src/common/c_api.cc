@@ -147,6 +147,12 @@ sparge_options sparge_default_options(void) {
   return c;
 }
 
+size_t sparge_options_size(void) { return sizeof(sparge_options); }
+
+void sparge_options_init(sparge_options* opts) {
+  if (opts != nullptr) *opts = sparge_default_options();
+}
+
 int sparge_options_set(sparge_options* opts, const char* name, double value, char* err,
                        size_t err_len) {
   return guarded(err, err_len, [&]() -> Status {

@@ -1,5 +1,7 @@
 // The run-time view of the option list (include/sparge/option_list.h): the table the bindings
 // and the command line read their names and defaults from, and the enums' names.
+#include <charconv>
+#include <cstdlib>
 #include <cstring>
 
 #include "sparge/types.h"
@@ -63,18 +65,27 @@ std::vector<const char*> names() {
   return out;
 }
 
+// The double that prints as the float's shortest decimal (0.6f -> 0.6, not 0.6000000238), so
+// Python signatures and schemas show the default as it is written in option_list.h.
+double decimal(float x) {
+  char buf[32];
+  const auto end = std::to_chars(buf, buf + sizeof(buf) - 1, x).ptr;
+  *end = '\0';
+  return std::strtod(buf, nullptr);
+}
+
 std::vector<OptionInfo> make_table() {
   const SparseOptions d;  // the defaults, as the struct declares them
   std::vector<OptionInfo> t;
 #define SPARGE_INFO_FLOAT(name, dflt, doc) \
-  t.push_back({#name, "float", double(d.name), nullptr, {}, doc});
+  t.push_back({#name, "float", decimal(d.name), nullptr, {}, doc});
 #define SPARGE_INFO_BOOL(name, dflt, doc) \
   t.push_back({#name, "bool", d.name ? 1.0 : 0.0, nullptr, {}, doc});
 #define SPARGE_INFO_INT(name, dflt, doc) t.push_back({#name, "int", double(d.name), nullptr, {}, doc});
 #define SPARGE_INFO_ENUM(name, Type, dflt, doc) \
   t.push_back({#name, "enum", double(static_cast<int>(d.name)), #Type, names<Type>(), doc});
 #define SPARGE_INFO_HEAD(name, dflt, doc) \
-  t.push_back({#name, "head", double(d.name.value), nullptr, {}, doc});
+  t.push_back({#name, "head", decimal(d.name.value), nullptr, {}, doc});
   SPARGE_OPTIONS(SPARGE_INFO_FLOAT, SPARGE_INFO_BOOL, SPARGE_INFO_INT, SPARGE_INFO_ENUM,
                  SPARGE_INFO_HEAD)
 #undef SPARGE_INFO_FLOAT

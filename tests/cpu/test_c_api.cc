@@ -72,6 +72,14 @@ TEST(CApi, DefaultsEqualTheCppDefaults) {
   EXPECT_EQ(c.sim_threshold_per_head, nullptr);
   EXPECT_EQ(c.select_value_per_head, nullptr);
   EXPECT_EQ(c.pv_threshold_per_head, nullptr);
+  EXPECT_EQ(sparge_options_size(), sizeof(sparge_options));
+  sparge_options init;
+  std::memset(&init, 0xff, sizeof(init));
+  sparge_options_init(&init);
+  EXPECT_EQ(init.struct_size, c.struct_size);
+  EXPECT_EQ(init.select_value, c.select_value);
+  EXPECT_EQ(init.block_k, c.block_k);
+  EXPECT_EQ(init.pv_threshold_per_head, nullptr);
   EXPECT_EQ(SPARGE_CAUSAL_BOTTOM_RIGHT, int(CausalAlign::kBottomRight));
   EXPECT_EQ(SPARGE_SELECT_TOPK, int(SelectMode::kTopK));
   EXPECT_EQ(SPARGE_QUANT_INT8_FP8, int(QuantMode::kInt8Fp8));

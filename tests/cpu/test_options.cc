@@ -32,14 +32,15 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
     return std::nan("");
   };
   EXPECT_EQ(names.size(), 12u);
-  EXPECT_EQ(value("scale"), d.scale);
+  EXPECT_EQ(float(value("scale")), d.scale);
   EXPECT_EQ(value("causal"), d.causal ? 1.0 : 0.0);
   EXPECT_EQ(value("causal_align"), int(d.causal_align));
-  EXPECT_EQ(value("sim_threshold"), d.sim_threshold.value);
+  EXPECT_EQ(float(value("sim_threshold")), d.sim_threshold.value);
+  EXPECT_EQ(value("sim_threshold"), 0.6);  // the shortest decimal of the float default
   EXPECT_EQ(value("select"), int(d.select));
-  EXPECT_EQ(value("select_value"), d.select_value.value);
+  EXPECT_EQ(float(value("select_value")), d.select_value.value);
   EXPECT_EQ(value("attention_sink"), d.attention_sink ? 1.0 : 0.0);
-  EXPECT_EQ(value("pv_threshold"), d.pv_threshold.value);
+  EXPECT_EQ(float(value("pv_threshold")), d.pv_threshold.value);
   EXPECT_EQ(value("pv_group_rows"), d.pv_group_rows);
   EXPECT_EQ(value("block_q"), d.block_q);
   EXPECT_EQ(value("block_k"), d.block_k);
