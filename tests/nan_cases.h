@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -32,7 +33,7 @@ struct Problem {
   std::vector<float> q, k, v;
 
   Problem() {
-    opts.pv_threshold.value = kInf;  // no λ skip unless a case asks for it
+    opts.pv_threshold.value = kInf;   // no λ skip unless a case asks for it
     opts.sim_threshold.value = 1.0f;  // no block is similar: Stage 1 keeps everything allowed
     q = values(Hq * Nq, 11);
     k = values(Hkv * Nk, 12);
@@ -105,7 +106,8 @@ inline void expect_rows(const Problem& p, const Outcome& clean, const Outcome& g
             ok = ok && std::isnan(lse);
             break;
           case Row::kChannelNaN:
-            for (int64_t d = 0; d < p.D; ++d) ok = ok && (d == channel ? std::isnan(o[d]) : o[d] == c[d]);
+            for (int64_t d = 0; d < p.D; ++d)
+              ok = ok && (d == channel ? std::isnan(o[d]) : o[d] == c[d]);
             ok = ok && lse == lse_clean;
             break;
           case Row::kZero:
@@ -117,12 +119,12 @@ inline void expect_rows(const Problem& p, const Outcome& clean, const Outcome& g
         }
         if (!ok) {
           ++failures;
-          static const char* const kNames[] = {"unchanged", "all NaN", "NaN in one channel",
-                                               "zero", "?"};
+          static const char* const kNames[] = {"unchanged", "all NaN", "NaN in one channel", "zero",
+                                               "?"};
           ADD_FAILURE() << what << ": row (b " << b << ", h " << h << ", r " << r << ") should be "
-                        << kNames[int(want)] << "; o[0] = " << o[0] << " (clean " << c[0]
-                        << "), o[" << channel << "] = " << o[channel] << ", lse = " << lse
-                        << " (clean " << lse_clean << ")";
+                        << kNames[int(want)] << "; o[0] = " << o[0] << " (clean " << c[0] << "), o["
+                        << channel << "] = " << o[channel] << ", lse = " << lse << " (clean "
+                        << lse_clean << ")";
         }
       }
 }
@@ -211,8 +213,7 @@ inline void v_row_cases(const Runner& run) {
           if (h >= 2) return Row::kUnchanged;
           if (p.last_key(r) >= j) return Row::kChannelNaN;
           const int64_t block_last_row = std::min(p.Nq, (p.q_block(r) + 1) * p.opts.block_q) - 1;
-          return p.last_key(block_last_row) < tile_first_key ? Row::kUnchanged
-                                                             : Row::kUnspecified;
+          return p.last_key(block_last_row) < tile_first_key ? Row::kUnchanged : Row::kUnspecified;
         },
         channel, causal ? "v[200][9] = NaN, causal" : "v[200][9] = NaN");
   }
@@ -272,8 +273,7 @@ inline void predicted_cases(const Runner& run) {
     p.opts.cdf_threshold.value = 0.3f;
     Problem bad = p;
     const int64_t h = 1, r = 300;  // query block 2 of head 1; key row 300 of kv head 0
-    if (in_q) bad.q_at(0, h, r, 2) = kNaN;
-    else bad.k_at(0, 0, r, 2) = kNaN;
+    (in_q ? bad.q_at(0, h, r, 2) : bad.k_at(0, 0, r, 2)) = kNaN;
     const std::string what = in_q ? "predicted, q[300] = NaN" : "predicted, k[300] = NaN";
 
     const Outcome clean = run(p, nullptr), got = run(bad, nullptr);
@@ -289,12 +289,15 @@ inline void predicted_cases(const Runner& run) {
         const bool forced = in_q ? (hh == h && i == p.q_block(r)) : hh < 2;
         const BlockMask& want = forced ? mf : m0;
         sparse_rows += m0.counts[row] < mf.counts[row];
-        EXPECT_EQ(m1.counts[row], want.counts[row]) << what << ": mask row (h " << hh << ", i " << i << ")";
+        EXPECT_EQ(m1.counts[row], want.counts[row])
+            << what << ": mask row (h " << hh << ", i " << i << ")";
         for (int32_t t = 0; t < std::min(m1.counts[row], want.counts[row]); ++t)
-          EXPECT_EQ(m1.indices[row * m1.num_k_blocks() + t], want.indices[row * mf.num_k_blocks() + t])
+          EXPECT_EQ(m1.indices[row * m1.num_k_blocks() + t],
+                    want.indices[row * mf.num_k_blocks() + t])
               << what << ": mask row (h " << hh << ", i " << i << ") entry " << t;
       }
-    EXPECT_GT(sparse_rows, 0) << what << ": the clean mask must be sparse for the case to test Stage 1";
+    EXPECT_GT(sparse_rows, 0) << what
+                              << ": the clean mask must be sparse for the case to test Stage 1";
 
     const Outcome same_mask = run(p, &got.mask);  // clean inputs, the poisoned run's mask
     expect_rows(

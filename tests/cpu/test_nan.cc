@@ -16,8 +16,10 @@ Runner cpu_runner(Backend backend) {
   return [backend](const Problem& p, const HostBlockMask* mask) {
     Outcome out;
     const HostTensor q = HostTensor::make(p.q, p.B, p.Hq, p.Nq, p.D, DType::kFloat32, Layout::kHND);
-    const HostTensor k = HostTensor::make(p.k, p.B, p.Hkv, p.Nk, p.D, DType::kFloat32, Layout::kHND);
-    const HostTensor v = HostTensor::make(p.v, p.B, p.Hkv, p.Nk, p.D, DType::kFloat32, Layout::kHND);
+    const HostTensor k =
+        HostTensor::make(p.k, p.B, p.Hkv, p.Nk, p.D, DType::kFloat32, Layout::kHND);
+    const HostTensor v =
+        HostTensor::make(p.v, p.B, p.Hkv, p.Nk, p.D, DType::kFloat32, Layout::kHND);
     HostTensor o = HostTensor::poisoned(p.B, p.Hq, p.Nq, p.D, DType::kFloat32, Layout::kHND);
     out.lse.assign(p.B * p.Hq * p.Nq, std::numeric_limits<float>::quiet_NaN());
     AttentionExtras extras;
@@ -26,12 +28,12 @@ Runner cpu_runner(Backend backend) {
     ctx.backend = backend;
     if (mask != nullptr) {
       out.mask = *mask;
-      out.status = block_sparse_attention(q.view, k.view, v.view, mask->view(), p.opts, o.view,
-                                          extras, ctx);
+      out.status =
+          block_sparse_attention(q.view, k.view, v.view, mask->view(), p.opts, o.view, extras, ctx);
     } else {
       out.mask = HostBlockMask(p.B, p.Hq, p.Nq, p.Nk, p.opts.block_q, p.opts.block_k);
-      out.status = sparse_attention(q.view, k.view, v.view, p.opts, o.view, extras, ctx,
-                                    &out.mask.view());
+      out.status =
+          sparse_attention(q.view, k.view, v.view, p.opts, o.view, extras, ctx, &out.mask.view());
     }
     out.o = o.to_hnd();
     return out;

@@ -185,8 +185,10 @@ nan::Outcome run_nan_gpu(const nan::Problem& p, const HostBlockMask* mask) {
   const HostTensor q = HostTensor::make(p.q, p.B, p.Hq, p.Nq, p.D, DType::kBFloat16, Layout::kHND);
   const HostTensor k = HostTensor::make(p.k, p.B, p.Hkv, p.Nk, p.D, DType::kBFloat16, Layout::kHND);
   const HostTensor v = HostTensor::make(p.v, p.B, p.Hkv, p.Nk, p.D, DType::kBFloat16, Layout::kHND);
-  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
-  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(p.B, p.Hq, p.Nq, p.D, DType::kBFloat16, Layout::kHND));
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
+               dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(
+      HostTensor::poisoned(p.B, p.Hq, p.Nq, p.D, DType::kBFloat16, Layout::kHND));
   DeviceBuffer dlse(sizeof(float) * p.B * p.Hq * p.Nq);
   cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
   AttentionExtras extras{static_cast<float*>(dlse.get()), nullptr};
@@ -194,19 +196,24 @@ nan::Outcome run_nan_gpu(const nan::Problem& p, const HostBlockMask* mask) {
   if (mask != nullptr) {
     out.mask = *mask;
     dmask = DeviceMask::upload(*mask);
-    out.status = block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, p.opts, dout.view, extras);
+    out.status =
+        block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, p.opts, dout.view, extras);
   } else {
-    dmask = DeviceMask::like(HostBlockMask(p.B, p.Hq, p.Nq, p.Nk, p.opts.block_q, p.opts.block_k).view());
-    const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), p.opts, Device::kCUDA);
+    dmask = DeviceMask::like(
+        HostBlockMask(p.B, p.Hq, p.Nq, p.Nk, p.opts.block_q, p.opts.block_k).view());
+    const std::size_t ws_bytes =
+        workspace_size(problem_shape(q.view, k.view), p.opts, Device::kCUDA);
     DeviceBuffer ws(ws_bytes);
     ExecContext ctx;
     ctx.workspace = ws.get();
     ctx.workspace_bytes = ws_bytes;
-    out.status = sparse_attention(dq.view, dk.view, dv.view, p.opts, dout.view, extras, ctx, &dmask.mask);
+    out.status =
+        sparse_attention(dq.view, dk.view, dv.view, p.opts, dout.view, extras, ctx, &dmask.mask);
     if (cudaDeviceSynchronize() != cudaSuccess) out.status = Status::internal("CUDA error");
     out.mask = dmask.download();
   }
-  if (cudaDeviceSynchronize() != cudaSuccess && out.status.is_ok()) out.status = Status::internal("CUDA error");
+  if (cudaDeviceSynchronize() != cudaSuccess && out.status.is_ok())
+    out.status = Status::internal("CUDA error");
   out.o = dout.download();
   out.lse.resize(p.B * p.Hq * p.Nq);
   cudaMemcpy(out.lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);

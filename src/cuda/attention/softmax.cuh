@@ -63,8 +63,9 @@ struct OnlineSoftmax {
 
   // Computed tile, scores half: m_new = max(m, m_loc), l rescaled by alpha = 2^(m - m_new),
   // s <- 2^(s·c - m_new), l += Σ s. A row still at -inf uses 0 as base so that no inf - inf
-  // appears; a NaN m_new (NaN score) makes alpha, s and l NaN. The accumulator is rescaled separately (rescale) so that a kernel whose P·V of the
-  // previous tile is still in flight can do this half first.
+  // appears; a NaN m_new (a NaN score) makes alpha, s and l NaN. The accumulator is rescaled
+  // separately (rescale) so that a kernel whose P·V of the previous tile is still in flight can
+  // do this half first.
   __device__ void exponentiate(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
                                float (&alpha)[2]) {
 #pragma unroll

@@ -54,7 +54,8 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 
 // Max over the lanes `off` = 1, 2, .. width_mask apart (a quad for width_mask 2); NaN-propagating.
 __device__ __forceinline__ float warp_max_xor(float x, int width_mask) {
-  for (int off = 1; off <= width_mask; off <<= 1) x = max_nan(x, __shfl_xor_sync(0xffffffffu, x, off));
+  for (int off = 1; off <= width_mask; off <<= 1)
+    x = max_nan(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
 
