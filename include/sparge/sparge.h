@@ -14,8 +14,12 @@
 // Any Nq, Nk >= 1. A query row that sees no key (an empty mask row, or a row that causal
 // bottom-right alignment leaves without keys) gets zeros and lse = -inf.
 // NaN/Inf inside q/k/v are not checked (that would cost a pass over the data): they propagate
-// into the rows they touch, as in dense attention; Stage 1 then treats an affected block as
-// non-similar (its similarity compares false), so it is computed, never silently dropped.
+// as in PyTorch's SDPA. A NaN in q row r makes row r NaN (o and lse); a NaN in k row c makes
+// every row that sees key c NaN (a row causality hides c from is unaffected); a NaN in v[c][d]
+// makes channel d NaN in the rows that see c. A NaN score never lets pv_threshold skip its row.
+// A row that sees no key stays zeros with lse = -inf whatever the inputs hold. Stage 1 treats
+// a block holding NaN/Inf as non-similar (its similarity is NaN), so it is always computed; a
+// NaN in k makes every block of its kv head non-similar. Details: docs/method.md.
 #pragma once
 
 #include <cstddef>
