@@ -7,6 +7,7 @@
 #      non-causal and causal, sparsity 0 and 0.75
 # Every step has a timeout (a pipeline deadlock hangs, it does not crash) and the whole run stays
 # under ~8.5 minutes; logs go to $OUT, a compact table is printed last.
+# Order: build, tests sm90ws, bench hd128, memcheck, tests sm90, racecheck, synccheck, bench hd64.
 # Usage (repo root): bash bench/gpu/check_sm90ws.sh [commit]
 set -uo pipefail
 commit=${1:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -36,29 +37,34 @@ echo "build rc=$rc ($SECONDS s)"; grep -E "spill|error" "$out/build.log" | sort 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
 bin=./build-ws/tests/sparge_gpu_tests
 
-for k in sm90ws sm90; do
-  SPARGE_CUDA_KERNEL=$k step "tests $k" 120 $bin >"$out/gpu_tests_$k.log" 2>&1
-  echo "gpu tests ($k) rc=$? ($SECONDS s): $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests_$k.log" | tr '\n' ' ')"
-  grep -E "FAILED|Failure|Which is|rel_l1 [^ ]*(e-0[0-2]|inf|nan)|TmaSm90" "$out/gpu_tests_$k.log" | head -12
-done
-grep -E "^\[ (attention|pv skip) \]" "$out/gpu_tests_sm90ws.log" | head -14
-
+tests() {  # tests <kernel>
+  SPARGE_CUDA_KERNEL=$1 step "tests $1" 100 $bin >"$out/gpu_tests_$1.log" 2>&1
+  echo "gpu tests ($1) rc=$? ($SECONDS s): $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests_$1.log" | tr '\n' ' ')"
+  grep -E "FAILED|Failure|Which is|rel_l1 [^ ]*(e-0[0-2]|inf|nan)|OK \] TmaSm90" "$out/gpu_tests_$1.log" | head -12
+}
 small='TmaSm90.*:Shapes/AttentionVsReference.MatchesWithinDtypeTolerance/0:Shapes/AttentionVsReference.MatchesWithinDtypeTolerance/1:Shapes/AttentionVsReference.MatchesWithinDtypeTolerance/8:AttentionEmptyRows.*'
-for tool in memcheck racecheck synccheck; do
-  SPARGE_CUDA_KERNEL=sm90ws step "sanitizer $tool" 90 compute-sanitizer --tool $tool --error-exitcode 3 \
-    $bin --gtest_filter="$small" >"$out/sanitizer_$tool.log" 2>&1
-  echo "compute-sanitizer $tool (sm90ws) rc=$? ($SECONDS s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1)"
-  grep -E "^=+ +(Invalid|Error|Race|Barrier|.*hazard)" "$out/sanitizer_$tool.log" | sort | uniq -c | head -5
-done
-
+sanitize() {  # sanitize <tool>
+  SPARGE_CUDA_KERNEL=sm90ws step "sanitizer $1" 75 compute-sanitizer --tool $1 --error-exitcode 3 \
+    $bin --gtest_filter="$small" >"$out/sanitizer_$1.log" 2>&1
+  echo "compute-sanitizer $1 (sm90ws) rc=$? ($SECONDS s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$1.log" | tail -1)"
+  grep -E "^=+ +(Invalid|Error|Race|Barrier|.*hazard)" "$out/sanitizer_$1.log" | sort | uniq -c | head -5
+}
 bench() {  # bench <head dim> <seqs> <max seconds>
   PYTHONUNBUFFERED=1 step "bench d$1" "$3" python3 bench/gpu/bench_attention.py --lib build-ws/libsparge_c.so \
     --commit "$commit" --head-dim "$1" --seqs "$2" --sparsities 0,0.75 --kernels sm90,sm80,sm90ws --no-flex \
     --out-dir "$out" --results-dir "" --tag "sm90ws_d$1" >"$out/bench_d$1.log" 2>&1
   echo "bench d$1 rc=$? ($SECONDS s)"; grep -vE '^\{' "$out/bench_d$1.log" | grep -vE '^\||^$|^Device' | tail -5
 }
-bench 128 8192,32768 200
-bench 64 32768 90
+
+# Most telling first, so that a slow step only cuts the least important ones.
+tests sm90ws
+grep -E "^\[ (attention|pv skip) \]" "$out/gpu_tests_sm90ws.log" | head -14
+bench 128 8192,32768 150
+sanitize memcheck
+tests sm90
+sanitize racecheck
+sanitize synccheck
+bench 64 32768 75
 
 echo "== sm90ws check, commit $commit: dense-equivalent TOPS (causal halved); rel_l1 vs fp32 SDPA at s=0 =="
 python3 - "$out" <<'PY'
