@@ -169,6 +169,7 @@ def main():
     ap.add_argument("--seqs", default="4096,8192,16384,32768")
     ap.add_argument("--sparsities", default="0,0.5,0.75,0.9")
     ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--kernels", default="auto,sm80",
@@ -188,7 +189,7 @@ def main():
     sp = Sparge(args.lib)
     dev = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
-    B, H, D, dtype = 1, args.heads, 128, torch.bfloat16
+    B, H, D, dtype = 1, args.heads, args.head_dim, torch.bfloat16
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     flex = None
@@ -298,7 +299,8 @@ def main():
 
 
 def markdown(records):
-    lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, hd 128, "
+    lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, "
+             f"hd {records[0]['head_dim']}, "
              f"B 1, H {records[0]['heads_q']}; dense-equivalent TOPS (halved for causal); ms in brackets.", "",
              "| N | causal | impl | s=0 | s=0.5 | s=0.75 | s=0.9 |", "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})

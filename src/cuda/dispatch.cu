@@ -97,18 +97,19 @@ Status check_sizes(const detail::Problem& p) {
 
 // ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
 // sm90: the wgmma kernel, on sm_90 devices when this build holds sm_90a code. sm80: the mma.sync
-// kernel, everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|auto overrides the choice, to compare the
-// two or to fall back; it is read at every call (getenv costs far less than a launch), so a
-// benchmark can switch kernels inside one process.
-enum class Kernel { kSm80, kSm90 };
+// kernel, everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice, to compare
+// the kernels or to fall back; it is read at every call (getenv costs far less than a launch), so
+// a benchmark can switch kernels inside one process. sm90ws (the warp-specialized TMA kernel) is
+// never chosen by itself yet.
+enum class Kernel { kSm80, kSm90, kSm90Ws };
 
 Status kernel_override(const char** value) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
   *value = env;
   if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90"))
+      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90") || !std::strcmp(env, "sm90ws"))
     return Status::ok();
-  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80 or sm90, got '",
+  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80, sm90 or sm90ws, got '",
                              env, "'"));
 }
 
@@ -121,11 +122,11 @@ Status choose_kernel(int device_index, Kernel* kernel) {
   const bool sm90_runs = SPARGE_CUDA_HAVE_SM90A && major == 9 && minor == 0;
   if (forced != nullptr && !std::strcmp(forced, "sm80")) {
     *kernel = Kernel::kSm80;
-  } else if (forced != nullptr && !std::strcmp(forced, "sm90")) {
+  } else if (forced != nullptr && (!std::strcmp(forced, "sm90") || !std::strcmp(forced, "sm90ws"))) {
     if (!sm90_runs)
-      return Status::unsupported(cat("SPARGE_CUDA_KERNEL=sm90 needs an sm_90 device and a build with sm_90a (",
+      return Status::unsupported(cat("SPARGE_CUDA_KERNEL=", forced, " needs an sm_90 device and a build with sm_90a (",
                                      "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
-    *kernel = Kernel::kSm90;
+    *kernel = !std::strcmp(forced, "sm90") ? Kernel::kSm90 : Kernel::kSm90Ws;
   } else {
     *kernel = sm90_runs ? Kernel::kSm90 : Kernel::kSm80;
   }
@@ -134,8 +135,11 @@ Status choose_kernel(int device_index, Kernel* kernel) {
 
 template <typename T, int kHeadDim, bool kCausal>
 Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
-  return kernel == Kernel::kSm90 ? launch_attn_sm90<T, kHeadDim, kCausal>(params, stream)
-                                 : launch_attn<T, kHeadDim, kCausal>(params, stream);
+  switch (kernel) {
+    case Kernel::kSm90: return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+    case Kernel::kSm90Ws: return launch_attn_sm90ws<T, kHeadDim, kCausal>(params, stream);
+    default: return launch_attn<T, kHeadDim, kCausal>(params, stream);
+  }
 }
 
 template <typename T, int kHeadDim>
