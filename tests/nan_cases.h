@@ -270,7 +270,7 @@ inline void predicted_cases(const Runner& run) {
     p.k = p.values(p.Hkv * p.Nk, 22);
     p.v = p.values(p.Hkv * p.Nk, 23);
     p.opts.sim_threshold.value = 0.0f;  // every finite block is similar: selection decides
-    p.opts.cdf_threshold.value = 0.3f;
+    p.opts.select_value.value = 0.3f;
     Problem bad = p;
     const int64_t h = 1, r = 300;  // query block 2 of head 1; key row 300 of kv head 0
     (in_q ? bad.q_at(0, h, r, 2) : bad.k_at(0, 0, r, 2)) = kNaN;
