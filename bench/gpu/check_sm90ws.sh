@@ -62,6 +62,7 @@ grep -E "^\[ (attention|pv skip) \]" "$out/gpu_tests_sm90ws.log" | head -14
 bench 128 8192,32768 150
 sanitize memcheck
 tests sm90
+tests sm80
 sanitize racecheck
 sanitize synccheck
 bench 64 32768 75
