@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--tag", default="attention", help="last part of the record file name")
     ap.add_argument("--md-from", help="only print the Markdown table of an existing .jsonl file")
     args = ap.parse_args()
+    targets = [float(x) for x in args.sparsities.split(",")]
     if args.md_from:
         with open(args.md_from) as f:
             print(markdown([json.loads(line) for line in f if line.strip()]), end="")
@@ -294,15 +295,19 @@ def main():
                 for r in records:
                     f.write(json.dumps(r) + "\n")
             with open(os.path.join(d, name + ".md"), "w") as f:
-                f.write(markdown(records))
-    print(markdown(records))
+                f.write(markdown(records, targets))
+    print(markdown(records, targets))
 
 
-def markdown(records):
+def markdown(records, targets=(0.0, 0.5, 0.75, 0.9)):
+    """One row per (N, causal, impl), one column per requested block sparsity (each record in
+    the column of the target nearest its measured sparsity)."""
+    targets = sorted(targets)
     lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, "
              f"hd {records[0]['head_dim']}, "
              f"B 1, H {records[0]['heads_q']}; dense-equivalent TOPS (halved for causal); ms in brackets.", "",
-             "| N | causal | impl | s=0 | s=0.5 | s=0.75 | s=0.9 |", "|---|---|---|---|---|---|---|"]
+             "| N | causal | impl | " + " | ".join(f"s={t:g}" for t in targets) + " |",
+             "|---|---|---|" + "---|" * len(targets)]
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})
     for n, causal in keys:
         impls = ["sparge-exact"] + sorted({r["impl"] for r in records if r["impl"].startswith("sparge-exact-")})
@@ -310,12 +315,15 @@ def markdown(records):
             rs = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == impl]
             if not rs:
                 continue
-            cells = [f"{r['tops']:.0f} ({r['ms']:.2f})" for r in sorted(rs, key=lambda r: r["sparsity"])]
-            lines.append(f"| {n} | {causal} | {impl} | " + " | ".join(cells + [""] * (4 - len(cells))) + " |")
+            cells = [""] * len(targets)
+            for r in rs:
+                column = min(range(len(targets)), key=lambda i: abs(targets[i] - (r["sparsity"] or 0)))
+                cells[column] = f"{r['tops']:.0f} ({r['ms']:.2f})"
+            lines.append(f"| {n} | {causal} | {impl} | " + " | ".join(cells) + " |")
         st = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == "sparge-stage1"]
         if st and st[0].get("stage1_fraction_of_dense"):
             lines.append(f"| {n} | {causal} | stage 1 alone | {st[0]['ms']:.3f} ms = "
-                         f"{100 * st[0]['stage1_fraction_of_dense']:.1f}% of dense | | | |")
+                         f"{100 * st[0]['stage1_fraction_of_dense']:.1f}% of dense |" + " |" * (len(targets) - 1))
     return "\n".join(lines) + "\n"
 
 
