@@ -5,7 +5,8 @@
 // The ops take one named, typed keyword argument per option, in the order of
 // include/sparge/option_list.h, with its default: the schema is expanded from that list when the
 // library loads (option_schema() below) and the kernels read the arguments back in the same
-// order (read_options()), so traces and errors name `block_q`, not a position. A per-head
+// order (read_options()), so traces and errors name `block_q`, not a position; both live in
+// options_binding.h. A per-head
 // option is a float plus `<name>_per_head`, None or a float32 cpu tensor of length heads_q.
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -24,9 +25,14 @@
 #include <vector>
 
 #include "sparge/sparge.h"
+#include "options_binding.h"
 #include "workloads_binding.h"
 
 namespace {
+
+using sparge_binding::ArgReader;
+using sparge_binding::option_schema;
+using sparge_binding::read_options;
 
 // Test hook: fill outputs with NaN (and masks with -1) before each run, so a backend that leaves
 // an element unwritten fails the tests instead of passing on leftover memory.
@@ -71,100 +77,6 @@ sparge::TensorView to_view(const at::Tensor& t, const char* name) {
   // Elements reachable from data_ptr, so validation can reject strides that leave the storage.
   v.capacity = static_cast<int64_t>(t.storage().nbytes() / t.element_size()) - t.storage_offset();
   return v;
-}
-
-sparge::HeadParam head_param(double value, const std::optional<at::Tensor>& per_head,
-                             int64_t heads_q, const char* name) {
-  sparge::HeadParam p;
-  p.value = static_cast<float>(value);
-  if (per_head.has_value()) {
-    const at::Tensor& t = *per_head;
-    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " per-head tensor must be float32, got ",
-                     t.scalar_type());
-    TORCH_CHECK_VALUE(t.is_cpu() && t.is_contiguous() && t.dim() == 1 && t.numel() == heads_q,
-                      name, " per-head tensor must be a contiguous cpu 1-D tensor of length ",
-                      heads_q, " (query heads), got shape ", t.sizes(), " on ", t.device());
-    p.per_head = t.data_ptr<float>();
-  }
-  return p;
-}
-
-// ", float scale=0., bool causal=False, str causal_align='top_left', ..., str backend='auto'":
-// the keyword arguments every op shares, with the defaults of sparge::SparseOptions{}.
-std::string option_schema() {
-  std::ostringstream os;
-  for (const sparge::OptionInfo& o : sparge::option_table()) {
-    const std::string kind = o.kind, name = o.name;
-    if (kind == "float" || kind == "head") os << ", float " << name << "=" << o.default_value;
-    if (kind == "bool") os << ", bool " << name << "=" << (o.default_value ? "True" : "False");
-    if (kind == "int") os << ", int " << name << "=" << static_cast<int64_t>(o.default_value);
-    if (kind == "enum")
-      os << ", str " << name << "='" << o.choices.at(static_cast<size_t>(o.default_value)) << "'";
-    if (kind == "head") os << ", Tensor? " << name << "_per_head=None";
-  }
-  os << ", str backend='" << sparge::enum_name(sparge::Backend::kAuto) << "'";
-  return os.str();
-}
-
-// Reads the op's arguments in schema order.
-class ArgReader {
- public:
-  explicit ArgReader(c10::ArrayRef<c10::IValue> args) : args_(args) {}
-  const c10::IValue& next() {
-    TORCH_CHECK(pos_ < args_.size(), "sparge: the op has fewer arguments than its schema");
-    return args_[pos_++];
-  }
-  const at::Tensor& tensor() { return next().toTensor(); }
-  int32_t int32(const char* name) {
-    const int64_t v = next().toInt();
-    TORCH_CHECK_VALUE(v >= INT32_MIN && v <= INT32_MAX, name, " must fit in a 32-bit int, got ",
-                      v);
-    return static_cast<int32_t>(v);
-  }
-  template <typename E>
-  E enumeration(const char* name, const sparge::OptionInfo* info) {
-    const std::string text = next().toStringRef();
-    E value{};
-    if (sparge::parse_enum(text.c_str(), &value)) return value;
-    std::ostringstream choices;
-    const std::vector<const char*> names = info ? info->choices : sparge::backend_names();
-    for (size_t i = 0; i < names.size(); ++i) choices << (i ? ", " : "") << "'" << names[i] << "'";
-    TORCH_CHECK_VALUE(false, name, " must be one of ", choices.str(), ", got '", text, "'");
-  }
-
- private:
-  c10::ArrayRef<c10::IValue> args_;
-  size_t pos_ = 0;
-};
-
-const sparge::OptionInfo* option_info(const char* name) {
-  for (const sparge::OptionInfo& o : sparge::option_table())
-    if (std::strcmp(o.name, name) == 0) return &o;
-  return nullptr;
-}
-
-// The options part of the arguments, in option_list.h order, then `backend`.
-sparge::SparseOptions read_options(ArgReader& in, int64_t heads_q, sparge::Backend* backend) {
-  sparge::SparseOptions o;
-#define SPARGE_READ_FLOAT(name, dflt, doc) o.name = static_cast<float>(in.next().toDouble());
-#define SPARGE_READ_BOOL(name, dflt, doc) o.name = in.next().toBool();
-#define SPARGE_READ_INT(name, dflt, doc) o.name = in.int32(#name);
-#define SPARGE_READ_ENUM(name, Type, dflt, doc) \
-  o.name = in.enumeration<sparge::Type>(#name, option_info(#name));
-#define SPARGE_READ_HEAD(name, dflt, doc)                                      \
-  {                                                                            \
-    const double value = in.next().toDouble();                                 \
-    o.name = head_param(value, in.next().toOptional<at::Tensor>(), heads_q, #name); \
-  }
-  SPARGE_OPTIONS(SPARGE_READ_FLOAT, SPARGE_READ_BOOL, SPARGE_READ_INT, SPARGE_READ_ENUM,
-                 SPARGE_READ_HEAD)
-#undef SPARGE_READ_FLOAT
-#undef SPARGE_READ_BOOL
-#undef SPARGE_READ_INT
-#undef SPARGE_READ_ENUM
-#undef SPARGE_READ_HEAD
-  *backend = in.enumeration<sparge::Backend>("backend", nullptr);
-  return o;
 }
 
 // Guards the tensors' device and carries its current stream (and, on cuda, a workspace).
@@ -332,21 +244,6 @@ at::Tensor hilbert_order(int64_t frames, int64_t height, int64_t width, at::Devi
   return host.to(device);
 }
 
-// The option table for python/sparge/_options.py: one dict per option, in schema order.
-py::list option_table() {
-  py::list out;
-  for (const sparge::OptionInfo& o : sparge::option_table()) {
-    py::dict d;
-    d["name"] = o.name;
-    d["kind"] = o.kind;
-    d["default"] = o.default_value;
-    d["choices"] = std::vector<std::string>(o.choices.begin(), o.choices.end());
-    d["doc"] = o.doc;
-    out.append(d);
-  }
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY(sparge, m) {
@@ -387,7 +284,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("cuda_head_dims", &sparge::cuda_head_dims,
              "Head dims of the compiled CUDA attention kernels (empty without CUDA).");
   module.def("cuda_device_count", &sparge::cuda_device_count);
-  module.def("option_table", &option_table,
+  module.def("option_table", &sparge_binding::option_table,
              "The options of include/sparge/option_list.h: name, kind, default, choices, doc.");
   module.def("backend_names", [] {
     const std::vector<const char*> names = sparge::backend_names();
