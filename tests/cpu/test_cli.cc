@@ -91,6 +91,7 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
       {"stats --heads 4 --kv-heads 3 --workload llm", "--kv-heads must divide --heads (4), got 3"},
       {"mask --heads 2 --head 5", "--head must be an integer in [0, 1], got '5'"},
       {"demo --threads", "--threads needs a value"},
+      {"demo --cdf 0.9 --topk 0.5", "give --cdf or --topk, not both"},
   };
   for (const auto& [args, message] : cases) {
     const RunResult r = run_cli(args);
