@@ -1,6 +1,6 @@
 // `sparge bench`: CPU timing of dense vs sparse attention (fast CPU backend) over workloads and
 // a sweep of TopCdf (or TopK) thresholds; medians of repeated runs, one line per case, and
-// optionally JSON Lines in the format of /work/shared/bench-schema.md.
+// optionally JSON Lines in the format of docs/bench-schema.md.
 #include <omp.h>
 
 #include <cmath>
