@@ -64,11 +64,6 @@ BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOption
   return m;
 }
 
-Status check_extras(const AttentionExtras& e) {
-  (void)e;  // pointers only; their device is documented to be the output's
-  return Status::ok();
-}
-
 }  // namespace
 
 ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
@@ -105,7 +100,6 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
-  SPARGE_RETURN_IF_ERROR(check_extras(extras));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   const detail::Problem p = make_problem(q, k, v, opts);
