@@ -194,7 +194,11 @@ std::string build_info() {
 #if SPARGE_WITH_CUDA
   os << ", cuda (" << cuda::compiled_set() << ")";
 #else
-  os << "; cuda: not built (configure with nvcc on PATH)";
+  // SPARGE_WITH_CUDA is 0 both when CMake ran with SPARGE_WITH_CUDA=OFF (or AUTO found no nvcc)
+  // and when pip ran with SPARGE_WITH_CUDA=0 (or auto saw no usable toolkit or GPU), nvcc on
+  // PATH or not: name the switch that builds it, not a cause this build cannot know.
+  os << "; cuda: not built (this build was configured without the CUDA backend; rebuild with "
+        "SPARGE_WITH_CUDA=ON for CMake, SPARGE_WITH_CUDA=1 for pip install)";
 #endif
   return os.str();
 }
