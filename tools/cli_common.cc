@@ -58,18 +58,37 @@ workloads::Workload make_workload(const ArgParser& p, const std::string& workloa
   return workloads::random_gaussian(batch, heads, kv_heads, tokens, tokens, dim, seed);
 }
 
+namespace {
+
+// A default as the help text shows it: the shortest text that reads back as the same float.
+std::string number_text(double x) {
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  std::ostringstream os;
+  os << static_cast<float>(x);
+  return os.str();
+}
+
+}  // namespace
+
+// The defaults shown and used here are SparseOptions{}'s (include/sparge/option_list.h).
 void add_sparse_options(ArgParser& p, bool sweep) {
-  p.add("sim", "X", "0.6", "sim_threshold: blocks with self-similarity <= X are always computed");
+  const SparseOptions d;
+  p.add("sim", "X", number_text(d.sim_threshold.value),
+        "sim_threshold: blocks with self-similarity <= X are always computed");
+  const std::string cdf_default =
+      d.select == SelectMode::kTopCdf ? number_text(d.select_value.value) : "";
   if (sweep) {
     p.add("cdf", "X,X,..", "0.9,0.95,0.98,0.995", "TopCdf thresholds to sweep");
     p.add("topk", "X,X,..", "", "sweep TopK fractions instead of TopCdf");
   } else {
-    p.add("cdf", "X", "0.98", "TopCdf: keep key blocks until their predicted mass reaches X");
-    p.add("topk", "X", "", "use TopK instead: keep a fraction X of the key blocks");
+    p.add("cdf", "X", cdf_default,
+          "select TopCdf: keep key blocks until their predicted mass reaches X");
+    p.add("topk", "X", "", "select TopK instead: keep a fraction X of the key blocks");
   }
-  p.add("pv", "L", "50", "pv_threshold λ (log2 units; inf = never skip P·V)");
-  p.add("block-q", "N", "128", "query block rows");
-  p.add("block-k", "N", "64", "key block rows");
+  p.add("pv", "L", number_text(d.pv_threshold.value),
+        "pv_threshold λ (log2 units; inf = never skip P·V)");
+  p.add("block-q", "N", std::to_string(d.block_q), "query block rows");
+  p.add("block-k", "N", std::to_string(d.block_k), "key block rows");
   p.add_flag("sink", "always keep key block 0 (attention sink)");
 }
 
@@ -78,13 +97,13 @@ SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value
   o.causal = causal;
   o.sim_threshold.value = static_cast<float>(p.real("sim", -1.0, 1.0));
   const bool topk = p.given("topk");
-  if (topk) o.select = SelectMode::kTopK;
-  if (swept_value >= 0) {
-    (topk ? o.topk : o.cdf_threshold).value = static_cast<float>(swept_value);
-  } else {
-    o.cdf_threshold.value = static_cast<float>(p.real("cdf", 0.0, 1.0, true));
-    if (topk) o.topk.value = static_cast<float>(p.real("topk", 0.0, 1.0, true));
-  }
+  if (topk && p.given("cdf") && swept_value < 0)
+    throw UsageError("give --cdf or --topk, not both");
+  o.select = topk ? SelectMode::kTopK : SelectMode::kTopCdf;
+  if (swept_value >= 0)
+    o.select_value.value = static_cast<float>(swept_value);
+  else
+    o.select_value.value = static_cast<float>(p.real(topk ? "topk" : "cdf", 0.0, 1.0, true));
   o.pv_threshold.value =
       static_cast<float>(p.real("pv", 0.0, std::numeric_limits<double>::infinity()));
   const std::vector<std::string> blocks = {"16", "32", "64", "128", "256"};

@@ -14,8 +14,8 @@ docs/bench-schema.md.
 import argparse
 import ctypes as C
 import datetime
-import json
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -49,15 +49,6 @@ class Tensor(C.Structure):
                 ("shape", C.c_int64 * 4), ("strides", C.c_int64 * 4)]
 
 
-class Options(C.Structure):
-    _fields_ = [("scale", C.c_float), ("causal", C.c_int), ("causal_bottom_right", C.c_int),
-                ("sim_threshold", C.c_float), ("select_topk", C.c_int), ("cdf_threshold", C.c_float),
-                ("topk", C.c_float), ("attention_sink", C.c_int), ("pv_threshold", C.c_float),
-                ("pv_group_rows", C.c_int), ("block_q", C.c_int), ("block_k", C.c_int), ("quant", C.c_int),
-                ("per_head_sim", C.c_void_p), ("per_head_cdf", C.c_void_p), ("per_head_topk", C.c_void_p),
-                ("per_head_pv", C.c_void_p)]
-
-
 class Mask(C.Structure):
     _fields_ = [("counts", C.c_void_p), ("indices", C.c_void_p), ("device", C.c_int), ("device_index", C.c_int),
                 ("batch", C.c_int64), ("heads", C.c_int64), ("seq_q", C.c_int64), ("seq_k", C.c_int64),
@@ -67,9 +58,11 @@ class Mask(C.Structure):
 class Sparge:
     def __init__(self, path):
         self.lib = C.CDLL(path)
-        self.lib.sparge_default_options.restype = Options
+        self.lib.sparge_options_size.restype = C.c_size_t
+        self.lib.sparge_options_set.argtypes = [C.c_void_p, C.c_char_p, C.c_double, C.c_char_p,
+                                                C.c_size_t]
         self.lib.sparge_workspace_size.restype = C.c_size_t
-        self.lib.sparge_workspace_size.argtypes = [C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Options)]
+        self.lib.sparge_workspace_size.argtypes = [C.POINTER(Tensor), C.POINTER(Tensor), C.c_void_p]
         self.err = C.create_string_buffer(1024)
 
     @staticmethod
@@ -79,10 +72,13 @@ class Sparge:
                       (C.c_int64 * 4)(*t.stride()))
 
     def options(self, causal, **kw):
-        o = self.lib.sparge_default_options()
-        o.causal = int(causal)
-        for k, v in kw.items():
-            setattr(o, k, v)
+        """A sparge_options struct (opaque bytes) with the library's defaults, then the given
+        fields set by name: no copy of the C struct's layout here (include/sparge/option_list.h)."""
+        o = C.create_string_buffer(self.lib.sparge_options_size())
+        self.lib.sparge_options_init(o)
+        for name, value in dict(kw, causal=causal).items():
+            self.check(self.lib.sparge_options_set(o, name.encode(), float(value), self.err,
+                                                   C.c_size_t(len(self.err))), f"option {name}")
         return o
 
     def check(self, rc, what):
@@ -92,17 +88,17 @@ class Sparge:
     def attention(self, q, k, v, mask, opts, o, stream):
         tq, tk, tv, to = self.tensor(q), self.tensor(k), self.tensor(v), self.tensor(o)
         rc = self.lib.sparge_block_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), C.byref(mask),
-                                                    C.byref(opts), C.byref(to), None, None, C.c_size_t(0),
+                                                    opts, C.byref(to), None, None, C.c_size_t(0),
                                                     C.c_void_p(stream), self.err, C.c_size_t(1024))
         self.check(rc, "sparge_block_sparse_attention")
 
     def workspace_size(self, q, k, opts):
         tq, tk = self.tensor(q), self.tensor(k)
-        return self.lib.sparge_workspace_size(C.byref(tq), C.byref(tk), C.byref(opts))
+        return self.lib.sparge_workspace_size(C.byref(tq), C.byref(tk), opts)
 
     def predict(self, q, k, opts, mask, ws, stream):
         tq, tk = self.tensor(q), self.tensor(k)
-        rc = self.lib.sparge_predict_block_mask(C.byref(tq), C.byref(tk), C.byref(opts), C.byref(mask),
+        rc = self.lib.sparge_predict_block_mask(C.byref(tq), C.byref(tk), opts, C.byref(mask),
                                                 C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
                                                 C.c_void_p(stream), self.err, C.c_size_t(1024))
         self.check(rc, "sparge_predict_block_mask")
@@ -174,6 +170,7 @@ def main():
     ap.add_argument("--seqs", default="4096,8192,16384,32768")
     ap.add_argument("--sparsities", default="0,0.5,0.75,0.9")
     ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--kernels", default="auto,sm80",
@@ -193,7 +190,7 @@ def main():
     sp = Sparge(args.lib)
     dev = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
-    B, H, D, dtype = 1, args.heads, 128, torch.bfloat16
+    B, H, D, dtype = 1, args.heads, args.head_dim, torch.bfloat16
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     flex = None
@@ -303,7 +300,8 @@ def main():
 
 
 def markdown(records):
-    lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, hd 128, "
+    lines = [f"Device {records[0]['device']}, commit {records[0]['commit']}, {records[0]['date']}: bf16, "
+             f"hd {records[0]['head_dim']}, "
              f"B 1, H {records[0]['heads_q']}; dense-equivalent TOPS (halved for causal); ms in brackets.", "",
              "| N | causal | impl | s=0 | s=0.5 | s=0.75 | s=0.9 |", "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})

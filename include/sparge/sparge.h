@@ -14,8 +14,12 @@
 // Any Nq, Nk >= 1. A query row that sees no key (an empty mask row, or a row that causal
 // bottom-right alignment leaves without keys) gets zeros and lse = -inf.
 // NaN/Inf inside q/k/v are not checked (that would cost a pass over the data): they propagate
-// into the rows they touch, as in dense attention; Stage 1 then treats an affected block as
-// non-similar (its similarity compares false), so it is computed, never silently dropped.
+// as in PyTorch's SDPA. A NaN in q row r makes row r NaN (o and lse); a NaN in k row c makes
+// every row that sees key c NaN (a row causality hides c from is unaffected); a NaN in v[c][d]
+// makes channel d NaN in the rows that see c. A NaN score never lets pv_threshold skip its row.
+// A row that sees no key stays zeros with lse = -inf whatever the inputs hold. Stage 1 treats
+// a block holding NaN/Inf as non-similar (its similarity is NaN), so it is always computed; a
+// NaN in k makes every block of its kv head non-similar. Details: docs/method.md.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +42,10 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 // Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device`. 0 on the
 // CPU: the CPU backends allocate what they need and ignore ExecContext.workspace.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
+
+// Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings
+// chosen before any tensor exists.
+Status validate_options(const SparseOptions& opts, int64_t heads_q);
 
 // Check options and tensors without running anything (the same checks every entry performs).
 Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -82,6 +90,9 @@ Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t
 
 // What this build contains (backends, CUDA archs, head dims, dtypes) as one line of text.
 std::string build_info();
+// Head dims the compiled CUDA attention kernels take, ascending (empty without CUDA); the
+// Python package pads other head dims up to the next one.
+std::vector<int> cuda_head_dims();
 // Number of usable CUDA devices (0 when built without CUDA or when no driver/GPU is present).
 int cuda_device_count();
 

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sparge/option_list.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -26,23 +28,28 @@ typedef struct sparge_tensor {
   int64_t strides[4]; /* elements, same logical order */
 } sparge_tensor;
 
+/* Enum constants (SPARGE_CAUSAL_TOP_LEFT, SPARGE_SELECT_TOPK, SPARGE_QUANT_INT8_FP8, ...) and
+ * the option fields are expanded from sparge/option_list.h, which says what each one means. */
+#define SPARGE_C_ENUMERATOR(kName, c_name, code, py_name, doc) SPARGE_##c_name = code,
+enum sparge_causal_align { SPARGE_CAUSAL_ALIGN_VALUES(SPARGE_C_ENUMERATOR) };
+enum sparge_select_mode { SPARGE_SELECT_MODE_VALUES(SPARGE_C_ENUMERATOR) };
+enum sparge_quant_mode { SPARGE_QUANT_MODE_VALUES(SPARGE_C_ENUMERATOR) };
+#undef SPARGE_C_ENUMERATOR
+
+/* Start from sparge_default_options(), which also sets `struct_size`: a library built with
+ * other options rejects the struct instead of misreading it. Booleans are 0 or 1, enums their
+ * constants above; each per-head pointer is NULL or an array of one float per query head. */
 typedef struct sparge_options {
-  float scale;                  /* 0 = 1/sqrt(head_dim) */
-  int causal;                   /* 0 or 1 */
-  int causal_bottom_right;      /* 0 = top-left (SDPA), 1 = bottom-right (FlashAttention) */
-  float sim_threshold;
-  int select_topk;              /* 0 = TopCdf, 1 = TopK */
-  float cdf_threshold;
-  float topk;
-  int attention_sink;
-  float pv_threshold;
-  int pv_group_rows;
-  int block_q, block_k;
-  int quant;                    /* 0 = exact, 1 = INT8 Q/K + FP8 V */
-  const float* per_head_sim;    /* optional, length = query heads */
-  const float* per_head_cdf;
-  const float* per_head_topk;
-  const float* per_head_pv;
+  size_t struct_size;
+#define SPARGE_C_FLOAT(name, dflt, doc) float name;
+#define SPARGE_C_INT(name, dflt, doc) int name;
+#define SPARGE_C_ENUM(name, Type, dflt, doc) int name;
+#define SPARGE_C_HEAD(name, dflt, doc) float name; const float* name##_per_head;
+  SPARGE_OPTIONS(SPARGE_C_FLOAT, SPARGE_C_INT, SPARGE_C_INT, SPARGE_C_ENUM, SPARGE_C_HEAD)
+#undef SPARGE_C_FLOAT
+#undef SPARGE_C_INT
+#undef SPARGE_C_ENUM
+#undef SPARGE_C_HEAD
 } sparge_options;
 
 typedef struct sparge_block_mask {
@@ -55,6 +62,20 @@ typedef struct sparge_block_mask {
 } sparge_block_mask;
 
 sparge_options sparge_default_options(void);
+
+/* For bindings that cannot include this header (ctypes, other languages' FFI): the struct's size
+ * and an initializer writing the defaults into caller memory of that size. */
+size_t sparge_options_size(void);
+void sparge_options_init(sparge_options* opts);
+
+/* Sets one option by its name in option_list.h ("pv_threshold", "causal", "select", ...), for
+ * bindings that cannot include this header: numbers for floats, 0/1 for booleans, the constant
+ * for enums. A per-head value is set with sparge_options_set_per_head. Returns 0 or an error code
+ * with the message in `err`. */
+int sparge_options_set(sparge_options* opts, const char* name, double value, char* err,
+                       size_t err_len);
+int sparge_options_set_per_head(sparge_options* opts, const char* name, const float* values,
+                                char* err, size_t err_len);
 
 size_t sparge_workspace_size(const sparge_tensor* q, const sparge_tensor* k,
                              const sparge_options* opts);

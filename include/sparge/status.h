@@ -3,7 +3,7 @@
 // The core never throws: every entry point returns a Status. `sparge::check(status)` turns a
 // failed Status into a `sparge::Error` for callers who prefer exceptions. Messages always name
 // the offending argument and the value that was expected, e.g.
-//   "SparseOptions.cdf_threshold must be in (0, 1], got 1.5".
+//   "SparseOptions.select_value (cdf_threshold) must be in (0, 1], got 1.5".
 #pragma once
 
 #include <stdexcept>

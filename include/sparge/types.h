@@ -9,6 +9,8 @@
 #include <limits>
 #include <vector>
 
+#include "sparge/option_list.h"
+
 namespace sparge {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -47,24 +49,14 @@ struct TensorView {
   int64_t numel() const { return batch * heads * tokens * head_dim; }
 };
 
-// How to choose key blocks per query block in Stage 1.
-enum class SelectMode : int {
-  kTopCdf = 0,  // keep the most probable blocks until their mass reaches cdf_threshold (inclusive)
-  kTopK = 1,    // keep floor(topk * allowed blocks) blocks, at least one
-};
-
-// Causal alignment when Nq != Nk. Query i may see key j iff j <= i + offset, where
-// offset = 0 (kTopLeft, PyTorch SDPA's is_causal) or Nk - Nq (kBottomRight, FlashAttention's,
-// a prefill chunk attending to a KV cache that ends at the same position).
-enum class CausalAlign : int { kTopLeft = 0, kBottomRight = 1 };
-
-enum class QuantMode : int {
-  kNone = 0,     // exact: inputs' dtype, fp32 accumulation
-  kInt8Fp8 = 1,  // SageAttention2: INT8 per-block Q/K (K smoothed by its mean), FP8 e4m3 V per channel
-};
-
-// Which implementation runs. kAuto picks by device: the fast CPU backend or the CUDA backend.
-enum class Backend : int { kAuto = 0, kReference = 1, kCpuFast = 2, kCuda = 3 };
+// The enums and fields below are expanded from include/sparge/option_list.h, where each one
+// is written once with its default and meaning.
+#define SPARGE_CXX_ENUMERATOR(kName, c_name, code, py_name, doc) kName = code,
+enum class CausalAlign : int { SPARGE_CAUSAL_ALIGN_VALUES(SPARGE_CXX_ENUMERATOR) };
+enum class SelectMode : int { SPARGE_SELECT_MODE_VALUES(SPARGE_CXX_ENUMERATOR) };
+enum class QuantMode : int { SPARGE_QUANT_MODE_VALUES(SPARGE_CXX_ENUMERATOR) };
+enum class Backend : int { SPARGE_BACKEND_VALUES(SPARGE_CXX_ENUMERATOR) };
+#undef SPARGE_CXX_ENUMERATOR
 
 // A threshold that is either one value for every head or one value per query head.
 // `per_head` (host memory, length = query heads) wins when non-null; the caller keeps it alive.
@@ -74,34 +66,47 @@ struct HeadParam {
   float at(int64_t head) const { return per_head ? per_head[head] : value; }
 };
 
-// Every option of the method, validated in one place (src/common/validate.cc).
+// Every option of the method (include/sparge/option_list.h says what each means), validated in
+// one place (src/common/validate.cc). The defaults are TopCdf 0.98, sim 0.6, lambda 50, blocks
+// 128x64, exact.
 struct SparseOptions {
-  // Softmax scale; 0 means 1/sqrt(head_dim). Stage 1 uses the same scale as Stage 2.
-  float scale = 0.0f;
-  bool causal = false;
-  CausalAlign causal_align = CausalAlign::kTopLeft;
-
-  // Stage 1. A block is "self-similar" iff its mean pairwise cosine similarity is > sim_threshold
-  // (strict). Non-similar blocks are always computed. Range [-1, 1]: < 0 = every block similar,
-  // >= 1 = no block similar (dense).
-  HeadParam sim_threshold{0.6f};
-  SelectMode select = SelectMode::kTopCdf;
-  HeadParam cdf_threshold{0.98f};  // (0, 1]
-  HeadParam topk{0.5f};            // (0, 1]
-  bool attention_sink = false;     // always keep key block 0 where causality allows it
-
-  // Stage 2: skip P·V of a tile for a group of `pv_group_rows` query rows when every row's tile
-  // max is at least `pv_threshold` below its running max, in log2 units of the scaled scores
-  // (i.e. the tile's weights are all < 2^-pv_threshold). Range [0, +inf]; +inf never skips.
-  HeadParam pv_threshold{50.0f};
-  int pv_group_rows = 16;  // rows deciding together; the CUDA kernels decide per warp = 16 rows
-
-  // Block geometry of the predicted mask (must match what the chosen backend supports).
-  int block_q = 128;
-  int block_k = 64;
-
-  QuantMode quant = QuantMode::kNone;
+#define SPARGE_CXX_FLOAT(name, dflt, doc) float name = dflt;
+#define SPARGE_CXX_BOOL(name, dflt, doc) bool name = dflt;
+#define SPARGE_CXX_INT(name, dflt, doc) int name = dflt;
+#define SPARGE_CXX_ENUM(name, Type, dflt, doc) Type name = Type::dflt;
+#define SPARGE_CXX_HEAD(name, dflt, doc) HeadParam name{dflt};
+  SPARGE_OPTIONS(SPARGE_CXX_FLOAT, SPARGE_CXX_BOOL, SPARGE_CXX_INT, SPARGE_CXX_ENUM,
+                 SPARGE_CXX_HEAD)
+#undef SPARGE_CXX_FLOAT
+#undef SPARGE_CXX_BOOL
+#undef SPARGE_CXX_INT
+#undef SPARGE_CXX_ENUM
+#undef SPARGE_CXX_HEAD
 };
+
+// One option as the other layers see it at run time (bindings, command line, docs, tests).
+struct OptionInfo {
+  const char* name;
+  const char* kind;     // "float", "bool", "int", "enum" or "head" (float or one per query head)
+  double default_value;  // enums: the default's code
+  const char* enum_type;             // enums: "CausalAlign", ...; else nullptr
+  std::vector<const char*> choices;  // enums: the Python names in code order
+  const char* doc;
+};
+// The fields of SparseOptions in declaration order, with the defaults of SparseOptions{}.
+const std::vector<OptionInfo>& option_table();
+// Python/CLI names of enum values ("top_left", "topk", "int8_fp8", "cpu"); nullptr when out of range.
+const char* enum_name(CausalAlign v);
+const char* enum_name(SelectMode v);
+const char* enum_name(QuantMode v);
+const char* enum_name(Backend v);
+// Parses those names; false (and *out unchanged) when `name` is none of them.
+bool parse_enum(const char* name, CausalAlign* out);
+bool parse_enum(const char* name, SelectMode* out);
+bool parse_enum(const char* name, QuantMode* out);
+bool parse_enum(const char* name, Backend* out);
+// All names of Backend's values, in code order (the other enums' are in option_table()).
+std::vector<const char*> backend_names();
 
 // Which (query block, key block) tiles are computed, per (batch, query head, query block):
 // `counts[r]` kept key blocks, listed in ascending order in indices[r * num_k_blocks + t],

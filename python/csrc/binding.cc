@@ -1,21 +1,25 @@
 // The PyTorch binding of Sparge: at::Tensor <-> sparge::TensorView, the current stream and device
 // guard, a call into the C++ API, and sparge::Status -> Python exceptions. Shapes, layouts,
-// padding and defaults are decided in python/sparge/ops.py; fake (meta) kernels live in _fake.py.
+// padding and keyword sugar are decided in python/sparge/ops.py; fake kernels live in _fake.py.
 //
-// Options travel packed so every op shares one schema tail (indices below mirror ops.py):
-//   scalars  = [scale, sim_threshold, keep_threshold (cdf or topk), pv_threshold]
-//   flags    = [causal, bottom_right, use_topk, attention_sink, block_q, block_k, quantized,
-//               backend (0 auto, 1 reference, 2 cpu-fast, 3 cuda), with_extras]
-//   per_head = [sim, keep, pv] thresholds, each None or a float32 cpu tensor of length heads_q
+// The ops take one named, typed keyword argument per option, in the order of
+// include/sparge/option_list.h, with its default: the schema is expanded from that list when the
+// library loads (option_schema() below) and the kernels read the arguments back in the same
+// order (read_options()), so traces and errors name `block_q`, not a position. A per-head
+// option is a float plus `<name>_per_head`, None or a float32 cpu tensor of length heads_q.
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <cmath>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,12 +27,6 @@
 #include "workloads_binding.h"
 
 namespace {
-
-enum Scalar { kScale, kSim, kKeep, kPv, kNumScalars };
-enum Flag {
-  kCausal, kBottomRight, kUseTopk, kSink, kBlockQ, kBlockK, kQuantized, kBackend, kWithExtras,
-  kNumFlags
-};
 
 // Test hook: fill outputs with NaN (and masks with -1) before each run, so a backend that leaves
 // an element unwritten fails the tests instead of passing on leftover memory.
@@ -91,30 +89,81 @@ sparge::HeadParam head_param(double value, const std::optional<at::Tensor>& per_
   return p;
 }
 
-sparge::SparseOptions to_options(at::ArrayRef<double> scalars, at::IntArrayRef flags,
-                                 const std::vector<std::optional<at::Tensor>>& per_head,
-                                 int64_t heads_q) {
-  TORCH_CHECK_VALUE(scalars.size() == kNumScalars && flags.size() == kNumFlags &&
-                        per_head.size() == 3,
-                    "sparge op options must be ", int(kNumScalars), " scalars, ", int(kNumFlags),
-                    " flags and 3 per-head entries, got ", scalars.size(), ", ", flags.size(),
-                    " and ", per_head.size());
+// ", float scale=0., bool causal=False, str causal_align='top_left', ..., str backend='auto'":
+// the keyword arguments every op shares, with the defaults of sparge::SparseOptions{}.
+std::string option_schema() {
+  std::ostringstream os;
+  for (const sparge::OptionInfo& o : sparge::option_table()) {
+    const std::string kind = o.kind, name = o.name;
+    if (kind == "float" || kind == "head") os << ", float " << name << "=" << o.default_value;
+    if (kind == "bool") os << ", bool " << name << "=" << (o.default_value ? "True" : "False");
+    if (kind == "int") os << ", int " << name << "=" << static_cast<int64_t>(o.default_value);
+    if (kind == "enum")
+      os << ", str " << name << "='" << o.choices.at(static_cast<size_t>(o.default_value)) << "'";
+    if (kind == "head") os << ", Tensor? " << name << "_per_head=None";
+  }
+  os << ", str backend='" << sparge::enum_name(sparge::Backend::kAuto) << "'";
+  return os.str();
+}
+
+// Reads the op's arguments in schema order.
+class ArgReader {
+ public:
+  explicit ArgReader(c10::ArrayRef<c10::IValue> args) : args_(args) {}
+  const c10::IValue& next() {
+    TORCH_CHECK(pos_ < args_.size(), "sparge: the op has fewer arguments than its schema");
+    return args_[pos_++];
+  }
+  const at::Tensor& tensor() { return next().toTensor(); }
+  int32_t int32(const char* name) {
+    const int64_t v = next().toInt();
+    TORCH_CHECK_VALUE(v >= INT32_MIN && v <= INT32_MAX, name, " must fit in a 32-bit int, got ",
+                      v);
+    return static_cast<int32_t>(v);
+  }
+  template <typename E>
+  E enumeration(const char* name, const sparge::OptionInfo* info) {
+    const std::string text = next().toStringRef();
+    E value{};
+    if (sparge::parse_enum(text.c_str(), &value)) return value;
+    std::ostringstream choices;
+    const std::vector<const char*> names = info ? info->choices : sparge::backend_names();
+    for (size_t i = 0; i < names.size(); ++i) choices << (i ? ", " : "") << "'" << names[i] << "'";
+    TORCH_CHECK_VALUE(false, name, " must be one of ", choices.str(), ", got '", text, "'");
+  }
+
+ private:
+  c10::ArrayRef<c10::IValue> args_;
+  size_t pos_ = 0;
+};
+
+const sparge::OptionInfo* option_info(const char* name) {
+  for (const sparge::OptionInfo& o : sparge::option_table())
+    if (std::strcmp(o.name, name) == 0) return &o;
+  return nullptr;
+}
+
+// The options part of the arguments, in option_list.h order, then `backend`.
+sparge::SparseOptions read_options(ArgReader& in, int64_t heads_q, sparge::Backend* backend) {
   sparge::SparseOptions o;
-  o.scale = static_cast<float>(scalars[kScale]);
-  o.causal = flags[kCausal] != 0;
-  o.causal_align = flags[kBottomRight] ? sparge::CausalAlign::kBottomRight
-                                       : sparge::CausalAlign::kTopLeft;
-  o.sim_threshold = head_param(scalars[kSim], per_head[0], heads_q, "sim_threshold");
-  const bool topk = flags[kUseTopk] != 0;
-  o.select = topk ? sparge::SelectMode::kTopK : sparge::SelectMode::kTopCdf;
-  sparge::HeadParam keep =
-      head_param(scalars[kKeep], per_head[1], heads_q, topk ? "topk" : "cdf_threshold");
-  (topk ? o.topk : o.cdf_threshold) = keep;
-  o.attention_sink = flags[kSink] != 0;
-  o.pv_threshold = head_param(scalars[kPv], per_head[2], heads_q, "pv_threshold");
-  o.block_q = static_cast<int>(flags[kBlockQ]);
-  o.block_k = static_cast<int>(flags[kBlockK]);
-  o.quant = flags[kQuantized] ? sparge::QuantMode::kInt8Fp8 : sparge::QuantMode::kNone;
+#define SPARGE_READ_FLOAT(name, dflt, doc) o.name = static_cast<float>(in.next().toDouble());
+#define SPARGE_READ_BOOL(name, dflt, doc) o.name = in.next().toBool();
+#define SPARGE_READ_INT(name, dflt, doc) o.name = in.int32(#name);
+#define SPARGE_READ_ENUM(name, Type, dflt, doc) \
+  o.name = in.enumeration<sparge::Type>(#name, option_info(#name));
+#define SPARGE_READ_HEAD(name, dflt, doc)                                      \
+  {                                                                            \
+    const double value = in.next().toDouble();                                 \
+    o.name = head_param(value, in.next().toOptional<at::Tensor>(), heads_q, #name); \
+  }
+  SPARGE_OPTIONS(SPARGE_READ_FLOAT, SPARGE_READ_BOOL, SPARGE_READ_INT, SPARGE_READ_ENUM,
+                 SPARGE_READ_HEAD)
+#undef SPARGE_READ_FLOAT
+#undef SPARGE_READ_BOOL
+#undef SPARGE_READ_INT
+#undef SPARGE_READ_ENUM
+#undef SPARGE_READ_HEAD
+  *backend = in.enumeration<sparge::Backend>("backend", nullptr);
   return o;
 }
 
@@ -125,16 +174,14 @@ struct Launch {
   at::Tensor workspace;
 
   Launch(const at::Tensor& q, const sparge::TensorView& qv, const sparge::TensorView& kv,
-         const sparge::SparseOptions& opts, int64_t backend) {
-    TORCH_CHECK_VALUE(backend >= 0 && backend <= 3, "backend code must be in [0, 3], got ",
-                      backend);
-    ctx.backend = static_cast<sparge::Backend>(backend);
+         const sparge::SparseOptions& opts, sparge::Backend backend) {
+    ctx.backend = backend;
     if (!q.is_cuda()) return;
     guard.reset_device(q.device());
     c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
     ctx.stream = impl.getStream(q.device()).native_handle();
-    const sparge::ProblemShape shape = sparge::problem_shape(qv, kv);
-    const std::size_t bytes = sparge::workspace_size(shape, opts, sparge::Device::kCUDA);
+    const std::size_t bytes =
+        sparge::workspace_size(sparge::problem_shape(qv, kv), opts, sparge::Device::kCUDA);
     workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))},
                           q.options().dtype(at::kByte));
     ctx.workspace = workspace.data_ptr();
@@ -167,6 +214,8 @@ sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& indices,
   return m;
 }
 
+// Storage for a mask of the options' geometry; the options are validated before this divides
+// by block_q and block_k.
 std::vector<at::Tensor> empty_mask(const at::Tensor& q, const at::Tensor& k,
                                    const sparge::SparseOptions& o) {
   const int64_t nq = (q.size(2) + o.block_q - 1) / o.block_q;
@@ -193,47 +242,80 @@ std::vector<at::Tensor> empty_outputs(const at::Tensor& q, bool with_extras,
   return {out, lse.view({with_extras ? q.size(0) : 0, q.size(1), q.size(2)}), counters};
 }
 
-std::tuple<at::Tensor, at::Tensor> predict_block_mask(
-    const at::Tensor& q, const at::Tensor& k, at::ArrayRef<double> scalars, at::IntArrayRef flags,
-    const std::vector<std::optional<at::Tensor>>& per_head) {
+// The boxed kernels: each reads its arguments in schema order, replaces them on the stack by
+// its outputs. Options are validated (sparge::validate) before any allocation that uses them.
+using Stack = torch::jit::Stack;
+
+c10::ArrayRef<c10::IValue> op_arguments(const c10::OperatorHandle& op, Stack* stack) {
+  return torch::jit::last(*stack, op.schema().arguments().size());
+}
+
+void finish(const c10::OperatorHandle& op, Stack* stack, const std::vector<at::Tensor>& outs) {
+  torch::jit::drop(*stack, op.schema().arguments().size());
+  for (const at::Tensor& t : outs) torch::jit::push(*stack, t);
+}
+
+void predict_block_mask(const c10::OperatorHandle& op, Stack* stack) {
+  ArgReader in(op_arguments(op, stack));
+  const at::Tensor q = in.tensor(), k = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k");
-  const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, qv, kv, opts, flags[kBackend]);
+  sparge::Backend backend;
+  const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
+  throw_if_error(sparge::validate(qv, kv, kv, opts));
+  Launch launch(q, qv, kv, opts, backend);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
   throw_if_error(sparge::predict_block_mask(qv, kv, opts,
                                             mask_view(mask[0], mask[1], q, k, opts),
                                             launch.ctx));
-  return {mask[0], mask[1]};
+  finish(op, stack, mask);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
-    const at::Tensor& indices, at::ArrayRef<double> scalars, at::IntArrayRef flags,
-    const std::vector<std::optional<at::Tensor>>& per_head) {
+void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
+  ArgReader in(op_arguments(op, stack));
+  const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
+  const at::Tensor counts = in.tensor(), indices = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
-  const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, qv, kv, opts, flags[kBackend]);
+  sparge::Backend backend;
+  const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
+  const bool with_extras = in.next().toBool();
+  throw_if_error(sparge::validate(qv, kv, vv, opts));
+  Launch launch(q, qv, kv, opts, backend);
   const sparge::BlockMask m = mask_view(counts, indices, q, k, opts);
   sparge::AttentionExtras extras;
-  std::vector<at::Tensor> outs = empty_outputs(q, flags[kWithExtras] != 0, &extras);
+  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
   throw_if_error(sparge::block_sparse_attention(qv, kv, vv, m, opts, to_view(outs[0], "out"),
                                                 extras, launch.ctx));
-  return {outs[0], outs[1], outs[2]};
+  finish(op, stack, outs);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::ArrayRef<double> scalars,
-    at::IntArrayRef flags, const std::vector<std::optional<at::Tensor>>& per_head) {
+void attention(const c10::OperatorHandle& op, Stack* stack) {
+  ArgReader in(op_arguments(op, stack));
+  const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
-  const sparge::SparseOptions opts = to_options(scalars, flags, per_head, q.size(1));
-  Launch launch(q, qv, kv, opts, flags[kBackend]);
+  sparge::Backend backend;
+  const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
+  const bool with_extras = in.next().toBool();
+  throw_if_error(sparge::validate(qv, kv, vv, opts));
+  Launch launch(q, qv, kv, opts, backend);
   sparge::AttentionExtras extras;
-  std::vector<at::Tensor> outs = empty_outputs(q, flags[kWithExtras] != 0, &extras);
+  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
   throw_if_error(sparge::sparse_attention(qv, kv, vv, opts, to_view(outs[0], "out"), extras,
                                           launch.ctx, &m));
-  return {outs[0], outs[1], mask[0], mask[1], outs[2]};
+  finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2]});
+}
+
+// The option checks of the ops without tensors, for settings given ahead of any call
+// (sparge.patch_sdpa); per-head tensors are checked against `heads_q`.
+void check_options(const c10::OperatorHandle& op, Stack* stack) {
+  ArgReader in(op_arguments(op, stack));
+  const int64_t heads_q = in.next().toInt();
+  TORCH_CHECK_VALUE(heads_q >= 1, "heads_q must be >= 1, got ", heads_q);
+  sparge::Backend backend;
+  const sparge::SparseOptions opts = read_options(in, heads_q, &backend);
+  throw_if_error(sparge::validate_options(opts, heads_q));
+  finish(op, stack, {});
 }
 
 // Hilbert order of a (frames, height, width) grid as int64 on `device`.
@@ -250,40 +332,67 @@ at::Tensor hilbert_order(int64_t frames, int64_t height, int64_t width, at::Devi
   return host.to(device);
 }
 
+// The option table for python/sparge/_options.py: one dict per option, in schema order.
+py::list option_table() {
+  py::list out;
+  for (const sparge::OptionInfo& o : sparge::option_table()) {
+    py::dict d;
+    d["name"] = o.name;
+    d["kind"] = o.kind;
+    d["default"] = o.default_value;
+    d["choices"] = std::vector<std::string>(o.choices.begin(), o.choices.end());
+    d["doc"] = o.doc;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sparge, m) {
-  m.def("predict_block_mask(Tensor q, Tensor k, float[] scalars, int[] flags, "
-        "Tensor?[] per_head) -> (Tensor counts, Tensor indices)");
-  m.def("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, "
-        "float[] scalars, int[] flags, Tensor?[] per_head) -> (Tensor out, Tensor lse, "
-        "Tensor pv_counters)");
-  m.def("attention(Tensor q, Tensor k, Tensor v, float[] scalars, int[] flags, "
-        "Tensor?[] per_head) -> (Tensor out, Tensor lse, Tensor counts, Tensor indices, "
-        "Tensor pv_counters)");
+  const std::string options = option_schema();
+  const std::string mask_out = "Tensor counts, Tensor indices";
+  const std::string attn_out = "Tensor out, Tensor lse";
+  m.def(("predict_block_mask(Tensor q, Tensor k, *" + options + ") -> (" + mask_out + ")").c_str());
+  m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, *" +
+         options + ", bool with_extras=False) -> (" + attn_out + ", Tensor pv_counters)").c_str());
+  m.def(("attention(Tensor q, Tensor k, Tensor v, *" + options + ", bool with_extras=False) -> (" +
+         attn_out + ", " + mask_out + ", Tensor pv_counters)").c_str());
+  m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");
 }
 
 // One kernel for cpu and cuda: the C++ API dispatches on the tensors' device itself.
+#define SPARGE_BOXED(fn) torch::CppFunction::makeFromBoxedFunction<&fn>()
 TORCH_LIBRARY_IMPL(sparge, CPU, m) {
-  m.impl("predict_block_mask", &predict_block_mask);
-  m.impl("block_sparse_attention", &block_sparse_attention);
-  m.impl("attention", &attention);
+  m.impl("predict_block_mask", SPARGE_BOXED(predict_block_mask));
+  m.impl("block_sparse_attention", SPARGE_BOXED(block_sparse_attention));
+  m.impl("attention", SPARGE_BOXED(attention));
 }
 
 TORCH_LIBRARY_IMPL(sparge, CUDA, m) {
-  m.impl("predict_block_mask", &predict_block_mask);
-  m.impl("block_sparse_attention", &block_sparse_attention);
-  m.impl("attention", &attention);
+  m.impl("predict_block_mask", SPARGE_BOXED(predict_block_mask));
+  m.impl("block_sparse_attention", SPARGE_BOXED(block_sparse_attention));
+  m.impl("attention", SPARGE_BOXED(attention));
 }
 
 TORCH_LIBRARY_IMPL(sparge, CompositeExplicitAutograd, m) {
+  m.impl("check_options", SPARGE_BOXED(check_options));
   m.impl("hilbert_order", &hilbert_order);
 }
+#undef SPARGE_BOXED
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("build_info", &sparge::build_info, "What this build contains, as one line.");
+  module.def("cuda_head_dims", &sparge::cuda_head_dims,
+             "Head dims of the compiled CUDA attention kernels (empty without CUDA).");
   module.def("cuda_device_count", &sparge::cuda_device_count);
+  module.def("option_table", &option_table,
+             "The options of include/sparge/option_list.h: name, kind, default, choices, doc.");
+  module.def("backend_names", [] {
+    const std::vector<const char*> names = sparge::backend_names();
+    return std::vector<std::string>(names.begin(), names.end());
+  });
   module.def("_set_poison_outputs", [](bool on) { g_poison_outputs = on; },
              "Test hook: fill outputs with NaN before each run.");
   sparge_binding::register_workloads(module);

@@ -1,38 +1,45 @@
-"""Turns the Python keyword arguments into the packed options of the sparge ops.
+"""The options of the sparge ops as Python sees them.
 
-The order of `scalars` and `flags` mirrors the enums at the top of python/csrc/binding.cc.
-Range checks (thresholds, block sizes) are left to the C++ validation, whose messages name the
-argument; this module only checks what the C++ side cannot see (Python types, lengths).
+Names, kinds, defaults and enum names are read at import from the C++ option list
+(include/sparge/option_list.h, through `_C.option_table()`), which also generates the ops'
+schemas: one keyword argument per option. This module adds only the Python keyword sugar on
+top: `is_causal` (SDPA's name for `causal`), `cdf_threshold` / `topk` (the selection mode and
+its value), `quantized` (the quant mode) and per-head values given as tensors. Range checks are
+the C++ validation's, whose messages name the argument; here only Python types are checked.
 """
 import math
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _C
+
 Threshold = Union[float, int, Sequence[float], torch.Tensor]
 
-BACKENDS = {"auto": 0, "reference": 1, "cpu": 2, "cuda": 3}
-CAUSAL_ALIGNS = ("top_left", "bottom_right")
+#: One dict per option: name, kind ("float", "bool", "int", "enum", "head"), default, choices, doc.
+TABLE: Dict[str, dict] = {o["name"]: o for o in _C.option_table()}
+BACKENDS: Tuple[str, ...] = tuple(_C.backend_names())
 LAYOUTS = ("HND", "NHD")
 
-# Defaults of sparge::SparseOptions (include/sparge/types.h).
-DEFAULT_SIM_THRESHOLD = 0.6
-DEFAULT_CDF_THRESHOLD = 0.98
-DEFAULT_PV_THRESHOLD = 50.0
-DEFAULT_BLOCK_Q = 128
-DEFAULT_BLOCK_K = 64
 
-# flags[] positions (binding.cc: enum Flag)
-WITH_EXTRAS = 8
-BLOCK_Q, BLOCK_K = 4, 5
+def _python_default(option: dict):
+    kind, value = option["kind"], option["default"]
+    if kind == "bool":
+        return bool(value)
+    if kind == "int":
+        return int(value)
+    if kind == "enum":
+        return option["choices"][int(value)]
+    return float(value)
 
 
-@dataclass(frozen=True)
-class PackedOptions:
-    scalars: List[float]
-    flags: List[int]
-    per_head: List[Optional[torch.Tensor]]
+#: The defaults of sparge::SparseOptions{} in Python types (enums by name).
+DEFAULTS: Dict[str, object] = {name: _python_default(o) for name, o in TABLE.items()}
+
+CAUSAL_ALIGNS: Tuple[str, ...] = tuple(TABLE["causal_align"]["choices"])
+
+#: The keyword that selects each selection mode (`select`) and gives its value (`select_value`).
+SELECT_KEYWORDS = {"topcdf": "cdf_threshold", "topk": "topk"}
 
 
 def head_threshold(value: Threshold, heads_q: int,
@@ -72,29 +79,41 @@ def resolve_scale(scale: Optional[float], head_dim: int) -> float:
     return float(scale)
 
 
-def pack(*, heads_q: int, scale: float, is_causal: bool, causal_align: str,
-         sim_threshold: Threshold, cdf_threshold: Optional[Threshold],
-         topk: Optional[Threshold], pv_threshold: Threshold, attention_sink: bool,
-         block_q: int, block_k: int, quantized: bool, backend: str,
-         with_extras: bool) -> PackedOptions:
-    check_choice(causal_align, CAUSAL_ALIGNS, "causal_align")
-    check_choice(backend, tuple(BACKENDS), "backend")
+def _check_types(bools: Dict[str, object], ints: Dict[str, object]):
+    for name, value in bools.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    for name, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str,
+               sim_threshold: Threshold, cdf_threshold: Optional[Threshold],
+               topk: Optional[Threshold], pv_threshold: Threshold, attention_sink: bool,
+               block_q: int, block_k: int, quantized: bool, backend: str) -> Dict[str, object]:
+    """The keyword arguments of the sparge ops (one per option, per-head ones as a float and a
+    `<name>_per_head` tensor or None), from the keywords of sparge.attention."""
+    _check_types(dict(is_causal=is_causal, attention_sink=attention_sink, quantized=quantized),
+                 dict(block_q=block_q, block_k=block_k))
     if cdf_threshold is not None and topk is not None:
         raise ValueError("give cdf_threshold or topk, not both (got both)")
-    for name, flag in (("is_causal", is_causal), ("attention_sink", attention_sink),
-                       ("quantized", quantized)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    for name, block in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(block, bool) or not isinstance(block, int):
-            raise TypeError(f"{name} must be an int, got {type(block).__name__}")
-    use_topk = topk is not None
-    keep_name = "topk" if use_topk else "cdf_threshold"
-    keep = topk if use_topk else (DEFAULT_CDF_THRESHOLD if cdf_threshold is None else cdf_threshold)
-    sim, sim_ph = head_threshold(sim_threshold, heads_q, "sim_threshold")
-    kept, keep_ph = head_threshold(keep, heads_q, keep_name)
-    pv, pv_ph = head_threshold(pv_threshold, heads_q, "pv_threshold")
-    flags = [int(is_causal), int(causal_align == "bottom_right"), int(use_topk),
-             int(attention_sink), block_q, block_k, int(quantized), BACKENDS[backend],
-             int(with_extras)]
-    return PackedOptions([scale, sim, kept, pv], flags, [sim_ph, keep_ph, pv_ph])
+    select = "topk" if topk is not None else "topcdf"
+    select_value = topk if topk is not None else cdf_threshold
+    if select_value is None:
+        select, select_value = DEFAULTS["select"], DEFAULTS["select_value"]
+    options = dict(scale=scale, causal=is_causal, causal_align=causal_align, select=select,
+                   attention_sink=attention_sink, block_q=block_q, block_k=block_k,
+                   quant="int8_fp8" if quantized else "none", backend=backend)
+    for name, value, keyword in (("sim_threshold", sim_threshold, "sim_threshold"),
+                                 ("select_value", select_value, SELECT_KEYWORDS[select]),
+                                 ("pv_threshold", pv_threshold, "pv_threshold")):
+        options[name], options[name + "_per_head"] = head_threshold(value, heads_q, keyword)
+    return options
+
+
+def check_options(options: Dict[str, object]) -> None:
+    """The C++ option checks, before any tensor exists (per-head tensors fix heads_q)."""
+    heads_q = next((t.shape[0] for n, t in options.items()
+                    if n.endswith("_per_head") and t is not None), 1)
+    torch.ops.sparge.check_options(heads_q, **options)

@@ -7,27 +7,19 @@ dims are zero-padded here, with the caller's scale, and the output is sliced bac
 The rules the kernels follow are in docs/method.md; the options are validated by the C++ core.
 """
 import functools
-import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _options
+from . import _C, _options
+from ._options import DEFAULTS
 from .mask import BlockMask
 
-
-
-def _compiled_head_dims():
-    """Head dims of the compiled CUDA attention instances ("d64 bf16, ..." in build_info)."""
-    from . import _C
-    dims = sorted({int(d) for d in re.findall(r"\bd(\d+) (?:bf16|fp16)", _C.build_info())})
-    return tuple(dims) or (64, 128)
-
-
 # Head dims the CUDA kernels are compiled for (src/cuda/instances); others are padded up.
-CUDA_HEAD_DIMS = _compiled_head_dims()
+# Empty when the extension was built without CUDA.
+CUDA_HEAD_DIMS = tuple(_C.cuda_head_dims())
 
 
 @dataclass
@@ -100,8 +92,32 @@ def _pad(padded: int, q: torch.Tensor, *others: torch.Tensor):
     return tuple(F.pad(t, (0, padded - head_dim)) for t in (q, *others))
 
 
-def _pack(q, scale, with_extras, kw):
-    return _options.pack(heads_q=q.shape[1], scale=scale, with_extras=with_extras, **kw)
+def _op_options(q, scale, kw):
+    return _options.op_options(heads_q=q.shape[1], scale=scale, **kw)
+
+
+def _is_empty(q, k) -> bool:
+    """No output element, or no key: SDPA returns an empty tensor, or zeros (a row that sees no
+    key), without checking anything else. The C++ core requires every extent >= 1."""
+    return q.numel() == 0 or k.shape[2] == 0
+
+
+def _empty_mask(q, k, block_q, block_k, is_causal, causal_align) -> BlockMask:
+    num_q, num_k = -(-q.shape[2] // block_q), -(-k.shape[2] // block_k)
+    counts = torch.zeros((q.shape[0], q.shape[1], num_q), dtype=torch.int32, device=q.device)
+    indices = torch.zeros((*counts.shape, num_k), dtype=torch.int32, device=q.device)
+    return BlockMask(counts, indices, seq_q=q.shape[2], seq_k=k.shape[2], block_q=block_q,
+                     block_k=block_k, is_causal=is_causal, causal_align=causal_align)
+
+
+def _empty_result(q, k, layout, mask: BlockMask, return_stats):
+    """The result of a call with no work (see _is_empty): zeros like q, lse -inf."""
+    out = _from_hnd(torch.zeros_like(q), layout)
+    if not return_stats:
+        return out
+    lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+    counters = torch.zeros((q.shape[1], 2), dtype=torch.int64, device=q.device)
+    return out, SparseStats(mask, lse, counters)
 
 
 def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, device):
@@ -142,25 +158,35 @@ def _hilbert_gathers(tokens: int, grid, offset: int, device):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
-              causal_align: str = "top_left", scale: Optional[float] = None,
-              layout: str = "HND", sim_threshold=_options.DEFAULT_SIM_THRESHOLD,
-              cdf_threshold=None, topk=None, pv_threshold=_options.DEFAULT_PV_THRESHOLD,
-              attention_sink: bool = False, token_grid: Optional[Tuple[int, int, int]] = None,
-              grid_offset: int = 0, block_q: int = _options.DEFAULT_BLOCK_Q,
-              block_k: int = _options.DEFAULT_BLOCK_K, quantized: bool = False,
-              backend: str = "auto", return_stats: bool = False):
+              causal_align: str = DEFAULTS["causal_align"], scale: Optional[float] = None,
+              layout: str = "HND", sim_threshold=DEFAULTS["sim_threshold"],
+              cdf_threshold=None, topk=None, pv_threshold=DEFAULTS["pv_threshold"],
+              attention_sink: bool = DEFAULTS["attention_sink"],
+              token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
+              block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
+              quantized: bool = False, backend: str = "auto", return_stats: bool = False):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
-    [-1, 1], `cdf_threshold` or `topk` in (0, 1] (TopCdf with 0.98 when neither is given),
-    `pv_threshold` in [0, inf] (log2 units; inf never skips). `token_grid=(T, H, W)` reorders
-    tokens [grid_offset, grid_offset + T*H*W) along a Hilbert curve for the call and restores the
-    order of the output. Returns the output in q's layout, or (output, SparseStats) when
-    `return_stats`; with token_grid the stats' mask is in the Hilbert order.
+    [-1, 1], `cdf_threshold` (TopCdf) or `topk` (TopK) in (0, 1] (TopCdf with the default 0.98
+    when neither is given), `pv_threshold` in [0, inf] (log2 units; inf never skips).
+    `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
+    curve for the call and restores the order of the output. Returns the output in q's layout,
+    or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
+    Hilbert order. Defaults are those of sparge::SparseOptions (include/sparge/option_list.h).
     """
     _check_inputs(q, k, v, layout)
     qh, kh, vh = _to_hnd(q, layout), _to_hnd(k, layout), _to_hnd(v, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
+    options = _op_options(qh, scale, dict(
+        is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
+        cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
+        attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
+        backend=backend))
+    if _is_empty(qh, kh):
+        _options.check_options(options)
+        mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)
+        return _empty_result(qh, kh, layout, mask, return_stats)
     inverse = None
     if token_grid is not None:
         if is_causal:
@@ -172,13 +198,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
             vh.index_select(2, gather_k)
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
-    packed = _pack(qh, scale, return_stats, dict(
-        is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
-        cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
-        attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
-        backend=backend))
     out, lse, counts, indices, pv_counters = torch.ops.sparge.attention(
-        *_pad(padded, qh, kh, vh), packed.scalars, packed.flags, packed.per_head)
+        *_pad(padded, qh, kh, vh), **options, with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
     if inverse is not None:
@@ -192,31 +213,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
 
 
 def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = False,
-                       causal_align: str = "top_left", scale: Optional[float] = None,
-                       layout: str = "HND", sim_threshold=_options.DEFAULT_SIM_THRESHOLD,
-                       cdf_threshold=None, topk=None, attention_sink: bool = False,
-                       block_q: int = _options.DEFAULT_BLOCK_Q,
-                       block_k: int = _options.DEFAULT_BLOCK_K,
+                       causal_align: str = DEFAULTS["causal_align"],
+                       scale: Optional[float] = None, layout: str = "HND",
+                       sim_threshold=DEFAULTS["sim_threshold"], cdf_threshold=None, topk=None,
+                       attention_sink: bool = DEFAULTS["attention_sink"],
+                       block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
                        backend: str = "auto") -> BlockMask:
     """Stage 1 alone: the BlockMask that `attention` would use with the same options."""
     _check_inputs(q, k, None, layout)
     qh, kh = _to_hnd(q, layout), _to_hnd(k, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
-    padded = _padded_head_dim(qh)
-    packed = _pack(qh, scale, False, dict(
+    options = _op_options(qh, scale, dict(
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
-        cdf_threshold=cdf_threshold, topk=topk, pv_threshold=_options.DEFAULT_PV_THRESHOLD,
+        cdf_threshold=cdf_threshold, topk=topk, pv_threshold=DEFAULTS["pv_threshold"],
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=False,
         backend=backend))
-    counts, indices = torch.ops.sparge.predict_block_mask(
-        *_pad(padded, qh, kh), packed.scalars, packed.flags, packed.per_head)
+    if _is_empty(qh, kh):
+        _options.check_options(options)
+        return _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)
+    padded = _padded_head_dim(qh)
+    counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), **options)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            block_mask: BlockMask, *, scale: Optional[float] = None,
-                           layout: str = "HND", pv_threshold=_options.DEFAULT_PV_THRESHOLD,
+                           layout: str = "HND", pv_threshold=DEFAULTS["pv_threshold"],
                            quantized: bool = False, backend: str = "auto",
                            return_stats: bool = False):
     """Stage 2 alone: attention over the tiles `block_mask` keeps (its geometry and causality
@@ -228,19 +251,20 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = _options.resolve_scale(scale, qh.shape[-1])
     head_dim, padded = qh.shape[-1], _padded_head_dim(qh)
     m = block_mask
-    packed = _pack(qh, scale, return_stats, dict(
+    options = _op_options(qh, scale, dict(
         is_causal=m.is_causal, causal_align=m.causal_align,
-        sim_threshold=_options.DEFAULT_SIM_THRESHOLD, cdf_threshold=None, topk=None,
+        sim_threshold=DEFAULTS["sim_threshold"], cdf_threshold=None, topk=None,
         pv_threshold=pv_threshold, attention_sink=False, block_q=m.block_q, block_k=m.block_k,
         quantized=quantized, backend=backend))
+    if _is_empty(qh, kh):
+        _options.check_options(options)
+        return _empty_result(qh, kh, layout, m, return_stats)
     out, lse, pv_counters = torch.ops.sparge.block_sparse_attention(
-        *_pad(padded, qh, kh, vh), m.counts, m.indices, packed.scalars, packed.flags,
-        packed.per_head)
+        *_pad(padded, qh, kh, vh), m.counts, m.indices, **options, with_extras=return_stats)
     out = _from_hnd(out[..., :head_dim] if padded != head_dim else out, layout)
     return (out, SparseStats(m, lse, pv_counters)) if return_stats else out
 
 
 def build_info() -> str:
     """What the compiled extension contains (backends, CUDA archs, head dims, dtypes)."""
-    from . import _C
     return _C.build_info()

@@ -8,14 +8,18 @@ Calls Sparge cannot serve exactly (dropout, an explicit attn_mask, short sequenc
 dtypes/devices the kernels lack) go to PyTorch's own SDPA, with one warning per reason.
 Models that call `torch.nn.functional.scaled_dot_product_attention` at run time are patched;
 code that imported the function under another name before the patch keeps PyTorch's.
+`nn.MultiheadAttention` is served when it is called with need_weights=False: the patch turns
+off PyTorch's fused fast path (which would bypass SDPA) for its duration, and warns once when a
+call asks for the attention weights, which Sparge cannot return.
 """
+import inspect
 import warnings
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import _options, ops
 
 
 class SpargeFallbackWarning(UserWarning):
@@ -68,6 +72,7 @@ class _Router:
         if unknown:
             raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
                             f"expected some of {sorted(_ATTENTION_OPTIONS)}")
+        _check_early(options)
         self.min_seq_len = min_seq_len
         self.options = options
         self.fallbacks: Dict[str, int] = {}  # reason -> number of calls sent to PyTorch
@@ -75,15 +80,19 @@ class _Router:
         self.collect_stats = collect_stats
         self.tiles_kept = self.tiles_dense = 0
 
+    def fall_back(self, reason: str, stacklevel: int = 3) -> None:
+        """Counts a call PyTorch serves instead, warning the first time for each reason."""
+        if reason not in self.fallbacks:
+            warnings.warn(f"sparge: using PyTorch attention: {reason}", SpargeFallbackWarning,
+                          stacklevel=stacklevel)
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, enable_gqa=False):
         reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
                                   self.min_seq_len)
         if reason:
-            if reason not in self.fallbacks:
-                warnings.warn(f"sparge: using PyTorch SDPA: {reason}", SpargeFallbackWarning,
-                              stacklevel=3)
-            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+            self.fall_back(reason, stacklevel=4)
         if reason is not None:
             extra = {"enable_gqa": True} if enable_gqa else {}
             return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
@@ -103,9 +112,29 @@ class _Router:
         return out.squeeze(1) if three_d else out
 
 
-_ATTENTION_OPTIONS = {"causal_align", "sim_threshold", "cdf_threshold", "topk", "pv_threshold",
-                      "attention_sink", "token_grid", "grid_offset", "block_q", "block_k",
-                      "quantized", "backend"}
+# The keywords of sparge.attention that a patch passes through (is_causal and scale come from
+# each SDPA call, layout is always HND, stats are the patch's own business).
+_PER_CALL = {"is_causal", "scale", "layout", "return_stats"}
+_ATTENTION_OPTIONS = {name for name, p in inspect.signature(ops.attention).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY} - _PER_CALL
+
+
+def _check_early(options: Dict) -> None:
+    """The option checks of sparge.attention at patch time, so `patch_sdpa(block_q=0)` raises
+    where it is written, not at the model's first attention call. Per-head thresholds fix the
+    number of query heads; token_grid is checked per call (it depends on the sequence)."""
+    keywords = {name: p.default for name, p in inspect.signature(ops.attention).parameters.items()
+                if name in _ATTENTION_OPTIONS}
+    keywords.update(options)
+    keywords.pop("token_grid")
+    keywords.pop("grid_offset")
+    thresholds = ("sim_threshold", "cdf_threshold", "topk", "pv_threshold")
+    per_head = [len(keywords[n]) for n in thresholds
+                if isinstance(keywords[n], (list, tuple, torch.Tensor))]
+    _options.check_options(_options.op_options(
+        heads_q=per_head[0] if per_head else 1, scale=1.0, is_causal=False, **keywords))
+
+
 _DEFAULT_ROUTER = _Router(DEFAULT_MIN_SEQ_LEN, {})
 
 
@@ -156,11 +185,36 @@ class patch_sdpa:
                                          is_causal=False, scale=None, enable_gqa=False):
             return router(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
-        self._saved.append(F.scaled_dot_product_attention)
+        torch_mha = F.multi_head_attention_forward
+
+        def multi_head_attention_forward(*args, **kwargs):
+            # MultiheadAttention passes need_weights by keyword; its default is True.
+            if kwargs.get("need_weights", True):
+                router.fall_back("nn.MultiheadAttention with need_weights=True (Sparge returns "
+                                 "no attention weights; call it with need_weights=False)")
+            return torch_mha(*args, **kwargs)
+
+        self._saved.append((F.scaled_dot_product_attention, F.multi_head_attention_forward,
+                            _mha_fast_path(None)))
         F.scaled_dot_product_attention = scaled_dot_product_attention
+        F.multi_head_attention_forward = multi_head_attention_forward
+        _mha_fast_path(False)  # the fused fast path calls no SDPA: it would bypass the patch
         return self
 
     def __exit__(self, *exc):
-        F.scaled_dot_product_attention = self._saved.pop()
+        sdpa_fn, mha_fn, fast_path = self._saved.pop()
+        F.scaled_dot_product_attention = sdpa_fn
+        F.multi_head_attention_forward = mha_fn
+        _mha_fast_path(fast_path)
         return False
+
+
+def _mha_fast_path(enabled: Optional[bool]) -> bool:
+    """nn.MultiheadAttention's fast-path switch (torch.backends.mha); sets it unless None and
+    returns the previous value."""
+    mha = torch.backends.mha
+    previous = mha.get_fastpath_enabled()
+    if enabled is not None:
+        mha.set_fastpath_enabled(enabled)
+    return previous
 

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
+#include <vector>
 
 #include "sparge/sparge.h"
 
@@ -37,6 +39,7 @@ namespace sparge::cuda {
 // Implemented in src/cuda/ when built with CUDA, else by src/common/cuda_stub.cc.
 int device_count();
 std::string compiled_set();  // for build_info()
+std::vector<int> compiled_head_dims();  // for cuda_head_dims()
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts);
 // Stage 1 into `mask` (device memory); scratch from ctx.workspace.
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,

@@ -56,28 +56,29 @@ Status check_flag(int value, const char* field) {
                          std::to_string(value));
 }
 
+// Enum codes are copied as they are: validate_options rejects codes outside the list.
 Status to_options(const sparge_options* c, sparge::SparseOptions* out) {
   if (c == nullptr) return Status::invalid("opts must not be NULL (use sparge_default_options())");
-  SPARGE_RETURN_IF_ERROR(check_flag(c->causal, "causal"));
-  SPARGE_RETURN_IF_ERROR(check_flag(c->causal_bottom_right, "causal_bottom_right"));
-  SPARGE_RETURN_IF_ERROR(check_flag(c->select_topk, "select_topk"));
-  SPARGE_RETURN_IF_ERROR(check_flag(c->attention_sink, "attention_sink"));
-  SPARGE_RETURN_IF_ERROR(check_flag(c->quant, "quant"));
+  if (c->struct_size != sizeof(sparge_options))
+    return Status::invalid("sparge_options.struct_size must be " +
+                           std::to_string(sizeof(sparge_options)) + " (this library's header), got " +
+                           std::to_string(c->struct_size) +
+                           "; start from sparge_default_options() and rebuild against this sparge");
   sparge::SparseOptions o;
-  o.scale = c->scale;
-  o.causal = c->causal != 0;
-  o.causal_align =
-      c->causal_bottom_right ? sparge::CausalAlign::kBottomRight : sparge::CausalAlign::kTopLeft;
-  o.sim_threshold = {c->sim_threshold, c->per_head_sim};
-  o.select = c->select_topk ? sparge::SelectMode::kTopK : sparge::SelectMode::kTopCdf;
-  o.cdf_threshold = {c->cdf_threshold, c->per_head_cdf};
-  o.topk = {c->topk, c->per_head_topk};
-  o.attention_sink = c->attention_sink != 0;
-  o.pv_threshold = {c->pv_threshold, c->per_head_pv};
-  o.pv_group_rows = c->pv_group_rows;
-  o.block_q = c->block_q;
-  o.block_k = c->block_k;
-  o.quant = c->quant ? sparge::QuantMode::kInt8Fp8 : sparge::QuantMode::kNone;
+#define SPARGE_FROM_C_FLOAT(name, dflt, doc) o.name = c->name;
+#define SPARGE_FROM_C_BOOL(name, dflt, doc)             \
+  SPARGE_RETURN_IF_ERROR(check_flag(c->name, #name)); \
+  o.name = c->name != 0;
+#define SPARGE_FROM_C_INT(name, dflt, doc) o.name = c->name;
+#define SPARGE_FROM_C_ENUM(name, Type, dflt, doc) o.name = static_cast<sparge::Type>(c->name);
+#define SPARGE_FROM_C_HEAD(name, dflt, doc) o.name = {c->name, c->name##_per_head};
+  SPARGE_OPTIONS(SPARGE_FROM_C_FLOAT, SPARGE_FROM_C_BOOL, SPARGE_FROM_C_INT, SPARGE_FROM_C_ENUM,
+                 SPARGE_FROM_C_HEAD)
+#undef SPARGE_FROM_C_FLOAT
+#undef SPARGE_FROM_C_BOOL
+#undef SPARGE_FROM_C_INT
+#undef SPARGE_FROM_C_ENUM
+#undef SPARGE_FROM_C_HEAD
   *out = o;
   return Status::ok();
 }
@@ -128,20 +129,78 @@ sparge_options sparge_default_options(void) {
   const sparge::SparseOptions d;
   sparge_options c;
   std::memset(&c, 0, sizeof(c));
-  c.scale = d.scale;
-  c.causal = d.causal ? 1 : 0;
-  c.causal_bottom_right = d.causal_align == sparge::CausalAlign::kBottomRight ? 1 : 0;
-  c.sim_threshold = d.sim_threshold.value;
-  c.select_topk = d.select == sparge::SelectMode::kTopK ? 1 : 0;
-  c.cdf_threshold = d.cdf_threshold.value;
-  c.topk = d.topk.value;
-  c.attention_sink = d.attention_sink ? 1 : 0;
-  c.pv_threshold = d.pv_threshold.value;
-  c.pv_group_rows = d.pv_group_rows;
-  c.block_q = d.block_q;
-  c.block_k = d.block_k;
-  c.quant = d.quant == sparge::QuantMode::kInt8Fp8 ? 1 : 0;
+  c.struct_size = sizeof(sparge_options);
+#define SPARGE_TO_C_FLOAT(name, dflt, doc) c.name = d.name;
+#define SPARGE_TO_C_BOOL(name, dflt, doc) c.name = d.name ? 1 : 0;
+#define SPARGE_TO_C_INT(name, dflt, doc) c.name = d.name;
+#define SPARGE_TO_C_ENUM(name, Type, dflt, doc) c.name = static_cast<int>(d.name);
+#define SPARGE_TO_C_HEAD(name, dflt, doc) \
+  c.name = d.name.value;                  \
+  c.name##_per_head = d.name.per_head;
+  SPARGE_OPTIONS(SPARGE_TO_C_FLOAT, SPARGE_TO_C_BOOL, SPARGE_TO_C_INT, SPARGE_TO_C_ENUM,
+                 SPARGE_TO_C_HEAD)
+#undef SPARGE_TO_C_FLOAT
+#undef SPARGE_TO_C_BOOL
+#undef SPARGE_TO_C_INT
+#undef SPARGE_TO_C_ENUM
+#undef SPARGE_TO_C_HEAD
   return c;
+}
+
+size_t sparge_options_size(void) { return sizeof(sparge_options); }
+
+void sparge_options_init(sparge_options* opts) {
+  if (opts != nullptr) *opts = sparge_default_options();
+}
+
+int sparge_options_set(sparge_options* opts, const char* name, double value, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    if (opts == nullptr) return Status::invalid("opts must not be NULL");
+    const std::string field = name ? name : "";
+    // Integral kinds take whole numbers only, so 0.5 is not silently read as 0.
+    const auto whole = [&](int* dst) -> Status {
+      if (!(value == static_cast<double>(static_cast<int>(value))))
+        return Status::invalid("sparge_options." + field + " must be a whole number, got " +
+                               std::to_string(value));
+      *dst = static_cast<int>(value);
+      return Status::ok();
+    };
+#define SPARGE_SET_FLOAT(name, dflt, doc) \
+  if (field == #name) return opts->name = static_cast<float>(value), Status::ok();
+#define SPARGE_SET_INT(name, dflt, doc) \
+  if (field == #name) return whole(&opts->name);
+#define SPARGE_SET_ENUM(name, Type, dflt, doc) SPARGE_SET_INT(name, dflt, doc)
+#define SPARGE_SET_HEAD(name, dflt, doc) SPARGE_SET_FLOAT(name, dflt, doc)
+    SPARGE_OPTIONS(SPARGE_SET_FLOAT, SPARGE_SET_INT, SPARGE_SET_INT, SPARGE_SET_ENUM,
+                   SPARGE_SET_HEAD)
+#undef SPARGE_SET_FLOAT
+#undef SPARGE_SET_INT
+#undef SPARGE_SET_ENUM
+#undef SPARGE_SET_HEAD
+    return Status::invalid("name must be a field of sparge_options (sparge/option_list.h), got '" +
+                           field + "'");
+  });
+}
+
+int sparge_options_set_per_head(sparge_options* opts, const char* name, const float* values,
+                                char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    if (opts == nullptr) return Status::invalid("opts must not be NULL");
+    const std::string field = name ? name : "";
+#define SPARGE_SET_PER_HEAD(name, dflt, doc) \
+  if (field == #name) return opts->name##_per_head = values, Status::ok();
+#define SPARGE_SKIP(...)
+    SPARGE_OPTIONS(SPARGE_SKIP, SPARGE_SKIP, SPARGE_SKIP, SPARGE_SKIP, SPARGE_SET_PER_HEAD)
+#define SPARGE_HEAD_NAME(name, dflt, doc) " " #name
+    const char* per_head_names =
+        SPARGE_OPTIONS(SPARGE_SKIP, SPARGE_SKIP, SPARGE_SKIP, SPARGE_SKIP, SPARGE_HEAD_NAME);
+#undef SPARGE_HEAD_NAME
+#undef SPARGE_SET_PER_HEAD
+#undef SPARGE_SKIP
+    return Status::invalid(std::string("name must be a per-head option of sparge_options (") +
+                           (per_head_names + 1) + "), got '" + field + "'");
+  });
 }
 
 size_t sparge_workspace_size(const sparge_tensor* q, const sparge_tensor* k,

@@ -14,6 +14,7 @@ Status not_built() {
 
 int device_count() { return 0; }
 std::string compiled_set() { return "none"; }
+std::vector<int> compiled_head_dims() { return {}; }
 std::size_t workspace_size(const ProblemShape&, const SparseOptions&) { return 0; }
 Status predict_block_mask(const detail::Problem&, const BlockMask&, const ExecContext&) {
   return not_built();

@@ -44,11 +44,21 @@ detail::Problem make_problem(const TensorView& q, const TensorView& k, const Ten
   return p;
 }
 
-// Storage for a predicted mask carved from the front of a CUDA workspace.
-std::size_t mask_bytes(const ProblemShape& s, const SparseOptions& o) {
+// How sparse_attention splits a CUDA workspace: the predicted mask's counts and indices, then
+// the backend's Stage-1 scratch. Planned once per call; workspace_size() is its total.
+struct WorkspaceLayout {
+  std::size_t counts = 0, indices = 0, stage1 = 0, stage1_bytes = 0, total = 0;
+};
+
+WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o) {
   const int64_t rows = s.batch * s.heads_q * detail::ceil_div(s.seq_q, o.block_q);
   const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
-  return align_up(sizeof(int32_t) * rows) + align_up(sizeof(int32_t) * rows * nk);
+  WorkspaceLayout w;
+  w.indices = w.counts + align_up(sizeof(int32_t) * rows);
+  w.stage1 = w.indices + align_up(sizeof(int32_t) * rows * nk);
+  w.stage1_bytes = align_up(cuda::workspace_size(s, o));
+  w.total = w.stage1 + w.stage1_bytes;
+  return w;
 }
 
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
@@ -72,7 +82,12 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
 
 std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device) {
   if (device != Device::kCUDA) return 0;
-  return mask_bytes(s, o) + align_up(cuda::workspace_size(s, o));
+  return workspace_layout(s, o).total;
+}
+
+Status validate_options(const SparseOptions& opts, int64_t heads_q) {
+  if (heads_q < 1) return Status::invalid("heads_q must be >= 1, got " + std::to_string(heads_q));
+  return detail::validate_options(opts, heads_q);
 }
 
 Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -140,26 +155,24 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   // No CUDA backend in this build: say so (the stub's message), not that the workspace is small.
   return cuda::predict_block_mask(make_problem(q, k, v, opts), mask_like(q, k, opts), ctx);
 #endif
-  const ProblemShape shape = problem_shape(q, k);
-  const std::size_t need = workspace_size(shape, opts, Device::kCUDA);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < need) {
+  const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < layout.total) {
     std::ostringstream os;
-    os << "ExecContext.workspace must hold at least " << need << " bytes (workspace_size()), got "
-       << (ctx.workspace ? ctx.workspace_bytes : 0);
+    os << "ExecContext.workspace must hold at least " << layout.total
+       << " bytes (workspace_size()), got " << (ctx.workspace ? ctx.workspace_bytes : 0);
     return Status::workspace(os.str());
   }
+  auto* base = static_cast<char*>(ctx.workspace);
   BlockMask mask = mask_out ? *mask_out : mask_like(q, k, opts);
   if (mask_out) {
     SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   } else {
-    const int64_t rows = mask.rows();
-    auto* base = static_cast<char*>(ctx.workspace);
-    mask.counts = reinterpret_cast<int32_t*>(base);
-    mask.indices = reinterpret_cast<int32_t*>(base + align_up(sizeof(int32_t) * rows));
+    mask.counts = reinterpret_cast<int32_t*>(base + layout.counts);
+    mask.indices = reinterpret_cast<int32_t*>(base + layout.indices);
   }
   ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage
-  rest.workspace = static_cast<char*>(ctx.workspace) + mask_bytes(shape, opts);
-  rest.workspace_bytes = ctx.workspace_bytes - mask_bytes(shape, opts);
+  rest.workspace = base + layout.stage1;
+  rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
   const detail::Problem p = make_problem(q, k, v, opts);
   SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest));
   return cuda::attention(p, mask, o, extras, rest);
@@ -204,5 +217,7 @@ std::string build_info() {
 }
 
 int cuda_device_count() { return cuda::device_count(); }
+
+std::vector<int> cuda_head_dims() { return cuda::compiled_head_dims(); }
 
 }  // namespace sparge

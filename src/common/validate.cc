@@ -107,26 +107,29 @@ bool strides_alias(const TensorView& t) {
 
 }  // namespace
 
+// The name users know the selection's value by (Python keyword, CLI flag), for messages.
+static const char* select_value_alias(SelectMode m) {
+  return m == SelectMode::kTopK ? "topk" : "cdf_threshold";
+}
+
 Status validate_options(const SparseOptions& o, int64_t heads_q) {
   if (!std::isfinite(o.scale) || o.scale < 0)
     return Status::invalid(cat("SparseOptions.scale must be finite and > 0 (0 = 1/sqrt(head_dim)), got ",
                                o.scale));
-  if (o.causal_align != CausalAlign::kTopLeft && o.causal_align != CausalAlign::kBottomRight)
+  if (enum_name(o.causal_align) == nullptr)
     return Status::invalid(cat("SparseOptions.causal_align must be kTopLeft or kBottomRight, got code ",
                                static_cast<int>(o.causal_align)));
-  if (o.select != SelectMode::kTopCdf && o.select != SelectMode::kTopK)
+  if (enum_name(o.select) == nullptr)
     return Status::invalid(cat("SparseOptions.select must be kTopCdf or kTopK, got code ",
                                static_cast<int>(o.select)));
-  if (o.quant != QuantMode::kNone && o.quant != QuantMode::kInt8Fp8)
+  if (enum_name(o.quant) == nullptr)
     return Status::invalid(cat("SparseOptions.quant must be kNone or kInt8Fp8, got code ",
                                static_cast<int>(o.quant)));
   SPARGE_RETURN_IF_ERROR(
       check_param(o.sim_threshold, heads_q, "sim_threshold", -1, false, 1, false, "[-1, 1]"));
-  if (o.select == SelectMode::kTopCdf)
-    SPARGE_RETURN_IF_ERROR(
-        check_param(o.cdf_threshold, heads_q, "cdf_threshold", 0, true, 1, false, "(0, 1]"));
-  else
-    SPARGE_RETURN_IF_ERROR(check_param(o.topk, heads_q, "topk", 0, true, 1, false, "(0, 1]"));
+  const std::string select_value = cat("select_value (", select_value_alias(o.select), ")");
+  SPARGE_RETURN_IF_ERROR(
+      check_param(o.select_value, heads_q, select_value.c_str(), 0, true, 1, false, "(0, 1]"));
   SPARGE_RETURN_IF_ERROR(check_param(o.pv_threshold, heads_q, "pv_threshold", 0, false,
                                      INFINITY, false, "[0, inf]"));
   if (!valid_block(o.block_q))

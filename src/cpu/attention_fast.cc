@@ -272,14 +272,21 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     if (pl.causal && key0 + keys - 1 > row0 + pl.causal_off)
       apply_causal_mask(pl, s, row0, key0, keys, rows16);
 
-    // Tile row maxima m_loc (vertical over the key-major lines).
+    // Tile row maxima m_loc (vertical over the key-major lines), NaN when a visible score is:
+    // max_ps keeps a NaN only by operand order, so the NaN lanes are collected apart (an
+    // all-ones lane is a NaN) and OR-ed in.
     for (int64_t r = 0; r < rows16; r += 8) {
-      __m256 mx = _mm256_set1_ps(kNegInf);
-      for (int64_t c = 0; c < keys; ++c) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s.st + c * bq + r));
-      _mm256_storeu_ps(s.mloc + r, mx);
+      __m256 mx = _mm256_set1_ps(kNegInf), nan = _mm256_setzero_ps();
+      for (int64_t c = 0; c < keys; ++c) {
+        const __m256 x = _mm256_loadu_ps(s.st + c * bq + r);
+        mx = _mm256_max_ps(mx, x);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+      }
+      _mm256_storeu_ps(s.mloc + r, _mm256_or_ps(mx, nan));
     }
 
-    // λ rule per group; computed groups update m and collect their rows that see a key.
+    // λ rule per group; computed groups update m and collect their rows that see a key. A NaN
+    // m_loc or m fails both tests (NaN compares false), so a NaN score is never skipped.
     s.active.clear();
     int64_t span_lo = rows, span_hi = 0;
     for (int64_t g0 = 0; g0 < rows; g0 += pl.group) {
@@ -292,7 +299,8 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
         continue;
       }
       for (int64_t r = g0; r < g1; ++r) {
-        const float m_new = std::max(s.m[r], s.mloc[r]);
+        // NaN-propagating max (std::max(-inf, NaN) is -inf): a NaN m_loc makes m, l and acc NaN.
+        const float m_new = std::isnan(s.mloc[r]) ? s.mloc[r] : std::max(s.m[r], s.mloc[r]);
         if (m_new == kNegInf) continue;  // the row has seen no key yet and none here
         s.alpha[r] = s.m[r] == kNegInf ? 0.0f : std::exp2(s.m[r] - m_new);
         s.m[r] = m_new;
@@ -329,11 +337,12 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
   }
 
-  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l).
+  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l). l = 0 exactly when the
+  // row saw no key (its acc was never touched); a NaN l is not 0, so o and lse come out NaN.
   const Elem out_elem = elem_of(pl.o.dtype);
   const int64_t es = static_cast<int64_t>(dtype_size(pl.o.dtype));
   for (int64_t r = 0; r < rows; ++r) {
-    const bool empty = !(s.l[r] > 0.0f);
+    const bool empty = s.l[r] == 0.0f;
     void* dst = static_cast<char*>(pl.o.data) + pl.o.offset(b, h, row0 + r, 0) * es;
     fast::store_row(s.acc + r * pl.Dp, D, empty ? 0.0f : 1.0f / s.l[r], out_elem, dst);
     if (pl.extras.lse)

@@ -100,7 +100,7 @@ void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<
 
   size_t keep = cols.size();
   if (o.select == SelectMode::kTopCdf) {
-    const double tau = o.cdf_threshold.at(h);
+    const double tau = o.select_value.at(h);
     double mass = 0.0;
     for (size_t t = 0; t < cols.size(); ++t) {
       mass += prob[cols[t]];
@@ -110,7 +110,7 @@ void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<
       }
     }
   } else {
-    const double kappa = o.topk.at(h);
+    const double kappa = o.select_value.at(h);
     const int64_t n = std::max<int64_t>(
         1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed))));
     keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));

@@ -56,6 +56,10 @@ struct HeadScores {
   }
 };
 
+// max(a, b) that is NaN when either is. std::max and fmax drop a NaN operand, which would make a
+// row whose scores are all NaN look like a row that sees no key (zeros instead of NaN).
+double max_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
+
 // Running softmax state of one query row.
 struct RowState {
   double m = kNegInf, l = 0.0;
@@ -88,13 +92,14 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
         for (int64_t c = c0; c < c1; ++c) {
           const double x = c <= last ? score(r, c) : kNegInf;
           tile[(r - r0) * (c1 - c0) + (c - c0)] = x;
-          tile_max[r - r0] = std::max(tile_max[r - r0], x);
+          tile_max[r - r0] = max_nan(tile_max[r - r0], x);  // NaN iff a visible score is
         }
       }
       for (int64_t g0 = r0; g0 < r1; g0 += opt.pv_group_rows) {
         const int64_t g1 = std::min<int64_t>(r1, g0 + opt.pv_group_rows);
         ++counters[0];
         bool skip = true;
+        // A NaN m_loc or m fails both tests (NaN compares false): a NaN score is never skipped.
         for (int64_t r = g0; r < g1 && skip; ++r) {
           const double m_loc = tile_max[r - r0], m = rows[r - r0].m;
           skip = m_loc == kNegInf || (m != kNegInf && m_loc - m <= -lambda);
@@ -105,12 +110,15 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
         }
         for (int64_t r = g0; r < g1; ++r) {
           RowState& st = rows[r - r0];
-          const double m_new = std::max(st.m, tile_max[r - r0]);
+          const double m_new = max_nan(st.m, tile_max[r - r0]);
           if (m_new == kNegInf) continue;  // the row has seen no key yet: nothing to add
-          const double rescale = std::exp2(st.m - m_new);
+          const double rescale = std::exp2(st.m - m_new);  // NaN once m_new is: l, acc stay NaN
           st.l *= rescale;
           for (double& a : st.acc) a *= rescale;
-          for (int64_t c = c0; c < c1; ++c) {
+          // Only the keys the row sees: a masked key's p is 0, but 0·NaN in its v would not be.
+          const int64_t c_end =
+              std::min(c1, detail::last_visible_key(r, opt.causal, offset, s.seq_k) + 1);
+          for (int64_t c = c0; c < c_end; ++c) {
             const double pr = std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
             st.l += pr;
             for (int64_t d = 0; d < D; ++d) st.acc[d] += pr * v[c * D + d];
@@ -121,6 +129,8 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
     }
 
     // double -> float -> fp16/bf16 may round twice; that moves an exact tie by one unit at most.
+    // l = 0 exactly when the row saw no key (a row that saw one has a term 2^0 = 1); a NaN l
+    // (a NaN score) is not 0, so o and lse come out NaN.
     for (int64_t r = r0; r < r1; ++r) {
       const RowState& st = rows[r - r0];
       const bool empty = st.l == 0.0;

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -96,18 +97,19 @@ Status check_sizes(const detail::Problem& p) {
 
 // ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
 // sm90: the wgmma kernel, on sm_90 devices when this build holds sm_90a code. sm80: the mma.sync
-// kernel, everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|auto overrides the choice, to compare the
-// two or to fall back; it is read at every call (getenv costs far less than a launch), so a
-// benchmark can switch kernels inside one process.
-enum class Kernel { kSm80, kSm90 };
+// kernel, everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice, to compare
+// the kernels or to fall back; it is read at every call (getenv costs far less than a launch), so
+// a benchmark can switch kernels inside one process. sm90ws (the warp-specialized TMA kernel) is
+// never chosen by itself yet.
+enum class Kernel { kSm80, kSm90, kSm90Ws };
 
 Status kernel_override(const char** value) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
   *value = env;
   if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90"))
+      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90") || !std::strcmp(env, "sm90ws"))
     return Status::ok();
-  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80 or sm90, got '",
+  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80, sm90 or sm90ws, got '",
                              env, "'"));
 }
 
@@ -120,11 +122,11 @@ Status choose_kernel(int device_index, Kernel* kernel) {
   const bool sm90_runs = SPARGE_CUDA_HAVE_SM90A && major == 9 && minor == 0;
   if (forced != nullptr && !std::strcmp(forced, "sm80")) {
     *kernel = Kernel::kSm80;
-  } else if (forced != nullptr && !std::strcmp(forced, "sm90")) {
+  } else if (forced != nullptr && (!std::strcmp(forced, "sm90") || !std::strcmp(forced, "sm90ws"))) {
     if (!sm90_runs)
-      return Status::unsupported(cat("SPARGE_CUDA_KERNEL=sm90 needs an sm_90 device and a build with sm_90a (",
+      return Status::unsupported(cat("SPARGE_CUDA_KERNEL=", forced, " needs an sm_90 device and a build with sm_90a (",
                                      "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
-    *kernel = Kernel::kSm90;
+    *kernel = !std::strcmp(forced, "sm90") ? Kernel::kSm90 : Kernel::kSm90Ws;
   } else {
     *kernel = sm90_runs ? Kernel::kSm90 : Kernel::kSm80;
   }
@@ -133,8 +135,11 @@ Status choose_kernel(int device_index, Kernel* kernel) {
 
 template <typename T, int kHeadDim, bool kCausal>
 Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
-  return kernel == Kernel::kSm90 ? launch_attn_sm90<T, kHeadDim, kCausal>(params, stream)
-                                 : launch_attn<T, kHeadDim, kCausal>(params, stream);
+  switch (kernel) {
+    case Kernel::kSm90: return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+    case Kernel::kSm90Ws: return launch_attn_sm90ws<T, kHeadDim, kCausal>(params, stream);
+    default: return launch_attn<T, kHeadDim, kCausal>(params, stream);
+  }
 }
 
 template <typename T, int kHeadDim>
@@ -186,46 +191,9 @@ Status predict_by_dtype(const PredictParams& params, DType dtype, cudaStream_t s
   }
 }
 
-}  // namespace
-
-int device_count() {
-  int n = 0;
-  // No driver or no GPU: cudart_static reports an error, which means "no device" here.
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
-
-std::string compiled_set() {
-  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention ", SPARGE_CUDA_HAVE_SM90A ? "wgmma (sm_90a) and " : "",
-             "mma.sync tiles ", kTileQ, "x", kTileK, ": ",
-             attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
-}
-
-std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
-  return predict_workspace(shape, opts).total;
-}
-
-Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
-                 const AttentionExtras& extras, const ExecContext& ctx) {
-  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
-  if (p.opts.quant != QuantMode::kNone)
-    return Status::unsupported("SparseOptions.quant kInt8Fp8 is not implemented by the CUDA backend yet; use kNone");
-  if (mask.block_q != kTileQ || mask.block_k != kTileK)
-    return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
-                                   ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
-                                   kTileK, ")"));
-  if (p.opts.pv_group_rows != kPvGroupRows)
-    return Status::unsupported(cat("SparseOptions.pv_group_rows must be ", kPvGroupRows,
-                                   " on cuda (one warp's rows), got ", p.opts.pv_group_rows));
-  if (p.opts.pv_threshold.per_head && p.shape.heads_q > kMaxParamHeads)
-    return Status::unsupported(cat("per-head pv_threshold supports at most ", kMaxParamHeads,
-                                   " query heads on cuda, got ", p.shape.heads_q));
-  SPARGE_RETURN_IF_ERROR(check_sizes(p));
-  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
-
+// Arguments -> Params of the attention kernels (both families take AttnParams).
+AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                     const AttentionExtras& extras) {
   AttnParams a{};
   a.q = p.q.data;
   a.k = p.k.data;
@@ -254,33 +222,13 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   a.pv_lambda_per_head = p.opts.pv_threshold.per_head != nullptr;
   if (a.pv_lambda_per_head)
     for (int h = 0; h < a.heads_q; ++h) a.pv_lambda[h] = p.opts.pv_threshold.per_head[h];
-  Kernel kernel = Kernel::kSm80;
-  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel));
-  return attention_by_head_dim(kernel, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
-                               static_cast<cudaStream_t>(ctx.stream));
+  return a;
 }
 
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx) {
-  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
-  SPARGE_RETURN_IF_ERROR(check_sizes(p));
-  const bool per_head = p.opts.sim_threshold.per_head || p.opts.cdf_threshold.per_head ||
-                        p.opts.topk.per_head;
-  if (per_head && p.shape.heads_q > kMaxPredictHeads)
-    return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
-                                   " query heads on cuda, got ", p.shape.heads_q));
-  if (mask.num_k_blocks() > max_sortable_key_blocks())
-    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
-                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
-                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
-  const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
-    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
-                                 " bytes for Stage 1 (workspace_size()), got ",
-                                 ctx.workspace ? ctx.workspace_bytes : 0));
-  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
-    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
-  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
-
+// Arguments -> Params of the Stage-1 kernels; `ws` lays out the scratch at `workspace`.
+PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const PredictWorkspace& ws,
+                        void* workspace) {
+  const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
   PredictParams s{};
   s.q = p.q.data;
   s.k = p.k.data;
@@ -304,14 +252,13 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
   s.topk = p.opts.select == SelectMode::kTopK;
   s.attention_sink = p.opts.attention_sink;
   s.per_head = per_head;
-  const HeadParam& select = s.topk ? p.opts.topk : p.opts.cdf_threshold;
   for (int h = 0; h < (per_head ? s.heads_q : 1); ++h) {
     s.sim_threshold[h] = p.opts.sim_threshold.at(h);
-    s.select_value[h] = select.at(h);
+    s.select_value[h] = p.opts.select_value.at(h);
   }
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
-  auto* base = static_cast<char*>(ctx.workspace);
+  auto* base = static_cast<char*>(workspace);
   s.km_partial = reinterpret_cast<double*>(base + ws.km_partial);
   s.km = reinterpret_cast<double*>(base + ws.km);
   s.pooled_q = reinterpret_cast<double*>(base + ws.pooled_q);
@@ -319,6 +266,87 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
   s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
   s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);
   s.scores = reinterpret_cast<double*>(base + ws.scores);
+  return s;
+}
+
+}  // namespace
+
+int device_count() {
+  int n = 0;
+  // No driver or no GPU: cudart_static reports an error, which means "no device" here.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string compiled_set() {
+  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention ", SPARGE_CUDA_HAVE_SM90A ? "wgmma (sm_90a) and " : "",
+             "mma.sync tiles ", kTileQ, "x", kTileK, ": ",
+             attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
+}
+
+std::vector<int> compiled_head_dims() {
+  std::vector<int> dims;
+  for (const auto& inst : kCompiledInstances) {
+    if (fast_build() && !inst.in_fast_build) continue;
+    if (std::find(dims.begin(), dims.end(), inst.head_dim) == dims.end()) dims.push_back(inst.head_dim);
+  }
+  std::sort(dims.begin(), dims.end());
+  return dims;
+}
+
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
+  return predict_workspace(shape, opts).total;
+}
+
+Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                 const AttentionExtras& extras, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  if (p.opts.quant != QuantMode::kNone)
+    return Status::unsupported("SparseOptions.quant kInt8Fp8 is not implemented by the CUDA backend yet; use kNone");
+  if (mask.block_q != kTileQ || mask.block_k != kTileK)
+    return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
+                                   ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
+                                   kTileK, ")"));
+  if (p.opts.pv_group_rows != kPvGroupRows)
+    return Status::unsupported(cat("SparseOptions.pv_group_rows must be ", kPvGroupRows,
+                                   " on cuda (one warp's rows), got ", p.opts.pv_group_rows));
+  if (p.opts.pv_threshold.per_head && p.shape.heads_q > kMaxParamHeads)
+    return Status::unsupported(cat("per-head pv_threshold supports at most ", kMaxParamHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+
+  const AttnParams a = to_params(p, mask, o, extras);
+  Kernel kernel = Kernel::kSm80;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel));
+  return attention_by_head_dim(kernel, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
+                               static_cast<cudaStream_t>(ctx.stream));
+}
+
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
+  if (per_head && p.shape.heads_q > kMaxPredictHeads)
+    return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  if (mask.num_k_blocks() > max_sortable_key_blocks())
+    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
+                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
+                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
+  const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
+    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
+                                 " bytes for Stage 1 (workspace_size()), got ",
+                                 ctx.workspace ? ctx.workspace_bytes : 0));
+  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
+    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+
+  const PredictParams s = to_params(p, mask, ws, ctx.workspace);
   return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
 }
 

@@ -53,25 +53,74 @@ struct Problem {
 };
 
 TEST(CApi, DefaultsEqualTheCppDefaults) {
+  // Field by field against SparseOptions{} and the run-time table; also the enum constants.
   const sparge_options c = sparge_default_options();
+  EXPECT_EQ(c.struct_size, sizeof(sparge_options));
   const SparseOptions d;
   EXPECT_EQ(c.scale, d.scale);
-  EXPECT_EQ(c.causal, 0);
-  EXPECT_EQ(c.causal_bottom_right, 0);
+  EXPECT_EQ(c.causal, int(d.causal));
+  EXPECT_EQ(c.causal_align, int(d.causal_align));
   EXPECT_EQ(c.sim_threshold, d.sim_threshold.value);
-  EXPECT_EQ(c.select_topk, 0);
-  EXPECT_EQ(c.cdf_threshold, d.cdf_threshold.value);
-  EXPECT_EQ(c.topk, d.topk.value);
-  EXPECT_EQ(c.attention_sink, 0);
+  EXPECT_EQ(c.select, int(d.select));
+  EXPECT_EQ(c.select_value, d.select_value.value);
+  EXPECT_EQ(c.attention_sink, int(d.attention_sink));
   EXPECT_EQ(c.pv_threshold, d.pv_threshold.value);
   EXPECT_EQ(c.pv_group_rows, d.pv_group_rows);
   EXPECT_EQ(c.block_q, d.block_q);
   EXPECT_EQ(c.block_k, d.block_k);
-  EXPECT_EQ(c.quant, 0);
-  EXPECT_EQ(c.per_head_sim, nullptr);
-  EXPECT_EQ(c.per_head_cdf, nullptr);
-  EXPECT_EQ(c.per_head_topk, nullptr);
-  EXPECT_EQ(c.per_head_pv, nullptr);
+  EXPECT_EQ(c.quant, int(d.quant));
+  EXPECT_EQ(c.sim_threshold_per_head, nullptr);
+  EXPECT_EQ(c.select_value_per_head, nullptr);
+  EXPECT_EQ(c.pv_threshold_per_head, nullptr);
+  EXPECT_EQ(sparge_options_size(), sizeof(sparge_options));
+  sparge_options init;
+  std::memset(&init, 0xff, sizeof(init));
+  sparge_options_init(&init);
+  EXPECT_EQ(init.struct_size, c.struct_size);
+  EXPECT_EQ(init.select_value, c.select_value);
+  EXPECT_EQ(init.block_k, c.block_k);
+  EXPECT_EQ(init.pv_threshold_per_head, nullptr);
+  EXPECT_EQ(SPARGE_CAUSAL_BOTTOM_RIGHT, int(CausalAlign::kBottomRight));
+  EXPECT_EQ(SPARGE_SELECT_TOPK, int(SelectMode::kTopK));
+  EXPECT_EQ(SPARGE_QUANT_INT8_FP8, int(QuantMode::kInt8Fp8));
+}
+
+TEST(CApi, SetsOptionsByName) {
+  sparge_options c = sparge_default_options();
+  char err[256] = "";
+  // Every option of the table can be set by its name, and reads back as the C++ default when
+  // set to it.
+  for (const OptionInfo& info : option_table())
+    EXPECT_EQ(sparge_options_set(&c, info.name, info.default_value, err, sizeof(err)), 0)
+        << info.name << ": " << err;
+  EXPECT_EQ(sparge_options_set(&c, "pv_threshold", 7.5, err, sizeof(err)), 0);
+  EXPECT_EQ(c.pv_threshold, 7.5f);
+  EXPECT_EQ(sparge_options_set(&c, "select", SPARGE_SELECT_TOPK, err, sizeof(err)), 0);
+  EXPECT_EQ(c.select, SPARGE_SELECT_TOPK);
+  EXPECT_NE(sparge_options_set(&c, "block_q", 64.5, err, sizeof(err)), 0);
+  EXPECT_THAT(std::string(err), HasSubstr("sparge_options.block_q must be a whole number"));
+  EXPECT_NE(sparge_options_set(&c, "cdf", 0.5, err, sizeof(err)), 0);
+  EXPECT_THAT(std::string(err), HasSubstr("name must be a field of sparge_options"));
+  const float per_head[2] = {0.1f, 0.2f};
+  EXPECT_EQ(sparge_options_set_per_head(&c, "sim_threshold", per_head, err, sizeof(err)), 0);
+  EXPECT_EQ(c.sim_threshold_per_head, per_head);
+  EXPECT_NE(sparge_options_set_per_head(&c, "block_q", per_head, err, sizeof(err)), 0);
+  EXPECT_THAT(std::string(err),
+              HasSubstr("per-head option of sparge_options (sim_threshold select_value "
+                        "pv_threshold), got 'block_q'"));
+}
+
+TEST(CApi, RejectsAStructOfAnotherSize) {
+  Problem p;
+  const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),
+                      o = to_c(p.o_c.view);
+  sparge_options opts = sparge_default_options();
+  opts.struct_size = sizeof(sparge_options) - 8;
+  char err[256] = "";
+  EXPECT_EQ(sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
+                                    err, sizeof(err)),
+            static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(err), HasSubstr("sparge_options.struct_size must be"));
 }
 
 TEST(CApi, ErrorsGoToTheCallersBuffer) {
@@ -79,14 +128,14 @@ TEST(CApi, ErrorsGoToTheCallersBuffer) {
   const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),
                       o = to_c(p.o_c.view);
   sparge_options opts = sparge_default_options();
-  opts.cdf_threshold = 1.5f;
+  opts.select_value = 1.5f;
   char err[256];
   std::memset(err, 'x', sizeof(err));
   int rc = sparge_sparse_attention(&q, &k, &v, &opts, &o, nullptr, nullptr, 0, nullptr, nullptr,
                                    err, sizeof(err));
   EXPECT_EQ(rc, static_cast<int>(StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(err),
-              HasSubstr("SparseOptions.cdf_threshold must be in (0, 1], got 1.5"));
+              HasSubstr("SparseOptions.select_value (cdf_threshold) must be in (0, 1], got 1.5"));
   EXPECT_TRUE(any_nan(p.o_c.to_hnd()));  // nothing was written
 
   // Truncated to the buffer, always terminated; a NULL buffer is fine too.
@@ -138,19 +187,19 @@ TEST(CApi, RunsMatchTheCppApiBitForBit) {
   const float sim[4] = {0.2f, 0.3f, 1.0f, -1.0f}, pv[4] = {5.0f, 10.0f, 20.0f, INFINITY};
   sparge_options c = sparge_default_options();
   c.causal = 1;
-  c.causal_bottom_right = 1;
+  c.causal_align = SPARGE_CAUSAL_BOTTOM_RIGHT;
   c.block_q = 64;
   c.block_k = 32;
-  c.cdf_threshold = 0.7f;
+  c.select_value = 0.7f;
   c.attention_sink = 1;
-  c.per_head_sim = sim;
-  c.per_head_pv = pv;
+  c.sim_threshold_per_head = sim;
+  c.pv_threshold_per_head = pv;
   SparseOptions cpp;
   cpp.causal = true;
   cpp.causal_align = CausalAlign::kBottomRight;
   cpp.block_q = 64;
   cpp.block_k = 32;
-  cpp.cdf_threshold = {0.7f};
+  cpp.select_value = {0.7f};
   cpp.attention_sink = true;
   cpp.sim_threshold = {0.6f, sim};
   cpp.pv_threshold = {50.0f, pv};

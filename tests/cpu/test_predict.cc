@@ -57,7 +57,7 @@ SparseOptions base_options() {
 SparseOptions topk_options(float kappa) {
   SparseOptions o = base_options();
   o.select = SelectMode::kTopK;
-  o.topk = {kappa};
+  o.select_value = {kappa};
   return o;
 }
 
@@ -90,7 +90,7 @@ TEST(Predict, TopCdfKeepsTheBlockThatReachesTau) {
   const std::pair<float, Blocks> cases[] = {
       {0.4f, {1}}, {0.75f, {1, 3}}, {0.9f, {0, 1, 3}}, {1.0f, {0, 1, 2, 3}}};
   for (const auto& [tau, want] : cases) {
-    o.cdf_threshold = {tau};
+    o.select_value = {tau};
     EXPECT_EQ(kept(predict(q, k, Dims{}, o), 0, 0, 0), want) << "tau " << tau;
   }
 }
@@ -137,7 +137,7 @@ TEST(Predict, SimilarityThresholdIsStrict) {
   std::vector<float> k;
   append_alternating(&k, 16, {1, 0, 0, 0}, {0, 1, 0, 0});
   append_alternating(&k, 16, {-1, 0, 0, 0}, {0, -1, 0, 0});
-  o.topk = {0.5f};
+  o.select_value = {0.5f};
   o.sim_threshold = {0.5f};
   EXPECT_EQ(kept(predict(e0_queries(16), k, Dims{1, 1, 1, 16, 32}, o), 0, 0, 0), Blocks({0, 1}));
   o.sim_threshold = {0.49f};
@@ -212,7 +212,7 @@ TEST(Predict, PerHeadThresholdsApplyToTheirOwnHead) {
   const float sim[3] = {-1.0f, -1.0f, 1.0f}, kappa[3] = {0.25f, 0.5f, 0.25f};
   SparseOptions o = topk_options(0.25f);
   o.sim_threshold = {0.5f, sim};
-  o.topk = {0.5f, kappa};
+  o.select_value = {0.5f, kappa};
   const HostBlockMask m = predict(q, k, Dims{1, 3, 1, 16, 64}, o);
   EXPECT_EQ(kept(m, 0, 0, 0), Blocks({1}));
   EXPECT_EQ(kept(m, 0, 1, 0), Blocks({1, 3}));
@@ -222,7 +222,7 @@ TEST(Predict, PerHeadThresholdsApplyToTheirOwnHead) {
       constant_key_blocks({std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)});
   const float tau[2] = {0.4f, 0.9f};
   SparseOptions c = base_options();
-  c.cdf_threshold = {0.5f, tau};
+  c.select_value = {0.5f, tau};
   const HostBlockMask mc = predict(e0_queries(2 * 16), kp, Dims{1, 2, 1, 16, 64}, c);
   EXPECT_EQ(kept(mc, 0, 0, 0), Blocks({1}));
   EXPECT_EQ(kept(mc, 0, 1, 0), Blocks({0, 1, 3}));
@@ -232,7 +232,7 @@ TEST(Predict, UserScaleIsUsedForTheCompressedScores) {
   // Scores scale·c with c = (4, 0, 1, 2), τ = 0.7: a sharper softmax needs fewer blocks.
   const std::vector<float> q = e0_queries(16), k = constant_key_blocks({4, 0, 1, 2});
   SparseOptions o = base_options();
-  o.cdf_threshold = {0.7f};
+  o.select_value = {0.7f};
   o.scale = 1.0f;
   EXPECT_EQ(kept(predict(q, k, Dims{}, o), 0, 0, 0), Blocks({0}));
   o.scale = 0.0f;  // 1/sqrt(4) = 0.5: P = (0.58, 0.08, 0.13, 0.21)
@@ -252,7 +252,7 @@ TEST(Predict, DtypeAndLayoutDoNotChangeTheMask) {
   o.block_q = 32;
   o.block_k = 16;
   o.sim_threshold = {-1.0f};  // every block similar: the selection alone decides
-  o.cdf_threshold = {0.5f};
+  o.select_value = {0.5f};
   o.causal = true;
   const HostBlockMask ref = predict(q, k, s, o);
   EXPECT_EQ(predict(q, k, s, o, DType::kBFloat16, Layout::kNHD).indices, ref.indices);

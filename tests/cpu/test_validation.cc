@@ -163,24 +163,24 @@ TEST(Validation, OptionRanges) {
                     "SparseOptions.sim_threshold must be in [-1, 1], got 1.5");
   expect_everywhere([&](Inputs& in) { in.opts.sim_threshold = {nan}; },
                     "SparseOptions.sim_threshold must be in [-1, 1], got nan");
-  expect_everywhere([](Inputs& in) { in.opts.cdf_threshold = {0.0f}; },
-                    "SparseOptions.cdf_threshold must be in (0, 1], got 0");
-  expect_everywhere([](Inputs& in) { in.opts.cdf_threshold = {1.01f}; },
-                    "SparseOptions.cdf_threshold must be in (0, 1]");
-  expect_everywhere([&](Inputs& in) { in.opts.cdf_threshold = {nan}; },
-                    "SparseOptions.cdf_threshold must be in (0, 1], got nan");
+  expect_everywhere([](Inputs& in) { in.opts.select_value = {0.0f}; },
+                    "SparseOptions.select_value (cdf_threshold) must be in (0, 1], got 0");
+  expect_everywhere([](Inputs& in) { in.opts.select_value = {1.01f}; },
+                    "SparseOptions.select_value (cdf_threshold) must be in (0, 1]");
+  expect_everywhere([&](Inputs& in) { in.opts.select_value = {nan}; },
+                    "SparseOptions.select_value (cdf_threshold) must be in (0, 1], got nan");
   expect_everywhere(
       [](Inputs& in) {
         in.opts.select = SelectMode::kTopK;
-        in.opts.topk = {0.0f};
+        in.opts.select_value = {0.0f};
       },
-      "SparseOptions.topk must be in (0, 1], got 0");
+      "SparseOptions.select_value (topk) must be in (0, 1], got 0");
   expect_everywhere(
       [&](Inputs& in) {
         in.opts.select = SelectMode::kTopK;
-        in.opts.topk = {nan};
+        in.opts.select_value = {nan};
       },
-      "SparseOptions.topk must be in (0, 1], got nan");
+      "SparseOptions.select_value (topk) must be in (0, 1], got nan");
   expect_everywhere([](Inputs& in) { in.opts.pv_threshold = {-0.5f}; },
                     "SparseOptions.pv_threshold must be in [0, inf], got -0.5");
   expect_everywhere([&](Inputs& in) { in.opts.pv_threshold = {nan}; },
@@ -194,9 +194,8 @@ TEST(Validation, OptionRanges) {
   expect_everywhere([](Inputs& in) { in.opts.pv_group_rows = 17; },
                     "SparseOptions.pv_group_rows must be in [1, block_q = 16], got 17");
 
-  Inputs ok;  // +inf is a valid λ; the unused mode's threshold is not checked
+  Inputs ok;  // +inf is a valid λ
   ok.opts.pv_threshold = {INFINITY};
-  ok.opts.topk = {nan};
   EXPECT_TRUE(ok.attention().is_ok());
 }
 
@@ -210,9 +209,9 @@ TEST(Validation, PerHeadOptionsNameTheHead) {
       "SparseOptions.sim_threshold[2] must be in [-1, 1], got nan");
   expect_everywhere(
       [&](Inputs& in) {
-        in.opts.cdf_threshold = {0.5f, cdf};
+        in.opts.select_value = {0.5f, cdf};
       },
-      "SparseOptions.cdf_threshold[3] must be in (0, 1], got 2");
+      "SparseOptions.select_value (cdf_threshold)[3] must be in (0, 1], got 2");
   expect_everywhere(
       [&](Inputs& in) {
         in.opts.pv_threshold = {0.5f, pv};
@@ -221,9 +220,9 @@ TEST(Validation, PerHeadOptionsNameTheHead) {
   expect_everywhere(
       [&](Inputs& in) {
         in.opts.select = SelectMode::kTopK;
-        in.opts.topk = {0.5f, topk};
+        in.opts.select_value = {0.5f, topk};
       },
-      "SparseOptions.topk[1] must be in (0, 1], got -0.1");
+      "SparseOptions.select_value (topk)[1] must be in (0, 1], got -0.1");
 }
 
 TEST(Validation, MaskGeometry) {

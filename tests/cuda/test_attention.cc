@@ -1,6 +1,7 @@
 // GPU block-sparse attention against the CPU reference (double accumulation) on fresh inputs:
 // odd lengths, Nq != Nk, GQA/MQA, causal in both alignments, head dims 64/128, HND/NHD,
-// fp16/bf16, dense / random / empty-row masks; λ skip counters; determinism; rejections.
+// fp16/bf16, dense / random / empty-row masks; λ skip counters; determinism; rejections;
+// NaN/Inf propagation (the cases of nan_cases.h, on whichever kernel SPARGE_CUDA_KERNEL picks).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "gpu_test_util.h"
+#include "nan_cases.h"
 
 namespace sparge::test {
 namespace {
@@ -174,6 +176,69 @@ TEST(AttentionEmptyRows, WriteZerosAndMinusInfLse) {
   for (float x : r.out) ASSERT_EQ(x, 0.0f);
   EXPECT_EQ(r.lse_max_err, 0.0);
   EXPECT_EQ(r.gpu_counters[0], 0u);
+}
+
+// The NaN/Inf cases of nan_cases.h on the GPU, bf16: Stage 2 with the given mask, or Stage 1 + 2
+// from the workspace when none is given.
+nan::Outcome run_nan_gpu(const nan::Problem& p, const HostBlockMask* mask) {
+  nan::Outcome out;
+  const HostTensor q = HostTensor::make(p.q, p.B, p.Hq, p.Nq, p.D, DType::kBFloat16, Layout::kHND);
+  const HostTensor k = HostTensor::make(p.k, p.B, p.Hkv, p.Nk, p.D, DType::kBFloat16, Layout::kHND);
+  const HostTensor v = HostTensor::make(p.v, p.B, p.Hkv, p.Nk, p.D, DType::kBFloat16, Layout::kHND);
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
+               dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(
+      HostTensor::poisoned(p.B, p.Hq, p.Nq, p.D, DType::kBFloat16, Layout::kHND));
+  DeviceBuffer dlse(sizeof(float) * p.B * p.Hq * p.Nq);
+  cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
+  AttentionExtras extras{static_cast<float*>(dlse.get()), nullptr};
+  DeviceMask dmask;
+  if (mask != nullptr) {
+    out.mask = *mask;
+    dmask = DeviceMask::upload(*mask);
+    out.status =
+        block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, p.opts, dout.view, extras);
+  } else {
+    dmask = DeviceMask::like(
+        HostBlockMask(p.B, p.Hq, p.Nq, p.Nk, p.opts.block_q, p.opts.block_k).view());
+    const std::size_t ws_bytes =
+        workspace_size(problem_shape(q.view, k.view), p.opts, Device::kCUDA);
+    DeviceBuffer ws(ws_bytes);
+    ExecContext ctx;
+    ctx.workspace = ws.get();
+    ctx.workspace_bytes = ws_bytes;
+    out.status =
+        sparse_attention(dq.view, dk.view, dv.view, p.opts, dout.view, extras, ctx, &dmask.mask);
+    if (cudaDeviceSynchronize() != cudaSuccess) out.status = Status::internal("CUDA error");
+    out.mask = dmask.download();
+  }
+  if (cudaDeviceSynchronize() != cudaSuccess && out.status.is_ok())
+    out.status = Status::internal("CUDA error");
+  out.o = dout.download();
+  out.lse.resize(p.B * p.Hq * p.Nq);
+  cudaMemcpy(out.lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);
+  return out;
+}
+
+TEST(AttentionNan, QRowGivesThatRowNaN) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  nan::q_row_cases(run_nan_gpu);
+}
+TEST(AttentionNan, KRowGivesTheRowsThatSeeItNaN) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  nan::k_row_cases(run_nan_gpu);
+}
+TEST(AttentionNan, VRowGivesOneNaNChannel) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  nan::v_row_cases(run_nan_gpu);
+}
+TEST(AttentionNan, RowsWithoutKeysStayZero) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  nan::keyless_row_cases(run_nan_gpu);
+}
+TEST(AttentionNan, PredictedMaskKeepsNaNBlocks) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  nan::predicted_cases(run_nan_gpu);
 }
 
 // Rejections name the field and the supported value.

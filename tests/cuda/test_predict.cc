@@ -53,8 +53,7 @@ TEST_P(PredictVsReference, MasksAgreeExceptAtTies) {
   std::vector<float> per_head_sim(Hq);
   for (int64_t h = 0; h < Hq; ++h) per_head_sim[h] = c.sim + 0.1f * float(h % 3) - 0.1f;
   opts.sim_threshold.per_head = per_head_sim.data();
-  if (c.select == SelectMode::kTopK) opts.topk.value = c.cdf_or_topk;
-  else opts.cdf_threshold.value = c.cdf_or_topk;
+  opts.select_value.value = c.cdf_or_topk;
 
   HostBlockMask ref(B, Hq, Nq, Nk, opts.block_q, opts.block_k);
   Status st = predict_block_mask(q.view, k.view, opts, ref.view());
@@ -124,7 +123,7 @@ TEST(SparseAttentionEndToEnd, MatchesReference) {
   HostTensor v = HostTensor::make(w.v, B, H, N, D, DType::kBFloat16, Layout::kHND);
   SparseOptions opts;
   opts.sim_threshold.value = -0.5f;  // every block similar: selection decides
-  opts.cdf_threshold.value = 0.9f;
+  opts.select_value.value = 0.9f;
   opts.pv_threshold.value = INFINITY;
 
   HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 import sparge
 from conftest import dense_options, make_qkv
 
-OPTS = [0.25, 0.5, 0.9, 50.0]  # scale, sim, cdf, pv (binding.cc order)
-FLAGS = [0, 0, 0, 0, 128, 64, 0, 2, 1]  # ..., block_q, block_k, quantized, cpu-fast, extras
+# Named keyword arguments of the ops (one per option of include/sparge/option_list.h).
+OPTIONS = dict(scale=0.25, sim_threshold=0.5, select_value=0.9, pv_threshold=50.0,
+               backend="cpu")
 
 
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
@@ -17,19 +18,23 @@ def test_opcheck_attention(layout):
     q, k, v = make_qkv(seq_q=150, head_dim=16, seed=1)
     if layout == "NHD":  # HND views of token-major storage: the fake must keep the strides
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-    torch.library.opcheck(torch.ops.sparge.attention.default,
-                          (q, k, v, OPTS, FLAGS, [None, torch.full((2,), 0.8), None]),
+    torch.library.opcheck(torch.ops.sparge.attention.default, (q, k, v),
+                          dict(OPTIONS, select_value_per_head=torch.full((2,), 0.8),
+                               with_extras=True),
                           test_utils=("test_schema", "test_faketensor"))
 
 
 def test_opcheck_stage_ops():
     q, k, v = make_qkv(seq_q=150, head_dim=16, seed=2)
-    counts, indices = torch.ops.sparge.predict_block_mask(q, k, OPTS, FLAGS, [None] * 3)
+    counts, indices = torch.ops.sparge.predict_block_mask(q, k, **OPTIONS)
     checks = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.sparge.predict_block_mask.default,
-                          (q, k, OPTS, FLAGS, [None] * 3), test_utils=checks)
+    torch.library.opcheck(torch.ops.sparge.predict_block_mask.default, (q, k), OPTIONS,
+                          test_utils=checks)
     torch.library.opcheck(torch.ops.sparge.block_sparse_attention.default,
-                          (q, k, v, counts, indices, OPTS, FLAGS, [None] * 3), test_utils=checks)
+                          (q, k, v, counts, indices), dict(OPTIONS, with_extras=True),
+                          test_utils=checks)
+    torch.library.opcheck(torch.ops.sparge.check_options.default, (4,), OPTIONS,
+                          test_utils=("test_schema",))
     torch.library.opcheck(torch.ops.sparge.hilbert_order.default,
                           (2, 3, 4, torch.device("cpu")), test_utils=checks)
 

@@ -15,9 +15,9 @@ def qkv():
 
 
 @pytest.mark.parametrize("kwargs,error,fragment", [
-    (dict(cdf_threshold=1.5), ValueError, "cdf_threshold must be in (0, 1], got 1.5"),
-    (dict(cdf_threshold=0.0), ValueError, "cdf_threshold must be in (0, 1]"),
-    (dict(topk=0.0), ValueError, "topk must be in (0, 1]"),
+    (dict(cdf_threshold=1.5), ValueError, "select_value (cdf_threshold) must be in (0, 1], got 1.5"),
+    (dict(cdf_threshold=0.0), ValueError, "select_value (cdf_threshold) must be in (0, 1]"),
+    (dict(topk=0.0), ValueError, "select_value (topk) must be in (0, 1]"),
     (dict(sim_threshold=1.5), ValueError, "sim_threshold must be in [-1, 1]"),
     (dict(sim_threshold=math.nan), ValueError, "sim_threshold must be in [-1, 1], got nan"),
     (dict(pv_threshold=-1.0), ValueError, "pv_threshold must be in [0, inf]"),
@@ -30,6 +30,10 @@ def qkv():
     (dict(cdf_threshold=0.9, topk=0.5), ValueError, "cdf_threshold or topk, not both"),
     (dict(block_q=100), ValueError, "block_q must be one of 16, 32, 64, 128, 256, got 100"),
     (dict(block_k=512), ValueError, "block_k must be one of"),
+    (dict(block_q=0), ValueError, "block_q must be one of 16, 32, 64, 128, 256, got 0"),
+    (dict(block_k=0), ValueError, "block_k must be one of 16, 32, 64, 128, 256, got 0"),
+    (dict(block_q=2 ** 40), ValueError, "block_q must fit in a 32-bit int, got 1099511627776"),
+    (dict(quantized=1), TypeError, "quantized must be a bool"),
     (dict(block_k=64.0), TypeError, "block_k must be an int"),
     (dict(scale=0.0), ValueError, "scale must be finite and > 0"),
     (dict(scale=math.inf), ValueError, "scale must be finite and > 0"),
@@ -103,10 +107,16 @@ def test_block_mask_errors(qkv):
 
 def test_op_level_errors(qkv):
     q, k, v = qkv
+    # The ops' arguments have names, so errors and traces name them.
     with pytest.raises(ValueError, match="sim_threshold per-head tensor must be a contiguous cpu"):
-        torch.ops.sparge.attention(q, k, v, [0.25, 0.5, 0.9, 50.0], [0, 0, 0, 0, 128, 64, 0, 0, 0],
-                                   [torch.ones(5), None, None])
-    with pytest.raises(ValueError, match="options must be 4 scalars, 9 flags"):
-        torch.ops.sparge.attention(q, k, v, [0.25], [0], [None])
+        torch.ops.sparge.attention(q, k, v, sim_threshold_per_head=torch.ones(5))
+    with pytest.raises(ValueError, match="block_q must be one of 16, 32, 64, 128, 256, got 0"):
+        torch.ops.sparge.attention(q, k, v, block_q=0)  # was a SIGFPE (division by block_q)
+    with pytest.raises(ValueError, match="block_k must be one of 16, 32, 64, 128, 256, got 0"):
+        torch.ops.sparge.predict_block_mask(q, k, block_k=0)
+    with pytest.raises(ValueError, match="select must be one of 'topcdf', 'topk', got 'top'"):
+        torch.ops.sparge.attention(q, k, v, select="top")
+    with pytest.raises(RuntimeError, match="block_q"):  # the schema names the argument
+        torch.ops.sparge.attention(q, k, v, block_q=1.5)
     with pytest.raises(ValueError, match="token_grid sizes must be >= 1"):
         torch.ops.sparge.hilbert_order(0, 2, 2, torch.device("cpu"))

@@ -110,7 +110,57 @@ def test_patch_rejects_unknown_options():
         sparge.patch_sdpa(cdf=0.9)
     with pytest.raises(ValueError, match="min_seq_len must be an int >= 0"):
         sparge.patch_sdpa(min_seq_len=-1)
-    q, k, v = make_qkv(seq_q=300, head_dim=32)
-    with sparge.patch_sdpa(cdf_threshold=2.0):
-        with pytest.raises(ValueError, match="cdf_threshold must be in"):
-            F.scaled_dot_product_attention(q, k, v)
+    # Checked where the patch is written, not at the model's first attention call.
+    with pytest.raises(ValueError, match=r"select_value \(cdf_threshold\) must be in"):
+        sparge.patch_sdpa(cdf_threshold=2.0)
+    with pytest.raises(ValueError, match="block_q must be one of 16, 32, 64, 128, 256, got 0"):
+        sparge.patch_sdpa(block_q=0)
+    with pytest.raises(ValueError, match=r"pv_threshold\[1\] must be in \[0, inf\]"):
+        sparge.patch_sdpa(pv_threshold=torch.tensor([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("shape_q,shape_k", [
+    ((0, 2, 300, 32), (0, 2, 300, 32)),  # batch 0
+    ((1, 2, 0, 32), (1, 2, 300, 32)),    # no query
+    ((1, 2, 300, 32), (1, 2, 0, 32)),    # no key: SDPA gives zeros
+])
+def test_patched_sdpa_on_empty_tensors_matches_torch(shape_q, shape_k):
+    # Used to raise ("q.batch must be >= 1") where SDPA returns an empty tensor.
+    q, k = torch.randn(shape_q), torch.randn(shape_k)
+    v = torch.randn(shape_k)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    with sparge.patch_sdpa(min_seq_len=0) as patch:
+        got = F.scaled_dot_product_attention(q, k, v)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    assert got.shape == expected.shape and torch.equal(got, expected)
+    out, stats = sparge.attention(q, k, v, return_stats=True)
+    assert torch.equal(out, expected) and stats.lse.shape == q.shape[:3]
+
+
+def test_multihead_attention_fast_path_goes_through_the_patch():
+    # nn.MultiheadAttention in eval mode takes PyTorch's fused fast path, which calls no SDPA:
+    # it used to bypass the patch silently.
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    x = torch.randn(2, 300, 64)
+    with torch.no_grad():
+        expected, _ = mha(x, x, x, need_weights=False)
+        fast_path = torch.backends.mha.get_fastpath_enabled()
+        with sparge.patch_sdpa(**dense_options()) as patch:
+            got, _ = mha(x, x, x, need_weights=False)
+            with pytest.warns(sparge.SpargeFallbackWarning, match="need_weights=True"):
+                _, weights = mha(x, x, x)
+        assert torch.backends.mha.get_fastpath_enabled() == fast_path  # restored
+    assert patch.sparge_calls == 1 and weights.shape == (2, 300, 300)
+    assert_close(got, expected, atol=1e-5)
+
+
+def test_import_sparge_makes_workloads_available():
+    # `import sparge` alone must expose sparge.workloads (it used to need its own import).
+    import subprocess
+    import sys
+    code = ("import sparge; w = sparge.workloads.random_gaussian(heads_q=1, seq_q=8, head_dim=4); "
+            "print(w.q.shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch.Size([1, 1, 8, 4])" in result.stdout

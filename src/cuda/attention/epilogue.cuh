@@ -1,5 +1,8 @@
 // Epilogue of the attention kernel: o_r = acc_r / l_r (0 when l_r = 0: the row saw no key),
 // lse_r = ln 2 · (m_r + log2 l_r) (-inf when l_r = 0), and the per-head λ-skip counters.
+// l_r = 0 exactly when the row saw no key (a row that saw one has a term 2^0 = 1); its zeros are
+// selected, not acc·0, since acc may hold 0·NaN from a NaN v row of a key masked for this row.
+// A NaN l_r (a NaN score) is not 0, so o_r and lse_r come out NaN.
 #pragma once
 
 #include <cmath>
@@ -20,13 +23,15 @@ __device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, 
   for (int i = 0; i < 2; ++i) {
     const int row = row_g + 8 * i;
     if (row >= p.seq_q) continue;
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+    const bool empty = l[i] == 0.0f;
+    const float inv = 1.0f / l[i];
     T* dst = gO + int64_t(row) * p.o_stride[2] + (lane & 3) * 2;
 #pragma unroll
     for (int d = 0; d < Traits::kHeadDim / 8; ++d)
-      *reinterpret_cast<uint32_t*>(dst + d * 8) = pack2<T>(acc[d][2 * i] * inv, acc[d][2 * i + 1] * inv);
+      *reinterpret_cast<uint32_t*>(dst + d * 8) = pack2<T>(empty ? 0.0f : acc[d][2 * i] * inv,
+                                                           empty ? 0.0f : acc[d][2 * i + 1] * inv);
     if (p.lse != nullptr && (lane & 3) == 0) {
-      const float lse = l[i] > 0.0f ? kLn2 * (row_max[i] + log2f(l[i])) : -INFINITY;
+      const float lse = empty ? -INFINITY : kLn2 * (row_max[i] + log2f(l[i]));
       p.lse[(int64_t(b) * p.heads_q + h) * p.seq_q + row] = lse;
     }
   }

@@ -41,5 +41,8 @@ template <typename T, int kHeadDim, bool kCausal>
 Status launch_attn(const AttnParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim, bool kCausal>
 Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
+// The warp-specialized TMA kernel (sm_90a; launch_sm90_ws.cuh), chosen by SPARGE_CUDA_KERNEL=sm90ws.
+template <typename T, int kHeadDim, bool kCausal>
+Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream);
 
 }  // namespace sparge::cuda

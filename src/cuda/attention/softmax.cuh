@@ -2,6 +2,9 @@
 // of the mma C fragments), and the λ rule of docs/method.md deciding whether the slab skips P·V.
 // Scores arrive raw (q·k); the scale·log2 e factor is folded into the max and into one FFMA per
 // element before exp2.
+// NaN: the maxima are NaN-propagating (max_nan, the same one instruction as fmaxf), so a NaN
+// score makes m_loc and m NaN; the λ tests then compare false (never skip), 2^(s - NaN) makes
+// l and acc NaN, and the epilogue writes NaN. "The row saw no key" is l = 0, not m = -inf.
 #pragma once
 
 #include <cmath>
@@ -30,11 +33,12 @@ struct OnlineSoftmax {
   // Max of each of the thread's two rows over the tile, in log2 units. Scaling by a positive
   // factor is monotonic under rounding, so max(s)·c equals max(s·c) exactly.
   __device__ static void tile_max(const float (&s)[kNTiles][4], float scale_log2, float (&m_loc)[2]) {
-    m_loc[0] = m_loc[1] = -INFINITY;
+    m_loc[0] = max_nan(s[0][0], s[0][1]);
+    m_loc[1] = max_nan(s[0][2], s[0][3]);
 #pragma unroll
-    for (int n = 0; n < kNTiles; ++n) {
-      m_loc[0] = fmaxf(m_loc[0], fmaxf(s[n][0], s[n][1]));
-      m_loc[1] = fmaxf(m_loc[1], fmaxf(s[n][2], s[n][3]));
+    for (int n = 1; n < kNTiles; ++n) {
+      m_loc[0] = max_nan(m_loc[0], max_nan(s[n][0], s[n][1]));
+      m_loc[1] = max_nan(m_loc[1], max_nan(s[n][2], s[n][3]));
     }
     // The 4 threads of a quad share a row.
     m_loc[0] = warp_max_xor(m_loc[0], 2) * scale_log2;
@@ -43,6 +47,7 @@ struct OnlineSoftmax {
 
   // The λ rule: the slab skips the tile iff every existing row r has m_loc_r = -inf or
   // (m_r != -inf and m_loc_r - m_r <= -λ). Rows past seq_q do not exist and never block a skip.
+  // A NaN m_loc_r or m_r fails both tests, so a row with a NaN score always computes.
   // All lanes hold the same slab, so the result is warp-uniform.
   __device__ bool slab_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
                              float lambda) const {
@@ -58,13 +63,14 @@ struct OnlineSoftmax {
 
   // Computed tile, scores half: m_new = max(m, m_loc), l rescaled by alpha = 2^(m - m_new),
   // s <- 2^(s·c - m_new), l += Σ s. A row still at -inf uses 0 as base so that no inf - inf
-  // appears. The accumulator is rescaled separately (rescale) so that a kernel whose P·V of the
-  // previous tile is still in flight can do this half first.
+  // appears; a NaN m_new (a NaN score) makes alpha, s and l NaN. The accumulator is rescaled
+  // separately (rescale) so that a kernel whose P·V of the previous tile is still in flight can
+  // do this half first.
   __device__ void exponentiate(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
                                float (&alpha)[2]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const float m_new = fmaxf(row_max[i], m_loc[i]);
+      const float m_new = max_nan(row_max[i], m_loc[i]);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
       alpha[i] = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;

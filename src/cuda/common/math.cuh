@@ -33,8 +33,22 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// max(a, b) that is NaN when either is: PTX max.NaN (sm_80+), one FMNMX like fmaxf, which would
+// instead drop a NaN operand and so turn a row of NaN scores into a row that sees no key.
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return isnan(a) || isnan(b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
+#endif
+}
+
+// Max over the lanes `off` = 1, 2, .. width_mask apart (a quad for width_mask 2); NaN-propagating.
 __device__ __forceinline__ float warp_max_xor(float x, int width_mask) {
-  for (int off = 1; off <= width_mask; off <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+  for (int off = 1; off <= width_mask; off <<= 1)
+    x = max_nan(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
 

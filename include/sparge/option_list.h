@@ -1,0 +1,74 @@
+/* The options of Sparge, written once.
+ *
+ * Every layer is expanded from these lists, so adding an option is one line here plus its
+ * validation (src/common/validate.cc) and its use:
+ *   include/sparge/types.h      SparseOptions (C++ fields and defaults) and its enums
+ *   include/sparge/sparge_c.h   sparge_options (C ABI) and the enum constants
+ *   src/common/options.cc       option_table(): names, kinds, defaults and docs at run time,
+ *                               enum names, the C ABI conversion
+ *   python/csrc/binding.cc      the torch op schemas (one named, typed argument per option)
+ *   python/sparge/_options.py   Python defaults and enum names, read from option_table()
+ *   tools/cli_common.cc         the command line's defaults, read from SparseOptions{}
+ * tests/cpu/test_options.cc and tests/python/test_options.py fail if a layer disagrees.
+ *
+ * Plain C preprocessor, so the C header can expand it too. Each list takes one macro per kind:
+ *   FLOAT(name, default, doc)            one float
+ *   BOOL(name, default, doc)             on/off (an int 0/1 in the C ABI)
+ *   INT(name, default, doc)              one int
+ *   ENUM(name, Type, default, doc)       an enum class value (its list below; an int in C)
+ *   HEAD(name, default, doc)             a float for every query head, or one per head
+ *                                        (HeadParam; in C a float and `const float* name_per_head`)
+ * Enum lists take X(kCxxName, C_NAME, code, "python_name", doc); the C constant is SPARGE_<C_NAME>.
+ */
+#ifndef SPARGE_OPTION_LIST_H_
+#define SPARGE_OPTION_LIST_H_
+
+/* Causal alignment when Nq != Nk: query i may see key j iff j <= i + offset. */
+#define SPARGE_CAUSAL_ALIGN_VALUES(X)                                                           \
+  X(kTopLeft, CAUSAL_TOP_LEFT, 0, "top_left", "offset 0 (PyTorch SDPA's is_causal)")           \
+  X(kBottomRight, CAUSAL_BOTTOM_RIGHT, 1, "bottom_right",                                      \
+    "offset Nk - Nq (FlashAttention's: a prefill chunk attending to a KV cache that ends at "  \
+    "the same position)")
+
+/* How Stage 1 chooses key blocks per query block; `select_value` is the mode's one number. */
+#define SPARGE_SELECT_MODE_VALUES(X)                                                            \
+  X(kTopCdf, SELECT_TOPCDF, 0, "topcdf",                                                       \
+    "keep the most probable key blocks until their predicted mass reaches select_value "       \
+    "(inclusive); Python's cdf_threshold")                                                     \
+  X(kTopK, SELECT_TOPK, 1, "topk",                                                             \
+    "keep floor(select_value * allowed key blocks) blocks, at least one; Python's topk")
+
+#define SPARGE_QUANT_MODE_VALUES(X)                                                             \
+  X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \
+  X(kInt8Fp8, QUANT_INT8_FP8, 1, "int8_fp8",                                                   \
+    "SageAttention2: INT8 per-block Q/K (K smoothed by its mean), FP8 e4m3 V per channel")
+
+/* Which implementation runs (ExecContext, not SparseOptions). */
+#define SPARGE_BACKEND_VALUES(X)                                                                \
+  X(kAuto, BACKEND_AUTO, 0, "auto", "by device: the fast CPU backend or the CUDA backend")     \
+  X(kReference, BACKEND_REFERENCE, 1, "reference", "the exact CPU reference (double sums)")    \
+  X(kCpuFast, BACKEND_CPU_FAST, 2, "cpu", "the fast CPU backend")                              \
+  X(kCuda, BACKEND_CUDA, 3, "cuda", "the CUDA backend")
+
+/* The fields of SparseOptions, in order. */
+#define SPARGE_OPTIONS(FLOAT, BOOL, INT, ENUM, HEAD)                                            \
+  FLOAT(scale, 0.0f, "softmax scale; 0 means 1/sqrt(head_dim); Stage 1 uses the same")         \
+  BOOL(causal, false, "causal attention, aligned by causal_align")                            \
+  ENUM(causal_align, CausalAlign, kTopLeft, "causal alignment when seq_q != seq_k")          \
+  HEAD(sim_threshold, 0.6f,                                                                    \
+       "a block is self-similar iff its mean pairwise cosine similarity is > sim_threshold; "  \
+       "non-similar blocks are always computed. [-1, 1]: < 0 every block is similar, "        \
+       ">= 1 none is (dense)")                                                                 \
+  ENUM(select, SelectMode, kTopCdf, "how Stage 1 chooses key blocks")                         \
+  HEAD(select_value, 0.98f, "the selection's number: TopCdf's mass or TopK's fraction, (0, 1]") \
+  BOOL(attention_sink, false, "always keep key block 0 where causality allows it")            \
+  HEAD(pv_threshold, 50.0f,                                                                    \
+       "lambda: skip P.V of a tile for a row group when every row's tile max is at least "    \
+       "this far below its running max (log2 units of the scaled scores). [0, inf]; inf "     \
+       "never skips")                                                                          \
+  INT(pv_group_rows, 16, "query rows that decide the P.V skip together (CUDA: 16, one warp)")  \
+  INT(block_q, 128, "query rows per mask block (the CUDA kernels take 128)")                  \
+  INT(block_k, 64, "key rows per mask block (the CUDA kernels take 64)")                      \
+  ENUM(quant, QuantMode, kNone, "quantization of Stage 2")
+
+#endif /* SPARGE_OPTION_LIST_H_ */

@@ -1,0 +1,78 @@
+// Block-sparse attention forward on Hopper (sm_90a), warp-specialized (FlashAttention-3 shape):
+//   O = softmax(scale · Q·Kᵀ restricted to the kept key tiles) · V, the same function as
+//   attn_fwd_sm80 / attn_fwd_sm90 (online softmax in log2 units, exact tail/causal masking,
+//   the λ rule per 16-row warp, empty rows -> 0, LSE, pv_counters).
+// Roles: WG0 = producer (setmaxnreg 24; one thread issues the TMA loads of Q and of K/V tiles
+//   into a kStages mbarrier ring); WG1, WG2 = consumers of 64 query rows each (setmaxnreg 240),
+//   ping-ponging their GEMMs through named barriers (mainloop_sm90_tma.cuh).
+// Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) 64×D tiles, SW128 layout:
+//   d128 164 KiB, d64 82 KiB; one CTA (384 threads) per SM, one CTA per BlockMask row.
+// Chosen by dispatch.cu only with SPARGE_CUDA_KERNEL=sm90ws (not the default); the launcher falls
+//   back to attn_fwd_sm90 where the TMA cannot address Q, K or V (launch_sm90_ws.cuh).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention/epilogue.cuh"
+#include "cuda/attention/mainloop_sm90_tma.cuh"
+#include "cuda/attention/params.h"
+#include "cuda/attention/traits_sm90_ws.cuh"
+#include "cuda/common/warpgroup_sm90.cuh"
+
+namespace sparge::cuda {
+
+template <typename Traits, bool kCausal>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    attn_fwd_sm90_ws(const __grid_constant__ AttnParamsSm90Ws params) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Mainloop = MainloopSm90Tma<Traits, kCausal>;
+  using Storage = SharedStorageSm90Ws<Traits>;
+  static_assert(kSharedStorageFits<Traits>, "SharedStorageSm90Ws outgrew Traits::kSmemBytes");
+  const AttnParams& p = params.attn;
+
+  // Setup: shared storage at the next 1024-byte boundary, barriers, the work tile.
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  const uint32_t pad = (kSw128AtomBytes - raw_addr % kSw128AtomBytes) % kSw128AtomBytes;
+  Storage& smem = *reinterpret_cast<Storage*>(smem_raw + pad);
+  if (threadIdx.x == 0) Mainloop::init_barriers(smem);
+  __syncthreads();  // the only CTA-wide barrier: after the role split the groups never meet
+
+  WorkTile w;
+  // Causal: heavy (late) query blocks first so that the tail of the grid is short.
+  w.qb = kCausal ? p.num_q_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
+  w.h = blockIdx.y;
+  w.b = blockIdx.z;
+  w.hk = w.h / p.group;
+  w.q0 = w.qb * Traits::kBlockM;
+  w.mask_row = (int64_t(w.b) * p.heads_q + w.h) * p.num_q_blocks + w.qb;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+
+  if (wg == 0) {
+    // Producer: one thread issues every load; the other 127 only give their registers back.
+    warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (warp == 0 && lane == 0) Mainloop::load(params, smem, w);
+  } else {
+    // Consumer: S = Q·Kᵀ, P = exp2(S·c - m), O += P·V over the kept tiles, then the epilogue.
+    warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int consumer = wg - 1;
+    const WarpRows rows(p, w, consumer, warp, lane);
+    typename Mainloop::Softmax softmax;
+    softmax.init();
+    float acc[Traits::kHeadDim / 8][4];
+#pragma unroll
+    for (int d = 0; d < Traits::kHeadDim / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+    unsigned visited = 0, skipped = 0;
+    Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
+
+    float l[2];
+    softmax.finalize(l);
+    store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l);
+    add_pv_counters(p, w.h, lane, visited, skipped);
+  }
+#else
+  __trap();  // dispatch.cu launches this kernel only where sm_90a code was compiled
+#endif
+}
+
+}  // namespace sparge::cuda

@@ -1,0 +1,51 @@
+// Host launcher of the warp-specialized sm_90a attention kernel for one (dtype, head dim, causal)
+// instance: encodes the tensor maps of Q, K and V, or falls back to the cp.async wgmma kernel
+// (launch_attn_sm90) where the TMA cannot address them (base not 16-byte aligned, a token/head/
+// batch stride not a multiple of 16 bytes or >= 2^40 bytes, no cuTensorMapEncodeTiled in the
+// driver). Included only by the generated files src/cuda/instances/attn_sm90ws_*.cu.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <type_traits>
+
+#include "cuda/attention/kernel_sm90_ws.cuh"
+#include "cuda/attention/params.h"
+#include "cuda/attention/traits_sm90_ws.cuh"
+#include "cuda/common/check.cuh"
+#include "cuda/common/tma_sm90.cuh"
+
+namespace sparge::cuda {
+
+template <typename T, int kHeadDim, bool kCausal>
+Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
+  using Traits = AttnTraitsSm90Ws<T, kHeadDim>;
+  constexpr auto kernel = attn_fwd_sm90_ws<Traits, kCausal>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  AttnParamsSm90Ws ws{};
+  ws.attn = params;
+  const bool tma_ok =
+      encode_tensor_map_sw128(&ws.tma_q, params.q, kBf16, kHeadDim, params.seq_q, params.heads_q,
+                              params.batch, params.q_stride, Traits::kBlockM) &&
+      encode_tensor_map_sw128(&ws.tma_k, params.k, kBf16, kHeadDim, params.seq_k, params.heads_kv,
+                              params.batch, params.k_stride, Traits::kBlockN) &&
+      encode_tensor_map_sw128(&ws.tma_v, params.v, kBf16, kHeadDim, params.seq_k, params.heads_kv,
+                              params.batch, params.v_stride, Traits::kBlockN);
+  if (!tma_ok) return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+
+  static std::once_flag once;
+  static cudaError_t attr_err = cudaSuccess;
+  std::call_once(once, [&] {
+    attr_err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    Traits::kSmemBytes);
+  });
+  SPARGE_CUDA_CHECK_NAMED(attr_err, "attn_fwd_sm90_ws (smem attribute)");
+  const dim3 grid(params.num_q_blocks, params.heads_q, params.batch);
+  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(ws);
+  SPARGE_CUDA_CHECK_LAUNCH("attn_fwd_sm90_ws");
+  return Status::ok();
+}
+
+}  // namespace sparge::cuda

@@ -1,0 +1,31 @@
+// Every named (hardware) barrier id a CUDA kernel of this library uses, and the only place where
+// bar.sync / bar.arrive are written. Id 0 is __syncthreads; the others are partial barriers
+// between warpgroups of a warp-specialized kernel.
+#pragma once
+
+#include <cstdint>
+
+namespace sparge::cuda {
+
+enum class NamedBarrier : uint32_t {
+  kSyncThreads = 0,  // reserved: __syncthreads
+  // Ping-pong of the two consumer warpgroups of attn_fwd_sm90_ws: consumer c waits on
+  // kMmaTurnConsumer0 + c before it issues its GEMMs and then hands the turn to the other.
+  kMmaTurnConsumer0 = 1,
+  kMmaTurnConsumer1 = 2,
+};
+
+__device__ __forceinline__ NamedBarrier mma_turn_barrier(int consumer) {
+  return static_cast<NamedBarrier>(static_cast<uint32_t>(NamedBarrier::kMmaTurnConsumer0) + consumer);
+}
+
+// Blocks until `threads` threads (a multiple of 32, counting the arrivals) reached barrier `id`.
+__device__ __forceinline__ void named_barrier_sync(NamedBarrier id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(static_cast<uint32_t>(id)), "r"(threads) : "memory");
+}
+// Counts this warp towards barrier `id` without waiting.
+__device__ __forceinline__ void named_barrier_arrive(NamedBarrier id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(static_cast<uint32_t>(id)), "r"(threads) : "memory");
+}
+
+}  // namespace sparge::cuda

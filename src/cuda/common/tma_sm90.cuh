@@ -1,0 +1,96 @@
+// Tensor Memory Accelerator (sm_90): host-side encoding of a tensor map for a (batch, head,
+// token, channel) tensor with 128-byte-swizzled boxes, and the device-side 4-D tile load that
+// completes on an mbarrier.
+//
+// A box is 64 channels × kRows tokens of one (batch, head): exactly one 64-column block of the
+// SW128 tile layout of wgmma_sm90.cuh (the TMA's 128B swizzle XORs the 16-byte chunk index with
+// the row index mod 8, the layout the wgmma descriptors name). Rows past the tensor's token count
+// are zero-filled by the TMA, and the full box is still counted in the transaction bytes.
+//
+// The encode function lives in the driver; the library links cudart_static and no -lcuda, so it
+// is looked up once through the runtime (cudaGetDriverEntryPointByVersion).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+
+namespace sparge::cuda {
+
+// ---- host ---------------------------------------------------------------------------------
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// nullptr when the driver does not provide it (then the caller falls back to a non-TMA kernel).
+inline EncodeTiledFn tensor_map_encoder() {
+  static std::once_flag once;
+  static EncodeTiledFn fn = nullptr;
+  std::call_once(once, [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    // 12000: the ABI of cuTensorMapEncodeTiled since CUDA 12.0.
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &found) == cudaSuccess &&
+        found == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<EncodeTiledFn>(p);
+    else
+      (void)cudaGetLastError();
+  });
+  return fn;
+}
+
+// Tensor map of a [batch][heads][tokens][head_dim] 16-bit tensor with element strides
+// (batch, head, token) and contiguous channels; boxes of 64 channels × box_rows tokens.
+// Returns false (map unusable) where the TMA cannot address the tensor: base not 16-byte
+// aligned, a stride of a dimension longer than 1 not a positive multiple of 16 bytes or
+// >= 2^40 bytes, or an encoder error.
+inline bool encode_tensor_map_sw128(CUtensorMap* map, const void* base, bool bf16, int head_dim,
+                                    int tokens, int heads, int batch, const int64_t (&stride)[3],
+                                    int box_rows) {
+  const EncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  constexpr int64_t kElem = 2;
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(tokens), cuuint64_t(heads),
+                              cuuint64_t(batch)};
+  const int64_t strides[3] = {stride[2] * kElem, stride[1] * kElem, stride[0] * kElem};
+  cuuint64_t gstrides[3];
+  int64_t dense = int64_t(head_dim) * kElem;  // a valid stride for a dimension of length 1
+  for (int i = 0; i < 3; ++i) {
+    int64_t s = strides[i];
+    if (dims[i + 1] == 1) s = dense;  // never multiplied by a nonzero index
+    if (s <= 0 || s % 16 != 0 || s >= (int64_t(1) << 40)) return false;
+    gstrides[i] = cuuint64_t(s);
+    dense = s * int64_t(dims[i + 1]);
+  }
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            4, const_cast<void*>(base), dims, gstrides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+// ---- device -------------------------------------------------------------------------------
+// Brings the descriptor into the TMA unit's cache ahead of the first load.
+__device__ __forceinline__ void tma_prefetch_descriptor(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// The box at (channel c0, token c1, head c2, batch c3) into shared memory at `smem_dst`
+// (1024-byte aligned); its bytes complete a transaction on `bar`.
+__device__ __forceinline__ void tma_load_4d(const CUtensorMap* map, uint64_t* bar, void* smem_dst,
+                                            int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst))),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
+      : "memory");
+}
+
+}  // namespace sparge::cuda

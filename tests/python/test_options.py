@@ -1,0 +1,102 @@
+"""The options written once in include/sparge/option_list.h, as every Python layer sees them:
+the ops' schemas (one named, typed argument per option, with the C++ default), the keyword
+defaults of the public functions, the selection keywords and the patch's pass-through set. The
+C++ layers (C ABI, command line) are checked by tests/cpu/test_options.cc and test_c_api.cc."""
+import inspect
+
+import pytest
+import torch
+
+import sparge
+from sparge import _C, _options
+
+OPS = ["attention", "predict_block_mask", "block_sparse_attention", "check_options"]
+# Python keywords that are the same option under another name, or sugar for it.
+# `scale=None` is C++'s 0 (1/sqrt(head_dim)).
+SUGAR = {"causal": "is_causal", "quant": "quantized", "select": "cdf_threshold/topk",
+         "select_value": "cdf_threshold/topk", "pv_group_rows": None, "scale": "scale=None"}
+
+
+def schema_defaults(op_name):
+    schema = getattr(torch.ops.sparge, op_name).default._schema
+    return {a.name: a.default_value for a in schema.arguments if a.kwarg_only}, schema
+
+
+@pytest.mark.parametrize("op_name", OPS)
+def test_op_schema_has_one_named_argument_per_option(op_name):
+    defaults, schema = schema_defaults(op_name)
+    names = [a.name for a in schema.arguments if a.kwarg_only]
+    expected = []
+    for option in _C.option_table():
+        expected.append(option["name"])
+        if option["kind"] == "head":
+            expected.append(option["name"] + "_per_head")
+    expected.append("backend")
+    if op_name in ("attention", "block_sparse_attention"):
+        expected.append("with_extras")
+    assert names == expected, str(schema)
+    for name, default in _options.DEFAULTS.items():
+        if isinstance(default, float):
+            assert defaults[name] == pytest.approx(default, rel=1e-7), name
+        else:
+            assert defaults[name] == default, name
+        assert f"{name}=" in str(schema)
+
+
+def test_python_defaults_are_the_cpp_defaults():
+    table = {o["name"]: o for o in _C.option_table()}
+    assert set(table) == set(_options.DEFAULTS)
+    # Spot values, so a wrong table cannot agree with itself.
+    assert _options.DEFAULTS["sim_threshold"] == 0.6
+    assert _options.DEFAULTS["select"] == "topcdf" and _options.DEFAULTS["select_value"] == 0.98
+    assert _options.DEFAULTS["block_q"] == 128 and _options.DEFAULTS["block_k"] == 64
+    assert _options.DEFAULTS["causal_align"] == "top_left" and _options.DEFAULTS["quant"] == "none"
+    for name, option in table.items():
+        assert option["doc"], name
+        if option["kind"] == "enum":
+            assert _options.DEFAULTS[name] in option["choices"]
+
+
+@pytest.mark.parametrize("fn", [sparge.attention, sparge.predict_block_mask,
+                                sparge.block_sparse_attention])
+def test_public_keywords_default_to_the_cpp_defaults(fn):
+    params = inspect.signature(fn).parameters
+    assert params["scale"].default is None and _options.DEFAULTS["scale"] == 0.0
+    for name, default in _options.DEFAULTS.items():
+        if name in params and name not in SUGAR:
+            assert params[name].default == default, (fn.__name__, name)
+    if "cdf_threshold" in params:  # None = the default selection (TopCdf 0.98)
+        assert params["cdf_threshold"].default is None and params["topk"].default is None
+
+
+def test_every_option_is_reachable_from_sparge_attention():
+    params = inspect.signature(sparge.attention).parameters
+    for option in _C.option_table():
+        keyword = SUGAR.get(option["name"], option["name"])
+        if keyword is None:
+            continue  # pv_group_rows: fixed by the CUDA kernels (one warp), C++/C ABI only
+        assert all(k.split("=")[0] in params for k in keyword.split("/")), option["name"]
+
+
+def test_every_selection_mode_has_a_keyword():
+    assert set(_options.TABLE["select"]["choices"]) == set(_options.SELECT_KEYWORDS)
+    q = torch.randn(1, 2, 256, 32)
+    for mode, keyword in _options.SELECT_KEYWORDS.items():
+        keywords = dict(heads_q=2, scale=0.1, is_causal=False, causal_align="top_left",
+                        sim_threshold=0.5, cdf_threshold=None, topk=None, pv_threshold=50.0,
+                        attention_sink=False, block_q=128, block_k=64, quantized=False,
+                        backend="cpu")
+        keywords[keyword] = 0.5
+        options = _options.op_options(**keywords)
+        assert options["select"] == mode and options["select_value"] == 0.5
+        counts, _ = torch.ops.sparge.predict_block_mask(q, q, **options)
+        assert counts.min() >= 1
+
+
+def test_patch_passes_every_attention_keyword():
+    from sparge import patch
+    params = inspect.signature(sparge.attention).parameters
+    keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert patch._ATTENTION_OPTIONS == keyword_only - patch._PER_CALL
+    assert {"cdf_threshold", "topk", "block_q", "quantized", "token_grid"} <= \
+        patch._ATTENTION_OPTIONS
