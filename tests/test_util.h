@@ -1,4 +1,5 @@
-// Shared test helpers: typed host tensors in any layout, error metrics, poisoning.
+// Shared test helpers: typed host tensors in any layout and poisoning. The error metrics are
+// those of every test and benchmark (measure::rel_l1, measure::cosine: workloads/measure.h).
 #pragma once
 
 #include <cmath>
@@ -8,6 +9,7 @@
 
 #include "common/fp_convert.h"
 #include "sparge/sparge.h"
+#include "workloads/measure.h"
 
 namespace sparge::test {
 
@@ -73,28 +75,6 @@ struct HostTensor {
     return out;
   }
 };
-
-// ‖out − ref‖₁ / ‖ref‖₁; NaN anywhere in `out` gives +inf so that it can never pass.
-inline double rel_l1(const std::vector<float>& out, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(out[i])) return std::numeric_limits<double>::infinity();
-    num += std::fabs(double(out[i]) - double(ref[i]));
-    den += std::fabs(double(ref[i]));
-  }
-  return den > 0 ? num / den : num;
-}
-
-inline double cosine_similarity(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return -2.0;
-    ab += double(a[i]) * b[i];
-    aa += double(a[i]) * a[i];
-    bb += double(b[i]) * b[i];
-  }
-  return (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
-}
 
 inline bool any_nan(const std::vector<float>& x) {
   for (float v : x)

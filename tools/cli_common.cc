@@ -1,8 +1,6 @@
 #include "cli_common.h"
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <sstream>
@@ -176,40 +174,6 @@ TypedInputs typed_inputs(const workloads::Workload& w, DType dtype) {
   return {TypedTensor::from(w.q, dtype, w.batch, w.heads_q, w.seq_q, w.head_dim),
           TypedTensor::from(w.k, dtype, w.batch, w.heads_kv, w.seq_k, w.head_dim),
           TypedTensor::from(w.v, dtype, w.batch, w.heads_kv, w.seq_k, w.head_dim)};
-}
-
-double median_ms(const std::function<void()>& fn, int repeats) {
-  fn();
-  std::vector<double> times;
-  for (int i = 0; i < std::max(repeats, 1); ++i) {
-    const double start = now_ms();
-    fn();
-    times.push_back(now_ms() - start);
-  }
-  std::sort(times.begin(), times.end());
-  const size_t n = times.size();
-  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
-}
-
-double rel_l1(const std::vector<float>& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    num += std::fabs(a[i] - ref[i]);
-    den += std::fabs(ref[i]);
-  }
-  return den > 0 ? num / den : num;
-}
-
-double cosine(const std::vector<float>& a, const std::vector<double>& ref) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::quiet_NaN();
-    ab += a[i] * ref[i];
-    aa += double(a[i]) * a[i];
-    bb += ref[i] * ref[i];
-  }
-  return aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
 }
 
 void check_ok(const Status& s, const std::string& what) {

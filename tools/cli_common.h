@@ -1,9 +1,9 @@
 // Pieces the `sparge` subcommands share: workload and option flags, Hilbert reordering of a
-// workload, typed copies of its tensors, timing, error metrics and progress lines.
+// workload, typed copies of its tensors and progress lines. Timing and error metrics are those
+// of every test and benchmark: src/workloads/measure.h.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,13 +50,6 @@ struct TypedInputs {
   TypedTensor q, k, v;
 };
 TypedInputs typed_inputs(const workloads::Workload& w, DType dtype);
-
-// Median wall time of `repeats` runs of fn in ms, after one untimed warm-up run.
-double median_ms(const std::function<void()>& fn, int repeats);
-
-// ‖a − ref‖₁ / ‖ref‖₁ (+inf when a holds a NaN or Inf) and cosine similarity (NaN then).
-double rel_l1(const std::vector<float>& a, const std::vector<double>& ref);
-double cosine(const std::vector<float>& a, const std::vector<double>& ref);
 
 // Throws std::runtime_error("<what>: <message>") when the status failed.
 void check_ok(const Status& s, const std::string& what);

@@ -1,6 +1,6 @@
 // `sparge bench`: CPU timing of dense vs sparse attention (fast CPU backend) over workloads and
 // a sweep of TopCdf (or TopK) thresholds; medians of repeated runs, one line per case, and
-// optionally JSON Lines in the format of /work/shared/bench-schema.md.
+// optionally JSON Lines in the format of docs/bench-schema.md.
 #include <omp.h>
 
 #include <cmath>
@@ -18,6 +18,7 @@
 #include "commands.h"
 #include "cpu/reference.h"
 #include "sparge/sparge.h"
+#include "workloads/measure.h"
 
 namespace sparge::cli {
 namespace {
@@ -149,15 +150,15 @@ int run_bench(int argc, char** argv) {
       Record r{"dense-cpu", "all tiles"};
       SparseOptions dense_opts = base;  // full attention: no P·V skipping either
       dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
-      r.ms = median_ms(
+      r.ms = measure::median_ms(
           [&] {
             check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense.view(),
                                             dense_opts, o.view, {}, ctx),
                      "dense attention");
           },
           repeats);
-      r.rel_l1 = rel_l1(o.to_float(), ref);
-      r.cos_sim = cosine(o.to_float(), ref);
+      r.rel_l1 = measure::rel_l1(o.to_float(), ref);
+      r.cos_sim = measure::cosine(o.to_float(), ref);
       records.push_back(r);
     }
     for (double value : sweep) {
@@ -174,14 +175,14 @@ int run_bench(int argc, char** argv) {
                                 &mask.view()),
                "sparse_attention");
       Record r{"sparge-cpu", setting.str()};
-      r.ms = median_ms(
+      r.ms = measure::median_ms(
           [&] {
             check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, {}, ctx,
                                       &mask.view()),
                      "sparse_attention");
           },
           repeats);
-      r.stage1_ms = median_ms(
+      r.stage1_ms = measure::median_ms(
           [&] {
             check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
                      "predict_block_mask");
@@ -194,8 +195,8 @@ int run_bench(int argc, char** argv) {
       }
       r.sparsity = st.sparsity();
       r.pv_skip = st.pv_skip_fraction();
-      r.rel_l1 = rel_l1(o.to_float(), ref);
-      r.cos_sim = cosine(o.to_float(), ref);
+      r.rel_l1 = measure::rel_l1(o.to_float(), ref);
+      r.cos_sim = measure::cosine(o.to_float(), ref);
       records.push_back(r);
     }
 

@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "cpu/reference.h"
 #include "sparge/sparge.h"
+#include "workloads/measure.h"
 
 namespace sparge::cli {
 
@@ -51,7 +52,7 @@ int run_demo(int argc, char** argv) {
   TypedTensor dense_out = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
   SparseOptions dense_opts = opts;  // full attention: no P·V skipping either
   dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
-  const double dense_ms = median_ms(
+  const double dense_ms = measure::median_ms(
       [&] {
         check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense_mask.view(),
                                         dense_opts, dense_out.view, {}, ctx),
@@ -69,14 +70,14 @@ int run_demo(int argc, char** argv) {
   check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, sparse_out.view, extras, ctx,
                             &mask.view()),
            "sparse_attention");
-  const double sparse_ms = median_ms(
+  const double sparse_ms = measure::median_ms(
       [&] {
         check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, sparse_out.view, {}, ctx,
                                   &mask.view()),
                  "sparse_attention");
       },
       repeats);
-  const double predict_ms = median_ms(
+  const double predict_ms = measure::median_ms(
       [&] {
         check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
                  "predict_block_mask");
@@ -109,8 +110,8 @@ int run_demo(int argc, char** argv) {
               stats.pv_skip_fraction(), stats.pv_skipped, stats.pv_visited,
               double(opts.pv_threshold.value));
   std::printf("accuracy   sparse: rel L1 %.3e, cosine %.6f   dense: rel L1 %.3e, cosine %.6f\n",
-              rel_l1(sparse_f, ref), cosine(sparse_f, ref), rel_l1(dense_f, ref),
-              cosine(dense_f, ref));
+              measure::rel_l1(sparse_f, ref), measure::cosine(sparse_f, ref),
+              measure::rel_l1(dense_f, ref), measure::cosine(dense_f, ref));
   return 0;
 }
 

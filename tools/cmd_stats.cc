@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "cpu/reference.h"
 #include "sparge/sparge.h"
+#include "workloads/measure.h"
 
 namespace sparge::cli {
 namespace {
@@ -74,7 +75,7 @@ HeadRun run_per_head(workloads::Workload w, bool hilbert, const SparseOptions& o
     const size_t first = static_cast<size_t>(h) * head_elems;
     const std::vector<float> out(o.f32.begin() + first, o.f32.begin() + first + head_elems);
     const std::vector<double> r(ref.begin() + first, ref.begin() + first + head_elems);
-    run.rel_l1.push_back(rel_l1(out, r));
+    run.rel_l1.push_back(measure::rel_l1(out, r));
   }
   return run;
 }

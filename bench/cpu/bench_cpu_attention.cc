@@ -24,6 +24,7 @@
 
 #include "common/fp_convert.h"
 #include "sparge/sparge.h"
+#include "workloads/measure.h"
 
 #if SPARGE_HAVE_BLAS
 #include <cblas.h>
@@ -127,14 +128,8 @@ double dense_seconds(DType t) {
   if (it != cache.end()) return it->second;
   Problem& p = problem(t);
   const sparge::HostBlockMask mask = block_mask(p.shape, 0.0);
-  std::vector<double> runs;
-  for (int i = 0; i < 3; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run_attention(p, mask.view());
-    runs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(runs.begin(), runs.end());
-  return cache[t] = runs[1];
+  const double ms = sparge::measure::median_ms([&] { run_attention(p, mask.view()); }, 3, 0);
+  return cache[t] = ms * 1e-3;
 }
 
 // Arguments: dtype code, sparsity in percent.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs bench/cpu/bench_cpu_attention, then writes
-#   bench/results/<yyyy-mm-dd>_<cpu-model-slug>_cpu-attention.jsonl  (bench-schema.md records)
+#   bench/results/<yyyy-mm-dd>_<cpu-model-slug>_cpu-attention.jsonl  (docs/bench-schema.md records)
 #   bench/results/<yyyy-mm-dd>_<cpu-model-slug>_cpu-attention.md     (the same as a table)
 # with the median of REPS repetitions per case. Environment: BUILD_DIR (default build-bench),
 # REPS (default 5), JOBS (default 2).

@@ -13,8 +13,9 @@ import math
 import torch
 
 import sparge
+from sparge.measure import ErrorSums, error_sums
 
-from measure import reference_attention
+from reference import reference_attention
 from sweep import _setting
 
 
@@ -65,27 +66,24 @@ class _Layer:
                                   for n in ("q", "k", "v"))
         self.ref = reference_attention(self.q, self.k, self.v, causal=self.causal,
                                        scale=self.scale)
-        self.ref_l1 = float(self.ref.double().abs().sum())
 
     def run(self, options):
         out, stats = sparge.attention(self.q, self.k, self.v, is_causal=self.causal,
                                       scale=self.scale, token_grid=self.grid,
                                       return_stats=True, **options)
-        diff = float((out.double() - self.ref.double()).abs().sum())
-        a, b = out.double().flatten(), self.ref.double().flatten()
         kept, dense = stats.block_mask.tiles()
-        return dict(diff=diff, dot=float(a @ b), norm_out=float(a @ a),
-                    norm_ref=float(b @ b), kept=int(kept), dense=int(dense))
+        return dict(sums=error_sums(out, self.ref), kept=int(kept), dense=int(dense))
 
 
-def _pooled(parts, layers):
-    diff = sum(p["diff"] for p in parts)
+def _pooled(parts):
+    """rel_l1 over all layers as one tensor, sparsity over all their tiles, the worst cosine
+    (NaN when a layer's is: min() would keep or drop a NaN depending on its position)."""
+    sums = sum((p["sums"] for p in parts), ErrorSums())
     kept, dense = sum(p["kept"] for p in parts), sum(p["dense"] for p in parts)
-    cos = [p["dot"] / math.sqrt(p["norm_out"] * p["norm_ref"]) if p["norm_out"] > 0
-           and p["norm_ref"] > 0 else float("nan") for p in parts]
-    return dict(rel_l1=diff / sum(l.ref_l1 for l in layers),
-                sparsity=1.0 - kept / dense if dense else 0.0,
-                cos_sim_min=min(cos) if cos else None)
+    cos = [p["sums"].cos_sim for p in parts]
+    worst = math.nan if any(math.isnan(c) for c in cos) else min(cos, default=None)
+    return dict(rel_l1=sums.rel_l1, sparsity=1.0 - kept / dense if dense else 0.0,
+                cos_sim_min=worst)
 
 
 def run(rec, budget, device: str, dtype, *, small=False, only=None, reserve=0.0):
@@ -155,8 +153,6 @@ def _one(module, name, source, rec, budget, device, dtype, reserve, small):
         for layer in layers:
             part = layer.run(setting.options)
             parts.append(part)
-            cos = part["dot"] / math.sqrt(part["norm_out"] * part["norm_ref"]) \
-                if part["norm_out"] > 0 and part["norm_ref"] > 0 else None
             out.append(rec.emit(
                 section="real-layers", impl="sparge-exact", setting=setting.label,
                 family=setting.family, options=setting.options, layer=layer.layer,
@@ -164,8 +160,8 @@ def _one(module, name, source, rec, budget, device, dtype, reserve, small):
                    "heads_q": layer.q.shape[1], "heads_kv": layer.k.shape[1],
                    "causal": layer.causal},
                 sparsity=1.0 - part["kept"] / part["dense"] if part["dense"] else 0.0,
-                rel_l1=part["diff"] / layer.ref_l1 if layer.ref_l1 else None, cos_sim=cos))
-        pooled = _pooled(parts, layers)
+                rel_l1=part["sums"].rel_l1, cos_sim=part["sums"].cos_sim))
+        pooled = _pooled(parts)
         e2e = module.end_to_end(name, device, dtype, dict(setting.options, min_seq_len=0),
                                 **e2e_kwargs) if has_model else {}
         out.append(rec.emit(

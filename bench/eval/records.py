@@ -1,6 +1,6 @@
-"""Where the report's records go: one JSON object per measured case (bench-schema.md), written
-to report.jsonl as they are made (a run cut short keeps what it measured), plus the notes that
-say what was skipped and why, and the wall-clock budget of the run."""
+"""Where the report's records go: one JSON object per measured case (docs/bench-schema.md),
+written to report.jsonl as they are made (a run cut short keeps what it measured), plus the
+notes that say what was skipped and why, and the wall-clock budget of the run."""
 import datetime
 import json
 import math

@@ -8,8 +8,8 @@ summary, in one directory. Run through bench/report.sh (which installs the packa
     python bench/eval/report.py --md-from bench/results/<dir>   # rewrite README.md and plots
     python bench/eval/report.py --md-from bench/results/<dir> --docs gpu   # and docs/results.md
 
-Writes <out>/report.jsonl (bench-schema.md records), README.md, meta.json and PNGs; the default
-<out> is bench/results/<yyyy-mm-dd>_<device>_report.
+Writes <out>/report.jsonl (docs/bench-schema.md records), README.md, meta.json and PNGs; the
+default <out> is bench/results/<yyyy-mm-dd>_<device>_report.
 """
 import argparse
 import concurrent.futures

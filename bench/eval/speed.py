@@ -7,8 +7,8 @@ grid workloads, as they are meant to run) plus the dense point:
 - sparge-stage2: sparge.block_sparse_attention on the mask Stage 1 predicted, tokens pre-ordered;
 - flex: FlexAttention (torch.compile'd) on the same 128x64 tile mask, tokens pre-ordered;
 and once per workload the dense SDPA cuDNN and Flash backends. Times are medians of CUDA-event
-times after warm-up (measure.time_ms); TOPS are dense-equivalent (bench-schema.md). GQA heads are
-expanded to the query heads for SDPA and FlexAttention (Sparge reads them in place).
+times after warm-up (sparge.measure.time_ms); TOPS are dense-equivalent (docs/bench-schema.md).
+GQA heads are expanded to the query heads for SDPA and FlexAttention (Sparge reads them in place).
 """
 import sys
 from pathlib import Path
@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import sparge
+from sparge.measure import dense_tops, errors, time_ms
 
-from measure import dense_tops, errors, time_ms
 from pareto import pareto_front
 from sweep import Case
 
 MAX_POINTS = 6
+TIMING = dict(warmup=2, reps=5)  # per time_ms call: the report runs on a time budget
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
 
 
@@ -86,7 +87,7 @@ def run(case: Case, accuracy_records, rec, budget, *, flex=None, reserve=0.0):
             with sdpa_kernel(backend):
                 fn = lambda: F.scaled_dot_product_attention(q, kx, vx, is_causal=causal)  # noqa
                 err = errors(fn(), ref)
-                emit(impl, time_ms(fn), sparsity=0.0, setting="dense", **err)
+                emit(impl, time_ms(fn, **TIMING), sparsity=0.0, setting="dense", **err)
         except RuntimeError as exc:
             rec.note(f"{case.name}: {impl} unavailable: {str(exc).splitlines()[0]}")
     for point in pick_points(accuracy_records, order):
@@ -100,23 +101,24 @@ def run(case: Case, accuracy_records, rec, budget, *, flex=None, reserve=0.0):
                                         token_grid=grid, **opts)
         label = dict(setting=point["setting"], sparsity=point["sparsity"],
                      rel_l1=point["rel_l1"], cos_sim=point["cos_sim"])
-        emit("sparge-exact", time_ms(full), **label)
+        emit("sparge-exact", time_ms(full, **TIMING), **label)
         stage1 = lambda: sparge.predict_block_mask(  # noqa: E731
             q, k, is_causal=causal,
             **{key: val for key, val in opts.items() if key != "pv_threshold"})
         mask = stage1()
-        emit("sparge-stage1", time_ms(stage1), **label)
+        emit("sparge-stage1", time_ms(stage1, **TIMING), **label)
         pv = opts.get("pv_threshold", float("inf"))
         stage2 = lambda: sparge.block_sparse_attention(q, k, v, mask, pv_threshold=pv)  # noqa
-        emit("sparge-stage2", time_ms(stage2), **label)
+        emit("sparge-stage2", time_ms(stage2, **TIMING), **label)
         # The first call of a shape compiles (tens of seconds): start it only with time left.
         if flex is not None and not budget.expired(reserve + (5 if flex_ran else 60)):
             try:
                 fn = flex(q, kx, vx, mask, causal)
                 o_flex = fn()
                 err = errors(o_flex, ref)
-                emit("flex", time_ms(fn), setting=point["setting"], sparsity=mask.sparsity,
-                     rel_l1_vs_sparge=errors(o_flex, stage2())["rel_l1"], **err)
+                emit("flex", time_ms(fn, **TIMING), setting=point["setting"],
+                     sparsity=mask.sparsity, rel_l1_vs_sparge=errors(o_flex, stage2())["rel_l1"],
+                     **err)
                 flex_ran = True
             except Exception as exc:  # noqa: BLE001 - a baseline failing must not stop the run
                 rec.note(f"{case.name}: flex failed: {type(exc).__name__}: "

@@ -17,7 +17,7 @@ SEED = 0
 @dataclass(frozen=True)
 class Spec:
     name: str                     # the report's name: kind and size, e.g. "video-32k"
-    kind: str                     # "video-grid", "llm-like" or "random" (bench-schema workload)
+    kind: str  # "video-grid", "llm-like" or "random": `workload` of docs/bench-schema.md
     heads_q: int
     heads_kv: int
     head_dim: int

@@ -72,7 +72,8 @@ def header(records, notes, meta, level="#") -> list:
              f"`{meta.get('command', 'bash bench/report.sh')}` in {meta.get('elapsed_s', 0):.0f} s "
              f"(budget {meta.get('budget_s', 0):.0f} s; threshold grid "
              f"{meta.get('grid', '?')}). Records: `report.jsonl` ({len(records)} lines, "
-             "bench-schema.md fields plus `section`, `case`, `order`, `setting`, `options`, ...).",
+             "docs/bench-schema.md fields plus `section`, `case`, `order`, `setting`, "
+             "`options`, ...).",
              "",
              "Accuracy is measured against full attention of the same inputs in "
              f"{meta.get('reference', 'float32')} (relative L1 = ‖o − o_ref‖₁ / ‖o_ref‖₁; "

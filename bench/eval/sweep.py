@@ -12,9 +12,10 @@ from typing import List, Optional
 import torch
 
 import sparge
+from sparge.measure import errors
 
 import baselines
-from measure import errors, reference_attention
+from reference import reference_attention
 
 INF = math.inf
 BASELINE_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)

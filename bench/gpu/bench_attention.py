@@ -6,17 +6,18 @@ block masks (sparsity 0, 0.5, 0.75, 0.9 of the causally allowed 128x64 tiles) th
 (libsparge_c.so, ctypes, PyTorch's current stream); FlexAttention runs the same block mask
 (BlockMask of 128x64 blocks); SDPA (cuDNN and Flash backends) runs dense. Stage 1 is timed alone.
 Timing: CUDA events around each call after warm-up, median of the repeats, several input sets
-rotated so that the inputs never sit in L2. Records: JSON Lines per /work/shared/bench-schema.md.
+rotated so that the inputs never sit in L2 (sparge.measure.time_ms). Records: JSON Lines per
+docs/bench-schema.md.
 
     python3 bench/gpu/bench_attention.py --lib build-dev/libsparge_c.so --commit $(git rev-parse --short HEAD)
 """
 import argparse
 import ctypes as C
 import datetime
+import importlib.util
 import json
 import math
 import os
-import statistics
 import sys
 
 try:  # --md-from works without PyTorch
@@ -25,6 +26,20 @@ try:  # --md-from works without PyTorch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 except ImportError:
     torch = None
+
+
+def _load_measure():
+    """sparge.measure from this checkout's python/sparge/measure.py. The benchmark runs next to
+    libsparge_c.so, without the sparge package installed; the module needs only torch."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python", "sparge",
+                        "measure.py")
+    spec = importlib.util.spec_from_file_location("sparge_measure", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+measure = _load_measure() if torch is not None else None
 
 BLOCK_Q, BLOCK_K = 128, 64
 
@@ -89,19 +104,9 @@ class Sparge:
         self.check(rc, "sparge_predict_block_mask")
 
 
-def time_ms(fn, sets, warmup=3, reps=10):
-    """Median of per-call CUDA-event times, rotating over the input sets."""
-    for i in range(warmup):
-        fn(sets[i % len(sets)])
-    times = []
-    for i in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn(sets[i % len(sets)])
-        e.record()
-        times.append((s, e))
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in times)
+def time_ms(fn, sets, reps):
+    """Median of per-call CUDA-event times after 3 warm-up calls, rotating over the input sets."""
+    return measure.time_ms(fn, warmup=3, reps=reps, inputs=sets, device="cuda")
 
 
 def allowed_blocks(nq, nk, n, causal):
@@ -156,10 +161,6 @@ def flex_block_mask(keep, n, causal):
     mask_mod = (lambda b, h, q_idx, kv_idx: q_idx >= kv_idx) if causal else None
     return BlockMask.from_kv_blocks(pc, pi, fc, fi, BLOCK_SIZE=(BLOCK_Q, BLOCK_K), mask_mod=mask_mod,
                                     seq_lengths=(n, n))
-
-
-def rel_l1(o, ref):
-    return float((o.float() - ref.float()).abs().sum() / ref.float().abs().sum())
 
 
 def main():
@@ -219,17 +220,17 @@ def main():
         out = torch.empty(B, H, n, D, device="cuda", dtype=dtype)
         stream = torch.cuda.current_stream().cuda_stream
         for causal in (False, True):
-            flops = 4 * B * H * n * n * D / (2 if causal else 1)
             shape = dict(seq_q=n, seq_k=n, causal=causal)
+            tops = lambda ms: measure.dense_tops(dict(base, **shape), causal, ms)  # noqa: E731
             q0, k0, v0 = sets[0]
             ref = F.scaled_dot_product_attention(q0.float(), k0.float(), v0.float(), is_causal=causal)
             for impl, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
                 try:
                     with sdpa_kernel(backend):
                         fn = lambda s: F.scaled_dot_product_attention(*s, is_causal=causal)
-                        err = rel_l1(fn(sets[0]), ref)
+                        err = measure.rel_l1(fn(sets[0]), ref)
                         ms = time_ms(fn, sets, reps=args.reps)
-                    emit(impl=impl, sparsity=0.0, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None, **shape)
+                    emit(impl=impl, sparsity=0.0, ms=ms, tops=tops(ms), rel_l1=err, cos_sim=None, **shape)
                 except RuntimeError as e:
                     print(f"{impl} failed at N={n}: {e}", file=sys.stderr)
             opts = sp.options(causal, pv_threshold=float("inf"))
@@ -245,20 +246,20 @@ def main():
                     fn(sets[0])
                     # Checked at every sparsity: against the reference when dense, else finite and
                     # equal (to rounding) to the first kernel's output on the same mask.
-                    err = rel_l1(out, ref) if s == 0 else None
+                    err = measure.rel_l1(out, ref) if s == 0 else None
                     if not torch.isfinite(out).all():
                         raise SystemExit(f"kernel {kernel}: non-finite output at N={n} causal={causal} s={s}")
                     if o_sparge is None:
                         o_sparge = out.clone()
                         vs_first = None
                     else:
-                        vs_first = rel_l1(out, o_sparge)
+                        vs_first = measure.rel_l1(out, o_sparge)
                     ms = time_ms(fn, sets, reps=args.reps)
                     first = kernel == args.kernels.split(",")[0]
                     dense_ms[kernel] = ms if s == 0 else dense_ms.get(kernel)
                     d_ms = dense_ms.get(kernel)
                     emit(impl="sparge-exact" if first else f"sparge-exact-{kernel}", kernel=kernel,
-                         sparsity=actual, ms=ms, tops=flops / ms / 1e9, rel_l1=err, cos_sim=None,
+                         sparsity=actual, ms=ms, tops=tops(ms), rel_l1=err, cos_sim=None,
                          rel_l1_vs_first_kernel=vs_first,
                          target_ms=(d_ms * (1 - actual) / 0.85 if d_ms else None), **shape)
                 os.environ.pop("SPARGE_CUDA_KERNEL", None)
@@ -268,9 +269,9 @@ def main():
                         ffn = lambda st: flex(st[0], st[1], st[2], block_mask=bm)
                         o_flex = ffn(sets[0])
                         ms_f = time_ms(ffn, sets, reps=args.reps)
-                        emit(impl="flex", sparsity=actual, ms=ms_f, tops=flops / ms_f / 1e9,
-                             rel_l1=rel_l1(o_flex, ref) if s == 0 else None, cos_sim=None,
-                             rel_l1_sparge_vs_flex=rel_l1(o_sparge, o_flex), **shape)
+                        emit(impl="flex", sparsity=actual, ms=ms_f, tops=tops(ms_f),
+                             rel_l1=measure.rel_l1(o_flex, ref) if s == 0 else None, cos_sim=None,
+                             rel_l1_sparge_vs_flex=measure.rel_l1(o_sparge, o_flex), **shape)
                     except Exception as e:  # noqa: BLE001 - a baseline failing must not stop the run
                         print(f"flex failed at N={n} causal={causal} s={s}: {type(e).__name__}: {e}", file=sys.stderr)
             # Stage 1 alone (default options), on the first input set.

@@ -39,8 +39,8 @@ struct ProblemShape {
 };
 ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 
-// Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device` (0 on CPU
-// means "optional": the CPU backends allocate when no workspace is given).
+// Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device`. 0 on the
+// CPU: the CPU backends allocate what they need and ignore ExecContext.workspace.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
 
 // Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings

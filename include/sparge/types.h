@@ -162,13 +162,14 @@ struct AttentionExtras {
 // Where and how to run: CUDA stream (cudaStream_t as void*), caller workspace, backend.
 struct ExecContext {
   void* stream = nullptr;
-  void* workspace = nullptr;         // required on CUDA (see workspace_size); optional on CPU
+  void* workspace = nullptr;         // required on CUDA (see workspace_size); unused on CPU
   std::size_t workspace_bytes = 0;
   Backend backend = Backend::kAuto;
   int num_threads = 0;               // CPU: 0 = OpenMP default
 };
 
-// Host-side summary of a mask and a run, with the denominators defined in DESIGN.md.
+// Host-side summary of a mask and a run. sparsity() is the `sparsity` of docs/bench-schema.md:
+// skipped tiles over the tiles dense (or causal) attention computes (docs/method.md).
 struct AttentionStats {
   int64_t tiles_dense = 0;     // tiles dense (or causal) attention computes
   int64_t tiles_computed = 0;  // tiles the mask keeps (within the causal region)

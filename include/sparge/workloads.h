@@ -1,5 +1,6 @@
-// Deterministic attention workloads (fixed seeds) for the demo, tests and benchmarks.
-// Each generator documents the statistics it produces in docs/workloads.md.
+// Deterministic attention workloads (fixed seeds) for the demo, tests and benchmarks: the header
+// of the sparge_workloads library (CMake target; src/workloads/), which is not part of libsparge.
+// Link sparge_workloads to use it. Each generator's statistics are in docs/workloads.md.
 #pragma once
 
 #include <cstdint>

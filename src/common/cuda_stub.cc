@@ -1,12 +1,14 @@
-// The CUDA backend's entry points in a build without CUDA: each says how to get it.
+// The CUDA backend's entry points in a build without CUDA: each says how to get it. The build
+// may have had nvcc on PATH (SPARGE_WITH_CUDA=OFF / =0), so the message names the switch.
 #include "common/backend.h"
 
 namespace sparge::cuda {
 namespace {
 Status not_built() {
   return Status::unsupported(
-      "tensors are on cuda but this build of sparge has no CUDA backend "
-      "(reconfigure with nvcc on PATH, SPARGE_WITH_CUDA=ON)");
+      "tensors are on cuda but this build of sparge has no CUDA backend (it was configured "
+      "without it; rebuild with SPARGE_WITH_CUDA=ON for CMake, SPARGE_WITH_CUDA=1 for pip "
+      "install)");
 }
 }  // namespace
 

@@ -74,11 +74,6 @@ BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOption
   return m;
 }
 
-Status check_extras(const AttentionExtras& e) {
-  (void)e;  // pointers only; their device is documented to be the output's
-  return Status::ok();
-}
-
 }  // namespace
 
 ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
@@ -120,7 +115,6 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
-  SPARGE_RETURN_IF_ERROR(check_extras(extras));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   const detail::Problem p = make_problem(q, k, v, opts);
@@ -213,7 +207,11 @@ std::string build_info() {
 #if SPARGE_WITH_CUDA
   os << ", cuda (" << cuda::compiled_set() << ")";
 #else
-  os << "; cuda: not built (configure with nvcc on PATH)";
+  // SPARGE_WITH_CUDA is 0 both when CMake ran with SPARGE_WITH_CUDA=OFF (or AUTO found no nvcc)
+  // and when pip ran with SPARGE_WITH_CUDA=0 (or auto saw no usable toolkit or GPU), nvcc on
+  // PATH or not: name the switch that builds it, not a cause this build cannot know.
+  os << "; cuda: not built (this build was configured without the CUDA backend; rebuild with "
+        "SPARGE_WITH_CUDA=ON for CMake, SPARGE_WITH_CUDA=1 for pip install)";
 #endif
   return os.str();
 }

@@ -164,7 +164,7 @@ void check_case(const Case& c, bool expect_equal_counters = true) {
   const RunResult fast = run(c, in, mask.view(), Backend::kCpuFast);
   ASSERT_TRUE(ref.status.is_ok()) << c.name << ": " << ref.status.message();
   ASSERT_TRUE(fast.status.is_ok()) << c.name << ": " << fast.status.message();
-  const double err = test::rel_l1(fast.o, ref.o);
+  const double err = measure::rel_l1(fast.o, ref.o);
   const double lse_err = lse_error(fast.lse, ref.lse);
   const double sparsity = mask_stats(mask.view(), c.causal, c.align).sparsity();
   unsigned long long visited = 0, skipped = 0;
@@ -200,7 +200,7 @@ TEST(AttentionFast, DenseMaskEqualsDenseAttention) {
   ASSERT_TRUE(fast.status.is_ok()) << fast.status.message();
   const std::vector<double> dense = cpu::dense_attention_reference(
       in.q.view, in.k.view, in.v.view, 1.0f / std::sqrt(float(c.D)), false, c.align);
-  const double err = test::rel_l1(fast.o, std::vector<float>(dense.begin(), dense.end()));
+  const double err = measure::rel_l1(fast.o, dense);
   std::printf("[fast] %-34s rel_l1 %.2e\n", "dense vs dense_attention_reference", err);
   EXPECT_LE(err, 1e-5);
 }

@@ -1,7 +1,7 @@
 // The `sparge` command line (tools/): help texts, usage errors (message naming the argument and
 // exit status 2), and that each subcommand does its job on a tiny workload: `mask` writes a
 // well-formed PGM/PNG, `demo` and `bench` report sparsity and errors, `bench --jsonl` writes the
-// bench-schema fields. The binary's path comes from tests/CMakeLists.txt (SPARGE_CLI_PATH).
+// docs/bench-schema.md fields. The binary's path comes from tests/CMakeLists.txt (SPARGE_CLI_PATH).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 

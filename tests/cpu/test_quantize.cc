@@ -129,7 +129,7 @@ TEST(QuantizedAttention, StaysCloseToExactOnRandomInputs) {
   ASSERT_TRUE(quant.status.is_ok()) << quant.status.message();
   const std::vector<double> exact =
       cpu::dense_attention_reference(q.view, k.view, v.view, 0.125f, true, CausalAlign::kTopLeft);
-  const double err = rel_l1(quant.o, std::vector<float>(exact.begin(), exact.end()));
+  const double err = measure::rel_l1(quant.o, exact);
   std::printf("quantized (int8 Q/K, e4m3 V) vs exact: rel L1 = %.5f\n", err);
   EXPECT_LT(err, 0.035);
   EXPECT_GT(err, 1e-4);  // it really is quantized

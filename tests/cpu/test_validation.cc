@@ -319,5 +319,22 @@ TEST(Validation, CudaTensorsInACpuOnlyBuild) {
   EXPECT_EQ(cuda_device_count(), 0);
 }
 
+// A build without the CUDA backend may well have had nvcc on PATH (CMake's SPARGE_WITH_CUDA=OFF,
+// pip's SPARGE_WITH_CUDA=0): the texts name the switches that build it, not nvcc.
+TEST(Validation, CpuOnlyBuildSaysHowToGetCudaWithoutBlamingNvcc) {
+  const std::string info = build_info();
+  if (info.find("cuda: not built") == std::string::npos)
+    GTEST_SKIP() << "this build has the CUDA backend";
+  CudaInputs in;
+  in.ctx.backend = Backend::kAuto;
+  const std::string stub = in.attention().message();
+  for (const std::string& text : {info, stub}) {
+    EXPECT_EQ(text.find("nvcc"), std::string::npos) << text;
+    EXPECT_NE(text.find("configured without"), std::string::npos) << text;
+    EXPECT_NE(text.find("SPARGE_WITH_CUDA=ON for CMake"), std::string::npos) << text;
+    EXPECT_NE(text.find("SPARGE_WITH_CUDA=1 for pip"), std::string::npos) << text;
+  }
+}
+
 }  // namespace
 }  // namespace sparge::test

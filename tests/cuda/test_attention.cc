@@ -91,7 +91,7 @@ Result run_case(const Case& c, uint64_t seed) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
   res.out = dout.download();
-  res.rel_l1 = rel_l1(res.out, o32.to_hnd());
+  res.rel_l1 = measure::rel_l1(res.out, o32.to_hnd());
   std::vector<float> lse(ref_lse.size());
   cudaMemcpy(lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);
   for (size_t i = 0; i < lse.size(); ++i) {

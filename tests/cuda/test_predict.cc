@@ -147,7 +147,7 @@ TEST(SparseAttentionEndToEnd, MatchesReference) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const HostBlockMask got = dmask.download();
   const AttentionStats stats = mask_stats(got.view(), false, CausalAlign::kTopLeft);
-  const double err = rel_l1(dout.download(), o32.to_hnd());
+  const double err = measure::rel_l1(dout.download(), o32.to_hnd());
   std::printf("[ end-to-end ] video N=%ld sparsity %.3f rel_l1 %.2e\n", long(N), stats.sparsity(), err);
   std::fflush(stdout);
   EXPECT_GT(stats.sparsity(), 0.2) << "the case must skip tiles";

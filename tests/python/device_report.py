@@ -1,4 +1,4 @@
-"""Accuracy and time of the Python entry points on a GPU, as bench-schema records.
+"""Accuracy and time of the Python entry points on a GPU, as docs/bench-schema.md records.
 
 For each case: sparge.attention (both stages, through the torch op, head-dim padding included)
 and PyTorch's SDPA on the same inputs; rel_l1 and cos_sim against float32 SDPA. Inputs are the
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import sparge
+from sparge import measure
 
 CASES = [  # (head_dim, seq, causal)
     (128, 8192, False), (128, 8192, True), (64, 8192, False), (32, 8192, False),
@@ -36,19 +37,6 @@ def workload(head_dim, seq, heads=16, seed=0):
     return rand() * 0.3 + drift, rand() * 0.3 + drift, rand()
 
 
-def median_ms(fn, reps=10):
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--jsonl", required=True)
@@ -64,7 +52,6 @@ def main():
         reference = F.scaled_dot_product_attention(q, k, v, is_causal=causal).double()
         qb, kb, vb = (t.bfloat16() for t in (q, k, v))
         shape = dict(head_dim=head_dim, seq_q=seq, seq_k=seq, causal=causal)
-        flops = 4 * 16 * seq * seq * head_dim / (2 if causal else 1)
         runs = {"sdpa": (lambda: F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal),
                          None)}
         for impl, opts in SETTINGS.items():
@@ -76,11 +63,12 @@ def main():
             if opts is not None:
                 sparsity = sparge.attention(qb, kb, vb, is_causal=causal, return_stats=True,
                                             **opts)[1].sparsity
-            ms = median_ms(fn)
-            rel_l1 = ((out - reference).abs().sum() / reference.abs().sum()).item()
-            cos = F.cosine_similarity(out.flatten(), reference.flatten(), dim=0).item()
+            ms = measure.time_ms(fn, warmup=1, reps=10, device="cuda")
+            err = measure.errors(out, reference)
+            rel_l1, cos = err["rel_l1"], err["cos_sim"]
+            tops = measure.dense_tops(dict(base, **shape), causal, ms)
             records.append(dict(base, **shape, impl=impl, sparsity=round(sparsity, 4),
-                                ms=round(ms, 4), tops=round(flops / ms / 1e9, 1),
+                                ms=round(ms, 4), tops=round(tops, 1),
                                 rel_l1=round(rel_l1, 6), cos_sim=round(cos, 6)))
             print(f"d{head_dim} N{seq} causal={causal!s:5} {impl:14} sparsity {sparsity:.3f} "
                   f"{ms:8.3f} ms rel_l1 {rel_l1:.2e} cos {cos:.6f}", flush=True)

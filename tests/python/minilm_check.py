@@ -6,7 +6,7 @@ The embedding is the model's own recipe (modules.json): mean of the last hidden 
 tokens, L2-normalized. Sentences are encoded one at a time, so no padding mask is involved.
 
     python tests/python/minilm_check.py [--device cuda] [--dtype float16] [--model-dir DIR]
-                                        [--jsonl OUT]   # bench-schema records
+                                        [--jsonl OUT]   # docs/bench-schema.md records
 """
 import argparse
 import datetime
@@ -14,11 +14,11 @@ import json
 import math
 import os
 import subprocess
-import time
 
 import torch
 
 import sparge
+from sparge import measure
 
 _TOPICS = [
     "The committee reviewed the proposal for the new railway line through the valley",
@@ -96,14 +96,8 @@ def cpu_name():
 
 
 def _timed_ms(fn, device):
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    """One whole-model pass after one untimed pass (the passes are long, the check has a budget)."""
+    return measure.time_ms(fn, warmup=1, reps=1, device=device)
 
 
 SETTINGS = {
@@ -118,7 +112,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--model-dir")
-    parser.add_argument("--jsonl", help="append bench-schema records to this file")
+    parser.add_argument("--jsonl", help="append docs/bench-schema.md records to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     tokenizer, model = load(model_dir(args.model_dir), args.device, dtype)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's run (no network there): pip install . with the CUDA kernels against its
 # PyTorch, every Python test (GPU-only ones included), the MiniLM check and the device report.
-# Logs and bench-schema records go to $OUT. usage: bash tests/python/run_device.sh
+# Logs and docs/bench-schema.md records go to $OUT. usage: bash tests/python/run_device.sh
 #   SPARGE_MINILM_DIR  the all-MiniLM-L6-v2 files (carried; the wheel does not fit a carry)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"

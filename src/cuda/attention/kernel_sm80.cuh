@@ -1,11 +1,12 @@
-// Block-sparse attention forward, sm80+ (mma.sync; also the kernel used on sm_90a for now).
+// Block-sparse attention forward, sm80+ (mma.sync).
 //   o = softmax(scale · q kᵀ + mask) v over the key tiles the BlockMask keeps, online softmax in
 //   log2 units, P·V skipped per 16-row slab by the λ rule of docs/method.md.
 // CTA = 128 query rows of one (batch, head), 4 warps × 32 rows (two m16 slabs per warp, so each
 // K/V fragment read from shared memory feeds two mma); key tiles of 64.
 // Shared memory: Q (128×D) + K (64×D) + V (64×D), swizzled; V of tile t loads during QKᵀ of t,
 // K of tile t+1 during P·V of t (FlashAttention-2 schedule).
-// Chosen for every supported (dtype, head dim, causal) by dispatch.cu.
+// Chosen by dispatch.cu on every device but sm_90 with sm_90a code (kernel_sm90.cuh runs there),
+// and everywhere with SPARGE_CUDA_KERNEL=sm80.
 #pragma once
 
 #include <cmath>

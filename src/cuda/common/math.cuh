@@ -10,13 +10,8 @@ namespace sparge::cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;  // scores are kept in log2 units: exp(x) = 2^(x·log2 e)
 constexpr float kLn2 = 0.6931471805599453f;     // lse = ln 2 · (m + log2 l)
-constexpr int kWarpSize = 32;
 
-// Storage type <-> float for the two 16-bit input types.
-template <typename T> struct Half2Of;
-template <> struct Half2Of<__half> { using type = __half2; };
-template <> struct Half2Of<__nv_bfloat16> { using type = __nv_bfloat162; };
-
+// Storage type -> float for the two 16-bit input types.
 template <typename T>
 __device__ __forceinline__ float to_float(T x);
 template <>
@@ -37,8 +32,6 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
   __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
   return *reinterpret_cast<uint32_t*>(&h);
 }
-
-__device__ __forceinline__ float fast_exp2(float x) { return exp2f(x); }
 
 // max(a, b) that is NaN when either is: PTX max.NaN (sm_80+), one FMNMX like fmaxf, which would
 // instead drop a NaN operand and so turn a row of NaN scores into a row that sees no key.
