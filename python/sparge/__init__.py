@@ -12,6 +12,7 @@ import torch  # noqa: F401  (first: loads libc10/libtorch, which the extension l
 
 from . import _C  # noqa: F401  (loads the extension, which registers torch.ops.sparge.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
+from . import measure  # noqa: F401  (sparge.measure: relative L1, cosine, event timing)
 from . import workloads  # noqa: F401  (sparge.workloads: the C++ workload generators)
 from .mask import BlockMask, allowed_key_blocks
 from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention, build_info,
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 
 __all__ = ["attention", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
-           "allowed_key_blocks", "CUDA_HEAD_DIMS", "workloads"]
+           "allowed_key_blocks", "CUDA_HEAD_DIMS", "measure", "workloads"]
