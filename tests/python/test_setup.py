@@ -1,4 +1,6 @@
-"""setup.py: the C++ standard follows the installed torch, and a failed build says why last."""
+"""setup.py and python/build_backend.py: the C++ standard follows the installed torch, a failed
+build says why in its last lines, and pip is asked only for a setuptools that can build wheels."""
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -117,3 +119,36 @@ def test_failed_build_ends_with_the_summary(setup_py, tmp_path):
     assert last[0].startswith("error: sparge: the C++ extension did not build"), last
     assert "broken.cc:1:" in last[1] and "undeclared_name" in last[1], last
     assert "compile error" in last[2], last
+
+
+@pytest.fixture(scope="module")
+def backend():
+    spec = importlib.util.spec_from_file_location("sparge_backend",
+                                                  ROOT / "python" / "build_backend.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("setuptools, has_wheel, wanted", [
+    ("80.9.0", False, []),             # the pinned one: nothing to fetch, so pip install . is offline
+    ("70.1.0", False, []),
+    ("65.5.0", True, []),              # old setuptools with `wheel` builds too
+    ("65.5.0", False, ["setuptools>=70.1"]),  # a fresh Python 3.11 venv after pip install torch==2.11
+    (None, False, ["setuptools>=70.1"]),
+])
+def test_backend_asks_only_for_a_setuptools_that_builds_wheels(backend, monkeypatch, setuptools,
+                                                               has_wheel, wanted):
+    def version(name):
+        assert name == "setuptools"
+        if setuptools is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return setuptools
+
+    monkeypatch.setattr(backend.importlib.metadata, "version", version)
+    monkeypatch.setattr(backend.importlib.util, "find_spec",
+                        lambda name: object() if has_wheel and name == "wheel" else None)
+    assert backend.get_requires_for_build_wheel() == wanted
+    if wanted:
+        with pytest.raises(RuntimeError, match="needs setuptools>=70.1"):
+            backend.build_wheel("unused")
