@@ -41,9 +41,12 @@ struct AttnTraitsSm90Ws {
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
   // K/V ring: a stage holds the kTurnN keys of one turn, K and V, with separate full/empty
-  // barriers (K of a stage is released after QKᵀ, V after P·V). d128: 2 stages (FA3's count for
-  // its 128×176 tiles; 64 KiB each), d64: 4 stages (32 KiB each), both 256 or 512 keys in flight.
-  static constexpr int kStages = kHeadDim >= 128 ? 2 : 4;
+  // barriers (K of a stage is released after QKᵀ, V after P·V). Keys in flight: d128 256 = 2
+  // stages of 64 KiB at two blocks per turn (FA3 runs 2 stages of its 128×176 tiles), d64 512 =
+  // 4 stages of 32 KiB (smem is not the limit there). At one block per turn this gives d128 the
+  // 4 stages it had before.
+  static constexpr int kKeysInFlight = kHeadDim >= 128 ? 256 : 512;
+  static constexpr int kStages = kKeysInFlight / kTurnN;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
@@ -56,6 +59,7 @@ struct AttnTraitsSm90Ws {
   static_assert(kHeadDim % 64 == 0, "SW128 column blocks are 64 elements wide");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
   static_assert(kBlocksPerTurn >= 1 && kTurnN <= 256, "wgmma N is at most 256");
+  static_assert(kStages >= 2 && kKeysInFlight % kTurnN == 0, "the ring needs two whole stages");
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
   static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536,
                 "setmaxnreg split exceeds the register file");
