@@ -36,4 +36,35 @@ class BlockIter {
   int count_, pos_, nk_, current_ = 0;
 };
 
+// The same sequence grouped into turns of up to kBlocks consecutive entries (the warp-specialized
+// kernel's consumer turn: kBlocks·64 keys, one TMA box per block, so the blocks of a turn need not
+// be adjacent). Only the row's last turn can be short; its missing entries are -1.
+template <int kBlocks>
+class BlockTurnIter {
+ public:
+  __device__ BlockTurnIter(const AttnParams& p, int64_t mask_row) : it_(p, mask_row) { fill(); }
+  __device__ bool done() const { return count_ == 0; }
+  __device__ int count() const { return count_; }  // kept blocks in this turn, 1..kBlocks
+  // Entry i of the turn, -1 for i >= count(). Call with a compile-time i (unrolled loops) so
+  // that the array stays in registers.
+  __device__ int block(int i) const { return block_[i]; }
+  __device__ void next() { fill(); }
+
+ private:
+  __device__ void fill() {
+    count_ = 0;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) {
+      block_[i] = it_.done() ? -1 : it_.block();
+      if (!it_.done()) {
+        ++count_;
+        it_.next();
+      }
+    }
+  }
+  BlockIter it_;
+  int block_[kBlocks];
+  int count_;
+};
+
 }  // namespace sparge::cuda

@@ -1,12 +1,15 @@
 // Mainloop of the warp-specialized sm_90a attention kernel (attn_fwd_sm90_ws):
-//   load(): the producer thread walks the CTA's BlockMask row and TMA-loads Q once, then K and
-//           V of every kept key tile into a kStages ring (full/empty mbarriers per stage).
-//   mma():  a consumer warpgroup (64 query rows) walks the same BlockIter; per kept tile t it
-//           issues S[t] = Q·K[t]ᵀ and O += P[t-1]·V[t-1] as two wgmma groups, then masks,
-//           applies the λ rule and exponentiates S[t] while P[t-1]·V[t-1] still runs, then
-//           rescales O and packs P[t]. The two consumers take turns issuing their GEMMs
-//           (named barriers, ping-pong): one's softmax runs while the other's GEMMs do.
-// The math (apply_mask, OnlineSoftmax, pack_probs, issue_qk/issue_pv) is the sm90 kernel's.
+//   load(): the producer thread walks the CTA's BlockMask row in turns of up to kBlocksPerTurn
+//           kept blocks and TMA-loads Q once, then K and V of every turn (one 64-row box per
+//           block and 64 channels) into a kStages ring (full/empty mbarriers per stage).
+//   mma():  a consumer warpgroup (64 query rows) walks the same turns; per turn t it issues
+//           S[t] = Q·K[t]ᵀ (m64n128) and O += P[t-1]·V[t-1] (k = 128) as two wgmma groups, then
+//           masks each 64-key block, applies the λ rule per block and exponentiates S[t] while
+//           P[t-1]·V[t-1] still runs, then rescales O and packs P[t]. The two consumers take turns
+//           issuing their GEMMs (named barriers, ping-pong): one's softmax runs while the other's
+//           GEMMs do.
+// The math per block (apply_mask, OnlineSoftmax, pack_probs) is the sm90 kernel's; a turn of two
+// blocks gives the same m, l and O as two turns of one, up to rounding (one exponentiation base).
 #pragma once
 
 #include <cuda.h>
@@ -77,9 +80,16 @@ struct MainloopSm90Tma {
   using T = typename Traits::Element;
   using Storage = SharedStorageSm90Ws<Traits>;
   using Cursor = PipeCursor<Traits::kStages>;
-  static constexpr int kNTiles = Traits::kBlockN / 8;
+  using Turns = BlockTurnIter<Traits::kBlocksPerTurn>;
+  static constexpr int kBlocks = Traits::kBlocksPerTurn;
+  static constexpr int kNTiles = Traits::kBlockN / 8;   // 8-key score tiles per block
+  static constexpr int kKSteps = Traits::kBlockN / 16;  // k16 steps of P·V per block
   static constexpr int kOTiles = Traits::kHeadDim / 8;
-  using Softmax = OnlineSoftmax<kNTiles>;
+  using Softmax = OnlineSoftmax<kBlocks * kNTiles>;  // row state; exponentiates a whole turn
+  using BlockSoftmax = OnlineSoftmax<kNTiles>;       // the max of one block
+  // Scores of a turn, block i in s[i] (the m64n128 accumulator: columns 64i.. are block i).
+  using Scores = float[kBlocks][kNTiles][4];
+  using Probs = uint32_t[kBlocks][kKSteps][4];  // P of a turn, A operand of its P·V
 
   // One thread, before the role split (a __syncthreads must follow).
   static __device__ void init_barriers(Storage& smem) {
@@ -96,7 +106,7 @@ struct MainloopSm90Tma {
 
   // ---- producer (one thread) ------------------------------------------------------------
   static __device__ void load(const AttnParamsSm90Ws& p, Storage& smem, const WorkTile& w) {
-    BlockIter it(p.attn, w.mask_row);
+    Turns it(p.attn, w.mask_row);
     if (it.done()) return;  // nothing is consumed, so nothing may be loaded
     tma_prefetch_descriptor(&p.tma_k);
     tma_prefetch_descriptor(&p.tma_v);
@@ -106,21 +116,33 @@ struct MainloopSm90Tma {
       tma_load_4d(&p.tma_q, &smem.q_full, smem.q + cb * Traits::kBlockM * 64, cb * 64, w.q0, w.h, w.b);
     Cursor c;
     for (; !it.done(); it.next(), c.advance()) {
-      const int key0 = it.block() * Traits::kBlockN;
-      load_kv_tile(&p.tma_k, smem.k_empty[c.stage], smem.k_full[c.stage], smem.k[c.stage], c.phase, key0, w);
-      load_kv_tile(&p.tma_v, smem.v_empty[c.stage], smem.v_full[c.stage], smem.v[c.stage], c.phase, key0, w);
+      load_kv_turn(&p.tma_k, smem.k_empty[c.stage], smem.k_full[c.stage], smem.k[c.stage], c.phase, it, p.attn, w);
+      load_kv_turn(&p.tma_v, smem.v_empty[c.stage], smem.v_full[c.stage], smem.v[c.stage], c.phase, it, p.attn, w);
     }
   }
 
-  // Waits until the consumers released the stage's previous use, then loads keys
-  // [key0, key0 + kBlockN) of kv head w.hk into it.
-  static __device__ void load_kv_tile(const CUtensorMap* map, uint64_t& empty, uint64_t& full, T* dst,
-                                      uint32_t phase, int key0, const WorkTile& w) {
+  // Waits until the consumers released the stage's previous use, then loads the turn's blocks of
+  // kv head w.hk into it, block i into rows 64i.. of every column block. The missing part of a
+  // short last turn is still loaded (the full barrier counts the whole stage), from the box that
+  // starts at seq_k: entirely past the sequence end, so the TMA reads nothing and writes zeros.
+  // The consumers give that part P = 0, and 0·0 keeps O exact; 0 times stale or never-written
+  // shared memory could be NaN (Traits::kZeroFillShortTurn = false loads block 0 again instead:
+  // finite unless block 0 holds Inf or NaN, which that turn then also spreads to rows whose P
+  // is positive).
+  static __device__ void load_kv_turn(const CUtensorMap* map, uint64_t& empty, uint64_t& full, T* dst,
+                                      uint32_t phase, const Turns& it, const AttnParams& p,
+                                      const WorkTile& w) {
     mbarrier_wait(&empty, phase ^ 1u);
-    mbarrier_arrive_expect_tx(&full, Traits::kKVBytes);
+    mbarrier_arrive_expect_tx(&full, Traits::kStageBytes);
 #pragma unroll
-    for (int cb = 0; cb < Traits::kColumnBlocks; ++cb)
-      tma_load_4d(map, &full, dst + cb * Traits::kBlockN * 64, cb * 64, key0, w.hk, w.b);
+    for (int i = 0; i < kBlocks; ++i) {
+      const int missing_key0 = Traits::kZeroFillShortTurn ? p.seq_k : it.block(0) * Traits::kBlockN;
+      const int key0 = it.block(i) >= 0 ? it.block(i) * Traits::kBlockN : missing_key0;
+#pragma unroll
+      for (int cb = 0; cb < Traits::kColumnBlocks; ++cb)
+        tma_load_4d(map, &full, dst + (cb * Traits::kTurnN + i * Traits::kBlockN) * 64, cb * 64,
+                    key0, w.hk, w.b);
+    }
   }
 
   // ---- consumer (one warpgroup) ---------------------------------------------------------
@@ -131,108 +153,187 @@ struct MainloopSm90Tma {
     if (lane == 0) mbarrier_arrive(&empty);
   }
 
-  // Mask, tile max, λ rule and exponentiation of the scores in s (key0 = the tile's first key).
-  // Returns whether the warp skips the tile; alpha = 1 then (its rows keep m, l and O).
-  static __device__ bool scores_to_probs(float (&s)[kNTiles][4], float (&alpha)[2], int key0,
-                                         const AttnParams& p, const WorkTile& w, const WarpRows& rows,
-                                         int lane, float lambda, Softmax& softmax, unsigned& visited,
-                                         unsigned& skipped) {
-    const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
-                            (kCausal && key0 + Traits::kBlockN - 1 > w.q0 + p.causal_offset);
-    if (needs_mask) apply_mask<Traits, kCausal>(s, p, rows.row_g, key0, lane);
-    float m_loc[2];
-    Softmax::tile_max(s, p.scale_log2, m_loc);
-    const bool warp_skips = softmax.slab_skips(m_loc, rows.row_exists, lambda);
-    if (rows.slab_exists) {
-      ++visited;
-      skipped += warp_skips;
+  // S[64 rows of this consumer × kTurnN keys] = Q·Kᵀ, issued (not waited): one m64n128k16 per
+  // k16 step (Q is read from shared memory once per turn, not once per block). Both operands
+  // are K-major SW128 tiles: a k16 step advances the start by 32 bytes inside the 128-byte row,
+  // and a new 64-channel column block every 4 steps.
+  static __device__ void issue_qk(Scores& s, uint32_t sQ, uint32_t sK, int consumer) {
+    constexpr int kQColumnBytes = Traits::kBlockM * kSw128RowBytes;
+    constexpr int kKColumnBytes = Traits::kTurnN * kSw128RowBytes;
+    auto& d = reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s);
+#pragma unroll
+    for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
+      const uint32_t a = sQ + (ks / 4) * kQColumnBytes + consumer * 64 * kSw128RowBytes + (ks % 4) * 32;
+      const uint32_t b = sK + (ks / 4) * kKColumnBytes + (ks % 4) * 32;
+      wgmma_m64nNk16_ss<T, Traits::kTurnN>(d, sw128_desc(a, 16, kSw128AtomBytes),
+                                           sw128_desc(b, 16, kSw128AtomBytes), ks > 0);
     }
-    alpha[0] = alpha[1] = 1.0f;
-    if (!warp_skips) softmax.exponentiate(s, m_loc, p.scale_log2, alpha);
-    return warp_skips;
   }
 
-  // P of a skipping warp is 0. Zero its scores rather than P: a P defined on two paths makes
+  // O[64 rows × D] += P·V over the turn's kTurnN keys, issued (not waited). V is [key][channel]:
+  // MN-major for this product, 8 keys per 1024-byte atom (stride byte offset) and kTurnN keys
+  // per 64-channel column block (leading byte offset between blocks).
+  static __device__ void issue_pv(float (&acc)[kOTiles][4], const Probs& prob, uint32_t sV) {
+    constexpr int kVColumnBytes = Traits::kTurnN * kSw128RowBytes;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const uint32_t b = sV + (i * kKSteps + kk) * 16 * kSw128RowBytes;
+        wgmma_m64nNk16_rs<T, Traits::kHeadDim>(acc, prob[i][kk],
+                                               sw128_desc(b, kVColumnBytes, kSw128AtomBytes));
+      }
+  }
+
+  // Mask, block maxima, λ rule per block and exponentiation of the turn's scores. The blocks
+  // are tested in order, each against the running max the rows would have after the computed
+  // blocks before it (as if every block had its own turn), so the decisions and the counters
+  // are exactly the one-block-per-turn ones. The computed blocks are then exponentiated with
+  // one base, max(m, their maxima) = the m of the sequential walk. skip[i] is true for a block
+  // the warp skips and for a missing block of a short turn (not counted); alpha = 1 if all skip.
+  static __device__ void scores_to_probs(Scores& s, float (&alpha)[2], bool (&skip)[kBlocks],
+                                         bool& any_skip, const Turns& turn, const AttnParams& p,
+                                         const WorkTile& w, const WarpRows& rows, int lane,
+                                         float lambda, Softmax& softmax, unsigned& visited,
+                                         unsigned& skipped) {
+    float m_run[2] = {softmax.row_max[0], softmax.row_max[1]};
+    float m_turn[2] = {-INFINITY, -INFINITY};
+    any_skip = false;
+    bool all_skip = true;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) {
+      skip[i] = true;
+      if (i == 0 || i < turn.count()) {
+        const int key0 = turn.block(i) * Traits::kBlockN;
+        const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
+                                (kCausal && key0 + Traits::kBlockN - 1 > w.q0 + p.causal_offset);
+        if (needs_mask) apply_mask<Traits, kCausal>(s[i], p, rows.row_g, key0, lane);
+        float m_loc[2];
+        BlockSoftmax::tile_max(s[i], p.scale_log2, m_loc);
+        skip[i] = Softmax::slab_skips(m_loc, m_run, rows.row_exists, lambda);
+        if (rows.slab_exists) {
+          ++visited;
+          skipped += skip[i];
+        }
+        if (!skip[i]) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            m_run[r] = max_nan(m_run[r], m_loc[r]);
+            m_turn[r] = max_nan(m_turn[r], m_loc[r]);
+          }
+        }
+      }
+      any_skip = any_skip || skip[i];
+      all_skip = all_skip && skip[i];
+    }
+    alpha[0] = alpha[1] = 1.0f;
+    if (all_skip) return;
+    // A skipped block adds nothing to l: its scores become -inf, so 2^(s·c - m) = 0.
+    if (any_skip) {
+#pragma unroll
+      for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[i][n][e] = skip[i] ? -INFINITY : s[i][n][e];
+    }
+    softmax.exponentiate(reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s), m_turn,
+                         p.scale_log2, alpha);
+  }
+
+  // P of a skipped block is 0. Zero its scores rather than P: a P defined on two paths makes
   // the compiler serialize the wgmma pipeline (C7513; see kernel_sm90.cuh).
-  static __device__ void pack(float (&s)[kNTiles][4], uint32_t (&prob)[Traits::kBlockN / 16][4],
-                              bool warp_skips) {
+  static __device__ void pack(Scores& s, Probs& prob, const bool (&skip)[kBlocks], bool any_skip) {
+    if (any_skip) {
 #pragma unroll
-    for (int n = 0; n < kNTiles; ++n)
+      for (int i = 0; i < kBlocks; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = warp_skips ? 0.0f : s[n][e];
-    pack_probs<Traits>(s, prob);
+        for (int n = 0; n < kNTiles; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[i][n][e] = skip[i] ? 0.0f : s[i][n][e];
+    }
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) pack_probs<Traits>(s[i], prob[i]);
+  }
+
+  static __device__ void fence_scores(Scores& s) {
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) fence_operands(s[i]);
+  }
+  static __device__ void fence_probs(Probs& prob) {
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) fence_operands(prob[i]);
   }
 
   static __device__ void mma(const AttnParamsSm90Ws& params, Storage& smem, const WorkTile& w,
                              const WarpRows& rows, int consumer, int lane, float (&acc)[kOTiles][4],
                              Softmax& softmax, unsigned& visited, unsigned& skipped) {
     const AttnParams& p = params.attn;
-    BlockIter it(p, w.mask_row);
+    Turns it(p, w.mask_row);
     if (it.done()) return;
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
     const uint32_t sQ = smem_addr(smem.q), sK0 = smem_addr(smem.k[0]), sV0 = smem_addr(smem.v[0]);
     const MmaTurn<Traits> turn{consumer};
     turn.start();
-    float s[kNTiles][4];                     // scores of the tile being processed
-    uint32_t prob[Traits::kBlockN / 16][4];  // P of the previous tile, A operand of its P·V
+    Scores s;    // scores of the turn being processed
+    Probs prob;  // P of the previous turn
     float alpha[2];
+    bool skip[kBlocks], any_skip;
     Cursor kc, vc;
 
-    // First tile: S[0] alone.
-    int key0 = it.block() * Traits::kBlockN;
+    // First turn: S[0] alone.
     mbarrier_wait(&smem.q_full, 0);
     mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
     turn.acquire();
-    fence_operands(s);
+    fence_scores(s);
     wgmma_fence();
-    issue_qk<Traits>(s, sQ, sK0, consumer);
+    issue_qk(s, sQ, sK0, consumer);
     wgmma_commit();
     turn.pass(false);
     wgmma_wait<0>();
-    fence_operands(s);
+    fence_scores(s);
     release(smem.k_empty[kc.stage], lane);
     kc.advance();
-    bool skips = scores_to_probs(s, alpha, key0, p, w, rows, lane, lambda, softmax, visited, skipped);
-    pack(s, prob, skips);
+    scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+    pack(s, prob, skip, any_skip);
     it.next();
 
     for (; !it.done(); it.next()) {
-      key0 = it.block() * Traits::kBlockN;
       mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
       fence_operands(acc);
-      fence_operands(prob);
-      fence_operands(s);
+      fence_probs(prob);
+      fence_scores(s);
       wgmma_fence();
-      issue_qk<Traits>(s, sQ, sK0 + kc.stage * Traits::kKVBytes, consumer);
+      issue_qk(s, sQ, sK0 + kc.stage * Traits::kStageBytes, consumer);
       wgmma_commit();
-      // P·V is issued for every tile, even when all four warps skip it (P = 0): a wgmma or a
+      // P·V is issued for every turn, even when all four warps skip it (P = 0): a wgmma or a
       // commit on a branch makes the compiler serialize every wgmma of the kernel.
       wgmma_fence();
-      issue_pv<Traits>(acc, prob, sV0 + vc.stage * Traits::kKVBytes);
+      issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
       wgmma_commit();
       turn.pass(false);
       wgmma_wait<1>();  // S[t] ready; P·V of t-1 may still run
-      fence_operands(s);
+      fence_scores(s);
       release(smem.k_empty[kc.stage], lane);
       kc.advance();
-      skips = scores_to_probs(s, alpha, key0, p, w, rows, lane, lambda, softmax, visited, skipped);
+      scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
       wgmma_wait<0>();  // P·V of t-1 done: O and P are free, and so is V[t-1]
       fence_operands(acc);
       release(smem.v_empty[vc.stage], lane);
       vc.advance();
       Softmax::rescale(acc, alpha);
-      pack(s, prob, skips);
+      pack(s, prob, skip, any_skip);
     }
 
-    // Last tile: its P·V alone.
+    // Last turn: its P·V alone.
     mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
     turn.acquire();
     fence_operands(acc);
-    fence_operands(prob);
+    fence_probs(prob);
     wgmma_fence();
-    issue_pv<Traits>(acc, prob, sV0 + vc.stage * Traits::kKVBytes);
+    issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
     wgmma_commit();
     turn.pass(true);
     wgmma_wait<0>();

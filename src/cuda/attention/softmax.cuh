@@ -51,11 +51,17 @@ struct OnlineSoftmax {
   // All lanes hold the same slab, so the result is warp-uniform.
   __device__ bool slab_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
                              float lambda) const {
+    return slab_skips(m_loc, row_max, row_exists, lambda);
+  }
+  // The same rule against a given running max m_run (a kernel that tests several tiles before
+  // exponentiating them passes the max the rows would have after the earlier ones).
+  __device__ static bool slab_skips(const float (&m_loc)[2], const float (&m_run)[2],
+                                    const bool (&row_exists)[2], float lambda) {
     bool skippable = true;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const bool negligible = m_loc[i] == -INFINITY ||
-                              (row_max[i] != -INFINITY && m_loc[i] - row_max[i] <= -lambda);
+                              (m_run[i] != -INFINITY && m_loc[i] - m_run[i] <= -lambda);
       skippable = skippable && (!row_exists[i] || negligible);
     }
     return __all_sync(0xffffffffu, skippable);

@@ -14,7 +14,20 @@ struct AttnTraitsSm90Ws {
   using Element = T;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;  // query rows per CTA = SparseOptions::block_q
-  static constexpr int kBlockN = 64;   // keys per tile = SparseOptions::block_k
+  static constexpr int kBlockN = 64;   // keys per mask block = SparseOptions::block_k
+  // Keys per consumer turn: up to kBlocksPerTurn consecutive entries of the row's kept-block
+  // list (not necessarily adjacent blocks), each loaded as its own 64-row TMA box into one part
+  // of a stage, so that S = Q·Kᵀ is one m64n128 GEMM and P·V one k = 128 GEMM. At one block per
+  // turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of every turn were
+  // amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128, 297 at hd64 (docs/
+  // cuda.md). hd64 keeps 2 as well: 4 (n256) would need S 128 + P 64 + O 32 registers per
+  // thread, too close to the 240 of a consumer, and wastes up to 3 blocks of work on odd tails.
+  static constexpr int kBlocksPerTurn = 2;
+  static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
+  // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
+  // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
+  // false, block 0 of the turn again (see MainloopSm90Tma::load_kv_turn).
+  static constexpr bool kZeroFillShortTurn = true;
   // WG0 = producer (one elected thread issues every TMA load), WG1-2 = consumers of 64 rows each;
   // within a consumer, warp w owns rows 16w..16w+15 (one λ group, as in the other kernels).
   static constexpr int kConsumers = kBlockM / 64;
@@ -27,20 +40,26 @@ struct AttnTraitsSm90Ws {
   // 64512 of the SM's 65536 registers. ptxas compiles the kernel at 65536/384 -> 168.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  // K/V ring: a stage holds one key tile of K and one of V, with separate full/empty barriers
-  // (K of a stage is released after QKᵀ, V after P·V). Four stages = 256 keys in flight: the
-  // tiles are small (64 keys, fixed by the mask geometry) and smem is not the limit at 1 CTA/SM.
-  static constexpr int kStages = 4;
+  // K/V ring: a stage holds the kTurnN keys of one turn, K and V, with separate full/empty
+  // barriers (K of a stage is released after QKᵀ, V after P·V). Keys in flight: d128 256 = 2
+  // stages of 64 KiB at two blocks per turn (FA3 runs 2 stages of its 128×176 tiles), d64 512 =
+  // 4 stages of 32 KiB (smem is not the limit there). At one block per turn this gives d128 the
+  // 4 stages it had before.
+  static constexpr int kKeysInFlight = kHeadDim >= 128 ? 256 : 512;
+  static constexpr int kStages = kKeysInFlight / kTurnN;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
-  static constexpr int kKVBytes = kBlockN * kHeadDim * int(sizeof(T));
-  static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per tile (64 channels each)
+  static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
+  static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
+  static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
   // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
-  // 16-byte aligned and the kernel rounds it up. d128: 164 KiB, d64: 82 KiB.
-  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kKVBytes + 2 * kSw128AtomBytes;
+  // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 146 KiB.
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kStageBytes + 2 * kSw128AtomBytes;
 
   static_assert(sizeof(T) == 2, "the SW128 layout is written for 16-bit elements");
   static_assert(kHeadDim % 64 == 0, "SW128 column blocks are 64 elements wide");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
+  static_assert(kBlocksPerTurn >= 1 && kTurnN <= 256, "wgmma N is at most 256");
+  static_assert(kStages >= 2 && kKeysInFlight % kTurnN == 0, "the ring needs two whole stages");
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
   static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536,
                 "setmaxnreg split exceeds the register file");
@@ -48,12 +67,15 @@ struct AttnTraitsSm90Ws {
 
 // Everything the kernel keeps in shared memory. Tiles are SW128 (wgmma_sm90.cuh) and each starts
 // 1024-byte aligned, which the TMA's 128B swizzle and the wgmma descriptors (base offset 0) need.
+// A K (or V) stage is one SW128 tile of kTurnN rows: column block cb holds rows 0..kTurnN-1, and
+// block i of the turn lands in rows i·64..i·64+63 of every column block (one TMA box each), so
+// that one descriptor with an 8-row stride of 1024 bytes spans all the turn's keys.
 template <typename Traits>
 struct SharedStorageSm90Ws {
   using T = typename Traits::Element;
   alignas(kSw128AtomBytes) T q[Traits::kBlockM * Traits::kHeadDim];
-  alignas(kSw128AtomBytes) T k[Traits::kStages][Traits::kBlockN * Traits::kHeadDim];
-  alignas(kSw128AtomBytes) T v[Traits::kStages][Traits::kBlockN * Traits::kHeadDim];
+  alignas(kSw128AtomBytes) T k[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
+  alignas(kSw128AtomBytes) T v[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
   uint64_t q_full;                   // Q landed (1 arrival + bytes)
   uint64_t k_full[Traits::kStages];  // K of the stage landed
   uint64_t v_full[Traits::kStages];

@@ -88,12 +88,14 @@ template <typename T> struct WgmmaType;
 template <> struct WgmmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
 template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
 
-// SS m64n64k16: 32 accumulators, then descriptors %32, %33 and the scale-d flag %34.
-#define SPARGE_WGMMA_SS(TYPE)                                                                \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"                                \
-               " wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " SPARGE_OPS32 \
-               ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                            \
-               : SPARGE_ACC32(f) : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
+// SS: N/2 accumulators, then the two descriptors and the scale-d flag (m64n64k16: %32, %33 and
+// %34; m64n128k16: %64, %65 and %66).
+#define SPARGE_WGMMA_SS(SHAPE, TYPE, OPS, ACC, SCALE_D, TAIL)                              \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " SCALE_D ", 0;\n"                       \
+               " wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " " OPS TAIL   \
+               : ACC : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
+#define SPARGE_SS_TAIL32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+#define SPARGE_SS_TAIL64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
 // RS: accumulators, then the four A registers and the B descriptor; always accumulates.
 #define SPARGE_WGMMA_RS(SHAPE, TYPE, OPS, ACC, TAIL)                                        \
   asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"                                 \
@@ -102,16 +104,30 @@ template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
 #define SPARGE_RS_TAIL32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
 #define SPARGE_RS_TAIL64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
 
+// d[64×N] (+)= A[64×16] · B[N×16]ᵀ, both K-major in shared memory, N = 64 or 128.
+// accumulate = false overwrites d (the first k step of a tile).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_m64nNk16_ss(float (&d)[N / 8][4], uint64_t desc_a,
+                                                  uint64_t desc_b, bool accumulate) {
+  static_assert(N == 64 || N == 128, "Q·Kᵀ wgmma is instantiated for 64 and 128 keys");
+  float(&f)[N / 2] = reinterpret_cast<float(&)[N / 2]>(d);
+  constexpr bool kBf16 = WgmmaType<T>::kBf16;
+  if constexpr (N == 64 && kBf16)
+    SPARGE_WGMMA_SS("m64n64k16", "bf16", SPARGE_OPS32, SPARGE_ACC32(f), "%34", SPARGE_SS_TAIL32);
+  else if constexpr (N == 64)
+    SPARGE_WGMMA_SS("m64n64k16", "f16", SPARGE_OPS32, SPARGE_ACC32(f), "%34", SPARGE_SS_TAIL32);
+  else if constexpr (kBf16)
+    SPARGE_WGMMA_SS("m64n128k16", "bf16", SPARGE_OPS64, SPARGE_ACC64(f), "%66", SPARGE_SS_TAIL64);
+  else
+    SPARGE_WGMMA_SS("m64n128k16", "f16", SPARGE_OPS64, SPARGE_ACC64(f), "%66", SPARGE_SS_TAIL64);
+}
+
 // d[64×64] (+)= A[64×16] · B[64×16]ᵀ, both K-major in shared memory. accumulate = false
 // overwrites d (the first k step of a tile).
 template <typename T>
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t desc_a,
                                                    uint64_t desc_b, bool accumulate) {
-  float(&f)[32] = reinterpret_cast<float(&)[32]>(d);
-  if constexpr (WgmmaType<T>::kBf16)
-    SPARGE_WGMMA_SS("bf16");
-  else
-    SPARGE_WGMMA_SS("f16");
+  wgmma_m64nNk16_ss<T, 64>(d, desc_a, desc_b, accumulate);
 }
 
 // d[64×N] += A[64×16] · B[16×N]: A from registers (mma.sync A layout), B MN-major in shared
@@ -133,6 +149,8 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const ui
 }
 
 #undef SPARGE_WGMMA_SS
+#undef SPARGE_SS_TAIL32
+#undef SPARGE_SS_TAIL64
 #undef SPARGE_WGMMA_RS
 #undef SPARGE_RS_TAIL32
 #undef SPARGE_RS_TAIL64
