@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -271,6 +272,18 @@ TEST(AttentionErrors, UnsupportedRequestsAreRejected) {
   st = block_sparse_attention(d96, d96, d96, m, opts, d96);
   EXPECT_EQ(st.code(), StatusCode::kUnsupported);
   EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
+
+  // A kernel override that names no kernel is an error naming the variable, not a silent default.
+  const char* saved = std::getenv("SPARGE_CUDA_KERNEL");
+  const std::string restore = saved ? saved : "";
+  setenv("SPARGE_CUDA_KERNEL", "sm70", 1);
+  st = block_sparse_attention(t, t, t, m, opts, t);
+  if (saved) setenv("SPARGE_CUDA_KERNEL", restore.c_str(), 1);
+  else unsetenv("SPARGE_CUDA_KERNEL");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("SPARGE_CUDA_KERNEL must be auto, sm80, sm90 or sm90ws, got 'sm70'"),
+            std::string::npos)
+      << st.message();
 }
 
 }  // namespace
