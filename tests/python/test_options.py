@@ -100,3 +100,16 @@ def test_patch_passes_every_attention_keyword():
     assert patch._ATTENTION_OPTIONS == keyword_only - patch._PER_CALL
     assert {"cdf_threshold", "topk", "block_q", "quantized", "token_grid"} <= \
         patch._ATTENTION_OPTIONS
+
+
+def test_documented_signature_lists_every_keyword():
+    # docs/python.md once omitted `quantized=` from sparge.attention's signature.
+    import pathlib
+    import re
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "python.md").read_text()
+    block = re.search(r"out = sparge\.attention\(q, k, v,(.*?)\)\n", doc, re.S)
+    assert block, "docs/python.md must show sparge.attention's signature"
+    documented = set(re.findall(r"(\w+)=", block.group(1)))
+    params = inspect.signature(sparge.attention).parameters
+    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert documented == keywords
