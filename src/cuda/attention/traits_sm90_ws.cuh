@@ -21,10 +21,11 @@ struct AttnTraitsSm90Ws {
   // GEMM.
   // At one block per turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of
   // every turn were amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128; two blocks
-  // gave 519 (docs/cuda.md). d128 runs three (m64n192, FA3's 176 rounded up to whole mask
-  // blocks): S 96 + P 48 + O 64 registers per thread live across the GEMM overlap. d64 keeps 2:
-  // 4 (n256) needs S 128 + P 64 + O 32, and wastes up to 3 blocks of work on odd tails.
-  static constexpr int kBlocksPerTurn = kHeadDim >= 128 ? 3 : 2;
+  // gave 519 (docs/cuda.md). Both head dims run three (m64n192, FA3's 176 rounded up to whole
+  // mask blocks): S 96 + P 48 + O 64 registers per thread live across the GEMM overlap at d128
+  // (SASS max R237 of 240), O 32 at d64 (R219). Four at d64 (n256: S 128 + P 64 + O 32) spills
+  // and makes ptxas serialize the wgmma pipeline (C7512).
+  static constexpr int kBlocksPerTurn = 3;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
@@ -44,15 +45,15 @@ struct AttnTraitsSm90Ws {
   static constexpr int kConsumerRegs = 240;
   // K/V ring: a stage holds the kTurnN keys of one turn, K and V, with separate full/empty
   // barriers (K of a stage is released after QKᵀ, V after P·V). As many stages as the 227 KiB
-  // of shared memory hold, at most 4: d128 at three blocks per turn 2 stages of 96 KiB (384
-  // keys in flight; FA3 runs 2 stages of its 128×176 tiles), d64 at two 4 stages of 32 KiB.
+  // of shared memory hold, at most 4: d128 2 stages of 96 KiB (384 keys in flight; FA3 runs 2
+  // stages of its 128×176 tiles), d64 4 stages of 48 KiB (768 keys).
   static constexpr int kMaxStages = 4;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
   static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
   // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
-  // 16-byte aligned and the kernel rounds it up. d128: 226 KiB, d64: 146 KiB.
+  // 16-byte aligned and the kernel rounds it up. d128: 226 KiB, d64: 210 KiB.
   static constexpr int kSmemLimit = 227 * 1024;  // sm_90's per-CTA opt-in maximum
   static constexpr int kFixedBytes = kQBytes + 2 * kSw128AtomBytes;
   static constexpr int kStagesFit = (kSmemLimit - kFixedBytes) / (2 * kStageBytes);
