@@ -3,13 +3,14 @@
 //           kept blocks and TMA-loads Q once, then K and V of every turn (one 64-row box per
 //           block and 64 channels) into a kStages ring (full/empty mbarriers per stage).
 //   mma():  a consumer warpgroup (64 query rows) walks the same turns; per turn t it issues
-//           S[t] = Q·K[t]ᵀ (m64n128) and O += P[t-1]·V[t-1] (k = 128) as two wgmma groups, then
-//           masks each 64-key block, applies the λ rule per block and exponentiates S[t] while
-//           P[t-1]·V[t-1] still runs, then rescales O and packs P[t]. The two consumers take turns
+//           S[t] = Q·K[t]ᵀ (m64n·kTurnN) and O += P[t-1]·V[t-1] (k = kTurnN) as two wgmma
+//           groups, then masks each 64-key block, applies the λ rule per block and
+//           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t]. The two consumers take turns
 //           issuing their GEMMs (named barriers, ping-pong): one's softmax runs while the other's
 //           GEMMs do.
-// The math per block (apply_mask, OnlineSoftmax, pack_probs) is the sm90 kernel's; a turn of two
-// blocks gives the same m, l and O as two turns of one, up to rounding (one exponentiation base).
+// The math per block (apply_mask, OnlineSoftmax, pack_probs) is the sm90 kernel's; a turn of
+// several blocks gives the same m, l and O as one turn per block, up to rounding (one
+// exponentiation base).
 #pragma once
 
 #include <cuda.h>
@@ -87,7 +88,7 @@ struct MainloopSm90Tma {
   static constexpr int kOTiles = Traits::kHeadDim / 8;
   using Softmax = OnlineSoftmax<kBlocks * kNTiles>;  // row state; exponentiates a whole turn
   using BlockSoftmax = OnlineSoftmax<kNTiles>;       // the max of one block
-  // Scores of a turn, block i in s[i] (the m64n128 accumulator: columns 64i.. are block i).
+  // Scores of a turn, block i in s[i] (the m64n·kTurnN accumulator: columns 64i.. are block i).
   using Scores = float[kBlocks][kNTiles][4];
   using Probs = uint32_t[kBlocks][kKSteps][4];  // P of a turn, A operand of its P·V
 
@@ -153,8 +154,8 @@ struct MainloopSm90Tma {
     if (lane == 0) mbarrier_arrive(&empty);
   }
 
-  // S[64 rows of this consumer × kTurnN keys] = Q·Kᵀ, issued (not waited): one m64n128k16 per
-  // k16 step (Q is read from shared memory once per turn, not once per block). Both operands
+  // S[64 rows of this consumer × kTurnN keys] = Q·Kᵀ, issued (not waited): one m64n·kTurnN·k16
+  // per k16 step (Q is read from shared memory once per turn, not once per block). Both operands
   // are K-major SW128 tiles: a k16 step advances the start by 32 bytes inside the 128-byte row,
   // and a new 64-channel column block every 4 steps.
   static __device__ void issue_qk(Scores& s, uint32_t sQ, uint32_t sK, int consumer) {

@@ -17,12 +17,15 @@ struct AttnTraitsSm90Ws {
   static constexpr int kBlockN = 64;   // keys per mask block = SparseOptions::block_k
   // Keys per consumer turn: up to kBlocksPerTurn consecutive entries of the row's kept-block
   // list (not necessarily adjacent blocks), each loaded as its own 64-row TMA box into one part
-  // of a stage, so that S = Q·Kᵀ is one m64n128 GEMM and P·V one k = 128 GEMM. At one block per
-  // turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of every turn were
-  // amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128, 297 at hd64 (docs/
-  // cuda.md). hd64 keeps 2 as well: 4 (n256) would need S 128 + P 64 + O 32 registers per
-  // thread, too close to the 240 of a consumer, and wastes up to 3 blocks of work on odd tails.
-  static constexpr int kBlocksPerTurn = 2;
+  // of a stage, so that S = Q·Kᵀ is one m64n(64·kBlocksPerTurn) GEMM and P·V one k = kTurnN
+  // GEMM.
+  // At one block per turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of
+  // every turn were amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128; two blocks
+  // gave 519 (docs/cuda.md). Both head dims run three (m64n192, FA3's 176 rounded up to whole
+  // mask blocks): S 96 + P 48 + O 64 registers per thread live across the GEMM overlap at d128
+  // (SASS max R237 of 240), O 32 at d64 (R219). Four at d64 (n256: S 128 + P 64 + O 32) spills
+  // and makes ptxas serialize the wgmma pipeline (C7512).
+  static constexpr int kBlocksPerTurn = 3;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
@@ -41,25 +44,27 @@ struct AttnTraitsSm90Ws {
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
   // K/V ring: a stage holds the kTurnN keys of one turn, K and V, with separate full/empty
-  // barriers (K of a stage is released after QKᵀ, V after P·V). Keys in flight: d128 256 = 2
-  // stages of 64 KiB at two blocks per turn (FA3 runs 2 stages of its 128×176 tiles), d64 512 =
-  // 4 stages of 32 KiB (smem is not the limit there). At one block per turn this gives d128 the
-  // 4 stages it had before.
-  static constexpr int kKeysInFlight = kHeadDim >= 128 ? 256 : 512;
-  static constexpr int kStages = kKeysInFlight / kTurnN;
+  // barriers (K of a stage is released after QKᵀ, V after P·V). As many stages as the 227 KiB
+  // of shared memory hold, at most 4: d128 2 stages of 96 KiB (384 keys in flight; FA3 runs 2
+  // stages of its 128×176 tiles), d64 4 stages of 48 KiB (768 keys).
+  static constexpr int kMaxStages = 4;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
   static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
   // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
-  // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 146 KiB.
-  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kStageBytes + 2 * kSw128AtomBytes;
+  // 16-byte aligned and the kernel rounds it up. d128: 226 KiB, d64: 210 KiB.
+  static constexpr int kSmemLimit = 227 * 1024;  // sm_90's per-CTA opt-in maximum
+  static constexpr int kFixedBytes = kQBytes + 2 * kSw128AtomBytes;
+  static constexpr int kStagesFit = (kSmemLimit - kFixedBytes) / (2 * kStageBytes);
+  static constexpr int kStages = kStagesFit < kMaxStages ? kStagesFit : kMaxStages;
+  static constexpr int kSmemBytes = kFixedBytes + 2 * kStages * kStageBytes;
 
   static_assert(sizeof(T) == 2, "the SW128 layout is written for 16-bit elements");
   static_assert(kHeadDim % 64 == 0, "SW128 column blocks are 64 elements wide");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
+  static_assert(kSmemBytes <= kSmemLimit, "shared memory per CTA exceeds sm_90's 227 KiB");
   static_assert(kBlocksPerTurn >= 1 && kTurnN <= 256, "wgmma N is at most 256");
-  static_assert(kStages >= 2 && kKeysInFlight % kTurnN == 0, "the ring needs two whole stages");
+  static_assert(kStages >= 2, "the ring needs two stages in 227 KiB");
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
   static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536,
                 "setmaxnreg split exceeds the register file");

@@ -74,6 +74,9 @@ __device__ __forceinline__ void fence_operands(uint32_t (&r)[kRows][kCols]) {
 #define SPARGE_F16(a, i) SPARGE_F4(a, i), SPARGE_F4(a, i + 4), SPARGE_F4(a, i + 8), SPARGE_F4(a, i + 12)
 #define SPARGE_ACC32(a) SPARGE_F16(a, 0), SPARGE_F16(a, 16)
 #define SPARGE_ACC64(a) SPARGE_ACC32(a), SPARGE_F16(a, 32), SPARGE_F16(a, 48)
+#define SPARGE_ACC96(a) SPARGE_ACC64(a), SPARGE_F16(a, 64), SPARGE_F16(a, 80)
+#define SPARGE_ACC128(a) SPARGE_ACC64(a), SPARGE_F16(a, 64), SPARGE_F16(a, 80), SPARGE_F16(a, 96), \
+                         SPARGE_F16(a, 112)
 #define SPARGE_OPS32                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -82,6 +85,23 @@ __device__ __forceinline__ void fence_operands(uint32_t (&r)[kRows][kCols]) {
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "   \
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "    \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// m64n192 / m64n256 (the warp-specialized kernel's Q·Kᵀ over three or four 64-key blocks).
+#define SPARGE_OPS96 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
+  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, " \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, " \
+  "%70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, " \
+  "%87, %88, %89, %90, %91, %92, %93, %94, %95}"
+#define SPARGE_OPS128 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
+  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, " \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, " \
+  "%70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, " \
+  "%87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, " \
+  "%104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, " \
+  "%118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
 
 // Which input type: the instruction strings below differ only in its PTX name, bf16 or f16.
 template <typename T> struct WgmmaType;
@@ -89,13 +109,15 @@ template <> struct WgmmaType<__nv_bfloat16> { static constexpr bool kBf16 = true
 template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
 
 // SS: N/2 accumulators, then the two descriptors and the scale-d flag (m64n64k16: %32, %33 and
-// %34; m64n128k16: %64, %65 and %66).
+// %34; m64n128k16: %64, %65 and %66; m64n192k16: %96..%98; m64n256k16: %128..%130).
 #define SPARGE_WGMMA_SS(SHAPE, TYPE, OPS, ACC, SCALE_D, TAIL)                              \
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " SCALE_D ", 0;\n"                       \
                " wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " " OPS TAIL   \
                : ACC : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
 #define SPARGE_SS_TAIL32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
 #define SPARGE_SS_TAIL64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+#define SPARGE_SS_TAIL96 ", %96, %97, p, 1, 1, 0, 0;\n}\n"
+#define SPARGE_SS_TAIL128 ", %128, %129, p, 1, 1, 0, 0;\n}\n"
 // RS: accumulators, then the four A registers and the B descriptor; always accumulates.
 #define SPARGE_WGMMA_RS(SHAPE, TYPE, OPS, ACC, TAIL)                                        \
   asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, 1, 1;\n"                                 \
@@ -104,22 +126,33 @@ template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
 #define SPARGE_RS_TAIL32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
 #define SPARGE_RS_TAIL64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
 
-// d[64×N] (+)= A[64×16] · B[N×16]ᵀ, both K-major in shared memory, N = 64 or 128.
+// d[64×N] (+)= A[64×16] · B[N×16]ᵀ, both K-major in shared memory, N = 64, 128, 192 or 256.
 // accumulate = false overwrites d (the first k step of a tile).
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_m64nNk16_ss(float (&d)[N / 8][4], uint64_t desc_a,
                                                   uint64_t desc_b, bool accumulate) {
-  static_assert(N == 64 || N == 128, "Q·Kᵀ wgmma is instantiated for 64 and 128 keys");
+  static_assert(N == 64 || N == 128 || N == 192 || N == 256,
+                "Q·Kᵀ wgmma is instantiated for 64, 128, 192 and 256 keys");
   float(&f)[N / 2] = reinterpret_cast<float(&)[N / 2]>(d);
   constexpr bool kBf16 = WgmmaType<T>::kBf16;
   if constexpr (N == 64 && kBf16)
     SPARGE_WGMMA_SS("m64n64k16", "bf16", SPARGE_OPS32, SPARGE_ACC32(f), "%34", SPARGE_SS_TAIL32);
   else if constexpr (N == 64)
     SPARGE_WGMMA_SS("m64n64k16", "f16", SPARGE_OPS32, SPARGE_ACC32(f), "%34", SPARGE_SS_TAIL32);
-  else if constexpr (kBf16)
+  else if constexpr (N == 128 && kBf16)
     SPARGE_WGMMA_SS("m64n128k16", "bf16", SPARGE_OPS64, SPARGE_ACC64(f), "%66", SPARGE_SS_TAIL64);
-  else
+  else if constexpr (N == 128)
     SPARGE_WGMMA_SS("m64n128k16", "f16", SPARGE_OPS64, SPARGE_ACC64(f), "%66", SPARGE_SS_TAIL64);
+  else if constexpr (N == 192 && kBf16)
+    SPARGE_WGMMA_SS("m64n192k16", "bf16", SPARGE_OPS96, SPARGE_ACC96(f), "%98", SPARGE_SS_TAIL96);
+  else if constexpr (N == 192)
+    SPARGE_WGMMA_SS("m64n192k16", "f16", SPARGE_OPS96, SPARGE_ACC96(f), "%98", SPARGE_SS_TAIL96);
+  else if constexpr (kBf16)
+    SPARGE_WGMMA_SS("m64n256k16", "bf16", SPARGE_OPS128, SPARGE_ACC128(f), "%130",
+                    SPARGE_SS_TAIL128);
+  else
+    SPARGE_WGMMA_SS("m64n256k16", "f16", SPARGE_OPS128, SPARGE_ACC128(f), "%130",
+                    SPARGE_SS_TAIL128);
 }
 
 // d[64×64] (+)= A[64×16] · B[64×16]ᵀ, both K-major in shared memory. accumulate = false
@@ -151,6 +184,8 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const ui
 #undef SPARGE_WGMMA_SS
 #undef SPARGE_SS_TAIL32
 #undef SPARGE_SS_TAIL64
+#undef SPARGE_SS_TAIL96
+#undef SPARGE_SS_TAIL128
 #undef SPARGE_WGMMA_RS
 #undef SPARGE_RS_TAIL32
 #undef SPARGE_RS_TAIL64
@@ -158,7 +193,11 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const ui
 #undef SPARGE_F16
 #undef SPARGE_ACC32
 #undef SPARGE_ACC64
+#undef SPARGE_ACC96
+#undef SPARGE_ACC128
 #undef SPARGE_OPS32
 #undef SPARGE_OPS64
+#undef SPARGE_OPS96
+#undef SPARGE_OPS128
 
 }  // namespace sparge::cuda
