@@ -96,10 +96,10 @@ Status check_sizes(const detail::Problem& p) {
 }
 
 // ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
-// On sm_90 devices, when this build holds sm_90a code: sm90ws (warp-specialized, TMA) for head dim
-// 128, where it runs 1.29-1.46x the sm90 kernel, and sm90 (single-role wgmma) for head dim 64,
-// where sm90ws is 0.96-1.00x (bench/results/2026-12-03_NVIDIA-H200_sm90ws-n128_d{128,64}.jsonl).
-// sm80 (mma.sync) everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
+// On sm_90 devices, when this build holds sm_90a code: sm90ws (warp-specialized, TMA), which runs
+// 1.28-1.47x the single-role wgmma kernel sm90 at head dim 128 and 1.01-1.07x at head dim 64
+// (bench/results/2026-12-03_NVIDIA-H200_sm90ws-{default,n192}_d*.jsonl). sm80 (mma.sync)
+// everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
 // to compare the kernels or to fall back; it is read at every call (getenv costs far less than a
 // launch), so a benchmark can switch kernels inside one process.
 enum class Kernel { kSm80, kSm90, kSm90Ws };
@@ -114,7 +114,7 @@ Status kernel_override(const char** value) {
                              env, "'"));
 }
 
-Status choose_kernel(int device_index, int64_t head_dim, Kernel* kernel) {
+Status choose_kernel(int device_index, Kernel* kernel) {
   const char* forced = nullptr;
   SPARGE_RETURN_IF_ERROR(kernel_override(&forced));
   int major = 0, minor = 0;
@@ -129,7 +129,7 @@ Status choose_kernel(int device_index, int64_t head_dim, Kernel* kernel) {
                                      "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
     *kernel = !std::strcmp(forced, "sm90") ? Kernel::kSm90 : Kernel::kSm90Ws;
   } else {
-    *kernel = !sm90_runs ? Kernel::kSm80 : head_dim == 128 ? Kernel::kSm90Ws : Kernel::kSm90;
+    *kernel = sm90_runs ? Kernel::kSm90Ws : Kernel::kSm80;
   }
   return Status::ok();
 }
@@ -322,7 +322,7 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
 
   const AttnParams a = to_params(p, mask, o, extras);
   Kernel kernel = Kernel::kSm80;
-  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, p.shape.head_dim, &kernel));
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel));
   return attention_by_head_dim(kernel, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
                                static_cast<cudaStream_t>(ctx.stream));
 }

@@ -21,11 +21,14 @@ struct AttnTraitsSm90Ws {
   // GEMM.
   // At one block per turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of
   // every turn were amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128; two blocks
-  // gave 519 (docs/cuda.md). Both head dims run three (m64n192, FA3's 176 rounded up to whole
-  // mask blocks): S 96 + P 48 + O 64 registers per thread live across the GEMM overlap at d128
-  // (SASS max R237 of 240), O 32 at d64 (R219). Four at d64 (n256: S 128 + P 64 + O 32) spills
-  // and makes ptxas serialize the wgmma pipeline (C7512).
-  static constexpr int kBlocksPerTurn = 3;
+  // gave 519 (docs/cuda.md). Three (m64n192, FA3's 176 rounded up to whole mask blocks) measured
+  // at 8b18464 (bench/results/2026-12-03_NVIDIA-H200_sm90ws-n192_*): d64 +6% (337 -> 356, N 32K
+  // dense), but d128 only +3% dense at 32K, -1% at 8K and -3% to -11% at block sparsity 0.75
+  // (a row's short last turn wastes up to two blocks of GEMM work, and 2 stages hold fewer keys
+  // in flight), so d128 keeps two. d128 at three needs S 96 + P 48 + O 64 registers per thread
+  // (SASS max R237 of 240); four at d64 (n256) spills and makes ptxas serialize the wgmma
+  // pipeline (C7512).
+  static constexpr int kBlocksPerTurn = kHeadDim == 128 ? 2 : 3;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
