@@ -98,7 +98,7 @@ Status check_sizes(const detail::Problem& p) {
 // ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
 // On sm_90 devices, when this build holds sm_90a code: sm90ws (warp-specialized, TMA), which runs
 // 1.28-1.47x the single-role wgmma kernel sm90 at head dim 128 and 1.01-1.07x at head dim 64
-// (bench/results/2026-12-03_NVIDIA-H200_sm90ws-{default,n192}_d*.jsonl). sm80 (mma.sync)
+// (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md). sm80 (mma.sync)
 // everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
 // to compare the kernels or to fall back; it is read at every call (getenv costs far less than a
 // launch), so a benchmark can switch kernels inside one process.

@@ -22,7 +22,7 @@ struct AttnTraitsSm90Ws {
   // At one block per turn (m64n64) the softmax, the two turn hand-overs and the mbarrier waits of
   // every turn were amortized over a quarter of FA3's 128×176 tile: 448 TOPS at hd128; two blocks
   // gave 519 (docs/cuda.md). Three (m64n192, FA3's 176 rounded up to whole mask blocks) measured
-  // at 8b18464 (bench/results/2026-12-03_NVIDIA-H200_sm90ws-n192_*): d64 +6% (337 -> 356, N 32K
+  // at 8b18464 (bench/results/2026-12-03_NVIDIA-H200_sm90ws-8b18464_*): d64 +6% (337 -> 356, N 32K
   // dense), but d128 only +3% dense at 32K, -1% at 8K and -3% to -11% at block sparsity 0.75
   // (a row's short last turn wastes up to two blocks of GEMM work, and 2 stages hold fewer keys
   // in flight), so d128 keeps two. d128 at three needs S 96 + P 48 + O 64 registers per thread
@@ -48,15 +48,17 @@ struct AttnTraitsSm90Ws {
   static constexpr int kConsumerRegs = 240;
   // K/V ring: a stage holds the kTurnN keys of one turn, K and V, with separate full/empty
   // barriers (K of a stage is released after QKᵀ, V after P·V). As many stages as the 227 KiB
-  // of shared memory hold, at most 4: d128 2 stages of 96 KiB (384 keys in flight; FA3 runs 2
-  // stages of its 128×176 tiles), d64 4 stages of 48 KiB (768 keys).
-  static constexpr int kMaxStages = 4;
+  // of shared memory hold, at most kMaxStages: d128 2 stages of 64 KiB (256 keys in flight; FA3
+  // runs 2 stages of its 128×176 tiles) — three fit but measured equal or slower in every case
+  // at 7ada588 (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md); d64 4 stages of
+  // 48 KiB (768 keys).
+  static constexpr int kMaxStages = kHeadDim == 128 ? 2 : 4;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
   static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
   // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
-  // 16-byte aligned and the kernel rounds it up. d128: 226 KiB, d64: 210 KiB.
+  // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 210 KiB.
   static constexpr int kSmemLimit = 227 * 1024;  // sm_90's per-CTA opt-in maximum
   static constexpr int kFixedBytes = kQBytes + 2 * kSw128AtomBytes;
   static constexpr int kStagesFit = (kSmemLimit - kFixedBytes) / (2 * kStageBytes);
