@@ -9,6 +9,7 @@
 # under ~8.5 minutes; logs go to $OUT, a compact table is printed last.
 # Order: build, tests sm90ws, bench hd128, memcheck, tests sm90, racecheck, synccheck, bench hd64.
 # Usage (repo root): bash bench/gpu/check_sm90ws.sh [commit]
+#   (device call: carry `.devdeps`, made here by bench/gpu/make_devdeps.sh, for GoogleTest)
 set -uo pipefail
 commit=${1:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 out=${OUT:-/tmp/sparge_out}
