@@ -230,14 +230,7 @@ struct MainloopSm90Tma {
     alpha[0] = alpha[1] = 1.0f;
     if (all_skip) return;
     // A skipped block adds nothing to l: its scores become -inf, so 2^(s·c - m) = 0.
-    if (any_skip) {
-#pragma unroll
-      for (int i = 0; i < kBlocks; ++i)
-#pragma unroll
-        for (int n = 0; n < kNTiles; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[i][n][e] = skip[i] ? -INFINITY : s[i][n][e];
-    }
+    if (any_skip) fill_skipped(s, skip, -INFINITY);
     softmax.exponentiate(reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s), m_turn,
                          p.scale_log2, alpha);
   }
@@ -245,16 +238,19 @@ struct MainloopSm90Tma {
   // P of a skipped block is 0. Zero its scores rather than P: a P defined on two paths makes
   // the compiler serialize the wgmma pipeline (C7513; see kernel_sm90.cuh).
   static __device__ void pack(Scores& s, Probs& prob, const bool (&skip)[kBlocks], bool any_skip) {
-    if (any_skip) {
-#pragma unroll
-      for (int i = 0; i < kBlocks; ++i)
-#pragma unroll
-        for (int n = 0; n < kNTiles; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[i][n][e] = skip[i] ? 0.0f : s[i][n][e];
-    }
+    if (any_skip) fill_skipped(s, skip, 0.0f);
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) pack_probs<Traits>(s[i], prob[i]);
+  }
+
+  // Every score of the skipped blocks becomes `value` (a select, not a branch per block).
+  static __device__ void fill_skipped(Scores& s, const bool (&skip)[kBlocks], float value) {
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[i][n][e] = skip[i] ? value : s[i][n][e];
   }
 
   static __device__ void fence_scores(Scores& s) {
