@@ -21,28 +21,15 @@ constexpr EnumEntry kQuantModes[] = {SPARGE_QUANT_MODE_VALUES(SPARGE_ENUM_ENTRY)
 constexpr EnumEntry kBackends[] = {SPARGE_BACKEND_VALUES(SPARGE_ENUM_ENTRY)};
 #undef SPARGE_ENUM_ENTRY
 
-template <typename E>
-struct EnumList;
-template <>
-struct EnumList<CausalAlign> {
-  static constexpr const auto& entries = kCausalAligns;
-};
-template <>
-struct EnumList<SelectMode> {
-  static constexpr const auto& entries = kSelectModes;
-};
-template <>
-struct EnumList<QuantMode> {
-  static constexpr const auto& entries = kQuantModes;
-};
-template <>
-struct EnumList<Backend> {
-  static constexpr const auto& entries = kBackends;
-};
+// The value list of each enum, found by overload on a value of the enum's type.
+constexpr const auto& entries(CausalAlign) { return kCausalAligns; }
+constexpr const auto& entries(SelectMode) { return kSelectModes; }
+constexpr const auto& entries(QuantMode) { return kQuantModes; }
+constexpr const auto& entries(Backend) { return kBackends; }
 
 template <typename E>
 const char* name_of(E v) {
-  for (const EnumEntry& e : EnumList<E>::entries)
+  for (const EnumEntry& e : entries(E{}))
     if (e.code == static_cast<int>(v)) return e.name;
   return nullptr;
 }
@@ -50,7 +37,7 @@ const char* name_of(E v) {
 template <typename E>
 bool parse(const char* name, E* out) {
   if (name == nullptr) return false;
-  for (const EnumEntry& e : EnumList<E>::entries)
+  for (const EnumEntry& e : entries(E{}))
     if (std::strcmp(e.name, name) == 0) {
       *out = static_cast<E>(e.code);
       return true;
@@ -61,7 +48,7 @@ bool parse(const char* name, E* out) {
 template <typename E>
 std::vector<const char*> names() {
   std::vector<const char*> out;
-  for (const EnumEntry& e : EnumList<E>::entries) out.push_back(e.name);
+  for (const EnumEntry& e : entries(E{})) out.push_back(e.name);
   return out;
 }
 
