@@ -174,8 +174,8 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--kernels", default="auto,sm80",
-                    help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the wgmma kernel "
-                         "on sm_90 when compiled for sm_90a)")
+                    help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the warp-specialized "
+                         "kernel sm90ws on sm_90 when compiled for sm_90a)")
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--results-dir", default="bench/results")
     ap.add_argument("--tag", default="attention", help="last part of the record file name")
@@ -184,7 +184,7 @@ def main():
     targets = [float(x) for x in args.sparsities.split(",")]
     if args.md_from:
         with open(args.md_from) as f:
-            print(markdown([json.loads(line) for line in f if line.strip()]), end="")
+            print(markdown([json.loads(line) for line in f if line.strip()], targets), end="")
         return
 
     torch.manual_seed(0)
