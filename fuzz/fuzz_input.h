@@ -62,8 +62,9 @@ inline int64_t wrap_add(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
 }
 
-// The lowest and highest element offsets a 4-D view reaches, or false when computing them
-// overflows int64 (no buffer can hold such a view) or a dimension is < 1 (it reaches nothing).
+// The lowest and highest element offsets a 4-D view reaches, or false when computing them or
+// their distance overflows int64 (no buffer can hold such a view) or a dimension is < 1 (the
+// view reaches nothing).
 inline bool view_span(const int64_t shape[4], const int64_t strides[4], int64_t* lo,
                       int64_t* hi) {
   *lo = 0;
@@ -74,7 +75,8 @@ inline bool view_span(const int64_t shape[4], const int64_t strides[4], int64_t*
     if (__builtin_mul_overflow(shape[i] - 1, strides[i], &reach)) return false;
     if (__builtin_add_overflow(reach < 0 ? *lo : *hi, reach, reach < 0 ? lo : hi)) return false;
   }
-  return true;
+  int64_t span;
+  return !__builtin_sub_overflow(*hi, *lo, &span);  // the elements between must count too
 }
 
 // Host memory of exactly `bytes`, filled from the input: small values or raw bits (NaN, Inf,
