@@ -33,12 +33,24 @@ sparge::BlockMask geometry(FuzzedDataProvider& in) {
   m.block_k = kBlocks[in.ConsumeIntegralInRange(0, 4)];
   if (in.ConsumeIntegralInRange(0, 7) == 0) {
     switch (in.ConsumeIntegralInRange(0, 5)) {
-      case 0: m.batch = hostile_int64(in) % 4; break;
-      case 1: m.heads = hostile_int64(in) % 4; break;
-      case 2: m.seq_q = hostile_int64(in) % 400; break;
-      case 3: m.seq_k = hostile_int64(in) % 400; break;
-      case 4: m.block_q = hostile_int(in); break;
-      default: m.block_k = hostile_int(in); break;
+      case 0:
+        m.batch = hostile_int64(in) % 4;
+        break;
+      case 1:
+        m.heads = hostile_int64(in) % 4;
+        break;
+      case 2:
+        m.seq_q = hostile_int64(in) % 400;
+        break;
+      case 3:
+        m.seq_k = hostile_int64(in) % 400;
+        break;
+      case 4:
+        m.block_q = hostile_int(in);
+        break;
+      default:
+        m.block_k = hostile_int(in);
+        break;
     }
   }
   return m;
@@ -66,12 +78,13 @@ void host_helpers(FuzzedDataProvider& in, const sparge::BlockMask& g,
   // from_dense / to_dense round trip on a dense map of the geometry's size (or off by some).
   const int64_t rows = g.rows(), nk = g.num_k_blocks();
   int64_t n = rows * nk;
-  if (in.ConsumeIntegralInRange(0, 7) == 0) n = std::max<int64_t>(0, n + in.ConsumeIntegralInRange(-3, 3));
+  if (in.ConsumeIntegralInRange(0, 7) == 0)
+    n = std::max<int64_t>(0, n + in.ConsumeIntegralInRange(-3, 3));
   std::vector<uint8_t> dense(static_cast<size_t>(n));
   for (uint8_t& x : dense) x = in.ConsumeBool();
   try {
-    sparge::HostBlockMask h = sparge::HostBlockMask::from_dense(
-        dense, g.batch, g.heads, g.seq_q, g.seq_k, g.block_q, g.block_k);
+    sparge::HostBlockMask h = sparge::HostBlockMask::from_dense(dense, g.batch, g.heads, g.seq_q,
+                                                                g.seq_k, g.block_q, g.block_k);
     if (n == rows * nk && h.to_dense() != dense) __builtin_trap();  // the round trip is exact
     // to_dense on contents that may be invalid: a mask the caller wrote by hand.
     if (c.size() == h.counts.size() && idx.size() == h.indices.size()) {
@@ -121,7 +134,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // Attention through the C ABI: tensors of the problem the mask was meant for, HND contiguous.
   const int64_t batch = std::max<int64_t>(g.batch, 1), heads = std::max<int64_t>(g.heads, 1);
-  const int64_t seq_q = std::clamp<int64_t>(g.seq_q, 1, 300), seq_k = std::clamp<int64_t>(g.seq_k, 1, 300);
+  const int64_t seq_q = std::clamp<int64_t>(g.seq_q, 1, 300),
+                seq_k = std::clamp<int64_t>(g.seq_k, 1, 300);
   const int64_t head_dim = in.ConsumeBool() ? 16 : in.ConsumeIntegralInRange(1, 40);
   const int64_t shape_q[4] = {batch, heads, seq_q, head_dim};
   const int64_t shape_k[4] = {batch, heads, seq_k, head_dim};
@@ -158,7 +172,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   opts.causal = in.ConsumeBool();
   opts.causal_align = in.ConsumeIntegralInRange(0, 1);
   char err[128];
-  sparge_block_sparse_attention(&tq, &tk, &tv, &cm, &opts, &to, in.ConsumeBool() ? lse.data() : nullptr,
-                                nullptr, 0, nullptr, err, sizeof(err));
+  sparge_block_sparse_attention(&tq, &tk, &tv, &cm, &opts, &to,
+                                in.ConsumeBool() ? lse.data() : nullptr, nullptr, 0, nullptr, err,
+                                sizeof(err));
   return 0;
 }

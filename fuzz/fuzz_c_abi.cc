@@ -46,7 +46,8 @@ bool make_tensor(FuzzedDataProvider& in, const int64_t shape[4], int dtype, Tens
   t.device = dev == 0 ? SPARGE_CUDA : dev == 1 ? hostile_int(in) : SPARGE_CPU;
   t.device_index = in.ConsumeIntegralInRange(0, 31) == 0 ? hostile_int(in) : 0;
   std::copy(shape, shape + 4, t.shape);
-  if (in.ConsumeIntegralInRange(0, 15) == 0) t.shape[in.ConsumeIntegralInRange(0, 3)] = hostile_int64(in);
+  if (in.ConsumeIntegralInRange(0, 15) == 0)
+    t.shape[in.ConsumeIntegralInRange(0, 3)] = hostile_int64(in);
   const int64_t B = t.shape[0], H = t.shape[1], N = t.shape[2], D = t.shape[3];
   switch (in.ConsumeIntegralInRange(0, 5)) {
     case 0:
@@ -97,7 +98,9 @@ struct Options {
 
   void fuzz(FuzzedDataProvider& in, int64_t heads) {
     const bool touch_all = in.ConsumeBool();
-    const auto change = [&] { return touch_all ? in.ConsumeBool() : in.ConsumeIntegralInRange(0, 7) == 0; };
+    const auto change = [&] {
+      return touch_all ? in.ConsumeBool() : in.ConsumeIntegralInRange(0, 7) == 0;
+    };
     const auto head_array = [&]() -> const float* {
       if (heads < 1 || heads > 64 || !in.ConsumeBool()) return nullptr;
       per_head.emplace_back();
@@ -111,8 +114,8 @@ struct Options {
   if (change()) o.name = hostile_int(in);
 #define FUZZ_ENUM(name, Type, dflt, doc) \
   if (change()) o.name = in.ConsumeBool() ? in.ConsumeIntegralInRange(0, 2) : hostile_int(in);
-#define FUZZ_HEAD(name, dflt, doc)                       \
-  if (change()) o.name = hostile_float(in);              \
+#define FUZZ_HEAD(name, dflt, doc)          \
+  if (change()) o.name = hostile_float(in); \
   if (change()) o.name##_per_head = head_array();
     SPARGE_OPTIONS(FUZZ_FLOAT, FUZZ_INT, FUZZ_INT, FUZZ_ENUM, FUZZ_HEAD)
 #undef FUZZ_FLOAT
@@ -133,13 +136,27 @@ struct Mask {
     m = geometry;
     if (in.ConsumeIntegralInRange(0, 7) == 0) {
       switch (in.ConsumeIntegralInRange(0, 6)) {
-        case 0: m.batch = hostile_int64(in); break;
-        case 1: m.heads = hostile_int64(in); break;
-        case 2: m.seq_q = hostile_int64(in); break;
-        case 3: m.seq_k = hostile_int64(in); break;
-        case 4: m.block_q = hostile_int(in); break;
-        case 5: m.block_k = hostile_int(in); break;
-        default: m.device = hostile_int(in); break;
+        case 0:
+          m.batch = hostile_int64(in);
+          break;
+        case 1:
+          m.heads = hostile_int64(in);
+          break;
+        case 2:
+          m.seq_q = hostile_int64(in);
+          break;
+        case 3:
+          m.seq_k = hostile_int64(in);
+          break;
+        case 4:
+          m.block_q = hostile_int(in);
+          break;
+        case 5:
+          m.block_k = hostile_int(in);
+          break;
+        default:
+          m.device = hostile_int(in);
+          break;
       }
     }
     int64_t rows = 1, nk = 1;
@@ -159,7 +176,9 @@ struct Mask {
       counts[r] = c;
       if (arbitrary) {
         counts[r] = in.ConsumeIntegralInRange<int32_t>(-2, static_cast<int32_t>(nk) + 2);
-        for (int64_t j = 0; j < nk; ++j) indices[r * nk + j] = in.ConsumeIntegralInRange<int32_t>(-2, static_cast<int32_t>(nk) + 1);
+        for (int64_t j = 0; j < nk; ++j)
+          indices[r * nk + j] =
+              in.ConsumeIntegralInRange<int32_t>(-2, static_cast<int32_t>(nk) + 1);
       }
     }
     m.counts = in.ConsumeIntegralInRange(0, 63) == 0 ? nullptr : counts.data();
@@ -198,8 +217,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<float> lse;
   float* lse_ptr = nullptr;
   const int64_t* qs = q.t.shape;  // as claimed, which may differ from the intended shape
-  if (in.ConsumeBool() && qs[0] >= 1 && qs[1] >= 1 && qs[2] >= 1 && qs[0] <= 64 &&
-      qs[1] <= 64 && qs[2] <= 4096) {
+  if (in.ConsumeBool() && qs[0] >= 1 && qs[1] >= 1 && qs[2] >= 1 && qs[0] <= 64 && qs[1] <= 64 &&
+      qs[2] <= 4096) {
     lse.assign(static_cast<size_t>(qs[0] * qs[1] * qs[2]), 0.0f);
     lse_ptr = lse.data();
   }
@@ -231,8 +250,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                 err_len);
       break;
     case 2:
-      sparge_block_sparse_attention(&q.t, &k.t, &v.t, &mask.m, &opts.o, &o.t, lse_ptr, nullptr,
-                                    0, nullptr, err_ptr, err_len);
+      sparge_block_sparse_attention(&q.t, &k.t, &v.t, &mask.m, &opts.o, &o.t, lse_ptr, nullptr, 0,
+                                    nullptr, err_ptr, err_len);
       break;
     case 3:
       sparge_workspace_size(&q.t, &k.t, &opts.o);
@@ -240,13 +259,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     default: {
       // A field by name (a real one, or any bytes) and any value.
 #define FUZZ_NAME(name, ...) #name,
-      static const char* kNames[] = {SPARGE_OPTIONS(FUZZ_NAME, FUZZ_NAME, FUZZ_NAME, FUZZ_NAME,
-                                                    FUZZ_NAME)};
+      static const char* kNames[] = {
+          SPARGE_OPTIONS(FUZZ_NAME, FUZZ_NAME, FUZZ_NAME, FUZZ_NAME, FUZZ_NAME)};
 #undef FUZZ_NAME
       const size_t pick = in.ConsumeIntegralInRange<size_t>(0, std::size(kNames));
       const std::string name =
           pick < std::size(kNames) ? kNames[pick] : in.ConsumeRandomLengthString(32);
-      sparge_options_set(&opts.o, name.c_str(), in.ConsumeFloatingPoint<double>(), err_ptr, err_len);
+      sparge_options_set(&opts.o, name.c_str(), in.ConsumeFloatingPoint<double>(), err_ptr,
+                         err_len);
       sparge_options_set_per_head(&opts.o, name.c_str(), nullptr, err_ptr, err_len);
       break;
     }

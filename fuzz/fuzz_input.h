@@ -18,9 +18,9 @@ constexpr int64_t kMaxBytes = int64_t{1} << 20;
 
 // A float for an option: the edges of every documented range, NaN, infinities, or any bits.
 inline float hostile_float(FuzzedDataProvider& in) {
-  static const float kValues[] = {0.0f,   -0.0f, 1.0f,  -1.0f, 0.5f,      0.98f,     0.6f,
-                                  1.5f,   50.0f, 1e-45f, 1e38f, -1e38f,   NAN,       INFINITY,
-                                  -INFINITY, 2.0f, 1e-3f, 1.0000001f};
+  static const float kValues[] = {0.0f, -0.0f,    1.0f,      -1.0f,  0.5f,  0.98f,
+                                  0.6f, 1.5f,     50.0f,     1e-45f, 1e38f, -1e38f,
+                                  NAN,  INFINITY, -INFINITY, 2.0f,   1e-3f, 1.0000001f};
   const size_t pick = in.ConsumeIntegralInRange<size_t>(0, std::size(kValues));
   if (pick < std::size(kValues)) return kValues[pick];
   const uint32_t bits = in.ConsumeIntegral<uint32_t>();
@@ -31,9 +31,8 @@ inline float hostile_float(FuzzedDataProvider& in) {
 
 // An int for an option or a code: small values, block sizes, both ends of int, or any int.
 inline int hostile_int(FuzzedDataProvider& in) {
-  static const int kValues[] = {0,  1,   -1,  2,   3,   7,   15,  16,
-                                17, 32,  64,  128, 256, 512, std::numeric_limits<int>::min(),
-                                std::numeric_limits<int>::max()};
+  constexpr int kMin = std::numeric_limits<int>::min(), kMax = std::numeric_limits<int>::max();
+  static const int kValues[] = {0, 1, -1, 2, 3, 7, 15, 16, 17, 32, 64, 128, 256, 512, kMin, kMax};
   const size_t pick = in.ConsumeIntegralInRange<size_t>(0, std::size(kValues));
   return pick < std::size(kValues) ? kValues[pick] : in.ConsumeIntegral<int>();
 }
@@ -65,8 +64,7 @@ inline int64_t wrap_add(int64_t a, int64_t b) {
 // The lowest and highest element offsets a 4-D view reaches, or false when computing them or
 // their distance overflows int64 (no buffer can hold such a view) or a dimension is < 1 (the
 // view reaches nothing).
-inline bool view_span(const int64_t shape[4], const int64_t strides[4], int64_t* lo,
-                      int64_t* hi) {
+inline bool view_span(const int64_t shape[4], const int64_t strides[4], int64_t* lo, int64_t* hi) {
   *lo = 0;
   *hi = 0;
   for (int i = 0; i < 4; ++i) {

@@ -13,7 +13,7 @@ namespace {
 
 TEST(Mask, StatsReadOnlyTheRowWhateverItsCount) {
   HostBlockMask m(1, 1, 64, 128, 64, 64);  // one row, two key blocks
-  m.counts[0] = 1000;                       // past the row: indices of the next rows
+  m.counts[0] = 1000;                      // past the row: indices of the next rows
   m.indices = {1, -5};
   m.mask.indices = m.indices.data();
   const AttentionStats s = mask_stats(m.view(), false, CausalAlign::kTopLeft);
