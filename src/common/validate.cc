@@ -223,8 +223,12 @@ Status validate_mask_geometry(const BlockMask& m, const TensorView& q, const Ten
                                opts.block_k, ")"));
   if (m.batch != q.batch || m.heads != q.heads || m.seq_q != q.tokens || m.seq_k != k.tokens) {
     const int64_t nq = ceil_div(q.tokens, opts.block_q), nk = ceil_div(k.tokens, opts.block_k);
-    return Status::invalid(cat("mask shape [", m.batch, ", ", m.heads, ", ", m.num_q_blocks(), ", ",
-                               m.num_k_blocks(), "] (seq_q ", m.seq_q, ", seq_k ", m.seq_k,
+    // The mask's own block counts, for the message, without num_q_blocks()'s seq + block - 1,
+    // which overflows on a hostile seq near INT64_MAX (blocks are valid sizes by now).
+    const auto blocks = [](int64_t len, int b) { return len / b + (len % b > 0 ? 1 : 0); };
+    return Status::invalid(cat("mask shape [", m.batch, ", ", m.heads, ", ",
+                               blocks(m.seq_q, m.block_q), ", ", blocks(m.seq_k, m.block_k),
+                               "] (seq_q ", m.seq_q, ", seq_k ", m.seq_k,
                                ") must equal [", q.batch, ", ", q.heads, ", ", nq, ", ", nk,
                                "] (seq_q ", q.tokens, ", seq_k ", k.tokens, ") for blocks ",
                                opts.block_q, "x", opts.block_k));

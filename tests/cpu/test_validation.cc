@@ -116,6 +116,16 @@ TEST(Validation, StridesPastInt64) {
       "reaches past 2^63");
 }
 
+// Found by fuzz/fuzz_c_abi: the mismatch message computed the mask's block counts as
+// (seq + block - 1) / block, which overflowed for a seq near INT64_MAX.
+TEST(Validation, MaskLengthNearInt64Max) {
+  Inputs in;
+  in.mask.mask.seq_k = INT64_MAX;
+  expect_error(in.attention(), "mask shape [1, 4, 3, 576460752303423488] (seq_q 40, seq_k "
+                               "9223372036854775807)");
+  expect_error(in.predict(), "mask shape [1, 4, 3,");
+}
+
 TEST(Validation, ShapesAcrossTensors) {
   expect_everywhere(
       [](Inputs& in) {
