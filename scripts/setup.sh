@@ -6,6 +6,8 @@
 #   libopenblas-dev     OpenBLAS SGEMM: the machine's reference rate in the CPU benchmarks
 #   libpng-dev          PNG pictures of block masks (`sparge mask`)
 #   libomp / OpenMP     comes with g++ (libgomp)
+#   clang, libclang-rt-dev, libomp-dev   scripts/sanitize.sh's fuzz targets (clang's libFuzzer
+#                       runtime; clang's OpenMP runtime, since the library uses OpenMP)
 # Each check looks where the build itself finds the file, so on a provisioned machine this never
 # calls apt-get: it then works offline and where apt-get is absent.
 set -euo pipefail
@@ -36,6 +38,10 @@ missing() {  # prints the Debian packages whose files are not found; $1: require
     command -v g++ >/dev/null || echo g++
     have_header gtest/gtest.h || echo libgtest-dev
     have_header benchmark/benchmark.h || echo libbenchmark-dev
+    command -v clang++ >/dev/null || echo clang
+    compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null ||
+      echo libclang-rt-dev
+    have_lib omp || echo libomp-dev
   else
     # The header alone is not enough: netlib's reference BLAS also ships cblas.h, and a benchmark
     # linked against it reports 3 GFLOP/s instead of the machine's SGEMM rate.

@@ -2,7 +2,10 @@
 # Builds Sparge and runs every test that this machine can run:
 #   1. a CPU-only build (no CUDA toolkit used) and all CPU tests;
 #   2. when nvcc is present, a build with the CUDA backend (sm_80 + sm_90a), whose CPU tests must
-#      still pass on a machine without a GPU driver, and whose GPU tests skip with a message there.
+#      still pass on a machine without a GPU driver, and whose GPU tests skip with a message there;
+#   3. the Python package's tests and the small evaluation report;
+#   4. scripts/sanitize.sh: the CPU tests under ASan + UBSan, then each fuzz target for
+#      SPARGE_FUZZ_SECONDS (default 60). Last, so that the stages above report first.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 source "$root/scripts/build_configs.sh"
@@ -41,3 +44,6 @@ else
 fi
 bash "$root/scripts/test_python.sh"  # the PyTorch package: pip install . then pytest
 SPARGE_SKIP_INSTALL=1 PYTHON="${SPARGE_VENV:-$root/.venv}/bin/python" bash "$root/bench/report.sh" --cpu --out "$(mktemp -d)/report"  # evaluation report, small version (docs/results.md)
+
+echo "== sanitizers and fuzz targets (scripts/sanitize.sh)"
+bash "$root/scripts/sanitize.sh"

@@ -40,7 +40,8 @@ struct ProblemShape {
 ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 
 // Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device`. 0 on the
-// CPU: the CPU backends allocate what they need and ignore ExecContext.workspace.
+// CPU: the CPU backends allocate what they need and ignore ExecContext.workspace. 0 too for a
+// shape or options that every call rejects (the call says why).
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
 
 // Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings

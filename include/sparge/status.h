@@ -1,7 +1,9 @@
 // Error reporting for the whole library.
 //
 // The core never throws: every entry point returns a Status. `sparge::check(status)` turns a
-// failed Status into a `sparge::Error` for callers who prefer exceptions. Messages always name
+// failed Status into a `sparge::Error` for callers who prefer exceptions. (HostBlockMask, a
+// value type whose constructor and to_dense/from_dense have no Status to return, uses check()
+// on bad geometry or contents.) Messages always name
 // the offending argument and the value that was expected, e.g.
 //   "SparseOptions.select_value (cdf_threshold) must be in (0, 1], got 1.5".
 #pragma once

@@ -141,9 +141,11 @@ struct HostBlockMask {
   HostBlockMask& operator=(const HostBlockMask& other);
   BlockMask& view() { return mask; }
   const BlockMask& view() const { return mask; }
-  // Dense 0/1 map [batch, heads, num_q_blocks, num_k_blocks].
+  // Dense 0/1 map [batch, heads, num_q_blocks, num_k_blocks]. Throws sparge::Error when the
+  // contents are not a valid mask (a count or an index out of range, indices not ascending).
   std::vector<uint8_t> to_dense() const;
-  // Build from a dense 0/1 map of the same shape.
+  // Build from a dense 0/1 map of the same shape. The constructor and from_dense throw
+  // sparge::Error on block sizes < 1, negative extents, or a map of another size.
   static HostBlockMask from_dense(const std::vector<uint8_t>& dense, int64_t batch,
                                   int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
                                   int block_k);

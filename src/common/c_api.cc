@@ -1,8 +1,10 @@
 // The C ABI (include/sparge/sparge_c.h) on top of the C++ API. Nothing throws across it: every
 // entry converts its plain structs, calls the C++ function, and turns a failed Status (or an
 // exception such as std::bad_alloc) into an int code plus a message in the caller's buffer.
+#include <cmath>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <string>
 
 #include "sparge/sparge.h"
@@ -158,10 +160,13 @@ int sparge_options_set(sparge_options* opts, const char* name, double value, cha
   return guarded(err, err_len, [&]() -> Status {
     if (opts == nullptr) return Status::invalid("opts must not be NULL");
     const std::string field = name ? name : "";
-    // Integral kinds take whole numbers only, so 0.5 is not silently read as 0.
+    // Integral kinds take whole numbers in int's range only, so 0.5 is not silently read as 0.
+    // The range test comes first: converting NaN or a double beyond int to int is undefined.
     const auto whole = [&](int* dst) -> Status {
-      if (!(value == static_cast<double>(static_cast<int>(value))))
-        return Status::invalid("sparge_options." + field + " must be a whole number, got " +
+      constexpr double lo = std::numeric_limits<int>::min(), hi = std::numeric_limits<int>::max();
+      if (!(value >= lo && value <= hi) || value != std::trunc(value))
+        return Status::invalid("sparge_options." + field +
+                               " must be a whole number in int's range, got " +
                                std::to_string(value));
       *dst = static_cast<int>(value);
       return Status::ok();

@@ -82,6 +82,18 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
 
 std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device) {
   if (device != Device::kCUDA) return 0;
+  // A shape or options no call accepts need no workspace (and block sizes of 0 would divide by
+  // zero below); the call itself reports what is wrong. The mask's index count must fit int64.
+  int64_t cells = 0;
+  // (ceil_div adds block - 1 to the lengths, so they stay well below 2^63 too.)
+  constexpr int64_t kMaxTokens = int64_t{1} << 62;
+  if (s.batch < 1 || s.heads_q < 1 || s.heads_kv < 1 || s.seq_q < 1 || s.seq_k < 1 ||
+      s.seq_q > kMaxTokens || s.seq_k > kMaxTokens ||
+      s.head_dim < 1 || !detail::validate_options(o, s.heads_q).is_ok() ||
+      __builtin_mul_overflow(s.batch, s.heads_q, &cells) ||
+      __builtin_mul_overflow(cells, s.seq_q, &cells) ||
+      __builtin_mul_overflow(cells, s.seq_k, &cells))
+    return 0;
   return workspace_layout(s, o).total;
 }
 

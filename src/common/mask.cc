@@ -3,11 +3,23 @@
 #include "sparge/sparge.h"
 
 namespace sparge {
+namespace {
+
+// Block sizes >= 1 and extents >= 0: what num_q_blocks()/num_k_blocks() divide by and count.
+bool sane_geometry(const BlockMask& m) {
+  return m.block_q >= 1 && m.block_k >= 1 && m.batch >= 0 && m.heads >= 0 && m.seq_q >= 0 &&
+         m.seq_k >= 0;
+}
+
+}  // namespace
 
 Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
   if (m.device != Device::kCPU) return Status::invalid("fill_dense_mask needs a host (cpu) mask");
   if (m.counts == nullptr || m.indices == nullptr)
     return Status::invalid("mask.counts and mask.indices must not be null");
+  if (!sane_geometry(m))
+    return Status::invalid("mask geometry must have block_q, block_k >= 1 and batch, heads, "
+                           "seq_q, seq_k >= 0");
   const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
   const int64_t offset =
       detail::causal_offset(align == CausalAlign::kBottomRight, m.seq_q, m.seq_k);
@@ -22,8 +34,13 @@ Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
   return Status::ok();
 }
 
+// A hand-written mask may hold any counts: a row contributes only its first min(count, nk)
+// entries, and only indices inside its allowed range count as computed (validation rejects such
+// a mask before attention; statistics must still not read outside the row). A mask without
+// storage or geometry has no tiles.
 AttentionStats mask_stats(const BlockMask& m, bool causal, CausalAlign align) {
   AttentionStats s;
+  if (m.counts == nullptr || m.indices == nullptr || !sane_geometry(m)) return s;
   const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
   const int64_t offset =
       detail::causal_offset(align == CausalAlign::kBottomRight, m.seq_q, m.seq_k);
@@ -33,8 +50,11 @@ AttentionStats mask_stats(const BlockMask& m, bool causal, CausalAlign align) {
       const int64_t allowed = detail::allowed_key_blocks(qb, m.block_q, m.block_k, causal, offset,
                                                          m.seq_q, m.seq_k);
       s.tiles_dense += allowed;
-      for (int32_t t = 0; t < m.counts[row]; ++t)
-        if (m.indices[row * nk + t] < allowed) ++s.tiles_computed;
+      const int64_t count = m.counts[row] < nk ? m.counts[row] : nk;
+      for (int64_t t = 0; t < count; ++t) {
+        const int32_t j = m.indices[row * nk + t];
+        if (j >= 0 && j < allowed) ++s.tiles_computed;
+      }
     }
   return s;
 }

@@ -1,7 +1,11 @@
 // Out-of-line members of the public value types.
 #include <cstring>
 
+#include <string>
+
 #include "common/geometry.h"
+#include "common/validate.h"
+#include "sparge/status.h"
 #include "sparge/types.h"
 
 namespace sparge {
@@ -44,6 +48,14 @@ TensorView TensorView::contiguous(void* data, DType dtype, Layout layout, int64_
 
 HostBlockMask::HostBlockMask(int64_t batch, int64_t heads, int64_t seq_q, int64_t seq_k,
                              int block_q, int block_k) {
+  // A constructor has no Status to return: bad geometry throws (it would divide by zero or
+  // size the arrays from negative counts).
+  if (block_q < 1 || block_k < 1 || batch < 0 || heads < 0 || seq_q < 0 || seq_k < 0)
+    check(Status::invalid(
+        "HostBlockMask needs block_q, block_k >= 1 and batch, heads, seq_q, seq_k >= 0, got "
+        "block_q " + std::to_string(block_q) + ", block_k " + std::to_string(block_k) +
+        ", batch " + std::to_string(batch) + ", heads " + std::to_string(heads) + ", seq_q " +
+        std::to_string(seq_q) + ", seq_k " + std::to_string(seq_k)));
   mask.batch = batch;
   mask.heads = heads;
   mask.seq_q = seq_q;
@@ -67,7 +79,20 @@ HostBlockMask& HostBlockMask::operator=(const HostBlockMask& other) {
 }
 
 std::vector<uint8_t> HostBlockMask::to_dense() const {
+  // The arrays are public, so their sizes and contents may be anything: an out-of-range index
+  // would be written outside `dense`. The content check is the one attention runs.
   const int64_t nk = mask.num_k_blocks();
+  if (static_cast<int64_t>(counts.size()) != mask.rows() ||
+      static_cast<int64_t>(indices.size()) != mask.rows() * nk)
+    check(Status::invalid("HostBlockMask::to_dense: counts and indices must hold " +
+                          std::to_string(mask.rows()) + " and " +
+                          std::to_string(mask.rows() * nk) + " entries, got " +
+                          std::to_string(counts.size()) + " and " +
+                          std::to_string(indices.size())));
+  BlockMask own = mask;  // the vectors' contents, whatever `mask` points to
+  own.counts = const_cast<int32_t*>(counts.data());
+  own.indices = const_cast<int32_t*>(indices.data());
+  check(detail::validate_mask_contents(own));
   std::vector<uint8_t> dense(static_cast<size_t>(mask.rows() * nk), 0);
   for (int64_t r = 0; r < mask.rows(); ++r)
     for (int32_t t = 0; t < counts[r]; ++t) dense[r * nk + indices[r * nk + t]] = 1;
@@ -79,6 +104,10 @@ HostBlockMask HostBlockMask::from_dense(const std::vector<uint8_t>& dense, int64
                                         int block_k) {
   HostBlockMask m(batch, heads, seq_q, seq_k, block_q, block_k);
   const int64_t nk = m.mask.num_k_blocks();
+  if (static_cast<int64_t>(dense.size()) != m.mask.rows() * nk)
+    check(Status::invalid("HostBlockMask::from_dense: dense must hold batch * heads * "
+                          "num_q_blocks * num_k_blocks = " + std::to_string(m.mask.rows() * nk) +
+                          " entries, got " + std::to_string(dense.size())));
   for (int64_t r = 0; r < m.mask.rows(); ++r) {
     int32_t c = 0;
     for (int64_t j = 0; j < nk; ++j)

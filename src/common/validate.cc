@@ -69,8 +69,20 @@ Status check_tensor(const TensorView& t, const char* name) {
                                                      {"stride_token", t.stride_token}};
   for (const auto& [s, v] : strides)
     if (v < 0) return Status::invalid(cat(name, ".", s, " must be >= 0, got ", v));
+  // The last element's offset, in elements and in bytes, must fit int64: the backends index
+  // with int64, and a view reaching past it describes no buffer (its offsets would wrap).
+  const int64_t ext[4] = {t.batch, t.heads, t.tokens, t.head_dim};
+  const int64_t str[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
+  int64_t last = 0, reach = 0, bytes = 0;
+  bool overflow = false;
+  for (int i = 0; i < 4; ++i)
+    overflow = overflow || __builtin_mul_overflow(ext[i] - 1, str[i], &reach) ||
+               __builtin_add_overflow(last, reach, &last);
+  if (overflow || __builtin_mul_overflow(last + 1, int64_t(dtype_size(t.dtype)), &bytes))
+    return Status::invalid(cat(name, " shape ", shape_str(t), " with strides (", t.stride_batch,
+                               ", ", t.stride_head, ", ", t.stride_token, ", ", t.stride_dim,
+                               ") reaches past 2^63 bytes"));
   if (t.capacity >= 0) {
-    const int64_t last = t.offset(t.batch - 1, t.heads - 1, t.tokens - 1, t.head_dim - 1);
     if (last >= t.capacity)
       return Status::invalid(cat(name, " strides (", t.stride_batch, ", ", t.stride_head, ", ",
                                  t.stride_token, ", ", t.stride_dim, ") reach element ", last,
@@ -100,7 +112,9 @@ bool strides_alias(const TensorView& t) {
   int64_t span = 1;  // elements covered by the axes so far
   for (const auto& [stride, extent] : dims) {
     if (stride < span) return true;
-    span = stride * extent;
+    // check_tensor bounded the byte offset, so stride * extent fits int64 for any dtype of 2
+    // bytes or more; saturate anyway rather than rely on that at a distance.
+    if (__builtin_mul_overflow(stride, extent, &span)) span = INT64_MAX;
   }
   return false;
 }
@@ -209,8 +223,12 @@ Status validate_mask_geometry(const BlockMask& m, const TensorView& q, const Ten
                                opts.block_k, ")"));
   if (m.batch != q.batch || m.heads != q.heads || m.seq_q != q.tokens || m.seq_k != k.tokens) {
     const int64_t nq = ceil_div(q.tokens, opts.block_q), nk = ceil_div(k.tokens, opts.block_k);
-    return Status::invalid(cat("mask shape [", m.batch, ", ", m.heads, ", ", m.num_q_blocks(), ", ",
-                               m.num_k_blocks(), "] (seq_q ", m.seq_q, ", seq_k ", m.seq_k,
+    // The mask's own block counts, for the message, without num_q_blocks()'s seq + block - 1,
+    // which overflows on a hostile seq near INT64_MAX (blocks are valid sizes by now).
+    const auto blocks = [](int64_t len, int b) { return len / b + (len % b > 0 ? 1 : 0); };
+    return Status::invalid(cat("mask shape [", m.batch, ", ", m.heads, ", ",
+                               blocks(m.seq_q, m.block_q), ", ", blocks(m.seq_k, m.block_k),
+                               "] (seq_q ", m.seq_q, ", seq_k ", m.seq_k,
                                ") must equal [", q.batch, ", ", q.heads, ", ", nq, ", ", nk,
                                "] (seq_q ", q.tokens, ", seq_k ", k.tokens, ") for blocks ",
                                opts.block_q, "x", opts.block_k));

@@ -110,6 +110,39 @@ TEST(CApi, SetsOptionsByName) {
                         "pv_threshold), got 'block_q'"));
 }
 
+// Found by fuzz/fuzz_c_abi: a double beyond int (or NaN) was converted to int before the
+// whole-number test, which is undefined behaviour (UBSan: "outside the range of representable
+// values of type 'int'").
+TEST(CApi, SetRejectsWholeNumbersOutsideInt) {
+  sparge_options c = sparge_default_options();
+  char err[256] = "";
+  for (double bad : {-1.79769e308, 3e9, -3e9, double(NAN), double(INFINITY)}) {
+    EXPECT_NE(sparge_options_set(&c, "block_q", bad, err, sizeof(err)), 0) << bad;
+    EXPECT_THAT(std::string(err), HasSubstr("whole number in int's range"));
+  }
+  EXPECT_EQ(c.block_q, sparge_default_options().block_q);
+  EXPECT_EQ(sparge_options_set(&c, "block_q", 2147483647.0, err, sizeof(err)), 0);
+}
+
+// Found by fuzz/fuzz_c_abi: the CUDA workspace of block_q = 0 divided by zero. Options or
+// shapes that every call rejects need no workspace.
+TEST(CApi, WorkspaceSizeOfRejectedArgumentsIsZero) {
+  std::vector<float> buf(64);
+  sparge_tensor q{};
+  q.data = buf.data();
+  q.dtype = SPARGE_F32;
+  q.device = SPARGE_CUDA;
+  const int64_t shape[4] = {1, 1, 4, 16}, strides[4] = {64, 64, 16, 1};
+  std::memcpy(q.shape, shape, sizeof(shape));
+  std::memcpy(q.strides, strides, sizeof(strides));
+  sparge_options o = sparge_default_options();
+  o.block_q = 0;
+  EXPECT_EQ(sparge_workspace_size(&q, &q, &o), 0u);
+  o = sparge_default_options();
+  q.shape[2] = std::numeric_limits<int64_t>::max();  // the mask's index count overflows
+  EXPECT_EQ(sparge_workspace_size(&q, &q, &o), 0u);
+}
+
 TEST(CApi, RejectsAStructOfAnotherSize) {
   Problem p;
   const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),

@@ -97,6 +97,35 @@ TEST(Validation, TensorFields) {
                     StatusCode::kInvalidArgument, false);
 }
 
+// Found by fuzz/fuzz_c_abi: with no capacity (the C ABI has none), strides whose offsets pass
+// int64 were accepted, and the CPU backend's offset arithmetic overflowed (UBSan) and read
+// outside the buffer. Such a view describes no buffer at all.
+TEST(Validation, StridesPastInt64) {
+  expect_everywhere(
+      [](Inputs& in) {
+        in.q.stride_head = int64_t{1} << 62;
+        in.q.capacity = -1;
+      },
+      "q shape [1, 4, 40, 16] with strides (2560, 4611686018427387904, 16, 1) reaches past 2^63");
+  expect_everywhere(
+      [](Inputs& in) {
+        in.k.stride_batch = INT64_MAX;  // batch 1: never multiplied, so this view is fine...
+        in.k.stride_token = int64_t{1} << 61;  // ...but 39 * 2^61 is not
+        in.k.capacity = -1;
+      },
+      "reaches past 2^63");
+}
+
+// Found by fuzz/fuzz_c_abi: the mismatch message computed the mask's block counts as
+// (seq + block - 1) / block, which overflowed for a seq near INT64_MAX.
+TEST(Validation, MaskLengthNearInt64Max) {
+  Inputs in;
+  in.mask.mask.seq_k = INT64_MAX;
+  expect_error(in.attention(), "mask shape [1, 4, 3, 576460752303423488] (seq_q 40, seq_k "
+                               "9223372036854775807)");
+  expect_error(in.predict(), "mask shape [1, 4, 3,");
+}
+
 TEST(Validation, ShapesAcrossTensors) {
   expect_everywhere(
       [](Inputs& in) {
