@@ -4,8 +4,9 @@
 #   2. when nvcc is present, a build with the CUDA backend (sm_80 + sm_90a), whose CPU tests must
 #      still pass on a machine without a GPU driver, and whose GPU tests skip with a message there;
 #   3. the Python package's tests and the small evaluation report;
-#   4. scripts/sanitize.sh: the CPU tests under ASan + UBSan, then each fuzz target for
-#      SPARGE_FUZZ_SECONDS (default 60). Last, so that the stages above report first.
+#   4. scripts/sanitize.sh: the CPU tests under ASan + UBSan, then each fuzz target for a fixed
+#      seed and count (reproducible; SPARGE_FUZZ_SECONDS=N explores instead). Last, so that
+#      the stages above report first.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 source "$root/scripts/build_configs.sh"

@@ -69,6 +69,12 @@ Status check_tensor(const TensorView& t, const char* name) {
                                                      {"stride_token", t.stride_token}};
   for (const auto& [s, v] : strides)
     if (v < 0) return Status::invalid(cat(name, ".", s, " must be >= 0, got ", v));
+  // Each stride in bytes must fit int64 even on an axis of extent 1, which never steps: the
+  // backends form a row's byte step as stride * element size before they look at the extent.
+  int64_t stride_bytes = 0;
+  for (const auto& [s, v] : strides)
+    if (__builtin_mul_overflow(v, int64_t(dtype_size(t.dtype)), &stride_bytes))
+      return Status::invalid(cat(name, ".", s, " = ", v, " elements is past 2^63 bytes"));
   // The last element's offset, in elements and in bytes, must fit int64: the backends index
   // with int64, and a view reaching past it describes no buffer (its offsets would wrap).
   const int64_t ext[4] = {t.batch, t.heads, t.tokens, t.head_dim};

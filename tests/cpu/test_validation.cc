@@ -103,17 +103,29 @@ TEST(Validation, TensorFields) {
 TEST(Validation, StridesPastInt64) {
   expect_everywhere(
       [](Inputs& in) {
-        in.q.stride_head = int64_t{1} << 62;
+        in.q.stride_token = int64_t{1} << 60;  // 39 * 2^60 elements
         in.q.capacity = -1;
       },
-      "q shape [1, 4, 40, 16] with strides (2560, 4611686018427387904, 16, 1) reaches past 2^63");
+      "q shape [1, 4, 40, 16] with strides (2560, 640, 1152921504606846976, 1) reaches past 2^63");
   expect_everywhere(
       [](Inputs& in) {
-        in.k.stride_batch = INT64_MAX;  // batch 1: never multiplied, so this view is fine...
-        in.k.stride_token = int64_t{1} << 61;  // ...but 39 * 2^61 is not
+        in.k.stride_batch = int64_t{1} << 60;  // batch 1: never stepped, so this one is fine...
+        in.k.stride_token = int64_t{1} << 60;  // ...but 39 * 2^60 is not
         in.k.capacity = -1;
       },
       "reaches past 2^63");
+}
+
+// Found by fuzz/fuzz_c_abi in CI: an axis of extent 1 may carry any stride, since it never steps,
+// but the CPU backend formed the row's byte step (stride * element size) first, and a stride of
+// 5e18 overflowed it (UBSan). A stride past 2^63 bytes is refused on every axis.
+TEST(Validation, StrideBytesPastInt64OnAnAxisOfOne) {
+  expect_everywhere(
+      [](Inputs& in) {
+        in.q.stride_batch = int64_t{5027642223525033718};  // batch 1
+        in.q.capacity = -1;
+      },
+      "q.stride_batch = 5027642223525033718 elements is past 2^63 bytes");
 }
 
 // Found by fuzz/fuzz_c_abi: the mismatch message computed the mask's block counts as
