@@ -5,6 +5,7 @@
 #   3. compute-sanitizer memcheck / racecheck / synccheck on small cases, sm90ws
 #   4. bench_attention.py: sm80, sm90, sm90ws (+ SDPA) bf16 B1 H32, hd128 N 8K/32K and hd64 N 32K,
 #      non-causal and causal, sparsity 0 and 0.75
+#   5. bench_pv_skip.py: time saved by the λ rule (sink heads), hd128 and hd64, N 16K
 # Every step has a timeout (a pipeline deadlock hangs, it does not crash) and the whole run stays
 # under ~8.5 minutes; logs go to $OUT, a compact table is printed last.
 # Order: build, tests sm90ws, bench hd128, memcheck, tests sm90, racecheck, synccheck, bench hd64.
@@ -57,10 +58,19 @@ bench() {  # bench <head dim> <seqs> <max seconds>
   echo "bench d$1 rc=$? ($SECONDS s)"; grep -vE '^\{' "$out/bench_d$1.log" | grep -vE '^\||^$|^Device' | tail -5
 }
 
+pvskip() {  # pvskip <max seconds>
+  PYTHONUNBUFFERED=1 step "pv skip" "$1" python3 bench/gpu/bench_pv_skip.py --lib build-ws/libsparge_c.so \
+    --commit "$commit" --seqs 16384 --head-dims 128,64 --kernels sm90ws,sm80 --out-dir "$out" \
+    >"$out/bench_pv_skip.log" 2>&1
+  echo "bench pv skip rc=$? ($SECONDS s)"; grep -E '^\|' "$out/bench_pv_skip.log"
+  grep -E 'Error|error' "$out/bench_pv_skip.log" | tail -3
+}
+
 # Most telling first, so that a slow step only cuts the least important ones.
 tests sm90ws
 grep -E "^\[ (attention|pv skip) \]" "$out/gpu_tests_sm90ws.log" | head -14
 bench 128 8192,32768 150
+pvskip 120
 sanitize memcheck
 tests sm90
 tests sm80

@@ -26,6 +26,10 @@ struct Case {
   int empty_every;  // every n-th mask row empty (0 = none)
   float q_gain;     // > 1 sharpens the scores so that the λ rule skips tiles
   float lambda;
+  // > 0: an attention sink. Channel 0 of every query and of the keys of block 0 is `sink`, and
+  // 0 for every other key, so that block 0 dominates every row and, walked first, lets the λ
+  // rule skip every later block for whole warpgroups at once.
+  float sink = 0.0f;
 };
 
 std::string name(const Case& c) {
@@ -52,10 +56,14 @@ Result run_case(const Case& c, uint64_t seed) {
   opts.causal_align = c.align;
   opts.pv_threshold.value = c.lambda;
   const int64_t pad = 3;  // extra token rows: non-trivial strides
-  HostTensor q = HostTensor::make(gaussian(c.B * c.Hq * c.Nq * c.D, seed, c.q_gain), c.B, c.Hq, c.Nq,
-                                  c.D, c.dtype, c.layout, pad);
-  HostTensor k = HostTensor::make(gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 1), c.B, c.Hkv, c.Nk, c.D,
-                                  c.dtype, c.layout, pad);
+  std::vector<float> qv = gaussian(c.B * c.Hq * c.Nq * c.D, seed, c.q_gain);
+  std::vector<float> kv = gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 1);
+  if (c.sink > 0) {  // both in HND order: row r of a (batch, head) plane starts at r·D
+    for (size_t i = 0; i < qv.size(); i += c.D) qv[i] = c.sink;
+    for (size_t i = 0; i < kv.size(); i += c.D) kv[i] = (i / c.D) % c.Nk < 64 ? c.sink : 0.0f;
+  }
+  HostTensor q = HostTensor::make(qv, c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout, pad);
+  HostTensor k = HostTensor::make(kv, c.B, c.Hkv, c.Nk, c.D, c.dtype, c.layout, pad);
   HostTensor v = HostTensor::make(gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 2), c.B, c.Hkv, c.Nk, c.D,
                                   c.dtype, c.layout, pad);
   HostBlockMask hmask = random_mask(c.B, c.Hq, c.Nq, c.Nk, c.causal, c.align, c.keep, c.empty_every, seed);
@@ -155,6 +163,36 @@ TEST(AttentionPvSkip, CountersAndOutputFollowTheReference) {
   const double diff = std::fabs(double(r.gpu_counters[1]) - double(r.ref_counters[1]));
   EXPECT_LE(diff, 0.01 * double(r.ref_counters[1]) + 2);
   EXPECT_LE(r.rel_l1, tolerance(c.dtype));
+}
+
+// An attention sink: block 0 dominates every row, so after it the λ rule skips every block for
+// every warp, and the sm90ws kernel leaves out whole turns of P·V (its other path). Head dims 64
+// (three blocks per turn) and 128 (two), odd lengths (a short last turn, a half-empty last query
+// block), causal and not, GQA.
+TEST(AttentionPvSkip, WholeWarpgroupSkipsFollowTheReference) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const Case cases[] = {
+      {1, 4, 2, 1000, 1000, 128, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0,
+       0, 1.0f, 8.0f, 12.0f},
+      {1, 2, 2, 777, 1357, 64, DType::kFloat16, Layout::kNHD, true, CausalAlign::kBottomRight, 1.0,
+       0, 1.0f, 8.0f, 12.0f},
+      {1, 2, 1, 333, 2000, 128, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0,
+       0, 1.0f, 8.0f, 12.0f},
+  };
+  for (const Case& c : cases) {
+    const Result r = run_case(c, 31);
+    std::printf("[ pv skip ] %s sink: visited %llu/%llu skipped %llu/%llu (gpu/ref) rel_l1 %.2e\n",
+                name(c).c_str(), r.gpu_counters[0], r.ref_counters[0], r.gpu_counters[1],
+                r.ref_counters[1], r.rel_l1);
+    std::fflush(stdout);
+    EXPECT_EQ(r.gpu_counters[0], r.ref_counters[0]) << name(c);
+    // Nearly every (warp, block) pair but those of block 0 is skipped.
+    EXPECT_GT(double(r.ref_counters[1]), 0.8 * double(r.ref_counters[0])) << name(c);
+    const double diff = std::fabs(double(r.gpu_counters[1]) - double(r.ref_counters[1]));
+    EXPECT_LE(diff, 0.01 * double(r.ref_counters[1]) + 2) << name(c);
+    EXPECT_LE(r.rel_l1, tolerance(c.dtype)) << name(c);
+    EXPECT_FALSE(any_nan(r.out)) << name(c);
+  }
 }
 
 TEST(AttentionDeterminism, RepeatedRunsAreBitIdentical) {

@@ -4,13 +4,15 @@
 //   the λ rule per 16-row warp and 64-key block, empty rows -> 0, LSE, pv_counters).
 // Roles: WG0 = producer (setmaxnreg 24; one thread issues the TMA loads of Q and of K/V into a
 //   kStages mbarrier ring, kBlocksPerTurn kept blocks per stage); WG1, WG2 = consumers of 64
-//   query rows each (setmaxnreg 240), one turn = up to kBlocksPerTurn = 3 kept 64-key blocks
-//   (S is m64n192), ping-ponging their GEMMs through named barriers (mainloop_sm90_tma.cuh).
+//   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (2 at d128,
+//   3 at d64), ping-ponging their GEMMs through named barriers (mainloop_sm90_tma.cuh). A
+//   consumer whose four warps all skip a turn by the λ rule leaves out that turn's P·V.
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
-//   d128 2 stages, 226 KiB; d64 4 stages, 210 KiB; one CTA (384 threads) per SM, one CTA per
+//   d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384 threads) per SM, one CTA per
 //   BlockMask row.
-// Chosen by dispatch.cu only with SPARGE_CUDA_KERNEL=sm90ws (not the default); the launcher falls
-//   back to attn_fwd_sm90 where the TMA cannot address Q, K or V (launch_sm90_ws.cuh).
+// The default kernel on sm_90 (dispatch.cu; SPARGE_CUDA_KERNEL=sm90 or sm80 picks another); the
+//   launcher falls back to attn_fwd_sm90 where the TMA cannot address Q, K or V
+//   (launch_sm90_ws.cuh).
 #pragma once
 
 #include <cstdint>
