@@ -10,11 +10,13 @@ sink-head share, and the time saved shows what leaving out P·V is worth.
 
 Reported per case: the share of (16-row group, key block) pairs the rule skips (emulated here in
 PyTorch from the fp32 scores: the rule of docs/method.md, the running max being the exclusive
-cumulative max of the block maxima), the share of (64-row warpgroup, turn) pairs whose P·V the
-sm90ws kernel leaves out (every warp skips every block of the turn), both timings, the time saved,
-and rel_l1 of each output against fp32 SDPA. Records per docs/bench-schema.md.
+cumulative max of the block maxima), the share of (64-row warpgroup, turn) pairs in which every
+warp skips every block of the turn (what a warpgroup-level skip of the sm90ws kernel can leave
+out: a wgmma is issued by four warps at once), both timings, the time saved, and rel_l1 of each
+output against fp32 SDPA. Records per docs/bench-schema.md.
 
-    python3 bench/gpu/bench_pv_skip.py --lib build-b/libsparge_c.so --commit $(git rev-parse --short HEAD)
+    python3 bench/gpu/bench_pv_skip.py --lib build-ws/libsparge_c.so --commit $(git rev-parse --short HEAD)
+    python3 bench/gpu/bench_pv_skip.py --md-from bench/results/<file>.jsonl   # the table again
 """
 import argparse
 import datetime
@@ -23,8 +25,11 @@ import json
 import math
 import os
 
-import torch
-import torch.nn.functional as F
+try:  # --md-from works without PyTorch
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
 
 
 def _load(name, *path):
@@ -98,7 +103,12 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--tag", default="pv-skip")
+    ap.add_argument("--md-from", help="only print the Markdown table of an existing .jsonl file")
     args = ap.parse_args()
+    if args.md_from:
+        with open(args.md_from) as f:
+            print(markdown([json.loads(line) for line in f if line.strip()]), end="")
+        return
 
     sp = attn_bench.Sparge(args.lib)
     dev = torch.cuda.get_device_name()
