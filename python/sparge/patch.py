@@ -65,9 +65,14 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
 
 
 class _Router:
-    """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa)."""
+    """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa, or of a
+    configuration of sparge.integrations.transformers, which calls `run` and `fall_back`)."""
 
     def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False):
+        if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
+            raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
+        if not isinstance(collect_stats, bool):
+            raise TypeError(f"collect_stats must be a bool, got {type(collect_stats).__name__}")
         unknown = set(options) - _ATTENTION_OPTIONS
         if unknown:
             raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
@@ -97,19 +102,33 @@ class _Router:
             extra = {"enable_gqa": True} if enable_gqa else {}
             return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                is_causal=is_causal, scale=scale, **extra)
-        self.sparge_calls += 1
         three_d = query.dim() == 3
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-        out = ops.attention(query, key, value, is_causal=bool(is_causal),
+        out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale)
+        return out.squeeze(1) if three_d else out
+
+    def run(self, query, key, value, *, is_causal: bool, scale=None,
+            causal_align: Optional[str] = None):
+        """sparge.attention on [B, H, N, D] inputs with these options, counted (and its tiles
+        added up with collect_stats). `causal_align` overrides the options' for this call."""
+        self.sparge_calls += 1
+        options = self.options if causal_align is None else \
+            dict(self.options, causal_align=causal_align)
+        out = ops.attention(query, key, value, is_causal=is_causal,
                             scale=None if scale is None else float(scale),
-                            return_stats=self.collect_stats, **self.options)
+                            return_stats=self.collect_stats, **options)
         if self.collect_stats:  # eager only: reading the counts synchronizes
             out, stats = out
             kept, dense = stats.block_mask.tiles()
             self.tiles_kept += int(kept)
             self.tiles_dense += int(dense)
-        return out.squeeze(1) if three_d else out
+        return out
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
+        return 1.0 - self.tiles_kept / self.tiles_dense if self.tiles_dense else 0.0
 
 
 # The keywords of sparge.attention that a patch passes through (is_causal and scale come from
@@ -159,16 +178,13 @@ class patch_sdpa:
 
     def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
                  **options):
-        if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
-            raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
         self._router = _Router(min_seq_len, options, collect_stats)
         self._saved = []
 
     @property
     def sparsity(self) -> float:
         """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
-        r = self._router
-        return 1.0 - r.tiles_kept / r.tiles_dense if r.tiles_dense else 0.0
+        return self._router.sparsity
 
     @property
     def fallbacks(self) -> Dict[str, int]:
