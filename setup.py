@@ -280,7 +280,7 @@ if __name__ == "__main__":  # setuptools runs this file as __main__; tests impor
     setup(
         name="sparge",
         version=project_version(),
-        packages=["sparge"],
+        packages=["sparge", "sparge.integrations"],
         package_dir={"": "python"},
         ext_modules=[extension()],
         cmdclass={"build_ext": BuildExtension},
