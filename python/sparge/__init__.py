@@ -4,6 +4,7 @@
     out = sparge.attention(q, k, v, cdf_threshold=0.95)      # both stages
     with sparge.patch_sdpa(pv_threshold=20.0):               # a model's SDPA calls -> Sparge
         y = model(x)
+    sparge.integrations.transformers.register()   # transformers: attn_implementation="sparge"
 
 The ops are registered with torch.library (namespace `sparge`) and have fake kernels, so
 torch.compile(fullgraph=True) traces them. Inference only. See docs/python.md.
@@ -12,6 +13,7 @@ import torch  # noqa: F401  (first: loads libc10/libtorch, which the extension l
 
 from . import _C  # noqa: F401  (loads the extension, which registers torch.ops.sparge.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
+from . import integrations  # noqa: F401  (framework integrations, each imported on first use)
 from . import measure  # noqa: F401  (sparge.measure: relative L1, cosine, event timing)
 from . import workloads  # noqa: F401  (sparge.workloads: the C++ workload generators)
 from .mask import BlockMask, allowed_key_blocks
@@ -23,4 +25,4 @@ __version__ = "0.1.0"
 
 __all__ = ["attention", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
-           "allowed_key_blocks", "CUDA_HEAD_DIMS", "measure", "workloads"]
+           "allowed_key_blocks", "CUDA_HEAD_DIMS", "measure", "workloads", "integrations"]

@@ -121,9 +121,14 @@ class CallCounts:
 
 class _Router:
     """Sparge options plus the per-reason warning bookkeeping of one patch (or of sdpa, or of a
-    diffusers backend). Maps an SDPA-like call onto sparge.attention or PyTorch's SDPA."""
+    diffusers backend, or of a configuration of sparge.integrations.transformers, which calls
+    `run` and `fall_back`). Maps an SDPA-like call onto sparge.attention or PyTorch's SDPA."""
 
     def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False):
+        if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
+            raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
+        if not isinstance(collect_stats, bool):
+            raise TypeError(f"collect_stats must be a bool, got {type(collect_stats).__name__}")
         unknown = set(options) - _ATTENTION_OPTIONS
         if unknown:
             raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
@@ -157,11 +162,25 @@ class _Router:
         if reason is not None:
             return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                               enable_gqa, layout)
-        counts.sparge_calls += 1
         three_d = query.dim() == 3
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale, layout=layout,
+                       token_grid=token_grid, grid_offset=grid_offset, counts=counts)
+        return out.squeeze(1) if three_d else out
+
+    def run(self, query, key, value, *, is_causal: bool, scale=None,
+            causal_align: Optional[str] = None, layout: str = "HND",
+            token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
+            counts: Optional[CallCounts] = None):
+        """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
+        (the router's own by default; its tiles added up with collect_stats). `causal_align`
+        overrides the options' for this call; `token_grid` reorders tokens along a Hilbert curve."""
+        counts = self.counts if counts is None else counts
+        counts.sparge_calls += 1
         options = self.options
+        if causal_align is not None:
+            options = dict(options, causal_align=causal_align)
         if token_grid is not None:
             options = dict(options, token_grid=token_grid, grid_offset=grid_offset)
             counts.grid_calls += 1
@@ -173,7 +192,21 @@ class _Router:
             kept, dense = stats.block_mask.tiles()
             counts.tiles_kept += int(kept)
             counts.tiles_dense += int(dense)
-        return out.squeeze(1) if three_d else out
+        return out
+
+    # The router's own counts (patch_sdpa's, a transformers configuration's).
+    @property
+    def sparge_calls(self) -> int:
+        return self.counts.sparge_calls
+
+    @property
+    def fallbacks(self) -> Dict[str, int]:
+        return self.counts.fallbacks
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
+        return self.counts.sparsity
 
 
 # The keywords of sparge.attention that a patch passes through (is_causal and scale come from
@@ -223,15 +256,13 @@ class patch_sdpa:
 
     def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
                  **options):
-        if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
-            raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
         self._router = _Router(min_seq_len, options, collect_stats)
         self._saved = []
 
     @property
     def sparsity(self) -> float:
         """Fraction of the dense (or causal) tiles skipped over the calls Sparge served."""
-        return self._router.counts.sparsity
+        return self._router.sparsity
 
     @property
     def fallbacks(self) -> Dict[str, int]:

@@ -1,0 +1,217 @@
+"""Sparge as an attention implementation of Hugging Face transformers, named "sparge".
+
+    import sparge
+    sparge.integrations.transformers.register()      # once per process
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sparge")
+    model.set_attn_implementation("sparge")          # or switch a loaded model
+
+    from sparge.integrations import transformers as sparge_hf
+    with sparge_hf.configure(cdf_threshold=0.95, collect_stats=True) as run:
+        model.generate(**inputs)
+    run.sparge_calls, run.fallbacks, run.sparsity
+
+`register()` adds the name to transformers' public registries: the attention function to
+`AttentionInterface` and, to `AttentionMaskInterface`, the mask builder of the "sdpa"
+implementation, which leaves out masks that `is_causal` or no mask can say (a causal LM without
+padding gets `is_causal`, an encoder without padding no mask). Registration is explicit, not
+done by `import sparge`: importing transformers takes seconds, and a hook on its import would
+be hidden global state. Every attention layer written against `AttentionInterface` (the
+models whose source calls `ALL_ATTENTION_FUNCTIONS.get_interface`) then runs this module's
+`attention_forward`.
+
+Sparge serves every call whose attention it can compute as transformers' "sdpa" does (the same
+result up to the tiles it skips), and hands the others to that very function
+(`sdpa_attention_forward`), counting them and warning once per reason
+(`sparge.SpargeFallbackWarning`): a dense mask other than all-true or exactly causal (padding,
+packed sequences), a sliding window that hides keys, `softcap` or `position_bias`, and the
+reasons of `sparge.patch_sdpa` (gradients, dtypes and devices the kernels lack, head dims over
+256, calls shorter than `min_seq_len`). Dropout > 0 (a model in training mode) raises: Sparge is
+inference-only. Attention sinks (`s_aux`) raise: neither Sparge nor SDPA has them. The active
+configuration is process-wide (not per model, not per thread).
+"""
+from typing import Dict, Optional
+
+from .. import patch
+from .._dense_mask import flags_for_mask
+
+#: The attn_implementation name `register()` uses by default.
+NAME = "sparge"
+
+# Options of sparge.attention that the model decides per call, not the user.
+_PER_CALL = {"causal_align"}
+
+
+class Configuration:
+    """Sparge's options for the "sparge" attention, and what the calls made under them did.
+
+    Made by `configure()`, which makes it the active one at once; as a context manager it also
+    restores, on exit, the configuration that was active before it.
+    """
+
+    def __init__(self, *, min_seq_len: int = 0, collect_stats: bool = False, **options):
+        per_call = sorted(_PER_CALL & set(options))
+        if per_call:
+            raise TypeError(f"{per_call[0]} cannot be configured: it is set per call from the "
+                            "model's mask (SDPA's is_causal is top_left; a mask that is exactly "
+                            "bottom-right causal gives bottom_right)")
+        self._router = patch._Router(min_seq_len, options, collect_stats)
+        self._previous: Optional["Configuration"] = None
+
+    @property
+    def options(self) -> Dict:
+        """The keyword arguments every Sparge call gets (besides is_causal, scale, ...)."""
+        return dict(self._router.options)
+
+    @property
+    def min_seq_len(self) -> int:
+        return self._router.min_seq_len
+
+    @property
+    def collect_stats(self) -> bool:
+        return self._router.collect_stats
+
+    @property
+    def sparge_calls(self) -> int:
+        """Attention calls Sparge served."""
+        return self._router.sparge_calls
+
+    @property
+    def fallbacks(self) -> Dict[str, int]:
+        """Calls handed to transformers' SDPA attention, per reason."""
+        return dict(self._router.fallbacks)
+
+    @property
+    def sparsity(self) -> Optional[float]:
+        """Fraction of the dense (or causal) tiles Sparge skipped over its calls; None unless
+        collect_stats (reading the counts synchronizes with the GPU after every call)."""
+        return self._router.sparsity if self._router.collect_stats else None
+
+    def __enter__(self) -> "Configuration":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        global _ACTIVE
+        if self._previous is not None:
+            _ACTIVE, self._previous = self._previous, None
+        return False
+
+    def __repr__(self) -> str:
+        return (f"Configuration(min_seq_len={self.min_seq_len}, "
+                f"collect_stats={self.collect_stats}, options={self.options}; "
+                f"sparge_calls={self.sparge_calls}, fallbacks={self.fallbacks})")
+
+
+_ACTIVE = Configuration()
+
+
+def configure(*, min_seq_len: int = 0, collect_stats: bool = False, **options) -> Configuration:
+    """Makes these the options of every "sparge" attention call from now on and returns the new
+    configuration, whose counters start at zero. Options are the keywords of `sparge.attention`
+    (sim_threshold, cdf_threshold, topk, pv_threshold, block_q, backend, ...), checked here:
+    an unknown name or a value out of range raises naming the option.
+
+    `min_seq_len`: calls whose query or key length is shorter go to SDPA (default 0: every call
+    runs Sparge; with more than 1, decoding steps go to SDPA). `collect_stats`: add up the tiles
+    Sparge kept, for `sparsity` (eager only). Used as `with configure(...) as run:`, the previous
+    configuration comes back after the block.
+    """
+    global _ACTIVE
+    new = Configuration(min_seq_len=min_seq_len, collect_stats=collect_stats, **options)
+    new._previous, _ACTIVE = _ACTIVE, new
+    return new
+
+
+def active() -> Configuration:
+    """The configuration the "sparge" attention uses now, with its counters."""
+    return _ACTIVE
+
+
+def _require_transformers():
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as err:
+        raise ImportError(
+            "sparge.integrations.transformers needs Hugging Face transformers with "
+            "AttentionInterface and AttentionMaskInterface (tested with 5.17.0): "
+            f"pip install transformers ({err})") from err
+    return AttentionInterface, AttentionMaskInterface, sdpa_mask, sdpa_attention_forward
+
+
+def register(name: str = NAME) -> str:
+    """Makes `attn_implementation=name` (default "sparge") select Sparge in transformers, for
+    `from_pretrained` and `set_attn_implementation`. Idempotent; imports transformers."""
+    attention, masks, sdpa_mask, _ = _require_transformers()
+    attention.register(name, attention_forward)
+    masks.register(name, sdpa_mask)  # the "sdpa" masks: None or a boolean [B, 1, Nq, Nk]
+    return name
+
+
+def _plan(module, query, key, attention_mask, kwargs):
+    """(None, (is_causal, causal_align)) when Sparge computes what "sdpa" would, else (why not,
+    None): the reasons that are about the model's arguments, before those of patch_sdpa."""
+    if kwargs.get("softcap") is not None:
+        return ("attention-logit soft-capping (softcap; Sparge has none, and transformers' "
+                "'sdpa' ignores it as well)"), None
+    if kwargs.get("position_bias") is not None:
+        return "an additive position_bias (Sparge takes no bias)", None
+    q_len, k_len = query.shape[2], key.shape[2]
+    window = kwargs.get("sliding_window")
+    if window is not None and k_len > window:  # else no query is farther than the window
+        return (f"sliding-window attention (a window of {window} tokens hides some of the "
+                f"{k_len} keys; Sparge has no window yet)"), None
+    if attention_mask is not None:
+        flags = flags_for_mask(attention_mask, q_len, k_len)
+        if flags is None:
+            return ("an attention mask that is neither all-true nor causal (padding, packed "
+                    "sequences or another pattern; Sparge takes no dense masks)"), None
+        return None, flags
+    # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
+    # row (decoding) sees every key.
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    return None, (bool(is_causal) and q_len > 1, "top_left")
+
+
+def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                      **kwargs):
+    """The "sparge" attention function: transformers' contract, as its "sdpa" one.
+
+    query [B, Hq, Nq, D], key and value [B, Hkv, Nk, D] (GQA: Hq = Hkv *
+    module.num_key_value_groups, served without repeating K/V), `attention_mask` None or what
+    the registered mask builder made. Returns (attn_output [B, Nq, Hq, D], None).
+    """
+    if dropout:
+        training = " (the module is in training mode)" if getattr(module, "training", False) \
+            else ""
+        raise RuntimeError(
+            f"sparge attention is inference-only (no attention dropout), but "
+            f"{type(module).__name__} asked for dropout={dropout}{training}: call model.eval() "
+            "for inference, or train with attn_implementation='sdpa'")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError(
+            "attention sinks (s_aux) are in neither Sparge nor PyTorch SDPA: load this model "
+            "with attn_implementation='eager' or 'flex_attention'")
+    run = _ACTIVE._router
+    reason, flags = _plan(module, query, key, attention_mask, kwargs)
+    if reason is None:
+        reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
+    if reason is not None:
+        if reason:
+            run.fall_back(reason, stacklevel=3)  # the warning points at the model's layer
+        sdpa_attention_forward = _require_transformers()[3]
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    is_causal, causal_align = flags
+    q_len = query.shape[2]
+    if attention_mask is None and is_causal and key.shape[2] > q_len:
+        # A prefill into an empty static cache (the only maskless causal call with more keys
+        # than queries): the keys past the queries are hidden anyway; "sdpa" cuts them off too.
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = run.run(query, key, value, is_causal=is_causal, scale=scaling,
+                  causal_align=causal_align)
+    return out.transpose(1, 2).contiguous(), None
+
+
+__all__ = ["NAME", "Configuration", "active", "attention_forward", "configure", "register"]

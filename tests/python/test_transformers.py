@@ -1,0 +1,364 @@
+"""sparge.integrations.transformers: Sparge as Hugging Face transformers' attn_implementation
+"sparge". The attention function on hand-made calls (GQA, causal flags, masks Sparge can and
+cannot serve, windows, dropout), the options, and two real models against "sdpa":
+all-MiniLM-L6-v2 (embeddings) and SmolLM2-135M (greedy generation). Tests that need
+transformers or a model wheel skip, saying which is missing."""
+import importlib.util
+import math
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparge
+from sparge.integrations import transformers as sparge_hf
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench" / "eval"))
+import real_models as rm  # noqa: E402
+
+DENSE = dict(sim_threshold=1.0, cdf_threshold=1.0, pv_threshold=math.inf)  # skips nothing
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(
+    not HAS_TRANSFORMERS, reason="transformers is not installed: pip install transformers==5.17.0")
+
+
+def need_model(name):
+    problem = rm._model_problem(name)
+    if problem:
+        pytest.skip(problem)
+
+
+class Attention(torch.nn.Module):
+    """What transformers' attention functions read from the calling layer."""
+
+    def __init__(self, groups=1, is_causal=True):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = is_causal
+
+
+def qkv(heads_q=4, heads_kv=2, seq_q=40, seq_k=None, head_dim=32, batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    seq_k = seq_q if seq_k is None else seq_k
+    return (torch.randn(batch, heads_q, seq_q, head_dim, generator=gen),
+            torch.randn(batch, heads_kv, seq_k, head_dim, generator=gen),
+            torch.randn(batch, heads_kv, seq_k, head_dim, generator=gen))
+
+
+def sdpa_reference(q, k, v, **kwargs):
+    """Float64 SDPA in transformers' output layout [B, N, H, D]."""
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs["attn_mask"] = mask.double()
+    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), enable_gqa=True,
+                                         **kwargs)
+    return out.transpose(1, 2)
+
+
+def fallback_warnings(caught):
+    return [str(w.message) for w in caught if issubclass(w.category, sparge.SpargeFallbackWarning)]
+
+
+# ------------------------------------------------------------------------- import, options
+
+def test_import_sparge_imports_no_transformers():
+    code = ("import sys, sparge; assert 'transformers' not in sys.modules; "
+            "assert 'sparge.integrations.transformers' not in sys.modules; "
+            "assert 'transformers' in dir(sparge.integrations); "
+            "from sparge.integrations import transformers as t; t.configure(topk=0.5); "
+            "assert 'transformers' not in sys.modules; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_configure_rejects_bad_options_naming_them():
+    before = sparge_hf.active()
+    with pytest.raises(TypeError, match=r"unknown Sparge option\(s\) \['cdf'\]"):
+        sparge_hf.configure(cdf=0.9)
+    with pytest.raises(ValueError, match=r"select_value \(cdf_threshold\) must be in"):
+        sparge_hf.configure(cdf_threshold=2.0)
+    with pytest.raises(ValueError, match=r"sim_threshold must be in"):
+        sparge_hf.configure(sim_threshold=1.5)
+    with pytest.raises(ValueError, match=r"pv_threshold must be in"):
+        sparge_hf.configure(pv_threshold=-1.0)
+    with pytest.raises(ValueError, match="give cdf_threshold or topk, not both"):
+        sparge_hf.configure(cdf_threshold=0.9, topk=0.5)
+    with pytest.raises(ValueError, match="block_q must be one of"):
+        sparge_hf.configure(block_q=0)
+    with pytest.raises(ValueError, match="min_seq_len must be an int >= 0"):
+        sparge_hf.configure(min_seq_len=-1)
+    with pytest.raises(TypeError, match="collect_stats must be a bool"):
+        sparge_hf.configure(collect_stats="yes")
+    with pytest.raises(TypeError, match="causal_align cannot be configured"):
+        sparge_hf.configure(causal_align="bottom_right")
+    assert sparge_hf.active() is before  # a rejected configuration changes nothing
+
+
+def test_configure_applies_at_once_and_restores_as_a_context():
+    before = sparge_hf.active()
+    with sparge_hf.configure(topk=0.5, min_seq_len=16) as run:
+        assert sparge_hf.active() is run
+        assert run.options == {"topk": 0.5} and run.min_seq_len == 16
+        with sparge_hf.configure(**DENSE) as inner:
+            assert sparge_hf.active() is inner
+        assert sparge_hf.active() is run
+    assert sparge_hf.active() is before
+    assert run.sparge_calls == 0 and run.fallbacks == {} and run.sparsity is None
+
+
+# ---------------------------------------------------- the attention function on given calls
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gqa_call_matches_sdpa_without_mask(causal):
+    q, k, v = qkv(seq_q=150, seed=1)
+    with torch.no_grad(), sparge_hf.configure(**DENSE) as run:
+        out, weights = sparge_hf.attention_forward(Attention(groups=2, is_causal=causal), q, k, v,
+                                                   None, scaling=0.2)
+    assert weights is None and out.shape == (2, 150, 4, 32) and out.is_contiguous()
+    assert run.sparge_calls == 1 and run.fallbacks == {}
+    torch.testing.assert_close(out.double(), sdpa_reference(q, k, v, is_causal=causal, scale=0.2),
+                               atol=1e-5, rtol=0)
+
+
+def test_is_causal_keyword_and_single_query_row_follow_sdpa():
+    q, k, v = qkv(seq_q=30)
+    module = Attention(groups=2, is_causal=True)
+    with torch.no_grad(), sparge_hf.configure(**DENSE) as run:
+        # is_causal given per call wins over the module's
+        bidirectional, _ = sparge_hf.attention_forward(module, q, k, v, None, is_causal=False)
+        # decoding: one query row sees every key
+        step, _ = sparge_hf.attention_forward(module, q[:, :, -1:], k, v, None)
+        # prefill into an empty static cache: more keys than queries, no mask
+        prefill, _ = sparge_hf.attention_forward(module, q[:, :, :20], k, v, None)
+    assert run.sparge_calls == 3 and run.fallbacks == {}
+    torch.testing.assert_close(bidirectional.double(), sdpa_reference(q, k, v), atol=1e-5, rtol=0)
+    torch.testing.assert_close(step.double(), sdpa_reference(q[:, :, -1:], k, v), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(prefill.double(),
+                               sdpa_reference(q[:, :, :20], k, v, is_causal=True), atol=1e-5,
+                               rtol=0)
+
+
+def causal_mask(seq_q, seq_k, bottom_right=False):
+    offset = seq_k - seq_q if bottom_right else 0
+    return torch.arange(seq_k)[None, :] <= torch.arange(seq_q)[:, None] + offset
+
+
+def additive(mask):
+    return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+
+
+@pytest.mark.parametrize("name,seq_q,seq_k,mask", [
+    ("all-true", 40, 40, torch.ones(2, 1, 40, 40, dtype=torch.bool)),
+    ("causal", 40, 40, causal_mask(40, 40).expand(2, 1, 40, 40)),
+    ("causal, additive", 40, 40, additive(causal_mask(40, 40))[None, None]),
+    ("causal, -inf", 40, 40, torch.zeros(40, 40).masked_fill(~causal_mask(40, 40), -math.inf)),
+    ("chunk after a cache", 24, 70, causal_mask(24, 70, bottom_right=True)[None, None]),
+    ("more queries than keys", 50, 30, causal_mask(50, 30)[None, None]),
+])
+def test_masks_that_say_nothing_more_than_flags_run_sparge(name, seq_q, seq_k, mask):
+    q, k, v = qkv(seq_q=seq_q, seq_k=seq_k, seed=2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        with sparge_hf.configure(**DENSE) as run:
+            out, _ = sparge_hf.attention_forward(Attention(groups=2), q, k, v, mask)
+    assert run.sparge_calls == 1 and run.fallbacks == {}, name
+    torch.testing.assert_close(out.double(), sdpa_reference(q, k, v, attn_mask=mask), atol=1e-5,
+                               rtol=0)
+
+
+@needs_transformers
+def test_other_masks_windows_and_biases_fall_back_to_transformers_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    q, k, v = qkv(seq_q=40, seed=3)
+    module = Attention(groups=2)
+    padding = torch.ones(2, 1, 40, 40, dtype=torch.bool)
+    padding[1, :, :, 30:] = False  # the second sequence is 30 tokens long
+    padding &= causal_mask(40, 40)
+    calls = [
+        ("attention mask", dict(attention_mask=padding)),
+        ("attention mask", dict(attention_mask=additive(causal_mask(40, 40)) - 1.0)),  # a bias
+        ("sliding-window", dict(attention_mask=None, sliding_window=16)),
+        ("soft-capping", dict(attention_mask=None, softcap=30.0)),
+    ]
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sparge_hf.configure(**DENSE) as run:
+            for _, kwargs in calls + calls:  # twice: still one warning per reason
+                out, _ = sparge_hf.attention_forward(module, q, k, v, **kwargs)
+                expected, _ = sdpa_attention_forward(module, q, k, v, **kwargs)
+                assert torch.equal(out, expected)  # transformers' own "sdpa", bit for bit
+            # a window that hides no key is no window
+            sparge_hf.attention_forward(module, q, k, v, None, sliding_window=40)
+    reasons = fallback_warnings(caught)
+    assert len(reasons) == 3, reasons
+    for fragment in ("attention mask that is neither all-true nor causal",
+                     "a window of 16 tokens hides some of the 40 keys", "softcap"):
+        assert any(fragment in r for r in reasons), (fragment, reasons)
+    assert sorted(run.fallbacks.values()) == [2, 2, 4] and run.sparge_calls == 1
+
+
+@needs_transformers
+def test_fallbacks_of_patch_sdpa_apply_too():
+    q, k, v = qkv(seq_q=40, seed=4)
+    module = Attention(groups=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sparge_hf.configure(min_seq_len=64) as run:
+            with torch.no_grad():
+                sparge_hf.attention_forward(module, q, k, v, None)
+                sparge_hf.attention_forward(module, q.double(), k.double(), v.double(), None)
+            grad_q = q.clone().requires_grad_()
+            out, _ = sparge_hf.attention_forward(module, grad_q, k, v, None)
+    out.sum().backward()
+    assert grad_q.grad is not None  # SDPA served it, with autograd
+    reasons = fallback_warnings(caught)
+    assert len(reasons) == 3 and run.sparge_calls == 0
+    for fragment in ("min_seq_len=64", "torch.float64", "inference-only"):
+        assert any(fragment in r for r in reasons), (fragment, reasons)
+
+
+def test_dropout_and_attention_sinks_raise():
+    q, k, v = qkv()
+    module = Attention(groups=2).train()
+    with pytest.raises(RuntimeError, match=r"inference-only .*dropout=0.1 \(the module is in "
+                                           r"training mode\): call model.eval\(\)"):
+        sparge_hf.attention_forward(module, q, k, v, None, dropout=0.1)
+    with pytest.raises(NotImplementedError, match=r"attention sinks \(s_aux\)"):
+        sparge_hf.attention_forward(module.eval(), q, k, v, None, s_aux=torch.zeros(4))
+
+
+@needs_transformers
+def test_register_adds_the_name_to_both_registries():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    assert sparge_hf.register() == "sparge"
+    assert AttentionInterface()["sparge"] is sparge_hf.attention_forward
+    assert AttentionMaskInterface()["sparge"] is sdpa_mask
+    assert "sparge" in AttentionInterface().valid_keys()
+
+
+# ------------------------------------------------------------------------------ real models
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The models run with one intra-op thread: on the shared 2-core CI machine, spinning
+    OpenMP threads of tiny decoding steps cost more than they gain (3x slower generation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def minilm(one_thread):
+    need_model("minilm")
+    sparge_hf.register()
+    rm._quiet_transformers()
+    from transformers import AutoModel, AutoTokenizer
+    directory = rm._minilm_dir()
+    model = AutoModel.from_pretrained(directory, attn_implementation="sparge").eval()
+    return AutoTokenizer.from_pretrained(directory), model
+
+
+@torch.no_grad()
+def embeddings(model, encoded):
+    hidden = model(**encoded).last_hidden_state
+    weights = encoded["attention_mask"][..., None].to(hidden.dtype)
+    return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)  # the model's pooling
+
+
+MINILM_TEXTS = [
+    "The orchestra rehearsed the symphony for weeks before the opening night.",
+    "Glaciers carve deep valleys as they slowly advance and retreat over centuries. " * 16,
+    "Photosynthesis converts light energy into chemical energy stored in sugars. " * 5,
+]
+
+
+def test_minilm_sparge_matches_sdpa_on_single_sentences(minilm):
+    tokenizer, model = minilm
+    assert model.config._attn_implementation == "sparge"
+    encoded = [tokenizer(t, return_tensors="pt") for t in MINILM_TEXTS]
+    assert max(e["input_ids"].shape[1] for e in encoded) > 3 * 64  # several key blocks
+    with sparge_hf.configure(**DENSE) as run:
+        got = torch.cat([embeddings(model, e) for e in encoded])
+    assert run.sparge_calls == model.config.num_hidden_layers * len(MINILM_TEXTS)
+    assert run.fallbacks == {}
+    model.set_attn_implementation("sdpa")
+    try:
+        expected = torch.cat([embeddings(model, e) for e in encoded])
+    finally:
+        model.set_attn_implementation("sparge")
+    cosine = (got * expected).sum(-1)
+    assert cosine.min().item() > 0.99999, cosine
+
+
+def test_minilm_padded_batch_falls_back_with_one_warning(minilm):
+    tokenizer, model = minilm
+    encoded = tokenizer(MINILM_TEXTS[:2], return_tensors="pt", padding=True)
+    with sparge_hf.configure(**DENSE) as run:
+        with pytest.warns(sparge.SpargeFallbackWarning, match="padding") as caught:
+            got = embeddings(model, encoded)
+    assert len(fallback_warnings(caught)) == 1  # one warning for the six layers
+    assert run.sparge_calls == 0 and list(run.fallbacks.values()) == [6]
+    model.set_attn_implementation("sdpa")
+    try:
+        expected = embeddings(model, encoded)
+    finally:
+        model.set_attn_implementation("sparge")
+    assert torch.equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def smollm2(one_thread):
+    """The tokenizer and model of bench/eval/real_models.py (loaded once per process, shared
+    with test_real_models.py: parsing the GGUF takes most of the time), "sdpa" when lent."""
+    need_model("smollm2")
+    sparge_hf.register()
+    tokenizer, model = rm._load("smollm2", "cpu", torch.float32)
+    yield tokenizer, model
+    model.set_attn_implementation("sdpa")
+
+
+PROMPT = "The three most important rules of software licensing are"
+
+
+@torch.no_grad()
+def greedy(tokenizer, model, tokens=20):
+    ids = tokenizer(PROMPT, return_tensors="pt")
+    return model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                          pad_token_id=tokenizer.eos_token_id)
+
+
+def test_smollm2_greedy_generation_is_that_of_sdpa(smollm2):
+    tokenizer, model = smollm2
+    model.set_attn_implementation("sdpa")
+    expected = greedy(tokenizer, model)
+    model.set_attn_implementation("sparge")
+    with sparge_hf.configure(**DENSE) as run:
+        got = greedy(tokenizer, model)
+    assert torch.equal(got, expected), (tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
+    layers = model.config.num_hidden_layers
+    assert run.sparge_calls == layers * 20 and run.fallbacks == {}  # prefill + 19 steps
+
+
+def test_smollm2_default_settings_report_sparsity(smollm2):
+    tokenizer, model = smollm2
+    model.set_attn_implementation("sparge")
+    _, ids = rm.inputs("smollm2")[0]
+    ids = ids[:, :512]  # 4 x 8 tiles of 128 x 64 per head
+    with torch.no_grad(), sparge_hf.configure(collect_stats=True) as run:
+        logits = model(input_ids=ids).logits
+        greedy(tokenizer, model, tokens=4)
+    assert torch.isfinite(logits).all()
+    assert run.sparge_calls == model.config.num_hidden_layers * 5 and run.fallbacks == {}
+    assert run.options == {} and 0.0 <= run.sparsity < 1.0  # the defaults skip little here
+    with torch.no_grad(), sparge_hf.configure(collect_stats=True, sim_threshold=0.3,
+                                              cdf_threshold=0.9, pv_threshold=10.0) as sparse:
+        model(input_ids=ids)
+    assert sparse.sparsity > 0.05 and sparse.fallbacks == {}
