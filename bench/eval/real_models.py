@@ -433,9 +433,8 @@ def end_to_end(name: str, device: str, dtype, options: Optional[dict], *,
             opts.setdefault("collect_stats", True)
             with sparge.patch_sdpa(**opts) as patch:
                 out = _forward(name, model, ids)
-            router = patch._router
-            kept += router.tiles_kept
-            dense += router.tiles_dense
+            kept += patch.counts.tiles_kept
+            dense += patch.counts.tiles_dense
             entry.update(sparsity=patch.sparsity, sparge_calls=patch.sparge_calls,
                          fallbacks=patch.fallbacks)
         if src.metric == "embedding_cos":

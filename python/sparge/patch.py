@@ -269,6 +269,14 @@ class patch_sdpa:
         return dict(self._router.counts.fallbacks)
 
     @property
+    def counts(self) -> CallCounts:
+        """A copy of everything counted so far: Sparge calls, fallbacks per reason, and the
+        tiles kept and dense over the calls made with collect_stats (to add up several runs)."""
+        counts = CallCounts()
+        counts.add(self._router.counts)
+        return counts
+
+    @property
     def sparge_calls(self) -> int:
         return self._router.counts.sparge_calls
 

@@ -39,6 +39,19 @@ def test_sdpa_matches_torch_when_nothing_is_skipped():
                  atol=1e-5)
 
 
+def test_patch_counts_add_up_tiles_and_are_a_copy():
+    q, k, v = make_qkv(heads_q=2, seq_q=300, head_dim=32, seed=3)
+    with sparge.patch_sdpa(min_seq_len=0, collect_stats=True, **dense_options()) as patch:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        F.scaled_dot_product_attention(q[:, :, :10], k, v)  # shorter than a block: still Sparge
+    counts = patch.counts
+    # Causal 300 x 300 with 128 x 64 tiles: query blocks see 2, 4 and 5 key blocks, per head.
+    assert counts.sparge_calls == 2 and counts.tiles_dense == 2 * (2 + 4 + 5) + 2 * 5
+    assert counts.tiles_kept == counts.tiles_dense and patch.sparsity == 0.0
+    counts.tiles_kept = 0  # a copy: the patch's own counts do not change
+    assert patch.counts.tiles_kept == patch.counts.tiles_dense
+
+
 def test_default_sdpa_runs_sparge():
     q, k, v = make_qkv(seq_q=300, head_dim=32, seed=2)
     with warnings.catch_warnings():
