@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _options, ops
+from ._dense_mask import flags_for_mask
 
 
 class SpargeFallbackWarning(UserWarning):
@@ -45,7 +46,8 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
     if dropout_p > 0.0:
         return "dropout_p > 0 (Sparge has no attention dropout)"
     if attn_mask is not None:
-        return "attn_mask given (Sparge takes no dense masks; use is_causal or a BlockMask)"
+        return ("attn_mask given that is neither all-true nor causal (Sparge takes no dense "
+                "masks; use is_causal or a BlockMask)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "gradients requested (Sparge is inference-only)"
     dims = (3, 4) if layout == "HND" else (4,)
@@ -155,6 +157,13 @@ class _Router:
                  token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
                  counts: Optional[CallCounts] = None, stacklevel: int = 4):
         counts = self.counts if counts is None else counts
+        causal_align = None
+        if attn_mask is not None and not is_causal:
+            flags = self._mask_as_flags(query, key, value, attn_mask, dropout_p, enable_gqa,
+                                        layout)
+            if flags is not None:
+                attn_mask = None
+                is_causal, causal_align = flags
         reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
                                   self.min_seq_len, layout)
         if reason:
@@ -166,8 +175,22 @@ class _Router:
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale, layout=layout,
-                       token_grid=token_grid, grid_offset=grid_offset, counts=counts)
+                       causal_align=causal_align, token_grid=token_grid, grid_offset=grid_offset,
+                       counts=counts)
         return out.squeeze(1) if three_d else out
+
+    def _mask_as_flags(self, query, key, value, attn_mask, dropout_p, enable_gqa, layout):
+        """(is_causal, causal_align) that say what `attn_mask` says (all-true, or exactly a
+        causal pattern: _dense_mask.flags_for_mask), or None. Read only when Sparge would serve
+        the call without the mask, and not while torch.compile traces (reading a mask's values
+        synchronizes and would break the graph: such calls fall back as before)."""
+        if torch.compiler.is_compiling() or not isinstance(attn_mask, torch.Tensor):
+            return None
+        if _fallback_reason(query, key, value, None, dropout_p, enable_gqa, self.min_seq_len,
+                            layout) is not None:
+            return None
+        token_axis = -2 if layout == "HND" else -3
+        return flags_for_mask(attn_mask, query.shape[token_axis], key.shape[token_axis])
 
     def run(self, query, key, value, *, is_causal: bool, scale=None,
             causal_align: Optional[str] = None, layout: str = "HND",

@@ -76,6 +76,33 @@ def test_patch_restores_and_nests():
     assert F.scaled_dot_product_attention is original
 
 
+def test_masks_that_are_flags_run_sparge():
+    # All-true and exactly causal masks (bool or additive, 2-D or 4-D) say nothing is_causal
+    # cannot: Sparge serves them, with the alignment the pattern has, and matches SDPA with the mask.
+    q, k, v = make_qkv(heads_q=2, seq_q=150, seq_k=230, head_dim=32, seed=6)
+    rows, cols = torch.arange(150)[:, None], torch.arange(230)[None, :]
+    top_left = cols <= rows
+    bottom_right = cols <= rows + 80
+    additive = torch.zeros(1, 1, 150, 230).masked_fill(~bottom_right, float("-inf"))
+    masks = [torch.ones(150, 230, dtype=torch.bool), top_left, bottom_right, additive]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
+            got = [F.scaled_dot_product_attention(q, k, v, attn_mask=m) for m in masks]
+    assert patch.sparge_calls == 4 and patch.fallbacks == {}
+    for out, m in zip(got, masks):
+        expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                  attn_mask=m if m.dtype == torch.bool else m.double())
+        assert_close(out, expected, atol=1e-5)
+    # One masked key too many or too few is a real mask: PyTorch serves it.
+    almost = top_left.clone()
+    almost[100, 120] = True
+    with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
+        with pytest.warns(sparge.SpargeFallbackWarning, match="neither all-true nor causal"):
+            F.scaled_dot_product_attention(q, k, v, attn_mask=almost)
+    assert patch.sparge_calls == 0
+
+
 def test_fallbacks_warn_once_per_reason_and_match_torch():
     q, k, v = make_qkv(seq_q=300, head_dim=32, seed=3)
     short = make_qkv(seq_q=20, head_dim=32, seed=4)
