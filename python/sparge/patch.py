@@ -46,8 +46,9 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
     if dropout_p > 0.0:
         return "dropout_p > 0 (Sparge has no attention dropout)"
     if attn_mask is not None:
-        return ("attn_mask given that is neither all-true nor causal (Sparge takes no dense "
-                "masks; use is_causal or a BlockMask)")
+        return ("attn_mask given that Sparge cannot express as flags (it serves all-true masks, "
+                "and exactly causal ones on calls without a token grid; use is_causal or a "
+                "BlockMask)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "gradients requested (Sparge is inference-only)"
     dims = (3, 4) if layout == "HND" else (4,)
@@ -158,14 +159,17 @@ class _Router:
                  counts: Optional[CallCounts] = None, stacklevel: int = 4):
         counts = self.counts if counts is None else counts
         causal_align = None
-        if attn_mask is not None and not is_causal:
-            flags = self._mask_as_flags(query, key, value, attn_mask, dropout_p, enable_gqa,
-                                        layout)
-            if flags is not None:
+        # Everything but the mask first: a mask is read only when Sparge would serve the call.
+        reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
+                                  self.min_seq_len, layout)
+        if attn_mask is not None and reason is None:
+            flags = self._mask_as_flags(attn_mask, query, key, is_causal, layout, token_grid)
+            if flags is None:
+                reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
+                                          self.min_seq_len, layout)
+            else:
                 attn_mask = None
                 is_causal, causal_align = flags
-        reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
-                                  self.min_seq_len, layout)
         if reason:
             self.fall_back(reason, counts, stacklevel=stacklevel)
         if reason is not None:
@@ -179,18 +183,20 @@ class _Router:
                        counts=counts)
         return out.squeeze(1) if three_d else out
 
-    def _mask_as_flags(self, query, key, value, attn_mask, dropout_p, enable_gqa, layout):
+    @staticmethod
+    def _mask_as_flags(attn_mask, query, key, is_causal, layout, token_grid):
         """(is_causal, causal_align) that say what `attn_mask` says (all-true, or exactly a
-        causal pattern: _dense_mask.flags_for_mask), or None. Read only when Sparge would serve
-        the call without the mask, and not while torch.compile traces (reading a mask's values
-        synchronizes and would break the graph: such calls fall back as before)."""
-        if torch.compiler.is_compiling() or not isinstance(attn_mask, torch.Tensor):
-            return None
-        if _fallback_reason(query, key, value, None, dropout_p, enable_gqa, self.min_seq_len,
-                            layout) is not None:
+        causal pattern: _dense_mask.flags_for_mask), or None: with is_causal also given (SDPA
+        raises), a causal pattern on a call that reorders tokens along a grid (Hilbert order
+        breaks causal order), or while torch.compile traces (reading a mask's values
+        synchronizes and would break the graph)."""
+        if is_causal or torch.compiler.is_compiling() or not isinstance(attn_mask, torch.Tensor):
             return None
         token_axis = -2 if layout == "HND" else -3
-        return flags_for_mask(attn_mask, query.shape[token_axis], key.shape[token_axis])
+        flags = flags_for_mask(attn_mask, query.shape[token_axis], key.shape[token_axis])
+        if flags is not None and flags[0] and token_grid is not None:
+            return None
+        return flags
 
     def run(self, query, key, value, *, is_causal: bool, scale=None,
             causal_align: Optional[str] = None, layout: str = "HND",

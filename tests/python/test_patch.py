@@ -98,9 +98,23 @@ def test_masks_that_are_flags_run_sparge():
     almost = top_left.clone()
     almost[100, 120] = True
     with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
-        with pytest.warns(sparge.SpargeFallbackWarning, match="neither all-true nor causal"):
+        with pytest.warns(sparge.SpargeFallbackWarning, match="cannot express as flags"):
             F.scaled_dot_product_attention(q, k, v, attn_mask=almost)
     assert patch.sparge_calls == 0
+
+
+def test_causal_mask_on_a_grid_call_falls_back_instead_of_raising():
+    # A call that reorders tokens along a grid (the diffusers backend) cannot run causally:
+    # its causal mask stays a mask, served by PyTorch; an all-true mask still runs Sparge.
+    from sparge import patch as patch_module
+    q, k, v = make_qkv(seq_q=200, head_dim=32, seed=7)
+    causal = torch.ones(200, 200, dtype=torch.bool).tril()
+    router = patch_module._Router(0, dense_options())
+    with pytest.warns(sparge.SpargeFallbackWarning, match="cannot express as flags"):
+        got = router(q, k, v, attn_mask=causal, token_grid=(1, 10, 20))
+    assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=causal), atol=1e-6)
+    router(q, k, v, attn_mask=torch.ones(200, 200, dtype=torch.bool), token_grid=(1, 10, 20))
+    assert router.sparge_calls == 1 and router.counts.grid_calls == 1
 
 
 def test_fallbacks_warn_once_per_reason_and_match_torch():
