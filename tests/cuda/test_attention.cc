@@ -209,8 +209,8 @@ TEST_P(AttentionD256, MatchesTheReferenceOnSm90wsAndIsRefusedElsewhere) {
 
 // One 64-key block per turn and 4 TMA boxes of 64 channels per block: odd lengths (short last
 // query block, tail keys), GQA, causal in both alignments, fp16 and bf16, HND and NHD, random
-// masks with empty rows, a finite λ on sharp scores, and an attention sink (whole turns of P·V
-// left out).
+// masks with empty rows, a finite λ on sharp scores, and an attention sink (every warp of a
+// warpgroup skips whole turns).
 const Case kD256Cases[] = {
     {1, 2, 1, 333, 517, 256, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
     {1, 4, 2, 1000, 129, 256, DType::kFloat16, Layout::kNHD, true, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
