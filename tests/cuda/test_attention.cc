@@ -234,6 +234,7 @@ TEST(AttentionD256Errors, StrideTheTmaCannotAddressIsRefused) {
                                         Device::kCUDA);
   TensorView far = o;
   far.stride_batch = int64_t(1) << 39;  // elements: 2^40 bytes
+  far.capacity = -1;  // an allocation that large is the caller's claim, not the test buffer's
   BlockMask m;
   m.counts = static_cast<int32_t*>(counts.get());
   m.indices = static_cast<int32_t*>(indices.get());
