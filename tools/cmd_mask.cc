@@ -9,6 +9,7 @@
 #include "args.h"
 #include "cli_common.h"
 #include "commands.h"
+#include "common/backend.h"
 #include "common/geometry.h"
 #include "image.h"
 #include "sparge/sparge.h"
@@ -34,17 +35,17 @@ MaskPicture predict_picture(workloads::Workload w, bool hilbert, const SparseOpt
   pic.nq = m.num_q_blocks();
   pic.nk = m.num_k_blocks();
   pic.tiles.assign(static_cast<size_t>(pic.nq * pic.nk), kSkipped);
-  const int64_t offset =
-      detail::causal_offset(opts.causal_align == CausalAlign::kBottomRight, w.seq_q, w.seq_k);
+  const detail::KeyBand band = detail::Problem::band_of(opts, w.seq_q, w.seq_k);
   int64_t allowed_total = 0, kept_total = 0;
   for (int64_t i = 0; i < pic.nq; ++i) {
-    const int64_t allowed = detail::allowed_key_blocks(i, opts.block_q, opts.block_k, opts.causal,
-                                                       offset, w.seq_q, w.seq_k);
-    for (int64_t j = allowed; j < pic.nk; ++j) pic.tiles[i * pic.nk + j] = kExcluded;
+    const detail::BlockRange allowed =
+        detail::allowed_key_blocks(i, opts.block_q, opts.block_k, band, w.seq_q, w.seq_k);
+    for (int64_t j = 0; j < pic.nk; ++j)
+      if (!allowed.contains(j)) pic.tiles[i * pic.nk + j] = kExcluded;
     const int64_t row = m.row(batch_index, head, i);
     for (int32_t t = 0; t < m.counts[row]; ++t)
       pic.tiles[i * pic.nk + m.indices[row * pic.nk + t]] = kKept;
-    allowed_total += allowed;
+    allowed_total += allowed.size();
     kept_total += m.counts[row];
   }
   pic.sparsity = allowed_total ? 1.0 - double(kept_total) / double(allowed_total) : 0.0;

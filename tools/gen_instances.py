@@ -20,7 +20,9 @@ OUT = ROOT / "src" / "cuda" / "instances"
 # single-role wgmma kernel is not extended (sm_90 runs it only under SPARGE_CUDA_KERNEL=sm90).
 HEAD_DIMS = {"sm80": [64, 128], "sm90": [64, 128], "sm90ws": [64, 128, 256]}
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
-CAUSAL = {"dense": "false", "causal": "true"}
+# "banded": rows see a band of keys (causal, a sliding window or both): element masks on the
+# tiles that cross its edges; "dense": every key.
+BANDED = {"dense": "false", "banded": "true"}
 # SPARGE_FAST_BUILD keeps exactly this instance (quick compile checks).
 FAST = ("bf16", 128, "dense")
 
@@ -31,12 +33,12 @@ KERNELS = {"sm80": "launch_attn", "sm90": "launch_attn_sm90", "sm90ws": "launch_
 INCLUDES = {"sm80": "launch.cuh", "sm90": "launch.cuh", "sm90ws": "launch_sm90_ws.cuh"}
 
 
-def instance_file(kernel, dtype, hd, causal):
-    fast = (dtype, hd, causal) == FAST
+def instance_file(kernel, dtype, hd, banded):
+    fast = (dtype, hd, banded) == FAST
     guard = "#if 1\n" if fast else "#if !SPARGE_FAST_BUILD\n"
     return (HEADER + f'#include "cuda/attention/{INCLUDES[kernel]}"\n\n' + guard +
             "namespace sparge::cuda {\n"
-            f"template Status {KERNELS[kernel]}<{DTYPES[dtype]}, {hd}, {CAUSAL[causal]}>(\n"
+            f"template Status {KERNELS[kernel]}<{DTYPES[dtype]}, {hd}, {BANDED[banded]}>(\n"
             "    const AttnParams&, cudaStream_t);\n"
             "}  // namespace sparge::cuda\n#endif\n")
 
@@ -45,15 +47,15 @@ def table():
     rows = []
     for hd in sorted({hd for dims in HEAD_DIMS.values() for hd in dims}):
         for dtype in DTYPES:
-            for causal in CAUSAL:
-                fast = (dtype, hd, causal) == FAST
+            for banded in BANDED:
+                fast = (dtype, hd, banded) == FAST
                 kernels = ", ".join(str(hd in HEAD_DIMS[k]).lower() for k in KERNELS)
                 rows.append(f"    {{{hd}, {'true' if dtype == 'bf16' else 'false'}, "
-                            f"{CAUSAL[causal]}, {'true' if fast else 'false'}, {kernels}}},")
-    return (HEADER + "// The attention instances this tree defines (head dim, bf16, causal,\n"
+                            f"{BANDED[banded]}, {'true' if fast else 'false'}, {kernels}}},")
+    return (HEADER + "// The attention instances this tree defines (head dim, bf16, banded,\n"
             "// kept by SPARGE_FAST_BUILD, and which kernels have it: sm80, sm90, sm90ws).\n"
             "#pragma once\n\nnamespace sparge::cuda {\n\n"
-            "struct CompiledInstance {\n  int head_dim;\n  bool bf16, causal, in_fast_build;\n"
+            "struct CompiledInstance {\n  int head_dim;\n  bool bf16, banded, in_fast_build;\n"
             "  bool sm80, sm90, sm90ws;  // kernels with an instance file for it\n};\n\n"
             "inline constexpr CompiledInstance kCompiledInstances[] = {\n" + "\n".join(rows) +
             "\n};\n\n}  // namespace sparge::cuda\n")
@@ -64,9 +66,9 @@ def files():
     for kernel in KERNELS:
         for hd in HEAD_DIMS[kernel]:
             for dtype in DTYPES:
-                for causal in CAUSAL:
-                    out[f"attn_{kernel}_d{hd}_{dtype}_{causal}.cu"] = instance_file(
-                        kernel, dtype, hd, causal)
+                for banded in BANDED:
+                    out[f"attn_{kernel}_d{hd}_{dtype}_{banded}.cu"] = instance_file(
+                        kernel, dtype, hd, banded)
     out["compiled_instances.h"] = table()
     return out
 

@@ -54,7 +54,8 @@
 #define SPARGE_OPTIONS(FLOAT, BOOL, INT, ENUM, HEAD)                                            \
   FLOAT(scale, 0.0f, "softmax scale; 0 means 1/sqrt(head_dim); Stage 1 uses the same")         \
   BOOL(causal, false, "causal attention, aligned by causal_align")                            \
-  ENUM(causal_align, CausalAlign, kTopLeft, "causal alignment when seq_q != seq_k")          \
+  ENUM(causal_align, CausalAlign, kTopLeft,                                                   \
+       "alignment of causal and the window when seq_q != seq_k")                              \
   HEAD(sim_threshold, 0.6f,                                                                    \
        "a block is self-similar iff its mean pairwise cosine similarity is > sim_threshold; "  \
        "non-similar blocks are always computed. [-1, 1]: < 0 every block is similar, "        \
@@ -69,6 +70,12 @@
   INT(pv_group_rows, 16, "query rows that decide the P.V skip together (CUDA: 16, one warp)")  \
   INT(block_q, 128, "query rows per mask block (the CUDA kernels take 128)")                  \
   INT(block_k, 64, "key rows per mask block (the CUDA kernels take 64)")                      \
-  ENUM(quant, QuantMode, kNone, "quantization of Stage 2")
+  ENUM(quant, QuantMode, kNone, "quantization of Stage 2")                                     \
+  INT(window_left, -1,                                                                         \
+      "sliding window: a query row sees no key more than this many positions left of its "     \
+      "diagonal (aligned by causal_align); -1 = no limit (flash-attn's window_size[0])")        \
+  INT(window_right, -1,                                                                        \
+      "sliding window: nor more than this many positions right of it; -1 = no limit "          \
+      "(window_size[1]); causal hides every key right of the diagonal whatever this says")
 
 #endif /* SPARGE_OPTION_LIST_H_ */

@@ -70,10 +70,13 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const AttentionExtras& extras = {}, const ExecContext& ctx = {},
                         const BlockMask* mask_out = nullptr);
 
-// Host helpers on host masks.
-// Every causally allowed tile on (the dense mask, for baselines and user masks).
+// Host helpers on host masks. "Allowed" tiles hold at least one pair that the options' causal
+// flag and window (with causal_align) leave visible; the other options are not read.
+// Every allowed tile on (the dense mask, for baselines and user masks).
+Status fill_dense_mask(const BlockMask& mask, const SparseOptions& opts);
 Status fill_dense_mask(const BlockMask& mask, bool causal, CausalAlign align);
-// Tiles kept vs tiles dense/causal attention computes; sparsity uses the right denominator.
+// Tiles kept vs tiles dense attention computes (allowed ones); sparsity uses that denominator.
+AttentionStats mask_stats(const BlockMask& host_mask, const SparseOptions& opts);
 AttentionStats mask_stats(const BlockMask& host_mask, bool causal, CausalAlign align);
 
 // Hilbert ordering of a (T, H, W) token grid (generalized curve: any sizes >= 1).

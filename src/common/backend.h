@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/geometry.h"
 #include "sparge/sparge.h"
 
 namespace sparge::detail {
@@ -19,6 +20,14 @@ struct Problem {
   ProblemShape shape;
   SparseOptions opts;
   float scale = 1.0f;
+
+  // The keys each row sees (causal, window and their alignment; geometry.h).
+  KeyBand band() const { return band_of(opts, shape.seq_q, shape.seq_k); }
+
+  static KeyBand band_of(const SparseOptions& o, int64_t seq_q, int64_t seq_k) {
+    return key_band(o.causal, o.causal_align == CausalAlign::kBottomRight, o.window_left,
+                    o.window_right, seq_q, seq_k);
+  }
 };
 
 }  // namespace sparge::detail

@@ -1,8 +1,18 @@
-// Block geometry and causal rules shared by every backend (host and device code).
+// Block geometry and the visibility rules (causal, sliding window) shared by every backend (host
+// and device code).
 //
-// Causal: query row r may see key column c iff c <= r + offset, with offset = 0 (top-left) or
-// Nk - Nq (bottom-right). A tile (query block i, key block j) is "causally allowed" iff at
-// least one valid (r, c) pair inside it is visible; only allowed tiles count as dense work.
+// Visibility is a band around the aligned diagonal: query row r may see key column c iff
+//   lo <= c - r <= hi   (and 0 <= c < Nk),
+// with offset = 0 (top-left) or Nk - Nq (bottom-right) by causal_align, and
+//   hi = offset                      when causal,
+//      = offset + window_right       when window_right >= 0 (and not causal),
+//      = no bound                    otherwise;
+//   lo = offset - window_left        when window_left >= 0, else no bound.
+// (flash-attn's window_size = (left, right) with its causal flag; SDPA's is_causal is causal
+// with top-left alignment.) A tile (query block i, key block j) is "allowed" iff at least one
+// valid (r, c) pair inside it is visible; only allowed tiles count as dense work. Since each
+// row's visible keys are an interval moving right with r, a query block's allowed key blocks are
+// one contiguous range.
 #pragma once
 
 #include <cstdint>
@@ -21,22 +31,60 @@ SPARGE_HD int64_t causal_offset(bool bottom_right, int64_t seq_q, int64_t seq_k)
   return bottom_right ? seq_k - seq_q : 0;
 }
 
-// Last key index row r may see (may be < 0: the row sees nothing), or seq_k - 1 when not causal.
-SPARGE_HD int64_t last_visible_key(int64_t row, bool causal, int64_t offset, int64_t seq_k) {
-  if (!causal) return seq_k - 1;
-  int64_t last = row + offset;
+// The band of key - row differences a row sees. Unbounded sides hold a value no difference
+// reaches (|c - r| < 2^62), so the tests below need no flags.
+struct KeyBand {
+  static constexpr int64_t kNoLimit = int64_t(1) << 62;
+  int64_t lo = -kNoLimit;
+  int64_t hi = kNoLimit;
+
+  // Whether any pair is hidden inside the sequence bounds (the kernels' banded instances).
+  SPARGE_HD bool limited() const { return lo > -kNoLimit || hi < kNoLimit; }
+};
+
+SPARGE_HD KeyBand key_band(bool causal, bool bottom_right, int64_t window_left,
+                           int64_t window_right, int64_t seq_q, int64_t seq_k) {
+  const int64_t offset = causal_offset(bottom_right, seq_q, seq_k);
+  KeyBand band;
+  if (window_left >= 0) band.lo = offset - window_left;
+  if (causal)
+    band.hi = offset;
+  else if (window_right >= 0)
+    band.hi = offset + window_right;
+  return band;
+}
+
+// First and last key row r may see (first > last: the row sees nothing).
+SPARGE_HD int64_t first_visible_key(int64_t row, const KeyBand& band) {
+  const int64_t first = row + band.lo;
+  return first > 0 ? first : 0;
+}
+SPARGE_HD int64_t last_visible_key(int64_t row, const KeyBand& band, int64_t seq_k) {
+  const int64_t last = row + band.hi;
   return last < seq_k - 1 ? last : seq_k - 1;
 }
 
-// Number of key blocks query block qb may touch: blocks [0, n) are allowed, the rest are not.
-// The block's last valid row sees the most keys.
-SPARGE_HD int64_t allowed_key_blocks(int64_t qb, int block_q, int block_k, bool causal,
-                                     int64_t offset, int64_t seq_q, int64_t seq_k) {
-  int64_t last_row = (qb + 1) * block_q - 1;
+// The key blocks query block qb may touch: [begin, end), empty when begin == end. The block's
+// first row sees the leftmost keys, its last valid row the rightmost, and every key between
+// them is seen by some row (the band moves one key per row and is at least one key wide).
+struct BlockRange {
+  int64_t begin = 0, end = 0;
+  SPARGE_HD int64_t size() const { return end - begin; }
+  SPARGE_HD bool contains(int64_t j) const { return j >= begin && j < end; }
+};
+
+SPARGE_HD BlockRange allowed_key_blocks(int64_t qb, int block_q, int block_k, const KeyBand& band,
+                                        int64_t seq_q, int64_t seq_k) {
+  const int64_t first_row = qb * block_q;
+  int64_t last_row = first_row + block_q - 1;
   if (last_row > seq_q - 1) last_row = seq_q - 1;
-  int64_t last_key = last_visible_key(last_row, causal, offset, seq_k);
-  if (last_key < 0) return 0;
-  return last_key / block_k + 1;
+  const int64_t first_key = first_visible_key(first_row, band);
+  const int64_t last_key = last_visible_key(last_row, band, seq_k);
+  BlockRange range;
+  if (last_row < first_row || last_key < 0 || first_key > last_key) return range;
+  range.begin = first_key / block_k;
+  range.end = last_key / block_k + 1;
+  return range;
 }
 
 }  // namespace sparge::detail

@@ -1,4 +1,5 @@
-// Host-side helpers on host block masks: the dense (or causal) mask and sparsity statistics.
+// Host-side helpers on host block masks: the dense (allowed) mask and sparsity statistics.
+#include "common/backend.h"
 #include "common/geometry.h"
 #include "sparge/sparge.h"
 
@@ -11,9 +12,16 @@ bool sane_geometry(const BlockMask& m) {
          m.seq_k >= 0;
 }
 
+SparseOptions visibility(bool causal, CausalAlign align) {
+  SparseOptions o;
+  o.causal = causal;
+  o.causal_align = align;
+  return o;
+}
+
 }  // namespace
 
-Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
+Status fill_dense_mask(const BlockMask& m, const SparseOptions& opts) {
   if (m.device != Device::kCPU) return Status::invalid("fill_dense_mask needs a host (cpu) mask");
   if (m.counts == nullptr || m.indices == nullptr)
     return Status::invalid("mask.counts and mask.indices must not be null");
@@ -21,42 +29,47 @@ Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
     return Status::invalid("mask geometry must have block_q, block_k >= 1 and batch, heads, "
                            "seq_q, seq_k >= 0");
   const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
-  const int64_t offset =
-      detail::causal_offset(align == CausalAlign::kBottomRight, m.seq_q, m.seq_k);
+  const detail::KeyBand band = detail::Problem::band_of(opts, m.seq_q, m.seq_k);
   for (int64_t bh = 0; bh < m.batch * m.heads; ++bh)
     for (int64_t qb = 0; qb < nq; ++qb) {
       const int64_t row = bh * nq + qb;
-      const int64_t n = detail::allowed_key_blocks(qb, m.block_q, m.block_k, causal, offset,
-                                                   m.seq_q, m.seq_k);
-      m.counts[row] = static_cast<int32_t>(n);
-      for (int64_t j = 0; j < n; ++j) m.indices[row * nk + j] = static_cast<int32_t>(j);
+      const detail::BlockRange allowed =
+          detail::allowed_key_blocks(qb, m.block_q, m.block_k, band, m.seq_q, m.seq_k);
+      m.counts[row] = static_cast<int32_t>(allowed.size());
+      for (int64_t j = allowed.begin; j < allowed.end; ++j)
+        m.indices[row * nk + j - allowed.begin] = static_cast<int32_t>(j);
     }
   return Status::ok();
+}
+
+Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
+  return fill_dense_mask(m, visibility(causal, align));
 }
 
 // A hand-written mask may hold any counts: a row contributes only its first min(count, nk)
 // entries, and only indices inside its allowed range count as computed (validation rejects such
 // a mask before attention; statistics must still not read outside the row). A mask without
 // storage or geometry has no tiles.
-AttentionStats mask_stats(const BlockMask& m, bool causal, CausalAlign align) {
+AttentionStats mask_stats(const BlockMask& m, const SparseOptions& opts) {
   AttentionStats s;
   if (m.counts == nullptr || m.indices == nullptr || !sane_geometry(m)) return s;
   const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
-  const int64_t offset =
-      detail::causal_offset(align == CausalAlign::kBottomRight, m.seq_q, m.seq_k);
+  const detail::KeyBand band = detail::Problem::band_of(opts, m.seq_q, m.seq_k);
   for (int64_t bh = 0; bh < m.batch * m.heads; ++bh)
     for (int64_t qb = 0; qb < nq; ++qb) {
       const int64_t row = bh * nq + qb;
-      const int64_t allowed = detail::allowed_key_blocks(qb, m.block_q, m.block_k, causal, offset,
-                                                         m.seq_q, m.seq_k);
-      s.tiles_dense += allowed;
+      const detail::BlockRange allowed =
+          detail::allowed_key_blocks(qb, m.block_q, m.block_k, band, m.seq_q, m.seq_k);
+      s.tiles_dense += allowed.size();
       const int64_t count = m.counts[row] < nk ? m.counts[row] : nk;
-      for (int64_t t = 0; t < count; ++t) {
-        const int32_t j = m.indices[row * nk + t];
-        if (j >= 0 && j < allowed) ++s.tiles_computed;
-      }
+      for (int64_t t = 0; t < count; ++t)
+        if (allowed.contains(m.indices[row * nk + t])) ++s.tiles_computed;
     }
   return s;
+}
+
+AttentionStats mask_stats(const BlockMask& m, bool causal, CausalAlign align) {
+  return mask_stats(m, visibility(causal, align));
 }
 
 }  // namespace sparge

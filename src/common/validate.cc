@@ -161,6 +161,12 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
   if (o.pv_group_rows < 1 || o.pv_group_rows > o.block_q)
     return Status::invalid(cat("SparseOptions.pv_group_rows must be in [1, block_q = ", o.block_q,
                                "], got ", o.pv_group_rows));
+  if (o.window_left < -1)
+    return Status::invalid(cat("SparseOptions.window_left must be >= 0 (keys left of the "
+                               "diagonal a row sees) or -1 (no limit), got ", o.window_left));
+  if (o.window_right < -1)
+    return Status::invalid(cat("SparseOptions.window_right must be >= 0 (keys right of the "
+                               "diagonal a row sees) or -1 (no limit), got ", o.window_right));
   return Status::ok();
 }
 

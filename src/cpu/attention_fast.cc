@@ -64,8 +64,8 @@ struct Plan {
   const QuantizedInputs* quant = nullptr;  // null in exact mode
   TensorView o;
   AttentionExtras extras;
-  int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0, causal_off = 0;
-  bool causal = false;
+  int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0;
+  detail::KeyBand band;  // the keys each row sees (causal, window)
   double score_log2 = 0;  // scale · log2(e)
   bool avx512 = false;    // AVX-512 kernels (else AVX2)
 };
@@ -167,13 +167,18 @@ void prefetch_rows(const Plane& plane, int64_t first, int64_t count, int64_t wid
   }
 }
 
-// Sets st[c][r] = -inf where key key0 + c is causally hidden from row row0 + r: rows
-// r < key0 + c - off - row0 (a prefix of each key-major line).
-void apply_causal_mask(const Plan& pl, Scratch& s, int64_t row0, int64_t key0, int64_t keys,
-                       int64_t rows) {
+// Sets st[c][r] = -inf where key key0 + c is outside row row0 + r's band: with
+// d = key0 + c - row0, rows r < d - hi (right of the diagonal or the window: a prefix of each
+// key-major line) and rows r > d - lo (left of the window: a suffix).
+void apply_band_mask(const Plan& pl, Scratch& s, int64_t row0, int64_t key0, int64_t keys,
+                     int64_t rows) {
   for (int64_t c = 0; c < keys; ++c) {
-    const int64_t hidden = std::clamp<int64_t>(key0 + c - pl.causal_off - row0, 0, rows);
-    std::fill(s.st + c * pl.bq, s.st + c * pl.bq + hidden, kNegInf);
+    const int64_t d = key0 + c - row0;
+    const int64_t prefix = std::clamp<int64_t>(d - pl.band.hi, 0, rows);
+    const int64_t suffix = std::clamp<int64_t>(d - pl.band.lo + 1, prefix, rows);
+    float* line = s.st + c * pl.bq;
+    std::fill(line, line + prefix, kNegInf);
+    std::fill(line + suffix, line + rows, kNegInf);
   }
 }
 
@@ -224,8 +229,8 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
   const int64_t mrow = pl.mask->row(b, h, qb);
   const int32_t count = pl.mask->counts[mrow];
   const int32_t* kept = pl.mask->indices + mrow * pl.nk;
-  const int64_t allowed = detail::allowed_key_blocks(qb, static_cast<int>(bq), static_cast<int>(bk),
-                                                     pl.causal, pl.causal_off, Nq, Nk);
+  const detail::BlockRange allowed = detail::allowed_key_blocks(
+      qb, static_cast<int>(bq), static_cast<int>(bk), pl.band, Nq, Nk);
   const int64_t groups = detail::ceil_div(rows, pl.group);
   // fp32 rows are used where they lie: K when a tile fills whole 8-key register blocks (the
   // tail tile is copied and zero-padded), V when no zero pad columns are needed (D == Dp).
@@ -234,12 +239,12 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
   for (int32_t t = 0; t < count; ++t) {
     const int64_t j = kept[t];
     counters[0] += groups;
-    if (j >= allowed) {  // causality hides the whole tile from every row: all groups skip
+    if (!allowed.contains(j)) {  // causality or the window hides the whole tile: all groups skip
       counters[1] += groups;
       continue;
     }
     // Kept tiles are scattered: fetch the next one while this one is computed.
-    if (t + 1 < count && kept[t + 1] < allowed) {
+    if (t + 1 < count && allowed.contains(kept[t + 1])) {
       const int64_t next0 = kept[t + 1] * bk, next_keys = std::min(bk, Nk - next0);
       prefetch_rows(kplane, next0, next_keys, D);
       prefetch_rows(vplane, next0, next_keys, D);
@@ -269,8 +274,8 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
           _mm256_storeu_ps(s.st + c * bq + r,
                            _mm256_mul_ps(vf, _mm256_loadu_ps(s.st + c * bq + r)));
     }
-    if (pl.causal && key0 + keys - 1 > row0 + pl.causal_off)
-      apply_causal_mask(pl, s, row0, key0, keys, rows16);
+    if (key0 + keys - 1 - row0 > pl.band.hi || key0 - (row0 + rows - 1) < pl.band.lo)
+      apply_band_mask(pl, s, row0, key0, keys, rows);
 
     // Tile row maxima m_loc (vertical over the key-major lines), NaN when a visible score is:
     // max_ps keeps a NaN only by operand order, so the NaN lanes are collected apart (an
@@ -371,11 +376,7 @@ Status attention_fast(const detail::Problem& p, const BlockMask& mask, const Ten
   pl.group = p.opts.pv_group_rows;
   pl.nq = mask.num_q_blocks();
   pl.nk = mask.num_k_blocks();
-  pl.causal = p.opts.causal;
-  pl.causal_off = p.opts.causal
-                      ? detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
-                                              p.shape.seq_q, p.shape.seq_k)
-                      : 0;
+  pl.band = p.band();
   pl.score_log2 = double(p.scale) * kLog2e;
   pl.avx512 = use_avx512();
 

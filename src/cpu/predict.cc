@@ -73,16 +73,16 @@ void rank_columns(const std::vector<double>& prob, std::vector<int64_t>* cols) {
                    [&](int64_t a, int64_t b) { return key(a) > key(b); });
 }
 
-// Selected key blocks of one mask row among the eligible columns (j < allowed, key similar).
+// Selected key blocks of one mask row among the eligible columns (allowed, key similar).
 void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<uint8_t>& key_sim,
-                int64_t allowed, int64_t D, double scale, const SparseOptions& o, int64_t h,
-                std::vector<uint8_t>* selected) {
+                detail::BlockRange allowed, int64_t D, double scale, const SparseOptions& o,
+                int64_t h, std::vector<uint8_t>* selected) {
   std::vector<int64_t> cols;
-  for (int64_t j = 0; j < allowed; ++j)
+  for (int64_t j = allowed.begin; j < allowed.end; ++j)
     if (key_sim[j]) cols.push_back(j);
   if (cols.empty()) return;
 
-  std::vector<double> prob(allowed, 0.0);
+  std::vector<double> prob(allowed.end, 0.0);
   double max_score = -INFINITY;
   for (int64_t j : cols) {
     double dot = 0.0;
@@ -112,7 +112,7 @@ void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<
   } else {
     const double kappa = o.select_value.at(h);
     const int64_t n = std::max<int64_t>(
-        1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed))));
+        1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed.size()))));
     keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));
   }
   for (size_t t = 0; t < keep; ++t) (*selected)[cols[t]] = 1;
@@ -125,8 +125,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
   const SparseOptions& o = p.opts;
   const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
   const int64_t nq = mask.num_q_blocks(), nk = mask.num_k_blocks();
-  const int64_t offset =
-      detail::causal_offset(o.causal_align == CausalAlign::kBottomRight, s.seq_q, s.seq_k);
+  const detail::KeyBand band = p.band();
   const double scale = p.scale;
 
   std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
@@ -146,18 +145,18 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
     for (int64_t i = 0; i < nq; ++i) {
-      const int64_t allowed =
-          detail::allowed_key_blocks(i, o.block_q, o.block_k, o.causal, offset, s.seq_q, s.seq_k);
+      const detail::BlockRange allowed =
+          detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
       const bool query_sim = is_similar(qs.sim[i], theta);
       std::fill(keep.begin(), keep.end(), 0);
       if (query_sim) select_row(&qs.pooled[i * D], ks, key_sim, allowed, D, scale, o, h, &keep);
-      for (int64_t j = 0; j < allowed; ++j)
+      for (int64_t j = allowed.begin; j < allowed.end; ++j)
         if (!query_sim || !key_sim[j]) keep[j] = 1;
-      if (o.attention_sink && allowed > 0) keep[0] = 1;
+      if (o.attention_sink && allowed.contains(0)) keep[0] = 1;
 
       const int64_t row = mask.row(b, h, i);
       int32_t count = 0;
-      for (int64_t j = 0; j < allowed; ++j)
+      for (int64_t j = allowed.begin; j < allowed.end; ++j)
         if (keep[j]) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
       mask.counts[row] = count;
     }

@@ -73,8 +73,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
   const ProblemShape& s = p.shape;
   const SparseOptions& opt = p.opts;
   const int64_t D = s.head_dim, nk = mask.num_k_blocks();
-  const int64_t offset =
-      detail::causal_offset(opt.causal_align == CausalAlign::kBottomRight, s.seq_q, s.seq_k);
+  const detail::KeyBand band = p.band();
   const double lambda = opt.pv_threshold.at(h);
 
   for (int64_t i = 0; i < mask.num_q_blocks(); ++i) {
@@ -88,9 +87,10 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
       const int64_t c0 = j * opt.block_k, c1 = std::min<int64_t>(s.seq_k, c0 + opt.block_k);
       std::vector<double> tile((r1 - r0) * (c1 - c0)), tile_max(r1 - r0, kNegInf);
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t last = detail::last_visible_key(r, opt.causal, offset, s.seq_k);
+        const int64_t first = detail::first_visible_key(r, band);
+        const int64_t last = detail::last_visible_key(r, band, s.seq_k);
         for (int64_t c = c0; c < c1; ++c) {
-          const double x = c <= last ? score(r, c) : kNegInf;
+          const double x = c >= first && c <= last ? score(r, c) : kNegInf;
           tile[(r - r0) * (c1 - c0) + (c - c0)] = x;
           tile_max[r - r0] = max_nan(tile_max[r - r0], x);  // NaN iff a visible score is
         }
@@ -116,9 +116,9 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
           st.l *= rescale;
           for (double& a : st.acc) a *= rescale;
           // Only the keys the row sees: a masked key's p is 0, but 0·NaN in its v would not be.
-          const int64_t c_end =
-              std::min(c1, detail::last_visible_key(r, opt.causal, offset, s.seq_k) + 1);
-          for (int64_t c = c0; c < c_end; ++c) {
+          const int64_t c_begin = std::max(c0, detail::first_visible_key(r, band));
+          const int64_t c_end = std::min(c1, detail::last_visible_key(r, band, s.seq_k) + 1);
+          for (int64_t c = c_begin; c < c_end; ++c) {
             const double pr = std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
             st.l += pr;
             for (int64_t d = 0; d < D; ++d) st.acc[d] += pr * v[c * D + d];
@@ -188,11 +188,11 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
 }
 
 std::vector<double> dense_attention_reference(const TensorView& q, const TensorView& k,
-                                              const TensorView& v, float scale, bool causal,
-                                              CausalAlign align) {
+                                              const TensorView& v, float scale,
+                                              const SparseOptions& visibility) {
   const int64_t B = q.batch, Hq = q.heads, Nq = q.tokens, Nk = k.tokens, D = q.head_dim;
   const int64_t group = Hq / k.heads;
-  const int64_t offset = detail::causal_offset(align == CausalAlign::kBottomRight, Nq, Nk);
+  const detail::KeyBand band = detail::Problem::band_of(visibility, Nq, Nk);
   std::vector<double> out(B * Hq * Nq * D, 0.0);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < B * Hq; ++bh) {
@@ -201,23 +201,33 @@ std::vector<double> dense_attention_reference(const TensorView& q, const TensorV
                               vs = load_slice(v, b, h / group);
     std::vector<double> w(Nk);
     for (int64_t r = 0; r < Nq; ++r) {
-      const int64_t last = detail::last_visible_key(r, causal, offset, Nk);
-      if (last < 0) continue;  // the row sees no key: zeros
+      const int64_t first = detail::first_visible_key(r, band);
+      const int64_t last = detail::last_visible_key(r, band, Nk);
+      if (last < first) continue;  // the row sees no key: zeros
       double mx = kNegInf;
-      for (int64_t c = 0; c <= last; ++c) {
+      for (int64_t c = first; c <= last; ++c) {
         double dot = 0.0;
         for (int64_t d = 0; d < D; ++d) dot += qs[r * D + d] * ks[c * D + d];
         w[c] = double(scale) * dot;
         mx = std::max(mx, w[c]);
       }
       double sum = 0.0;
-      for (int64_t c = 0; c <= last; ++c) sum += (w[c] = std::exp(w[c] - mx));
+      for (int64_t c = first; c <= last; ++c) sum += (w[c] = std::exp(w[c] - mx));
       double* o = &out[(bh * Nq + r) * D];
-      for (int64_t c = 0; c <= last; ++c)
+      for (int64_t c = first; c <= last; ++c)
         for (int64_t d = 0; d < D; ++d) o[d] += w[c] / sum * vs[c * D + d];
     }
   }
   return out;
+}
+
+std::vector<double> dense_attention_reference(const TensorView& q, const TensorView& k,
+                                              const TensorView& v, float scale, bool causal,
+                                              CausalAlign align) {
+  SparseOptions visibility;
+  visibility.causal = causal;
+  visibility.causal_align = align;
+  return dense_attention_reference(q, k, v, scale, visibility);
 }
 
 }  // namespace sparge::cpu

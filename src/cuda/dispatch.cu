@@ -1,5 +1,5 @@
 // The CUDA backend's entry points (declared in src/common/backend.h). This is the only place
-// where runtime values (dtype, head dim, causal) become template arguments: plain switches whose
+// where runtime values (dtype, head dim, banded) become template arguments: plain switches whose
 // default returns Status::unsupported naming the field, the value and the compiled set.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -111,7 +111,7 @@ std::string attention_set() {
   for (const auto& inst : kCompiledInstances) {
     if (fast_build() && !inst.in_fast_build) continue;
     os << (first ? "" : ", ") << "d" << inst.head_dim << (inst.bf16 ? " bf16" : " fp16")
-       << (inst.causal ? " causal" : " dense");
+       << (inst.banded ? " banded" : " dense");
     if (!(inst.sm80 && inst.sm90 && inst.sm90ws))
       os << " (" << kernel_list([&](Kernel k) { return instance_in(inst, k); }) << ")";
     first = false;
@@ -119,9 +119,9 @@ std::string attention_set() {
   return os.str();
 }
 
-bool compiled(int head_dim, bool bf16, bool causal) {
+bool compiled(int head_dim, bool bf16, bool banded) {
   for (const auto& inst : kCompiledInstances)
-    if (inst.head_dim == head_dim && inst.bf16 == bf16 && inst.causal == causal)
+    if (inst.head_dim == head_dim && inst.bf16 == bf16 && inst.banded == banded)
       return !fast_build() || inst.in_fast_build;
   return false;
 }
@@ -158,7 +158,7 @@ Status check_sizes(const detail::Problem& p) {
   return Status::ok();
 }
 
-// ---- attention: kernel family -> by_head_dim -> by_dtype -> by_causal ---------------------------
+// ---- attention: kernel family -> by_head_dim -> by_dtype -> by_band ---------------------------
 // On sm_90 devices, when this build holds sm_90a code: sm90ws (warp-specialized, TMA), which runs
 // 1.28-1.47x the single-role wgmma kernel sm90 at head dim 128 and 1.01-1.07x at head dim 64
 // (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md). sm80 (mma.sync)
@@ -223,27 +223,27 @@ Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
 }
 
 template <typename T, int kHeadDim>
-Status attention_by_causal(Kernel kernel, const AttnParams& params, bool causal, cudaStream_t stream) {
+Status attention_by_band(Kernel kernel, const AttnParams& params, bool banded, cudaStream_t stream) {
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  if (!compiled(kHeadDim, bf16, causal))
+  if (!compiled(kHeadDim, bf16, banded))
     return Status::unsupported(cat("attention instance (head_dim ", kHeadDim, ", ", bf16 ? "bf16" : "fp16",
-                                   causal ? ", causal" : ", dense",
+                                   banded ? ", banded" : ", dense",
                                    ") is not compiled (SPARGE_FAST_BUILD=ON); compiled: ", attention_set()));
 #if SPARGE_FAST_BUILD
   if constexpr (!(kHeadDim == 128 && std::is_same_v<T, __nv_bfloat16>)) return Status::internal("unreachable");
   else return launch<T, kHeadDim, false>(kernel, params, stream);
 #else
-  return causal ? launch<T, kHeadDim, true>(kernel, params, stream)
+  return banded ? launch<T, kHeadDim, true>(kernel, params, stream)
                 : launch<T, kHeadDim, false>(kernel, params, stream);
 #endif
 }
 
 template <int kHeadDim>
-Status attention_by_dtype(Kernel kernel, const AttnParams& params, DType dtype, bool causal,
+Status attention_by_dtype(Kernel kernel, const AttnParams& params, DType dtype, bool banded,
                           cudaStream_t stream) {
   switch (dtype) {
-    case DType::kBFloat16: return attention_by_causal<__nv_bfloat16, kHeadDim>(kernel, params, causal, stream);
-    case DType::kFloat16: return attention_by_causal<__half, kHeadDim>(kernel, params, causal, stream);
+    case DType::kBFloat16: return attention_by_band<__nv_bfloat16, kHeadDim>(kernel, params, banded, stream);
+    case DType::kFloat16: return attention_by_band<__half, kHeadDim>(kernel, params, banded, stream);
     default:
       return Status::unsupported(cat("q.dtype ", dtype_name(dtype), " is not compiled on cuda; compiled: ",
                                      attention_set()));
@@ -251,7 +251,7 @@ Status attention_by_dtype(Kernel kernel, const AttnParams& params, DType dtype, 
 }
 
 Status attention_by_head_dim(Kernel kernel, const std::string& why, const AttnParams& params,
-                             int64_t head_dim, DType dtype, bool causal, cudaStream_t stream) {
+                             int64_t head_dim, DType dtype, bool banded, cudaStream_t stream) {
   // A head dim that other kernels have (256: sm90ws only) says which, not "must be".
   const std::string having = kernels_with(int(head_dim));
   if (!having.empty() && !kernel_has_head_dim(kernel, int(head_dim)))
@@ -259,9 +259,9 @@ Status attention_by_head_dim(Kernel kernel, const std::string& why, const AttnPa
                                    " kernel (an sm_90 GPU and a build with sm_90a code); this call runs ",
                                    kernel_name(kernel), " (", why, ")"));
   switch (head_dim) {
-    case 64: return attention_by_dtype<64>(kernel, params, dtype, causal, stream);
-    case 128: return attention_by_dtype<128>(kernel, params, dtype, causal, stream);
-    case 256: return attention_by_dtype<256>(kernel, params, dtype, causal, stream);
+    case 64: return attention_by_dtype<64>(kernel, params, dtype, banded, stream);
+    case 128: return attention_by_dtype<128>(kernel, params, dtype, banded, stream);
+    case 256: return attention_by_dtype<256>(kernel, params, dtype, banded, stream);
     default:
       return Status::unsupported(cat("q.head_dim must be ", head_dims_text(), ", got ", head_dim,
                                      "; compiled: ", attention_set()));
@@ -296,8 +296,11 @@ AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const Tens
   a.seq_q = int(p.shape.seq_q);
   a.seq_k = int(p.shape.seq_k);
   a.group = int(p.shape.heads_q / p.shape.heads_kv);
-  a.causal_offset = int(detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
-                                              p.shape.seq_q, p.shape.seq_k));
+  // key - row lies in [-(seq_q - 1), seq_k - 1]: clamped there, the band's ends fit an int and
+  // an unbounded end stays out of reach (geometry.h; < 2^31 is checked by check_sizes).
+  const detail::KeyBand band = p.band();
+  a.key_lo = int(std::clamp<int64_t>(band.lo, -p.shape.seq_q, p.shape.seq_k));
+  a.key_hi = int(std::clamp<int64_t>(band.hi, -p.shape.seq_q, p.shape.seq_k));
   a.scale_log2 = float(double(p.scale) * 1.4426950408889634);
   a.mask_counts = mask.counts;
   a.mask_indices = mask.indices;
@@ -333,9 +336,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.num_q_blocks = int(mask.num_q_blocks());
   s.num_k_blocks = int(mask.num_k_blocks());
   s.scale = double(p.scale);
-  s.causal = p.opts.causal;
-  s.causal_offset = detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
-                                          p.shape.seq_q, p.shape.seq_k);
+  s.band = p.band();
   s.topk = p.opts.select == SelectMode::kTopK;
   s.attention_sink = p.opts.attention_sink;
   s.per_head = per_head;
@@ -413,7 +414,7 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   Kernel kernel = Kernel::kSm80;
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
-  return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
+  return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
                                static_cast<cudaStream_t>(ctx.stream));
 }
 

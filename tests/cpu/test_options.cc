@@ -31,7 +31,7 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
     ADD_FAILURE() << "no option " << name;
     return std::nan("");
   };
-  EXPECT_EQ(names.size(), 12u);
+  EXPECT_EQ(names.size(), 14u);
   EXPECT_EQ(float(value("scale")), d.scale);
   EXPECT_EQ(value("causal"), d.causal ? 1.0 : 0.0);
   EXPECT_EQ(value("causal_align"), int(d.causal_align));
@@ -45,6 +45,10 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
   EXPECT_EQ(value("block_q"), d.block_q);
   EXPECT_EQ(value("block_k"), d.block_k);
   EXPECT_EQ(value("quant"), int(d.quant));
+  EXPECT_EQ(value("window_left"), d.window_left);
+  EXPECT_EQ(value("window_right"), d.window_right);
+  EXPECT_EQ(d.window_left, -1);  // no window unless asked
+  EXPECT_EQ(d.window_right, -1);
 }
 
 template <typename E>

@@ -1,7 +1,8 @@
 // GPU block-sparse attention against the CPU reference (double accumulation) on fresh inputs:
 // odd lengths, Nq != Nk, GQA/MQA, causal in both alignments, head dims 64/128, HND/NHD,
 // fp16/bf16, dense / random / empty-row masks; λ skip counters; determinism; rejections;
-// NaN/Inf propagation (the cases of nan_cases.h, on whichever kernel SPARGE_CUDA_KERNEL picks).
+// NaN/Inf propagation (the cases of nan_cases.h, on whichever kernel SPARGE_CUDA_KERNEL picks);
+// sliding windows (the banded instances) with masks that reach outside the window.
 // Head dim 256 (sm90ws only): the same comparisons where that kernel runs, a refusal naming
 // head_dim where another one does.
 #include <gtest/gtest.h>
@@ -34,6 +35,7 @@ struct Case {
   // 0 for every other key, so that block 0 dominates every row and, walked first, lets the λ
   // rule skip every later block for whole warpgroups at once.
   float sink = 0.0f;
+  int window_left = -1, window_right = -1;  // sliding window (-1: no limit)
 };
 
 std::string name(const Case& c) {
@@ -43,7 +45,11 @@ std::string name(const Case& c) {
                 c.dtype == DType::kBFloat16 ? "bf16" : "fp16", c.layout == Layout::kHND ? "HND" : "NHD",
                 c.causal ? "causal" : "full",
                 c.causal ? (c.align == CausalAlign::kTopLeft ? "TL" : "BR") : "", c.keep);
-  return buf;
+  std::string s = buf;
+  if (c.window_left >= 0 || c.window_right >= 0)
+    s += "_window" + std::to_string(c.window_left) + "," + std::to_string(c.window_right) +
+         (c.align == CausalAlign::kTopLeft ? "TL" : "BR");
+  return s;
 }
 
 struct Result {
@@ -62,6 +68,8 @@ Result run_case(const Case& c, uint64_t seed, bool gpu_may_refuse = false) {
   opts.causal = c.causal;
   opts.causal_align = c.align;
   opts.pv_threshold.value = c.lambda;
+  opts.window_left = c.window_left;
+  opts.window_right = c.window_right;
   const int64_t pad = 3;  // extra token rows: non-trivial strides
   std::vector<float> qv = gaussian(c.B * c.Hq * c.Nq * c.D, seed, c.q_gain);
   std::vector<float> kv = gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 1);
@@ -139,7 +147,7 @@ TEST_P(AttentionVsReference, MatchesWithinDtypeTolerance) {
   // λ = inf: only groups that causality masks entirely in a tile skip; counts are exact.
   EXPECT_EQ(r.gpu_counters[0], r.ref_counters[0]);
   EXPECT_EQ(r.gpu_counters[1], r.ref_counters[1]);
-  if (!c.causal) EXPECT_EQ(r.gpu_counters[1], 0u);
+  if (!c.causal && c.window_left < 0 && c.window_right < 0) EXPECT_EQ(r.gpu_counters[1], 0u);
 }
 
 const Case kCases[] = {
@@ -154,6 +162,19 @@ const Case kCases[] = {
     {1, 2, 2, 129, 17, 128, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionVsReference, ::testing::ValuesIn(kCases));
+
+// Sliding windows (the banded instances): the masks are random over the causal region only, so
+// kept tiles can lie wholly or partly outside the window; the kernel must mask them element by
+// element and count the hidden groups as skipped, exactly as the reference does.
+const Case kWindowCases[] = {
+    {1, 4, 2, 1000, 1000, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY, 0, 300, -1},
+    {1, 2, 1, 1000, 1000, 64, DType::kFloat16, Layout::kNHD, true, CausalAlign::kTopLeft, 0.7, 5, 1, INFINITY, 0, 512, -1},
+    {2, 3, 3, 257, 1000, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kBottomRight, 1.0, 0, 1, INFINITY, 0, 100, 50},
+    {1, 2, 2, 1000, 129, 128, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY, 0, 0, 0},
+    {1, 2, 2, 333, 333, 128, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY, 0, -1, 37},
+    {1, 2, 1, 500, 500, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 1.0, 0, 4, 6.0f, 0, 200, -1},
+};
+INSTANTIATE_TEST_SUITE_P(Window, AttentionVsReference, ::testing::ValuesIn(kWindowCases));
 
 // ---- head dim 256: only the sm90ws kernel has it (tools/gen_instances.py) -------------------
 // Whether this process runs d256: dispatch.cu picks sm90ws on an sm_90 device when the build holds
@@ -220,6 +241,8 @@ const Case kD256Cases[] = {
     {1, 4, 2, 1000, 1000, 256, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 0.8, 0, 3.0f, 6.0f},
     {1, 2, 1, 333, 2000, 256, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.7, 0, 1.0f, 8.0f,
      16.0f},
+    {1, 2, 1, 700, 700, 256, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY,
+     0, 200, -1},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionD256, ::testing::ValuesIn(kD256Cases));
 

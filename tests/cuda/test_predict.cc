@@ -24,6 +24,7 @@ struct PredictCase {
   SelectMode select;
   float sim, cdf_or_topk;
   bool sink;
+  int window_left = -1, window_right = -1;  // sliding window (-1: no limit)
 };
 
 workloads::Workload make_workload(const PredictCase& c, uint64_t seed) {
@@ -50,6 +51,8 @@ TEST_P(PredictVsReference, MasksAgreeExceptAtTies) {
   opts.causal_align = c.align;
   opts.select = c.select;
   opts.attention_sink = c.sink;
+  opts.window_left = c.window_left;
+  opts.window_right = c.window_right;
   std::vector<float> per_head_sim(Hq);
   for (int64_t h = 0; h < Hq; ++h) per_head_sim[h] = c.sim + 0.1f * float(h % 3) - 0.1f;
   opts.sim_threshold.per_head = per_head_sim.data();
@@ -80,10 +83,10 @@ TEST_P(PredictVsReference, MasksAgreeExceptAtTies) {
     kept += b[i];
   }
   const double frac = double(same) / double(a.size());
-  const AttentionStats stats = mask_stats(ref.view(), c.causal, c.align);
-  std::printf("[ predict ] %s Hq%ld Nq%ld Nk%ld D%ld %s: identical blocks %.5f (%ld/%zu), ref sparsity %.3f\n",
+  const AttentionStats stats = mask_stats(ref.view(), opts);
+  std::printf("[ predict ] %s Hq%ld Nq%ld Nk%ld D%ld %s window (%d, %d): identical blocks %.5f (%ld/%zu), ref sparsity %.3f\n",
               c.workload.c_str(), long(Hq), long(Nq), long(Nk), long(D),
-              c.select == SelectMode::kTopK ? "topk" : "topcdf", frac, long(same), a.size(), stats.sparsity());
+              c.select == SelectMode::kTopK ? "topk" : "topcdf", c.window_left, c.window_right, frac, long(same), a.size(), stats.sparsity());
   std::fflush(stdout);
   EXPECT_GE(frac, 0.995);
   EXPECT_GT(kept, 0);
@@ -98,6 +101,9 @@ const PredictCase kPredictCases[] = {
     {"video", 4, 4, 4096, 4096, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.5f, 0.9f, false},
     {"video", 2, 2, 2048, 2048, 128, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopK, 0.6f, 0.2f, true},
     {"llm", 4, 2, 2000, 2000, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.95f, true},
+    // Sliding windows: Stage 1 chooses among the blocks inside the window only.
+    {"llm", 4, 2, 2000, 2000, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.95f, true, 512, -1},
+    {"random", 2, 2, 300, 1000, 64, DType::kFloat16, Layout::kNHD, false, CausalAlign::kBottomRight, SelectMode::kTopK, -0.5f, 0.5f, true, 200, 70},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictVsReference, ::testing::ValuesIn(kPredictCases));
 

@@ -21,7 +21,7 @@
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kCausal>
+template <typename Traits, bool kBanded>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) attn_fwd_sm80(const AttnParams p) {
   using T = typename Traits::Element;
   constexpr int kNTiles = Traits::kBlockN / 8;
@@ -31,8 +31,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   T* sK = sQ + Traits::kQElems;
   T* sV = sK + Traits::kKVElems;
 
-  // Causal: heavy (late) query blocks first so that the tail of the grid is short.
-  const int qb = kCausal ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
+  // Banded: under causality late query blocks are the heavy ones; run them first so that the
+  // tail of the grid is short (harmless for a window, whose rows are all alike).
+  const int qb = kBanded ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
   const int hk = h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -80,13 +81,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
 
     ScoreTile<Traits> s;  // S = Q·Kᵀ, raw
     gemm_qk<Traits>(sQ, sK, warp, lane, s);
-    const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
-                            (kCausal && key0 + Traits::kBlockN - 1 > q0 + p.causal_offset);
+    const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, q0);
     ProbTile<Traits> prob;
     int run_mask = 0;  // bit j: slab j computes P·V for this tile (warp-uniform)
 #pragma unroll
     for (int j = 0; j < kSlabs; ++j) {
-      if (needs_mask) apply_mask<Traits, kCausal>(s[j], p, row_g[j], key0, lane);
+      if (needs_mask) apply_mask<Traits, kBanded>(s[j], p, row_g[j], key0, lane);
       float m_loc[2];
       OnlineSoftmax<kNTiles>::tile_max(s[j], scale_log2, m_loc);
       const bool skip = softmax[j].slab_skips(m_loc, row_exists[j], lambda);

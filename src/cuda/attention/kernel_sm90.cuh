@@ -24,7 +24,7 @@
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kCausal>
+template <typename Traits, bool kBanded>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     attn_fwd_sm90(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -45,8 +45,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     return reinterpret_cast<T*>(base + Traits::kQBytes + (Traits::kStages + stage) * Traits::kKVBytes);
   };
 
-  // Causal: heavy (late) query blocks first so that the tail of the grid is short.
-  const int qb = kCausal ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
+  // Banded: under causality late query blocks are the heavy ones; run them first so that the
+  // tail of the grid is short (harmless for a window, whose rows are all alike).
+  const int qb = kBanded ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
   const int hk = h / p.group;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -85,9 +86,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     // sets alpha (1 when the warp skips: its rows keep m, l and O).
     bool warp_skips = false;
     auto scores_to_probs = [&](int key0) {
-      const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
-                              (kCausal && key0 + Traits::kBlockN - 1 > q0 + p.causal_offset);
-      if (needs_mask) apply_mask<Traits, kCausal>(s, p, row_g, key0, lane);
+      const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, q0);
+      if (needs_mask) apply_mask<Traits, kBanded>(s, p, row_g, key0, lane);
       float m_loc[2];
       OnlineSoftmax<kNTiles>::tile_max(s, scale_log2, m_loc);
       warp_skips = softmax.slab_skips(m_loc, row_exists, lambda);

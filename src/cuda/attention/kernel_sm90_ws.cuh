@@ -28,11 +28,11 @@
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kCausal>
+template <typename Traits, bool kBanded>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     attn_fwd_sm90_ws(const __grid_constant__ AttnParamsSm90Ws params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Mainloop = MainloopSm90Tma<Traits, kCausal>;
+  using Mainloop = MainloopSm90Tma<Traits, kBanded>;
   using Storage = SharedStorageSm90Ws<Traits>;
   static_assert(kSharedStorageFits<Traits>, "SharedStorageSm90Ws outgrew Traits::kSmemBytes");
   const AttnParams& p = params.attn;
@@ -46,8 +46,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   __syncthreads();  // the only CTA-wide barrier: after the role split the groups never meet
 
   WorkTile w;
-  // Causal: heavy (late) query blocks first so that the tail of the grid is short.
-  w.qb = kCausal ? p.num_q_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
+  // Banded: under causality late query blocks are the heavy ones; run them first so that the
+  // tail of the grid is short (harmless for a window, whose rows are all alike).
+  w.qb = kBanded ? p.num_q_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
   w.h = blockIdx.y;
   w.b = blockIdx.z;
   w.hk = w.h / p.group;

@@ -1,5 +1,5 @@
 // Host launchers of the attention kernels (sm80 mma.sync, sm_90a wgmma) for one (dtype, head dim,
-// causal) instance. Included only by the generated files in src/cuda/instances/.
+// banded) instance. Included only by the generated files in src/cuda/instances/.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,17 +33,17 @@ Status launch_attention_kernel(const char* name, const AttnParams& params, cudaS
   return Status::ok();
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn(const AttnParams& params, cudaStream_t stream) {
   using Traits = AttnTraitsSm80<T, kHeadDim>;
-  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kCausal>>("attn_fwd_sm80", params,
+  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kBanded>>("attn_fwd_sm80", params,
                                                                          stream);
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream) {
   using Traits = AttnTraitsSm90<T, kHeadDim>;
-  return launch_attention_kernel<Traits, attn_fwd_sm90<Traits, kCausal>>("attn_fwd_sm90", params,
+  return launch_attention_kernel<Traits, attn_fwd_sm90<Traits, kBanded>>("attn_fwd_sm90", params,
                                                                          stream);
 }
 

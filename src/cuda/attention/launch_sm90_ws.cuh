@@ -1,4 +1,4 @@
-// Host launcher of the warp-specialized sm_90a attention kernel for one (dtype, head dim, causal)
+// Host launcher of the warp-specialized sm_90a attention kernel for one (dtype, head dim, banded)
 // instance: encodes the tensor maps of Q, K and V, or falls back to the cp.async wgmma kernel
 // (launch_attn_sm90) where the TMA cannot address them (base not 16-byte aligned, a token/head/
 // batch stride not a multiple of 16 bytes or >= 2^40 bytes, no cuTensorMapEncodeTiled in the
@@ -21,10 +21,10 @@
 
 namespace sparge::cuda {
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
   using Traits = AttnTraitsSm90Ws<T, kHeadDim>;
-  constexpr auto kernel = attn_fwd_sm90_ws<Traits, kCausal>;
+  constexpr auto kernel = attn_fwd_sm90_ws<Traits, kBanded>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   AttnParamsSm90Ws ws{};
   ws.attn = params;
@@ -42,7 +42,7 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
           "head_dim 256): 16-byte aligned base, batch/head/token strides multiples of 16 bytes "
           "and < 2^40 bytes, and cuTensorMapEncodeTiled in the CUDA driver");
     else
-      return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+      return launch_attn_sm90<T, kHeadDim, kBanded>(params, stream);
   }
 
   static std::once_flag once;

@@ -1,7 +1,7 @@
 // Mainloop pieces of the sm80 block-sparse attention kernel: global->shared tile loads
 // (cp.async, zero-filled past the sequence end), the two warp GEMMs on tensor cores
 // (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16, two 16-row slabs per warp) and the
-// element-wise tail/causal mask.
+// element-wise tail/band (causal, window) mask.
 #pragma once
 
 #include <cmath>
@@ -121,9 +121,18 @@ __device__ __forceinline__ void gemm_pv(const ProbTile<Traits>& p,
   }
 }
 
-// Set masked pairs of one slab to -inf: keys past seq_k, and (causal) key c > r + off.
-// Called only on tiles that straddle the sequence tail or the causal diagonal.
-template <typename Traits, bool kCausal>
+// Whether the block of keys [key0, key0 + kBlockN) needs element masking for the CTA's rows
+// [q0, q0 + kBlockM): keys past seq_k, or (banded) a pair outside key_lo <= key - row <= key_hi.
+template <typename Traits, bool kBanded>
+__device__ __forceinline__ bool block_needs_mask(const AttnParams& p, int key0, int q0) {
+  return key0 + Traits::kBlockN > p.seq_k ||
+         (kBanded && (key0 + Traits::kBlockN - 1 - q0 > p.key_hi ||
+                      key0 - (q0 + Traits::kBlockM - 1) < p.key_lo));
+}
+
+// Set masked pairs of one slab to -inf: keys past seq_k, and (banded) keys outside the row's
+// band. Called only on tiles for which block_needs_mask holds.
+template <typename Traits, bool kBanded>
 __device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], const AttnParams& p,
                                            int row_g, int key0, int lane) {
 #pragma unroll
@@ -133,7 +142,7 @@ __device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], c
       const int key = key0 + n * 8 + (lane & 3) * 2 + (e & 1);
       const int row = row_g + (e >> 1) * 8;
       bool masked = key >= p.seq_k;
-      if (kCausal) masked = masked || key > row + p.causal_offset;
+      if (kBanded) masked = masked || key - row > p.key_hi || key - row < p.key_lo;
       if (masked) s[n][e] = -INFINITY;
     }
 }

@@ -76,7 +76,7 @@ struct MmaTurn {
   }
 };
 
-template <typename Traits, bool kCausal>
+template <typename Traits, bool kBanded>
 struct MainloopSm90Tma {
   using T = typename Traits::Element;
   using Storage = SharedStorageSm90Ws<Traits>;
@@ -206,9 +206,8 @@ struct MainloopSm90Tma {
       skip[i] = true;
       if (i == 0 || i < turn.count()) {
         const int key0 = turn.block(i) * Traits::kBlockN;
-        const bool needs_mask = key0 + Traits::kBlockN > p.seq_k ||
-                                (kCausal && key0 + Traits::kBlockN - 1 > w.q0 + p.causal_offset);
-        if (needs_mask) apply_mask<Traits, kCausal>(s[i], p, rows.row_g, key0, lane);
+        const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, w.q0);
+        if (needs_mask) apply_mask<Traits, kBanded>(s[i], p, rows.row_g, key0, lane);
         float m_loc[2];
         BlockSoftmax::tile_max(s[i], p.scale_log2, m_loc);
         skip[i] = Softmax::slab_skips(m_loc, m_run, rows.row_exists, lambda);

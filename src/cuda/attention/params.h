@@ -22,7 +22,9 @@ struct AttnParams {
   int64_t q_stride[3], k_stride[3], v_stride[3], o_stride[3];
   int batch, heads_q, heads_kv, seq_q, seq_k;
   int group;            // heads_q / heads_kv
-  int causal_offset;    // key c visible from row r iff c <= r + causal_offset (causal only)
+  // Row r sees key c iff key_lo <= c - r <= key_hi (geometry.h's band: causal, window; read by
+  // the banded instances only; clamped to [-seq_q, seq_k], so an unbounded end never masks).
+  int key_lo, key_hi;
   float scale_log2;     // scale · log2(e): scores in log2 units
   const int32_t* mask_counts;   // [batch, heads_q, nq]
   const int32_t* mask_indices;  // [batch, heads_q, nq, nk]
@@ -35,7 +37,7 @@ struct AttnParams {
   float pv_lambda[kMaxParamHeads];
 };
 
-// Explicitly instantiated per (dtype, head dim, causal) in src/cuda/instances/: the mma.sync
+// Explicitly instantiated per (dtype, head dim, banded) in src/cuda/instances/: the mma.sync
 // kernel (sm_80 and newer) and the wgmma kernel (sm_90a only).
 template <typename T, int kHeadDim, bool kCausal>
 Status launch_attn(const AttnParams& params, cudaStream_t stream);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/geometry.h"
 #include "sparge/sparge.h"
 
 namespace sparge::cuda {
@@ -21,8 +22,7 @@ struct PredictParams {
   int batch, heads_q, heads_kv, group, seq_q, seq_k, head_dim;
   int block_q, block_k, num_q_blocks, num_k_blocks;
   double scale;
-  bool causal;
-  int64_t causal_offset;
+  detail::KeyBand band;   // the keys each row sees (causal, window; geometry.h)
   bool topk;              // false: TopCdf
   bool attention_sink;
   bool per_head;          // thresholds below are per query head, else [0] for every head

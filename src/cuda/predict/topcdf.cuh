@@ -1,7 +1,8 @@
 // Stage 1, second half: the compressed score map S̃ = scale · p_q · p_kᵀ, then per query block
-// the softmax over eligible key blocks (causally allowed and similar), the TopCdf / TopK
-// selection ranked by P̃ descending with ties to the lower index, the forced non-similar rows and
-// columns, the sink column, and the ascending BlockMask row (docs/method.md, Stage 1, steps 3-7).
+// the softmax over eligible key blocks (allowed by causality and the window, and similar), the
+// TopCdf / TopK selection ranked by P̃ descending with ties to the lower index, the forced
+// non-similar rows and columns, the sink column, and the ascending BlockMask row
+// (docs/method.md, Stage 1, steps 3-7).
 #pragma once
 
 #include <cmath>
@@ -89,18 +90,19 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   const int bhk = b * p.heads_kv + h / p.group;
   const int nk = p.num_k_blocks;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
-  const int allowed = int(detail::allowed_key_blocks(i, p.block_q, p.block_k, p.causal,
-                                                     p.causal_offset, p.seq_q, p.seq_k));
+  const detail::BlockRange range =
+      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
+  const int begin = int(range.begin), end = int(range.end), allowed = end - begin;
   const float theta = p.sim_threshold[p.per_head ? h : 0];
   const float select = p.select_value[p.per_head ? h : 0];
   const bool q_similar = p.sim_q[row] > double(theta);  // NaN compares false: non-similar
   const double* gScores = p.scores + row * nk;
 
-  // Eligible columns: causally allowed and similar. Non-similar ones are forced on below.
+  // Eligible columns: allowed (causal, window) and similar. Non-similar ones are forced on below.
   double local_max = -INFINITY;
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
-    const bool in_range = j < allowed;
+    const bool in_range = j >= begin && j < end;
     const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
     sIdx[j] = j;
     sProb[j] = k_similar ? gScores[j] : -INFINITY;
@@ -159,15 +161,15 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
     }
   }
   __syncthreads();
-  if (p.attention_sink && allowed > 0 && threadIdx.x == 0) sKeep[0] = 1;
+  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) sKeep[0] = 1;
   __syncthreads();
 
   // Ascending compaction of the kept flags into the mask row.
   int32_t* gIdx = p.mask_indices + row * nk;
   int written = 0;
-  for (int base = 0; base < allowed; base += kSelectThreads) {
+  for (int base = begin; base < end; base += kSelectThreads) {
     const int j = base + threadIdx.x;
-    const int flag = j < allowed ? sKeep[j] : 0;
+    const int flag = j < end ? sKeep[j] : 0;
     int chunk_total;
     const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
     if (flag) gIdx[pos] = j;
