@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes src/cuda/instances/: one explicit instantiation per file of launch_attn (the mma.sync
 kernel), of launch_attn_sm90 (the wgmma kernel, sm_90a) and of launch_attn_sm90ws (the
-warp-specialized TMA kernel, sm_90a), and
-compiled_instances.h, which dispatch.cu reads to answer "not compiled" instead of failing to link.
+warp-specialized TMA kernel, sm_90a), for the head dims of HEAD_DIMS[kernel], and
+compiled_instances.h, which dispatch.cu reads to answer "not compiled" (or "not in this kernel")
+instead of failing to link.
 
 Run from anywhere: python3 tools/gen_instances.py   (CI checks the output is up to date:
 python3 tools/gen_instances.py --check)."""
@@ -13,7 +14,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "src" / "cuda" / "instances"
 
-HEAD_DIMS = [64, 128]
+# Head dims per kernel. 256 only in the warp-specialized kernel, the default on sm_90, whose
+# consumers hold the 128-register O accumulator under setmaxnreg 240 (traits_sm90_ws.cuh). The
+# mma.sync kernel's 32 rows per warp would need 256 accumulator registers per thread; the
+# single-role wgmma kernel is not extended (sm_90 runs it only under SPARGE_CUDA_KERNEL=sm90).
+HEAD_DIMS = {"sm80": [64, 128], "sm90": [64, 128], "sm90ws": [64, 128, 256]}
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 CAUSAL = {"dense": "false", "causal": "true"}
 # SPARGE_FAST_BUILD keeps exactly this instance (quick compile checks).
@@ -38,15 +43,18 @@ def instance_file(kernel, dtype, hd, causal):
 
 def table():
     rows = []
-    for hd in HEAD_DIMS:
+    for hd in sorted({hd for dims in HEAD_DIMS.values() for hd in dims}):
         for dtype in DTYPES:
             for causal in CAUSAL:
                 fast = (dtype, hd, causal) == FAST
+                kernels = ", ".join(str(hd in HEAD_DIMS[k]).lower() for k in KERNELS)
                 rows.append(f"    {{{hd}, {'true' if dtype == 'bf16' else 'false'}, "
-                            f"{CAUSAL[causal]}, {'true' if fast else 'false'}}},")
+                            f"{CAUSAL[causal]}, {'true' if fast else 'false'}, {kernels}}},")
     return (HEADER + "// The attention instances this tree defines (head dim, bf16, causal,\n"
-            "// kept by SPARGE_FAST_BUILD).\n#pragma once\n\nnamespace sparge::cuda {\n\n"
-            "struct CompiledInstance {\n  int head_dim;\n  bool bf16, causal, in_fast_build;\n};\n\n"
+            "// kept by SPARGE_FAST_BUILD, and which kernels have it: sm80, sm90, sm90ws).\n"
+            "#pragma once\n\nnamespace sparge::cuda {\n\n"
+            "struct CompiledInstance {\n  int head_dim;\n  bool bf16, causal, in_fast_build;\n"
+            "  bool sm80, sm90, sm90ws;  // kernels with an instance file for it\n};\n\n"
             "inline constexpr CompiledInstance kCompiledInstances[] = {\n" + "\n".join(rows) +
             "\n};\n\n}  // namespace sparge::cuda\n")
 
@@ -54,7 +62,7 @@ def table():
 def files():
     out = {}
     for kernel in KERNELS:
-        for hd in HEAD_DIMS:
+        for hd in HEAD_DIMS[kernel]:
             for dtype in DTYPES:
                 for causal in CAUSAL:
                     out[f"attn_{kernel}_d{hd}_{dtype}_{causal}.cu"] = instance_file(

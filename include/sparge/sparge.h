@@ -92,7 +92,8 @@ Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t
 // What this build contains (backends, CUDA archs, head dims, dtypes) as one line of text.
 std::string build_info();
 // Head dims the compiled CUDA attention kernels take, ascending (empty without CUDA); the
-// Python package pads other head dims up to the next one.
+// Python package pads other head dims up to the next one. 256 is listed when the build holds
+// sm_90a code: only the sm_90 kernel sm90ws has it, and other GPUs refuse it (docs/cuda.md).
 std::vector<int> cuda_head_dims();
 // Number of usable CUDA devices (0 when built without CUDA or when no driver/GPU is present).
 int cuda_device_count();

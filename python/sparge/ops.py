@@ -18,7 +18,8 @@ from ._options import DEFAULTS
 from .mask import BlockMask
 
 # Head dims the CUDA kernels are compiled for (src/cuda/instances); others are padded up.
-# Empty when the extension was built without CUDA.
+# Empty when the extension was built without CUDA. 256 (listed when the build has sm_90a code)
+# runs on sm_90 only; other GPUs refuse it naming head_dim.
 CUDA_HEAD_DIMS = tuple(_C.cuda_head_dims())
 
 

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/attention/params.h"
 #include "common/backend.h"
@@ -44,6 +45,66 @@ bool fast_build() {
 #endif
 }
 
+// The attention kernels: sm80 (mma.sync), sm90 (single-role wgmma), sm90ws (warp-specialized,
+// TMA); which one a call runs is chosen below (choose_kernel).
+enum class Kernel { kSm80, kSm90, kSm90Ws };
+constexpr Kernel kKernels[] = {Kernel::kSm80, Kernel::kSm90, Kernel::kSm90Ws};
+
+const char* kernel_name(Kernel kernel) {
+  switch (kernel) {
+    case Kernel::kSm90: return "sm90";
+    case Kernel::kSm90Ws: return "sm90ws";
+    default: return "sm80";
+  }
+}
+
+constexpr bool instance_in(const CompiledInstance& inst, Kernel kernel) {
+  return kernel == Kernel::kSm80 ? inst.sm80 : kernel == Kernel::kSm90 ? inst.sm90 : inst.sm90ws;
+}
+
+// Whether `kernel` has instances of `head_dim` (compiled_instances.h; constexpr, so that launch()
+// names only the launchers that exist).
+constexpr bool kernel_has_head_dim(Kernel kernel, int head_dim) {
+  for (const auto& inst : kCompiledInstances)
+    if (inst.head_dim == head_dim && instance_in(inst, kernel)) return true;
+  return false;
+}
+
+// "sm90ws", "sm90 or sm90ws", "sm80, sm90 or sm90ws": the kernels for which `has` is true.
+template <typename Pred>
+std::string kernel_list(Pred has) {
+  std::vector<const char*> names;
+  for (const Kernel k : kKernels)
+    if (has(k)) names.push_back(kernel_name(k));
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i)
+    out += cat(i == 0 ? "" : i + 1 == names.size() ? " or " : ", ", names[i]);
+  return out;
+}
+
+std::string kernels_with(int head_dim) {
+  return kernel_list([&](Kernel k) { return kernel_has_head_dim(k, head_dim); });
+}
+
+// "64 or 128 on cuda, or 256 on sm_90 (sm90ws kernel)": the head dims of the table; those that
+// the mma.sync kernel (the one every GPU runs) lacks, with the sm_90a kernels that have them.
+std::string head_dims_text() {
+  std::vector<int> dims;
+  for (const auto& inst : kCompiledInstances)
+    if (std::find(dims.begin(), dims.end(), inst.head_dim) == dims.end()) dims.push_back(inst.head_dim);
+  std::sort(dims.begin(), dims.end());
+  std::string everywhere, sm90_only;
+  for (const int d : dims) {
+    if (kernel_has_head_dim(Kernel::kSm80, d))
+      everywhere += cat(everywhere.empty() ? "" : " or ", d);
+    else
+      sm90_only += cat(", or ", d, " on sm_90 (", kernels_with(d), " kernel)");
+  }
+  return everywhere + " on cuda" + sm90_only;
+}
+
+// The compiled instances; one that not every kernel has names its kernels ("d256 bf16 dense
+// (sm90ws)").
 std::string attention_set() {
   std::ostringstream os;
   bool first = true;
@@ -51,6 +112,8 @@ std::string attention_set() {
     if (fast_build() && !inst.in_fast_build) continue;
     os << (first ? "" : ", ") << "d" << inst.head_dim << (inst.bf16 ? " bf16" : " fp16")
        << (inst.causal ? " causal" : " dense");
+    if (!(inst.sm80 && inst.sm90 && inst.sm90ws))
+      os << " (" << kernel_list([&](Kernel k) { return instance_in(inst, k); }) << ")";
     first = false;
   }
   return os.str();
@@ -99,11 +162,11 @@ Status check_sizes(const detail::Problem& p) {
 // On sm_90 devices, when this build holds sm_90a code: sm90ws (warp-specialized, TMA), which runs
 // 1.28-1.47x the single-role wgmma kernel sm90 at head dim 128 and 1.01-1.07x at head dim 64
 // (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md). sm80 (mma.sync)
-// everywhere else. SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
+// everywhere else. Head dim 256 has instances in sm90ws only (tools/gen_instances.py), so it runs
+// only on sm_90; the other kernels return Status::unsupported naming head_dim and the kernel.
+// SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
 // to compare the kernels or to fall back; it is read at every call (getenv costs far less than a
 // launch), so a benchmark can switch kernels inside one process.
-enum class Kernel { kSm80, kSm90, kSm90Ws };
-
 Status kernel_override(const char** value) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
   *value = env;
@@ -114,7 +177,8 @@ Status kernel_override(const char** value) {
                              env, "'"));
 }
 
-Status choose_kernel(int device_index, Kernel* kernel) {
+// `why` says what chose the kernel, for the error of a head dim that it lacks.
+Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
   const char* forced = nullptr;
   SPARGE_RETURN_IF_ERROR(kernel_override(&forced));
   int major = 0, minor = 0;
@@ -123,24 +187,39 @@ Status choose_kernel(int device_index, Kernel* kernel) {
   const bool sm90_runs = SPARGE_CUDA_HAVE_SM90A && major == 9 && minor == 0;
   if (forced != nullptr && !std::strcmp(forced, "sm80")) {
     *kernel = Kernel::kSm80;
+    *why = "SPARGE_CUDA_KERNEL=sm80";
   } else if (forced != nullptr && (!std::strcmp(forced, "sm90") || !std::strcmp(forced, "sm90ws"))) {
     if (!sm90_runs)
       return Status::unsupported(cat("SPARGE_CUDA_KERNEL=", forced, " needs an sm_90 device and a build with sm_90a (",
                                      "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
     *kernel = !std::strcmp(forced, "sm90") ? Kernel::kSm90 : Kernel::kSm90Ws;
+    *why = cat("SPARGE_CUDA_KERNEL=", forced);
   } else {
     *kernel = sm90_runs ? Kernel::kSm90Ws : Kernel::kSm80;
+    *why = cat("device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS);
   }
   return Status::ok();
 }
 
+// Only the launchers that have an instance of kHeadDim are named (no undefined symbols);
+// attention_by_head_dim has already rejected a kernel without one.
 template <typename T, int kHeadDim, bool kCausal>
 Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
   switch (kernel) {
-    case Kernel::kSm90: return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
-    case Kernel::kSm90Ws: return launch_attn_sm90ws<T, kHeadDim, kCausal>(params, stream);
-    default: return launch_attn<T, kHeadDim, kCausal>(params, stream);
+    case Kernel::kSm90:
+      if constexpr (kernel_has_head_dim(Kernel::kSm90, kHeadDim))
+        return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+      break;
+    case Kernel::kSm90Ws:
+      if constexpr (kernel_has_head_dim(Kernel::kSm90Ws, kHeadDim))
+        return launch_attn_sm90ws<T, kHeadDim, kCausal>(params, stream);
+      break;
+    default:
+      if constexpr (kernel_has_head_dim(Kernel::kSm80, kHeadDim))
+        return launch_attn<T, kHeadDim, kCausal>(params, stream);
+      break;
   }
+  return Status::internal(cat("no ", kernel_name(kernel), " instance of head_dim ", kHeadDim));
 }
 
 template <typename T, int kHeadDim>
@@ -171,13 +250,20 @@ Status attention_by_dtype(Kernel kernel, const AttnParams& params, DType dtype, 
   }
 }
 
-Status attention_by_head_dim(Kernel kernel, const AttnParams& params, int64_t head_dim, DType dtype,
-                             bool causal, cudaStream_t stream) {
+Status attention_by_head_dim(Kernel kernel, const std::string& why, const AttnParams& params,
+                             int64_t head_dim, DType dtype, bool causal, cudaStream_t stream) {
+  // A head dim that other kernels have (256: sm90ws only) says which, not "must be".
+  const std::string having = kernels_with(int(head_dim));
+  if (!having.empty() && !kernel_has_head_dim(kernel, int(head_dim)))
+    return Status::unsupported(cat("q.head_dim ", head_dim, " needs the ", having,
+                                   " kernel (an sm_90 GPU and a build with sm_90a code); this call runs ",
+                                   kernel_name(kernel), " (", why, ")"));
   switch (head_dim) {
     case 64: return attention_by_dtype<64>(kernel, params, dtype, causal, stream);
     case 128: return attention_by_dtype<128>(kernel, params, dtype, causal, stream);
+    case 256: return attention_by_dtype<256>(kernel, params, dtype, causal, stream);
     default:
-      return Status::unsupported(cat("q.head_dim must be 64 or 128 on cuda, got ", head_dim,
+      return Status::unsupported(cat("q.head_dim must be ", head_dims_text(), ", got ", head_dim,
                                      "; compiled: ", attention_set()));
   }
 }
@@ -288,10 +374,13 @@ std::string compiled_set() {
              attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
 }
 
+// Head dims with an instance that some GPU can run: those of the mma.sync kernel, and, when this
+// build holds sm_90a code, those of the sm_90a kernels (256: sm90ws only, so sm_90 only).
 std::vector<int> compiled_head_dims() {
   std::vector<int> dims;
   for (const auto& inst : kCompiledInstances) {
     if (fast_build() && !inst.in_fast_build) continue;
+    if (!inst.sm80 && !SPARGE_CUDA_HAVE_SM90A) continue;
     if (std::find(dims.begin(), dims.end(), inst.head_dim) == dims.end()) dims.push_back(inst.head_dim);
   }
   std::sort(dims.begin(), dims.end());
@@ -322,8 +411,9 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
 
   const AttnParams a = to_params(p, mask, o, extras);
   Kernel kernel = Kernel::kSm80;
-  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel));
-  return attention_by_head_dim(kernel, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
+  std::string why;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
+  return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.opts.causal,
                                static_cast<cudaStream_t>(ctx.stream));
 }
 

@@ -2,16 +2,20 @@
 // odd lengths, Nq != Nk, GQA/MQA, causal in both alignments, head dims 64/128, HND/NHD,
 // fp16/bf16, dense / random / empty-row masks; λ skip counters; determinism; rejections;
 // NaN/Inf propagation (the cases of nan_cases.h, on whichever kernel SPARGE_CUDA_KERNEL picks).
+// Head dim 256 (sm90ws only): the same comparisons where that kernel runs, a refusal naming
+// head_dim where another one does.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "gpu_test_util.h"
 #include "nan_cases.h"
+#include "sparge/build_info.h"
 
 namespace sparge::test {
 namespace {
@@ -43,13 +47,16 @@ std::string name(const Case& c) {
 }
 
 struct Result {
+  Status status = Status::ok();  // of the GPU call
   double rel_l1 = 0, lse_max_err = 0;
   unsigned long long gpu_counters[2] = {0, 0}, ref_counters[2] = {0, 0};
   std::vector<float> out;
 };
 
-// Runs the case on the GPU and on the CPU reference with the same mask and options.
-Result run_case(const Case& c, uint64_t seed) {
+// Runs the case on the GPU and, when the GPU ran it, on the CPU reference with the same mask and
+// options. A GPU call that fails is a test failure unless `gpu_may_refuse` (then the caller checks
+// Result::status).
+Result run_case(const Case& c, uint64_t seed, bool gpu_may_refuse = false) {
   Result res;
   SparseOptions opts;
   opts.causal = c.causal;
@@ -68,22 +75,6 @@ Result run_case(const Case& c, uint64_t seed) {
                                   c.dtype, c.layout, pad);
   HostBlockMask hmask = random_mask(c.B, c.Hq, c.Nq, c.Nk, c.causal, c.align, c.keep, c.empty_every, seed);
 
-  // Reference: fp32 copies of the rounded inputs, fp32 output.
-  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
-  HostTensor o32 = HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, DType::kFloat32, Layout::kHND);
-  std::vector<float> ref_lse(c.B * c.Hq * c.Nq, NAN);
-  ExecContext ref_ctx;
-  ref_ctx.backend = Backend::kReference;
-  std::vector<unsigned long long> ref_counters(2 * c.Hq, 0);  // per query head
-  AttentionExtras ref_extras{ref_lse.data(), ref_counters.data()};
-  Status st = block_sparse_attention(q32.view, k32.view, v32.view, hmask.view(), opts, o32.view,
-                                     ref_extras, ref_ctx);
-  EXPECT_TRUE(st.is_ok()) << st.message();
-  for (int64_t h = 0; h < c.Hq; ++h) {
-    res.ref_counters[0] += ref_counters[2 * h];
-    res.ref_counters[1] += ref_counters[2 * h + 1];
-  }
-
   DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
   DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout));
   DeviceMask dmask = DeviceMask::upload(hmask);
@@ -91,14 +82,30 @@ Result run_case(const Case& c, uint64_t seed) {
   cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
   cudaMemset(dcounters.get(), 0, dcounters.bytes());
   AttentionExtras extras{static_cast<float*>(dlse.get()), static_cast<unsigned long long*>(dcounters.get())};
-  st = block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, opts, dout.view, extras);
-  EXPECT_TRUE(st.is_ok()) << st.message();
-  if (!st.is_ok()) {
+  res.status = block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, opts, dout.view, extras);
+  if (!gpu_may_refuse) EXPECT_TRUE(res.status.is_ok()) << res.status.message();
+  if (!res.status.is_ok()) {
     res.rel_l1 = res.lse_max_err = INFINITY;
     return res;
   }
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
+  // Reference (while the GPU runs): fp32 copies of the rounded inputs, fp32 output.
+  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
+  HostTensor o32 = HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, DType::kFloat32, Layout::kHND);
+  std::vector<float> ref_lse(c.B * c.Hq * c.Nq, NAN);
+  ExecContext ref_ctx;
+  ref_ctx.backend = Backend::kReference;
+  std::vector<unsigned long long> ref_counters(2 * c.Hq, 0);  // per query head
+  AttentionExtras ref_extras{ref_lse.data(), ref_counters.data()};
+  const Status st = block_sparse_attention(q32.view, k32.view, v32.view, hmask.view(), opts, o32.view,
+                                           ref_extras, ref_ctx);
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  for (int64_t h = 0; h < c.Hq; ++h) {
+    res.ref_counters[0] += ref_counters[2 * h];
+    res.ref_counters[1] += ref_counters[2 * h + 1];
+  }
+
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   res.out = dout.download();
   res.rel_l1 = measure::rel_l1(res.out, o32.to_hnd());
   std::vector<float> lse(ref_lse.size());
@@ -147,6 +154,98 @@ const Case kCases[] = {
     {1, 2, 2, 129, 17, 128, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionVsReference, ::testing::ValuesIn(kCases));
+
+// ---- head dim 256: only the sm90ws kernel has it (tools/gen_instances.py) -------------------
+// Whether this process runs d256: dispatch.cu picks sm90ws on an sm_90 device when the build holds
+// sm_90a code, unless SPARGE_CUDA_KERNEL names another kernel; SPARGE_FAST_BUILD has no d256.
+bool d256_runs() {
+  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
+  const bool sm90ws_chosen = env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
+                             !std::strcmp(env, "sm90ws");
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return SPARGE_CUDA_HAVE_SM90A && !SPARGE_FAST_BUILD && sm90ws_chosen && major == 9 && minor == 0;
+}
+
+// Elsewhere the call must be refused, naming the argument (a pass there would be silent).
+void expect_d256_refused(const Status& st) {
+  EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
+  EXPECT_NE(st.message().find("head_dim 256"), std::string::npos) << st.message();
+}
+
+class AttentionD256 : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionD256, MatchesTheReferenceOnSm90wsAndIsRefusedElsewhere) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const Case& c = GetParam();
+  const bool runs = d256_runs();
+  const Result r = run_case(c, 2000 + c.Nq * 7 + c.Nk, /*gpu_may_refuse=*/!runs);
+  if (!runs) {
+    std::printf("[ d256 ] %s refused: %s\n", name(c).c_str(), r.status.message().c_str());
+    std::fflush(stdout);
+    expect_d256_refused(r.status);
+    return;
+  }
+  std::printf("[ d256 ] %s rel_l1 %.2e lse_err %.2e visited %llu/%llu skipped %llu/%llu (gpu/ref)\n",
+              name(c).c_str(), r.rel_l1, r.lse_max_err, r.gpu_counters[0], r.ref_counters[0],
+              r.gpu_counters[1], r.ref_counters[1]);
+  std::fflush(stdout);
+  EXPECT_LE(r.rel_l1, tolerance(c.dtype)) << name(c);
+  EXPECT_LE(r.lse_max_err, 2e-2) << name(c);
+  EXPECT_FALSE(any_nan(r.out)) << name(c);
+  EXPECT_EQ(r.gpu_counters[0], r.ref_counters[0]) << name(c);
+  if (c.lambda == INFINITY) {
+    EXPECT_EQ(r.gpu_counters[1], r.ref_counters[1]) << name(c);
+  } else {
+    // Decisions sit on fp32 vs double scores: a few near-threshold groups may differ.
+    ASSERT_GT(r.ref_counters[1], 0u) << "the case must exercise skipping: " << name(c);
+    const double diff = std::fabs(double(r.gpu_counters[1]) - double(r.ref_counters[1]));
+    EXPECT_LE(diff, 0.01 * double(r.ref_counters[1]) + 2) << name(c);
+  }
+}
+
+// One 64-key block per turn and 4 TMA boxes of 64 channels per block: odd lengths (short last
+// query block, tail keys), GQA, causal in both alignments, fp16 and bf16, HND and NHD, random
+// masks with empty rows, a finite λ on sharp scores, and an attention sink (every warp of a
+// warpgroup skips whole turns).
+const Case kD256Cases[] = {
+    {1, 2, 1, 333, 517, 256, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
+    {1, 4, 2, 1000, 129, 256, DType::kFloat16, Layout::kNHD, true, CausalAlign::kTopLeft, 1.0, 0, 1, INFINITY},
+    {2, 2, 2, 129, 1000, 256, DType::kBFloat16, Layout::kNHD, true, CausalAlign::kBottomRight, 1.0, 0, 1, INFINITY},
+    {1, 3, 3, 257, 700, 256, DType::kFloat16, Layout::kHND, true, CausalAlign::kBottomRight, 0.5, 3, 1, INFINITY},
+    {1, 2, 1, 1000, 1000, 256, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.6, 0, 1, INFINITY},
+    {1, 4, 2, 1000, 1000, 256, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 0.8, 0, 3.0f, 6.0f},
+    {1, 2, 1, 333, 2000, 256, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.7, 0, 1.0f, 8.0f,
+     16.0f},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionD256, ::testing::ValuesIn(kD256Cases));
+
+// A stride the TMA cannot address (>= 2^40 bytes): d128 falls back to the sm90 kernel, d256 has
+// none and is refused by sm90ws (or, where sm90ws does not run, by dispatch). Nothing is launched,
+// so the views may reach past the buffer.
+TEST(AttentionD256Errors, StrideTheTmaCannotAddressIsRefused) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const int64_t B = 2, N = 64, D = 256;
+  DeviceBuffer buf(sizeof(uint16_t) * B * N * D), counts(64), indices(64);
+  TensorView o = TensorView::contiguous(buf.get(), DType::kBFloat16, Layout::kHND, B, 1, N, D,
+                                        Device::kCUDA);
+  TensorView far = o;
+  far.stride_batch = int64_t(1) << 39;  // elements: 2^40 bytes
+  BlockMask m;
+  m.counts = static_cast<int32_t*>(counts.get());
+  m.indices = static_cast<int32_t*>(indices.get());
+  m.device = Device::kCUDA;
+  m.batch = B;
+  m.heads = 1;
+  m.seq_q = m.seq_k = N;
+  const Status st = block_sparse_attention(far, far, far, m, SparseOptions{}, o);
+  std::printf("[ d256 ] stride 2^40 bytes: %s\n", st.message().c_str());
+  expect_d256_refused(st);
+  if (d256_runs()) EXPECT_NE(st.message().find("TMA"), std::string::npos) << st.message();
+}
 
 // Sharp scores with a finite λ: tiles are skipped; the GPU follows the same rule per 16 rows.
 TEST(AttentionPvSkip, CountersAndOutputFollowTheReference) {
@@ -309,7 +408,9 @@ TEST(AttentionErrors, UnsupportedRequestsAreRejected) {
   TensorView d96 = TensorView::contiguous(buf.get(), DType::kBFloat16, Layout::kHND, 1, 1, N, 96, Device::kCUDA);
   st = block_sparse_attention(d96, d96, d96, m, opts, d96);
   EXPECT_EQ(st.code(), StatusCode::kUnsupported);
-  EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("q.head_dim must be 64 or 128 on cuda, or 256 on sm_90 (sm90ws kernel), got 96"),
+            std::string::npos)
+      << st.message();
 
   // A kernel override that names no kernel is an error naming the variable, not a silent default.
   const char* saved = std::getenv("SPARGE_CUDA_KERNEL");

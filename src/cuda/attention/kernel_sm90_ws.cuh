@@ -4,16 +4,18 @@
 //   the λ rule per 16-row warp and 64-key block, empty rows -> 0, LSE, pv_counters).
 // Roles: WG0 = producer (setmaxnreg 24; one thread issues the TMA loads of Q and of K/V into a
 //   kStages mbarrier ring, kBlocksPerTurn kept blocks per stage); WG1, WG2 = consumers of 64
-//   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (2 at d128,
-//   3 at d64), ping-ponging their GEMMs through named barriers (mainloop_sm90_tma.cuh). P·V is
-//   issued for every turn, also when the λ rule skips it (P = 0): leaving it out is on branch
-//   pv-skip-turns until its dense speed is measured (docs/cuda.md).
+//   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (1 at d256,
+//   2 at d128, 3 at d64), ping-ponging their GEMMs through named barriers
+//   (mainloop_sm90_tma.cuh). P·V is issued for every turn, also when the λ rule skips it
+//   (P = 0): leaving it out is on branch pv-skip-turns until its dense speed is measured
+//   (docs/cuda.md).
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
-//   d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384 threads) per SM, one CTA per
-//   BlockMask row.
-// The default kernel on sm_90 (dispatch.cu; SPARGE_CUDA_KERNEL=sm90 or sm80 picks another); the
-//   launcher falls back to attn_fwd_sm90 where the TMA cannot address Q, K or V
-//   (launch_sm90_ws.cuh).
+//   d256 2 stages, 194 KiB; d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384
+//   threads) per SM, one CTA per BlockMask row.
+// The default kernel on sm_90 (dispatch.cu; SPARGE_CUDA_KERNEL=sm90 or sm80 picks another) and
+//   the only one with head dim 256. The launcher falls back to attn_fwd_sm90 where the TMA
+//   cannot address Q, K or V (launch_sm90_ws.cuh); at d256, which attn_fwd_sm90 lacks, it
+//   returns Status::unsupported there.
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,9 @@
 // instance: encodes the tensor maps of Q, K and V, or falls back to the cp.async wgmma kernel
 // (launch_attn_sm90) where the TMA cannot address them (base not 16-byte aligned, a token/head/
 // batch stride not a multiple of 16 bytes or >= 2^40 bytes, no cuTensorMapEncodeTiled in the
-// driver). Included only by the generated files src/cuda/instances/attn_sm90ws_*.cu.
+// driver). Head dim 256 has no attn_fwd_sm90 instance (tools/gen_instances.py): there the same
+// cases return Status::unsupported. Included only by the generated files
+// src/cuda/instances/attn_sm90ws_*.cu.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,7 +35,15 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
                               params.batch, params.k_stride, Traits::kBlockN) &&
       encode_tensor_map_sw128(&ws.tma_v, params.v, kBf16, kHeadDim, params.seq_k, params.heads_kv,
                               params.batch, params.v_stride, Traits::kBlockN);
-  if (!tma_ok) return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+  if (!tma_ok) {
+    if constexpr (kHeadDim == 256)
+      return Status::unsupported(
+          "q, k and v with head_dim 256 need the TMA (the sm90ws kernel is the only one with "
+          "head_dim 256): 16-byte aligned base, batch/head/token strides multiples of 16 bytes "
+          "and < 2^40 bytes, and cuTensorMapEncodeTiled in the CUDA driver");
+    else
+      return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+  }
 
   static std::once_flag once;
   static cudaError_t attr_err = cudaSuccess;

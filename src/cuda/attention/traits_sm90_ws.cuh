@@ -27,8 +27,12 @@ struct AttnTraitsSm90Ws {
   // (a row's short last turn wastes up to two blocks of GEMM work, and 2 stages hold fewer keys
   // in flight), so d128 keeps two. d128 at three needs S 96 + P 48 + O 64 registers per thread
   // (SASS max R237 of 240); four at d64 (n256) spills and makes ptxas serialize the wgmma
-  // pipeline (C7512).
-  static constexpr int kBlocksPerTurn = kHeadDim == 128 ? 2 : 3;
+  // pipeline (C7512). d256 takes one (m64n64): its O accumulator alone is 128 registers per
+  // thread, and S 32 + P 16 of one block bring the live set to 176 of 240; a second block (S 64 +
+  // P 32) would leave 16 for addresses, the softmax state and the masks. A turn of one block is
+  // still a GEMM of 64×64×256 per Q·Kᵀ and 64×256×64 per P·V, as much work per hand-over as two
+  // blocks at d128.
+  static constexpr int kBlocksPerTurn = kHeadDim == 256 ? 1 : kHeadDim == 128 ? 2 : 3;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
@@ -51,14 +55,15 @@ struct AttnTraitsSm90Ws {
   // of shared memory hold, at most kMaxStages: d128 2 stages of 64 KiB (256 keys in flight; FA3
   // runs 2 stages of its 128×176 tiles) — three fit but measured equal or slower in every case
   // at 7ada588 (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md); d64 4 stages of
-  // 48 KiB (768 keys).
-  static constexpr int kMaxStages = kHeadDim == 128 ? 2 : 4;
+  // 48 KiB (768 keys); d256 2 stages of 64 KiB (128 keys in flight), the most that fit beside its
+  // 64 KiB Q (a third would need 258 KiB; FA3 also runs 2 stages at hd256).
+  static constexpr int kMaxStages = kHeadDim == 64 ? 4 : 2;
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(T));
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
   static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
   // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
-  // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 210 KiB.
+  // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 210 KiB, d256: 194 KiB.
   static constexpr int kSmemLimit = 227 * 1024;  // sm_90's per-CTA opt-in maximum
   static constexpr int kFixedBytes = kQBytes + 2 * kSw128AtomBytes;
   static constexpr int kStagesFit = (kSmemLimit - kFixedBytes) / (2 * kStageBytes);
@@ -66,7 +71,8 @@ struct AttnTraitsSm90Ws {
   static constexpr int kSmemBytes = kFixedBytes + 2 * kStages * kStageBytes;
 
   static_assert(sizeof(T) == 2, "the SW128 layout is written for 16-bit elements");
-  static_assert(kHeadDim % 64 == 0, "SW128 column blocks are 64 elements wide");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "the turn and stage choices above are made for head dims 64, 128 and 256");
   static_assert(kSmemBytes <= kSmemLimit, "shared memory per CTA exceeds sm_90's 227 KiB");
   static_assert(kBlocksPerTurn >= 1 && kTurnN <= 256, "wgmma N is at most 256");
   static_assert(kStages >= 2, "the ring needs two stages in 227 KiB");

@@ -85,7 +85,8 @@ __device__ __forceinline__ void fence_operands(uint32_t (&r)[kRows][kCols]) {
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "   \
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "    \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-// m64n192 / m64n256 (the warp-specialized kernel's Q·Kᵀ over three or four 64-key blocks).
+// m64n192 / m64n256 (the warp-specialized kernel's Q·Kᵀ over three or four 64-key blocks,
+// and its P·V at head dim 256).
 #define SPARGE_OPS96 \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
@@ -125,6 +126,7 @@ template <> struct WgmmaType<__half> { static constexpr bool kBf16 = false; };
                : ACC : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
 #define SPARGE_RS_TAIL32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
 #define SPARGE_RS_TAIL64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+#define SPARGE_RS_TAIL128 ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
 
 // d[64×N] (+)= A[64×16] · B[N×16]ᵀ, both K-major in shared memory, N = 64, 128, 192 or 256.
 // accumulate = false overwrites d (the first k step of a tile).
@@ -164,21 +166,27 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t de
 }
 
 // d[64×N] += A[64×16] · B[16×N]: A from registers (mma.sync A layout), B MN-major in shared
-// memory (transposed by the instruction: imm-trans-b = 1). N = 64 or 128.
+// memory (transposed by the instruction: imm-trans-b = 1). N = 64, 128 or 256 (the head dim;
+// at 256 the accumulator is 128 registers per thread).
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const uint32_t (&a)[4],
                                                   uint64_t desc_b) {
-  static_assert(N == 64 || N == 128, "P·V wgmma is instantiated for head dims 64 and 128");
+  static_assert(N == 64 || N == 128 || N == 256,
+                "P·V wgmma is instantiated for head dims 64, 128 and 256");
   float(&f)[N / 2] = reinterpret_cast<float(&)[N / 2]>(d);
   constexpr bool kBf16 = WgmmaType<T>::kBf16;
   if constexpr (N == 64 && kBf16)
     SPARGE_WGMMA_RS("m64n64k16", "bf16", SPARGE_OPS32, SPARGE_ACC32(f), SPARGE_RS_TAIL32);
   else if constexpr (N == 64)
     SPARGE_WGMMA_RS("m64n64k16", "f16", SPARGE_OPS32, SPARGE_ACC32(f), SPARGE_RS_TAIL32);
-  else if constexpr (kBf16)
+  else if constexpr (N == 128 && kBf16)
     SPARGE_WGMMA_RS("m64n128k16", "bf16", SPARGE_OPS64, SPARGE_ACC64(f), SPARGE_RS_TAIL64);
-  else
+  else if constexpr (N == 128)
     SPARGE_WGMMA_RS("m64n128k16", "f16", SPARGE_OPS64, SPARGE_ACC64(f), SPARGE_RS_TAIL64);
+  else if constexpr (kBf16)
+    SPARGE_WGMMA_RS("m64n256k16", "bf16", SPARGE_OPS128, SPARGE_ACC128(f), SPARGE_RS_TAIL128);
+  else
+    SPARGE_WGMMA_RS("m64n256k16", "f16", SPARGE_OPS128, SPARGE_ACC128(f), SPARGE_RS_TAIL128);
 }
 
 #undef SPARGE_WGMMA_SS
@@ -189,6 +197,7 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 8][4], const ui
 #undef SPARGE_WGMMA_RS
 #undef SPARGE_RS_TAIL32
 #undef SPARGE_RS_TAIL64
+#undef SPARGE_RS_TAIL128
 #undef SPARGE_F4
 #undef SPARGE_F16
 #undef SPARGE_ACC32
