@@ -6,9 +6,8 @@
 //   kStages mbarrier ring, kBlocksPerTurn kept blocks per stage); WG1, WG2 = consumers of 64
 //   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (1 at d256,
 //   2 at d128, 3 at d64), ping-ponging their GEMMs through named barriers
-//   (mainloop_sm90_tma.cuh). P·V is issued for every turn, also when the λ rule skips it
-//   (P = 0): leaving it out is on branch pv-skip-turns until its dense speed is measured
-//   (docs/cuda.md).
+//   (mainloop_sm90_tma.cuh). A consumer whose four warps all skip a turn by the λ rule leaves
+//   out that turn's P·V.
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
 //   d256 2 stages, 194 KiB; d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384
 //   threads) per SM, one CTA per BlockMask row.

@@ -5,9 +5,10 @@
 //   mma():  a consumer warpgroup (64 query rows) walks the same turns; per turn t it issues
 //           S[t] = Q·K[t]ᵀ (m64n·kTurnN) and O += P[t-1]·V[t-1] (k = kTurnN) as two wgmma
 //           groups, then masks each 64-key block, applies the λ rule per block and
-//           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t]. The two consumers take turns
-//           issuing their GEMMs (named barriers, ping-pong): one's softmax runs while the other's
-//           GEMMs do.
+//           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t].
+//           The two consumers take turns issuing their GEMMs (named barriers, ping-pong): one's
+//           softmax runs while the other's GEMMs do. When all four warps of a consumer skip
+//           every block of a turn (λ rule, causal or tail masking), its P·V is not issued.
 // The math per block (apply_mask, OnlineSoftmax, pack_probs) is the sm90 kernel's; a turn of
 // several blocks gives the same m, l and O as one turn per block, up to rounding (one
 // exponentiation base).
@@ -17,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/attention/block_iter.cuh"
 #include "cuda/attention/mainloop_sm80.cuh"
@@ -27,6 +29,7 @@
 #include "cuda/common/mbarrier_sm90.cuh"
 #include "cuda/common/named_barriers.cuh"
 #include "cuda/common/tma_sm90.cuh"
+#include "cuda/common/warpgroup_sm90.cuh"
 #include "cuda/common/wgmma_sm90.cuh"
 
 namespace sparge::cuda {
@@ -186,6 +189,29 @@ struct MainloopSm90Tma {
       }
   }
 
+  // Whether the whole warpgroup skips the turn's P·V: the λ rule decides per warp (16 rows,
+  // docs/method.md), with P = 0 for the rows of a skipping warp, but a wgmma is issued by all four
+  // warps, so tensor work is saved only when every warp skips every block of the turn (a missing
+  // block of a short last turn counts as skipped). One bar.red.and per turn, while the previous
+  // turn's P·V runs. Without λ and causality no warp skips a block unless its rows are all past
+  // seq_q, which is known without the vote.
+  static __device__ bool vote_turn_skip(const bool (&skip)[kBlocks], float lambda, int consumer,
+                                        const AttnParams& p, const WorkTile& w) {
+    bool skipped;
+    if (lambda == INFINITY && !kCausal) {
+      skipped = w.q0 + consumer * 64 >= p.seq_q;
+    } else {
+      bool all = true;
+#pragma unroll
+      for (int i = 0; i < kBlocks; ++i) all = all && skip[i];
+      skipped = named_barrier_all(pv_vote_barrier(consumer), kWarpgroupThreads, all);
+    }
+    // Broadcast from lane 0: ptxas then knows the value is warp-uniform, keeps the branch on it
+    // convergent and the pipeline's stage addresses in uniform registers (without it, R2UR
+    // before every wgmma descriptor and BRA.DIV checks appeared in the loop).
+    return __shfl_sync(0xffffffffu, int(skipped), 0) != 0;
+  }
+
   // Mask, block maxima, λ rule per block and exponentiation of the turn's scores. The blocks
   // are tested in order, each against the running max the rows would have after the computed
   // blocks before it (as if every block had its own turn), so the decisions and the counters
@@ -276,6 +302,7 @@ struct MainloopSm90Tma {
     Probs prob;  // P of the previous turn
     float alpha[2];
     bool skip[kBlocks], any_skip;
+    bool pv_skipped;  // the whole warpgroup skips the P·V of the turn whose P is in `prob`
     Cursor kc, vc;
 
     // First turn: S[0] alone.
@@ -292,10 +319,17 @@ struct MainloopSm90Tma {
     release(smem.k_empty[kc.stage], lane);
     kc.advance();
     scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+    pv_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
     pack(s, prob, skip, any_skip);
     it.next();
 
-    for (; !it.done(); it.next()) {
+    // One turn: S[t] = Q·K[t]ᵀ and, unless the whole warpgroup skips turn t-1, O += P[t-1]·V[t-1].
+    // The two variants are separate code paths, each a complete wgmma pipeline stage (fence ...
+    // wait 0): a wgmma or a commit on a branch inside a stage makes ptxas serialize every wgmma
+    // of the kernel (C7514, C7520), even when the branch is warpgroup-uniform, as this one is.
+    // V[t-1] is still waited for in both: a stage may only be released once its load landed.
+    const auto step = [&](auto with_pv) {
+      constexpr bool kWithPv = decltype(with_pv)::value;
       mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
@@ -305,37 +339,56 @@ struct MainloopSm90Tma {
       wgmma_fence();
       issue_qk(s, sQ, sK0 + kc.stage * Traits::kStageBytes, consumer);
       wgmma_commit();
-      // P·V is issued for every turn, even when all four warps skip it (P = 0): a wgmma or a
-      // commit on a branch makes the compiler serialize every wgmma of the kernel.
-      wgmma_fence();
-      issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
-      wgmma_commit();
+      if constexpr (kWithPv) {
+        wgmma_fence();
+        issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
+        wgmma_commit();
+      }
       turn.pass(false);
-      wgmma_wait<1>();  // S[t] ready; P·V of t-1 may still run
+      wgmma_wait<kWithPv ? 1 : 0>();  // S[t] ready; P·V of t-1 may still run
       fence_scores(s);
       release(smem.k_empty[kc.stage], lane);
       kc.advance();
       scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+      const bool turn_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
       wgmma_wait<0>();  // P·V of t-1 done: O and P are free, and so is V[t-1]
       fence_operands(acc);
       release(smem.v_empty[vc.stage], lane);
       vc.advance();
       Softmax::rescale(acc, alpha);
       pack(s, prob, skip, any_skip);
+      pv_skipped = turn_skipped;
+    };
+    for (; !it.done(); it.next()) {
+      if (pv_skipped)
+        step(std::false_type{});
+      else
+        step(std::true_type{});
     }
 
-    // Last turn: its P·V alone.
-    mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
-    turn.acquire();
-    fence_operands(acc);
-    fence_probs(prob);
-    wgmma_fence();
-    issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
-    wgmma_commit();
-    turn.pass(true);
-    wgmma_wait<0>();
-    fence_operands(acc);
-    release(smem.v_empty[vc.stage], lane);
+    // Last turn: its P·V alone (the same two variants).
+    const auto last_step = [&](auto with_pv) {
+      constexpr bool kWithPv = decltype(with_pv)::value;
+      mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
+      turn.acquire();
+      if constexpr (kWithPv) {
+        fence_operands(acc);
+        fence_probs(prob);
+        wgmma_fence();
+        issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
+        wgmma_commit();
+      }
+      turn.pass(true);
+      if constexpr (kWithPv) {
+        wgmma_wait<0>();
+        fence_operands(acc);
+      }
+      release(smem.v_empty[vc.stage], lane);
+    };
+    if (pv_skipped)
+      last_step(std::false_type{});
+    else
+      last_step(std::true_type{});
   }
 };
 
