@@ -61,7 +61,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   } else {
     // Consumer: S = Q·Kᵀ, P = exp2(S·c - m), O += P·V over the kept tiles, then the epilogue.
     warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    const int consumer = wg - 1;
+    // Broadcast from lane 0 (as CUTLASS's canonical_warp_group_idx does): ptxas then knows the
+    // index is warp-uniform and keeps what derives from it (the Q descriptor of every Q·Kᵀ wgmma)
+    // in uniform registers instead of moving it there (R2UR) before every wgmma.
+    const int consumer = __shfl_sync(0xffffffffu, wg - 1, 0);
     const WarpRows rows(p, w, consumer, warp, lane);
     typename Mainloop::Softmax softmax;
     softmax.init();

@@ -160,33 +160,41 @@ struct MainloopSm90Tma {
   // S[64 rows of this consumer × kTurnN keys] = Q·Kᵀ, issued (not waited): one m64n·kTurnN·k16
   // per k16 step (Q is read from shared memory once per turn, not once per block). Both operands
   // are K-major SW128 tiles: a k16 step advances the start by 32 bytes inside the 128-byte row,
-  // and a new 64-channel column block every 4 steps.
-  static __device__ void issue_qk(Scores& s, uint32_t sQ, uint32_t sK, int consumer) {
+  // and a new 64-channel column block every 4 steps. dq / dk: descriptors of this consumer's Q
+  // rows and of the stage's K at step 0 (the steps only advance their start address).
+  static __device__ void issue_qk(Scores& s, uint64_t dq, uint64_t dk) {
     constexpr int kQColumnBytes = Traits::kBlockM * kSw128RowBytes;
     constexpr int kKColumnBytes = Traits::kTurnN * kSw128RowBytes;
     auto& d = reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s);
 #pragma unroll
     for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-      const uint32_t a = sQ + (ks / 4) * kQColumnBytes + consumer * 64 * kSw128RowBytes + (ks % 4) * 32;
-      const uint32_t b = sK + (ks / 4) * kKColumnBytes + (ks % 4) * 32;
-      wgmma_m64nNk16_ss<T, Traits::kTurnN>(d, sw128_desc(a, 16, kSw128AtomBytes),
-                                           sw128_desc(b, 16, kSw128AtomBytes), ks > 0);
+      const uint32_t a = (ks / 4) * kQColumnBytes + (ks % 4) * 32;
+      const uint32_t b = (ks / 4) * kKColumnBytes + (ks % 4) * 32;
+      wgmma_m64nNk16_ss<T, Traits::kTurnN>(d, sw128_desc_advance(dq, a), sw128_desc_advance(dk, b),
+                                           ks > 0);
     }
+  }
+  // Descriptors at step 0: Q rows of consumer c, and K (or V: the same start) of stage `stage`.
+  static __device__ uint64_t q_desc(uint32_t sQ, int consumer) {
+    return sw128_desc(sQ + consumer * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
+  }
+  static __device__ uint64_t k_desc(uint64_t dk0, int stage) {
+    return sw128_desc_advance(dk0, stage * Traits::kStageBytes);
+  }
+  static __device__ uint64_t v_desc(uint64_t dv0, int stage) {
+    return sw128_desc_advance(dv0, stage * Traits::kStageBytes);
   }
 
   // O[64 rows × D] += P·V over the turn's kTurnN keys, issued (not waited). V is [key][channel]:
   // MN-major for this product, 8 keys per 1024-byte atom (stride byte offset) and kTurnN keys
-  // per 64-channel column block (leading byte offset between blocks).
-  static __device__ void issue_pv(float (&acc)[kOTiles][4], const Probs& prob, uint32_t sV) {
-    constexpr int kVColumnBytes = Traits::kTurnN * kSw128RowBytes;
+  // per 64-channel column block (leading byte offset between blocks). dv: the stage's V at key 0.
+  static __device__ void issue_pv(float (&acc)[kOTiles][4], const Probs& prob, uint64_t dv) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i)
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        const uint32_t b = sV + (i * kKSteps + kk) * 16 * kSw128RowBytes;
-        wgmma_m64nNk16_rs<T, Traits::kHeadDim>(acc, prob[i][kk],
-                                               sw128_desc(b, kVColumnBytes, kSw128AtomBytes));
-      }
+      for (int kk = 0; kk < kKSteps; ++kk)
+        wgmma_m64nNk16_rs<T, Traits::kHeadDim>(
+            acc, prob[i][kk], sw128_desc_advance(dv, (i * kKSteps + kk) * 16 * kSw128RowBytes));
   }
 
   // Whether the whole warpgroup skips the turn's P·V: the λ rule decides per warp (16 rows,
@@ -295,7 +303,11 @@ struct MainloopSm90Tma {
     Turns it(p, w.mask_row);
     if (it.done()) return;
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
-    const uint32_t sQ = smem_addr(smem.q), sK0 = smem_addr(smem.k[0]), sV0 = smem_addr(smem.v[0]);
+    // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
+    const uint64_t dq = q_desc(smem_addr(smem.q), consumer);
+    const uint64_t dk0 = sw128_desc(smem_addr(smem.k[0]), 16, kSw128AtomBytes);
+    const uint64_t dv0 = sw128_desc(smem_addr(smem.v[0]), Traits::kTurnN * kSw128RowBytes,
+                                    kSw128AtomBytes);
     const MmaTurn<Traits> turn{consumer};
     turn.start();
     Scores s;    // scores of the turn being processed
@@ -311,7 +323,7 @@ struct MainloopSm90Tma {
     turn.acquire();
     fence_scores(s);
     wgmma_fence();
-    issue_qk(s, sQ, sK0, consumer);
+    issue_qk(s, dq, dk0);
     wgmma_commit();
     turn.pass(false);
     wgmma_wait<0>();
@@ -337,11 +349,11 @@ struct MainloopSm90Tma {
       fence_probs(prob);
       fence_scores(s);
       wgmma_fence();
-      issue_qk(s, sQ, sK0 + kc.stage * Traits::kStageBytes, consumer);
+      issue_qk(s, dq, k_desc(dk0, kc.stage));
       wgmma_commit();
       if constexpr (kWithPv) {
         wgmma_fence();
-        issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
+        issue_pv(acc, prob, v_desc(dv0, vc.stage));
         wgmma_commit();
       }
       turn.pass(false);
@@ -375,7 +387,7 @@ struct MainloopSm90Tma {
         fence_operands(acc);
         fence_probs(prob);
         wgmma_fence();
-        issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
+        issue_pv(acc, prob, v_desc(dv0, vc.stage));
         wgmma_commit();
       }
       turn.pass(true);
