@@ -77,6 +77,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     float l[2];
     softmax.finalize(l);
     store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l);
+    // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
+    // does not exist for the counters (docs/method.md), and one test here replaces one per block.
+    if (!rows.slab_exists) visited = skipped = 0;
     add_pv_counters(p, w.h, lane, visited, skipped);
   }
 #else

@@ -246,10 +246,7 @@ struct MainloopSm90Tma {
         float m_loc[2];
         BlockSoftmax::tile_max(s[i], p.scale_log2, m_loc);
         skip[i] = Softmax::slab_skips(m_loc, m_run, rows.row_exists, lambda);
-        if (rows.slab_exists) {
-          ++visited;
-          skipped += skip[i];
-        }
+        skipped += skip[i];  // counted whether or not the slab exists: the kernel drops both
         if (!skip[i]) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -261,6 +258,7 @@ struct MainloopSm90Tma {
       any_skip = any_skip || skip[i];
       all_skip = all_skip && skip[i];
     }
+    visited += turn.count();  // blocks tested this turn (a missing block is not)
     alpha[0] = alpha[1] = 1.0f;
     if (all_skip) return;
     // A skipped block adds nothing to l: its scores become -inf, so 2^(s·c - m) = 0.
