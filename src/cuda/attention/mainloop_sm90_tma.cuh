@@ -365,7 +365,7 @@ struct MainloopSm90Tma {
       fence_operands(acc);
       release(smem.v_empty[vc.stage], lane);
       vc.advance();
-      Softmax::rescale(acc, alpha);
+      if (Softmax::needs_rescale(alpha)) Softmax::rescale(acc, alpha);
       pack(s, prob, skip, any_skip);
       pv_skipped = turn_skipped;
     };

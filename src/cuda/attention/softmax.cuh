@@ -96,6 +96,14 @@ struct OnlineSoftmax {
     }
   }
 
+  // Whether any row of the warp has alpha != 1, i.e. its running max moved (or it is NaN). Once
+  // the rows have seen a few hundred keys the max rarely moves in a turn, and acc·1 = acc
+  // exactly, so a kernel may skip rescale when this is false (one vote instead of one FMUL per
+  // accumulator register). Warp-uniform, so the branch on it does not diverge.
+  __device__ static bool needs_rescale(const float (&alpha)[2]) {
+    return __any_sync(0xffffffffu, (alpha[0] != 1.0f) | (alpha[1] != 1.0f));
+  }
+
   // acc of rows g and g+8 times their alpha.
   template <int kOTiles>
   __device__ static void rescale(float (&acc)[kOTiles][4], const float (&alpha)[2]) {
