@@ -289,9 +289,9 @@ TEST(AttentionPvSkip, CountersAndOutputFollowTheReference) {
 }
 
 // An attention sink: block 0 dominates every row, so after it the λ rule skips every block for
-// every warp (whole warpgroups and whole sm90ws turns at once). Head dims 64 (three blocks per
-// sm90ws turn) and 128 (two), odd lengths (a short last turn, a half-empty last query block),
-// causal and not, GQA.
+// every warp, and the sm90ws kernel leaves out whole turns of P·V (its other path). Head dims 64
+// (three blocks per turn) and 128 (two), odd lengths (a short last turn, a half-empty last query
+// block), causal and not, GQA.
 TEST(AttentionPvSkip, WholeWarpgroupSkipsFollowTheReference) {
   SPARGE_SKIP_WITHOUT_GPU();
   const Case cases[] = {

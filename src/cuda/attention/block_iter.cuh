@@ -12,28 +12,31 @@ namespace sparge::cuda {
 class BlockIter {
  public:
   __device__ BlockIter(const AttnParams& p, int64_t mask_row) : nk_(p.num_k_blocks) {
-    indices_ = p.mask_indices + mask_row * p.num_k_blocks;
+    next_ = p.mask_indices + mask_row * p.num_k_blocks;
     int count = p.mask_counts[mask_row];
-    count_ = count < 0 ? 0 : (count > nk_ ? nk_ : count);
-    pos_ = 0;
+    left_ = count < 0 ? 0 : (count > nk_ ? nk_ : count);
     advance_to_valid();
   }
-  __device__ bool done() const { return pos_ >= count_; }
+  __device__ bool done() const { return left_ <= 0; }
   __device__ int block() const { return current_; }
   __device__ void next() {
-    ++pos_;
+    ++next_;
+    --left_;
     advance_to_valid();
   }
 
  private:
+  // A cursor and the entries left rather than a position and a count: the consumer's loop then
+  // advances a pointer instead of recomputing base + 4·pos (sign extension, shifts) per entry,
+  // and one unsigned compare tests 0 <= b < nk (nk > 0).
   __device__ void advance_to_valid() {
-    for (; pos_ < count_; ++pos_) {
-      current_ = __ldg(indices_ + pos_);
-      if (current_ >= 0 && current_ < nk_) return;
+    for (; left_ > 0; ++next_, --left_) {
+      current_ = __ldg(next_);
+      if (static_cast<unsigned>(current_) < static_cast<unsigned>(nk_)) return;
     }
   }
-  const int32_t* indices_;
-  int count_, pos_, nk_, current_ = 0;
+  const int32_t* next_;  // the entry block() returns while !done()
+  int left_, nk_, current_ = 0;
 };
 
 // The same sequence grouped into turns of up to kBlocks consecutive entries (the warp-specialized

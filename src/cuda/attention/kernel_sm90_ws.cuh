@@ -6,9 +6,8 @@
 //   kStages mbarrier ring, kBlocksPerTurn kept blocks per stage); WG1, WG2 = consumers of 64
 //   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (1 at d256,
 //   2 at d128, 3 at d64), ping-ponging their GEMMs through named barriers
-//   (mainloop_sm90_tma.cuh). P·V is issued for every turn, also when the λ rule skips it
-//   (P = 0): leaving it out is on branch pv-skip-turns until its dense speed is measured
-//   (docs/cuda.md).
+//   (mainloop_sm90_tma.cuh). A consumer whose four warps all skip a turn by the λ rule leaves
+//   out that turn's P·V.
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
 //   d256 2 stages, 194 KiB; d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384
 //   threads) per SM, one CTA per BlockMask row.
@@ -63,7 +62,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   } else {
     // Consumer: S = Q·Kᵀ, P = exp2(S·c - m), O += P·V over the kept tiles, then the epilogue.
     warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    const int consumer = wg - 1;
+    // Broadcast from lane 0 (as CUTLASS's canonical_warp_group_idx does): ptxas then knows the
+    // index is warp-uniform and keeps what derives from it (the Q descriptor of every Q·Kᵀ wgmma)
+    // in uniform registers instead of moving it there (R2UR) before every wgmma.
+    const int consumer = __shfl_sync(0xffffffffu, wg - 1, 0);
     const WarpRows rows(p, w, consumer, warp, lane);
     typename Mainloop::Softmax softmax;
     softmax.init();
@@ -76,6 +78,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     float l[2];
     softmax.finalize(l);
     store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l);
+    // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
+    // does not exist for the counters (docs/method.md), and one test here replaces one per block.
+    if (!rows.slab_exists) visited = skipped = 0;
     add_pv_counters(p, w.h, lane, visited, skipped);
   }
 #else

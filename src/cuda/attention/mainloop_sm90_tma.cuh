@@ -5,9 +5,10 @@
 //   mma():  a consumer warpgroup (64 query rows) walks the same turns; per turn t it issues
 //           S[t] = Q·K[t]ᵀ (m64n·kTurnN) and O += P[t-1]·V[t-1] (k = kTurnN) as two wgmma
 //           groups, then masks each 64-key block, applies the λ rule per block and
-//           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t]. The two consumers take turns
-//           issuing their GEMMs (named barriers, ping-pong): one's softmax runs while the other's
-//           GEMMs do.
+//           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t].
+//           The two consumers take turns issuing their GEMMs (named barriers, ping-pong): one's
+//           softmax runs while the other's GEMMs do. When all four warps of a consumer skip
+//           every block of a turn (λ rule, causal or tail masking), its P·V is not issued.
 // The math per block (apply_mask, OnlineSoftmax, pack_probs) is the sm90 kernel's; a turn of
 // several blocks gives the same m, l and O as one turn per block, up to rounding (one
 // exponentiation base).
@@ -17,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/attention/block_iter.cuh"
 #include "cuda/attention/mainloop_sm80.cuh"
@@ -27,6 +29,7 @@
 #include "cuda/common/mbarrier_sm90.cuh"
 #include "cuda/common/named_barriers.cuh"
 #include "cuda/common/tma_sm90.cuh"
+#include "cuda/common/warpgroup_sm90.cuh"
 #include "cuda/common/wgmma_sm90.cuh"
 
 namespace sparge::cuda {
@@ -157,33 +160,64 @@ struct MainloopSm90Tma {
   // S[64 rows of this consumer × kTurnN keys] = Q·Kᵀ, issued (not waited): one m64n·kTurnN·k16
   // per k16 step (Q is read from shared memory once per turn, not once per block). Both operands
   // are K-major SW128 tiles: a k16 step advances the start by 32 bytes inside the 128-byte row,
-  // and a new 64-channel column block every 4 steps.
-  static __device__ void issue_qk(Scores& s, uint32_t sQ, uint32_t sK, int consumer) {
+  // and a new 64-channel column block every 4 steps. dq / dk: descriptors of this consumer's Q
+  // rows and of the stage's K at step 0 (the steps only advance their start address).
+  static __device__ void issue_qk(Scores& s, uint64_t dq, uint64_t dk) {
     constexpr int kQColumnBytes = Traits::kBlockM * kSw128RowBytes;
     constexpr int kKColumnBytes = Traits::kTurnN * kSw128RowBytes;
     auto& d = reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s);
 #pragma unroll
     for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-      const uint32_t a = sQ + (ks / 4) * kQColumnBytes + consumer * 64 * kSw128RowBytes + (ks % 4) * 32;
-      const uint32_t b = sK + (ks / 4) * kKColumnBytes + (ks % 4) * 32;
-      wgmma_m64nNk16_ss<T, Traits::kTurnN>(d, sw128_desc(a, 16, kSw128AtomBytes),
-                                           sw128_desc(b, 16, kSw128AtomBytes), ks > 0);
+      const uint32_t a = (ks / 4) * kQColumnBytes + (ks % 4) * 32;
+      const uint32_t b = (ks / 4) * kKColumnBytes + (ks % 4) * 32;
+      wgmma_m64nNk16_ss<T, Traits::kTurnN>(d, sw128_desc_advance(dq, a), sw128_desc_advance(dk, b),
+                                           ks > 0);
     }
+  }
+  // Descriptors at step 0: Q rows of consumer c, and K (or V: the same start) of stage `stage`.
+  static __device__ uint64_t q_desc(uint32_t sQ, int consumer) {
+    return sw128_desc(sQ + consumer * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
+  }
+  static __device__ uint64_t k_desc(uint64_t dk0, int stage) {
+    return sw128_desc_advance(dk0, stage * Traits::kStageBytes);
+  }
+  static __device__ uint64_t v_desc(uint64_t dv0, int stage) {
+    return sw128_desc_advance(dv0, stage * Traits::kStageBytes);
   }
 
   // O[64 rows × D] += P·V over the turn's kTurnN keys, issued (not waited). V is [key][channel]:
   // MN-major for this product, 8 keys per 1024-byte atom (stride byte offset) and kTurnN keys
-  // per 64-channel column block (leading byte offset between blocks).
-  static __device__ void issue_pv(float (&acc)[kOTiles][4], const Probs& prob, uint32_t sV) {
-    constexpr int kVColumnBytes = Traits::kTurnN * kSw128RowBytes;
+  // per 64-channel column block (leading byte offset between blocks). dv: the stage's V at key 0.
+  static __device__ void issue_pv(float (&acc)[kOTiles][4], const Probs& prob, uint64_t dv) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i)
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        const uint32_t b = sV + (i * kKSteps + kk) * 16 * kSw128RowBytes;
-        wgmma_m64nNk16_rs<T, Traits::kHeadDim>(acc, prob[i][kk],
-                                               sw128_desc(b, kVColumnBytes, kSw128AtomBytes));
-      }
+      for (int kk = 0; kk < kKSteps; ++kk)
+        wgmma_m64nNk16_rs<T, Traits::kHeadDim>(
+            acc, prob[i][kk], sw128_desc_advance(dv, (i * kKSteps + kk) * 16 * kSw128RowBytes));
+  }
+
+  // Whether the whole warpgroup skips the turn's P·V: the λ rule decides per warp (16 rows,
+  // docs/method.md), with P = 0 for the rows of a skipping warp, but a wgmma is issued by all four
+  // warps, so tensor work is saved only when every warp skips every block of the turn (a missing
+  // block of a short last turn counts as skipped). One bar.red.and per turn, while the previous
+  // turn's P·V runs. Without λ and causality no warp skips a block unless its rows are all past
+  // seq_q, which is known without the vote.
+  static __device__ bool vote_turn_skip(const bool (&skip)[kBlocks], float lambda, int consumer,
+                                        const AttnParams& p, const WorkTile& w) {
+    bool skipped;
+    if (lambda == INFINITY && !kBanded) {
+      skipped = w.q0 + consumer * 64 >= p.seq_q;
+    } else {
+      bool all = true;
+#pragma unroll
+      for (int i = 0; i < kBlocks; ++i) all = all && skip[i];
+      skipped = named_barrier_all(pv_vote_barrier(consumer), kWarpgroupThreads, all);
+    }
+    // Broadcast from lane 0: ptxas then knows the value is warp-uniform, keeps the branch on it
+    // convergent and the pipeline's stage addresses in uniform registers (without it, R2UR
+    // before every wgmma descriptor and BRA.DIV checks appeared in the loop).
+    return __shfl_sync(0xffffffffu, int(skipped), 0) != 0;
   }
 
   // Mask, block maxima, λ rule per block and exponentiation of the turn's scores. The blocks
@@ -211,10 +245,7 @@ struct MainloopSm90Tma {
         float m_loc[2];
         BlockSoftmax::tile_max(s[i], p.scale_log2, m_loc);
         skip[i] = Softmax::slab_skips(m_loc, m_run, rows.row_exists, lambda);
-        if (rows.slab_exists) {
-          ++visited;
-          skipped += skip[i];
-        }
+        skipped += skip[i];  // counted whether or not the slab exists: the kernel drops both
         if (!skip[i]) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -226,6 +257,7 @@ struct MainloopSm90Tma {
       any_skip = any_skip || skip[i];
       all_skip = all_skip && skip[i];
     }
+    visited += turn.count();  // blocks tested this turn (a missing block is not)
     alpha[0] = alpha[1] = 1.0f;
     if (all_skip) return;
     // A skipped block adds nothing to l: its scores become -inf, so 2^(s·c - m) = 0.
@@ -268,13 +300,18 @@ struct MainloopSm90Tma {
     Turns it(p, w.mask_row);
     if (it.done()) return;
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
-    const uint32_t sQ = smem_addr(smem.q), sK0 = smem_addr(smem.k[0]), sV0 = smem_addr(smem.v[0]);
+    // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
+    const uint64_t dq = q_desc(smem_addr(smem.q), consumer);
+    const uint64_t dk0 = sw128_desc(smem_addr(smem.k[0]), 16, kSw128AtomBytes);
+    const uint64_t dv0 = sw128_desc(smem_addr(smem.v[0]), Traits::kTurnN * kSw128RowBytes,
+                                    kSw128AtomBytes);
     const MmaTurn<Traits> turn{consumer};
     turn.start();
     Scores s;    // scores of the turn being processed
     Probs prob;  // P of the previous turn
     float alpha[2];
     bool skip[kBlocks], any_skip;
+    bool pv_skipped;  // the whole warpgroup skips the P·V of the turn whose P is in `prob`
     Cursor kc, vc;
 
     // First turn: S[0] alone.
@@ -283,7 +320,7 @@ struct MainloopSm90Tma {
     turn.acquire();
     fence_scores(s);
     wgmma_fence();
-    issue_qk(s, sQ, sK0, consumer);
+    issue_qk(s, dq, dk0);
     wgmma_commit();
     turn.pass(false);
     wgmma_wait<0>();
@@ -291,10 +328,17 @@ struct MainloopSm90Tma {
     release(smem.k_empty[kc.stage], lane);
     kc.advance();
     scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+    pv_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
     pack(s, prob, skip, any_skip);
     it.next();
 
-    for (; !it.done(); it.next()) {
+    // One turn: S[t] = Q·K[t]ᵀ and, unless the whole warpgroup skips turn t-1, O += P[t-1]·V[t-1].
+    // The two variants are separate code paths, each a complete wgmma pipeline stage (fence ...
+    // wait 0): a wgmma or a commit on a branch inside a stage makes ptxas serialize every wgmma
+    // of the kernel (C7514, C7520), even when the branch is warpgroup-uniform, as this one is.
+    // V[t-1] is still waited for in both: a stage may only be released once its load landed.
+    const auto step = [&](auto with_pv) {
+      constexpr bool kWithPv = decltype(with_pv)::value;
       mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
@@ -302,39 +346,58 @@ struct MainloopSm90Tma {
       fence_probs(prob);
       fence_scores(s);
       wgmma_fence();
-      issue_qk(s, sQ, sK0 + kc.stage * Traits::kStageBytes, consumer);
+      issue_qk(s, dq, k_desc(dk0, kc.stage));
       wgmma_commit();
-      // P·V is issued for every turn, even when all four warps skip it (P = 0): a wgmma or a
-      // commit on a branch makes the compiler serialize every wgmma of the kernel.
-      wgmma_fence();
-      issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
-      wgmma_commit();
+      if constexpr (kWithPv) {
+        wgmma_fence();
+        issue_pv(acc, prob, v_desc(dv0, vc.stage));
+        wgmma_commit();
+      }
       turn.pass(false);
-      wgmma_wait<1>();  // S[t] ready; P·V of t-1 may still run
+      wgmma_wait<kWithPv ? 1 : 0>();  // S[t] ready; P·V of t-1 may still run
       fence_scores(s);
       release(smem.k_empty[kc.stage], lane);
       kc.advance();
       scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+      const bool turn_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
       wgmma_wait<0>();  // P·V of t-1 done: O and P are free, and so is V[t-1]
       fence_operands(acc);
       release(smem.v_empty[vc.stage], lane);
       vc.advance();
-      Softmax::rescale(acc, alpha);
+      if (Softmax::needs_rescale(alpha)) Softmax::rescale(acc, alpha);
       pack(s, prob, skip, any_skip);
+      pv_skipped = turn_skipped;
+    };
+    for (; !it.done(); it.next()) {
+      if (pv_skipped)
+        step(std::false_type{});
+      else
+        step(std::true_type{});
     }
 
-    // Last turn: its P·V alone.
-    mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
-    turn.acquire();
-    fence_operands(acc);
-    fence_probs(prob);
-    wgmma_fence();
-    issue_pv(acc, prob, sV0 + vc.stage * Traits::kStageBytes);
-    wgmma_commit();
-    turn.pass(true);
-    wgmma_wait<0>();
-    fence_operands(acc);
-    release(smem.v_empty[vc.stage], lane);
+    // Last turn: its P·V alone (the same two variants).
+    const auto last_step = [&](auto with_pv) {
+      constexpr bool kWithPv = decltype(with_pv)::value;
+      mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
+      turn.acquire();
+      if constexpr (kWithPv) {
+        fence_operands(acc);
+        fence_probs(prob);
+        wgmma_fence();
+        issue_pv(acc, prob, v_desc(dv0, vc.stage));
+        wgmma_commit();
+      }
+      turn.pass(true);
+      if constexpr (kWithPv) {
+        wgmma_wait<0>();
+        fence_operands(acc);
+      }
+      release(smem.v_empty[vc.stage], lane);
+    };
+    if (pv_skipped)
+      last_step(std::false_type{});
+    else
+      last_step(std::true_type{});
   }
 };
 

@@ -48,6 +48,7 @@ struct OnlineSoftmax {
   // The λ rule: the slab skips the tile iff every existing row r has m_loc_r = -inf or
   // (m_r != -inf and m_loc_r - m_r <= -λ). Rows past seq_q do not exist and never block a skip.
   // A NaN m_loc_r or m_r fails both tests, so a row with a NaN score always computes.
+  // λ must not be -inf (the validated range is [0, inf]; see the guard note below).
   // All lanes hold the same slab, so the result is warp-uniform.
   __device__ bool slab_skips(const float (&m_loc)[2], const bool (&row_exists)[2],
                              float lambda) const {
@@ -57,12 +58,15 @@ struct OnlineSoftmax {
   // exponentiating them passes the max the rows would have after the earlier ones).
   __device__ static bool slab_skips(const float (&m_loc)[2], const float (&m_run)[2],
                                     const bool (&row_exists)[2], float lambda) {
+    // λ >= 0 (validated to [0, inf]), so the guard m_r != -inf costs nothing to drop: with
+    // m_r = -inf the difference is +inf or NaN (m_loc_r = ±inf), which fails <= -λ by itself,
+    // and m_loc_r = -inf is caught by the first test. Bitwise | and &: without short-circuit
+    // the tests are predicate logic, not the branches (BSSY/BSYNC) the && / || chain compiled to.
     bool skippable = true;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const bool negligible = m_loc[i] == -INFINITY ||
-                              (m_run[i] != -INFINITY && m_loc[i] - m_run[i] <= -lambda);
-      skippable = skippable && (!row_exists[i] || negligible);
+      const bool negligible = (m_loc[i] == -INFINITY) | (m_loc[i] - m_run[i] <= -lambda);
+      skippable = skippable & (!row_exists[i] | negligible);
     }
     return __all_sync(0xffffffffu, skippable);
   }
@@ -90,6 +94,14 @@ struct OnlineSoftmax {
       }
       row_sum[i] += sum;
     }
+  }
+
+  // Whether any row of the warp has alpha != 1, i.e. its running max moved (or it is NaN). Once
+  // the rows have seen a few hundred keys the max rarely moves in a turn, and acc·1 = acc
+  // exactly, so a kernel may skip rescale when this is false (one vote instead of one FMUL per
+  // accumulator register). Warp-uniform, so the branch on it does not diverge.
+  __device__ static bool needs_rescale(const float (&alpha)[2]) {
+    return __any_sync(0xffffffffu, (alpha[0] != 1.0f) | (alpha[1] != 1.0f));
   }
 
   // acc of rows g and g+8 times their alpha.

@@ -5,6 +5,9 @@
 
 namespace sparge::cuda {
 
+// Four warps issue one wgmma together (a warpgroup).
+constexpr int kWarpgroupThreads = 128;
+
 template <int kRegs>
 __device__ __forceinline__ void warpgroup_reg_dealloc() {
   static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg range");

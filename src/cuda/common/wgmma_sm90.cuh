@@ -37,6 +37,15 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_byte_addr, uint32_t
          (uint64_t(stride_bytes >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// The descriptor of the operand `bytes` (a multiple of 16) further on: only the start-address
+// field (bits 0-13, address / 16) moves. Shared addresses are below 2^18, so the field never
+// carries into the offsets above it and a 32-bit add of the low word suffices: one uniform
+// add per wgmma instead of rebuilding the descriptor (mask, shift, or) from the address.
+__device__ __forceinline__ uint64_t sw128_desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = uint32_t(desc) + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
