@@ -203,20 +203,20 @@ Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
 
 // Only the launchers that have an instance of kHeadDim are named (no undefined symbols);
 // attention_by_head_dim has already rejected a kernel without one.
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
   switch (kernel) {
     case Kernel::kSm90:
       if constexpr (kernel_has_head_dim(Kernel::kSm90, kHeadDim))
-        return launch_attn_sm90<T, kHeadDim, kCausal>(params, stream);
+        return launch_attn_sm90<T, kHeadDim, kBanded>(params, stream);
       break;
     case Kernel::kSm90Ws:
       if constexpr (kernel_has_head_dim(Kernel::kSm90Ws, kHeadDim))
-        return launch_attn_sm90ws<T, kHeadDim, kCausal>(params, stream);
+        return launch_attn_sm90ws<T, kHeadDim, kBanded>(params, stream);
       break;
     default:
       if constexpr (kernel_has_head_dim(Kernel::kSm80, kHeadDim))
-        return launch_attn<T, kHeadDim, kCausal>(params, stream);
+        return launch_attn<T, kHeadDim, kBanded>(params, stream);
       break;
   }
   return Status::internal(cat("no ", kernel_name(kernel), " instance of head_dim ", kHeadDim));

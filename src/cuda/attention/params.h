@@ -39,12 +39,12 @@ struct AttnParams {
 
 // Explicitly instantiated per (dtype, head dim, banded) in src/cuda/instances/: the mma.sync
 // kernel (sm_80 and newer) and the wgmma kernel (sm_90a only).
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn(const AttnParams& params, cudaStream_t stream);
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
 // The warp-specialized TMA kernel (sm_90a; launch_sm90_ws.cuh), chosen by SPARGE_CUDA_KERNEL=sm90ws.
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream);
 
 }  // namespace sparge::cuda
