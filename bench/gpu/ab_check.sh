@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One H200 call that compares the working tree (B, the candidate) with another commit (A) and
+# checks B: both are built for sm_90a at once, B's GPU tests run on the three kernels, B's
+# sm90ws kernel under compute-sanitizer, then bench_attention.py times A's and B's sm90ws kernel
+# (and cuDNN) in the same run, bench_pv_skip.py and bench_window.py time B.
+# Prepare A here (not committed; the device copy carries untracked files):
+#   rm -rf .ab && mkdir -p .ab/A && git archive <A> | tar -x -C .ab/A
+# Usage (repo root, device call with carry .devdeps): bash bench/gpu/ab_check.sh <A name> <B name>
+# Logs go to $OUT as one tarball (the device returns a limited number of files); tables last.
+set -uo pipefail
+a_name=${1:?A name}; b_name=${2:?B name}
+out=${OUT:-/tmp/sparge_out}; logs=$(mktemp -d); mkdir -p "$out"
+budget=540
+left() { local l=$((budget - SECONDS)); [ "$l" -gt "$1" ] && l=$1; echo "$l"; }
+step() {  # step <name> <max seconds> <cmd...>
+  local name=$1 max=$2 t; shift 2
+  t=$(left "$max")
+  if [ "$t" -lt 15 ]; then echo "$name: skipped (time budget)"; return 99; fi
+  timeout -k 5 "$t" "$@"; local rc=$?
+  [ $rc -eq 124 ] && echo "$name: TIMEOUT after ${t}s"
+  return $rc
+}
+extra=()
+if [ ! -d /usr/include/gtest ] && [ -d .devdeps/usr ]; then extra+=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr"); fi
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+build() {  # build <source dir> <build dir> <targets...> (each build at most 300 s)
+  local src=$1 dir=$2; shift 2
+  cmake -S "$src" -B "$dir" "${gen[@]}" -DSPARGE_WITH_CUDA=ON -DSPARGE_CUDA_ARCHS=90a -DSPARGE_BUILD_BENCH=OFF \
+    -DSPARGE_BUILD_TOOLS=OFF "${extra[@]}" >"$logs/build_$(basename "$dir").log" 2>&1 &&
+    timeout -k 5 300 cmake --build "$dir" -j8 --target "$@" >>"$logs/build_$(basename "$dir").log" 2>&1
+}
+build .ab/A build-a sparge_c &
+pa=$!
+build . build-b sparge_gpu_tests sparge_c
+rb=$?; wait $pa; ra=$?
+echo "build A rc=$ra B rc=$rb ($SECONDS s)"
+grep -hE "spill|error" "$logs"/build_*.log | sort -u | head -10
+[ $rb -ne 0 ] && { tail -30 "$logs/build_build-b.log"; tar -czf "$out/logs.tgz" -C "$logs" .; exit $rb; }
+nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+bin=./build-b/tests/sparge_gpu_tests
+for k in sm90ws sm90 sm80; do
+  SPARGE_CUDA_KERNEL=$k step "tests $k" 100 $bin >"$logs/gpu_tests_$k.log" 2>&1
+  echo "gpu tests ($k) rc=$? ($SECONDS s): $(grep -E '^\[  (PASSED|FAILED) ' "$logs/gpu_tests_$k.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED  \]|Failure" "$logs/gpu_tests_$k.log" | sort -u | head -8
+done
+grep -hE "window|predict \]" "$logs/gpu_tests_sm90ws.log" | head -16
+small='TmaSm90.*:Window/AttentionVsReference.*:Shapes/AttentionVsReference.MatchesWithinDtypeTolerance/2:AttentionEmptyRows.*'
+for tool in memcheck racecheck synccheck; do
+  SPARGE_CUDA_KERNEL=sm90ws step "sanitizer $tool" 70 compute-sanitizer --tool $tool --error-exitcode 3 \
+    $bin --gtest_filter="$small" >"$logs/sanitizer_$tool.log" 2>&1
+  echo "compute-sanitizer $tool (sm90ws) rc=$? ($SECONDS s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/sanitizer_$tool.log" | tail -1)"
+done
+bench() {  # bench <lib> <tag> <head dim> <seqs>
+  PYTHONUNBUFFERED=1 step "bench $2" 90 python3 bench/gpu/bench_attention.py --lib "$1" --commit "$2" \
+    --head-dim "$3" --seqs "$4" --sparsities 0 --kernels sm90ws --no-flex --out-dir "$out" \
+    --results-dir "" --tag "ab_$2_d$3" >"$logs/bench_$2_d$3.log" 2>&1
+  echo "bench $2 d$3 rc=$? ($SECONDS s)"
+}
+[ $ra -eq 0 ] && bench build-a/libsparge_c.so "$a_name" 128 8192,32768
+bench build-b/libsparge_c.so "$b_name" 128 8192,32768
+[ $ra -eq 0 ] && bench build-a/libsparge_c.so "$a_name" 64 32768
+bench build-b/libsparge_c.so "$b_name" 64 32768
+PYTHONUNBUFFERED=1 step "pv skip" 80 python3 bench/gpu/bench_pv_skip.py --lib build-b/libsparge_c.so \
+  --commit "$b_name" --seqs 16384 --head-dims 128,64 --kernels sm90ws --out-dir "$out" >"$logs/pv_skip.log" 2>&1
+echo "pv skip rc=$? ($SECONDS s)"; grep -E '^\|' "$logs/pv_skip.log"
+PYTHONUNBUFFERED=1 step "window" 90 python3 bench/gpu/bench_window.py --lib build-b/libsparge_c.so \
+  --commit "$b_name" --out-dir "$out" >"$logs/window.log" 2>&1
+echo "window rc=$? ($SECONDS s)"; grep -E '^\||^Device' "$logs/window.log"; grep -iE "error|Traceback" "$logs/window.log" | tail -3
+tar -czf "$out/logs.tgz" -C "$logs" .
+echo "== A ($a_name) vs B ($b_name), sm90ws, dense-equivalent TOPS (causal halved) =="
+python3 - "$out" "$a_name" "$b_name" <<'PY'
+import glob, json, sys
+out, a, b = sys.argv[1:]
+recs = [json.loads(l) for f in glob.glob(out + "/*_ab_*.jsonl") for l in open(f) if l.strip()]
+rows = {}
+for r in recs:
+    if r["impl"] == "sparge-stage1":
+        continue
+    who = r["commit"] if r["impl"].startswith("sparge") else r["impl"].replace("sdpa-", "")
+    rows.setdefault((r["head_dim"], r["seq_q"], r["causal"]), {})[who] = r["tops"]
+print(f"| hd | N | causal | {a} | {b} | cudnn | {b}/{a} | {b}/cudnn |")
+print("|---|---|---|---|---|---|---|---|")
+for k in sorted(rows):
+    d = rows[k]
+    f = lambda x: f"{d[x]:.0f}" if x in d else "-"
+    r1 = f"{d[b] / d[a]:.3f}" if a in d and b in d else "-"
+    r2 = f"{d[b] / d['cudnn']:.3f}" if "cudnn" in d and b in d else "-"
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {f(a)} | {f(b)} | {f('cudnn')} | {r1} | {r2} |")
+PY

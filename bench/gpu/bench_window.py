@@ -1,0 +1,135 @@
+"""GPU benchmark of sliding-window attention (issue 12): Sparge's native window against
+FlexAttention with the same window and the dense causal kernel, same process.
+
+bf16, B 1, H 32, hd 128, causal with window_left = W (a row sees itself and the W keys before it,
+flash-attn's window_size = (W, 0)), N in {8K, 32K}, W in {512, 4096}. Sparge runs the window's
+allowed 128x64 tiles (nothing predicted: the mask is the window's) through the C ABI; Flex runs a
+sliding-window mask_mod (its block mask built once, outside the timing). Rates count only the
+window's work: 4·B·H·D·(visible (row, key) pairs) / time ("window TOPS"); the dense causal kernel's
+rate on the same shape is printed beside it so that "rate per kept tile" can be compared. Output
+is checked against Flex (rel_l1) and must be finite. Records: JSON Lines per docs/bench-schema.md.
+
+    python3 bench/gpu/bench_window.py --lib build-ws/libsparge_c.so --commit $(git rev-parse --short HEAD)
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention import BLOCK_K, BLOCK_Q, Mask, Sparge, measure, time_ms  # noqa: E402
+
+
+def window_mask(heads, n, w):
+    """The window's allowed blocks per (head, query block): keys [r - w, r] of rows r."""
+    nq, nk = math.ceil(n / BLOCK_Q), math.ceil(n / BLOCK_K)
+    i = torch.arange(nq, device="cuda")
+    first = torch.clamp(i * BLOCK_Q - w, min=0) // BLOCK_K
+    last = (torch.clamp((i + 1) * BLOCK_Q, max=n) - 1) // BLOCK_K
+    counts = (last - first + 1).to(torch.int32)
+    j = torch.arange(nk, device="cuda")
+    idx = first[:, None] + j[None, :]
+    idx = torch.where(j[None, :] < counts[:, None], idx, torch.zeros_like(idx)).to(torch.int32)
+    return (counts.repeat(heads, 1).contiguous(), idx.repeat(heads, 1, 1).contiguous(),
+            int(counts.sum()) * heads, nq * nk * heads)
+
+
+def visible_pairs(n, w):
+    """Σ over rows r of min(r, w) + 1."""
+    full = max(0, n - w)  # rows r >= w see w + 1 keys
+    return full * (w + 1) + sum(min(r, w) + 1 for r in range(min(n, w)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--seqs", default="8192,32768")
+    ap.add_argument("--windows", default="512,4096")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out-dir", default=".")
+    ap.add_argument("--tag", default="window")
+    args = ap.parse_args()
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex = torch.compile(flex_attention, dynamic=False)
+    sp = Sparge(args.lib)
+    dev = torch.cuda.get_device_name()
+    date = datetime.date.today().isoformat()
+    B, H, D = 1, args.heads, 128
+    slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
+    path = os.path.join(args.out_dir, f"{date}_{slug}_{args.tag}.jsonl")
+    out_file = open(path, "w")
+    rows = []
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    stream = torch.cuda.current_stream().cuda_stream
+    for n in [int(x) for x in args.seqs.split(",")]:
+        n_sets = max(1, min(4, math.ceil(3 * l2 / (3 * B * H * n * D * 2))))
+        sets = [tuple(torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                for _ in range(n_sets)]
+        out = torch.empty(B, H, n, D, device="cuda", dtype=torch.bfloat16)
+        # The dense causal kernel on the same shape: the rate a kept tile should be computed at.
+        nq, nk = math.ceil(n / BLOCK_Q), math.ceil(n / BLOCK_K)
+        counts = torch.tensor([min(nk, ((i + 1) * BLOCK_Q - 1) // BLOCK_K + 1) for i in range(nq)],
+                              device="cuda", dtype=torch.int32)
+        idx = torch.arange(nk, device="cuda", dtype=torch.int32).repeat(H, nq, 1).contiguous()
+        counts = counts.repeat(H, 1).contiguous()
+        dmask = Mask(counts.data_ptr(), idx.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
+        dopts = sp.options(True, pv_threshold=float("inf"))
+        ms_dense = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream), sets, args.reps)
+        tiles_dense_causal = int(counts.sum())
+        for w in [int(x) for x in args.windows.split(",")]:
+            wc, wi, tiles, _ = window_mask(H, n, w)
+            wmask = Mask(wc.data_ptr(), wi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
+            opts = sp.options(True, pv_threshold=float("inf"), window_left=w)
+            fn = lambda st: sp.attention(st[0], st[1], st[2], wmask, opts, out, stream)  # noqa: E731
+            out.fill_(float("nan"))
+            fn(sets[0])
+            if not torch.isfinite(out).all():
+                raise SystemExit(f"non-finite output at N={n} W={w}")
+            o_sparge = out.clone()
+            ms = time_ms(fn, sets, args.reps)
+
+            def mask_mod(b, h, q, kv, w=w):
+                return (q >= kv) & (q - kv <= w)
+            bm = create_block_mask(mask_mod, None, None, n, n, device="cuda", BLOCK_SIZE=(BLOCK_Q, BLOCK_K))
+            ffn = lambda st: flex(st[0], st[1], st[2], block_mask=bm)  # noqa: E731
+            o_flex = ffn(sets[0])
+            ms_flex = time_ms(ffn, sets, args.reps)
+            err = measure.rel_l1(o_sparge, o_flex)
+            work = 4 * B * H * D * visible_pairs(n, w)
+            per_tile_dense = ms_dense / (tiles_dense_causal * H)
+            per_tile = ms / tiles
+            base = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16",
+                        head_dim=D, batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n, causal=True,
+                        window_left=w, window_right=0, cos_sim=None)
+            recs = [dict(base, impl="sparge-exact", ms=ms, tops=work / (ms * 1e-3) / 1e12,
+                         sparsity=None, rel_l1_vs_flex=err, tiles=tiles,
+                         ms_per_tile_vs_dense_causal=per_tile / per_tile_dense),
+                    dict(base, impl="flex", ms=ms_flex, tops=work / (ms_flex * 1e-3) / 1e12, sparsity=None),
+                    dict(base, impl="sparge-exact-dense-causal", window_left=None, ms=ms_dense,
+                         tops=measure.dense_tops(base, True, ms_dense), sparsity=0.0)]
+            for r in recs:
+                out_file.write(json.dumps(r) + "\n")
+                out_file.flush()
+            rows.append((n, w, ms, recs[0]["tops"], ms_flex, recs[1]["tops"], ms_dense, recs[2]["tops"],
+                         per_tile / per_tile_dense, err))
+        del sets, out
+        torch.cuda.empty_cache()
+    out_file.close()
+    print(f"Device {dev}, commit {args.commit}, {date}: bf16, B {B}, H {H}, hd {D}, causal, window_left W; "
+          "window TOPS = 4·B·H·D·visible pairs / time")
+    print("| N | W | sparge ms | sparge window TOPS | flex ms | flex window TOPS | dense causal ms (TOPS) | "
+          "time per tile / dense causal's | rel_l1 vs flex |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, w, ms, t, msf, tf, msd, td, ratio, err in rows:
+        print(f"| {n} | {w} | {ms:.3f} | {t:.0f} | {msf:.3f} | {tf:.0f} | {msd:.2f} ({td:.0f}) | {ratio:.2f} | {err:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
