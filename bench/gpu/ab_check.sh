@@ -3,13 +3,15 @@
 # checks B: both are built for sm_90a at once, B's GPU tests run on the three kernels, B's
 # sm90ws kernel under compute-sanitizer, then bench_attention.py times A's and B's sm90ws kernel
 # (and cuDNN) in the same run, bench_pv_skip.py and bench_window.py time B.
-# Prepare A here (not committed; the device copy carries untracked files):
+# Prepare A here (not committed; the device copy carries untracked files); without .ab/A only B
+# is built and timed:
 #   rm -rf .ab && mkdir -p .ab/A && git archive <A> | tar -x -C .ab/A
 # Usage (repo root, device call with carry .devdeps): bash bench/gpu/ab_check.sh <A name> <B name>
-# Logs go to $OUT as one tarball (the device returns a limited number of files); tables last.
+# Records and logs go to $OUT/ab.tgz and the tables to $OUT/summary.md (the device returns at
+# most 8 files).
 set -uo pipefail
 a_name=${1:?A name}; b_name=${2:?B name}
-out=${OUT:-/tmp/sparge_out}; logs=$(mktemp -d); mkdir -p "$out"
+final=${OUT:-/tmp/sparge_out}; out=$(mktemp -d); logs=$out/logs; mkdir -p "$final" "$logs"
 budget=540
 left() { local l=$((budget - SECONDS)); [ "$l" -gt "$1" ] && l=$1; echo "$l"; }
 step() {  # step <name> <max seconds> <cmd...>
@@ -29,13 +31,13 @@ build() {  # build <source dir> <build dir> <targets...> (each build at most 300
     -DSPARGE_BUILD_TOOLS=OFF "${extra[@]}" >"$logs/build_$(basename "$dir").log" 2>&1 &&
     timeout -k 5 300 cmake --build "$dir" -j8 --target "$@" >>"$logs/build_$(basename "$dir").log" 2>&1
 }
-build .ab/A build-a sparge_c &
-pa=$!
+ra=1
+if [ -d .ab/A ]; then build .ab/A build-a sparge_c & pa=$!; fi
 build . build-b sparge_gpu_tests sparge_c
-rb=$?; wait $pa; ra=$?
+rb=$?; [ -d .ab/A ] && { wait $pa; ra=$?; }
 echo "build A rc=$ra B rc=$rb ($SECONDS s)"
 grep -hE "spill|error" "$logs"/build_*.log | sort -u | head -10
-[ $rb -ne 0 ] && { tail -30 "$logs/build_build-b.log"; tar -czf "$out/logs.tgz" -C "$logs" .; exit $rb; }
+[ $rb -ne 0 ] && { tail -30 "$logs/build_build-b.log"; tar -czf "$final/ab.tgz" -C "$out" .; exit $rb; }
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 bin=./build-b/tests/sparge_gpu_tests
 for k in sm90ws sm90 sm80; do
@@ -65,8 +67,8 @@ PYTHONUNBUFFERED=1 step "pv skip" 80 python3 bench/gpu/bench_pv_skip.py --lib bu
 echo "pv skip rc=$? ($SECONDS s)"; grep -E '^\|' "$logs/pv_skip.log"
 PYTHONUNBUFFERED=1 step "window" 90 python3 bench/gpu/bench_window.py --lib build-b/libsparge_c.so \
   --commit "$b_name" --out-dir "$out" >"$logs/window.log" 2>&1
-echo "window rc=$? ($SECONDS s)"; grep -E '^\||^Device' "$logs/window.log"; grep -iE "error|Traceback" "$logs/window.log" | tail -3
-tar -czf "$out/logs.tgz" -C "$logs" .
+echo "window rc=$? ($SECONDS s)"; grep -E '^\||^Device' "$logs/window.log"; grep -vE '^\||^Device' "$logs/window.log" | tail -6
+{
 echo "== A ($a_name) vs B ($b_name), sm90ws, dense-equivalent TOPS (causal halved) =="
 python3 - "$out" "$a_name" "$b_name" <<'PY'
 import glob, json, sys
@@ -87,3 +89,6 @@ for k in sorted(rows):
     r2 = f"{d[b] / d['cudnn']:.3f}" if "cudnn" in d and b in d else "-"
     print(f"| {k[0]} | {k[1]} | {k[2]} | {f(a)} | {f(b)} | {f('cudnn')} | {r1} | {r2} |")
 PY
+grep -E '^\|' "$logs/pv_skip.log"; grep -E '^\||^Device' "$logs/window.log"
+} | tee "$final/summary.md"
+tar -czf "$final/ab.tgz" -C "$out" .

@@ -81,9 +81,11 @@ def main():
         counts = counts.repeat(H, 1).contiguous()
         dmask = Mask(counts.data_ptr(), idx.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
         dopts = sp.options(True, pv_threshold=float("inf"))
+        print(f"N {n}: dense causal kernel", flush=True)
         ms_dense = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream), sets, args.reps)
         tiles_dense_causal = int(counts.sum())
         for w in [int(x) for x in args.windows.split(",")]:
+            print(f"N {n} W {w}: sparge", flush=True)
             wc, wi, tiles, _ = window_mask(H, n, w)
             wmask = Mask(wc.data_ptr(), wi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
             opts = sp.options(True, pv_threshold=float("inf"), window_left=w)
@@ -94,6 +96,8 @@ def main():
                 raise SystemExit(f"non-finite output at N={n} W={w}")
             o_sparge = out.clone()
             ms = time_ms(fn, sets, args.reps)
+
+            print(f"N {n} W {w}: flex", flush=True)
 
             def mask_mod(b, h, q, kv, w=w):
                 return (q >= kv) & (q - kv <= w)
