@@ -38,6 +38,15 @@
   X(kTopK, SELECT_TOPK, 1, "topk",                                                             \
     "keep floor(select_value * allowed key blocks) blocks, at least one; Python's topk")
 
+/* Where Stage 1's per-(query block, key block) mass comes from, before TopCdf / TopK selects. */
+#define SPARGE_ESTIMATE_MODE_VALUES(X)                                                          \
+  X(kPooled, ESTIMATE_POOLED, 0, "pooled",                                                     \
+    "softmax of the mean-pooled q block against the mean-pooled key blocks (SpargeAttn's "     \
+    "compressed map)")                                                                         \
+  X(kSampledRows, ESTIMATE_SAMPLED_ROWS, 1, "sampled_rows",                                    \
+    "exact softmax rows of sample_rows evenly spaced query rows per block, their mass per "    \
+    "key block averaged: TopCdf's select_value is then close to the true attention mass kept")
+
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \
   X(kInt8Fp8, QUANT_INT8_FP8, 1, "int8_fp8",                                                   \
@@ -61,6 +70,10 @@
        ">= 1 none is (dense)")                                                                 \
   ENUM(select, SelectMode, kTopCdf, "how Stage 1 chooses key blocks")                         \
   HEAD(select_value, 0.98f, "the selection's number: TopCdf's mass or TopK's fraction, (0, 1]") \
+  ENUM(estimate, EstimateMode, kPooled, "where Stage 1's block mass estimate comes from")     \
+  INT(sample_rows, 4,                                                                          \
+      "estimate sampled_rows: query rows per query block whose exact softmax is computed, "    \
+      "[1, block_q] (a tail block with fewer valid rows samples all of them)")                 \
   BOOL(attention_sink, false, "always keep key block 0 where causality allows it")            \
   HEAD(pv_threshold, 50.0f,                                                                    \
        "lambda: skip P.V of a tile for a row group when every row's tile max is at least "    \

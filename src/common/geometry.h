@@ -39,4 +39,15 @@ SPARGE_HD int64_t allowed_key_blocks(int64_t qb, int block_q, int block_k, bool 
   return last_key / block_k + 1;
 }
 
+// Stage 1's sampled_rows estimate reads `count = min(sample_rows, n)` rows of a query block with
+// `n` valid rows starting at row `first`: row first + ⌊(s+1)·n/count⌋ − 1 for s in [0, count).
+// They are evenly spaced, distinct, and the last one is the block's last valid row, the row that
+// sees every causally allowed key block; a tail block with n <= sample_rows reads all its rows.
+SPARGE_HD int64_t sampled_row_count(int sample_rows, int64_t n) {
+  return sample_rows < n ? sample_rows : n;
+}
+SPARGE_HD int64_t sampled_row(int64_t first, int64_t n, int64_t count, int64_t s) {
+  return first + (s + 1) * n / count - 1;
+}
+
 }  // namespace sparge::detail
