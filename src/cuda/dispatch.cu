@@ -251,6 +251,8 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.causal_offset = detail::causal_offset(p.opts.causal_align == CausalAlign::kBottomRight,
                                           p.shape.seq_q, p.shape.seq_k);
   s.topk = p.opts.select == SelectMode::kTopK;
+  s.sampled_rows = p.opts.estimate == EstimateMode::kSampledRows;
+  s.sample_rows = p.opts.sample_rows;
   s.attention_sink = p.opts.attention_sink;
   s.per_head = per_head;
   for (int h = 0; h < (per_head ? s.heads_q : 1); ++h) {
