@@ -205,7 +205,8 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
     const bool sampled = o.estimate == EstimateMode::kSampledRows;
-    const std::vector<double> k_slice = sampled ? load_slice(p.k, b, h / group) : std::vector<double>{};
+    const std::vector<double> k_slice =
+        sampled ? load_slice(p.k, b, h / group) : std::vector<double>{};
     std::vector<uint8_t> key_sim(nk), keep(nk);
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 

@@ -46,7 +46,8 @@ Inputs from_workload(const workloads::Workload& w) {
 
 // ‖Σ x̂‖² / n² of rows [r0, r1) of `row(n, d)`, minus `shift` per channel.
 template <typename Row>
-double self_similarity(Row row, int64_t r0, int64_t r1, int64_t D, const std::vector<double>& shift) {
+double self_similarity(Row row, int64_t r0, int64_t r1, int64_t D,
+                       const std::vector<double>& shift) {
   std::vector<double> unit(D, 0.0), x(D);
   for (int64_t r = r0; r < r1; ++r) {
     double norm2 = 0.0;
@@ -69,7 +70,9 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
   const int64_t nq = (s.Nq + BQ - 1) / BQ, nk = (s.Nk + BK - 1) / BK;
   const int64_t off = o.causal && o.causal_align == CausalAlign::kBottomRight ? s.Nk - s.Nq : 0;
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(double(s.D));
-  const auto last_key = [&](int64_t r) { return o.causal ? std::min(s.Nk - 1, r + off) : s.Nk - 1; };
+  const auto last_key = [&](int64_t r) {
+    return o.causal ? std::min(s.Nk - 1, r + off) : s.Nk - 1;
+  };
   std::vector<uint8_t> dense(s.B * s.Hq * nq * nk, 0);
 
   for (int64_t b = 0; b < s.B; ++b)
@@ -81,15 +84,16 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
         for (int64_t d = 0; d < s.D; ++d) km[d] += in.k_at(b, hk, c, d) / double(s.Nk);
       std::vector<bool> key_similar(nk);
       for (int64_t j = 0; j < nk; ++j)
-        key_similar[j] = self_similarity([&](int64_t r, int64_t d) { return double(in.k_at(b, hk, r, d)); },
-                                         j * BK, std::min(s.Nk, (j + 1) * BK), s.D, km) > theta;
+        key_similar[j] =
+            self_similarity([&](int64_t r, int64_t d) { return double(in.k_at(b, hk, r, d)); },
+                            j * BK, std::min(s.Nk, (j + 1) * BK), s.D, km) > theta;
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t first = i * BQ, n = std::min(BQ, s.Nq - first);
         const int64_t lk = last_key(first + n - 1);
         const int64_t allowed = lk < 0 ? 0 : lk / BK + 1;
         const bool query_similar =
-            self_similarity([&](int64_t r, int64_t d) { return double(in.q_at(b, h, r, d)); }, first,
-                            first + n, s.D, zero) > theta;
+            self_similarity([&](int64_t r, int64_t d) { return double(in.q_at(b, h, r, d)); },
+                            first, first + n, s.D, zero) > theta;
         uint8_t* row = &dense[((b * s.Hq + h) * nq + i) * nk];
         if (query_similar) {
           // Mean block mass of the sampled rows' exact softmax rows.
@@ -97,15 +101,16 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
           std::vector<double> mass(nk, 0.0);
           for (int64_t t = 0; t < count; ++t) {
             // Evenly spaced from the first to the last valid row, rounded half up.
-            const int64_t r = count == 1 ? first + n - 1
-                                         : first + int64_t(std::floor(double(t) * double(n - 1) / double(count - 1) + 0.5));
+            const double step = count == 1 ? 0.0 : double(n - 1) / double(count - 1);
+            const int64_t r = count == 1 ? first + n - 1 : first + int64_t(std::floor(t * step + 0.5));
             const int64_t last = last_key(r);
             if (last < 0) continue;
             std::vector<double> p(last + 1);
             double mx = -INFINITY, z = 0.0;
             for (int64_t c = 0; c <= last; ++c) {
               double dot = 0.0;
-              for (int64_t d = 0; d < s.D; ++d) dot += double(in.q_at(b, h, r, d)) * in.k_at(b, hk, c, d);
+              for (int64_t d = 0; d < s.D; ++d)
+                dot += double(in.q_at(b, h, r, d)) * in.k_at(b, hk, c, d);
               p[c] = scale * dot;
               mx = std::max(mx, p[c]);
             }
@@ -128,8 +133,9 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
                   break;
                 }
             } else {
-              keep = std::min<size_t>(
-                  cols.size(), std::max<int64_t>(1, int64_t(std::floor(double(o.select_value.at(h)) * allowed))));
+              const double kappa = o.select_value.at(h);
+              const int64_t n_keep = std::max<int64_t>(1, int64_t(std::floor(kappa * allowed)));
+              keep = std::min<size_t>(cols.size(), size_t(n_keep));
             }
             for (size_t t = 0; t < keep; ++t) row[cols[t]] = 1;
           }
@@ -248,7 +254,8 @@ TEST(SampledRows, MatchesTheOracleOnVideoAndLanguageWorkloads) {
 TEST(SampledRows, ReadsEvenlySpacedRowsFromTheFirstToTheLast) {
   const int64_t D = 4;
   Inputs in{{1, 1, 1, 16, 64, D}, {}, {}};
-  for (int64_t r = 0; r < 16; ++r) in.q.insert(in.q.end(), {r < 15 ? 8.0f : 0.0f, r < 15 ? 0.0f : 8.0f, 0, 0});
+  for (int64_t r = 0; r < 16; ++r)
+    in.q.insert(in.q.end(), {r < 15 ? 8.0f : 0.0f, r < 15 ? 0.0f : 8.0f, 0, 0});
   const float key_rows[4][4] = {{0, 0, 1, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 0, 1}};
   for (const auto& kr : key_rows)
     for (int t = 0; t < 16; ++t) in.k.insert(in.k.end(), kr, kr + 4);
@@ -259,7 +266,7 @@ TEST(SampledRows, ReadsEvenlySpacedRowsFromTheFirstToTheLast) {
     const HostBlockMask m = predict(in, opts);
     return std::vector<int32_t>(m.indices.begin(), m.indices.begin() + m.counts[0]);
   };
-  EXPECT_EQ(kept(o), std::vector<int32_t>({2}));      // row 15 only
+  EXPECT_EQ(kept(o), std::vector<int32_t>({2}));  // row 15 only
   // Rows 0 and 15: blocks 1 and 2 tie at just under half the mass each (ties to the lower j).
   o.sample_rows = 2;
   o.select_value = {0.4f};
@@ -274,7 +281,8 @@ TEST(SampledRows, ReadsEvenlySpacedRowsFromTheFirstToTheLast) {
 
 // Exact per-(query block, key block) attention mass of one head: mean over the block's rows of
 // each row's softmax mass on the key block (causal as the workload says).
-std::vector<double> true_block_mass(const Inputs& in, int64_t b, int64_t h, bool causal, int BQ, int BK) {
+std::vector<double> true_block_mass(const Inputs& in, int64_t b, int64_t h, bool causal, int BQ,
+                                    int BK) {
   const Shape& s = in.s;
   const int64_t hk = h / (s.Hq / s.Hkv), nq = (s.Nq + BQ - 1) / BQ, nk = (s.Nk + BK - 1) / BK;
   const double scale = 1.0 / std::sqrt(double(s.D));
@@ -308,7 +316,8 @@ Calibration kept_mass(const Inputs& in, const std::vector<std::vector<double>>& 
     for (int64_t i = 0; i < m.view().num_q_blocks(); ++i) {
       const int64_t row = m.view().row(0, h, i);
       double kept = 0.0;
-      for (int32_t t = 0; t < m.counts[row]; ++t) kept += truth[h][i * nk + m.indices[row * nk + t]];
+      for (int32_t t = 0; t < m.counts[row]; ++t)
+        kept += truth[h][i * nk + m.indices[row * nk + t]];
       sum += kept;
       mn = std::min(mn, kept);
       ++rows;
@@ -327,10 +336,11 @@ TEST(SampledRows, KeepsTheTrueMassTauAsksForOnLanguageLikeHeads) {
     const Calibration rows = kept_mass(in, truth, o);
     o.estimate = EstimateMode::kPooled;
     const Calibration pooled = kept_mass(in, truth, o);
-    std::printf("[ calibration ] llm-like 2048 tokens, tau %.2f: kept true mass (mean / min over "
-                "query blocks), sparsity: sampled_rows %.4f / %.4f, %.3f; pooled %.4f / %.4f, %.3f\n",
-                tau, rows.mean_kept, rows.min_kept, rows.sparsity, pooled.mean_kept,
-                pooled.min_kept, pooled.sparsity);
+    std::printf(
+        "[ calibration ] llm-like 2048 tokens, tau %.2f: kept true mass (mean / min over "
+        "query blocks), sparsity: sampled_rows %.4f / %.4f, %.3f; pooled %.4f / %.4f, %.3f\n",
+        tau, rows.mean_kept, rows.min_kept, rows.sparsity, pooled.mean_kept, pooled.min_kept,
+        pooled.sparsity);
     std::fflush(stdout);
     EXPECT_GE(rows.mean_kept, tau - 0.03) << "tau " << tau;
     EXPECT_GT(rows.sparsity, 0.0) << "tau " << tau;

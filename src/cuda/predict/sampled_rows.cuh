@@ -23,7 +23,8 @@ namespace sparge::cuda {
 
 constexpr int kEstimateThreads = 256;
 constexpr int kEstimateWarps = kEstimateThreads / 32;
-constexpr int kEstimateRows = 4;  // sampled rows per pass: the default sample_rows (8 spills registers)
+// Sampled rows per pass: the default sample_rows (8 spilled registers on sm_80 and sm_90a).
+constexpr int kEstimateRows = 4;
 
 // Online-softmax state (running max m, sum z of exp(x − m)) of two disjoint sets of scores.
 __device__ __forceinline__ void merge_max_sum(double* m, double* z, double m2, double z2) {
@@ -56,7 +57,8 @@ template <typename T>
 __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const PredictParams p) {
   __shared__ double sQ[kEstimateRows][256];
   __shared__ int64_t sLast[kEstimateRows];  // last key each row sees (< 0: none)
-  __shared__ double sWarpMax[kEstimateWarps][kEstimateRows], sWarpSum[kEstimateWarps][kEstimateRows];
+  __shared__ double sWarpMax[kEstimateWarps][kEstimateRows];
+  __shared__ double sWarpSum[kEstimateWarps][kEstimateRows];
   __shared__ double sRowMax[kEstimateRows], sRowSum[kEstimateRows];
 
   const int i = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
@@ -87,9 +89,10 @@ __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const Predi
       const int64_t qr = detail::sampled_row(first, n, count, s0 + r);
       sQ[r][d] = double(to_float(gQ[qr * p.q_stride[2] + d]));
     }
-    if (threadIdx.x < rows)
-      sLast[threadIdx.x] = detail::last_visible_key(detail::sampled_row(first, n, count, s0 + threadIdx.x),
-                                                    p.causal, p.causal_offset, p.seq_k);
+    if (threadIdx.x < rows) {
+      const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
+      sLast[threadIdx.x] = detail::last_visible_key(qr, p.causal, p.causal_offset, p.seq_k);
+    }
     __syncthreads();
     const int64_t last_any = sLast[rows - 1];  // rows ascend, so the last one sees the most keys
 

@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   if (eligible > 0) {
     double local_sum = 0.0;
     for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
-      const double e = sProb[j] == -INFINITY ? -1.0 : p.sampled_rows ? sProb[j] : exp(sProb[j] - row_max);
+      const double w = p.sampled_rows ? sProb[j] : exp(sProb[j] - row_max);
+      const double e = sProb[j] == -INFINITY ? -1.0 : w;
       sProb[j] = e;
       if (e >= 0.0) local_sum += e;
     }
