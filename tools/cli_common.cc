@@ -85,6 +85,11 @@ void add_sparse_options(ArgParser& p, bool sweep) {
           "select TopCdf: keep key blocks until their predicted mass reaches X");
     p.add("topk", "X", "", "select TopK instead: keep a fraction X of the key blocks");
   }
+  p.add("estimate", "E", enum_name(d.estimate),
+        "where Stage 1's block mass comes from: pooled (block means) or sampled_rows (exact "
+        "softmax rows)");
+  p.add("sample-rows", "N", std::to_string(d.sample_rows),
+        "estimate sampled_rows: query rows sampled per query block, [1, block-q]");
   p.add("pv", "L", number_text(d.pv_threshold.value),
         "pv_threshold λ (log2 units; inf = never skip P·V)");
   p.add("block-q", "N", std::to_string(d.block_q), "query block rows");
@@ -110,6 +115,10 @@ SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value
   o.block_q = std::stoi(p.choice("block-q", blocks));
   o.block_k = std::stoi(p.choice("block-k", blocks));
   o.attention_sink = p.flag("sink");
+  const std::string estimate = p.choice("estimate", {enum_name(EstimateMode::kPooled),
+                                                     enum_name(EstimateMode::kSampledRows)});
+  parse_enum(estimate.c_str(), &o.estimate);
+  o.sample_rows = static_cast<int>(p.integer("sample-rows", 1, o.block_q));
   return o;
 }
 

@@ -11,7 +11,9 @@ sum over the keys of block j of softmax(q_r·K·scale). Estimators of m_i· (eac
              tile: + 0.5·scale²·(q̄ᵀ Σk_j q̄ + k̄ᵀ Σq_i k̄), Σ the covariance of the block's keys
              (queries), so that a tile whose keys vary gets the weight its exp-sum really has;
   rows-s     exact softmax of s query rows per block (evenly spaced), their block masses averaged:
-             s/128 of the dense score work.
+             s/128 of the dense score work;
+  sparge-rows-s  the library's Stage 1 mode estimate="sampled_rows" (sample_rows=s, every block
+             similar): the mask sparge.predict_block_mask keeps, not this file's top_p.
 Each estimate drives a top-p selection (keep the fewest key blocks whose estimated mass reaches
 τ); reported per (workload, estimator, τ): the true mass the kept blocks hold (ideal: τ), the
 sparsity, and the relative L1 error of the block-sparse output against dense attention.
@@ -27,6 +29,7 @@ import platform
 
 import torch
 
+import sparge
 from sparge import workloads
 
 BQ, BK = 128, 64
@@ -153,9 +156,18 @@ def study(name, q, k, v, causal, taus, rows_list):
                 logits.masked_fill(~ok, -math.inf), dim=-1)
         for rows in rows_list:
             estimates[f"rows-{rows}"] = row_sample_mass(qh, kh, scale, rows, causal_mask, nq, nk)
+        for rows in rows_list:
+            estimates[f"sparge-rows-{rows}"] = None  # the library's mask, per τ below
         for est_name, est in estimates.items():
             for tau in taus:
-                keep = top_p(est, tau, ok)
+                if est is None:
+                    mask = sparge.predict_block_mask(
+                        q[:, h:h + 1], k[:, h // group:h // group + 1], is_causal=causal,
+                        sim_threshold=-1.0, cdf_threshold=tau, estimate="sampled_rows",
+                        sample_rows=int(est_name.rsplit("-", 1)[1]), backend="cpu")
+                    keep = mask.to_dense()[0, 0]
+                else:
+                    keep = top_p(est, tau, ok)
                 kept_mass = (m_true * keep).sum(-1)  # [nq]
                 out = sparse_output(s_full, vh, keep, causal_mask)
                 err = float((out - dense).abs().sum() / dense.abs().sum())

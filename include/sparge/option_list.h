@@ -38,6 +38,15 @@
   X(kTopK, SELECT_TOPK, 1, "topk",                                                             \
     "keep floor(select_value * allowed key blocks) blocks, at least one; Python's topk")
 
+/* Where Stage 1's per-(query block, key block) mass comes from, before TopCdf / TopK selects. */
+#define SPARGE_ESTIMATE_MODE_VALUES(X)                                                          \
+  X(kPooled, ESTIMATE_POOLED, 0, "pooled",                                                     \
+    "softmax of the mean-pooled q block against the mean-pooled key blocks (SpargeAttn's "     \
+    "compressed map)")                                                                         \
+  X(kSampledRows, ESTIMATE_SAMPLED_ROWS, 1, "sampled_rows",                                    \
+    "exact softmax rows of sample_rows evenly spaced query rows per block, their mass per "    \
+    "key block averaged: TopCdf's select_value is then close to the true attention mass kept")
+
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \
   X(kInt8Fp8, QUANT_INT8_FP8, 1, "int8_fp8",                                                   \
@@ -62,7 +71,8 @@
        ">= 1 none is (dense)")                                                                 \
   ENUM(select, SelectMode, kTopCdf, "how Stage 1 chooses key blocks")                         \
   HEAD(select_value, 0.98f, "the selection's number: TopCdf's mass or TopK's fraction, (0, 1]") \
-  BOOL(attention_sink, false, "always keep key block 0 where causality allows it")            \
+  BOOL(attention_sink, false,                                                                  \
+       "always keep key block 0 where causality and the window allow it")                       \
   HEAD(pv_threshold, 50.0f,                                                                    \
        "lambda: skip P.V of a tile for a row group when every row's tile max is at least "    \
        "this far below its running max (log2 units of the scaled scores). [0, inf]; inf "     \
@@ -76,6 +86,10 @@
       "diagonal (aligned by causal_align); -1 = no limit (flash-attn's window_size[0])")        \
   INT(window_right, -1,                                                                        \
       "sliding window: nor more than this many positions right of it; -1 = no limit "          \
-      "(window_size[1]); causal hides every key right of the diagonal whatever this says")
+      "(window_size[1]); causal hides every key right of the diagonal whatever this says")      \
+  ENUM(estimate, EstimateMode, kPooled, "where Stage 1's block mass estimate comes from")     \
+  INT(sample_rows, 4,                                                                          \
+      "estimate sampled_rows: query rows per query block whose exact softmax is computed, "    \
+      "[1, block_q] (a tail block with fewer valid rows samples all of them)")
 
 #endif /* SPARGE_OPTION_LIST_H_ */

@@ -33,6 +33,7 @@ typedef struct sparge_tensor {
 #define SPARGE_C_ENUMERATOR(kName, c_name, code, py_name, doc) SPARGE_##c_name = code,
 enum sparge_causal_align { SPARGE_CAUSAL_ALIGN_VALUES(SPARGE_C_ENUMERATOR) };
 enum sparge_select_mode { SPARGE_SELECT_MODE_VALUES(SPARGE_C_ENUMERATOR) };
+enum sparge_estimate_mode { SPARGE_ESTIMATE_MODE_VALUES(SPARGE_C_ENUMERATOR) };
 enum sparge_quant_mode { SPARGE_QUANT_MODE_VALUES(SPARGE_C_ENUMERATOR) };
 #undef SPARGE_C_ENUMERATOR
 

@@ -54,6 +54,7 @@ struct TensorView {
 #define SPARGE_CXX_ENUMERATOR(kName, c_name, code, py_name, doc) kName = code,
 enum class CausalAlign : int { SPARGE_CAUSAL_ALIGN_VALUES(SPARGE_CXX_ENUMERATOR) };
 enum class SelectMode : int { SPARGE_SELECT_MODE_VALUES(SPARGE_CXX_ENUMERATOR) };
+enum class EstimateMode : int { SPARGE_ESTIMATE_MODE_VALUES(SPARGE_CXX_ENUMERATOR) };
 enum class QuantMode : int { SPARGE_QUANT_MODE_VALUES(SPARGE_CXX_ENUMERATOR) };
 enum class Backend : int { SPARGE_BACKEND_VALUES(SPARGE_CXX_ENUMERATOR) };
 #undef SPARGE_CXX_ENUMERATOR
@@ -98,11 +99,13 @@ const std::vector<OptionInfo>& option_table();
 // Python/CLI names of enum values ("top_left", "topk", "int8_fp8", "cpu"); nullptr when out of range.
 const char* enum_name(CausalAlign v);
 const char* enum_name(SelectMode v);
+const char* enum_name(EstimateMode v);
 const char* enum_name(QuantMode v);
 const char* enum_name(Backend v);
 // Parses those names; false (and *out unchanged) when `name` is none of them.
 bool parse_enum(const char* name, CausalAlign* out);
 bool parse_enum(const char* name, SelectMode* out);
+bool parse_enum(const char* name, EstimateMode* out);
 bool parse_enum(const char* name, QuantMode* out);
 bool parse_enum(const char* name, Backend* out);
 // All names of Backend's values, in code order (the other enums' are in option_table()).

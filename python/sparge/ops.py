@@ -163,6 +163,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               layout: str = "HND", sim_threshold=DEFAULTS["sim_threshold"],
               cdf_threshold=None, topk=None, pv_threshold=DEFAULTS["pv_threshold"],
               attention_sink: bool = DEFAULTS["attention_sink"],
+              estimate: str = DEFAULTS["estimate"], sample_rows: int = DEFAULTS["sample_rows"],
               token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
               quantized: bool = False, backend: str = "auto", return_stats: bool = False):
@@ -171,6 +172,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
     [-1, 1], `cdf_threshold` (TopCdf) or `topk` (TopK) in (0, 1] (TopCdf with the default 0.98
     when neither is given), `pv_threshold` in [0, inf] (log2 units; inf never skips).
+    `estimate` is where Stage 1's block masses come from: "pooled" (block means, SpargeAttn's
+    map) or "sampled_rows" (the exact softmax rows of `sample_rows` query rows per block, so
+    that `cdf_threshold` is close to the true attention mass kept; docs/method.md).
     `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
@@ -183,7 +187,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
-        backend=backend))
+        backend=backend, estimate=estimate, sample_rows=sample_rows))
     if _is_empty(qh, kh):
         _options.check_options(options)
         mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)
@@ -218,6 +222,8 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                        scale: Optional[float] = None, layout: str = "HND",
                        sim_threshold=DEFAULTS["sim_threshold"], cdf_threshold=None, topk=None,
                        attention_sink: bool = DEFAULTS["attention_sink"],
+                       estimate: str = DEFAULTS["estimate"],
+                       sample_rows: int = DEFAULTS["sample_rows"],
                        block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
                        backend: str = "auto") -> BlockMask:
     """Stage 1 alone: the BlockMask that `attention` would use with the same options."""
@@ -228,7 +234,7 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=DEFAULTS["pv_threshold"],
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=False,
-        backend=backend))
+        backend=backend, estimate=estimate, sample_rows=sample_rows))
     if _is_empty(qh, kh):
         _options.check_options(options)
         return _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)

@@ -87,4 +87,17 @@ SPARGE_HD BlockRange allowed_key_blocks(int64_t qb, int block_q, int block_k, co
   return range;
 }
 
+// Stage 1's sampled_rows estimate reads `count = min(sample_rows, n)` rows of a query block with
+// `n` valid rows starting at row `first`: for s in [0, count), row first + round(s·(n−1)/(count−1))
+// (halves round up), which spreads them evenly from the block's first to its last valid row;
+// count = 1 reads the last row, the one that sees every causally allowed key block. The rows are
+// distinct, and a tail block with n <= sample_rows reads all its rows.
+SPARGE_HD int64_t sampled_row_count(int sample_rows, int64_t n) {
+  return sample_rows < n ? sample_rows : n;
+}
+SPARGE_HD int64_t sampled_row(int64_t first, int64_t n, int64_t count, int64_t s) {
+  if (count == 1) return first + n - 1;
+  return first + (2 * s * (n - 1) + (count - 1)) / (2 * (count - 1));
+}
+
 }  // namespace sparge::detail

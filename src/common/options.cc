@@ -17,6 +17,7 @@ struct EnumEntry {
 #define SPARGE_ENUM_ENTRY(kName, c_name, code, py_name, doc) EnumEntry{code, py_name},
 constexpr EnumEntry kCausalAligns[] = {SPARGE_CAUSAL_ALIGN_VALUES(SPARGE_ENUM_ENTRY)};
 constexpr EnumEntry kSelectModes[] = {SPARGE_SELECT_MODE_VALUES(SPARGE_ENUM_ENTRY)};
+constexpr EnumEntry kEstimateModes[] = {SPARGE_ESTIMATE_MODE_VALUES(SPARGE_ENUM_ENTRY)};
 constexpr EnumEntry kQuantModes[] = {SPARGE_QUANT_MODE_VALUES(SPARGE_ENUM_ENTRY)};
 constexpr EnumEntry kBackends[] = {SPARGE_BACKEND_VALUES(SPARGE_ENUM_ENTRY)};
 #undef SPARGE_ENUM_ENTRY
@@ -24,6 +25,7 @@ constexpr EnumEntry kBackends[] = {SPARGE_BACKEND_VALUES(SPARGE_ENUM_ENTRY)};
 // The value list of each enum, found by overload on a value of the enum's type.
 constexpr const auto& entries(CausalAlign) { return kCausalAligns; }
 constexpr const auto& entries(SelectMode) { return kSelectModes; }
+constexpr const auto& entries(EstimateMode) { return kEstimateModes; }
 constexpr const auto& entries(QuantMode) { return kQuantModes; }
 constexpr const auto& entries(Backend) { return kBackends; }
 
@@ -92,10 +94,12 @@ const std::vector<OptionInfo>& option_table() {
 
 const char* enum_name(CausalAlign v) { return name_of(v); }
 const char* enum_name(SelectMode v) { return name_of(v); }
+const char* enum_name(EstimateMode v) { return name_of(v); }
 const char* enum_name(QuantMode v) { return name_of(v); }
 const char* enum_name(Backend v) { return name_of(v); }
 bool parse_enum(const char* name, CausalAlign* out) { return parse(name, out); }
 bool parse_enum(const char* name, SelectMode* out) { return parse(name, out); }
+bool parse_enum(const char* name, EstimateMode* out) { return parse(name, out); }
 bool parse_enum(const char* name, QuantMode* out) { return parse(name, out); }
 bool parse_enum(const char* name, Backend* out) { return parse(name, out); }
 std::vector<const char*> backend_names() { return names<Backend>(); }

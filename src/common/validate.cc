@@ -142,6 +142,9 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
   if (enum_name(o.select) == nullptr)
     return Status::invalid(cat("SparseOptions.select must be kTopCdf or kTopK, got code ",
                                static_cast<int>(o.select)));
+  if (enum_name(o.estimate) == nullptr)
+    return Status::invalid(cat("SparseOptions.estimate must be kPooled or kSampledRows, got code ",
+                               static_cast<int>(o.estimate)));
   if (enum_name(o.quant) == nullptr)
     return Status::invalid(cat("SparseOptions.quant must be kNone or kInt8Fp8, got code ",
                                static_cast<int>(o.quant)));
@@ -158,6 +161,10 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
   if (!valid_block(o.block_k))
     return Status::invalid(cat("SparseOptions.block_k must be one of 16, 32, 64, 128, 256, got ",
                                o.block_k));
+  // Checked in every mode, so that a bad value fails where it is set, not when the mode changes.
+  if (o.sample_rows < 1 || o.sample_rows > o.block_q)
+    return Status::invalid(cat("SparseOptions.sample_rows must be in [1, block_q = ", o.block_q,
+                               "], got ", o.sample_rows));
   if (o.pv_group_rows < 1 || o.pv_group_rows > o.block_q)
     return Status::invalid(cat("SparseOptions.pv_group_rows must be in [1, block_q = ", o.block_q,
                                "], got ", o.pv_group_rows));

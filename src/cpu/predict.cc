@@ -1,6 +1,7 @@
 // Stage 1 on the CPU, exactly as docs/method.md "Stage 1", in double: pool every q block and
-// smoothed k block, measure its self-similarity, softmax the compressed score map over the
-// eligible key blocks, select by TopCdf / TopK, then force non-similar blocks (and the sink) on.
+// smoothed k block, measure its self-similarity, estimate each eligible key block's mass (the
+// softmax of the compressed score map, or the exact softmax of a few sampled query rows), select
+// by TopCdf / TopK, then force non-similar blocks (and the sink) on.
 // Pooling and similarity are O(N·D): s = ‖Σ x̂‖² / n², no Gram matrix. Serves both CPU backends.
 #include <algorithm>
 #include <cmath>
@@ -73,28 +74,27 @@ void rank_columns(const std::vector<double>& prob, std::vector<int64_t>* cols) {
                    [&](int64_t a, int64_t b) { return key(a) > key(b); });
 }
 
-// Selected key blocks of one mask row among the eligible columns (allowed, key similar).
-void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<uint8_t>& key_sim,
-                detail::BlockRange allowed, int64_t D, double scale, const SparseOptions& o,
-                int64_t h, std::vector<uint8_t>* selected) {
+// Eligible columns of one mask row: allowed (causal, window) and key block similar.
+std::vector<int64_t> eligible_columns(const std::vector<uint8_t>& key_sim,
+                                      detail::BlockRange allowed) {
   std::vector<int64_t> cols;
   for (int64_t j = allowed.begin; j < allowed.end; ++j)
     if (key_sim[j]) cols.push_back(j);
-  if (cols.empty()) return;
+  return cols;
+}
 
-  std::vector<double> prob(allowed.end, 0.0);
-  double max_score = -INFINITY;
-  for (int64_t j : cols) {
-    double dot = 0.0;
-    for (int64_t d = 0; d < D; ++d) dot += pooled_q[d] * ks.pooled[j * D + d];
-    prob[j] = scale * dot;
-    max_score = std::max(max_score, prob[j]);
-  }
+// The selection of one mask row, whatever the estimate: `weight[j]` (>= 0, any common scale) is
+// the estimated mass of eligible column j, and P̃[j] = weight[j] / Σ eligible weights. Ranks by
+// P̃ descending (ties to the lower j), then TopCdf / TopK. A zero total (every sampled row's
+// weight on the eligible columns underflowed: the estimate puts all the mass on forced blocks)
+// selects nothing.
+void select_columns(std::vector<double> weight, std::vector<int64_t> cols,
+                    detail::BlockRange allowed, const SparseOptions& o, int64_t h,
+                    std::vector<uint8_t>* selected) {
   double total = 0.0;
-  for (int64_t j : cols) {
-    prob[j] = std::exp(prob[j] - max_score);
-    total += prob[j];
-  }
+  for (int64_t j : cols) total += weight[j];
+  if (cols.empty() || total == 0.0) return;
+  std::vector<double>& prob = weight;
   for (int64_t j : cols) prob[j] /= total;
   rank_columns(prob, &cols);
 
@@ -116,6 +116,72 @@ void select_row(const double* pooled_q, const BlockStats& ks, const std::vector<
     keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));
   }
   for (size_t t = 0; t < keep; ++t) (*selected)[cols[t]] = 1;
+}
+
+// estimate pooled: weight[j] = exp(S̃[i, j] − max), S̃ = scale · p_q[i] · p_k[j], on the eligible
+// columns (the softmax of the compressed map).
+std::vector<double> pooled_weights(const double* pooled_q, const BlockStats& ks,
+                                   const std::vector<int64_t>& cols, detail::BlockRange allowed,
+                                   int64_t D, double scale) {
+  std::vector<double> weight(allowed.end, 0.0);
+  double max_score = -INFINITY;
+  for (int64_t j : cols) {
+    double dot = 0.0;
+    for (int64_t d = 0; d < D; ++d) dot += pooled_q[d] * ks.pooled[j * D + d];
+    weight[j] = scale * dot;
+    max_score = std::max(max_score, weight[j]);
+  }
+  for (int64_t j : cols) weight[j] = std::exp(weight[j] - max_score);
+  return weight;
+}
+
+// estimate sampled_rows: weight[j] = the mean over the sampled rows r of query block i of
+// Σ_{c in key block j, c visible to r} softmax_c(scale · q_r · k_c), the softmax taken over every
+// key r sees (unsmoothed k: the true attention row). Allowed columns, eligible or not.
+// `k` is the kv head's [Nk, D] slice.
+std::vector<double> sampled_weights(const TensorView& q, int64_t b, int64_t h,
+                                    const std::vector<double>& k, int64_t i,
+                                    detail::BlockRange allowed, double scale,
+                                    const SparseOptions& o, const detail::KeyBand& band,
+                                    int64_t seq_k) {
+  const int64_t D = q.head_dim, first = i * o.block_q;
+  const int64_t n = std::min<int64_t>(o.block_q, q.tokens - first);
+  const int64_t count = detail::sampled_row_count(o.sample_rows, n);
+  std::vector<double> weight(allowed.end, 0.0), qr(D), score, block_sum(allowed.end);
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t r = detail::sampled_row(first, n, count, s);
+    const int64_t c0 = detail::first_visible_key(r, band);
+    const int64_t last = detail::last_visible_key(r, band, seq_k);
+    if (last < c0) continue;  // the row sees no key: it adds no mass
+    for (int64_t d = 0; d < D; ++d) qr[d] = load_element(q, q.offset(b, h, r, d));
+    score.assign(last + 1, 0.0);
+    double max_score = -INFINITY;
+    for (int64_t c = c0; c <= last; ++c) {
+      double dot = 0.0;
+      for (int64_t d = 0; d < D; ++d) dot += qr[d] * k[c * D + d];
+      score[c] = scale * dot;
+      max_score = std::max(max_score, score[c]);
+    }
+    std::fill(block_sum.begin(), block_sum.end(), 0.0);
+    double row_sum = 0.0;
+    for (int64_t c = c0; c <= last; ++c) {
+      const double e = std::exp(score[c] - max_score);
+      block_sum[c / o.block_k] += e;
+      row_sum += e;
+    }
+    for (int64_t j = allowed.begin; j < allowed.end; ++j) weight[j] += block_sum[j] / row_sum;
+  }
+  for (double& w : weight) w /= static_cast<double>(count);
+  return weight;
+}
+
+// Logical [tokens, D] double copy of (b, h) of t.
+std::vector<double> load_slice(const TensorView& t, int64_t b, int64_t h) {
+  std::vector<double> out(t.tokens * t.head_dim);
+  for (int64_t n = 0; n < t.tokens; ++n)
+    for (int64_t d = 0; d < t.head_dim; ++d)
+      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
+  return out;
 }
 
 }  // namespace
@@ -141,6 +207,9 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
     const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
+    const bool sampled = o.estimate == EstimateMode::kSampledRows;
+    const std::vector<double> k_slice =
+        sampled ? load_slice(p.k, b, h / group) : std::vector<double>{};
     std::vector<uint8_t> key_sim(nk), keep(nk);
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
@@ -149,7 +218,14 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
           detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
       const bool query_sim = is_similar(qs.sim[i], theta);
       std::fill(keep.begin(), keep.end(), 0);
-      if (query_sim) select_row(&qs.pooled[i * D], ks, key_sim, allowed, D, scale, o, h, &keep);
+      if (query_sim) {
+        const std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
+        if (!cols.empty())
+          select_columns(sampled ? sampled_weights(p.q, b, h, k_slice, i, allowed, scale, o,
+                                                   band, s.seq_k)
+                                 : pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale),
+                         cols, allowed, o, h, &keep);
+      }
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
         if (!query_sim || !key_sim[j]) keep[j] = 1;
       if (o.attention_sink && allowed.contains(0)) keep[0] = 1;

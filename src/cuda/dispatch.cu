@@ -338,6 +338,8 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.scale = double(p.scale);
   s.band = p.band();
   s.topk = p.opts.select == SelectMode::kTopK;
+  s.sampled_rows = p.opts.estimate == EstimateMode::kSampledRows;
+  s.sample_rows = p.opts.sample_rows;
   s.attention_sink = p.opts.attention_sink;
   s.per_head = per_head;
   for (int h = 0; h < (per_head ? s.heads_q : 1); ++h) {

@@ -63,6 +63,8 @@ TEST(CApi, DefaultsEqualTheCppDefaults) {
   EXPECT_EQ(c.sim_threshold, d.sim_threshold.value);
   EXPECT_EQ(c.select, int(d.select));
   EXPECT_EQ(c.select_value, d.select_value.value);
+  EXPECT_EQ(c.estimate, int(d.estimate));
+  EXPECT_EQ(c.sample_rows, d.sample_rows);
   EXPECT_EQ(c.attention_sink, int(d.attention_sink));
   EXPECT_EQ(c.pv_threshold, d.pv_threshold.value);
   EXPECT_EQ(c.pv_group_rows, d.pv_group_rows);
@@ -82,6 +84,7 @@ TEST(CApi, DefaultsEqualTheCppDefaults) {
   EXPECT_EQ(init.pv_threshold_per_head, nullptr);
   EXPECT_EQ(SPARGE_CAUSAL_BOTTOM_RIGHT, int(CausalAlign::kBottomRight));
   EXPECT_EQ(SPARGE_SELECT_TOPK, int(SelectMode::kTopK));
+  EXPECT_EQ(SPARGE_ESTIMATE_SAMPLED_ROWS, int(EstimateMode::kSampledRows));
   EXPECT_EQ(SPARGE_QUANT_INT8_FP8, int(QuantMode::kInt8Fp8));
 }
 

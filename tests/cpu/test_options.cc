@@ -31,7 +31,7 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
     ADD_FAILURE() << "no option " << name;
     return std::nan("");
   };
-  EXPECT_EQ(names.size(), 14u);
+  EXPECT_EQ(names.size(), 16u);
   EXPECT_EQ(float(value("scale")), d.scale);
   EXPECT_EQ(value("causal"), d.causal ? 1.0 : 0.0);
   EXPECT_EQ(value("causal_align"), int(d.causal_align));
@@ -39,6 +39,9 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
   EXPECT_EQ(value("sim_threshold"), 0.6);  // the shortest decimal of the float default
   EXPECT_EQ(value("select"), int(d.select));
   EXPECT_EQ(float(value("select_value")), d.select_value.value);
+  EXPECT_EQ(value("estimate"), int(d.estimate));
+  EXPECT_EQ(d.estimate, EstimateMode::kPooled);  // SpargeAttn's rule stays the default
+  EXPECT_EQ(value("sample_rows"), d.sample_rows);
   EXPECT_EQ(value("attention_sink"), d.attention_sink ? 1.0 : 0.0);
   EXPECT_EQ(float(value("pv_threshold")), d.pv_threshold.value);
   EXPECT_EQ(value("pv_group_rows"), d.pv_group_rows);
@@ -71,6 +74,7 @@ TEST(Options, EnumNamesRoundTrip) {
     const std::string type = o.enum_type;
     if (type == "CausalAlign") expect_round_trip<CausalAlign>(o.choices);
     else if (type == "SelectMode") expect_round_trip<SelectMode>(o.choices);
+    else if (type == "EstimateMode") expect_round_trip<EstimateMode>(o.choices);
     else if (type == "QuantMode") expect_round_trip<QuantMode>(o.choices);
     else ADD_FAILURE() << "enum type " << type << " has no round-trip check";
   }
@@ -116,6 +120,8 @@ TEST(Options, CommandLineShowsTheSameDefaults) {
     shows("--sim", text(d.sim_threshold.value));
     shows("--cdf", text(d.select_value.value));
     shows("--pv", text(d.pv_threshold.value));
+    shows("--estimate", enum_name(d.estimate));
+    shows("--sample-rows", std::to_string(d.sample_rows));
     shows("--block-q", std::to_string(d.block_q));
     shows("--block-k", std::to_string(d.block_k));
   }

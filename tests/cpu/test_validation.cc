@@ -198,6 +198,19 @@ TEST(Validation, OptionRanges) {
                     "SparseOptions.causal_align must be kTopLeft or kBottomRight, got code 2");
   expect_everywhere([](Inputs& in) { in.opts.select = static_cast<SelectMode>(3); },
                     "SparseOptions.select must be kTopCdf or kTopK, got code 3");
+  expect_everywhere([](Inputs& in) { in.opts.estimate = static_cast<EstimateMode>(5); },
+                    "SparseOptions.estimate must be kPooled or kSampledRows, got code 5");
+  // sample_rows is checked in either estimate mode (block_q is 16 here).
+  expect_everywhere([](Inputs& in) { in.opts.sample_rows = 0; },
+                    "SparseOptions.sample_rows must be in [1, block_q = 16], got 0");
+  expect_everywhere(
+      [](Inputs& in) {
+        in.opts.estimate = EstimateMode::kSampledRows;
+        in.opts.sample_rows = 17;
+      },
+      "SparseOptions.sample_rows must be in [1, block_q = 16], got 17");
+  expect_everywhere([](Inputs& in) { in.opts.sample_rows = -3; },
+                    "SparseOptions.sample_rows must be in [1, block_q = 16], got -3");
   expect_everywhere([](Inputs& in) { in.opts.quant = static_cast<QuantMode>(9); },
                     "SparseOptions.quant must be kNone or kInt8Fp8, got code 9");
   expect_everywhere([](Inputs& in) { in.opts.sim_threshold = {1.5f}; },
@@ -237,6 +250,9 @@ TEST(Validation, OptionRanges) {
 
   Inputs ok;  // +inf is a valid λ
   ok.opts.pv_threshold = {INFINITY};
+  EXPECT_TRUE(ok.attention().is_ok());
+  ok.opts.estimate = EstimateMode::kSampledRows;  // sample_rows = block_q: every row
+  ok.opts.sample_rows = 16;
   EXPECT_TRUE(ok.attention().is_ok());
 }
 

@@ -53,8 +53,8 @@ TEST(WindowGeometry, AllowedBlocksAreExactlyTheBlocksWithAVisiblePair) {
     const int bq = 1 << (rng() % 5 + 2), bk = 1 << (rng() % 5 + 2);
     const int64_t left = int64_t(rng() % 5) == 0 ? -1 : int64_t(rng() % 200);
     const int64_t right = int64_t(rng() % 5) == 0 ? -1 : int64_t(rng() % 200);
-    const SparseOptions o = window(left, right, rng() % 2, rng() % 2 ? CausalAlign::kBottomRight
-                                                                      : CausalAlign::kTopLeft);
+    const SparseOptions o = window(left, right, rng() % 2,
+                                   rng() % 2 ? CausalAlign::kBottomRight : CausalAlign::kTopLeft);
     const detail::KeyBand band = detail::Problem::band_of(o, nq, nk);
     for (int64_t qb = 0; qb * bq < nq; ++qb) {
       const detail::BlockRange got = detail::allowed_key_blocks(qb, bq, bk, band, nq, nk);
@@ -77,7 +77,8 @@ TEST(WindowGeometry, AllowedBlocksAreExactlyTheBlocksWithAVisiblePair) {
       }
     }
   }
-  std::printf("[window] geometry: %d (query block, key block) pairs against brute force\n", checked);
+  std::printf("[window] geometry: %d (query block, key block) pairs against brute force\n",
+              checked);
 }
 
 struct WindowCase {
@@ -135,7 +136,8 @@ class WindowAttention : public ::testing::TestWithParam<WindowCase> {};
 // and both CPU backends compute the naive windowed softmax.
 TEST_P(WindowAttention, BothBackendsMatchTheNaiveMaskedSoftmax) {
   const WindowCase c = GetParam();
-  const std::vector<float> qf = gaussian(c.Hq * c.Nq * c.D, 1), kf = gaussian(c.Hkv * c.Nk * c.D, 2),
+  const std::vector<float> qf = gaussian(c.Hq * c.Nq * c.D, 1),
+                           kf = gaussian(c.Hkv * c.Nk * c.D, 2),
                            vf = gaussian(c.Hkv * c.Nk * c.D, 3);
   const HostTensor q = HostTensor::make(qf, 1, c.Hq, c.Nq, c.D, c.dtype, Layout::kHND);
   const HostTensor k = HostTensor::make(kf, 1, c.Hkv, c.Nk, c.D, c.dtype, Layout::kNHD, 2);
@@ -162,11 +164,12 @@ TEST_P(WindowAttention, BothBackendsMatchTheNaiveMaskedSoftmax) {
   EXPECT_EQ(st.tiles_dense, full);
 
   // The double-precision dense helper is the naive formula.
-  const std::vector<double> dense_ref =
-      cpu::dense_attention_reference(q.view, k.view, v.view, float(1.0 / std::sqrt(double(c.D))), o);
+  const std::vector<double> dense_ref = cpu::dense_attention_reference(
+      q.view, k.view, v.view, float(1.0 / std::sqrt(double(c.D))), o);
   ASSERT_EQ(dense_ref.size(), want.size());
   double helper_err = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) helper_err = std::max(helper_err, std::abs(dense_ref[i] - want[i]));
+  for (size_t i = 0; i < want.size(); ++i)
+    helper_err = std::max(helper_err, std::abs(dense_ref[i] - want[i]));
   EXPECT_LT(helper_err, 1e-9);
 
   const double tol = c.dtype == DType::kFloat32 ? 1e-5 : (c.dtype == DType::kFloat16 ? 4e-3 : 2e-2);
@@ -177,8 +180,9 @@ TEST_P(WindowAttention, BothBackendsMatchTheNaiveMaskedSoftmax) {
     extras.lse = lse.data();
     ExecContext ctx;
     ctx.backend = backend;
-    ASSERT_TRUE(block_sparse_attention(q.view, k.view, v.view, dense.view(), o, out.view, extras,
-                                       ctx).is_ok());
+    ASSERT_TRUE(
+        block_sparse_attention(q.view, k.view, v.view, dense.view(), o, out.view, extras, ctx)
+            .is_ok());
     const std::vector<float> got = out.to_hnd();
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -206,15 +210,24 @@ TEST_P(WindowAttention, BothBackendsMatchTheNaiveMaskedSoftmax) {
 }
 
 const WindowCase kWindowCases[] = {
-    {"left 100, causal", 2, 2, 300, 300, 32, 100, -1, true, CausalAlign::kTopLeft, DType::kFloat32, 64, 32},
-    {"left 0 right 0 (diagonal only)", 2, 1, 130, 130, 16, 0, 0, false, CausalAlign::kTopLeft, DType::kFloat32, 32, 16},
-    {"left 40 right 17, bottom-right", 4, 2, 97, 251, 32, 40, 17, false, CausalAlign::kBottomRight, DType::kFloat32, 32, 64},
-    {"right only 5, Nq > Nk top-left", 2, 2, 333, 129, 32, -1, 5, false, CausalAlign::kTopLeft, DType::kFloat32, 64, 32},
-    {"left 63 causal bottom-right", 3, 1, 200, 517, 64, 63, -1, true, CausalAlign::kBottomRight, DType::kBFloat16, 128, 64},
-    {"left 512 causal (Gemma-like)", 2, 1, 1100, 1100, 64, 512, -1, true, CausalAlign::kTopLeft, DType::kFloat16, 128, 64},
-    {"left 7 right 300 non-causal", 2, 2, 211, 211, 32, 7, 300, false, CausalAlign::kTopLeft, DType::kFloat32, 16, 16},
-    {"window wider than the sequence", 1, 1, 77, 77, 32, 5000, 5000, false, CausalAlign::kTopLeft, DType::kFloat32, 32, 32},
-    {"rows past the keys see nothing", 1, 1, 300, 100, 32, 10, 0, false, CausalAlign::kTopLeft, DType::kFloat32, 64, 32},
+    {"left 100, causal", 2, 2, 300, 300, 32, 100, -1, true, CausalAlign::kTopLeft, DType::kFloat32,
+     64, 32},
+    {"left 0 right 0 (diagonal only)", 2, 1, 130, 130, 16, 0, 0, false, CausalAlign::kTopLeft,
+     DType::kFloat32, 32, 16},
+    {"left 40 right 17, bottom-right", 4, 2, 97, 251, 32, 40, 17, false, CausalAlign::kBottomRight,
+     DType::kFloat32, 32, 64},
+    {"right only 5, Nq > Nk top-left", 2, 2, 333, 129, 32, -1, 5, false, CausalAlign::kTopLeft,
+     DType::kFloat32, 64, 32},
+    {"left 63 causal bottom-right", 3, 1, 200, 517, 64, 63, -1, true, CausalAlign::kBottomRight,
+     DType::kBFloat16, 128, 64},
+    {"left 512 causal (Gemma-like)", 2, 1, 1100, 1100, 64, 512, -1, true, CausalAlign::kTopLeft,
+     DType::kFloat16, 128, 64},
+    {"left 7 right 300 non-causal", 2, 2, 211, 211, 32, 7, 300, false, CausalAlign::kTopLeft,
+     DType::kFloat32, 16, 16},
+    {"window wider than the sequence", 1, 1, 77, 77, 32, 5000, 5000, false, CausalAlign::kTopLeft,
+     DType::kFloat32, 32, 32},
+    {"rows past the keys see nothing", 1, 1, 300, 100, 32, 10, 0, false, CausalAlign::kTopLeft,
+     DType::kFloat32, 64, 32},
 };
 INSTANTIATE_TEST_SUITE_P(Cases, WindowAttention, ::testing::ValuesIn(kWindowCases));
 
@@ -222,38 +235,47 @@ INSTANTIATE_TEST_SUITE_P(Cases, WindowAttention, ::testing::ValuesIn(kWindowCase
 // only where the window reaches it.
 TEST(WindowPredict, KeepsOnlyAllowedBlocksAndTheSinkOnlyInsideTheWindow) {
   const int64_t H = 2, N = 1000, D = 64;
-  const HostTensor q = HostTensor::make(gaussian(H * N * D, 4), 1, H, N, D, DType::kFloat32, Layout::kHND);
-  const HostTensor k = HostTensor::make(gaussian(H * N * D, 5), 1, H, N, D, DType::kFloat32, Layout::kHND);
-  SparseOptions o = window(200, -1, true, CausalAlign::kTopLeft);
-  o.sim_threshold = {-1.0f};  // every block similar: the selection alone decides
-  o.select_value = {0.5f};
-  o.attention_sink = true;
-  HostBlockMask m(1, H, N, N, o.block_q, o.block_k);
-  ASSERT_TRUE(predict_block_mask(q.view, k.view, o, m.view()).is_ok());
-  const detail::KeyBand band = detail::Problem::band_of(o, N, N);
-  const int64_t nq = m.view().num_q_blocks(), nk = m.view().num_k_blocks();
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < nq; ++i) {
-      const detail::BlockRange allowed = detail::allowed_key_blocks(i, o.block_q, o.block_k, band, N, N);
-      const int64_t row = m.view().row(0, h, i);
-      ASSERT_GE(m.counts[row], 1) << "every query block sees some key";
-      for (int32_t t = 0; t < m.counts[row]; ++t)
-        EXPECT_TRUE(allowed.contains(m.indices[row * nk + t])) << "row " << i << " block " << m.indices[row * nk + t];
-      const bool has_sink = m.indices[row * nk] == 0;
-      EXPECT_EQ(has_sink, allowed.contains(0)) << "query block " << i;
-    }
+  const HostTensor q =
+      HostTensor::make(gaussian(H * N * D, 4), 1, H, N, D, DType::kFloat32, Layout::kHND);
+  const HostTensor k =
+      HostTensor::make(gaussian(H * N * D, 5), 1, H, N, D, DType::kFloat32, Layout::kHND);
+  for (EstimateMode estimate : {EstimateMode::kPooled, EstimateMode::kSampledRows}) {
+    SparseOptions o = window(200, -1, true, CausalAlign::kTopLeft);
+    o.sim_threshold = {-1.0f};  // every block similar: the selection alone decides
+    o.select_value = {0.5f};
+    o.attention_sink = true;
+    o.estimate = estimate;
+    HostBlockMask m(1, H, N, N, o.block_q, o.block_k);
+    ASSERT_TRUE(predict_block_mask(q.view, k.view, o, m.view()).is_ok());
+    const detail::KeyBand band = detail::Problem::band_of(o, N, N);
+    const int64_t nq = m.view().num_q_blocks(), nk = m.view().num_k_blocks();
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < nq; ++i) {
+        const detail::BlockRange allowed =
+            detail::allowed_key_blocks(i, o.block_q, o.block_k, band, N, N);
+        const int64_t row = m.view().row(0, h, i);
+        ASSERT_GE(m.counts[row], 1) << "every query block sees some key";
+        for (int32_t t = 0; t < m.counts[row]; ++t)
+          EXPECT_TRUE(allowed.contains(m.indices[row * nk + t]))
+              << "row " << i << " block " << m.indices[row * nk + t];
+        const bool has_sink = m.indices[row * nk] == 0;
+        EXPECT_EQ(has_sink, allowed.contains(0)) << "query block " << i;
+      }
+  }
 }
 
 TEST(WindowValidation, NegativeSizesOtherThanMinusOneAreRefusedByName) {
   const int64_t N = 64, D = 32;
-  const HostTensor q = HostTensor::make(gaussian(N * D, 6), 1, 1, N, D, DType::kFloat32, Layout::kHND);
+  const HostTensor q =
+      HostTensor::make(gaussian(N * D, 6), 1, 1, N, D, DType::kFloat32, Layout::kHND);
   HostTensor out = HostTensor::poisoned(1, 1, N, D, DType::kFloat32, Layout::kHND);
   for (const char* which : {"window_left", "window_right"}) {
     SparseOptions o;
     (std::string(which) == "window_left" ? o.window_left : o.window_right) = -2;
     const Status st = sparse_attention(q.view, q.view, q.view, o, out.view);
     EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(st.message().find(std::string("SparseOptions.") + which), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find(std::string("SparseOptions.") + which), std::string::npos)
+        << st.message();
     EXPECT_NE(st.message().find("-2"), std::string::npos) << st.message();
   }
 }

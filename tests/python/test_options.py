@@ -113,3 +113,27 @@ def test_documented_signature_lists_every_keyword():
     params = inspect.signature(sparge.attention).parameters
     keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert documented == keywords
+
+
+def test_estimate_modes_reach_the_ops():
+    # estimate / sample_rows are plain keywords: sparge.attention and predict_block_mask pass them
+    # to the ops, whose C++ validation names the argument.
+    from sparge import workloads
+    assert _options.DEFAULTS["estimate"] == "pooled" and _options.DEFAULTS["sample_rows"] == 4
+    assert set(_options.TABLE["estimate"]["choices"]) == {"pooled", "sampled_rows"}
+    w = workloads.language_like(heads_q=2, heads_kv=1, tokens=640, head_dim=32, seed=1)
+    masks = {}
+    for estimate in ("pooled", "sampled_rows"):
+        out, stats = sparge.attention(w.q, w.k, w.v, is_causal=True, sim_threshold=-1.0,
+                                      cdf_threshold=0.9, estimate=estimate, sample_rows=4,
+                                      backend="cpu", return_stats=True)
+        mask = sparge.predict_block_mask(w.q, w.k, is_causal=True, sim_threshold=-1.0,
+                                         cdf_threshold=0.9, estimate=estimate, sample_rows=4,
+                                         backend="cpu")
+        assert torch.equal(mask.counts, stats.block_mask.counts) and torch.isfinite(out).all()
+        masks[estimate] = mask.counts
+    assert not torch.equal(masks["pooled"], masks["sampled_rows"])
+    with pytest.raises(ValueError, match=r"SparseOptions.sample_rows must be in \[1, block_q = 128\], got 129"):
+        sparge.attention(w.q, w.k, w.v, estimate="sampled_rows", sample_rows=129, backend="cpu")
+    with pytest.raises(ValueError, match="estimate must be one of 'pooled', 'sampled_rows'"):
+        sparge.predict_block_mask(w.q, w.k, estimate="rows", backend="cpu")

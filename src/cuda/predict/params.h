@@ -24,6 +24,8 @@ struct PredictParams {
   double scale;
   detail::KeyBand band;   // the keys each row sees (causal, window; geometry.h)
   bool topk;              // false: TopCdf
+  bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
+  int sample_rows;
   bool attention_sink;
   bool per_head;          // thresholds below are per query head, else [0] for every head
   float sim_threshold[kMaxPredictHeads];
@@ -37,7 +39,7 @@ struct PredictParams {
   double* sim_q;       // [batch·heads_q, nq]
   double* pooled_kt;   // [batch·heads_kv, D, nk] (transposed: the score kernel reads along nk)
   double* sim_k;       // [batch·heads_kv, nk]
-  double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k
+  double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k, or the sampled rows' mass
 };
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.

@@ -1,6 +1,7 @@
 // Stage 1 launcher: key mean (two fixed-order passes), pooling + similarity of q and smoothed k
-// blocks, compressed scores, selection into the BlockMask. Five launches on the caller's stream,
-// no allocation, no synchronisation.
+// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows),
+// selection into the BlockMask. Six launches on the caller's stream, no allocation, no
+// synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,6 +11,7 @@
 #include "cuda/common/check.cuh"
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
+#include "cuda/predict/sampled_rows.cuh"
 #include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
@@ -42,9 +44,14 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
   pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
-  const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
-  compressed_scores<<<dim3(score_ctas, bhq), 256, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("compressed_scores launch");
+  if (p.sampled_rows) {
+    sampled_row_mass<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
+  } else {
+    const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
+    compressed_scores<<<dim3(score_ctas, bhq), 256, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("compressed_scores launch");
+  }
 
   const int sort_len = sort_length(p.num_k_blocks);
   const int smem = sort_len * int(sizeof(double) + 2 * sizeof(int));

@@ -1,8 +1,9 @@
-// Stage 1, second half: the compressed score map S̃ = scale · p_q · p_kᵀ, then per query block
-// the softmax over eligible key blocks (allowed by causality and the window, and similar), the
-// TopCdf / TopK selection ranked by P̃ descending with ties to the lower index, the forced
-// non-similar rows and columns, the sink column, and the ascending BlockMask row
-// (docs/method.md, Stage 1, steps 3-7).
+// Stage 1, second half: the compressed score map S̃ = scale · p_q · p_kᵀ (estimate pooled; the
+// sampled_rows estimate is sampled_rows.cuh), then per query block the distribution P̃ over the
+// eligible key blocks (allowed by causality and the window, and similar): the softmax of S̃, or the sampled masses
+// normalized over them; the TopCdf / TopK selection ranked by P̃ descending with ties to the
+// lower index, the forced non-similar rows and columns, the sink column, and the ascending
+// BlockMask row (docs/method.md, Stage 1, steps 3-7).
 #pragma once
 
 #include <cmath>
@@ -117,15 +118,20 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   const double row_max = block_reduce(local_max, sScratchD, max_op);
   const int eligible = block_reduce(local_eligible, sScratchI, [](int a, int b) { return a + b; });
 
+  // Eligible weights: exp(S̃ − max) (pooled) or the sampled rows' mass; P̃ = weight / Σ weights.
+  // A zero total (sampled rows only: every eligible weight underflowed) selects nothing.
+  double denom = 0.0;
   if (eligible > 0) {
-    // P̃ = softmax over the eligible columns.
     double local_sum = 0.0;
     for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
-      const double e = sProb[j] == -INFINITY ? -1.0 : exp(sProb[j] - row_max);
+      const double w = p.sampled_rows ? sProb[j] : exp(sProb[j] - row_max);
+      const double e = sProb[j] == -INFINITY ? -1.0 : w;
       sProb[j] = e;
       if (e >= 0.0) local_sum += e;
     }
-    const double denom = block_reduce(local_sum, sScratchD, sum_op);
+    denom = block_reduce(local_sum, sScratchD, sum_op);
+  }
+  if (eligible > 0 && denom != 0.0) {  // uniform over the CTA: the barriers below are safe
     for (int j = threadIdx.x; j < sort_len; j += kSelectThreads)
       if (sProb[j] >= 0.0) sProb[j] /= denom;
     __syncthreads();

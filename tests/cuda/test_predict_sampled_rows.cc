@@ -1,0 +1,169 @@
+// GPU Stage 1 with estimate = sampled_rows against the CPU mask (src/cpu/predict.cc, itself
+// checked against an oracle in tests/cpu/test_sampled_rows.cc): random and structured inputs,
+// TopCdf and TopK, causal in both alignments, GQA, sinks, odd lengths, tail blocks with fewer
+// rows than sample_rows, sample_rows above the kernel's rows per pass (kEstimateRows = 4).
+// Both sides sum in double in different orders, so only exact ties may differ.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "common/validate.h"
+#include "gpu_test_util.h"
+#include "sparge/workloads.h"
+
+namespace sparge::test {
+namespace {
+
+struct SampledCase {
+  std::string workload;  // "random", "video", "llm"
+  int64_t Hq, Hkv, Nq, Nk, D;
+  DType dtype;
+  Layout layout;
+  bool causal;
+  CausalAlign align;
+  SelectMode select;
+  float sim, select_value;
+  int sample_rows;
+  bool sink;
+};
+
+workloads::Workload make_workload(const SampledCase& c, uint64_t seed) {
+  if (c.workload == "video") return workloads::video_grid(1, c.Hq, c.Nq / 64, 8, 8, c.D, seed);
+  if (c.workload == "llm") return workloads::language_like(1, c.Hq, c.Hkv, c.Nq, c.D, seed);
+  return workloads::random_gaussian(1, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
+}
+
+class SampledRowsVsCpu : public ::testing::TestWithParam<SampledCase> {};
+
+TEST_P(SampledRowsVsCpu, MasksAgreeExceptAtTies) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const SampledCase& c = GetParam();
+  workloads::Workload w = make_workload(c, 17 + c.Nq);
+  const int64_t B = w.batch, Hq = w.heads_q, Hkv = w.heads_kv, Nq = w.seq_q, Nk = w.seq_k, D = w.head_dim;
+  HostTensor q = HostTensor::make(w.q, B, Hq, Nq, D, c.dtype, c.layout, 1);
+  HostTensor k = HostTensor::make(w.k, B, Hkv, Nk, D, c.dtype, c.layout, 1);
+
+  SparseOptions opts;
+  opts.estimate = EstimateMode::kSampledRows;
+  opts.sample_rows = c.sample_rows;
+  opts.causal = c.causal;
+  opts.causal_align = c.align;
+  opts.select = c.select;
+  opts.attention_sink = c.sink;
+  std::vector<float> per_head_sim(Hq);
+  for (int64_t h = 0; h < Hq; ++h) per_head_sim[h] = c.sim + 0.1f * float(h % 3) - 0.1f;
+  opts.sim_threshold.per_head = per_head_sim.data();
+  opts.select_value.value = c.select_value;
+
+  HostBlockMask ref(B, Hq, Nq, Nk, opts.block_q, opts.block_k);
+  Status st = predict_block_mask(q.view, k.view, opts, ref.view());
+  ASSERT_TRUE(st.is_ok()) << st.message();
+
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
+  DeviceMask dmask = DeviceMask::like(ref.view());
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  st = predict_block_mask(dq.view, dk.view, opts, dmask.mask, ctx);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  HostBlockMask got = dmask.download();
+  const Status valid = detail::validate_mask_contents(got.view());
+  ASSERT_TRUE(valid.is_ok()) << valid.message();
+
+  const std::vector<uint8_t> a = got.to_dense(), b = ref.to_dense();
+  int64_t same = 0, kept = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    same += a[i] == b[i];
+    kept += b[i];
+  }
+  const double frac = double(same) / double(a.size());
+  const AttentionStats stats = mask_stats(ref.view(), c.causal, c.align);
+  std::printf("[ sampled_rows ] %s Hq%ld Nq%ld Nk%ld D%ld rows %d %s: identical blocks %.5f (%ld/%zu), "
+              "ref sparsity %.3f\n",
+              c.workload.c_str(), long(Hq), long(Nq), long(Nk), long(D), c.sample_rows,
+              c.select == SelectMode::kTopK ? "topk" : "topcdf", frac, long(same), a.size(), stats.sparsity());
+  std::fflush(stdout);
+  EXPECT_GE(frac, 0.995);
+  EXPECT_GT(kept, 0);
+
+  // Runs are bit-reproducible (fixed summation orders, no atomics).
+  DeviceMask again = DeviceMask::like(ref.view());
+  ASSERT_TRUE(predict_block_mask(dq.view, dk.view, opts, again.mask, ctx).is_ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(again.download().to_dense(), a);
+}
+
+constexpr auto kBf16 = DType::kBFloat16;
+constexpr auto kFp16 = DType::kFloat16;
+constexpr auto kTL = CausalAlign::kTopLeft;
+constexpr auto kBR = CausalAlign::kBottomRight;
+constexpr auto kCdf = SelectMode::kTopCdf;
+constexpr auto kTopK = SelectMode::kTopK;
+
+const SampledCase kSampledCases[] = {
+    // One token; then a tail block of 2 rows (Nq = 258) under sample_rows 4.
+    {"random", 2, 1, 1, 1, 64, kBf16, Layout::kHND, false, kTL, kCdf, -0.5f, 0.9f, 4, false},
+    {"random", 4, 2, 258, 1000, 128, kBf16, Layout::kNHD, true, kTL, kCdf, -0.5f, 0.9f, 4, false},
+    {"random", 2, 2, 129, 1000, 64, kFp16, Layout::kHND, true, kBR, kTopK, -0.5f, 0.3f, 4, true},
+    {"random", 2, 1, 1000, 129, 64, kFp16, Layout::kHND, true, kBR, kCdf, -0.5f, 0.5f, 7, false},
+    {"random", 2, 2, 17, 1000, 96, kBf16, Layout::kNHD, false, kTL, kTopK, 0.0f, 0.5f, 1, false},
+    {"video", 4, 4, 4096, 4096, 64, kBf16, Layout::kHND, false, kTL, kCdf, 0.5f, 0.9f, 4, false},
+    {"video", 2, 2, 2048, 2048, 128, kFp16, Layout::kNHD, false, kTL, kTopK, 0.6f, 0.2f, 9, true},
+    {"llm", 4, 2, 2000, 2000, 128, kBf16, Layout::kHND, true, kTL, kCdf, 0.3f, 0.95f, 4, true},
+    {"llm", 4, 1, 3001, 3001, 64, kFp16, Layout::kNHD, true, kTL, kCdf, -0.5f, 0.98f, 128, false},
+    {"llm", 8, 2, 8192, 8192, 128, kBf16, Layout::kHND, true, kTL, kCdf, -0.5f, 0.95f, 4, false},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, SampledRowsVsCpu, ::testing::ValuesIn(kSampledCases));
+
+// End to end: sparse_attention with the sampled_rows mask on the GPU against the reference backend.
+TEST(SampledRowsEndToEnd, MatchesReference) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  workloads::Workload w = workloads::language_like(1, 2, 1, 1000, 128, 5);
+  const int64_t B = 1, Hq = 2, Hkv = 1, N = w.seq_q, D = 128;
+  HostTensor q = HostTensor::make(w.q, B, Hq, N, D, DType::kBFloat16, Layout::kHND);
+  HostTensor k = HostTensor::make(w.k, B, Hkv, N, D, DType::kBFloat16, Layout::kHND);
+  HostTensor v = HostTensor::make(w.v, B, Hkv, N, D, DType::kBFloat16, Layout::kHND);
+  SparseOptions opts;
+  opts.causal = true;
+  opts.estimate = EstimateMode::kSampledRows;
+  opts.sim_threshold.value = -0.5f;  // every block similar: selection decides
+  opts.select_value.value = 0.95f;
+  opts.pv_threshold.value = INFINITY;
+
+  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
+  HostTensor o32 = HostTensor::poisoned(B, Hq, N, D, DType::kFloat32, Layout::kHND);
+  HostBlockMask ref_mask(B, Hq, N, N, 128, 64);
+  ExecContext ref_ctx;
+  ref_ctx.backend = Backend::kReference;
+  Status st = sparse_attention(q32.view, k32.view, v32.view, opts, o32.view, {}, ref_ctx, &ref_mask.view());
+  ASSERT_TRUE(st.is_ok()) << st.message();
+
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kHND));
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  DeviceMask dmask = DeviceMask::like(ref_mask.view());
+  st = sparse_attention(dq.view, dk.view, dv.view, opts, dout.view, {}, ctx, &dmask.mask);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const HostBlockMask got = dmask.download();
+  const AttentionStats stats = mask_stats(got.view(), true, CausalAlign::kTopLeft);
+  const double err = measure::rel_l1(dout.download(), o32.to_hnd());
+  std::printf("[ end-to-end ] llm-like N=%ld sampled_rows sparsity %.3f rel_l1 %.2e\n", long(N),
+              stats.sparsity(), err);
+  std::fflush(stdout);
+  EXPECT_GT(stats.sparsity(), 0.2) << "the case must skip tiles";
+  EXPECT_EQ(got.to_dense(), ref_mask.to_dense());
+  EXPECT_LE(err, 5e-3);
+}
+
+}  // namespace
+}  // namespace sparge::test
