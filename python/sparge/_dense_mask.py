@@ -1,55 +1,115 @@
 """Which dense attention masks Sparge can serve without the mask.
 
-Sparge takes no dense masks, but some masks say nothing that its flags cannot: a mask that lets
-every query see every key is no mask, and a mask that is exactly the causal pattern is
-`is_causal=True` with the matching alignment. Framework integrations pass such masks (Hugging
-Face transformers materializes one where it cannot prove it away, e.g. a prefill after a cache),
-and they should not cost a fallback. Anything else (padding, windows, packed sequences, biases)
-is not reducible.
+Sparge takes no dense masks, but some masks say nothing that its options cannot: a mask that
+lets every query see every key is no mask, and a mask that is exactly a band around a diagonal
+is `is_causal` and/or a sliding window (`window_left`, `window_right`) with the matching
+`causal_align`. Framework integrations pass such masks (Hugging Face transformers materializes
+the causal one where it cannot prove it away, e.g. a prefill after a cache, and the sliding
+window one on every call longer than the window), and they should not cost a fallback.
+Anything else (padding, packed sequences, biases, masks that differ between batch entries or
+heads, rows that see no key) is not reducible.
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+# Why a mask is not reducible, for the fallback messages.
+NOT_BOOL_OR_FLOAT = "an attn_mask of a dtype other than bool or floating point"
+ADDITIVE_BIAS = ("an additive float attn_mask with values other than 0 and -inf (a bias such as "
+                 "ALiBi or relative positions; Sparge adds no bias)")
+BAD_SHAPE = "an attn_mask that does not broadcast to [batch, heads, Nq, Nk]"
+EMPTY_ROWS = ("an attn_mask in which some query sees no key (SDPA returns NaN for such rows, "
+              "Sparge zeros)")
+NOT_A_BAND = ("an attn_mask that is not one band around a diagonal, the same in every batch "
+              "entry and head (padding, packed sequences, prefix or block patterns)")
+UNALIGNED_BAND = ("an attn_mask band that neither top_left nor bottom_right alignment expresses "
+                  "(its right edge and left edge follow different diagonals)")
 
-def _allowed(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """The boolean "may attend" tensor of an SDPA mask, or None when the mask is more than that:
-    a float mask must hold only 0 (attend) and -inf or its dtype's lowest value (do not)."""
+
+def _allowed(mask: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(the boolean "may attend" tensor of an SDPA mask, None or a 0-d device bool saying
+    whether a float mask holds only 0 (attend) and -inf or its dtype's lowest value (do not)).
+    (None, None) for other dtypes, which SDPA itself rejects."""
     if mask.dtype == torch.bool:
-        return mask
+        return mask, None
     if not mask.is_floating_point():
-        return None  # SDPA itself rejects it
+        return None, None
     attend = mask == 0
     blocked = (mask == float("-inf")) | (mask == torch.finfo(mask.dtype).min)
-    if not bool((attend | blocked).all()):
-        return None  # an additive bias (ALiBi, relative positions, ...)
-    return attend
+    return attend, (attend | blocked).all()
 
 
-def flags_for_mask(mask: torch.Tensor, seq_q: int, seq_k: int) -> Optional[Tuple[bool, str]]:
-    """(is_causal, causal_align) under which Sparge computes what SDPA computes with `mask`
-    (broadcast over [batch, heads, seq_q, seq_k]), or None when no flags do.
+def _options_for_band(lo: int, hi: int, seq_q: int, seq_k: int) -> Optional[Dict[str, object]]:
+    """Sparge options whose band (mask.key_band) equals lo <= c - r <= hi on the [seq_q, seq_k]
+    grid, for a band whose first and last rows see keys (so hi >= 0 and lo <= seq_k - seq_q),
+    or None when no single alignment expresses both edges. Causal is preferred where
+    the right edge is a causal diagonal; top_left is tried before bottom_right."""
+    for align, offset in (("top_left", 0), ("bottom_right", seq_k - seq_q)):
+        if hi == offset:
+            causal, right = True, -1
+        elif hi >= seq_k - 1:  # no row is cut on the right
+            causal, right = False, -1
+        elif hi > offset:
+            causal, right = False, hi - offset
+        else:
+            continue
+        if lo <= -(seq_q - 1):  # no row is cut on the left
+            left = -1
+        elif lo <= offset:
+            left = offset - lo
+        else:
+            continue
+        return dict(is_causal=causal, causal_align=align, window_left=left, window_right=right)
+    return None
 
-    All-true is (False, "top_left"). The causal patterns are SDPA's `is_causal` ("top_left":
-    key j for query i when j <= i) and FlashAttention's ("bottom_right": j <= i + seq_k - seq_q),
-    the latter only when seq_k >= seq_q, where no query row is empty. Reading the mask
-    synchronizes with its device; call it only where a mask is actually given.
+
+def options_for_mask(mask: torch.Tensor, seq_q: int, seq_k: int,
+                     scores_shape: Optional[Tuple[int, ...]] = None
+                     ) -> Tuple[Optional[Dict[str, object]], str]:
+    """(options, "") with the sparge.attention keywords (is_causal, causal_align, window_left,
+    window_right) under which Sparge computes what SDPA computes with `mask` (broadcast over
+    [batch, heads, seq_q, seq_k]), or (None, why not). An all-true mask gives {} (no mask).
+    `scores_shape`, when given, is the call's score shape, to which the mask must broadcast.
+
+    A candidate band is read off two rows of the mask's first [seq_q, seq_k] slice (the last
+    key row 0 sees, the first key the last row sees), built on the mask's device and compared
+    with the whole mask: one synchronization, no copy to the host beyond three numbers. Every
+    row must see a key (SDPA's fully masked rows are NaN, Sparge's zeros).
     """
     if mask.dim() > 4 or mask.dim() < 2:
-        return None
-    allowed = _allowed(mask)
+        return None, BAD_SHAPE
+    allowed, valid = _allowed(mask)
     if allowed is None:
-        return None
+        return None, NOT_BOOL_OR_FLOAT
     try:
+        if scores_shape is not None and \
+                torch.broadcast_shapes(mask.shape, scores_shape) != tuple(scores_shape):
+            return None, BAD_SHAPE
         allowed = allowed.expand(*allowed.shape[:-2], seq_q, seq_k)
     except RuntimeError:
-        return None  # does not broadcast to the scores: SDPA raises its own error
-    if bool(allowed.all()):
-        return False, "top_left"
+        return None, BAD_SHAPE  # SDPA raises its own error
+    if seq_q == 0 or seq_k == 0:
+        return None, EMPTY_ROWS
+    plane = allowed[(0,) * (allowed.dim() - 2)]
+    first_row, last_row = plane[0], plane[-1]
+    cols = torch.arange(seq_k, device=allowed.device)
+    hi = torch.where(first_row, cols, -1).max()             # row 0's last key - 0
+    lo = torch.where(last_row, cols, seq_k).min() - (seq_q - 1)  # last row's first key - row
     rows = torch.arange(seq_q, device=allowed.device)[:, None]
-    cols = torch.arange(seq_k, device=allowed.device)[None, :]
-    if bool((allowed == (cols <= rows)).all()):
-        return True, "top_left"
-    if seq_k >= seq_q and bool((allowed == (cols <= rows + (seq_k - seq_q))).all()):
-        return True, "bottom_right"
-    return None
+    band = (cols >= rows + lo) & (cols <= rows + hi)
+    no_bias = valid if valid is not None else torch.ones((), dtype=torch.bool,
+                                                         device=allowed.device)
+    sees_keys = first_row.any() & last_row.any()
+    is_band = (allowed == band).all()
+    no_bias, sees_keys, is_band, lo, hi = torch.stack(
+        [no_bias.long(), sees_keys.long(), is_band.long(), lo.long(), hi.long()]).tolist()
+    if not no_bias:
+        return None, ADDITIVE_BIAS
+    if not sees_keys:
+        return None, EMPTY_ROWS
+    if not is_band:
+        return None, NOT_A_BAND
+    if lo <= -(seq_q - 1) and hi >= seq_k - 1:
+        return {}, ""
+    options = _options_for_band(lo, hi, seq_q, seq_k)
+    return (options, "") if options is not None else (None, UNALIGNED_BAND)

@@ -93,11 +93,14 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
                topk: Optional[Threshold], pv_threshold: Threshold, attention_sink: bool,
                block_q: int, block_k: int, quantized: bool, backend: str,
                estimate: str = DEFAULTS["estimate"],
-               sample_rows: int = DEFAULTS["sample_rows"]) -> Dict[str, object]:
+               sample_rows: int = DEFAULTS["sample_rows"],
+               window_left: int = DEFAULTS["window_left"],
+               window_right: int = DEFAULTS["window_right"]) -> Dict[str, object]:
     """The keyword arguments of the sparge ops (one per option, per-head ones as a float and a
     `<name>_per_head` tensor or None), from the keywords of sparge.attention."""
     _check_types(dict(is_causal=is_causal, attention_sink=attention_sink, quantized=quantized),
-                 dict(block_q=block_q, block_k=block_k, sample_rows=sample_rows))
+                 dict(block_q=block_q, block_k=block_k, sample_rows=sample_rows,
+                      window_left=window_left, window_right=window_right))
     if cdf_threshold is not None and topk is not None:
         raise ValueError("give cdf_threshold or topk, not both (got both)")
     select = "topk" if topk is not None else "topcdf"
@@ -107,7 +110,8 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
     options = dict(scale=scale, causal=is_causal, causal_align=causal_align, select=select,
                    estimate=estimate, sample_rows=sample_rows,
                    attention_sink=attention_sink, block_q=block_q, block_k=block_k,
-                   quant="int8_fp8" if quantized else "none", backend=backend)
+                   quant="int8_fp8" if quantized else "none", backend=backend,
+                   window_left=window_left, window_right=window_right)
     for name, value, keyword in (("sim_threshold", sim_threshold, "sim_threshold"),
                                  ("select_value", select_value, SELECT_KEYWORDS[select]),
                                  ("pv_threshold", pv_threshold, "pv_threshold")):

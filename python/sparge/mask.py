@@ -2,27 +2,58 @@
 
 Storage is the C++ layout (include/sparge/types.h): per (batch, query head, query block) row,
 `counts[b, h, i]` kept key blocks listed in ascending order in `indices[b, h, i, :counts]`.
-The mask remembers its geometry and causality, so density is measured against the tiles dense
-(or causal) attention computes, as docs/method.md defines.
+The mask remembers its geometry, causality and sliding window, so density is measured against
+the tiles dense (or causal, or windowed) attention computes, as docs/method.md defines.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from ._options import CAUSAL_ALIGNS, check_choice
 
 
-def allowed_key_blocks(seq_q: int, seq_k: int, block_q: int, block_k: int, causal: bool,
-                       causal_align: str = "top_left", device=None) -> torch.Tensor:
-    """A_i for every query block i: key blocks [0, A_i) are causally allowed (docs/method.md)."""
-    num_q = -(-seq_q // block_q)
-    num_k = -(-seq_k // block_k)
-    if not causal:
-        return torch.full((num_q,), num_k, dtype=torch.int64, device=device)
+def key_band(seq_q: int, seq_k: int, causal: bool, causal_align: str = "top_left",
+             window_left: int = -1, window_right: int = -1) -> Tuple[int, int]:
+    """(lo, hi): query row r may see key c iff lo <= c - r <= hi (and 0 <= c < seq_k), the band
+    of src/common/geometry.h. The offset is 0 (top_left) or seq_k - seq_q (bottom_right);
+    hi = offset when causal, offset + window_right when window_right >= 0, else unbounded;
+    lo = offset - window_left when window_left >= 0, else unbounded. Unbounded sides are
+    returned as values no difference reaches (|c - r| < seq_q + seq_k)."""
     offset = seq_k - seq_q if causal_align == "bottom_right" else 0
-    last_row = torch.clamp((torch.arange(num_q, device=device) + 1) * block_q, max=seq_q) - 1
-    last_key = torch.clamp(last_row + offset, max=seq_k - 1)
-    return torch.where(last_key < 0, torch.zeros_like(last_key), last_key // block_k + 1)
+    no_limit = seq_q + seq_k
+    lo = offset - window_left if window_left >= 0 else -no_limit
+    hi = offset if causal else (offset + window_right if window_right >= 0 else no_limit)
+    return lo, hi
+
+
+def allowed_key_range(seq_q: int, seq_k: int, block_q: int, block_k: int, causal: bool,
+                      causal_align: str = "top_left", device=None, *, window_left: int = -1,
+                      window_right: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(begin, end), int64 [num_q_blocks]: query block i may see key blocks [begin_i, end_i)
+    and no other (a block is allowed when one of its pairs is visible under the causal flag and
+    the window; docs/method.md). Empty ranges are (0, 0). The block's first row sees the
+    leftmost keys and its last row the rightmost, and every key between is seen by some row."""
+    num_q = -(-seq_q // block_q)
+    lo, hi = key_band(seq_q, seq_k, causal, causal_align, window_left, window_right)
+    first_row = torch.arange(num_q, device=device) * block_q
+    last_row = torch.clamp(first_row + block_q, max=seq_q) - 1
+    first_key = torch.clamp(first_row + lo, min=0)
+    last_key = torch.clamp(last_row + hi, max=seq_k - 1)
+    empty = (last_key < 0) | (first_key > last_key)
+    zero = torch.zeros_like(first_key)
+    begin = torch.where(empty, zero, first_key // block_k)
+    end = torch.where(empty, zero, last_key // block_k + 1)
+    return begin, end
+
+
+def allowed_key_blocks(seq_q: int, seq_k: int, block_q: int, block_k: int, causal: bool,
+                       causal_align: str = "top_left", device=None, *, window_left: int = -1,
+                       window_right: int = -1) -> torch.Tensor:
+    """A_i for every query block i: how many key blocks it may see (docs/method.md). Without a
+    window left these are blocks [0, A_i); with one, `allowed_key_range` says where they lie."""
+    begin, end = allowed_key_range(seq_q, seq_k, block_q, block_k, causal, causal_align, device,
+                                   window_left=window_left, window_right=window_right)
+    return end - begin
 
 
 class BlockMask:
@@ -30,8 +61,13 @@ class BlockMask:
 
     def __init__(self, counts: torch.Tensor, indices: torch.Tensor, *, seq_q: int, seq_k: int,
                  block_q: int = 128, block_k: int = 64, is_causal: bool = False,
-                 causal_align: str = "top_left"):
+                 causal_align: str = "top_left", window_left: int = -1, window_right: int = -1):
         check_choice(causal_align, CAUSAL_ALIGNS, "causal_align")
+        for name, value in (("window_left", window_left), ("window_right", window_right)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < -1:
+                raise ValueError(f"{name} must be >= 0, or -1 for no limit, got {value}")
         num_q, num_k = -(-seq_q // block_q), -(-seq_k // block_k)
         if counts.dim() != 3 or counts.shape[2] != num_q:
             raise ValueError(f"counts must be [batch, heads, {num_q}] for seq_q={seq_q}, "
@@ -42,6 +78,7 @@ class BlockMask:
         self.counts, self.indices = counts, indices
         self.seq_q, self.seq_k, self.block_q, self.block_k = seq_q, seq_k, block_q, block_k
         self.is_causal, self.causal_align = is_causal, causal_align
+        self.window_left, self.window_right = window_left, window_right
 
     @property
     def batch(self) -> int:
@@ -63,9 +100,19 @@ class BlockMask:
     def device(self) -> torch.device:
         return self.counts.device
 
+    def _geometry(self):
+        return dict(window_left=self.window_left, window_right=self.window_right)
+
+    def allowed_key_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(begin, end) per query block: the key blocks causality and the window allow."""
+        return allowed_key_range(self.seq_q, self.seq_k, self.block_q, self.block_k,
+                                 self.is_causal, self.causal_align, self.counts.device,
+                                 **self._geometry())
+
     def allowed_key_blocks(self) -> torch.Tensor:
-        return allowed_key_blocks(self.seq_q, self.seq_k, self.block_q, self.block_k,
-                                  self.is_causal, self.causal_align, self.counts.device)
+        """How many key blocks each query block may see (allowed_key_range's end - begin)."""
+        begin, end = self.allowed_key_range()
+        return end - begin
 
     def to_dense(self) -> torch.Tensor:
         """Bool [batch, heads, num_q_blocks, num_k_blocks], True where the tile is computed."""
@@ -79,8 +126,8 @@ class BlockMask:
 
     @classmethod
     def from_dense(cls, dense: torch.Tensor, *, seq_q: int, seq_k: int, block_q: int = 128,
-                   block_k: int = 64, is_causal: bool = False,
-                   causal_align: str = "top_left") -> "BlockMask":
+                   block_k: int = 64, is_causal: bool = False, causal_align: str = "top_left",
+                   window_left: int = -1, window_right: int = -1) -> "BlockMask":
         """A mask from a bool (or 0/1) tile map [batch, heads, num_q_blocks, num_k_blocks]."""
         if dense.dim() != 4:
             raise ValueError(f"dense must be 4-D [batch, heads, num_q_blocks, num_k_blocks], "
@@ -94,31 +141,33 @@ class BlockMask:
         counts = keep.sum(dim=-1, dtype=torch.int32)
         return cls(counts.contiguous(), indices.contiguous(), seq_q=seq_q, seq_k=seq_k,
                    block_q=block_q, block_k=block_k, is_causal=is_causal,
-                   causal_align=causal_align)
+                   causal_align=causal_align, window_left=window_left,
+                   window_right=window_right)
 
     def to_token_mask(self) -> torch.Tensor:
-        """Bool [batch, heads, seq_q, seq_k]: True where a query may attend a key (tiles and
-        causality). Memory grows with seq_q * seq_k; meant for tests and small inspections."""
+        """Bool [batch, heads, seq_q, seq_k]: True where a query may attend a key (tiles,
+        causality and window). Memory grows with seq_q * seq_k; meant for tests and small
+        inspections."""
         dense = self.to_dense()
         tokens = dense.repeat_interleave(self.block_q, dim=2)[:, :, :self.seq_q]
         tokens = tokens.repeat_interleave(self.block_k, dim=3)[:, :, :, :self.seq_k]
-        if self.is_causal:
-            offset = self.seq_k - self.seq_q if self.causal_align == "bottom_right" else 0
-            rows = torch.arange(self.seq_q, device=self.device).unsqueeze(1)
-            cols = torch.arange(self.seq_k, device=self.device).unsqueeze(0)
-            tokens = tokens & (cols <= rows + offset)
-        return tokens
+        lo, hi = key_band(self.seq_q, self.seq_k, self.is_causal, self.causal_align,
+                          self.window_left, self.window_right)
+        rows = torch.arange(self.seq_q, device=self.device).unsqueeze(1)
+        cols = torch.arange(self.seq_k, device=self.device).unsqueeze(0)
+        return tokens & (cols >= rows + lo) & (cols <= rows + hi)
 
     def tiles(self):
         """(kept, dense): tiles the mask computes among the allowed ones, and the allowed ones."""
-        allowed = self.allowed_key_blocks()
-        kept = (self.to_dense() & (torch.arange(self.num_k_blocks, device=self.device)
-                                   < allowed.unsqueeze(1))).sum()
-        return kept, allowed.sum() * self.batch * self.heads
+        begin, end = self.allowed_key_range()
+        slot = torch.arange(self.num_k_blocks, device=self.device)
+        allowed = (slot >= begin.unsqueeze(1)) & (slot < end.unsqueeze(1))
+        kept = (self.to_dense() & allowed).sum()
+        return kept, (end - begin).sum() * self.batch * self.heads
 
     @property
     def density(self) -> float:
-        """Fraction of the dense (or causal) tiles that the mask computes."""
+        """Fraction of the allowed tiles (dense, causal or windowed) that the mask computes."""
         kept, dense = self.tiles()
         return float(kept) / float(dense) if int(dense) else 0.0
 
@@ -129,7 +178,8 @@ class BlockMask:
     def to(self, device) -> "BlockMask":
         return BlockMask(self.counts.to(device), self.indices.to(device), seq_q=self.seq_q,
                          seq_k=self.seq_k, block_q=self.block_q, block_k=self.block_k,
-                         is_causal=self.is_causal, causal_align=self.causal_align)
+                         is_causal=self.is_causal, causal_align=self.causal_align,
+                         **self._geometry())
 
     def plot(self, batch: int = 0, head: int = 0, ax=None, path: Optional[str] = None):
         """Draws one head's tile map (black = computed) with matplotlib, if it is installed."""
@@ -154,4 +204,5 @@ class BlockMask:
     def __repr__(self) -> str:
         return (f"BlockMask(batch={self.batch}, heads={self.heads}, seq_q={self.seq_q}, "
                 f"seq_k={self.seq_k}, blocks={self.block_q}x{self.block_k}, "
-                f"is_causal={self.is_causal}, device={self.device})")
+                f"is_causal={self.is_causal}, window=({self.window_left}, "
+                f"{self.window_right}), device={self.device})")

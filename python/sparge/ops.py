@@ -103,12 +103,14 @@ def _is_empty(q, k) -> bool:
     return q.numel() == 0 or k.shape[2] == 0
 
 
-def _empty_mask(q, k, block_q, block_k, is_causal, causal_align) -> BlockMask:
+def _empty_mask(q, k, block_q, block_k, is_causal, causal_align, window_left,
+                window_right) -> BlockMask:
     num_q, num_k = -(-q.shape[2] // block_q), -(-k.shape[2] // block_k)
     counts = torch.zeros((q.shape[0], q.shape[1], num_q), dtype=torch.int32, device=q.device)
     indices = torch.zeros((*counts.shape, num_k), dtype=torch.int32, device=q.device)
     return BlockMask(counts, indices, seq_q=q.shape[2], seq_k=k.shape[2], block_q=block_q,
-                     block_k=block_k, is_causal=is_causal, causal_align=causal_align)
+                     block_k=block_k, is_causal=is_causal, causal_align=causal_align,
+                     window_left=window_left, window_right=window_right)
 
 
 def _empty_result(q, k, layout, mask: BlockMask, return_stats):
@@ -159,7 +161,9 @@ def _hilbert_gathers(tokens: int, grid, offset: int, device):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
-              causal_align: str = DEFAULTS["causal_align"], scale: Optional[float] = None,
+              causal_align: str = DEFAULTS["causal_align"],
+              window_left: int = DEFAULTS["window_left"],
+              window_right: int = DEFAULTS["window_right"], scale: Optional[float] = None,
               layout: str = "HND", sim_threshold=DEFAULTS["sim_threshold"],
               cdf_threshold=None, topk=None, pv_threshold=DEFAULTS["pv_threshold"],
               attention_sink: bool = DEFAULTS["attention_sink"],
@@ -175,6 +179,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     `estimate` is where Stage 1's block masses come from: "pooled" (block means, SpargeAttn's
     map) or "sampled_rows" (the exact softmax rows of `sample_rows` query rows per block, so
     that `cdf_threshold` is close to the true attention mass kept; docs/method.md).
+    `window_left` / `window_right` (tokens, -1 = no limit) are flash-attn's window_size: query
+    row r sees key c only if r + o - window_left <= c <= r + o + window_right, o = 0
+    (top_left) or Nk - Nq (bottom_right) by `causal_align`; is_causal hides every key right of
+    the diagonal whatever window_right says (a causal window of W keys including the diagonal,
+    as transformers' sliding_window=W, is is_causal=True, window_left=W - 1).
     `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
@@ -187,16 +196,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
-        backend=backend, estimate=estimate, sample_rows=sample_rows))
+        backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
+        window_right=window_right))
     if _is_empty(qh, kh):
         _options.check_options(options)
-        mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)
+        mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,
+                           window_right)
         return _empty_result(qh, kh, layout, mask, return_stats)
     inverse = None
     if token_grid is not None:
         if is_causal:
             raise ValueError("token_grid reorders tokens, which breaks causal order: pass "
                              "is_causal=False with a token_grid")
+        if window_left >= 0 or window_right >= 0:
+            raise ValueError("token_grid reorders tokens, which breaks a sliding window's "
+                             "positions: pass window_left=-1 and window_right=-1 with a "
+                             "token_grid")
         gather_q, inverse = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
         gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[0]
         qh, kh, vh = qh.index_select(2, gather_q), kh.index_select(2, gather_k), \
@@ -213,12 +228,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     if not return_stats:
         return out
     mask = BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
-                     block_k=block_k, is_causal=is_causal, causal_align=causal_align)
+                     block_k=block_k, is_causal=is_causal, causal_align=causal_align,
+                     window_left=window_left, window_right=window_right)
     return out, SparseStats(mask, lse, pv_counters)
 
 
 def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = False,
                        causal_align: str = DEFAULTS["causal_align"],
+                       window_left: int = DEFAULTS["window_left"],
+                       window_right: int = DEFAULTS["window_right"],
                        scale: Optional[float] = None, layout: str = "HND",
                        sim_threshold=DEFAULTS["sim_threshold"], cdf_threshold=None, topk=None,
                        attention_sink: bool = DEFAULTS["attention_sink"],
@@ -226,7 +244,8 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                        sample_rows: int = DEFAULTS["sample_rows"],
                        block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
                        backend: str = "auto") -> BlockMask:
-    """Stage 1 alone: the BlockMask that `attention` would use with the same options."""
+    """Stage 1 alone: the BlockMask that `attention` would use with the same options (only
+    blocks the causal flag and the window allow are eligible; the mask keeps the window)."""
     _check_inputs(q, k, None, layout)
     qh, kh = _to_hnd(q, layout), _to_hnd(k, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
@@ -234,14 +253,17 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=DEFAULTS["pv_threshold"],
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=False,
-        backend=backend, estimate=estimate, sample_rows=sample_rows))
+        backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
+        window_right=window_right))
     if _is_empty(qh, kh):
         _options.check_options(options)
-        return _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align)
+        return _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,
+                           window_right)
     padded = _padded_head_dim(qh)
     counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), **options)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
-                     block_k=block_k, is_causal=is_causal, causal_align=causal_align)
+                     block_k=block_k, is_causal=is_causal, causal_align=causal_align,
+                     window_left=window_left, window_right=window_right)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -249,8 +271,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            layout: str = "HND", pv_threshold=DEFAULTS["pv_threshold"],
                            quantized: bool = False, backend: str = "auto",
                            return_stats: bool = False):
-    """Stage 2 alone: attention over the tiles `block_mask` keeps (its geometry and causality
-    are the mask's). Returns the output in q's layout, or (output, SparseStats)."""
+    """Stage 2 alone: attention over the tiles `block_mask` keeps (its geometry, causality and
+    window are the mask's). Returns the output in q's layout, or (output, SparseStats)."""
     _check_inputs(q, k, v, layout)
     if not isinstance(block_mask, BlockMask):
         raise TypeError(f"block_mask must be a sparge.BlockMask, got {type(block_mask).__name__}")
@@ -262,7 +284,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         is_causal=m.is_causal, causal_align=m.causal_align,
         sim_threshold=DEFAULTS["sim_threshold"], cdf_threshold=None, topk=None,
         pv_threshold=pv_threshold, attention_sink=False, block_q=m.block_q, block_k=m.block_k,
-        quantized=quantized, backend=backend))
+        quantized=quantized, backend=backend, window_left=m.window_left,
+        window_right=m.window_right))
     if _is_empty(qh, kh):
         _options.check_options(options)
         return _empty_result(qh, kh, layout, m, return_stats)

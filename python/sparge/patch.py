@@ -4,8 +4,10 @@ SDPA calls to Sparge:
     with sparge.patch_sdpa(cdf_threshold=0.95, pv_threshold=20.0):
         out = model(x)
 
-Calls Sparge cannot serve exactly (dropout, an explicit attn_mask, short sequences, gradients,
-dtypes/devices the kernels lack) go to PyTorch's own SDPA, with one warning per reason.
+Calls Sparge cannot serve exactly (dropout, an attn_mask other than all-true, causal or a
+sliding window, short sequences, gradients, dtypes/devices the kernels lack) go to PyTorch's
+own SDPA, with one warning per reason. A mask that is exactly a band (causal and/or a sliding
+window, either alignment) runs Sparge with the matching is_causal / window_left / window_right.
 Models that call `torch.nn.functional.scaled_dot_product_attention` at run time are patched;
 code that imported the function under another name before the patch keeps PyTorch's.
 `nn.MultiheadAttention` is served when it is called with need_weights=False: the patch turns
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _options, ops
-from ._dense_mask import flags_for_mask
+from ._dense_mask import options_for_mask
 
 
 class SpargeFallbackWarning(UserWarning):
@@ -46,9 +48,7 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
     if dropout_p > 0.0:
         return "dropout_p > 0 (Sparge has no attention dropout)"
     if attn_mask is not None:
-        return ("attn_mask given that Sparge cannot express as flags (it serves all-true masks, "
-                "and exactly causal ones on calls without a token grid; use is_causal or a "
-                "BlockMask)")
+        return mask_reason("an attn_mask")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "gradients requested (Sparge is inference-only)"
     dims = (3, 4) if layout == "HND" else (4,)
@@ -72,6 +72,15 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
     if query.shape[token_axis] < min_seq_len or key.shape[token_axis] < min_seq_len:
         return f"sequence shorter than min_seq_len={min_seq_len}"
     return None
+
+
+def mask_reason(what: str) -> str:
+    """The fallback reason of a call whose attn_mask Sparge cannot serve, saying what it serves."""
+    return (f"attn_mask given that Sparge cannot express as flags: {what}. Sparge serves masks "
+            "that are all-true, causal or a sliding window (one band around a diagonal, the same "
+            "in every batch entry and head, every query seeing a key) on calls without a token "
+            "grid; for others pass is_causal=True, or call sparge.attention with window_left / "
+            "window_right, or batch sequences of equal length so that no padding mask is needed")
 
 
 def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -158,18 +167,16 @@ class _Router:
                  token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
                  counts: Optional[CallCounts] = None, stacklevel: int = 4):
         counts = self.counts if counts is None else counts
-        causal_align = None
+        mask_options = {}
         # Everything but the mask first: a mask is read only when Sparge would serve the call.
         reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
                                   self.min_seq_len, layout)
         if attn_mask is not None and reason is None:
-            flags = self._mask_as_flags(attn_mask, query, key, is_causal, layout, token_grid)
-            if flags is None:
-                reason = _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa,
-                                          self.min_seq_len, layout)
-            else:
+            mask_options, reason = self._mask_as_options(attn_mask, query, key, is_causal,
+                                                         layout, token_grid)
+            if mask_options is not None:
                 attn_mask = None
-                is_causal, causal_align = flags
+                is_causal = mask_options.pop("is_causal", is_causal)
         if reason:
             self.fall_back(reason, counts, stacklevel=stacklevel)
         if reason is not None:
@@ -179,37 +186,57 @@ class _Router:
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale, layout=layout,
-                       causal_align=causal_align, token_grid=token_grid, grid_offset=grid_offset,
-                       counts=counts)
+                       token_grid=token_grid, grid_offset=grid_offset, counts=counts,
+                       **mask_options)
         return out.squeeze(1) if three_d else out
 
-    @staticmethod
-    def _mask_as_flags(attn_mask, query, key, is_causal, layout, token_grid):
-        """(is_causal, causal_align) that say what `attn_mask` says (all-true, or exactly a
-        causal pattern: _dense_mask.flags_for_mask), or None: with is_causal also given (SDPA
-        raises), a causal pattern on a call that reorders tokens along a grid (Hilbert order
-        breaks causal order), or while torch.compile traces (reading a mask's values
-        synchronizes and would break the graph)."""
-        if is_causal or torch.compiler.is_compiling() or not isinstance(attn_mask, torch.Tensor):
-            return None
+    def _mask_as_options(self, attn_mask, query, key, is_causal, layout, token_grid):
+        """(options, None) with the per-call options that say what `attn_mask` says ({} for
+        all-true; else is_causal, causal_align, window_left, window_right:
+        _dense_mask.options_for_mask), or (None, the fallback reason): with is_causal also
+        given (SDPA raises), a causal or windowed pattern on a call that reorders tokens along a
+        grid (Hilbert order breaks positions), a pattern that would replace a window set on the
+        patch itself, or while torch.compile traces (reading a mask's values synchronizes and
+        would break the graph)."""
+        if is_causal or not isinstance(attn_mask, torch.Tensor):
+            return None, mask_reason("an attn_mask together with is_causal=True")
+        if torch.compiler.is_compiling():
+            return None, mask_reason("an attn_mask while torch.compile traces (reading its "
+                                     "values would break the graph)")
         token_axis = -2 if layout == "HND" else -3
-        flags = flags_for_mask(attn_mask, query.shape[token_axis], key.shape[token_axis])
-        if flags is not None and flags[0] and token_grid is not None:
-            return None
-        return flags
+        seq_q, seq_k = query.shape[token_axis], key.shape[token_axis]
+        scores = (*query.shape[:-2], seq_q, seq_k) if layout == "HND" else \
+            (query.shape[0], query.shape[2], seq_q, seq_k)
+        options, why = options_for_mask(attn_mask, seq_q, seq_k, scores)
+        if options is None:
+            return None, mask_reason(why)
+        if options and token_grid is not None:
+            return None, mask_reason("a causal or sliding-window pattern on a call that reorders "
+                                     "tokens along a grid (Hilbert order breaks positions)")
+        configured = [n for n in ("window_left", "window_right")
+                      if self.options.get(n, -1) != -1]
+        if options and configured:
+            return None, mask_reason(f"a causal or sliding-window pattern while the patch sets "
+                                     f"{configured[0]} (the mask would replace it)")
+        return options, None
 
     def run(self, query, key, value, *, is_causal: bool, scale=None,
-            causal_align: Optional[str] = None, layout: str = "HND",
+            causal_align: Optional[str] = None, window_left: Optional[int] = None,
+            window_right: Optional[int] = None, layout: str = "HND",
             token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
             counts: Optional[CallCounts] = None):
         """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
-        (the router's own by default; its tiles added up with collect_stats). `causal_align`
-        overrides the options' for this call; `token_grid` reorders tokens along a Hilbert curve."""
+        (the router's own by default; its tiles added up with collect_stats). `causal_align`,
+        `window_left` and `window_right` override the options' for this call (None: keep);
+        `token_grid` reorders tokens along a Hilbert curve."""
         counts = self.counts if counts is None else counts
         counts.sparge_calls += 1
         options = self.options
-        if causal_align is not None:
-            options = dict(options, causal_align=causal_align)
+        per_call = dict(causal_align=causal_align, window_left=window_left,
+                        window_right=window_right)
+        per_call = {n: value for n, value in per_call.items() if value is not None}
+        if per_call:
+            options = dict(options, **per_call)
         if token_grid is not None:
             options = dict(options, token_grid=token_grid, grid_offset=grid_offset)
             counts.grid_calls += 1

@@ -22,23 +22,25 @@ models whose source calls `ALL_ATTENTION_FUNCTIONS.get_interface`) then runs thi
 Sparge serves every call whose attention it can compute as transformers' "sdpa" does (the same
 result up to the tiles it skips), and hands the others to that very function
 (`sdpa_attention_forward`), counting them and warning once per reason
-(`sparge.SpargeFallbackWarning`): a dense mask other than all-true or exactly causal (padding,
-packed sequences), a sliding window that hides keys, `softcap` or `position_bias`, and the
-reasons of `sparge.patch_sdpa` (gradients, dtypes and devices the kernels lack, head dims over
-256, calls shorter than `min_seq_len`). Dropout > 0 (a model in training mode) raises: Sparge is
+(`sparge.SpargeFallbackWarning`): a dense mask other than all-true, causal or a sliding window
+(padding, packed sequences), `softcap` or `position_bias`, and the reasons of `sparge.patch_sdpa` (gradients, dtypes and devices the kernels lack, head dims over 256, calls shorter than
+`min_seq_len`). Sliding-window layers (Gemma 2/3, Mistral, Qwen2, ...; transformers passes their
+`sliding_window` W to the attention function) run Sparge's native window: W keys up to and
+including the diagonal, i.e. is_causal with window_left = W - 1 where transformers left the
+mask out, and what the mask says (read as a band) where it built one. Dropout > 0 (a model in training mode) raises: Sparge is
 inference-only. Attention sinks (`s_aux`) raise: neither Sparge nor SDPA has them. The active
 configuration is process-wide (not per model, not per thread).
 """
 from typing import Dict, Optional
 
 from .. import patch
-from .._dense_mask import flags_for_mask
+from .._dense_mask import options_for_mask
 
 #: The attn_implementation name `register()` uses by default.
 NAME = "sparge"
 
 # Options of sparge.attention that the model decides per call, not the user.
-_PER_CALL = {"causal_align"}
+_PER_CALL = {"causal_align", "window_left", "window_right"}
 
 
 class Configuration:
@@ -52,8 +54,9 @@ class Configuration:
         per_call = sorted(_PER_CALL & set(options))
         if per_call:
             raise TypeError(f"{per_call[0]} cannot be configured: it is set per call from the "
-                            "model's mask (SDPA's is_causal is top_left; a mask that is exactly "
-                            "bottom-right causal gives bottom_right)")
+                            "model's mask and sliding_window (SDPA's is_causal is top_left; a "
+                            "mask that is exactly bottom-right causal gives bottom_right; a "
+                            "sliding-window layer gives its window)")
         self._router = patch._Router(min_seq_len, options, collect_stats)
         self._previous: Optional["Configuration"] = None
 
@@ -149,29 +152,39 @@ def register(name: str = NAME) -> str:
 
 
 def _plan(module, query, key, attention_mask, kwargs):
-    """(None, (is_causal, causal_align)) when Sparge computes what "sdpa" would, else (why not,
-    None): the reasons that are about the model's arguments, before those of patch_sdpa."""
+    """(None, options) when Sparge computes what "sdpa" would, with the per-call options
+    (is_causal, and causal_align, window_left, window_right where not the defaults), else
+    (why not, None): the reasons that are about the model's arguments, before those of
+    patch_sdpa."""
     if kwargs.get("softcap") is not None:
         return ("attention-logit soft-capping (softcap; Sparge has none, and transformers' "
                 "'sdpa' ignores it as well)"), None
     if kwargs.get("position_bias") is not None:
         return "an additive position_bias (Sparge takes no bias)", None
     q_len, k_len = query.shape[2], key.shape[2]
-    window = kwargs.get("sliding_window")
-    if window is not None and k_len > window:  # else no query is farther than the window
-        return (f"sliding-window attention (a window of {window} tokens hides some of the "
-                f"{k_len} keys; Sparge has no window yet)"), None
     if attention_mask is not None:
-        flags = flags_for_mask(attention_mask, q_len, k_len)
-        if flags is None:
-            return ("an attention mask that is neither all-true nor causal (padding, packed "
-                    "sequences or another pattern; Sparge takes no dense masks)"), None
-        return None, flags
+        # The mask is what "sdpa" computes with (sliding_window included, as are padding or
+        # packing, which a band check rules out): read it as a band.
+        options, why = options_for_mask(attention_mask, q_len, k_len,
+                                        (query.shape[0], query.shape[1], q_len, k_len))
+        if options is None:
+            return (f"an attention mask that is neither all-true, causal nor a sliding window: "
+                    f"{why}. Sparge takes no dense masks: encode single sequences, or batches "
+                    f"of equal length, to stay on it"), None
+        return None, dict(dict(is_causal=False), **options)
     # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
     # row (decoding) sees every key.
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    return None, (bool(is_causal) and q_len > 1, "top_left")
+    options = dict(is_causal=bool(is_causal) and q_len > 1)
+    window = kwargs.get("sliding_window")
+    if options["is_causal"] and isinstance(window, int) and not isinstance(window, bool) \
+            and window >= 1:
+        # transformers' sliding window W: key j for query i iff i - W < j <= i. Without a mask
+        # (transformers leaves it out only where the window hides no key) this changes no
+        # result, and tells Stage 1 which blocks are out of reach.
+        options["window_left"] = window - 1
+    return None, options
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -194,7 +207,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
             "attention sinks (s_aux) are in neither Sparge nor PyTorch SDPA: load this model "
             "with attn_implementation='eager' or 'flex_attention'")
     run = _ACTIVE._router
-    reason, flags = _plan(module, query, key, attention_mask, kwargs)
+    reason, options = _plan(module, query, key, attention_mask, kwargs)
     if reason is None:
         reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
     if reason is not None:
@@ -203,14 +216,13 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         sdpa_attention_forward = _require_transformers()[3]
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    is_causal, causal_align = flags
+    is_causal = options.pop("is_causal")
     q_len = query.shape[2]
     if attention_mask is None and is_causal and key.shape[2] > q_len:
         # A prefill into an empty static cache (the only maskless causal call with more keys
         # than queries): the keys past the queries are hidden anyway; "sdpa" cuts them off too.
         key, value = key[:, :, :q_len], value[:, :, :q_len]
-    out = run.run(query, key, value, is_causal=is_causal, scale=scaling,
-                  causal_align=causal_align)
+    out = run.run(query, key, value, is_causal=is_causal, scale=scaling, **options)
     return out.transpose(1, 2).contiguous(), None
 
 
