@@ -12,7 +12,7 @@
 set -uo pipefail
 a_name=${1:?A name}; b_name=${2:?B name}
 final=${OUT:-/tmp/sparge_out}; out=$(mktemp -d); logs=$out/logs; mkdir -p "$final" "$logs"
-budget=540
+budget=560
 left() { local l=$((budget - SECONDS)); [ "$l" -gt "$1" ] && l=$1; echo "$l"; }
 step() {  # step <name> <max seconds> <cmd...>
   local name=$1 max=$2 t; shift 2
@@ -68,6 +68,13 @@ echo "pv skip rc=$? ($SECONDS s)"; grep -E '^\|' "$logs/pv_skip.log"
 PYTHONUNBUFFERED=1 step "window" 90 python3 bench/gpu/bench_window.py --lib build-b/libsparge_c.so \
   --commit "$b_name" --out-dir "$out" >"$logs/window.log" 2>&1
 echo "window rc=$? ($SECONDS s)"; grep -E '^\||^Device' "$logs/window.log"; grep -vE '^\||^Device' "$logs/window.log" | tail -6
+PYTHONUNBUFFERED=1 step "stage 1" 60 python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so \
+  --commit "$b_name" --out-dir "$out" >"$logs/stage1.log" 2>&1
+echo "stage 1 rc=$? ($SECONDS s)"; tail -3 "$logs/stage1.log"
+if [ "${PROFILE:-0}" = 1 ]; then
+  OUT=$out step "profile" 200 bash bench/gpu/profile_source.sh build-b/libsparge_c.so >"$logs/profile.log" 2>&1
+  echo "profile rc=$? ($SECONDS s)"; cat "$logs/profile.log" | tail -25
+fi
 {
 echo "== A ($a_name) vs B ($b_name), sm90ws, dense-equivalent TOPS (causal halved) =="
 python3 - "$out" "$a_name" "$b_name" <<'PY'
@@ -89,6 +96,6 @@ for k in sorted(rows):
     r2 = f"{d[b] / d['cudnn']:.3f}" if "cudnn" in d and b in d else "-"
     print(f"| {k[0]} | {k[1]} | {k[2]} | {f(a)} | {f(b)} | {f('cudnn')} | {r1} | {r2} |")
 PY
-grep -E '^\|' "$logs/pv_skip.log"; grep -E '^\||^Device' "$logs/window.log"
+grep -E '^\|' "$logs/pv_skip.log"; grep -E '^\||^Device' "$logs/window.log"; grep -E '^\|' "$logs/stage1.log"
 } | tee "$final/summary.md"
 tar -czf "$final/ab.tgz" -C "$out" .
