@@ -175,15 +175,6 @@ std::vector<double> sampled_weights(const TensorView& q, int64_t b, int64_t h,
   return weight;
 }
 
-// Logical [tokens, D] double copy of (b, h) of t.
-std::vector<double> load_slice(const TensorView& t, int64_t b, int64_t h) {
-  std::vector<double> out(t.tokens * t.head_dim);
-  for (int64_t n = 0; n < t.tokens; ++n)
-    for (int64_t d = 0; d < t.head_dim; ++d)
-      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
-  return out;
-}
-
 }  // namespace
 
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
@@ -209,7 +200,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     const double theta = o.sim_threshold.at(h);
     const bool sampled = o.estimate == EstimateMode::kSampledRows;
     const std::vector<double> k_slice =
-        sampled ? load_slice(p.k, b, h / group) : std::vector<double>{};
+        sampled ? load_slice<double>(p.k, b, h / group) : std::vector<double>{};
     std::vector<uint8_t> key_sim(nk), keep(nk);
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 

@@ -38,15 +38,6 @@ void quantize_blocks(const float* x, int64_t rows, int64_t D, int block, int8_t*
   }
 }
 
-// Logical HND float copy of (b, h) of t: [tokens, D].
-std::vector<float> load_slice(const TensorView& t, int64_t b, int64_t h) {
-  std::vector<float> out(t.tokens * t.head_dim);
-  for (int64_t n = 0; n < t.tokens; ++n)
-    for (int64_t d = 0; d < t.head_dim; ++d)
-      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
-  return out;
-}
-
 }  // namespace
 
 int8_t quantize_int8(float x, float scale) {
@@ -70,7 +61,7 @@ QuantizedInputs quantize_inputs(const detail::Problem& p) {
 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
-    const std::vector<float> q = load_slice(p.q, bh / s.heads_q, bh % s.heads_q);
+    const std::vector<float> q = load_slice<float>(p.q, bh / s.heads_q, bh % s.heads_q);
     quantize_blocks(q.data(), Nq, D, bq, &out.q[bh * Nq * D], &out.q_scale[bh * nq]);
   }
 
@@ -78,7 +69,7 @@ QuantizedInputs quantize_inputs(const detail::Problem& p) {
   for (int64_t bh = 0; bh < s.batch * s.heads_kv; ++bh) {
     const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
     // K smoothed by its per-channel token mean (summed in double, then used in fp32).
-    std::vector<float> k = load_slice(p.k, b, h);
+    std::vector<float> k = load_slice<float>(p.k, b, h);
     std::vector<double> sum(D, 0.0);
     for (int64_t n = 0; n < Nk; ++n)
       for (int64_t d = 0; d < D; ++d) sum[d] += k[n * D + d];
@@ -89,7 +80,7 @@ QuantizedInputs quantize_inputs(const detail::Problem& p) {
     quantize_blocks(k.data(), Nk, D, bk, &out.k[bh * Nk * D], &out.k_scale[bh * nk]);
 
     // V per channel in e4m3, stored dequantized.
-    const std::vector<float> v = load_slice(p.v, b, h);
+    const std::vector<float> v = load_slice<float>(p.v, b, h);
     for (int64_t d = 0; d < D; ++d) {
       float amax = 0.0f;
       for (int64_t n = 0; n < Nk; ++n) amax = abs_max(amax, v[n * D + d]);

@@ -24,15 +24,6 @@ constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.6931471805599453094;
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Logical [tokens, D] double copy of (b, h) of t.
-std::vector<double> load_slice(const TensorView& t, int64_t b, int64_t h) {
-  std::vector<double> out(t.tokens * t.head_dim);
-  for (int64_t n = 0; n < t.tokens; ++n)
-    for (int64_t d = 0; d < t.head_dim; ++d)
-      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
-  return out;
-}
-
 // Scores t_rc in log2 units for one (b, query head): exact, or from the INT8 codes.
 struct HeadScores {
   int64_t D = 0;
@@ -172,9 +163,9 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
       score.block_k = p.opts.block_k;
       v.assign(qi.v.begin() + bhk * s.seq_k * D, qi.v.begin() + (bhk + 1) * s.seq_k * D);
     } else {
-      score.q = load_slice(p.q, b, h);
-      score.k = load_slice(p.k, b, hk);
-      v = load_slice(p.v, b, hk);
+      score.q = load_slice<double>(p.q, b, h);
+      score.k = load_slice<double>(p.k, b, hk);
+      v = load_slice<double>(p.v, b, hk);
     }
     attend_head(p, mask, score, v, b, h, o, extras.lse, &counters[bh * 2]);
   }
@@ -197,8 +188,9 @@ std::vector<double> dense_attention_reference(const TensorView& q, const TensorV
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < B * Hq; ++bh) {
     const int64_t b = bh / Hq, h = bh % Hq;
-    const std::vector<double> qs = load_slice(q, b, h), ks = load_slice(k, b, h / group),
-                              vs = load_slice(v, b, h / group);
+    const std::vector<double> qs = load_slice<double>(q, b, h);
+    const std::vector<double> ks = load_slice<double>(k, b, h / group);
+    const std::vector<double> vs = load_slice<double>(v, b, h / group);
     std::vector<double> w(Nk);
     for (int64_t r = 0; r < Nq; ++r) {
       const int64_t first = detail::first_visible_key(r, band);

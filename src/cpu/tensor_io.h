@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "common/fp_convert.h"
 #include "sparge/types.h"
@@ -30,6 +31,16 @@ inline void store_element(const TensorView& t, int64_t off, float x) {
       break;
     default: static_cast<float*>(t.data)[off] = x; break;
   }
+}
+
+// Logical [tokens, D] copy of (b, h) of t, widened to Real (float or double; exact either way).
+template <typename Real>
+std::vector<Real> load_slice(const TensorView& t, int64_t b, int64_t h) {
+  std::vector<Real> out(t.tokens * t.head_dim);
+  for (int64_t n = 0; n < t.tokens; ++n)
+    for (int64_t d = 0; d < t.head_dim; ++d)
+      out[n * t.head_dim + d] = load_element(t, t.offset(b, h, n, d));
+  return out;
 }
 
 }  // namespace sparge::cpu
