@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "common/validate.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
 
@@ -138,6 +139,50 @@ inline HostBlockMask random_mask(int64_t B, int64_t H, int64_t Nq, int64_t Nk, b
       else if (cell && u(rng) >= keep) cell = 0;
     }
   return HostBlockMask::from_dense(dense, B, H, Nq, Nk, 128, 64);
+}
+
+// Stage 1 on the CPU (the reference) and on the GPU with the same options: both masks, and the
+// fraction of (query block, key block) flags on which they agree. `ok` is false (with a test
+// failure recorded) when a call fails or the GPU mask is not a valid mask.
+struct MaskAgreement {
+  bool ok = false;
+  HostBlockMask ref, got;
+  double identical = 0.0;  // fraction of equal flags of the dense maps
+  int64_t same = 0, flags = 0, kept = 0;
+};
+
+inline MaskAgreement predict_on_cpu_and_gpu(const HostTensor& q, const HostTensor& k,
+                                            const SparseOptions& opts) {
+  MaskAgreement r;
+  const TensorView& qv = q.view;
+  r.ref = HostBlockMask(qv.batch, qv.heads, qv.tokens, k.view.tokens, opts.block_q, opts.block_k);
+  const Status cpu = predict_block_mask(q.view, k.view, opts, r.ref.view());
+  EXPECT_TRUE(cpu.is_ok()) << cpu.message();
+  if (!cpu.is_ok()) return r;
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
+  DeviceMask dmask = DeviceMask::like(r.ref.view());
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  const Status gpu = predict_block_mask(dq.view, dk.view, opts, dmask.mask, ctx);
+  EXPECT_TRUE(gpu.is_ok()) << gpu.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  if (!gpu.is_ok()) return r;
+  r.got = dmask.download();
+  const Status valid = detail::validate_mask_contents(r.got.view());
+  EXPECT_TRUE(valid.is_ok()) << valid.message();
+  if (!valid.is_ok()) return r;
+  const std::vector<uint8_t> a = r.got.to_dense(), b = r.ref.to_dense();
+  for (size_t i = 0; i < a.size(); ++i) {
+    r.same += a[i] == b[i];
+    r.kept += b[i];
+  }
+  r.flags = int64_t(a.size());
+  r.identical = r.flags ? double(r.same) / double(r.flags) : 1.0;
+  r.ok = true;
+  return r;
 }
 
 }  // namespace sparge::test
