@@ -114,6 +114,33 @@ class BlockMask:
         begin, end = self.allowed_key_range()
         return end - begin
 
+    def band_hidden_pairs(self, group_rows: int = 16) -> torch.Tensor:
+        """Per query head, int64 [heads]: the (row group, kept tile) pairs whose rows see no key
+        of the tile (the causal diagonal or the window hides it from all of them, or the rows or
+        keys are past the sequence). Stage 2 counts these among its λ-skipped pairs (they add
+        nothing either way); subtracting them leaves what the λ rule skipped
+        (SparseStats.lambda_skip_fraction). Groups of `group_rows` rows start at each query
+        block's first row (docs/method.md)."""
+        lo, hi = key_band(self.seq_q, self.seq_k, self.is_causal, self.causal_align,
+                          self.window_left, self.window_right)
+        dev = self.device
+        groups = -(-self.block_q // group_rows)
+        i = torch.arange(self.num_q_blocks, device=dev)[:, None]
+        g = torch.arange(groups, device=dev)[None, :]
+        r0 = i * self.block_q + g * group_rows                          # [nq, groups]
+        r1 = torch.minimum(torch.minimum(r0 + group_rows, (i + 1) * self.block_q),
+                           torch.full_like(r0, self.seq_q)) - 1
+        exists = r0 <= r1                                               # rows past seq_q do not
+        listed = torch.arange(self.num_k_blocks, device=dev) < self.counts.unsqueeze(-1)
+        c0 = self.indices.long() * self.block_k                         # [B, H, nq, nk]
+        c1 = torch.clamp(c0 + self.block_k, max=self.seq_k) - 1
+        # The group's rows together see keys [r0 + lo, r1 + hi] (the band moves one key per row).
+        first = (r0 + lo)[None, None, :, None, :]
+        last = (r1 + hi)[None, None, :, None, :]
+        hidden = (last < c0[..., None]) | (first > c1[..., None])
+        hidden = hidden & exists[None, None, :, None, :] & listed[..., None]
+        return hidden.sum(dim=(0, 2, 3, 4))
+
     def to_dense(self) -> torch.Tensor:
         """Bool [batch, heads, num_q_blocks, num_k_blocks], True where the tile is computed."""
         num_k = self.num_k_blocks

@@ -37,8 +37,18 @@ class SparseStats:
 
     @property
     def pv_skip_fraction(self) -> float:
+        """Skipped over visited (row group, tile) pairs, as the kernels count them: pairs whose
+        rows see no key of the tile (causality, the window) count as skipped too."""
         visited, skipped = self.pv_counters.sum(dim=0).tolist()
         return skipped / visited if visited else 0.0
+
+    @property
+    def lambda_skip_fraction(self) -> float:
+        """The λ rule's own skips: pv_skip_fraction without the pairs that causality or the
+        window hides from every row of the group (BlockMask.band_hidden_pairs)."""
+        visited, skipped = self.pv_counters.sum(dim=0).tolist()
+        hidden = int(self.block_mask.band_hidden_pairs().sum())
+        return (skipped - hidden) / (visited - hidden) if visited > hidden else 0.0
 
 
 def _check_tensor(x, name: str) -> torch.Tensor:

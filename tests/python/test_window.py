@@ -64,6 +64,22 @@ def test_windowed_attention_matches_sdpa_with_the_band_mask(case, backend):
     assert stats.sparsity == 0.0
     tokens = stats.block_mask.to_token_mask()
     assert torch.equal(tokens, mask.expand_as(tokens))
+    # λ = inf skips nothing by itself: every skipped pair is one the band hides from its rows,
+    # counted independently here from the token mask.
+    assert stats.lambda_skip_fraction == 0.0
+    visited, skipped = stats.pv_counters.sum(dim=0).tolist()
+    hidden = 0
+    dense = stats.block_mask.to_dense()
+    bq, bk = stats.block_mask.block_q, stats.block_mask.block_k
+    for i in range(dense.shape[2]):
+        for j in range(dense.shape[3]):
+            if not dense[0, 0, i, j]:
+                continue
+            for r0 in range(i * bq, min(seq_q, (i + 1) * bq), 16):
+                rows = mask[r0:min(seq_q, r0 + 16, (i + 1) * bq), j * bk:(j + 1) * bk]
+                hidden += int(not rows.any())
+    assert skipped == hidden * hq
+    assert stats.block_mask.band_hidden_pairs().tolist() == [hidden] * hq
 
 
 @pytest.mark.parametrize("case", CASES)
