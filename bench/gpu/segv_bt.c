@@ -1,3 +1,9 @@
+/* Prints a native backtrace on SIGSEGV (frames as object + offset, for addr2line), for crashes
+ * inside libsparge_c.so called from Python, where faulthandler shows only Python frames and the
+ * GPU image has no gdb.
+ *   gcc -shared -fPIC -O1 -o /tmp/segv_bt.so bench/gpu/segv_bt.c -ldl
+ *   LD_PRELOAD=/tmp/segv_bt.so python3 script.py      (faulthandler off)
+ *   addr2line -f -C -i -e build/libsparge_c.so <offset>   (build with -g for lines) */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <execinfo.h>
