@@ -27,7 +27,7 @@ final logits against the reference's: max |diff|, relative L1 (sum |diff| / sum 
 top-1 agreement, over every position (every `stride`-th one with --logit-stride, for memory:
 the reference's logits are kept, positions × 262144 floats).
 
-    /work/wt-pywin/.venv/bin/python bench/eval/gemma_window.py \\
+    python3 bench/eval/gemma_window.py \\
         --gguf /path/gemma-3-270m-q4_k_m.gguf --tokens 2048 \\
         --out bench/results/2026-12-04_AMD-EPYC_gemma3-window.jsonl
     python3 bench/eval/gemma_window.py --md-from bench/results/2026-12-04_AMD-EPYC_gemma3-window.jsonl

@@ -10,7 +10,7 @@ the defaults thin out, plus 1, 5 and 8 with sim_threshold -0.1 so the selection 
 Sparge's output against SDPA whose element mask is (the selected tiles) ∧ (the band): equal up to
 rounding iff the kernel computes exactly the selected tiles and masks the window's edges.
 
-    /work/wt-pywin/.venv/bin/python bench/eval/gemma_window_layers.py --gguf gemma-3-270m-q4_k_m.gguf
+    python3 bench/eval/gemma_window_layers.py --gguf gemma-3-270m-q4_k_m.gguf
 """
 import argparse
 import pathlib
