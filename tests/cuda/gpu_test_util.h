@@ -185,4 +185,46 @@ inline MaskAgreement predict_on_cpu_and_gpu(const HostTensor& q, const HostTenso
   return r;
 }
 
+// Both stages (sparse_attention) on the reference backend (fp32 copies of the rounded inputs) and
+// on the GPU with the same options: both masks and both outputs (logical HND). `ok` is false
+// (with a test failure recorded) when a call fails.
+struct EndToEnd {
+  bool ok = false;
+  HostBlockMask ref_mask, got_mask;
+  std::vector<float> out, ref;
+};
+
+inline EndToEnd sparse_attention_on_cpu_and_gpu(const HostTensor& q, const HostTensor& k,
+                                                const HostTensor& v, const SparseOptions& opts) {
+  EndToEnd r;
+  const TensorView& qv = q.view;
+  const int64_t B = qv.batch, H = qv.heads, Nq = qv.tokens, Nk = k.view.tokens, D = qv.head_dim;
+  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
+  HostTensor o32 = HostTensor::poisoned(B, H, Nq, D, DType::kFloat32, Layout::kHND);
+  r.ref_mask = HostBlockMask(B, H, Nq, Nk, opts.block_q, opts.block_k);
+  ExecContext ref_ctx;
+  ref_ctx.backend = Backend::kReference;
+  const Status cpu = sparse_attention(q32.view, k32.view, v32.view, opts, o32.view, {}, ref_ctx,
+                                      &r.ref_mask.view());
+  EXPECT_TRUE(cpu.is_ok()) << cpu.message();
+  if (!cpu.is_ok()) return r;
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(B, H, Nq, D, qv.dtype, Layout::kHND));
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  DeviceMask dmask = DeviceMask::like(r.ref_mask.view());
+  const Status gpu = sparse_attention(dq.view, dk.view, dv.view, opts, dout.view, {}, ctx, &dmask.mask);
+  EXPECT_TRUE(gpu.is_ok()) << gpu.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  if (!gpu.is_ok()) return r;
+  r.got_mask = dmask.download();
+  r.out = dout.download();
+  r.ref = o32.to_hnd();
+  r.ok = true;
+  return r;
+}
+
 }  // namespace sparge::test

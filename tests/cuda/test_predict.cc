@@ -112,28 +112,12 @@ TEST(SparseAttentionEndToEnd, MatchesReference) {
   opts.select_value.value = 0.9f;
   opts.pv_threshold.value = INFINITY;
 
-  HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
-  HostTensor o32 = HostTensor::poisoned(B, H, N, D, DType::kFloat32, Layout::kHND);
-  HostBlockMask ref_mask(B, H, N, N, 128, 64);
-  ExecContext ref_ctx;
-  ref_ctx.backend = Backend::kReference;
-  Status st = sparse_attention(q32.view, k32.view, v32.view, opts, o32.view, {}, ref_ctx, &ref_mask.view());
-  ASSERT_TRUE(st.is_ok()) << st.message();
-
-  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
-  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(B, H, N, D, DType::kBFloat16, Layout::kHND));
-  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
-  DeviceBuffer ws(ws_bytes);
-  ExecContext ctx;
-  ctx.workspace = ws.get();
-  ctx.workspace_bytes = ws_bytes;
-  DeviceMask dmask = DeviceMask::like(ref_mask.view());
-  st = sparse_attention(dq.view, dk.view, dv.view, opts, dout.view, {}, ctx, &dmask.mask);
-  ASSERT_TRUE(st.is_ok()) << st.message();
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const HostBlockMask got = dmask.download();
+  const EndToEnd run = sparse_attention_on_cpu_and_gpu(q, k, v, opts);
+  ASSERT_TRUE(run.ok);
+  const HostBlockMask& got = run.got_mask;
+  const HostBlockMask& ref_mask = run.ref_mask;
   const AttentionStats stats = mask_stats(got.view(), false, CausalAlign::kTopLeft);
-  const double err = measure::rel_l1(dout.download(), o32.to_hnd());
+  const double err = measure::rel_l1(run.out, run.ref);
   std::printf("[ end-to-end ] video N=%ld sparsity %.3f rel_l1 %.2e\n", long(N), stats.sparsity(), err);
   std::fflush(stdout);
   EXPECT_GT(stats.sparsity(), 0.2) << "the case must skip tiles";
