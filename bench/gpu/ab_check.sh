@@ -9,6 +9,8 @@
 # Usage (repo root, device call with carry .devdeps): bash bench/gpu/ab_check.sh <A name> <B name>
 # Records and logs go to $OUT/ab.tgz and the tables to $OUT/summary.md (the device returns at
 # most 8 files).
+# Experiments: VARIANTS="C D" also builds the source trees .ab/C and .ab/D (prepared like A, e.g.
+# a copy of B with one change) and times their sm90ws kernel beside A and B; they are not tested.
 set -uo pipefail
 a_name=${1:?A name}; b_name=${2:?B name}
 final=${OUT:-/tmp/sparge_out}; out=$(mktemp -d); logs=$out/logs; mkdir -p "$final" "$logs"
@@ -33,9 +35,15 @@ build() {  # build <source dir> <build dir> <targets...> (each build at most 300
 }
 ra=1
 if [ -d .ab/A ]; then build .ab/A build-a sparge_c & pa=$!; fi
+variants=()
+for v in ${VARIANTS:-}; do build ".ab/$v" "build-$v" sparge_c & variants+=("$v:$!"); done
 build . build-b sparge_gpu_tests sparge_c
 rb=$?; [ -d .ab/A ] && { wait $pa; ra=$?; }
-echo "build A rc=$ra B rc=$rb ($SECONDS s)"
+built_variants=()
+for vp in "${variants[@]}"; do
+  wait "${vp#*:}" && built_variants+=("${vp%%:*}") || echo "build ${vp%%:*} failed"
+done
+echo "build A rc=$ra B rc=$rb variants built: ${built_variants[*]} ($SECONDS s)"
 grep -hE "spill|error" "$logs"/build_*.log | sort -u | head -10
 [ $rb -ne 0 ] && { tail -30 "$logs/build_build-b.log"; tar -czf "$final/ab.tgz" -C "$out" .; exit $rb; }
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
@@ -62,6 +70,10 @@ bench() {  # bench <lib> <tag> <head dim> <seqs>
 bench build-b/libsparge_c.so "$b_name" 128 8192,32768
 [ $ra -eq 0 ] && bench build-a/libsparge_c.so "$a_name" 64 32768
 bench build-b/libsparge_c.so "$b_name" 64 32768
+for v in "${built_variants[@]}"; do
+  bench "build-$v/libsparge_c.so" "$v" 128 8192,32768
+  bench "build-$v/libsparge_c.so" "$v" 64 32768
+done
 PYTHONUNBUFFERED=1 step "pv skip" 80 python3 bench/gpu/bench_pv_skip.py --lib build-b/libsparge_c.so \
   --commit "$b_name" --seqs 16384 --head-dims 128,64 --kernels sm90ws --out-dir "$out" >"$logs/pv_skip.log" 2>&1
 echo "pv skip rc=$? ($SECONDS s)"; grep -E '^\|' "$logs/pv_skip.log"
@@ -77,9 +89,10 @@ if [ "${PROFILE:-0}" = 1 ]; then
 fi
 {
 echo "== A ($a_name) vs B ($b_name), sm90ws, dense-equivalent TOPS (causal halved) =="
-python3 - "$out" "$a_name" "$b_name" <<'PY'
+python3 - "$out" "$a_name" "$b_name" "${built_variants[@]}" <<'PY'
 import glob, json, sys
-out, a, b = sys.argv[1:]
+out, a, b = sys.argv[1:4]
+extra = sys.argv[4:]
 recs = [json.loads(l) for f in glob.glob(out + "/*_ab_*.jsonl") for l in open(f) if l.strip()]
 rows = {}
 for r in recs:
@@ -87,14 +100,15 @@ for r in recs:
         continue
     who = r["commit"] if r["impl"].startswith("sparge") else r["impl"].replace("sdpa-", "")
     rows.setdefault((r["head_dim"], r["seq_q"], r["causal"]), {})[who] = r["tops"]
-print(f"| hd | N | causal | {a} | {b} | cudnn | {b}/{a} | {b}/cudnn |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"| hd | N | causal | {a} | {b} | cudnn | {b}/{a} | {b}/cudnn |" + "".join(f" {v} | {v}/{a} |" for v in extra))
+print("|---|---|---|---|---|---|---|---|" + "---|---|" * len(extra))
 for k in sorted(rows):
     d = rows[k]
     f = lambda x: f"{d[x]:.0f}" if x in d else "-"
     r1 = f"{d[b] / d[a]:.3f}" if a in d and b in d else "-"
     r2 = f"{d[b] / d['cudnn']:.3f}" if "cudnn" in d and b in d else "-"
-    print(f"| {k[0]} | {k[1]} | {k[2]} | {f(a)} | {f(b)} | {f('cudnn')} | {r1} | {r2} |")
+    rv = "".join(f" {f(v)} | {d[v] / d[a]:.3f} |" if a in d and v in d else f" {f(v)} | - |" for v in extra)
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {f(a)} | {f(b)} | {f('cudnn')} | {r1} | {r2} |" + rv)
 PY
 grep -E '^\|' "$logs/pv_skip.log"; grep -E '^\||^Device' "$logs/window.log"; grep -E '^\|' "$logs/stage1.log"
 } | tee "$final/summary.md"

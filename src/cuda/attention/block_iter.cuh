@@ -51,6 +51,7 @@ class BlockTurnIter {
   // Entry i of the turn, -1 for i >= count(). Call with a compile-time i (unrolled loops) so
   // that the array stays in registers.
   __device__ int block(int i) const { return block_[i]; }
+  __device__ bool last() const { return it_.done(); }  // no entry follows this turn
   __device__ void next() { fill(); }
 
  private:

@@ -109,9 +109,15 @@ struct MainloopSm90Tma {
   }
 
   // ---- producer (one thread) ------------------------------------------------------------
+  static constexpr uint32_t kSlotBytes = sizeof(TurnSlot<kBlocks>);
+
   static __device__ void load(const AttnParamsSm90Ws& p, Storage& smem, const WorkTile& w) {
     Turns it(p.attn, w.mask_row);
-    if (it.done()) return;  // nothing is consumed, so nothing may be loaded
+    if (it.done()) {  // nothing is consumed, so nothing may be loaded: the first slot says so
+      mbarrier_arrive_expect_tx(&smem.k_full[0], kSlotBytes);
+      send_turn(smem, 0, it);
+      return;
+    }
     tma_prefetch_descriptor(&p.tma_k);
     tma_prefetch_descriptor(&p.tma_v);
     mbarrier_arrive_expect_tx(&smem.q_full, Traits::kQBytes);
@@ -120,24 +126,41 @@ struct MainloopSm90Tma {
       tma_load_4d(&p.tma_q, &smem.q_full, smem.q + cb * Traits::kBlockM * 64, cb * 64, w.q0, w.h, w.b);
     Cursor c;
     for (; !it.done(); it.next(), c.advance()) {
-      load_kv_turn(&p.tma_k, smem.k_empty[c.stage], smem.k_full[c.stage], smem.k[c.stage], c.phase, it, p.attn, w);
-      load_kv_turn(&p.tma_v, smem.v_empty[c.stage], smem.v_full[c.stage], smem.v[c.stage], c.phase, it, p.attn, w);
+      mbarrier_wait(&smem.k_empty[c.stage], c.phase ^ 1u);
+      mbarrier_arrive_expect_tx(&smem.k_full[c.stage], Traits::kStageBytes + kSlotBytes);
+      send_turn(smem, c.stage, it);
+      load_kv_turn(&p.tma_k, smem.k_full[c.stage], smem.k[c.stage], it, p.attn, w);
+      mbarrier_wait(&smem.v_empty[c.stage], c.phase ^ 1u);
+      mbarrier_arrive_expect_tx(&smem.v_full[c.stage], Traits::kStageBytes);
+      load_kv_turn(&p.tma_v, smem.v_full[c.stage], smem.v[c.stage], it, p.attn, w);
     }
   }
 
-  // Waits until the consumers released the stage's previous use, then loads the turn's blocks of
-  // kv head w.hk into it, block i into rows 64i.. of every column block. The missing part of a
-  // short last turn is still loaded (the full barrier counts the whole stage), from the box that
-  // starts at seq_k: entirely past the sequence end, so the TMA reads nothing and writes zeros.
+  // The turn's TurnSlot (count 0 and last if the iterator is already done: an empty row): written
+  // to the stage's staging copy, then bulk-copied into the slot on the stage's K full barrier,
+  // whose expected bytes include it. The staging copy of a stage is free again when its K
+  // empty barrier has completed: the consumers waited for the previous copy before releasing.
+  static __device__ void send_turn(Storage& smem, int stage, const Turns& it) {
+    TurnSlot<kBlocks>& staging = smem.turn_staging[stage];
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) staging.word[i] = it.done() ? -1 : it.block(i);
+    staging.word[kBlocks] = it.done() ? 0 : it.count();
+    staging.word[kBlocks + 1] = it.done() || it.last();
+    fence_proxy_async_smem();  // the generic stores, before the async proxy reads them
+    bulk_copy_smem(&smem.turn[stage], &staging, kSlotBytes, &smem.k_full[stage]);
+  }
+
+  // Loads the turn's blocks of kv head w.hk into a stage the consumers released (the caller
+  // made `full` expect the bytes), block i into rows 64i.. of every column block. The missing
+  // part of a short last turn is still loaded (the full barrier counts the whole stage), from
+  // the box that starts at seq_k: entirely past the sequence end, so the TMA reads nothing and
+  // writes zeros.
   // The consumers give that part P = 0, and 0·0 keeps O exact; 0 times stale or never-written
   // shared memory could be NaN (Traits::kZeroFillShortTurn = false loads block 0 again instead:
   // finite unless block 0 holds Inf or NaN, which that turn then also spreads to rows whose P
   // is positive).
-  static __device__ void load_kv_turn(const CUtensorMap* map, uint64_t& empty, uint64_t& full, T* dst,
-                                      uint32_t phase, const Turns& it, const AttnParams& p,
-                                      const WorkTile& w) {
-    mbarrier_wait(&empty, phase ^ 1u);
-    mbarrier_arrive_expect_tx(&full, Traits::kStageBytes);
+  static __device__ void load_kv_turn(const CUtensorMap* map, uint64_t& full, T* dst, const Turns& it,
+                                      const AttnParams& p, const WorkTile& w) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) {
       const int missing_key0 = Traits::kZeroFillShortTurn ? p.seq_k : it.block(0) * Traits::kBlockN;
@@ -148,6 +171,24 @@ struct MainloopSm90Tma {
                     key0, w.hk, w.b);
     }
   }
+
+  // A consumer's register copy of a stage's TurnSlot, taken after the stage's K landed (and
+  // before the consumer releases that K, after which the producer may rewrite the slot).
+  struct KeptTurn {
+    int blocks[kBlocks];
+    int n;
+    bool last;
+    __device__ int count() const { return n; }
+    __device__ int block(int i) const { return blocks[i]; }
+    __device__ static KeptTurn read(const TurnSlot<kBlocks>& slot) {
+      KeptTurn t;
+#pragma unroll
+      for (int i = 0; i < kBlocks; ++i) t.blocks[i] = slot.block(i);
+      t.n = slot.count();
+      t.last = slot.last();
+      return t;
+    }
+  };
 
   // ---- consumer (one warpgroup) ---------------------------------------------------------
   // One arrival per warp: each warp has waited for its own wgmma groups, so once all of them
@@ -226,33 +267,70 @@ struct MainloopSm90Tma {
   // are exactly the one-block-per-turn ones. The computed blocks are then exponentiated with
   // one base, max(m, their maxima) = the m of the sequential walk. skip[i] is true for a block
   // the warp skips and for a missing block of a short turn (not counted); alpha = 1 if all skip.
+  //
+  // Latency, not work, bounds this on the consumer's critical path, so nothing waits on what it
+  // need not: every block's maxima are reduced over the quad with their shuffles in flight
+  // together, and block i's test is made against each possible history (which of the blocks
+  // before it were computed: 2^i running maxima), so that one warp reduction (REDUX.AND of a
+  // bit per test) decides the whole turn instead of one vote per block, each waiting for the
+  // one before. The walk then only reads bits.
   static __device__ void scores_to_probs(Scores& s, float (&alpha)[2], bool (&skip)[kBlocks],
-                                         bool& any_skip, const Turns& turn, const AttnParams& p,
+                                         bool& any_skip, const KeptTurn& turn, const AttnParams& p,
                                          const WorkTile& w, const WarpRows& rows, int lane,
                                          float lambda, Softmax& softmax, unsigned& visited,
                                          unsigned& skipped) {
-    float m_run[2] = {softmax.row_max[0], softmax.row_max[1]};
+    static_assert(kBlocks <= 4, "2^kBlocks - 1 tests must fit the reduced word");
+    // The missing block of a short last turn is not masked: nothing below reads its maxima.
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) {
+      if (i == 0 || i < turn.count()) {
+        const int key0 = turn.block(i) * Traits::kBlockN;
+        if (block_needs_mask<Traits, kBanded>(p, key0, w.q0))
+          apply_mask<Traits, kBanded>(s[i], p, rows.row_g, key0, lane);
+      }
+    }
+    float m_loc[kBlocks][2];
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) BlockSoftmax::thread_max(s[i], m_loc[i]);
+#pragma unroll
+    for (int offset = 1; offset <= 2; offset *= 2)  // the 4 threads of a quad share a row
+#pragma unroll
+      for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          m_loc[i][r] = max_nan(m_loc[i][r], __shfl_xor_sync(0xffffffffu, m_loc[i][r], offset));
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) m_loc[i][0] *= p.scale_log2, m_loc[i][1] *= p.scale_log2;
+
+    // Test bit (2^i - 1 + h): block i is negligible for this thread's rows after history h
+    // (bit j of h: block j < i was computed).
+    unsigned tests = 0;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i)
+#pragma unroll
+      for (int h = 0; h < (1 << i); ++h) {
+        float m_run[2] = {softmax.row_max[0], softmax.row_max[1]};
+#pragma unroll
+        for (int j = 0; j < i; ++j)
+          if (h & (1 << j)) m_run[0] = max_nan(m_run[0], m_loc[j][0]), m_run[1] = max_nan(m_run[1], m_loc[j][1]);
+        tests |= unsigned(Softmax::rows_negligible(m_loc[i], m_run, rows.row_exists, lambda))
+                 << ((1 << i) - 1 + h);
+      }
+    const unsigned negligible = __reduce_and_sync(0xffffffffu, tests);  // warp-uniform
+
     float m_turn[2] = {-INFINITY, -INFINITY};
+    unsigned history = 0;
     any_skip = false;
     bool all_skip = true;
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) {
-      skip[i] = true;
-      if (i == 0 || i < turn.count()) {
-        const int key0 = turn.block(i) * Traits::kBlockN;
-        const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, w.q0);
-        if (needs_mask) apply_mask<Traits, kBanded>(s[i], p, rows.row_g, key0, lane);
-        float m_loc[2];
-        BlockSoftmax::tile_max(s[i], p.scale_log2, m_loc);
-        skip[i] = Softmax::slab_skips(m_loc, m_run, rows.row_exists, lambda);
-        skipped += skip[i];  // counted whether or not the slab exists: the kernel drops both
-        if (!skip[i]) {
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            m_run[r] = max_nan(m_run[r], m_loc[r]);
-            m_turn[r] = max_nan(m_turn[r], m_loc[r]);
-          }
-        }
+      const bool present = i == 0 || i < turn.count();
+      skip[i] = !present || ((negligible >> ((1 << i) - 1 + history)) & 1u);
+      skipped += present & skip[i];  // counted whether or not the slab exists: the kernel drops both
+      if (!skip[i]) {
+        history |= 1u << i;
+        m_turn[0] = max_nan(m_turn[0], m_loc[i][0]);
+        m_turn[1] = max_nan(m_turn[1], m_loc[i][1]);
       }
       any_skip = any_skip || skip[i];
       all_skip = all_skip && skip[i];
@@ -297,8 +375,12 @@ struct MainloopSm90Tma {
                              const WarpRows& rows, int consumer, int lane, float (&acc)[kOTiles][4],
                              Softmax& softmax, unsigned& visited, unsigned& skipped) {
     const AttnParams& p = params.attn;
-    Turns it(p, w.mask_row);
-    if (it.done()) return;
+    Cursor kc, vc;
+    // The first slot says whether the row keeps any block (count 0: nothing was loaded, and the
+    // epilogue writes the empty row).
+    mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
+    KeptTurn kept = KeptTurn::read(smem.turn[kc.stage]);
+    if (kept.count() == 0) return;
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
     // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
     const uint64_t dq = q_desc(smem_addr(smem.q), consumer);
@@ -312,11 +394,9 @@ struct MainloopSm90Tma {
     float alpha[2];
     bool skip[kBlocks], any_skip;
     bool pv_skipped;  // the whole warpgroup skips the P·V of the turn whose P is in `prob`
-    Cursor kc, vc;
 
     // First turn: S[0] alone.
     mbarrier_wait(&smem.q_full, 0);
-    mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
     turn.acquire();
     fence_scores(s);
     wgmma_fence();
@@ -327,10 +407,9 @@ struct MainloopSm90Tma {
     fence_scores(s);
     release(smem.k_empty[kc.stage], lane);
     kc.advance();
-    scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+    scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited, skipped);
     pv_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
     pack(s, prob, skip, any_skip);
-    it.next();
 
     // One turn: S[t] = Q·K[t]ᵀ and, unless the whole warpgroup skips turn t-1, O += P[t-1]·V[t-1].
     // The two variants are separate code paths, each a complete wgmma pipeline stage (fence ...
@@ -340,6 +419,7 @@ struct MainloopSm90Tma {
     const auto step = [&](auto with_pv) {
       constexpr bool kWithPv = decltype(with_pv)::value;
       mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
+      kept = KeptTurn::read(smem.turn[kc.stage]);
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
       fence_operands(acc);
@@ -358,7 +438,7 @@ struct MainloopSm90Tma {
       fence_scores(s);
       release(smem.k_empty[kc.stage], lane);
       kc.advance();
-      scores_to_probs(s, alpha, skip, any_skip, it, p, w, rows, lane, lambda, softmax, visited, skipped);
+      scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited, skipped);
       const bool turn_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
       wgmma_wait<0>();  // P·V of t-1 done: O and P are free, and so is V[t-1]
       fence_operands(acc);
@@ -368,7 +448,7 @@ struct MainloopSm90Tma {
       pack(s, prob, skip, any_skip);
       pv_skipped = turn_skipped;
     };
-    for (; !it.done(); it.next()) {
+    while (!kept.last) {
       if (pv_skipped)
         step(std::false_type{});
       else

@@ -30,16 +30,29 @@ struct OnlineSoftmax {
     row_sum[0] = row_sum[1] = 0.0f;
   }
 
+  // Max of each of the thread's two rows over its 2·kNTiles scores of the tile, no quad
+  // reduction and no scaling. Tree-shaped: a chain of 2·kNTiles - 1 dependent max instructions
+  // left each one waiting on the one before (the largest stall in the profile of the sm90ws
+  // kernel); a tree has the same count at depth log2(2·kNTiles).
+  __device__ static void thread_max(const float (&s)[kNTiles][4], float (&m_loc)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float t[kNTiles];
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) t[n] = max_nan(s[n][2 * r], s[n][2 * r + 1]);
+#pragma unroll
+      for (int width = kNTiles / 2; width >= 1; width /= 2)
+#pragma unroll
+        for (int n = 0; n < width; ++n) t[n] = max_nan(t[n], t[n + width]);
+      m_loc[r] = t[0];
+    }
+  }
+
   // Max of each of the thread's two rows over the tile, in log2 units. Scaling by a positive
   // factor is monotonic under rounding, so max(s)·c equals max(s·c) exactly.
   __device__ static void tile_max(const float (&s)[kNTiles][4], float scale_log2, float (&m_loc)[2]) {
-    m_loc[0] = max_nan(s[0][0], s[0][1]);
-    m_loc[1] = max_nan(s[0][2], s[0][3]);
-#pragma unroll
-    for (int n = 1; n < kNTiles; ++n) {
-      m_loc[0] = max_nan(m_loc[0], max_nan(s[n][0], s[n][1]));
-      m_loc[1] = max_nan(m_loc[1], max_nan(s[n][2], s[n][3]));
-    }
+    static_assert((kNTiles & (kNTiles - 1)) == 0, "thread_max's tree wants a power of two");
+    thread_max(s, m_loc);
     // The 4 threads of a quad share a row.
     m_loc[0] = warp_max_xor(m_loc[0], 2) * scale_log2;
     m_loc[1] = warp_max_xor(m_loc[1], 2) * scale_log2;
@@ -58,6 +71,13 @@ struct OnlineSoftmax {
   // exponentiating them passes the max the rows would have after the earlier ones).
   __device__ static bool slab_skips(const float (&m_loc)[2], const float (&m_run)[2],
                                     const bool (&row_exists)[2], float lambda) {
+    return __all_sync(0xffffffffu, rows_negligible(m_loc, m_run, row_exists, lambda));
+  }
+  // This thread's part of the rule: both of its rows are absent or negligible. The slab skips iff
+  // this holds on every lane (a kernel that tests several tiles at once reduces the lanes' bits
+  // together).
+  __device__ static bool rows_negligible(const float (&m_loc)[2], const float (&m_run)[2],
+                                         const bool (&row_exists)[2], float lambda) {
     // λ >= 0 (validated to [0, inf]), so the guard m_r != -inf costs nothing to drop: with
     // m_r = -inf the difference is +inf or NaN (m_loc_r = ±inf), which fails <= -λ by itself,
     // and m_loc_r = -inf is caught by the first test. Bitwise | and &: without short-circuit
@@ -68,7 +88,7 @@ struct OnlineSoftmax {
       const bool negligible = (m_loc[i] == -INFINITY) | (m_loc[i] - m_run[i] <= -lambda);
       skippable = skippable & (!row_exists[i] | negligible);
     }
-    return __all_sync(0xffffffffu, skippable);
+    return skippable;
   }
 
   // Computed tile, scores half: m_new = max(m, m_loc), l rescaled by alpha = 2^(m - m_new),
@@ -85,14 +105,20 @@ struct OnlineSoftmax {
       alpha[i] = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;
       row_sum[i] *= alpha[i];
-      float sum = 0.0f;
+      // kSums independent partial sums: one running sum made every add wait for the one before
+      // (and the in-order issue then held back the exponentials behind it).
+      constexpr int kSums = kNTiles < 4 ? kNTiles : 4;
+      float sum[kSums];
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
         s[n][2 * i] = exp2_approx(fmaf(s[n][2 * i], scale_log2, -base));
         s[n][2 * i + 1] = exp2_approx(fmaf(s[n][2 * i + 1], scale_log2, -base));
-        sum += s[n][2 * i] + s[n][2 * i + 1];
+        const float pair = s[n][2 * i] + s[n][2 * i + 1];
+        sum[n % kSums] = n < kSums ? pair : sum[n % kSums] + pair;
       }
-      row_sum[i] += sum;
+#pragma unroll
+      for (int j = 1; j < kSums; ++j) sum[0] += sum[j];
+      row_sum[i] += sum[0];
     }
   }
 

@@ -62,7 +62,7 @@ struct AttnTraitsSm90Ws {
   static constexpr int kBlockBytes = kBlockN * kHeadDim * int(sizeof(T));  // one block of K (or V)
   static constexpr int kStageBytes = kBlocksPerTurn * kBlockBytes;         // K (or V) of a stage
   static constexpr int kColumnBlocks = kHeadDim / 64;  // TMA boxes per block (64 channels each)
-  // Q + the ring + one atom for the barriers + one atom of slack: the dynamic smem base is only
+  // Q + the ring + one atom for the barriers and turn slots + one atom of slack: the dynamic smem base is only
   // 16-byte aligned and the kernel rounds it up. d128: 162 KiB, d64: 210 KiB, d256: 194 KiB.
   static constexpr int kSmemLimit = 227 * 1024;  // sm_90's per-CTA opt-in maximum
   static constexpr int kFixedBytes = kQBytes + 2 * kSw128AtomBytes;
@@ -86,12 +86,34 @@ struct AttnTraitsSm90Ws {
 // A K (or V) stage is one SW128 tile of kTurnN rows: column block cb holds rows 0..kTurnN-1, and
 // block i of the turn lands in rows i·64..i·64+63 of every column block (one TMA box each), so
 // that one descriptor with an 8-row stride of 1024 bytes spans all the turn's keys.
+// What the producer tells the consumers about the turn it loaded into a stage: the turn's kept
+// blocks (BlockTurnIter's entries, -1 past count) and whether it is the row's last turn. The
+// producer writes it into its own staging copy and has the bulk-copy engine move it into the
+// stage's slot on the stage's K full barrier, like the TMA loads (the barrier expects its bytes
+// too); the consumers read it after the wait that tells them K landed, and before they release
+// K, after which the producer may rewrite it. (Plain shared stores ordered by the barriers are
+// as correct by the PTX memory model, but compute-sanitizer's racecheck reports them as races;
+// st.async, which would write directly, raised an illegal instruction without a cluster launch.)
+// The consumers thereby never read the BlockMask from global memory themselves: those
+// dependent loads sat on their critical path between turns (long-scoreboard stalls in the
+// profile; +7-9% dense at hd128 once they were gone). Whole 16-byte words, as bulk copies move.
+template <int kBlocks>
+struct alignas(16) TurnSlot {
+  static constexpr int kWords = (kBlocks + 2 + 3) / 4 * 4;
+  int32_t word[kWords];  // block[0..kBlocks), count (1..kBlocks; 0: the row keeps none), last
+  __device__ int block(int i) const { return word[i]; }
+  __device__ int count() const { return word[kBlocks]; }
+  __device__ bool last() const { return word[kBlocks + 1] != 0; }
+};
+
 template <typename Traits>
 struct SharedStorageSm90Ws {
   using T = typename Traits::Element;
   alignas(kSw128AtomBytes) T q[Traits::kBlockM * Traits::kHeadDim];
   alignas(kSw128AtomBytes) T k[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
   alignas(kSw128AtomBytes) T v[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
+  TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];  // arrives with K of the stage
+  TurnSlot<Traits::kBlocksPerTurn> turn_staging[Traits::kStages];  // the producer's copies
   uint64_t q_full;                   // Q landed (1 arrival + bytes)
   uint64_t k_full[Traits::kStages];  // K of the stage landed
   uint64_t v_full[Traits::kStages];
