@@ -40,6 +40,12 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
 // Fast backend: same function, blocked + OpenMP + vectorized, float accumulation.
 Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                       const AttentionExtras& extras, int num_threads);
+struct QuantizedInputs;
+// The same with inputs already quantized (cpu/quantize.h; null: exact mode), for studies that
+// quantize with another granularity than the backends' (bench/cpu/quant_error.cc).
+Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                           const AttentionExtras& extras, int num_threads,
+                           const QuantizedInputs* quantized);
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse);
 }  // namespace sparge::cpu
@@ -58,4 +64,5 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse,
                       const ExecContext& ctx);
+
 }  // namespace sparge::cuda
