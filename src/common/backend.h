@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "common/quant_layout.h"
 #include "sparge/sparge.h"
 
 namespace sparge::detail {
@@ -40,6 +41,12 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
 // Fast backend: same function, blocked + OpenMP + vectorized, float accumulation.
 Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                       const AttentionExtras& extras, int num_threads);
+struct QuantizedInputs;
+// The same with inputs already quantized (cpu/quantize.h; null: exact mode), for studies that
+// quantize with another granularity than the backends' (bench/cpu/quant_error.cc).
+Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                           const AttentionExtras& extras, int num_threads,
+                           const QuantizedInputs* quantized);
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse);
 }  // namespace sparge::cpu
@@ -58,4 +65,22 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse,
                       const ExecContext& ctx);
+
+// The quantized mode's inputs on the device (issue 10; not public yet: the quantized Hopper
+// kernel that reads them is still to come). Caller-allocated, element counts from
+// detail::quantized_counts, layouts in common/quant_layout.h; the bytes equal
+// cpu::quantize_inputs' (q, q_scale, k, k_scale, km, v8, v_scale) for the same granularity.
+struct QuantizedBuffers {
+  int8_t* q = nullptr;
+  float* q_scale = nullptr;
+  int8_t* k = nullptr;
+  float* k_scale = nullptr;
+  float* km = nullptr;
+  uint8_t* v8 = nullptr;  // 16-byte aligned
+  float* v_scale = nullptr;
+};
+std::size_t quantize_workspace_size(const ProblemShape& shape);
+// Scratch from ctx.workspace (256-byte aligned, quantize_workspace_size bytes); ctx.stream.
+Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
+                       const detail::QuantGranularity& g, const ExecContext& ctx);
 }  // namespace sparge::cuda

@@ -27,4 +27,9 @@ Status permute_tokens(const TensorView&, const TensorView&, const int64_t*, int6
                       bool, const ExecContext&) {
   return not_built();
 }
+std::size_t quantize_workspace_size(const ProblemShape&) { return 0; }
+Status quantize_inputs(const detail::Problem&, const QuantizedBuffers&,
+                       const detail::QuantGranularity&, const ExecContext&) {
+  return not_built();
+}
 }  // namespace sparge::cuda

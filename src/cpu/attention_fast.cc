@@ -81,21 +81,22 @@ bool use_avx512() {
 // One thread's scratch, sized for the largest block; allocated once per call.
 struct Scratch {
   float* mem = nullptr;
-  float *qt, *k, *v, *st, *acc, *rows8, *m, *l, *mloc, *alpha, *rowsum, *pbuf;
+  float *qt, *k, *v, *st, *acc, *rows8, *m, *l, *mloc, *alpha, *rowsum, *pbuf, *qfactor;
   std::vector<int32_t> active;
 
   explicit Scratch(const Plan& pl) {
     const int64_t bq = pl.bq, bk = pl.bk, D = pl.D, Dp = pl.Dp;
     const int64_t sizes[] = {D * bq, bk * D, bk * Dp, bk * bq, bq * Dp, 8 * Dp,
-                             bq,     bq,     bq,      bq,      bq,      bk * 8};
+                             bq,     bq,     bq,      bq,      bq,      bk * 8, bq};
     int64_t total = 0;
     for (int64_t s : sizes) total += round_up(s, 16);
     mem = static_cast<float*>(std::aligned_alloc(64, total * sizeof(float)));
     if (mem == nullptr) return;
     std::fill(mem, mem + total, 0.0f);  // pads (V/acc columns ≥ D) must read as zero
-    float** parts[] = {&qt, &k, &v, &st, &acc, &rows8, &m, &l, &mloc, &alpha, &rowsum, &pbuf};
+    float** parts[] = {&qt, &k,    &v,     &st,     &acc,  &rows8, &m,
+                       &l,  &mloc, &alpha, &rowsum, &pbuf, &qfactor};
     float* at = mem;
-    for (int i = 0; i < 12; ++i) {
+    for (int i = 0; i < 13; ++i) {
       *parts[i] = at;
       at += round_up(sizes[i], 16);
     }
@@ -203,6 +204,11 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     vplane = {reinterpret_cast<const char*>(&qi.v[((b * p.shape.heads_kv + hkv) * Nk) * D]),
               D * static_cast<int64_t>(sizeof(float)), Elem::kF32};
     q_mul = 1.0f;  // codes stay integers; the scales multiply the scores per tile
+    const int64_t bh = b * p.shape.heads_q + h;
+    for (int64_t r = 0; r < rows16; ++r)  // rows past the block's end: factor 0, scores 0
+      s.qfactor[r] = r < rows ? static_cast<float>(double(qi.q_scale_at(bh, row0 + r)) *
+                                                   pl.score_log2)
+                              : 0.0f;
   } else {
     qplane = view_plane(p.q, b, h);
     kplane = view_plane(p.k, b, hkv);
@@ -264,15 +270,15 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       fast::scores_tile_avx512(s.qt, bq, ktile, ldk, D, keys8, rows16, s.st, bq);
     else
       fast::scores_tile(s.qt, bq, ktile, ldk, D, keys8, rows16, s.st, bq);
-    if (pl.quant) {  // t = (Σ q8·k8) · s_q · s_k · scale · log2(e)
-      const float f = static_cast<float>(
-          double(pl.quant->q_scale[(b * p.shape.heads_q + h) * pl.nq + qb]) *
-          pl.quant->k_scale[(b * p.shape.heads_kv + hkv) * pl.nk + j] * pl.score_log2);
-      const __m256 vf = _mm256_set1_ps(f);
-      for (int64_t c = 0; c < keys; ++c)
+    if (pl.quant) {  // t = (Σ q8·k8) · (s_q · scale · log2(e)) · s_k, per row and key
+      const int64_t bhk = b * p.shape.heads_kv + hkv;
+      for (int64_t c = 0; c < keys; ++c) {
+        const __m256 vk = _mm256_set1_ps(pl.quant->k_scale_at(bhk, key0 + c));
         for (int64_t r = 0; r < rows16; r += 8)
           _mm256_storeu_ps(s.st + c * bq + r,
-                           _mm256_mul_ps(vf, _mm256_loadu_ps(s.st + c * bq + r)));
+                           _mm256_mul_ps(_mm256_mul_ps(vk, _mm256_loadu_ps(s.qfactor + r)),
+                                         _mm256_loadu_ps(s.st + c * bq + r)));
+      }
     }
     if (key0 + keys - 1 - row0 > pl.band.hi || key0 - (row0 + rows - 1) < pl.band.lo)
       apply_band_mask(pl, s, row0, key0, keys, rows);
@@ -360,13 +366,19 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
 
 Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                       const AttentionExtras& extras, int num_threads) {
-  QuantizedInputs quantized;
-  if (p.opts.quant == QuantMode::kInt8Fp8) quantized = quantize_inputs(p);
+  if (p.opts.quant != QuantMode::kInt8Fp8)
+    return attention_fast_with(p, mask, o, extras, num_threads, nullptr);
+  const QuantizedInputs quantized = quantize_inputs(p);
+  return attention_fast_with(p, mask, o, extras, num_threads, &quantized);
+}
 
+Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                           const AttentionExtras& extras, int num_threads,
+                           const QuantizedInputs* quantized) {
   Plan pl;
   pl.p = &p;
   pl.mask = &mask;
-  pl.quant = p.opts.quant == QuantMode::kInt8Fp8 ? &quantized : nullptr;
+  pl.quant = quantized;
   pl.o = o;
   pl.extras = extras;
   pl.D = p.shape.head_dim;

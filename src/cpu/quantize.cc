@@ -1,6 +1,7 @@
-// Quantized-mode emulation (docs/method.md "Quantized mode"). The arithmetic is fp32, as on the
-// GPU: scales s = max|x|/127 + 1e-7 per block, codes round(x/s) half away from zero; V per
-// channel as e4m3 (round to nearest even, satfinite) with s_v = amax/448.
+// Quantized-mode emulation (docs/method.md "Quantized mode"). The arithmetic is fp32 with every
+// operation rounded once (the build uses -ffp-contract=off), as the CUDA pass does it with
+// __fdiv_rn/__fsub_rn: scales s = max|x|/127 + 1e-7 per group of rows, codes round(x/s) half away
+// from zero; V per channel as e4m3 (round to nearest even, satfinite) with s_v = amax/448.
 #include "cpu/quantize.h"
 
 #include <algorithm>
@@ -15,30 +16,30 @@
 namespace sparge::cpu {
 namespace {
 
-constexpr float kInt8Max = 127.0f;
-constexpr float kE4m3Max = 448.0f;
-constexpr float kScaleEpsilon = 1e-7f;  // keeps an all-zero block's scale positive
+using detail::kE4m3Max;
+using detail::kInt8Max;
 
-// max(a, |x|) that keeps a NaN, so a NaN input poisons its block's scale instead of vanishing.
-float abs_max(float a, float x) {
-  if (std::isnan(a) || std::isnan(x)) return NAN;
-  return std::fmax(a, std::fabs(x));
-}
-
-// Quantizes `rows` consecutive rows of D values (HND slice) in blocks of `block` rows.
-void quantize_blocks(const float* x, int64_t rows, int64_t D, int block, int8_t* codes,
+// Quantizes `rows` consecutive rows of D values (HND slice) in groups of `group` rows.
+void quantize_groups(const float* x, int64_t rows, int64_t D, int group, int8_t* codes,
                      float* scales) {
-  for (int64_t first = 0, blk = 0; first < rows; first += block, ++blk) {
-    const int64_t end = std::min<int64_t>(rows, first + block);
+  for (int64_t first = 0, g = 0; first < rows; first += group, ++g) {
+    const int64_t end = std::min<int64_t>(rows, first + group);
     float amax = 0.0f;
     for (int64_t i = first * D; i < end * D; ++i) amax = abs_max(amax, x[i]);
-    const float s = amax / kInt8Max + kScaleEpsilon;
-    scales[blk] = s;
+    const float s = int8_scale(amax);
+    scales[g] = s;
     for (int64_t i = first * D; i < end * D; ++i) codes[i] = quantize_int8(x[i], s);
   }
 }
 
 }  // namespace
+
+float abs_max(float a, float x) {
+  if (std::isnan(a) || std::isnan(x)) return NAN;
+  return std::fmax(a, std::fabs(x));
+}
+
+float int8_scale(float amax) { return amax / kInt8Max + detail::kQuantScaleEpsilon; }
 
 int8_t quantize_int8(float x, float scale) {
   const float r = std::round(x / scale);  // std::round: half away from zero
@@ -46,48 +47,72 @@ int8_t quantize_int8(float x, float scale) {
   return static_cast<int8_t>(std::fmin(kInt8Max, std::fmax(-kInt8Max, r)));
 }
 
-QuantizedInputs quantize_inputs(const detail::Problem& p) {
+uint8_t quantize_e4m3(float v, float scale) {
+  const float x = v / scale;
+  return std::isnan(x) ? detail::kE4m3Nan : detail::float_to_e4m3_bits(x);
+}
+
+std::vector<float> key_mean(const std::vector<float>& k, int64_t Nk, int64_t D) {
+  std::vector<double> total(D, 0.0);
+  for (int64_t t0 = 0; t0 < Nk; t0 += detail::kKeyMeanRun) {
+    const int64_t t1 = std::min<int64_t>(Nk, t0 + detail::kKeyMeanRun);
+    for (int64_t d = 0; d < D; ++d) {
+      double run = 0.0;
+      for (int64_t t = t0; t < t1; ++t) run += k[t * D + d];
+      total[d] += run;
+    }
+  }
+  std::vector<float> mean(D);
+  for (int64_t d = 0; d < D; ++d) mean[d] = static_cast<float>(total[d] / static_cast<double>(Nk));
+  return mean;
+}
+
+QuantizedInputs quantize_inputs(const detail::Problem& p, const detail::QuantGranularity& g) {
   const ProblemShape& s = p.shape;
-  const int64_t D = s.head_dim, Nq = s.seq_q, Nk = s.seq_k;
-  const int bq = p.opts.block_q, bk = p.opts.block_k;
-  const int64_t nq = detail::ceil_div(Nq, bq), nk = detail::ceil_div(Nk, bk);
+  const int64_t D = s.head_dim, Nq = s.seq_q, Nk = s.seq_k, Nk8 = detail::v8_keys(Nk);
   QuantizedInputs out;
+  out.granularity = g;
+  out.q_groups = detail::ceil_div(Nq, g.q_rows);
+  out.k_groups = detail::ceil_div(Nk, g.k_rows);
   out.q.resize(s.batch * s.heads_q * Nq * D);
-  out.q_scale.resize(s.batch * s.heads_q * nq);
+  out.q_scale.resize(s.batch * s.heads_q * out.q_groups);
   out.k.resize(s.batch * s.heads_kv * Nk * D);
-  out.k_scale.resize(s.batch * s.heads_kv * nk);
+  out.k_scale.resize(s.batch * s.heads_kv * out.k_groups);
+  out.km.resize(s.batch * s.heads_kv * D);
   out.v.resize(s.batch * s.heads_kv * Nk * D);
   out.v_scale.resize(s.batch * s.heads_kv * D);
+  out.v8.assign(s.batch * s.heads_kv * D * Nk8, 0);
 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
     const std::vector<float> q = load_slice<float>(p.q, bh / s.heads_q, bh % s.heads_q);
-    quantize_blocks(q.data(), Nq, D, bq, &out.q[bh * Nq * D], &out.q_scale[bh * nq]);
+    quantize_groups(q.data(), Nq, D, g.q_rows, &out.q[bh * Nq * D],
+                    &out.q_scale[bh * out.q_groups]);
   }
 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_kv; ++bh) {
     const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
-    // K smoothed by its per-channel token mean (summed in double, then used in fp32).
+    // K smoothed by its per-channel token mean (fp32 subtraction of the fp32 mean).
     std::vector<float> k = load_slice<float>(p.k, b, h);
-    std::vector<double> sum(D, 0.0);
+    const std::vector<float> mean = key_mean(k, Nk, D);
+    std::copy(mean.begin(), mean.end(), &out.km[bh * D]);
     for (int64_t n = 0; n < Nk; ++n)
-      for (int64_t d = 0; d < D; ++d) sum[d] += k[n * D + d];
-    for (int64_t d = 0; d < D; ++d) {
-      const float mean = static_cast<float>(sum[d] / static_cast<double>(Nk));
-      for (int64_t n = 0; n < Nk; ++n) k[n * D + d] -= mean;
-    }
-    quantize_blocks(k.data(), Nk, D, bk, &out.k[bh * Nk * D], &out.k_scale[bh * nk]);
+      for (int64_t d = 0; d < D; ++d) k[n * D + d] -= mean[d];
+    quantize_groups(k.data(), Nk, D, g.k_rows, &out.k[bh * Nk * D],
+                    &out.k_scale[bh * out.k_groups]);
 
-    // V per channel in e4m3, stored dequantized.
+    // V per channel in e4m3: codes in the V8 layout, values dequantized in HND.
     const std::vector<float> v = load_slice<float>(p.v, b, h);
     for (int64_t d = 0; d < D; ++d) {
       float amax = 0.0f;
       for (int64_t n = 0; n < Nk; ++n) amax = abs_max(amax, v[n * D + d]);
       const float sv = amax == 0.0f ? 1.0f : amax / kE4m3Max;
       out.v_scale[bh * D + d] = sv;
+      uint8_t* row8 = &out.v8[(bh * D + d) * Nk8];
       for (int64_t n = 0; n < Nk; ++n) {
-        const uint8_t code = detail::float_to_e4m3_bits(v[n * D + d] / sv);
+        const uint8_t code = quantize_e4m3(v[n * D + d], sv);
+        row8[detail::v8_position(n)] = code;
         out.v[(bh * Nk + n) * D + d] = detail::e4m3_bits_to_float(code) * sv;
       }
     }

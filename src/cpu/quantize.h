@@ -1,26 +1,54 @@
 // Emulation of the quantized mode (docs/method.md "Quantized mode"), shared by the CPU reference
-// and the fast CPU backend: per-block INT8 Q and smoothed K, per-channel FP8 e4m3 V.
+// and the fast CPU backend, and the oracle of the CUDA quantization pass (src/cuda/quantize/),
+// which must produce the same bytes: INT8 Q and smoothed K with one scale per group of rows,
+// per-channel FP8 e4m3 V (also in the transposed V8 layout of common/quant_layout.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "common/backend.h"
+#include "common/quant_layout.h"
 
 namespace sparge::cpu {
 
-// round(x / scale), half away from zero, saturated to [-127, 127].
+// round(x / scale), half away from zero, saturated to [-127, 127]; a NaN quotient gives 0.
 int8_t quantize_int8(float x, float scale);
 
+// The scale of a group whose largest |x| is amax: amax/127 + 1e-7 (NaN stays NaN).
+float int8_scale(float amax);
+
+// v / s_v in e4m3 (round to nearest even, satfinite), every NaN as detail::kE4m3Nan.
+uint8_t quantize_e4m3(float v, float scale);
+
+// max(a, |x|) that keeps a NaN, so a NaN input poisons its group's scale instead of vanishing.
+float abs_max(float a, float x);
+
 struct QuantizedInputs {
+  detail::QuantGranularity granularity;
+  int64_t q_groups = 0, k_groups = 0;  // scale groups per (b, head): ⌈N / rows per scale⌉
   std::vector<int8_t> q, k;    // logical HND contiguous [B,Hq,Nq,D] / [B,Hkv,Nk,D]; k is k - km
-  std::vector<float> q_scale;  // [B, Hq, nq] (block_q rows)
-  std::vector<float> k_scale;  // [B, Hkv, nk] (block_k rows)
+  std::vector<float> q_scale;  // [B, Hq, q_groups]
+  std::vector<float> k_scale;  // [B, Hkv, k_groups]
+  std::vector<float> km;       // [B, Hkv, D], fp32 key mean
   std::vector<float> v;        // dequantized FP8 V (v8 * s_v) as fp32, HND [B,Hkv,Nk,D]
   std::vector<float> v_scale;  // [B, Hkv, D]
+  std::vector<uint8_t> v8;     // e4m3 codes [B, Hkv, D, v8_keys(Nk)] (quant_layout.h order)
+
+  // Scale of query row r of (b, h) flattened as bh, and of key c of kv head bhk.
+  float q_scale_at(int64_t bh, int64_t r) const {
+    return q_scale[bh * q_groups + r / granularity.q_rows];
+  }
+  float k_scale_at(int64_t bhk, int64_t c) const {
+    return k_scale[bhk * k_groups + c / granularity.k_rows];
+  }
 };
 
-// Quantizes p.q, p.k, p.v with the block sizes of p.opts.
-QuantizedInputs quantize_inputs(const detail::Problem& p);
+// Quantizes p.q, p.k, p.v; the granularity defaults to the one every backend uses.
+QuantizedInputs quantize_inputs(const detail::Problem& p,
+                                const detail::QuantGranularity& g = detail::QuantGranularity{});
+
+// The fp32 key mean of one (b, kv head) slice [Nk, D], in the order of quant_layout.h.
+std::vector<float> key_mean(const std::vector<float>& k, int64_t Nk, int64_t D);
 
 }  // namespace sparge::cpu

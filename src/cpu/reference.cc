@@ -31,9 +31,9 @@ struct HeadScores {
   std::vector<double> q, k;    // exact mode, [Nq, D] / [Nk, D]
   const int8_t* q8 = nullptr;  // quantized mode, HND slices
   const int8_t* k8 = nullptr;
-  const float* q_scale = nullptr;  // per query block
-  const float* k_scale = nullptr;  // per key block
-  int block_q = 0, block_k = 0;
+  const float* q_scale = nullptr;  // per group of q_rows query rows
+  const float* k_scale = nullptr;  // per group of k_rows keys
+  int q_rows = 0, k_rows = 0;
 
   double operator()(int64_t r, int64_t c) const {
     if (q8 == nullptr) {
@@ -43,7 +43,7 @@ struct HeadScores {
     }
     int32_t dot = 0;
     for (int64_t d = 0; d < D; ++d) dot += int32_t(q8[r * D + d]) * int32_t(k8[c * D + d]);
-    return double(dot) * q_scale[r / block_q] * k_scale[c / block_k] * scale_log2;
+    return double(dot) * q_scale[r / q_rows] * k_scale[c / k_rows] * scale_log2;
   }
 };
 
@@ -143,7 +143,6 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
   const bool quantized = p.opts.quant == QuantMode::kInt8Fp8;
   QuantizedInputs qi;
   if (quantized) qi = quantize_inputs(p);
-  const int64_t nq = mask.num_q_blocks(), nk = mask.num_k_blocks();
 
   std::vector<unsigned long long> counters(s.batch * s.heads_q * 2, 0);
 #pragma omp parallel for schedule(dynamic)
@@ -157,10 +156,10 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
     if (quantized) {
       score.q8 = &qi.q[bh * s.seq_q * D];
       score.k8 = &qi.k[bhk * s.seq_k * D];
-      score.q_scale = &qi.q_scale[bh * nq];
-      score.k_scale = &qi.k_scale[bhk * nk];
-      score.block_q = p.opts.block_q;
-      score.block_k = p.opts.block_k;
+      score.q_scale = &qi.q_scale[bh * qi.q_groups];
+      score.k_scale = &qi.k_scale[bhk * qi.k_groups];
+      score.q_rows = qi.granularity.q_rows;
+      score.k_rows = qi.granularity.k_rows;
       v.assign(qi.v.begin() + bhk * s.seq_k * D, qi.v.begin() + (bhk + 1) * s.seq_k * D);
     } else {
       score.q = load_slice<double>(p.q, b, h);

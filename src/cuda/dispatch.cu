@@ -22,6 +22,7 @@
 #include "cuda/instances/compiled_instances.h"
 #include "cuda/permute/permute.h"
 #include "cuda/predict/params.h"
+#include "cuda/quantize/params.h"
 #include "sparge/build_info.h"
 
 namespace sparge::cuda {
@@ -278,6 +279,25 @@ Status predict_by_dtype(const PredictParams& params, DType dtype, cudaStream_t s
   }
 }
 
+// ---- quantize: by_dtype -----------------------------------------------------------------------
+Status quantize_by_dtype(const QuantizeParams& params, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kBFloat16: return launch_quantize<__nv_bfloat16>(params, stream);
+    case DType::kFloat16: return launch_quantize<__half>(params, stream);
+    default:
+      return Status::unsupported(cat("q.dtype must be float16 or bfloat16 on cuda, got ", dtype_name(dtype)));
+  }
+}
+
+// The quantization pass reads 16-byte chunks of 8 channels: every row start must be 16-byte
+// aligned (TMA-ready tensors are).
+Status check_chunk_alignment(const TensorView& t, const char* name) {
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.stride_batch % 8 == 0 &&
+                       t.stride_head % 8 == 0 && t.stride_token % 8 == 0;
+  if (aligned) return Status::ok();
+  return Status::unsupported(cat(name, " must be 16-byte aligned with batch, head and token strides that are multiples of 8 elements for the cuda quantization pass"));
+}
+
 // Arguments -> Params of the attention kernels (both families take AttnParams).
 AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                      const AttentionExtras& extras) {
@@ -442,6 +462,76 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
 
   const PredictParams s = to_params(p, mask, ws, ctx.workspace);
   return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+}
+
+std::size_t quantize_workspace_size(const ProblemShape& shape) {
+  return quantize_workspace(shape.batch, shape.heads_kv, shape.seq_k, shape.head_dim).total;
+}
+
+Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
+                       const detail::QuantGranularity& g, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype)
+    return Status::invalid("q, k and v must have the same dtype for the cuda quantization pass");
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  const int64_t D = p.shape.head_dim;
+  if (D < kQuantMinHeadDim || D > kQuantMaxHeadDim || (D & (D - 1)) != 0)
+    return Status::unsupported(cat("q.head_dim must be a power of two in [", kQuantMinHeadDim, ", ",
+                                   kQuantMaxHeadDim,
+                                   "] for the cuda quantization pass, got ", D));
+  for (const auto& [rows, field] : {std::pair{g.q_rows, "q_rows"}, std::pair{g.k_rows, "k_rows"}})
+    if (rows < 1 || rows > kQuantTileRows || (rows & (rows - 1)) != 0)
+      return Status::unsupported(cat("QuantGranularity.", field, " must be a power of two in [1, ",
+                                     kQuantTileRows, "] on cuda, got ", rows));
+  if (p.shape.batch * p.shape.heads_q > 65535)
+    return Status::unsupported(cat("q.batch * q.heads must be <= 65535 for the cuda quantization pass, got ",
+                                   p.shape.batch * p.shape.heads_q));
+  SPARGE_RETURN_IF_ERROR(check_chunk_alignment(p.q, "q"));
+  SPARGE_RETURN_IF_ERROR(check_chunk_alignment(p.k, "k"));
+  SPARGE_RETURN_IF_ERROR(check_chunk_alignment(p.v, "v"));
+  const QuantizeWorkspace ws =
+      quantize_workspace(p.shape.batch, p.shape.heads_kv, p.shape.seq_k, p.shape.head_dim);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
+    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
+                                 " bytes for the quantization pass (quantize_workspace_size()), got ",
+                                 ctx.workspace ? ctx.workspace_bytes : 0));
+  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
+    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  if (reinterpret_cast<uintptr_t>(out.v8) % 16 != 0 || reinterpret_cast<uintptr_t>(out.q) % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(out.k) % 8 != 0)
+    return Status::invalid("QuantizedBuffers.v8 must be 16-byte aligned, q and k 8-byte aligned");
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+
+  QuantizeParams qp{};
+  qp.q = p.q.data;
+  qp.k = p.k.data;
+  qp.v = p.v.data;
+  set_strides(qp.q_stride, p.q);
+  set_strides(qp.k_stride, p.k);
+  set_strides(qp.v_stride, p.v);
+  qp.batch = int(p.shape.batch);
+  qp.heads_q = int(p.shape.heads_q);
+  qp.heads_kv = int(p.shape.heads_kv);
+  qp.seq_q = int(p.shape.seq_q);
+  qp.seq_k = int(p.shape.seq_k);
+  qp.head_dim = int(D);
+  qp.q_rows = g.q_rows;
+  qp.k_rows = g.k_rows;
+  qp.q_groups = int(detail::ceil_div(p.shape.seq_q, g.q_rows));
+  qp.k_groups = int(detail::ceil_div(p.shape.seq_k, g.k_rows));
+  qp.num_runs = int(detail::ceil_div(p.shape.seq_k, detail::kKeyMeanRun));
+  qp.v8_keys = detail::v8_keys(p.shape.seq_k);
+  qp.q8 = out.q;
+  qp.q_scale = out.q_scale;
+  qp.k8 = out.k;
+  qp.k_scale = out.k_scale;
+  qp.km = out.km;
+  qp.v8 = out.v8;
+  qp.v_scale = out.v_scale;
+  char* base = static_cast<char*>(ctx.workspace);
+  qp.k_run_sum = reinterpret_cast<double*>(base + ws.k_run_sum);
+  qp.v_run_amax = reinterpret_cast<float*>(base + ws.v_run_amax);
+  return quantize_by_dtype(qp, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
 }
 
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

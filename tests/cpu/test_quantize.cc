@@ -168,7 +168,8 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
   // The codes and scales are the hand values.
   const ProblemShape shape = problem_shape(qt.view, kt.view);
   const detail::Problem p{qt.view, kt.view, vt.view, shape, opts, opts.scale};
-  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p);
+  // Per 16-row groups (the blocks here), the codes and scales are the hand values.
+  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p, detail::QuantGranularity{16, 16});
   const float s = 127.0f / 127.0f + 1e-7f, q_scale[2] = {s, 63.5f / 127.0f + 1e-7f};
   ASSERT_EQ(qi.q_scale[0], q_scale[0]);
   ASSERT_EQ(qi.q_scale[1], q_scale[1]);
@@ -180,7 +181,10 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
     ASSERT_EQ(qi.v[i], v[i]) << i;
   }
 
-  // Attention on those codes: softmax(q8·k8 · s² · scale) v, in double.
+  // Attention on the codes of the backends' granularity: softmax(q8·k8 · s_q·s_k · scale) v,
+  // in double; V does not depend on the granularity.
+  const cpu::QuantizedInputs qd = cpu::quantize_inputs(p);
+  ASSERT_EQ(qd.v, qi.v);
   HostBlockMask mask(1, 1, N, N, 16, 16);
   ASSERT_TRUE(fill_dense_mask(mask.view(), false, CausalAlign::kTopLeft).is_ok());
   const ReferenceRun run = run_reference(qt.view, kt.view, vt.view, mask.view(), opts);
@@ -190,8 +194,8 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
     double mx = -INFINITY, sum = 0;
     for (int64_t c = 0; c < N; ++c) {
       double dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += double(qi.q[r * D + d]) * double(qi.k[c * D + d]);
-      w[c] = dot * double(q_scale[r / 16]) * double(s) * double(opts.scale);
+      for (int64_t d = 0; d < D; ++d) dot += double(qd.q[r * D + d]) * double(qd.k[c * D + d]);
+      w[c] = dot * double(qd.q_scale_at(0, r)) * double(qd.k_scale_at(0, c)) * double(opts.scale);
       mx = std::max(mx, w[c]);
     }
     for (double& x : w) sum += (x = std::exp(x - mx));
@@ -201,6 +205,66 @@ TEST(QuantizedAttention, ReproducesAHandQuantizedCase) {
       ASSERT_NEAR(run.o[r * D + d], o, half_ulp_f32(o) + 1e-12) << "row " << r << " d " << d;
     }
   }
+}
+
+// V8: position p of every 16 keys holds key 2t, 2t+1, 2t+8, 2t+9 for p = 4t..4t+3 (the e4m3 A
+// fragment order of a wgmma, quant_layout.h), a bijection inside each 16 keys.
+TEST(QuantLayout, V8PositionsPermuteEach16Keys) {
+  const int64_t expected[16] = {0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15};
+  for (int64_t c = 0; c < 64; ++c) ASSERT_EQ(detail::v8_position(c), (c / 16) * 16 + expected[c % 16]);
+  EXPECT_EQ(detail::v8_keys(1), 64);
+  EXPECT_EQ(detail::v8_keys(64), 64);
+  EXPECT_EQ(detail::v8_keys(65), 128);
+}
+
+// The emulation's buffers on an odd length with GQA: groups of rows, the key mean's run order,
+// V8 bytes = the codes of the dequantized V, zero padding.
+TEST(QuantizeInputs, GroupsMeanAndV8LayoutOnOddLengths) {
+  const int64_t B = 1, Hq = 4, Hkv = 2, Nq = 77, Nk = 150, D = 16;
+  const HostTensor q = HostTensor::make(gaussian(B * Hq * Nq * D, 31), B, Hq, Nq, D,
+                                        DType::kBFloat16, Layout::kHND);
+  std::vector<float> kx = gaussian(B * Hkv * Nk * D, 32);
+  for (float& x : kx) x += 3.0f;
+  const HostTensor k = HostTensor::make(kx, B, Hkv, Nk, D, DType::kBFloat16, Layout::kNHD);
+  const HostTensor v = HostTensor::make(gaussian(B * Hkv * Nk * D, 33), B, Hkv, Nk, D,
+                                        DType::kBFloat16, Layout::kNHD);
+  SparseOptions opts;
+  const detail::Problem p{q.view, k.view, v.view, problem_shape(q.view, k.view), opts, 0.25f};
+  const detail::QuantGranularity g{4, 16};
+  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p, g);
+  const int64_t Nk8 = detail::v8_keys(Nk);
+  ASSERT_EQ(qi.q_groups, 20);  // ⌈77 / 4⌉: the last group has one row
+  ASSERT_EQ(qi.k_groups, 10);
+  ASSERT_EQ(qi.v8.size(), size_t(B * Hkv * D * Nk8));
+  const std::vector<float> qh = q.to_hnd(), kh = k.to_hnd(), vh = v.to_hnd();
+  for (int64_t bh = 0; bh < B * Hq; ++bh)
+    for (int64_t grp = 0; grp < qi.q_groups; ++grp) {
+      float amax = 0.0f;
+      for (int64_t r = grp * 4; r < std::min<int64_t>(Nq, grp * 4 + 4); ++r)
+        for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::fabs(qh[(bh * Nq + r) * D + d]));
+      ASSERT_EQ(qi.q_scale[bh * qi.q_groups + grp], amax / 127.0f + 1e-7f);
+    }
+  for (int64_t bh = 0; bh < B * Hkv; ++bh)
+    for (int64_t d = 0; d < D; ++d) {
+      double total = 0.0;  // runs of 64 summed from 0, then the runs in order
+      for (int64_t t0 = 0; t0 < Nk; t0 += detail::kKeyMeanRun) {
+        double run = 0.0;
+        for (int64_t t = t0; t < std::min<int64_t>(Nk, t0 + detail::kKeyMeanRun); ++t)
+          run += kh[(bh * Nk + t) * D + d];
+        total += run;
+      }
+      ASSERT_EQ(qi.km[bh * D + d], float(total / double(Nk)));
+      for (int64_t n = 0; n < Nk8; ++n) {
+        const uint8_t code = qi.v8[(bh * D + d) * Nk8 + detail::v8_position(n)];
+        if (n >= Nk) {
+          ASSERT_EQ(code, 0) << "padding key " << n;
+          continue;
+        }
+        ASSERT_EQ(e4m3_bits_to_float(code) * qi.v_scale[bh * D + d], qi.v[(bh * Nk + n) * D + d]);
+        const float x = vh[(bh * Nk + n) * D + d] / qi.v_scale[bh * D + d];
+        ASSERT_EQ(code, float_to_e4m3_bits(x));
+      }
+    }
 }
 
 }  // namespace

@@ -1,0 +1,66 @@
+// Arguments and workspace of the quantization pass on CUDA (issue 10): INT8 Q, INT8 smoothed K,
+// the key mean and FP8 e4m3 V in the layouts of common/quant_layout.h, bit-identical to the CPU
+// emulation (src/cpu/quantize.cc).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/quant_layout.h"
+#include "sparge/status.h"
+
+namespace sparge::cuda {
+
+constexpr int kQuantMaxHeadDim = 256;  // a row is at most one warp of 16-byte chunks
+constexpr int kQuantMinHeadDim = 16;   // a Q/K tile has at least one chunk per thread
+constexpr int kQuantTileRows = 128;    // rows per CTA of the Q/K kernel; groups must divide it
+constexpr int kV8TileKeys = 64;        // keys per CTA of the V kernel (one V8 box)
+static_assert(kV8TileKeys % detail::kV8KeyAlign == 0 || detail::kV8KeyAlign % kV8TileKeys == 0,
+              "a V tile must not straddle the padding rule");
+static_assert(detail::kKeyMeanRun == 64, "key_value_runs maps one run to one thread sequence");
+
+struct QuantizeParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  int64_t q_stride[3], k_stride[3], v_stride[3];  // (batch, head, token) in elements
+  int batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
+  int q_rows, k_rows;      // rows per scale (powers of two dividing kQuantTileRows)
+  int q_groups, k_groups;  // scales per (b, head)
+  int num_runs;            // ⌈seq_k / kKeyMeanRun⌉
+  int64_t v8_keys;         // V8 row length (seq_k padded)
+  // Outputs (common/quant_layout.h).
+  int8_t* q8;
+  float* q_scale;
+  int8_t* k8;
+  float* k_scale;
+  float* km;
+  uint8_t* v8;
+  float* v_scale;
+  // Workspace: per run of kKeyMeanRun keys, the key sums (double) and |v| maxima.
+  double* k_run_sum;  // [batch·heads_kv, num_runs, D]
+  float* v_run_amax;  // [batch·heads_kv, num_runs, D]
+};
+
+// Byte offsets of the workspace arrays, 256-byte aligned.
+struct QuantizeWorkspace {
+  std::size_t k_run_sum, v_run_amax, total;
+};
+
+inline QuantizeWorkspace quantize_workspace(int64_t batch, int64_t heads_kv, int64_t seq_k,
+                                            int64_t head_dim) {
+  auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+  const std::size_t runs = static_cast<std::size_t>(detail::ceil_div(seq_k, detail::kKeyMeanRun));
+  const std::size_t n = static_cast<std::size_t>(batch * heads_kv * head_dim) * runs;
+  const std::size_t sum_bytes = align(n * sizeof(double));
+  return {0, sum_bytes, sum_bytes + align(n * sizeof(float))};
+}
+
+// Explicitly instantiated for __half and __nv_bfloat16 in quantize.cu. Four launches on the
+// caller's stream, no allocation, no synchronisation.
+template <typename T>
+Status launch_quantize(const QuantizeParams& params, cudaStream_t stream);
+
+}  // namespace sparge::cuda

@@ -1,0 +1,39 @@
+// Quantization pass launcher (issue 10): per-run key sums and |v| maxima, key mean and V scales,
+// INT8 Q, INT8 smoothed K, FP8 V8. Five launches on the caller's stream, no allocation, no
+// synchronisation. Bytes per call (2-byte inputs, Nq·D·Hq = |Q| elements, likewise |K| = |V|):
+// reads 2|Q| + 4|K| + 4|V| (K and V twice: the mean and the V scales need every key before the
+// first code), writes |Q| + |K| + |V8| plus scales; docs/cuda.md "Quantization pass".
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/common/check.cuh"
+#include "cuda/quantize/key_stats.cuh"
+#include "cuda/quantize/params.h"
+#include "cuda/quantize/quantize_qk.cuh"
+#include "cuda/quantize/quantize_v.cuh"
+
+namespace sparge::cuda {
+
+template <typename T>
+Status launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
+  const int bhk = p.batch * p.heads_kv, bhq = p.batch * p.heads_q;
+  const int per_cta = runs_per_cta(p.head_dim);
+  key_value_runs<T><<<dim3((p.num_runs + per_cta - 1) / per_cta, bhk), kRunThreads, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("key_value_runs launch");
+  key_value_finalize<<<bhk, (p.head_dim + 31) / 32 * 32, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("key_value_finalize launch");
+  const int q_tiles = (p.seq_q + kQuantTileRows - 1) / kQuantTileRows;
+  quantize_int8_rows<T, false><<<dim3(q_tiles, bhq), kQkThreads, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows(q) launch");
+  const int k_tiles = (p.seq_k + kQuantTileRows - 1) / kQuantTileRows;
+  quantize_int8_rows<T, true><<<dim3(k_tiles, bhk), kQkThreads, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows(k) launch");
+  quantize_v_e4m3<T><<<dim3(int(p.v8_keys / kV8TileKeys), bhk), kVThreads, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("quantize_v_e4m3 launch");
+  return Status::ok();
+}
+
+template Status launch_quantize<__half>(const QuantizeParams&, cudaStream_t);
+template Status launch_quantize<__nv_bfloat16>(const QuantizeParams&, cudaStream_t);
+
+}  // namespace sparge::cuda
