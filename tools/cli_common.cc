@@ -90,6 +90,9 @@ void add_sparse_options(ArgParser& p, bool sweep) {
         "softmax rows)");
   p.add("sample-rows", "N", std::to_string(d.sample_rows),
         "estimate sampled_rows: query rows sampled per query block, [1, block-q]");
+  p.add("target-error", "E", number_text(d.target_error),
+        "error target: per head the sparsest TopCdf mass whose estimated rel L1 is <= E "
+        "(0 = off; implies --estimate sampled_rows, replaces --cdf)");
   p.add("pv", "L", number_text(d.pv_threshold.value),
         "pv_threshold λ (log2 units; inf = never skip P·V)");
   p.add("block-q", "N", std::to_string(d.block_q), "query block rows");
@@ -119,6 +122,10 @@ SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value
                                                      enum_name(EstimateMode::kSampledRows)});
   parse_enum(estimate.c_str(), &o.estimate);
   o.sample_rows = static_cast<int>(p.integer("sample-rows", 1, o.block_q));
+  o.target_error = static_cast<float>(p.real("target-error", 0.0, 1.0));
+  if (o.target_error >= 1.0f) throw UsageError("--target-error must be 0 (off) or in (0, 1)");
+  if (o.target_error > 0.0f && topk)
+    throw UsageError("--target-error chooses a TopCdf mass per head: give it without --topk");
   return o;
 }
 

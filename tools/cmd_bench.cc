@@ -164,7 +164,10 @@ int run_bench(int argc, char** argv) {
     for (double value : sweep) {
       const SparseOptions opts = sparse_options(p, w.causal, value);
       std::ostringstream setting;
-      setting << (topk ? "topk " : "cdf ") << value;
+      if (opts.target_error > 0.0f)  // the mode replaces the swept TopCdf mass
+        setting << "target_error " << opts.target_error;
+      else
+        setting << (topk ? "topk " : "cdf ") << value;
       progress(++step, steps, w.name + ": sparse, " + setting.str());
       HostBlockMask mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
       TypedTensor o = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
@@ -184,7 +187,7 @@ int run_bench(int argc, char** argv) {
           repeats);
       r.stage1_ms = measure::median_ms(
           [&] {
-            check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
+            check_ok(predict_block_mask(in.q.view, in.k.view, in.v.view, opts, mask.view(), ctx),
                      "predict_block_mask");
           },
           repeats);
@@ -200,6 +203,9 @@ int run_bench(int argc, char** argv) {
       records.push_back(r);
     }
 
+    const SparseOptions shown = sparse_options(p, w.causal, 0.5);
+    const double target_error = shown.target_error, sim_threshold = shown.sim_threshold.value;
+    const char* estimate = shown.target_error > 0.0f ? "sampled_rows" : enum_name(shown.estimate);
     const double dense_ms = records[0].ms;
     const double work = 4.0 * double(w.batch * w.heads_q) * double(w.seq_q) * double(w.seq_k) *
                         double(w.head_dim) * (w.causal ? 0.5 : 1.0);
@@ -223,6 +229,9 @@ int run_bench(int argc, char** argv) {
             << ", \"cos_sim\": " << json_number(r.cos_sim) << ", \"setting\": \"" << r.setting
             << "\", \"stage1_ms\": " << json_number(r.stage1_ms)
             << ", \"pv_skip_fraction\": " << json_number(r.pv_skip)
+            << ", \"target_error\": " << json_number(r.impl == "dense-cpu" ? NAN : target_error)
+            << ", \"sim_threshold\": " << json_number(sim_threshold)
+            << ", \"estimate\": \"" << estimate << "\""
             << ", \"threads\": " << threads_used
             << ", \"hilbert\": " << (hilbert ? "true" : "false") << "}\n";
     }

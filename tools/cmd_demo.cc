@@ -79,7 +79,7 @@ int run_demo(int argc, char** argv) {
       repeats);
   const double predict_ms = measure::median_ms(
       [&] {
-        check_ok(predict_block_mask(in.q.view, in.k.view, opts, mask.view(), ctx),
+        check_ok(predict_block_mask(in.q.view, in.k.view, in.v.view, opts, mask.view(), ctx),
                  "predict_block_mask");
       },
       repeats);

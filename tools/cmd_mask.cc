@@ -29,7 +29,7 @@ MaskPicture predict_picture(workloads::Workload w, bool hilbert, const SparseOpt
                             int64_t batch_index, int64_t head) {
   if (hilbert) apply_hilbert(w);
   HostBlockMask mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
-  check_ok(predict_block_mask(w.q_view(), w.k_view(), opts, mask.view()), "predict_block_mask");
+  check_ok(predict_block_mask(w.q_view(), w.k_view(), w.v_view(), opts, mask.view()), "predict_block_mask");
   const BlockMask& m = mask.view();
   MaskPicture pic;
   pic.nq = m.num_q_blocks();

@@ -90,6 +90,11 @@
   ENUM(estimate, EstimateMode, kPooled, "where Stage 1's block mass estimate comes from")     \
   INT(sample_rows, 4,                                                                          \
       "estimate sampled_rows: query rows per query block whose exact softmax is computed, "    \
-      "[1, block_q] (a tail block with fewer valid rows samples all of them)")
+      "[1, block_q] (a tail block with fewer valid rows samples all of them)")              \
+  FLOAT(target_error, 0.0f,                                                                    \
+        "error target: per query head, the sparsest TopCdf mass whose relative L1 error, "     \
+        "estimated from the sampled rows' exact outputs (needs v), stays within this; "        \
+        "implies estimate sampled_rows, replaces select_value, raises a small pv_threshold. "  \
+        "0 = off, else (0, 1)")
 
 #endif /* SPARGE_OPTION_LIST_H_ */

@@ -54,8 +54,13 @@ Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
 
 // Stage 1. `mask` must have storage for [B, Hq, nq] counts and [B, Hq, nq, nk] indices on the
 // tensors' device, with the geometry (block_q, block_k, seq_q, seq_k) of `opts` and q/k.
+// This form reads q and k only, so it rejects opts.target_error > 0 (the error estimate needs v).
 Status predict_block_mask(const TensorView& q, const TensorView& k, const SparseOptions& opts,
                           const BlockMask& mask, const ExecContext& ctx = {});
+// Stage 1 with v, which the error target (opts.target_error) reads; `stats` may be empty.
+Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
+                          const SparseOptions& opts, const BlockMask& mask,
+                          const ExecContext& ctx = {}, const Stage1Stats& stats = {});
 
 // Stage 2 with a given mask (predicted or the caller's own).
 Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,

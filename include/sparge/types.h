@@ -154,6 +154,20 @@ struct HostBlockMask {
                                   int block_k);
 };
 
+// Optional outputs of Stage 1, per (batch, query head), each [batch, query heads] contiguous on
+// the tensors' device; any may be null. Written, not accumulated.
+struct Stage1Stats {
+  // The selection's number each head used: select_value, or with target_error the chosen TopCdf
+  // mass (1 when every allowed tile of the head is kept).
+  float* select_value = nullptr;
+  // target_error: the estimated relative L1 error of the chosen selection; NaN when off.
+  float* error_estimate = nullptr;
+  // Allowed tiles kept because the similarity gate forced them (query or key block not similar
+  // to itself: sim_threshold), whatever the selection said. The rest of the kept tiles were
+  // selected (or are the sink); forced / allowed says how much the gate overrode the selection.
+  int64_t* forced_tiles = nullptr;
+};
+
 // Optional outputs of the attention call. Pointers live on the same device as the output.
 struct AttentionExtras {
   // Natural-log log-sum-exp of each query row, fp32 [batch, query heads, seq_q] contiguous;
@@ -162,6 +176,8 @@ struct AttentionExtras {
   // Per query head, 64-bit counters, accumulated across calls (the caller zeroes them):
   // [h * 2 + 0] = (row group, key tile) pairs visited, [h * 2 + 1] = pairs whose P·V was skipped.
   unsigned long long* pv_counters = nullptr;
+  // Stage 1's per-head outputs (sparse_attention only; block_sparse_attention has no Stage 1).
+  Stage1Stats stage1;
 };
 
 // Where and how to run: CUDA stream (cudaStream_t as void*), caller workspace, backend.

@@ -95,7 +95,8 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
                estimate: str = DEFAULTS["estimate"],
                sample_rows: int = DEFAULTS["sample_rows"],
                window_left: int = DEFAULTS["window_left"],
-               window_right: int = DEFAULTS["window_right"]) -> Dict[str, object]:
+               window_right: int = DEFAULTS["window_right"],
+               target_error: float = DEFAULTS["target_error"]) -> Dict[str, object]:
     """The keyword arguments of the sparge ops (one per option, per-head ones as a float and a
     `<name>_per_head` tensor or None), from the keywords of sparge.attention."""
     _check_types(dict(is_causal=is_causal, attention_sink=attention_sink, quantized=quantized),
@@ -112,6 +113,9 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
                    attention_sink=attention_sink, block_q=block_q, block_k=block_k,
                    quant="int8_fp8" if quantized else "none", backend=backend,
                    window_left=window_left, window_right=window_right)
+    if isinstance(target_error, bool) or not isinstance(target_error, (int, float)):
+        raise TypeError(f"target_error must be a float, got {type(target_error).__name__}")
+    options["target_error"] = float(target_error)
     for name, value, keyword in (("sim_threshold", sim_threshold, "sim_threshold"),
                                  ("select_value", select_value, SELECT_KEYWORDS[select]),
                                  ("pv_threshold", pv_threshold, "pv_threshold")):

@@ -180,7 +180,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               estimate: str = DEFAULTS["estimate"], sample_rows: int = DEFAULTS["sample_rows"],
               token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
-              quantized: bool = False, backend: str = "auto", return_stats: bool = False):
+              quantized: bool = False, backend: str = "auto", return_stats: bool = False,
+              target_error: float = DEFAULTS["target_error"]):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
@@ -189,6 +190,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     `estimate` is where Stage 1's block masses come from: "pooled" (block means, SpargeAttn's
     map) or "sampled_rows" (the exact softmax rows of `sample_rows` query rows per block, so
     that `cdf_threshold` is close to the true attention mass kept; docs/method.md).
+    `target_error` (0 = off, else in (0, 1)) picks per head and per call the sparsest TopCdf mass
+    whose relative L1 error, estimated from the exact outputs of sampled rows, stays within it
+    (it implies estimate="sampled_rows" and replaces cdf_threshold; not with topk).
     `window_left` / `window_right` (tokens, -1 = no limit) are flash-attn's window_size: query
     row r sees key c only if r + o - window_left <= c <= r + o + window_right, o = 0
     (top_left) or Nk - Nq (bottom_right) by `causal_align`; is_causal hides every key right of
@@ -207,7 +211,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
         backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
-        window_right=window_right))
+        window_right=window_right, target_error=target_error))
     if _is_empty(qh, kh):
         _options.check_options(options)
         mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,

@@ -35,7 +35,9 @@ struct Problem {
 
 namespace sparge::cpu {
 // Exact reference (double accumulation), the oracle of every test.
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask);
+// With opts.target_error > 0 it reads p.v; `stats` outputs may be null (host memory).
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
+                          const Stage1Stats& stats = {});
 Status attention_reference(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                            const AttentionExtras& extras);
 // Fast backend: same function, blocked + OpenMP + vectorized, float accumulation.
@@ -59,7 +61,7 @@ std::vector<int> compiled_head_dims();  // for cuda_head_dims()
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts);
 // Stage 1 into `mask` (device memory); scratch from ctx.workspace.
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
-                          const ExecContext& ctx);
+                          const ExecContext& ctx, const Stage1Stats& stats = {});
 Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                  const AttentionExtras& extras, const ExecContext& ctx);
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

@@ -16,7 +16,8 @@ int device_count() { return 0; }
 std::string compiled_set() { return "none"; }
 std::vector<int> compiled_head_dims() { return {}; }
 std::size_t workspace_size(const ProblemShape&, const SparseOptions&) { return 0; }
-Status predict_block_mask(const detail::Problem&, const BlockMask&, const ExecContext&) {
+Status predict_block_mask(const detail::Problem&, const BlockMask&, const ExecContext&,
+                          const Stage1Stats&) {
   return not_built();
 }
 Status attention(const detail::Problem&, const BlockMask&, const TensorView&,

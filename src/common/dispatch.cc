@@ -1,11 +1,13 @@
 // The public entry points: validate once, resolve the backend, call it. This is the only place
 // that chooses between the CPU reference, the fast CPU backend and the CUDA backend.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
 
 #include "common/backend.h"
+#include "common/error_target.h"
 #include "common/geometry.h"
 #include "common/validate.h"
 #include "sparge/build_info.h"
@@ -41,6 +43,26 @@ detail::Problem make_problem(const TensorView& q, const TensorView& k, const Ten
                              const SparseOptions& opts) {
   detail::Problem p{q, k, v, problem_shape(q, k), opts, opts.scale};
   if (p.scale == 0.0f) p.scale = static_cast<float>(1.0 / std::sqrt(double(q.head_dim)));
+  if (opts.target_error > 0.0f) {
+    // The error target needs the sampled rows, at least kErrorTargetMinRows of them per block
+    // (error_target.h says why), and its budget must not be spent again by λ:
+    // a λ below the floor (error_target.h) is raised to it. A per-head λ with any head below
+    // it becomes one value, the largest of the floor and the heads' λ (no head skips more).
+    p.opts.estimate = EstimateMode::kSampledRows;
+    p.opts.sample_rows = std::max(opts.sample_rows, std::min(detail::kErrorTargetMinRows,
+                                                             opts.block_q));
+    const double floor = detail::error_target_min_pv_threshold(opts.target_error, k.tokens);
+    HeadParam& pv = p.opts.pv_threshold;
+    double low = pv.value, high = pv.value;
+    if (pv.per_head) {
+      low = high = pv.per_head[0];
+      for (int64_t h = 1; h < q.heads; ++h) {
+        low = std::min<double>(low, pv.per_head[h]);
+        high = std::max<double>(high, pv.per_head[h]);
+      }
+    }
+    if (low < floor) pv = HeadParam{static_cast<float>(std::max(floor, high))};
+  }
   return p;
 }
 
@@ -110,14 +132,25 @@ Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
 
 Status predict_block_mask(const TensorView& q, const TensorView& k, const SparseOptions& opts,
                           const BlockMask& mask, const ExecContext& ctx) {
-  // Stage 1 reads only q and k; k stands in for v in the shape checks.
-  SPARGE_RETURN_IF_ERROR(validate(q, k, k, opts));
+  if (opts.target_error > 0.0f)
+    return Status::invalid(
+        "SparseOptions.target_error > 0 estimates the output error, which needs v: call "
+        "predict_block_mask(q, k, v, ...) or sparse_attention (got target_error " +
+        std::to_string(opts.target_error) + " and no v)");
+  // Stage 1 reads only q and k here; k stands in for v in the shape checks.
+  return predict_block_mask(q, k, k, opts, mask, ctx);
+}
+
+Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
+                          const SparseOptions& opts, const BlockMask& mask,
+                          const ExecContext& ctx, const Stage1Stats& stats) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
-  const detail::Problem p = make_problem(q, k, k, opts);
-  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx);
-  return cpu::predict_block_mask(p, mask);
+  const detail::Problem p = make_problem(q, k, v, opts);
+  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx, stats);
+  return cpu::predict_block_mask(p, mask, stats);
 }
 
 Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -156,7 +189,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
       SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(*mask, q, k, opts));
     }
     const detail::Problem p = make_problem(q, k, v, opts);
-    SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask));
+    SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask, extras.stage1));
     return backend == Backend::kReference ? cpu::attention_reference(p, *mask, o, extras)
                                           : cpu::attention_fast(p, *mask, o, extras,
                                                                 ctx.num_threads);
@@ -186,7 +219,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   rest.workspace = base + layout.stage1;
   rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
   const detail::Problem p = make_problem(q, k, v, opts);
-  SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest));
+  SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest, extras.stage1));
   return cuda::attention(p, mask, o, extras, rest);
 }
 

@@ -168,6 +168,12 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
   if (o.pv_group_rows < 1 || o.pv_group_rows > o.block_q)
     return Status::invalid(cat("SparseOptions.pv_group_rows must be in [1, block_q = ", o.block_q,
                                "], got ", o.pv_group_rows));
+  if (!(o.target_error >= 0.0f && o.target_error < 1.0f))  // NaN fails too
+    return Status::invalid(cat("SparseOptions.target_error must be 0 (off) or in (0, 1) (a "
+                               "relative L1 error), got ", o.target_error));
+  if (o.target_error > 0.0f && o.select != SelectMode::kTopCdf)
+    return Status::invalid("SparseOptions.target_error chooses a TopCdf mass per head: it "
+                           "cannot be combined with select kTopK (topk); drop one of them");
   if (o.window_left < -1)
     return Status::invalid(cat("SparseOptions.window_left must be >= 0 (keys left of the "
                                "diagonal a row sees) or -1 (no limit), got ", o.window_left));

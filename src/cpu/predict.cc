@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/backend.h"
+#include "common/error_target.h"
 #include "common/geometry.h"
 #include "cpu/tensor_io.h"
 
@@ -83,39 +84,42 @@ std::vector<int64_t> eligible_columns(const std::vector<uint8_t>& key_sim,
   return cols;
 }
 
-// The selection of one mask row, whatever the estimate: `weight[j]` (>= 0, any common scale) is
-// the estimated mass of eligible column j, and P̃[j] = weight[j] / Σ eligible weights. Ranks by
-// P̃ descending (ties to the lower j), then TopCdf / TopK. A zero total (every sampled row's
-// weight on the eligible columns underflowed: the estimate puts all the mass on forced blocks)
-// selects nothing.
-void select_columns(std::vector<double> weight, std::vector<int64_t> cols,
-                    detail::BlockRange allowed, const SparseOptions& o, int64_t h,
-                    std::vector<uint8_t>* selected) {
+// The ranking of one mask row, whatever the estimate: `weight[j]` (>= 0, any common scale) is
+// the estimated mass of eligible column j, and P̃[j] = weight[j] / Σ eligible weights (written
+// into *prob). Ranks `cols` by P̃ descending (ties to the lower j). A zero total (every sampled
+// row's weight on the eligible columns underflowed: the estimate puts all the mass on forced
+// blocks) returns false: nothing is selected.
+bool rank_row(const std::vector<double>& weight, std::vector<int64_t>* cols,
+              std::vector<double>* prob) {
   double total = 0.0;
-  for (int64_t j : cols) total += weight[j];
-  if (cols.empty() || total == 0.0) return;
-  std::vector<double>& prob = weight;
-  for (int64_t j : cols) prob[j] /= total;
-  rank_columns(prob, &cols);
+  for (int64_t j : *cols) total += weight[j];
+  if (cols->empty() || total == 0.0) return false;
+  *prob = weight;
+  for (int64_t j : *cols) (*prob)[j] /= total;
+  rank_columns(*prob, cols);
+  return true;
+}
 
-  size_t keep = cols.size();
-  if (o.select == SelectMode::kTopCdf) {
-    const double tau = o.select_value.at(h);
-    double mass = 0.0;
-    for (size_t t = 0; t < cols.size(); ++t) {
-      mass += prob[cols[t]];
-      if (mass >= tau) {  // inclusive: the block that reaches tau is kept
-        keep = t + 1;
-        break;
-      }
-    }
-  } else {
-    const double kappa = o.select_value.at(h);
-    const int64_t n = std::max<int64_t>(
-        1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed.size()))));
-    keep = std::min<size_t>(cols.size(), static_cast<size_t>(n));
+// TopCdf: the shortest ranked prefix whose mass is >= tau (inclusive: the block that reaches tau
+// is kept); all of them if rounding keeps the total below tau.
+size_t topcdf_length(const std::vector<double>& prob, const std::vector<int64_t>& ranked,
+                     double tau) {
+  double mass = 0.0;
+  for (size_t t = 0; t < ranked.size(); ++t) {
+    mass += prob[ranked[t]];
+    if (mass >= tau) return t + 1;
   }
-  for (size_t t = 0; t < keep; ++t) (*selected)[cols[t]] = 1;
+  return ranked.size();
+}
+
+// TopCdf (select_value = τ) or TopK (κ: max(1, ⌊κ · allowed⌋) blocks) on a ranked row.
+size_t keep_length(const std::vector<double>& prob, const std::vector<int64_t>& ranked,
+                   detail::BlockRange allowed, const SparseOptions& o, int64_t h) {
+  if (o.select == SelectMode::kTopCdf) return topcdf_length(prob, ranked, o.select_value.at(h));
+  const double kappa = o.select_value.at(h);
+  const int64_t n = std::max<int64_t>(
+      1, static_cast<int64_t>(std::floor(kappa * static_cast<double>(allowed.size()))));
+  return std::min<size_t>(ranked.size(), static_cast<size_t>(n));
 }
 
 // estimate pooled: weight[j] = exp(S̃[i, j] − max), S̃ = scale · p_q[i] · p_k[j], on the eligible
@@ -135,55 +139,151 @@ std::vector<double> pooled_weights(const double* pooled_q, const BlockStats& ks,
   return weight;
 }
 
-// estimate sampled_rows: weight[j] = the mean over the sampled rows r of query block i of
-// Σ_{c in key block j, c visible to r} softmax_c(scale · q_r · k_c), the softmax taken over every
-// key r sees (unsmoothed k: the true attention row). Allowed columns, eligible or not.
-// `k` is the kv head's [Nk, D] slice.
-std::vector<double> sampled_weights(const TensorView& q, int64_t b, int64_t h,
-                                    const std::vector<double>& k, int64_t i,
-                                    detail::BlockRange allowed, double scale,
-                                    const SparseOptions& o, const detail::KeyBand& band,
-                                    int64_t seq_k) {
+// The sampled rows of one query block (detail::sampled_row): each row's exact softmax over the
+// keys it sees, softmax_c(scale · q_r · k_c) (unsmoothed k: the true attention row), zero
+// elsewhere. `k` is the kv head's [Nk, D] slice.
+struct SampledRows {
+  int64_t count = 0;
+  std::vector<int64_t> first, last;  // keys each row sees: [first, last], none when last < first
+  std::vector<double> prob;          // [count, seq_k]
+};
+
+SampledRows sample_block_rows(const TensorView& q, int64_t b, int64_t h,
+                              const std::vector<double>& k, int64_t i, double scale,
+                              const SparseOptions& o, const detail::KeyBand& band,
+                              int64_t seq_k) {
   const int64_t D = q.head_dim, first = i * o.block_q;
   const int64_t n = std::min<int64_t>(o.block_q, q.tokens - first);
-  const int64_t count = detail::sampled_row_count(o.sample_rows, n);
-  std::vector<double> weight(allowed.end, 0.0), qr(D), score, block_sum(allowed.end);
-  for (int64_t s = 0; s < count; ++s) {
-    const int64_t r = detail::sampled_row(first, n, count, s);
+  SampledRows rows;
+  rows.count = detail::sampled_row_count(o.sample_rows, n);
+  rows.first.resize(rows.count);
+  rows.last.resize(rows.count);
+  rows.prob.assign(rows.count * seq_k, 0.0);
+  std::vector<double> qr(D);
+  for (int64_t s = 0; s < rows.count; ++s) {
+    const int64_t r = detail::sampled_row(first, n, rows.count, s);
     const int64_t c0 = detail::first_visible_key(r, band);
     const int64_t last = detail::last_visible_key(r, band, seq_k);
+    rows.first[s] = c0;
+    rows.last[s] = last;
     if (last < c0) continue;  // the row sees no key: it adds no mass
     for (int64_t d = 0; d < D; ++d) qr[d] = load_element(q, q.offset(b, h, r, d));
-    score.assign(last + 1, 0.0);
+    double* p = &rows.prob[s * seq_k];
     double max_score = -INFINITY;
     for (int64_t c = c0; c <= last; ++c) {
       double dot = 0.0;
       for (int64_t d = 0; d < D; ++d) dot += qr[d] * k[c * D + d];
-      score[c] = scale * dot;
-      max_score = std::max(max_score, score[c]);
+      p[c] = scale * dot;
+      max_score = std::max(max_score, p[c]);
     }
-    std::fill(block_sum.begin(), block_sum.end(), 0.0);
     double row_sum = 0.0;
     for (int64_t c = c0; c <= last; ++c) {
-      const double e = std::exp(score[c] - max_score);
-      block_sum[c / o.block_k] += e;
-      row_sum += e;
+      p[c] = std::exp(p[c] - max_score);
+      row_sum += p[c];
     }
-    for (int64_t j = allowed.begin; j < allowed.end; ++j) weight[j] += block_sum[j] / row_sum;
+    for (int64_t c = c0; c <= last; ++c) p[c] /= row_sum;
   }
-  for (double& w : weight) w /= static_cast<double>(count);
+  return rows;
+}
+
+// estimate sampled_rows: weight[j] = the mean over the sampled rows of the mass they put on key
+// block j. Allowed columns, eligible or not.
+std::vector<double> sampled_weights(const SampledRows& rows, detail::BlockRange allowed,
+                                    int block_k, int64_t seq_k) {
+  std::vector<double> weight(allowed.end, 0.0), block_sum(allowed.end);
+  for (int64_t s = 0; s < rows.count; ++s) {
+    if (rows.last[s] < rows.first[s]) continue;
+    std::fill(block_sum.begin(), block_sum.end(), 0.0);
+    const double* p = &rows.prob[s * seq_k];
+    for (int64_t c = rows.first[s]; c <= rows.last[s]; ++c) block_sum[c / block_k] += p[c];
+    for (int64_t j = allowed.begin; j < allowed.end; ++j) weight[j] += block_sum[j];
+  }
+  for (double& w : weight) w /= static_cast<double>(rows.count);
   return weight;
+}
+
+// One selectable query block of the error-target mode: its ranked eligible columns and, per
+// candidate g, how many of them TopCdf τ_g keeps.
+struct RankedRow {
+  std::vector<int64_t> ranked;
+  size_t keep[detail::kErrorTargetCandidates] = {};
+};
+
+// The error each candidate makes on the sampled rows of one query block (docs/method.md, "The
+// error target"): per row r, o_r = Σ_c a_r[c] v_c over the keys it sees (exact), and o_r^g the
+// same over the tiles candidate g keeps (forced ones, then the ranked prefix), renormalized by
+// their mass, 0 when they hold none (Stage 2 writes 0 for a row without keys). Adds
+// Σ_r ‖o_r^g − o_r‖₁ to err[g]; returns Σ_r ‖o_r‖₁. `v` is the kv head's [Nk, D] slice.
+double candidate_errors(const SampledRows& rows, const std::vector<double>& v, int64_t D,
+                        int block_k, int64_t seq_k, detail::BlockRange allowed,
+                        const std::vector<uint8_t>& forced, const RankedRow& rr, double* err) {
+  double norm = 0.0;
+  std::vector<double> part((allowed.end) * D), mass(allowed.end), exact(D), acc(D);
+  for (int64_t s = 0; s < rows.count; ++s) {
+    if (rows.last[s] < rows.first[s]) continue;
+    // Per key block j: its share Σ_{c∈j} a_r[c] v_c of the output and its mass Σ_{c∈j} a_r[c].
+    std::fill(part.begin(), part.end(), 0.0);
+    std::fill(mass.begin(), mass.end(), 0.0);
+    std::fill(exact.begin(), exact.end(), 0.0);
+    const double* p = &rows.prob[s * seq_k];
+    for (int64_t c = rows.first[s]; c <= rows.last[s]; ++c) {
+      const int64_t j = c / block_k;
+      mass[j] += p[c];
+      for (int64_t d = 0; d < D; ++d) part[j * D + d] += p[c] * v[c * D + d];
+    }
+    for (int64_t j = allowed.begin; j < allowed.end; ++j)
+      for (int64_t d = 0; d < D; ++d) exact[d] += part[j * D + d];
+    double row_norm = 0.0;
+    for (int64_t d = 0; d < D; ++d) row_norm += std::fabs(exact[d]);
+    norm += row_norm;
+
+    std::fill(acc.begin(), acc.end(), 0.0);
+    double kept = 0.0;
+    for (int64_t j = allowed.begin; j < allowed.end; ++j) {
+      if (!forced[j]) continue;
+      kept += mass[j];
+      for (int64_t d = 0; d < D; ++d) acc[d] += part[j * D + d];
+    }
+    // Walk the ranked prefix; candidate g is measured when the prefix holds rr.keep[g] columns.
+    int g = 0;
+    for (size_t t = 0; t <= rr.ranked.size(); ++t) {
+      for (; g < detail::kErrorTargetCandidates && rr.keep[g] == t; ++g) {
+        double e = 0.0;
+        for (int64_t d = 0; d < D; ++d)
+          e += std::fabs((kept > 0.0 ? acc[d] / kept : 0.0) - exact[d]);
+        err[g] += e;
+      }
+      if (t == rr.ranked.size()) break;
+      const int64_t j = rr.ranked[t];
+      if (forced[j]) continue;  // the sink: ranked like any column, but already in acc
+      kept += mass[j];
+      for (int64_t d = 0; d < D; ++d) acc[d] += part[j * D + d];
+    }
+  }
+  return norm;
+}
+
+// Writes the stats of one (batch, query head) (host memory; null outputs are skipped).
+void write_stats(const Stage1Stats& st, int64_t bh, double select_value, double error,
+                 int64_t forced_tiles) {
+  if (st.select_value) st.select_value[bh] = static_cast<float>(select_value);
+  if (st.error_estimate) st.error_estimate[bh] = static_cast<float>(error);
+  if (st.forced_tiles) st.forced_tiles[bh] = forced_tiles;
 }
 
 }  // namespace
 
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
+                          const Stage1Stats& stats) {
   const ProblemShape& s = p.shape;
   const SparseOptions& o = p.opts;
   const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
   const int64_t nq = mask.num_q_blocks(), nk = mask.num_k_blocks();
   const detail::KeyBand band = p.band();
   const double scale = p.scale;
+  const bool error_target = o.target_error > 0.0f;
+  // target_error implies sampled rows (make_problem sets it; repeated for direct callers).
+  const bool sampled = o.estimate == EstimateMode::kSampledRows || error_target;
 
   std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
 #pragma omp parallel for schedule(dynamic)
@@ -198,27 +298,71 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
     const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
-    const bool sampled = o.estimate == EstimateMode::kSampledRows;
     const std::vector<double> k_slice =
         sampled ? load_slice<double>(p.k, b, h / group) : std::vector<double>{};
+    const std::vector<double> v_slice =
+        error_target ? load_slice<double>(p.v, b, h / group) : std::vector<double>{};
     std::vector<uint8_t> key_sim(nk), keep(nk);
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
+    // Per query block: the ranked eligible columns and how many of them the selection keeps.
+    // The error target decides the count per head after every block is ranked (below).
+    std::vector<RankedRow> rows(nq);
+    std::vector<uint8_t> selectable(nq, 0);
+    double err[detail::kErrorTargetCandidates] = {}, norm = 0.0;
+    std::vector<uint8_t> forced(nk);
+    std::vector<double> prob;
+    for (int64_t i = 0; i < nq; ++i) {
+      const detail::BlockRange allowed =
+          detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+      if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
+      std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
+      if (cols.empty()) continue;
+      SampledRows sr;
+      std::vector<double> weight;
+      if (sampled) {
+        sr = sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k);
+        weight = sampled_weights(sr, allowed, o.block_k, s.seq_k);
+      } else {
+        weight = pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
+      }
+      if (!rank_row(weight, &cols, &prob)) continue;
+      selectable[i] = 1;
+      RankedRow& rr = rows[i];
+      rr.ranked = std::move(cols);
+      if (!error_target) {
+        rr.keep[0] = keep_length(prob, rr.ranked, allowed, o, h);
+        continue;
+      }
+      for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
+        rr.keep[g] = topcdf_length(prob, rr.ranked, detail::error_target_tau(g));
+      for (int64_t j = allowed.begin; j < allowed.end; ++j)
+        forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
+      norm += candidate_errors(sr, v_slice, D, o.block_k, s.seq_k, allowed, forced, rr, err);
+    }
+    // The error target's choice for this head; kErrorTargetCandidates keeps every allowed tile.
+    const int choice = error_target
+                           ? detail::error_target_choice(err, norm, o.target_error)
+                           : 0;
+    const bool keep_all = choice == detail::kErrorTargetCandidates;
+
+    int64_t forced_tiles = 0;
     for (int64_t i = 0; i < nq; ++i) {
       const detail::BlockRange allowed =
           detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
       const bool query_sim = is_similar(qs.sim[i], theta);
       std::fill(keep.begin(), keep.end(), 0);
-      if (query_sim) {
-        const std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
-        if (!cols.empty())
-          select_columns(sampled ? sampled_weights(p.q, b, h, k_slice, i, allowed, scale, o,
-                                                   band, s.seq_k)
-                                 : pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale),
-                         cols, allowed, o, h, &keep);
-      }
+      if (selectable[i])
+        for (size_t t = 0; t < rows[i].keep[choice < detail::kErrorTargetCandidates ? choice : 0];
+             ++t)
+          keep[rows[i].ranked[t]] = 1;
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        if (!query_sim || !key_sim[j]) keep[j] = 1;
+        if (!query_sim || !key_sim[j]) {
+          keep[j] = 1;
+          ++forced_tiles;
+        } else if (keep_all) {
+          keep[j] = 1;
+        }
       if (o.attention_sink && allowed.contains(0)) keep[0] = 1;
 
       const int64_t row = mask.row(b, h, i);
@@ -227,6 +371,13 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask) {
         if (keep[j]) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
       mask.counts[row] = count;
     }
+    if (!error_target)
+      write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles);
+    else if (keep_all)
+      write_stats(stats, bh, 1.0, 0.0, forced_tiles);
+    else
+      write_stats(stats, bh, detail::error_target_tau(choice), norm > 0.0 ? err[choice] / norm : 0.0,
+                  forced_tiles);
   }
   return Status::ok();
 }

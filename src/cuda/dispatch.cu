@@ -337,7 +337,7 @@ AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const Tens
 
 // Arguments -> Params of the Stage-1 kernels; `ws` lays out the scratch at `workspace`.
 PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const PredictWorkspace& ws,
-                        void* workspace) {
+                        void* workspace, const Stage1Stats& stats) {
   const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
   PredictParams s{};
   s.q = p.q.data;
@@ -366,6 +366,13 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
     s.sim_threshold[h] = p.opts.sim_threshold.at(h);
     s.select_value[h] = p.opts.select_value.at(h);
   }
+  s.v = p.v.data;
+  set_strides(s.v_stride, p.v);
+  s.error_target = p.opts.target_error > 0.0f;
+  s.target_error = double(p.opts.target_error);
+  s.stat_select_value = stats.select_value;
+  s.stat_error = stats.error_estimate;
+  s.stat_forced = stats.forced_tiles;
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
   auto* base = static_cast<char*>(workspace);
@@ -376,6 +383,9 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
   s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);
   s.scores = reinterpret_cast<double*>(base + ws.scores);
+  s.cand_err = reinterpret_cast<double*>(base + ws.cand_err);
+  s.cand_norm = reinterpret_cast<double*>(base + ws.cand_norm);
+  s.head_tau = reinterpret_cast<double*>(base + ws.head_tau);
   return s;
 }
 
@@ -440,7 +450,8 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
                                static_cast<cudaStream_t>(ctx.stream));
 }
 
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx) {
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
+                          const Stage1Stats& stats) {
   SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
   SPARGE_RETURN_IF_ERROR(check_sizes(p));
   const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
@@ -460,7 +471,13 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
     return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
   SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
 
-  const PredictParams s = to_params(p, mask, ws, ctx.workspace);
+  if (p.opts.target_error > 0.0f) {
+    SPARGE_RETURN_IF_ERROR(check_dtype(p.v.dtype, "v.dtype"));
+    if (p.shape.head_dim > 256)
+      return Status::unsupported(cat("SparseOptions.target_error on cuda takes head_dim <= 256, got ",
+                                     p.shape.head_dim));
+  }
+  const PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
   return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
 }
 

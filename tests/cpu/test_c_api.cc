@@ -65,6 +65,7 @@ TEST(CApi, DefaultsEqualTheCppDefaults) {
   EXPECT_EQ(c.select_value, d.select_value.value);
   EXPECT_EQ(c.estimate, int(d.estimate));
   EXPECT_EQ(c.sample_rows, d.sample_rows);
+  EXPECT_EQ(c.target_error, d.target_error);
   EXPECT_EQ(c.attention_sink, int(d.attention_sink));
   EXPECT_EQ(c.pv_threshold, d.pv_threshold.value);
   EXPECT_EQ(c.pv_group_rows, d.pv_group_rows);

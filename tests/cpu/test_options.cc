@@ -31,7 +31,7 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
     ADD_FAILURE() << "no option " << name;
     return std::nan("");
   };
-  EXPECT_EQ(names.size(), 16u);
+  EXPECT_EQ(names.size(), 17u);
   EXPECT_EQ(float(value("scale")), d.scale);
   EXPECT_EQ(value("causal"), d.causal ? 1.0 : 0.0);
   EXPECT_EQ(value("causal_align"), int(d.causal_align));
@@ -42,6 +42,8 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
   EXPECT_EQ(value("estimate"), int(d.estimate));
   EXPECT_EQ(d.estimate, EstimateMode::kPooled);  // SpargeAttn's rule stays the default
   EXPECT_EQ(value("sample_rows"), d.sample_rows);
+  EXPECT_EQ(float(value("target_error")), d.target_error);
+  EXPECT_EQ(d.target_error, 0.0f);  // off unless asked
   EXPECT_EQ(value("attention_sink"), d.attention_sink ? 1.0 : 0.0);
   EXPECT_EQ(float(value("pv_threshold")), d.pv_threshold.value);
   EXPECT_EQ(value("pv_group_rows"), d.pv_group_rows);
@@ -122,6 +124,7 @@ TEST(Options, CommandLineShowsTheSameDefaults) {
     shows("--pv", text(d.pv_threshold.value));
     shows("--estimate", enum_name(d.estimate));
     shows("--sample-rows", std::to_string(d.sample_rows));
+    shows("--target-error", text(d.target_error));
     shows("--block-q", std::to_string(d.block_q));
     shows("--block-k", std::to_string(d.block_k));
   }

@@ -151,12 +151,30 @@ struct MaskAgreement {
   int64_t same = 0, flags = 0, kept = 0;
 };
 
+// With `v` (the error target reads it), Stage 1 takes v on both sides; `cpu_stats` / `gpu_stats`
+// (host memory, [batch, heads_q] each) receive the Stage1Stats of either side when given.
+struct HeadStats {
+  std::vector<float> select_value, error_estimate;
+  std::vector<int64_t> forced_tiles;
+};
+
 inline MaskAgreement predict_on_cpu_and_gpu(const HostTensor& q, const HostTensor& k,
-                                            const SparseOptions& opts) {
+                                            const SparseOptions& opts,
+                                            const HostTensor* v = nullptr,
+                                            HeadStats* cpu_stats = nullptr,
+                                            HeadStats* gpu_stats = nullptr) {
   MaskAgreement r;
   const TensorView& qv = q.view;
+  const std::size_t heads = std::size_t(qv.batch * qv.heads);
+  for (HeadStats* st : {cpu_stats, gpu_stats})
+    if (st) *st = {std::vector<float>(heads), std::vector<float>(heads), std::vector<int64_t>(heads)};
+  Stage1Stats host_stats;
+  if (cpu_stats)
+    host_stats = {cpu_stats->select_value.data(), cpu_stats->error_estimate.data(),
+                  cpu_stats->forced_tiles.data()};
   r.ref = HostBlockMask(qv.batch, qv.heads, qv.tokens, k.view.tokens, opts.block_q, opts.block_k);
-  const Status cpu = predict_block_mask(q.view, k.view, opts, r.ref.view());
+  const Status cpu = v ? predict_block_mask(q.view, k.view, v->view, opts, r.ref.view(), {}, host_stats)
+                       : predict_block_mask(q.view, k.view, opts, r.ref.view());
   EXPECT_TRUE(cpu.is_ok()) << cpu.message();
   if (!cpu.is_ok()) return r;
   DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
@@ -166,10 +184,26 @@ inline MaskAgreement predict_on_cpu_and_gpu(const HostTensor& q, const HostTenso
   ExecContext ctx;
   ctx.workspace = ws.get();
   ctx.workspace_bytes = ws_bytes;
-  const Status gpu = predict_block_mask(dq.view, dk.view, opts, dmask.mask, ctx);
+  DeviceTensor dv = v ? DeviceTensor::upload(*v) : DeviceTensor{};
+  DeviceBuffer d_select(heads * sizeof(float)), d_error(heads * sizeof(float)),
+      d_forced(heads * sizeof(int64_t));
+  Stage1Stats dev_stats;
+  if (gpu_stats)
+    dev_stats = {static_cast<float*>(d_select.get()), static_cast<float*>(d_error.get()),
+                 static_cast<int64_t*>(d_forced.get())};
+  const Status gpu = v ? predict_block_mask(dq.view, dk.view, dv.view, opts, dmask.mask, ctx, dev_stats)
+                       : predict_block_mask(dq.view, dk.view, opts, dmask.mask, ctx);
   EXPECT_TRUE(gpu.is_ok()) << gpu.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   if (!gpu.is_ok()) return r;
+  if (gpu_stats) {
+    EXPECT_EQ(cudaMemcpy(gpu_stats->select_value.data(), d_select.get(), heads * sizeof(float),
+                         cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(gpu_stats->error_estimate.data(), d_error.get(), heads * sizeof(float),
+                         cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(gpu_stats->forced_tiles.data(), d_forced.get(), heads * sizeof(int64_t),
+                         cudaMemcpyDeviceToHost), cudaSuccess);
+  }
   r.got = dmask.download();
   const Status valid = detail::validate_mask_contents(r.got.view());
   EXPECT_TRUE(valid.is_ok()) << valid.message();

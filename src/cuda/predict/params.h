@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/error_target.h"
 #include "common/geometry.h"
 #include "sparge/sparge.h"
 
@@ -30,6 +31,14 @@ struct PredictParams {
   bool per_head;          // thresholds below are per query head, else [0] for every head
   float sim_threshold[kMaxPredictHeads];
   float select_value[kMaxPredictHeads];  // τ (TopCdf) or κ (TopK)
+  // Error target (target_error > 0; error_target.cuh): v, the target, and Stage1Stats outputs.
+  const void* v;
+  int64_t v_stride[3];
+  bool error_target;
+  double target_error;
+  float* stat_select_value;  // [batch·heads_q] or null
+  float* stat_error;         // [batch·heads_q] or null
+  int64_t* stat_forced;      // [batch·heads_q] or null (zeroed by the launcher, then summed)
   int32_t* mask_counts;
   int32_t* mask_indices;
   // Workspace (doubles): key-mean partial sums and mean, pooled blocks, similarities, scores.
@@ -40,11 +49,15 @@ struct PredictParams {
   double* pooled_kt;   // [batch·heads_kv, D, nk] (transposed: the score kernel reads along nk)
   double* sim_k;       // [batch·heads_kv, nk]
   double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k, or the sampled rows' mass
+  double* cand_err;    // error target: [batch·heads_q, nq, kErrorTargetCandidates] Σ_r ‖o_g − o‖₁
+  double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁
+  double* head_tau;    // error target: [batch·heads_q] chosen τ; > 1 keeps every allowed tile
 };
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
-  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, total;
+  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
+      head_tau, total;
 };
 
 inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOptions& o) {
@@ -53,14 +66,19 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   const std::size_t nk = (s.seq_k + o.block_k - 1) / o.block_k;
   const std::size_t chunks = (s.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
   const std::size_t bhq = s.batch * s.heads_q, bhk = s.batch * s.heads_kv, d = s.head_dim;
-  const std::size_t sizes[7] = {bhk * chunks * d, bhk * d, bhq * nq * d, bhq * nq,
-                                bhk * d * nk,     bhk * nk, bhq * nq * nk};
-  std::size_t offs[7], at = 0;
-  for (int i = 0; i < 7; ++i) {
+  // The error target's arrays are sized only when it is on (workspace_size sees the options).
+  const std::size_t et = o.target_error > 0.0f ? 1 : 0;
+  const std::size_t sizes[10] = {bhk * chunks * d, bhk * d,  bhq * nq * d,
+                                 bhq * nq,         bhk * d * nk, bhk * nk,
+                                 bhq * nq * nk,    et * bhq * nq * detail::kErrorTargetCandidates,
+                                 et * bhq * nq,    et * bhq};
+  std::size_t offs[10], at = 0;
+  for (int i = 0; i < 10; ++i) {
     offs[i] = at;
     at += align(sizes[i] * sizeof(double));
   }
-  return {offs[0], offs[1], offs[2], offs[3], offs[4], offs[5], offs[6], at};
+  return {offs[0], offs[1], offs[2], offs[3], offs[4], offs[5], offs[6], offs[7], offs[8],
+          offs[9], at};
 }
 
 // Explicitly instantiated for __half and __nv_bfloat16 in predict.cu.

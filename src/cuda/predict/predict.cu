@@ -1,7 +1,8 @@
 // Stage 1 launcher: key mean (two fixed-order passes), pooling + similarity of q and smoothed k
-// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows),
-// selection into the BlockMask. Six launches on the caller's stream, no allocation, no
-// synchronisation.
+// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows), the
+// error target's candidate errors and per-head choice (target_error > 0; also the per-head
+// stats), selection into the BlockMask. Six to nine launches on the caller's stream, no
+// allocation, no synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "cuda/common/check.cuh"
+#include "cuda/predict/error_target.cuh"
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
 #include "cuda/predict/sampled_rows.cuh"
@@ -55,6 +57,21 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
 
   const int sort_len = sort_length(p.num_k_blocks);
   const int smem = sort_len * int(sizeof(double) + 2 * sizeof(int));
+  if (p.error_target) {
+    // ~17 KB of static smem beside the sort buffer (error_target.cuh; the 48 KB default covers
+    // both), within sm_80's 163 KB up to kMaxSortLen.
+    if (smem + 20 * 1024 > 48 * 1024)
+      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_rows<T>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    error_target_rows<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, smem, stream>>>(p, sort_len);
+    SPARGE_CUDA_CHECK_LAUNCH("error_target_rows launch");
+  }
+  if (p.error_target || p.stat_select_value != nullptr || p.stat_error != nullptr) {
+    choose_head<<<(bhq + 127) / 128, 128, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("choose_head launch");
+  }
+  if (p.stat_forced != nullptr)  // select_blocks adds each row's forced tiles
+    SPARGE_CUDA_CHECK(cudaMemsetAsync(p.stat_forced, 0, sizeof(int64_t) * bhq, stream));
   if (smem > 48 * 1024)
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   select_blocks<<<dim3(p.num_q_blocks, bhq), kSelectThreads, smem, stream>>>(p, sort_len);

@@ -51,6 +51,67 @@ __device__ __forceinline__ void row_scores(const T* k_row, const double (*sQ)[25
   for (int r = 0; r < kEstimateRows; ++r) out[r] *= scale;
 }
 
+// Loads the pass's sampled rows s0 .. s0 + rows − 1 of query block `first` (n valid rows, count
+// sampled) into sQ (double) and the keys each sees into sFirst / sLast. Ends with a barrier.
+template <typename T>
+__device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t first, int64_t n,
+                                  int64_t count, int64_t s0, int rows, double (*sQ)[256],
+                                  int64_t* sFirst, int64_t* sLast) {
+  __syncthreads();  // the previous pass has finished reading sQ, sFirst, sLast
+  for (int e = threadIdx.x; e < rows * p.head_dim; e += kEstimateThreads) {
+    const int r = e / p.head_dim, d = e % p.head_dim;
+    const int64_t qr = detail::sampled_row(first, n, count, s0 + r);
+    sQ[r][d] = double(to_float(gQ[qr * p.q_stride[2] + d]));
+  }
+  if (threadIdx.x < rows) {
+    const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
+    sFirst[threadIdx.x] = detail::first_visible_key(qr, p.band);
+    sLast[threadIdx.x] = detail::last_visible_key(qr, p.band, p.seq_k);
+  }
+  __syncthreads();
+}
+
+// The softmax's max and sum of every row of the pass over the keys it sees, into sRowMax /
+// sRowSum: each thread walks keys with an online (max, sum) per row, merged over the CTA in a
+// fixed order. Rows ascend and the band moves right with them: the first row sees the leftmost
+// keys, the last one the rightmost. Ends with a barrier.
+template <typename T>
+__device__ void sampled_row_max_sum(const PredictParams& p, const T* gK, const double (*sQ)[256],
+                                    const int64_t* sFirst, const int64_t* sLast, int rows,
+                                    double (*sWarpMax)[kEstimateRows],
+                                    double (*sWarpSum)[kEstimateRows], double* sRowMax,
+                                    double* sRowSum) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t first_any = sFirst[0], last_any = sLast[rows - 1];
+  double m[kEstimateRows], z[kEstimateRows], x[kEstimateRows];
+#pragma unroll
+  for (int r = 0; r < kEstimateRows; ++r) m[r] = -INFINITY, z[r] = 0.0;
+  for (int64_t c = first_any + threadIdx.x; c <= last_any; c += kEstimateThreads) {
+    row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
+#pragma unroll
+    for (int r = 0; r < kEstimateRows; ++r)
+      if (r < rows && c >= sFirst[r] && c <= sLast[r]) merge_max_sum(&m[r], &z[r], x[r], 1.0);
+  }
+#pragma unroll
+  for (int r = 0; r < kEstimateRows; ++r) {
+    for (int off = 16; off > 0; off >>= 1) {
+      const double m2 = __shfl_xor_sync(0xffffffffu, m[r], off);
+      const double z2 = __shfl_xor_sync(0xffffffffu, z[r], off);
+      merge_max_sum(&m[r], &z[r], m2, z2);
+    }
+    if (lane == 0) sWarpMax[warp][r] = m[r], sWarpSum[warp][r] = z[r];
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    double mr = -INFINITY, zr = 0.0;
+    for (int w = 0; w < kEstimateWarps; ++w)
+      merge_max_sum(&mr, &zr, sWarpMax[w][threadIdx.x], sWarpSum[w][threadIdx.x]);
+    sRowMax[threadIdx.x] = mr;
+    sRowSum[threadIdx.x] = zr;
+  }
+  __syncthreads();
+}
+
 // Grid (num_q_blocks, batch·heads_q), kEstimateThreads threads. Runs after pool_blocks (it reads
 // sim_q: a non-similar query block's row is forced on whole, so only zeros are written there).
 template <typename T>
@@ -85,55 +146,17 @@ __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const Predi
   for (int64_t s0 = 0; s0 < count; s0 += kEstimateRows) {
     const int rows = int(min(int64_t(kEstimateRows), count - s0));
     const bool last_pass = s0 + rows == count;
-    __syncthreads();  // the previous pass has finished reading sQ, sLast, sRowMax, sRowSum
-    for (int e = threadIdx.x; e < rows * p.head_dim; e += kEstimateThreads) {
-      const int r = e / p.head_dim, d = e % p.head_dim;
-      const int64_t qr = detail::sampled_row(first, n, count, s0 + r);
-      sQ[r][d] = double(to_float(gQ[qr * p.q_stride[2] + d]));
-    }
-    if (threadIdx.x < rows) {
-      const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
-      sFirst[threadIdx.x] = detail::first_visible_key(qr, p.band);
-      sLast[threadIdx.x] = detail::last_visible_key(qr, p.band, p.seq_k);
-    }
-    __syncthreads();
-    // Rows ascend and the band moves right with them: the first row sees the leftmost keys, the
-    // last one the rightmost.
+    load_sampled_rows(p, gQ, first, n, count, s0, rows, sQ, sFirst, sLast);
     const int64_t first_any = sFirst[0], last_any = sLast[rows - 1];
-
     // Pass 1: the softmax's max and sum of every row, over the keys it sees.
-    double m[kEstimateRows], z[kEstimateRows], x[kEstimateRows];
-#pragma unroll
-    for (int r = 0; r < kEstimateRows; ++r) m[r] = -INFINITY, z[r] = 0.0;
-    for (int64_t c = first_any + threadIdx.x; c <= last_any; c += kEstimateThreads) {
-      row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
-#pragma unroll
-      for (int r = 0; r < kEstimateRows; ++r)
-        if (r < rows && c >= sFirst[r] && c <= sLast[r]) merge_max_sum(&m[r], &z[r], x[r], 1.0);
-    }
-#pragma unroll
-    for (int r = 0; r < kEstimateRows; ++r) {
-      for (int off = 16; off > 0; off >>= 1) {
-        const double m2 = __shfl_xor_sync(0xffffffffu, m[r], off);
-        const double z2 = __shfl_xor_sync(0xffffffffu, z[r], off);
-        merge_max_sum(&m[r], &z[r], m2, z2);
-      }
-      if (lane == 0) sWarpMax[warp][r] = m[r], sWarpSum[warp][r] = z[r];
-    }
-    __syncthreads();
-    if (threadIdx.x < rows) {
-      double mr = -INFINITY, zr = 0.0;
-      for (int w = 0; w < kEstimateWarps; ++w)
-        merge_max_sum(&mr, &zr, sWarpMax[w][threadIdx.x], sWarpSum[w][threadIdx.x]);
-      sRowMax[threadIdx.x] = mr;
-      sRowSum[threadIdx.x] = zr;
-    }
-    __syncthreads();
+    sampled_row_max_sum(p, gK, sQ, sFirst, sLast, rows, sWarpMax, sWarpSum, sRowMax, sRowSum);
+    double x[kEstimateRows];
 
     // Pass 2: each row's probability mass per key block, summed over the pass's rows.
     for (int j = begin + warp; j < end; j += kEstimateWarps) {
       const int64_t c0 = max(int64_t(j) * p.block_k, first_any);
-      const int64_t c1 = min(min(c0 + p.block_k, int64_t(p.seq_k)), last_any + 1);
+      // The block's end, not c0's: a window can start the band inside block j.
+      const int64_t c1 = min(min(int64_t(j + 1) * p.block_k, int64_t(p.seq_k)), last_any + 1);
       double part = 0.0;
       for (int64_t c = c0 + lane; c < c1; c += 32) {
         row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);

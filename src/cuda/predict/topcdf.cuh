@@ -78,28 +78,26 @@ __device__ V block_exclusive_scan(V x, V* scratch, V* total) {
   return before + inc - x;
 }
 
-// One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
-__global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictParams p, int sort_len) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  double* sProb = reinterpret_cast<double*>(smem_raw);      // P̃, -1 for ineligible
-  int* sIdx = reinterpret_cast<int*>(sProb + sort_len);      // key block of each sort slot
-  int* sKeep = sIdx + sort_len;                               // final mask row as 0/1 flags
-  __shared__ double sScratchD[32];
-  __shared__ int sScratchI[32];
-
-  const int i = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
+// The ranking of mask row (i, bh) (both the selection and the error target's kernel call it):
+// sProb = P̃ over the eligible columns (allowed and similar), −1 elsewhere, sorted descending with
+// ties to the lower key block, sIdx the key block of each slot; sForced[j] (j < nk) = allowed
+// and not similar (query or key block), the gate's tiles. Returns the number of eligible
+// columns, 0 when nothing is selectable (none, or a zero total of sampled masses). Uniform over
+// the CTA; ends with a barrier.
+__device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, double* sProb,
+                        int* sIdx, int* sForced, double* sScratchD, int* sScratchI) {
+  const int b = bh / p.heads_q, h = bh % p.heads_q;
   const int bhk = b * p.heads_kv + h / p.group;
   const int nk = p.num_k_blocks;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
   const detail::BlockRange range =
       detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
-  const int begin = int(range.begin), end = int(range.end), allowed = end - begin;
+  const int begin = int(range.begin), end = int(range.end);
   const float theta = p.sim_threshold[p.per_head ? h : 0];
-  const float select = p.select_value[p.per_head ? h : 0];
   const bool q_similar = p.sim_q[row] > double(theta);  // NaN compares false: non-similar
   const double* gScores = p.scores + row * nk;
 
-  // Eligible columns: allowed (causal, window) and similar. Non-similar ones are forced on below.
+  // Eligible columns: allowed (causal, window) and similar. Non-similar ones are forced on.
   double local_max = -INFINITY;
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
@@ -111,7 +109,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
       local_max = fmax(local_max, sProb[j]);
       ++local_eligible;
     }
-    if (j < nk) sKeep[j] = in_range && (!k_similar || !q_similar);
+    if (j < nk) sForced[j] = in_range && (!k_similar || !q_similar);
   }
   const auto max_op = [](double a, double b) { return fmax(a, b); };
   const auto sum_op = [](double a, double b) { return a + b; };
@@ -131,25 +129,62 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
     }
     denom = block_reduce(local_sum, sScratchD, sum_op);
   }
-  if (eligible > 0 && denom != 0.0) {  // uniform over the CTA: the barriers below are safe
-    for (int j = threadIdx.x; j < sort_len; j += kSelectThreads)
-      if (sProb[j] >= 0.0) sProb[j] /= denom;
+  if (eligible == 0 || denom == 0.0) {
     __syncthreads();
-    // Bitonic sort: P̃ descending, ties to the lower key block (ineligible slots sink to the end).
-    for (int k = 2; k <= sort_len; k <<= 1)
-      for (int jj = k >> 1; jj > 0; jj >>= 1) {
-        for (int a = threadIdx.x; a < sort_len; a += kSelectThreads) {
-          const int c = a ^ jj;
-          if (c <= a) continue;
-          const bool a_after_c = sProb[a] < sProb[c] || (sProb[a] == sProb[c] && sIdx[a] > sIdx[c]);
-          const bool ascending_run = (a & k) == 0;
-          if (ascending_run == a_after_c) {
-            const double tp = sProb[a]; sProb[a] = sProb[c]; sProb[c] = tp;
-            const int ti = sIdx[a]; sIdx[a] = sIdx[c]; sIdx[c] = ti;
-          }
+    return 0;
+  }
+  for (int j = threadIdx.x; j < sort_len; j += kSelectThreads)
+    if (sProb[j] >= 0.0) sProb[j] /= denom;
+  __syncthreads();
+  // Bitonic sort: P̃ descending, ties to the lower key block (ineligible slots sink to the end).
+  for (int k = 2; k <= sort_len; k <<= 1)
+    for (int jj = k >> 1; jj > 0; jj >>= 1) {
+      for (int a = threadIdx.x; a < sort_len; a += kSelectThreads) {
+        const int c = a ^ jj;
+        if (c <= a) continue;
+        const bool a_after_c = sProb[a] < sProb[c] || (sProb[a] == sProb[c] && sIdx[a] > sIdx[c]);
+        const bool ascending_run = (a & k) == 0;
+        if (ascending_run == a_after_c) {
+          const double tp = sProb[a]; sProb[a] = sProb[c]; sProb[c] = tp;
+          const int ti = sIdx[a]; sIdx[a] = sIdx[c]; sIdx[c] = ti;
         }
-        __syncthreads();
       }
+      __syncthreads();
+    }
+  return eligible;
+}
+
+// One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
+__global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictParams p, int sort_len) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  double* sProb = reinterpret_cast<double*>(smem_raw);      // P̃, -1 for ineligible
+  int* sIdx = reinterpret_cast<int*>(sProb + sort_len);      // key block of each sort slot
+  int* sKeep = sIdx + sort_len;                               // final mask row as 0/1 flags
+  __shared__ double sScratchD[32];
+  __shared__ int sScratchI[32];
+
+  const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
+  const int nk = p.num_k_blocks;
+  const int64_t row = int64_t(bh) * p.num_q_blocks + i;
+  const detail::BlockRange range =
+      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
+  const int begin = int(range.begin), end = int(range.end), allowed = end - begin;
+  // The error target's τ for this head (error_target.cuh), > 1: every allowed tile is kept.
+  const double select =
+      p.error_target ? p.head_tau[bh] : double(p.select_value[p.per_head ? h : 0]);
+
+  const int eligible = rank_row(p, i, bh, sort_len, sProb, sIdx, sKeep, sScratchD, sScratchI);
+  if (p.stat_forced != nullptr) {  // the gate's tiles, before the selection adds its own
+    int local = 0;
+    for (int j = begin + threadIdx.x; j < end; j += kSelectThreads) local += sKeep[j];
+    const int forced = block_reduce(local, sScratchI, [](int a, int b) { return a + b; });
+    if (threadIdx.x == 0 && forced > 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(p.stat_forced + bh),
+                static_cast<unsigned long long>(forced));
+  }
+  if (p.error_target && select > 1.0) {
+    for (int j = begin + threadIdx.x; j < end; j += kSelectThreads) sKeep[j] = 1;
+  } else if (eligible > 0) {
     // TopCdf: keep rank t iff the mass before it is < τ (the block reaching τ is kept; if the
     // total stays below τ, all are kept). TopK: the first max(1, ⌊κ·allowed⌋) ranks.
     const int64_t topk_keep = max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
@@ -161,7 +196,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
       const double before = carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
       carry += chunk_total;
       if (prob >= 0.0) {
-        const bool keep = p.topk ? t < topk_keep : before < double(select);
+        const bool keep = p.topk ? t < topk_keep : before < select;
         if (keep) sKeep[sIdx[t]] = 1;
       }
     }
