@@ -109,13 +109,11 @@ struct MainloopSm90Tma {
   }
 
   // ---- producer (one thread) ------------------------------------------------------------
-  static constexpr uint32_t kSlotBytes = sizeof(TurnSlot<kBlocks>);
-
   static __device__ void load(const AttnParamsSm90Ws& p, Storage& smem, const WorkTile& w) {
     Turns it(p.attn, w.mask_row);
     if (it.done()) {  // nothing is consumed, so nothing may be loaded: the first slot says so
-      mbarrier_arrive_expect_tx(&smem.k_full[0], kSlotBytes);
-      send_turn(smem, 0, it);
+      send_turn(smem.turn[0], it);
+      mbarrier_arrive(&smem.k_full[0]);
       return;
     }
     tma_prefetch_descriptor(&p.tma_k);
@@ -127,8 +125,8 @@ struct MainloopSm90Tma {
     Cursor c;
     for (; !it.done(); it.next(), c.advance()) {
       mbarrier_wait(&smem.k_empty[c.stage], c.phase ^ 1u);
-      mbarrier_arrive_expect_tx(&smem.k_full[c.stage], Traits::kStageBytes + kSlotBytes);
-      send_turn(smem, c.stage, it);
+      send_turn(smem.turn[c.stage], it);
+      mbarrier_arrive_expect_tx(&smem.k_full[c.stage], Traits::kStageBytes);
       load_kv_turn(&p.tma_k, smem.k_full[c.stage], smem.k[c.stage], it, p.attn, w);
       mbarrier_wait(&smem.v_empty[c.stage], c.phase ^ 1u);
       mbarrier_arrive_expect_tx(&smem.v_full[c.stage], Traits::kStageBytes);
@@ -136,18 +134,14 @@ struct MainloopSm90Tma {
     }
   }
 
-  // The turn's TurnSlot (count 0 and last if the iterator is already done: an empty row): written
-  // to the stage's staging copy, then bulk-copied into the slot on the stage's K full barrier,
-  // whose expected bytes include it. The staging copy of a stage is free again when its K
-  // empty barrier has completed: the consumers waited for the previous copy before releasing.
-  static __device__ void send_turn(Storage& smem, int stage, const Turns& it) {
-    TurnSlot<kBlocks>& staging = smem.turn_staging[stage];
+  // The turn's TurnSlot (count 0 and last if the iterator is already done: an empty row), written
+  // before the arrive on the stage's K full barrier that publishes it (release; the consumers'
+  // wait acquires). The slot is free: the consumers read it before releasing the stage's K.
+  static __device__ void send_turn(TurnSlot<kBlocks>& slot, const Turns& it) {
 #pragma unroll
-    for (int i = 0; i < kBlocks; ++i) staging.word[i] = it.done() ? -1 : it.block(i);
-    staging.word[kBlocks] = it.done() ? 0 : it.count();
-    staging.word[kBlocks + 1] = it.done() || it.last();
-    fence_proxy_async_smem();  // the generic stores, before the async proxy reads them
-    bulk_copy_smem(&smem.turn[stage], &staging, kSlotBytes, &smem.k_full[stage]);
+    for (int i = 0; i < kBlocks; ++i) slot.word[i] = it.done() ? -1 : it.block(i);
+    slot.word[kBlocks] = it.done() ? 0 : it.count();
+    slot.word[kBlocks + 1] = it.done() || it.last();
   }
 
   // Loads the turn's blocks of kv head w.hk into a stage the consumers released (the caller
@@ -172,20 +166,28 @@ struct MainloopSm90Tma {
     }
   }
 
-  // A consumer's register copy of a stage's TurnSlot, taken after the stage's K landed (and
-  // before the consumer releases that K, after which the producer may rewrite the slot).
+  // A consumer's register copy of a stage's TurnSlot, taken after the stage's K landed and
+  // before the consumer releases that K (after which the producer may rewrite the slot). Lane 0
+  // reads and broadcasts: it is the lane that then arrives on the K empty barrier for its warp,
+  // so every read of the slot is ordered before the producer's next write by that one arrive
+  // (compute-sanitizer's racecheck does not see the __syncwarp before it as ordering the other
+  // lanes' reads, and reported every lane's read as a race with the rewrite).
   struct KeptTurn {
     int blocks[kBlocks];
     int n;
     bool last;
     __device__ int count() const { return n; }
     __device__ int block(int i) const { return blocks[i]; }
-    __device__ static KeptTurn read(const TurnSlot<kBlocks>& slot) {
+    __device__ static KeptTurn read(const TurnSlot<kBlocks>& slot, int lane) {
+      int word[kBlocks + 2];
+#pragma unroll
+      for (int i = 0; i < kBlocks + 2; ++i)
+        word[i] = __shfl_sync(0xffffffffu, lane == 0 ? slot.word[i] : 0, 0);
       KeptTurn t;
 #pragma unroll
-      for (int i = 0; i < kBlocks; ++i) t.blocks[i] = slot.block(i);
-      t.n = slot.count();
-      t.last = slot.last();
+      for (int i = 0; i < kBlocks; ++i) t.blocks[i] = word[i];
+      t.n = word[kBlocks];
+      t.last = word[kBlocks + 1] != 0;
       return t;
     }
   };
@@ -379,7 +381,7 @@ struct MainloopSm90Tma {
     // The first slot says whether the row keeps any block (count 0: nothing was loaded, and the
     // epilogue writes the empty row).
     mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
-    KeptTurn kept = KeptTurn::read(smem.turn[kc.stage]);
+    KeptTurn kept = KeptTurn::read(smem.turn[kc.stage], lane);
     if (kept.count() == 0) return;
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
     // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
@@ -419,7 +421,7 @@ struct MainloopSm90Tma {
     const auto step = [&](auto with_pv) {
       constexpr bool kWithPv = decltype(with_pv)::value;
       mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
-      kept = KeptTurn::read(smem.turn[kc.stage]);
+      kept = KeptTurn::read(smem.turn[kc.stage], lane);
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
       fence_operands(acc);

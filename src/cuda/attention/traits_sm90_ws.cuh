@@ -88,15 +88,13 @@ struct AttnTraitsSm90Ws {
 // that one descriptor with an 8-row stride of 1024 bytes spans all the turn's keys.
 // What the producer tells the consumers about the turn it loaded into a stage: the turn's kept
 // blocks (BlockTurnIter's entries, -1 past count) and whether it is the row's last turn. The
-// producer writes it into its own staging copy and has the bulk-copy engine move it into the
-// stage's slot on the stage's K full barrier, like the TMA loads (the barrier expects its bytes
-// too); the consumers read it after the wait that tells them K landed, and before they release
-// K, after which the producer may rewrite it. (Plain shared stores ordered by the barriers are
-// as correct by the PTX memory model, but compute-sanitizer's racecheck reports them as races;
-// st.async, which would write directly, raised an illegal instruction without a cluster launch.)
-// The consumers thereby never read the BlockMask from global memory themselves: those
-// dependent loads sat on their critical path between turns (long-scoreboard stalls in the
-// profile; +7-9% dense at hd128 once they were gone). Whole 16-byte words, as bulk copies move.
+// producer writes it before its arrive on the stage's K full barrier; the consumers read it
+// after the wait that tells them K landed, and before they release K, after which the producer
+// may rewrite it. The consumers thereby never read the BlockMask from global memory themselves:
+// those dependent loads sat on their critical path between turns (long-scoreboard stalls in the
+// profile; +7-9% dense at hd128 once they were gone). (The bulk-copy engine or st.async would
+// deliver it on the barrier like the TMA data, but both need a cluster launch: illegal
+// instruction without one.)
 template <int kBlocks>
 struct alignas(16) TurnSlot {
   static constexpr int kWords = (kBlocks + 2 + 3) / 4 * 4;
@@ -112,8 +110,7 @@ struct SharedStorageSm90Ws {
   alignas(kSw128AtomBytes) T q[Traits::kBlockM * Traits::kHeadDim];
   alignas(kSw128AtomBytes) T k[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
   alignas(kSw128AtomBytes) T v[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
-  TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];  // arrives with K of the stage
-  TurnSlot<Traits::kBlocksPerTurn> turn_staging[Traits::kStages];  // the producer's copies
+  TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];  // published with K of the stage
   uint64_t q_full;                   // Q landed (1 arrival + bytes)
   uint64_t k_full[Traits::kStages];  // K of the stage landed
   uint64_t v_full[Traits::kStages];

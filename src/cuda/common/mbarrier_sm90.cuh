@@ -34,21 +34,6 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
                : "memory");
 }
 
-// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) within this CTA's shared
-// memory with the bulk-copy engine, completing on `bar` as transaction bytes (the barrier must
-// expect them), the same way a TMA load completes: a thread that waited for the barrier's phase
-// reads the destination as it reads TMA-loaded data. The source must have been made visible to
-// the async proxy (fence.proxy.async) after it was last written.
-__device__ __forceinline__ void bulk_copy_smem(void* dst, const void* src, uint32_t bytes,
-                                               uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-          static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
-      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(src))), "r"(bytes),
-      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
-      : "memory");
-}
-
 // Spins until the phase of parity `parity` has completed.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
