@@ -2,8 +2,9 @@
 //   O = softmax(scale · Q·Kᵀ restricted to the kept key tiles) · V, the same function as
 //   attn_fwd_sm80 / attn_fwd_sm90 (online softmax in log2 units, exact tail/causal masking,
 //   the λ rule per 16-row warp and 64-key block, empty rows -> 0, LSE, pv_counters).
-// Roles: WG0 = producer (setmaxnreg 24; one thread issues the TMA loads of Q and of K/V into a
-//   kStages mbarrier ring, kBlocksPerTurn kept blocks per stage); WG1, WG2 = consumers of 64
+// Roles: WG0 = producer (setmaxnreg 24; one thread walks the BlockMask row, issues the TMA
+//   loads of Q and of K/V into a kStages mbarrier ring, kBlocksPerTurn kept blocks per stage,
+//   and tells the consumers each stage's blocks in a TurnSlot); WG1, WG2 = consumers of 64
 //   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (1 at d256,
 //   2 at d128, 3 at d64), ping-ponging their GEMMs through named barriers
 //   (mainloop_sm90_tma.cuh). A consumer whose four warps all skip a turn by the λ rule leaves

@@ -1,8 +1,9 @@
 // Mainloop of the warp-specialized sm_90a attention kernel (attn_fwd_sm90_ws):
 //   load(): the producer thread walks the CTA's BlockMask row in turns of up to kBlocksPerTurn
 //           kept blocks and TMA-loads Q once, then K and V of every turn (one 64-row box per
-//           block and 64 channels) into a kStages ring (full/empty mbarriers per stage).
-//   mma():  a consumer warpgroup (64 query rows) walks the same turns; per turn t it issues
+//           block and 64 channels) into a kStages ring (full/empty mbarriers per stage), with
+//           the turn's kept blocks in the stage's TurnSlot.
+//   mma():  a consumer warpgroup (64 query rows) takes the turns from the slots; per turn t it issues
 //           S[t] = Q·K[t]ᵀ (m64n·kTurnN) and O += P[t-1]·V[t-1] (k = kTurnN) as two wgmma
 //           groups, then masks each 64-key block, applies the λ rule per block and
 //           exponentiates S[t] while P[t-1]·V[t-1] still runs, then rescales O and packs P[t].
