@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/validate.h"
 #include "sparge/sparge.h"
+#include "sparge/workloads.h"
 #include "test_util.h"
 
 namespace sparge::test {
@@ -259,6 +261,15 @@ inline EndToEnd sparse_attention_on_cpu_and_gpu(const HostTensor& q, const HostT
   r.ref = o32.to_hnd();
   r.ok = true;
   return r;
+}
+
+// The GPU tests' workloads by name: "video" (a frames × 8 × 8 grid, nq = nk = frames·64, one
+// KV head per query head), "llm" (language-like, nq = nk) or anything else: random Gaussian.
+inline workloads::Workload named_workload(const std::string& name, int64_t hq, int64_t hkv,
+                                          int64_t nq, int64_t nk, int64_t d, uint64_t seed) {
+  if (name == "video") return workloads::video_grid(1, hq, nq / 64, 8, 8, d, seed);
+  if (name == "llm") return workloads::language_like(1, hq, hkv, nq, d, seed);
+  return workloads::random_gaussian(1, hq, hkv, nq, nk, d, seed);
 }
 
 }  // namespace sparge::test

@@ -28,12 +28,7 @@ struct PredictCase {
 };
 
 workloads::Workload make_workload(const PredictCase& c, uint64_t seed) {
-  if (c.workload == "video") {
-    // Nq = Nk = frames·h·w.
-    return workloads::video_grid(1, c.Hq, c.Nq / 64, 8, 8, c.D, seed);
-  }
-  if (c.workload == "llm") return workloads::language_like(1, c.Hq, c.Hkv, c.Nq, c.D, seed);
-  return workloads::random_gaussian(1, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
+  return named_workload(c.workload, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
 }
 
 class PredictVsReference : public ::testing::TestWithParam<PredictCase> {};

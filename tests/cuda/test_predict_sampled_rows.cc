@@ -30,9 +30,7 @@ struct SampledCase {
 };
 
 workloads::Workload make_workload(const SampledCase& c, uint64_t seed) {
-  if (c.workload == "video") return workloads::video_grid(1, c.Hq, c.Nq / 64, 8, 8, c.D, seed);
-  if (c.workload == "llm") return workloads::language_like(1, c.Hq, c.Hkv, c.Nq, c.D, seed);
-  return workloads::random_gaussian(1, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
+  return named_workload(c.workload, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
 }
 
 class SampledRowsVsCpu : public ::testing::TestWithParam<SampledCase> {};
