@@ -1,7 +1,8 @@
 // Stage 2 on the CPU, exactly as docs/method.md "Stage 2", in double: the oracle of every test.
 // Per (b, h, query block) it walks the kept key blocks in ascending order with an online softmax
 // in log2 units; each group of pv_group_rows rows skips a tile when every row's tile max is at
-// least λ below its running max. Deliberately plain: no blocking, no vectorization.
+// least λ below its running max. Deliberately plain: no blocking, no vectorization. An attention
+// mask (AttentionMask) is applied to every element, without the tile classes of the fast path.
 // Quantized mode takes its scores from the INT8 codes and scales and V from its e4m3 values
 // (cpu/quantize.h); the softmax stays in double, so it is exact given the quantized inputs.
 #include "cpu/reference.h"
