@@ -75,6 +75,27 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const AttentionExtras& extras = {}, const ExecContext& ctx = {},
                         const BlockMask* mask_out = nullptr);
 
+// The same four entry points with an attention mask (types.h: AttentionMask, SDPA's attn_mask,
+// a dense bool or additive mask and/or per-batch key lengths). Each tile of the attention matrix
+// is classified: a tile the mask hides wholly is never kept by Stage 1 nor computed by Stage 2,
+// a tile it leaves untouched runs as without a mask, and the others apply it per element
+// (docs/method.md, "Attention masks"). The CPU backends take masks; the CUDA backend returns
+// Status::unsupported naming attn_mask (for now).
+Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                const AttentionMask& attn_mask, const SparseOptions& opts);
+Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
+                          const AttentionMask& attn_mask, const SparseOptions& opts,
+                          const BlockMask& mask, const ExecContext& ctx = {},
+                          const Stage1Stats& stats = {});
+Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                              const AttentionMask& attn_mask, const BlockMask& mask,
+                              const SparseOptions& opts, const TensorView& o,
+                              const AttentionExtras& extras = {}, const ExecContext& ctx = {});
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const AttentionMask& attn_mask, const SparseOptions& opts,
+                        const TensorView& o, const AttentionExtras& extras = {},
+                        const ExecContext& ctx = {}, const BlockMask* mask_out = nullptr);
+
 // Host helpers on host masks. "Allowed" tiles hold at least one pair that the options' causal
 // flag and window (with causal_align) leave visible; the other options are not read.
 // Every allowed tile on (the dense mask, for baselines and user masks).

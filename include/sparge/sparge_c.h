@@ -62,6 +62,28 @@ typedef struct sparge_block_mask {
   int block_q, block_k;
 } sparge_block_mask;
 
+/* An attention mask (sparge::AttentionMask; NULL where a call takes one = no mask): a dense mask
+ * `data` (NULL: none) of `dtype` (bool = one byte, nonzero = may attend; float = added to the
+ * scores), logical shape (batch 1|B, heads 1|Hq, seq_q 1|Nq, seq_k Nk) with strides in elements
+ * (extent-1 axes broadcast), and/or `key_lengths` ([B] int32: keys past key_lengths[b] are
+ * padding; NULL: none). Rows that see no key give zeros and lse -inf. CPU only for now. */
+enum sparge_mask_dtype {
+  SPARGE_MASK_BOOL = 0,
+  SPARGE_MASK_F32 = 1,
+  SPARGE_MASK_F16 = 2,
+  SPARGE_MASK_BF16 = 3
+};
+
+typedef struct sparge_attn_mask {
+  const void* data;
+  int dtype;  /* enum sparge_mask_dtype */
+  int device; /* enum sparge_device */
+  int device_index;
+  int64_t shape[4];
+  int64_t strides[4];
+  const int32_t* key_lengths;
+} sparge_attn_mask;
+
 sparge_options sparge_default_options(void);
 
 /* For bindings that cannot include this header (ctypes, other languages' FFI): the struct's size
@@ -98,6 +120,27 @@ int sparge_block_sparse_attention(const sparge_tensor* q, const sparge_tensor* k
                                   const sparge_options* opts, const sparge_tensor* o, float* lse,
                                   void* workspace, size_t workspace_bytes, void* stream,
                                   char* err, size_t err_len);
+
+/* The three calls above with an attention mask (`attn_mask` may be NULL: the same as above). */
+int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                   const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                   const sparge_options* opts, const sparge_tensor* o, float* lse,
+                                   void* workspace, size_t workspace_bytes, void* stream,
+                                   const sparge_block_mask* mask_out, char* err, size_t err_len);
+
+int sparge_predict_block_mask_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                     const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                     const sparge_options* opts, const sparge_block_mask* mask,
+                                     void* workspace, size_t workspace_bytes, void* stream,
+                                     char* err, size_t err_len);
+
+int sparge_block_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_tensor* v,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_block_mask* mask,
+                                         const sparge_options* opts, const sparge_tensor* o,
+                                         float* lse, void* workspace, size_t workspace_bytes,
+                                         void* stream, char* err, size_t err_len);
 
 #ifdef __cplusplus
 }

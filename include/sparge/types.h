@@ -168,6 +168,44 @@ struct Stage1Stats {
   int64_t* forced_tiles = nullptr;
 };
 
+// The element type of an attention mask: a boolean (one byte per element, nonzero = the query
+// may attend the key: SDPA's bool mask), or an additive float mask added to the scores before the
+// softmax (in natural-log units, as SDPA's float mask; -inf hides the key).
+enum class MaskDType : int { kBool = 0, kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };
+const char* mask_dtype_name(MaskDType t);
+std::size_t mask_dtype_size(MaskDType t);
+
+// An optional attention mask, an input beside q, k and v (scaled_dot_product_attention's
+// attn_mask), in two forms that may be combined (a pair is visible iff both allow it, and the
+// causal flag and the window too):
+//  - `data`: a dense mask indexed (batch, head, query, key), broadcastable to [B, Hq, Nq, Nk]:
+//    batch is 1 or B, heads 1 or Hq (query heads), seq_q 1 or Nq, seq_k = Nk; an axis of
+//    extent 1 is broadcast (its stride is not read). Strides in elements, any order, >= 0, so
+//    a [B, Nk] key-padding mask is batch = B, heads = 1, seq_q = 1 with no copy.
+//  - `key_lengths`: per batch entry, the number of leading keys every query may see (keys
+//    key_lengths[b] .. Nk - 1 are padding): [B] int32 in [0, Nk], on the tensors' device. The
+//    cheap form of a right-padded batch: no mask memory is read, and tiles are classified by
+//    arithmetic. The causal/window band keeps its alignment to the full Nk.
+// A query row that sees no key gets zeros and lse = -inf (PyTorch >= 2.5's SDPA returns zeros for
+// such rows too). An additive -inf hides a key; any finite value, however negative, does not.
+struct AttentionMask {
+  const void* data = nullptr;  // null: no dense mask
+  MaskDType dtype = MaskDType::kBool;
+  Device device = Device::kCPU;
+  int device_index = 0;
+  int64_t batch = 1, heads = 1, seq_q = 1, seq_k = 0;
+  int64_t stride_batch = 0, stride_head = 0, stride_q = 0, stride_k = 1;
+  // Number of elements reachable from `data`, or -1 when unknown (as TensorView::capacity).
+  int64_t capacity = -1;
+  const int32_t* key_lengths = nullptr;  // null: every key is real
+
+  bool empty() const { return data == nullptr && key_lengths == nullptr; }
+  int64_t offset(int64_t b, int64_t h, int64_t r, int64_t c) const {
+    return (batch > 1 ? b * stride_batch : 0) + (heads > 1 ? h * stride_head : 0) +
+           (seq_q > 1 ? r * stride_q : 0) + c * stride_k;
+  }
+};
+
 // Optional outputs of the attention call. Pointers live on the same device as the output.
 struct AttentionExtras {
   // Natural-log log-sum-exp of each query row, fp32 [batch, query heads, seq_q] contiguous;

@@ -25,12 +25,14 @@
 #include <vector>
 
 #include "sparge/sparge.h"
+#include "attn_mask_binding.h"
 #include "options_binding.h"
 #include "workloads_binding.h"
 
 namespace {
 
 using sparge_binding::ArgReader;
+using sparge_binding::read_attn_mask;
 using sparge_binding::option_schema;
 using sparge_binding::read_options;
 
@@ -171,14 +173,17 @@ void predict_block_mask(const c10::OperatorHandle& op, Stack* stack) {
   ArgReader in(op_arguments(op, stack));
   const at::Tensor q = in.tensor(), k = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k");
+  const sparge::AttentionMask am = read_attn_mask(in, q);
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
-  throw_if_error(sparge::validate(qv, kv, kv, opts));
+  throw_if_error(sparge::validate(qv, kv, kv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
-  throw_if_error(sparge::predict_block_mask(qv, kv, opts,
-                                            mask_view(mask[0], mask[1], q, k, opts),
-                                            launch.ctx));
+  const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
+  // Stage 1 reads no v unless the error target is on, which the (q, k) form rejects by name.
+  throw_if_error(am.empty() || opts.target_error > 0.0f
+                     ? sparge::predict_block_mask(qv, kv, opts, m, launch.ctx)
+                     : sparge::predict_block_mask(qv, kv, kv, am, opts, m, launch.ctx));
   finish(op, stack, mask);
 }
 
@@ -187,16 +192,17 @@ void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
   const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const at::Tensor counts = in.tensor(), indices = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
+  const sparge::AttentionMask am = read_attn_mask(in, q);
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
-  throw_if_error(sparge::validate(qv, kv, vv, opts));
+  throw_if_error(sparge::validate(qv, kv, vv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
   const sparge::BlockMask m = mask_view(counts, indices, q, k, opts);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
-  throw_if_error(sparge::block_sparse_attention(qv, kv, vv, m, opts, to_view(outs[0], "out"),
-                                                extras, launch.ctx));
+  throw_if_error(sparge::block_sparse_attention(qv, kv, vv, am, m, opts,
+                                                to_view(outs[0], "out"), extras, launch.ctx));
   finish(op, stack, outs);
 }
 
@@ -204,17 +210,18 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   ArgReader in(op_arguments(op, stack));
   const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
+  const sparge::AttentionMask am = read_attn_mask(in, q);
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
-  throw_if_error(sparge::validate(qv, kv, vv, opts));
+  throw_if_error(sparge::validate(qv, kv, vv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
-  throw_if_error(sparge::sparse_attention(qv, kv, vv, opts, to_view(outs[0], "out"), extras,
-                                          launch.ctx, &m));
+  throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
+                                          extras, launch.ctx, &m));
   finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2]});
 }
 
@@ -250,11 +257,16 @@ TORCH_LIBRARY(sparge, m) {
   const std::string options = option_schema();
   const std::string mask_out = "Tensor counts, Tensor indices";
   const std::string attn_out = "Tensor out, Tensor lse";
-  m.def(("predict_block_mask(Tensor q, Tensor k, *" + options + ") -> (" + mask_out + ")").c_str());
-  m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, *" +
-         options + ", bool with_extras=False) -> (" + attn_out + ", Tensor pv_counters)").c_str());
-  m.def(("attention(Tensor q, Tensor k, Tensor v, *" + options + ", bool with_extras=False) -> (" +
-         attn_out + ", " + mask_out + ", Tensor pv_counters)").c_str());
+  // Positional with defaults, so that the keyword-only arguments stay exactly the options.
+  const std::string masks = "Tensor? attn_mask=None, Tensor? key_lengths=None";
+  m.def(("predict_block_mask(Tensor q, Tensor k, " + masks + ", *" + options + ") -> (" +
+         mask_out + ")").c_str());
+  m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, " +
+         masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
+         ", Tensor pv_counters)").c_str());
+  m.def(("attention(Tensor q, Tensor k, Tensor v, " + masks + ", *" + options +
+         ", bool with_extras=False) -> (" + attn_out + ", " + mask_out + ", Tensor pv_counters)")
+            .c_str());
   m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");
 }

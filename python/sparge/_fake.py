@@ -29,17 +29,18 @@ def _outputs(q, with_extras):
 
 
 @torch.library.register_fake("sparge::predict_block_mask")
-def _predict_block_mask(q, k, **options):
+def _predict_block_mask(q, k, attn_mask=None, key_lengths=None, **options):
     return _mask(q, k, options)
 
 
 @torch.library.register_fake("sparge::block_sparse_attention")
-def _block_sparse_attention(q, k, v, counts, indices, *, with_extras=False, **options):
+def _block_sparse_attention(q, k, v, counts, indices, attn_mask=None, key_lengths=None, *,
+                            with_extras=False, **options):
     return _outputs(q, with_extras)
 
 
 @torch.library.register_fake("sparge::attention")
-def _attention(q, k, v, *, with_extras=False, **options):
+def _attention(q, k, v, attn_mask=None, key_lengths=None, *, with_extras=False, **options):
     out, lse, counters = _outputs(q, with_extras)
     counts, indices = _mask(q, k, options)
     return out, lse, counts, indices, counters

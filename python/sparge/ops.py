@@ -133,6 +133,53 @@ def _empty_result(q, k, layout, mask: BlockMask, return_stats):
     return out, SparseStats(mask, lse, counters)
 
 
+_MASK_DTYPES = (torch.bool, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _attn_mask_4d(attn_mask, q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
+    """SDPA's attn_mask (any shape that broadcasts to [B, Hq, Nq, Nk], bool = may attend, float
+    = added to the scores) as a 4-D view [B|1, Hq|1, Nq|1, Nk] without a copy: missing leading
+    axes become 1, and a key axis of 1 is expanded (stride 0). q and k are HND."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got "
+                        f"{type(attn_mask).__name__}")
+    if attn_mask.dtype not in _MASK_DTYPES:
+        raise TypeError(f"attn_mask.dtype must be bool (True = attend) or float32, float16, "
+                        f"bfloat16 (added to the scores), got {attn_mask.dtype}")
+    if attn_mask.device != q.device:
+        raise ValueError(f"attn_mask must be on q's device ({q.device}), got {attn_mask.device}")
+    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    shape = tuple(attn_mask.shape)
+    if not 1 <= len(shape) <= 4 or any(s not in (1, f) for s, f in zip(shape[::-1], full[::-1])):
+        raise ValueError(f"attn_mask of shape {list(shape)} does not broadcast to [B, Hq, Nq, Nk] "
+                         f"= {list(full)} (each axis 1 or its size; GQA masks use query heads)")
+    mask = attn_mask.reshape((1,) * (4 - len(shape)) + shape) if len(shape) < 4 else attn_mask
+    return mask.expand(*mask.shape[:3], full[3]) if mask.shape[3] != full[3] else mask
+
+
+def _key_lengths(key_lengths, q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
+    """[B] int32 on q's device: keys key_lengths[b] .. Nk - 1 of batch entry b are padding."""
+    if key_lengths is None:
+        return None
+    lengths = torch.as_tensor(key_lengths, device=q.device)
+    if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.dim() != 1 or \
+            lengths.numel() != q.shape[0]:
+        raise ValueError(f"key_lengths must be {q.shape[0]} integers (one per batch entry), got "
+                         f"{key_lengths!r}")
+    return lengths.to(torch.int32).contiguous()
+
+
+def _permute_mask(mask: Optional[torch.Tensor], gather_q, gather_k):
+    """The mask in the Hilbert order of the call (broadcast axes stay as they are)."""
+    if mask is None:
+        return None
+    if mask.shape[2] > 1:
+        mask = mask.index_select(2, gather_q)
+    return mask.index_select(3, gather_k) if mask.stride(3) != 0 else mask
+
+
 def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, device):
     """Gather index putting tokens [offset, offset + T*H*W) in Hilbert order (others stay)."""
     if not (isinstance(grid, (tuple, list)) and len(grid) == 3
@@ -181,7 +228,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
               quantized: bool = False, backend: str = "auto", return_stats: bool = False,
-              target_error: float = DEFAULTS["target_error"]):
+              target_error: float = DEFAULTS["target_error"],
+              attn_mask: Optional[torch.Tensor] = None, key_lengths=None):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
@@ -198,6 +246,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     (top_left) or Nk - Nq (bottom_right) by `causal_align`; is_causal hides every key right of
     the diagonal whatever window_right says (a causal window of W keys including the diagonal,
     as transformers' sliding_window=W, is is_causal=True, window_left=W - 1).
+    `attn_mask` is SDPA's (any shape that broadcasts to [B, Hq, Nq, Nk]; bool: True = attend,
+    float32/16/bf16: added to the scores); `key_lengths` (B ints) marks keys key_lengths[b] and
+    after as padding without a mask tensor. Both combine with is_causal and the window; a row
+    that sees no key gives zeros (as SDPA). Tiles the mask hides wholly are never computed
+    (docs/method.md, "Attention masks"). CPU only for now: on cuda they raise NotImplementedError.
     `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
@@ -212,6 +265,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
         backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
         window_right=window_right, target_error=target_error))
+    mask4, lengths = _attn_mask_4d(attn_mask, qh, kh), _key_lengths(key_lengths, qh, kh)
     if _is_empty(qh, kh):
         _options.check_options(options)
         mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,
@@ -230,10 +284,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[0]
         qh, kh, vh = qh.index_select(2, gather_q), kh.index_select(2, gather_k), \
             vh.index_select(2, gather_k)
+        mask4 = _permute_mask(mask4, gather_q, gather_k)
+        if lengths is not None:
+            raise ValueError("token_grid reorders keys, so key_lengths no longer mark a suffix: "
+                             "pass the padding as an attn_mask with a token_grid")
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
     out, lse, counts, indices, pv_counters = torch.ops.sparge.attention(
-        *_pad(padded, qh, kh, vh), **options, with_extras=return_stats)
+        *_pad(padded, qh, kh, vh), mask4, lengths, **options, with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
     if inverse is not None:
@@ -257,9 +315,11 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                        estimate: str = DEFAULTS["estimate"],
                        sample_rows: int = DEFAULTS["sample_rows"],
                        block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
-                       backend: str = "auto") -> BlockMask:
+                       backend: str = "auto", attn_mask: Optional[torch.Tensor] = None,
+                       key_lengths=None) -> BlockMask:
     """Stage 1 alone: the BlockMask that `attention` would use with the same options (only
-    blocks the causal flag and the window allow are eligible; the mask keeps the window)."""
+    blocks the causal flag and the window allow are eligible; the mask keeps the window; tiles
+    that `attn_mask` / `key_lengths` hide wholly are never kept)."""
     _check_inputs(q, k, None, layout)
     qh, kh = _to_hnd(q, layout), _to_hnd(k, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
@@ -269,12 +329,14 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=False,
         backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
         window_right=window_right))
+    mask4, lengths = _attn_mask_4d(attn_mask, qh, kh), _key_lengths(key_lengths, qh, kh)
     if _is_empty(qh, kh):
         _options.check_options(options)
         return _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,
                            window_right)
     padded = _padded_head_dim(qh)
-    counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), **options)
+    counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), mask4, lengths,
+                                                          **options)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align,
                      window_left=window_left, window_right=window_right)
@@ -284,9 +346,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            block_mask: BlockMask, *, scale: Optional[float] = None,
                            layout: str = "HND", pv_threshold=DEFAULTS["pv_threshold"],
                            quantized: bool = False, backend: str = "auto",
-                           return_stats: bool = False):
+                           return_stats: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                           key_lengths=None):
     """Stage 2 alone: attention over the tiles `block_mask` keeps (its geometry, causality and
-    window are the mask's). Returns the output in q's layout, or (output, SparseStats)."""
+    window are the mask's), with `attn_mask` / `key_lengths` applied as in `attention`.
+    Returns the output in q's layout, or (output, SparseStats)."""
     _check_inputs(q, k, v, layout)
     if not isinstance(block_mask, BlockMask):
         raise TypeError(f"block_mask must be a sparge.BlockMask, got {type(block_mask).__name__}")
@@ -300,11 +364,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         pv_threshold=pv_threshold, attention_sink=False, block_q=m.block_q, block_k=m.block_k,
         quantized=quantized, backend=backend, window_left=m.window_left,
         window_right=m.window_right))
+    mask4, lengths = _attn_mask_4d(attn_mask, qh, kh), _key_lengths(key_lengths, qh, kh)
     if _is_empty(qh, kh):
         _options.check_options(options)
         return _empty_result(qh, kh, layout, m, return_stats)
     out, lse, pv_counters = torch.ops.sparge.block_sparse_attention(
-        *_pad(padded, qh, kh, vh), m.counts, m.indices, **options, with_extras=return_stats)
+        *_pad(padded, qh, kh, vh), m.counts, m.indices, mask4, lengths, **options,
+        with_extras=return_stats)
     out = _from_hnd(out[..., :head_dim] if padded != head_dim else out, layout)
     return (out, SparseStats(m, lse, pv_counters)) if return_stats else out
 

@@ -4,10 +4,12 @@ SDPA calls to Sparge:
     with sparge.patch_sdpa(cdf_threshold=0.95, pv_threshold=20.0):
         out = model(x)
 
-Calls Sparge cannot serve exactly (dropout, an attn_mask other than all-true, causal or a
-sliding window, short sequences, gradients, dtypes/devices the kernels lack) go to PyTorch's
-own SDPA, with one warning per reason. A mask that is exactly a band (causal and/or a sliding
-window, either alignment) runs Sparge with the matching is_causal / window_left / window_right.
+Calls Sparge cannot serve exactly (dropout, short sequences, gradients, dtypes/devices the
+kernels lack, an attn_mask on cuda other than all-true, causal or a sliding window) go to
+PyTorch's own SDPA, with one warning per reason. A mask that is exactly a band (causal and/or a
+sliding window, either alignment) runs Sparge with the matching is_causal / window_left /
+window_right; on cpu any other bool or float attn_mask (padding, packed sequences, prefix or
+block masks, biases) runs Sparge with the mask itself (sparge.attention's attn_mask).
 Models that call `torch.nn.functional.scaled_dot_product_attention` at run time are patched;
 code that imported the function under another name before the patch keeps PyTorch's.
 `nn.MultiheadAttention` is served when it is called with need_weights=False: the patch turns
@@ -76,11 +78,32 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
 
 def mask_reason(what: str) -> str:
     """The fallback reason of a call whose attn_mask Sparge cannot serve, saying what it serves."""
-    return (f"attn_mask given that Sparge cannot express as flags: {what}. Sparge serves masks "
-            "that are all-true, causal or a sliding window (one band around a diagonal, the same "
-            "in every batch entry and head, every query seeing a key) on calls without a token "
-            "grid; for others pass is_causal=True, or call sparge.attention with window_left / "
-            "window_right, or batch sequences of equal length so that no padding mask is needed")
+    return (f"attn_mask that Sparge cannot serve here: {what}. Sparge serves any bool or float "
+            "attn_mask that broadcasts to [batch, heads, Nq, Nk] on cpu tensors; on cuda only "
+            "masks it can express as flags (all-true, causal or a sliding window: one band around "
+            "a diagonal, the same in every batch entry and head, every query seeing a key), as "
+            "its CUDA kernels take no mask yet. On cuda pass is_causal=True, or call "
+            "sparge.attention with window_left / window_right, or batch sequences of equal "
+            "length so that no padding mask is needed")
+
+
+def _general_mask_reason(attn_mask, query, scores) -> Optional[str]:
+    """None when sparge.attention can take `attn_mask` itself (cpu, bool or float, broadcasting
+    to the score shape), else why not ("" to let PyTorch raise its own error). Reads no values,
+    so torch.compile traces it."""
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        return _LET_TORCH_RAISE
+    try:
+        if attn_mask.dim() > 4 or torch.broadcast_shapes(attn_mask.shape, scores) != scores:
+            return _LET_TORCH_RAISE
+    except RuntimeError:
+        return _LET_TORCH_RAISE
+    if attn_mask.dtype not in (torch.bool, torch.float32, torch.float16, torch.bfloat16):
+        return mask_reason(f"an attn_mask of dtype {attn_mask.dtype}")
+    if query.device.type != "cpu" or attn_mask.device != query.device:
+        return mask_reason(f"a mask that is not a band, on {query.device.type} (Sparge's CUDA "
+                           "kernels take no attn_mask yet)")
+    return None
 
 
 def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -177,6 +200,9 @@ class _Router:
             if mask_options is not None:
                 attn_mask = None
                 is_causal = mask_options.pop("is_causal", is_causal)
+                if query.dim() == 3 and mask_options.get("attn_mask") is not None and \
+                        mask_options["attn_mask"].dim() == 3:  # [batch, Nq, Nk]: one head
+                    mask_options["attn_mask"] = mask_options["attn_mask"].unsqueeze(1)
         if reason:
             self.fall_back(reason, counts, stacklevel=stacklevel)
         if reason is not None:
@@ -191,49 +217,53 @@ class _Router:
         return out.squeeze(1) if three_d else out
 
     def _mask_as_options(self, attn_mask, query, key, is_causal, layout, token_grid):
-        """(options, None) with the per-call options that say what `attn_mask` says ({} for
-        all-true; else is_causal, causal_align, window_left, window_right:
-        _dense_mask.options_for_mask), or (None, the fallback reason): with is_causal also
-        given (SDPA raises), a causal or windowed pattern on a call that reorders tokens along a
-        grid (Hilbert order breaks positions), a pattern that would replace a window set on the
-        patch itself, or while torch.compile traces (reading a mask's values synchronizes and
-        would break the graph)."""
+        """(options, None) with the per-call options that say what `attn_mask` says, or (None,
+        the fallback reason). A mask that is all-true, causal or a sliding window becomes flags
+        ({} for all-true; else is_causal, causal_align, window_left, window_right:
+        _dense_mask.options_for_mask), which every device runs. Any other mask, and a band
+        that flags cannot carry here (on a call that reorders tokens along a grid, or while the
+        patch sets a window of its own), is passed as {"attn_mask": mask} on cpu; on cuda it
+        falls back. With is_causal also given, SDPA raises: PyTorch serves it. While
+        torch.compile traces, the mask's values are not read (that would synchronize and break
+        the graph): it is passed as it is on cpu."""
         if is_causal or not isinstance(attn_mask, torch.Tensor):
             return None, mask_reason("an attn_mask together with is_causal=True")
-        if torch.compiler.is_compiling():
-            return None, mask_reason("an attn_mask while torch.compile traces (reading its "
-                                     "values would break the graph)")
         token_axis = -2 if layout == "HND" else -3
         seq_q, seq_k = query.shape[token_axis], key.shape[token_axis]
         scores = (*query.shape[:-2], seq_q, seq_k) if layout == "HND" else \
             (query.shape[0], query.shape[2], seq_q, seq_k)
-        options, why = options_for_mask(attn_mask, seq_q, seq_k, scores)
-        if options is None:
-            return None, mask_reason(why)
-        if options and token_grid is not None:
-            return None, mask_reason("a causal or sliding-window pattern on a call that reorders "
-                                     "tokens along a grid (Hilbert order breaks positions)")
-        configured = [n for n in ("window_left", "window_right")
-                      if self.options.get(n, -1) != -1]
-        if options and configured:
-            return None, mask_reason(f"a causal or sliding-window pattern while the patch sets "
-                                     f"{configured[0]} (the mask would replace it)")
-        return options, None
+        if torch.compiler.is_compiling():
+            why = "an attn_mask while torch.compile traces (reading its values would break the " \
+                  "graph)"
+        else:
+            options, why = options_for_mask(attn_mask, seq_q, seq_k, scores)
+            configured = [n for n in ("window_left", "window_right")
+                          if self.options.get(n, -1) != -1]
+            if options == {} or (options and token_grid is None and not configured):
+                return options, None
+            if options:
+                why = ("a causal or sliding-window pattern on a call that reorders tokens along a "
+                       "grid" if token_grid is not None else
+                       f"a causal or sliding-window pattern while the patch sets {configured[0]}")
+        general = _general_mask_reason(attn_mask, query, tuple(scores))
+        if general is None:
+            return {"attn_mask": attn_mask}, None
+        return None, general if general == _LET_TORCH_RAISE else f"{general} ({why})"
 
     def run(self, query, key, value, *, is_causal: bool, scale=None,
             causal_align: Optional[str] = None, window_left: Optional[int] = None,
             window_right: Optional[int] = None, layout: str = "HND",
             token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
-            counts: Optional[CallCounts] = None):
+            counts: Optional[CallCounts] = None, attn_mask: Optional[torch.Tensor] = None):
         """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
         (the router's own by default; its tiles added up with collect_stats). `causal_align`,
         `window_left` and `window_right` override the options' for this call (None: keep);
-        `token_grid` reorders tokens along a Hilbert curve."""
+        `token_grid` reorders tokens along a Hilbert curve; `attn_mask` is SDPA's (cpu)."""
         counts = self.counts if counts is None else counts
         counts.sparge_calls += 1
         options = self.options
         per_call = dict(causal_align=causal_align, window_left=window_left,
-                        window_right=window_right)
+                        window_right=window_right, attn_mask=attn_mask)
         per_call = {n: value for n, value in per_call.items() if value is not None}
         if per_call:
             options = dict(options, **per_call)
@@ -267,7 +297,7 @@ class _Router:
 
 # The keywords of sparge.attention that a patch passes through (is_causal and scale come from
 # each SDPA call, layout is always HND, stats are the patch's own business).
-_PER_CALL = {"is_causal", "scale", "layout", "return_stats"}
+_PER_CALL = {"is_causal", "scale", "layout", "return_stats", "attn_mask", "key_lengths"}
 _ATTENTION_OPTIONS = {name for name, p in inspect.signature(ops.attention).parameters.items()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY} - _PER_CALL
 

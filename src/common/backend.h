@@ -21,6 +21,8 @@ struct Problem {
   ProblemShape shape;
   SparseOptions opts;
   float scale = 1.0f;
+  // The caller's attention mask (empty: none); validated, on the tensors' device.
+  AttentionMask attn_mask;
 
   // The keys each row sees (causal, window and their alignment; geometry.h).
   KeyBand band() const { return band_of(opts, shape.seq_q, shape.seq_k); }

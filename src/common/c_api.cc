@@ -102,6 +102,23 @@ Status to_mask(const sparge_block_mask* c, sparge::BlockMask* out) {
   return Status::ok();
 }
 
+// NULL is no mask. The dtype code is range-checked by validation (it names attn_mask.dtype).
+Status to_attn_mask(const sparge_attn_mask* c, sparge::AttentionMask* out) {
+  *out = sparge::AttentionMask{};
+  if (c == nullptr) return Status::ok();
+  sparge::AttentionMask m;
+  m.data = c->data;
+  m.dtype = static_cast<sparge::MaskDType>(c->dtype);
+  SPARGE_RETURN_IF_ERROR(to_device(c->device, "attn_mask.device", &m.device));
+  m.device_index = c->device_index;
+  m.batch = c->shape[0], m.heads = c->shape[1], m.seq_q = c->shape[2], m.seq_k = c->shape[3];
+  m.stride_batch = c->strides[0], m.stride_head = c->strides[1];
+  m.stride_q = c->strides[2], m.stride_k = c->strides[3];
+  m.key_lengths = c->key_lengths;
+  *out = m;
+  return Status::ok();
+}
+
 sparge::ExecContext to_context(void* workspace, size_t workspace_bytes, void* stream) {
   sparge::ExecContext ctx;
   ctx.stream = stream;
@@ -226,9 +243,20 @@ int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k, cons
                             const sparge_options* opts, const sparge_tensor* o, float* lse,
                             void* workspace, size_t workspace_bytes, void* stream,
                             const sparge_block_mask* mask_out, char* err, size_t err_len) {
+  return sparge_sparse_attention_masked(q, k, v, nullptr, opts, o, lse, workspace,
+                                        workspace_bytes, stream, mask_out, err, err_len);
+}
+
+int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                   const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                   const sparge_options* opts, const sparge_tensor* o, float* lse,
+                                   void* workspace, size_t workspace_bytes, void* stream,
+                                   const sparge_block_mask* mask_out, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> Status {
     sparge::TensorView qv, kv, vv, ov;
     sparge::SparseOptions so;
+    sparge::AttentionMask am;
+    SPARGE_RETURN_IF_ERROR(to_attn_mask(attn_mask, &am));
     SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
     SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
     SPARGE_RETURN_IF_ERROR(to_tensor(v, "v", &vv));
@@ -238,7 +266,7 @@ int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k, cons
     if (mask_out != nullptr) SPARGE_RETURN_IF_ERROR(to_mask(mask_out, &mask));
     sparge::AttentionExtras extras;
     extras.lse = lse;
-    return sparge::sparse_attention(qv, kv, vv, so, ov, extras,
+    return sparge::sparse_attention(qv, kv, vv, am, so, ov, extras,
                                     to_context(workspace, workspace_bytes, stream),
                                     mask_out ? &mask : nullptr);
   });
@@ -261,15 +289,49 @@ int sparge_predict_block_mask(const sparge_tensor* q, const sparge_tensor* k,
   });
 }
 
+int sparge_predict_block_mask_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                     const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                     const sparge_options* opts, const sparge_block_mask* mask,
+                                     void* workspace, size_t workspace_bytes, void* stream,
+                                     char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    sparge::TensorView qv, kv, vv;
+    sparge::SparseOptions so;
+    sparge::BlockMask m;
+    sparge::AttentionMask am;
+    SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(v, "v", &vv));
+    SPARGE_RETURN_IF_ERROR(to_attn_mask(attn_mask, &am));
+    SPARGE_RETURN_IF_ERROR(to_options(opts, &so));
+    SPARGE_RETURN_IF_ERROR(to_mask(mask, &m));
+    return sparge::predict_block_mask(qv, kv, vv, am, so, m,
+                                      to_context(workspace, workspace_bytes, stream));
+  });
+}
+
 int sparge_block_sparse_attention(const sparge_tensor* q, const sparge_tensor* k,
                                   const sparge_tensor* v, const sparge_block_mask* mask,
                                   const sparge_options* opts, const sparge_tensor* o, float* lse,
                                   void* workspace, size_t workspace_bytes, void* stream, char* err,
                                   size_t err_len) {
+  return sparge_block_sparse_attention_masked(q, k, v, nullptr, mask, opts, o, lse, workspace,
+                                              workspace_bytes, stream, err, err_len);
+}
+
+int sparge_block_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_tensor* v,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_block_mask* mask,
+                                         const sparge_options* opts, const sparge_tensor* o,
+                                         float* lse, void* workspace, size_t workspace_bytes,
+                                         void* stream, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> Status {
     sparge::TensorView qv, kv, vv, ov;
     sparge::SparseOptions so;
     sparge::BlockMask m;
+    sparge::AttentionMask am;
+    SPARGE_RETURN_IF_ERROR(to_attn_mask(attn_mask, &am));
     SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
     SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
     SPARGE_RETURN_IF_ERROR(to_tensor(v, "v", &vv));
@@ -278,7 +340,7 @@ int sparge_block_sparse_attention(const sparge_tensor* q, const sparge_tensor* k
     SPARGE_RETURN_IF_ERROR(to_options(opts, &so));
     sparge::AttentionExtras extras;
     extras.lse = lse;
-    return sparge::block_sparse_attention(qv, kv, vv, m, so, ov, extras,
+    return sparge::block_sparse_attention(qv, kv, vv, am, m, so, ov, extras,
                                           to_context(workspace, workspace_bytes, stream));
   });
 }

@@ -40,8 +40,8 @@ Status resolve_backend(Device device, const ExecContext& ctx, Backend* out) {
 }
 
 detail::Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
-                             const SparseOptions& opts) {
-  detail::Problem p{q, k, v, problem_shape(q, k), opts, opts.scale};
+                             const SparseOptions& opts, const AttentionMask& attn_mask = {}) {
+  detail::Problem p{q, k, v, problem_shape(q, k), opts, opts.scale, attn_mask};
   if (p.scale == 0.0f) p.scale = static_cast<float>(1.0 / std::sqrt(double(q.head_dim)));
   if (opts.target_error > 0.0f) {
     // The error target needs the sampled rows, at least kErrorTargetMinRows of them per block
@@ -81,6 +81,15 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o) 
   w.stage1_bytes = align_up(cuda::workspace_size(s, o));
   w.total = w.stage1 + w.stage1_bytes;
   return w;
+}
+
+// The CUDA kernels take no attention mask yet: say so before anything runs on the device.
+Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
+  if (attn_mask.empty()) return Status::ok();
+  return Status::unsupported(
+      "attn_mask: the CUDA backend does not take attention masks yet (a dense mask or "
+      "key_lengths); run the call on cpu tensors, or express the mask with causal, "
+      "window_left / window_right");
 }
 
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
@@ -126,8 +135,14 @@ Status validate_options(const SparseOptions& opts, int64_t heads_q) {
 
 Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
                 const SparseOptions& opts) {
+  return validate(q, k, v, AttentionMask{}, opts);
+}
+
+Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                const AttentionMask& attn_mask, const SparseOptions& opts) {
   SPARGE_RETURN_IF_ERROR(detail::validate_qkv(q, k, v));
-  return detail::validate_options(opts, q.heads);
+  SPARGE_RETURN_IF_ERROR(detail::validate_options(opts, q.heads));
+  return detail::validate_attn_mask(attn_mask, q, k);
 }
 
 Status predict_block_mask(const TensorView& q, const TensorView& k, const SparseOptions& opts,
@@ -144,12 +159,22 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Sparse
 Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
                           const SparseOptions& opts, const BlockMask& mask,
                           const ExecContext& ctx, const Stage1Stats& stats) {
-  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
+  return predict_block_mask(q, k, v, AttentionMask{}, opts, mask, ctx, stats);
+}
+
+Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
+                          const AttentionMask& attn_mask, const SparseOptions& opts,
+                          const BlockMask& mask, const ExecContext& ctx,
+                          const Stage1Stats& stats) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
-  const detail::Problem p = make_problem(q, k, v, opts);
-  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx, stats);
+  const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+    return cuda::predict_block_mask(p, mask, ctx, stats);
+  }
   return cpu::predict_block_mask(p, mask, stats);
 }
 
@@ -157,14 +182,23 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
                               const BlockMask& mask, const SparseOptions& opts,
                               const TensorView& o, const AttentionExtras& extras,
                               const ExecContext& ctx) {
-  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
+  return block_sparse_attention(q, k, v, AttentionMask{}, mask, opts, o, extras, ctx);
+}
+
+Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                              const AttentionMask& attn_mask, const BlockMask& mask,
+                              const SparseOptions& opts, const TensorView& o,
+                              const AttentionExtras& extras, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
-  const detail::Problem p = make_problem(q, k, v, opts);
+  const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   switch (backend) {
-    case Backend::kCuda: return cuda::attention(p, mask, o, extras, ctx);
+    case Backend::kCuda:
+      SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+      return cuda::attention(p, mask, o, extras, ctx);
     case Backend::kReference: return cpu::attention_reference(p, mask, o, extras);
     default: return cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
   }
@@ -174,10 +208,18 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const SparseOptions& opts, const TensorView& o,
                         const AttentionExtras& extras, const ExecContext& ctx,
                         const BlockMask* mask_out) {
-  SPARGE_RETURN_IF_ERROR(validate(q, k, v, opts));
+  return sparse_attention(q, k, v, AttentionMask{}, opts, o, extras, ctx, mask_out);
+}
+
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const AttentionMask& attn_mask, const SparseOptions& opts,
+                        const TensorView& o, const AttentionExtras& extras,
+                        const ExecContext& ctx, const BlockMask* mask_out) {
+  SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  if (backend == Backend::kCuda) SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
 
   if (backend != Backend::kCuda) {
     HostBlockMask owned;
@@ -188,7 +230,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
     } else {
       SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(*mask, q, k, opts));
     }
-    const detail::Problem p = make_problem(q, k, v, opts);
+    const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
     SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask, extras.stage1));
     return backend == Backend::kReference ? cpu::attention_reference(p, *mask, o, extras)
                                           : cpu::attention_fast(p, *mask, o, extras,

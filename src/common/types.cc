@@ -21,6 +21,24 @@ const char* dtype_name(DType t) {
 
 std::size_t dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
 
+const char* mask_dtype_name(MaskDType t) {
+  switch (t) {
+    case MaskDType::kBool: return "bool";
+    case MaskDType::kFloat32: return "float32";
+    case MaskDType::kFloat16: return "float16";
+    case MaskDType::kBFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+std::size_t mask_dtype_size(MaskDType t) {
+  switch (t) {
+    case MaskDType::kBool: return 1;
+    case MaskDType::kFloat32: return 4;
+    default: return 2;
+  }
+}
+
 TensorView TensorView::contiguous(void* data, DType dtype, Layout layout, int64_t batch,
                                   int64_t heads, int64_t tokens, int64_t head_dim, Device device,
                                   int device_index) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -275,6 +276,57 @@ Status validate_mask_contents(const BlockMask& m) {
                                    "), got ", idx[t], " at position ", t));
     }
   }
+  return Status::ok();
+}
+
+Status validate_attn_mask(const AttentionMask& m, const TensorView& q, const TensorView& k) {
+  if (m.empty()) return Status::ok();
+  if (m.device != q.device || m.device_index != q.device_index)
+    return Status::invalid(cat("attn_mask must be on q's device (", device_name(q.device), ":",
+                               q.device_index, "), got ", device_name(m.device), ":",
+                               m.device_index));
+  if (m.data != nullptr) {
+    if (mask_dtype_name(m.dtype) == std::string("unknown"))
+      return Status::invalid(cat("attn_mask.dtype must be bool, float32, float16 or bfloat16, "
+                                 "got code ", static_cast<int>(m.dtype)));
+    const std::tuple<const char*, int64_t, const char*, int64_t> dims[] = {
+        {"batch", m.batch, "q.batch", q.batch},
+        {"heads", m.heads, "q.heads", q.heads},
+        {"seq_q", m.seq_q, "q.tokens", q.tokens}};
+    for (const auto& [dim, extent, of, want] : dims)
+      if (extent != 1 && extent != want)
+        return Status::invalid(cat("attn_mask.", dim, " must be 1 (broadcast) or ", of, " (", want,
+                                   "), got ", extent, ": the mask broadcasts to [B, Hq, Nq, Nk]"));
+    if (m.seq_k != k.tokens)
+      return Status::invalid(cat("attn_mask.seq_k must equal k.tokens (", k.tokens, "), got ",
+                                 m.seq_k));
+    // Strides of broadcast axes are not read; the others must step forward and stay in range.
+    const int64_t ext[4] = {m.batch, m.heads, m.seq_q, m.seq_k};
+    const int64_t str[4] = {m.stride_batch, m.stride_head, m.stride_q, m.stride_k};
+    const char* names[4] = {"stride_batch", "stride_head", "stride_q", "stride_k"};
+    int64_t last = 0, reach = 0, bytes = 0;
+    bool overflow = false;
+    for (int i = 0; i < 4; ++i) {
+      if (ext[i] == 1) continue;
+      if (str[i] < 0)
+        return Status::invalid(cat("attn_mask.", names[i], " must be >= 0, got ", str[i]));
+      overflow = overflow || __builtin_mul_overflow(ext[i] - 1, str[i], &reach) ||
+                 __builtin_add_overflow(last, reach, &last);
+    }
+    if (overflow ||
+        __builtin_mul_overflow(last + 1, int64_t(mask_dtype_size(m.dtype)), &bytes))
+      return Status::invalid("attn_mask strides reach past 2^63 bytes");
+    if (m.capacity >= 0 && last >= m.capacity)
+      return Status::invalid(cat("attn_mask strides (", m.stride_batch, ", ", m.stride_head, ", ",
+                                 m.stride_q, ", ", m.stride_k, ") reach element ", last,
+                                 " but the buffer holds ", m.capacity, " elements"));
+  }
+  // Device key lengths are the backend's to read (CUDA rejects masks for now); host ones here.
+  if (m.key_lengths != nullptr && m.device == Device::kCPU)
+    for (int64_t b = 0; b < q.batch; ++b)
+      if (m.key_lengths[b] < 0 || m.key_lengths[b] > k.tokens)
+        return Status::invalid(cat("attn_mask.key_lengths[", b, "] must be in [0, k.tokens = ",
+                                   k.tokens, "], got ", m.key_lengths[b]));
   return Status::ok();
 }
 

@@ -18,5 +18,9 @@ Status validate_mask(const BlockMask& mask, const TensorView& q, const TensorVie
 Status validate_mask_geometry(const BlockMask& mask, const TensorView& q, const TensorView& k,
                               const SparseOptions& opts);
 Status validate_mask_contents(const BlockMask& host_mask);
+// The attention mask (AttentionMask): dtype, device, broadcast shape, strides; host key_lengths
+// are also range-checked. Messages name `attn_mask.<field>`.
+Status validate_attn_mask(const AttentionMask& attn_mask, const TensorView& q,
+                          const TensorView& k);
 
 }  // namespace sparge::detail

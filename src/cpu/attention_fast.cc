@@ -19,6 +19,7 @@
 #include "common/backend.h"
 #include "common/geometry.h"
 #include "cpu/attention_fast_kernels.h"
+#include "cpu/attn_mask.h"
 #include "cpu/quantize.h"
 
 namespace sparge::cpu {
@@ -66,6 +67,7 @@ struct Plan {
   AttentionExtras extras;
   int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0;
   detail::KeyBand band;  // the keys each row sees (causal, window)
+  MaskReader attn;       // the attention mask (inactive without one)
   double score_log2 = 0;  // scale · log2(e)
   bool avx512 = false;    // AVX-512 kernels (else AVX2)
 };
@@ -183,6 +185,23 @@ void apply_band_mask(const Plan& pl, Scratch& s, int64_t row0, int64_t key0, int
   }
 }
 
+// Applies the attention mask to a partial tile (cpu/attn_mask.h): st[c][r] = -inf where the pair
+// is hidden (key padding, a false bool, an additive -inf), else += value · log2(e). A value whose
+// product leaves the float range is held at -FLT_MAX: SDPA keeps a finite mask value finite (a
+// row of torch.finfo.min values attends uniformly), and -inf would make it a hidden pair.
+void apply_attn_mask(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t row0,
+                     int64_t key0, int64_t keys, int64_t rows) {
+  const int64_t key_end = pl.attn.key_end(b);
+  const float log2e = static_cast<float>(kLog2e);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < keys; ++c) {
+      float& x = s.st[c * pl.bq + r];
+      const float add = key0 + c < key_end ? pl.attn.value(b, h, row0 + r, key0 + c) : kNegInf;
+      x = add == kNegInf ? kNegInf
+                         : x + std::max(add * log2e, -std::numeric_limits<float>::max());
+    }
+}
+
 // One (batch, query head, query block) task. counters[0/1] get visited / skipped pairs.
 void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
                   unsigned long long counters[2]) {
@@ -249,13 +268,23 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       counters[1] += groups;
       continue;
     }
+    const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys8 = round_up(keys, 8);
+    // The attention mask's class of this tile: one that it hides wholly is skipped like a tile
+    // outside the band (its scores are never computed), one it leaves untouched runs plain.
+    const TileClass cls = pl.attn.active()
+                              ? pl.attn.classify(b, h, row0, row0 + rows, key0, key0 + keys,
+                                                 pl.band)
+                              : TileClass::kPlain;
+    if (cls == TileClass::kSkipped) {
+      counters[1] += groups;
+      continue;
+    }
     // Kept tiles are scattered: fetch the next one while this one is computed.
     if (t + 1 < count && allowed.contains(kept[t + 1])) {
       const int64_t next0 = kept[t + 1] * bk, next_keys = std::min(bk, Nk - next0);
       prefetch_rows(kplane, next0, next_keys, D);
       prefetch_rows(vplane, next0, next_keys, D);
     }
-    const int64_t key0 = j * bk, keys = std::min(bk, Nk - key0), keys8 = round_up(keys, 8);
     const float* ktile = s.k;
     int64_t ldk = D;
     if (k_in_place && keys == keys8) {
@@ -280,6 +309,7 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
                                          _mm256_loadu_ps(s.st + c * bq + r)));
       }
     }
+    if (cls == TileClass::kPartial) apply_attn_mask(pl, s, b, h, row0, key0, keys, rows);
     if (key0 + keys - 1 - row0 > pl.band.hi || key0 - (row0 + rows - 1) < pl.band.lo)
       apply_band_mask(pl, s, row0, key0, keys, rows);
 
@@ -389,6 +419,7 @@ Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, cons
   pl.nq = mask.num_q_blocks();
   pl.nk = mask.num_k_blocks();
   pl.band = p.band();
+  pl.attn = MaskReader(p.attn_mask, p.shape.seq_k);
   pl.score_log2 = double(p.scale) * kLog2e;
   pl.avx512 = use_avx512();
 

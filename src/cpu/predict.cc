@@ -12,6 +12,7 @@
 #include "common/backend.h"
 #include "common/error_target.h"
 #include "common/geometry.h"
+#include "cpu/attn_mask.h"
 #include "cpu/tensor_io.h"
 
 namespace sparge::cpu {
@@ -151,7 +152,7 @@ struct SampledRows {
 SampledRows sample_block_rows(const TensorView& q, int64_t b, int64_t h,
                               const std::vector<double>& k, int64_t i, double scale,
                               const SparseOptions& o, const detail::KeyBand& band,
-                              int64_t seq_k) {
+                              int64_t seq_k, const MaskReader& attn) {
   const int64_t D = q.head_dim, first = i * o.block_q;
   const int64_t n = std::min<int64_t>(o.block_q, q.tokens - first);
   SampledRows rows;
@@ -163,7 +164,9 @@ SampledRows sample_block_rows(const TensorView& q, int64_t b, int64_t h,
   for (int64_t s = 0; s < rows.count; ++s) {
     const int64_t r = detail::sampled_row(first, n, rows.count, s);
     const int64_t c0 = detail::first_visible_key(r, band);
-    const int64_t last = detail::last_visible_key(r, band, seq_k);
+    // The attention mask joins the exact rows: padding keys are cut off, hidden pairs get no mass
+    // and additive values join the scores, so the rows are those Stage 2 computes.
+    const int64_t last = std::min(detail::last_visible_key(r, band, seq_k), attn.key_end(b) - 1);
     rows.first[s] = c0;
     rows.last[s] = last;
     if (last < c0) continue;  // the row sees no key: it adds no mass
@@ -173,8 +176,13 @@ SampledRows sample_block_rows(const TensorView& q, int64_t b, int64_t h,
     for (int64_t c = c0; c <= last; ++c) {
       double dot = 0.0;
       for (int64_t d = 0; d < D; ++d) dot += qr[d] * k[c * D + d];
-      p[c] = scale * dot;
+      p[c] = scale * dot + attn.value(b, h, r, c);  // -inf: hidden
       max_score = std::max(max_score, p[c]);
+    }
+    if (max_score == -INFINITY) {  // the mask hides every key the band shows the row
+      std::fill(p + c0, p + last + 1, 0.0);
+      rows.last[s] = c0 - 1;
+      continue;
     }
     double row_sum = 0.0;
     for (int64_t c = c0; c <= last; ++c) {
@@ -284,6 +292,9 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   const bool error_target = o.target_error > 0.0f;
   // target_error implies sampled rows (make_problem sets it; repeated for direct callers).
   const bool sampled = o.estimate == EstimateMode::kSampledRows || error_target;
+  // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
+  const MaskReader attn(p.attn_mask, s.seq_k);
+  const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);
 
   std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
 #pragma omp parallel for schedule(dynamic)
@@ -317,11 +328,14 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
           detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
       if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
       std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
+      cols.erase(std::remove_if(cols.begin(), cols.end(),
+                                [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
+                 cols.end());
       if (cols.empty()) continue;
       SampledRows sr;
       std::vector<double> weight;
       if (sampled) {
-        sr = sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k);
+        sr = sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k, attn);
         weight = sampled_weights(sr, allowed, o.block_k, s.seq_k);
       } else {
         weight = pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
@@ -359,7 +373,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
         if (!query_sim || !key_sim[j]) {
           keep[j] = 1;
-          ++forced_tiles;
+          forced_tiles += !tiles.skipped(b, h, i, j);
         } else if (keep_all) {
           keep[j] = 1;
         }
@@ -368,7 +382,8 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
       const int64_t row = mask.row(b, h, i);
       int32_t count = 0;
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        if (keep[j]) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
+        if (keep[j] && !tiles.skipped(b, h, i, j))
+          mask.indices[row * nk + count++] = static_cast<int32_t>(j);
       mask.counts[row] = count;
     }
     if (!error_target)

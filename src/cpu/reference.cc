@@ -1,7 +1,8 @@
 // Stage 2 on the CPU, exactly as docs/method.md "Stage 2", in double: the oracle of every test.
 // Per (b, h, query block) it walks the kept key blocks in ascending order with an online softmax
 // in log2 units; each group of pv_group_rows rows skips a tile when every row's tile max is at
-// least λ below its running max. Deliberately plain: no blocking, no vectorization.
+// least λ below its running max. Deliberately plain: no blocking, no vectorization. An attention
+// mask (AttentionMask) is applied to every element, without the tile classes of the fast path.
 // Quantized mode takes its scores from the INT8 codes and scales and V from its e4m3 values
 // (cpu/quantize.h); the softmax stays in double, so it is exact given the quantized inputs.
 #include "cpu/reference.h"
@@ -14,6 +15,7 @@
 
 #include "common/backend.h"
 #include "common/geometry.h"
+#include "cpu/attn_mask.h"
 #include "cpu/quantize.h"
 #include "cpu/tensor_io.h"
 
@@ -58,14 +60,21 @@ struct RowState {
 };
 
 // One (b, h): all query blocks; adds (visited, skipped) group-tile pairs to `counters`.
-void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScores& score,
-                 const std::vector<double>& v, int64_t b, int64_t h, const TensorView& o,
-                 float* lse, unsigned long long counters[2]) {
+void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskReader& attn,
+                 const HeadScores& score, const std::vector<double>& v, int64_t b, int64_t h,
+                 const TensorView& o, float* lse, unsigned long long counters[2]) {
   const ProblemShape& s = p.shape;
   const SparseOptions& opt = p.opts;
   const int64_t D = s.head_dim, nk = mask.num_k_blocks();
   const detail::KeyBand band = p.band();
   const double lambda = opt.pv_threshold.at(h);
+  // The attention mask, applied to every element (the oracle does not classify tiles): keys at
+  // or past key_end are padding, a hidden pair is -inf whatever its score (even NaN), and an
+  // additive value joins the score in log2 units.
+  const int64_t key_end = attn.key_end(b);
+  const auto hidden = [&](int64_t r, int64_t c) {
+    return c >= key_end || attn.value(b, h, r, c) == -INFINITY;
+  };
 
   for (int64_t i = 0; i < mask.num_q_blocks(); ++i) {
     const int64_t r0 = i * opt.block_q, r1 = std::min<int64_t>(s.seq_q, r0 + opt.block_q);
@@ -81,7 +90,9 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
         const int64_t first = detail::first_visible_key(r, band);
         const int64_t last = detail::last_visible_key(r, band, s.seq_k);
         for (int64_t c = c0; c < c1; ++c) {
-          const double x = c >= first && c <= last ? score(r, c) : kNegInf;
+          const double x = c >= first && c <= last && !hidden(r, c)
+                               ? score(r, c) + kLog2e * attn.value(b, h, r, c)
+                               : kNegInf;
           tile[(r - r0) * (c1 - c0) + (c - c0)] = x;
           tile_max[r - r0] = max_nan(tile_max[r - r0], x);  // NaN iff a visible score is
         }
@@ -110,6 +121,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const HeadScor
           const int64_t c_begin = std::max(c0, detail::first_visible_key(r, band));
           const int64_t c_end = std::min(c1, detail::last_visible_key(r, band, s.seq_k) + 1);
           for (int64_t c = c_begin; c < c_end; ++c) {
+            if (hidden(r, c)) continue;
             const double pr = std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
             st.l += pr;
             for (int64_t d = 0; d < D; ++d) st.acc[d] += pr * v[c * D + d];
@@ -166,7 +178,8 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
       score.k = load_slice<double>(p.k, b, hk);
       v = load_slice<double>(p.v, b, hk);
     }
-    attend_head(p, mask, score, v, b, h, o, extras.lse, &counters[bh * 2]);
+    attend_head(p, mask, MaskReader(p.attn_mask, s.seq_k), score, v, b, h, o, extras.lse,
+                &counters[bh * 2]);
   }
   if (extras.pv_counters != nullptr)
     for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {

@@ -277,5 +277,71 @@ TEST(CApi, RunsMatchTheCppApiBitForBit) {
   EXPECT_EQ(o2.half, p.o_cpp.half);
 }
 
+TEST(CApi, MaskedRunsMatchTheCppApiBitForBit) {
+  Problem p;
+  const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),
+                      o = to_c(p.o_c.view);
+  // A [1, 1, 200, 200] bool mask hiding a block of keys from a band of rows, and key lengths.
+  std::vector<uint8_t> bools(200 * 200, 1);
+  for (int r = 50; r < 150; ++r)
+    for (int c = 0; c < 100; ++c) bools[r * 200 + c] = 0;
+  const int32_t lengths[1] = {170};
+  sparge_attn_mask cm = {bools.data(), SPARGE_MASK_BOOL, SPARGE_CPU, 0,
+                         {1, 1, 200, 200}, {0, 0, 200, 1}, lengths};
+  AttentionMask am;
+  am.data = bools.data();
+  am.batch = 1, am.heads = 1, am.seq_q = 200, am.seq_k = 200;
+  am.stride_q = 200, am.stride_k = 1;
+  am.key_lengths = lengths;
+  sparge_options c = sparge_default_options();
+  c.block_q = 64;
+  c.block_k = 32;
+  SparseOptions cpp;
+  cpp.block_q = 64;
+  cpp.block_k = 32;
+  HostBlockMask mask_c(1, 4, 200, 200, 64, 32), mask_cpp(1, 4, 200, 200, 64, 32);
+  const sparge_block_mask cmask = to_c(mask_c.view());
+  char err[256] = "";
+  ASSERT_EQ(sparge_sparse_attention_masked(&q, &k, &v, &cm, &c, &o, p.lse_c.data(), nullptr, 0,
+                                           nullptr, &cmask, err, sizeof(err)),
+            0)
+      << err;
+  AttentionExtras extras;
+  extras.lse = p.lse_cpp.data();
+  ASSERT_TRUE(sparse_attention(p.q.view, p.k.view, p.v.view, am, cpp, p.o_cpp.view, extras, {},
+                               &mask_cpp.view())
+                  .is_ok());
+  EXPECT_EQ(mask_c.indices, mask_cpp.indices);
+  EXPECT_EQ(p.o_c.half, p.o_cpp.half);
+  EXPECT_EQ(0, std::memcmp(p.lse_c.data(), p.lse_cpp.data(), p.lse_c.size() * sizeof(float)));
+  // The mask changed the result: the unmasked call differs.
+  HostTensor plain = HostTensor::poisoned(1, 4, 200, 32, DType::kBFloat16, Layout::kNHD);
+  ASSERT_TRUE(sparse_attention(p.q.view, p.k.view, p.v.view, cpp, plain.view).is_ok());
+  EXPECT_NE(plain.half, p.o_cpp.half);
+
+  HostBlockMask mask_c2(1, 4, 200, 200, 64, 32);
+  const sparge_block_mask cmask2 = to_c(mask_c2.view());
+  ASSERT_EQ(sparge_predict_block_mask_masked(&q, &k, &v, &cm, &c, &cmask2, nullptr, 0, nullptr,
+                                             err, sizeof(err)),
+            0)
+      << err;
+  EXPECT_EQ(mask_c2.indices, mask_cpp.indices);
+  HostTensor o2 = HostTensor::poisoned(1, 4, 200, 32, DType::kBFloat16, Layout::kNHD);
+  const sparge_tensor o2c = to_c(o2.view);
+  ASSERT_EQ(sparge_block_sparse_attention_masked(&q, &k, &v, &cm, &cmask2, &c, &o2c, nullptr,
+                                                 nullptr, 0, nullptr, err, sizeof(err)),
+            0)
+      << err;
+  EXPECT_EQ(o2.half, p.o_cpp.half);
+  // Errors name the argument through the C ABI too.
+  cm.shape[3] = 199;
+  EXPECT_NE(sparge_sparse_attention_masked(&q, &k, &v, &cm, &c, &o, nullptr, nullptr, 0, nullptr,
+                                           nullptr, err, sizeof(err)),
+            0);
+  EXPECT_NE(std::string(err).find("attn_mask.seq_k must equal k.tokens (200), got 199"),
+            std::string::npos)
+      << err;
+}
+
 }  // namespace
 }  // namespace sparge::test

@@ -196,20 +196,24 @@ def test_patch_sdpa_serves_sliding_window_masks_and_falls_back_on_near_bands():
     expected = F.scaled_dot_product_attention(q[:, :, :101].double(), k.double(), v.double(),
                                               attn_mask=chunk, enable_gqa=True)
     assert_close(got_chunk, expected, atol=1e-5)
-    # One key outside the band: PyTorch serves it, saying why and what Sparge serves.
+    # One key outside the band: no flags say it, so on cpu Sparge takes the mask itself.
     near = window.clone()
     near[150, 10] = True
-    with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
-        with pytest.warns(sparge.SpargeFallbackWarning,
-                          match="not one band around a diagonal.*sliding window"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=near, enable_gqa=True)
-    assert patch.sparge_calls == 0 and sum(patch.fallbacks.values()) == 1
-    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, attn_mask=near,
-                                                           enable_gqa=True))
-    # A window set on the patch is not silently replaced by a mask's.
-    with sparge.patch_sdpa(min_seq_len=0, window_left=10) as patch:
-        with pytest.warns(sparge.SpargeFallbackWarning, match="the patch sets window_left"):
-            F.scaled_dot_product_attention(q, k, v, attn_mask=window, enable_gqa=True)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    assert_close(out, F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                     attn_mask=near, enable_gqa=True), atol=1e-5)
+    # A window set on the patch is not replaced by a mask's: the mask goes in as a mask, and
+    # both apply.
+    with sparge.patch_sdpa(min_seq_len=0, window_left=10, **dense_options()) as patch:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=window, enable_gqa=True)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    both = window & band_mask(211, 211, False, left=10, right=-1)
+    assert_close(out, F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                     attn_mask=both, enable_gqa=True), atol=1e-5)
 
 
 # ------------------------------------------------------------------------ transformers models

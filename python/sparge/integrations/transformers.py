@@ -22,8 +22,9 @@ models whose source calls `ALL_ATTENTION_FUNCTIONS.get_interface`) then runs thi
 Sparge serves every call whose attention it can compute as transformers' "sdpa" does (the same
 result up to the tiles it skips), and hands the others to that very function
 (`sdpa_attention_forward`), counting them and warning once per reason
-(`sparge.SpargeFallbackWarning`): a dense mask other than all-true, causal or a sliding window
-(padding, packed sequences), `softcap` or `position_bias`, and the reasons of `sparge.patch_sdpa` (gradients, dtypes and devices the kernels lack, head dims over 256, calls shorter than
+(`sparge.SpargeFallbackWarning`): on cuda a dense mask other than all-true, causal or a sliding
+window (padding, packed sequences; on cpu Sparge takes such masks itself), `softcap` or
+`position_bias`, and the reasons of `sparge.patch_sdpa` (gradients, dtypes and devices the kernels lack, head dims over 256, calls shorter than
 `min_seq_len`). Sliding-window layers (Gemma 2/3, Mistral, Qwen2, ...; transformers passes their
 `sliding_window` W to the attention function) run Sparge's native window: W keys up to and
 including the diagonal, i.e. is_causal with window_left = W - 1 where transformers left the
@@ -165,13 +166,20 @@ def _plan(module, query, key, attention_mask, kwargs):
     if attention_mask is not None:
         # The mask is what "sdpa" computes with (sliding_window included, as are padding or
         # packing, which a band check rules out): read it as a band.
-        options, why = options_for_mask(attention_mask, q_len, k_len,
-                                        (query.shape[0], query.shape[1], q_len, k_len))
-        if options is None:
-            return (f"an attention mask that is neither all-true, causal nor a sliding window: "
-                    f"{why}. Sparge takes no dense masks: encode single sequences, or batches "
-                    f"of equal length, to stay on it"), None
-        return None, dict(dict(is_causal=False), **options)
+        scores = (query.shape[0], query.shape[1], q_len, k_len)
+        options, why = options_for_mask(attention_mask, q_len, k_len, scores)
+        if options is not None:
+            return None, dict(dict(is_causal=False), **options)
+        # Padding or packing: Sparge takes the mask itself on cpu (its CUDA kernels, not yet).
+        general = patch._general_mask_reason(attention_mask, query, scores)
+        if general is None:
+            return None, dict(is_causal=False, attn_mask=attention_mask)
+        if general == "":
+            return (f"an attention mask Sparge cannot read ({why})"), None
+        return (f"an attention mask that is neither all-true, causal nor a sliding window "
+                f"({why}), on {query.device.type}: Sparge's CUDA kernels take no dense masks "
+                f"yet (it serves them on cpu); encode single sequences, or batches of equal "
+                f"length, to stay on it"), None
     # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
     # row (decoding) sees every key.
     is_causal = kwargs.get("is_causal")
