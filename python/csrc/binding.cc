@@ -27,12 +27,14 @@
 #include "sparge/sparge.h"
 #include "attn_mask_binding.h"
 #include "options_binding.h"
+#include "order_binding.h"
 #include "workloads_binding.h"
 
 namespace {
 
 using sparge_binding::ArgReader;
 using sparge_binding::read_attn_mask;
+using sparge_binding::hilbert_order;
 using sparge_binding::option_schema;
 using sparge_binding::read_options;
 
@@ -235,20 +237,6 @@ void check_options(const c10::OperatorHandle& op, Stack* stack) {
   const sparge::SparseOptions opts = read_options(in, heads_q, &backend);
   throw_if_error(sparge::validate_options(opts, heads_q));
   finish(op, stack, {});
-}
-
-// Hilbert order of a (frames, height, width) grid as int64 on `device`.
-at::Tensor hilbert_order(int64_t frames, int64_t height, int64_t width, at::Device device) {
-  TORCH_CHECK_VALUE(frames >= 1 && height >= 1 && width >= 1,
-                    "token_grid sizes must be >= 1, got (", frames, ", ", height, ", ", width,
-                    ")");
-  std::vector<int64_t> order = sparge::hilbert_order(frames, height, width);
-  TORCH_CHECK(static_cast<int64_t>(order.size()) == frames * height * width,
-              "sparge: hilbert_order returned ", order.size(), " entries for a grid of ",
-              frames * height * width);
-  at::Tensor host = at::empty({static_cast<int64_t>(order.size())}, at::kLong);
-  std::copy(order.begin(), order.end(), host.data_ptr<int64_t>());
-  return host.to(device);
 }
 
 }  // namespace
