@@ -219,16 +219,21 @@ def test_fallbacks_are_counted_and_match_torch():
     q, k, v = (torch.randn(1, 200, 2, 16, generator=gen) for _ in range(3))  # [B, N, H, D]
     mask = torch.rand(200, 200, generator=gen) > 0.3
     hnd = [t.transpose(1, 2) for t in (q, k, v)]
+    q_grad = q.clone().requires_grad_(True)
     with sd.attention_backend(min_seq_len=0, **EXACT) as run:
-        with pytest.warns(sparge.SpargeFallbackWarning, match="attn_mask given"):
-            masked = attention_dispatch.dispatch_attention_fn(q, k, v, attn_mask=mask)
+        # Gradients still fall back (Sparge is inference-only); masks are served on the CPU.
+        with pytest.warns(sparge.SpargeFallbackWarning, match="gradients requested"):
+            grad = attention_dispatch.dispatch_attention_fn(q_grad, k, v)
+        masked = attention_dispatch.dispatch_attention_fn(q, k, v, attn_mask=mask)
         plain = attention_dispatch.dispatch_attention_fn(q, k, v)
         with pytest.raises(NotImplementedError, match="context parallelism"):
             attention_dispatch.dispatch_attention_fn(q, k, v, parallel_config=object())
     counts = run.stats[sd.UNKNOWN_LAYER]  # no model: no layer names
-    assert counts.sparge_calls == 1 and list(counts.fallbacks.values()) == [1]
-    assert torch.equal(masked, F.scaled_dot_product_attention(*hnd, attn_mask=mask)
+    assert counts.sparge_calls == 2 and list(counts.fallbacks.values()) == [1]
+    assert torch.equal(grad, F.scaled_dot_product_attention(q_grad.transpose(1, 2), *hnd[1:])
                        .transpose(1, 2))
+    assert errors(masked, F.scaled_dot_product_attention(*hnd, attn_mask=mask)
+                  .transpose(1, 2))[0] < 1e-5
     assert errors(plain, F.scaled_dot_product_attention(*hnd).transpose(1, 2))[0] < 1e-5
 
 
