@@ -169,11 +169,26 @@ TEST(ErrorTarget, TinyTargetKeepsEverything) {
 // on those rows is that renormalized output, so the two agree to rounding: a check of the
 // one-pass candidate sums against the definition.
 TEST(ErrorTarget, EstimateIsTheErrorOnTheSampledRows) {
-  for (workloads::Workload w : {workloads::language_like(1, 2, 1, 1000, 64, 11),
-                                workloads::video_grid(1, 2, 4, 8, 16, 64, 12)}) {
-    const std::vector<double> ref = reference(w);
-    SparseOptions o = target(0.05);
+  struct DefinitionCase {
+    workloads::Workload w;
+    SparseOptions o;
+  };
+  std::vector<DefinitionCase> cases;
+  cases.push_back({workloads::language_like(1, 2, 1, 1000, 64, 11), target(0.05)});
+  cases.push_back({workloads::video_grid(1, 2, 4, 8, 16, 64, 12), target(0.05)});
+  // Odd lengths, GQA, a head dim that is no multiple of 8, bottom-right causality, 32 rows per
+  // block; random inputs only drop tiles at a large target.
+  cases.push_back({workloads::random_gaussian(1, 4, 2, 333, 517, 20, 14), target(0.3)});
+  cases.back().w.causal = true;
+  cases.back().o.causal_align = CausalAlign::kBottomRight;
+  cases.back().o.sample_rows = 32;
+  for (DefinitionCase& c : cases) {
+    workloads::Workload& w = c.w;
+    SparseOptions& o = c.o;
     o.causal = w.causal;
+    const std::vector<double> ref = cpu::dense_attention_reference(
+        w.q_view(), w.k_view(), w.v_view(), 1.0f / std::sqrt(float(w.head_dim)), o.causal,
+        o.causal_align);
     std::vector<float> out(w.q.size());
     const TensorView ov = TensorView::contiguous(out.data(), DType::kFloat32, Layout::kHND, 1,
                                                  w.heads_q, w.seq_q, w.head_dim);
@@ -181,11 +196,12 @@ TEST(ErrorTarget, EstimateIsTheErrorOnTheSampledRows) {
     AttentionExtras extras;
     extras.stage1.error_estimate = est.data();
     check(sparse_attention(w.q_view(), w.k_view(), w.v_view(), o, ov, extras));
+    const int rows = std::max(o.sample_rows, detail::kErrorTargetMinRows);
     for (int64_t h = 0; h < w.heads_q; ++h) {
       double num = 0.0, den = 0.0;
       for (int64_t i = 0; i * o.block_q < w.seq_q; ++i) {
         const int64_t first = i * o.block_q, n = std::min<int64_t>(o.block_q, w.seq_q - first);
-        const int64_t count = detail::sampled_row_count(detail::kErrorTargetMinRows, n);
+        const int64_t count = detail::sampled_row_count(rows, n);
         for (int64_t s = 0; s < count; ++s) {
           const int64_t r = detail::sampled_row(first, n, count, s);
           for (int64_t d = 0; d < w.head_dim; ++d) {
