@@ -87,13 +87,9 @@ HeadResult run(workloads::Workload& w, SparseOptions opts, const std::vector<dou
 struct Case {
   std::string name;
   workloads::Workload w;
-  std::vector<double> ref;  // filled by with_reference()
+  std::vector<double> ref;  // filled by cases_with_reference()
 };
 
-std::vector<Case> with_reference(std::vector<Case> c) {
-  for (Case& x : c) x.ref = reference(x.w);
-  return c;
-}
 
 std::vector<Case> cases() {
   std::vector<Case> c;
@@ -115,6 +111,17 @@ std::vector<Case> cases() {
   return c;
 }
 
+// cases() with their references, built once per process (the two tests that measure errors
+// share them; the references are the slow part).
+std::vector<Case>& cases_with_reference() {
+  static std::vector<Case> c = [] {
+    std::vector<Case> all = cases();
+    for (Case& x : all) x.ref = reference(x.w);
+    return all;
+  }();
+  return c;
+}
+
 SparseOptions target(double t) {
   SparseOptions o;
   o.target_error = float(t);
@@ -123,7 +130,7 @@ SparseOptions target(double t) {
 }
 
 TEST(ErrorTarget, MeasuredErrorWithinTargetOnMostHeads) {
-  std::vector<Case> all = with_reference(cases());
+  std::vector<Case>& all = cases_with_reference();
   for (double t : {0.02, 0.05}) {
     int heads = 0, within = 0;
     for (Case& c : all) {
@@ -155,7 +162,7 @@ TEST(ErrorTarget, StructuredWorkloadsGetSparse) {
 
 // A target below what dropping any tile costs keeps every allowed tile: output = dense.
 TEST(ErrorTarget, TinyTargetKeepsEverything) {
-  for (Case& c : with_reference(cases())) {
+  for (Case& c : cases_with_reference()) {
     const HeadResult r = run(c.w, target(1e-7), &c.ref);
     for (size_t h = 0; h < r.sparsity.size(); ++h) {
       EXPECT_EQ(r.sparsity[h], 0.0) << c.name << " head " << h;
