@@ -69,8 +69,11 @@ workloads::Workload make(const std::string& name, int64_t heads, int64_t n, int6
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s DEVICE COMMIT [--target E] [--sim S] [--heads H] [--dim D] "
-                 "[--repeats R] [--threads T] [--cpu-time] [--cdf C] [--workloads LIST] N [N ...]\n", argv[0]);
+    std::fprintf(
+        stderr,
+        "usage: %s DEVICE COMMIT [--target E] [--sim S] [--heads H] [--dim D] "
+        "[--repeats R] [--threads T] [--cpu-time] [--cdf C] [--workloads LIST] N [N ...]\n",
+        argv[0]);
     return 2;
   }
   const std::string device = argv[1], commit = argv[2];
@@ -89,16 +92,26 @@ int main(int argc, char** argv) {
       }
       return argv[++a];
     };
-    if (arg == "--target") target = std::atof(next());
-    else if (arg == "--cdf") cdf = std::atof(next());
-    else if (arg == "--sim") sim = std::atof(next());
-    else if (arg == "--heads") heads = std::atoll(next());
-    else if (arg == "--dim") dim = std::atoll(next());
-    else if (arg == "--repeats") repeats = std::atoi(next());
-    else if (arg == "--threads") threads = std::atoi(next());
-    else if (arg == "--cpu-time") cpu_time = true;
-    else if (arg == "--workloads") only = next();
-    else lengths.push_back(std::atoll(arg.c_str()));
+    if (arg == "--target")
+      target = std::atof(next());
+    else if (arg == "--cdf")
+      cdf = std::atof(next());
+    else if (arg == "--sim")
+      sim = std::atof(next());
+    else if (arg == "--heads")
+      heads = std::atoll(next());
+    else if (arg == "--dim")
+      dim = std::atoll(next());
+    else if (arg == "--repeats")
+      repeats = std::atoi(next());
+    else if (arg == "--threads")
+      threads = std::atoi(next());
+    else if (arg == "--cpu-time")
+      cpu_time = true;
+    else if (arg == "--workloads")
+      only = next();
+    else
+      lengths.push_back(std::atoll(arg.c_str()));
   }
   char date[16];
   const std::time_t now = std::time(nullptr);
@@ -119,27 +132,29 @@ int main(int argc, char** argv) {
       opts.sim_threshold = HeadParam{float(sim)};
       opts.select_value = HeadParam{float(cdf)};
       std::vector<float> o(w.q.size());
-      const TensorView ov = TensorView::contiguous(o.data(), DType::kFloat32, Layout::kHND,
-                                                   w.batch, w.heads_q, w.seq_q, w.head_dim);
+      const TensorView ov = TensorView::contiguous(o.data(), DType::kFloat32, Layout::kHND, w.batch,
+                                                   w.heads_q, w.seq_q, w.head_dim);
       HostBlockMask full(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
       HostBlockMask mask = full;
       check(fill_dense_mask(full.view(), opts));
       SparseOptions dense_opts = opts;
       dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
-      const double dense_ms = time_ms(
-          [&] { check(block_sparse_attention(w.q_view(), w.k_view(), w.v_view(), full.view(),
-                                             dense_opts, ov, {}, ctx)); });
-      const double stage1_ms = time_ms(
-          [&] { check(predict_block_mask(w.q_view(), w.k_view(), w.v_view(), opts, mask.view(),
-                                         ctx)); });
-      const double total_ms = time_ms(
-          [&] { check(sparse_attention(w.q_view(), w.k_view(), w.v_view(), opts, ov, {}, ctx,
-                                       &mask.view())); });
+      const double dense_ms = time_ms([&] {
+        check(block_sparse_attention(w.q_view(), w.k_view(), w.v_view(), full.view(), dense_opts,
+                                     ov, {}, ctx));
+      });
+      const double stage1_ms = time_ms([&] {
+        check(predict_block_mask(w.q_view(), w.k_view(), w.v_view(), opts, mask.view(), ctx));
+      });
+      const double total_ms = time_ms([&] {
+        check(
+            sparse_attention(w.q_view(), w.k_view(), w.v_view(), opts, ov, {}, ctx, &mask.view()));
+      });
       std::vector<float> dense_o(w.q.size());
       const TensorView dv = TensorView::contiguous(dense_o.data(), DType::kFloat32, Layout::kHND,
                                                    w.batch, w.heads_q, w.seq_q, w.head_dim);
-      check(block_sparse_attention(w.q_view(), w.k_view(), w.v_view(), full.view(), dense_opts,
-                                   dv, {}, ctx));
+      check(block_sparse_attention(w.q_view(), w.k_view(), w.v_view(), full.view(), dense_opts, dv,
+                                   {}, ctx));
       std::vector<int64_t> forced(w.heads_q);
       AttentionExtras extras;
       extras.stage1.forced_tiles = forced.data();
@@ -151,20 +166,20 @@ int main(int argc, char** argv) {
       double forced_fraction = 0.0;
       for (int64_t f : forced) forced_fraction += double(f);
       forced_fraction /= double(st.tiles_dense);
-      const double work = 4.0 * double(heads) * double(n) * double(n) * double(dim) *
-                          (w.causal ? 0.5 : 1.0);
+      const double work =
+          4.0 * double(heads) * double(n) * double(n) * double(dim) * (w.causal ? 0.5 : 1.0);
       std::printf(
           "{\"date\": \"%s\", \"device\": \"%s\", \"commit\": \"%s\", \"impl\": \"sparge-cpu\", "
           "\"workload\": \"%s\", \"dtype\": \"float32\", \"head_dim\": %ld, \"batch\": 1, "
           "\"heads_q\": %ld, \"heads_kv\": %ld, \"seq_q\": %ld, \"seq_k\": %ld, \"causal\": %s, "
           "\"sparsity\": %.4f, \"ms\": %.3f, \"tops\": %.5f, \"rel_l1\": %.5f, \"cos_sim\": null, "
-          "\"target_error\": %g, \"sim_threshold\": %g, \"cdf_threshold\": %g, \"forced_fraction\": %.4f, \"dense_ms\": %.3f, \"stage1_ms\": %.3f, "
+          "\"target_error\": %g, \"sim_threshold\": %g, \"cdf_threshold\": %g, "
+          "\"forced_fraction\": %.4f, \"dense_ms\": %.3f, \"stage1_ms\": %.3f, "
           "\"stage1_fraction\": %.4f, \"threads\": %d, \"timing\": \"%s\"}\n",
           date, device.c_str(), commit.c_str(), name.c_str(), long(dim), long(heads),
-          long(w.heads_kv), long(n), long(n), w.causal ? "true" : "false", st.sparsity(),
-          total_ms, work / (total_ms * 1e-3) / 1e12, rel_l1, target, sim, cdf, forced_fraction,
-          dense_ms, stage1_ms,
-          stage1_ms / dense_ms, threads, cpu_time ? "process cpu time" : "wall clock");
+          long(w.heads_kv), long(n), long(n), w.causal ? "true" : "false", st.sparsity(), total_ms,
+          work / (total_ms * 1e-3) / 1e12, rel_l1, target, sim, cdf, forced_fraction, dense_ms,
+          stage1_ms, stage1_ms / dense_ms, threads, cpu_time ? "process cpu time" : "wall clock");
       std::fflush(stdout);
     }
   return 0;

@@ -18,8 +18,7 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
                                    const sparge::SparseOptions& o) {
   for (const auto* t : {&counts, &indices}) {
     const char* name = t == &counts ? "block_mask.counts" : "block_mask.indices";
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32, got ",
-                     t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32, got ", t->scalar_type());
     TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
     TORCH_CHECK_VALUE(t->device() == q.device(), name, " must be on q's device (", q.device(),
                       "), got ", t->device());
@@ -33,8 +32,8 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
   m.block_q = o.block_q, m.block_k = o.block_k;
   TORCH_CHECK_VALUE(counts.numel() == m.rows() && indices.numel() == m.rows() * m.num_k_blocks(),
                     "block_mask must hold ", m.rows(), " counts and ", m.rows() * m.num_k_blocks(),
-                    " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q,
-                    "x", o.block_k, ", got ", counts.numel(), " and ", indices.numel());
+                    " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q, "x",
+                    o.block_k, ", got ", counts.numel(), " and ", indices.numel());
   return m;
 }
 

@@ -25,10 +25,10 @@ namespace {
 
 constexpr int64_t kRowBlock = 16;  // fast::scores_tile's rows per register block
 constexpr int kCandidates = detail::kErrorTargetCandidates;
-constexpr int kNever = kCandidates;        // ranks that no candidate keeps (only the exact output)
-constexpr int kForced = kCandidates + 1;   // tiles kept whatever the candidate
+constexpr int kNever = kCandidates;       // ranks that no candidate keeps (only the exact output)
+constexpr int kForced = kCandidates + 1;  // tiles kept whatever the candidate
 constexpr int kBuckets = kCandidates + 2;
-constexpr int64_t kMaxGroup = 8;           // 8 blocks of 16 rows: a dense tile's 128 rows
+constexpr int64_t kMaxGroup = 8;            // 8 blocks of 16 rows: a dense tile's 128 rows
 constexpr int64_t kStoredFloats = 1 << 22;  // the group's probabilities: at most 16 MB
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -77,7 +77,8 @@ void ErrorTargetRows::scores(int64_t j) {
   const int64_t rows = (end == last ? rows_ : blocks_[end].r0) - r0;
   const float* k = &k_[j * BK * D_];
   if (avx512_)
-    fast::scores_tile_avx512(&qt_[r0], rows_, k, D_, D_, width8, rows, &st_[c0 * rows_ + r0], rows_);
+    fast::scores_tile_avx512(&qt_[r0], rows_, k, D_, D_, width8, rows, &st_[c0 * rows_ + r0],
+                             rows_);
   else
     fast::scores_tile(&qt_[r0], rows_, k, D_, D_, width8, rows, &st_[c0 * rows_ + r0], rows_);
 }
@@ -266,7 +267,7 @@ double ErrorTargetRows::add_errors(const std::vector<RankedRow>& rows,
         total += mass[bk];
         for (int64_t d = 0; d < Dp_; ++d) exact[d] += part(bk)[d];
       }
-      if (total == 0.0) continue;  // the row sees no key: its output is 0 either way
+      if (total == 0.0) continue;            // the row sees no key: its output is 0 either way
       const double inv_total = 1.0 / total;  // as the candidates' 1 / kept below
       double kept = mass[kForced];
       for (int64_t d = 0; d < Dp_; ++d) {
@@ -283,8 +284,8 @@ double ErrorTargetRows::add_errors(const std::vector<RankedRow>& rows,
         const float* add = part(c);
         __m256d e = _mm256_setzero_pd();
         for (int64_t d = 0; d < Dp_; d += 4) {
-          const __m256d a = _mm256_add_pd(_mm256_loadu_pd(&acc[d]),
-                                          _mm256_cvtps_pd(_mm_loadu_ps(add + d)));
+          const __m256d a =
+              _mm256_add_pd(_mm256_loadu_pd(&acc[d]), _mm256_cvtps_pd(_mm_loadu_ps(add + d)));
           _mm256_storeu_pd(&acc[d], a);
           const __m256d diff = _mm256_sub_pd(_mm256_mul_pd(a, vinv), _mm256_loadu_pd(&exact[d]));
           e = _mm256_add_pd(e, _mm256_andnot_pd(sign, diff));

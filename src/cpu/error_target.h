@@ -58,15 +58,15 @@ class ErrorTargetRows {
   void scores(int64_t j);
 
   const detail::Problem& p_;
-  bool avx512_;                    // the AVX-512 kernels (fast::use_avx512), else AVX2
-  int64_t b_, h_, D_, Dp_;         // Dp_: D rounded up to the P·V kernel's channel block
-  std::vector<float> k_, v_;       // [Nk + 16, D] and [Nk + 16, Dp], zero tail
+  bool avx512_;               // the AVX-512 kernels (fast::use_avx512), else AVX2
+  int64_t b_, h_, D_, Dp_;    // Dp_: D rounded up to the P·V kernel's channel block
+  std::vector<float> k_, v_;  // [Nk + 16, D] and [Nk + 16, Dp], zero tail
   std::vector<Block> blocks_;
-  int64_t rows_ = 0;               // 16 per block: each block's rows padded to the kernels' 16
-  int64_t key0_ = 0, keys_ = 0;    // the keys of the group's allowed blocks
-  std::vector<float> qt_;          // [D, rows_]: sampled q rows · scale · log2(e), transposed
-  std::vector<float> st_;          // [keys, rows_]: scores, then unnormalized probabilities
-  std::vector<float> bucket_;      // [blocks, kBuckets, 16, Dp]: P·V summed by bucket
+  int64_t rows_ = 0;             // the group's rows, each block's padded to the kernels' 16
+  int64_t key0_ = 0, keys_ = 0;  // the keys of the group's allowed blocks
+  std::vector<float> qt_;        // [D, rows_]: sampled q rows · scale · log2(e), transposed
+  std::vector<float> st_;        // [keys, rows_]: scores, then unnormalized probabilities
+  std::vector<float> bucket_;    // per selectable block [kBuckets, rows, Dp]: P·V by bucket
 };
 
 }  // namespace sparge::cpu
