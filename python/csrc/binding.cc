@@ -28,13 +28,17 @@
 #include "attn_mask_binding.h"
 #include "options_binding.h"
 #include "order_binding.h"
+#include "outputs_binding.h"
 #include "workloads_binding.h"
 
 namespace {
 
 using sparge_binding::ArgReader;
-using sparge_binding::read_attn_mask;
+using sparge_binding::empty_mask;
+using sparge_binding::empty_outputs;
 using sparge_binding::hilbert_order;
+using sparge_binding::mask_view;
+using sparge_binding::read_attn_mask;
 using sparge_binding::option_schema;
 using sparge_binding::read_options;
 
@@ -105,59 +109,6 @@ struct Launch {
   }
 };
 
-sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& indices,
-                            const at::Tensor& q, const at::Tensor& k,
-                            const sparge::SparseOptions& o) {
-  for (const auto* t : {&counts, &indices}) {
-    const char* name = t == &counts ? "block_mask.counts" : "block_mask.indices";
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32, got ",
-                     t->scalar_type());
-    TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
-    TORCH_CHECK_VALUE(t->device() == q.device(), name, " must be on q's device (", q.device(),
-                      "), got ", t->device());
-  }
-  sparge::BlockMask m;
-  m.counts = counts.data_ptr<int32_t>();
-  m.indices = indices.data_ptr<int32_t>();
-  m.device = q.is_cuda() ? sparge::Device::kCUDA : sparge::Device::kCPU;
-  m.device_index = q.is_cuda() ? q.device().index() : 0;
-  m.batch = q.size(0), m.heads = q.size(1), m.seq_q = q.size(2), m.seq_k = k.size(2);
-  m.block_q = o.block_q, m.block_k = o.block_k;
-  TORCH_CHECK_VALUE(counts.numel() == m.rows() && indices.numel() == m.rows() * m.num_k_blocks(),
-                    "block_mask must hold ", m.rows(), " counts and ", m.rows() * m.num_k_blocks(),
-                    " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q,
-                    "x", o.block_k, ", got ", counts.numel(), " and ", indices.numel());
-  return m;
-}
-
-// Storage for a mask of the options' geometry; the options are validated before this divides
-// by block_q and block_k.
-std::vector<at::Tensor> empty_mask(const at::Tensor& q, const at::Tensor& k,
-                                   const sparge::SparseOptions& o) {
-  const int64_t nq = (q.size(2) + o.block_q - 1) / o.block_q;
-  const int64_t nk = (k.size(2) + o.block_k - 1) / o.block_k;
-  auto opts = q.options().dtype(at::kInt);
-  at::Tensor counts = at::empty({q.size(0), q.size(1), nq}, opts);
-  at::Tensor indices = at::empty({q.size(0), q.size(1), nq, nk}, opts);
-  if (g_poison_outputs) counts.fill_(-1), indices.fill_(-1);
-  return {counts, indices};
-}
-
-// Output like q (same strides when q is dense, e.g. an NHD view), lse and P·V counters.
-std::vector<at::Tensor> empty_outputs(const at::Tensor& q, bool with_extras,
-                                      sparge::AttentionExtras* extras) {
-  at::Tensor out = at::empty_like(q);
-  const int64_t lse_rows = with_extras ? q.size(0) * q.size(1) * q.size(2) : 0;
-  at::Tensor lse = at::empty({lse_rows}, q.options().dtype(at::kFloat));
-  at::Tensor counters = at::zeros({with_extras ? q.size(1) : 0, 2}, q.options().dtype(at::kLong));
-  if (g_poison_outputs) out.fill_(NAN), lse.fill_(NAN);
-  if (with_extras) {
-    extras->lse = lse.data_ptr<float>();
-    extras->pv_counters = reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>());
-  }
-  return {out, lse.view({with_extras ? q.size(0) : 0, q.size(1), q.size(2)}), counters};
-}
-
 // The boxed kernels: each reads its arguments in schema order, replaces them on the stack by
 // its outputs. Options are validated (sparge::validate) before any allocation that uses them.
 using Stack = torch::jit::Stack;
@@ -180,7 +131,7 @@ void predict_block_mask(const c10::OperatorHandle& op, Stack* stack) {
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   throw_if_error(sparge::validate(qv, kv, kv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
-  std::vector<at::Tensor> mask = empty_mask(q, k, opts);
+  std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
   // Stage 1 reads no v unless the error target is on, which the (q, k) form rejects by name.
   throw_if_error(am.empty() || opts.target_error > 0.0f
@@ -202,10 +153,10 @@ void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
   Launch launch(q, qv, kv, opts, backend);
   const sparge::BlockMask m = mask_view(counts, indices, q, k, opts);
   sparge::AttentionExtras extras;
-  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
+  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
   throw_if_error(sparge::block_sparse_attention(qv, kv, vv, am, m, opts,
                                                 to_view(outs[0], "out"), extras, launch.ctx));
-  finish(op, stack, outs);
+  finish(op, stack, {outs[0], outs[1], outs[2]});
 }
 
 void attention(const c10::OperatorHandle& op, Stack* stack) {
@@ -219,12 +170,12 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   throw_if_error(sparge::validate(qv, kv, vv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
   sparge::AttentionExtras extras;
-  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, &extras);
-  std::vector<at::Tensor> mask = empty_mask(q, k, opts);
+  std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
+  std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
   throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
                                           extras, launch.ctx, &m));
-  finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2]});
+  finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2], outs[3], outs[4]});
 }
 
 // The option checks of the ops without tensors, for settings given ahead of any call
@@ -253,7 +204,8 @@ TORCH_LIBRARY(sparge, m) {
          masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
          ", Tensor pv_counters)").c_str());
   m.def(("attention(Tensor q, Tensor k, Tensor v, " + masks + ", *" + options +
-         ", bool with_extras=False) -> (" + attn_out + ", " + mask_out + ", Tensor pv_counters)")
+         ", bool with_extras=False) -> (" + attn_out + ", " + mask_out +
+         ", Tensor pv_counters, Tensor stage1, Tensor forced_tiles)")
             .c_str());
   m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");

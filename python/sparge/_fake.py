@@ -2,7 +2,7 @@
 anything, so torch.compile and FakeTensor tracing see the ops as ordinary graph nodes.
 
 They mirror python/csrc/binding.cc: the output is allocated like q (empty_like keeps an NHD
-view's strides), lse and the P·V counters are empty unless `with_extras`. The options arrive as
+view's strides), lse, the P·V counters and Stage 1's stats are empty unless `with_extras`. The options arrive as
 the ops' keyword arguments (options left out take the C++ defaults).
 """
 import torch
@@ -43,7 +43,10 @@ def _block_sparse_attention(q, k, v, counts, indices, attn_mask=None, key_length
 def _attention(q, k, v, attn_mask=None, key_lengths=None, *, with_extras=False, **options):
     out, lse, counters = _outputs(q, with_extras)
     counts, indices = _mask(q, k, options)
-    return out, lse, counts, indices, counters
+    rows, heads = (q.shape[0], q.shape[1]) if with_extras else (0, 0)
+    stage1 = q.new_empty((2, rows, heads), dtype=torch.float32)
+    forced = q.new_empty((rows, heads), dtype=torch.int64)
+    return out, lse, counts, indices, counters, stage1, forced
 
 
 @torch.library.register_fake("sparge::hilbert_order")

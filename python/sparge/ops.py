@@ -25,10 +25,31 @@ CUDA_HEAD_DIMS = tuple(_C.cuda_head_dims())
 
 @dataclass
 class SparseStats:
-    """What a call computed. Tensors, so a compiled graph can return them without syncing."""
+    """What a call computed. Tensors, so a compiled graph can return them without syncing.
+
+    Stage 1's per-head stats (None from block_sparse_attention, which has no Stage 1), each
+    [B, Hq] on the output's device:
+      select_value: the selection's number each head used: cdf_threshold / topk, or with
+        target_error the TopCdf mass it chose (1.0: the head kept every allowed tile);
+      error_estimate: target_error's estimated relative L1 error of that choice (NaN when off);
+      forced_tiles: allowed tiles kept because the similarity gate (sim_threshold) forced them,
+        whatever the selection said; forced_fraction relates them to the dense tile count.
+    """
     block_mask: BlockMask
     lse: torch.Tensor          # natural-log LSE per row [B, Hq, Nq] (-inf: row sees no key)
     pv_counters: torch.Tensor  # [Hq, 2]: (row group, tile) pairs visited, skipped by λ
+    select_value: Optional[torch.Tensor] = None
+    error_estimate: Optional[torch.Tensor] = None
+    forced_tiles: Optional[torch.Tensor] = None
+
+    @property
+    def forced_fraction(self) -> Optional[torch.Tensor]:
+        """Per (batch, head): forced tiles over the tiles dense (or causal) attention computes
+        there; 1.0 means the gate overrode the selection entirely (a dense head)."""
+        if self.forced_tiles is None:
+            return None
+        dense = int(self.block_mask.allowed_key_blocks().sum())  # the same for every head
+        return self.forced_tiles.double() / max(dense, 1)
 
     @property
     def sparsity(self) -> float:
@@ -290,7 +311,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
                              "pass the padding as an attn_mask with a token_grid")
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
-    out, lse, counts, indices, pv_counters = torch.ops.sparge.attention(
+    out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(
         *_pad(padded, qh, kh, vh), mask4, lengths, **options, with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
@@ -302,7 +323,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     mask = BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align,
                      window_left=window_left, window_right=window_right)
-    return out, SparseStats(mask, lse, pv_counters)
+    return out, SparseStats(mask, lse, pv_counters, select_value=stage1[0],
+                            error_estimate=stage1[1], forced_tiles=forced)
 
 
 def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = False,

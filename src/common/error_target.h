@@ -49,8 +49,10 @@ constexpr double kErrorTargetMargin = 1.1;
 SPARGE_HD int error_target_choice(const double* err, double norm, double target) {
   int g = kErrorTargetCandidates;
   while (g > 0) {
-    const double e = norm > 0.0 ? err[g - 1] / norm : 0.0;
-    if (!(kErrorTargetMargin * e <= target)) break;  // NaN fails: keep the denser choice
+    // No sampled row saw a key (norm 0): nothing to lose. A NaN norm or error (NaN inputs)
+    // fails: keep the denser choice.
+    const double e = norm == 0.0 ? 0.0 : err[g - 1] / norm;
+    if (!(kErrorTargetMargin * e <= target)) break;
     --g;
   }
   return g;

@@ -72,14 +72,6 @@ struct Plan {
   bool avx512 = false;    // AVX-512 kernels (else AVX2)
 };
 
-// AVX-512F when the CPU has it, unless SPARGE_CPU_ISA=avx2 asks for the AVX2 kernels (tests run
-// both; results agree to rounding, not bit for bit).
-bool use_avx512() {
-  const char* isa = std::getenv("SPARGE_CPU_ISA");
-  if (isa != nullptr && std::strcmp(isa, "avx2") == 0) return false;
-  return __builtin_cpu_supports("avx512f");
-}
-
 // One thread's scratch, sized for the largest block; allocated once per call.
 struct Scratch {
   float* mem = nullptr;
@@ -421,7 +413,7 @@ Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, cons
   pl.band = p.band();
   pl.attn = MaskReader(p.attn_mask, p.shape.seq_k);
   pl.score_log2 = double(p.scale) * kLog2e;
-  pl.avx512 = use_avx512();
+  pl.avx512 = fast::use_avx512();
 
   const int64_t heads = p.shape.heads_q, tasks = p.shape.batch * heads * pl.nq;
   const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();

@@ -9,6 +9,8 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/fp_convert.h"
 
@@ -199,10 +201,18 @@ inline void pv_rows(const float* p, int64_t ldp, const float* v, int64_t ldv, in
   }
 }
 
-// ---- AVX-512 variants (chosen at run time when the CPU has AVX-512F; see attention_fast.cc).
+// ---- AVX-512 variants (chosen at run time when the CPU has AVX-512F, by use_avx512()).
 // Same contracts with wider register blocks: 32 rows × 8 keys for the scores, 8 rows × 32
 // channels for P·V (16 zmm accumulators each, half the load traffic per FMA of the AVX2 blocks).
 #define SPARGE_TARGET_AVX512 __attribute__((target("avx512f")))
+
+// AVX-512F when the CPU has it, unless SPARGE_CPU_ISA=avx2 asks for the AVX2 kernels (tests run
+// both; results agree to rounding, not bit for bit). Read per call: calls are long.
+inline bool use_avx512() {
+  const char* isa = std::getenv("SPARGE_CPU_ISA");
+  if (isa != nullptr && std::strcmp(isa, "avx2") == 0) return false;
+  return __builtin_cpu_supports("avx512f");
+}
 
 // kRowVecs × 16 rows × 8 keys of st = K·Qᵀ starting at (c0, r0).
 template <int kRowVecs>

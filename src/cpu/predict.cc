@@ -7,12 +7,14 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "common/backend.h"
 #include "common/error_target.h"
 #include "common/geometry.h"
 #include "cpu/attn_mask.h"
+#include "cpu/error_target.h"
 #include "cpu/tensor_io.h"
 
 namespace sparge::cpu {
@@ -210,67 +212,6 @@ std::vector<double> sampled_weights(const SampledRows& rows, detail::BlockRange 
   return weight;
 }
 
-// One selectable query block of the error-target mode: its ranked eligible columns and, per
-// candidate g, how many of them TopCdf τ_g keeps.
-struct RankedRow {
-  std::vector<int64_t> ranked;
-  size_t keep[detail::kErrorTargetCandidates] = {};
-};
-
-// The error each candidate makes on the sampled rows of one query block (docs/method.md, "The
-// error target"): per row r, o_r = Σ_c a_r[c] v_c over the keys it sees (exact), and o_r^g the
-// same over the tiles candidate g keeps (forced ones, then the ranked prefix), renormalized by
-// their mass, 0 when they hold none (Stage 2 writes 0 for a row without keys). Adds
-// Σ_r ‖o_r^g − o_r‖₁ to err[g]; returns Σ_r ‖o_r‖₁. `v` is the kv head's [Nk, D] slice.
-double candidate_errors(const SampledRows& rows, const std::vector<double>& v, int64_t D,
-                        int block_k, int64_t seq_k, detail::BlockRange allowed,
-                        const std::vector<uint8_t>& forced, const RankedRow& rr, double* err) {
-  double norm = 0.0;
-  std::vector<double> part((allowed.end) * D), mass(allowed.end), exact(D), acc(D);
-  for (int64_t s = 0; s < rows.count; ++s) {
-    if (rows.last[s] < rows.first[s]) continue;
-    // Per key block j: its share Σ_{c∈j} a_r[c] v_c of the output and its mass Σ_{c∈j} a_r[c].
-    std::fill(part.begin(), part.end(), 0.0);
-    std::fill(mass.begin(), mass.end(), 0.0);
-    std::fill(exact.begin(), exact.end(), 0.0);
-    const double* p = &rows.prob[s * seq_k];
-    for (int64_t c = rows.first[s]; c <= rows.last[s]; ++c) {
-      const int64_t j = c / block_k;
-      mass[j] += p[c];
-      for (int64_t d = 0; d < D; ++d) part[j * D + d] += p[c] * v[c * D + d];
-    }
-    for (int64_t j = allowed.begin; j < allowed.end; ++j)
-      for (int64_t d = 0; d < D; ++d) exact[d] += part[j * D + d];
-    double row_norm = 0.0;
-    for (int64_t d = 0; d < D; ++d) row_norm += std::fabs(exact[d]);
-    norm += row_norm;
-
-    std::fill(acc.begin(), acc.end(), 0.0);
-    double kept = 0.0;
-    for (int64_t j = allowed.begin; j < allowed.end; ++j) {
-      if (!forced[j]) continue;
-      kept += mass[j];
-      for (int64_t d = 0; d < D; ++d) acc[d] += part[j * D + d];
-    }
-    // Walk the ranked prefix; candidate g is measured when the prefix holds rr.keep[g] columns.
-    int g = 0;
-    for (size_t t = 0; t <= rr.ranked.size(); ++t) {
-      for (; g < detail::kErrorTargetCandidates && rr.keep[g] == t; ++g) {
-        double e = 0.0;
-        for (int64_t d = 0; d < D; ++d)
-          e += std::fabs((kept > 0.0 ? acc[d] / kept : 0.0) - exact[d]);
-        err[g] += e;
-      }
-      if (t == rr.ranked.size()) break;
-      const int64_t j = rr.ranked[t];
-      if (forced[j]) continue;  // the sink: ranked like any column, but already in acc
-      kept += mass[j];
-      for (int64_t d = 0; d < D; ++d) acc[d] += part[j * D + d];
-    }
-  }
-  return norm;
-}
-
 // Writes the stats of one (batch, query head) (host memory; null outputs are skipped).
 void write_stats(const Stage1Stats& st, int64_t bh, double select_value, double error,
                  int64_t forced_tiles) {
@@ -309,10 +250,11 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
     const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
-    const std::vector<double> k_slice =
-        sampled ? load_slice<double>(p.k, b, h / group) : std::vector<double>{};
-    const std::vector<double> v_slice =
-        error_target ? load_slice<double>(p.v, b, h / group) : std::vector<double>{};
+    const std::vector<double> k_slice = sampled && !error_target
+                                            ? load_slice<double>(p.k, b, h / group)
+                                            : std::vector<double>{};
+    std::optional<ErrorTargetRows> estimator;
+    if (error_target) estimator.emplace(p, b, h);
     std::vector<uint8_t> key_sim(nk), keep(nk);
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
@@ -321,38 +263,55 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     std::vector<RankedRow> rows(nq);
     std::vector<uint8_t> selectable(nq, 0);
     double err[detail::kErrorTargetCandidates] = {}, norm = 0.0;
-    std::vector<uint8_t> forced(nk);
     std::vector<double> prob;
-    for (int64_t i = 0; i < nq; ++i) {
-      const detail::BlockRange allowed =
-          detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+    const auto allowed_of = [&](int64_t i) {
+      return detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+    };
+    if (error_target) {
+      // The blocks to estimate (similar, with eligible columns), in groups that share key tiles.
+      std::vector<int64_t> todo;
+      for (int64_t i = 0; i < nq; ++i)
+        if (is_similar(qs.sim[i], theta) && !eligible_columns(key_sim, allowed_of(i)).empty())
+          todo.push_back(i);
+      std::vector<uint8_t> forced(nk);
+      for (int64_t j = 0; j < nk; ++j) forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
+      const size_t step = estimator->group_blocks();
+      for (size_t first = 0; first < todo.size(); first += step) {
+        const std::vector<int64_t> group(todo.begin() + first,
+                                         todo.begin() + std::min(first + step, todo.size()));
+        estimator->sample(group);
+        for (size_t t = 0; t < group.size(); ++t) {
+          const int64_t i = group[t];
+          std::vector<int64_t> cols = eligible_columns(key_sim, allowed_of(i));
+          if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
+          selectable[i] = 1;
+          rows[i].ranked = std::move(cols);
+          for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
+            rows[i].keep[g] = topcdf_length(prob, rows[i].ranked, detail::error_target_tau(g));
+        }
+        norm += estimator->add_errors(rows, selectable, forced, err);
+      }
+    }
+    for (int64_t i = 0; i < nq && !error_target; ++i) {
+      const detail::BlockRange allowed = allowed_of(i);
       if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
       std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
       cols.erase(std::remove_if(cols.begin(), cols.end(),
                                 [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
                  cols.end());
       if (cols.empty()) continue;
-      SampledRows sr;
       std::vector<double> weight;
       if (sampled) {
-        sr = sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k, attn);
+        const SampledRows sr =
+            sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k, attn);
         weight = sampled_weights(sr, allowed, o.block_k, s.seq_k);
       } else {
         weight = pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
       }
       if (!rank_row(weight, &cols, &prob)) continue;
       selectable[i] = 1;
-      RankedRow& rr = rows[i];
-      rr.ranked = std::move(cols);
-      if (!error_target) {
-        rr.keep[0] = keep_length(prob, rr.ranked, allowed, o, h);
-        continue;
-      }
-      for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
-        rr.keep[g] = topcdf_length(prob, rr.ranked, detail::error_target_tau(g));
-      for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
-      norm += candidate_errors(sr, v_slice, D, o.block_k, s.seq_k, allowed, forced, rr, err);
+      rows[i].ranked = std::move(cols);
+      rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed, o, h);
     }
     // The error target's choice for this head; kErrorTargetCandidates keeps every allowed tile.
     const int choice = error_target

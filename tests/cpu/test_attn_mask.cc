@@ -378,6 +378,14 @@ TEST(AttnMaskValidation, MessagesNameTheArgument) {
   // A broadcast axis's stride is not read: any value passes.
   x = m, x.heads = 1, x.stride_head = -5;
   EXPECT_TRUE(sparse_attention(t.q, t.q, t.q, x, o, t.o).is_ok());
+  // The error target's estimate does not read masks: refused by name rather than wrong.
+  SparseOptions with_target = o;
+  with_target.target_error = 0.05f;
+  const Status s = sparse_attention(t.q, t.q, t.q, m, with_target, t.o);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupported);
+  EXPECT_NE(message(s).find("SparseOptions.target_error with an attn_mask"), std::string::npos)
+      << message(s);
+  EXPECT_TRUE(sparse_attention(t.q, t.q, t.q, AttentionMask{}, with_target, t.o).is_ok());
 }
 
 TEST(AttnMaskValidation, CudaBackendRefusesMasksNamingTheArgument) {

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <string>
@@ -28,10 +29,17 @@ struct HeadResult {
   std::vector<int64_t> forced;
 };
 
+// The double dense reference of w (the slow part of these tests: computed once per workload).
+std::vector<double> reference(workloads::Workload& w) {
+  const float scale = 1.0f / std::sqrt(float(w.head_dim));
+  return cpu::dense_attention_reference(w.q_view(), w.k_view(), w.v_view(), scale, w.causal,
+                                        CausalAlign::kTopLeft);
+}
+
 // Both stages on the CPU with `opts`, per query head of batch entry 0: measured rel L1 against
-// the double dense reference, tile sparsity and the Stage-1 stats.
-HeadResult run(workloads::Workload& w, SparseOptions opts, Backend backend = Backend::kCpuFast,
-               HostBlockMask* mask_out = nullptr) {
+// `ref` (NaN without one), tile sparsity and the Stage-1 stats.
+HeadResult run(workloads::Workload& w, SparseOptions opts, const std::vector<double>* ref,
+               Backend backend = Backend::kCpuFast, HostBlockMask* mask_out = nullptr) {
   opts.causal = w.causal;
   const int64_t Hq = w.heads_q, B = w.batch;
   std::vector<float> o(w.q.size(), NAN);
@@ -48,9 +56,6 @@ HeadResult run(workloads::Workload& w, SparseOptions opts, Backend backend = Bac
   ctx.backend = backend;
   check(sparse_attention(w.q_view(), w.k_view(), w.v_view(), opts, ov, extras, ctx,
                          &mask.view()));
-  const float scale = 1.0f / std::sqrt(float(w.head_dim));
-  const std::vector<double> ref = cpu::dense_attention_reference(
-      w.q_view(), w.k_view(), w.v_view(), scale, opts.causal, opts.causal_align);
   HeadResult r;
   const int64_t per_head = w.seq_q * w.head_dim;
   const std::vector<uint8_t> dense = mask.to_dense();
@@ -59,10 +64,10 @@ HeadResult run(workloads::Workload& w, SparseOptions opts, Backend backend = Bac
   const std::vector<uint8_t> all = full.to_dense();
   const int64_t tiles = int64_t(dense.size()) / (B * Hq);
   for (int64_t h = 0; h < Hq; ++h) {
-    double num = 0.0, den = 0.0;
-    for (int64_t e = h * per_head; e < (h + 1) * per_head; ++e) {
-      num += std::fabs(double(o[e]) - ref[e]);
-      den += std::fabs(ref[e]);
+    double num = ref ? 0.0 : NAN, den = 0.0;
+    for (int64_t e = h * per_head; ref && e < (h + 1) * per_head; ++e) {
+      num += std::fabs(double(o[e]) - (*ref)[e]);
+      den += std::fabs((*ref)[e]);
     }
     int64_t kept = 0, allowed = 0;
     for (int64_t t = h * tiles; t < (h + 1) * tiles; ++t) {
@@ -82,7 +87,9 @@ HeadResult run(workloads::Workload& w, SparseOptions opts, Backend backend = Bac
 struct Case {
   std::string name;
   workloads::Workload w;
+  std::vector<double> ref;  // filled by cases_with_reference()
 };
+
 
 std::vector<Case> cases() {
   std::vector<Case> c;
@@ -104,6 +111,17 @@ std::vector<Case> cases() {
   return c;
 }
 
+// cases() with their references, built once per process (the two tests that measure errors
+// share them; the references are the slow part).
+std::vector<Case>& cases_with_reference() {
+  static std::vector<Case> c = [] {
+    std::vector<Case> all = cases();
+    for (Case& x : all) x.ref = reference(x.w);
+    return all;
+  }();
+  return c;
+}
+
 SparseOptions target(double t) {
   SparseOptions o;
   o.target_error = float(t);
@@ -112,10 +130,11 @@ SparseOptions target(double t) {
 }
 
 TEST(ErrorTarget, MeasuredErrorWithinTargetOnMostHeads) {
+  std::vector<Case>& all = cases_with_reference();
   for (double t : {0.02, 0.05}) {
     int heads = 0, within = 0;
-    for (Case& c : cases()) {
-      const HeadResult r = run(c.w, target(t));
+    for (Case& c : all) {
+      const HeadResult r = run(c.w, target(t), &c.ref);
       for (size_t h = 0; h < r.rel_l1.size(); ++h) {
         std::printf("target %.2f %-13s head %zu: tau %.4f est %.4f measured %.4f sparsity %.3f\n",
                     t, c.name.c_str(), h, r.tau[h], r.estimate[h], r.rel_l1[h], r.sparsity[h]);
@@ -135,7 +154,7 @@ TEST(ErrorTarget, MeasuredErrorWithinTargetOnMostHeads) {
 TEST(ErrorTarget, StructuredWorkloadsGetSparse) {
   for (Case& c : cases()) {
     if (c.name == "random") continue;
-    const HeadResult r = run(c.w, target(0.05));
+    const HeadResult r = run(c.w, target(0.05), nullptr);
     for (size_t h = 0; h < r.sparsity.size(); ++h)
       EXPECT_GT(r.sparsity[h], 0.3) << c.name << " head " << h;
   }
@@ -143,8 +162,8 @@ TEST(ErrorTarget, StructuredWorkloadsGetSparse) {
 
 // A target below what dropping any tile costs keeps every allowed tile: output = dense.
 TEST(ErrorTarget, TinyTargetKeepsEverything) {
-  for (Case& c : cases()) {
-    const HeadResult r = run(c.w, target(1e-7));
+  for (Case& c : cases_with_reference()) {
+    const HeadResult r = run(c.w, target(1e-7), &c.ref);
     for (size_t h = 0; h < r.sparsity.size(); ++h) {
       EXPECT_EQ(r.sparsity[h], 0.0) << c.name << " head " << h;
       EXPECT_LT(r.rel_l1[h], 1e-5) << c.name << " head " << h;
@@ -152,12 +171,77 @@ TEST(ErrorTarget, TinyTargetKeepsEverything) {
   }
 }
 
+// The estimate is, by definition, the rel L1 of the chosen mask's output on the sampled rows
+// (16 evenly spaced rows per query block, every block selectable with sim -1). Stage 2's output
+// on those rows is that renormalized output, so the two agree to rounding: a check of the
+// one-pass candidate sums against the definition.
+TEST(ErrorTarget, EstimateIsTheErrorOnTheSampledRows) {
+  struct DefinitionCase {
+    workloads::Workload w;
+    SparseOptions o;
+  };
+  std::vector<DefinitionCase> cases;
+  cases.push_back({workloads::language_like(1, 2, 1, 1000, 64, 11), target(0.05)});
+  cases.push_back({workloads::video_grid(1, 2, 4, 8, 16, 64, 12), target(0.05)});
+  // Odd lengths, GQA, a head dim that is no multiple of 8, bottom-right causality, 32 rows per
+  // block; random inputs only drop tiles at a large target.
+  cases.push_back({workloads::random_gaussian(1, 4, 2, 333, 517, 20, 14), target(0.3)});
+  cases.back().w.causal = true;
+  cases.back().o.causal_align = CausalAlign::kBottomRight;
+  cases.back().o.sample_rows = 32;
+  for (DefinitionCase& c : cases) {
+    workloads::Workload& w = c.w;
+    SparseOptions& o = c.o;
+    o.causal = w.causal;
+    const std::vector<double> ref = cpu::dense_attention_reference(
+        w.q_view(), w.k_view(), w.v_view(), 1.0f / std::sqrt(float(w.head_dim)), o.causal,
+        o.causal_align);
+    std::vector<float> out(w.q.size());
+    const TensorView ov = TensorView::contiguous(out.data(), DType::kFloat32, Layout::kHND, 1,
+                                                 w.heads_q, w.seq_q, w.head_dim);
+    std::vector<float> est(w.heads_q);
+    AttentionExtras extras;
+    extras.stage1.error_estimate = est.data();
+    check(sparse_attention(w.q_view(), w.k_view(), w.v_view(), o, ov, extras));
+    const int rows = std::max(o.sample_rows, detail::kErrorTargetMinRows);
+    for (int64_t h = 0; h < w.heads_q; ++h) {
+      double num = 0.0, den = 0.0;
+      for (int64_t i = 0; i * o.block_q < w.seq_q; ++i) {
+        const int64_t first = i * o.block_q, n = std::min<int64_t>(o.block_q, w.seq_q - first);
+        const int64_t count = detail::sampled_row_count(rows, n);
+        for (int64_t s = 0; s < count; ++s) {
+          const int64_t r = detail::sampled_row(first, n, count, s);
+          for (int64_t d = 0; d < w.head_dim; ++d) {
+            const int64_t e = (h * w.seq_q + r) * w.head_dim + d;
+            num += std::fabs(double(out[e]) - ref[e]);
+            den += std::fabs(ref[e]);
+          }
+        }
+      }
+      std::printf("%s head %ld: estimate %.6f, sampled rows' error %.6f\n", w.name.c_str(),
+                  long(h), est[h], num / den);
+      EXPECT_GT(est[h], 0.005) << w.name << " head " << h;  // something was dropped
+      EXPECT_NEAR(est[h], num / den, 1e-4 * est[h] + 1e-6) << w.name << " head " << h;
+    }
+  }
+}
+
+// A NaN in v makes the estimate NaN, and a NaN never passes: every allowed tile is kept.
+TEST(ErrorTarget, NanInputKeepsEveryTile) {
+  workloads::Workload w = workloads::video_grid(1, 2, 4, 8, 16, 64, 13);
+  w.v[(0 * w.seq_k + 300) * w.head_dim + 5] = NAN;  // kv head 0 (query head 0), key 300
+  const HeadResult r = run(w, target(0.05), nullptr);
+  EXPECT_EQ(r.sparsity[0], 0.0);
+  EXPECT_EQ(r.tau[0], 1.0f);
+  EXPECT_GT(r.sparsity[1], 0.3);  // the other head is untouched
+}
+
 // Larger targets never keep more tiles, head by head.
 TEST(ErrorTarget, SparsityGrowsWithTheTarget) {
   for (Case& c : cases()) {
     std::vector<double> last(c.w.heads_q, -1.0);
     for (double t : {0.001, 0.005, 0.02, 0.05, 0.1, 0.3}) {
-      const HeadResult r = run(c.w, target(t));
+      const HeadResult r = run(c.w, target(t), nullptr);
       for (size_t h = 0; h < last.size(); ++h) {
         EXPECT_GE(r.sparsity[h], last[h]) << c.name << " head " << h << " target " << t;
         last[h] = r.sparsity[h];
@@ -170,8 +254,9 @@ TEST(ErrorTarget, SparsityGrowsWithTheTarget) {
 TEST(ErrorTarget, ReferenceAndFastBackendAgree) {
   workloads::Workload w = workloads::language_like(1, 4, 2, 1000, 64, 9);
   HostBlockMask a, b;
-  const HeadResult ra = run(w, target(0.02), Backend::kReference, &a);
-  const HeadResult rb = run(w, target(0.02), Backend::kCpuFast, &b);
+  const std::vector<double> ref = reference(w);
+  const HeadResult ra = run(w, target(0.02), &ref, Backend::kReference, &a);
+  const HeadResult rb = run(w, target(0.02), &ref, Backend::kCpuFast, &b);
   EXPECT_EQ(a.to_dense(), b.to_dense());
   EXPECT_EQ(ra.tau, rb.tau);
   EXPECT_EQ(ra.estimate, rb.estimate);
@@ -183,14 +268,14 @@ TEST(ErrorTarget, ReferenceAndFastBackendAgree) {
 TEST(ErrorTarget, StatsCountTilesTheGateForced) {
   workloads::Workload w = workloads::random_gaussian(1, 2, 2, 512, 512, 64, 1);
   SparseOptions o;
-  const HeadResult r = run(w, o);
+  const HeadResult r = run(w, o, nullptr);
   for (size_t h = 0; h < r.forced.size(); ++h) {
     EXPECT_EQ(r.forced[h], 4 * 8) << "head " << h;  // every one of the 4 x 8 tiles
     EXPECT_EQ(r.tau[h], o.select_value.value);
     EXPECT_TRUE(std::isnan(r.estimate[h]));
   }
   o.sim_threshold = HeadParam{-1.0f};
-  const HeadResult none = run(w, o);
+  const HeadResult none = run(w, o, nullptr);
   for (int64_t f : none.forced) EXPECT_EQ(f, 0);
 }
 
@@ -222,13 +307,14 @@ TEST(ErrorTarget, SmallPvThresholdIsRaised) {
   workloads::Workload w = workloads::video_grid(1, 2, 4, 16, 16, 64, 2);
   SparseOptions o = target(0.002);
   o.pv_threshold = HeadParam{0.0f};
-  const HeadResult r = run(w, o);
+  const std::vector<double> ref = reference(w);
+  const HeadResult r = run(w, o, &ref);
   for (double e : r.rel_l1) EXPECT_LE(e, 0.003);
   SparseOptions plain;
   plain.pv_threshold = HeadParam{0.0f};
   plain.sim_threshold = HeadParam{-1.0f};
   plain.select_value = HeadParam{1.0f};
-  const HeadResult skipped = run(w, plain);  // the same λ without the mode drops real mass
+  const HeadResult skipped = run(w, plain, &ref);  // the same λ without the mode drops real mass
   for (double e : skipped.rel_l1) EXPECT_GT(e, 0.01);
 }
 

@@ -1,9 +1,11 @@
 // GPU Stage 1 with target_error against the CPU (src/cpu/predict.cc, itself checked against
 // measured errors in tests/cpu/test_error_target.cc): random, video-like and language-like
 // inputs, causal in both alignments, GQA, sinks, the similarity gate on and off, odd lengths.
-// Compares the masks, each head's chosen τ, the estimates and the tiles the gate forced. Both
-// sides sum in double in different orders, so only exact ties (of masses, or of an estimate with
-// the target) may differ; a different choice of τ for a head shows as a large mask difference.
+// Compares the masks, each head's chosen τ, the estimates and the tiles the gate forced. The GPU
+// sums in double, the CPU's estimate in fp32 (the rows' scores, probabilities and P·V:
+// src/cpu/error_target.cc), so only near-ties may differ (of masses, or of an estimate with
+// target / margin, within ~1e-6); a different choice of τ for a head shows as a large mask
+// difference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,7 +65,7 @@ TEST_P(ErrorTargetVsCpu, SameChoiceAndMask) {
   EXPECT_GE(m.identical, 0.995);
   for (int64_t h = 0; h < Hq; ++h) {
     EXPECT_EQ(cpu.select_value[h], gpu.select_value[h]) << "head " << h;
-    EXPECT_NEAR(cpu.error_estimate[h], gpu.error_estimate[h], 1e-5 + 1e-4 * cpu.error_estimate[h])
+    EXPECT_NEAR(cpu.error_estimate[h], gpu.error_estimate[h], 1e-5 + 1e-3 * cpu.error_estimate[h])
         << "head " << h;
     EXPECT_EQ(cpu.forced_tiles[h], gpu.forced_tiles[h]) << "head " << h;
   }

@@ -148,3 +148,20 @@ def test_cuda_errors():
     with pytest.warns(sparge.SpargeFallbackWarning, match="float32 on cuda"):
         with sparge.patch_sdpa(min_seq_len=0):
             F.scaled_dot_product_attention(q, k, v)
+
+
+def test_stage1_stats_on_cuda_match_the_cpu():
+    # SparseStats' Stage 1 tensors come from the GPU's Stage1Stats (device memory) and say what
+    # the CPU says for the same bf16 inputs: the error target's per-head choice and the gate's
+    # forced tiles (tests/cuda/test_predict_error_target.cc compares the kernels themselves).
+    w = sparge.workloads.language_like(heads_q=4, heads_kv=2, tokens=2048, head_dim=128, seed=7)
+    q, k, v = (t.to(torch.bfloat16) for t in (w.q, w.k, w.v))
+    kw = dict(is_causal=True, target_error=0.05, sim_threshold=0.3, return_stats=True)
+    _, cpu = sparge.attention(q, k, v, **kw)
+    _, gpu = sparge.attention(q.cuda(), k.cuda(), v.cuda(), **kw)
+    for name in ("select_value", "error_estimate", "forced_tiles"):
+        assert getattr(gpu, name).device.type == "cuda", name
+    assert torch.equal(gpu.select_value.cpu(), cpu.select_value)
+    assert torch.allclose(gpu.error_estimate.cpu(), cpu.error_estimate, rtol=1e-3, atol=1e-5)
+    assert torch.equal(gpu.forced_tiles.cpu(), cpu.forced_tiles)
+    assert (cpu.select_value < 1.0).all()  # a real choice, not "keep all"

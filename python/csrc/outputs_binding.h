@@ -1,0 +1,78 @@
+// Output and mask tensors of the PyTorch binding (python/csrc/binding.cc): a BlockMask view of
+// the (counts, indices) tensors, and the empty outputs of each op, checked and shaped here so the
+// op bodies only call the C++ API. `poison` (a test hook) fills them with NaN / -1 first.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "sparge/sparge.h"
+
+namespace sparge_binding {
+
+inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& indices,
+                                   const at::Tensor& q, const at::Tensor& k,
+                                   const sparge::SparseOptions& o) {
+  for (const auto* t : {&counts, &indices}) {
+    const char* name = t == &counts ? "block_mask.counts" : "block_mask.indices";
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32, got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
+    TORCH_CHECK_VALUE(t->device() == q.device(), name, " must be on q's device (", q.device(),
+                      "), got ", t->device());
+  }
+  sparge::BlockMask m;
+  m.counts = counts.data_ptr<int32_t>();
+  m.indices = indices.data_ptr<int32_t>();
+  m.device = q.is_cuda() ? sparge::Device::kCUDA : sparge::Device::kCPU;
+  m.device_index = q.is_cuda() ? q.device().index() : 0;
+  m.batch = q.size(0), m.heads = q.size(1), m.seq_q = q.size(2), m.seq_k = k.size(2);
+  m.block_q = o.block_q, m.block_k = o.block_k;
+  TORCH_CHECK_VALUE(counts.numel() == m.rows() && indices.numel() == m.rows() * m.num_k_blocks(),
+                    "block_mask must hold ", m.rows(), " counts and ", m.rows() * m.num_k_blocks(),
+                    " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q, "x",
+                    o.block_k, ", got ", counts.numel(), " and ", indices.numel());
+  return m;
+}
+
+// Storage for a mask of the options' geometry; the options are validated before this divides
+// by block_q and block_k.
+inline std::vector<at::Tensor> empty_mask(const at::Tensor& q, const at::Tensor& k,
+                                          const sparge::SparseOptions& o, bool poison) {
+  const int64_t nq = (q.size(2) + o.block_q - 1) / o.block_q;
+  const int64_t nk = (k.size(2) + o.block_k - 1) / o.block_k;
+  auto opts = q.options().dtype(at::kInt);
+  at::Tensor counts = at::empty({q.size(0), q.size(1), nq}, opts);
+  at::Tensor indices = at::empty({q.size(0), q.size(1), nq, nk}, opts);
+  if (poison) counts.fill_(-1), indices.fill_(-1);
+  return {counts, indices};
+}
+
+// Output like q (same strides when q is dense, e.g. an NHD view), lse, P·V counters and Stage 1's
+// per-head stats: stage1 float32 [2, batch, heads_q] (the select_value each head used: TopCdf τ,
+// TopK κ or the error target's choice; then the error estimate, NaN without target_error) and
+// forced_tiles int64 [batch, heads_q] (tiles the similarity gate forced). All but `out` are
+// empty unless `with_extras`; on q's device, as the C++ API writes them.
+inline std::vector<at::Tensor> empty_outputs(const at::Tensor& q, bool with_extras, bool poison,
+                                             sparge::AttentionExtras* extras) {
+  at::Tensor out = at::empty_like(q);
+  const int64_t lse_rows = with_extras ? q.size(0) * q.size(1) * q.size(2) : 0;
+  const int64_t heads = with_extras ? q.size(1) : 0, rows = with_extras ? q.size(0) : 0;
+  at::Tensor lse = at::empty({lse_rows}, q.options().dtype(at::kFloat));
+  at::Tensor counters = at::zeros({heads, 2}, q.options().dtype(at::kLong));
+  at::Tensor stage1 = at::empty({2, rows, heads}, q.options().dtype(at::kFloat));
+  at::Tensor forced = at::empty({rows, heads}, q.options().dtype(at::kLong));
+  if (poison) out.fill_(NAN), lse.fill_(NAN), stage1.fill_(NAN), forced.fill_(-1);
+  if (with_extras) {
+    extras->lse = lse.data_ptr<float>();
+    extras->pv_counters = reinterpret_cast<unsigned long long*>(counters.data_ptr<int64_t>());
+    extras->stage1.select_value = stage1.data_ptr<float>();
+    extras->stage1.error_estimate = stage1.data_ptr<float>() + rows * heads;
+    extras->stage1.forced_tiles = forced.data_ptr<int64_t>();
+  }
+  return {out, lse.view({rows, q.size(1), q.size(2)}), counters, stage1, forced};
+}
+
+}  // namespace sparge_binding

@@ -1,0 +1,302 @@
+// The error-target estimate on the CPU (docs/method.md, "The error target", steps 2-3).
+//
+// Cost: the sampled rows' scores against every allowed key and their P·V, rows / block_q of
+// dense attention's flops (16/128), with the fast backend's fp32 kernels. Two choices keep it
+// near the dense kernels' rate:
+//  - query blocks are processed in groups (up to 8: 128 rows), key tile by key tile, so a K or V
+//    tile loaded once serves every row of the group, as a dense tile serves its 128 rows;
+//  - the 32 candidates cost one P·V pass, not 32: candidate g keeps the forced tiles and the
+//    ranked prefix of keep[g] blocks, and keep[] grows with g, so a block is first kept by one
+//    candidate g*(rank) and by every later one. Its P·V goes into bucket g*, and candidate g's
+//    output is the forced bucket plus buckets 0..g: a running sum over the buckets per row.
+#include "cpu/error_target.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/attention_fast_kernels.h"
+#include "cpu/tensor_io.h"
+
+namespace sparge::cpu {
+namespace {
+
+constexpr int64_t kRowBlock = 16;  // fast::scores_tile's rows per register block
+constexpr int kCandidates = detail::kErrorTargetCandidates;
+constexpr int kNever = kCandidates;       // ranks that no candidate keeps (only the exact output)
+constexpr int kForced = kCandidates + 1;  // tiles kept whatever the candidate
+constexpr int kBuckets = kCandidates + 2;
+constexpr int64_t kMaxGroup = 8;            // 8 blocks of 16 rows: a dense tile's 128 rows
+constexpr int64_t kStoredFloats = 1 << 22;  // the group's probabilities: at most 16 MB
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// (b, h) of t as fp32 [tokens + kRowBlock, width]; the extra rows and the channels ≥ head_dim are
+// zero (the score kernels read whole groups of 8 keys, the P·V kernels of 16 or 32 channels).
+std::vector<float> load_padded(const TensorView& t, int64_t b, int64_t h, int64_t width) {
+  std::vector<float> out((t.tokens + kRowBlock) * width, 0.0f);
+  for (int64_t n = 0; n < t.tokens; ++n)
+    for (int64_t d = 0; d < t.head_dim; ++d)
+      out[n * width + d] = load_element(t, t.offset(b, h, n, d));
+  return out;
+}
+
+}  // namespace
+
+ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h)
+    : p_(p),
+      avx512_(fast::use_avx512()),
+      b_(b),
+      h_(h),
+      D_(p.shape.head_dim),
+      Dp_(round_up(p.shape.head_dim, avx512_ ? 32 : 16)) {
+  const int64_t hkv = h / (p.shape.heads_q / p.shape.heads_kv);
+  k_ = load_padded(p.k, b, hkv, D_);
+  v_ = load_padded(p.v, b, hkv, Dp_);
+}
+
+size_t ErrorTargetRows::group_blocks() const {
+  const int64_t per_block = round_up(p_.opts.sample_rows, kRowBlock) * (p_.shape.seq_k + 8);
+  return static_cast<size_t>(std::clamp<int64_t>(kStoredFloats / per_block, 1, kMaxGroup));
+}
+
+void ErrorTargetRows::scores(int64_t j) {
+  const int64_t BK = p_.opts.block_k, c0 = j * BK - key0_;
+  const int64_t width8 = round_up(std::min(BK, p_.shape.seq_k - j * BK), 8);
+  // The blocks that see key block j are consecutive (allowed ranges grow with the block index).
+  size_t first = 0, last = blocks_.size();
+  while (first < last && !blocks_[first].allowed.contains(j)) ++first;
+  size_t end = first;
+  while (end < last && blocks_[end].allowed.contains(j)) ++end;
+  if (first == end) return;
+  const int64_t r0 = blocks_[first].r0;
+  const int64_t rows = (end == last ? rows_ : blocks_[end].r0) - r0;
+  const float* k = &k_[j * BK * D_];
+  if (avx512_)
+    fast::scores_tile_avx512(&qt_[r0], rows_, k, D_, D_, width8, rows, &st_[c0 * rows_ + r0],
+                             rows_);
+  else
+    fast::scores_tile(&qt_[r0], rows_, k, D_, D_, width8, rows, &st_[c0 * rows_ + r0], rows_);
+}
+
+void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
+  const SparseOptions& o = p_.opts;
+  const int64_t Nq = p_.shape.seq_q, Nk = p_.shape.seq_k, BK = o.block_k;
+  const detail::KeyBand band = p_.band();
+  blocks_.resize(blocks.size());
+  rows_ = 0;
+  int64_t first_key_block = Nk, end_key_block = 0;
+  for (size_t t = 0; t < blocks.size(); ++t) {
+    Block& blk = blocks_[t];
+    blk.i = blocks[t];
+    const int64_t n = std::min<int64_t>(o.block_q, Nq - blk.i * o.block_q);
+    blk.rows = detail::sampled_row_count(o.sample_rows, n);
+    blk.r0 = rows_;
+    rows_ += round_up(blk.rows, kRowBlock);
+    blk.allowed = detail::allowed_key_blocks(blk.i, o.block_q, o.block_k, band, Nq, Nk);
+    first_key_block = std::min(first_key_block, blk.allowed.begin);
+    end_key_block = std::max(end_key_block, blk.allowed.end);
+  }
+  key0_ = first_key_block * BK;
+  keys_ = std::min(end_key_block * BK, Nk) - key0_;
+  const int64_t R = rows_;
+
+  // q rows times scale · log2(e): scores in log2 units, probabilities by exp2 (as Stage 2).
+  qt_.assign(D_ * R, 0.0f);
+  std::vector<int64_t> lo(R, 0), hi(R, -1);  // keys each row sees, from key0_; none for pads
+  const float mul = p_.scale * kLog2e;
+  for (const Block& blk : blocks_) {
+    const int64_t first = blk.i * o.block_q, n = std::min<int64_t>(o.block_q, Nq - first);
+    for (int64_t s = 0; s < blk.rows; ++s) {
+      const int64_t r = detail::sampled_row(first, n, blk.rows, s);
+      for (int64_t d = 0; d < D_; ++d)
+        qt_[d * R + blk.r0 + s] = load_element(p_.q, p_.q.offset(b_, h_, r, d)) * mul;
+      lo[blk.r0 + s] = detail::first_visible_key(r, band) - key0_;
+      hi[blk.r0 + s] = detail::last_visible_key(r, band, Nk) - key0_;
+    }
+  }
+  st_.resize((round_up(keys_, 8) + 8) * R);
+  for (Block& blk : blocks_) {
+    const int64_t rp = round_up(blk.rows, kRowBlock);
+    blk.mass.assign(blk.allowed.size() * rp, 0.0f);
+    blk.tile_max.assign(blk.allowed.size() * rp, kNegInf);
+  }
+
+  // Tile by tile, while the tile (block_k keys × the group's rows) is in cache: scores, the keys
+  // a row does not see (causality, the window) at -inf, each row's tile maximum m_t and
+  // p = 2^(t − m_t) in place, and the tile's mass Σ p per row. A row that sees no key of the
+  // tile has m_t = −inf; 0 in its place keeps its p at exactly 0.
+  for (int64_t j = first_key_block; j < end_key_block; ++j) {
+    scores(j);
+    const int64_t c0 = j * BK - key0_, width = std::min(BK, Nk - j * BK);
+    for (Block& blk : blocks_) {
+      if (!blk.allowed.contains(j)) continue;
+      const int64_t rp = round_up(blk.rows, kRowBlock), jj = j - blk.allowed.begin;
+      for (int64_t r = blk.r0; r < blk.r0 + rp; ++r) {
+        const int64_t first = std::clamp(lo[r], c0, c0 + width);
+        const int64_t end = std::clamp(hi[r] + 1, first, c0 + width);
+        for (int64_t c = c0; c < first; ++c) st_[c * R + r] = kNegInf;
+        for (int64_t c = end; c < c0 + width; ++c) st_[c * R + r] = kNegInf;
+      }
+      for (int64_t r = 0; r < rp; r += 8) {
+        float* line = &st_[c0 * R + blk.r0 + r];
+        __m256 mx = _mm256_set1_ps(kNegInf);
+        for (int64_t c = 0; c < width; ++c) mx = _mm256_max_ps(_mm256_loadu_ps(line + c * R), mx);
+        _mm256_storeu_ps(&blk.tile_max[jj * rp + r], mx);
+        mx = _mm256_blendv_ps(mx, _mm256_setzero_ps(),
+                              _mm256_cmp_ps(mx, _mm256_set1_ps(kNegInf), _CMP_EQ_OQ));
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t c = 0; c < width; ++c) {
+          const __m256 e = fast::exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(line + c * R), mx));
+          _mm256_storeu_ps(line + c * R, e);
+          sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_storeu_ps(&blk.mass[jj * rp + r], sum);
+      }
+    }
+  }
+
+  // Per row: the maximum m over its tiles; each tile's p is then 2^(m_t − m) too large. mass
+  // becomes the tile's mass relative to m, tile_max the factor 2^(m_t − m) that add_errors()
+  // applies to p before P·V (0 for a row that sees no key at all).
+  for (Block& blk : blocks_) {
+    const int64_t nb = blk.allowed.size(), rp = round_up(blk.rows, kRowBlock);
+    for (int64_t s = 0; s < rp; ++s) {
+      float m = kNegInf;
+      for (int64_t jj = 0; jj < nb; ++jj) m = std::max(m, blk.tile_max[jj * rp + s]);
+      for (int64_t jj = 0; jj < nb; ++jj) {
+        float& f = blk.tile_max[jj * rp + s];
+        f = m == kNegInf ? 0.0f : std::exp2(f - m);
+        blk.mass[jj * rp + s] *= f;
+      }
+    }
+    // weight[j] = mean over the rows of the fraction of their mass on block j. Rows that see no
+    // key add 0; a NaN row makes every weight NaN (ranked last, and its errors NaN: keep all).
+    blk.weight.assign(blk.allowed.end, 0.0);
+    for (int64_t s = 0; s < blk.rows; ++s) {
+      double total = 0.0;
+      for (int64_t jj = 0; jj < nb; ++jj) total += blk.mass[jj * rp + s];
+      if (total == 0.0) continue;
+      for (int64_t jj = 0; jj < nb; ++jj)
+        blk.weight[blk.allowed.begin + jj] += blk.mass[jj * rp + s] / total;
+    }
+    for (double& w : blk.weight) w /= static_cast<double>(blk.rows);
+  }
+}
+
+double ErrorTargetRows::add_errors(const std::vector<RankedRow>& rows,
+                                   const std::vector<uint8_t>& selectable,
+                                   const std::vector<uint8_t>& forced, double* err) {
+  const int64_t R = rows_, BK = p_.opts.block_k, G = static_cast<int64_t>(blocks_.size());
+  // The bucket of each (block, allowed key block): forced, else the first candidate that keeps
+  // its rank; -1 for the blocks that are not estimated (not selectable).
+  const int64_t first_key_block = key0_ / BK, span = detail::ceil_div(keys_, BK);
+  std::vector<int> bucket_of(G * span, -1);
+  int64_t bucket_rows = 0;
+  std::vector<int64_t> bucket_base(G, 0);  // the block's first bucket row: [kBuckets, rp]
+  for (int64_t t = 0; t < G; ++t) {
+    const Block& blk = blocks_[t];
+    if (!selectable[blk.i]) continue;
+    const RankedRow& rr = rows[blk.i];
+    const auto of = [&](int64_t j) -> int& { return bucket_of[t * span + j - first_key_block]; };
+    for (int64_t j = blk.allowed.begin; j < blk.allowed.end; ++j) of(j) = kNever;
+    int g = 0;
+    for (size_t rank = 0; rank < rr.ranked.size(); ++rank) {
+      while (g < kCandidates && rr.keep[g] <= rank) ++g;  // keep[] is non-decreasing in g
+      of(rr.ranked[rank]) = g;
+    }
+    for (int64_t j = blk.allowed.begin; j < blk.allowed.end; ++j)
+      if (forced[j]) of(j) = kForced;
+    bucket_base[t] = bucket_rows;
+    bucket_rows += kBuckets * round_up(blk.rows, kRowBlock);
+  }
+
+  // One P·V pass, key tile by key tile: each (block, tile)'s Σ_c p[r][c] · v_c into its bucket,
+  // 4 (AVX2) or 8 (AVX-512) rows per register block (pad rows have p = 0).
+  bucket_.assign(bucket_rows * Dp_, 0.0f);
+  const float one[8] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  const int step = avx512_ ? 8 : 4;
+  for (int64_t jj = 0; jj < span; ++jj) {
+    const int64_t c0 = jj * BK, width = std::min(keys_, c0 + BK) - c0;
+    const float* v = &v_[(key0_ + c0) * Dp_];
+    for (int64_t t = 0; t < G; ++t) {
+      const int bk = bucket_of[t * span + jj];
+      if (bk < 0) continue;
+      const int64_t rp = round_up(blocks_[t].rows, kRowBlock);
+      const int64_t jj_blk = first_key_block + jj - blocks_[t].allowed.begin;
+      // p relative to the row's maximum (sample()'s factors), in place: the tile is in cache.
+      for (int64_t r = 0; r < rp; r += 8) {
+        const __m256 f = _mm256_loadu_ps(&blocks_[t].tile_max[jj_blk * rp + r]);
+        float* line = &st_[c0 * R + blocks_[t].r0 + r];
+        for (int64_t c = 0; c < width; ++c)
+          _mm256_storeu_ps(line + c * R, _mm256_mul_ps(f, _mm256_loadu_ps(line + c * R)));
+      }
+      for (int64_t r = 0; r < blocks_[t].rows; r += step) {
+        float* acc[8];
+        for (int a = 0; a < step; ++a) acc[a] = &bucket_[(bucket_base[t] + bk * rp + r + a) * Dp_];
+        const float* p = &st_[c0 * R + blocks_[t].r0 + r];
+        if (avx512_)
+          fast::pv_rows_avx512<8>(p, R, v, Dp_, width, Dp_, acc, one);
+        else
+          fast::pv_rows<4>(p, R, v, Dp_, width, Dp_, acc, one);
+      }
+    }
+  }
+
+  // Per row: the exact output (every bucket) and each candidate's (forced, then buckets 0..g),
+  // each renormalized by its mass. Both sum the buckets in the same order, so a candidate that
+  // keeps every block with mass has error exactly 0.
+  double norm = 0.0;
+  std::vector<double> exact(Dp_), acc(Dp_), mass(kBuckets);
+  for (int64_t t = 0; t < G; ++t) {
+    const Block& blk = blocks_[t];
+    if (!selectable[blk.i]) continue;
+    const int64_t rp = round_up(blk.rows, kRowBlock), nb = blk.allowed.size();
+    const int* of = &bucket_of[t * span + blk.allowed.begin - first_key_block];
+    for (int64_t s = 0; s < blk.rows; ++s) {
+      const auto part = [&](int bk) { return &bucket_[(bucket_base[t] + bk * rp + s) * Dp_]; };
+      std::fill(mass.begin(), mass.end(), 0.0);
+      for (int64_t jj = 0; jj < nb; ++jj) mass[of[jj]] += blk.mass[jj * rp + s];
+      double total = mass[kForced];
+      for (int64_t d = 0; d < Dp_; ++d) exact[d] = part(kForced)[d];
+      for (int bk = 0; bk <= kNever; ++bk) {
+        total += mass[bk];
+        for (int64_t d = 0; d < Dp_; ++d) exact[d] += part(bk)[d];
+      }
+      if (total == 0.0) continue;            // the row sees no key: its output is 0 either way
+      const double inv_total = 1.0 / total;  // as the candidates' 1 / kept below
+      double kept = mass[kForced];
+      for (int64_t d = 0; d < Dp_; ++d) {
+        exact[d] *= inv_total;
+        norm += std::fabs(exact[d]);
+        acc[d] = part(kForced)[d];
+      }
+      // Four channels at a time (the pad channels ≥ D are 0 in every bucket and in exact).
+      const __m256d sign = _mm256_set1_pd(-0.0);
+      for (int c = 0; c < kCandidates; ++c) {
+        kept += mass[c];
+        const double inv = kept > 0.0 ? 1.0 / kept : 0.0;  // no kept mass: output 0 (Stage 2)
+        const __m256d vinv = _mm256_set1_pd(inv);
+        const float* add = part(c);
+        __m256d e = _mm256_setzero_pd();
+        for (int64_t d = 0; d < Dp_; d += 4) {
+          const __m256d a =
+              _mm256_add_pd(_mm256_loadu_pd(&acc[d]), _mm256_cvtps_pd(_mm_loadu_ps(add + d)));
+          _mm256_storeu_pd(&acc[d], a);
+          const __m256d diff = _mm256_sub_pd(_mm256_mul_pd(a, vinv), _mm256_loadu_pd(&exact[d]));
+          e = _mm256_add_pd(e, _mm256_andnot_pd(sign, diff));
+        }
+        double lanes[4];
+        _mm256_storeu_pd(lanes, e);
+        err[c] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+      }
+    }
+  }
+  return norm;
+}
+
+}  // namespace sparge::cpu

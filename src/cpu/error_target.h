@@ -1,0 +1,72 @@
+// The error-target estimate of Stage 1 on the CPU (docs/method.md, "The error target"), for one
+// (batch, query head): the sampled rows' exact softmax and outputs, in fp32 with the fast
+// backend's AVX2 / AVX-512 score and P·V kernels (src/cpu/attention_fast_kernels.h).
+// predict.cc hands it groups of query blocks: sample() gives each block's weights, predict.cc
+// ranks the key blocks, then add_errors() sums every candidate's error over the group's rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "common/backend.h"
+#include "common/error_target.h"
+
+namespace sparge::cpu {
+
+// One query block's selection: its ranked eligible columns and, per candidate g of the error
+// target (or [0] alone: the plain selection), how many of them it keeps.
+struct RankedRow {
+  std::vector<int64_t> ranked;
+  size_t keep[detail::kErrorTargetCandidates] = {};
+};
+
+class ErrorTargetRows {
+ public:
+  // Reads the kv head's k and v once (fp32, zero-padded); `q` rows are read per group.
+  ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h);
+
+  // How many query blocks one group should hold: their rows share every key tile the scores and
+  // P·V kernels load (a K/V tile is reused by 16 rows per block), and the group's probabilities
+  // are stored (rows × key span floats), so long sequences take fewer blocks per group.
+  size_t group_blocks() const;
+
+  // The sampled rows (detail::sampled_row, p.opts.sample_rows per block) of the query blocks
+  // `blocks` (ascending, each with allowed key blocks): their softmax over the keys each sees,
+  // kept for add_errors(). Then weight(t) is block blocks[t]'s weights: weight[j] for
+  // j < allowed.end = the rows' mean mass on key block j (the sampled_rows estimate).
+  void sample(const std::vector<int64_t>& blocks);
+  const std::vector<double>& weight(size_t t) const { return blocks_[t].weight; }
+
+  // For the group last sampled, with rows[i] the ranking and the candidates' lengths of block i
+  // (used where selectable[i]) and forced[j] the key blocks kept whatever the selection: adds
+  // Σ_rows ‖o_g − o‖₁ to err[g] for every candidate and returns Σ_rows ‖o‖₁, over the rows of
+  // the selectable blocks, block by block in ascending order (rows that see no key add nothing).
+  double add_errors(const std::vector<RankedRow>& rows, const std::vector<uint8_t>& selectable,
+                    const std::vector<uint8_t>& forced, double* err);
+
+ private:
+  struct Block {
+    int64_t i = 0, rows = 0, r0 = 0;  // block index, sampled rows, first row in the group
+    detail::BlockRange allowed;
+    // [allowed blocks, 16]: per row, the mass of each key block and (after sample()) the factor
+    // 2^(tile max − row max) that scales the stored probabilities of that block.
+    std::vector<float> mass, tile_max;
+    std::vector<double> weight;
+  };
+  // Scores of key block j for the group's rows that see it.
+  void scores(int64_t j);
+
+  const detail::Problem& p_;
+  bool avx512_;               // the AVX-512 kernels (fast::use_avx512), else AVX2
+  int64_t b_, h_, D_, Dp_;    // Dp_: D rounded up to the P·V kernel's channel block
+  std::vector<float> k_, v_;  // [Nk + 16, D] and [Nk + 16, Dp], zero tail
+  std::vector<Block> blocks_;
+  int64_t rows_ = 0;             // the group's rows, each block's padded to the kernels' 16
+  int64_t key0_ = 0, keys_ = 0;  // the keys of the group's allowed blocks
+  std::vector<float> qt_;        // [D, rows_]: sampled q rows · scale · log2(e), transposed
+  std::vector<float> st_;        // [keys, rows_]: scores, then unnormalized probabilities
+  std::vector<float> bucket_;    // per selectable block [kBuckets, rows, Dp]: P·V by bucket
+};
+
+}  // namespace sparge::cpu
