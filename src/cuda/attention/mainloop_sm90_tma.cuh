@@ -141,8 +141,8 @@ struct MainloopSm90Tma {
   static __device__ void send_turn(TurnSlot<kBlocks>& slot, const Turns& it) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) slot.word[i] = it.done() ? -1 : it.block(i);
-    slot.word[kBlocks] = it.done() ? 0 : it.count();
-    slot.word[kBlocks + 1] = it.done() || it.last();
+    slot.word[TurnSlot<kBlocks>::kCount] = it.done() ? 0 : it.count();
+    slot.word[TurnSlot<kBlocks>::kLast] = it.done() || it.last();
   }
 
   // Loads the turn's blocks of kv head w.hk into a stage the consumers released (the caller
@@ -180,15 +180,16 @@ struct MainloopSm90Tma {
     __device__ int count() const { return n; }
     __device__ int block(int i) const { return blocks[i]; }
     __device__ static KeptTurn read(const TurnSlot<kBlocks>& slot, int lane) {
-      int word[kBlocks + 2];
+      using Slot = TurnSlot<kBlocks>;
+      int word[Slot::kWords];
 #pragma unroll
-      for (int i = 0; i < kBlocks + 2; ++i)
+      for (int i = 0; i < Slot::kWords; ++i)
         word[i] = __shfl_sync(0xffffffffu, lane == 0 ? slot.word[i] : 0, 0);
       KeptTurn t;
 #pragma unroll
       for (int i = 0; i < kBlocks; ++i) t.blocks[i] = word[i];
-      t.n = word[kBlocks];
-      t.last = word[kBlocks + 1] != 0;
+      t.n = word[Slot::kCount];
+      t.last = word[Slot::kLast] != 0;
       return t;
     }
   };

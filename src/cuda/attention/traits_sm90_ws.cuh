@@ -81,29 +81,28 @@ struct AttnTraitsSm90Ws {
                 "setmaxnreg split exceeds the register file");
 };
 
+// What the producer tells the consumers about the turn it loaded into a stage: the turn's kept
+// blocks (BlockTurnIter's entries, -1 past count), their count (0: the row keeps none) and
+// whether it is the row's last turn. The producer writes it before its arrive on the stage's K
+// full barrier; the consumers read it after the wait that tells them K landed, and before they
+// release K, after which the producer may rewrite it. The consumers thereby never read the
+// BlockMask from global memory themselves: those dependent loads sat on their critical path
+// between turns (long-scoreboard stalls in the profile; +4-6% dense at hd128 on top of the
+// softmax changes, bench/results/2026-12-04_NVIDIA-H200_ab-v3_check.md). One array of words, so
+// that a consumer can copy it with one loop (MainloopSm90Tma::KeptTurn::read). (The bulk-copy
+// engine or st.async would deliver it on the barrier like the TMA data, but both need a cluster
+// launch: illegal instruction without one.)
+template <int kBlocks>
+struct TurnSlot {
+  static constexpr int kCount = kBlocks, kLast = kBlocks + 1, kWords = kBlocks + 2;
+  int32_t word[kWords];  // block[0..kBlocks), count, last
+};
+
 // Everything the kernel keeps in shared memory. Tiles are SW128 (wgmma_sm90.cuh) and each starts
 // 1024-byte aligned, which the TMA's 128B swizzle and the wgmma descriptors (base offset 0) need.
 // A K (or V) stage is one SW128 tile of kTurnN rows: column block cb holds rows 0..kTurnN-1, and
 // block i of the turn lands in rows i·64..i·64+63 of every column block (one TMA box each), so
 // that one descriptor with an 8-row stride of 1024 bytes spans all the turn's keys.
-// What the producer tells the consumers about the turn it loaded into a stage: the turn's kept
-// blocks (BlockTurnIter's entries, -1 past count) and whether it is the row's last turn. The
-// producer writes it before its arrive on the stage's K full barrier; the consumers read it
-// after the wait that tells them K landed, and before they release K, after which the producer
-// may rewrite it. The consumers thereby never read the BlockMask from global memory themselves:
-// those dependent loads sat on their critical path between turns (long-scoreboard stalls in the
-// profile; +7-9% dense at hd128 once they were gone). (The bulk-copy engine or st.async would
-// deliver it on the barrier like the TMA data, but both need a cluster launch: illegal
-// instruction without one.)
-template <int kBlocks>
-struct alignas(16) TurnSlot {
-  static constexpr int kWords = (kBlocks + 2 + 3) / 4 * 4;
-  int32_t word[kWords];  // block[0..kBlocks), count (1..kBlocks; 0: the row keeps none), last
-  __device__ int block(int i) const { return word[i]; }
-  __device__ int count() const { return word[kBlocks]; }
-  __device__ bool last() const { return word[kBlocks + 1] != 0; }
-};
-
 template <typename Traits>
 struct SharedStorageSm90Ws {
   using T = typename Traits::Element;
