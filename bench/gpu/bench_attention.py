@@ -96,11 +96,18 @@ class Sparge:
         tq, tk = self.tensor(q), self.tensor(k)
         return self.lib.sparge_workspace_size(C.byref(tq), C.byref(tk), opts)
 
-    def predict(self, q, k, opts, mask, ws, stream):
+    def predict(self, q, k, opts, mask, ws, stream, v=None):
+        """Stage 1; with v (which the error target reads) through the call that takes it."""
         tq, tk = self.tensor(q), self.tensor(k)
-        rc = self.lib.sparge_predict_block_mask(C.byref(tq), C.byref(tk), opts, C.byref(mask),
-                                                C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
-                                                C.c_void_p(stream), self.err, C.c_size_t(1024))
+        if v is None:
+            rc = self.lib.sparge_predict_block_mask(C.byref(tq), C.byref(tk), opts, C.byref(mask),
+                                                    C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
+                                                    C.c_void_p(stream), self.err, C.c_size_t(1024))
+        else:
+            tv = self.tensor(v)
+            rc = self.lib.sparge_predict_block_mask_masked(
+                C.byref(tq), C.byref(tk), C.byref(tv), None, opts, C.byref(mask), C.c_void_p(ws.data_ptr()),
+                C.c_size_t(ws.numel()), C.c_void_p(stream), self.err, C.c_size_t(1024))
         self.check(rc, "sparge_predict_block_mask")
 
 

@@ -1,4 +1,4 @@
-"""Stage 1 alone on the GPU, by estimate (pooled vs sampled_rows): bf16, B 1, H 32, hd 128,
+"""Stage 1 alone on the GPU, by estimate (pooled, sampled_rows, and the error target): bf16, B 1, H 32, hd 128,
 causal, N in {8K, 32K}; the time beside the dense causal kernel's on the same inputs.
 
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --commit $(git rev-parse --short HEAD)
@@ -44,10 +44,13 @@ def main():
         ws0 = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], dopts), device="cuda", dtype=torch.uint8)
         sp.predict(sets[0][0], sets[0][1], dopts, mask, ws0, stream)  # sim 1: every allowed tile
         ms_dense = time_ms(lambda st: sp.attention(st[0], st[1], st[2], mask, dopts, out, stream), sets, 10)
-        for est in ("pooled", "sampled_rows"):
-            opts = sp.options(True, estimate={"pooled": 0, "sampled_rows": 1}[est])
+        # The error target (target_error 0.02, SparseOptions) estimates with v too.
+        for est in ("pooled", "sampled_rows", "target_error"):
+            kw = dict(target_error=0.02) if est == "target_error" else \
+                dict(estimate={"pooled": 0, "sampled_rows": 1}[est])
+            opts = sp.options(True, **kw)
             ws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], opts), device="cuda", dtype=torch.uint8)
-            ms = time_ms(lambda st: sp.predict(st[0], st[1], opts, mask, ws, stream), sets, 10)
+            ms = time_ms(lambda st: sp.predict(st[0], st[1], opts, mask, ws, stream, v=st[2]), sets, 10)
             rec = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16",
                        head_dim=D, batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n, causal=True,
                        impl=f"sparge-stage1-{est}", ms=ms, tops=None, sparsity=None, rel_l1=None,
