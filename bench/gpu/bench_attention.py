@@ -85,10 +85,12 @@ class Sparge:
         if rc != 0:
             raise RuntimeError(f"{what}: code {rc}: {self.err.value.decode()}")
 
-    def attention(self, q, k, v, mask, opts, o, stream):
+    def attention(self, q, k, v, mask, opts, o, stream, ws=None):
+        """Stage 2 (ws: the workspace tensor the quantized mode needs, workspace_size())."""
         tq, tk, tv, to = self.tensor(q), self.tensor(k), self.tensor(v), self.tensor(o)
+        wp, wn = (C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel())) if ws is not None else (None, C.c_size_t(0))
         rc = self.lib.sparge_block_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), C.byref(mask),
-                                                    opts, C.byref(to), None, None, C.c_size_t(0),
+                                                    opts, C.byref(to), None, wp, wn,
                                                     C.c_void_p(stream), self.err, C.c_size_t(1024))
         self.check(rc, "sparge_block_sparse_attention")
 
@@ -180,6 +182,7 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128, 256))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--quant", action="store_true", help="also time the quantized mode (sparge-quant)")
     ap.add_argument("--kernels", default="auto,sm80",
                     help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the warp-specialized "
                          "kernel sm90ws on sm_90 when compiled for sm_90a)")
@@ -270,6 +273,19 @@ def main():
                          rel_l1_vs_first_kernel=vs_first,
                          target_ms=(d_ms * (1 - actual) / 0.85 if d_ms else None), **shape)
                 os.environ.pop("SPARGE_CUDA_KERNEL", None)
+                if args.quant:  # the whole quantized call: the quantization pass, then the kernel
+                    qopts = sp.options(causal, pv_threshold=float("inf"), quant=1)
+                    qws = torch.empty(sp.workspace_size(q0, k0, qopts), device="cuda", dtype=torch.uint8)
+                    qfn = lambda st: sp.attention(st[0], st[1], st[2], mask, qopts, out, stream, ws=qws)
+                    out.fill_(float("nan"))
+                    qfn(sets[0])
+                    if not torch.isfinite(out).all():
+                        raise SystemExit(f"quantized: non-finite output at N={n} causal={causal} s={s}")
+                    q_err = measure.rel_l1(out, ref) if s == 0 else None
+                    q_vs_exact = measure.rel_l1(out, o_sparge)
+                    ms_q = time_ms(qfn, sets, reps=args.reps)
+                    emit(impl="sparge-quant", sparsity=actual, ms=ms_q, tops=tops(ms_q), rel_l1=q_err,
+                         cos_sim=None, rel_l1_vs_exact_same_mask=q_vs_exact, **shape)
                 if flex is not None:
                     try:
                         bm = flex_block_mask(keep, n, causal)
@@ -323,6 +339,7 @@ def markdown(records, targets=(0.0, 0.5, 0.75, 0.9)):
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})
     for n, causal in keys:
         impls = ["sparge-exact"] + sorted({r["impl"] for r in records if r["impl"].startswith("sparge-exact-")})
+        impls += ["sparge-quant"]
         for impl in impls + ["flex", "sdpa-cudnn", "sdpa-flash"]:
             rs = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == impl]
             if not rs:

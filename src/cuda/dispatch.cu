@@ -389,6 +389,64 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   return s;
 }
 
+// The workspace of quantized attention for a problem shape.
+QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s) {
+  return quant_attention_workspace(s.batch, s.heads_q, s.heads_kv, s.seq_q, s.seq_k, s.head_dim);
+}
+
+// Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
+// then the quantized kernel (attn_fwd_sm90_q8: sm_90a, head dim 128 for now).
+Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
+                           const AttnParams& a, const AttentionExtras& extras, const ExecContext& ctx) {
+  if (kernel != Kernel::kSm90Ws)
+    return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
+                                   "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why, ")"));
+  if (p.shape.head_dim != 128)
+    return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda takes q.head_dim 128 for now, got ",
+                                   p.shape.head_dim, " (use quant kNone, or the cpu backends)"));
+  if (extras.lse != nullptr)
+    return Status::unsupported("AttentionExtras.lse with SparseOptions.quant kInt8Fp8 is not implemented on cuda "
+                               "yet (use quant kNone for the lse)");
+  const bool bf16 = p.q.dtype == DType::kBFloat16;
+  const bool banded = p.band().limited();
+  if (!compiled(128, bf16, banded))
+    return Status::unsupported(cat("quantized attention instance (head_dim 128, ", bf16 ? "bf16" : "fp16",
+                                   banded ? ", banded" : ", dense", ") is not compiled (SPARGE_FAST_BUILD=ON)"));
+  const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
+    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
+                                 " bytes for quantized attention on cuda (workspace_size()), got ",
+                                 ctx.workspace ? ctx.workspace_bytes : 0));
+  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
+    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  char* base = static_cast<char*>(ctx.workspace);
+  QuantizedBuffers buf;
+  buf.q = reinterpret_cast<int8_t*>(base + ws.q);
+  buf.q_scale = reinterpret_cast<float*>(base + ws.q_scale);
+  buf.k = reinterpret_cast<int8_t*>(base + ws.k);
+  buf.k_scale = reinterpret_cast<float*>(base + ws.k_scale);
+  buf.km = reinterpret_cast<float*>(base + ws.km);
+  buf.v8 = reinterpret_cast<uint8_t*>(base + ws.v8);
+  buf.v_scale = reinterpret_cast<float*>(base + ws.v_scale);
+  ExecContext pass = ctx;
+  pass.workspace = base + ws.pass;
+  pass.workspace_bytes = ws.total - ws.pass;
+  SPARGE_RETURN_IF_ERROR(quantize_inputs(p, buf, detail::QuantGranularity{}, pass));
+  const QuantOperands q8{buf.q, buf.q_scale, buf.k, buf.k_scale, buf.v8, buf.v_scale,
+                         int(detail::ceil_div(p.shape.seq_k, detail::kQuantKRows)),
+                         detail::v8_keys(p.shape.seq_k)};
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+#if SPARGE_FAST_BUILD
+  return launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
+#else
+  if (bf16)
+    return banded ? launch_attn_sm90q8<__nv_bfloat16, 128, true>(a, q8, stream)
+                  : launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
+  return banded ? launch_attn_sm90q8<__half, 128, true>(a, q8, stream)
+                : launch_attn_sm90q8<__half, 128, false>(a, q8, stream);
+#endif
+}
+
 }  // namespace
 
 int device_count() {
@@ -420,15 +478,17 @@ std::vector<int> compiled_head_dims() {
   return dims;
 }
 
+// Quantized mode: the quantization pass's buffers reuse Stage 1's scratch (Stage 1 is done
+// with it when the pass starts, in stream order), so the larger of the two.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
-  return predict_workspace(shape, opts).total;
+  const std::size_t stage1 = predict_workspace(shape, opts).total;
+  if (opts.quant == QuantMode::kNone) return stage1;
+  return std::max(stage1, quant_workspace_of(shape).total);
 }
 
 Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                  const AttentionExtras& extras, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
-  if (p.opts.quant != QuantMode::kNone)
-    return Status::unsupported("SparseOptions.quant kInt8Fp8 is not implemented by the CUDA backend yet; use kNone");
   if (mask.block_q != kTileQ || mask.block_k != kTileK)
     return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
                                    ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
@@ -446,6 +506,7 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   Kernel kernel = Kernel::kSm80;
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
+  if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, extras, ctx);
   return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
                                static_cast<cudaStream_t>(ctx.stream));
 }

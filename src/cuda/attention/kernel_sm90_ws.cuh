@@ -28,13 +28,15 @@
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kBanded>
+// Mainloop: MainloopSm90Tma (exact) or MainloopSm90Q8 (quantized, mainloop_sm90_q8.cuh); it
+// names the kernel's Params and Storage and provides load(), mma() and the finish() hook.
+template <typename Traits, bool kBanded, typename Mainloop = MainloopSm90Tma<Traits, kBanded>>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
-    attn_fwd_sm90_ws(const __grid_constant__ AttnParamsSm90Ws params) {
+    attn_fwd_sm90_ws(const __grid_constant__ typename Mainloop::Params params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Mainloop = MainloopSm90Tma<Traits, kBanded>;
-  using Storage = SharedStorageSm90Ws<Traits>;
-  static_assert(kSharedStorageFits<Traits>, "SharedStorageSm90Ws outgrew Traits::kSmemBytes");
+  using Storage = typename Mainloop::Storage;
+  static_assert(sizeof(Storage) + kSw128AtomBytes <= size_t(Traits::kSmemBytes),
+                "the mainloop's shared storage outgrew Traits::kSmemBytes");
   const AttnParams& p = params.attn;
 
   // Setup: shared storage at the next 1024-byte boundary, barriers, the work tile.
@@ -75,6 +77,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     for (int d = 0; d < Traits::kHeadDim / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
     unsigned visited = 0, skipped = 0;
     Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
+    Mainloop::finish(params, w, lane, acc);
 
     float l[2];
     softmax.finalize(l);

@@ -80,8 +80,10 @@ struct MmaTurn {
   }
 };
 
-template <typename Traits, bool kBanded>
+template <typename Traits_, bool kBanded>
 struct MainloopSm90Tma {
+  using Traits = Traits_;
+  using Params = AttnParamsSm90Ws;
   using T = typename Traits::Element;
   using Storage = SharedStorageSm90Ws<Traits>;
   using Cursor = PipeCursor<Traits::kStages>;
@@ -96,8 +98,10 @@ struct MainloopSm90Tma {
   using Scores = float[kBlocks][kNTiles][4];
   using Probs = uint32_t[kBlocks][kKSteps][4];  // P of a turn, A operand of its P·V
 
-  // One thread, before the role split (a __syncthreads must follow).
-  static __device__ void init_barriers(Storage& smem) {
+  // One thread, before the role split (a __syncthreads must follow). Any storage with these
+  // barriers (the quantized kernel's too).
+  template <typename AnyStorage>
+  static __device__ void init_barriers(AnyStorage& smem) {
     mbarrier_init(&smem.q_full, 1);
 #pragma unroll
     for (int s = 0; s < Traits::kStages; ++s) {
@@ -265,7 +269,9 @@ struct MainloopSm90Tma {
     return __shfl_sync(0xffffffffu, int(skipped), 0) != 0;
   }
 
-  // Mask, block maxima, λ rule per block and exponentiation of the turn's scores. The blocks
+  // Mask, block maxima, λ rule per block and exponentiation of the turn's scores (raw scores
+  // times score_scale are in log2 units; P carries the factor 2^prob_log2_scale, see
+  // OnlineSoftmax::exponentiate). The blocks
   // are tested in order, each against the running max the rows would have after the computed
   // blocks before it (as if every block had its own turn), so the decisions and the counters
   // are exactly the one-block-per-turn ones. The computed blocks are then exponentiated with
@@ -282,7 +288,8 @@ struct MainloopSm90Tma {
                                          bool& any_skip, const KeptTurn& turn, const AttnParams& p,
                                          const WorkTile& w, const WarpRows& rows, int lane,
                                          float lambda, Softmax& softmax, unsigned& visited,
-                                         unsigned& skipped) {
+                                         unsigned& skipped, float score_scale,
+                                         float prob_log2_scale) {
     static_assert(kBlocks <= 4, "2^kBlocks - 1 tests must fit the reduced word");
     // The missing block of a short last turn is not masked: nothing below reads its maxima.
 #pragma unroll
@@ -304,7 +311,7 @@ struct MainloopSm90Tma {
         for (int r = 0; r < 2; ++r)
           m_loc[i][r] = max_nan(m_loc[i][r], __shfl_xor_sync(0xffffffffu, m_loc[i][r], offset));
 #pragma unroll
-    for (int i = 0; i < kBlocks; ++i) m_loc[i][0] *= p.scale_log2, m_loc[i][1] *= p.scale_log2;
+    for (int i = 0; i < kBlocks; ++i) m_loc[i][0] *= score_scale, m_loc[i][1] *= score_scale;
 
     // Test bit (2^i - 1 + h): block i is negligible for this thread's rows after history h
     // (bit j of h: block j < i was computed).
@@ -345,7 +352,7 @@ struct MainloopSm90Tma {
     // A skipped block adds nothing to l: its scores become -inf, so 2^(s·c - m) = 0.
     if (any_skip) fill_skipped(s, skip, -INFINITY);
     softmax.exponentiate(reinterpret_cast<float(&)[kBlocks * kNTiles][4]>(s), m_turn,
-                         p.scale_log2, alpha);
+                         score_scale, alpha, prob_log2_scale);
   }
 
   // P of a skipped block is 0. Zero its scores rather than P: a P defined on two paths makes
@@ -374,6 +381,10 @@ struct MainloopSm90Tma {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) fence_operands(prob[i]);
   }
+
+  // Epilogue hook (the quantized kernel scales O by V's scales here): nothing to do.
+  template <typename Acc>
+  static __device__ void finish(const Params&, const WorkTile&, int, Acc&) {}
 
   static __device__ void mma(const AttnParamsSm90Ws& params, Storage& smem, const WorkTile& w,
                              const WarpRows& rows, int consumer, int lane, float (&acc)[kOTiles][4],
@@ -411,7 +422,8 @@ struct MainloopSm90Tma {
     fence_scores(s);
     release(smem.k_empty[kc.stage], lane);
     kc.advance();
-    scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited, skipped);
+    scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited,
+                    skipped, p.scale_log2, 0.0f);
     pv_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
     pack(s, prob, skip, any_skip);
 
@@ -442,7 +454,8 @@ struct MainloopSm90Tma {
       fence_scores(s);
       release(smem.k_empty[kc.stage], lane);
       kc.advance();
-      scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited, skipped);
+      scores_to_probs(s, alpha, skip, any_skip, kept, p, w, rows, lane, lambda, softmax, visited,
+                    skipped, p.scale_log2, 0.0f);
       const bool turn_skipped = vote_turn_skip(skip, lambda, consumer, p, w);
       wgmma_wait<0>();  // P·V of t-1 done: O and P are free, and so is V[t-1]
       fence_operands(acc);

@@ -37,6 +37,19 @@ struct AttnParams {
   float pv_lambda[kMaxParamHeads];
 };
 
+// The quantization pass's buffers the quantized kernel reads (common/quant_layout.h, default
+// granularity): device pointers, all contiguous.
+struct QuantOperands {
+  const int8_t* q;         // [B, Hq, Nq, D]
+  const float* q_scale;    // [B, Hq, Nq]
+  const int8_t* k;         // [B, Hkv, Nk, D] of k - km
+  const float* k_scale;    // [B, Hkv, k_groups]
+  const uint8_t* v8;       // e4m3 [B, Hkv, D, v8_keys]
+  const float* v_scale;    // [B, Hkv, D]
+  int k_groups;            // ⌈Nk / 16⌉
+  int64_t v8_keys;         // Nk rounded up to 64
+};
+
 // Explicitly instantiated per (dtype, head dim, banded) in src/cuda/instances/: the mma.sync
 // kernel (sm_80 and newer) and the wgmma kernel (sm_90a only).
 template <typename T, int kHeadDim, bool kBanded>
@@ -46,5 +59,8 @@ Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
 // The warp-specialized TMA kernel (sm_90a; launch_sm90_ws.cuh), chosen by SPARGE_CUDA_KERNEL=sm90ws.
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream);
+// Its quantized variant (launch_sm90_q8.cuh): T is the output's type; q, k, v of `params` unused.
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm90q8(const AttnParams& params, const QuantOperands& quant, cudaStream_t stream);
 
 }  // namespace sparge::cuda

@@ -96,12 +96,15 @@ struct OnlineSoftmax {
   // appears; a NaN m_new (a NaN score) makes alpha, s and l NaN. The accumulator is rescaled
   // separately (rescale) so that a kernel whose P·V of the previous tile is still in flight can
   // do this half first.
+  // prob_log2_scale: P is 2^prob_log2_scale · 2^(s·c - m_new) (the quantized kernel scales P
+  // into e4m3's range; l then holds the same factor, which cancels in acc / l).
   __device__ void exponentiate(float (&s)[kNTiles][4], const float (&m_loc)[2], float scale_log2,
-                               float (&alpha)[2]) {
+                               float (&alpha)[2], float prob_log2_scale = 0.0f) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float m_new = max_nan(row_max[i], m_loc[i]);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
+      const float shift = base - prob_log2_scale;
       alpha[i] = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;
       row_sum[i] *= alpha[i];
@@ -111,8 +114,8 @@ struct OnlineSoftmax {
       float sum[kSums];
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
-        s[n][2 * i] = exp2_approx(fmaf(s[n][2 * i], scale_log2, -base));
-        s[n][2 * i + 1] = exp2_approx(fmaf(s[n][2 * i + 1], scale_log2, -base));
+        s[n][2 * i] = exp2_approx(fmaf(s[n][2 * i], scale_log2, -shift));
+        s[n][2 * i + 1] = exp2_approx(fmaf(s[n][2 * i + 1], scale_log2, -shift));
         const float pair = s[n][2 * i] + s[n][2 * i + 1];
         sum[n % kSums] = n < kSums ? pair : sum[n % kSums] + pair;
       }

@@ -116,8 +116,5 @@ struct SharedStorageSm90Ws {
   uint64_t k_empty[Traits::kStages];  // every consumer warp is done with K of the stage
   uint64_t v_empty[Traits::kStages];
 };
-template <typename Traits>
-constexpr bool kSharedStorageFits =
-    sizeof(SharedStorageSm90Ws<Traits>) + kSw128AtomBytes <= size_t(Traits::kSmemBytes);
 
 }  // namespace sparge::cuda

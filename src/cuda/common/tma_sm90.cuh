@@ -1,6 +1,6 @@
-// Tensor Memory Accelerator (sm_90): host-side encoding of a tensor map for a (batch, head,
-// token, channel) tensor with 128-byte-swizzled boxes, and the device-side 4-D tile load that
-// completes on an mbarrier.
+// Tensor Memory Accelerator (sm_90): host-side encoding of a tensor map for a 4-D tensor (the
+// (batch, head, token, channel) inputs with 128-byte-swizzled boxes; the quantized kernel's 8-bit
+// buffers), and the device-side 4-D tile load that completes on an mbarrier.
 //
 // A box is 64 channels × kRows tokens of one (batch, head): exactly one 64-column block of the
 // SW128 tile layout of wgmma_sm90.cuh (the TMA's 128B swizzle XORs the 16-byte chunk index with
@@ -43,22 +43,22 @@ inline EncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
-// Tensor map of a [batch][heads][tokens][head_dim] 16-bit tensor with element strides
-// (batch, head, token) and contiguous channels; boxes of 64 channels × box_rows tokens.
-// Returns false (map unusable) where the TMA cannot address the tensor: base not 16-byte
-// aligned, a stride of a dimension longer than 1 not a positive multiple of 16 bytes or
-// >= 2^40 bytes, or an encoder error.
-inline bool encode_tensor_map_sw128(CUtensorMap* map, const void* base, bool bf16, int head_dim,
-                                    int tokens, int heads, int batch, const int64_t (&stride)[3],
-                                    int box_rows) {
+// Tensor map of a 4-D tensor [dim3][dim2][dim1][dim0] (dim0 contiguous) of elem_bytes-byte
+// elements with element strides (dim3, dim2, dim1), boxes of box0 × box1 elements of one
+// (dim2, dim3) index. Returns false (map unusable) where the TMA cannot address the tensor: base
+// not 16-byte aligned, a stride of a dimension longer than 1 not a positive multiple of 16
+// bytes or >= 2^40 bytes, or an encoder error.
+inline bool encode_tensor_map_4d(CUtensorMap* map, const void* base, CUtensorMapDataType type,
+                                 int64_t elem_bytes, const int64_t (&dims_in)[4],
+                                 const int64_t (&stride)[3], int box0, int box1,
+                                 CUtensorMapSwizzle swizzle) {
   const EncodeTiledFn encode = tensor_map_encoder();
   if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
-  constexpr int64_t kElem = 2;
-  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(tokens), cuuint64_t(heads),
-                              cuuint64_t(batch)};
-  const int64_t strides[3] = {stride[2] * kElem, stride[1] * kElem, stride[0] * kElem};
+  const cuuint64_t dims[4] = {cuuint64_t(dims_in[0]), cuuint64_t(dims_in[1]),
+                              cuuint64_t(dims_in[2]), cuuint64_t(dims_in[3])};
+  const int64_t strides[3] = {stride[2] * elem_bytes, stride[1] * elem_bytes, stride[0] * elem_bytes};
   cuuint64_t gstrides[3];
-  int64_t dense = int64_t(head_dim) * kElem;  // a valid stride for a dimension of length 1
+  int64_t dense = dims_in[0] * elem_bytes;  // a valid stride for a dimension of length 1
   for (int i = 0; i < 3; ++i) {
     int64_t s = strides[i];
     if (dims[i + 1] == 1) s = dense;  // never multiplied by a nonzero index
@@ -66,13 +66,23 @@ inline bool encode_tensor_map_sw128(CUtensorMap* map, const void* base, bool bf1
     gstrides[i] = cuuint64_t(s);
     dense = s * int64_t(dims[i + 1]);
   }
-  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+  const cuuint32_t box[4] = {cuuint32_t(box0), cuuint32_t(box1), 1, 1};
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            4, const_cast<void*>(base), dims, gstrides, box, elem_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+  const CUresult r = encode(map, type, 4, const_cast<void*>(base), dims, gstrides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
+}
+
+// Tensor map of a [batch][heads][tokens][head_dim] 16-bit tensor with element strides
+// (batch, head, token) and contiguous channels; boxes of 64 channels × box_rows tokens, SW128.
+inline bool encode_tensor_map_sw128(CUtensorMap* map, const void* base, bool bf16, int head_dim,
+                                    int tokens, int heads, int batch, const int64_t (&stride)[3],
+                                    int box_rows) {
+  return encode_tensor_map_4d(map, base,
+                              bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                              2, {head_dim, tokens, heads, batch}, stride, 64, box_rows,
+                              CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 // ---- device -------------------------------------------------------------------------------

@@ -58,6 +58,38 @@ inline QuantizeWorkspace quantize_workspace(int64_t batch, int64_t heads_kv, int
   return {0, sum_bytes, sum_bytes + align(n * sizeof(float))};
 }
 
+// What quantized attention on CUDA takes from ExecContext.workspace: the quantization pass's
+// outputs (default granularity, common/quant_layout.h) and its scratch, byte offsets 256-byte
+// aligned (the V8 rows and every buffer's TMA base need 16).
+struct QuantAttentionWorkspace {
+  std::size_t q, q_scale, k, k_scale, km, v8, v_scale, pass, total;
+};
+
+inline QuantAttentionWorkspace quant_attention_workspace(int64_t batch, int64_t heads_q,
+                                                         int64_t heads_kv, int64_t seq_q,
+                                                         int64_t seq_k, int64_t head_dim) {
+  auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+  const detail::QuantizedCounts n =
+      detail::quantized_counts(batch, heads_q, heads_kv, seq_q, seq_k, head_dim, {});
+  QuantAttentionWorkspace w{};
+  std::size_t at = 0;
+  const auto take = [&](std::size_t bytes) {
+    const std::size_t offset = at;
+    at += align(bytes);
+    return offset;
+  };
+  w.q = take(std::size_t(n.q));
+  w.q_scale = take(sizeof(float) * std::size_t(n.q_scale));
+  w.k = take(std::size_t(n.k));
+  w.k_scale = take(sizeof(float) * std::size_t(n.k_scale));
+  w.km = take(sizeof(float) * std::size_t(n.km));
+  w.v8 = take(std::size_t(n.v8));
+  w.v_scale = take(sizeof(float) * std::size_t(n.v_scale));
+  w.pass = take(quantize_workspace(batch, heads_kv, seq_k, head_dim).total);
+  w.total = at;
+  return w;
+}
+
 // Explicitly instantiated for __half and __nv_bfloat16 in quantize.cu. Four launches on the
 // caller's stream, no allocation, no synchronisation.
 template <typename T>

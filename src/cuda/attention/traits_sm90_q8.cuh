@@ -1,0 +1,87 @@
+// Tile sizes, roles, register split, parameters and shared-memory layout of the quantized
+// warp-specialized sm_90a attention kernel (attn_fwd_sm90_q8): INT8 Q·Kᵀ, FP8 e4m3 P·V, on the
+// pipeline of attn_fwd_sm90_ws (the same roles, turns, ring and TurnSlot; traits_sm90_ws.cuh
+// says why each number is what it is there). The kernel reads the buffers of the quantization
+// pass (common/quant_layout.h): Q and K int8 token-major, V8 e4m3 channel-major.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "cuda/attention/params.h"
+#include "cuda/attention/traits_sm90_ws.cuh"
+#include "cuda/common/wgmma_sm90_q8.cuh"
+
+namespace sparge::cuda {
+
+// T: the output's element type (the inputs were fp16 or bf16 before quantization).
+template <typename T, int kHeadDim_>
+struct AttnTraitsSm90Q8 {
+  using Element = T;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128;
+  static constexpr int kBlockN = 64;
+  // Two 64-key blocks per turn, as the bf16 kernel at d128: S is an m64n128 s32 accumulator (64
+  // registers), P 16 (e4m3), O 64 and the turn's P·V result 64 (the two-level accumulation
+  // below): 208 of the 240 registers.
+  static constexpr int kBlocksPerTurn = 2;
+  static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
+  static constexpr bool kZeroFillShortTurn = true;
+  static constexpr int kConsumers = kBlockM / 64;
+  static constexpr int kThreads = (1 + kConsumers) * 128;
+  static constexpr int kConsumerThreads = kConsumers * 128;
+  static constexpr int kConsumerWarps = kConsumerThreads / 32;
+  static constexpr int kSlabRows = 16;
+  static constexpr int kMinBlocksPerSm = 1;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  // Q and K rows are kHeadDim bytes: one SW128 row at d128 (the only head dim for now: d64
+  // rows of 64 bytes need the SW64 layout for Q and K as well).
+  static constexpr int kQBytes = kBlockM * kHeadDim;
+  static constexpr int kKStageBytes = kTurnN * kHeadDim;
+  // V8 of one block: kHeadDim channel rows of 64 keys (64 bytes): an SW64 tile, one TMA box.
+  static constexpr int kVBlockBytes = kHeadDim * kBlockN;
+  static constexpr int kVStageBytes = kBlocksPerTurn * kVBlockBytes;
+  // Half the bytes per key of the bf16 kernel: four stages (512 keys in flight) in 146 KiB.
+  static constexpr int kStages = 4;
+  static constexpr int kSmemBytes =
+      kQBytes + kStages * (kKStageBytes + kVStageBytes) + 2 * kSw128AtomBytes;
+  // P = 2^(t - m) scaled by 448 (= 2^kProbLog2Scale) before its e4m3 rounding, so that P in
+  // [0, 1] uses the whole e4m3 range (its smallest normal is 2^-6); l sums the same scaled P,
+  // so the factor cancels in O = acc / l.
+  static constexpr float kProbLog2Scale = 8.807354922057604f;  // log2(448)
+
+  static_assert(kHeadDim == 128, "the quantized kernel is written for head dim 128 for now");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
+  static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
+};
+
+// The plain parameters (o, strides, shape, mask, λ; q, k and v unused), the tensor maps of the
+// quantized Q, K and V8, and their scales (common/quant_layout.h, default granularity: one Q
+// scale per row, one K scale per 16 keys, one V scale per channel).
+struct AttnParamsSm90Q8 {
+  AttnParams attn;
+  CUtensorMap tma_q, tma_k, tma_v;
+  const float* q_scale;  // [B, Hq, seq_q]
+  const float* k_scale;  // [B, Hkv, k_groups]
+  const float* v_scale;  // [B, Hkv, D]
+  int k_groups;          // ⌈seq_k / 16⌉
+};
+
+// Shared memory: Q and K as SW128 tiles of 128-byte rows (K of a stage: block i of the turn in
+// rows 64i..64i+63), V8 as one SW64 tile per block (channel rows of 64 keys), barriers and turn
+// slots as in SharedStorageSm90Ws.
+template <typename Traits>
+struct SharedStorageSm90Q8 {
+  alignas(kSw128AtomBytes) int8_t q[Traits::kQBytes];
+  alignas(kSw128AtomBytes) int8_t k[Traits::kStages][Traits::kKStageBytes];
+  alignas(kSw128AtomBytes) uint8_t v[Traits::kStages][Traits::kBlocksPerTurn][Traits::kVBlockBytes];
+  TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];
+  uint64_t q_full;
+  uint64_t k_full[Traits::kStages];
+  uint64_t v_full[Traits::kStages];
+  uint64_t k_empty[Traits::kStages];
+  uint64_t v_empty[Traits::kStages];
+};
+}  // namespace sparge::cuda
