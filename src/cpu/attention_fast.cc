@@ -5,7 +5,8 @@
 // scratch (allocated once per call), scored as a small GEMM, tested against the λ rule per
 // group of pv_group_rows rows, and only then is V converted and P·V accumulated.
 // Quantized mode reads the int8 codes of src/cpu/quantize.h: the int8 dot products are exact in
-// fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile.
+// fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile; P is
+// 448·2^(t − m), summed into l as is and rounded to e4m3 for P·V (the FP8 P·V kernel's rule).
 #include <omp.h>
 
 #include <algorithm>
@@ -344,13 +345,16 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
     if (s.active.empty()) continue;
 
-    // p = 2^(t − m_new) over the computed span (8-aligned), then row sums.
+    // p = 2^(t − m_new) over the computed span (8-aligned), times kPScale in quantized mode
+    // (1 is exact), then row sums.
     const int64_t lo8 = span_lo / 8 * 8, hi8 = round_up(span_hi, 8);
+    const __m256 p_scale = _mm256_set1_ps(pl.quant ? static_cast<float>(kPScale) : 1.0f);
     for (int64_t c = 0; c < keys; ++c) {
       float* line = s.st + c * bq;
-      for (int64_t r = lo8; r < hi8; r += 8)
-        _mm256_storeu_ps(line + r, fast::exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(line + r),
-                                                               _mm256_loadu_ps(s.m + r))));
+      for (int64_t r = lo8; r < hi8; r += 8) {
+        const __m256 x = _mm256_sub_ps(_mm256_loadu_ps(line + r), _mm256_loadu_ps(s.m + r));
+        _mm256_storeu_ps(line + r, _mm256_mul_ps(fast::exp2_ps(x), p_scale));
+      }
     }
     for (int64_t r = lo8; r < hi8; r += 8) {
       __m256 sum = _mm256_setzero_ps();
@@ -359,6 +363,9 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       _mm256_storeu_ps(s.rowsum + r, sum);
     }
     for (int32_t r : s.active) s.l[r] = s.l[r] * s.alpha[r] + s.rowsum[r];
+    // The FP8 P·V product sees P in e4m3; l has just summed it unrounded.
+    if (pl.quant)
+      for (int64_t c = 0; c < keys; ++c) round_to_e4m3(s.st + c * bq + lo8, hi8 - lo8);
 
     if (v_in_place) {
       accumulate_pv(pl, s, static_cast<const float*>(vplane.row(key0)),
@@ -370,17 +377,22 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
   }
 
-  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l). l = 0 exactly when the
-  // row saw no key (its acc was never touched); a NaN l is not 0, so o and lse come out NaN.
+  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l), in quantized mode less
+  // ln(kPScale) and plus the smoothing's shift (cpu/quantize.h). l = 0 exactly when the row saw
+  // no key (its acc was never touched); a NaN l is not 0, so o and lse come out NaN.
   const Elem out_elem = elem_of(pl.o.dtype);
   const int64_t es = static_cast<int64_t>(dtype_size(pl.o.dtype));
   for (int64_t r = 0; r < rows; ++r) {
     const bool empty = s.l[r] == 0.0f;
     void* dst = static_cast<char*>(pl.o.data) + pl.o.offset(b, h, row0 + r, 0) * es;
     fast::store_row(s.acc + r * pl.Dp, D, empty ? 0.0f : 1.0f / s.l[r], out_elem, dst);
-    if (pl.extras.lse)
-      pl.extras.lse[(b * p.shape.heads_q + h) * Nq + row0 + r] =
-          empty ? kNegInf : static_cast<float>(kLn2 * (double(s.m[r]) + std::log2(double(s.l[r]))));
+    if (pl.extras.lse == nullptr) continue;
+    double lse = kNegInf;
+    if (!empty) {
+      lse = kLn2 * (double(s.m[r]) + std::log2(double(s.l[r])));
+      if (pl.quant) lse += lse_shift(p, *pl.quant, b, h, row0 + r) - kLn2 * std::log2(kPScale);
+    }
+    pl.extras.lse[(b * p.shape.heads_q + h) * Nq + row0 + r] = static_cast<float>(lse);
   }
 }
 

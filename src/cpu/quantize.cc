@@ -4,6 +4,8 @@
 // from zero; V per channel as e4m3 (round to nearest even, satfinite) with s_v = amax/448.
 #include "cpu/quantize.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -50,6 +52,45 @@ int8_t quantize_int8(float x, float scale) {
 uint8_t quantize_e4m3(float v, float scale) {
   const float x = v / scale;
   return std::isnan(x) ? detail::kE4m3Nan : detail::float_to_e4m3_bits(x);
+}
+
+void round_to_e4m3(float* x, int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 min_normal = _mm256_set1_ps(0.015625f), max = _mm256_set1_ps(kE4m3Max);
+  const __m256 steps = _mm256_set1_ps(512.0f), step = _mm256_set1_ps(1.0f / 512.0f);
+  const __m256i below = _mm256_set1_epi32(0xfffff), half = _mm256_set1_epi32(0x7ffff);
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_and_ps(v, abs_mask);
+    // Normal range: round to nearest even on the 20 bits below e4m3's 3 mantissa bits (a carry
+    // moves into the exponent); an infinity stays one, and min() saturates both to 448.
+    __m256i u = _mm256_castps_si256(a);
+    u = _mm256_add_epi32(u,
+                         _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 20), one)));
+    __m256 r = _mm256_min_ps(_mm256_castsi256_ps(_mm256_andnot_si256(below, u)), max);
+    // Below 2^-6 e4m3 is subnormal, a fixed step of 2^-9: scaling by 2^9 is exact.
+    const __m256 sub = _mm256_mul_ps(
+        _mm256_round_ps(_mm256_mul_ps(a, steps), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        step);
+    r = _mm256_blendv_ps(r, sub, _mm256_cmp_ps(a, min_normal, _CMP_LT_OQ));
+    r = _mm256_or_ps(r, _mm256_andnot_ps(abs_mask, v));             // the sign back
+    r = _mm256_blendv_ps(r, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // NaN stays NaN
+    _mm256_storeu_ps(x + i, r);
+  }
+  for (; i < n; ++i) x[i] = detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(x[i]));
+}
+
+double lse_shift(const detail::Problem& p, const QuantizedInputs& qi, int64_t b, int64_t h,
+                 int64_t r) {
+  const ProblemShape& s = p.shape;
+  const int64_t D = s.head_dim, hk = h / (s.heads_q / s.heads_kv);
+  const float* km = &qi.km[(b * s.heads_kv + hk) * D];
+  double dot = 0.0;
+  for (int64_t d = 0; d < D; ++d)
+    dot += double(load_element(p.q, p.q.offset(b, h, r, d))) * double(km[d]);
+  return double(p.scale) * dot;
 }
 
 std::vector<float> key_mean(const std::vector<float>& k, int64_t Nk, int64_t D) {

@@ -1,7 +1,9 @@
 // Emulation of the quantized mode (docs/method.md "Quantized mode"), shared by the CPU reference
 // and the fast CPU backend, and the oracle of the CUDA quantization pass (src/cuda/quantize/),
 // which must produce the same bytes: INT8 Q and smoothed K with one scale per group of rows,
-// per-channel FP8 e4m3 V (also in the transposed V8 layout of common/quant_layout.h).
+// per-channel FP8 e4m3 V (also in the transposed V8 layout of common/quant_layout.h). It also
+// holds the two rules of the attention itself that the quantization brings: P's e4m3 rounding
+// for the FP8 P·V product, and the LSE shift that smoothing K leaves.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +25,16 @@ uint8_t quantize_e4m3(float v, float scale);
 
 // max(a, |x|) that keeps a NaN, so a NaN input poisons its group's scale instead of vanishing.
 float abs_max(float a, float x);
+
+// P of the FP8 P·V product is exponentiated as kPScale · 2^(t − m) (t the score, m the row's
+// running max of that tile, log2 units), so that the row's largest P, 2^0, lands on e4m3's
+// largest value and small P keep their mantissa bits instead of going subnormal. Only P·V sees
+// the e4m3 rounding of that value; l sums it unrounded, and o = acc / l cancels the factor.
+constexpr double kPScale = detail::kE4m3Max;
+
+// x[i] = e4m3_bits_to_float(float_to_e4m3_bits(x[i])) for i < n (round to nearest even,
+// satfinite, NaN stays NaN), 8 lanes at a time: P's rounding in the fast backend.
+void round_to_e4m3(float* x, int64_t n);
 
 struct QuantizedInputs {
   detail::QuantGranularity granularity;
@@ -47,6 +59,12 @@ struct QuantizedInputs {
 // Quantizes p.q, p.k, p.v; the granularity defaults to the one every backend uses.
 QuantizedInputs quantize_inputs(const detail::Problem& p,
                                 const detail::QuantGranularity& g = detail::QuantGranularity{});
+
+// scale · Σ_d q[b, h, r, d] · km[d] in double (q exact at its dtype, km of h's kv head): what
+// smoothing K (k − km) subtracts from every score of row r in natural-log units. Softmax does
+// not see it, the log-sum-exp does: the backends add it back to the row's LSE.
+double lse_shift(const detail::Problem& p, const QuantizedInputs& qi, int64_t b, int64_t h,
+                 int64_t r);
 
 // The fp32 key mean of one (b, kv head) slice [Nk, D], in the order of quant_layout.h.
 std::vector<float> key_mean(const std::vector<float>& k, int64_t Nk, int64_t D);

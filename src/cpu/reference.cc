@@ -4,7 +4,8 @@
 // least λ below its running max. Deliberately plain: no blocking, no vectorization. An attention
 // mask (AttentionMask) is applied to every element, without the tile classes of the fast path.
 // Quantized mode takes its scores from the INT8 codes and scales and V from its e4m3 values
-// (cpu/quantize.h); the softmax stays in double, so it is exact given the quantized inputs.
+// (cpu/quantize.h), and P·V from P = 448·2^(t − m) rounded to e4m3 as the FP8 P·V kernel does;
+// everything else stays in double (l sums the unrounded P), so it is exact given those roundings.
 #include "cpu/reference.h"
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "common/backend.h"
+#include "common/fp_convert.h"
 #include "common/geometry.h"
 #include "cpu/attn_mask.h"
 #include "cpu/quantize.h"
@@ -60,10 +62,13 @@ struct RowState {
 };
 
 // One (b, h): all query blocks; adds (visited, skipped) group-tile pairs to `counters`.
+// `quant` is null in exact mode.
 void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskReader& attn,
-                 const HeadScores& score, const std::vector<double>& v, int64_t b, int64_t h,
-                 const TensorView& o, float* lse, unsigned long long counters[2]) {
+                 const HeadScores& score, const std::vector<double>& v,
+                 const QuantizedInputs* quant, int64_t b, int64_t h, const TensorView& o,
+                 float* lse, unsigned long long counters[2]) {
   const ProblemShape& s = p.shape;
+  const double p_scale = quant != nullptr ? kPScale : 1.0;
   const SparseOptions& opt = p.opts;
   const int64_t D = s.head_dim, nk = mask.num_k_blocks();
   const detail::KeyBand band = p.band();
@@ -122,9 +127,13 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
           const int64_t c_end = std::min(c1, detail::last_visible_key(r, band, s.seq_k) + 1);
           for (int64_t c = c_begin; c < c_end; ++c) {
             if (hidden(r, c)) continue;
-            const double pr = std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
+            const double pr = p_scale * std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
+            // The FP8 P·V product sees P in e4m3 (NaN stays NaN); l sums the exact P.
+            const double pv =
+                quant != nullptr ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(pr)))
+                                 : pr;
             st.l += pr;
-            for (int64_t d = 0; d < D; ++d) st.acc[d] += pr * v[c * D + d];
+            for (int64_t d = 0; d < D; ++d) st.acc[d] += pv * v[c * D + d];
           }
           st.m = m_new;
         }
@@ -132,16 +141,21 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
     }
 
     // double -> float -> fp16/bf16 may round twice; that moves an exact tie by one unit at most.
-    // l = 0 exactly when the row saw no key (a row that saw one has a term 2^0 = 1); a NaN l
-    // (a NaN score) is not 0, so o and lse come out NaN.
+    // l = 0 exactly when the row saw no key (a row that saw one has a term p_scale · 2^0); a NaN
+    // l (a NaN score) is not 0, so o and lse come out NaN. o = acc / l cancels p_scale; the lse
+    // takes it out, and in quantized mode adds back what smoothing K took from the scores.
     for (int64_t r = r0; r < r1; ++r) {
       const RowState& st = rows[r - r0];
       const bool empty = st.l == 0.0;
       for (int64_t d = 0; d < D; ++d)
         store_element(o, o.offset(b, h, r, d), empty ? 0.0f : float(st.acc[d] / st.l));
-      if (lse != nullptr)
-        lse[(b * s.heads_q + h) * s.seq_q + r] =
-            empty ? -INFINITY : float(kLn2 * (st.m + std::log2(st.l)));
+      if (lse == nullptr) continue;
+      double x = -INFINITY;
+      if (!empty) {
+        x = kLn2 * (st.m + std::log2(st.l));
+        if (quant != nullptr) x += lse_shift(p, *quant, b, h, r) - kLn2 * std::log2(kPScale);
+      }
+      lse[(b * s.heads_q + h) * s.seq_q + r] = float(x);
     }
   }
 }
@@ -178,8 +192,8 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
       score.k = load_slice<double>(p.k, b, hk);
       v = load_slice<double>(p.v, b, hk);
     }
-    attend_head(p, mask, MaskReader(p.attn_mask, s.seq_k), score, v, b, h, o, extras.lse,
-                &counters[bh * 2]);
+    attend_head(p, mask, MaskReader(p.attn_mask, s.seq_k), score, v, quantized ? &qi : nullptr, b,
+                h, o, extras.lse, &counters[bh * 2]);
   }
   if (extras.pv_counters != nullptr)
     for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {

@@ -2,12 +2,14 @@
 // exact CPU reference through the public API.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "common/fp_convert.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
 
@@ -54,6 +56,36 @@ inline ReferenceRun run_reference(const TensorView& q, const TensorView& k, cons
 inline double half_ulp_f32(double x) {
   const float f = static_cast<float>(std::fabs(x));
   return 0.5 * (std::nextafter(f, std::numeric_limits<float>::infinity()) - f);
+}
+
+// One query row of quantized-mode attention, written out from the rule of docs/method.md
+// ("Quantized mode"), in double: t[c] are the row's scores in log2 units, v[c * D + d] the
+// dequantized V. Tiles of block_k keys in order, nothing skipped; m is the running max, P =
+// 448·2^(t − m) goes to P·V rounded to e4m3 (through float) and into l unrounded; acc and l are
+// rescaled by 2^(m_old − m_new). round_p = false keeps P unrounded (the rule without rounding).
+inline std::vector<double> quantized_row_by_rule(const std::vector<double>& t,
+                                                 const std::vector<float>& v, int64_t D,
+                                                 int64_t block_k, bool round_p = true) {
+  const int64_t n = static_cast<int64_t>(t.size());
+  double m = -INFINITY, l = 0.0;
+  std::vector<double> acc(D, 0.0);
+  for (int64_t c0 = 0; c0 < n; c0 += block_k) {
+    const int64_t c1 = std::min(n, c0 + block_k);
+    const double m_new = std::max(m, *std::max_element(t.begin() + c0, t.begin() + c1));
+    const double rescale = std::exp2(m - m_new);
+    l *= rescale;
+    for (double& a : acc) a *= rescale;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double p = 448.0 * std::exp2(t[c] - m_new);
+      const double p8 =
+          round_p ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(p))) : p;
+      l += p;
+      for (int64_t d = 0; d < D; ++d) acc[d] += p8 * v[c * D + d];
+    }
+    m = m_new;
+  }
+  for (double& a : acc) a /= l;
+  return acc;
 }
 
 }  // namespace sparge::test

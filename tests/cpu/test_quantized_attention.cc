@@ -1,0 +1,168 @@
+// The quantized mode's attention rules on both CPU backends (docs/method.md "Quantized mode"):
+// P·V takes P = 448·2^(t − m) rounded to e4m3 while l sums it unrounded, and the LSE is that of
+// the unsmoothed scores (smoothing K shifts row r's log-sum-exp by scale · q_r · km).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/backend.h"
+#include "cpu/quantize.h"
+#include "reference_cases.h"
+#include "sparge/sparge.h"
+#include "test_util.h"
+
+namespace sparge::test {
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+
+struct Outputs {
+  std::vector<float> o, lse;
+};
+
+Outputs run(const HostTensor& q, const HostTensor& k, const HostTensor& v,
+            const SparseOptions& opts, Backend backend) {
+  const TensorView& qv = q.view;
+  HostBlockMask mask(qv.batch, qv.heads, qv.tokens, k.view.tokens, opts.block_q, opts.block_k);
+  EXPECT_TRUE(fill_dense_mask(mask.view(), opts.causal, opts.causal_align).is_ok());
+  Outputs r;
+  HostTensor o =
+      HostTensor::poisoned(qv.batch, qv.heads, qv.tokens, qv.head_dim, qv.dtype, Layout::kHND);
+  r.lse.assign(qv.batch * qv.heads * qv.tokens, std::numeric_limits<float>::quiet_NaN());
+  AttentionExtras extras;
+  extras.lse = r.lse.data();
+  ExecContext ctx;
+  ctx.backend = backend;
+  const Status st =
+      block_sparse_attention(qv, k.view, v.view, mask.view(), opts, o.view, extras, ctx);
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  r.o = o.to_hnd();
+  return r;
+}
+
+const char* name_of(Backend b) { return b == Backend::kReference ? "reference" : "fast"; }
+
+// One row, six keys, D 16: the output is the rule's, computed here from the quantized scores,
+// and visibly not the one with P unrounded; the LSE is that of the scores without 448 in it.
+TEST(QuantizedAttention, PvUsesE4m3PAndLUsesExactP) {
+  const int64_t Nk = 6, D = 16;
+  const HostTensor q = HostTensor::make(gaussian(D, 51), 1, 1, 1, D, DType::kFloat32, Layout::kHND);
+  const HostTensor k =
+      HostTensor::make(gaussian(Nk * D, 52), 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
+  const HostTensor v =
+      HostTensor::make(gaussian(Nk * D, 53), 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
+  SparseOptions opts;
+  opts.quant = QuantMode::kInt8Fp8;
+  opts.pv_threshold = {INFINITY};
+  opts.scale = 1.0f;  // scores a few log2 units apart: P spans several e4m3 binades
+
+  const detail::Problem p{q.view, k.view, v.view, problem_shape(q.view, k.view), opts, opts.scale};
+  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p);
+  std::vector<double> t(Nk);
+  for (int64_t c = 0; c < Nk; ++c) {
+    double dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += double(qi.q[d]) * double(qi.k[c * D + d]);
+    t[c] = dot * double(qi.q_scale_at(0, 0)) * double(qi.k_scale_at(0, c)) *
+           (double(opts.scale) * kLog2e);
+  }
+  const std::vector<double> want = quantized_row_by_rule(t, qi.v, D, opts.block_k);
+  const std::vector<double> plain = quantized_row_by_rule(t, qi.v, D, opts.block_k, false);
+  double visible = 0, size = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    visible = std::max(visible, std::fabs(want[d] - plain[d]));
+    size = std::max(size, std::fabs(plain[d]));
+  }
+  ASSERT_GT(visible, 1e-3 * size) << "the case must tell rounded from unrounded P";
+
+  // ln Σ_c e^(s_c) of the unsmoothed scores s_c = t_c·ln2 + scale · q·km.
+  const double t_max = *std::max_element(t.begin(), t.end());
+  double sum = 0, shift = 0;
+  for (double x : t) sum += std::exp2(x - t_max);
+  for (int64_t d = 0; d < D; ++d) shift += double(q.get(0, 0, 0, d)) * double(qi.km[d]);
+  const double lse = kLn2 * (t_max + std::log2(sum)) + double(opts.scale) * shift;
+
+  for (Backend b : {Backend::kReference, Backend::kCpuFast}) {
+    const Outputs r = run(q, k, v, opts, b);
+    double err = 0;
+    for (int64_t d = 0; d < D; ++d) err = std::max(err, std::fabs(r.o[d] - want[d]));
+    std::printf("[quant] %-9s P rule: max |o - rule| %.1e (rounding moves o by %.1e), lse %.1e\n",
+                name_of(b), err, visible, std::fabs(r.lse[0] - lse));
+    // The reference rounds the double result once; the fast backend's fp32 P and sums add a
+    // few ulp (an e4m3 tie that its P lands on the other side of would show as ~1e-2 here).
+    const double tol = b == Backend::kReference ? 0.0 : 1e-5 * size;
+    for (int64_t d = 0; d < D; ++d)
+      EXPECT_NEAR(r.o[d], want[d], tol + half_ulp_f32(want[d]) + 1e-12) << name_of(b) << " d " << d;
+    EXPECT_NEAR(r.lse[0], lse, 1e-5) << name_of(b);
+  }
+}
+
+// On random N(0,1) inputs the quantized LSE stays within 0.05 of the exact mode's on both
+// backends. Without the smoothing's shift it would not: the test checks that the shift itself
+// exceeds the tolerance on these inputs.
+TEST(QuantizedAttention, LseMatchesExactMode) {
+  struct Case {
+    int64_t D;
+    bool causal;
+    DType dtype;
+    float k_bias;  // added to k channel 3 (a biased key channel, what smoothing is for)
+  };
+  const Case cases[] = {{64, false, DType::kFloat32, 0.0f},
+                        {64, true, DType::kFloat32, 0.0f},
+                        {128, false, DType::kFloat32, 0.0f},
+                        {128, true, DType::kBFloat16, 0.0f},
+                        {128, true, DType::kFloat16, 4.0f}};
+  const int64_t B = 1, Hq = 2, Hkv = 1, Nq = 200, Nk = 256;
+  uint64_t seed = 60;
+  for (const Case& c : cases) {
+    const int64_t D = c.D;
+    std::vector<float> kx = gaussian(B * Hkv * Nk * D, ++seed);
+    for (size_t i = 3; i < kx.size(); i += D) kx[i] += c.k_bias;
+    const HostTensor q =
+        HostTensor::make(gaussian(B * Hq * Nq * D, ++seed), B, Hq, Nq, D, c.dtype, Layout::kNHD);
+    const HostTensor k = HostTensor::make(kx, B, Hkv, Nk, D, c.dtype, Layout::kNHD);
+    const HostTensor v =
+        HostTensor::make(gaussian(B * Hkv * Nk * D, ++seed), B, Hkv, Nk, D, c.dtype, Layout::kNHD);
+    SparseOptions opts;
+    opts.causal = c.causal;
+    opts.pv_threshold = {INFINITY};  // the same tiles in both modes
+    const Outputs exact = run(q, k, v, opts, Backend::kReference);
+
+    // The shift scale · q_r · mean(k), from the inputs as stored.
+    const std::vector<float> qh = q.to_hnd(), kh = k.to_hnd();
+    std::vector<double> km(D, 0.0);
+    for (int64_t n = 0; n < Nk; ++n)
+      for (int64_t d = 0; d < D; ++d) km[d] += kh[n * D + d] / double(Nk);
+    double largest_shift = 0;
+    for (int64_t r = 0; r < Hq * Nq; ++r) {
+      double dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += qh[r * D + d] * km[d];
+      largest_shift = std::max(largest_shift, std::fabs(dot) / std::sqrt(double(D)));
+    }
+    const std::string name = "D " + std::to_string(D) + (c.causal ? " causal " : " full ") +
+                             dtype_name(c.dtype) + " k bias " + std::to_string(int(c.k_bias));
+    EXPECT_GT(largest_shift, 0.05) << name << ": the shift must matter on these inputs";
+
+    opts.quant = QuantMode::kInt8Fp8;
+    for (Backend b : {Backend::kReference, Backend::kCpuFast}) {
+      const Outputs quant = run(q, k, v, opts, b);
+      double worst = 0;
+      for (size_t i = 0; i < exact.lse.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(exact.lse[i])) << name << " row " << i;  // every row sees a key
+        const double e = std::fabs(double(quant.lse[i]) - exact.lse[i]);
+        if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : e;
+      }
+      std::printf("[quant] %-9s %-30s max |lse - exact lse| %.4f (largest shift %.3f)\n",
+                  name_of(b), name.c_str(), worst, largest_shift);
+      EXPECT_LE(worst, 0.05) << name << " " << name_of(b);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sparge::test
