@@ -397,16 +397,13 @@ QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s) {
 // Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
 // then the quantized kernel (attn_fwd_sm90_q8: sm_90a, head dim 128 for now).
 Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
-                           const AttnParams& a, const AttentionExtras& extras, const ExecContext& ctx) {
+                           const AttnParams& a, const ExecContext& ctx) {
   if (kernel != Kernel::kSm90Ws)
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
                                    "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why, ")"));
   if (p.shape.head_dim != 128)
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda takes q.head_dim 128 for now, got ",
                                    p.shape.head_dim, " (use quant kNone, or the cpu backends)"));
-  if (extras.lse != nullptr)
-    return Status::unsupported("AttentionExtras.lse with SparseOptions.quant kInt8Fp8 is not implemented on cuda "
-                               "yet (use quant kNone for the lse)");
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   const bool banded = p.band().limited();
   if (!compiled(128, bf16, banded))
@@ -432,7 +429,7 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
   pass.workspace = base + ws.pass;
   pass.workspace_bytes = ws.total - ws.pass;
   SPARGE_RETURN_IF_ERROR(quantize_inputs(p, buf, detail::QuantGranularity{}, pass));
-  const QuantOperands q8{buf.q, buf.q_scale, buf.k, buf.k_scale, buf.v8, buf.v_scale,
+  const QuantOperands q8{buf.q, buf.q_scale, buf.k, buf.k_scale, buf.v8, buf.v_scale, buf.km,
                          int(detail::ceil_div(p.shape.seq_k, detail::kQuantKRows)),
                          detail::v8_keys(p.shape.seq_k)};
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
@@ -506,7 +503,7 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   Kernel kernel = Kernel::kSm80;
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
-  if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, extras, ctx);
+  if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, ctx);
   return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
                                static_cast<cudaStream_t>(ctx.stream));
 }

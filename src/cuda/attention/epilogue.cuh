@@ -1,5 +1,6 @@
 // Epilogue of the attention kernel: o_r = acc_r / l_r (0 when l_r = 0: the row saw no key),
-// lse_r = ln 2 · (m_r + log2 l_r) (-inf when l_r = 0), and the per-head λ-skip counters.
+// lse_r = ln 2 · (m_r + log2 l_r) + lse_add_r (-inf when l_r = 0; lse_add: the quantized
+// kernel's shift, mainloop_sm90_q8.cuh), and the per-head λ-skip counters.
 // l_r = 0 exactly when the row saw no key (a row that saw one has a term 2^0 = 1); its zeros are
 // selected, not acc·0, since acc may hold 0·NaN from a NaN v row of a key masked for this row.
 // A NaN l_r (a NaN score) is not 0, so o_r and lse_r come out NaN.
@@ -16,7 +17,8 @@ namespace sparge::cuda {
 template <typename Traits>
 __device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, int row_g,
                                              int lane, const float (&acc)[Traits::kHeadDim / 8][4],
-                                             const float (&row_max)[2], const float (&l)[2]) {
+                                             const float (&row_max)[2], const float (&l)[2],
+                                             const float (&lse_add)[2] = {0.0f, 0.0f}) {
   using T = typename Traits::Element;
   auto* gO = static_cast<T*>(p.o) + int64_t(b) * p.o_stride[0] + int64_t(h) * p.o_stride[1];
 #pragma unroll
@@ -31,7 +33,7 @@ __device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, 
       *reinterpret_cast<uint32_t*>(dst + d * 8) = pack2<T>(empty ? 0.0f : acc[d][2 * i] * inv,
                                                            empty ? 0.0f : acc[d][2 * i + 1] * inv);
     if (p.lse != nullptr && (lane & 3) == 0) {
-      const float lse = empty ? -INFINITY : kLn2 * (row_max[i] + log2f(l[i]));
+      const float lse = empty ? -INFINITY : kLn2 * (row_max[i] + log2f(l[i])) + lse_add[i];
       p.lse[(int64_t(b) * p.heads_q + h) * p.seq_q + row] = lse;
     }
   }

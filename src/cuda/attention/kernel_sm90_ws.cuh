@@ -77,11 +77,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     for (int d = 0; d < Traits::kHeadDim / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
     unsigned visited = 0, skipped = 0;
     Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
-    Mainloop::finish(params, w, lane, acc);
+    float lse_add[2];
+    Mainloop::finish(params, w, rows, lane, acc, lse_add);
 
     float l[2];
     softmax.finalize(l);
-    store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l);
+    store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l, lse_add);
     // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
     // does not exist for the counters (docs/method.md), and one test here replaces one per block.
     if (!rows.slab_exists) visited = skipped = 0;

@@ -30,6 +30,7 @@ Status launch_attn_sm90q8(const AttnParams& params, const QuantOperands& quant,
   q8.q_scale = quant.q_scale;
   q8.k_scale = quant.k_scale;
   q8.v_scale = quant.v_scale;
+  q8.km = quant.km;
   q8.k_groups = quant.k_groups;
   const int64_t D = kHeadDim, B = params.batch, Hq = params.heads_q, Hk = params.heads_kv;
   const int64_t Nq = params.seq_q, Nk = params.seq_k, Nv = quant.v8_keys;

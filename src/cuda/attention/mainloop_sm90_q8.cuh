@@ -23,6 +23,8 @@
 
 namespace sparge::cuda {
 
+constexpr float kLn448 = 6.104793232414985f;  // ln 448: P's factor, out of the LSE
+
 template <typename Traits_, bool kBanded>
 struct MainloopSm90Q8 {
   using Traits = Traits_;
@@ -172,14 +174,38 @@ struct MainloopSm90Q8 {
     }
   }
 
-  // Epilogue hook: V's per-channel scale (thread t holds channels 8d + 2t and 8d + 2t + 1).
-  static __device__ void finish(const Params& params, const WorkTile& w, int lane, Acc& acc) {
+  // Epilogue hook: V's per-channel scale (thread t holds channels 8d + 2t and 8d + 2t + 1), and
+  // the LSE's shift when the caller asks for it: the scores were of k - km and P carried the
+  // factor 448, so lse = ln 2 · (m + log2 l) - ln 448 + scale · q_r · km (docs/method.md), the
+  // dot product from the exact q row (a quad's four threads take 32 channels each).
+  static __device__ void finish(const Params& params, const WorkTile& w, const WarpRows& rows,
+                                int lane, Acc& acc, float (&lse_add)[2]) {
     const AttnParams& p = params.attn;
     const float* vs = params.v_scale + (int64_t(w.b) * p.heads_kv + w.hk) * Traits::kHeadDim;
 #pragma unroll
     for (int d = 0; d < kOTiles; ++d) {
       const float2 f = *reinterpret_cast<const float2*>(vs + d * 8 + (lane & 3) * 2);
       acc[d][0] *= f.x, acc[d][1] *= f.y, acc[d][2] *= f.x, acc[d][3] *= f.y;
+    }
+    lse_add[0] = lse_add[1] = 0.0f;
+    if (p.lse == nullptr) return;
+    using T = typename Traits::Element;
+    constexpr int kPart = Traits::kHeadDim / 4;  // channels per thread of the quad
+    const float* km = params.km + (int64_t(w.b) * p.heads_kv + w.hk) * Traits::kHeadDim;
+    const T* q =
+        static_cast<const T*>(p.q) + int64_t(w.b) * p.q_stride[0] + int64_t(w.h) * p.q_stride[1];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float dot = 0.0f;
+      if (rows.row_exists[r]) {
+        const T* row = q + int64_t(rows.row_g + 8 * r) * p.q_stride[2] + (lane & 3) * kPart;
+#pragma unroll
+        for (int c = 0; c < kPart; ++c)
+          dot = fmaf(to_float(row[c]), km[(lane & 3) * kPart + c], dot);
+      }
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      lse_add[r] = dot * (p.scale_log2 * kLn2) - kLn448;
     }
   }
 

@@ -382,9 +382,13 @@ struct MainloopSm90Tma {
     for (int i = 0; i < kBlocks; ++i) fence_operands(prob[i]);
   }
 
-  // Epilogue hook (the quantized kernel scales O by V's scales here): nothing to do.
+  // Epilogue hook (the quantized kernel scales O by V's scales and shifts the LSE here):
+  // nothing to scale, no shift.
   template <typename Acc>
-  static __device__ void finish(const Params&, const WorkTile&, int, Acc&) {}
+  static __device__ void finish(const Params&, const WorkTile&, const WarpRows&, int, Acc&,
+                                float (&lse_add)[2]) {
+    lse_add[0] = lse_add[1] = 0.0f;
+  }
 
   static __device__ void mma(const AttnParamsSm90Ws& params, Storage& smem, const WorkTile& w,
                              const WarpRows& rows, int consumer, int lane, float (&acc)[kOTiles][4],

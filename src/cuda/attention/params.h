@@ -46,6 +46,7 @@ struct QuantOperands {
   const float* k_scale;    // [B, Hkv, k_groups]
   const uint8_t* v8;       // e4m3 [B, Hkv, D, v8_keys]
   const float* v_scale;    // [B, Hkv, D]
+  const float* km;         // [B, Hkv, D]
   int k_groups;            // ⌈Nk / 16⌉
   int64_t v8_keys;         // Nk rounded up to 64
 };

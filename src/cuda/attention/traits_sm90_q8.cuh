@@ -57,7 +57,7 @@ struct AttnTraitsSm90Q8 {
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
 };
 
-// The plain parameters (o, strides, shape, mask, λ; q, k and v unused), the tensor maps of the
+// The plain parameters (o, strides, shape, mask, λ; q read for the LSE only, k and v unused), the tensor maps of the
 // quantized Q, K and V8, and their scales (common/quant_layout.h, default granularity: one Q
 // scale per row, one K scale per 16 keys, one V scale per channel).
 struct AttnParamsSm90Q8 {
@@ -66,6 +66,7 @@ struct AttnParamsSm90Q8 {
   const float* q_scale;  // [B, Hq, seq_q]
   const float* k_scale;  // [B, Hkv, k_groups]
   const float* v_scale;  // [B, Hkv, D]
+  const float* km;       // [B, Hkv, D], the key mean (the LSE's shift)
   int k_groups;          // ⌈seq_k / 16⌉
 };
 
