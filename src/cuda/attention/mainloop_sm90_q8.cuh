@@ -61,7 +61,7 @@ struct MainloopSm90Q8 {
     tma_load_4d(&p.tma_q, &smem.q_full, smem.q, 0, w.q0, w.h, w.b);
     Cursor c;
     for (; !it.done(); it.next(), c.advance()) {
-      mbarrier_wait(&smem.k_empty[c.stage], c.phase ^ 1u);
+      mbarrier_wait_sleep(&smem.k_empty[c.stage], c.phase ^ 1u);
       Exact::send_turn(smem.turn[c.stage], it);
       mbarrier_arrive_expect_tx(&smem.k_full[c.stage], Traits::kKStageBytes);
       // The missing block of a short last turn: the box past the end of the keys (zeros).
@@ -70,7 +70,7 @@ struct MainloopSm90Q8 {
         tma_load_4d(&p.tma_k, &smem.k_full[c.stage],
                     smem.k[c.stage] + i * Traits::kBlockN * Traits::kHeadDim, 0,
                     it.block(i) >= 0 ? it.block(i) * Traits::kBlockN : p.attn.seq_k, w.hk, w.b);
-      mbarrier_wait(&smem.v_empty[c.stage], c.phase ^ 1u);
+      mbarrier_wait_sleep(&smem.v_empty[c.stage], c.phase ^ 1u);
       mbarrier_arrive_expect_tx(&smem.v_full[c.stage], Traits::kVStageBytes);
       const int v8_end = int(detail::v8_keys(p.attn.seq_k));
 #pragma unroll
@@ -91,7 +91,8 @@ struct MainloopSm90Q8 {
                                            sw128_desc_advance(dk, ks * 32), ks > 0);
   }
 
-  // The turn's P·V into `turn_acc` from zero: block i's V8 tile, two k32 steps of 32 bytes.
+  // The turn's P·V into `turn_acc` (from zero with Traits::kTwoLevel, else onto O): block i's V8
+  // tile, two k32 steps of 32 bytes.
   static __device__ void issue_pv(Acc& turn_acc, const Probs& prob, uint64_t dv) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i)
@@ -99,7 +100,7 @@ struct MainloopSm90Q8 {
       for (int kk = 0; kk < kKSteps; ++kk)
         wgmma_m64nNk32_e4m3_rs<Traits::kHeadDim>(
             turn_acc, prob[i][kk], sw128_desc_advance(dv, i * Traits::kVBlockBytes + kk * 32),
-            i + kk > 0);
+            !Traits::kTwoLevel || i + kk > 0);
   }
 
   // The K scales of the turn's blocks (kKScales per block, the same for every thread), loaded as
@@ -234,10 +235,11 @@ struct MainloopSm90Q8 {
     RawScores raw;
     Scores s;
     Probs prob;
-    Acc turn_acc;
+    Acc turn_buffer;  // the turn's P·V with Traits::kTwoLevel (else P·V goes straight into O)
 #pragma unroll
     for (int d = 0; d < kOTiles; ++d)
-      turn_acc[d][0] = turn_acc[d][1] = turn_acc[d][2] = turn_acc[d][3] = 0.0f;
+      turn_buffer[d][0] = turn_buffer[d][1] = turn_buffer[d][2] = turn_buffer[d][3] = 0.0f;
+    Acc& turn_acc = Traits::kTwoLevel ? turn_buffer : acc;
     float kf[kBlocks][kKScales];
     float alpha[2], alpha_pv[2];  // alpha_pv: the factor of the turn whose P·V is in `prob`
     bool skip[kBlocks], any_skip;
@@ -297,10 +299,13 @@ struct MainloopSm90Q8 {
       fence_operands(turn_acc);
       Exact::release(smem.v_empty[vc.stage], lane);
       vc.advance();
-      if constexpr (kWithPv)
+      if constexpr (!Traits::kTwoLevel) {  // O moves to the new max before P[t]·V[t] adds to it
+        if (Softmax::needs_rescale(alpha)) Softmax::rescale(acc, alpha);
+      } else if constexpr (kWithPv) {
         add_turn(acc, turn_acc, alpha_pv);
-      else if (Softmax::needs_rescale(alpha_pv))
+      } else if (Softmax::needs_rescale(alpha_pv)) {
         Softmax::rescale(acc, alpha_pv);
+      }
       alpha_pv[0] = alpha[0], alpha_pv[1] = alpha[1];
       pack(s, prob, skip, any_skip);
       pv_skipped = turn_skipped;
@@ -329,10 +334,12 @@ struct MainloopSm90Q8 {
         fence_operands(turn_acc);
       }
       Exact::release(smem.v_empty[vc.stage], lane);
-      if constexpr (kWithPv)
+      if constexpr (!Traits::kTwoLevel) {
+      } else if constexpr (kWithPv) {
         add_turn(acc, turn_acc, alpha_pv);
-      else if (Softmax::needs_rescale(alpha_pv))
+      } else if (Softmax::needs_rescale(alpha_pv)) {
         Softmax::rescale(acc, alpha_pv);
+      }
     };
     if (pv_skipped)
       last_step(std::false_type{});

@@ -65,17 +65,19 @@ struct WarpRows {
 // on the other's. Consumer 1 lets consumer 0 go first (one arrival up front) and skips its
 // arrival after its last issue, so that each barrier sees as many arrivals as waits (both
 // consumers walk the same tiles, hence issue equally often).
+// Traits::kPingPong = false: no order (each consumer issues as soon as its operands are ready).
 template <typename Traits>
 struct MmaTurn {
   int consumer;
   __device__ void start() const {
-    if (consumer == 1) named_barrier_arrive(mma_turn_barrier(0), Traits::kConsumerThreads);
+    if (Traits::kPingPong && consumer == 1)
+      named_barrier_arrive(mma_turn_barrier(0), Traits::kConsumerThreads);
   }
   __device__ void acquire() const {
-    named_barrier_sync(mma_turn_barrier(consumer), Traits::kConsumerThreads);
+    if (Traits::kPingPong) named_barrier_sync(mma_turn_barrier(consumer), Traits::kConsumerThreads);
   }
   __device__ void pass(bool last) const {
-    if (!(last && consumer == 1))
+    if (Traits::kPingPong && !(last && consumer == 1))
       named_barrier_arrive(mma_turn_barrier(1 - consumer), Traits::kConsumerThreads);
   }
 };
@@ -129,11 +131,11 @@ struct MainloopSm90Tma {
       tma_load_4d(&p.tma_q, &smem.q_full, smem.q + cb * Traits::kBlockM * 64, cb * 64, w.q0, w.h, w.b);
     Cursor c;
     for (; !it.done(); it.next(), c.advance()) {
-      mbarrier_wait(&smem.k_empty[c.stage], c.phase ^ 1u);
+      mbarrier_wait_sleep(&smem.k_empty[c.stage], c.phase ^ 1u);
       send_turn(smem.turn[c.stage], it);
       mbarrier_arrive_expect_tx(&smem.k_full[c.stage], Traits::kStageBytes);
       load_kv_turn(&p.tma_k, smem.k_full[c.stage], smem.k[c.stage], it, p.attn, w);
-      mbarrier_wait(&smem.v_empty[c.stage], c.phase ^ 1u);
+      mbarrier_wait_sleep(&smem.v_empty[c.stage], c.phase ^ 1u);
       mbarrier_arrive_expect_tx(&smem.v_full[c.stage], Traits::kStageBytes);
       load_kv_turn(&p.tma_v, smem.v_full[c.stage], smem.v[c.stage], it, p.attn, w);
     }

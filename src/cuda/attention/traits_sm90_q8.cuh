@@ -26,6 +26,11 @@ struct AttnTraitsSm90Q8 {
   // registers), P 16 (e4m3), O 64 and the turn's P·V result 64 (the two-level accumulation
   // below): 208 of the 240 registers.
   static constexpr int kBlocksPerTurn = 2;
+  // Two-level accumulation (mainloop_sm90_q8.cuh): each turn's P·V in its own registers, added to
+  // O in fp32. Without it (P·V straight into O, rescaled as in the bf16 kernel) the error against
+  // fp32 grew from 0.0383 at N 8K to 0.0390 at 32K, with it 0.0382 to 0.0387; speed within
+  // ±4% (bench/results/2026-12-04_NVIDIA-H200_quant-ab_check.md).
+  static constexpr bool kTwoLevel = true;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   static constexpr bool kZeroFillShortTurn = true;
   static constexpr int kConsumers = kBlockM / 64;
@@ -33,6 +38,9 @@ struct AttnTraitsSm90Q8 {
   static constexpr int kConsumerThreads = kConsumers * 128;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
   static constexpr int kSlabRows = 16;
+  // The consumers take turns issuing their GEMMs (MmaTurn), so that one's softmax overlaps the
+  // other's tensor work (without it: -7% to +11% by shape, no net gain; same record).
+  static constexpr bool kPingPong = true;
   static constexpr int kMinBlocksPerSm = 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;

@@ -45,6 +45,9 @@ struct AttnTraitsSm90Ws {
   static constexpr int kConsumerThreads = kConsumers * 128;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
   static constexpr int kSlabRows = 16;
+  // The consumers take turns issuing their GEMMs (MmaTurn), so that one's softmax overlaps the
+  // other's tensor work.
+  static constexpr bool kPingPong = true;
   static constexpr int kMinBlocksPerSm = 1;
   // setmaxnreg split (FA3's for two consumer warpgroups and TMA loads): 24·128 + 240·256 =
   // 64512 of the SM's 65536 registers. ptxas compiles the kernel at 65536/384 -> 168.
