@@ -50,7 +50,7 @@
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \
   X(kInt8Fp8, QUANT_INT8_FP8, 1, "int8_fp8",                                                   \
-    "SageAttention2: INT8 per-block Q/K (K smoothed by its mean), FP8 e4m3 V per channel")
+    "INT8 Q per row, K per 16 keys (smoothed by its mean), FP8 e4m3 P and V (SageAttention2)")
 
 /* Which implementation runs (ExecContext, not SparseOptions). */
 #define SPARGE_BACKEND_VALUES(X)                                                                \
