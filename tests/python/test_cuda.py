@@ -165,3 +165,30 @@ def test_stage1_stats_on_cuda_match_the_cpu():
     assert torch.allclose(gpu.error_estimate.cpu(), cpu.error_estimate, rtol=1e-3, atol=1e-5)
     assert torch.equal(gpu.forced_tiles.cpu(), cpu.forced_tiles)
     assert (cpu.select_value < 1.0).all()  # a real choice, not "keep all"
+
+
+def _quantized_runs_here():
+    major, minor = torch.cuda.get_device_capability()
+    return (major, minor) == (9, 0) and 256 in sparge.CUDA_HEAD_DIMS  # 256: the build has sm_90a
+
+
+def test_quantized_on_cuda_matches_the_cpu_emulation():
+    # quantized=True on CUDA: the INT8/FP8 kernel on sm_90 (head dim 128), compared with the CPU
+    # backends' emulation of the same number rules (tests/cuda/test_attention_quant.cc covers
+    # the shapes); elsewhere a NotImplementedError naming the option.
+    q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=128,
+                       dtype=torch.bfloat16, seed=11)
+    kw = dict(is_causal=True, return_stats=True, quantized=True, **dense_options())
+    if not _quantized_runs_here():
+        with pytest.raises(NotImplementedError, match="quant"):
+            sparge.attention(q.cuda(), k.cuda(), v.cuda(), **kw)
+        return
+    out, stats = sparge.attention(q.cuda(), k.cuda(), v.cuda(), **kw)
+    cpu, cpu_stats = sparge.attention(q, k, v, **kw)
+    assert not out.isnan().any()
+    rel = ((out.cpu().float() - cpu.float()).abs().sum() / cpu.float().abs().sum()).item()
+    assert rel <= 1e-2, rel
+    exact = sparge.attention(q, k, v, is_causal=True, **dense_options())
+    rel_exact = ((out.cpu().float() - exact.float()).abs().sum() / exact.float().abs().sum()).item()
+    assert 1e-3 < rel_exact <= 6e-2, rel_exact  # FP8 V and P: visibly not the exact path
+    torch.testing.assert_close(stats.lse.cpu(), cpu_stats.lse, atol=2e-2, rtol=0)
