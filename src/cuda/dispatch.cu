@@ -289,6 +289,17 @@ Status quantize_by_dtype(const QuantizeParams& params, DType dtype, cudaStream_t
   }
 }
 
+// ExecContext.workspace holds `bytes` for `what` and is 256-byte aligned (every scratch layout
+// aligns its arrays to 256 bytes from the base).
+Status check_workspace(const ExecContext& ctx, std::size_t bytes, const char* what) {
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < bytes)
+    return Status::workspace(cat("ExecContext.workspace must hold at least ", bytes, " bytes for ", what,
+                                 ", got ", ctx.workspace ? ctx.workspace_bytes : 0));
+  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
+    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  return Status::ok();
+}
+
 // The quantization pass reads 16-byte chunks of 8 channels: every row start must be 16-byte
 // aligned (TMA-ready tensors are).
 Status check_chunk_alignment(const TensorView& t, const char* name) {
@@ -410,12 +421,7 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
     return Status::unsupported(cat("quantized attention instance (head_dim 128, ", bf16 ? "bf16" : "fp16",
                                    banded ? ", banded" : ", dense", ") is not compiled (SPARGE_FAST_BUILD=ON)"));
   const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
-    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
-                                 " bytes for quantized attention on cuda (workspace_size()), got ",
-                                 ctx.workspace ? ctx.workspace_bytes : 0));
-  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
-    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
   char* base = static_cast<char*>(ctx.workspace);
   QuantizedBuffers buf;
   buf.q = reinterpret_cast<int8_t*>(base + ws.q);
@@ -521,12 +527,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
                                    " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
                                    p.shape.seq_k, " / block_k ", mask.block_k, ")"));
   const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
-    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
-                                 " bytes for Stage 1 (workspace_size()), got ",
-                                 ctx.workspace ? ctx.workspace_bytes : 0));
-  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
-    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
   SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
 
   if (p.opts.target_error > 0.0f) {
@@ -566,12 +567,7 @@ Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
   SPARGE_RETURN_IF_ERROR(check_chunk_alignment(p.v, "v"));
   const QuantizeWorkspace ws =
       quantize_workspace(p.shape.batch, p.shape.heads_kv, p.shape.seq_k, p.shape.head_dim);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < ws.total)
-    return Status::workspace(cat("ExecContext.workspace must hold at least ", ws.total,
-                                 " bytes for the quantization pass (quantize_workspace_size()), got ",
-                                 ctx.workspace ? ctx.workspace_bytes : 0));
-  if (reinterpret_cast<uintptr_t>(ctx.workspace) % 256 != 0)
-    return Status::invalid("ExecContext.workspace must be 256-byte aligned on cuda");
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "the quantization pass (quantize_workspace_size())"));
   if (reinterpret_cast<uintptr_t>(out.v8) % 16 != 0 || reinterpret_cast<uintptr_t>(out.q) % 8 != 0 ||
       reinterpret_cast<uintptr_t>(out.k) % 8 != 0)
     return Status::invalid("QuantizedBuffers.v8 must be 16-byte aligned, q and k 8-byte aligned");

@@ -8,9 +8,9 @@
 
 #include <cuda_runtime.h>
 
-#include <mutex>
 
 #include "cuda/attention/kernel_sm90_ws.cuh"
+#include "cuda/attention/launch_kernel.cuh"
 #include "cuda/attention/mainloop_sm90_q8.cuh"
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits_sm90_q8.cuh"
@@ -48,17 +48,7 @@ Status launch_attn_sm90q8(const AttnParams& params, const QuantOperands& quant,
         "the quantized attention kernel could not encode the TMA maps of its Q8/K8/V8 buffers "
         "(cuTensorMapEncodeTiled missing in the CUDA driver, or a buffer not 16-byte aligned)");
 
-  static std::once_flag once;
-  static cudaError_t attr_err = cudaSuccess;
-  std::call_once(once, [&] {
-    attr_err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Traits::kSmemBytes);
-  });
-  SPARGE_CUDA_CHECK_NAMED(attr_err, "attn_fwd_sm90_q8 (smem attribute)");
-  const dim3 grid(params.num_q_blocks, params.heads_q, params.batch);
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(q8);
-  SPARGE_CUDA_CHECK_LAUNCH("attn_fwd_sm90_q8");
-  return Status::ok();
+  return launch_attention_kernel<Traits, kernel>("attn_fwd_sm90_q8", params, q8, stream);
 }
 
 }  // namespace sparge::cuda

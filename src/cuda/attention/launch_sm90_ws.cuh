@@ -10,10 +10,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <mutex>
 #include <type_traits>
 
 #include "cuda/attention/kernel_sm90_ws.cuh"
+#include "cuda/attention/launch_kernel.cuh"
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits_sm90_ws.cuh"
 #include "cuda/common/check.cuh"
@@ -45,17 +45,7 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
       return launch_attn_sm90<T, kHeadDim, kBanded>(params, stream);
   }
 
-  static std::once_flag once;
-  static cudaError_t attr_err = cudaSuccess;
-  std::call_once(once, [&] {
-    attr_err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Traits::kSmemBytes);
-  });
-  SPARGE_CUDA_CHECK_NAMED(attr_err, "attn_fwd_sm90_ws (smem attribute)");
-  const dim3 grid(params.num_q_blocks, params.heads_q, params.batch);
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(ws);
-  SPARGE_CUDA_CHECK_LAUNCH("attn_fwd_sm90_ws");
-  return Status::ok();
+  return launch_attention_kernel<Traits, kernel>("attn_fwd_sm90_ws", params, ws, stream);
 }
 
 }  // namespace sparge::cuda

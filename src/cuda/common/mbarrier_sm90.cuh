@@ -34,37 +34,37 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
                : "memory");
 }
 
-// Spins until the phase of parity `parity` has completed.
+// Returns once the phase of parity `parity` has completed. kSuspendHintNs > 0 lets each try_wait
+// suspend the thread until then (or until the hint, in ns, passes) instead of returning at once:
+// for a thread off the critical path (mbarrier_wait_sleep).
+template <uint32_t kSuspendHintNs = 0>
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
   uint32_t done = 0;
   do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
+    if constexpr (kSuspendHintNs == 0)
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+          " selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(addr), "r"(parity)
+          : "memory");
+    else
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n"
+          " selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(addr), "r"(parity), "n"(kSuspendHintNs)
+          : "memory");
   } while (!done);
 }
 
-// The same for a thread off the critical path (the producer's waits for free stages): each
-// try_wait may suspend it until the phase completes (or the hint, in ns, passes) instead of
-// returning at once. Its spinning was 6% (bf16) to 9% (quantized kernel) of all the kernel's
-// issued instructions in the ncu source profile, issue slots taken from the consumer warps on
-// its scheduler. (The consumers keep the plain wait: their waits are on the critical path.)
+// The producer's waits for free stages. Their spinning was 6% (bf16) to 9% (quantized kernel) of
+// all the kernel's issued instructions in the ncu source profile, issue slots taken from the
+// consumer warps on its scheduler. (The consumers keep the plain wait: theirs are on the
+// critical path.)
 __device__ __forceinline__ void mbarrier_wait_sleep(uint64_t* bar, uint32_t parity) {
-  constexpr uint32_t kSuspendHintNs = 1000000;
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity), "r"(kSuspendHintNs)
-        : "memory");
-  } while (!done);
+  mbarrier_wait<1000000>(bar, parity);
 }
 
 // Position in a ring of kStages stages: the stage index and the parity of its current use.
