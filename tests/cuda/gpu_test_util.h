@@ -6,12 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "common/validate.h"
+#include "sparge/build_info.h"
 #include "sparge/sparge.h"
 #include "sparge/workloads.h"
 #include "test_util.h"
@@ -108,6 +110,21 @@ struct DeviceMask {
     return h;
   }
 };
+
+// Whether calls in this process run the sm90ws kernel (the only one with head dim 256 and the
+// quantized mainloop): dispatch.cu picks it on an sm_90 device when the build holds sm_90a code,
+// unless SPARGE_CUDA_KERNEL names another kernel.
+inline bool sm90ws_runs() {
+  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
+  const bool chosen = env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
+                      !std::strcmp(env, "sm90ws");
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return SPARGE_CUDA_HAVE_SM90A && chosen && major == 9 && minor == 0;
+}
 
 inline std::vector<float> gaussian(std::size_t n, uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);

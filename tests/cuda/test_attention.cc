@@ -177,19 +177,8 @@ const Case kWindowCases[] = {
 INSTANTIATE_TEST_SUITE_P(Window, AttentionVsReference, ::testing::ValuesIn(kWindowCases));
 
 // ---- head dim 256: only the sm90ws kernel has it (tools/gen_instances.py) -------------------
-// Whether this process runs d256: dispatch.cu picks sm90ws on an sm_90 device when the build holds
-// sm_90a code, unless SPARGE_CUDA_KERNEL names another kernel; SPARGE_FAST_BUILD has no d256.
-bool d256_runs() {
-  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
-  const bool sm90ws_chosen = env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-                             !std::strcmp(env, "sm90ws");
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-    return false;
-  return SPARGE_CUDA_HAVE_SM90A && !SPARGE_FAST_BUILD && sm90ws_chosen && major == 9 && minor == 0;
-}
+// Whether this process runs d256: where sm90ws runs, except SPARGE_FAST_BUILD (no d256).
+bool d256_runs() { return sm90ws_runs() && !SPARGE_FAST_BUILD; }
 
 // Elsewhere the call must be refused, naming the argument (a pass there would be silent).
 void expect_d256_refused(const Status& st) {

@@ -11,8 +11,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -47,20 +45,11 @@ std::string name(const QCase& c) {
   return buf;
 }
 
-// Whether this process runs the quantized kernel (dispatch.cu: sm90ws chosen on an sm_90 device
-// with sm_90a code; SPARGE_FAST_BUILD keeps the bf16 dense instance only).
+// Whether this process runs the quantized kernel: where sm90ws runs; SPARGE_FAST_BUILD keeps the
+// bf16 dense instance only.
 bool quant_runs(const QCase& c) {
-  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
-  const bool sm90ws = env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-                      !std::strcmp(env, "sm90ws");
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-    return false;
   const bool banded = c.causal || c.window_left >= 0 || c.window_right >= 0;
-  const bool in_build = !SPARGE_FAST_BUILD || (c.dtype == DType::kBFloat16 && !banded);
-  return SPARGE_CUDA_HAVE_SM90A && sm90ws && major == 9 && minor == 0 && in_build;
+  return sm90ws_runs() && (!SPARGE_FAST_BUILD || (c.dtype == DType::kBFloat16 && !banded));
 }
 
 SparseOptions options(const QCase& c, QuantMode quant) {
