@@ -40,11 +40,26 @@ struct HostTensor {
     return t;
   }
 
-  // An output tensor filled with NaN so that unwritten elements are caught.
+  // An output tensor filled with NaN so that unwritten elements are caught; `pad_tokens` NaN
+  // rows after each plane's N (see padding_rows_written) catch writes past the logical extent.
   static HostTensor poisoned(int64_t B, int64_t H, int64_t N, int64_t D, DType dtype,
-                             Layout layout) {
-    std::vector<float> nan(B * H * N * D, std::numeric_limits<float>::quiet_NaN());
-    return make(nan, B, H, N, D, dtype, layout);
+                             Layout layout, int64_t pad_tokens = 0) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    HostTensor t = make(std::vector<float>(B * H * N * D, nan), B, H, N, D, dtype, layout, pad_tokens);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t n = N; n < N + pad_tokens; ++n)
+          for (int64_t d = 0; d < D; ++d) t.set(b, h, n, d, nan);
+    return t;
+  }
+  // Elements of the `pad_tokens` rows past the logical extent that are not NaN any more.
+  int64_t padding_rows_written(int64_t pad_tokens) const {
+    int64_t written = 0;
+    for (int64_t b = 0; b < view.batch; ++b)
+      for (int64_t h = 0; h < view.heads; ++h)
+        for (int64_t n = view.tokens; n < view.tokens + pad_tokens; ++n)
+          for (int64_t d = 0; d < view.head_dim; ++d) written += !std::isnan(get(b, h, n, d));
+    return written;
   }
 
   void set(int64_t b, int64_t h, int64_t n, int64_t d, float x) {

@@ -84,7 +84,10 @@ Result run_case(const Case& c, uint64_t seed, bool gpu_may_refuse = false) {
   HostBlockMask hmask = random_mask(c.B, c.Hq, c.Nq, c.Nk, c.causal, c.align, c.keep, c.empty_every, seed);
 
   DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k), dv = DeviceTensor::upload(v);
-  DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout));
+  // Padded like the inputs: the sm90ws kernel stores O with the TMA, whose tensor map must stop
+  // at Nq (the padding rows stay NaN).
+  DeviceTensor dout =
+      DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout, pad));
   DeviceMask dmask = DeviceMask::upload(hmask);
   DeviceBuffer dlse(sizeof(float) * c.B * c.Hq * c.Nq), dcounters(sizeof(unsigned long long) * 2 * c.Hq);
   cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
@@ -115,6 +118,7 @@ Result run_case(const Case& c, uint64_t seed, bool gpu_may_refuse = false) {
 
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   res.out = dout.download();
+  EXPECT_EQ(dout.host.padding_rows_written(pad), 0) << "O written past seq_q";
   res.rel_l1 = measure::rel_l1(res.out, o32.to_hnd());
   std::vector<float> lse(ref_lse.size());
   cudaMemcpy(lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);

@@ -14,6 +14,27 @@
 
 namespace sparge::cuda {
 
+// The LSE of this thread's two rows (one thread of the quad writes it), rows past seq_q skipped.
+__device__ __forceinline__ void store_lse(const AttnParams& p, int b, int h, int row_g, int lane,
+                                          const float (&row_max)[2], const float (&l)[2],
+                                          const float (&lse_add)[2]) {
+  if (p.lse == nullptr || (lane & 3) != 0) return;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row_g + 8 * i;
+    if (row >= p.seq_q) continue;
+    const float lse = l[i] == 0.0f ? -INFINITY : kLn2 * (row_max[i] + log2f(l[i])) + lse_add[i];
+    p.lse[(int64_t(b) * p.heads_q + h) * p.seq_q + row] = lse;
+  }
+}
+
+// o_r of this thread's accumulator entries: acc · (1 / l_r), or 0 for a row without keys.
+__device__ __forceinline__ float normalized(float acc, float l, float inv_l) {
+  return l == 0.0f ? 0.0f : acc * inv_l;
+}
+
+// O and the LSE straight from the registers of the mma.sync / wgmma accumulator layout (each
+// quad of threads writes 16 bytes of a row per 8-column tile).
 template <typename Traits>
 __device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, int row_g,
                                              int lane, const float (&acc)[Traits::kHeadDim / 8][4],
@@ -25,18 +46,14 @@ __device__ __forceinline__ void store_output(const AttnParams& p, int b, int h, 
   for (int i = 0; i < 2; ++i) {
     const int row = row_g + 8 * i;
     if (row >= p.seq_q) continue;
-    const bool empty = l[i] == 0.0f;
     const float inv = 1.0f / l[i];
     T* dst = gO + int64_t(row) * p.o_stride[2] + (lane & 3) * 2;
 #pragma unroll
     for (int d = 0; d < Traits::kHeadDim / 8; ++d)
-      *reinterpret_cast<uint32_t*>(dst + d * 8) = pack2<T>(empty ? 0.0f : acc[d][2 * i] * inv,
-                                                           empty ? 0.0f : acc[d][2 * i + 1] * inv);
-    if (p.lse != nullptr && (lane & 3) == 0) {
-      const float lse = empty ? -INFINITY : kLn2 * (row_max[i] + log2f(l[i])) + lse_add[i];
-      p.lse[(int64_t(b) * p.heads_q + h) * p.seq_q + row] = lse;
-    }
+      *reinterpret_cast<uint32_t*>(dst + d * 8) =
+          pack2<T>(normalized(acc[d][2 * i], l[i], inv), normalized(acc[d][2 * i + 1], l[i], inv));
   }
+  store_lse(p, b, h, row_g, lane, row_max, l, lse_add);
 }
 
 // One atomic pair per warp and CTA: (row group, tile) pairs visited and skipped.

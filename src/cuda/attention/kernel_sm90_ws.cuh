@@ -8,7 +8,9 @@
 //   query rows each (setmaxnreg 240), one turn = kBlocksPerTurn kept 64-key blocks (1 at d256,
 //   2 at d128, 3 at d64), ping-ponging their GEMMs through named barriers
 //   (mainloop_sm90_tma.cuh). A consumer whose four warps all skip a turn by the λ rule leaves
-//   out that turn's P·V.
+//   out that turn's P·V. The exact kernel's consumers stage O in their rows of the Q tile and
+//   store it with the TMA (epilogue_sm90_tma.cuh); the quantized one's, whose 8-bit Q tile is
+//   too small for it, store from registers.
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
 //   d256 2 stages, 194 KiB; d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384
 //   threads) per SM, one CTA per BlockMask row.
@@ -21,10 +23,12 @@
 #include <cstdint>
 
 #include "cuda/attention/epilogue.cuh"
+#include "cuda/attention/epilogue_sm90_tma.cuh"
 #include "cuda/attention/mainloop_sm90_tma.cuh"
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits_sm90_ws.cuh"
 #include "cuda/common/warpgroup_sm90.cuh"
+#include "cuda/common/wgmma_sm90.cuh"
 
 namespace sparge::cuda {
 
@@ -82,7 +86,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
     float l[2];
     softmax.finalize(l);
-    store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l, lse_add);
+    if constexpr (Mainloop::kOutputThroughQTile) {
+      store_output_tma<Traits>(&params.tma_o, smem.q, w.q0, w.h, w.b, p.seq_q, consumer, warp, lane,
+                               acc, l);
+      store_lse(p, w.b, w.h, rows.row_g, lane, softmax.row_max, l, lse_add);
+    } else {
+      store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l, lse_add);
+    }
     // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
     // does not exist for the counters (docs/method.md), and one test here replaces one per block.
     if (!rows.slab_exists) visited = skipped = 0;

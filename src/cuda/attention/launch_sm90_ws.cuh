@@ -1,5 +1,5 @@
 // Host launcher of the warp-specialized sm_90a attention kernel for one (dtype, head dim, banded)
-// instance: encodes the tensor maps of Q, K and V, or falls back to the cp.async wgmma kernel
+// instance: encodes the tensor maps of Q, K, V and O, or falls back to the cp.async wgmma kernel
 // (launch_attn_sm90) where the TMA cannot address them (base not 16-byte aligned, a token/head/
 // batch stride not a multiple of 16 bytes or >= 2^40 bytes, no cuTensorMapEncodeTiled in the
 // driver). Head dim 256 has no attn_fwd_sm90 instance (tools/gen_instances.py): there the same
@@ -34,11 +34,13 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
       encode_tensor_map_sw128(&ws.tma_k, params.k, kBf16, kHeadDim, params.seq_k, params.heads_kv,
                               params.batch, params.k_stride, Traits::kBlockN) &&
       encode_tensor_map_sw128(&ws.tma_v, params.v, kBf16, kHeadDim, params.seq_k, params.heads_kv,
-                              params.batch, params.v_stride, Traits::kBlockN);
+                              params.batch, params.v_stride, Traits::kBlockN) &&
+      encode_tensor_map_sw128(&ws.tma_o, params.o, kBf16, kHeadDim, params.seq_q, params.heads_q,
+                              params.batch, params.o_stride, 64);
   if (!tma_ok) {
     if constexpr (kHeadDim == 256)
       return Status::unsupported(
-          "q, k and v with head_dim 256 need the TMA (the sm90ws kernel is the only one with "
+          "q, k, v and o with head_dim 256 need the TMA (the sm90ws kernel is the only one with "
           "head_dim 256): 16-byte aligned base, batch/head/token strides multiples of 16 bytes "
           "and < 2^40 bytes, and cuTensorMapEncodeTiled in the CUDA driver");
     else

@@ -44,6 +44,8 @@ struct MainloopSm90Q8 {
   using RawScores = uint32_t[kBlocks][kNTiles][4];       // the s32 accumulator of S
   using Probs = uint32_t[kBlocks][kKSteps][4];           // e4m3 P, A operand of P·V
   using Acc = float[kOTiles][4];
+  // O leaves from registers: the 8-bit Q tile holds half a consumer's O tile.
+  static constexpr bool kOutputThroughQTile = false;
 
   static __device__ void init_barriers(Storage& smem) { Exact::init_barriers(smem); }
 

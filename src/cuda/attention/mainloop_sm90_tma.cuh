@@ -35,10 +35,11 @@
 
 namespace sparge::cuda {
 
-// The plain parameters and the tensor maps of Q, K and V (encoded by launch_sm90_ws.cuh).
+// The plain parameters and the tensor maps of Q, K and V (boxes of 64 channels × a block's rows)
+// and of O (64 channels × 64 rows, one consumer's), encoded by launch_sm90_ws.cuh.
 struct AttnParamsSm90Ws {
   AttnParams attn;
-  CUtensorMap tma_q, tma_k, tma_v;
+  CUtensorMap tma_q, tma_k, tma_v, tma_o;
 };
 
 // The CTA's work: one BlockMask row = query block qb of (batch b, query head h).
@@ -99,6 +100,9 @@ struct MainloopSm90Tma {
   // Scores of a turn, block i in s[i] (the m64n·kTurnN accumulator: columns 64i.. are block i).
   using Scores = float[kBlocks][kNTiles][4];
   using Probs = uint32_t[kBlocks][kKSteps][4];  // P of a turn, A operand of its P·V
+  // The epilogue stages O in the consumer's rows of smem.q (same dtype and size) and stores it
+  // with params.tma_o (epilogue_sm90_tma.cuh).
+  static constexpr bool kOutputThroughQTile = true;
 
   // One thread, before the role split (a __syncthreads must follow). Any storage with these
   // barriers (the quantized kernel's too).

@@ -17,6 +17,10 @@ enum class NamedBarrier : uint32_t {
   // whether all of them skip every block of a turn, so that the warpgroup leaves out its P·V.
   kPvVoteConsumer0 = 3,
   kPvVoteConsumer1 = 4,
+  // The epilogue of attn_fwd_sm90_ws: consumer c's four warps have staged their rows of O in
+  // shared memory (kOutputStagedConsumer0 + c) before one thread stores the tile with the TMA.
+  kOutputStagedConsumer0 = 5,
+  kOutputStagedConsumer1 = 6,
 };
 
 __device__ __forceinline__ NamedBarrier mma_turn_barrier(int consumer) {
@@ -24,6 +28,10 @@ __device__ __forceinline__ NamedBarrier mma_turn_barrier(int consumer) {
 }
 __device__ __forceinline__ NamedBarrier pv_vote_barrier(int consumer) {
   return static_cast<NamedBarrier>(static_cast<uint32_t>(NamedBarrier::kPvVoteConsumer0) + consumer);
+}
+
+__device__ __forceinline__ NamedBarrier output_staged_barrier(int consumer) {
+  return static_cast<NamedBarrier>(static_cast<uint32_t>(NamedBarrier::kOutputStagedConsumer0) + consumer);
 }
 
 // Blocks until `threads` threads (a multiple of 32, counting the arrivals) reached barrier `id`.

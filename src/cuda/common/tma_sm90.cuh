@@ -1,6 +1,7 @@
 // Tensor Memory Accelerator (sm_90): host-side encoding of a tensor map for a 4-D tensor (the
-// (batch, head, token, channel) inputs with 128-byte-swizzled boxes; the quantized kernel's 8-bit
-// buffers), and the device-side 4-D tile load that completes on an mbarrier.
+// (batch, head, token, channel) inputs and output with 128-byte-swizzled boxes; the quantized
+// kernel's 8-bit buffers), the device-side 4-D tile load that completes on an mbarrier, and the
+// 4-D tile store from shared memory (a bulk group the issuing thread waits for).
 //
 // A box is 64 channels × kRows tokens of one (batch, head): exactly one 64-column block of the
 // SW128 tile layout of wgmma_sm90.cuh (the TMA's 128B swizzle XORs the 16-byte chunk index with
@@ -101,6 +102,26 @@ __device__ __forceinline__ void tma_load_4d(const CUtensorMap* map, uint64_t* ba
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
       "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
       : "memory");
+}
+
+// The box at (c0, c1, c2, c3) of the tensor from shared memory at `smem_src` (1024-byte aligned,
+// in the map's swizzle), added to this thread's bulk group. Elements of the box outside the
+// tensor are not written. The shared memory must have been written before a
+// fence_proxy_async_smem() of each writing thread and a barrier with this one.
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, const void* smem_src, int c0,
+                                             int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem_src))), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+// Closes this thread's bulk group of stores, then waits until their shared-memory reads are done
+// (the source may then be overwritten, or the CTA exit; the global writes finish on their own
+// and are visible to later kernels on the stream).
+__device__ __forceinline__ void tma_store_commit_and_wait_read() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 
 }  // namespace sparge::cuda
