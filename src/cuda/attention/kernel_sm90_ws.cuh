@@ -89,9 +89,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     if constexpr (Mainloop::kOutputThroughQTile) {
       store_output_tma<Traits>(&params.tma_o, smem.q, w.q0, w.h, w.b, p.seq_q, consumer, warp, lane,
                                acc, l);
-      store_lse(p, w.b, w.h, rows.row_g, lane, softmax.row_max, l, lse_add);
+      store_lse(p, w.b, w.h, rows.row_g, lane, softmax.exp_base(), l, lse_add);
     } else {
-      store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.row_max, l, lse_add);
+      store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.exp_base(), l, lse_add);
     }
     // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
     // does not exist for the counters (docs/method.md), and one test here replaces one per block.

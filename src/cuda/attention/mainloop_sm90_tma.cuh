@@ -95,7 +95,8 @@ struct MainloopSm90Tma {
   static constexpr int kNTiles = Traits::kBlockN / 8;   // 8-key score tiles per block
   static constexpr int kKSteps = Traits::kBlockN / 16;  // k16 steps of P·V per block
   static constexpr int kOTiles = Traits::kHeadDim / 8;
-  using Softmax = OnlineSoftmax<kBlocks * kNTiles>;  // row state; exponentiates a whole turn
+  // Row state; exponentiates a whole turn.
+  using Softmax = OnlineSoftmax<kBlocks * kNTiles, Traits::kLazyRescaleLog2>;
   using BlockSoftmax = OnlineSoftmax<kNTiles>;       // the max of one block
   // Scores of a turn, block i in s[i] (the m64n·kTurnN accumulator: columns 64i.. are block i).
   using Scores = float[kBlocks][kNTiles][4];

@@ -20,14 +20,25 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-template <int kNTiles>  // 8-column score tiles per key tile
+// kLazyRescaleLog2 = 0: the exponentials' base is the running max m_r, so P <= 1 and O is rescaled
+// whenever m_r moves. kLazyRescaleLog2 = k > 0: the base b_r moves to m_r only when m_r passed it by
+// more than k (log2 units), so P <= 2^k and most turns of a long row keep alpha = 1, i.e. no
+// rescale of O (FlashAttention-4's conditional rescaling). The λ rule still reads m_r.
+template <int kNTiles, int kLazyRescaleLog2 = 0>  // 8-column score tiles per key tile
 struct OnlineSoftmax {
-  float row_max[2];  // m_r in log2 units, -inf until the row sees a key
-  float row_sum[2];  // this thread's share of l_r (summed over the quad in finalize)
+  float row_max[2];   // m_r in log2 units, -inf until the row sees a key
+  float row_base[2];  // b_r, the exponentials' base (kLazyRescaleLog2 > 0 only)
+  float row_sum[2];   // this thread's share of l_r (summed over the quad in finalize)
 
   __device__ void init() {
     row_max[0] = row_max[1] = -INFINITY;
+    row_base[0] = row_base[1] = -INFINITY;
     row_sum[0] = row_sum[1] = 0.0f;
+  }
+  // The base of P = 2^(s·c - base) and of l (the LSE is ln 2 · (base + log2 l)).
+  __device__ const float (&exp_base() const)[2] {
+    if constexpr (kLazyRescaleLog2 > 0) return row_base;
+    else return row_max;
   }
 
   // Max of each of the thread's two rows over its 2·kNTiles scores of the tile, no quad
@@ -103,9 +114,20 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float m_new = max_nan(row_max[i], m_loc[i]);
-      const float base = m_new == -INFINITY ? 0.0f : m_new;
+      float base;
+      if constexpr (kLazyRescaleLog2 > 0) {
+        // Move the base only past the threshold (always from -inf to a finite max; a NaN m_new
+        // fails the test and moves it, so NaN still spreads to alpha, P and l).
+        const bool move = !(m_new <= row_base[i] + float(kLazyRescaleLog2));
+        const float b_new = move ? m_new : row_base[i];
+        base = b_new == -INFINITY ? 0.0f : b_new;
+        alpha[i] = move ? exp2_approx(row_base[i] - base) : 1.0f;
+        row_base[i] = b_new;
+      } else {
+        base = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[i] = exp2_approx(row_max[i] - base);
+      }
       const float shift = base - prob_log2_scale;
-      alpha[i] = exp2_approx(row_max[i] - base);
       row_max[i] = m_new;
       row_sum[i] *= alpha[i];
       // kSums independent partial sums: one running sum made every add wait for the one before

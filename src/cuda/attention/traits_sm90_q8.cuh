@@ -32,6 +32,8 @@ struct AttnTraitsSm90Q8 {
   // ±4% (bench/results/2026-12-04_NVIDIA-H200_quant-ab_check.md).
   static constexpr bool kTwoLevel = true;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
+  // P = 448 · 2^(s - m) must stay within e4m3's 448: the base is always the running max.
+  static constexpr int kLazyRescaleLog2 = 0;
   static constexpr bool kZeroFillShortTurn = true;
   static constexpr int kConsumers = kBlockM / 64;
   static constexpr int kThreads = (1 + kConsumers) * 128;

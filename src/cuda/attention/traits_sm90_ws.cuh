@@ -34,6 +34,14 @@ struct AttnTraitsSm90Ws {
   // blocks at d128.
   static constexpr int kBlocksPerTurn = kHeadDim == 256 ? 1 : kHeadDim == 128 ? 2 : 3;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
+  // The exponentials' base moves only when a row's max passed it by more than 8 in log2 units
+  // (P <= 256, well in range of bf16 and fp16, whose relative precision does not depend on the
+  // magnitude), so that O is rescaled on few turns (OnlineSoftmax; 0: whenever the max moves,
+  // which a random row at N 8K does on about half of its turns). Measured at d128 +1.1% (N 8K)
+  // and +1.9% (32K), at d64 -1.5% (its three-block turns rescale less often anyway, and the
+  // base's compare and selects come on top), so d64 keeps 0
+  // (bench/results/2026-12-04_NVIDIA-H200_issue9-close_check.md).
+  static constexpr int kLazyRescaleLog2 = kHeadDim == 64 ? 0 : 8;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
   // false, block 0 of the turn again (see MainloopSm90Tma::load_kv_turn).
