@@ -5,6 +5,9 @@
     with sparge.patch_sdpa(pv_threshold=20.0):               # a model's SDPA calls -> Sparge
         y = model(x)
     sparge.integrations.transformers.register()   # transformers: attn_implementation="sparge"
+    plan = sparge.tune(model, lambda: model(x), target_error=0.05)   # per-layer thresholds
+    with sparge.patch_sdpa(plan=plan, model=model):
+        y = model(x)
 
 The ops are registered with torch.library (namespace `sparge`) and have fake kernels, so
 torch.compile(fullgraph=True) traces them. Inference only. See docs/python.md.
@@ -20,10 +23,12 @@ from .mask import BlockMask, allowed_key_blocks, allowed_key_range
 from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention, build_info,
                   predict_block_mask)
 from .patch import SpargeFallbackWarning, patch_sdpa, sdpa
+from .tune import tune  # the function; the module stays sys.modules["sparge.tune"]
+from .tune_plan import LayerPlan, TunePlan
 
 __version__ = "0.1.0"
 
 __all__ = ["attention", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
            "allowed_key_blocks", "allowed_key_range", "CUDA_HEAD_DIMS", "measure", "workloads",
-           "integrations"]
+           "integrations", "tune", "TunePlan", "LayerPlan"]

@@ -19,13 +19,14 @@ call asks for the attention weights, which Sparge cannot return.
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import _options, ops
 from ._dense_mask import options_for_mask
+from ._module_stack import ModuleStack
 
 
 class SpargeFallbackWarning(UserWarning):
@@ -173,6 +174,8 @@ class _Router:
         self.options = options
         self.collect_stats = collect_stats
         self.counts = CallCounts()  # the default target's
+        # Called with each Sparge call's SparseStats when collect_stats is on (the tuner's).
+        self.stats_listener: Optional[Callable[[ops.SparseStats], None]] = None
         self._warned = set()
 
     def fall_back(self, reason: str, counts: Optional[CallCounts] = None,
@@ -188,15 +191,17 @@ class _Router:
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, enable_gqa=False, *, layout: str = "HND",
                  token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
-                 counts: Optional[CallCounts] = None, stacklevel: int = 4):
+                 counts: Optional[CallCounts] = None, options: Optional[Dict] = None,
+                 stacklevel: int = 4):
         counts = self.counts if counts is None else counts
+        options = self.options if options is None else options
         mask_options = {}
         # Everything but the mask first: a mask is read only when Sparge would serve the call.
         reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
                                   self.min_seq_len, layout)
         if attn_mask is not None and reason is None:
             mask_options, reason = self._mask_as_options(attn_mask, query, key, is_causal,
-                                                         layout, token_grid)
+                                                         layout, token_grid, options)
             if mask_options is not None:
                 attn_mask = None
                 is_causal = mask_options.pop("is_causal", is_causal)
@@ -213,17 +218,18 @@ class _Router:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale, layout=layout,
                        token_grid=token_grid, grid_offset=grid_offset, counts=counts,
-                       **mask_options)
+                       options=options, **mask_options)
         return out.squeeze(1) if three_d else out
 
-    def _mask_as_options(self, attn_mask, query, key, is_causal, layout, token_grid):
+    def _mask_as_options(self, attn_mask, query, key, is_causal, layout, token_grid,
+                         call_options):
         """(options, None) with the per-call options that say what `attn_mask` says, or (None,
         the fallback reason). A mask that is all-true, causal or a sliding window becomes flags
         ({} for all-true; else is_causal, causal_align, window_left, window_right:
         _dense_mask.options_for_mask), which every device runs. Any other mask, and a band
-        that flags cannot carry here (on a call that reorders tokens along a grid, or while the
-        patch sets a window of its own), is passed as {"attn_mask": mask} on cpu; on cuda it
-        falls back. With is_causal also given, SDPA raises: PyTorch serves it. While
+        that flags cannot carry here (on a call that reorders tokens along a grid, or while
+        `call_options` set a window of their own), is passed as {"attn_mask": mask} on cpu; on
+        cuda it falls back. With is_causal also given, SDPA raises: PyTorch serves it. While
         torch.compile traces, the mask's values are not read (that would synchronize and break
         the graph): it is passed as it is on cpu."""
         if is_causal or not isinstance(attn_mask, torch.Tensor):
@@ -238,7 +244,7 @@ class _Router:
         else:
             options, why = options_for_mask(attn_mask, seq_q, seq_k, scores)
             configured = [n for n in ("window_left", "window_right")
-                          if self.options.get(n, -1) != -1]
+                          if call_options.get(n, -1) != -1]
             if options == {} or (options and token_grid is None and not configured):
                 return options, None
             if options:
@@ -254,14 +260,16 @@ class _Router:
             causal_align: Optional[str] = None, window_left: Optional[int] = None,
             window_right: Optional[int] = None, layout: str = "HND",
             token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
-            counts: Optional[CallCounts] = None, attn_mask: Optional[torch.Tensor] = None):
+            counts: Optional[CallCounts] = None, attn_mask: Optional[torch.Tensor] = None,
+            options: Optional[Dict] = None):
         """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
-        (the router's own by default; its tiles added up with collect_stats). `causal_align`,
+        (the router's own by default; its tiles added up with collect_stats). `options`
+        replace the router's for this call (a tune plan's layer). `causal_align`,
         `window_left` and `window_right` override the options' for this call (None: keep);
         `token_grid` reorders tokens along a Hilbert curve; `attn_mask` is SDPA's (cpu)."""
         counts = self.counts if counts is None else counts
         counts.sparge_calls += 1
-        options = self.options
+        options = self.options if options is None else options
         per_call = dict(causal_align=causal_align, window_left=window_left,
                         window_right=window_right, attn_mask=attn_mask)
         per_call = {n: value for n, value in per_call.items() if value is not None}
@@ -278,6 +286,8 @@ class _Router:
             kept, dense = stats.block_mask.tiles()
             counts.tiles_kept += int(kept)
             counts.tiles_dense += int(dense)
+            if self.stats_listener is not None:
+                self.stats_listener(stats)
         return out
 
     # The router's own counts (patch_sdpa's, a transformers configuration's).
@@ -338,11 +348,28 @@ class patch_sdpa:
     keyword arguments are those of `sparge.attention` (thresholds, block sizes, backend, ...).
     After the block, `fallbacks` maps each fallback reason to its number of calls and
     `sparge_calls` counts the rest.
+
+    `plan` (a sparge.TunePlan or the path of its JSON file, with the `model` it was tuned on):
+    calls made while a layer of the plan is the innermost running module of `model` take that
+    layer's fixed per-head thresholds (the plan's options over these ones, the error target
+    off); calls from other layers take these options, with one warning per layer.
     """
 
     def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
-                 **options):
+                 plan=None, model: Optional[torch.nn.Module] = None, **options):
         self._router = _Router(min_seq_len, options, collect_stats)
+        if (plan is None) != (model is None):
+            raise TypeError("plan and model go together: a plan's layers are named after "
+                            "model.named_modules(), so give both (or neither)")
+        # While the patch is active, each call is attributed to the innermost running module
+        # of `_model`, and `_route(layer, query, key)` gives the (options, counts) of a call
+        # made there, None for the router's own: a plan's layer options; the tuner's counts.
+        self._model = model
+        self._route = None
+        if plan is not None:
+            from .tune_plan import PlanRoute, as_plan  # tune_plan imports this module
+            ModuleStack(model)  # checks the model's type here, not at __enter__
+            self._route = PlanRoute(as_plan(plan), options)
         self._saved = []
 
     @property
@@ -368,10 +395,15 @@ class patch_sdpa:
 
     def __enter__(self):
         router = self._router
+        layers = ModuleStack(self._model).__enter__() if self._model is not None else None
 
         def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                          is_causal=False, scale=None, enable_gqa=False):
-            return router(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+            options = counts = None
+            if layers is not None:
+                options, counts = self._route(layers.current, query, key)
+            return router(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                          options=options, counts=counts)
 
         torch_mha = F.multi_head_attention_forward
 
@@ -384,14 +416,16 @@ class patch_sdpa:
             return torch_mha(*args, **kwargs)
 
         self._saved.append((F.scaled_dot_product_attention, F.multi_head_attention_forward,
-                            _mha_fast_path(None)))
+                            _mha_fast_path(None), layers))
         F.scaled_dot_product_attention = scaled_dot_product_attention
         F.multi_head_attention_forward = multi_head_attention_forward
         _mha_fast_path(False)  # the fused fast path calls no SDPA: it would bypass the patch
         return self
 
     def __exit__(self, *exc):
-        sdpa_fn, mha_fn, fast_path = self._saved.pop()
+        sdpa_fn, mha_fn, fast_path, layers = self._saved.pop()
+        if layers is not None:
+            layers.__exit__(*exc)
         F.scaled_dot_product_attention = sdpa_fn
         F.multi_head_attention_forward = mha_fn
         _mha_fast_path(fast_path)
