@@ -8,5 +8,6 @@ int run_demo(int argc, char** argv);
 int run_bench(int argc, char** argv);
 int run_mask(int argc, char** argv);
 int run_stats(int argc, char** argv);
+int run_tune(int argc, char** argv);
 
 }  // namespace sparge::cli

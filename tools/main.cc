@@ -23,6 +23,7 @@ const Command kCommands[] = {
     {"bench", sparge::cli::run_bench, "CPU timing of dense vs sparse over sparsities/workloads"},
     {"mask", sparge::cli::run_mask, "picture of a predicted block mask (PNG or PGM)"},
     {"stats", sparge::cli::run_stats, "attention statistics of a workload (docs/workloads.md)"},
+    {"tune", sparge::cli::run_tune, "per-head TopCdf masses for an error target; a tune plan"},
 };
 
 void print_usage(std::FILE* out) {

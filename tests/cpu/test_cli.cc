@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -59,12 +60,12 @@ constexpr const char* kTiny = "--grid 2,8,16 --heads 2 --head-dim 32";
 TEST_F(Cli, TopLevelHelpListsSubcommands) {
   const RunResult r = run_cli("--help");
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* sub : {"demo", "bench", "mask", "stats"})
+  for (const char* sub : {"demo", "bench", "mask", "stats", "tune"})
     EXPECT_NE(r.output.find(std::string("  ") + sub), std::string::npos) << sub << "\n" << r.output;
 }
 
 TEST_F(Cli, EverySubcommandHasHelp) {
-  for (const std::string sub : {"demo", "bench", "mask", "stats"}) {
+  for (const std::string sub : {"demo", "bench", "mask", "stats", "tune"}) {
     const RunResult r = run_cli(sub + " --help");
     EXPECT_EQ(r.exit_code, 0) << sub;
     EXPECT_NE(r.output.find("usage: sparge " + sub), std::string::npos) << r.output;
@@ -76,7 +77,7 @@ TEST_F(Cli, UnknownSubcommandListsTheValidOnes) {
   const RunResult r = run_cli("frobnicate");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("unknown subcommand 'frobnicate'"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("demo, bench, mask, stats"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("demo, bench, mask, stats, tune"), std::string::npos) << r.output;
 }
 
 TEST_F(Cli, BadArgumentsNameTheArgument) {
@@ -92,6 +93,7 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
       {"mask --heads 2 --head 5", "--head must be an integer in [0, 1], got '5'"},
       {"demo --threads", "--threads needs a value"},
       {"demo --cdf 0.9 --topk 0.5", "give --cdf or --topk, not both"},
+      {"tune", "--target-error E in (0, 1) is required"},
   };
   for (const auto& [args, message] : cases) {
     const RunResult r = run_cli(args);
@@ -123,6 +125,37 @@ TEST_F(Cli, MaskWritesAValidPgm) {
   EXPECT_TRUE(values.count(255)) << "no computed tile drawn";
   EXPECT_NE(r.output.find("row-major"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("Hilbert"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, TuneReportsEveryHeadAndWritesAPlan) {
+  const std::string path = temp_path("sparge_cli_plan.json");
+  std::remove(path.c_str());
+  const RunResult r =
+      run_cli(std::string("tune ") + kTiny + " --target-error 0.05 --sim 0.3 --out " + path);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* head : {"head 0: TopCdf ", "head 1: TopCdf "})
+    EXPECT_NE(r.output.find(head), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("est. rel L1"), std::string::npos) << r.output;
+  // The format sparge.TunePlan.load reads (tests/python/test_tune.py checks the loader).
+  const std::string plan = read_file(path);
+  for (const char* field :
+       {"\"format\": \"sparge-tune-plan\"", "\"version\": 1", "\"target_error\": 0.05",
+        "\"estimate\": \"sampled_rows\"", "\"sample_rows\": 16",
+        "\"layers\": {\"video-grid\": ", "\"calls\": 1", "\"fallbacks\": {}"})
+    EXPECT_NE(plan.find(field), std::string::npos) << field << "\n" << plan;
+  const size_t at = plan.find("\"cdf_threshold\": [");
+  ASSERT_NE(at, std::string::npos) << plan;
+  const size_t first = plan.find('[', at) + 1;
+  std::string list = plan.substr(first, plan.find(']', first) - first);
+  std::replace(list.begin(), list.end(), ',', ' ');
+  std::istringstream values(list);
+  std::vector<double> masses;
+  for (double tau; values >> tau;) masses.push_back(tau);
+  ASSERT_EQ(masses.size(), 2u) << plan;  // one per query head
+  for (double tau : masses) {
+    EXPECT_GT(tau, 0.0);
+    EXPECT_LE(tau, 1.0);
+  }
 }
 
 TEST_F(Cli, MaskWritesPngWhenAvailable) {
