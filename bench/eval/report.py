@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sparge's evaluation report: accuracy-vs-sparsity sweeps on the synthetic workloads and the
 real models, naive baselines, the selection modes (error target, calibrated τ), speed against
-SDPA and FlexAttention (GPU), plots and a Markdown summary, in one directory. Run through bench/report.sh (which installs the package first).
+SDPA and FlexAttention (GPU), plots and a Markdown summary, in one directory. Run through
+bench/report.sh (which installs the package first).
 
     python bench/eval/report.py            # GPU: 8K-128K tokens, bf16 (a CUDA device needed)
     python bench/eval/report.py --cpu      # the small version: 2K-4K tokens, float32

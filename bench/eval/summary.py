@@ -277,7 +277,8 @@ def selection_section(records, level="##") -> list:
               ", ".join(f"{t:g}" for t in sorted({r["target_error"] for r in records
                                                   if r.get("section") == "error-target"})) +
               "; TopCdf pooled / sampled_rows: the calibration runs below.", "",
-              "| workload | order | mode | ≤ 0.02 | ≤ 0.05 | ≤ 0.1 |", "|---|---|---|---|---|---|"]
+              "| workload | order | mode | ≤ 0.02 | ≤ 0.05 | ≤ 0.1 |",
+              "|---|---|---|---|---|---|"]
     for case, order, mode, cells in bounds:
         lines.append(f"| {case} | {ORDER_NAMES[order]} | {mode} | "
                      f"{' | '.join(_fmt(c) for c in cells)} |")
