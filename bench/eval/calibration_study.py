@@ -32,6 +32,8 @@ import torch
 import sparge
 from sparge import workloads
 
+from calibration import block_mass
+
 BQ, BK = 128, 64
 
 
@@ -48,17 +50,6 @@ def block_view(x, size):
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, 0, pad))
     return x.view(nb, size, -1), nb
-
-
-def true_mass(s_full, causal_mask, nq, nk):
-    """[nq, nk] mean over each query block's rows of the row-softmax mass per key block."""
-    p = torch.softmax(s_full.masked_fill(causal_mask, -math.inf) if causal_mask is not None else s_full, dim=-1)
-    n_q, n_k = p.shape
-    p = torch.nn.functional.pad(p, (0, nk * BK - n_k, 0, nq * BQ - n_q))
-    per_row = p.view(nq * BQ, nk, BK).sum(-1)  # [rows, nk]
-    counts = torch.full((nq,), BQ, dtype=torch.float64)
-    counts[-1] = n_q - (nq - 1) * BQ
-    return per_row.view(nq, BQ, nk).sum(1) / counts[:, None].to(per_row.dtype)
 
 
 def allowed(nq, nk, n, causal):
@@ -147,7 +138,8 @@ def study(name, q, k, v, causal, taus, rows_list):
     for h in range(heads):
         qh, kh, vh = q[0, h].float(), k[0, h // group].float(), v[0, h // group].float()
         s_full = qh @ kh.T * scale
-        m_true = true_mass(s_full, causal_mask, nq, nk)
+        m_true = block_mass(q[:, h:h + 1], k[:, h // group:h // group + 1], causal=causal,
+                            precision=torch.float32)[0, 0]
         dense = sparse_output(s_full, vh, ok, causal_mask)
         estimates = {}
         for variance in (False, True):

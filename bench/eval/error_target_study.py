@@ -27,8 +27,10 @@ import torch
 
 import sparge
 from sparge import workloads
+from sparge.measure import rel_l1
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration import head_rel_l1  # noqa: E402
 from records import commit_id, cpu_model  # noqa: E402
 
 TARGETS = (0.02, 0.05)
@@ -56,13 +58,6 @@ def reference(w):
                                                             is_causal=w.causal)
 
 
-def rel_l1(out, ref, dims=None):
-    diff, norm = (out.double() - ref).abs(), ref.abs()
-    if dims is None:
-        return float(diff.sum() / norm.sum())
-    return (diff.sum(dim=dims) / norm.sum(dim=dims)).flatten().tolist()
-
-
 def run(w, grid, **opts):
     return sparge.attention(w.q, w.k, w.v, is_causal=w.causal, token_grid=grid,
                             sim_threshold=-1.0, return_stats=True, **opts)
@@ -81,12 +76,12 @@ def study(args):
                 out, stats = run(w, grid, topk=kappa, estimate=estimate, sample_rows=16)
                 yield dict(base, **shape, impl="sparge-cpu-topk", topk=kappa, estimate=estimate,
                            sparsity=stats.sparsity, rel_l1=rel_l1(out, ref), cos_sim=None,
-                           head_rel_l1=rel_l1(out, ref, dims=(2, 3)))
+                           head_rel_l1=head_rel_l1(out, ref))
         for target in TARGETS:
             out, stats = run(w, grid, target_error=target)
             yield dict(base, **shape, impl="sparge-cpu-target", target_error=target,
                        sparsity=stats.sparsity, rel_l1=rel_l1(out, ref), cos_sim=None,
-                       head_rel_l1=rel_l1(out, ref, dims=(2, 3)),
+                       head_rel_l1=head_rel_l1(out, ref),
                        head_tau=stats.select_value.flatten().tolist(),
                        head_estimate=stats.error_estimate.flatten().tolist())
 

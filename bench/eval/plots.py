@@ -1,7 +1,8 @@
 """The report's PNG plots, drawn from the records alone (so --md-from can redraw them):
 accuracy vs sparsity with the Pareto fronts, speed vs sparsity, the real models' end-to-end
-metric vs sparsity; and the predicted-mask pictures, drawn during the run from live masks.
-Every function returns the file names it wrote ([] without matplotlib)."""
+metric vs sparsity, the calibration of τ and the error target; and the predicted-mask pictures,
+drawn during the run from live masks. Every function returns the file names it wrote ([] without
+matplotlib)."""
 from pathlib import Path
 
 from pareto import BOUNDS, pareto_front
@@ -139,6 +140,88 @@ def real_models(records, out_dir) -> list:
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _selection_series(records, section):
+    """{(case, order): [records]} of a selection-mode section, in run order."""
+    series = {}
+    for r in records:
+        if r.get("section") == section and r["impl"] == "sparge-exact":
+            series.setdefault((r["case"], r["order"]), []).append(r)
+    return series
+
+
+def calibration(records, out_dir) -> list:
+    """Requested τ against the true mass the kept tiles hold: one line per estimator and
+    workload (colour: workload and order; line style: estimator), and the diagonal."""
+    plt = _pyplot()
+    series = _selection_series(records, "calibration")
+    if plt is None or not series:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    colours = plt.get_cmap("tab10")
+    styles = {"sampled_rows": ("-", "o"), "pooled": (":", "x")}
+    taus = sorted({r["cdf_threshold"] for rows in series.values() for r in rows})
+    for n, ((case, order), rows) in enumerate(series.items()):
+        for estimate, (line, marker) in styles.items():
+            pts = sorted((r["cdf_threshold"], r["kept_mass"]) for r in rows
+                         if r["estimate"] == estimate)
+            if pts:
+                ax.plot(*zip(*pts), ls=line, marker=marker, ms=4, color=colours(n % 10),
+                        label=f"{case} ({ORDER_NAMES[order]}), {estimate}")
+    lo = min(taus) - 0.02
+    ax.plot([lo, 1], [lo, 1], color="black", lw=0.8, label="kept = τ")
+    ax.set_xlabel("requested τ (TopCdf cdf_threshold)")
+    ax.set_ylabel("true attention mass kept (mean over query blocks and heads)")
+    ax.set_title("Calibration: sampled_rows (solid) against pooled (dotted)")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.grid(alpha=0.3)
+    name = "calibration.png"
+    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [name]
+
+
+def error_target(records, out_dir) -> list:
+    """Requested ε against every head's measured relative L1 (one colour per workload and
+    order, spread a little along x so the heads stay visible), and the diagonal."""
+    plt = _pyplot()
+    series = _selection_series(records, "error-target")
+    if plt is None or not series:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    colours = plt.get_cmap("tab10")
+    targets = sorted({r["target_error"] for rows in series.values() for r in rows})
+    # Heads that keep every tile (random inputs) measure ~1e-7: drawn at the floor instead of
+    # stretching the axis over five decades.
+    floor = targets[0] / 10
+    count = len(series)
+    for n, ((case, order), rows) in enumerate(series.items()):
+        shift = 1.0 + 0.25 * (n - (count - 1) / 2) / max(1, count)
+        xs, ys = [], []
+        for r in rows:
+            errs = [max(number(e), floor) for e in r["head_rel_l1"]]
+            xs += [r["target_error"] * shift] * len(errs)
+            ys += errs
+        ax.scatter(xs, ys, s=16, alpha=0.7, color=colours(n % 10),
+                   label=f"{case} ({ORDER_NAMES[order]})")
+    span = [targets[0] / 1.5, targets[-1] * 1.5]
+    ax.plot(span, span, color="black", lw=0.8, label="measured = ε")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 1.3, targets[-1] * 2)
+    ax.set_xticks(targets)
+    ax.set_xticklabels([f"{t:g}" for t in targets])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("requested target_error ε (workloads spread apart along x)")
+    ax.set_ylabel(f"measured relative L1 of each head's output (≤ {floor:g} drawn at it)")
+    ax.set_title("Error target: one point per (workload, head)")
+    ax.legend(fontsize=6, loc="upper left")
+    ax.grid(alpha=0.3)
+    name = "error_target.png"
+    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [name]
 
 
 def masks(case_name, pairs, out_dir) -> list:

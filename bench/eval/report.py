@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sparge's evaluation report: accuracy-vs-sparsity sweeps on the synthetic workloads and the
-real models, naive baselines, speed against SDPA and FlexAttention (GPU), plots and a Markdown
-summary, in one directory. Run through bench/report.sh (which installs the package first).
+real models, naive baselines, the selection modes (error target, calibrated τ), speed against
+SDPA and FlexAttention (GPU), plots and a Markdown summary, in one directory. Run through
+bench/report.sh (which installs the package first).
 
     python bench/eval/report.py            # GPU: 8K-128K tokens, bf16 (a CUDA device needed)
     python bench/eval/report.py --cpu      # the small version: 2K-4K tokens, float32
@@ -26,6 +27,7 @@ import sparge
 
 import plots
 import real_eval
+import selection
 import speed
 import suite
 import summary
@@ -50,7 +52,8 @@ def mask_pictures(case, out_dir, heads=4):
 def write_outputs(out_dir, records, notes, meta, mask_images):
     """README.md, meta.json and the plots; returns the image names the README shows."""
     if plots.available():
-        images = plots.accuracy(records, out_dir) + plots.real_models(records, out_dir) + \
+        images = plots.accuracy(records, out_dir) + plots.calibration(records, out_dir) + \
+            plots.error_target(records, out_dir) + plots.real_models(records, out_dir) + \
             plots.speed(records, out_dir) + list(mask_images)
     else:  # --md-from without matplotlib keeps the PNGs an earlier run drew
         images = sorted(p.name for p in Path(out_dir).glob("*.png"))
@@ -158,10 +161,11 @@ def main():
         del workload
         accuracy[spec.name] = sweep.sweep(case, rec, budget, small=grid == "small",
                                           quantized_ok=why is None, reserve=60)
+        modes = selection.run(case, rec, budget, small=grid == "small", reserve=60)
         if spec.masks and case.grid:
             mask_images += mask_pictures(case, out_dir)
-        log(f"{spec.name}: {len(accuracy[spec.name])} accuracy points in "
-            f"{time.monotonic() - start:.1f} s")
+        log(f"{spec.name}: {len(accuracy[spec.name])} accuracy points and {len(modes)} of the "
+            f"selection modes in {time.monotonic() - start:.1f} s")
         cases.append(case)
     pool.shutdown()
     if device == "cpu":

@@ -175,6 +175,155 @@ def speed_section(records, level="##") -> list:
     return lines
 
 
+# The selection modes side by side: (name, section, which of its Sparge records). The best fixed
+# TopCdf and TopK are the sweep's points of that family (every sim_threshold, pooled estimate);
+# the rest are bench/eval/selection.py's.
+SELECTION_MODES = (
+    ("TopCdf, best fixed", "accuracy", lambda r: r.get("family") == "cdf"),
+    ("TopK, best fixed", "accuracy", lambda r: r.get("family") == "topk"),
+    ("error target", "error-target", lambda r: True),
+    ("TopCdf pooled", "calibration", lambda r: r.get("estimate") == "pooled"),
+    ("TopCdf sampled_rows", "calibration", lambda r: r.get("estimate") == "sampled_rows"),
+)
+
+
+def _selection_cases(records) -> list:
+    """(case, order) pairs that have error-target or calibration records, in run order."""
+    seen = []
+    for r in records:
+        if r.get("section") in ("error-target", "calibration") and \
+                (r["case"], r["order"]) not in seen:
+            seen.append((r["case"], r["order"]))
+    return seen
+
+
+def _sparge(records, section, case, order, keep=lambda r: True) -> list:
+    return [r for r in records if r.get("section") == section and r["impl"] == "sparge-exact"
+            and r["case"] == case and r["order"] == order and keep(r)]
+
+
+def mode_bound_table(records) -> list:
+    """Rows (case, order, mode, [sparsity reached at each of BOUNDS or None]) for the modes of
+    SELECTION_MODES that have points."""
+    rows = []
+    for case, order in _selection_cases(records):
+        for mode, section, keep in SELECTION_MODES:
+            pts = _sparge(records, section, case, order, keep)
+            if pts:
+                rows.append((case, order, mode, [
+                    sparsity_at_bound([(p["sparsity"], number(p["rel_l1"])) for p in pts],
+                                      bound)[0] for bound in BOUNDS]))
+    return rows
+
+
+def target_table(records) -> list:
+    """Per error-target record: (record, heads within ε, heads, best fixed TopK record whose
+    measured rel L1 is ≤ ε or None)."""
+    rows = []
+    for case, order in _selection_cases(records):
+        topk = _sparge(records, "accuracy", case, order, lambda r: r.get("family") == "topk")
+        for r in _sparge(records, "error-target", case, order):
+            eps = r["target_error"]
+            heads = [number(e) for e in r["head_rel_l1"]]
+            _, best = sparsity_at_bound([(t["sparsity"], number(t["rel_l1"])) for t in topk],
+                                        eps)
+            rows.append((r, sum(e <= eps for e in heads), len(heads),
+                         None if best is None else topk[best]))
+    return rows
+
+
+def heads_within_target(records) -> dict:
+    """{ε: (heads whose measured rel L1 is ≤ ε, heads)} over every (workload, order, head)."""
+    counts = {}
+    for r, within, heads, _ in target_table(records):
+        a, b = counts.get(r["target_error"], (0, 0))
+        counts[r["target_error"]] = (a + within, b + heads)
+    return dict(sorted(counts.items()))
+
+
+def calibration_table(records):
+    """(τs, rows (case, order, estimate, {τ: record}, mean |kept mass − τ|))."""
+    calib = [r for r in records if r.get("section") == "calibration"]
+    taus = sorted({r["cdf_threshold"] for r in calib})
+    rows = []
+    for case, order in _selection_cases(records):
+        for estimate in dict.fromkeys(r["estimate"] for r in calib):
+            by_tau = {r["cdf_threshold"]: r for r in _sparge(
+                records, "calibration", case, order, lambda r: r["estimate"] == estimate)}
+            if by_tau:
+                gap = sum(abs(r["kept_mass"] - t) for t, r in by_tau.items()) / len(by_tau)
+                rows.append((case, order, estimate, by_tau, gap))
+    return taus, rows
+
+
+def selection_section(records, level="##") -> list:
+    bounds = mode_bound_table(records)
+    if not bounds:
+        return []
+    sub = level + "#"
+    lines = ["", f"{level} Selection modes: the error target and a calibrated τ", "",
+             "Issue 11's modes on the same inputs and reference, exact path, every block judged "
+             "self-similar (sim −0.1) and λ = ∞: `target_error=ε` (per head and call the "
+             "sparsest TopCdf mass whose estimated relative L1 is within ε, section "
+             "`error-target` of the records) and TopCdf with `estimate=\"sampled_rows\"` (4 "
+             "exact rows per query block, so that τ should be the share of the attention mass "
+             "kept) beside the default `pooled` map (section `calibration`). Per-head lists in "
+             "the records are in (batch, head) order."]
+    lines += ["", f"{sub} Sparsity at relative L1 ≤ 0.02, 0.05, 0.1 per mode", "",
+              "The largest tile sparsity among a mode's points whose relative L1 (whole "
+              "output) is within the bound (–: none is). Best fixed TopCdf / TopK: the "
+              "sweep's points of that family, every `sim_threshold` (one threshold for the "
+              "whole workload, picked with hindsight); error target: its runs at ε = " +
+              ", ".join(f"{t:g}" for t in sorted({r["target_error"] for r in records
+                                                  if r.get("section") == "error-target"})) +
+              "; TopCdf pooled / sampled_rows: the calibration runs below.", "",
+              "| workload | order | mode | ≤ 0.02 | ≤ 0.05 | ≤ 0.1 |",
+              "|---|---|---|---|---|---|"]
+    for case, order, mode, cells in bounds:
+        lines.append(f"| {case} | {ORDER_NAMES[order]} | {mode} | "
+                     f"{' | '.join(_fmt(c) for c in cells)} |")
+    targets = target_table(records)
+    if targets:
+        within = heads_within_target(records)
+        share = "; ".join(f"ε = {eps:g}: {a} of {b} ({100 * a / b:.1f}%)"
+                          for eps, (a, b) in within.items() if b)
+        lines += ["", f"{sub} Error target: requested ε against the measured error", "",
+                  f"(workload, head) pairs whose measured relative L1 is ≤ ε: {share}. "
+                  "Per run: the tile sparsity, the whole output's relative L1, the heads "
+                  "within ε and the worst head's error, the TopCdf mass the heads chose "
+                  "(min–max), and the best fixed TopK of the sweep whose whole-output "
+                  "relative L1 is ≤ ε (gap: the error target's sparsity minus its).", "",
+                  "| workload | order | ε | sparsity | rel L1 | heads ≤ ε | worst head | "
+                  "chosen mass | best fixed TopK ≤ ε | its sparsity | gap |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, ok, heads, best in targets:
+            chosen = [number(x) for x in r["head_select_value"]]
+            worst = max(number(e) for e in r["head_rel_l1"])
+            best_cells = "– | – | –" if best is None else \
+                f"{best['setting']} | {_fmt(best['sparsity'])} | " \
+                f"{r['sparsity'] - best['sparsity']:+.3f}"
+            lines.append(f"| {r['case']} | {ORDER_NAMES[r['order']]} | {r['target_error']:g} | "
+                         f"{_fmt(r['sparsity'])} | {_fmt(r['rel_l1'], 4)} | {ok} of {heads} | "
+                         f"{_fmt(worst, 4)} | {min(chosen):.3f}–{max(chosen):.3f} | "
+                         f"{best_cells} |")
+    taus, calib = calibration_table(records)
+    if calib:
+        lines += ["", f"{sub} Calibration: requested τ against the measured kept mass", "",
+                  "Cells: the true attention mass inside the kept tiles (from the dense "
+                  "softmax of the same inputs; mean over query blocks and heads) and, in "
+                  "brackets, the tile sparsity. Last column: the mean over τ of |kept mass − "
+                  "τ| (the calibrated mode aims at ≤ 0.02).", "",
+                  "| workload | order | estimate | " +
+                  " | ".join(f"τ = {t:g}" for t in taus) + " | mean abs(kept − τ) |",
+                  "|---|---|---|" + "---|" * len(taus) + "---|"]
+        for case, order, estimate, by_tau, gap in calib:
+            cells = [f"{by_tau[t]['kept_mass']:.3f} ({by_tau[t]['sparsity']:.2f})"
+                     if t in by_tau else "" for t in taus]
+            lines.append(f"| {case} | {ORDER_NAMES[order]} | {estimate} | {' | '.join(cells)} "
+                         f"| {gap:.3f} |")
+    return lines
+
+
 def images_section(images, meta, level="##", prefix="") -> list:
     if images:
         return ["", f"{level} Plots", ""] + [f"![{name}]({prefix}{name})" for name in images]
@@ -198,8 +347,9 @@ def settings_section(records, level="##") -> list:
 
 def markdown(records, notes, meta, images) -> str:
     """The report directory's README.md."""
-    lines = header(records, notes, meta) + bound_section(records) + real_section(records) + \
-        speed_section(records) + images_section(images, meta) + settings_section(records)
+    lines = header(records, notes, meta) + bound_section(records) + \
+        selection_section(records) + real_section(records) + speed_section(records) + \
+        images_section(images, meta) + settings_section(records)
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +359,7 @@ def docs_block(records, notes, meta, images, report_dir: str) -> str:
     prefix = f"../{report_dir}/"
     lines = header(records, notes, meta, level="###") + [
         "", f"Full report: [`{report_dir}/README.md`]({prefix}README.md)."]
-    lines += bound_section(records, "####") + real_section(records, "####", every=False) + \
+    lines += bound_section(records, "####") + selection_section(records, "####") + \
+        real_section(records, "####", every=False) + \
         speed_section(records, "####") + images_section(images, meta, "####", prefix)
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ import sparge
 from sparge.measure import errors
 
 import baselines
+from calibration import block_mass
 from reference import reference_attention
 
 INF = math.inf
@@ -95,7 +96,7 @@ class Case:
         self.q, self.k, self.v = (t.to(device=device, dtype=dtype) for t in
                                   (workload.q, workload.k, workload.v))
         self.ref = reference_attention(self.q, self.k, self.v, causal=self.causal)
-        self._ordered = {}
+        self._ordered, self._mass = {}, {}
 
     @property
     def orders(self):
@@ -114,6 +115,14 @@ class Case:
                                          (self.q, self.k, self.v, self.ref))
         return self._ordered[order]
 
+    def block_mass(self, order: str):
+        """The true attention mass of every 128×64 tile [B, Hq, nq, nk] with the tokens in
+        `order` (calibration.block_mass), made once per order."""
+        if order not in self._mass:
+            q, k, _, _ = self.ordered(order)
+            self._mass[order] = block_mass(q, k, causal=self.causal)
+        return self._mass[order]
+
     def record_fields(self, workload_kind: str) -> dict:
         dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
         return dict(workload=workload_kind, case=self.name, dtype=dtype[self.dtype],
@@ -121,11 +130,17 @@ class Case:
                     token_grid=list(self.grid) if self.grid else None)
 
 
+def call_sparge(case: Case, options: dict, order: str, quantized: bool = False):
+    """sparge.attention on the case: (output in the tokens' own order, SparseStats, whose mask
+    is in the order it ran)."""
+    return sparge.attention(case.q, case.k, case.v, is_causal=case.causal,
+                            token_grid=case.token_grid(order), quantized=quantized,
+                            return_stats=True, **options)
+
+
 def run_sparge(case: Case, options: dict, order: str, quantized: bool):
     """sparge.attention on the case; returns (metrics, block mask in the order it ran)."""
-    out, stats = sparge.attention(case.q, case.k, case.v, is_causal=case.causal,
-                                  token_grid=case.token_grid(order), quantized=quantized,
-                                  return_stats=True, **options)
+    out, stats = call_sparge(case, options, order, quantized)
     metrics = dict(sparsity=stats.sparsity, pv_skip_fraction=stats.pv_skip_fraction,
                    **errors(out, case.ref))
     return metrics, stats.block_mask

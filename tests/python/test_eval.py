@@ -16,9 +16,12 @@ from sparge import measure, workloads
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "eval"))
 
 import baselines  # noqa: E402
+import calibration  # noqa: E402
 import pareto  # noqa: E402
+import plots  # noqa: E402
 import real_eval  # noqa: E402
 import reference  # noqa: E402
+import selection  # noqa: E402
 import summary  # noqa: E402
 import sweep  # noqa: E402
 from records import Budget, Recorder  # noqa: E402
@@ -171,6 +174,174 @@ def test_sweep_stops_when_the_budget_is_spent(tmp_path):
     rec = Recorder(tmp_path / "r.jsonl", "cpu", "test", log=lambda _: None)
     assert sweep.sweep(_case(), rec, Budget(0), small=True, quantized_ok=False) == []
     assert rec.notes and "budget" in rec.notes[0]
+
+
+# ------------------------------------------------------------------------------ selection modes
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_mass_is_the_dense_softmax_mass_of_each_tile(causal, monkeypatch):
+    # 2 query blocks per chunk over 3 (the last partial), 5 key blocks (the last partial), GQA.
+    monkeypatch.setattr(calibration, "CHUNK_ELEMENTS", 2 * 128 * 300)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 300, 32, generator=gen) * 2
+    k = torch.randn(1, 2, 300, 32, generator=gen) * 2
+    mass = calibration.block_mass(q, k, causal=causal, scale=0.2)
+    assert mass.shape == (1, 4, 3, 5) and mass.dtype == torch.float64
+    for h in range(4):
+        s = q[0, h].double() @ k[0, h // 2].double().T * 0.2
+        if causal:
+            s = s.masked_fill(torch.ones(300, 300, dtype=torch.bool).triu(1), -math.inf)
+        p = torch.softmax(s, dim=-1)
+        for i in range(3):
+            for j in range(5):
+                want = p[i * 128:(i + 1) * 128, j * 64:(j + 1) * 64].sum(1).mean()
+                assert abs(float(mass[0, h, i, j]) - float(want)) < 1e-12
+    torch.testing.assert_close(mass.sum(-1), torch.ones(1, 4, 3, dtype=torch.float64))
+    if causal:  # query block 0 (rows < 128) sees no key past 127
+        assert float(mass[0, :, 0, 2:].abs().max()) == 0
+    everything = torch.ones(mass.shape, dtype=torch.bool)
+    torch.testing.assert_close(calibration.kept_mass(mass, everything),
+                               torch.ones(1, 4, dtype=torch.float64))
+    assert float(calibration.kept_mass(mass, ~everything).abs().max()) == 0
+    first = everything.clone()
+    first[..., 1:] = False
+    torch.testing.assert_close(calibration.kept_mass(mass, first), mass[..., 0].mean(-1))
+    with pytest.raises(ValueError):
+        calibration.kept_mass(mass, everything[..., 1:])
+
+
+def test_head_rel_l1_pools_to_the_whole_output_error():
+    gen = torch.Generator().manual_seed(2)
+    ref = torch.randn(2, 3, 50, 16, generator=gen, dtype=torch.float64)
+    out = ref + 0.01 * torch.randn(ref.shape, generator=gen, dtype=torch.float64) * \
+        torch.arange(1, 7, dtype=torch.float64).view(2, 3, 1, 1)   # heads differ
+    heads = calibration.head_rel_l1(out, ref)
+    assert len(heads) == 6 and heads == sorted(heads)              # (batch, head) order
+    norms = [float(ref[b, h].abs().sum()) for b in range(2) for h in range(3)]
+    pooled = sum(e * n for e, n in zip(heads, norms)) / sum(norms)
+    assert abs(pooled - measure.rel_l1(out, ref)) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def mode_records(tmp_path_factory):
+    """Sweep and selection-mode records of a small grid workload (both orders) and a causal
+    one, as the report makes them."""
+    rec = Recorder(tmp_path_factory.mktemp("modes") / "r.jsonl", "cpu", "test",
+                   log=lambda _: None)
+    out = []
+    for kind in ("video-grid", "llm-like"):
+        case = _case(kind)
+        case.name = kind
+        out += sweep.sweep(case, rec, Budget(600), small=True, quantized_ok=False)
+        out += selection.run(case, rec, Budget(600), small=True)
+    return out
+
+
+def test_error_target_records_carry_the_target_and_per_head_measures(mode_records):
+    targets = [r for r in mode_records if r["section"] == "error-target"]
+    # 2 orders of the grid workload and 1 of the causal one, every target.
+    assert len(targets) == 3 * len(selection.TARGETS)
+    for r in targets:
+        assert r["impl"] == "sparge-exact" and r["target_error"] in selection.TARGETS
+        assert r["options"]["target_error"] == r["target_error"]
+        heads = r["heads_q"] * r["batch"]
+        for field in ("head_rel_l1", "head_select_value", "head_error_estimate",
+                      "head_kept_mass"):
+            assert len(r[field]) == heads
+        assert all(0 < t <= 1 for t in r["head_select_value"])
+        # The whole output's error is a norm-weighted mean of the heads'.
+        assert min(r["head_rel_l1"]) - 1e-12 <= r["rel_l1"] <= max(r["head_rel_l1"]) + 1e-12
+        # The library's CPU test allows 1.5 ε on any head (and ≥ 95% within ε).
+        assert max(r["head_rel_l1"]) <= 1.5 * r["target_error"]
+    for case, order in {(r["case"], r["order"]) for r in targets}:
+        runs = sorted((r for r in targets if (r["case"], r["order"]) == (case, order)),
+                      key=lambda r: r["target_error"])
+        assert [r["sparsity"] for r in runs] == sorted(r["sparsity"] for r in runs)
+
+
+def test_calibration_records_keep_a_mass_in_0_1_that_grows_with_tau(mode_records):
+    calib = [r for r in mode_records if r["section"] == "calibration"]
+    assert len(calib) == 3 * len(selection.ESTIMATES) * len(selection.taus(True))
+    for r in calib:
+        assert r["options"]["estimate"] == r["estimate"] and \
+            r["options"]["cdf_threshold"] == r["cdf_threshold"]
+        assert 0 <= r["kept_mass"] <= 1 + 1e-9
+        assert all(0 <= m <= 1 + 1e-9 for m in r["head_kept_mass"])
+        assert abs(r["kept_mass"] - sum(r["head_kept_mass"]) / len(r["head_kept_mass"])) < 1e-9
+    for key in {(r["case"], r["order"], r["estimate"]) for r in calib}:
+        # A larger τ keeps a prefix at least as long of the same ranking: never less mass.
+        runs = sorted((r for r in calib if (r["case"], r["order"], r["estimate"]) == key),
+                      key=lambda r: r["cdf_threshold"])
+        kept = [r["kept_mass"] for r in runs]
+        assert all(b >= a - 1e-12 for a, b in zip(kept, kept[1:])), (key, kept)
+
+
+def _tables(lines):
+    """The Markdown tables among lines: [[row cells, ...], ...] without the separator rows."""
+    tables, current = [], None
+    for line in lines:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = []
+                tables.append(current)
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        else:
+            current = None
+    return tables
+
+
+def _value(cell):
+    return None if cell == "–" else float(cell)
+
+
+def test_selection_section_tables_parse_and_agree_with_the_records(mode_records):
+    lines = summary.selection_section(mode_records)
+    modes, targets, calib = _tables(lines)
+    for table in (modes, targets, calib):
+        assert len({len(row) for row in table}) == 1          # every row has the header's cells
+    # Sparsity at each bound: the three bound cells are numbers or –, and each mode's value is
+    # the best of its points under the bound.
+    assert modes[0] == ["workload", "order", "mode", "≤ 0.02", "≤ 0.05", "≤ 0.1"]
+    names = [m[0] for m in summary.SELECTION_MODES]
+    for case, order, mode, *cells in modes[1:]:
+        assert mode in names
+        for bound, cell in zip(pareto.BOUNDS, cells):
+            value = _value(cell)
+            assert value is None or 0 <= value <= 1
+        if mode == "error target":
+            order_key = "hilbert" if order == "Hilbert" else "original"
+            runs = [r for r in mode_records if r["section"] == "error-target"
+                    and r["case"] == case and r["order"] == order_key]
+            want = [max([r["sparsity"] for r in runs if r["rel_l1"] <= b], default=None)
+                    for b in pareto.BOUNDS]
+            assert [_value(c) for c in cells] == [None if w is None else round(w, 3)
+                                                  for w in want]
+    assert len(modes) - 1 == 3 * len(summary.SELECTION_MODES)
+    # The heads-within-ε shares are the records' counts.
+    within = summary.heads_within_target(mode_records)
+    for eps, (ok, pairs) in within.items():
+        runs = [r for r in mode_records if r["section"] == "error-target"
+                and r["target_error"] == eps]
+        assert pairs == sum(len(r["head_rel_l1"]) for r in runs)
+        assert ok == sum(e <= eps for r in runs for e in r["head_rel_l1"])
+        assert f"ε = {eps:g}: {ok} of {pairs}" in "\n".join(lines)
+    assert len(targets) - 1 == 3 * len(selection.TARGETS)
+    # Calibration: one row per (workload, order, estimate); its last cell is the mean |kept − τ|.
+    assert len(calib) - 1 == 3 * len(selection.ESTIMATES)
+    for case, order, estimate, *cells in calib[1:]:
+        kept = [float(c.split()[0]) for c in cells[:-1]]
+        gap = sum(abs(m - t) for m, t in zip(kept, selection.taus(True))) / len(kept)
+        assert abs(float(cells[-1]) - gap) <= 0.003             # rounded cells
+    assert summary.selection_section([]) == []
+
+
+def test_selection_plots(mode_records, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert plots.calibration(mode_records, tmp_path) == ["calibration.png"]
+    assert plots.error_target(mode_records, tmp_path) == ["error_target.png"]
+    assert (tmp_path / "calibration.png").stat().st_size > 1000
+    assert plots.calibration([], tmp_path) == [] and plots.error_target([], tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ real models
