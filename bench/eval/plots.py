@@ -19,6 +19,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out_dir, name) -> None:
+    """Writes one figure as <out_dir>/<name> (every plot of the report at the same resolution)."""
+    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def available() -> bool:
     return _pyplot() is not None
 
@@ -69,8 +75,7 @@ def accuracy(records, out_dir) -> list:
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
         name = f"accuracy_{case}.png"
-        fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, out_dir, name)
         written.append(name)
     return written
 
@@ -99,8 +104,7 @@ def speed(records, out_dir) -> list:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         name = f"speed_{case}.png"
-        fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, out_dir, name)
         written.append(name)
     return written
 
@@ -136,8 +140,7 @@ def real_models(records, out_dir) -> list:
         for ax in axes:
             ax.grid(alpha=0.3)
         name = f"real_{case}.png"
-        fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, out_dir, name)
         written.append(name)
     return written
 
@@ -177,8 +180,7 @@ def calibration(records, out_dir) -> list:
     ax.legend(fontsize=6, loc="lower right")
     ax.grid(alpha=0.3)
     name = "calibration.png"
-    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, out_dir, name)
     return [name]
 
 
@@ -219,8 +221,7 @@ def error_target(records, out_dir) -> list:
     ax.legend(fontsize=6, loc="upper left")
     ax.grid(alpha=0.3)
     name = "error_target.png"
-    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, out_dir, name)
     return [name]
 
 
@@ -244,6 +245,5 @@ def masks(case_name, pairs, out_dir) -> list:
     fig.suptitle(f"{case_name}: tile masks Stage 1 predicts with the default thresholds (sim 0.6, "
                  "TopCdf 0.98); black = computed, key blocks across", fontsize=9)
     name = f"masks_{case_name}.png"
-    fig.savefig(Path(out_dir) / name, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, out_dir, name)
     return [name]
