@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a binary wheel of the sparge PyTorch package into dist/: the C++ core, the binding and,
-# with CUDA, the kernels for every arch of TORCH_CUDA_ARCH_LIST (default "8.0;9.0a": sm_80 code
-# that runs on every GPU from Ampere on, and the Hopper kernels). A wheel is tied to the Python
+# with CUDA, the kernels for every arch of TORCH_CUDA_ARCH_LIST (default "8.0;9.0a;10.0a;12.0+PTX":
+# sm_80 code that runs on every GPU from Ampere on, the Hopper kernels, and sm_100a / sm_120 code,
+# compiled but not yet run on such a GPU, with sm_120 PTX for later ones). A wheel is tied to the Python
 # version and the torch build (version and CUDA major) of the interpreter that builds it: build
 # it with the python that will import it.
 #   PYTHON              the interpreter (default python3); its torch must be installed
@@ -13,7 +14,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-python3}"
 export SPARGE_WITH_CUDA="${SPARGE_WITH_CUDA:-1}"
-[ "$SPARGE_WITH_CUDA" = 1 ] && export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}"
+[ "$SPARGE_WITH_CUDA" = 1 ] && export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0a;10.0a;12.0+PTX}"
 mkdir -p "$root/dist"
 start=$(date +%s)
 "$py" -m pip wheel "$root" --no-build-isolation --no-deps -w "$root/dist"
