@@ -36,7 +36,7 @@ torch.cuda.synchronize()
 print("calls done")
 PY
 rep=/tmp/pipeline_prof
-timeout 300 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+timeout 300 ncu --clock-control none --section SpeedOfLight --metrics dram__bytes_read.sum,dram__bytes_write.sum \
   -k regex:'key_|pool_|compressed|select|quantize|sampled|error_target|choose' \
   -f -o "$rep" python3 /tmp/pipeline_calls.py "$lib" "${N:-32768}" >"$out/ncu_pipeline_run.log" 2>&1
 echo "ncu rc=$?"; tail -2 "$out/ncu_pipeline_run.log"

@@ -1,7 +1,8 @@
 // Quantized-mode emulation (docs/method.md "Quantized mode"). The arithmetic is fp32 with every
 // operation rounded once (the build uses -ffp-contract=off), as the CUDA pass does it with
-// __fdiv_rn/__fsub_rn: scales s = max|x|/127 + 1e-7 per group of rows, codes round(x/s) half away
-// from zero; V per channel as e4m3 (round to nearest even, satfinite) with s_v = amax/448.
+// _rn intrinsics: scales s = max|x|/127 + 1e-7 per group of rows, codes round(x · rn(1/s)) half
+// away from zero; V per channel as e4m3 (round to nearest even, satfinite) of v · rn(1/s_v), with
+// s_v = amax/448.
 #include "cpu/quantize.h"
 
 #include <immintrin.h>
@@ -44,13 +45,13 @@ float abs_max(float a, float x) {
 float int8_scale(float amax) { return amax / kInt8Max + detail::kQuantScaleEpsilon; }
 
 int8_t quantize_int8(float x, float scale) {
-  const float r = std::round(x / scale);  // std::round: half away from zero
+  const float r = std::round(x * (1.0f / scale));  // std::round: half away from zero
   if (std::isnan(r)) return 0;            // int8 has no NaN; the scale carries it instead
   return static_cast<int8_t>(std::fmin(kInt8Max, std::fmax(-kInt8Max, r)));
 }
 
 uint8_t quantize_e4m3(float v, float scale) {
-  const float x = v / scale;
+  const float x = v * (1.0f / scale);
   return std::isnan(x) ? detail::kE4m3Nan : detail::float_to_e4m3_bits(x);
 }
 

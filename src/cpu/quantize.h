@@ -14,13 +14,15 @@
 
 namespace sparge::cpu {
 
-// round(x / scale), half away from zero, saturated to [-127, 127]; a NaN quotient gives 0.
+// round(x · rn(1/scale)), half away from zero, saturated to [-127, 127]; a NaN product gives 0.
+// The reciprocal, rounded once, replaces a division per element (the GPU pass computes it once
+// per group), and both backends round the same way.
 int8_t quantize_int8(float x, float scale);
 
 // The scale of a group whose largest |x| is amax: amax/127 + 1e-7 (NaN stays NaN).
 float int8_scale(float amax);
 
-// v / s_v in e4m3 (round to nearest even, satfinite), every NaN as detail::kE4m3Nan.
+// v · rn(1/s_v) in e4m3 (round to nearest even, satfinite), every NaN as detail::kE4m3Nan.
 uint8_t quantize_e4m3(float v, float scale);
 
 // max(a, |x|) that keeps a NaN, so a NaN input poisons its group's scale instead of vanishing.

@@ -288,7 +288,7 @@ TEST(QuantizeInputs, GroupsMeanAndV8LayoutOnOddLengths) {
           continue;
         }
         ASSERT_EQ(e4m3_bits_to_float(code) * qi.v_scale[bh * D + d], qi.v[(bh * Nk + n) * D + d]);
-        const float x = vh[(bh * Nk + n) * D + d] / qi.v_scale[bh * D + d];
+        const float x = vh[(bh * Nk + n) * D + d] * (1.0f / qi.v_scale[bh * D + d]);
         ASSERT_EQ(code, float_to_e4m3_bits(x));
       }
     }

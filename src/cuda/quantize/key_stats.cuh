@@ -61,6 +61,11 @@ __global__ void __launch_bounds__(kRunThreads) key_value_runs(const QuantizePara
   p.v_run_amax[at + 1] = amax1;
 }
 
+// Runs of one channel loaded per batch before they are added (in run order): one load at a time
+// left the kernel waiting on memory, 81 us at N 32K, H 32, hd 128 on the H200 (512 runs per
+// channel, 32 CTAs).
+constexpr int kFinalizeBatch = 32;
+
 // grid (batch·heads_kv), threads over channels.
 __global__ void key_value_finalize(const QuantizeParams p) {
   const int bh = blockIdx.x;
@@ -68,9 +73,23 @@ __global__ void key_value_finalize(const QuantizeParams p) {
     double total = 0.0;
     float amax = 0.0f;
     const int64_t base = int64_t(bh) * p.num_runs * p.head_dim + d;
-    for (int r = 0; r < p.num_runs; ++r) {
-      total = __dadd_rn(total, p.k_run_sum[base + int64_t(r) * p.head_dim]);
-      amax = max_nan(amax, p.v_run_amax[base + int64_t(r) * p.head_dim]);
+    for (int r0 = 0; r0 < p.num_runs; r0 += kFinalizeBatch) {
+      double sums[kFinalizeBatch];
+      float maxima[kFinalizeBatch];
+      // Past the last run: +0.0 and 0, which change neither (total starts at +0.0, so it is
+      // never -0.0; amax >= 0), and keep the adds unconditional so that every load is issued first.
+#pragma unroll
+      for (int j = 0; j < kFinalizeBatch; ++j) {
+        const bool in = r0 + j < p.num_runs;
+        const int64_t at = base + int64_t(in ? r0 + j : 0) * p.head_dim;
+        sums[j] = in ? p.k_run_sum[at] : 0.0;
+        maxima[j] = in ? p.v_run_amax[at] : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < kFinalizeBatch; ++j) {
+        total = __dadd_rn(total, sums[j]);
+        amax = max_nan(amax, maxima[j]);
+      }
     }
     p.km[int64_t(bh) * p.head_dim + d] = __double2float_rn(__ddiv_rn(total, double(p.seq_k)));
     p.v_scale[int64_t(bh) * p.head_dim + d] =

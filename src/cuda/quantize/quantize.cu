@@ -6,6 +6,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <string>
+#include <type_traits>
+
 #include "cuda/common/check.cuh"
 #include "cuda/quantize/key_stats.cuh"
 #include "cuda/quantize/params.h"
@@ -13,6 +16,24 @@
 #include "cuda/quantize/quantize_v.cuh"
 
 namespace sparge::cuda {
+
+namespace {
+
+// Calls f(std::integral_constant<int, chunks per thread>) for the head dims the pass takes (powers
+// of two in [kQuantMinHeadDim, kQuantMaxHeadDim]); false for any other.
+template <typename F>
+bool with_qk_chunks(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 16: f(std::integral_constant<int, qk_chunks_per_thread(16)>{}); return true;
+    case 32: f(std::integral_constant<int, qk_chunks_per_thread(32)>{}); return true;
+    case 64: f(std::integral_constant<int, qk_chunks_per_thread(64)>{}); return true;
+    case 128: f(std::integral_constant<int, qk_chunks_per_thread(128)>{}); return true;
+    case 256: f(std::integral_constant<int, qk_chunks_per_thread(256)>{}); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
 
 template <typename T>
 Status launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
@@ -23,11 +44,14 @@ Status launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
   key_value_finalize<<<bhk, (p.head_dim + 31) / 32 * 32, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("key_value_finalize launch");
   const int q_tiles = (p.seq_q + kQuantTileRows - 1) / kQuantTileRows;
-  quantize_int8_rows<T, false><<<dim3(q_tiles, bhq), kQkThreads, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows(q) launch");
   const int k_tiles = (p.seq_k + kQuantTileRows - 1) / kQuantTileRows;
-  quantize_int8_rows<T, true><<<dim3(k_tiles, bhk), kQkThreads, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows(k) launch");
+  const bool launched = with_qk_chunks(p.head_dim, [&](auto chunks) {
+    constexpr int kChunks = decltype(chunks)::value;
+    quantize_int8_rows<T, false, kChunks><<<dim3(q_tiles, bhq), kQkThreads, 0, stream>>>(p);
+    quantize_int8_rows<T, true, kChunks><<<dim3(k_tiles, bhk), kQkThreads, 0, stream>>>(p);
+  });
+  if (!launched) return Status::unsupported("quantize: head_dim " + std::to_string(p.head_dim));
+  SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows launch");
   quantize_v_e4m3<T><<<dim3(int(p.v8_keys / kV8TileKeys), bhk), kVThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("quantize_v_e4m3 launch");
   return Status::ok();

@@ -22,12 +22,12 @@ constexpr int kV8SmemPitch = kV8TileWords + 1;  // words; the +1 spreads a word 
 template <typename T>
 __global__ void __launch_bounds__(kVThreads) quantize_v_e4m3(const QuantizeParams p) {
   __shared__ uint32_t sV8[kQuantMaxHeadDim * kV8SmemPitch];
-  __shared__ float sScale[kQuantMaxHeadDim];
+  __shared__ float sInvScale[kQuantMaxHeadDim];
   const int bh = blockIdx.y, b = bh / p.heads_kv, h = bh % p.heads_kv;
   const int key0 = blockIdx.x * kV8TileKeys;
   const int D = p.head_dim, lanes_per_row = D / 8;
   const T* gV = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1];
-  for (int d = threadIdx.x; d < D; d += kVThreads) sScale[d] = p.v_scale[int64_t(bh) * D + d];
+  for (int d = threadIdx.x; d < D; d += kVThreads) sInvScale[d] = code_reciprocal(p.v_scale[int64_t(bh) * D + d]);
   __syncthreads();
 
   // 1. Word q of every channel row: keys 16·(q/4) + {2t, 2t+1, 2t+8, 2t+9}, t = q % 4.
@@ -35,15 +35,22 @@ __global__ void __launch_bounds__(kVThreads) quantize_v_e4m3(const QuantizeParam
     const int q = item / lanes_per_row, col = (item % lanes_per_row) * 8;
     const int first = 16 * (q / 4) + 2 * (q % 4);
     const int keys[4] = {first, first + 1, first + 8, first + 9};
-    uint32_t word[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+    // The four loads first, then the codes (a load per key between codes kept one in flight).
+    uint4 raw[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int key = key0 + keys[k];
-      if (key >= p.seq_k) continue;  // padding: 0x00
-      float x[8];
-      widen_chunk8<T>(*reinterpret_cast<const uint4*>(gV + int64_t(key) * p.v_stride[2] + col), x);
+      raw[k] = key < p.seq_k ? *reinterpret_cast<const uint4*>(gV + int64_t(key) * p.v_stride[2] + col)
+                             : make_uint4(0u, 0u, 0u, 0u);
+    }
+    uint32_t word[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) word[j] |= uint32_t(e4m3_code(x[j], sScale[col + j])) << (8 * k);
+    for (int k = 0; k < 4; ++k) {
+      if (key0 + keys[k] >= p.seq_k) continue;  // padding: 0x00
+      float x[8];
+      widen_chunk8<T>(raw[k], x);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) word[j] |= uint32_t(e4m3_code(x[j], sInvScale[col + j])) << (8 * k);
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) sV8[(col + j) * kV8SmemPitch + q] = word[j];
