@@ -51,7 +51,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
     SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
   } else {
     const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
-    compressed_scores<<<dim3(score_ctas, bhq), 256, 0, stream>>>(p);
+    compressed_scores<<<dim3(score_ctas, bhq), kScoreThreads, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("compressed_scores launch");
   }
 
