@@ -13,8 +13,8 @@
 namespace sparge::cuda {
 
 constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the kernel parameters
-constexpr int kKeyMeanChunk = 1024;    // tokens per partial sum of the key mean (fixed order)
-constexpr int kScoreRowsPerCta = 16;   // query blocks per CTA of the compressed-score kernel
+constexpr int kKeyMeanChunk = 512;     // tokens per partial sum of the key mean (fixed order)
+constexpr int kScoreRowsPerCta = 8;    // query blocks per CTA of the compressed-score kernel
 
 struct PredictParams {
   const void* q;

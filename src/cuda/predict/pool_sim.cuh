@@ -8,24 +8,67 @@
 
 #include "cuda/common/math.cuh"
 #include "cuda/predict/params.h"
+#include "cuda/predict/row_chunks.cuh"
 
 namespace sparge::cuda {
 
-constexpr int kPoolThreads = 128;  // 4 warps, each owning every 4th row of the block
-constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
+// Both kernels read q or k once as 16-byte chunks (row_chunks.cuh) and keep several loads in
+// flight per lane, so that they run at HBM bandwidth; the sums are combined in a fixed order.
+constexpr int kMeanThreads = 256;
+constexpr int kMeanTokensPerLane = 8;  // loads a lane issues before it adds the first
+constexpr int kPoolThreads = 128;
+constexpr int kPoolWarps = kPoolThreads / 32;
+constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once; the next 4 are being loaded
 
-// Partial key sums over chunks of kKeyMeanChunk tokens: grid (chunks, batch·heads_kv).
+// Partial key sums over chunks of kKeyMeanChunk tokens: grid (chunks, batch·heads_kv),
+// kMeanThreads threads. Lane groups of lanes_per_row(D) lanes each read one token per load.
 template <typename T>
-__global__ void key_mean_partial(const PredictParams p) {
+__global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictParams p) {
+  __shared__ double sPart[kMeanThreads / 32][256];
   const int bh = blockIdx.y, b = bh / p.heads_kv, hk = bh % p.heads_kv;
-  const int chunks = gridDim.x;
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const int D = p.head_dim, lanes = lanes_per_row(D);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = lane % lanes, slot = lane / lanes;
+  const bool vec = rows_vectorizable(gK, p.k_stride[2], D);
   const int t0 = blockIdx.x * kKeyMeanChunk;
   const int t1 = min(p.seq_k, t0 + kKeyMeanChunk);
-  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    double sum = 0.0;
-    for (int t = t0; t < t1; ++t) sum += double(to_float(gK[int64_t(t) * p.k_stride[2] + d]));
-    p.km_partial[(int64_t(bh) * chunks + blockIdx.x) * p.head_dim + d] = sum;
+  const int step = kMeanThreads / lanes;  // tokens one load instruction of the CTA covers
+  const double zero[kChunkElems] = {};
+
+  double sum[kChunkElems] = {};
+  if (chunk * kChunkElems < D) {
+    for (int t = t0 + warp * (32 / lanes) + slot; t < t1; t += step * kMeanTokensPerLane) {
+      uint4 raw[kMeanTokensPerLane];
+#pragma unroll
+      for (int u = 0; u < kMeanTokensPerLane; ++u) {
+        const int tu = t + u * step;
+        raw[u] = tu < t1 ? load_chunk(gK + int64_t(tu) * p.k_stride[2], chunk, D, vec)
+                         : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kMeanTokensPerLane; ++u) {
+        double x[kChunkElems];
+        widen_chunk<T>(raw[u], zero, x);
+#pragma unroll
+        for (int e = 0; e < kChunkElems; ++e) sum[e] += x[e];
+      }
+    }
+  }
+  // Fixed order: the lanes of a chunk (xor tree), then the warps in order.
+  for (int off = lanes; off < 32; off <<= 1)
+#pragma unroll
+    for (int e = 0; e < kChunkElems; ++e) sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], off);
+#pragma unroll
+  for (int e = 0; e < kChunkElems; ++e) {
+    const int d = chunk * kChunkElems + e;
+    if (slot == 0 && d < D) sPart[warp][d] = sum[e];
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += kMeanThreads) {
+    double s = 0.0;
+    for (int w = 0; w < kMeanThreads / 32; ++w) s += sPart[w][d];
+    p.km_partial[(int64_t(bh) * gridDim.x + blockIdx.x) * D + d] = s;
   }
 }
 
@@ -39,78 +82,146 @@ __global__ void key_mean_finalize(const PredictParams p, int chunks) {
   }
 }
 
-// Pool one block: grid (blocks, batch·heads). kIsKey: subtract km and write the pooled row
-// transposed ([D][nk]) for the score kernel.
+// Σ over a row group's `lanes` lanes of v[u] (the lane's part of its u-th row), left in every
+// lane c of the group for row c % 4: two halving exchanges hand each lane one row (three adds
+// for the four rows, where a butterfly per row would take two each), then a butterfly over the
+// other lanes. Each lane then computes one 1/‖x‖ instead of four.
+__device__ __forceinline__ double row_sums_scattered(const double (&v)[kPoolRowsPerLane], int lanes) {
+  static_assert(kPoolRowsPerLane == 4, "two halving steps");
+  const int lane = threadIdx.x % 32;
+  const bool upper2 = lane & 2, upper1 = lane & 1;
+  double half[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const double keep = upper2 ? v[j + 2] : v[j], give = upper2 ? v[j] : v[j + 2];
+    half[j] = keep + __shfl_xor_sync(0xffffffffu, give, 2);
+  }
+  const double keep = upper1 ? half[1] : half[0], give = upper1 ? half[0] : half[1];
+  double s = keep + __shfl_xor_sync(0xffffffffu, give, 1);
+  for (int off = 4; off < lanes; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  return s;
+}
+
+// Pool one block: grid (blocks, batch·heads), kPoolThreads threads. kIsKey: subtract km and
+// write the pooled row transposed ([D][nk]) for the score kernel. Lane groups of
+// lanes_per_row(D) lanes read one row per load; a lane loads the rows of group g + 1 while it
+// reduces those of group g, so each CTA has up to 8 loads per lane in flight.
 template <typename T, bool kIsKey>
-__global__ void __launch_bounds__(kPoolThreads) pool_blocks(const PredictParams p) {
-  __shared__ double sSum[kPoolThreads / 32][256];
-  __shared__ double sUnit[kPoolThreads / 32][256];
-  __shared__ double sNorm[kPoolThreads / 32];
+__global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictParams p) {
+  __shared__ double sSum[kPoolWarps][256];
+  __shared__ double sUnit[kPoolWarps][256];
+  __shared__ double sUnitSq[kPoolWarps];
+  __shared__ double sMean[kMaxChunks * kChunkElems];  // km, zero past D (key blocks only)
   const int heads = kIsKey ? p.heads_kv : p.heads_q;
   const int block_rows = kIsKey ? p.block_k : p.block_q;
   const int seq = kIsKey ? p.seq_k : p.seq_q;
   const int nblocks = kIsKey ? p.num_k_blocks : p.num_q_blocks;
   const int blk = blockIdx.x, bh = blockIdx.y, b = bh / heads, h = bh % heads;
   const int64_t* stride = kIsKey ? p.k_stride : p.q_stride;
-  const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1];
+  const int D = p.head_dim, lanes = lanes_per_row(D), rows_per_warp = 32 / lanes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = lane % lanes, slot = lane / lanes;
+  const bool has_chunk = chunk * kChunkElems < D;
   const int row0 = blk * block_rows;
   const int n = min(seq - row0, block_rows);
+  const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1] +
+                int64_t(row0) * stride[2];
+  const bool vec = rows_vectorizable(gX, stride[2], D);
+  const int rows_per_group = kPoolWarps * rows_per_warp * kPoolRowsPerLane;
+  const int groups = (n + rows_per_group - 1) / rows_per_group;
+  // Block row of this lane's u-th load in group g: each load instruction reads adjacent rows.
+  const auto row_of = [&](int g, int u) {
+    return g * rows_per_group + (u * kPoolWarps + warp) * rows_per_warp + slot;
+  };
+  const auto load_group = [&](int g, uint4 (&raw)[kPoolRowsPerLane]) {
+#pragma unroll
+    for (int u = 0; u < kPoolRowsPerLane; ++u) {
+      const int r = row_of(g, u);
+      raw[u] = has_chunk && r < n ? load_chunk(gX + int64_t(r) * stride[2], chunk, D, vec)
+                                  : make_uint4(0, 0, 0, 0);
+    }
+  };
 
-  double mean[kMaxDimPerLane], sum[kMaxDimPerLane], unit[kMaxDimPerLane];
-#pragma unroll
-  for (int i = 0; i < kMaxDimPerLane; ++i) {
-    const int d = lane + 32 * i;
-    mean[i] = (kIsKey && d < p.head_dim) ? p.km[int64_t(bh) * p.head_dim + d] : 0.0;
-    sum[i] = unit[i] = 0.0;
+  // km sits in shared memory, not registers: 16 more registers per lane would spill at 3 CTAs/SM.
+  if (kIsKey) {
+    for (int d = threadIdx.x; d < kMaxChunks * kChunkElems; d += kPoolThreads)
+      sMean[d] = d < D ? p.km[int64_t(bh) * D + d] : 0.0;
+    __syncthreads();
   }
-  for (int r = warp; r < n; r += kPoolThreads / 32) {
-    const T* row = gX + int64_t(row0 + r) * stride[2];
-    double x[kMaxDimPerLane], sq = 0.0;
+  double sum[kChunkElems], unit[kChunkElems];
 #pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) {
-      const int d = lane + 32 * i;
-      x[i] = d < p.head_dim ? double(to_float(row[d])) - mean[i] : 0.0;
-      sq += x[i] * x[i];
-    }
-    sq = warp_sum(sq);
-    const double inv_norm = sq > 0.0 ? 1.0 / sqrt(sq) : 0.0;
+  for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
+  uint4 next[kPoolRowsPerLane];
+  load_group(0, next);
+  for (int g = 0; g < groups; ++g) {
+    uint4 raw[kPoolRowsPerLane];
 #pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) {
-      sum[i] += x[i];
-      unit[i] += x[i] * inv_norm;
-    }
-  }
+    for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
+    if (g + 1 < groups) load_group(g + 1, next);
+    double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
 #pragma unroll
-  for (int i = 0; i < kMaxDimPerLane; ++i) {
-    const int d = lane + 32 * i;
-    if (d < 256) {
-      sSum[warp][d] = sum[i];
-      sUnit[warp][d] = unit[i];
-    }
-  }
-  __syncthreads();
-  // Threads of warp 0 combine the warps' partials channel by channel, then ‖Σ x̂‖².
-  if (warp == 0) {
-    double unit_sq = 0.0;
-    for (int d = lane; d < p.head_dim; d += 32) {
-      double s = 0.0, u = 0.0;
-      for (int w = 0; w < kPoolThreads / 32; ++w) {
-        s += sSum[w][d];
-        u += sUnit[w][d];
+    for (int u = 0; u < kPoolRowsPerLane; ++u) {
+      double mean[kChunkElems];
+#pragma unroll
+      for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
+      widen_chunk<T>(raw[u], mean, x[u]);
+      const bool row_ok = row_of(g, u) < n;  // rows past the block's end add nothing (not −km)
+      sq[u] = 0.0;
+#pragma unroll
+      for (int e = 0; e < kChunkElems; ++e) {
+        x[u][e] = row_ok ? x[u][e] : 0.0;
+        sq[u] += x[u][e] * x[u][e];
+        sum[e] += x[u][e];
       }
-      unit_sq += u * u;
-      const double pooled = s / double(n);
-      if (kIsKey)
-        p.pooled_kt[(int64_t(bh) * p.head_dim + d) * nblocks + blk] = pooled;
-      else
-        p.pooled_q[(int64_t(bh) * nblocks + blk) * p.head_dim + d] = pooled;
     }
-    unit_sq = warp_sum(unit_sq);
-    if (lane == 0) sNorm[0] = unit_sq / (double(n) * double(n));
+    // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
+    const double row_sq = row_sums_scattered(sq, lanes);
+    const double inv_norm = row_sq > 0.0 ? 1.0 / sqrt(row_sq) : 0.0;
+#pragma unroll
+    for (int u = 0; u < kPoolRowsPerLane; ++u) {
+      const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
+#pragma unroll
+      for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
+    }
+  }
+  // Fixed order: the row slots of a warp (xor tree), the warps in order, then ‖Σ x̂‖² over d.
+  for (int off = lanes; off < 32; off <<= 1)
+#pragma unroll
+    for (int e = 0; e < kChunkElems; ++e) {
+      sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], off);
+      unit[e] += __shfl_xor_sync(0xffffffffu, unit[e], off);
+    }
+#pragma unroll
+  for (int e = 0; e < kChunkElems; ++e) {
+    const int d = chunk * kChunkElems + e;
+    if (slot == 0 && d < D) {
+      sSum[warp][d] = sum[e];
+      sUnit[warp][d] = unit[e];
+    }
   }
   __syncthreads();
-  if (threadIdx.x == 0) (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = sNorm[0];
+  double unit_sq = 0.0;
+  for (int d = threadIdx.x; d < D; d += kPoolThreads) {
+    double s = 0.0, u = 0.0;
+    for (int w = 0; w < kPoolWarps; ++w) {
+      s += sSum[w][d];
+      u += sUnit[w][d];
+    }
+    unit_sq += u * u;
+    const double pooled = s / double(n);
+    if (kIsKey)
+      p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = pooled;
+    else
+      p.pooled_q[(int64_t(bh) * nblocks + blk) * D + d] = pooled;
+  }
+  unit_sq = warp_sum(unit_sq);
+  if (lane == 0) sUnitSq[warp] = unit_sq;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kPoolWarps; ++w) total += sUnitSq[w];
+    (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = total / (double(n) * double(n));
+  }
 }
 
 }  // namespace sparge::cuda

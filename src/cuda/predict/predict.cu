@@ -38,7 +38,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int chunks = (p.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 
-  key_mean_partial<T><<<dim3(chunks, bhk), mean_threads, 0, stream>>>(p);
+  key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
   key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
   SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
@@ -51,7 +51,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
     SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
   } else {
     const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
-    compressed_scores<<<dim3(score_ctas, bhq), 256, 0, stream>>>(p);
+    compressed_scores<<<dim3(score_ctas, bhq), kScoreThreads, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("compressed_scores launch");
   }
 

@@ -16,32 +16,70 @@
 namespace sparge::cuda {
 
 constexpr int kSelectThreads = 256;
+constexpr int kScoreThreads = 256;
+constexpr int kScoreColsPerThread = 2;  // key blocks per thread: each p_q read from smem feeds both
+constexpr int kScoreDimStep = 8;        // channels of p_k a thread loads before its first FMA
 
-// Scores of kScoreRowsPerCta query blocks against every key block: grid (⌈nq/16⌉, batch·heads_q).
-__global__ void __launch_bounds__(256) compressed_scores(const PredictParams p) {
-  __shared__ double sQ[kScoreRowsPerCta][256];
+// Scores of kScoreRowsPerCta query blocks against every key block: grid (⌈nq/kScoreRowsPerCta⌉,
+// batch·heads_q). The p_k loads of kScoreDimStep channels are issued together, so the FMA chains
+// do not wait on one load each; each accumulator still sums d = 0 .. D−1 in order.
+__global__ void __launch_bounds__(kScoreThreads) compressed_scores(const PredictParams p) {
+  __shared__ __align__(16) double sQ[kScoreRowsPerCta][256];
   const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
   const int bhk = b * p.heads_kv + h / p.group;
+  const int D = p.head_dim, nk = p.num_k_blocks;
   const int i0 = blockIdx.x * kScoreRowsPerCta;
   const int rows = min(kScoreRowsPerCta, p.num_q_blocks - i0);
-  for (int e = threadIdx.x; e < kScoreRowsPerCta * p.head_dim; e += blockDim.x) {
-    const int r = e / p.head_dim, d = e % p.head_dim;
-    sQ[r][d] = r < rows ? p.pooled_q[(int64_t(bh) * p.num_q_blocks + i0 + r) * p.head_dim + d] : 0.0;
+  for (int e = threadIdx.x; e < kScoreRowsPerCta * D; e += blockDim.x) {
+    const int r = e / D, d = e % D;
+    sQ[r][d] = r < rows ? p.pooled_q[(int64_t(bh) * p.num_q_blocks + i0 + r) * D + d] : 0.0;
   }
   __syncthreads();
-  const double* gKt = p.pooled_kt + int64_t(bhk) * p.head_dim * p.num_k_blocks;
-  for (int j = threadIdx.x; j < p.num_k_blocks; j += blockDim.x) {
-    double acc[kScoreRowsPerCta];
+  const double* gKt = p.pooled_kt + int64_t(bhk) * D * nk;
+  for (int j0 = threadIdx.x; j0 < nk; j0 += kScoreThreads * kScoreColsPerThread) {
+    int j[kScoreColsPerThread];
+    bool ok[kScoreColsPerThread];
+    double acc[kScoreColsPerThread][kScoreRowsPerCta];
 #pragma unroll
-    for (int r = 0; r < kScoreRowsPerCta; ++r) acc[r] = 0.0;
-    for (int d = 0; d < p.head_dim; ++d) {
-      const double kv = gKt[int64_t(d) * p.num_k_blocks + j];
+    for (int c = 0; c < kScoreColsPerThread; ++c) {
+      j[c] = j0 + c * kScoreThreads;
+      ok[c] = j[c] < nk;
 #pragma unroll
-      for (int r = 0; r < kScoreRowsPerCta; ++r) acc[r] += sQ[r][d] * kv;
+      for (int r = 0; r < kScoreRowsPerCta; ++r) acc[c][r] = 0.0;
     }
+    int d = 0;
+    for (; d + kScoreDimStep <= D; d += kScoreDimStep) {
+      double kv[kScoreColsPerThread][kScoreDimStep];
 #pragma unroll
-    for (int r = 0; r < kScoreRowsPerCta; ++r)
-      if (r < rows) p.scores[(int64_t(bh) * p.num_q_blocks + i0 + r) * p.num_k_blocks + j] = p.scale * acc[r];
+      for (int c = 0; c < kScoreColsPerThread; ++c)
+#pragma unroll
+        for (int i = 0; i < kScoreDimStep; ++i)
+          kv[c][i] = ok[c] ? gKt[int64_t(d + i) * nk + j[c]] : 0.0;
+#pragma unroll
+      for (int i = 0; i < kScoreDimStep; i += 2)
+#pragma unroll
+        for (int r = 0; r < kScoreRowsPerCta; ++r) {
+          const double2 q = *reinterpret_cast<const double2*>(&sQ[r][d + i]);
+#pragma unroll
+          for (int c = 0; c < kScoreColsPerThread; ++c) {
+            acc[c][r] += q.x * kv[c][i];
+            acc[c][r] += q.y * kv[c][i + 1];
+          }
+        }
+    }
+    for (; d < D; ++d)  // head_dim % kScoreDimStep channels
+#pragma unroll
+      for (int c = 0; c < kScoreColsPerThread; ++c) {
+        const double kv = ok[c] ? gKt[int64_t(d) * nk + j[c]] : 0.0;
+#pragma unroll
+        for (int r = 0; r < kScoreRowsPerCta; ++r) acc[c][r] += sQ[r][d] * kv;
+      }
+#pragma unroll
+    for (int c = 0; c < kScoreColsPerThread; ++c)
+#pragma unroll
+      for (int r = 0; r < kScoreRowsPerCta; ++r)
+        if (ok[c] && r < rows)
+          p.scores[(int64_t(bh) * p.num_q_blocks + i0 + r) * nk + j[c]] = p.scale * acc[c][r];
   }
 }
 
