@@ -5,7 +5,7 @@
 # and the SM / memory speed-of-light, so that each launch can be held against reading its bytes
 # at the HBM rate.
 # Usage (repo root, GPU machine): bash bench/gpu/profile_pipeline.sh <libsparge_c.so>
-#   -> $OUT/ncu_pipeline.csv (ncu --page raw, CSV) and a table on stdout.
+#   -> $OUT/ncu_pipeline.csv (ncu --page raw, CSV) and a table on stdout (bench/gpu/ncu_table.py).
 set -uo pipefail
 lib=${1:?libsparge_c.so}
 out=${OUT:-/tmp/sparge_out}; mkdir -p "$out"
@@ -43,25 +43,4 @@ echo "ncu rc=$?"; tail -2 "$out/ncu_pipeline_run.log"
 timeout 100 ncu -i "$rep.ncu-rep" --page raw --csv --print-units base \
   --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__block_size \
   >"$out/ncu_pipeline.csv" 2>/dev/null
-python3 - "$out/ncu_pipeline.csv" <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-if len(rows) < 3:
-    print("no rows"); sys.exit(0)
-head = rows[0]
-col = {h: i for i, h in enumerate(head)}
-def get(r, m):
-    return r[col[m]] if m in col else ""
-print(f"{'kernel':32} {'us':>9} {'MB read':>9} {'MB writ':>9} {'GB/s':>7} {'dram%':>6} {'sm%':>6} {'grid':>9}")
-total = 0.0
-for r in rows[2:]:
-    name = get(r, "Kernel Name").split("(")[0].split("<")[0].replace("void ", "").split("::")[-1]
-    try:
-        ns = float(get(r, "gpu__time_duration.sum")); rd = float(get(r, "dram__bytes_read.sum")); wr = float(get(r, "dram__bytes_write.sum"))
-    except ValueError:
-        continue
-    total += ns
-    print(f"{name:32} {ns/1e3:9.1f} {rd/1e6:9.1f} {wr/1e6:9.1f} {(rd+wr)/ns:7.0f} {get(r,'dram__throughput.avg.pct_of_peak_sustained_elapsed'):>6} "
-          f"{get(r,'sm__throughput.avg.pct_of_peak_sustained_elapsed'):>6} {get(r,'launch__grid_size'):>9}")
-print(f"total {total/1e3:.1f} us")
-PY
+python3 bench/gpu/ncu_table.py "$out/ncu_pipeline.csv"
