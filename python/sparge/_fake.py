@@ -49,6 +49,11 @@ def _attention(q, k, v, attn_mask=None, key_lengths=None, *, with_extras=False, 
     return out, lse, counts, indices, counters, stage1, forced
 
 
+@torch.library.register_fake("sparge::permute_tokens")
+def _permute_tokens(x, order, first, inverse):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 @torch.library.register_fake("sparge::hilbert_order")
 def _hilbert_order(frames, height, width, device):
     return torch.empty((frames * height * width,), dtype=torch.int64, device=device)

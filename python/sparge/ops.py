@@ -201,8 +201,8 @@ def _permute_mask(mask: Optional[torch.Tensor], gather_q, gather_k):
     return mask.index_select(3, gather_k) if mask.stride(3) != 0 else mask
 
 
-def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, device):
-    """Gather index putting tokens [offset, offset + T*H*W) in Hilbert order (others stay)."""
+def _grid_order(tokens: int, grid: Tuple[int, int, int], offset: int, device):
+    """Hilbert order of the grid's T*H*W tokens, which start at `offset` of `tokens`."""
     if not (isinstance(grid, (tuple, list)) and len(grid) == 3
             and all(isinstance(g, int) and not isinstance(g, bool) for g in grid)):
         raise TypeError("token_grid must be a tuple of 3 ints (frames, height, width), "
@@ -211,31 +211,31 @@ def _token_permutation(tokens: int, grid: Tuple[int, int, int], offset: int, dev
     if offset < 0 or offset + count > tokens:
         raise ValueError(f"token_grid {tuple(grid)} at grid_offset {offset} needs "
                          f"{offset + count} tokens, but the sequence has {tokens}")
-    order = torch.ops.sparge.hilbert_order(grid[0], grid[1], grid[2], device)
-    return torch.cat([torch.arange(offset, device=device), order + offset,
-                      torch.arange(offset + count, tokens, device=device)])
+    return torch.ops.sparge.hilbert_order(grid[0], grid[1], grid[2], device)
 
 
-def _gather_and_inverse(tokens: int, grid, offset: int, device):
-    gather = _token_permutation(tokens, grid, offset, device)
-    inverse = torch.empty_like(gather).scatter_(
-        0, gather, torch.arange(gather.numel(), device=gather.device))
-    return gather, inverse
+def _order_and_gather(tokens: int, grid, offset: int, device):
+    """The grid's Hilbert order, and the gather index over all `tokens` putting tokens
+    [offset, offset + T*H*W) in that order, others staying (what an attn_mask is permuted by)."""
+    order = _grid_order(tokens, grid, offset, device)
+    gather = torch.cat([torch.arange(offset, device=device), order + offset,
+                        torch.arange(offset + order.numel(), tokens, device=device)])
+    return order, gather
 
 
 # The order is built on the host (milliseconds for 128K tokens) and copied over: keep the last
-# few per (tokens, grid, offset, device). The tensors are only read (index_select).
-_cached_gather_and_inverse = functools.lru_cache(maxsize=16)(_gather_and_inverse)
+# few per (tokens, grid, offset, device). The tensors are only read.
+_cached_order_and_gather = functools.lru_cache(maxsize=16)(_order_and_gather)
 
 
 def _hilbert_gathers(tokens: int, grid, offset: int, device):
     hashable = isinstance(grid, (tuple, list)) and isinstance(offset, int)
     if torch.compiler.is_compiling() or not hashable:  # traced, or invalid: no caching
-        return _gather_and_inverse(tokens, grid, offset, device)
+        return _order_and_gather(tokens, grid, offset, device)
     try:
-        return _cached_gather_and_inverse(tokens, tuple(grid), offset, torch.device(device))
+        return _cached_order_and_gather(tokens, tuple(grid), offset, torch.device(device))
     except TypeError:  # an unhashable element: the uncached path raises the named error
-        return _gather_and_inverse(tokens, grid, offset, device)
+        return _order_and_gather(tokens, grid, offset, device)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
@@ -292,7 +292,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         mask = _empty_mask(qh, kh, block_q, block_k, is_causal, causal_align, window_left,
                            window_right)
         return _empty_result(qh, kh, layout, mask, return_stats)
-    inverse = None
+    reordered = False  # whether the output goes back to the caller's token order
     if token_grid is not None:
         if is_causal:
             raise ValueError("token_grid reorders tokens, which breaks causal order: pass "
@@ -301,11 +301,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
             raise ValueError("token_grid reorders tokens, which breaks a sliding window's "
                              "positions: pass window_left=-1 and window_right=-1 with a "
                              "token_grid")
-        gather_q, inverse = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
-        gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[0]
-        qh, kh, vh = qh.index_select(2, gather_q), kh.index_select(2, gather_k), \
-            vh.index_select(2, gather_k)
+        # The gathers (and the output's inverse) are one strided copy each through the library's
+        # permute_tokens; the full gather indices are built only for an attn_mask.
+        order, gather_q = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
+        gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[1]
+        qh, kh, vh = (torch.ops.sparge.permute_tokens(t, order, grid_offset, False)
+                      for t in (qh, kh, vh))
         mask4 = _permute_mask(mask4, gather_q, gather_k)
+        reordered = True
         if lengths is not None:
             raise ValueError("token_grid reorders keys, so key_lengths no longer mark a suffix: "
                              "pass the padding as an attn_mask with a token_grid")
@@ -315,8 +318,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         *_pad(padded, qh, kh, vh), mask4, lengths, **options, with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
-    if inverse is not None:
-        out = out.index_select(2, inverse)
+    if reordered:
+        out = torch.ops.sparge.permute_tokens(out, order, grid_offset, True)
     out = _from_hnd(out, layout)
     if not return_stats:
         return out

@@ -1,5 +1,6 @@
 // GPU token permutation against the CPU one: Hilbert order of a video grid after text tokens,
-// forward and inverse, HND and NHD, bf16 and fp32; the inverse undoes the forward exactly.
+// forward and inverse, HND and NHD, bf16 and fp32; the inverse undoes the forward exactly. Rows
+// of 80 and 160 bytes take the kernel's 16-byte units, rows of 72 and 140 bytes its element copies.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -9,8 +10,8 @@
 namespace sparge::test {
 namespace {
 
-void check_permute(DType dtype, Layout layout) {
-  const int64_t B = 2, H = 3, text = 5, T = 3, Hh = 5, W = 7, D = 40;
+void check_permute(DType dtype, Layout layout, int64_t D) {
+  const int64_t B = 2, H = 3, text = 5, T = 3, Hh = 5, W = 7;
   const int64_t N = text + T * Hh * W;
   const std::vector<int64_t> order = hilbert_order(T, Hh, W);
   HostTensor in = HostTensor::make(gaussian(B * H * N * D, 21), B, H, N, D, dtype, layout, 2);
@@ -43,11 +44,19 @@ void check_permute(DType dtype, Layout layout) {
 
 TEST(PermuteTokens, MatchesCpuBf16Hnd) {
   SPARGE_SKIP_WITHOUT_GPU();
-  check_permute(DType::kBFloat16, Layout::kHND);
+  check_permute(DType::kBFloat16, Layout::kHND, 40);
+}
+TEST(PermuteTokens, MatchesCpuBf16HndElementCopies) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  check_permute(DType::kBFloat16, Layout::kHND, 36);
 }
 TEST(PermuteTokens, MatchesCpuFp32Nhd) {
   SPARGE_SKIP_WITHOUT_GPU();
-  check_permute(DType::kFloat32, Layout::kNHD);
+  check_permute(DType::kFloat32, Layout::kNHD, 40);
+}
+TEST(PermuteTokens, MatchesCpuFp32NhdElementCopies) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  check_permute(DType::kFloat32, Layout::kNHD, 35);
 }
 
 }  // namespace
