@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One H200 call for the token reordering (issue 10): the C++ GPU tests of permute_tokens (a fast
 # sm_90a build), the Python package with CUDA, bench_permute.py (the library's gathers against
-# torch's index_select, one process) and the Python tests that reorder tokens on the GPU.
+# torch's index_select, one process), with WHOLE_CALL=1 bench_whole_call.py (the whole call on a
+# 32K video-like input in Hilbert order and its parts), and the Python tests that reorder tokens
+# on the GPU.
 # Usage (repo root, device call with carry .devdeps): bash bench/gpu/permute_check.sh <commit name>
 # Records and logs go to $OUT.
 set -uo pipefail
@@ -23,6 +25,9 @@ SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS="$(nproc)" \
   python3 -m pip install -q --no-deps --disable-pip-version-check . >"$out/install.log" 2>&1
 echo "pip install rc=$? ($SECONDS s)"
 (cd /tmp && python3 "$OLDPWD/bench/gpu/bench_permute.py" --commit "$name" --out-dir "$out") 2>&1 | tee "$out/bench_permute.log"
+if [ "${WHOLE_CALL:-0}" = 1 ]; then
+  (cd /tmp && python3 "$OLDPWD/bench/gpu/bench_whole_call.py" --commit "$name" --out-dir "$out") 2>&1 | tee "$out/bench_whole_call.log"
+fi
 (cd tests/python && timeout 400 python3 -m pytest -q -p no:cacheprovider -x test_cuda.py test_attention.py \
   test_attn_mask.py test_compile.py 2>&1 | tail -4)
 echo "done ($SECONDS s)"
