@@ -8,12 +8,11 @@ diffusers passes them). CUDA events, median of --reps after warm-up, inputs larg
 """
 import argparse
 import datetime
-import json
-import os
 
 import torch
 
 import sparge  # noqa: F401 - registers torch.ops.sparge
+from jsonl_out import record_path, write_jsonl
 from sparge import ops as sparge_ops
 
 
@@ -40,7 +39,6 @@ def main():
     ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
     dev = torch.cuda.get_device_name()
-    slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
     date = datetime.date.today().isoformat()
     B, H, D = 1, 32, 128
     records = []
@@ -75,12 +73,7 @@ def main():
                                         dtype="bf16", head_dim=D, batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n,
                                         causal=False, sparsity=None, ms=t, tops=None, rel_l1=None, cos_sim=None,
                                         op=name, layout=layout, bytes_moved=moved, gbps=moved / t / 1e6, reps=args.reps))
-            del qkv, hnd, out
-    path = os.path.join(args.out_dir, f"{date}_{slug}_permute-{args.commit}.jsonl")
-    with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    print("wrote", path)
+    write_jsonl(record_path(args.out_dir, dev, f"permute-{args.commit}"), records)
 
 
 if __name__ == "__main__":

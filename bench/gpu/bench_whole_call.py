@@ -14,14 +14,13 @@ default. CUDA events (sparge.measure.time_ms), median after warm-up, inputs larg
 """
 import argparse
 import datetime
-import json
-import os
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import sparge
+from jsonl_out import record_path, write_jsonl
 from sparge import ops as sparge_ops
 from sparge import workloads
 from sparge.measure import dense_tops, time_ms
@@ -69,7 +68,6 @@ def main():
     args = ap.parse_args()
     grid = tuple(int(x) for x in args.grid.split("x"))
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
     date = datetime.date.today().isoformat()
     w = workloads.video_grid(batch=1, heads=args.heads, grid=grid, head_dim=args.head_dim, seed=0)
     q, k, v = (t.to(args.device, torch.bfloat16).contiguous() for t in (w.q, w.k, w.v))
@@ -125,11 +123,7 @@ def main():
             stage1_text = "-" if stage1_ms is None else f"{stage1_ms:.3f}"
             print(f"| {setting} | {impl} | {stats.sparsity:.3f} | {err:.4f} | {call_ms:.3f} | {stage1_text} | "
                   f"{stage2_ms:.3f} | {100 * outside:.0f}% | {cudnn_ms / call_ms:.2f} |")
-    path = os.path.join(args.out_dir, f"{date}_{slug}_whole-call-{args.commit}.jsonl")
-    with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    print("wrote", path)
+    write_jsonl(record_path(args.out_dir, dev, f"whole-call-{args.commit}"), records)
 
 
 if __name__ == "__main__":

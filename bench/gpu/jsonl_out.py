@@ -1,0 +1,17 @@
+"""Where the GPU benchmarks write their docs/bench-schema.md records, and how: one JSON object per
+line in <out_dir>/<yyyy-mm-dd>_<device slug>_<tail>.jsonl."""
+import datetime
+import json
+import os
+
+
+def record_path(out_dir: str, device: str, tail: str) -> str:
+    slug = "".join(ch if ch.isalnum() else "-" for ch in device).strip("-")
+    return os.path.join(out_dir, f"{datetime.date.today().isoformat()}_{slug}_{tail}.jsonl")
+
+
+def write_jsonl(path: str, records) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    print("wrote", path)
