@@ -36,6 +36,11 @@ struct Case {
   // rule skip every later block for whole warpgroups at once.
   float sink = 0.0f;
   int window_left = -1, window_right = -1;  // sliding window (-1: no limit)
+  // > 0: scores that climb with the key block. Channel 0 of every query is 4 and of key c is
+  // key_ramp · ⌊c / 64⌋, so each later block's scores exceed the row's running max by about
+  // 4 · key_ramp · scale · log2 e (log2 units): below the lazy rescale's 8 its base stays and P
+  // grows past 1, above it the base moves mid-row.
+  float key_ramp = 0.0f;
 };
 
 std::string name(const Case& c) {
@@ -76,6 +81,10 @@ Result run_case(const Case& c, uint64_t seed, bool gpu_may_refuse = false) {
   if (c.sink > 0) {  // both in HND order: row r of a (batch, head) plane starts at r·D
     for (size_t i = 0; i < qv.size(); i += c.D) qv[i] = c.sink;
     for (size_t i = 0; i < kv.size(); i += c.D) kv[i] = (i / c.D) % c.Nk < 64 ? c.sink : 0.0f;
+  }
+  if (c.key_ramp > 0) {
+    for (size_t i = 0; i < qv.size(); i += c.D) qv[i] = 4.0f;
+    for (size_t i = 0; i < kv.size(); i += c.D) kv[i] = c.key_ramp * float((i / c.D) % c.Nk / 64);
   }
   HostTensor q = HostTensor::make(qv, c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout, pad);
   HostTensor k = HostTensor::make(kv, c.B, c.Hkv, c.Nk, c.D, c.dtype, c.layout, pad);
@@ -309,6 +318,31 @@ TEST(AttentionPvSkip, WholeWarpgroupSkipsFollowTheReference) {
     EXPECT_LE(r.rel_l1, tolerance(c.dtype)) << name(c);
     EXPECT_FALSE(any_nan(r.out)) << name(c);
   }
+}
+
+// Scores that climb block after block, so the running max moves on every turn: by ~2.3 log2
+// units per block (the lazy rescale at d128 / d256 keeps its base, P reaches ~2^7 before the
+// base moves) and by ~12 (the base moves mid-row on every turn). Dense, λ off, both dtypes, odd
+// lengths; d256 only where the sm90ws kernel runs.
+TEST(AttentionLazyRescale, ClimbingScoresMatchTheReference) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  for (const float ramp : {4.5f, 24.0f})
+    for (const int64_t D : {64, 128, 256}) {
+      Case c{1, 2, 2, 300, 1000, D, D == 128 ? DType::kBFloat16 : DType::kFloat16, Layout::kHND,
+             false, CausalAlign::kTopLeft, 1.0, 0, 1.0f, INFINITY};
+      c.key_ramp = ramp * std::sqrt(float(D) / 128.0f);  // the same log2 step at every head dim
+      const Result r = run_case(c, 41, /*gpu_may_refuse=*/D == 256);
+      if (D == 256 && !r.status.is_ok()) {
+        expect_d256_refused(r.status);
+        continue;
+      }
+      std::printf("[ lazy rescale ] %s ramp %.1f: rel_l1 %.2e, lse err %.2e\n", name(c).c_str(), c.key_ramp,
+                  r.rel_l1, r.lse_max_err);
+      std::fflush(stdout);
+      EXPECT_LE(r.rel_l1, tolerance(c.dtype)) << name(c);
+      EXPECT_LE(r.lse_max_err, 2e-2) << name(c);
+      EXPECT_FALSE(any_nan(r.out)) << name(c);
+    }
 }
 
 TEST(AttentionDeterminism, RepeatedRunsAreBitIdentical) {
