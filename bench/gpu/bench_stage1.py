@@ -1,5 +1,8 @@
 """Stage 1 alone on the GPU, by estimate (pooled, sampled_rows, and the error target): bf16, B 1, H 32, hd 128,
-causal, N in {8K, 32K}; the time beside the dense causal kernel's on the same inputs.
+causal, N in {8K, 32K}; the time beside the dense causal kernel's on the same inputs. The inputs are random,
+so at the default similarity gate every query block is non-similar and the sampled_rows and error-target
+estimates are skipped (their rows time the gated path); bench_whole_call.py --error-target times the
+error target with every block similar.
 
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --commit $(git rev-parse --short HEAD)
 """
