@@ -3,6 +3,7 @@
 // lengths. Reports the fraction of identical blocks (only exact ties may differ).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -25,7 +26,23 @@ struct PredictCase {
   float sim, cdf_or_topk;
   bool sink;
   int window_left = -1, window_right = -1;  // sliding window (-1: no limit)
+  // > 0: rows stored with this many extra channels (head_dim D inside rows of D + row_pad), so
+  // that a head dim that is not a multiple of 8 keeps the 16-byte strides cuda requires and
+  // Stage 1 reads it through its element path.
+  int64_t row_pad = 0;
 };
+
+// HostTensor::make with every row stored in D + row_pad channels (zeros after D) and the view's
+// head dim left at D.
+HostTensor make_padded_rows(const std::vector<float>& hnd, int64_t B, int64_t H, int64_t N, int64_t D,
+                            DType dtype, Layout layout, int64_t row_pad) {
+  std::vector<float> wide(size_t(B * H * N * (D + row_pad)), 0.0f);
+  for (int64_t r = 0; r < B * H * N; ++r)
+    std::copy(hnd.begin() + r * D, hnd.begin() + (r + 1) * D, wide.begin() + r * (D + row_pad));
+  HostTensor t = HostTensor::make(wide, B, H, N, D + row_pad, dtype, layout, 1);
+  t.view.head_dim = D;
+  return t;
+}
 
 workloads::Workload make_workload(const PredictCase& c, uint64_t seed) {
   return named_workload(c.workload, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, seed);
@@ -38,8 +55,8 @@ TEST_P(PredictVsReference, MasksAgreeExceptAtTies) {
   const PredictCase& c = GetParam();
   workloads::Workload w = make_workload(c, 11 + c.Nq);
   const int64_t B = w.batch, Hq = w.heads_q, Hkv = w.heads_kv, Nq = w.seq_q, Nk = w.seq_k, D = w.head_dim;
-  HostTensor q = HostTensor::make(w.q, B, Hq, Nq, D, c.dtype, c.layout, 1);
-  HostTensor k = HostTensor::make(w.k, B, Hkv, Nk, D, c.dtype, c.layout, 1);
+  HostTensor q = make_padded_rows(w.q, B, Hq, Nq, D, c.dtype, c.layout, c.row_pad);
+  HostTensor k = make_padded_rows(w.k, B, Hkv, Nk, D, c.dtype, c.layout, c.row_pad);
 
   SparseOptions opts;
   opts.causal = c.causal;
@@ -79,6 +96,13 @@ const PredictCase kPredictCases[] = {
     // Sliding windows: Stage 1 chooses among the blocks inside the window only.
     {"llm", 4, 2, 2000, 2000, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.95f, true, 512, -1},
     {"random", 2, 2, 300, 1000, 64, DType::kFloat16, Layout::kNHD, false, CausalAlign::kBottomRight, SelectMode::kTopK, -0.5f, 0.5f, true, 200, 70},
+    // Head dims the 16-byte chunks cover unevenly: 40 (five chunks on eight lanes), 256 (a warp
+    // per row), 16 (two chunks), and 36 and 20 in padded rows (the element path).
+    {"video", 2, 2, 1000, 1000, 40, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.9f, false},
+    {"llm", 2, 1, 777, 777, 256, DType::kBFloat16, Layout::kNHD, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.95f, true},
+    {"random", 2, 2, 300, 500, 16, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.5f, false},
+    {"video", 2, 2, 1000, 1000, 36, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.9f, false, -1, -1, 4},
+    {"llm", 2, 1, 500, 700, 20, DType::kFloat16, Layout::kHND, true, CausalAlign::kBottomRight, SelectMode::kTopK, 0.3f, 0.3f, false, -1, -1, 4},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictVsReference, ::testing::ValuesIn(kPredictCases));
 
