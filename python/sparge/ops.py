@@ -302,7 +302,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
                              "positions: pass window_left=-1 and window_right=-1 with a "
                              "token_grid")
         # The gathers (and the output's inverse) are one strided copy each through the library's
-        # permute_tokens; the full gather indices are built only for an attn_mask.
+        # permute_tokens; the full gather indices, cached with the order, serve an attn_mask only.
         order, gather_q = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
         gather_k = _hilbert_gathers(kh.shape[2], token_grid, grid_offset, kh.device)[1]
         qh, kh, vh = (torch.ops.sparge.permute_tokens(t, order, grid_offset, False)

@@ -38,7 +38,7 @@ struct AttnTraitsSm90Ws {
   // (P <= 256, well in range of bf16 and fp16, whose relative precision does not depend on the
   // magnitude), so that O is rescaled on few turns (OnlineSoftmax; 0: whenever the max moves,
   // which a random row at N 8K does on about half of its turns). Measured at d128 +1.1% (N 8K)
-  // and +1.9% (32K), at d64 -1.5% (its three-block turns rescale less often anyway, and the
+  // and +1.9% (32K), at d64 -1.6% to -1.7% (its three-block turns rescale less often anyway, and the
   // base's compare and selects come on top), so d64 keeps 0
   // (bench/results/2026-12-04_NVIDIA-H200_issue9-close_check.md).
   static constexpr int kLazyRescaleLog2 = kHeadDim == 64 ? 0 : 8;
