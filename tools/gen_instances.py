@@ -19,8 +19,9 @@ OUT = ROOT / "src" / "cuda" / "instances"
 # consumers hold the 128-register O accumulator under setmaxnreg 240 (traits_sm90_ws.cuh). The
 # mma.sync kernel's 32 rows per warp would need 256 accumulator registers per thread; the
 # single-role wgmma kernel is not extended (sm_90 runs it only under SPARGE_CUDA_KERNEL=sm90).
-# The quantized kernel (INT8 Q·Kᵀ, FP8 P·V) has head dim 128 only so far (traits_sm90_q8.cuh).
-HEAD_DIMS = {"sm80": [64, 128], "sm90": [64, 128], "sm90ws": [64, 128, 256], "sm90q8": [128]}
+# The quantized kernel (INT8 Q·Kᵀ, FP8 P·V) has head dims 64 and 128: its 8-bit rows are one SW64
+# or SW128 swizzle row (traits_sm90_q8.cuh).
+HEAD_DIMS = {"sm80": [64, 128], "sm90": [64, 128], "sm90ws": [64, 128, 256], "sm90q8": [64, 128]}
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 # "banded": rows see a band of keys (causal, a sliding window or both): element masks on the
 # tiles that cross its edges; "dense": every key.

@@ -406,19 +406,20 @@ QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s) {
 }
 
 // Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
-// then the quantized kernel (attn_fwd_sm90_q8: sm_90a, head dim 128 for now).
+// then the quantized kernel (attn_fwd_sm90_q8: sm_90a, head dims 64 and 128).
 Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
                            const AttnParams& a, const ExecContext& ctx) {
   if (kernel != Kernel::kSm90Ws)
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
                                    "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why, ")"));
-  if (p.shape.head_dim != 128)
-    return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda takes q.head_dim 128 for now, got ",
-                                   p.shape.head_dim, " (use quant kNone, or the cpu backends)"));
+  const int64_t D = p.shape.head_dim;
+  if (D != 64 && D != 128)
+    return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda takes q.head_dim 64 or 128, got ", D,
+                                   " (use quant kNone, or the cpu backends)"));
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   const bool banded = p.band().limited();
-  if (!compiled(128, bf16, banded))
-    return Status::unsupported(cat("quantized attention instance (head_dim 128, ", bf16 ? "bf16" : "fp16",
+  if (!compiled(int(D), bf16, banded))
+    return Status::unsupported(cat("quantized attention instance (head_dim ", D, ", ", bf16 ? "bf16" : "fp16",
                                    banded ? ", banded" : ", dense", ") is not compiled (SPARGE_FAST_BUILD=ON)"));
   const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
@@ -442,11 +443,15 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
 #if SPARGE_FAST_BUILD
   return launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
 #else
-  if (bf16)
-    return banded ? launch_attn_sm90q8<__nv_bfloat16, 128, true>(a, q8, stream)
-                  : launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
-  return banded ? launch_attn_sm90q8<__half, 128, true>(a, q8, stream)
-                : launch_attn_sm90q8<__half, 128, false>(a, q8, stream);
+  const auto by_type = [&](auto head_dim) {
+    constexpr int kD = decltype(head_dim)::value;
+    if (bf16)
+      return banded ? launch_attn_sm90q8<__nv_bfloat16, kD, true>(a, q8, stream)
+                    : launch_attn_sm90q8<__nv_bfloat16, kD, false>(a, q8, stream);
+    return banded ? launch_attn_sm90q8<__half, kD, true>(a, q8, stream)
+                  : launch_attn_sm90q8<__half, kD, false>(a, q8, stream);
+  };
+  return D == 64 ? by_type(std::integral_constant<int, 64>{}) : by_type(std::integral_constant<int, 128>{});
 #endif
 }
 

@@ -31,13 +31,13 @@ struct QCase {
   float lambda = INFINITY;
   float sink = 0.0f;  // > 0: channel 0 of every query and of block 0's keys (see test_attention.cc)
   int window_left = -1, window_right = -1;
+  int64_t D = 128;  // head dim: 64 or 128 (the kernel's instances)
 };
-constexpr int64_t kD = 128;
 
 std::string name(const QCase& c) {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "B%ld_H%ld/%ld_Nq%ld_Nk%ld_%s_%s_%s%s_keep%.2f_lambda%g_win%d,%d",
-                long(c.B), long(c.Hq), long(c.Hkv), long(c.Nq), long(c.Nk),
+  std::snprintf(buf, sizeof buf, "B%ld_H%ld/%ld_Nq%ld_Nk%ld_D%ld_%s_%s_%s%s_keep%.2f_lambda%g_win%d,%d",
+                long(c.B), long(c.Hq), long(c.Hkv), long(c.Nq), long(c.Nk), long(c.D),
                 c.dtype == DType::kBFloat16 ? "bf16" : "fp16",
                 c.layout == Layout::kHND ? "HND" : "NHD", c.causal ? "causal" : "full",
                 c.causal ? (c.align == CausalAlign::kTopLeft ? "TL" : "BR") : "", c.keep, c.lambda,
@@ -46,10 +46,11 @@ std::string name(const QCase& c) {
 }
 
 // Whether this process runs the quantized kernel: where sm90ws runs; SPARGE_FAST_BUILD keeps the
-// bf16 dense instance only.
+// bf16 dense instance of head dim 128 only.
 bool quant_runs(const QCase& c) {
   const bool banded = c.causal || c.window_left >= 0 || c.window_right >= 0;
-  return sm90ws_runs() && (!SPARGE_FAST_BUILD || (c.dtype == DType::kBFloat16 && !banded));
+  return sm90ws_runs() &&
+         (!SPARGE_FAST_BUILD || (c.dtype == DType::kBFloat16 && !banded && c.D == 128));
 }
 
 SparseOptions options(const QCase& c, QuantMode quant) {
@@ -72,16 +73,16 @@ struct QResult {
 
 QResult run(const QCase& c, uint64_t seed) {
   QResult res;
-  std::vector<float> qv = gaussian(c.B * c.Hq * c.Nq * kD, seed);
-  std::vector<float> kv = gaussian(c.B * c.Hkv * c.Nk * kD, seed + 1);
+  std::vector<float> qv = gaussian(c.B * c.Hq * c.Nq * c.D, seed);
+  std::vector<float> kv = gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 1);
   if (c.sink > 0) {
-    for (size_t i = 0; i < qv.size(); i += kD) qv[i] = c.sink;
-    for (size_t i = 0; i < kv.size(); i += kD) kv[i] = int64_t(i / kD) % c.Nk < 64 ? c.sink : 0.0f;
+    for (size_t i = 0; i < qv.size(); i += c.D) qv[i] = c.sink;
+    for (size_t i = 0; i < kv.size(); i += c.D) kv[i] = int64_t(i / c.D) % c.Nk < 64 ? c.sink : 0.0f;
   }
   const int64_t pad = 3;
-  HostTensor q = HostTensor::make(qv, c.B, c.Hq, c.Nq, kD, c.dtype, c.layout, pad);
-  HostTensor k = HostTensor::make(kv, c.B, c.Hkv, c.Nk, kD, c.dtype, c.layout, pad);
-  HostTensor v = HostTensor::make(gaussian(c.B * c.Hkv * c.Nk * kD, seed + 2), c.B, c.Hkv, c.Nk, kD,
+  HostTensor q = HostTensor::make(qv, c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout, pad);
+  HostTensor k = HostTensor::make(kv, c.B, c.Hkv, c.Nk, c.D, c.dtype, c.layout, pad);
+  HostTensor v = HostTensor::make(gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 2), c.B, c.Hkv, c.Nk, c.D,
                                   c.dtype, c.layout, pad);
   HostBlockMask hmask =
       random_mask(c.B, c.Hq, c.Nq, c.Nk, c.causal, c.align, c.keep, c.empty_every, seed);
@@ -90,7 +91,7 @@ QResult run(const QCase& c, uint64_t seed) {
   DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
                dv = DeviceTensor::upload(v);
   DeviceTensor dout =
-      DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, kD, c.dtype, c.layout));
+      DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, c.dtype, c.layout));
   DeviceMask dmask = DeviceMask::upload(hmask);
   DeviceBuffer dcounters(sizeof(unsigned long long) * 2 * c.Hq),
       dlse(sizeof(float) * c.B * c.Hq * c.Nq);
@@ -112,13 +113,13 @@ QResult run(const QCase& c, uint64_t seed) {
   ExecContext ref_ctx;
   ref_ctx.backend = Backend::kReference;
   std::vector<unsigned long long> ref_counters(2 * c.Hq, 0);
-  HostTensor emu = HostTensor::poisoned(c.B, c.Hq, c.Nq, kD, DType::kFloat32, Layout::kHND);
+  HostTensor emu = HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, DType::kFloat32, Layout::kHND);
   std::vector<float> ref_lse(c.B * c.Hq * c.Nq, NAN);
   AttentionExtras ref_extras{ref_lse.data(), ref_counters.data()};
   Status st = block_sparse_attention(q32.view, k32.view, v32.view, hmask.view(), qopts, emu.view,
                                      ref_extras, ref_ctx);
   EXPECT_TRUE(st.is_ok()) << st.message();
-  HostTensor exact = HostTensor::poisoned(c.B, c.Hq, c.Nq, kD, DType::kFloat32, Layout::kHND);
+  HostTensor exact = HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, DType::kFloat32, Layout::kHND);
   st = block_sparse_attention(q32.view, k32.view, v32.view, hmask.view(),
                               options(c, QuantMode::kNone), exact.view, {}, ref_ctx);
   EXPECT_TRUE(st.is_ok()) << st.message();
@@ -174,9 +175,12 @@ TEST_P(QuantAttention, MatchesTheCpuEmulationOnSm90AndIsRefusedElsewhere) {
   std::fflush(stdout);
   EXPECT_FALSE(r.nan) << name(c);
   // The GPU and the emulation share the codes; they differ by the exponentials (ex2.approx vs
-  // exact), a turn of two blocks vs one block per step (another running max, so P rounds to e4m3
-  // at other points), and fp32 vs double sums.
-  EXPECT_LE(r.vs_emulation, 1e-2) << name(c);
+  // exact), a turn of two blocks (d128) or three (d64) vs one block per step (another running
+  // max, so P rounds to e4m3 at other points), and fp32 vs double sums. Measured on the H200:
+  // 0.7-0.9e-2 at d128, 0.9-1.2e-2 at d64 (its longer turns move the max less often), while both
+  // head dims sit at 0.035-0.037 from exact attention (below): the gap is where P rounds, not a
+  // worse result.
+  EXPECT_LE(r.vs_emulation, c.D == 64 ? 1.5e-2 : 1e-2) << name(c);
   // Against exact attention: INT8 Q/K and FP8 V and P (docs/method.md measures ~0.03 on random
   // inputs with fp32 P).
   EXPECT_LE(r.vs_exact, 6e-2) << name(c);
@@ -201,19 +205,34 @@ const QCase kQuantCases[] = {
      INFINITY, 0.0f, 300, -1},
     {1, 2, 1, 1000, 2000, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.8, 0,
      8.0f, 16.0f},
+    // Head dim 64 (SW64 Q and K tiles, three key blocks per turn): the same features.
+    {1, 2, 2, 1000, 1000, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0,
+     INFINITY, 0.0f, -1, -1, 64},
+    {1, 1, 1, 1, 1, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, 1.0, 0, INFINITY,
+     0.0f, -1, -1, 64},
+    {2, 4, 2, 333, 1234, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.6, 4,
+     INFINITY, 0.0f, -1, -1, 64},
+    {1, 4, 1, 1000, 777, DType::kBFloat16, Layout::kNHD, true, CausalAlign::kBottomRight, 1.0, 0,
+     INFINITY, 0.0f, -1, -1, 64},
+    {1, 2, 2, 777, 1000, DType::kFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 0.7, 3,
+     INFINITY, 0.0f, -1, -1, 64},
+    {1, 2, 1, 1000, 1000, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, 1.0, 0,
+     INFINITY, 0.0f, 300, -1, 64},
+    {1, 2, 1, 1000, 2000, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.8, 0,
+     8.0f, 16.0f, -1, -1, 64},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, QuantAttention, ::testing::ValuesIn(kQuantCases));
 
-// The quantized kernel has head dim 128 only: another is refused naming the argument, as is a
-// workspace too small for the quantization pass's buffers.
-TEST(QuantAttentionArgs, RefusesHeadDim64AndASmallWorkspace) {
+// The quantized kernel has head dims 64 and 128: another (256) is refused naming the argument,
+// as is a workspace too small for the quantization pass's buffers.
+TEST(QuantAttentionArgs, RefusesHeadDim256AndASmallWorkspace) {
   SPARGE_SKIP_WITHOUT_GPU();
   const QCase c{1,   2, 2, 200, 200, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft,
                 1.0, 0};
   if (!quant_runs(c))
     GTEST_SKIP() << "the quantized kernel does not run here (QuantAttention checks the refusal)";
   SparseOptions opts = options(c, QuantMode::kInt8Fp8);
-  for (const int64_t D : {int64_t(64), kD}) {
+  for (const int64_t D : {int64_t(256), int64_t(128)}) {
     HostTensor q = HostTensor::make(gaussian(2 * 200 * D, 1), 1, 2, 200, D, c.dtype, c.layout);
     DeviceTensor dq = DeviceTensor::upload(q);
     DeviceTensor dout = DeviceTensor::upload(HostTensor::poisoned(1, 2, 200, D, c.dtype, c.layout));
@@ -223,10 +242,10 @@ TEST(QuantAttentionArgs, RefusesHeadDim64AndASmallWorkspace) {
     DeviceBuffer ws(bytes);
     ExecContext ctx;
     ctx.workspace = ws.get();
-    ctx.workspace_bytes = D == 64 ? bytes : 64;
+    ctx.workspace_bytes = D == 256 ? bytes : 64;
     const Status st =
         block_sparse_attention(dq.view, dq.view, dq.view, dmask.mask, opts, dout.view, {}, ctx);
-    if (D == 64) {
+    if (D == 256) {
       EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
       EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
     } else {

@@ -172,11 +172,12 @@ def _quantized_runs_here():
     return (major, minor) == (9, 0) and 256 in sparge.CUDA_HEAD_DIMS  # 256: the build has sm_90a
 
 
-def test_quantized_on_cuda_matches_the_cpu_emulation():
-    # quantized=True on CUDA: the INT8/FP8 kernel on sm_90 (head dim 128), compared with the CPU
-    # backends' emulation of the same number rules (tests/cuda/test_attention_quant.cc covers
-    # the shapes); elsewhere a NotImplementedError naming the option.
-    q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=128,
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_quantized_on_cuda_matches_the_cpu_emulation(head_dim):
+    # quantized=True on CUDA: the INT8/FP8 kernel on sm_90 (head dims 64 and 128), compared with
+    # the CPU backends' emulation of the same number rules (tests/cuda/test_attention_quant.cc
+    # covers the shapes); elsewhere a NotImplementedError naming the option.
+    q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=head_dim,
                        dtype=torch.bfloat16, seed=11)
     kw = dict(is_causal=True, return_stats=True, quantized=True, **dense_options())
     if not _quantized_runs_here():

@@ -2,16 +2,16 @@
 // pipeline of MainloopSm90Tma (producer thread, kStages ring of turns, TurnSlots, ping-pong of
 // the consumers' GEMMs, P·V of turn t-1 under the softmax of turn t, the λ rule per turn) on the
 // quantization pass's buffers (common/quant_layout.h):
-//   S = Q8·K8ᵀ in s32 (m64n128k32 s8 wgmma), exact in fp32, times s_q(row) · s_k(16 keys) ·
+//   S = Q8·K8ᵀ in s32 (m64nNk32 s8 wgmma, N the turn's keys), exact in fp32, times s_q(row) · s_k(16 keys) ·
 //   scale · log2 e: the scores in log2 units the exact kernel's softmax takes (λ rule, masks and
 //   NaN handling are its code);
-//   P = 448 · 2^(t - m) rounded to e4m3, O += P·V8 (m64n128k32 e4m3 wgmma), V's per-channel
+//   P = 448 · 2^(t - m) rounded to e4m3, O += P·V8 (m64nDk32 e4m3 wgmma), V's per-channel
 //   scale applied once in the epilogue (O is linear in V).
-// Two-level accumulation: a turn's P·V (128 keys, four k32 steps) starts from zero in its own
+// Two-level accumulation: a turn's P·V (its keys in k32 steps) starts from zero in its own
 // registers and is added to O in fp32 afterwards (O = O·alpha + turn, one FFMA per element,
 // where the exact kernel multiplies O by alpha anyway). The FP8 wgmma keeps a narrower
 // accumulator than fp32 (SageAttention2: 22 bits), so summing a whole row's keys in it would
-// lose precision with the sequence's length; per turn it sums 128 products.
+// lose precision with the sequence's length; per turn it sums 128 (d128) or 192 (d64) products.
 #pragma once
 
 #include <cstdint>
@@ -83,8 +83,18 @@ struct MainloopSm90Q8 {
   }
 
   // ---- consumer (one warpgroup) ---------------------------------------------------------
+  // Descriptor of a Q or K tile at `addr`: 8-row swizzle atoms one after the other (the leading
+  // offset is unused: a k32 step stays inside one swizzle row).
+  static __device__ uint64_t qk_desc(uint32_t addr) {
+    if constexpr (Traits::kQkRowBytes == kSw128RowBytes)
+      return sw128_desc(addr, 16, kSw128AtomBytes);
+    else
+      return sw64_desc(addr, kSw64AtomBytes);
+  }
+
   // S (s32) = Q8·K8ᵀ over the turn's keys, issued: kHeadDim/32 k32 steps of 32 bytes inside the
-  // one 128-byte SW128 row of Q and K.
+  // one swizzle row of Q and K (advancing the start address is how a k step moves inside a
+  // swizzled row: the hardware swizzles the addresses it forms).
   static __device__ void issue_qk(RawScores& s, uint64_t dq, uint64_t dk) {
     auto& d = reinterpret_cast<uint32_t(&)[kBlocks * kNTiles][4]>(s);
 #pragma unroll
@@ -228,9 +238,8 @@ struct MainloopSm90Q8 {
     for (int r = 0; r < 2; ++r)
       qf[r] = rows.row_exists[r] ? qs[rows.row_g + 8 * r] * p.scale_log2 : 0.0f;
     const float* ks = params.k_scale + (int64_t(w.b) * p.heads_kv + w.hk) * params.k_groups;
-    const uint64_t dq =
-        sw128_desc(smem_addr(smem.q) + consumer * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
-    const uint64_t dk0 = sw128_desc(smem_addr(smem.k[0]), 16, kSw128AtomBytes);
+    const uint64_t dq = qk_desc(smem_addr(smem.q) + consumer * 64 * Traits::kQkRowBytes);
+    const uint64_t dk0 = qk_desc(smem_addr(smem.k[0]));
     const uint64_t dv0 = sw64_desc(smem_addr(smem.v[0][0]), kSw64AtomBytes);
     const MmaTurn<Traits> turn{consumer};
     turn.start();

@@ -22,10 +22,12 @@ struct AttnTraitsSm90Q8 {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = 64;
-  // Two 64-key blocks per turn, as the bf16 kernel at d128: S is an m64n128 s32 accumulator (64
-  // registers), P 16 (e4m3), O 64 and the turn's P·V result 64 (the two-level accumulation
-  // below): 208 of the 240 registers.
-  static constexpr int kBlocksPerTurn = 2;
+  // Keys per turn as in the bf16 kernel (traits_sm90_ws.cuh): two 64-key blocks at d128, where S
+  // is an m64n128 s32 accumulator (64 registers), P 16 (e4m3), O 64 and the turn's P·V result
+  // 64 (the two-level accumulation below): 208 of the 240 registers; three at d64, where a
+  // turn's softmax (per key, the same work at either head dim) must hide behind GEMMs half as
+  // long: S 96, P 24, O 32, the turn's P·V 32.
+  static constexpr int kBlocksPerTurn = kHeadDim == 64 ? 3 : 2;
   // Two-level accumulation (mainloop_sm90_q8.cuh): each turn's P·V in its own registers, added to
   // O in fp32. Without it (P·V straight into O, rescaled as in the bf16 kernel) the error against
   // fp32 grew from 0.0383 at N 8K to 0.0390 at 32K, with it 0.0382 to 0.0387; speed within
@@ -46,14 +48,17 @@ struct AttnTraitsSm90Q8 {
   static constexpr int kMinBlocksPerSm = 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  // Q and K rows are kHeadDim bytes: one SW128 row at d128 (the only head dim for now: d64
-  // rows of 64 bytes need the SW64 layout for Q and K as well).
+  // Q and K rows are kHeadDim bytes: one SW128 row at d128, one SW64 row at d64 (the swizzle
+  // whose row is the whole 8-bit row; the TMA boxes and the wgmma descriptors follow it).
+  static constexpr int kQkRowBytes = kHeadDim;
+  static constexpr int kQkAtomBytes = 8 * kQkRowBytes;  // 8 rows: the swizzle period
   static constexpr int kQBytes = kBlockM * kHeadDim;
   static constexpr int kKStageBytes = kTurnN * kHeadDim;
   // V8 of one block: kHeadDim channel rows of 64 keys (64 bytes): an SW64 tile, one TMA box.
   static constexpr int kVBlockBytes = kHeadDim * kBlockN;
   static constexpr int kVStageBytes = kBlocksPerTurn * kVBlockBytes;
-  // Half the bytes per key of the bf16 kernel: four stages (512 keys in flight) in 146 KiB.
+  // Half the bytes per key of the bf16 kernel: four stages (512 keys in flight at d128, 768 at
+  // d64) in 146 KiB / 104 KiB.
   static constexpr int kStages = 4;
   static constexpr int kSmemBytes =
       kQBytes + kStages * (kKStageBytes + kVStageBytes) + 2 * kSw128AtomBytes;
@@ -62,7 +67,9 @@ struct AttnTraitsSm90Q8 {
   // so the factor cancels in O = acc / l.
   static constexpr float kProbLog2Scale = 8.807354922057604f;  // log2(448)
 
-  static_assert(kHeadDim == 128, "the quantized kernel is written for head dim 128 for now");
+  static_assert(kHeadDim == 64 || kHeadDim == 128,
+                "the quantized kernel is written for head dims 64 and 128 (8-bit rows of one "
+                "SW64 / SW128 swizzle row)");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
 };
@@ -80,7 +87,7 @@ struct AttnParamsSm90Q8 {
   int k_groups;          // ⌈seq_k / 16⌉
 };
 
-// Shared memory: Q and K as SW128 tiles of 128-byte rows (K of a stage: block i of the turn in
+// Shared memory: Q and K as swizzled tiles of kHeadDim-byte rows (K of a stage: block i of the turn in
 // rows 64i..64i+63), V8 as one SW64 tile per block (channel rows of 64 keys), barriers and turn
 // slots as in SharedStorageSm90Ws.
 template <typename Traits>

@@ -1,6 +1,6 @@
 // The 8-bit sm_90a warpgroup tensor-core primitives of the quantized attention kernel
-// (attn_fwd_sm90_q8): INT8 Q·Kᵀ (s8·s8 -> s32, both operands K-major SW128 tiles in shared
-// memory), FP8 P·V (e4m3·e4m3 -> f32, P from registers, V K-major in 64-byte-swizzled tiles),
+// (attn_fwd_sm90_q8): INT8 Q·Kᵀ (s8·s8 -> s32, both operands K-major in shared memory: SW128
+// tiles of 128-byte rows at head dim 128, SW64 tiles of 64-byte rows at 64), FP8 P·V (e4m3·e4m3 -> f32, P from registers, V K-major in 64-byte-swizzled tiles),
 // the SW64 descriptor, the exact s32 -> f32 conversion of the scores and the e4m3 packing of P.
 //
 // An 8-bit wgmma takes k = 32 per instruction: 32 bytes of a K-major row, as the 16-bit k16
@@ -54,6 +54,7 @@ __device__ __forceinline__ uint32_t pack_e4m3x2(float lo, float hi) {
   SPARGE_R4(a, i), SPARGE_R4(a, i + 4), SPARGE_R4(a, i + 8), SPARGE_R4(a, i + 12)
 #define SPARGE_RACC32(a) SPARGE_R16(a, 0), SPARGE_R16(a, 16)
 #define SPARGE_RACC64(a) SPARGE_RACC32(a), SPARGE_R16(a, 32), SPARGE_R16(a, 48)
+#define SPARGE_RACC96(a) SPARGE_RACC64(a), SPARGE_R16(a, 64), SPARGE_R16(a, 80)
 #define SPARGE_F4(a, i) "+f"(a[i]), "+f"(a[i + 1]), "+f"(a[i + 2]), "+f"(a[i + 3])
 #define SPARGE_F16(a, i) \
   SPARGE_F4(a, i), SPARGE_F4(a, i + 4), SPARGE_F4(a, i + 8), SPARGE_F4(a, i + 12)
@@ -68,12 +69,22 @@ __device__ __forceinline__ uint32_t pack_e4m3x2(float lo, float hi) {
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "  \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
+#define SPARGE_OPS96 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
+  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, " \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, " \
+  "%70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, " \
+  "%87, %88, %89, %90, %91, %92, %93, %94, %95}"
+
 // d[64×N] (+)= A[64×32] · B[N×32]ᵀ in s32, both s8 and K-major in shared memory; N = 64 or
-// 128 keys. accumulate = false overwrites d (the first k step).
+// 128 or 192 keys (one to three key blocks of a turn). accumulate = false overwrites d (the
+// first k step).
 template <int N>
 __device__ __forceinline__ void wgmma_m64nNk32_s8_ss(uint32_t (&d)[N / 8][4], uint64_t desc_a,
                                                      uint64_t desc_b, bool accumulate) {
-  static_assert(N == 64 || N == 128, "INT8 Q·Kᵀ wgmma is instantiated for 64 and 128 keys");
+  static_assert(N == 64 || N == 128 || N == 192,
+                "INT8 Q·Kᵀ wgmma is instantiated for 64, 128 and 192 keys");
   uint32_t(&r)[N / 2] = reinterpret_cast<uint32_t(&)[N / 2]>(d);
   if constexpr (N == 64)
     asm volatile(
@@ -81,11 +92,17 @@ __device__ __forceinline__ void wgmma_m64nNk32_s8_ss(uint32_t (&d)[N / 8][4], ui
         " wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 " SPARGE_OPS32 ", %32, %33, p;\n}\n"
         : SPARGE_RACC32(r)
         : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
-  else
+  else if constexpr (N == 128)
     asm volatile(
         "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
         " wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 " SPARGE_OPS64 ", %64, %65, p;\n}\n"
         : SPARGE_RACC64(r)
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
+  else
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %98, 0;\n"
+        " wgmma.mma_async.sync.aligned.m64n192k32.s32.s8.s8 " SPARGE_OPS96 ", %96, %97, p;\n}\n"
+        : SPARGE_RACC96(r)
         : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
 }
 
@@ -116,11 +133,13 @@ __device__ __forceinline__ void wgmma_m64nNk32_e4m3_rs(float (&d)[N / 8][4], con
 #undef SPARGE_R16
 #undef SPARGE_RACC32
 #undef SPARGE_RACC64
+#undef SPARGE_RACC96
 #undef SPARGE_F4
 #undef SPARGE_F16
 #undef SPARGE_FACC32
 #undef SPARGE_FACC64
 #undef SPARGE_OPS32
 #undef SPARGE_OPS64
+#undef SPARGE_OPS96
 
 }  // namespace sparge::cuda

@@ -12,10 +12,10 @@ struct CompiledInstance {
 };
 
 inline constexpr CompiledInstance kCompiledInstances[] = {
-    {64, true, false, false, true, true, true, false},
-    {64, true, true, false, true, true, true, false},
-    {64, false, false, false, true, true, true, false},
-    {64, false, true, false, true, true, true, false},
+    {64, true, false, false, true, true, true, true},
+    {64, true, true, false, true, true, true, true},
+    {64, false, false, false, true, true, true, true},
+    {64, false, true, false, true, true, true, true},
     {128, true, false, true, true, true, true, true},
     {128, true, true, false, true, true, true, true},
     {128, false, false, false, true, true, true, true},
