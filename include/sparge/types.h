@@ -185,7 +185,9 @@ std::size_t mask_dtype_size(MaskDType t);
 //  - `key_lengths`: per batch entry, the number of leading keys every query may see (keys
 //    key_lengths[b] .. Nk - 1 are padding): [B] int32 in [0, Nk], on the tensors' device. The
 //    cheap form of a right-padded batch: no mask memory is read, and tiles are classified by
-//    arithmetic. The causal/window band keeps its alignment to the full Nk.
+//    arithmetic. The causal/window band keeps its alignment to the full Nk. The CUDA backend
+//    takes it (device memory; values outside [0, Nk] are clamped there, not checked) but no
+//    dense `data` yet.
 // A query row that sees no key gets zeros and lse = -inf (PyTorch >= 2.5's SDPA returns zeros for
 // such rows too). An additive -inf hides a key; any finite value, however negative, does not.
 struct AttentionMask {

@@ -83,13 +83,14 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o) 
   return w;
 }
 
-// The CUDA kernels take no attention mask yet: say so before anything runs on the device.
+// The CUDA backend takes key_lengths (Stage 1 and every kernel cut each batch entry's keys) but
+// no dense mask yet: say so before anything runs on the device.
 Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
-  if (attn_mask.empty()) return Status::ok();
+  if (attn_mask.data == nullptr) return Status::ok();
   return Status::unsupported(
-      "attn_mask: the CUDA backend does not take attention masks yet (a dense mask or "
-      "key_lengths); run the call on cpu tensors, or express the mask with causal, "
-      "window_left / window_right");
+      "attn_mask: the CUDA backend does not take dense attention masks yet (key_lengths it "
+      "does); run the call on cpu tensors, or express the mask with key_lengths (right "
+      "padding), causal and window_left / window_right");
 }
 
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
@@ -267,7 +268,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage
   rest.workspace = base + layout.stage1;
   rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
-  const detail::Problem p = make_problem(q, k, v, opts);
+  const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest, extras.stage1));
   return cuda::attention(p, mask, o, extras, rest);
 }

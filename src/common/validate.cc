@@ -321,7 +321,8 @@ Status validate_attn_mask(const AttentionMask& m, const TensorView& q, const Ten
                                  m.stride_q, ", ", m.stride_k, ") reach element ", last,
                                  " but the buffer holds ", m.capacity, " elements"));
   }
-  // Device key lengths are the backend's to read (CUDA rejects masks for now); host ones here.
+  // Host key lengths are checked here; device ones would need a copy: the CUDA kernels clamp
+  // them to [0, k.tokens] (cuda/attention/params.h, cuda/predict/params.h).
   if (m.key_lengths != nullptr && m.device == Device::kCPU)
     for (int64_t b = 0; b < q.batch; ++b)
       if (m.key_lengths[b] < 0 || m.key_lengths[b] > k.tokens)

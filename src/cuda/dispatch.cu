@@ -326,6 +326,7 @@ AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const Tens
   a.heads_kv = int(p.shape.heads_kv);
   a.seq_q = int(p.shape.seq_q);
   a.seq_k = int(p.shape.seq_k);
+  a.key_lengths = p.attn_mask.key_lengths;  // device memory (validate_attn_mask: the tensors' device)
   a.group = int(p.shape.heads_q / p.shape.heads_kv);
   // key - row lies in [-(seq_q - 1), seq_k - 1]: clamped there, the band's ends fit an int and
   // an unbounded end stays out of reach (geometry.h; < 2^31 is checked by check_sizes).
@@ -360,6 +361,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.heads_kv = int(p.shape.heads_kv);
   s.group = int(p.shape.heads_q / p.shape.heads_kv);
   s.seq_q = int(p.shape.seq_q);
+  s.key_lengths = p.attn_mask.key_lengths;
   s.seq_k = int(p.shape.seq_k);
   s.head_dim = int(p.shape.head_dim);
   s.block_q = mask.block_q;

@@ -388,29 +388,47 @@ TEST(AttnMaskValidation, MessagesNameTheArgument) {
   EXPECT_TRUE(sparse_attention(t.q, t.q, t.q, AttentionMask{}, with_target, t.o).is_ok());
 }
 
-TEST(AttnMaskValidation, CudaBackendRefusesMasksNamingTheArgument) {
+TEST(AttnMaskValidation, CudaBackendRefusesDenseMasksNamingTheArgument) {
   alignas(16) static float buf[2 * 2 * 8 * 8] = {};
   alignas(16) static float out[2 * 2 * 8 * 8] = {};
+  alignas(16) static uint8_t allowed[2 * 8 * 8] = {};
   TensorView q = TensorView::contiguous(buf, DType::kBFloat16, Layout::kHND, 2, 2, 8, 8,
                                         Device::kCUDA);
   TensorView o = TensorView::contiguous(out, DType::kBFloat16, Layout::kHND, 2, 2, 8, 8,
                                         Device::kCUDA);
   const int32_t lengths[2] = {8, 4};
-  AttentionMask m;
-  m.key_lengths = lengths;
-  m.device = Device::kCUDA;
+  AttentionMask dense;  // [2, 1, 8, 8] bool
+  dense.data = allowed;
+  dense.device = Device::kCUDA;
+  dense.batch = 2;
+  dense.seq_q = 8;
+  dense.seq_k = 8;
+  dense.stride_batch = 64;
+  dense.stride_q = 8;
+  AttentionMask padding;  // key_lengths alone: the CUDA backend takes it
+  padding.key_lengths = lengths;
+  padding.device = Device::kCUDA;
   const SparseOptions opts;
   HostBlockMask host(2, 2, 8, 8, opts.block_q, opts.block_k);
   BlockMask bm = host.view();
   bm.device = Device::kCUDA;
-  const Status calls[] = {sparse_attention(q, q, q, m, opts, o),
-                          block_sparse_attention(q, q, q, m, bm, opts, o),
-                          predict_block_mask(q, q, q, m, opts, bm)};
-  for (const Status& s : calls) {
-    EXPECT_EQ(s.code(), StatusCode::kUnsupported);
-    EXPECT_EQ(message(s).rfind("attn_mask: the CUDA backend does not take attention masks", 0),
-              0u)
-        << message(s);
+  for (const AttentionMask& m : {dense, padding}) {
+    // With key_lengths alone only the calls that need a workspace (none is given) are made: on a
+    // machine with a GPU they stop at that check, before a kernel would read these host buffers.
+    std::vector<Status> calls = {sparse_attention(q, q, q, m, opts, o),
+                                 predict_block_mask(q, q, q, m, opts, bm)};
+    if (m.data != nullptr) calls.push_back(block_sparse_attention(q, q, q, m, bm, opts, o));
+    for (const Status& s : calls) {
+      const bool refused_mask =
+          message(s).rfind("attn_mask: the CUDA backend does not take dense attention masks", 0) == 0;
+      if (m.data != nullptr) {
+        EXPECT_EQ(s.code(), StatusCode::kUnsupported);
+        EXPECT_TRUE(refused_mask) << message(s);
+      } else {  // refused here for another reason (no GPU, no CUDA backend, a host pointer)
+        EXPECT_FALSE(s.is_ok());
+        EXPECT_FALSE(refused_mask) << message(s);
+      }
+    }
   }
 }
 

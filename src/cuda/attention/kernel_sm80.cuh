@@ -35,6 +35,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   // tail of the grid is short (harmless for a window, whose rows are all alike).
   const int qb = kBanded ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
+  // Keys past key_end (seq_k, or the batch entry's key length) are loaded as zeros and masked,
+  // so that a padding key adds no p·v term even where its v row is not finite.
+  const int key_end = key_end_of(p, b);
   const int hk = h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q0 = qb * Traits::kBlockM;
@@ -59,7 +62,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   BlockIter tiles(p, (int64_t(b) * p.heads_q + h) * p.num_q_blocks + qb);
   load_tile_async<Traits, Traits::kBlockM>(sQ, gQ, p.q_stride[2], q0, p.seq_q);
   if (!tiles.done())
-    load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, p.seq_k);
+    load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, key_end);
   cp_async_commit();
 
   OnlineSoftmax<kNTiles> softmax[kSlabs];
@@ -76,17 +79,17 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     const int key0 = tiles.block() * Traits::kBlockN;
     cp_async_wait_all();
     __syncthreads();  // K[t] landed; every warp is done with V[t-1]
-    load_tile_async<Traits, Traits::kBlockN>(sV, gV, p.v_stride[2], key0, p.seq_k);
+    load_tile_async<Traits, Traits::kBlockN>(sV, gV, p.v_stride[2], key0, key_end);
     cp_async_commit();
 
     ScoreTile<Traits> s;  // S = Q·Kᵀ, raw
     gemm_qk<Traits>(sQ, sK, warp, lane, s);
-    const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, q0);
+    const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key_end, key0, q0);
     ProbTile<Traits> prob;
     int run_mask = 0;  // bit j: slab j computes P·V for this tile (warp-uniform)
 #pragma unroll
     for (int j = 0; j < kSlabs; ++j) {
-      if (needs_mask) apply_mask<Traits, kBanded>(s[j], p, row_g[j], key0, lane);
+      if (needs_mask) apply_mask<Traits, kBanded>(s[j], p, key_end, row_g[j], key0, lane);
       float m_loc[2];
       OnlineSoftmax<kNTiles>::tile_max(s[j], scale_log2, m_loc);
       const bool skip = softmax[j].slab_skips(m_loc, row_exists[j], lambda);
@@ -105,7 +108,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     __syncthreads();  // V[t] landed; every warp is done with K[t]
     tiles.next();
     if (!tiles.done())
-      load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, p.seq_k);
+      load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, key_end);
     cp_async_commit();
     // O += P·V for the slabs that did not skip.
     if (run_mask == 3)

@@ -49,6 +49,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   // tail of the grid is short (harmless for a window, whose rows are all alike).
   const int qb = kBanded ? p.num_q_blocks - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
+  // Keys past key_end (seq_k, or the batch entry's key length) are loaded as zeros and masked,
+  // so that a padding key adds no p·v term even where its v row is not finite.
+  const int key_end = key_end_of(p, b);
   const int hk = h / p.group;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int q0 = qb * Traits::kBlockM;
@@ -86,8 +89,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     // sets alpha (1 when the warp skips: its rows keep m, l and O).
     bool warp_skips = false;
     auto scores_to_probs = [&](int key0) {
-      const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key0, q0);
-      if (needs_mask) apply_mask<Traits, kBanded>(s, p, row_g, key0, lane);
+      const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key_end, key0, q0);
+      if (needs_mask) apply_mask<Traits, kBanded>(s, p, key_end, row_g, key0, lane);
       float m_loc[2];
       OnlineSoftmax<kNTiles>::tile_max(s, scale_log2, m_loc);
       warp_skips = softmax.slab_skips(m_loc, row_exists, lambda);
@@ -111,13 +114,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     // Prologue: group 1 = Q and K of the first tile, group 2 = K of the second and V of the
     // first, all in flight at once; the first scores need group 1 only.
     int key0 = next.block() * Traits::kBlockN;
-    load_tile_sw128<Traits, Traits::kBlockN>(sK(0), gK, p.k_stride[2], key0, p.seq_k);
+    load_tile_sw128<Traits, Traits::kBlockN>(sK(0), gK, p.k_stride[2], key0, key_end);
     cp_async_commit();
     BlockIter after = next;
     after.next();
     if (!after.done())
-      load_tile_sw128<Traits, Traits::kBlockN>(sK(1), gK, p.k_stride[2], after.block() * Traits::kBlockN, p.seq_k);
-    load_tile_sw128<Traits, Traits::kBlockN>(sV(0), gV, p.v_stride[2], key0, p.seq_k);
+      load_tile_sw128<Traits, Traits::kBlockN>(sK(1), gK, p.k_stride[2], after.block() * Traits::kBlockN, key_end);
+    load_tile_sw128<Traits, Traits::kBlockN>(sV(0), gV, p.v_stride[2], key0, key_end);
     cp_async_commit();
     cp_async_wait_groups<1>();
     fence_proxy_async_smem();
@@ -143,8 +146,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       after.next();
       if (!after.done())
         load_tile_sw128<Traits, Traits::kBlockN>(sK(stage ^ 1), gK, p.k_stride[2],
-                                                 after.block() * Traits::kBlockN, p.seq_k);
-      load_tile_sw128<Traits, Traits::kBlockN>(sV(stage), gV, p.v_stride[2], key0, p.seq_k);
+                                                 after.block() * Traits::kBlockN, key_end);
+      load_tile_sw128<Traits, Traits::kBlockN>(sV(stage), gV, p.v_stride[2], key0, key_end);
       cp_async_commit();
 
       fence_operands(acc);

@@ -59,6 +59,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   w.b = blockIdx.z;
   w.hk = w.h / p.group;
   w.q0 = w.qb * Traits::kBlockM;
+  // Padding keys are masked, not skipped: the TMA reads them (one tensor map serves every batch
+  // entry), so a non-finite v row of a padding key in a kept tile reaches P·V as 0·v.
+  w.key_end = key_end_of(p, w.b);
   w.mask_row = (int64_t(w.b) * p.heads_q + w.h) * p.num_q_blocks + w.qb;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
 

@@ -122,26 +122,27 @@ __device__ __forceinline__ void gemm_pv(const ProbTile<Traits>& p,
 }
 
 // Whether the block of keys [key0, key0 + kBlockN) needs element masking for the CTA's rows
-// [q0, q0 + kBlockM): keys past seq_k, or (banded) a pair outside key_lo <= key - row <= key_hi.
+// [q0, q0 + kBlockM): keys at or past key_end (seq_k, or the batch entry's key length:
+// key_end_of), or (banded) a pair outside key_lo <= key - row <= key_hi.
 template <typename Traits, bool kBanded>
-__device__ __forceinline__ bool block_needs_mask(const AttnParams& p, int key0, int q0) {
-  return key0 + Traits::kBlockN > p.seq_k ||
+__device__ __forceinline__ bool block_needs_mask(const AttnParams& p, int key_end, int key0, int q0) {
+  return key0 + Traits::kBlockN > key_end ||
          (kBanded && (key0 + Traits::kBlockN - 1 - q0 > p.key_hi ||
                       key0 - (q0 + Traits::kBlockM - 1) < p.key_lo));
 }
 
-// Set masked pairs of one slab to -inf: keys past seq_k, and (banded) keys outside the row's
-// band. Called only on tiles for which block_needs_mask holds.
+// Set masked pairs of one slab to -inf: keys at or past key_end, and (banded) keys outside the
+// row's band. Called only on tiles for which block_needs_mask holds.
 template <typename Traits, bool kBanded>
 __device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], const AttnParams& p,
-                                           int row_g, int key0, int lane) {
+                                           int key_end, int row_g, int key0, int lane) {
 #pragma unroll
   for (int n = 0; n < Traits::kBlockN / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = key0 + n * 8 + (lane & 3) * 2 + (e & 1);
       const int row = row_g + (e >> 1) * 8;
-      bool masked = key >= p.seq_k;
+      bool masked = key >= key_end;
       if (kBanded) masked = masked || key - row > p.key_hi || key - row < p.key_lo;
       if (masked) s[n][e] = -INFINITY;
     }

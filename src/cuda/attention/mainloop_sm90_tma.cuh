@@ -45,6 +45,7 @@ struct AttnParamsSm90Ws {
 // The CTA's work: one BlockMask row = query block qb of (batch b, query head h).
 struct WorkTile {
   int qb, h, hk, b, q0;
+  int key_end;  // key_end_of(p, b): keys at or past it are masked (padding, or past seq_k)
   int64_t mask_row;
 };
 
@@ -303,8 +304,8 @@ struct MainloopSm90Tma {
     for (int i = 0; i < kBlocks; ++i) {
       if (i == 0 || i < turn.count()) {
         const int key0 = turn.block(i) * Traits::kBlockN;
-        if (block_needs_mask<Traits, kBanded>(p, key0, w.q0))
-          apply_mask<Traits, kBanded>(s[i], p, rows.row_g, key0, lane);
+        if (block_needs_mask<Traits, kBanded>(p, w.key_end, key0, w.q0))
+          apply_mask<Traits, kBanded>(s[i], p, w.key_end, rows.row_g, key0, lane);
       }
     }
     float m_loc[kBlocks][2];

@@ -25,6 +25,9 @@ struct AttnParams {
   // Row r sees key c iff key_lo <= c - r <= key_hi (geometry.h's band: causal, window; read by
   // the banded instances only; clamped to [-seq_q, seq_k], so an unbounded end never masks).
   int key_lo, key_hi;
+  // Per batch entry, keys key_lengths[b] .. seq_k - 1 are padding (AttentionMask::key_lengths;
+  // null: none); the band keeps its alignment to seq_k. Read once per CTA (key_end_of).
+  const int32_t* key_lengths;
   float scale_log2;     // scale · log2(e): scores in log2 units
   const int32_t* mask_counts;   // [batch, heads_q, nq]
   const int32_t* mask_indices;  // [batch, heads_q, nq, nk]
@@ -36,6 +39,14 @@ struct AttnParams {
   bool pv_lambda_per_head;
   float pv_lambda[kMaxParamHeads];
 };
+
+// The keys batch entry b's rows may see: [0, key_end). A length outside [0, seq_k] (the host
+// cannot check device memory without a copy) is clamped.
+__device__ __forceinline__ int key_end_of(const AttnParams& p, int b) {
+  if (p.key_lengths == nullptr) return p.seq_k;
+  const int len = __ldg(p.key_lengths + b);
+  return len < 0 ? 0 : (len > p.seq_k ? p.seq_k : len);
+}
 
 // The quantization pass's buffers the quantized kernel reads (common/quant_layout.h, default
 // granularity): device pointers, all contiguous.

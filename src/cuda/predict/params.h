@@ -24,6 +24,10 @@ struct PredictParams {
   int block_q, block_k, num_q_blocks, num_k_blocks;
   double scale;
   detail::KeyBand band;   // the keys each row sees (causal, window; geometry.h)
+  // Per batch entry, keys key_lengths[b] .. seq_k - 1 are padding (AttentionMask::key_lengths;
+  // null: none). Pooling and similarity read them (docs/method.md, "Attention masks"); no tile
+  // they fill wholly is eligible or kept, and sampled rows do not see them.
+  const int32_t* key_lengths;
   bool topk;              // false: TopCdf
   bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
   int sample_rows;
@@ -53,6 +57,24 @@ struct PredictParams {
   double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁
   double* head_tau;    // error target: [batch·heads_q] chosen τ; > 1 keeps every allowed tile
 };
+
+// The keys batch entry b's rows may see: [0, key_end), clamped to [0, seq_k] (the host cannot
+// check device memory without a copy).
+__device__ __forceinline__ int64_t key_end_of(const PredictParams& p, int b) {
+  if (p.key_lengths == nullptr) return p.seq_k;
+  const int64_t len = __ldg(p.key_lengths + b);
+  return len < 0 ? 0 : (len > p.seq_k ? p.seq_k : len);
+}
+
+// The key blocks query block i of batch entry b sees a key in: the band's allowed blocks cut at
+// the entry's key length. Each row's visible keys are an interval and together they form one
+// (geometry.h), so cutting it at key_end leaves one: passing key_end as the sequence end does it
+// (the band itself keeps its alignment to seq_k). The tiles this drops are those the mask hides
+// wholly (cpu/attn_mask.h's skipped class).
+__device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictParams& p, int i,
+                                                                 int b) {
+  return detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, key_end_of(p, b));
+}
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {

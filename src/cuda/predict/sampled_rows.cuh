@@ -66,7 +66,9 @@ __device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t f
   if (threadIdx.x < rows) {
     const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
     sFirst[threadIdx.x] = detail::first_visible_key(qr, p.band);
-    sLast[threadIdx.x] = detail::last_visible_key(qr, p.band, p.seq_k);
+    // Keys past the batch entry's key length are padding: no row sees them.
+    const int b = int(blockIdx.y) / p.heads_q;
+    sLast[threadIdx.x] = detail::last_visible_key(qr, p.band, key_end_of(p, b));
   }
   __syncthreads();
 }

@@ -128,14 +128,14 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   const int bhk = b * p.heads_kv + h / p.group;
   const int nk = p.num_k_blocks;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
-  const detail::BlockRange range =
-      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
+  const detail::BlockRange range = visible_key_blocks(p, i, b);
   const int begin = int(range.begin), end = int(range.end);
   const float theta = p.sim_threshold[p.per_head ? h : 0];
   const bool q_similar = p.sim_q[row] > double(theta);  // NaN compares false: non-similar
   const double* gScores = p.scores + row * nk;
 
-  // Eligible columns: allowed (causal, window) and similar. Non-similar ones are forced on.
+  // Eligible columns: visible (causal, window, key padding) and similar. Non-similar ones are
+  // forced on.
   double local_max = -INFINITY;
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
@@ -204,9 +204,12 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
   const int nk = p.num_k_blocks;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
-  const detail::BlockRange range =
-      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
-  const int begin = int(range.begin), end = int(range.end), allowed = end - begin;
+  // Kept tiles come from the visible ones; top-k's count is a fraction of the band's allowed
+  // tiles, padding included (as the CPU's keep_length).
+  const detail::BlockRange range = visible_key_blocks(p, i, bh / p.heads_q);
+  const int begin = int(range.begin), end = int(range.end);
+  const int allowed = int(
+      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k).size());
   // The error target's τ for this head (error_target.cuh), > 1: every allowed tile is kept.
   const double select =
       p.error_target ? p.head_tau[bh] : double(p.select_value[p.per_head ? h : 0]);
