@@ -399,6 +399,10 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.cand_err = reinterpret_cast<double*>(base + ws.cand_err);
   s.cand_norm = reinterpret_cast<double*>(base + ws.cand_norm);
   s.head_tau = reinterpret_cast<double*>(base + ws.head_tau);
+  s.et_row_max = reinterpret_cast<float*>(base + ws.et_row_max);
+  s.et_exact = reinterpret_cast<float*>(base + ws.et_exact);
+  s.et_rows = error_target_row_stride(p.opts);
+  s.et_channels = error_target_channel_stride(p.shape.head_dim);
   return s;
 }
 

@@ -1,11 +1,13 @@
 // GPU Stage 1 with target_error against the CPU (src/cpu/predict.cc, itself checked against
 // measured errors in tests/cpu/test_error_target.cc): random, video-like and language-like
 // inputs, causal in both alignments, GQA, sinks, the similarity gate on and off, odd lengths.
-// Compares the masks, each head's chosen τ, the estimates and the tiles the gate forced. The GPU
-// sums in double, the CPU's estimate in fp32 (the rows' scores, probabilities and P·V:
-// src/cpu/error_target.cc), so only near-ties may differ (of masses, or of an estimate with
-// target / margin, within ~1e-6); a different choice of τ for a head shows as a large mask
-// difference.
+// Compares the masks, each head's chosen τ, the estimates and the tiles the gate forced. Both
+// estimate in fp32 with different summation orders: the CPU with AVX2 / AVX-512 kernels
+// (src/cpu/error_target.cc), the GPU on the tensor cores (scores exact products with fp32
+// accumulation, P split into 16-bit parts that hold fp32's precision for P·V:
+// src/cuda/predict/error_target_tiles.cuh), so only near-ties may differ (of masses, or of an
+// estimate with target / margin, within ~1e-6); a different choice of τ for a head shows as a
+// large mask difference.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,5 +1,6 @@
 // The sm80 data-movement and tensor-core primitives the kernels use (also valid on sm_90):
-// cp.async 16-byte copies with zero fill, ldmatrix (plain and transposed), mma.sync m16n8k16.
+// cp.async 16-byte copies with zero fill, ldmatrix (x4 and x2, plain and transposed), mma.sync
+// m16n8k16.
 //
 // Fragment layout of mma.m16n8k16 (lane = 4·g + t): A a0 = (row g, cols 2t..2t+1),
 // a1 = (g+8, 2t), a2 = (g, 2t+8), a3 = (g+8, 2t+8); B b0 = (k 2t..2t+1, col g), b1 = (k 2t+8, g);
@@ -39,6 +40,19 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_r
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(smem_row)));
+}
+
+// Two 8x8 matrices: lanes 0-7 give the rows of the first, lanes 8-15 those of the second (the
+// other lanes' addresses are not read). For a single 8-column B tile of mma.m16n8k16.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(smem_row)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
                : "r"(smem_addr(smem_row)));
 }
 

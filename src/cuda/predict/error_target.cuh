@@ -1,15 +1,21 @@
 // Stage 1, error target (SparseOptions.target_error; docs/method.md, "The error target"), the
-// same selection as src/cpu/predict.cc:
-//  error_target_rows: one CTA per (query block, batch·query head), after sampled_row_mass. Ranks
-//    the row (rank_row, as the selection will), counts for each candidate τ_g how many ranks
-//    TopCdf keeps, then for the sampled rows (kEstimateRows per pass) computes the exact output
-//    o_r = Σ_c a_r[c]·v_c and the output over the tiles each candidate keeps (forced ones, then
-//    the ranked prefix), renormalized by their mass, and sums ‖o_g − o‖₁ per candidate and ‖o‖₁.
-//    Threads own (row, channel) pairs of the accumulators; a key block's probabilities go
-//    through shared memory (sP). Everything in double, fixed summation orders.
+// same selection as src/cpu/predict.cc, after error_target_sample (error_target_sample.cuh) has
+// written the weights, each sampled row's max m_r and its exact output o_r:
+//  error_target_rows: one CTA per (query block, batch·query head), 8 warps. Ranks the row
+//    (rank_row, as the selection will) and counts for each candidate τ_g how many ranks TopCdf
+//    keeps. Each key block is then kept first by one candidate (keep[g] grows with g), so the
+//    kept tiles of candidate g are a prefix of one walk: the forced tiles (gate and sink), then
+//    the ranked ones. The CTA walks that order up to the densest candidate's prefix (the tiles
+//    past it only enter o_r, which is known) with the rows' P·V running in fp32 on the tensor
+//    cores, and at each candidate's prefix adds Σ_r ‖acc_r / kept_r − o_r‖₁ to its error.
+//    Per step (kStepKeys keys, K/V double-buffered by cp.async): warp w scores keys 8w .. 8w+7
+//    of the 16 rows and writes P (16-bit parts, error_target_tiles.cuh) and its row masses to
+//    shared memory; then warp w accumulates P·V for channels [w, w + 1) · head_dim / 8.
+//    Fixed summation orders throughout (runs are bit-reproducible).
 //  choose_head: one thread per head sums the blocks in order and applies
 //    detail::error_target_choice; select_blocks then reads the head's τ (head_tau).
-// Chosen only when target_error > 0 (head_dim <= 256: kEstimateRows·256 accumulators).
+// Smem: the sort buffer (16 bytes a key block), then, over it, the walk order and the tiles.
+// Chosen only when target_error > 0 (head_dim ≤ 256).
 #pragma once
 
 #include <cmath>
@@ -18,93 +24,102 @@
 #include "common/error_target.h"
 #include "common/geometry.h"
 #include "cuda/common/math.cuh"
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/predict/error_target_tiles.cuh"
 #include "cuda/predict/params.h"
-#include "cuda/predict/sampled_rows.cuh"
 #include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
 
-static_assert(kEstimateThreads == kSelectThreads, "rank_row and block_reduce assume one CTA size");
-constexpr int kAccPerThread = kEstimateRows * 256 / kEstimateThreads;  // (row, channel) pairs
+static_assert(kEtThreads == kSelectThreads, "rank_row and the block scans assume one CTA size");
+constexpr int kEtCandidates = detail::kErrorTargetCandidates;
 
-// Adds key block j's share Σ_{c∈j} a_r[c]·v_c to the thread's accumulators and its mass to
-// sMass[r] (thread r). a_r[c] = exp(scale·q_r·k_c − max_r) / sum_r over the keys row r sees.
-template <typename T>
-__device__ void add_key_block(const PredictParams& p, int j, const T* gK, const T* gV,
-                              const double (*sQ)[256], const int64_t* sFirst,
-                              const int64_t* sLast, const double* sRowMax, const double* sRowSum,
-                              int rows, double (*sP)[256], double* sMass,
-                              double (&acc)[kAccPerThread]) {
-  const int64_t c0 = int64_t(j) * p.block_k;
-  const int width = int(min(int64_t(p.block_k), int64_t(p.seq_k) - c0));
-  __syncthreads();  // sP of the previous block has been read
-  for (int e = threadIdx.x; e < rows * p.block_k; e += kEstimateThreads) {
-    const int r = e / p.block_k, t = e % p.block_k;
-    const int64_t c = c0 + t;
-    double prob = 0.0;
-    if (t < width && c >= sFirst[r] && c <= sLast[r]) {
-      const T* k_row = gK + c * p.k_stride[2];
-      double dot = 0.0;
-      for (int d = 0; d < p.head_dim; ++d) dot += sQ[r][d] * double(to_float(k_row[d]));
-      prob = exp(p.scale * dot - sRowMax[r]) / sRowSum[r];
+// Dynamic smem of error_target_rows: the ranking's buffers, or the walk order and the tiles
+// laid over them once the ranking is done, whichever is larger.
+template <typename Tr>
+int error_target_rows_smem(int sort_len) {
+  const int ranking = sort_len * int(sizeof(double) + 2 * sizeof(int));
+  const int tiles = 4 * Tr::kTileElems + Tr::kUnitElems + Tr::kParts * kUnitRows * Tr::kPRowKeys;
+  const int walk = sort_len * int(sizeof(int)) + tiles * int(sizeof(typename Tr::Element));
+  return ranking > walk ? ranking : walk;
+}
+
+// Σ x over the CTA: the warps' butterflies (every lane ends with the same sum), then the warps
+// in order. Uniform; sPart holds kEtWarps values.
+__device__ __forceinline__ double cta_sum(double x, double* sPart) {
+  x = warp_sum(x);
+  if (threadIdx.x % 32 == 0) sPart[threadIdx.x / 32] = x;
+  __syncthreads();
+  double s = 0.0;
+  for (int w = 0; w < kEtWarps; ++w) s += sPart[w];
+  __syncthreads();  // sPart is free again
+  return s;
+}
+
+// The walk of one ranked row: sWalk = the forced key blocks in [begin, end) ascending, then the
+// ranked blocks that are not forced, in rank order; sStop[g] = how many walk entries candidate g
+// keeps (the forced ones and its ranks < keep[g]). Returns sStop of the densest candidate.
+__device__ int walk_order(int begin, int end, int eligible, const int* sIdx, const int* sForced,
+                          const int* sKeepLen, int* sWalk, int* sRankPos, int* sStop,
+                          int* sScratchI) {
+  int walked = 0, chunk;
+  for (int base = begin; base < end; base += kEtThreads) {
+    const int j = base + threadIdx.x;
+    const int flag = j < end ? sForced[j] : 0;
+    const int pos = walked + block_exclusive_scan(flag, sScratchI, &chunk);
+    if (flag) sWalk[pos] = j;
+    walked += chunk;
+  }
+  for (int base = 0; base < eligible; base += kEtThreads) {
+    const int t = base + threadIdx.x;
+    const int flag = t < eligible ? !sForced[sIdx[t]] : 0;
+    const int pos = walked + block_exclusive_scan(flag, sScratchI, &chunk);
+    if (t < eligible) {
+      sRankPos[t] = pos;  // walk entries before rank t
+      if (flag) sWalk[pos] = sIdx[t];
     }
-    sP[r][t] = prob;
+    walked += chunk;
   }
   __syncthreads();
-#pragma unroll
-  for (int a = 0; a < kAccPerThread; ++a) {
-    const int e = threadIdx.x + a * kEstimateThreads;
-    if (e >= rows * p.head_dim) continue;
-    const int r = e / p.head_dim, d = e % p.head_dim;
-    double sum = 0.0;
-    for (int t = 0; t < width; ++t) sum += sP[r][t] * double(to_float(gV[(c0 + t) * p.v_stride[2] + d]));
-    acc[a] += sum;
+  if (threadIdx.x < kEtCandidates) {
+    const int keep = sKeepLen[threadIdx.x];
+    sStop[threadIdx.x] = keep < eligible ? sRankPos[keep] : walked;
   }
-  if (threadIdx.x < rows) {
-    double m = 0.0;
-    for (int t = 0; t < width; ++t) m += sP[threadIdx.x][t];
-    sMass[threadIdx.x] += m;
-  }
+  __syncthreads();
+  return sStop[kEtCandidates - 1];
 }
 
-// Σ over the pass's rows of ‖acc_r / kept_r − exact_r‖₁ (0 output where kept_r = 0), or of
-// ‖exact_r‖₁ when `acc` is null. Uniform over the CTA.
-__device__ double l1_over_rows(const PredictParams& p, int rows, const double (&exact)[kAccPerThread],
-                               const double* acc, const double* sKept, double* sScratchD) {
-  double local = 0.0;
-#pragma unroll
-  for (int a = 0; a < kAccPerThread; ++a) {
-    const int e = threadIdx.x + a * kEstimateThreads;
-    if (e >= rows * p.head_dim) continue;
-    const int r = e / p.head_dim;
-    const double approx = acc == nullptr ? 0.0 : (sKept[r] > 0.0 ? acc[a] / sKept[r] : 0.0);
-    local += fabs(approx - exact[a]);
-  }
-  return block_reduce(local, sScratchD, [](double x, double y) { return x + y; });
-}
-
-// Grid (num_q_blocks, batch·heads_q), kEstimateThreads threads, dynamic smem sort_len · 16 bytes.
-template <typename T>
-__global__ void __launch_bounds__(kEstimateThreads) error_target_rows(const PredictParams p,
-                                                                      int sort_len) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  double* sProb = reinterpret_cast<double*>(smem_raw);
+// Grid (num_q_blocks, batch·heads_q), kEtThreads threads, error_target_rows_smem(sort_len). Two
+// CTAs per SM (128 registers) hide one's barriers behind the other's loads; at head dim 256 a
+// warp's slice (32 channels of acc and of o_r) needs more registers than that without spilling.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kEtThreads, kHeadDim > 128 ? 1 : 2)
+    error_target_rows(const PredictParams p, int sort_len) {
+  using Tr = EtTraits<T, kHeadDim>;
+  constexpr int kSliceN = Tr::kSliceChannels / 8;  // 8-channel tiles a warp owns
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  double* sProb = reinterpret_cast<double*>(smem_raw);  // ranking
   int* sIdx = reinterpret_cast<int*>(sProb + sort_len);
   int* sForced = sIdx + sort_len;
-  __shared__ double sQ[kEstimateRows][256];
-  __shared__ double sP[kEstimateRows][256];
-  __shared__ int64_t sFirst[kEstimateRows], sLast[kEstimateRows];
-  __shared__ double sWarpMax[kEstimateWarps][kEstimateRows];
-  __shared__ double sWarpSum[kEstimateWarps][kEstimateRows];
-  __shared__ double sRowMax[kEstimateRows], sRowSum[kEstimateRows], sKept[kEstimateRows];
+  int* sWalk = reinterpret_cast<int*>(smem_raw);        // walk, over sProb
+  int* sRankPos = sWalk + sort_len;
+  T* sK = reinterpret_cast<T*>(smem_raw + sort_len * sizeof(int));  // [2][kTileElems]
+  T* sV = sK + 2 * Tr::kTileElems;                                   // [2][kTileElems]
+  T* sQ = sV + 2 * Tr::kTileElems;                                   // [kUnitElems]
+  T* sP = sQ + Tr::kUnitElems;                                       // [kParts][16][64]
+  __shared__ float sMass[kEtWarps][kUnitRows];  // a step's row masses, per warp's 8 keys
+  __shared__ double sPart[kEtWarps];
+  __shared__ double sErr[kEtCandidates];
+  __shared__ int sStop[kEtCandidates];
   __shared__ double sScratchD[32];
   __shared__ int sScratchI[32];
-  __shared__ int sKeepLen[detail::kErrorTargetCandidates];
+  __shared__ int sKeepLen[kEtCandidates];
 
   const int i = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
   const int hk = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
-  double* gErr = p.cand_err + row * detail::kErrorTargetCandidates;
+  double* gErr = p.cand_err + row * kEtCandidates;
   const detail::BlockRange range =
       detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
   const int begin = int(range.begin), end = int(range.end);
@@ -114,16 +129,16 @@ __global__ void __launch_bounds__(kEstimateThreads) error_target_rows(const Pred
   const int eligible =
       q_similar ? rank_row(p, i, bh, sort_len, sProb, sIdx, sForced, sScratchD, sScratchI) : 0;
   if (eligible == 0) {  // forced whole or nothing selectable: no error, not in the norm
-    for (int g = threadIdx.x; g < detail::kErrorTargetCandidates; g += kEstimateThreads) gErr[g] = 0.0;
+    for (int c = threadIdx.x; c < kEtCandidates; c += kEtThreads) gErr[c] = 0.0;
     if (threadIdx.x == 0) p.cand_norm[row] = 0.0;
     return;
   }
   if (p.attention_sink && begin == 0 && threadIdx.x == 0) sForced[0] = 1;  // kept anyway
 
   // Ranks TopCdf τ_g keeps: those whose mass before them is < τ_g (select_blocks' rule).
-  int count[detail::kErrorTargetCandidates];
+  int count[kEtCandidates];
 #pragma unroll
-  for (int g = 0; g < detail::kErrorTargetCandidates; ++g) count[g] = 0;
+  for (int c = 0; c < kEtCandidates; ++c) count[c] = 0;
   double carry = 0.0;
   for (int base = 0; base < sort_len; base += kSelectThreads) {
     const int t = base + threadIdx.x;
@@ -133,65 +148,182 @@ __global__ void __launch_bounds__(kEstimateThreads) error_target_rows(const Pred
         carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
     carry += chunk_total;
 #pragma unroll
-    for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
-      count[g] += prob >= 0.0 && before < detail::error_target_tau(g);
+    for (int c = 0; c < kEtCandidates; ++c)
+      count[c] += prob >= 0.0 && before < detail::error_target_tau(c);
   }
-  for (int g = 0; g < detail::kErrorTargetCandidates; ++g) {
-    const int kept = block_reduce(count[g], sScratchI, [](int x, int y) { return x + y; });
-    if (threadIdx.x == 0) sKeepLen[g] = kept;
+  for (int c = 0; c < kEtCandidates; ++c) {
+    const int kept = block_reduce(count[c], sScratchI, [](int x, int y) { return x + y; });
+    if (threadIdx.x == 0) sKeepLen[c] = kept;
   }
   __syncthreads();
+  const int walk_end =
+      walk_order(begin, end, eligible, sIdx, sForced, sKeepLen, sWalk, sRankPos, sStop, sScratchI);
+  if (threadIdx.x < kEtCandidates) sErr[threadIdx.x] = 0.0;
 
   const T* gQ = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* gV = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  const bool vec_q = rows_vectorizable(gQ, p.q_stride[2], p.head_dim);
+  const bool vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
+  const bool vec_v = rows_vectorizable(gV, p.v_stride[2], p.head_dim);
+  const float mul = float(p.scale) * kLog2e;
+  const int W = min(p.block_k, Tr::kStepKeys);  // keys per step; divides block_k
   const int64_t first = int64_t(i) * p.block_q;
   const int64_t n = min(int64_t(p.block_q), int64_t(p.seq_q) - first);
   const int64_t count_rows = detail::sampled_row_count(p.sample_rows, n);
-  double err_sum[detail::kErrorTargetCandidates];  // thread 0's running sums
+  const int units = int((count_rows + kUnitRows - 1) / kUnitRows);
+  double norm = 0.0;  // uniform
+
+  for (int unit = 0; unit < units; ++unit) {
+    __syncthreads();  // the previous unit is done with sQ and the tiles (the first: sRankPos)
+    load_unit_rows<Tr>(sQ, gQ, p.q_stride[2], p.head_dim, vec_q, first, n, count_rows, unit,
+                       threadIdx.x, kEtThreads);  // committed with the first tile
+    const UnitRowKeys rk = unit_row_keys(p, first, n, count_rows, unit);
+    const int64_t row0 = row * p.et_rows + int64_t(unit) * kUnitRows;
+    float base[2], exact[kSliceN][4];
 #pragma unroll
-  for (int g = 0; g < detail::kErrorTargetCandidates; ++g) err_sum[g] = 0.0;
-  double norm = 0.0;
-
-  for (int64_t s0 = 0; s0 < count_rows; s0 += kEstimateRows) {
-    const int rows = int(min(int64_t(kEstimateRows), count_rows - s0));
-    load_sampled_rows(p, gQ, first, n, count_rows, s0, rows, sQ, sFirst, sLast);
-    // Rows that see no key add nothing (their output is 0 either way).
-    sampled_row_max_sum(p, gK, sQ, sFirst, sLast, rows, sWarpMax, sWarpSum, sRowMax, sRowSum);
-    if (threadIdx.x < kEstimateRows) sKept[threadIdx.x] = 0.0;
-
-    // The exact output: every allowed key block (they hold every key the rows see).
-    double exact[kAccPerThread], acc[kAccPerThread];
+    for (int hh = 0; hh < 2; ++hh) {
+      const bool valid = int64_t(unit) * kUnitRows + g + 8 * hh < count_rows;
+      base[hh] = valid ? exp_base(p.et_row_max[row0 + g + 8 * hh]) : 0.0f;
 #pragma unroll
-    for (int a = 0; a < kAccPerThread; ++a) exact[a] = acc[a] = 0.0;
-    for (int j = begin; j < end; ++j)
-      add_key_block(p, j, gK, gV, sQ, sFirst, sLast, sRowMax, sRowSum, rows, sP, sKept, exact);
-    __syncthreads();
-    norm += l1_over_rows(p, rows, exact, nullptr, sKept, sScratchD);
-    if (threadIdx.x < kEstimateRows) sKept[threadIdx.x] = 0.0;
-
-    // The kept tiles: forced ones first, then the ranked prefix; candidate g is measured when
-    // the prefix holds sKeepLen[g] ranks.
-    for (int j = begin; j < end; ++j)
-      if (sForced[j])
-        add_key_block(p, j, gK, gV, sQ, sFirst, sLast, sRowMax, sRowSum, rows, sP, sKept, acc);
-    int g = 0;
-    for (int t = 0; t <= eligible; ++t) {
-      for (; g < detail::kErrorTargetCandidates && sKeepLen[g] == t; ++g) {
-        __syncthreads();  // sKept complete
-        err_sum[g] += l1_over_rows(p, rows, exact, acc, sKept, sScratchD);
+      for (int nt = 0; nt < kSliceN; ++nt) {
+        const int ch = warp * Tr::kSliceChannels + 8 * nt + 2 * t4;
+        float2 e = make_float2(0.0f, 0.0f);
+        if (valid && ch < p.et_channels)
+          e = *reinterpret_cast<const float2*>(p.et_exact + (row0 + g + 8 * hh) * p.et_channels + ch);
+        exact[nt][2 * hh] = e.x, exact[nt][2 * hh + 1] = e.y;
       }
-      if (t == eligible) break;
-      const int j = sIdx[t];
-      if (!sForced[j])
-        add_key_block(p, j, gK, gV, sQ, sFirst, sLast, sRowMax, sRowSum, rows, sP, sKept, acc);
     }
-    __syncthreads();
+    double local_norm = 0.0;
+#pragma unroll
+    for (int nt = 0; nt < kSliceN; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) local_norm += fabs(double(exact[nt][e]));
+    norm += cta_sum(local_norm, sPart);
+
+    float acc[kSliceN][4];
+#pragma unroll
+    for (int nt = 0; nt < kSliceN; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    double kept[2] = {0.0, 0.0};      // the walked blocks' mass, rows g and g + 8
+    float block_mass[2] = {0.0f, 0.0f};
+    int next = 0;  // the first candidate not measured yet
+    // Candidates whose prefix is `walked` entries: Σ_r ‖acc_r / kept_r − o_r‖₁ (0 output where
+    // nothing is kept, as Stage 2; a NaN mass fails the candidate through o_r).
+    const auto measure = [&](int walked) {
+      if (next >= kEtCandidates || sStop[next] != walked) return;
+      double inv[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+        inv[hh] = kept[hh] > 0.0 ? 1.0 / (kept[hh] * double(Tr::kPScale)) : 0.0;
+      double local = 0.0;
+#pragma unroll
+      for (int nt = 0; nt < kSliceN; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          local += fabs(double(acc[nt][e]) * inv[e >> 1] - double(exact[nt][e]));
+      const double l1 = cta_sum(local, sPart);
+      for (; next < kEtCandidates && sStop[next] == walked; ++next)
+        if (threadIdx.x == 0) sErr[next] += l1;
+    };
+    measure(0);
+
+    // Steps: walk entry `pos`, its sub-step `sub` of W keys; tiles double-buffered.
+    int load_pos = 0, load_sub = 0;
+    const auto load_next = [&](int buf) {
+      if (load_pos >= walk_end) return;
+      const int j = sWalk[load_pos], key0 = j * p.block_k + load_sub * W;
+      load_key_tile<Tr>(sK + buf * Tr::kTileElems, gK, p.k_stride[2], key0, W, p.seq_k, p.head_dim, vec_k);
+      load_key_tile<Tr>(sV + buf * Tr::kTileElems, gV, p.v_stride[2], key0, W, p.seq_k, p.head_dim, vec_v);
+      if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) ++load_sub;
+      else ++load_pos, load_sub = 0;
+    };
+    load_next(0);
+    cp_async_commit();
+    const int q_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+    for (int pos = 0, sub = 0, buf = 0; pos < walk_end; buf ^= 1) {
+      const int j = sWalk[pos], key0 = j * p.block_k + sub * W;
+      cp_async_wait_all();
+      __syncthreads();  // tile in; the previous step's P, masses and tiles are read
+      load_next(buf ^ 1);
+      cp_async_commit();
+      const T* sKt = sK + buf * Tr::kTileElems;
+      const T* sVt = sV + buf * Tr::kTileElems;
+      if (warp < W / 8) {  // P of keys 8·warp .. +7: scores, 2^(t − m), masses, 16-bit parts
+        float s[4];
+        unit_scores_one_tile<Tr>(sQ, sKt, warp, s);
+        scale_and_mask(s, mul, key0 + 8 * warp, rk);
+        float ms[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[e] = exp2f(s[e] - base[e >> 1]);
+          ms[e >> 1] += s[e];
+          s[e] *= Tr::kPScale;
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          ms[hh] += __shfl_xor_sync(0xffffffffu, ms[hh], 1);
+          ms[hh] += __shfl_xor_sync(0xffffffffu, ms[hh], 2);
+          if (t4 == 0) sMass[warp][g + 8 * hh] = ms[hh];
+        }
+        uint32_t part[2][Tr::kParts];
+        split_pair<T>(s[0], s[1], part[0]);
+        split_pair<T>(s[2], s[3], part[1]);
+#pragma unroll
+        for (int k = 0; k < Tr::kParts; ++k)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            T* dst = sP + k * kUnitRows * Tr::kPRowKeys + swizzled<8>(g + 8 * hh, warp) + 2 * t4;
+            *reinterpret_cast<uint32_t*>(dst) = part[hh][k];
+          }
+      }
+      __syncthreads();  // P and the masses are in
+      // acc += P · V over this warp's channels; each V fragment feeds every part.
+#pragma unroll
+      for (int kk = 0; kk < Tr::kStepKeys / 16; ++kk) {
+        if (16 * kk >= W) break;
+        uint32_t a[Tr::kParts][4];
+#pragma unroll
+        for (int k = 0; k < Tr::kParts; ++k)
+          ldmatrix_x4(a[k], sP + k * kUnitRows * Tr::kPRowKeys + swizzled<8>(q_row, 2 * kk + (lane >> 4)));
+        const int chunk0 = warp * Tr::kSliceChannels / 8;
+        if constexpr (kSliceN == 1) {
+          uint32_t bv[2];
+          ldmatrix_x2_trans(bv, sVt + swizzled<Tr::kChunks>(16 * kk + q_row, chunk0));
+#pragma unroll
+          for (int k = 0; k < Tr::kParts; ++k) mma_16816<T>(acc[0], a[k], bv[0], bv[1]);
+        } else {
+#pragma unroll
+          for (int dp = 0; dp < kSliceN / 2; ++dp) {
+            uint32_t bv[4];
+            ldmatrix_x4_trans(bv, sVt + swizzled<Tr::kChunks>(16 * kk + q_row, chunk0 + 2 * dp + (lane >> 4)));
+#pragma unroll
+            for (int k = 0; k < Tr::kParts; ++k) {
+              mma_16816<T>(acc[2 * dp], a[k], bv[0], bv[1]);
+              mma_16816<T>(acc[2 * dp + 1], a[k], bv[2], bv[3]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float ms = 0.0f;
+        for (int w = 0; w < W / 8; ++w) ms += sMass[w][g + 8 * hh];
+        block_mass[hh] += ms;
+      }
+      if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) {
+        ++sub;  // the key block goes on
+        continue;
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) kept[hh] += double(block_mass[hh]), block_mass[hh] = 0.0f;
+      ++pos, sub = 0;
+      measure(pos);
+    }
+    cp_async_wait_all();  // the last group is empty; nothing stays in flight
   }
-  if (threadIdx.x == 0) {
-    for (int g = 0; g < detail::kErrorTargetCandidates; ++g) gErr[g] = err_sum[g];
-    p.cand_norm[row] = norm;
-  }
+  __syncthreads();  // sErr is complete
+  if (threadIdx.x < kEtCandidates) gErr[threadIdx.x] = sErr[threadIdx.x];
+  if (threadIdx.x == 0) p.cand_norm[row] = norm;
 }
 
 // One thread per (batch, query head): the head's τ (error target) and the Stage1Stats

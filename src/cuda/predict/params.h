@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -15,6 +16,16 @@ namespace sparge::cuda {
 constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the kernel parameters
 constexpr int kKeyMeanChunk = 512;     // tokens per partial sum of the key mean (fixed order)
 constexpr int kScoreRowsPerCta = 8;    // query blocks per CTA of the compressed-score kernel
+
+// The error target's sampled rows per query block as its kernels store them: a whole number of
+// 16-row mma tiles. make_problem raises sample_rows to max(sample_rows, min(16, block_q));
+// workspace_size() may see the caller's options, so the same rule is applied here.
+inline int error_target_row_stride(const SparseOptions& o) {
+  const int rows = std::min(std::max(o.sample_rows, detail::kErrorTargetMinRows), o.block_q);
+  return (rows + 15) / 16 * 16;
+}
+// Channels of a stored exact output row: head_dim rounded up to the mma's 8-column tiles.
+inline int error_target_channel_stride(int64_t head_dim) { return int((head_dim + 7) / 8 * 8); }
 
 struct PredictParams {
   const void* q;
@@ -56,6 +67,11 @@ struct PredictParams {
   double* cand_err;    // error target: [batch·heads_q, nq, kErrorTargetCandidates] Σ_r ‖o_g − o‖₁
   double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁
   double* head_tau;    // error target: [batch·heads_q] chosen τ; > 1 keeps every allowed tile
+  // Error target, from error_target_sample to error_target_rows (error_target_sample.cuh):
+  float* et_row_max;   // [batch·heads_q, nq, et_rows] each sampled row's max score (log2 units)
+  float* et_exact;     // [batch·heads_q, nq, et_rows, et_channels] its exact output (normalized)
+  int et_rows;         // error_target_row_stride
+  int et_channels;     // error_target_channel_stride
 };
 
 // The keys batch entry b's rows may see: [0, key_end), clamped to [0, seq_k] (the host cannot
@@ -79,7 +95,7 @@ __device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictPa
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
   std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
-      head_tau, total;
+      head_tau, et_row_max, et_exact, total;
 };
 
 inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOptions& o) {

@@ -1,8 +1,8 @@
 // Stage 1 launcher: key mean (two fixed-order passes), pooling + similarity of q and smoothed k
-// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows), the
-// error target's candidate errors and per-head choice (target_error > 0; also the per-head
-// stats), selection into the BlockMask. Six to nine launches on the caller's stream, no
-// allocation, no synchronisation.
+// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows; with
+// target_error > 0, error_target_sample's, which also keep the rows' exact outputs), the error
+// target's candidate errors and per-head choice (also the per-head stats), selection into the
+// BlockMask. Six to nine launches on the caller's stream, no allocation, no synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,6 +11,7 @@
 
 #include "cuda/common/check.cuh"
 #include "cuda/predict/error_target.cuh"
+#include "cuda/predict/error_target_sample.cuh"
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
 #include "cuda/predict/sampled_rows.cuh"
@@ -26,6 +27,43 @@ int sort_length(int num_k_blocks) {
   int n = kSelectThreads;  // scans walk whole chunks of kSelectThreads slots
   while (n < num_k_blocks) n <<= 1;
   return n;
+}
+
+// The error target's two kernels for one compiled head dim (error_target_instance_dim).
+template <typename T, int kHeadDim>
+Status launch_error_target_dim(const PredictParams& p, int sort_len, cudaStream_t stream) {
+  using Tr = EtTraits<T, kHeadDim>;
+  const int bhq = p.batch * p.heads_q;
+  const int unit_tiles = p.et_rows / kUnitRows;
+  const int blocks_per_cta = std::max(1, kEtWarps / unit_tiles);
+  const int sample_smem = error_target_sample_smem<Tr>();
+  if (sample_smem > 48 * 1024)
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_sample<T, kHeadDim>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, sample_smem));
+  const dim3 sample_grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, bhq);
+  error_target_sample<T, kHeadDim><<<sample_grid, kEtThreads, sample_smem, stream>>>(
+      p, blocks_per_cta, unit_tiles);
+  SPARGE_CUDA_CHECK_LAUNCH("error_target_sample launch");
+  const int rows_smem = error_target_rows_smem<Tr>(sort_len);
+  if (rows_smem > 48 * 1024)
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_rows<T, kHeadDim>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, rows_smem));
+  error_target_rows<T, kHeadDim><<<dim3(p.num_q_blocks, bhq), kEtThreads, rows_smem, stream>>>(
+      p, sort_len);
+  SPARGE_CUDA_CHECK_LAUNCH("error_target_rows launch");
+  return Status::ok();
+}
+
+template <typename T>
+Status launch_error_target(const PredictParams& p, int sort_len, cudaStream_t stream) {
+  switch (error_target_instance_dim(p.head_dim)) {
+    case 64: return launch_error_target_dim<T, 64>(p, sort_len, stream);
+    case 128: return launch_error_target_dim<T, 128>(p, sort_len, stream);
+    case 256: return launch_error_target_dim<T, 256>(p, sort_len, stream);
+    default:
+      return Status::unsupported("SparseOptions.target_error on cuda takes head_dim <= 256, got " +
+                                 std::to_string(p.head_dim));
+  }
 }
 
 }  // namespace
@@ -46,7 +84,9 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
   pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
-  if (p.sampled_rows) {
+  if (p.error_target) {
+    // error_target_sample writes the weights (launched with error_target_rows, below).
+  } else if (p.sampled_rows) {
     sampled_row_mass<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
   } else {
@@ -57,15 +97,9 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
 
   const int sort_len = sort_length(p.num_k_blocks);
   const int smem = sort_len * int(sizeof(double) + 2 * sizeof(int));
-  if (p.error_target) {
-    // ~17 KB of static smem beside the sort buffer (error_target.cuh; the 48 KB default covers
-    // both), within sm_80's 163 KB up to kMaxSortLen.
-    if (smem + 20 * 1024 > 48 * 1024)
-      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_rows<T>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    error_target_rows<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, smem, stream>>>(p, sort_len);
-    SPARGE_CUDA_CHECK_LAUNCH("error_target_rows launch");
-  }
+  // The error target's dynamic smem is at most the sort buffer (128 KB at kMaxSortLen) or the
+  // tiles (< 160 KB), within sm_80's 163 KB.
+  if (p.error_target) SPARGE_RETURN_IF_ERROR(launch_error_target<T>(p, sort_len, stream));
   if (p.error_target || p.stat_select_value != nullptr || p.stat_error != nullptr) {
     choose_head<<<(bhq + 127) / 128, 128, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("choose_head launch");
