@@ -2,7 +2,9 @@
 real diffusers transformers (WanTransformer3DModel, FluxTransformer2DModel) built from tiny
 configs with random weights, on the CPU in float32."""
 import functools
+import json
 import math
+import pathlib
 import warnings
 
 import pytest
@@ -16,6 +18,7 @@ diffusers = pytest.importorskip(
 import sparge  # noqa: E402
 import sparge.integrations.diffusers as sd  # noqa: E402
 from diffusers.models import attention_dispatch  # noqa: E402
+from diffusers.models.transformers import transformer_wan  # noqa: E402
 
 # Nothing skipped: no block is self-similar enough, TopCdf keeps every tile, λ = inf.
 EXACT = dict(sim_threshold=1.0, cdf_threshold=1.0, pv_threshold=math.inf)
@@ -281,3 +284,37 @@ def test_a_changed_diffusers_gives_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match=r"cannot add the 'sparge' attention backend to "
                                            r"diffusers .*_AttentionBackendRegistry lacks"):
         sd.register()
+
+
+def test_bench_diffusers_smoke_mode(monkeypatch, tmp_path, capsys):
+    """bench/gpu/bench_diffusers.py --device cpu --tiny: a 2-layer Wan (256 video tokens, 16 text
+    tokens) through the four settings, its tables and its docs/bench-schema.md records."""
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu"))
+    import bench_diffusers
+
+    dispatch = transformer_wan.dispatch_attention_fn
+    with pytest.warns(sparge.SpargeFallbackWarning, match="min_seq_len=128"):
+        records = bench_diffusers.main(["--device", "cpu", "--tiny", "--commit", "test",
+                                        "--out-dir", str(tmp_path)])
+    assert transformer_wan.dispatch_attention_fn is dispatch  # the timing wrapper is gone
+    [path] = tmp_path.glob("*_cpu_diffusers-wan-256.jsonl")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records
+    forward = {r["setting"]: r for r in records if r["scope"] == "forward"}
+    assert list(forward) == ["native", "defaults", "sparse", "exact"]
+    assert forward["native"]["impl"] == "diffusers-native" and \
+        {r["impl"] for r in forward.values()} == {"diffusers-native", "diffusers-sparge"}
+    for r in records:  # the schema's fields, the per-layer timings positive
+        assert {"date", "device", "commit", "impl", "workload", "dtype", "head_dim", "batch",
+                "heads_q", "heads_kv", "seq_q", "seq_k", "causal", "sparsity", "ms", "tops",
+                "rel_l1", "cos_sim"} <= set(r) and r["ms"] > 0 and r["seq_q"] == 256
+    assert forward["exact"]["rel_l1"] < 1e-5 and forward["exact"]["cos_sim"] > 0.99999
+    # topk=0.1 of 4 key blocks keeps one: 3 of 4 self-attention tiles skipped.
+    assert forward["sparse"]["sparsity"] == 0.75 and forward["defaults"]["sparsity"] < 0.75
+    layers = [r for r in records if r["setting"] == "defaults" and r["scope"] != "forward"]
+    assert [(r["layer"], r["scope"], r["seq_k"], r["served_by"]) for r in layers] == [
+        ("blocks.0.attn1", "self-attention", 256, "sparge"),
+        ("blocks.0.attn2", "cross-attention", 16, "sdpa"),  # 16 text tokens < min_seq_len
+        ("blocks.1.attn1", "self-attention", 256, "sparge"),
+        ("blocks.1.attn2", "cross-attention", 16, "sdpa")]
+    out = capsys.readouterr().out
+    assert "| setting | options | forward ms |" in out and "| blocks.1.attn2 | cross |" in out
