@@ -40,6 +40,7 @@ struct AttnParams {
   float pv_lambda[kMaxParamHeads];
 };
 
+#if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
 // The keys batch entry b's rows may see: [0, key_end). A length outside [0, seq_k] (the host
 // cannot check device memory without a copy) is clamped.
 __device__ __forceinline__ int key_end_of(const AttnParams& p, int b) {
@@ -47,6 +48,7 @@ __device__ __forceinline__ int key_end_of(const AttnParams& p, int b) {
   const int len = __ldg(p.key_lengths + b);
   return len < 0 ? 0 : (len > p.seq_k ? p.seq_k : len);
 }
+#endif
 
 // The quantization pass's buffers the quantized kernel reads (common/quant_layout.h, default
 // granularity): device pointers, all contiguous.

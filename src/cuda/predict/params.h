@@ -74,6 +74,7 @@ struct PredictParams {
   int et_channels;     // error_target_channel_stride
 };
 
+#if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
 // The keys batch entry b's rows may see: [0, key_end), clamped to [0, seq_k] (the host cannot
 // check device memory without a copy).
 __device__ __forceinline__ int64_t key_end_of(const PredictParams& p, int b) {
@@ -91,6 +92,7 @@ __device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictPa
                                                                  int b) {
   return detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, key_end_of(p, b));
 }
+#endif
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
@@ -106,17 +108,26 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   const std::size_t bhq = s.batch * s.heads_q, bhk = s.batch * s.heads_kv, d = s.head_dim;
   // The error target's arrays are sized only when it is on (workspace_size sees the options).
   const std::size_t et = o.target_error > 0.0f ? 1 : 0;
-  const std::size_t sizes[10] = {bhk * chunks * d, bhk * d,  bhq * nq * d,
-                                 bhq * nq,         bhk * d * nk, bhk * nk,
-                                 bhq * nq * nk,    et * bhq * nq * detail::kErrorTargetCandidates,
-                                 et * bhq * nq,    et * bhq};
-  std::size_t offs[10], at = 0;
-  for (int i = 0; i < 10; ++i) {
+  const std::size_t et_rows = et * bhq * nq * std::size_t(error_target_row_stride(o));
+  // Element counts and sizes, in PredictWorkspace's order: doubles, then the error target's floats.
+  constexpr int kArrays = 12;
+  const std::size_t count[kArrays] = {bhk * chunks * d, bhk * d,  bhq * nq * d,
+                                      bhq * nq,         bhk * d * nk, bhk * nk,
+                                      bhq * nq * nk,    et * bhq * nq * detail::kErrorTargetCandidates,
+                                      et * bhq * nq,    et * bhq,
+                                      et_rows,          et_rows * std::size_t(error_target_channel_stride(s.head_dim))};
+  std::size_t offs[kArrays], at = 0;
+  for (int i = 0; i < kArrays; ++i) {
     offs[i] = at;
-    at += align(sizes[i] * sizeof(double));
+    at += align(count[i] * (i < 10 ? sizeof(double) : sizeof(float)));
   }
-  return {offs[0], offs[1], offs[2], offs[3], offs[4], offs[5], offs[6], offs[7], offs[8],
-          offs[9], at};
+  PredictWorkspace w;
+  std::size_t* field[kArrays] = {&w.km_partial, &w.km,      &w.pooled_q, &w.sim_q,
+                                 &w.pooled_kt,  &w.sim_k,   &w.scores,   &w.cand_err,
+                                 &w.cand_norm,  &w.head_tau, &w.et_row_max, &w.et_exact};
+  for (int i = 0; i < kArrays; ++i) *field[i] = offs[i];
+  w.total = at;
+  return w;
 }
 
 // Explicitly instantiated for __half and __nv_bfloat16 in predict.cu.

@@ -36,18 +36,19 @@ Status launch_error_target_dim(const PredictParams& p, int sort_len, cudaStream_
   const int bhq = p.batch * p.heads_q;
   const int unit_tiles = p.et_rows / kUnitRows;
   const int blocks_per_cta = std::max(1, kEtWarps / unit_tiles);
+  // The dynamic-smem attribute is set whatever the size: the 48 KiB default covers static and
+  // dynamic shared memory together (at hd 64 the sample kernel's 48 KiB plus its static bytes
+  // exceed it).
   const int sample_smem = error_target_sample_smem<Tr>();
-  if (sample_smem > 48 * 1024)
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_sample<T, kHeadDim>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, sample_smem));
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_sample<T, kHeadDim>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, sample_smem));
   const dim3 sample_grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, bhq);
   error_target_sample<T, kHeadDim><<<sample_grid, kEtThreads, sample_smem, stream>>>(
       p, blocks_per_cta, unit_tiles);
   SPARGE_CUDA_CHECK_LAUNCH("error_target_sample launch");
   const int rows_smem = error_target_rows_smem<Tr>(sort_len);
-  if (rows_smem > 48 * 1024)
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_rows<T, kHeadDim>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, rows_smem));
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(error_target_rows<T, kHeadDim>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, rows_smem));
   error_target_rows<T, kHeadDim><<<dim3(p.num_q_blocks, bhq), kEtThreads, rows_smem, stream>>>(
       p, sort_len);
   SPARGE_CUDA_CHECK_LAUNCH("error_target_rows launch");
