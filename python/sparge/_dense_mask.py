@@ -6,8 +6,11 @@ is `is_causal` and/or a sliding window (`window_left`, `window_right`) with the 
 `causal_align`. Framework integrations pass such masks (Hugging Face transformers materializes
 the causal one where it cannot prove it away, e.g. a prefill after a cache, and the sliding
 window one on every call longer than the window), and they should not cost a fallback.
-Anything else (padding, packed sequences, biases, masks that differ between batch entries or
-heads, rows that see no key) is not reducible.
+A band cut per batch entry at a key length (right padding: the [B, 1, 1, Nk] or [B, 1, Nq, Nk]
+masks of a padded batch, causal or not) is the band's flags plus `key_lengths`, which every
+device runs without reading a mask. Anything else (left padding, packed sequences, biases,
+masks that differ between heads or, other than by a padding suffix, between batch entries, rows
+that see no key) is not reducible.
 """
 from typing import Dict, Optional, Tuple
 
@@ -85,6 +88,7 @@ def options_for_mask(mask: torch.Tensor, seq_q: int, seq_k: int,
         if scores_shape is not None and \
                 torch.broadcast_shapes(mask.shape, scores_shape) != tuple(scores_shape):
             return None, BAD_SHAPE
+        unexpanded = allowed
         allowed = allowed.expand(*allowed.shape[:-2], seq_q, seq_k)
     except RuntimeError:
         return None, BAD_SHAPE  # SDPA raises its own error
@@ -105,11 +109,58 @@ def options_for_mask(mask: torch.Tensor, seq_q: int, seq_k: int,
         [no_bias.long(), sees_keys.long(), is_band.long(), lo.long(), hi.long()]).tolist()
     if not no_bias:
         return None, ADDITIVE_BIAS
-    if not sees_keys:
-        return None, EMPTY_ROWS
-    if not is_band:
-        return None, NOT_A_BAND
-    if lo <= -(seq_q - 1) and hi >= seq_k - 1:
-        return {}, ""
-    options = _options_for_band(lo, hi, seq_q, seq_k)
-    return (options, "") if options is not None else (None, UNALIGNED_BAND)
+    lengths = None
+    if not (sees_keys and is_band):
+        padded = _band_with_right_padding(unexpanded.expand(*unexpanded.shape[:-1], seq_k),
+                                          seq_q, seq_k)
+        if padded is None:
+            return None, EMPTY_ROWS if not sees_keys else NOT_A_BAND
+        lo, hi, lengths = padded
+    options = {} if lo <= -(seq_q - 1) and hi >= seq_k - 1 else \
+        _options_for_band(lo, hi, seq_q, seq_k)
+    if options is None:
+        return None, UNALIGNED_BAND
+    if lengths is not None:
+        if lengths.numel() == 1 and scores_shape is not None and len(scores_shape) == 4:
+            lengths = lengths.expand(scores_shape[0]).contiguous()  # one length, every entry
+        options = dict(options, key_lengths=lengths)
+    return options, ""
+
+
+def _band_with_right_padding(allowed: torch.Tensor, seq_q: int, seq_k: int
+                             ) -> Optional[Tuple[int, int, torch.Tensor]]:
+    """(lo, hi, key_lengths) when the "may attend" tensor (broadcast to [..., seq_q, seq_k]) is
+    one band, the same in every head, cut per batch entry at a key length (keys past it hidden
+    for every row: right padding), with every row seeing a key; else None. key_lengths is an
+    int32 [B] tensor on the mask's device (B = the mask's batch extent). One synchronization.
+
+    Each entry's length is one past the last key any of its rows sees, and the band is read off
+    the longest entry as options_for_mask reads it. A band edge that coincides with the longest
+    length is taken as no edge: every key past it is padding in every entry, so both say the
+    same."""
+    a = allowed.reshape((-1,) + tuple(allowed.shape[-3:])) if allowed.dim() == 4 else \
+        allowed.reshape((1,) + tuple(allowed.shape[-3:]) if allowed.dim() == 3 else
+                        (1, 1) + tuple(allowed.shape[-2:]))
+    one_head = a[:, 0]  # [B, rows, seq_k]; rows = seq_q, or 1 for a [B, 1, 1, Nk] mask
+    same_heads = (a == one_head[:, None]).all()
+    cols = torch.arange(seq_k, device=a.device)
+    lengths = torch.where(one_head.any(dim=1), cols + 1, 0).amax(dim=-1)  # [B]
+    plane = one_head[lengths.argmax()]
+    first_row, last_row = plane[0], plane[-1]
+    hi = torch.where(first_row, cols, -1).max()
+    lo = torch.where(last_row, cols, seq_k).min() - (plane.shape[0] - 1)
+    if plane.shape[0] == 1:  # the same keys for every row: no band, only the lengths
+        lo, hi = torch.full_like(lo, -seq_q), torch.full_like(hi, seq_k)
+    rows = torch.arange(seq_q, device=a.device)[:, None] if plane.shape[0] > 1 else \
+        torch.zeros(1, 1, dtype=torch.long, device=a.device)
+    band = (cols >= rows + lo) & (cols <= rows + hi)
+    expected = band[None] & (cols < lengths[:, None, None])
+    rows_see_keys = one_head.any(dim=-1).all()
+    ok, lo, hi, longest = torch.stack([
+        (same_heads & (one_head == expected).all() & rows_see_keys).long(), lo.long(),
+        hi.long(), lengths.max().long()]).tolist()
+    if not ok:
+        return None
+    if hi >= longest - 1:
+        hi = seq_k
+    return lo, hi, lengths.to(torch.int32)

@@ -5,11 +5,12 @@ SDPA calls to Sparge:
         out = model(x)
 
 Calls Sparge cannot serve exactly (dropout, short sequences, gradients, dtypes/devices the
-kernels lack, an attn_mask on cuda other than all-true, causal or a sliding window) go to
-PyTorch's own SDPA, with one warning per reason. A mask that is exactly a band (causal and/or a
-sliding window, either alignment) runs Sparge with the matching is_causal / window_left /
-window_right; on cpu any other bool or float attn_mask (padding, packed sequences, prefix or
-block masks, biases) runs Sparge with the mask itself (sparge.attention's attn_mask).
+kernels lack, an attn_mask on cuda other than all-true, causal or a sliding window, possibly cut
+by right padding) go to PyTorch's own SDPA, with one warning per reason. A mask that is exactly a
+band (causal and/or a sliding window, either alignment) runs Sparge with the matching is_causal /
+window_left / window_right, and with key_lengths when right padding cuts it per batch entry; on
+cpu any other bool or float attn_mask (left padding, packed sequences, prefix or block masks,
+biases) runs Sparge with the mask itself (sparge.attention's attn_mask).
 Models that call `torch.nn.functional.scaled_dot_product_attention` at run time are patched;
 code that imported the function under another name before the patch keeps PyTorch's.
 `nn.MultiheadAttention` is served when it is called with need_weights=False: the patch turns
@@ -81,11 +82,11 @@ def mask_reason(what: str) -> str:
     """The fallback reason of a call whose attn_mask Sparge cannot serve, saying what it serves."""
     return (f"attn_mask that Sparge cannot serve here: {what}. Sparge serves any bool or float "
             "attn_mask that broadcasts to [batch, heads, Nq, Nk] on cpu tensors; on cuda only "
-            "masks it can express as flags (all-true, causal or a sliding window: one band around "
-            "a diagonal, the same in every batch entry and head, every query seeing a key), as "
-            "its CUDA kernels take no mask yet. On cuda pass is_causal=True, or call "
-            "sparge.attention with window_left / window_right, or batch sequences of equal "
-            "length so that no padding mask is needed")
+            "masks it can express as flags and key lengths (all-true, causal or a sliding "
+            "window: one band around a diagonal, the same in every head, possibly cut per batch "
+            "entry by right padding, every query seeing a key), as its CUDA kernels take no "
+            "dense mask yet. On cuda pass is_causal=True, or call sparge.attention with "
+            "window_left / window_right / key_lengths, or pad batches on the right")
 
 
 def _general_mask_reason(attn_mask, query, scores) -> Optional[str]:
@@ -261,17 +262,18 @@ class _Router:
             window_right: Optional[int] = None, layout: str = "HND",
             token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
             counts: Optional[CallCounts] = None, attn_mask: Optional[torch.Tensor] = None,
-            options: Optional[Dict] = None):
+            key_lengths: Optional[torch.Tensor] = None, options: Optional[Dict] = None):
         """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
         (the router's own by default; its tiles added up with collect_stats). `options`
         replace the router's for this call (a tune plan's layer). `causal_align`,
         `window_left` and `window_right` override the options' for this call (None: keep);
-        `token_grid` reorders tokens along a Hilbert curve; `attn_mask` is SDPA's (cpu)."""
+        `token_grid` reorders tokens along a Hilbert curve; `attn_mask` is SDPA's (cpu);
+        `key_lengths` a right-padded batch's lengths (read off a padding mask, every device)."""
         counts = self.counts if counts is None else counts
         counts.sparge_calls += 1
         options = self.options if options is None else options
         per_call = dict(causal_align=causal_align, window_left=window_left,
-                        window_right=window_right, attn_mask=attn_mask)
+                        window_right=window_right, attn_mask=attn_mask, key_lengths=key_lengths)
         per_call = {n: value for n, value in per_call.items() if value is not None}
         if per_call:
             options = dict(options, **per_call)

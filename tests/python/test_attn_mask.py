@@ -1,7 +1,7 @@
 """attn_mask and key_lengths (issue 12 item 2) on the CPU, against PyTorch's SDPA with the same
 mask: bool and additive masks, broadcast shapes, fully masked rows, odd lengths, GQA, combined
-with causality and windows; patch_sdpa serving masked calls on cpu and falling back on cuda;
-errors naming the argument."""
+with causality and windows; patch_sdpa serving masked calls on cpu, padding masks as key_lengths
+on every device, and falling back on cuda for other masks; errors naming the argument."""
 import math
 import warnings
 
@@ -181,6 +181,80 @@ def test_patch_sdpa_falls_back_on_masks_it_cannot_read():
             F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(200, 200,
                                                                          dtype=torch.int32))
     assert patch.sparge_calls == 0
+
+
+def padding_mask(lengths, seq_q, seq_k, causal=False, rows=True):
+    """A right-padded batch's bool mask: [B, 1, seq_q, seq_k] (rows=True, causal if asked) or
+    [B, 1, 1, seq_k] (rows=False, the key-padding form)."""
+    keys = torch.arange(seq_k)[None, :] < torch.tensor(lengths)[:, None]  # [B, Nk]
+    if not rows:
+        return keys[:, None, None, :]
+    mask = keys[:, None, None, :].expand(len(lengths), 1, seq_q, seq_k)
+    if causal:
+        mask = mask & (torch.arange(seq_k)[None, :] <= torch.arange(seq_q)[:, None])
+    return mask
+
+
+def test_padding_masks_become_key_lengths():
+    from sparge import _dense_mask
+    n = 150
+    scores = (3, 2, n, n)
+    for mask, flags in ((padding_mask([n, 70, 1], n, n, rows=False), {}),
+                        (padding_mask([n, 70, 1], n, n), {}),
+                        (padding_mask([n, 70, 1], n, n, causal=True), dict(is_causal=True)),
+                        (torch.zeros(3, 1, n, n).masked_fill(
+                            ~padding_mask([n, 70, 1], n, n, causal=True),
+                            torch.finfo(torch.float32).min), dict(is_causal=True))):
+        options, why = _dense_mask.options_for_mask(mask, n, n, scores)
+        assert options is not None, why
+        assert options.pop("key_lengths").tolist() == [n, 70, 1]
+        assert {name: options[name] for name in flags} == flags
+    # One length for every entry (a [1, 1, 1, Nk] mask) is repeated per entry.
+    options, _ = _dense_mask.options_for_mask(padding_mask([90], n, n, rows=False), n, n, scores)
+    assert options["key_lengths"].tolist() == [90, 90, 90]
+    # Left padding, a hole, heads that differ, an entry whose rows see no key: not reducible.
+    left = padding_mask([n, 70, 1], n, n).flip(-1)
+    hole = padding_mask([n, 70, 1], n, n).clone()
+    hole[0, 0, :, 10] = False
+    heads = torch.cat([padding_mask([n, 70, 1], n, n), padding_mask([n, 71, 1], n, n)], dim=1)
+    empty = padding_mask([n, 70, 0], n, n)
+    for mask in (left, hole, heads, empty):
+        options, why = _dense_mask.options_for_mask(mask, n, n, scores)
+        assert options is None and why, why
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_patch_sdpa_serves_padding_masks_as_key_lengths(causal):
+    q, k, v = make_qkv(batch=3, heads_q=4, heads_kv=2, seq_q=170, seq_k=170, head_dim=32,
+                       seed=21)
+    mask = padding_mask([170, 99, 5], 170, 170, causal=causal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
+            got = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    torch.testing.assert_close(got.double(), torch_sdpa(q, k, v, mask), atol=2e-5, rtol=0)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_serves_key_lengths_and_padding_masks(causal):
+    q, k, v = make_qkv(batch=3, heads_q=4, heads_kv=2, seq_q=700, seq_k=700, head_dim=64,
+                       dtype=torch.bfloat16, seed=22)
+    lengths = [700, 333, 64]
+    want = sparge.attention(q, k, v, key_lengths=lengths, is_causal=causal, **dense_options())
+    got = sparge.attention(q.cuda(), k.cuda(), v.cuda(), key_lengths=lengths, is_causal=causal,
+                           **dense_options())
+    assert not got.isnan().any()
+    torch.testing.assert_close(got.cpu().float(), want.float(), atol=2e-2, rtol=0)
+    mask = padding_mask(lengths, 700, 700, causal=causal).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # served, not a fallback
+        with sparge.patch_sdpa(**dense_options()) as patch:
+            via_patch = F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(),
+                                                       attn_mask=mask, enable_gqa=True)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    torch.testing.assert_close(via_patch, got, atol=0, rtol=0)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")

@@ -165,21 +165,21 @@ def _plan(module, query, key, attention_mask, kwargs):
     q_len, k_len = query.shape[2], key.shape[2]
     if attention_mask is not None:
         # The mask is what "sdpa" computes with (sliding_window included, as are padding or
-        # packing, which a band check rules out): read it as a band.
+        # packing): read it as a band, possibly cut by right padding (then key_lengths too).
         scores = (query.shape[0], query.shape[1], q_len, k_len)
         options, why = options_for_mask(attention_mask, q_len, k_len, scores)
         if options is not None:
             return None, dict(dict(is_causal=False), **options)
-        # Padding or packing: Sparge takes the mask itself on cpu (its CUDA kernels, not yet).
+        # Left padding or packing: Sparge takes the mask itself on cpu (its CUDA kernels, not yet).
         general = patch._general_mask_reason(attention_mask, query, scores)
         if general is None:
             return None, dict(is_causal=False, attn_mask=attention_mask)
         if general == "":
             return (f"an attention mask Sparge cannot read ({why})"), None
-        return (f"an attention mask that is neither all-true, causal nor a sliding window "
-                f"({why}), on {query.device.type}: Sparge's CUDA kernels take no dense masks "
-                f"yet (it serves them on cpu); encode single sequences, or batches of equal "
-                f"length, to stay on it"), None
+        return (f"an attention mask that is neither all-true, causal nor a sliding window, "
+                f"possibly right-padded ({why}), on {query.device.type}: Sparge's CUDA kernels "
+                f"take no dense masks yet (it serves them on cpu); pad on the right, or encode "
+                f"single sequences or batches of equal length, to stay on it"), None
     # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
     # row (decoding) sees every key.
     is_causal = kwargs.get("is_causal")
