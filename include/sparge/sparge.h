@@ -79,8 +79,8 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
 // a dense bool or additive mask and/or per-batch key lengths). Each tile of the attention matrix
 // is classified: a tile the mask hides wholly is never kept by Stage 1 nor computed by Stage 2,
 // a tile it leaves untouched runs as without a mask, and the others apply it per element
-// (docs/method.md, "Attention masks"). The CPU backends take masks; the CUDA backend returns
-// Status::unsupported naming attn_mask (for now).
+// (docs/method.md, "Attention masks"). The CPU backends take both forms; the CUDA backend takes
+// key_lengths and returns Status::unsupported naming attn_mask for a dense mask (for now).
 Status validate(const TensorView& q, const TensorView& k, const TensorView& v,
                 const AttentionMask& attn_mask, const SparseOptions& opts);
 Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,

@@ -33,6 +33,20 @@ struct Problem {
   }
 };
 
+// Whether Stage 1's selection keeps every visible tile whatever the inputs say, so that the
+// backends may write that mask without reading q and k: top-k with κ = 1 on every head (it keeps
+// ⌊κ · allowed⌋ ≥ every eligible tile, and the similarity gate forces only tiles that are visible
+// too), no error target, and no Stage1Stats asked for (the forced-tile count needs the
+// similarities). issue 10: "Stage 1 skipped when the thresholds make the mask dense".
+inline bool selection_keeps_every_tile(const Problem& p, const Stage1Stats& stats) {
+  const SparseOptions& o = p.opts;
+  if (o.select != SelectMode::kTopK || o.target_error > 0.0f) return false;
+  if (stats.select_value || stats.error_estimate || stats.forced_tiles) return false;
+  for (int64_t h = 0; h < (o.select_value.per_head ? p.shape.heads_q : 1); ++h)
+    if (o.select_value.at(h) < 1.0f) return false;
+  return true;
+}
+
 }  // namespace sparge::detail
 
 namespace sparge::cpu {

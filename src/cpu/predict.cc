@@ -236,6 +236,19 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
   const MaskReader attn(p.attn_mask, s.seq_k);
   const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);
+  if (detail::selection_keeps_every_tile(p, stats)) {  // every visible tile, q and k unread
+    for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh)
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t b = bh / s.heads_q, h = bh % s.heads_q, row = mask.row(b, h, i);
+        const detail::BlockRange allowed =
+            detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+        int32_t count = 0;
+        for (int64_t j = allowed.begin; j < allowed.end; ++j)
+          if (!tiles.skipped(b, h, i, j)) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
+        mask.counts[row] = count;
+      }
+    return Status::ok();
+  }
 
   std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
 #pragma omp parallel for schedule(dynamic)

@@ -371,6 +371,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.scale = double(p.scale);
   s.band = p.band();
   s.topk = p.opts.select == SelectMode::kTopK;
+  s.keep_every_tile = detail::selection_keeps_every_tile(p, stats);
   s.sampled_rows = p.opts.estimate == EstimateMode::kSampledRows;
   s.sample_rows = p.opts.sample_rows;
   s.attention_sink = p.opts.attention_sink;

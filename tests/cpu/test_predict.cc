@@ -278,5 +278,48 @@ TEST(Predict, NanBlockIsNonSimilarAndKept) {
   EXPECT_EQ(kept(m, 0, 0, 1), Blocks({0, 1, 2, 3}));
 }
 
+// Top-k with κ = 1 keeps every visible tile whatever q and k hold: the mask is written without
+// Stage 1 (detail::selection_keeps_every_tile) and equals what the whole Stage 1 writes (forced
+// here by asking for Stage1Stats), under causality, a window, key lengths and a dense mask;
+// q full of NaN changes nothing.
+TEST(Predict, TopKOfOneWritesEveryVisibleTileWithoutStage1) {
+  const Dims s{2, 2, 1, 300, 333};
+  std::vector<float> q(s.B * s.Hq * s.Nq * kD), k(s.B * s.Hkv * s.Nk * kD);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37f * float(i));
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(0.11f * float(i));
+  const int32_t lengths[2] = {333, 130};
+  std::vector<uint8_t> dense(s.Nq * s.Nk);
+  for (size_t i = 0; i < dense.size(); ++i) dense[i] = (i / 7) % 5 != 0;
+  for (int variant = 0; variant < 4; ++variant) {
+    SparseOptions o = topk_options(1.0f);
+    AttentionMask m;
+    if (variant == 1) o.causal = true, o.causal_align = CausalAlign::kBottomRight;
+    if (variant == 2) o.window_left = 40, o.window_right = 10, m.key_lengths = lengths;
+    if (variant == 3) {
+      o.causal = true;
+      m.data = dense.data();
+      m.seq_q = s.Nq;
+      m.seq_k = s.Nk;
+      m.stride_q = s.Nk;
+    }
+    for (const bool nan_inputs : {false, true}) {
+      std::vector<float> qi = q, ki = k;
+      if (nan_inputs) std::fill(qi.begin(), qi.end(), std::numeric_limits<float>::quiet_NaN());
+      const HostTensor qt = HostTensor::make(qi, s.B, s.Hq, s.Nq, kD, DType::kFloat32, Layout::kHND);
+      const HostTensor kt = HostTensor::make(ki, s.B, s.Hkv, s.Nk, kD, DType::kFloat32, Layout::kHND);
+      HostBlockMask fast(s.B, s.Hq, s.Nq, s.Nk, o.block_q, o.block_k);
+      HostBlockMask full(s.B, s.Hq, s.Nq, s.Nk, o.block_q, o.block_k);
+      std::vector<int64_t> forced(s.B * s.Hq);
+      Stage1Stats stats;
+      stats.forced_tiles = forced.data();
+      ASSERT_TRUE(predict_block_mask(qt.view, kt.view, kt.view, m, o, fast.view()).is_ok());
+      ASSERT_TRUE(
+          predict_block_mask(qt.view, kt.view, kt.view, m, o, full.view(), {}, stats).is_ok());
+      EXPECT_EQ(fast.to_dense(), full.to_dense()) << "variant " << variant << " nan " << nan_inputs;
+      EXPECT_EQ(fast.counts, full.counts) << "variant " << variant;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sparge::test

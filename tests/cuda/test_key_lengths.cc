@@ -6,8 +6,9 @@
 // TopCdf and top-k, causal both alignments, a window, GQA, the sink); the outputs and LSE of
 // both stages match the reference; a caller's mask with tiles past a length computes them as
 // skipped (the λ counters equal the CPU's); the quantized kernel matches the CPU emulation.
-// Outputs are poisoned first, NaN never passes. The default kernel runs here; ctest runs the
-// file again under SPARGE_CUDA_KERNEL=sm80 / sm90 / sm90ws.
+// Top-k with κ = 1 (every visible tile, Stage 1 skipped) is among the cases. Outputs are
+// poisoned first, NaN never passes. The default kernel runs here; ctest runs the file again under
+// SPARGE_CUDA_KERNEL=sm80 / sm90 / sm90ws.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -178,6 +179,12 @@ const PadCase kPadCases[] = {
      EstimateMode::kPooled, SelectMode::kTopCdf, 0.9f, true, DType::kFloat16},
     {"window_d256", 2, 2, 512, 256, {512, 129}, false, CausalAlign::kTopLeft, 200,
      EstimateMode::kSampledRows, SelectMode::kTopK, 0.5f, false, DType::kBFloat16},
+    // Top-k with κ = 1 keeps every visible tile: both backends write that mask without Stage 1
+    // (detail::selection_keeps_every_tile; the GPU's keep_visible_tiles kernel).
+    {"topk1_causal_br", 2, 1, 1000, 128, {1000, 450, 3}, true, CausalAlign::kBottomRight, -1,
+     EstimateMode::kPooled, SelectMode::kTopK, 1.0f, true, DType::kBFloat16},
+    {"topk1_dense", 2, 2, 640, 128, {640, 640}, false, CausalAlign::kTopLeft, -1,
+     EstimateMode::kPooled, SelectMode::kTopK, 1.0f, false, DType::kBFloat16},
 };
 INSTANTIATE_TEST_SUITE_P(Padding, KeyLengths, ::testing::ValuesIn(kPadCases),
                          [](const ::testing::TestParamInfo<PadCase>& info) { return info.param.name; });

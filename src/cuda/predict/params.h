@@ -40,6 +40,9 @@ struct PredictParams {
   // they fill wholly is eligible or kept, and sampled rows do not see them.
   const int32_t* key_lengths;
   bool topk;              // false: TopCdf
+  // The selection keeps every visible tile (detail::selection_keeps_every_tile): one kernel
+  // writes that mask, nothing reads q or k.
+  bool keep_every_tile;
   bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
   int sample_rows;
   bool attention_sink;

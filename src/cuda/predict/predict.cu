@@ -74,6 +74,11 @@ int max_sortable_key_blocks() { return kMaxSortLen; }
 template <typename T>
 Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int bhk = p.batch * p.heads_kv, bhq = p.batch * p.heads_q;
+  if (p.keep_every_tile) {
+    keep_visible_tiles<<<dim3(p.num_q_blocks, bhq), kSelectThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("keep_visible_tiles launch");
+    return Status::ok();
+  }
   const int chunks = (p.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 

@@ -260,4 +260,16 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   if (threadIdx.x == 0) p.mask_counts[row] = written;
 }
 
+// The mask when the selection keeps every visible tile (PredictParams::keep_every_tile): each
+// row lists its visible key blocks. Grid (nq, batch·heads_q), kSelectThreads threads.
+__global__ void __launch_bounds__(kSelectThreads) keep_visible_tiles(const PredictParams p) {
+  const int i = blockIdx.x, bh = blockIdx.y;
+  const int64_t row = int64_t(bh) * p.num_q_blocks + i;
+  const detail::BlockRange range = visible_key_blocks(p, i, bh / p.heads_q);
+  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  for (int j = int(range.begin) + threadIdx.x; j < int(range.end); j += kSelectThreads)
+    gIdx[j - range.begin] = j;
+  if (threadIdx.x == 0) p.mask_counts[row] = int32_t(range.size());
+}
+
 }  // namespace sparge::cuda
