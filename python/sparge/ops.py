@@ -301,6 +301,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
             raise ValueError("token_grid reorders tokens, which breaks a sliding window's "
                              "positions: pass window_left=-1 and window_right=-1 with a "
                              "token_grid")
+        if lengths is not None:
+            raise ValueError("token_grid reorders keys, so key_lengths no longer mark a suffix: "
+                             "pass the padding as an attn_mask with a token_grid")
         # The gathers (and the output's inverse) are one strided copy each through the library's
         # permute_tokens; the full gather indices, cached with the order, serve an attn_mask only.
         order, gather_q = _hilbert_gathers(qh.shape[2], token_grid, grid_offset, qh.device)
@@ -309,9 +312,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
                       for t in (qh, kh, vh))
         mask4 = _permute_mask(mask4, gather_q, gather_k)
         reordered = True
-        if lengths is not None:
-            raise ValueError("token_grid reorders keys, so key_lengths no longer mark a suffix: "
-                             "pass the padding as an attn_mask with a token_grid")
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
     out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(

@@ -64,6 +64,20 @@ SPARGE_HD int64_t last_visible_key(int64_t row, const KeyBand& band, int64_t seq
   return last < seq_k - 1 ? last : seq_k - 1;
 }
 
+// The keys batch entry b's rows may see, [0, key_end): seq_k, or the entry's length
+// (AttentionMask::key_lengths) clamped to [0, seq_k] (device lengths are not checked on the host,
+// which would need a copy; host ones are validated before they get here). The band keeps its
+// alignment to seq_k: pass key_end as the sequence end to cut a row's keys or a block's range.
+SPARGE_HD int64_t key_end(const int32_t* key_lengths, int64_t b, int64_t seq_k) {
+  if (key_lengths == nullptr) return seq_k;
+#if defined(__CUDA_ARCH__)
+  const int64_t len = __ldg(key_lengths + b);
+#else
+  const int64_t len = key_lengths[b];
+#endif
+  return len < 0 ? 0 : (len > seq_k ? seq_k : len);
+}
+
 // The key blocks query block qb may touch: [begin, end), empty when begin == end. The block's
 // first row sees the leftmost keys, its last valid row the rightmost, and every key between
 // them is seen by some row (the band moves one key per row and is at least one key wide).

@@ -31,7 +31,7 @@ class MaskReader {
   int64_t seq_k() const { return seq_k_; }
 
   // Keys [0, key_end(b)) are real for batch entry b (key_lengths; all of them without it).
-  int64_t key_end(int64_t b) const { return m_.key_lengths ? m_.key_lengths[b] : seq_k_; }
+  int64_t key_end(int64_t b) const { return detail::key_end(m_.key_lengths, b, seq_k_); }
 
   // The dense mask's additive term of (b, h, r, c) in natural-log units: 0 (attend), -inf
   // (hidden) or the float mask's value. Key padding is not included (key_end says it).

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/backend.h"
 #include "reference_cases.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
@@ -284,6 +285,25 @@ TEST(Predict, NanBlockIsNonSimilarAndKept) {
 // q full of NaN changes nothing.
 TEST(Predict, TopKOfOneWritesEveryVisibleTileWithoutStage1) {
   const Dims s{2, 2, 1, 300, 333};
+  // The shortcut is taken exactly when it is safe (so the comparison below is fast vs full).
+  detail::Problem prob;
+  prob.shape.heads_q = s.Hq;
+  prob.opts = topk_options(1.0f);
+  int64_t forced_out[4];
+  Stage1Stats with_stats;
+  with_stats.forced_tiles = forced_out;
+  EXPECT_TRUE(detail::selection_keeps_every_tile(prob, {}));
+  EXPECT_FALSE(detail::selection_keeps_every_tile(prob, with_stats));
+  const float per_head[2] = {1.0f, 0.99f};
+  prob.opts.select_value.per_head = per_head;
+  EXPECT_FALSE(detail::selection_keeps_every_tile(prob, {}));
+  prob.opts = topk_options(1.0f);
+  prob.opts.target_error = 0.05f;
+  EXPECT_FALSE(detail::selection_keeps_every_tile(prob, {}));
+  prob.opts = base_options();  // TopCdf: τ = 1 may still drop blocks the sum rounds past
+  prob.opts.select_value = {1.0f};
+  EXPECT_FALSE(detail::selection_keeps_every_tile(prob, {}));
+
   std::vector<float> q(s.B * s.Hq * s.Nq * kD), k(s.B * s.Hkv * s.Nk * kD);
   for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.37f * float(i));
   for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(0.11f * float(i));

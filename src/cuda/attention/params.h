@@ -42,7 +42,9 @@ struct AttnParams {
 
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
 // The keys batch entry b's rows may see: [0, key_end). A length outside [0, seq_k] (the host
-// cannot check device memory without a copy) is clamped.
+// cannot check device memory without a copy) is clamped. The rule of geometry.h's key_end (Stage 1
+// and the CPU call that one), in int: routed through it, the sm80 kernel's spills grew from 176
+// to 188 bytes at d128 (ptxas), which no run has measured, so the attention kernels keep this.
 __device__ __forceinline__ int key_end_of(const AttnParams& p, int b) {
   if (p.key_lengths == nullptr) return p.seq_k;
   const int len = __ldg(p.key_lengths + b);

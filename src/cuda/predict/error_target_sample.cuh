@@ -55,11 +55,23 @@ __device__ __forceinline__ SampleBlock sample_block(const PredictParams& p, int 
 
 // Grid (⌈nq / blocks_per_cta⌉, batch·heads_q), kEtThreads threads, error_target_sample_smem
 // bytes. unit_tiles = et_rows / 16 (units of a full block); blocks_per_cta = max(1, 8 / unit_tiles).
-// Two CTAs per SM at hd ≤ 128 (128 registers; a few spills at hd 128): at one 8-warp CTA per SM
-// the kernel was latency-bound; two measured 11-18% faster on the H200
-// (bench/results/2026-12-04_NVIDIA-H200_error-target-occupancy_check.md).
+// Two CTAs per SM where their shared memory fits (128 registers; a few spills at hd 128): at one
+// 8-warp CTA per SM the kernel was latency-bound; two measured 11-18% faster on the H200
+// (bench/results/2026-12-04_NVIDIA-H200_error-target-occupancy_check.md). Where two do not fit
+// (hd 256; hd 128 on sm_80's 164 KiB) the register cap would only add spills, so it stays at one.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr int kSmemPerSm = 164 * 1024;
+#else
+constexpr int kSmemPerSm = 227 * 1024;
+#endif
+template <typename Tr>
+constexpr int error_target_sample_ctas_per_sm() {
+  return 2 * error_target_sample_smem<Tr>() <= kSmemPerSm ? 2 : 1;
+}
+
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kEtThreads, kHeadDim > 128 ? 1 : 2)
+__global__ void __launch_bounds__(kEtThreads,
+                                  error_target_sample_ctas_per_sm<EtTraits<T, kHeadDim>>())
     error_target_sample(const PredictParams p, int blocks_per_cta, int unit_tiles) {
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;                 // 8-key tiles per step

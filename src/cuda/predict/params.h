@@ -78,12 +78,9 @@ struct PredictParams {
 };
 
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
-// The keys batch entry b's rows may see: [0, key_end), clamped to [0, seq_k] (the host cannot
-// check device memory without a copy).
+// The keys batch entry b's rows may see: [0, key_end) (geometry.h's key_end).
 __device__ __forceinline__ int64_t key_end_of(const PredictParams& p, int b) {
-  if (p.key_lengths == nullptr) return p.seq_k;
-  const int64_t len = __ldg(p.key_lengths + b);
-  return len < 0 ? 0 : (len > p.seq_k ? p.seq_k : len);
+  return detail::key_end(p.key_lengths, b, p.seq_k);
 }
 
 // The key blocks query block i of batch entry b sees a key in: the band's allowed blocks cut at

@@ -2,7 +2,8 @@
 // blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows; with
 // target_error > 0, error_target_sample's, which also keep the rows' exact outputs), the error
 // target's candidate errors and per-head choice (also the per-head stats), selection into the
-// BlockMask. Six to nine launches on the caller's stream, no allocation, no synchronisation.
+// BlockMask. Six to nine launches on the caller's stream (one, keep_visible_tiles, when top-k
+// keeps every tile), no allocation, no synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
