@@ -103,6 +103,12 @@ const PredictCase kPredictCases[] = {
     {"random", 2, 2, 300, 500, 16, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.5f, false},
     {"video", 2, 2, 1000, 1000, 36, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.9f, false, -1, -1, 4},
     {"llm", 2, 1, 500, 700, 20, DType::kFloat16, Layout::kHND, true, CausalAlign::kBottomRight, SelectMode::kTopK, 0.3f, 0.3f, false, -1, -1, 4},
+    // More than kWarpSelectMaxBlocks (512) key blocks: the selection's CTA-per-row kernel; just
+    // below and at it, the warp kernel's largest instance (16 slots per lane, some empty).
+    {"random", 2, 1, 300, 40000, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, -0.5f, 0.6f, false},
+    {"random", 2, 1, 300, 40000, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.1f, true},
+    {"random", 2, 2, 700, 32700, 64, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, -0.5f, 0.7f, false},
+    {"random", 2, 2, 700, 32768, 64, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.2f, true},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictVsReference, ::testing::ValuesIn(kPredictCases));
 

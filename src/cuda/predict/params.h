@@ -43,6 +43,9 @@ struct PredictParams {
   // The selection keeps every visible tile (detail::selection_keeps_every_tile): one kernel
   // writes that mask, nothing reads q or k.
   bool keep_every_tile;
+  // km, pooled_q, sim_q, pooled_kt and sim_k are already written (the quantization pass pooled
+  // the blocks while it read q and k: quantize/pool_tile.cuh); the launcher starts at the scores.
+  bool pooled_by_pass;
   bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
   int sample_rows;
   bool attention_sink;

@@ -1,14 +1,17 @@
 // Stage 1 launcher: key mean (two fixed-order passes), pooling + similarity of q and smoothed k
-// blocks, compressed scores (estimate pooled) or sampled rows' block masses (sampled_rows; with
-// target_error > 0, error_target_sample's, which also keep the rows' exact outputs), the error
-// target's candidate errors and per-head choice (also the per-head stats), selection into the
-// BlockMask. Six to nine launches on the caller's stream (one, keep_visible_tiles, when top-k
-// keeps every tile), no allocation, no synchronisation.
+// blocks (unless the quantization pass did both: PredictParams::pooled_by_pass), compressed
+// scores (estimate pooled) or sampled rows' block masses (sampled_rows; with target_error > 0,
+// error_target_sample's, which also keep the rows' exact outputs), the error target's candidate
+// errors and per-head choice (also the per-head stats), selection into the BlockMask (a warp per
+// row up to kWarpSelectMaxBlocks key blocks, else a CTA per row). Two to nine launches on the
+// caller's stream (one, keep_visible_tiles, when top-k keeps every tile), no allocation, no
+// synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common/check.cuh"
 #include "cuda/predict/error_target.cuh"
@@ -16,6 +19,7 @@
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
 #include "cuda/predict/sampled_rows.cuh"
+#include "cuda/predict/select_warp.cuh"
 #include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
@@ -68,6 +72,23 @@ Status launch_error_target(const PredictParams& p, int sort_len, cudaStream_t st
   }
 }
 
+// The selection with a warp per mask row (select_warp.cuh) for rows of up to
+// kWarpSelectMaxBlocks key blocks: slots = nk rounded up to a power of two (at least 32).
+Status launch_select_warp(const PredictParams& p, cudaStream_t stream) {
+  const dim3 grid((p.num_q_blocks + kWarpSelectRows - 1) / kWarpSelectRows, p.batch * p.heads_q);
+  const auto run = [&](auto per_lane) {
+    select_blocks_warp<decltype(per_lane)::value><<<grid, kWarpSelectRows * 32, 0, stream>>>(p);
+  };
+  if (p.num_k_blocks <= 32) run(std::integral_constant<int, 1>{});
+  else if (p.num_k_blocks <= 64) run(std::integral_constant<int, 2>{});
+  else if (p.num_k_blocks <= 128) run(std::integral_constant<int, 4>{});
+  else if (p.num_k_blocks <= 256) run(std::integral_constant<int, 8>{});
+  else run(std::integral_constant<int, 16>{});
+  static_assert(kWarpSelectMaxBlocks == 16 * 32, "the largest instance holds 16 slots per lane");
+  SPARGE_CUDA_CHECK_LAUNCH("select_blocks_warp launch");
+  return Status::ok();
+}
+
 }  // namespace
 
 int max_sortable_key_blocks() { return kMaxSortLen; }
@@ -83,14 +104,16 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int chunks = (p.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 
-  key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
-  key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
-  SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
-  pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
-  pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
+  if (!p.pooled_by_pass) {
+    key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
+    key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
+    SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
+    pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
+    pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
+  }
   if (p.error_target) {
     // error_target_sample writes the weights (launched with error_target_rows, below).
   } else if (p.sampled_rows) {
@@ -113,6 +136,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   }
   if (p.stat_forced != nullptr)  // select_blocks adds each row's forced tiles
     SPARGE_CUDA_CHECK(cudaMemsetAsync(p.stat_forced, 0, sizeof(int64_t) * bhq, stream));
+  if (p.num_k_blocks <= kWarpSelectMaxBlocks) return launch_select_warp(p, stream);
   if (smem > 48 * 1024)
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   select_blocks<<<dim3(p.num_q_blocks, bhq), kSelectThreads, smem, stream>>>(p, sort_len);
