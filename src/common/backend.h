@@ -80,6 +80,10 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
                           const ExecContext& ctx, const Stage1Stats& stats = {});
 Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                  const AttentionExtras& extras, const ExecContext& ctx);
+// Stage 1 into `mask`, then attention (extras.stage1 receives Stage 1's statistics); quantized
+// calls fuse Stage 1's reading of q and k into the quantization pass where they can.
+Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                        const AttentionExtras& extras, const ExecContext& ctx);
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse,
                       const ExecContext& ctx);

@@ -24,6 +24,10 @@ Status attention(const detail::Problem&, const BlockMask&, const TensorView&,
                  const AttentionExtras&, const ExecContext&) {
   return not_built();
 }
+Status sparse_attention(const detail::Problem&, const BlockMask&, const TensorView&,
+                        const AttentionExtras&, const ExecContext&) {
+  return not_built();
+}
 Status permute_tokens(const TensorView&, const TensorView&, const int64_t*, int64_t, int64_t,
                       bool, const ExecContext&) {
   return not_built();

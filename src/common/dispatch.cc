@@ -269,8 +269,7 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   rest.workspace = base + layout.stage1;
   rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
-  SPARGE_RETURN_IF_ERROR(cuda::predict_block_mask(p, mask, rest, extras.stage1));
-  return cuda::attention(p, mask, o, extras, rest);
+  return cuda::sparse_attention(p, mask, o, extras, rest);
 }
 
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

@@ -412,10 +412,14 @@ QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s) {
   return quant_attention_workspace(s.batch, s.heads_q, s.heads_kv, s.seq_q, s.seq_k, s.head_dim);
 }
 
-// Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
-// then the quantized kernel (attn_fwd_sm90_q8: sm_90a, head dims 64 and 128).
-Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
-                           const AttnParams& a, const ExecContext& ctx) {
+// Where sparse_attention's quantized call puts the quantization pass's buffers: after Stage 1's
+// scratch, which the fused pass fills while Stage 1 is still to run.
+std::size_t quant_offset(const ProblemShape& shape, const SparseOptions& opts) {
+  return (predict_workspace(shape, opts).total + 255) / 256 * 256;
+}
+
+// The refusals of quantized attention on CUDA: the kernel it needs, its head dims, its instances.
+Status check_quantized(Kernel kernel, const std::string& why, const detail::Problem& p) {
   if (kernel != Kernel::kSm90Ws)
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
                                    "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why, ")"));
@@ -428,9 +432,11 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
   if (!compiled(int(D), bf16, banded))
     return Status::unsupported(cat("quantized attention instance (head_dim ", D, ", ", bf16 ? "bf16" : "fp16",
                                    banded ? ", banded" : ", dense", ") is not compiled (SPARGE_FAST_BUILD=ON)"));
-  const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
-  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
-  char* base = static_cast<char*>(ctx.workspace);
+  return Status::ok();
+}
+
+// The quantization pass's outputs and scratch laid out by `ws` from `base`.
+QuantizedBuffers quant_buffers(const QuantAttentionWorkspace& ws, char* base) {
   QuantizedBuffers buf;
   buf.q = reinterpret_cast<int8_t*>(base + ws.q);
   buf.q_scale = reinterpret_cast<float*>(base + ws.q_scale);
@@ -439,17 +445,21 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
   buf.km = reinterpret_cast<float*>(base + ws.km);
   buf.v8 = reinterpret_cast<uint8_t*>(base + ws.v8);
   buf.v_scale = reinterpret_cast<float*>(base + ws.v_scale);
-  ExecContext pass = ctx;
-  pass.workspace = base + ws.pass;
-  pass.workspace_bytes = ws.total - ws.pass;
-  SPARGE_RETURN_IF_ERROR(quantize_inputs(p, buf, detail::QuantGranularity{}, pass));
+  return buf;
+}
+
+// The quantized kernel (attn_fwd_sm90_q8: sm_90a, head dims 64 and 128) on the pass's outputs.
+Status launch_quantized(const detail::Problem& p, const AttnParams& a, const QuantizedBuffers& buf,
+                        cudaStream_t stream) {
   const QuantOperands q8{buf.q, buf.q_scale, buf.k, buf.k_scale, buf.v8, buf.v_scale, buf.km,
                          int(detail::ceil_div(p.shape.seq_k, detail::kQuantKRows)),
                          detail::v8_keys(p.shape.seq_k)};
-  const auto stream = static_cast<cudaStream_t>(ctx.stream);
 #if SPARGE_FAST_BUILD
+  (void)p;
   return launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
 #else
+  const bool bf16 = p.q.dtype == DType::kBFloat16;
+  const bool banded = p.band().limited();
   const auto by_type = [&](auto head_dim) {
     constexpr int kD = decltype(head_dim)::value;
     if (bf16)
@@ -458,106 +468,16 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
     return banded ? launch_attn_sm90q8<__half, kD, true>(a, q8, stream)
                   : launch_attn_sm90q8<__half, kD, false>(a, q8, stream);
   };
-  return D == 64 ? by_type(std::integral_constant<int, 64>{}) : by_type(std::integral_constant<int, 128>{});
+  return p.shape.head_dim == 64 ? by_type(std::integral_constant<int, 64>{})
+                                : by_type(std::integral_constant<int, 128>{});
 #endif
 }
 
-}  // namespace
-
-int device_count() {
-  int n = 0;
-  // No driver or no GPU: cudart_static reports an error, which means "no device" here.
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
-
-std::string compiled_set() {
-  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention ", SPARGE_CUDA_HAVE_SM90A ? "wgmma (sm_90a) and " : "",
-             "mma.sync tiles ", kTileQ, "x", kTileK, ": ",
-             attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
-}
-
-// Head dims with an instance that some GPU can run: those of the mma.sync kernel, and, when this
-// build holds sm_90a code, those of the sm_90a kernels (256: sm90ws only, so sm_90 only).
-std::vector<int> compiled_head_dims() {
-  std::vector<int> dims;
-  for (const auto& inst : kCompiledInstances) {
-    if (fast_build() && !inst.in_fast_build) continue;
-    if (!inst.sm80 && !SPARGE_CUDA_HAVE_SM90A) continue;
-    if (std::find(dims.begin(), dims.end(), inst.head_dim) == dims.end()) dims.push_back(inst.head_dim);
-  }
-  std::sort(dims.begin(), dims.end());
-  return dims;
-}
-
-// Quantized mode: the quantization pass's buffers reuse Stage 1's scratch (Stage 1 is done
-// with it when the pass starts, in stream order), so the larger of the two.
-std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
-  const std::size_t stage1 = predict_workspace(shape, opts).total;
-  if (opts.quant == QuantMode::kNone) return stage1;
-  return std::max(stage1, quant_workspace_of(shape).total);
-}
-
-Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
-                 const AttentionExtras& extras, const ExecContext& ctx) {
-  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
-  if (mask.block_q != kTileQ || mask.block_k != kTileK)
-    return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
-                                   ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
-                                   kTileK, ")"));
-  if (p.opts.pv_group_rows != kPvGroupRows)
-    return Status::unsupported(cat("SparseOptions.pv_group_rows must be ", kPvGroupRows,
-                                   " on cuda (one warp's rows), got ", p.opts.pv_group_rows));
-  if (p.opts.pv_threshold.per_head && p.shape.heads_q > kMaxParamHeads)
-    return Status::unsupported(cat("per-head pv_threshold supports at most ", kMaxParamHeads,
-                                   " query heads on cuda, got ", p.shape.heads_q));
-  SPARGE_RETURN_IF_ERROR(check_sizes(p));
-  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
-
-  const AttnParams a = to_params(p, mask, o, extras);
-  Kernel kernel = Kernel::kSm80;
-  std::string why;
-  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
-  if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, ctx);
-  return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
-                               static_cast<cudaStream_t>(ctx.stream));
-}
-
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
-                          const Stage1Stats& stats) {
-  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
-  SPARGE_RETURN_IF_ERROR(check_sizes(p));
-  const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
-  if (per_head && p.shape.heads_q > kMaxPredictHeads)
-    return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
-                                   " query heads on cuda, got ", p.shape.heads_q));
-  if (mask.num_k_blocks() > max_sortable_key_blocks())
-    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
-                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
-                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
-  const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
-  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
-  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
-
-  if (p.opts.target_error > 0.0f) {
-    SPARGE_RETURN_IF_ERROR(check_dtype(p.v.dtype, "v.dtype"));
-    if (p.shape.head_dim > 256)
-      return Status::unsupported(cat("SparseOptions.target_error on cuda takes head_dim <= 256, got ",
-                                     p.shape.head_dim));
-  }
-  const PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
-  return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
-}
-
-std::size_t quantize_workspace_size(const ProblemShape& shape) {
-  return quantize_workspace(shape.batch, shape.heads_kv, shape.seq_k, shape.head_dim).total;
-}
-
-Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
-                       const detail::QuantGranularity& g, const ExecContext& ctx) {
+// The quantization pass into `out` (scratch from ctx.workspace); with `pool`, also Stage 1's key
+// mean, pooled blocks and similarities into pool's arrays (quantize/pool_tile.cuh).
+Status quantize_pass(const detail::Problem& p, const QuantizedBuffers& out,
+                     const detail::QuantGranularity& g, const ExecContext& ctx,
+                     const PredictParams* pool) {
   SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
   if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype)
     return Status::invalid("q, k and v must have the same dtype for the cuda quantization pass");
@@ -614,7 +534,185 @@ Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
   char* base = static_cast<char*>(ctx.workspace);
   qp.k_run_sum = reinterpret_cast<double*>(base + ws.k_run_sum);
   qp.v_run_amax = reinterpret_cast<float*>(base + ws.v_run_amax);
+  if (pool != nullptr) {
+    qp.km_pool = pool->km;
+    qp.pooled_q = pool->pooled_q;
+    qp.sim_q = pool->sim_q;
+    qp.pooled_kt = pool->pooled_kt;
+    qp.sim_k = pool->sim_k;
+    qp.num_q_blocks = pool->num_q_blocks;
+    qp.num_k_blocks = pool->num_k_blocks;
+  }
   return quantize_by_dtype(qp, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+}
+
+// Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
+// then the quantized kernel.
+Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
+                           const AttnParams& a, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_quantized(kernel, why, p));
+  const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
+  char* base = static_cast<char*>(ctx.workspace);
+  const QuantizedBuffers buf = quant_buffers(ws, base);
+  ExecContext pass = ctx;
+  pass.workspace = base + ws.pass;
+  pass.workspace_bytes = ws.total - ws.pass;
+  SPARGE_RETURN_IF_ERROR(quantize_pass(p, buf, detail::QuantGranularity{}, pass, nullptr));
+  return launch_quantized(p, a, buf, static_cast<cudaStream_t>(ctx.stream));
+}
+
+}  // namespace
+
+int device_count() {
+  int n = 0;
+  // No driver or no GPU: cudart_static reports an error, which means "no device" here.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string compiled_set() {
+  return cat("archs ", SPARGE_CUDA_ARCHS, "; attention ", SPARGE_CUDA_HAVE_SM90A ? "wgmma (sm_90a) and " : "",
+             "mma.sync tiles ", kTileQ, "x", kTileK, ": ",
+             attention_set(), "; stage 1: fp16, bf16, any head_dim <= 256");
+}
+
+// Head dims with an instance that some GPU can run: those of the mma.sync kernel, and, when this
+// build holds sm_90a code, those of the sm_90a kernels (256: sm90ws only, so sm_90 only).
+std::vector<int> compiled_head_dims() {
+  std::vector<int> dims;
+  for (const auto& inst : kCompiledInstances) {
+    if (fast_build() && !inst.in_fast_build) continue;
+    if (!inst.sm80 && !SPARGE_CUDA_HAVE_SM90A) continue;
+    if (std::find(dims.begin(), dims.end(), inst.head_dim) == dims.end()) dims.push_back(inst.head_dim);
+  }
+  std::sort(dims.begin(), dims.end());
+  return dims;
+}
+
+// Quantized mode: sparse_attention's fused pass writes the quantized operands while Stage 1's
+// scratch still holds its pooled blocks, so the two lie side by side (quant_offset).
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
+  const std::size_t stage1 = predict_workspace(shape, opts).total;
+  if (opts.quant == QuantMode::kNone) return stage1;
+  return quant_offset(shape, opts) + quant_workspace_of(shape).total;
+}
+
+namespace {
+
+// What attention() refuses before anything runs (also for sparse_attention's fused call).
+Status check_attention(const detail::Problem& p, const BlockMask& mask) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  if (mask.block_q != kTileQ || mask.block_k != kTileK)
+    return Status::unsupported(cat("mask block geometry (block_q ", mask.block_q, ", block_k ", mask.block_k,
+                                   ") must equal the CUDA kernel's tile (block_q ", kTileQ, ", block_k ",
+                                   kTileK, ")"));
+  if (p.opts.pv_group_rows != kPvGroupRows)
+    return Status::unsupported(cat("SparseOptions.pv_group_rows must be ", kPvGroupRows,
+                                   " on cuda (one warp's rows), got ", p.opts.pv_group_rows));
+  if (p.opts.pv_threshold.per_head && p.shape.heads_q > kMaxParamHeads)
+    return Status::unsupported(cat("per-head pv_threshold supports at most ", kMaxParamHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  return check_device(p.q.device_index);
+}
+
+// What predict_block_mask() refuses before anything runs, the workspace aside.
+Status check_predict(const detail::Problem& p, const BlockMask& mask) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
+  SPARGE_RETURN_IF_ERROR(check_sizes(p));
+  const bool per_head = p.opts.sim_threshold.per_head || p.opts.select_value.per_head;
+  if (per_head && p.shape.heads_q > kMaxPredictHeads)
+    return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
+                                   " query heads on cuda, got ", p.shape.heads_q));
+  if (mask.num_k_blocks() > max_sortable_key_blocks())
+    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
+                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
+                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
+  SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
+  if (p.opts.target_error > 0.0f) {
+    SPARGE_RETURN_IF_ERROR(check_dtype(p.v.dtype, "v.dtype"));
+    if (p.shape.head_dim > 256)
+      return Status::unsupported(cat("SparseOptions.target_error on cuda takes head_dim <= 256, got ",
+                                     p.shape.head_dim));
+  }
+  return Status::ok();
+}
+
+// Whether a quantized sparse_attention call reads q and k once for Stage 1 and the
+// quantization pass together: the quantized kernel runs it, the tiles hold Stage 1's blocks,
+// and Stage 1 pools at all (it does not when the selection keeps every tile).
+bool fuses_stage1(const detail::Problem& p, const BlockMask& mask, const Stage1Stats& stats) {
+  if (p.opts.quant == QuantMode::kNone || detail::selection_keeps_every_tile(p, stats)) return false;
+  Kernel kernel = Kernel::kSm80;
+  std::string why;
+  if (!choose_kernel(p.q.device_index, &kernel, &why).is_ok()) return false;
+  const int D = int(p.shape.head_dim);
+  return check_quantized(kernel, why, p).is_ok() && pooling_fusable(mask.block_q, mask.block_k, D);
+}
+
+}  // namespace
+
+Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                 const AttentionExtras& extras, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
+  const AttnParams a = to_params(p, mask, o, extras);
+  Kernel kernel = Kernel::kSm80;
+  std::string why;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
+  if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, ctx);
+  return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
+                               static_cast<cudaStream_t>(ctx.stream));
+}
+
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
+                          const Stage1Stats& stats) {
+  SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
+  const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
+  const PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
+  return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+}
+
+// Stage 1 then attention; quantized calls that can read q and k once for both (fuses_stage1)
+// run the quantization pass first, with Stage 1's pooling in it, then the rest of Stage 1, then
+// the quantized kernel: five launches fewer and |Q| + 2|K| fewer bytes read (docs/cuda.md).
+Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                        const AttentionExtras& extras, const ExecContext& ctx) {
+  if (!fuses_stage1(p, mask, extras.stage1)) {
+    SPARGE_RETURN_IF_ERROR(predict_block_mask(p, mask, ctx, extras.stage1));
+    return attention(p, mask, o, extras, ctx);
+  }
+  SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
+  SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
+  const PredictWorkspace pws = predict_workspace(p.shape, p.opts);
+  const QuantAttentionWorkspace qws = quant_workspace_of(p.shape);
+  const std::size_t quant_at = quant_offset(p.shape, p.opts);
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, quant_at + qws.total,
+                                         "quantized sparse_attention on cuda (workspace_size())"));
+  PredictParams s = to_params(p, mask, pws, ctx.workspace, extras.stage1);
+  s.pooled_by_pass = true;
+  char* quant_base = static_cast<char*>(ctx.workspace) + quant_at;
+  const QuantizedBuffers buf = quant_buffers(qws, quant_base);
+  ExecContext pass = ctx;
+  pass.workspace = quant_base + qws.pass;
+  pass.workspace_bytes = qws.total - qws.pass;
+  SPARGE_RETURN_IF_ERROR(quantize_pass(p, buf, detail::QuantGranularity{}, pass, &s));
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  SPARGE_RETURN_IF_ERROR(predict_by_dtype(s, p.q.dtype, stream));
+  return launch_quantized(p, to_params(p, mask, o, extras), buf, stream);
+}
+
+std::size_t quantize_workspace_size(const ProblemShape& shape) {
+  return quantize_workspace(shape.batch, shape.heads_kv, shape.seq_k, shape.head_dim).total;
+}
+
+Status quantize_inputs(const detail::Problem& p, const QuantizedBuffers& out,
+                       const detail::QuantGranularity& g, const ExecContext& ctx) {
+  return quantize_pass(p, out, g, ctx, nullptr);
 }
 
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

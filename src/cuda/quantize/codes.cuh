@@ -67,4 +67,15 @@ __device__ __forceinline__ void widen_chunk8(const uint4& raw, float (&x)[8]) {
   }
 }
 
+// Element e (0..7) of such a chunk widened to float (e a compile-time index after unrolling).
+template <typename T>
+__device__ __forceinline__ float widen8_at(const uint4& raw, int e) {
+  const uint32_t w = e < 2 ? raw.x : e < 4 ? raw.y : e < 6 ? raw.z : raw.w;
+  const uint16_t bits = static_cast<uint16_t>(e % 2 ? w >> 16 : w & 0xffffu);
+  if constexpr (std::is_same_v<T, __half>)
+    return __half2float(__ushort_as_half(bits));
+  else
+    return __bfloat162float(__ushort_as_bfloat16(bits));
+}
+
 }  // namespace sparge::cuda

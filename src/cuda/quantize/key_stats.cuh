@@ -1,6 +1,7 @@
 // Quantization pass, first read of K and V: per run of kKeyMeanRun keys and channel, the key sum
 // (double, token order from 0: the order of quant_layout.h) and max |v| (NaN-propagating); then
-// per (b, kv head) and channel the fp32 key mean km = (Σ runs in run order) / Nk and the V scale
+// per (b, kv head) and channel the fp32 key mean km = (Σ runs in run order) / Nk (and, for Stage
+// 1's fused pooling, the same quotient in double) and the V scale
 // s_v = max|v| / 448 (1 when 0). Threads own two adjacent channels (one 32-bit load per token),
 // D/2 threads per run, ⌊128 / (D/2)⌋ runs per CTA.
 #pragma once
@@ -91,7 +92,9 @@ __global__ void key_value_finalize(const QuantizeParams p) {
         amax = max_nan(amax, maxima[j]);
       }
     }
-    p.km[int64_t(bh) * p.head_dim + d] = __double2float_rn(__ddiv_rn(total, double(p.seq_k)));
+    const double mean = __ddiv_rn(total, double(p.seq_k));
+    p.km[int64_t(bh) * p.head_dim + d] = __double2float_rn(mean);
+    if (p.km_pool != nullptr) p.km_pool[int64_t(bh) * p.head_dim + d] = mean;
     p.v_scale[int64_t(bh) * p.head_dim + d] =
         amax == 0.0f ? 1.0f : __fdiv_rn(amax, detail::kE4m3Max);
   }

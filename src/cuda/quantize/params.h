@@ -16,6 +16,7 @@ namespace sparge::cuda {
 constexpr int kQuantMaxHeadDim = 256;  // a row is at most one warp of 16-byte chunks
 constexpr int kQuantMinHeadDim = 16;   // a Q/K tile has at least one chunk per thread
 constexpr int kQuantTileRows = 128;    // rows per CTA of the Q/K kernel; groups must divide it
+constexpr int kQuantQkThreads = 256;   // threads per CTA of the Q/K kernel
 constexpr int kV8TileKeys = 64;        // keys per CTA of the V kernel (one V8 box)
 static_assert(kV8TileKeys % detail::kV8KeyAlign == 0 || detail::kV8KeyAlign % kV8TileKeys == 0,
               "a V tile must not straddle the padding rule");
@@ -42,7 +43,30 @@ struct QuantizeParams {
   // Workspace: per run of kKeyMeanRun keys, the key sums (double) and |v| maxima.
   double* k_run_sum;  // [batch·heads_kv, num_runs, D]
   float* v_run_amax;  // [batch·heads_kv, num_runs, D]
+  // Stage 1's reading of q and k, fused into this pass (sparse_attention's quantized calls; null
+  // pooled_q: not asked): the key mean in double, then per block of kPoolQRows (q) or kPoolKRows
+  // (smoothed k) rows the pooled row and self-similarity, as pool_sim.cuh defines them, in
+  // PredictParams' arrays. Blocks of kPoolQRows and kPoolKRows rows (pooling_fusable).
+  double* km_pool;    // [batch·heads_kv, D] Σ runs / Nk in double (the float km before rounding)
+  double* pooled_q;   // [batch·heads_q, num_q_blocks, D]
+  double* sim_q;      // [batch·heads_q, num_q_blocks]
+  double* pooled_kt;  // [batch·heads_kv, D, num_k_blocks]
+  double* sim_k;      // [batch·heads_kv, num_k_blocks]
+  int num_q_blocks, num_k_blocks;
 };
+
+// Rows one step of the Q/K kernel's loads covers (its threads read whole rows of 16-byte chunks).
+constexpr int qk_rows_per_step(int head_dim) { return kQuantQkThreads * 8 / head_dim; }
+
+// The blocks Stage 1's fused pooling takes: the attention kernels' tiles (128 query rows, 64 key
+// rows), compile-time so that each block's chunks are known registers.
+constexpr int kPoolQRows = 128, kPoolKRows = 64;
+
+// Whether Stage 1's pooling can ride on the Q/K kernel: those blocks, and the quantized kernel's
+// head dims (the instances compiled with pooling).
+constexpr bool pooling_fusable(int block_q, int block_k, int head_dim) {
+  return block_q == kPoolQRows && block_k == kPoolKRows && (head_dim == 64 || head_dim == 128);
+}
 
 // Byte offsets of the workspace arrays, 256-byte aligned.
 struct QuantizeWorkspace {

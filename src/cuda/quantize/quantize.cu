@@ -1,5 +1,5 @@
 // Quantization pass launcher (issue 10): per-run key sums and |v| maxima, key mean and V scales,
-// INT8 Q, INT8 smoothed K, FP8 V8. Five launches on the caller's stream, no allocation, no
+// INT8 Q, INT8 smoothed K (with Stage 1's pooling when asked: pool_tile.cuh), FP8 V8. Five launches on the caller's stream, no allocation, no
 // synchronisation. Bytes per call (2-byte inputs, Nq·D·Hq = |Q| elements, likewise |K| = |V|):
 // reads 2|Q| + 4|K| + 4|V| (K and V twice: the mean and the V scales need every key before the
 // first code), writes |Q| + |K| + |V8| plus scales; docs/cuda.md "Quantization pass".
@@ -21,14 +21,15 @@ namespace {
 
 // Calls f(std::integral_constant<int, chunks per thread>) for the head dims the pass takes (powers
 // of two in [kQuantMinHeadDim, kQuantMaxHeadDim]); false for any other.
+// f returns whether it launched.
 template <typename F>
 bool with_qk_chunks(int head_dim, F&& f) {
   switch (head_dim) {
-    case 16: f(std::integral_constant<int, qk_chunks_per_thread(16)>{}); return true;
-    case 32: f(std::integral_constant<int, qk_chunks_per_thread(32)>{}); return true;
-    case 64: f(std::integral_constant<int, qk_chunks_per_thread(64)>{}); return true;
-    case 128: f(std::integral_constant<int, qk_chunks_per_thread(128)>{}); return true;
-    case 256: f(std::integral_constant<int, qk_chunks_per_thread(256)>{}); return true;
+    case 16: return f(std::integral_constant<int, qk_chunks_per_thread(16)>{});
+    case 32: return f(std::integral_constant<int, qk_chunks_per_thread(32)>{});
+    case 64: return f(std::integral_constant<int, qk_chunks_per_thread(64)>{});
+    case 128: return f(std::integral_constant<int, qk_chunks_per_thread(128)>{});
+    case 256: return f(std::integral_constant<int, qk_chunks_per_thread(256)>{});
     default: return false;
   }
 }
@@ -45,12 +46,26 @@ Status launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
   SPARGE_CUDA_CHECK_LAUNCH("key_value_finalize launch");
   const int q_tiles = (p.seq_q + kQuantTileRows - 1) / kQuantTileRows;
   const int k_tiles = (p.seq_k + kQuantTileRows - 1) / kQuantTileRows;
+  const bool pool = p.pooled_q != nullptr;
   const bool launched = with_qk_chunks(p.head_dim, [&](auto chunks) {
     constexpr int kChunks = decltype(chunks)::value;
-    quantize_int8_rows<T, false, kChunks><<<dim3(q_tiles, bhq), kQkThreads, 0, stream>>>(p);
-    quantize_int8_rows<T, true, kChunks><<<dim3(k_tiles, bhk), kQkThreads, 0, stream>>>(p);
+    // The fused pooling serves the quantized kernel's head dims only (pooling_fusable).
+    constexpr bool kPoolable = kChunks == qk_chunks_per_thread(64) || kChunks == qk_chunks_per_thread(128);
+    if constexpr (kPoolable) {
+      if (pool) {
+        quantize_int8_rows<T, false, kChunks, true><<<dim3(q_tiles, bhq), kQuantQkThreads, 0, stream>>>(p);
+        quantize_int8_rows<T, true, kChunks, true><<<dim3(k_tiles, bhk), kQuantQkThreads, 0, stream>>>(p);
+        return true;
+      }
+    }
+    if (pool) return false;
+    quantize_int8_rows<T, false, kChunks, false><<<dim3(q_tiles, bhq), kQuantQkThreads, 0, stream>>>(p);
+    quantize_int8_rows<T, true, kChunks, false><<<dim3(k_tiles, bhk), kQuantQkThreads, 0, stream>>>(p);
+    return true;
   });
-  if (!launched) return Status::unsupported("quantize: head_dim " + std::to_string(p.head_dim));
+  if (!launched)
+    return Status::unsupported("quantize: head_dim " + std::to_string(p.head_dim) +
+                               (pool ? " with Stage 1's pooling (64 and 128 only)" : ""));
   SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows launch");
   quantize_v_e4m3<T><<<dim3(int(p.v8_keys / kV8TileKeys), bhk), kVThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("quantize_v_e4m3 launch");

@@ -13,19 +13,20 @@
 
 #include "cuda/quantize/codes.cuh"
 #include "cuda/quantize/params.h"
+#include "cuda/quantize/pool_tile.cuh"
 
 namespace sparge::cuda {
 
-constexpr int kQkThreads = 256;
-// Chunks per thread at head dim D: a tile is kQuantTileRows·D/8 chunks over kQkThreads threads.
-constexpr int qk_chunks_per_thread(int head_dim) { return kQuantTileRows * head_dim / 8 / kQkThreads; }
+// Chunks per thread at head dim D: a tile is kQuantTileRows·D/8 chunks over kQuantQkThreads threads.
+constexpr int qk_chunks_per_thread(int head_dim) { return kQuantTileRows * head_dim / 8 / kQuantQkThreads; }
 static_assert(qk_chunks_per_thread(kQuantMinHeadDim) >= 1,
               "every thread owns whole chunks at every head dim");
 
 // grid (⌈seq / kQuantTileRows⌉, batch·heads); kIsKey: k − km, else q; kChunks =
-// qk_chunks_per_thread(head_dim) (the launcher picks the instance).
-template <typename T, bool kIsKey, int kChunks>
-__global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeParams p) {
+// qk_chunks_per_thread(head_dim) (the launcher picks the instance); kPool: also Stage 1's
+// pooling of the tile's blocks (pool_tile.cuh) from the same registers.
+template <typename T, bool kIsKey, int kChunks, bool kPool>
+__global__ void __launch_bounds__(kQuantQkThreads, kPool ? 2 : 1) quantize_int8_rows(const QuantizeParams p) {
   __shared__ float sKm[kQuantMaxHeadDim];
   __shared__ float sRowMax[kQuantTileRows];
   __shared__ float sInvScale[kQuantTileRows];
@@ -37,7 +38,7 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
   const int row0 = blockIdx.x * kQuantTileRows;
   // The head dim follows from kChunks (the launcher picks the instance from p.head_dim), so the
   // row and column of a chunk are shifts, not divisions.
-  constexpr int D = kChunks * kQkThreads * 8 / kQuantTileRows, lanes_per_row = D / 8;
+  constexpr int D = kChunks * kQuantQkThreads * 8 / kQuantTileRows, lanes_per_row = D / 8;
   static_assert(lanes_per_row <= 32, "a row's chunks stay within one warp");
   const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1];
 
@@ -45,13 +46,13 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
   uint4 raw[kChunks];
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int c = threadIdx.x + i * kQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
+    const int c = threadIdx.x + i * kQuantQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
     raw[i] = row0 + row < seq
                  ? *reinterpret_cast<const uint4*>(gX + int64_t(row0 + row) * stride[2] + col)
                  : make_uint4(0u, 0u, 0u, 0u);
   }
   if (kIsKey)
-    for (int d = threadIdx.x; d < D; d += kQkThreads) sKm[d] = p.km[int64_t(bh) * D + d];
+    for (int d = threadIdx.x; d < D; d += kQuantQkThreads) sKm[d] = p.km[int64_t(bh) * D + d];
   __syncthreads();
 
   // x (or x − km) of one chunk, the same operations in steps 2 and 4. Rows past the end stay out
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
   float amax[kChunks];
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int c = threadIdx.x + i * kQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
+    const int c = threadIdx.x + i * kQuantQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
     amax[i] = 0.0f;
     if (row0 + row < seq) {
       float x[8];
@@ -83,14 +84,14 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
   }
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int c = threadIdx.x + i * kQkThreads;
+    const int c = threadIdx.x + i * kQuantQkThreads;
     if (c % lanes_per_row == 0) sRowMax[c / lanes_per_row] = amax[i];
   }
   __syncthreads();
 
   // 3. One scale per group of rows (max is exact in any order, so the CPU's value).
   const int groups = kQuantTileRows / group_rows;
-  for (int g = threadIdx.x; g < groups; g += kQkThreads) {
+  for (int g = threadIdx.x; g < groups; g += kQuantQkThreads) {
     float gmax = 0.0f;
     for (int r = g * group_rows; r < (g + 1) * group_rows; ++r) gmax = max_nan(gmax, sRowMax[r]);
     const float s = int8_scale(gmax);
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
   int8_t* gOut = (kIsKey ? p.k8 : p.q8) + (int64_t(bh) * seq + row0) * D;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int c = threadIdx.x + i * kQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
+    const int c = threadIdx.x + i * kQuantQkThreads, row = c / lanes_per_row, col = (c % lanes_per_row) * 8;
     if (row0 + row >= seq) continue;
     const float inv_s = sInvScale[row / group_rows];
     float x[8];
@@ -116,6 +117,9 @@ __global__ void __launch_bounds__(kQkThreads) quantize_int8_rows(const QuantizeP
       w[j / 4] |= int8_code_byte(x[j], inv_s) << (8 * (j % 4));
     *reinterpret_cast<uint2*>(gOut + int64_t(row) * D + col) = make_uint2(w[0], w[1]);
   }
+
+  // 5. Stage 1's pooling, while the rows are still in registers.
+  if constexpr (kPool) pool_tile_blocks<T, kIsKey, kChunks, D>(p, raw, bh, row0, seq);
 }
 
 }  // namespace sparge::cuda
