@@ -18,10 +18,20 @@ namespace sparge::cuda {
 
 // raw[i] holds tile row (threadIdx.x + i·kQuantQkThreads) / (D/8), channels from
 // (threadIdx.x % (D/8))·8 (quantize_qk.cuh's layout). Called by every thread of the CTA.
-template <typename T, bool kIsKey, int kChunks, int D>
-__device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const uint4 (&raw)[kChunks],
-                                                 int bh, int row0, int seq) {
-  constexpr int kLanes = D / 8, kWarps = kQuantQkThreads / 32;
+constexpr int kPoolWarps = kQuantQkThreads / 32;
+
+// The cross-warp sums of pool_tile_blocks (one set per CTA, whichever instance runs).
+template <int D>
+struct PoolTileShared {
+  double sum[kPoolWarps][D];
+  double unit[kPoolWarps][D];
+  double unit_sq[kPoolWarps];
+};
+
+template <typename T, bool kIsKey, int kChunks, int D, bool kTail>
+__device__ __forceinline__ void pool_tile_blocks_impl(const QuantizeParams& p, const uint4 (&raw)[kChunks],
+                                                      int bh, int row0, int seq, PoolTileShared<D>& sh) {
+  constexpr int kLanes = D / 8, kWarps = kPoolWarps;
   constexpr int kBlockRows = kIsKey ? kPoolKRows : kPoolQRows;
   constexpr int kSteps = kBlockRows / qk_rows_per_step(D);  // a block's chunks per thread
   constexpr int kBlocks = kQuantTileRows / kBlockRows;
@@ -29,9 +39,9 @@ __device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const 
   static_assert(kSteps * qk_rows_per_step(D) == kBlockRows && kSteps * kBlocks == kChunks,
                 "blocks hold whole load steps");
   static_assert(kSteps <= kLanes, "each of a row's lanes finishes at most one row's norm");
-  __shared__ double sSum[kWarps][D];
-  __shared__ double sUnit[kWarps][D];
-  __shared__ double sUnitSq[kWarps];
+  auto& sSum = sh.sum;
+  auto& sUnit = sh.unit;
+  auto& sUnitSq = sh.unit_sq;
   const int nblocks = kIsKey ? p.num_k_blocks : p.num_q_blocks;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = (threadIdx.x % kLanes) * 8;
@@ -50,8 +60,9 @@ __device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const 
     // where used (twice) rather than held: eight doubles per chunk would not fit two CTAs per SM.
     const auto x = [&](int s, int e) {
       const int i = j * kSteps + s;
-      const bool valid = row0 + (int(threadIdx.x) + i * kQuantQkThreads) / kLanes < seq;
-      return valid ? double(widen8_at<T>(raw[i], e)) - km[e] : 0.0;
+      const double xe = double(widen8_at<T>(raw[i], e)) - km[e];
+      if (!kTail) return xe;
+      return row0 + (int(threadIdx.x) + i * kQuantQkThreads) / kLanes < seq ? xe : 0.0;
     };
     // 1. ‖x‖² of each row, summed over the row's kLanes adjacent lanes.
     double sq[kSteps];
@@ -126,6 +137,17 @@ __device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const 
     }
     __syncthreads();  // sSum and sUnit serve the next block
   }
+}
+
+// Every row of the tile valid (all tiles but a sequence's last): no per-element selects.
+template <typename T, bool kIsKey, int kChunks, int D>
+__device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const uint4 (&raw)[kChunks],
+                                                 int bh, int row0, int seq) {
+  __shared__ PoolTileShared<D> sh;
+  if (row0 + kQuantTileRows <= seq)
+    pool_tile_blocks_impl<T, kIsKey, kChunks, D, false>(p, raw, bh, row0, seq, sh);
+  else
+    pool_tile_blocks_impl<T, kIsKey, kChunks, D, true>(p, raw, bh, row0, seq, sh);
 }
 
 }  // namespace sparge::cuda
