@@ -26,45 +26,51 @@ __device__ __forceinline__ bool ranks_before(double pa, int ia, double pb, int i
   return pa > pb || (pa == pb && ia < ib);
 }
 
-// Sorts the warp's 32·kPerLane slots into rank order, slot s = lane·kPerLane + r.
+// Sorts the warp's 32·kPerLane slots into rank order, slot s = lane·kPerLane + r. The merge
+// steps k run as a loop and only the exchanges inside a lane (partners r and r ^ jj, jj <
+// kPerLane) are unrolled: the fully unrolled network (~45 steps × 16 slots) overflowed the
+// instruction cache (ncu: "no instruction" was the first stall reason at 16 slots per lane).
 template <int kPerLane>
 __device__ __forceinline__ void warp_rank_sort(double (&prob)[kPerLane], int (&idx)[kPerLane]) {
   constexpr int kSlots = 32 * kPerLane;
   const int lane = threadIdx.x % 32;
-#pragma unroll
+#pragma unroll 1
   for (int k = 2; k <= kSlots; k <<= 1) {
+    // Partners in lane ^ (jj / kPerLane), same register.
+#pragma unroll 1
+    for (int jj = k >> 1; jj >= kPerLane; jj >>= 1) {
+      const int lane_bit = jj / kPerLane;
+      const bool lower = (lane & lane_bit) == 0;
 #pragma unroll
-    for (int jj = k >> 1; jj > 0; jj >>= 1) {
-      if (jj >= kPerLane) {  // the partner sits in lane ^ (jj / kPerLane), same register
-        const int lane_bit = jj / kPerLane;
-        const bool lower = (lane & lane_bit) == 0;
-#pragma unroll
-        for (int r = 0; r < kPerLane; ++r) {
-          const double other_p = __shfl_xor_sync(0xffffffffu, prob[r], lane_bit);
-          const int other_i = __shfl_xor_sync(0xffffffffu, idx[r], lane_bit);
-          const bool in_order_run = ((lane * kPerLane + r) & k) == 0;  // best first, else last
-          const bool mine_first = ranks_before(prob[r], idx[r], other_p, other_i);
-          if (mine_first != (lower == in_order_run)) {
-            prob[r] = other_p;
-            idx[r] = other_i;
-          }
+      for (int r = 0; r < kPerLane; ++r) {
+        const double other_p = __shfl_xor_sync(0xffffffffu, prob[r], lane_bit);
+        const int other_i = __shfl_xor_sync(0xffffffffu, idx[r], lane_bit);
+        const bool in_order_run = ((lane * kPerLane + r) & k) == 0;  // best first, else last
+        const bool mine_first = ranks_before(prob[r], idx[r], other_p, other_i);
+        if (mine_first != (lower == in_order_run)) {
+          prob[r] = other_p;
+          idx[r] = other_i;
         }
-      } else {  // the partner is register r ^ jj of this lane
+      }
+    }
+    // Partners r and r ^ jj of this lane, jj < min(k, kPerLane).
 #pragma unroll
-        for (int r = 0; r < kPerLane; ++r) {
-          if (r & jj) continue;
-          const int rr = r | jj;
-          const bool in_order_run = ((lane * kPerLane + r) & k) == 0;
-          const bool swap = in_order_run ? ranks_before(prob[rr], idx[rr], prob[r], idx[r])
-                                         : ranks_before(prob[r], idx[r], prob[rr], idx[rr]);
-          if (swap) {
-            const double tp = prob[r];
-            prob[r] = prob[rr];
-            prob[rr] = tp;
-            const int ti = idx[r];
-            idx[r] = idx[rr];
-            idx[rr] = ti;
-          }
+    for (int jj = kPerLane >> 1; jj > 0; jj >>= 1) {
+      if (jj >= k) continue;
+#pragma unroll
+      for (int r = 0; r < kPerLane; ++r) {
+        if (r & jj) continue;
+        const int rr = r | jj;
+        const bool in_order_run = ((lane * kPerLane + r) & k) == 0;
+        const bool swap = in_order_run ? ranks_before(prob[rr], idx[rr], prob[r], idx[r])
+                                       : ranks_before(prob[r], idx[r], prob[rr], idx[rr]);
+        if (swap) {
+          const double tp = prob[r];
+          prob[r] = prob[rr];
+          prob[rr] = tp;
+          const int ti = idx[r];
+          idx[r] = idx[rr];
+          idx[rr] = ti;
         }
       }
     }
