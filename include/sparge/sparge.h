@@ -96,6 +96,22 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& o, const AttentionExtras& extras = {},
                         const ExecContext& ctx = {}, const BlockMask* mask_out = nullptr);
 
+// Packed batches of sequences of different lengths (flash-attn's varlen convention): q holds
+// every sequence's queries one after another as [1, Hq, total_q, D] (a packed [total_q, Hq, D]
+// tensor is the kNHD view with batch 1), k and v [1, Hkv, total_k, D], o like q. Sequence i
+// owns queries [cu_seqlens_q[i], cu_seqlens_q[i+1]) and keys [cu_seqlens_k[i],
+// cu_seqlens_k[i+1]) and is its own problem: Stage 1, causality and windows per sequence.
+// cu_seqlens_q / cu_seqlens_k are host arrays of num_seqs + 1 values from 0, nondecreasing,
+// ending at total_q / total_k. A sequence without queries is skipped; one with queries and no
+// key is an error. extras.stage1 arrays hold [num_seqs, Hq] values (rows of skipped sequences
+// are left as they were), pv_counters accumulate; extras.lse is not taken (unsupported). On CUDA
+// the workspace must hold workspace_size() of a batch-1 problem of the longest query and key
+// lengths. Today this runs one sparse_attention per sequence on views of the packed tensors.
+Status sparse_attention_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k,
+                               int64_t num_seqs, const SparseOptions& opts, const TensorView& o,
+                               const AttentionExtras& extras = {}, const ExecContext& ctx = {});
+
 // Host helpers on host masks. "Allowed" tiles hold at least one pair that the options' causal
 // flag and window (with causal_align) leave visible; the other options are not read.
 // Every allowed tile on (the dense mask, for baselines and user masks).

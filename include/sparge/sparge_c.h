@@ -121,6 +121,16 @@ int sparge_block_sparse_attention(const sparge_tensor* q, const sparge_tensor* k
                                   void* workspace, size_t workspace_bytes, void* stream,
                                   char* err, size_t err_len);
 
+/* Packed sequences of different lengths (sparge::sparse_attention_varlen): q [1, Hq, total_q, D],
+ * k and v [1, Hkv, total_k, D], o like q; cu_seqlens_q / cu_seqlens_k are host arrays of
+ * num_seqs + 1 values (0, nondecreasing, ending at total_q / total_k). No lse yet. */
+int sparge_sparse_attention_varlen(const sparge_tensor* q, const sparge_tensor* k,
+                                   const sparge_tensor* v, const int32_t* cu_seqlens_q,
+                                   const int32_t* cu_seqlens_k, int64_t num_seqs,
+                                   const sparge_options* opts, const sparge_tensor* o,
+                                   void* workspace, size_t workspace_bytes, void* stream,
+                                   char* err, size_t err_len);
+
 /* The three calls above with an attention mask (`attn_mask` may be NULL: the same as above). */
 int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
                                    const sparge_tensor* v, const sparge_attn_mask* attn_mask,

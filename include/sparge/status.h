@@ -37,6 +37,10 @@ class [[nodiscard]] Status {
   explicit operator bool() const { return is_ok(); }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The same status with `context` before its message (which part of a call failed).
+  Status with_context(const std::string& context) const {
+    return is_ok() ? *this : Status(code_, context + message_);
+  }
 
  private:
   Status(StatusCode code, std::string msg) : code_(code), message_(std::move(msg)) {}

@@ -178,6 +178,50 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2], outs[3], outs[4]});
 }
 
+// A host int32 copy of a cu_seqlens tensor (1-D, num_seqs + 1 values, any device).
+at::Tensor host_cu_seqlens(const at::Tensor& cu, const char* name) {
+  TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, name, ".dtype must be int32, got ", cu.scalar_type());
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.numel() >= 2, name, " must be 1-D with num_seqs + 1 >= 2 values, got shape ",
+                    cu.sizes());
+  return cu.to(at::kCPU).contiguous();
+}
+
+// The longest sequence of cu (host), checked against the caller's max_seqlen (flash-attn sizes
+// its grid by it; here it is only checked, so that a wrong value is reported, not trusted).
+int64_t longest(const at::Tensor& cu, int64_t max_seqlen, const char* name) {
+  const int32_t* c = cu.data_ptr<int32_t>();
+  int64_t most = 0;
+  for (int64_t i = 0; i + 1 < cu.numel(); ++i) most = std::max<int64_t>(most, int64_t(c[i + 1]) - c[i]);
+  TORCH_CHECK_VALUE(max_seqlen >= most, name, " (", max_seqlen, ") is below the longest sequence (", most, ")");
+  return most;
+}
+
+// Packed sequences (flash-attn's varlen): q [1, Hq, total_q, D] (the NHD view of a packed
+// [total_q, Hq, D] tensor), k and v likewise; cu_seqlens int32 on any device, copied to the host
+// (a sync on cuda). The cuda workspace is sized for the longest query and key sequences.
+void attention_varlen(const c10::OperatorHandle& op, Stack* stack) {
+  ArgReader in(op_arguments(op, stack));
+  const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
+  const at::Tensor cu_q = host_cu_seqlens(in.tensor(), "cu_seqlens_q");
+  const at::Tensor cu_k = host_cu_seqlens(in.tensor(), "cu_seqlens_k");
+  const int64_t max_q = in.next().toInt(), max_k = in.next().toInt();
+  const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
+  sparge::Backend backend;
+  const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
+  throw_if_error(sparge::validate(qv, kv, vv, opts));
+  TORCH_CHECK_VALUE(cu_q.numel() == cu_k.numel(), "cu_seqlens_q and cu_seqlens_k must have the same length, got ",
+                    cu_q.numel(), " and ", cu_k.numel());
+  sparge::TensorView longest_q = qv, longest_k = kv;
+  longest_q.tokens = std::max<int64_t>(1, longest(cu_q, max_q, "max_seqlen_q"));
+  longest_k.tokens = std::max<int64_t>(1, longest(cu_k, max_k, "max_seqlen_k"));
+  Launch launch(q, longest_q, longest_k, opts, backend);
+  at::Tensor out = at::empty_like(q);
+  if (g_poison_outputs) out.fill_(NAN);
+  throw_if_error(sparge::sparse_attention_varlen(qv, kv, vv, cu_q.data_ptr<int32_t>(), cu_k.data_ptr<int32_t>(),
+                                                 cu_q.numel() - 1, opts, to_view(out, "out"), {}, launch.ctx));
+  finish(op, stack, {out});
+}
+
 // The option checks of the ops without tensors, for settings given ahead of any call
 // (sparge.patch_sdpa); per-head tensors are checked against `heads_q`.
 void check_options(const c10::OperatorHandle& op, Stack* stack) {
@@ -229,6 +273,8 @@ TORCH_LIBRARY(sparge, m) {
          ", bool with_extras=False) -> (" + attn_out + ", " + mask_out +
          ", Tensor pv_counters, Tensor stage1, Tensor forced_tiles)")
             .c_str());
+  m.def(("attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+         "int max_seqlen_q, int max_seqlen_k, *" + options + ") -> Tensor").c_str());
   m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");
   m.def("permute_tokens(Tensor x, Tensor order, int first, bool inverse) -> Tensor");
@@ -240,12 +286,14 @@ TORCH_LIBRARY_IMPL(sparge, CPU, m) {
   m.impl("predict_block_mask", SPARGE_BOXED(predict_block_mask));
   m.impl("block_sparse_attention", SPARGE_BOXED(block_sparse_attention));
   m.impl("attention", SPARGE_BOXED(attention));
+  m.impl("attention_varlen", SPARGE_BOXED(attention_varlen));
 }
 
 TORCH_LIBRARY_IMPL(sparge, CUDA, m) {
   m.impl("predict_block_mask", SPARGE_BOXED(predict_block_mask));
   m.impl("block_sparse_attention", SPARGE_BOXED(block_sparse_attention));
   m.impl("attention", SPARGE_BOXED(attention));
+  m.impl("attention_varlen", SPARGE_BOXED(attention_varlen));
 }
 
 TORCH_LIBRARY_IMPL(sparge, CompositeExplicitAutograd, m) {

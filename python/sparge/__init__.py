@@ -25,10 +25,11 @@ from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention
 from .patch import SpargeFallbackWarning, patch_sdpa, sdpa
 from .tune import tune  # the function; the module stays sys.modules["sparge.tune"]
 from .tune_plan import LayerPlan, TunePlan
+from .varlen import attention_varlen
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "predict_block_mask", "block_sparse_attention", "BlockMask",
+__all__ = ["attention", "attention_varlen", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
            "allowed_key_blocks", "allowed_key_range", "CUDA_HEAD_DIMS", "measure", "workloads",
            "integrations", "tune", "TunePlan", "LayerPlan"]

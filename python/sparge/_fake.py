@@ -49,6 +49,11 @@ def _attention(q, k, v, attn_mask=None, key_lengths=None, *, with_extras=False, 
     return out, lse, counts, indices, counters, stage1, forced
 
 
+@torch.library.register_fake("sparge::attention_varlen")
+def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options):
+    return torch.empty_like(q)
+
+
 @torch.library.register_fake("sparge::permute_tokens")
 def _permute_tokens(x, order, first, inverse):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)

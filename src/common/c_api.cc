@@ -272,6 +272,25 @@ int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* 
   });
 }
 
+int sparge_sparse_attention_varlen(const sparge_tensor* q, const sparge_tensor* k,
+                                   const sparge_tensor* v, const int32_t* cu_seqlens_q,
+                                   const int32_t* cu_seqlens_k, int64_t num_seqs,
+                                   const sparge_options* opts, const sparge_tensor* o,
+                                   void* workspace, size_t workspace_bytes, void* stream,
+                                   char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    sparge::TensorView qv, kv, vv, ov;
+    sparge::SparseOptions so;
+    SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(v, "v", &vv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(o, "o", &ov));
+    SPARGE_RETURN_IF_ERROR(to_options(opts, &so));
+    return sparge::sparse_attention_varlen(qv, kv, vv, cu_seqlens_q, cu_seqlens_k, num_seqs, so, ov, {},
+                                           to_context(workspace, workspace_bytes, stream));
+  });
+}
+
 int sparge_predict_block_mask(const sparge_tensor* q, const sparge_tensor* k,
                               const sparge_options* opts, const sparge_block_mask* mask,
                               void* workspace, size_t workspace_bytes, void* stream, char* err,

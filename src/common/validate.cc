@@ -331,4 +331,43 @@ Status validate_attn_mask(const AttentionMask& m, const TensorView& q, const Ten
   return Status::ok();
 }
 
+namespace {
+
+// cu[0] = 0, nondecreasing, cu[num_seqs] = total.
+Status validate_cu_seqlens(const int32_t* cu, int64_t num_seqs, int64_t total, const char* name) {
+  if (cu == nullptr) return Status::invalid(cat(name, " must not be NULL"));
+  if (cu[0] != 0) return Status::invalid(cat(name, "[0] must be 0, got ", cu[0]));
+  for (int64_t i = 1; i <= num_seqs; ++i)
+    if (cu[i] < cu[i - 1])
+      return Status::invalid(cat(name, " must be nondecreasing: ", name, "[", i, "] = ", cu[i], " < ", name,
+                                 "[", i - 1, "] = ", cu[i - 1]));
+  if (cu[num_seqs] != total)
+    return Status::invalid(cat(name, "[", num_seqs, "] must equal the packed length ", total, ", got ",
+                               cu[num_seqs]));
+  return Status::ok();
+}
+
+}  // namespace
+
+Status validate_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& o, const int32_t* cu_seqlens_q,
+                       const int32_t* cu_seqlens_k, int64_t num_seqs, const AttentionExtras& extras) {
+  if (num_seqs < 1) return Status::invalid(cat("num_seqs must be >= 1, got ", num_seqs));
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
+    if (t->batch != 1)
+      return Status::invalid(cat(name, ".batch must be 1 for sparse_attention_varlen (the sequences are ",
+                                 "packed along tokens), got ", t->batch));
+  SPARGE_RETURN_IF_ERROR(validate_cu_seqlens(cu_seqlens_q, num_seqs, q.tokens, "cu_seqlens_q"));
+  SPARGE_RETURN_IF_ERROR(validate_cu_seqlens(cu_seqlens_k, num_seqs, k.tokens, "cu_seqlens_k"));
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    const int64_t nq = cu_seqlens_q[i + 1] - cu_seqlens_q[i], nk = cu_seqlens_k[i + 1] - cu_seqlens_k[i];
+    if (nq > 0 && nk == 0)
+      return Status::invalid(cat("cu_seqlens_k: sequence ", i, " has ", nq, " queries and no key"));
+  }
+  if (extras.lse != nullptr)
+    return Status::unsupported("extras.lse is not taken by sparse_attention_varlen yet (its [B, H, N] "
+                               "layout has no per-sequence form); pass NULL");
+  return Status::ok();
+}
+
 }  // namespace sparge::detail

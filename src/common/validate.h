@@ -22,5 +22,11 @@ Status validate_mask_contents(const BlockMask& host_mask);
 // are also range-checked. Messages name `attn_mask.<field>`.
 Status validate_attn_mask(const AttentionMask& attn_mask, const TensorView& q,
                           const TensorView& k);
+// sparse_attention_varlen's packing: num_seqs >= 1, q, k, v and o of batch 1, each cu_seqlens
+// array from 0, nondecreasing, ending at its tensor's tokens, keys for every sequence with
+// queries, and no extras.lse (not taken yet). The tensors and options are validate()'s.
+Status validate_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& o, const int32_t* cu_seqlens_q,
+                       const int32_t* cu_seqlens_k, int64_t num_seqs, const AttentionExtras& extras);
 
 }  // namespace sparge::detail
