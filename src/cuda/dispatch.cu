@@ -679,7 +679,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
 
 // Stage 1 then attention; quantized calls that can read q and k once for both (fuses_stage1)
 // run the quantization pass first, with Stage 1's pooling in it, then the rest of Stage 1, then
-// the quantized kernel: five launches fewer and |Q| + 2|K| fewer bytes read (docs/cuda.md).
+// the quantized kernel: five launches fewer, and Q read once and K twice fewer (docs/cuda.md).
 Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                         const AttentionExtras& extras, const ExecContext& ctx) {
   if (!fuses_stage1(p, mask, extras.stage1)) {

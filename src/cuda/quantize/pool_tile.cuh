@@ -16,8 +16,6 @@
 
 namespace sparge::cuda {
 
-// raw[i] holds tile row (threadIdx.x + i·kQuantQkThreads) / (D/8), channels from
-// (threadIdx.x % (D/8))·8 (quantize_qk.cuh's layout). Called by every thread of the CTA.
 constexpr int kPoolWarps = kQuantQkThreads / 32;
 
 // The cross-warp sums of pool_tile_blocks (one set per CTA, whichever instance runs).
@@ -28,6 +26,9 @@ struct PoolTileShared {
   double unit_sq[kPoolWarps];
 };
 
+// raw[i] holds tile row (threadIdx.x + i·kQuantQkThreads) / (D/8), channels from
+// (threadIdx.x % (D/8))·8 (quantize_qk.cuh's layout). Called by every thread of the CTA; kTail:
+// some rows of the tile lie past the sequence's end.
 template <typename T, bool kIsKey, int kChunks, int D, bool kTail>
 __device__ __forceinline__ void pool_tile_blocks_impl(const QuantizeParams& p, const uint4 (&raw)[kChunks],
                                                       int bh, int row0, int seq, PoolTileShared<D>& sh) {
@@ -139,7 +140,8 @@ __device__ __forceinline__ void pool_tile_blocks_impl(const QuantizeParams& p, c
   }
 }
 
-// Every row of the tile valid (all tiles but a sequence's last): no per-element selects.
+// The tile's blocks pooled; a tile whose rows are all valid (every tile but a sequence's last)
+// takes the instance without per-element row tests.
 template <typename T, bool kIsKey, int kChunks, int D>
 __device__ __forceinline__ void pool_tile_blocks(const QuantizeParams& p, const uint4 (&raw)[kChunks],
                                                  int bh, int row0, int seq) {

@@ -1,8 +1,9 @@
 // Quantization pass launcher (issue 10): per-run key sums and |v| maxima, key mean and V scales,
-// INT8 Q, INT8 smoothed K (with Stage 1's pooling when asked: pool_tile.cuh), FP8 V8. Five launches on the caller's stream, no allocation, no
-// synchronisation. Bytes per call (2-byte inputs, Nq·D·Hq = |Q| elements, likewise |K| = |V|):
-// reads 2|Q| + 4|K| + 4|V| (K and V twice: the mean and the V scales need every key before the
-// first code), writes |Q| + |K| + |V8| plus scales; docs/cuda.md "Quantization pass".
+// INT8 Q, INT8 smoothed K (with Stage 1's pooling when asked: pool_tile.cuh), FP8 V8. Five
+// launches on the caller's stream, no allocation, no synchronisation. Bytes per call (2-byte
+// inputs, Nq·D·Hq = |Q| elements, likewise |K| = |V|): reads 2|Q| + 4|K| + 4|V| (K and V twice:
+// the mean and the V scales need every key before the first code), writes |Q| + |K| + |V8| plus
+// scales; docs/cuda.md "Quantization pass".
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -19,9 +20,8 @@ namespace sparge::cuda {
 
 namespace {
 
-// Calls f(std::integral_constant<int, chunks per thread>) for the head dims the pass takes (powers
-// of two in [kQuantMinHeadDim, kQuantMaxHeadDim]); false for any other.
-// f returns whether it launched.
+// Returns f(std::integral_constant<int, chunks per thread>) (whether f launched) for the head dims
+// the pass takes (powers of two in [kQuantMinHeadDim, kQuantMaxHeadDim]); false for any other.
 template <typename F>
 bool with_qk_chunks(int head_dim, F&& f) {
   switch (head_dim) {
