@@ -4,11 +4,16 @@
 //     from the mask's geometry, holding any counts (negative, past the key blocks) and any
 //     indices (out of range, repeated, descending). Validation must reject every bad mask before
 //     the attention reads it; a good one runs.
+//   * the same in the compact form (row_offsets): rows packed with spare slots, offsets valid or
+//     one of them anything within the packed array (decreasing, negative, not from 0).
 //   * the C++ host helpers of include/sparge/sparge.h on the same masks: HostBlockMask::from_dense
-//     (dense maps of the right and of a wrong size), to_dense, mask_stats and fill_dense_mask.
+//     (dense maps of the right and of a wrong size), to_dense, to_compact / to_padded (round
+//     trips exact), from_csr, mask_stats and fill_dense_mask.
 // Tensors are tiny and contiguous (fuzz_c_abi covers strides). Any crash, sanitizer report or
 // exception other than sparge::Error is a finding.
+#include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "fuzz_input.h"
@@ -62,13 +67,43 @@ bool sane(const sparge::BlockMask& m) {
          m.block_k >= 1;
 }
 
+// The compact form of the fuzzed rows: each row's first min(count, nk) slots of the padded
+// arrays and 0-2 spare slots of junk, packed; then, half the time, one offset replaced by any
+// value the packed array can hold (so even a bad offset points inside it, as the contract wants
+// of a caller: indices hold row_offsets[rows] entries).
+struct Compact {
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> indices;
+};
+
+Compact pack(FuzzedDataProvider& in, int64_t rows, int64_t nk, const std::vector<int32_t>& counts,
+             const std::vector<int32_t>& padded) {
+  Compact c;
+  c.offsets.assign(static_cast<size_t>(rows + 1), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    c.offsets[r] = static_cast<int64_t>(c.indices.size());
+    const int64_t listed = std::clamp<int64_t>(counts[r], 0, nk);
+    for (int64_t t = 0; t < listed; ++t) c.indices.push_back(padded[r * nk + t]);
+    for (int spare = in.ConsumeIntegralInRange(0, 2); spare > 0; --spare)
+      c.indices.push_back(in.ConsumeIntegralInRange<int32_t>(-1, static_cast<int32_t>(nk)));
+  }
+  c.offsets[rows] = static_cast<int64_t>(c.indices.size());
+  if (in.ConsumeBool())
+    c.offsets[in.ConsumeIntegralInRange<int64_t>(0, rows)] =
+        in.ConsumeIntegralInRange<int64_t>(-2, static_cast<int64_t>(c.indices.size()));
+  if (c.indices.empty()) c.indices.push_back(0);  // a valid pointer even with no slots
+  return c;
+}
+
 void host_helpers(FuzzedDataProvider& in, const sparge::BlockMask& g,
-                  const std::vector<int32_t>& counts, const std::vector<int32_t>& indices) {
+                  const std::vector<int32_t>& counts, const std::vector<int32_t>& indices,
+                  Compact* compact) {
   // fill_dense_mask and mask_stats on the caller's arrays, as they are.
-  std::vector<int32_t> c = counts, idx = indices;
+  std::vector<int32_t> c = counts, idx = compact ? compact->indices : indices;
   sparge::BlockMask m = g;
   m.counts = c.data();
   m.indices = idx.data();
+  m.row_offsets = compact ? compact->offsets.data() : nullptr;
   const bool causal = in.ConsumeBool();
   const auto align = static_cast<sparge::CausalAlign>(in.ConsumeIntegralInRange(0, 2));
   (void)sparge::mask_stats(m, causal, align);
@@ -86,6 +121,14 @@ void host_helpers(FuzzedDataProvider& in, const sparge::BlockMask& g,
     sparge::HostBlockMask h = sparge::HostBlockMask::from_dense(dense, g.batch, g.heads, g.seq_q,
                                                                 g.seq_k, g.block_q, g.block_k);
     if (n == rows * nk && h.to_dense() != dense) __builtin_trap();  // the round trip is exact
+    if (n == rows * nk && (h.to_compact().to_dense() != dense ||
+                           h.to_compact().to_padded().indices != h.indices))
+      __builtin_trap();  // so are the form conversions
+    if (compact) {  // CSR arrays as a caller hands them over
+      (void)sparge::HostBlockMask::from_csr(compact->offsets, compact->indices, g.batch, g.heads,
+                                            g.seq_q, g.seq_k, g.block_q, g.block_k)
+          .to_compact();
+    }
     // to_dense on contents that may be invalid: a mask the caller wrote by hand.
     if (c.size() == h.counts.size() && idx.size() == h.indices.size()) {
       h.counts = counts;
@@ -127,8 +170,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
 
+  std::optional<Compact> compact;
+  if (sane(g) && in.ConsumeIntegralInRange(0, 2) == 0) compact = pack(in, rows, nk, counts, indices);
+  Compact* packed = compact ? &*compact : nullptr;
+
   if (in.ConsumeBool()) {
-    host_helpers(in, g, counts, indices);
+    host_helpers(in, g, counts, indices, packed);
     return 0;
   }
 
@@ -158,7 +205,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                       tv = tensor(v.data(), shape_k), to = tensor(o.data(), shape_q);
   sparge_block_mask cm{};
   cm.counts = counts.data();
-  cm.indices = indices.data();
+  cm.indices = packed ? packed->indices.data() : indices.data();
+  cm.row_offsets = packed ? packed->offsets.data() : nullptr;
   cm.device = SPARGE_CPU;
   cm.batch = g.batch;
   cm.heads = g.heads;

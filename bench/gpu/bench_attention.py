@@ -52,7 +52,8 @@ class Tensor(C.Structure):
 class Mask(C.Structure):
     _fields_ = [("counts", C.c_void_p), ("indices", C.c_void_p), ("device", C.c_int), ("device_index", C.c_int),
                 ("batch", C.c_int64), ("heads", C.c_int64), ("seq_q", C.c_int64), ("seq_k", C.c_int64),
-                ("block_q", C.c_int), ("block_k", C.c_int)]
+                ("block_q", C.c_int), ("block_k", C.c_int),
+                ("row_offsets", C.c_void_p)]  # NULL (zero-initialized): the padded form
 
 
 class Sparge:

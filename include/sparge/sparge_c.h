@@ -53,6 +53,11 @@ typedef struct sparge_options {
 #undef SPARGE_C_HEAD
 } sparge_options;
 
+/* sparge::BlockMask. Padded (row_offsets NULL): indices [B, H, nq, nk], row r from r * nk.
+ * Compact (CPU backends only so far): row_offsets [B * H * nq + 1] from 0, nondecreasing; row r
+ * owns indices[row_offsets[r] .. row_offsets[r + 1]) and lists counts[r] blocks from the first
+ * (CSR: counts[r] = indptr[r + 1] - indptr[r]). Zero-initialize the struct, so that code written
+ * before row_offsets existed keeps the padded form. */
 typedef struct sparge_block_mask {
   int32_t* counts;
   int32_t* indices;
@@ -60,6 +65,7 @@ typedef struct sparge_block_mask {
   int device_index;
   int64_t batch, heads, seq_q, seq_k;
   int block_q, block_k;
+  int64_t* row_offsets;
 } sparge_block_mask;
 
 /* An attention mask (sparge::AttentionMask; NULL where a call takes one = no mask): a dense mask

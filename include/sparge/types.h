@@ -111,13 +111,24 @@ bool parse_enum(const char* name, Backend* out);
 // All names of Backend's values, in code order (the other enums' are in option_table()).
 std::vector<const char*> backend_names();
 
-// Which (query block, key block) tiles are computed, per (batch, query head, query block):
-// `counts[r]` kept key blocks, listed in ascending order in indices[r * num_k_blocks + t],
-// t < counts[r]. The mask carries its geometry, so a kernel can reject a mask built for
-// another tile shape. Memory is the caller's (host or device, see `device`).
+// Which (query block, key block) tiles are computed, per (batch, query head, query block) row
+// r: `counts[r]` kept key blocks, listed in ascending order from indices[row_begin(r)]. Two
+// storage forms, one type:
+//  - padded (row_offsets null): every row has num_k_blocks slots, row r starts at
+//    r * num_k_blocks. Memory grows with seq_q * seq_k, whatever the sparsity.
+//  - compact (row_offsets set): CSR-like, as FlashInfer's block-sparse format. row_offsets
+//    holds rows() + 1 nondecreasing entries from 0; row r owns the slots
+//    [row_offsets[r], row_offsets[r + 1]) of `indices` (row_offsets[rows()] entries in all) and
+//    lists its counts[r] <= that many blocks from the first. Memory grows with the kept tiles.
+//    A row may own more slots than it fills, so Stage 1 can write into storage sized by a bound;
+//    a caller's CSR arrays (indptr, indices) are a compact mask with counts[r] = indptr[r + 1] -
+//    indptr[r]. Taken by the CPU backends; the CUDA backend rejects it for now.
+// The mask carries its geometry, so a kernel can reject a mask built for another tile shape.
+// Memory is the caller's (host or device, see `device`).
 struct BlockMask {
-  int32_t* counts = nullptr;   // [batch, heads, num_q_blocks]
-  int32_t* indices = nullptr;  // [batch, heads, num_q_blocks, num_k_blocks]
+  int32_t* counts = nullptr;       // [batch, heads, num_q_blocks]
+  int32_t* indices = nullptr;      // padded: [batch, heads, num_q_blocks, num_k_blocks]
+  int64_t* row_offsets = nullptr;  // compact: [batch * heads * num_q_blocks + 1]; else null
   Device device = Device::kCPU;
   int device_index = 0;
   int64_t batch = 0, heads = 0;
@@ -130,11 +141,20 @@ struct BlockMask {
   int64_t row(int64_t b, int64_t h, int64_t qb) const {
     return (b * heads + h) * num_q_blocks() + qb;
   }
+  bool compact() const { return row_offsets != nullptr; }
+  // Where row r's indices start, and how many slots it owns. Read row_offsets, so host masks
+  // only (a kernel reads its device copy of the same rule).
+  int64_t row_begin(int64_t r) const { return compact() ? row_offsets[r] : r * num_k_blocks(); }
+  int64_t row_slots(int64_t r) const {
+    return compact() ? row_offsets[r + 1] - row_offsets[r] : num_k_blocks();
+  }
 };
 
-// A BlockMask that owns host storage; `view()` hands out the non-owning BlockMask.
+// A BlockMask that owns host storage; `view()` hands out the non-owning BlockMask. Padded
+// unless built by to_compact() / from_csr() (then `row_offsets` holds its rows' offsets).
 struct HostBlockMask {
   std::vector<int32_t> counts, indices;
+  std::vector<int64_t> row_offsets;  // empty for a padded mask
   BlockMask mask;
 
   HostBlockMask() = default;
@@ -152,6 +172,17 @@ struct HostBlockMask {
   static HostBlockMask from_dense(const std::vector<uint8_t>& dense, int64_t batch,
                                   int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
                                   int block_k);
+  // The same tiles in the compact form, each row owning exactly its kept blocks (copies; this
+  // mask may be either form). Throws sparge::Error on invalid contents, as to_dense.
+  HostBlockMask to_compact() const;
+  // The same tiles in the padded form.
+  HostBlockMask to_padded() const;
+  // A compact mask from CSR arrays: indptr [rows + 1] from 0, nondecreasing; row r keeps
+  // indices[indptr[r] .. indptr[r + 1]). Throws sparge::Error when they are not a valid mask.
+  static HostBlockMask from_csr(const std::vector<int64_t>& indptr,
+                                const std::vector<int32_t>& indices, int64_t batch,
+                                int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
+                                int block_k);
 };
 
 // Optional outputs of Stage 1, per (batch, query head), each [batch, query heads] contiguous on

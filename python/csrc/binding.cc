@@ -144,6 +144,8 @@ void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
   ArgReader in(op_arguments(op, stack));
   const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const at::Tensor counts = in.tensor(), indices = in.tensor();
+  const c10::IValue& offsets_arg = in.next();
+  const at::Tensor row_offsets = offsets_arg.isNone() ? at::Tensor() : offsets_arg.toTensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
   const sparge::AttentionMask am = read_attn_mask(in, q);
   sparge::Backend backend;
@@ -151,7 +153,7 @@ void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
   const bool with_extras = in.next().toBool();
   throw_if_error(sparge::validate(qv, kv, vv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
-  const sparge::BlockMask m = mask_view(counts, indices, q, k, opts);
+  const sparge::BlockMask m = mask_view(counts, indices, q, k, opts, row_offsets);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
   throw_if_error(sparge::block_sparse_attention(qv, kv, vv, am, m, opts,
@@ -266,8 +268,8 @@ TORCH_LIBRARY(sparge, m) {
   const std::string masks = "Tensor? attn_mask=None, Tensor? key_lengths=None";
   m.def(("predict_block_mask(Tensor q, Tensor k, " + masks + ", *" + options + ") -> (" +
          mask_out + ")").c_str());
-  m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, " +
-         masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
+  m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, "
+         "Tensor? row_offsets=None, " + masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
          ", Tensor pv_counters)").c_str());
   m.def(("attention(Tensor q, Tensor k, Tensor v, " + masks + ", *" + options +
          ", bool with_extras=False) -> (" + attn_out + ", " + mask_out +

@@ -13,12 +13,21 @@
 
 namespace sparge_binding {
 
+// `row_offsets` (int64 [rows + 1], or undefined) makes the mask compact (sparge::BlockMask):
+// indices then hold row_offsets[rows] entries, which the C++ validation reads on the host.
 inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& indices,
                                    const at::Tensor& q, const at::Tensor& k,
-                                   const sparge::SparseOptions& o) {
-  for (const auto* t : {&counts, &indices}) {
-    const char* name = t == &counts ? "block_mask.counts" : "block_mask.indices";
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32, got ", t->scalar_type());
+                                   const sparge::SparseOptions& o,
+                                   const at::Tensor& row_offsets = at::Tensor()) {
+  const bool compact = row_offsets.defined();
+  for (const auto* t : {&counts, &indices, &row_offsets}) {
+    if (!t->defined()) continue;
+    const char* name = t == &counts    ? "block_mask.counts"
+                       : t == &indices ? "block_mask.indices"
+                                       : "block_mask.row_offsets";
+    const at::ScalarType want = t == &row_offsets ? at::kLong : at::kInt;
+    TORCH_CHECK_TYPE(t->scalar_type() == want, name, " must be ", want, ", got ",
+                     t->scalar_type());
     TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
     TORCH_CHECK_VALUE(t->device() == q.device(), name, " must be on q's device (", q.device(),
                       "), got ", t->device());
@@ -26,10 +35,25 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
   sparge::BlockMask m;
   m.counts = counts.data_ptr<int32_t>();
   m.indices = indices.data_ptr<int32_t>();
+  m.row_offsets = compact ? row_offsets.data_ptr<int64_t>() : nullptr;
   m.device = q.is_cuda() ? sparge::Device::kCUDA : sparge::Device::kCPU;
   m.device_index = q.is_cuda() ? q.device().index() : 0;
   m.batch = q.size(0), m.heads = q.size(1), m.seq_q = q.size(2), m.seq_k = k.size(2);
   m.block_q = o.block_q, m.block_k = o.block_k;
+  if (compact) {
+    TORCH_CHECK_VALUE(counts.numel() == m.rows() && row_offsets.numel() == m.rows() + 1,
+                      "block_mask must hold ", m.rows(), " counts and ", m.rows() + 1,
+                      " row_offsets for q ", q.sizes(), ", k ", k.sizes(), " and blocks ",
+                      o.block_q, "x", o.block_k, ", got ", counts.numel(), " and ",
+                      row_offsets.numel());
+    // The last offset is how many indices the rows own; on a CUDA mask the backend rejects the
+    // compact form before any offset would be read, so only host offsets are read here.
+    if (!q.is_cuda())
+      TORCH_CHECK_VALUE(indices.numel() == m.row_offsets[m.rows()],
+                        "block_mask.indices must hold row_offsets[-1] = ",
+                        m.row_offsets[m.rows()], " entries, got ", indices.numel());
+    return m;
+  }
   TORCH_CHECK_VALUE(counts.numel() == m.rows() && indices.numel() == m.rows() * m.num_k_blocks(),
                     "block_mask must hold ", m.rows(), " counts and ", m.rows() * m.num_k_blocks(),
                     " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q, "x",

@@ -34,8 +34,8 @@ def _predict_block_mask(q, k, attn_mask=None, key_lengths=None, **options):
 
 
 @torch.library.register_fake("sparge::block_sparse_attention")
-def _block_sparse_attention(q, k, v, counts, indices, attn_mask=None, key_lengths=None, *,
-                            with_extras=False, **options):
+def _block_sparse_attention(q, k, v, counts, indices, row_offsets=None, attn_mask=None,
+                            key_lengths=None, *, with_extras=False, **options):
     return _outputs(q, with_extras)
 
 

@@ -1,7 +1,12 @@
 """BlockMask: which (query block, key block) tiles Stage 2 computes.
 
 Storage is the C++ layout (include/sparge/types.h): per (batch, query head, query block) row,
-`counts[b, h, i]` kept key blocks listed in ascending order in `indices[b, h, i, :counts]`.
+`counts[b, h, i]` kept key blocks listed in ascending order, in one of two forms:
+- padded: `indices[b, h, i, :counts]`, indices [B, H, nq, nk] (memory grows with nq * nk);
+- compact (`row_offsets` set, CSR as FlashInfer's block-sparse format): row r = (b * H + h) * nq
+  + i owns `indices[row_offsets[r]:row_offsets[r + 1]]` of a 1-D indices and lists its counts
+  from the first (memory grows with the kept tiles). The CPU backends take it; the CUDA backend
+  rejects it for now.
 The mask remembers its geometry, causality and sliding window, so density is measured against
 the tiles dense (or causal, or windowed) attention computes, as docs/method.md defines.
 """
@@ -57,11 +62,13 @@ def allowed_key_blocks(seq_q: int, seq_k: int, block_q: int, block_k: int, causa
 
 
 class BlockMask:
-    """A block mask with its geometry. Build one with `sparge.predict_block_mask` or `from_dense`."""
+    """A block mask with its geometry. Build one with `sparge.predict_block_mask`, `from_dense`
+    or `from_csr`; `to_compact` / `to_padded` convert between the two storage forms."""
 
     def __init__(self, counts: torch.Tensor, indices: torch.Tensor, *, seq_q: int, seq_k: int,
                  block_q: int = 128, block_k: int = 64, is_causal: bool = False,
-                 causal_align: str = "top_left", window_left: int = -1, window_right: int = -1):
+                 causal_align: str = "top_left", window_left: int = -1, window_right: int = -1,
+                 row_offsets: Optional[torch.Tensor] = None):
         check_choice(causal_align, CAUSAL_ALIGNS, "causal_align")
         for name, value in (("window_left", window_left), ("window_right", window_right)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -72,10 +79,19 @@ class BlockMask:
         if counts.dim() != 3 or counts.shape[2] != num_q:
             raise ValueError(f"counts must be [batch, heads, {num_q}] for seq_q={seq_q}, "
                              f"block_q={block_q}, got {tuple(counts.shape)}")
-        if tuple(indices.shape) != (*counts.shape, num_k):
+        if row_offsets is None and tuple(indices.shape) != (*counts.shape, num_k):
             raise ValueError(f"indices must be {[*counts.shape, num_k]} for seq_k={seq_k}, "
                              f"block_k={block_k}, got {list(indices.shape)}")
-        self.counts, self.indices = counts, indices
+        if row_offsets is not None:
+            rows = counts.numel()
+            if row_offsets.dtype != torch.int64 or tuple(row_offsets.shape) != (rows + 1,):
+                raise ValueError(f"row_offsets must be int64 [{rows + 1}] (one per mask row, "
+                                 f"then the end), got {row_offsets.dtype} "
+                                 f"{list(row_offsets.shape)}")
+            if indices.dim() != 1:
+                raise ValueError(f"indices of a compact mask must be 1-D, got shape "
+                                 f"{list(indices.shape)}")
+        self.counts, self.indices, self.row_offsets = counts, indices, row_offsets
         self.seq_q, self.seq_k, self.block_q, self.block_k = seq_q, seq_k, block_q, block_k
         self.is_causal, self.causal_align = is_causal, causal_align
         self.window_left, self.window_right = window_left, window_right
@@ -94,7 +110,66 @@ class BlockMask:
 
     @property
     def num_k_blocks(self) -> int:
-        return self.indices.shape[3]
+        return -(-self.seq_k // self.block_k)
+
+    @property
+    def is_compact(self) -> bool:
+        """True when the indices are stored per row contiguously (`row_offsets`)."""
+        return self.row_offsets is not None
+
+    def _like(self, counts, indices, row_offsets=None) -> "BlockMask":
+        return BlockMask(counts, indices, seq_q=self.seq_q, seq_k=self.seq_k,
+                         block_q=self.block_q, block_k=self.block_k, is_causal=self.is_causal,
+                         causal_align=self.causal_align, window_left=self.window_left,
+                         window_right=self.window_right, row_offsets=row_offsets)
+
+    def _slot_rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Compact form: for each slot of `indices`, its row and whether the row lists it."""
+        owned = self.row_offsets.diff()
+        row = torch.repeat_interleave(torch.arange(owned.numel(), device=self.device), owned)
+        position = torch.arange(self.indices.numel(), device=self.device) - self.row_offsets[row]
+        return row, position < self.counts.reshape(-1)[row].long()
+
+    def to_compact(self) -> "BlockMask":
+        """The same tiles, each row owning exactly its kept blocks (a copy when compact)."""
+        if self.is_compact:
+            row, listed = self._slot_rows()
+            indices = self.indices[listed]
+        else:
+            listed = torch.arange(self.num_k_blocks, device=self.device) < self.counts.unsqueeze(-1)
+            indices = self.indices[listed]  # row-major: each row's blocks stay ascending
+        offsets = torch.zeros(self.counts.numel() + 1, dtype=torch.int64, device=self.device)
+        offsets[1:] = self.counts.reshape(-1).long().cumsum(0)
+        return self._like(self.counts.clone(), indices.contiguous(), offsets)
+
+    def to_padded(self) -> "BlockMask":
+        """The same tiles in the padded form, indices [B, H, nq, nk] (a copy when padded)."""
+        if not self.is_compact:
+            return self._like(self.counts.clone(), self.indices.clone())
+        return self.from_dense(self.to_dense(), seq_q=self.seq_q, seq_k=self.seq_k,
+                               block_q=self.block_q, block_k=self.block_k,
+                               is_causal=self.is_causal, causal_align=self.causal_align,
+                               window_left=self.window_left, window_right=self.window_right)
+
+    @classmethod
+    def from_csr(cls, indptr: torch.Tensor, indices: torch.Tensor, *, batch: int, heads: int,
+                 seq_q: int, seq_k: int, block_q: int = 128, block_k: int = 64,
+                 is_causal: bool = False, causal_align: str = "top_left",
+                 window_left: int = -1, window_right: int = -1) -> "BlockMask":
+        """A compact mask from CSR arrays (FlashInfer's block-sparse indptr + indices): row
+        r = (b * heads + h) * num_q_blocks + i keeps key blocks indices[indptr[r]:indptr[r+1]],
+        ascending. The arrays are converted to int64 / int32 and kept."""
+        num_q = -(-seq_q // block_q)
+        rows = batch * heads * num_q
+        if indptr.dim() != 1 or indptr.numel() != rows + 1:
+            raise ValueError(f"indptr must be 1-D with batch * heads * num_q_blocks + 1 = "
+                             f"{rows + 1} entries, got shape {list(indptr.shape)}")
+        offsets = indptr.to(torch.int64).contiguous()
+        counts = offsets.diff().to(torch.int32).reshape(batch, heads, num_q).contiguous()
+        return cls(counts, indices.to(torch.int32).contiguous(), seq_q=seq_q, seq_k=seq_k,
+                   block_q=block_q, block_k=block_k, is_causal=is_causal,
+                   causal_align=causal_align, window_left=window_left,
+                   window_right=window_right, row_offsets=offsets)
 
     @property
     def device(self) -> torch.device:
@@ -121,6 +196,8 @@ class BlockMask:
         nothing either way); subtracting them leaves what the λ rule skipped
         (SparseStats.lambda_skip_fraction). Groups of `group_rows` rows start at each query
         block's first row (docs/method.md)."""
+        if self.is_compact:
+            return self.to_padded().band_hidden_pairs(group_rows)
         lo, hi = key_band(self.seq_q, self.seq_k, self.is_causal, self.causal_align,
                           self.window_left, self.window_right)
         dev = self.device
@@ -144,6 +221,16 @@ class BlockMask:
     def to_dense(self) -> torch.Tensor:
         """Bool [batch, heads, num_q_blocks, num_k_blocks], True where the tile is computed."""
         num_k = self.num_k_blocks
+        if self.is_compact:
+            row, listed = self._slot_rows()
+            kept = self.indices[listed].long()
+            if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= num_k):
+                raise ValueError(f"indices of a compact mask must be key blocks in "
+                                 f"[0, {num_k}), got {int(kept.min())}..{int(kept.max())}")
+            dense = torch.zeros((self.counts.numel(), num_k), dtype=torch.bool,
+                                device=self.device)
+            dense[row[listed], kept] = True
+            return dense.reshape(*self.counts.shape, num_k)
         listed = torch.arange(num_k, device=self.device) < self.counts.unsqueeze(-1)
         # Unlisted slots (whose index values are unused) land in an extra column, dropped after.
         target = torch.where(listed, self.indices.long(), torch.full_like(self.indices, num_k,

@@ -394,8 +394,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         _options.check_options(options)
         return _empty_result(qh, kh, layout, m, return_stats)
     out, lse, pv_counters = torch.ops.sparge.block_sparse_attention(
-        *_pad(padded, qh, kh, vh), m.counts, m.indices, mask4, lengths, **options,
-        with_extras=return_stats)
+        *_pad(padded, qh, kh, vh), m.counts, m.indices, m.row_offsets, mask4, lengths,
+        **options, with_extras=return_stats)
     out = _from_hnd(out[..., :head_dim] if padded != head_dim else out, layout)
     return (out, SparseStats(m, lse, pv_counters)) if return_stats else out
 

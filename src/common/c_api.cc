@@ -90,6 +90,7 @@ Status to_mask(const sparge_block_mask* c, sparge::BlockMask* out) {
   sparge::BlockMask m;
   m.counts = c->counts;
   m.indices = c->indices;
+  m.row_offsets = c->row_offsets;
   SPARGE_RETURN_IF_ERROR(to_device(c->device, "mask.device", &m.device));
   m.device_index = c->device_index;
   m.batch = c->batch;

@@ -93,6 +93,14 @@ Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
       "padding), causal and window_left / window_right");
 }
 
+// A compact block mask (row_offsets) is read and written by the CPU backends only so far.
+Status cuda_compact_unsupported(const BlockMask& mask) {
+  if (!mask.compact()) return Status::ok();
+  return Status::unsupported(
+      "mask.row_offsets: the CUDA backend takes block masks in the padded form only yet (counts "
+      "and indices [B, H, nq, nk], row_offsets null); pass a padded mask, or run on cpu tensors");
+}
+
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
   BlockMask m;
   m.device = q.device;
@@ -181,6 +189,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+    SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask));
     return cuda::predict_block_mask(p, mask, ctx, stats);
   }
   return cpu::predict_block_mask(p, mask, stats);
@@ -206,6 +215,7 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   switch (backend) {
     case Backend::kCuda:
       SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+      SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask));
       return cuda::attention(p, mask, o, extras, ctx);
     case Backend::kReference: return cpu::attention_reference(p, mask, o, extras);
     default: return cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
@@ -227,7 +237,10 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
-  if (backend == Backend::kCuda) SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+    if (mask_out) SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(*mask_out));
+  }
 
   if (backend != Backend::kCuda) {
     HostBlockMask owned;

@@ -1,6 +1,10 @@
 // Host-side helpers on host block masks: the dense (allowed) mask and sparsity statistics.
+#include <algorithm>
+#include <string>
+
 #include "common/backend.h"
 #include "common/geometry.h"
+#include "common/validate.h"
 #include "sparge/sparge.h"
 
 namespace sparge {
@@ -28,16 +32,21 @@ Status fill_dense_mask(const BlockMask& m, const SparseOptions& opts) {
   if (!sane_geometry(m))
     return Status::invalid("mask geometry must have block_q, block_k >= 1 and batch, heads, "
                            "seq_q, seq_k >= 0");
-  const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
+  SPARGE_RETURN_IF_ERROR(detail::validate_mask_offsets(m));
+  const int64_t nq = m.num_q_blocks();
   const detail::KeyBand band = detail::Problem::band_of(opts, m.seq_q, m.seq_k);
   for (int64_t bh = 0; bh < m.batch * m.heads; ++bh)
     for (int64_t qb = 0; qb < nq; ++qb) {
       const int64_t row = bh * nq + qb;
       const detail::BlockRange allowed =
           detail::allowed_key_blocks(qb, m.block_q, m.block_k, band, m.seq_q, m.seq_k);
+      if (allowed.size() > m.row_slots(row))
+        return Status::invalid("mask.row_offsets give row " + std::to_string(row) + " " +
+                               std::to_string(m.row_slots(row)) + " slots; the dense mask keeps " +
+                               std::to_string(allowed.size()) + " key blocks there");
       m.counts[row] = static_cast<int32_t>(allowed.size());
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        m.indices[row * nk + j - allowed.begin] = static_cast<int32_t>(j);
+        m.indices[m.row_begin(row) + j - allowed.begin] = static_cast<int32_t>(j);
     }
   return Status::ok();
 }
@@ -46,14 +55,16 @@ Status fill_dense_mask(const BlockMask& m, bool causal, CausalAlign align) {
   return fill_dense_mask(m, visibility(causal, align));
 }
 
-// A hand-written mask may hold any counts: a row contributes only its first min(count, nk)
+// A hand-written mask may hold any counts: a row contributes only its first min(count, slots)
 // entries, and only indices inside its allowed range count as computed (validation rejects such
 // a mask before attention; statistics must still not read outside the row). A mask without
 // storage or geometry has no tiles.
 AttentionStats mask_stats(const BlockMask& m, const SparseOptions& opts) {
   AttentionStats s;
-  if (m.counts == nullptr || m.indices == nullptr || !sane_geometry(m)) return s;
-  const int64_t nq = m.num_q_blocks(), nk = m.num_k_blocks();
+  if (m.counts == nullptr || m.indices == nullptr || !sane_geometry(m) ||
+      !detail::validate_mask_offsets(m).is_ok())
+    return s;
+  const int64_t nq = m.num_q_blocks();
   const detail::KeyBand band = detail::Problem::band_of(opts, m.seq_q, m.seq_k);
   for (int64_t bh = 0; bh < m.batch * m.heads; ++bh)
     for (int64_t qb = 0; qb < nq; ++qb) {
@@ -61,9 +72,9 @@ AttentionStats mask_stats(const BlockMask& m, const SparseOptions& opts) {
       const detail::BlockRange allowed =
           detail::allowed_key_blocks(qb, m.block_q, m.block_k, band, m.seq_q, m.seq_k);
       s.tiles_dense += allowed.size();
-      const int64_t count = m.counts[row] < nk ? m.counts[row] : nk;
+      const int64_t count = std::min<int64_t>(m.counts[row], m.row_slots(row));
       for (int64_t t = 0; t < count; ++t)
-        if (allowed.contains(m.indices[row * nk + t])) ++s.tiles_computed;
+        if (allowed.contains(m.indices[m.row_begin(row) + t])) ++s.tiles_computed;
     }
   return s;
 }

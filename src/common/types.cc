@@ -1,4 +1,5 @@
 // Out-of-line members of the public value types.
+#include <algorithm>
 #include <cstring>
 
 #include <string>
@@ -90,31 +91,121 @@ HostBlockMask::HostBlockMask(int64_t batch, int64_t heads, int64_t seq_q, int64_
 HostBlockMask& HostBlockMask::operator=(const HostBlockMask& other) {
   counts = other.counts;
   indices = other.indices;
+  row_offsets = other.row_offsets;
   mask = other.mask;
   mask.counts = counts.data();
   mask.indices = indices.data();
+  mask.row_offsets = row_offsets.empty() ? nullptr : row_offsets.data();
   return *this;
 }
 
-std::vector<uint8_t> HostBlockMask::to_dense() const {
-  // The arrays are public, so their sizes and contents may be anything: an out-of-range index
-  // would be written outside `dense`. The content check is the one attention runs.
-  const int64_t nk = mask.num_k_blocks();
-  if (static_cast<int64_t>(counts.size()) != mask.rows() ||
-      static_cast<int64_t>(indices.size()) != mask.rows() * nk)
-    check(Status::invalid("HostBlockMask::to_dense: counts and indices must hold " +
-                          std::to_string(mask.rows()) + " and " +
-                          std::to_string(mask.rows() * nk) + " entries, got " +
-                          std::to_string(counts.size()) + " and " +
-                          std::to_string(indices.size())));
-  BlockMask own = mask;  // the vectors' contents, whatever `mask` points to
-  own.counts = const_cast<int32_t*>(counts.data());
-  own.indices = const_cast<int32_t*>(indices.data());
+namespace {
+
+// The vectors' mask, whatever `m.mask` points to, after checking that the vectors hold what its
+// geometry and form say (the arrays are public, so their sizes and contents may be anything: an
+// out-of-range index would be written outside a caller's array) and the content check attention
+// runs.
+BlockMask checked_view(const HostBlockMask& m, const char* caller) {
+  BlockMask own = m.mask;
+  own.counts = const_cast<int32_t*>(m.counts.data());
+  own.indices = const_cast<int32_t*>(m.indices.data());
+  own.row_offsets =
+      m.row_offsets.empty() ? nullptr : const_cast<int64_t*>(m.row_offsets.data());
+  const int64_t rows = own.rows();
+  const bool sizes_ok =
+      static_cast<int64_t>(m.counts.size()) == rows &&
+      (own.compact() ? static_cast<int64_t>(m.row_offsets.size()) == rows + 1 &&
+                           (detail::validate_mask_offsets(own).is_ok() &&
+                            static_cast<int64_t>(m.indices.size()) == m.row_offsets[rows])
+                     : static_cast<int64_t>(m.indices.size()) == rows * own.num_k_blocks());
+  if (!sizes_ok)
+    check(Status::invalid(
+        std::string(caller) + ": counts must hold " + std::to_string(rows) + " entries and " +
+        (own.compact() ? "row_offsets " + std::to_string(rows + 1) +
+                             " nondecreasing entries from 0, ending at indices' size"
+                       : "indices " + std::to_string(rows * own.num_k_blocks())) +
+        "; got counts " + std::to_string(m.counts.size()) + ", indices " +
+        std::to_string(m.indices.size()) + ", row_offsets " +
+        std::to_string(m.row_offsets.size())));
   check(detail::validate_mask_contents(own));
-  std::vector<uint8_t> dense(static_cast<size_t>(mask.rows() * nk), 0);
-  for (int64_t r = 0; r < mask.rows(); ++r)
-    for (int32_t t = 0; t < counts[r]; ++t) dense[r * nk + indices[r * nk + t]] = 1;
+  return own;
+}
+
+}  // namespace
+
+std::vector<uint8_t> HostBlockMask::to_dense() const {
+  const BlockMask own = checked_view(*this, "HostBlockMask::to_dense");
+  const int64_t nk = own.num_k_blocks();
+  std::vector<uint8_t> dense(static_cast<size_t>(own.rows() * nk), 0);
+  for (int64_t r = 0; r < own.rows(); ++r)
+    for (int32_t t = 0; t < counts[r]; ++t) dense[r * nk + indices[own.row_begin(r) + t]] = 1;
   return dense;
+}
+
+HostBlockMask HostBlockMask::to_compact() const {
+  const BlockMask own = checked_view(*this, "HostBlockMask::to_compact");
+  HostBlockMask out;
+  out.mask = own;
+  out.counts = counts;
+  out.row_offsets.assign(static_cast<size_t>(own.rows() + 1), 0);
+  for (int64_t r = 0; r < own.rows(); ++r) out.row_offsets[r + 1] = out.row_offsets[r] + counts[r];
+  out.indices.resize(static_cast<size_t>(out.row_offsets.back()));
+  for (int64_t r = 0; r < own.rows(); ++r)
+    std::copy_n(indices.begin() + own.row_begin(r), counts[r],
+                out.indices.begin() + out.row_offsets[r]);
+  out.mask.counts = out.counts.data();
+  out.mask.indices = out.indices.data();
+  out.mask.row_offsets = out.row_offsets.data();
+  return out;
+}
+
+HostBlockMask HostBlockMask::to_padded() const {
+  const BlockMask own = checked_view(*this, "HostBlockMask::to_padded");
+  HostBlockMask out(own.batch, own.heads, own.seq_q, own.seq_k, own.block_q, own.block_k);
+  const int64_t nk = own.num_k_blocks();
+  out.counts = counts;
+  for (int64_t r = 0; r < own.rows(); ++r)
+    std::copy_n(indices.begin() + own.row_begin(r), counts[r], out.indices.begin() + r * nk);
+  out.mask.device = own.device;
+  out.mask.device_index = own.device_index;
+  return out;
+}
+
+HostBlockMask HostBlockMask::from_csr(const std::vector<int64_t>& indptr,
+                                      const std::vector<int32_t>& indices, int64_t batch,
+                                      int64_t heads, int64_t seq_q, int64_t seq_k, int block_q,
+                                      int block_k) {
+  HostBlockMask m;
+  m.mask = HostBlockMask(0, 0, seq_q, seq_k, block_q, block_k).mask;  // checks the geometry
+  m.mask.batch = batch;
+  m.mask.heads = heads;
+  if (batch < 0 || heads < 0)
+    check(Status::invalid("HostBlockMask::from_csr needs batch, heads >= 0, got batch " +
+                          std::to_string(batch) + ", heads " + std::to_string(heads)));
+  const int64_t rows = m.mask.rows();
+  if (static_cast<int64_t>(indptr.size()) != rows + 1)
+    check(Status::invalid("HostBlockMask::from_csr: indptr must hold batch * heads * "
+                          "num_q_blocks + 1 = " + std::to_string(rows + 1) + " entries, got " +
+                          std::to_string(indptr.size())));
+  m.row_offsets = indptr;
+  m.indices = indices;
+  m.counts.assign(static_cast<size_t>(rows), 0);
+  BlockMask offsets_only = m.mask;
+  offsets_only.row_offsets = m.row_offsets.data();
+  check(detail::validate_mask_offsets(offsets_only));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = indptr[r + 1] - indptr[r];
+    if (n > m.mask.num_k_blocks())
+      check(Status::invalid("HostBlockMask::from_csr: row " + std::to_string(r) + " lists " +
+                            std::to_string(n) + " key blocks, more than the " +
+                            std::to_string(m.mask.num_k_blocks()) + " there are"));
+    m.counts[r] = static_cast<int32_t>(n);
+  }
+  m.mask.counts = m.counts.data();
+  m.mask.indices = m.indices.data();
+  m.mask.row_offsets = m.row_offsets.data();
+  checked_view(m, "HostBlockMask::from_csr");  // indices' size and contents
+  return m;
 }
 
 HostBlockMask HostBlockMask::from_dense(const std::vector<uint8_t>& dense, int64_t batch,

@@ -259,16 +259,35 @@ Status validate_mask_geometry(const BlockMask& m, const TensorView& q, const Ten
                                "] (seq_q ", q.tokens, ", seq_k ", k.tokens, ") for blocks ",
                                opts.block_q, "x", opts.block_k));
   }
+  // A compact mask's rows are where its offsets say: a host mask's are checked here, since even
+  // an output mask is written through them (a device mask's are the caller's promise).
+  if (m.compact() && m.device == Device::kCPU) return validate_mask_offsets(m);
+  return Status::ok();
+}
+
+Status validate_mask_offsets(const BlockMask& m) {
+  if (!m.compact()) return Status::ok();
+  if (m.row_offsets[0] != 0)
+    return Status::invalid(cat("mask.row_offsets[0] must be 0, got ", m.row_offsets[0]));
+  for (int64_t r = 0; r < m.rows(); ++r)
+    if (m.row_offsets[r + 1] < m.row_offsets[r])
+      return Status::invalid(cat("mask.row_offsets must be nondecreasing, got ",
+                                 m.row_offsets[r + 1], " after ", m.row_offsets[r], " at row ",
+                                 r + 1));
   return Status::ok();
 }
 
 Status validate_mask_contents(const BlockMask& m) {
+  SPARGE_RETURN_IF_ERROR(validate_mask_offsets(m));
   const int64_t nk = m.num_k_blocks();
   for (int64_t r = 0; r < m.rows(); ++r) {
     const int32_t c = m.counts[r];
     if (c < 0 || c > nk)
       return Status::invalid(cat("mask.counts[", r, "] must be in [0, ", nk, "], got ", c));
-    const int32_t* idx = m.indices + r * nk;
+    if (c > m.row_slots(r))
+      return Status::invalid(cat("mask.counts[", r, "] (", c, ") must not exceed the ",
+                                 m.row_slots(r), " slots mask.row_offsets give row ", r));
+    const int32_t* idx = m.indices + m.row_begin(r);
     for (int32_t t = 0; t < c; ++t) {
       if (idx[t] < 0 || idx[t] >= nk || (t > 0 && idx[t] <= idx[t - 1]))
         return Status::invalid(cat("mask.indices of row ", r,

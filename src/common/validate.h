@@ -14,9 +14,13 @@ Status validate_output(const TensorView& o, const TensorView& q, const char* nam
 // The mask's geometry must match q/k and the options; host masks also get a content check.
 Status validate_mask(const BlockMask& mask, const TensorView& q, const TensorView& k,
                      const SparseOptions& opts);
-// The geometry alone, for masks that are outputs (Stage 1 writes them; their contents are junk).
+// The geometry alone, for masks that are outputs (Stage 1 writes them; their contents are junk),
+// and a host compact mask's row offsets (they say where Stage 1 writes).
 Status validate_mask_geometry(const BlockMask& mask, const TensorView& q, const TensorView& k,
                               const SparseOptions& opts);
+// A host compact mask's row_offsets: from 0, nondecreasing (ok for a padded mask).
+Status validate_mask_offsets(const BlockMask& host_mask);
+// Counts, indices (and offsets) of a host mask: what attention may read.
 Status validate_mask_contents(const BlockMask& host_mask);
 // The attention mask (AttentionMask): dtype, device, broadcast shape, strides; host key_lengths
 // are also range-checked. Messages name `attn_mask.<field>`.

@@ -66,7 +66,7 @@ struct Plan {
   const QuantizedInputs* quant = nullptr;  // null in exact mode
   TensorView o;
   AttentionExtras extras;
-  int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0, nk = 0;
+  int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0;
   detail::KeyBand band;  // the keys each row sees (causal, window)
   MaskReader attn;       // the attention mask (inactive without one)
   double score_log2 = 0;  // scale · log2(e)
@@ -246,7 +246,7 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
 
   const int64_t mrow = pl.mask->row(b, h, qb);
   const int32_t count = pl.mask->counts[mrow];
-  const int32_t* kept = pl.mask->indices + mrow * pl.nk;
+  const int32_t* kept = pl.mask->indices + pl.mask->row_begin(mrow);
   const detail::BlockRange allowed = detail::allowed_key_blocks(
       qb, static_cast<int>(bq), static_cast<int>(bk), pl.band, Nq, Nk);
   const int64_t groups = detail::ceil_div(rows, pl.group);
@@ -421,7 +421,6 @@ Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, cons
   pl.bk = p.opts.block_k;
   pl.group = p.opts.pv_group_rows;
   pl.nq = mask.num_q_blocks();
-  pl.nk = mask.num_k_blocks();
   pl.band = p.band();
   pl.attn = MaskReader(p.attn_mask, p.shape.seq_k);
   pl.score_log2 = double(p.scale) * kLog2e;

@@ -6,8 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <mutex>
 #include <numeric>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "common/backend.h"
@@ -220,6 +223,41 @@ void write_stats(const Stage1Stats& st, int64_t bh, double select_value, double 
   if (st.forced_tiles) st.forced_tiles[bh] = forced_tiles;
 }
 
+// Stage 1's output rows, written where the mask's form puts them (padded or compact). A compact
+// row that owns fewer slots than it keeps is left unwritten and reported after the parallel loop
+// (the smallest such row, so the message does not depend on the thread schedule).
+class MaskRowWriter {
+ public:
+  explicit MaskRowWriter(const BlockMask& mask) : mask_(mask) {}
+
+  void write(int64_t row, const std::vector<int32_t>& kept) {
+    const int64_t count = static_cast<int64_t>(kept.size());
+    if (count > mask_.row_slots(row)) {
+      const std::lock_guard<std::mutex> lock(overflow_mutex_);
+      if (row < overflow_row_) overflow_row_ = row, overflow_count_ = count;
+      return;
+    }
+    std::copy(kept.begin(), kept.end(), mask_.indices + mask_.row_begin(row));
+    mask_.counts[row] = static_cast<int32_t>(count);
+  }
+
+  Status status() const {
+    if (overflow_row_ == kNone) return Status::ok();
+    return Status::invalid(
+        "mask.row_offsets give row " + std::to_string(overflow_row_) + " " +
+        std::to_string(mask_.row_slots(overflow_row_)) + " slots, but Stage 1 keeps " +
+        std::to_string(overflow_count_) + " key blocks there: size each row of a compact "
+        "output mask for the blocks it may keep (num_k_blocks covers any selection), or "
+        "compact a padded mask after Stage 1 (HostBlockMask::to_compact)");
+  }
+
+ private:
+  static constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  const BlockMask& mask_;
+  std::mutex overflow_mutex_;
+  int64_t overflow_row_ = kNone, overflow_count_ = 0;
+};
+
 }  // namespace
 
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
@@ -236,18 +274,20 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
   const MaskReader attn(p.attn_mask, s.seq_k);
   const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);
+  MaskRowWriter writer(mask);
   if (detail::selection_keeps_every_tile(p, stats)) {  // every visible tile, q and k unread
+    std::vector<int32_t> kept;
     for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh)
       for (int64_t i = 0; i < nq; ++i) {
-        const int64_t b = bh / s.heads_q, h = bh % s.heads_q, row = mask.row(b, h, i);
+        const int64_t b = bh / s.heads_q, h = bh % s.heads_q;
         const detail::BlockRange allowed =
             detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
-        int32_t count = 0;
+        kept.clear();
         for (int64_t j = allowed.begin; j < allowed.end; ++j)
-          if (!tiles.skipped(b, h, i, j)) mask.indices[row * nk + count++] = static_cast<int32_t>(j);
-        mask.counts[row] = count;
+          if (!tiles.skipped(b, h, i, j)) kept.push_back(static_cast<int32_t>(j));
+        writer.write(mask.row(b, h, i), kept);
       }
-    return Status::ok();
+    return writer.status();
   }
 
   std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
@@ -269,6 +309,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     std::optional<ErrorTargetRows> estimator;
     if (error_target) estimator.emplace(p, b, h);
     std::vector<uint8_t> key_sim(nk), keep(nk);
+    std::vector<int32_t> kept;  // one mask row's output
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
 
     // Per query block: the ranked eligible columns and how many of them the selection keeps.
@@ -351,12 +392,10 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
         }
       if (o.attention_sink && allowed.contains(0)) keep[0] = 1;
 
-      const int64_t row = mask.row(b, h, i);
-      int32_t count = 0;
+      kept.clear();
       for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        if (keep[j] && !tiles.skipped(b, h, i, j))
-          mask.indices[row * nk + count++] = static_cast<int32_t>(j);
-      mask.counts[row] = count;
+        if (keep[j] && !tiles.skipped(b, h, i, j)) kept.push_back(static_cast<int32_t>(j));
+      writer.write(mask.row(b, h, i), kept);
     }
     if (!error_target)
       write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles);
@@ -366,7 +405,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
       write_stats(stats, bh, detail::error_target_tau(choice), norm > 0.0 ? err[choice] / norm : 0.0,
                   forced_tiles);
   }
-  return Status::ok();
+  return writer.status();
 }
 
 }  // namespace sparge::cpu

@@ -70,7 +70,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
   const ProblemShape& s = p.shape;
   const double p_scale = quant != nullptr ? kPScale : 1.0;
   const SparseOptions& opt = p.opts;
-  const int64_t D = s.head_dim, nk = mask.num_k_blocks();
+  const int64_t D = s.head_dim;
   const detail::KeyBand band = p.band();
   const double lambda = opt.pv_threshold.at(h);
   // The attention mask, applied to every element (the oracle does not classify tiles): keys at
@@ -88,7 +88,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
     const int64_t mrow = mask.row(b, h, i);
 
     for (int32_t t = 0; t < mask.counts[mrow]; ++t) {
-      const int64_t j = mask.indices[mrow * nk + t];
+      const int64_t j = mask.indices[mask.row_begin(mrow) + t];
       const int64_t c0 = j * opt.block_k, c1 = std::min<int64_t>(s.seq_k, c0 + opt.block_k);
       std::vector<double> tile((r1 - r0) * (c1 - c0)), tile_max(r1 - r0, kNegInf);
       for (int64_t r = r0; r < r1; ++r) {
