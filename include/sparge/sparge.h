@@ -96,6 +96,32 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& o, const AttentionExtras& extras = {},
                         const ExecContext& ctx = {}, const BlockMask* mask_out = nullptr);
 
+// Decode and chunked prefill against a long KV cache: Stage 1 reads the key blocks kept beside
+// the cache (types.h: KeyBlocks) instead of pooling k, so its cost grows with the cache's
+// blocks, not its keys. k and v are the cache's first key_blocks.tokens rows (a view of a
+// larger allocation is fine); causality aligns as the options say (bottom_right for new
+// queries at the cache's end). The result is bit for bit that of the call without key_blocks
+// whenever the blocks' mean is k's current mean (right after build_key_blocks on all of k);
+// after appends the key blocks keep build's mean, the only difference. Pooled estimate only;
+// CPU backends (CUDA: Status::unsupported for now).
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const KeyBlocks& key_blocks, const SparseOptions& opts,
+                        const TensorView& o, const AttentionExtras& extras = {},
+                        const ExecContext& ctx = {}, const BlockMask* mask_out = nullptr);
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
+                        const SparseOptions& opts, const TensorView& o,
+                        const AttentionExtras& extras = {}, const ExecContext& ctx = {},
+                        const BlockMask* mask_out = nullptr);
+// Fills `blocks` from all of k's tokens: the smoothing mean (per batch entry and kv head), then
+// every block's pooled row and similarity; blocks->tokens = k.tokens. Capacity: k.tokens <=
+// max_blocks * block_k.
+Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
+// Extends `blocks` to k's tokens after the cache grew (k.tokens >= blocks->tokens; the first
+// blocks->tokens rows must be those the blocks were made from): reads the new rows and those of
+// the last incomplete block only, with the mean build_key_blocks took.
+Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
+
 // Packed batches of sequences of different lengths (flash-attn's varlen convention): q holds
 // every sequence's queries one after another as [1, Hq, total_q, D] (a packed [total_q, Hq, D]
 // tensor is the kNHD view with batch 1), k and v [1, Hkv, total_k, D], o like q. Sequence i

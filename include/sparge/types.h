@@ -199,6 +199,43 @@ struct Stage1Stats {
   int64_t* forced_tiles = nullptr;
 };
 
+// Stage 1's view of the keys, kept beside a KV cache for decode and chunked prefill: per key
+// block of `block_k` rows, the pooled (mean) row of the smoothed keys k − mean and the block's
+// self-similarity, exactly as Stage 1 computes them from k (docs/method.md "Stage 1"), and the
+// smoothing mean, per (batch, kv head). build_key_blocks fills it from the keys; then
+// append_key_blocks extends it as tokens arrive, reading only the new keys and the rows of the
+// last incomplete block. The mean stays the one build_key_blocks took (the blocks' values depend
+// on it; a later build_key_blocks takes the current one). A sparse_attention call given it reads
+// no key in Stage 1, whose cost then no longer grows with the cache's length times head_dim.
+// Memory is the caller's, on the keys' device, in double (Stage 1's precision); `tokens` is set
+// by build / append.
+struct KeyBlocks {
+  double* pooled = nullptr;  // [batch, heads_kv, max_blocks, head_dim]
+  double* sim = nullptr;     // [batch, heads_kv, max_blocks]
+  double* mean = nullptr;    // [batch, heads_kv, head_dim]
+  Device device = Device::kCPU;
+  int device_index = 0;
+  int64_t batch = 0, heads_kv = 0, head_dim = 0;
+  int64_t max_blocks = 0;  // capacity: keys up to max_blocks * block_k
+  int block_k = 64;        // must equal SparseOptions::block_k of the calls that read it
+  int64_t tokens = 0;      // keys covered: the first `tokens` rows of the cache
+};
+
+// KeyBlocks with host storage for up to `max_tokens` keys; `view()` is the non-owning KeyBlocks.
+// Throws sparge::Error on negative extents or block_k < 1.
+struct HostKeyBlocks {
+  std::vector<double> pooled, sim, mean;
+  KeyBlocks blocks;
+
+  HostKeyBlocks() = default;
+  HostKeyBlocks(int64_t batch, int64_t heads_kv, int64_t head_dim, int64_t max_tokens,
+                int block_k);
+  HostKeyBlocks(const HostKeyBlocks& other) { *this = other; }
+  HostKeyBlocks& operator=(const HostKeyBlocks& other);
+  KeyBlocks& view() { return blocks; }
+  const KeyBlocks& view() const { return blocks; }
+};
+
 // The element type of an attention mask: a boolean (one byte per element, nonzero = the query
 // may attend the key: SDPA's bool mask), or an additive float mask added to the scores before the
 // softmax (in natural-log units, as SDPA's float mask; -inf hides the key).

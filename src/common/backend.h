@@ -23,6 +23,9 @@ struct Problem {
   float scale = 1.0f;
   // The caller's attention mask (empty: none); validated, on the tensors' device.
   AttentionMask attn_mask;
+  // Key blocks kept beside a KV cache (null: none): Stage 1 reads them instead of pooling k.
+  // Validated against k and the options; only the pooled estimate takes them.
+  const KeyBlocks* key_blocks = nullptr;
 
   // The keys each row sees (causal, window and their alignment; geometry.h).
   KeyBand band() const { return band_of(opts, shape.seq_q, shape.seq_k); }
@@ -67,6 +70,11 @@ Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, cons
                            const QuantizedInputs* quantized);
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse);
+// The key blocks (types.h: KeyBlocks) of blocks [first_block, ceil(k.tokens / block_k)) of k
+// (validated host memory), smoothed by blocks.mean; with `new_mean` the mean is first taken
+// over all of k's tokens (build). Sets blocks->tokens = k.tokens.
+Status update_key_blocks(const TensorView& k, KeyBlocks* blocks, int64_t first_block,
+                         bool new_mean);
 }  // namespace sparge::cpu
 
 namespace sparge::cuda {

@@ -101,6 +101,33 @@ Status cuda_compact_unsupported(const BlockMask& mask) {
       "and indices [B, H, nq, nk], row_offsets null); pass a padded mask, or run on cpu tensors");
 }
 
+// Key blocks are built and read on the CPU only so far (CUDA Stage 1 pools k itself).
+Status cuda_key_blocks_unsupported() {
+  return Status::unsupported(
+      "key_blocks: the CUDA backend does not take key blocks yet (its Stage 1 pools k); call "
+      "sparse_attention without them on cuda tensors, or run on cpu tensors");
+}
+
+// key_blocks for one call: they must cover exactly k's tokens with the options' key blocks, and
+// only the pooled estimate reads them (sampled rows and the error target read k's rows).
+Status check_key_blocks_for_call(const KeyBlocks& kb, const TensorView& k,
+                                 const SparseOptions& opts) {
+  SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(kb, k));
+  if (kb.block_k != opts.block_k)
+    return Status::invalid("key_blocks.block_k (" + std::to_string(kb.block_k) +
+                           ") must equal SparseOptions.block_k (" + std::to_string(opts.block_k) +
+                           ")");
+  if (kb.tokens != k.tokens)
+    return Status::invalid("key_blocks.tokens (" + std::to_string(kb.tokens) +
+                           ") must equal k.tokens (" + std::to_string(k.tokens) +
+                           "): append_key_blocks after the cache grows");
+  if (opts.estimate != EstimateMode::kPooled || opts.target_error > 0.0f)
+    return Status::unsupported(
+        "key_blocks serve Stage 1's pooled estimate only (estimate = pooled, target_error = 0); "
+        "sampled rows and the error target read the keys themselves");
+  return Status::ok();
+}
+
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
   BlockMask m;
   m.device = q.device;
@@ -229,17 +256,23 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   return sparse_attention(q, k, v, AttentionMask{}, opts, o, extras, ctx, mask_out);
 }
 
-Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
-                        const AttentionMask& attn_mask, const SparseOptions& opts,
-                        const TensorView& o, const AttentionExtras& extras,
-                        const ExecContext& ctx, const BlockMask* mask_out) {
+namespace {
+
+// Both stages; `key_blocks` (may be null) replaces Stage 1's pooling of k.
+Status run_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                            const AttentionMask& attn_mask, const KeyBlocks* key_blocks,
+                            const SparseOptions& opts, const TensorView& o,
+                            const AttentionExtras& extras, const ExecContext& ctx,
+                            const BlockMask* mask_out) {
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
+  if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
     if (mask_out) SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(*mask_out));
+    if (key_blocks) return cuda_key_blocks_unsupported();
   }
 
   if (backend != Backend::kCuda) {
@@ -251,7 +284,8 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
     } else {
       SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(*mask, q, k, opts));
     }
-    const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
+    detail::Problem p = make_problem(q, k, v, opts, attn_mask);
+    p.key_blocks = key_blocks;
     SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask, extras.stage1));
     return backend == Backend::kReference ? cpu::attention_reference(p, *mask, o, extras)
                                           : cpu::attention_fast(p, *mask, o, extras,
@@ -283,6 +317,53 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   return cuda::sparse_attention(p, mask, o, extras, rest);
+}
+
+}  // namespace
+
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const AttentionMask& attn_mask, const SparseOptions& opts,
+                        const TensorView& o, const AttentionExtras& extras,
+                        const ExecContext& ctx, const BlockMask* mask_out) {
+  return run_sparse_attention(q, k, v, attn_mask, nullptr, opts, o, extras, ctx, mask_out);
+}
+
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const KeyBlocks& key_blocks, const SparseOptions& opts,
+                        const TensorView& o, const AttentionExtras& extras,
+                        const ExecContext& ctx, const BlockMask* mask_out) {
+  return run_sparse_attention(q, k, v, AttentionMask{}, &key_blocks, opts, o, extras, ctx,
+                              mask_out);
+}
+
+Status sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
+                        const SparseOptions& opts, const TensorView& o,
+                        const AttentionExtras& extras, const ExecContext& ctx,
+                        const BlockMask* mask_out) {
+  return run_sparse_attention(q, k, v, attn_mask, &key_blocks, opts, o, extras, ctx, mask_out);
+}
+
+Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
+  if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
+  SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
+  if (backend == Backend::kCuda) return cuda_key_blocks_unsupported();
+  return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/true);
+}
+
+Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
+  if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
+  SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
+  if (blocks->tokens == 0)
+    return Status::invalid("key_blocks cover no key yet (tokens 0): build_key_blocks first, "
+                           "which also takes the smoothing mean");
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
+  if (backend == Backend::kCuda) return cuda_key_blocks_unsupported();
+  // The last incomplete block gains rows: it is pooled again from its first row.
+  return cpu::update_key_blocks(k, blocks, blocks->tokens / blocks->block_k, /*new_mean=*/false);
 }
 
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

@@ -88,6 +88,39 @@ HostBlockMask::HostBlockMask(int64_t batch, int64_t heads, int64_t seq_q, int64_
   mask.indices = indices.data();
 }
 
+HostKeyBlocks::HostKeyBlocks(int64_t batch, int64_t heads_kv, int64_t head_dim,
+                             int64_t max_tokens, int block_k) {
+  if (batch < 0 || heads_kv < 0 || head_dim < 0 || max_tokens < 0 || block_k < 1)
+    check(Status::invalid(
+        "HostKeyBlocks needs batch, heads_kv, head_dim, max_tokens >= 0 and block_k >= 1, got "
+        "batch " + std::to_string(batch) + ", heads_kv " + std::to_string(heads_kv) +
+        ", head_dim " + std::to_string(head_dim) + ", max_tokens " + std::to_string(max_tokens) +
+        ", block_k " + std::to_string(block_k)));
+  blocks.batch = batch;
+  blocks.heads_kv = heads_kv;
+  blocks.head_dim = head_dim;
+  blocks.block_k = block_k;
+  blocks.max_blocks = detail::ceil_div(max_tokens, block_k);
+  const auto n = static_cast<size_t>(batch * heads_kv);
+  pooled.assign(n * blocks.max_blocks * head_dim, 0.0);
+  sim.assign(n * blocks.max_blocks, 0.0);
+  mean.assign(n * head_dim, 0.0);
+  blocks.pooled = pooled.data();
+  blocks.sim = sim.data();
+  blocks.mean = mean.data();
+}
+
+HostKeyBlocks& HostKeyBlocks::operator=(const HostKeyBlocks& other) {
+  pooled = other.pooled;
+  sim = other.sim;
+  mean = other.mean;
+  blocks = other.blocks;
+  blocks.pooled = pooled.data();
+  blocks.sim = sim.data();
+  blocks.mean = mean.data();
+  return *this;
+}
+
 HostBlockMask& HostBlockMask::operator=(const HostBlockMask& other) {
   counts = other.counts;
   indices = other.indices;

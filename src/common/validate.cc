@@ -298,6 +298,31 @@ Status validate_mask_contents(const BlockMask& m) {
   return Status::ok();
 }
 
+Status validate_key_blocks(const KeyBlocks& kb, const TensorView& k) {
+  SPARGE_RETURN_IF_ERROR(check_tensor(k, "k"));
+  if (kb.pooled == nullptr || kb.sim == nullptr || kb.mean == nullptr)
+    return Status::invalid("key_blocks.pooled, .sim and .mean must not be null");
+  if (kb.device != k.device || kb.device_index != k.device_index)
+    return Status::invalid(cat("key_blocks must be on k's device (", device_name(k.device), ":",
+                               k.device_index, "), got ", device_name(kb.device), ":",
+                               kb.device_index));
+  if (kb.batch != k.batch || kb.heads_kv != k.heads || kb.head_dim != k.head_dim)
+    return Status::invalid(cat("key_blocks (batch ", kb.batch, ", heads_kv ", kb.heads_kv,
+                               ", head_dim ", kb.head_dim, ") must match k (batch ", k.batch,
+                               ", heads ", k.heads, ", head_dim ", k.head_dim, ")"));
+  if (kb.block_k < 1 || kb.max_blocks < 0)
+    return Status::invalid(cat("key_blocks.block_k must be >= 1 and max_blocks >= 0, got ",
+                               kb.block_k, " and ", kb.max_blocks));
+  if (k.tokens > kb.max_blocks * kb.block_k)
+    return Status::invalid(cat("key_blocks hold up to ", kb.max_blocks * kb.block_k,
+                               " keys (max_blocks ", kb.max_blocks, " of block_k ", kb.block_k,
+                               "), k has ", k.tokens, ": allocate them for the cache's capacity"));
+  if (kb.tokens < 0 || kb.tokens > k.tokens)
+    return Status::invalid(cat("key_blocks.tokens (", kb.tokens, ") must be in [0, k.tokens = ",
+                               k.tokens, "]: the blocks cover a prefix of the cache's keys"));
+  return Status::ok();
+}
+
 Status validate_attn_mask(const AttentionMask& m, const TensorView& q, const TensorView& k) {
   if (m.empty()) return Status::ok();
   if (m.device != q.device || m.device_index != q.device_index)

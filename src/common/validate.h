@@ -26,6 +26,9 @@ Status validate_mask_contents(const BlockMask& host_mask);
 // are also range-checked. Messages name `attn_mask.<field>`.
 Status validate_attn_mask(const AttentionMask& attn_mask, const TensorView& q,
                           const TensorView& k);
+// Key blocks kept beside a KV cache against the cache's keys `k` (checked too, named "k"):
+// pointers, device, shape, capacity for k.tokens, tokens within [0, k.tokens].
+Status validate_key_blocks(const KeyBlocks& key_blocks, const TensorView& k);
 // sparse_attention_varlen's packing: num_seqs >= 1, q, k, v and o of batch 1, each cu_seqlens
 // array from 0, nondecreasing, ending at its tensor's tokens, keys for every sequence with
 // queries, and no extras.lse (not taken yet). The tensors and options are validate()'s.

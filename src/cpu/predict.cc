@@ -17,58 +17,35 @@
 #include "common/error_target.h"
 #include "common/geometry.h"
 #include "cpu/attn_mask.h"
+#include "cpu/block_pool.h"
 #include "cpu/error_target.h"
 #include "cpu/tensor_io.h"
 
 namespace sparge::cpu {
 namespace {
 
-// Pooled rows and self-similarity of every block of one (batch, head) slice.
+// Pooled rows and self-similarity of every block of one (batch, head) slice (block_pool.h).
 struct BlockStats {
   std::vector<double> pooled;  // [num_blocks, D]
   std::vector<double> sim;     // [num_blocks]
 };
 
-// Per-channel mean of k over all tokens of (b, h): the smoothing shift of Stage 1.
-std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h) {
-  std::vector<double> mean(k.head_dim, 0.0);
-  for (int64_t n = 0; n < k.tokens; ++n)
-    for (int64_t d = 0; d < k.head_dim; ++d) mean[d] += load_element(k, k.offset(b, h, n, d));
-  for (double& m : mean) m /= static_cast<double>(k.tokens);
-  return mean;
-}
-
 // Blocks of `block` rows of (b, h); `shift` (per channel) is subtracted first when non-empty.
-// A tail block is pooled over its valid rows only.
 BlockStats block_stats(const TensorView& t, int64_t b, int64_t h, int block,
                        const std::vector<double>& shift) {
   const int64_t D = t.head_dim, num_blocks = detail::ceil_div(t.tokens, block);
-  BlockStats s{std::vector<double>(num_blocks * D, 0.0), std::vector<double>(num_blocks, 0.0)};
-  std::vector<double> row(D), unit_sum(D);
-  for (int64_t blk = 0; blk < num_blocks; ++blk) {
-    const int64_t first = blk * block, n = std::min<int64_t>(block, t.tokens - first);
-    double* pooled = &s.pooled[blk * D];
-    std::fill(unit_sum.begin(), unit_sum.end(), 0.0);
-    for (int64_t r = first; r < first + n; ++r) {
-      double norm2 = 0.0;
-      for (int64_t d = 0; d < D; ++d) {
-        row[d] = load_element(t, t.offset(b, h, r, d)) - (shift.empty() ? 0.0 : shift[d]);
-        norm2 += row[d] * row[d];
-        pooled[d] += row[d];
-      }
-      if (norm2 == 0.0) continue;  // a zero row normalizes to zero; NaN rows propagate
-      const double inv = 1.0 / std::sqrt(norm2);
-      for (int64_t d = 0; d < D; ++d) unit_sum[d] += row[d] * inv;
-    }
-    double sum2 = 0.0;
-    for (int64_t d = 0; d < D; ++d) {
-      pooled[d] /= static_cast<double>(n);
-      sum2 += unit_sum[d] * unit_sum[d];
-    }
-    s.sim[blk] = sum2 / (static_cast<double>(n) * static_cast<double>(n));
-  }
+  BlockStats s{std::vector<double>(num_blocks * D), std::vector<double>(num_blocks)};
+  pool_blocks(t, b, h, block, shift.empty() ? nullptr : shift.data(), 0, num_blocks,
+              s.pooled.data(), s.sim.data());
   return s;
 }
+
+// The key side of Stage 1 for one (batch, kv head): computed from k, or read from the caller's
+// key blocks (KeyBlocks, kept beside a KV cache), which hold the same values.
+struct KeyStats {
+  const double* pooled;  // [num_k_blocks, D]
+  const double* sim;     // [num_k_blocks]
+};
 
 // A NaN similarity compares false, so its block is non-similar (always computed).
 bool is_similar(double sim, double threshold) { return sim > threshold; }
@@ -130,7 +107,7 @@ size_t keep_length(const std::vector<double>& prob, const std::vector<int64_t>& 
 
 // estimate pooled: weight[j] = exp(S̃[i, j] − max), S̃ = scale · p_q[i] · p_k[j], on the eligible
 // columns (the softmax of the compressed map).
-std::vector<double> pooled_weights(const double* pooled_q, const BlockStats& ks,
+std::vector<double> pooled_weights(const double* pooled_q, const KeyStats& ks,
                                    const std::vector<int64_t>& cols, detail::BlockRange allowed,
                                    int64_t D, double scale) {
   std::vector<double> weight(allowed.end, 0.0);
@@ -290,18 +267,24 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     return writer.status();
   }
 
-  std::vector<BlockStats> key_stats(s.batch * s.heads_kv);
+  std::vector<BlockStats> key_store(p.key_blocks ? 0 : s.batch * s.heads_kv);
+  std::vector<KeyStats> key_stats(s.batch * s.heads_kv);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_kv; ++bh) {
+    if (const KeyBlocks* kb = p.key_blocks) {  // the cache's blocks: k is not read
+      key_stats[bh] = {kb->pooled + bh * kb->max_blocks * D, kb->sim + bh * kb->max_blocks};
+      continue;
+    }
     const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
-    key_stats[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h));
+    key_store[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h, p.k.tokens));
+    key_stats[bh] = {key_store[bh].pooled.data(), key_store[bh].sim.data()};
   }
 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
     const int64_t b = bh / s.heads_q, h = bh % s.heads_q;
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
-    const BlockStats& ks = key_stats[b * s.heads_kv + h / group];
+    const KeyStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
     const std::vector<double> k_slice = sampled && !error_target
                                             ? load_slice<double>(p.k, b, h / group)

@@ -1,0 +1,282 @@
+// Key blocks kept beside a KV cache (KeyBlocks, issue 14 item 5, CPU): built on all of k they
+// make sparse_attention give the plain call's output, mask and Stage-1 stats bit for bit, and
+// Stage 1 then takes the key side from them, not from k; appends read only the new rows and the
+// last incomplete block's, and any split of the appends gives the same blocks and the same
+// decode outputs; bad blocks and unsupported settings get errors naming the argument.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "reference_cases.h"
+#include "sparge/sparge.h"
+#include "test_util.h"
+
+namespace sparge {
+namespace {
+
+using test::gaussian;
+using test::HostTensor;
+
+// Rows with structure: per run of `run` rows one of 8 directions plus noise, so that blocks are
+// self-similar, except every fifth run, strong noise (its blocks are not similar: the gate
+// forces them); [B, H, N, D] logical values.
+std::vector<float> structured(int64_t B, int64_t H, int64_t N, int64_t D, int64_t run,
+                              uint64_t seed) {
+  std::vector<float> x = gaussian(B * H * N * D, seed, 0.3f);
+  const std::vector<float> dirs = gaussian(8 * D, seed + 1);
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t d = 0; d < D; ++d)
+        if ((n / run) % 5 != 4)
+          x[(bh * N + n) * D + d] += 2.0f * dirs[((n / run + bh) % 8) * D + d];
+        else
+          x[(bh * N + n) * D + d] *= 20.0f;  // noise far larger than the mean it is smoothed by
+  return x;
+}
+
+std::vector<float> structured_keys(int64_t B, int64_t H, int64_t N, int64_t D, uint64_t seed) {
+  return structured(B, H, N, D, 64, seed);
+}
+
+struct Cache {
+  static constexpr int64_t B = 2, Hq = 4, Hkv = 2, D = 32, kCapacity = 1100;
+  HostTensor k = HostTensor::make(structured_keys(B, Hkv, kCapacity, D, 5), B, Hkv, kCapacity, D,
+                                  DType::kBFloat16, Layout::kNHD);
+  HostTensor v = HostTensor::make(gaussian(B * Hkv * kCapacity * D, 6), B, Hkv, kCapacity, D,
+                                  DType::kBFloat16, Layout::kNHD);
+  // The cache's first `tokens` rows (a view of the whole allocation).
+  TensorView k_at(int64_t tokens) const {
+    TensorView t = k.view;
+    t.tokens = tokens;
+    return t;
+  }
+  TensorView v_at(int64_t tokens) const {
+    TensorView t = v.view;
+    t.tokens = tokens;
+    return t;
+  }
+  HostKeyBlocks blocks() const { return HostKeyBlocks(B, Hkv, D, kCapacity, 64); }
+};
+
+SparseOptions decode_options(SelectMode select, float value) {
+  SparseOptions o;
+  o.causal = true;
+  o.causal_align = CausalAlign::kBottomRight;  // new queries at the cache's end
+  o.select = select;
+  o.select_value.value = value;
+  o.sim_threshold.value = 0.3f;  // the gate forces some blocks, keeps others selectable
+  o.pv_threshold.value = 6.0f;
+  return o;
+}
+
+struct Call {
+  std::vector<float> out;
+  std::vector<uint8_t> tiles;
+  std::vector<float> select_value;
+  std::vector<int64_t> forced;
+};
+
+Call run(const Cache& c, const HostTensor& q, int64_t tokens, const SparseOptions& o,
+         const KeyBlocks* blocks, Backend backend = Backend::kCpuFast) {
+  const TensorView& qv = q.view;
+  HostTensor out = HostTensor::poisoned(qv.batch, qv.heads, qv.tokens, qv.head_dim, qv.dtype,
+                                        Layout::kNHD);
+  HostBlockMask mask(qv.batch, qv.heads, qv.tokens, tokens, o.block_q, o.block_k);
+  Call r;
+  r.select_value.assign(qv.batch * qv.heads, NAN);
+  r.forced.assign(qv.batch * qv.heads, -1);
+  AttentionExtras extras;
+  extras.stage1.select_value = r.select_value.data();
+  extras.stage1.forced_tiles = r.forced.data();
+  ExecContext ctx;
+  ctx.backend = backend;
+  if (blocks)
+    check(sparse_attention(qv, c.k_at(tokens), c.v_at(tokens), *blocks, o, out.view, extras, ctx,
+                           &mask.view()));
+  else
+    check(sparse_attention(qv, c.k_at(tokens), c.v_at(tokens), o, out.view, extras, ctx,
+                           &mask.view()));
+  r.out = out.to_hnd();
+  r.tiles = mask.to_dense();
+  return r;
+}
+
+void expect_same_call(const Call& a, const Call& b) {
+  ASSERT_EQ(a.out.size(), b.out.size());
+  EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)), 0);
+  EXPECT_EQ(a.tiles, b.tiles);
+  EXPECT_EQ(std::memcmp(a.select_value.data(), b.select_value.data(),
+                        a.select_value.size() * sizeof(float)),
+            0);
+  EXPECT_EQ(a.forced, b.forced);
+}
+
+HostTensor queries(int64_t n, uint64_t seed) {
+  return HostTensor::make(structured(Cache::B, Cache::Hq, n, Cache::D, 128, seed), Cache::B,
+                          Cache::Hq, n, Cache::D, DType::kBFloat16, Layout::kNHD);
+}
+
+TEST(KeyBlocks, BuiltOnAllKeysTheCallEqualsThePlainCallBitForBit) {
+  const Cache c;
+  for (int64_t tokens : {1000, 64, 1}) {  // a tail block of 40 rows, one whole block, one key
+    HostKeyBlocks kb = c.blocks();
+    check(build_key_blocks(c.k_at(tokens), &kb.view()));
+    EXPECT_EQ(kb.view().tokens, tokens);
+    for (int64_t nq : {1, 37, 300}) {  // decode, a chunk, a chunk of several query blocks
+      const HostTensor q = queries(nq, 100 + nq);
+      for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf}) {
+        for (Backend backend : {Backend::kCpuFast, Backend::kReference}) {
+          SCOPED_TRACE("tokens " + std::to_string(tokens) + " nq " + std::to_string(nq) + " " +
+                       enum_name(select) + " " + enum_name(backend));
+          const SparseOptions o = decode_options(select, select == SelectMode::kTopK ? 0.3f : 0.8f);
+          const Call plain = run(c, q, tokens, o, nullptr, backend);
+          EXPECT_FALSE(test::any_nan(plain.out));
+          expect_same_call(run(c, q, tokens, o, &kb.view(), backend), plain);
+        }
+      }
+    }
+  }
+  // The case is not trivial: at 1000 keys the selection skips tiles and the gate forces some.
+  const SparseOptions o = decode_options(SelectMode::kTopK, 0.3f);
+  const Call plain = run(c, queries(37, 137), 1000, o, nullptr);
+  int64_t kept = 0, forced = 0;
+  for (uint8_t t : plain.tiles) kept += t;
+  for (int64_t f : plain.forced) forced += f;
+  EXPECT_LT(kept, int64_t(plain.tiles.size()) * 3 / 4);
+  EXPECT_GT(forced, 0);
+}
+
+TEST(KeyBlocks, Stage1TakesTheKeySideFromTheBlocks) {
+  // Blocks built from other keys of the same shape: the mask is theirs, not k's.
+  const Cache c, other_cache;
+  HostTensor other = HostTensor::make(structured_keys(Cache::B, Cache::Hkv, Cache::kCapacity,
+                                                      Cache::D, 77),
+                                      Cache::B, Cache::Hkv, Cache::kCapacity, Cache::D,
+                                      DType::kBFloat16, Layout::kNHD);
+  TensorView other_k = other.view;
+  other_k.tokens = 1000;
+  HostKeyBlocks kb = c.blocks();
+  check(build_key_blocks(other_k, &kb.view()));
+  const HostTensor q = queries(37, 9);
+  const SparseOptions o = decode_options(SelectMode::kTopK, 0.3f);
+  const Call with_other = run(c, q, 1000, o, &kb.view());
+  const Call plain = run(c, q, 1000, o, nullptr);
+  EXPECT_NE(with_other.tiles, plain.tiles);
+  // The mask Stage 1 predicts from the other keys themselves.
+  HostBlockMask want(Cache::B, Cache::Hq, 37, 1000, o.block_q, o.block_k);
+  check(predict_block_mask(q.view, other_k, o, want.view()));
+  EXPECT_EQ(with_other.tiles, want.to_dense());
+}
+
+TEST(KeyBlocks, AppendsReadOnlyNewRowsAndAnySplitGivesTheSameBlocks) {
+  Cache c;
+  HostKeyBlocks once = c.blocks();
+  check(build_key_blocks(c.k_at(300), &once.view()));
+  const HostKeyBlocks at_300 = once;
+  check(append_key_blocks(c.k_at(1000), &once.view()));
+  EXPECT_EQ(once.view().tokens, 1000);
+
+  HostKeyBlocks steps = c.blocks();
+  check(build_key_blocks(c.k_at(300), &steps.view()));
+  for (int64_t tokens : {301, 302, 320, 383, 384, 385, 448, 700, 999, 1000})
+    check(append_key_blocks(c.k_at(tokens), &steps.view()));
+  EXPECT_EQ(steps.pooled, once.pooled);
+  EXPECT_EQ(steps.sim, once.sim);
+  EXPECT_EQ(steps.mean, at_300.mean);  // the mean stays build's
+  EXPECT_EQ(once.mean, at_300.mean);
+  // The complete blocks before 300 (4 of 64 rows) are untouched; the rest were filled.
+  const int64_t per_head = once.view().max_blocks * Cache::D;
+  for (int64_t bh = 0; bh < Cache::B * Cache::Hkv; ++bh) {
+    for (int64_t i = 0; i < 4 * Cache::D; ++i)
+      EXPECT_EQ(once.pooled[bh * per_head + i], at_300.pooled[bh * per_head + i]);
+    EXPECT_NE(once.pooled[bh * per_head + 15 * Cache::D], 0.0);
+  }
+
+  // Appends read no row before the last incomplete block: rows 0-255 poisoned with NaN now
+  // leave the blocks as they were (block 4, rows 256-299, is pooled again and stays finite).
+  HostKeyBlocks poisoned = c.blocks();
+  check(build_key_blocks(c.k_at(300), &poisoned.view()));
+  for (int64_t b = 0; b < Cache::B; ++b)
+    for (int64_t h = 0; h < Cache::Hkv; ++h)
+      for (int64_t n = 0; n < 256; ++n)
+        for (int64_t d = 0; d < Cache::D; ++d) c.k.set(b, h, n, d, NAN);
+  check(append_key_blocks(c.k_at(1000), &poisoned.view()));
+  EXPECT_EQ(poisoned.pooled, once.pooled);
+  EXPECT_EQ(poisoned.sim, once.sim);
+}
+
+TEST(KeyBlocks, DecodeStepByStepEqualsOneAppendPerStep) {
+  // A decode loop: one new key per step, the blocks appended each step, vs blocks built at the
+  // prefill length and appended once to each step's length: the same outputs and masks.
+  const Cache c;
+  HostKeyBlocks running = c.blocks();
+  check(build_key_blocks(c.k_at(500), &running.view()));
+  const HostKeyBlocks prefill = running;
+  const SparseOptions o = decode_options(SelectMode::kTopCdf, 0.8f);
+  for (int64_t tokens = 501; tokens <= 515; ++tokens) {
+    SCOPED_TRACE(tokens);
+    check(append_key_blocks(c.k_at(tokens), &running.view()));
+    HostKeyBlocks fresh = prefill;
+    check(append_key_blocks(c.k_at(tokens), &fresh.view()));
+    const HostTensor q = queries(1, 1000 + tokens);
+    const Call step = run(c, q, tokens, o, &running.view());
+    EXPECT_FALSE(test::any_nan(step.out));
+    expect_same_call(step, run(c, q, tokens, o, &fresh.view()));
+  }
+}
+
+TEST(KeyBlocks, ErrorsNameTheArgument) {
+  const Cache c;
+  const HostTensor q = queries(3, 1);
+  const SparseOptions o = decode_options(SelectMode::kTopK, 0.3f);
+  HostTensor out = HostTensor::poisoned(Cache::B, Cache::Hq, 3, Cache::D, DType::kBFloat16,
+                                        Layout::kNHD);
+  const auto call = [&](const KeyBlocks& kb, const SparseOptions& opts, int64_t tokens = 400) {
+    return sparse_attention(q.view, c.k_at(tokens), c.v_at(tokens), kb, opts, out.view).message();
+  };
+  const auto has = [](const std::string& message, const char* what) {
+    return message.find(what) != std::string::npos;
+  };
+  HostKeyBlocks kb = c.blocks();
+  EXPECT_TRUE(has(append_key_blocks(c.k_at(400), &kb.view()).message(), "build_key_blocks first"));
+  check(build_key_blocks(c.k_at(400), &kb.view()));
+  HostTensor ok_out = HostTensor::poisoned(Cache::B, Cache::Hq, 3, Cache::D, DType::kBFloat16,
+                                           Layout::kNHD);
+  EXPECT_TRUE(sparse_attention(q.view, c.k_at(400), c.v_at(400), kb.view(), o, ok_out.view).is_ok());
+  EXPECT_TRUE(has(call(kb.view(), o, 450), "append_key_blocks after the cache grows"));
+  SparseOptions other_block = o;
+  other_block.block_k = 32;
+  EXPECT_TRUE(has(call(kb.view(), other_block), "key_blocks.block_k (64) must equal"));
+  SparseOptions sampled = o;
+  sampled.estimate = EstimateMode::kSampledRows;
+  EXPECT_TRUE(has(call(kb.view(), sampled), "pooled estimate only"));
+  SparseOptions target = decode_options(SelectMode::kTopCdf, 0.9f);
+  target.target_error = 0.05f;
+  EXPECT_TRUE(has(call(kb.view(), target), "pooled estimate only"));
+  EXPECT_TRUE(has(append_key_blocks(c.k_at(300), &kb.view()).message(),
+                  "key_blocks.tokens (400) must be in [0, k.tokens = 300]"));
+  KeyBlocks small = kb.view();
+  small.max_blocks = 5;
+  EXPECT_TRUE(has(call(small, o), "key_blocks hold up to 320 keys"));
+  KeyBlocks no_sim = kb.view();
+  no_sim.sim = nullptr;
+  EXPECT_TRUE(has(call(no_sim, o), "key_blocks.pooled, .sim and .mean must not be null"));
+  KeyBlocks heads = kb.view();
+  heads.heads_kv = 4;
+  EXPECT_TRUE(has(call(heads, o), "must match k (batch 2, heads 2, head_dim 32)"));
+  KeyBlocks gpu = kb.view();
+  gpu.device = Device::kCUDA;
+  EXPECT_TRUE(has(call(gpu, o), "key_blocks must be on k's device"));
+  EXPECT_TRUE(has(build_key_blocks(c.k_at(400), nullptr).message(), "key_blocks must not be null"));
+  EXPECT_THROW(HostKeyBlocks(1, 1, 8, 100, 0), Error);
+  // Nothing was written by the rejected calls.
+  EXPECT_TRUE(std::isnan(out.get(0, 0, 0, 0)));
+}
+
+}  // namespace
+}  // namespace sparge
