@@ -158,6 +158,37 @@ int sparge_block_sparse_attention_masked(const sparge_tensor* q, const sparge_te
                                          float* lse, void* workspace, size_t workspace_bytes,
                                          void* stream, char* err, size_t err_len);
 
+/* sparge::KeyBlocks: Stage 1's key side kept beside a KV cache for decode and chunked prefill
+ * (the key mean, and per key block of block_k rows its pooled row and self-similarity). Caller
+ * memory on k's device, double: pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks],
+ * mean [B, Hkv, D]. sparge_build_key_blocks fills them from all of k (taking the mean);
+ * sparge_append_key_blocks extends them after the cache grew (reads the new keys and the last
+ * incomplete block only). Both set `tokens`. CPU tensors only for now. */
+typedef struct sparge_key_blocks {
+  double* pooled;
+  double* sim;
+  double* mean;
+  int device;
+  int device_index;
+  int64_t batch, heads_kv, head_dim, max_blocks;
+  int block_k;
+  int64_t tokens;
+} sparge_key_blocks;
+
+int sparge_build_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                            char* err, size_t err_len);
+int sparge_append_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                             char* err, size_t err_len);
+/* sparge_sparse_attention_masked whose Stage 1 takes the key side from `key_blocks` (covering
+ * exactly k's tokens, block_k = opts->block_k, pooled estimate) instead of reading k. */
+int sparge_sparse_attention_key_blocks(const sparge_tensor* q, const sparge_tensor* k,
+                                       const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                       const sparge_key_blocks* key_blocks,
+                                       const sparge_options* opts, const sparge_tensor* o,
+                                       float* lse, void* workspace, size_t workspace_bytes,
+                                       void* stream, const sparge_block_mask* mask_out,
+                                       char* err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,6 +38,7 @@ using sparge_binding::empty_mask;
 using sparge_binding::empty_outputs;
 using sparge_binding::hilbert_order;
 using sparge_binding::mask_view;
+using sparge_binding::key_blocks_view;
 using sparge_binding::read_attn_mask;
 using sparge_binding::option_schema;
 using sparge_binding::read_options;
@@ -166,6 +167,10 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
   const sparge::AttentionMask am = read_attn_mask(in, q);
+  const c10::IValue& kb_pooled = in.next();  // None without key blocks, as the next two
+  const c10::IValue& kb_sim = in.next();
+  const c10::IValue& kb_mean = in.next();
+  const int64_t kb_tokens = in.next().toInt(), kb_block_k = in.next().toInt();
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
@@ -175,9 +180,36 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
-  throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
-                                          extras, launch.ctx, &m));
+  if (kb_pooled.isNone() || kb_sim.isNone() || kb_mean.isNone()) {
+    TORCH_CHECK_VALUE(kb_pooled.isNone() && kb_sim.isNone() && kb_mean.isNone(),
+                      "key_block_pooled, key_block_sim and key_block_mean go together");
+    throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
+                                            extras, launch.ctx, &m));
+  } else {
+    const sparge::KeyBlocks kb =
+        key_blocks_view(kb_pooled.toTensor(), kb_sim.toTensor(), kb_mean.toTensor(),
+                        kb_block_k, kb_tokens, k);
+    throw_if_error(sparge::sparse_attention(qv, kv, vv, am, kb, opts, to_view(outs[0], "out"),
+                                            extras, launch.ctx, &m));
+  }
   finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2], outs[3], outs[4]});
+}
+
+// Fills (build) or extends (append) sparge.KeyBlocks' tensors from the cache's keys k
+// [B, Hkv, tokens, D]; `tokens` is what the blocks covered before (append).
+void update_key_blocks(const at::Tensor& k, const at::Tensor& pooled, const at::Tensor& sim,
+                       const at::Tensor& mean, int64_t block_k, int64_t tokens, bool build) {
+  const sparge::TensorView kv = to_view(k, "k");
+  sparge::KeyBlocks kb = key_blocks_view(pooled, sim, mean, block_k, tokens, k);
+  sparge::ExecContext ctx;
+  c10::OptionalDeviceGuard guard;
+  if (k.is_cuda()) {
+    guard.reset_device(k.device());
+    ctx.stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(k.device())
+                     .native_handle();
+  }
+  throw_if_error(build ? sparge::build_key_blocks(kv, &kb, ctx)
+                       : sparge::append_key_blocks(kv, &kb, ctx));
 }
 
 // A host int32 copy of a cu_seqlens tensor (1-D, num_seqs + 1 values, any device).
@@ -266,18 +298,25 @@ TORCH_LIBRARY(sparge, m) {
   const std::string attn_out = "Tensor out, Tensor lse";
   // Positional with defaults, so that the keyword-only arguments stay exactly the options.
   const std::string masks = "Tensor? attn_mask=None, Tensor? key_lengths=None";
+  // sparge.KeyBlocks' tensors and the keys they cover (none: Stage 1 pools k).
+  const std::string key_blocks = "Tensor? key_block_pooled=None, Tensor? key_block_sim=None, "
+                                 "Tensor? key_block_mean=None, int key_block_tokens=0, "
+                                 "int key_block_k=64";
   m.def(("predict_block_mask(Tensor q, Tensor k, " + masks + ", *" + options + ") -> (" +
          mask_out + ")").c_str());
   m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, "
          "Tensor? row_offsets=None, " + masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
          ", Tensor pv_counters)").c_str());
-  m.def(("attention(Tensor q, Tensor k, Tensor v, " + masks + ", *" + options +
+  m.def(("attention(Tensor q, Tensor k, Tensor v, " + masks + ", " + key_blocks + ", *" +
+         options +
          ", bool with_extras=False) -> (" + attn_out + ", " + mask_out +
          ", Tensor pv_counters, Tensor stage1, Tensor forced_tiles)")
             .c_str());
   m.def(("attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
          "int max_seqlen_q, int max_seqlen_k, *" + options + ") -> Tensor").c_str());
   m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
+  m.def("update_key_blocks(Tensor k, Tensor(a!) pooled, Tensor(b!) sim, Tensor(c!) mean, "
+        "int block_k, int tokens, bool build) -> ()");
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");
   m.def("permute_tokens(Tensor x, Tensor order, int first, bool inverse) -> Tensor");
 }
@@ -302,6 +341,7 @@ TORCH_LIBRARY_IMPL(sparge, CompositeExplicitAutograd, m) {
   m.impl("check_options", SPARGE_BOXED(check_options));
   m.impl("hilbert_order", &hilbert_order);
   m.impl("permute_tokens", &permute_tokens);
+  m.impl("update_key_blocks", &update_key_blocks);
 }
 #undef SPARGE_BOXED
 

@@ -26,8 +26,8 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
                        : t == &indices ? "block_mask.indices"
                                        : "block_mask.row_offsets";
     const at::ScalarType want = t == &row_offsets ? at::kLong : at::kInt;
-    TORCH_CHECK_TYPE(t->scalar_type() == want, name, " must be ", want, ", got ",
-                     t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == want, name, " must be ",
+                     want == at::kLong ? "int64" : "int32", ", got ", t->scalar_type());
     TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
     TORCH_CHECK_VALUE(t->device() == q.device(), name, " must be on q's device (", q.device(),
                       "), got ", t->device());
@@ -59,6 +59,41 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
                     " indices for q ", q.sizes(), ", k ", k.sizes(), " and blocks ", o.block_q, "x",
                     o.block_k, ", got ", counts.numel(), " and ", indices.numel());
   return m;
+}
+
+// A KeyBlocks view of the (pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks], mean
+// [B, Hkv, D]) float64 tensors of sparge.KeyBlocks; the C++ validation checks them against k.
+inline sparge::KeyBlocks key_blocks_view(const at::Tensor& pooled, const at::Tensor& sim,
+                                         const at::Tensor& mean, int64_t block_k,
+                                         int64_t tokens, const at::Tensor& k) {
+  const int64_t dims[] = {4, 3, 3};
+  const char* names[] = {"key_blocks.pooled", "key_blocks.sim", "key_blocks.mean"};
+  const at::Tensor* tensors[] = {&pooled, &sim, &mean};
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor& t = *tensors[i];
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, names[i], " must be float64, got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.dim() == dims[i] && t.is_contiguous(), names[i], " must be a contiguous ",
+                      dims[i], "-D tensor, got shape ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == k.device(), names[i], " must be on k's device (", k.device(),
+                      "), got ", t.device());
+  }
+  TORCH_CHECK_VALUE(sim.sizes() == pooled.sizes().slice(0, 3) &&
+                        mean.sizes() == at::IntArrayRef({pooled.size(0), pooled.size(1),
+                                                         pooled.size(3)}),
+                    "key_blocks.sim and .mean must be [B, Hkv, max_blocks] and [B, Hkv, D] for "
+                    "pooled ", pooled.sizes(), ", got ", sim.sizes(), " and ", mean.sizes());
+  sparge::KeyBlocks kb;
+  kb.pooled = pooled.data_ptr<double>();
+  kb.sim = sim.data_ptr<double>();
+  kb.mean = mean.data_ptr<double>();
+  kb.device = k.is_cuda() ? sparge::Device::kCUDA : sparge::Device::kCPU;
+  kb.device_index = k.is_cuda() ? k.device().index() : 0;
+  kb.batch = pooled.size(0), kb.heads_kv = pooled.size(1), kb.max_blocks = pooled.size(2);
+  kb.head_dim = pooled.size(3);
+  kb.block_k = static_cast<int>(block_k);
+  kb.tokens = tokens;
+  return kb;
 }
 
 // Storage for a mask of the options' geometry; the options are validated before this divides

@@ -19,6 +19,7 @@ from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from . import integrations  # noqa: F401  (framework integrations, each imported on first use)
 from . import measure  # noqa: F401  (sparge.measure: relative L1, cosine, event timing)
 from . import workloads  # noqa: F401  (sparge.workloads: the C++ workload generators)
+from .key_blocks import KeyBlocks
 from .mask import BlockMask, allowed_key_blocks, allowed_key_range
 from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention, build_info,
                   predict_block_mask)
@@ -32,4 +33,4 @@ __version__ = "0.1.0"
 __all__ = ["attention", "attention_varlen", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
            "allowed_key_blocks", "allowed_key_range", "CUDA_HEAD_DIMS", "measure", "workloads",
-           "integrations", "tune", "TunePlan", "LayerPlan"]
+           "integrations", "tune", "TunePlan", "LayerPlan", "KeyBlocks"]

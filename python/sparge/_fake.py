@@ -40,7 +40,9 @@ def _block_sparse_attention(q, k, v, counts, indices, row_offsets=None, attn_mas
 
 
 @torch.library.register_fake("sparge::attention")
-def _attention(q, k, v, attn_mask=None, key_lengths=None, *, with_extras=False, **options):
+def _attention(q, k, v, attn_mask=None, key_lengths=None, key_block_pooled=None,
+               key_block_sim=None, key_block_mean=None, key_block_tokens=0, key_block_k=64, *,
+               with_extras=False, **options):
     out, lse, counters = _outputs(q, with_extras)
     counts, indices = _mask(q, k, options)
     rows, heads = (q.shape[0], q.shape[1]) if with_extras else (0, 0)
@@ -62,3 +64,8 @@ def _permute_tokens(x, order, first, inverse):
 @torch.library.register_fake("sparge::hilbert_order")
 def _hilbert_order(frames, height, width, device):
     return torch.empty((frames * height * width,), dtype=torch.int64, device=device)
+
+
+@torch.library.register_fake("sparge::update_key_blocks")
+def _update_key_blocks(k, pooled, sim, mean, block_k, tokens, build):
+    return None

@@ -250,7 +250,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
               quantized: bool = False, backend: str = "auto", return_stats: bool = False,
               target_error: float = DEFAULTS["target_error"],
-              attn_mask: Optional[torch.Tensor] = None, key_lengths=None):
+              attn_mask: Optional[torch.Tensor] = None, key_lengths=None, key_blocks=None):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
@@ -276,8 +276,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
     Hilbert order. Defaults are those of sparge::SparseOptions (include/sparge/option_list.h).
+    `key_blocks` (sparge.KeyBlocks covering exactly k's tokens, with this call's block_k) give
+    Stage 1 the key side kept beside a KV cache, so that it reads no key (decode, chunked
+    prefill; pooled estimate only, CPU only for now; sparge/key_blocks.py).
     """
     _check_inputs(q, k, v, layout)
+    if key_blocks is not None:
+        from .key_blocks import KeyBlocks
+        if not isinstance(key_blocks, KeyBlocks):
+            raise TypeError(f"key_blocks must be a sparge.KeyBlocks, got "
+                            f"{type(key_blocks).__name__}")
+        if token_grid is not None:
+            raise ValueError("key_blocks describe the keys in the cache's order: a token_grid "
+                             "would reorder them; pass one or the other")
     qh, kh, vh = _to_hnd(q, layout), _to_hnd(k, layout), _to_hnd(v, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
     options = _op_options(qh, scale, dict(
@@ -314,8 +325,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         reordered = True
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
+    blocks = ((key_blocks.pooled, key_blocks.sim, key_blocks.mean, key_blocks.tokens,
+               key_blocks.block_k) if key_blocks is not None else (None, None, None, 0, 64))
     out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(
-        *_pad(padded, qh, kh, vh), mask4, lengths, **options, with_extras=return_stats)
+        *_pad(padded, qh, kh, vh), mask4, lengths, *blocks, **options, with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
     if reordered:

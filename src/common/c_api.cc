@@ -103,6 +103,24 @@ Status to_mask(const sparge_block_mask* c, sparge::BlockMask* out) {
   return Status::ok();
 }
 
+Status to_key_blocks(const sparge_key_blocks* c, sparge::KeyBlocks* out) {
+  if (c == nullptr) return Status::invalid("key_blocks must not be NULL");
+  sparge::KeyBlocks kb;
+  kb.pooled = c->pooled;
+  kb.sim = c->sim;
+  kb.mean = c->mean;
+  SPARGE_RETURN_IF_ERROR(to_device(c->device, "key_blocks.device", &kb.device));
+  kb.device_index = c->device_index;
+  kb.batch = c->batch;
+  kb.heads_kv = c->heads_kv;
+  kb.head_dim = c->head_dim;
+  kb.max_blocks = c->max_blocks;
+  kb.block_k = c->block_k;
+  kb.tokens = c->tokens;
+  *out = kb;
+  return Status::ok();
+}
+
 // NULL is no mask. The dtype code is range-checked by validation (it names attn_mask.dtype).
 Status to_attn_mask(const sparge_attn_mask* c, sparge::AttentionMask* out) {
   *out = sparge::AttentionMask{};
@@ -126,6 +144,19 @@ sparge::ExecContext to_context(void* workspace, size_t workspace_bytes, void* st
   ctx.workspace = workspace;
   ctx.workspace_bytes = workspace_bytes;
   return ctx;
+}
+
+// build_key_blocks or append_key_blocks on the C struct, whose `tokens` follows on success.
+template <typename Update>
+Status update_c_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                           Update update) {
+  sparge::TensorView kv;
+  sparge::KeyBlocks kb;
+  SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
+  SPARGE_RETURN_IF_ERROR(to_key_blocks(blocks, &kb));
+  SPARGE_RETURN_IF_ERROR(update(kv, &kb, to_context(nullptr, 0, stream)));
+  blocks->tokens = kb.tokens;
+  return Status::ok();
 }
 
 // Runs `body` (returning Status) and reports its outcome; exceptions become kInternal.
@@ -268,6 +299,57 @@ int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* 
     sparge::AttentionExtras extras;
     extras.lse = lse;
     return sparge::sparse_attention(qv, kv, vv, am, so, ov, extras,
+                                    to_context(workspace, workspace_bytes, stream),
+                                    mask_out ? &mask : nullptr);
+  });
+}
+
+int sparge_build_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                            char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    return update_c_key_blocks(k, blocks, stream,
+                               [](const sparge::TensorView& kv, sparge::KeyBlocks* kb,
+                                  const sparge::ExecContext& ctx) {
+                                 return sparge::build_key_blocks(kv, kb, ctx);
+                               });
+  });
+}
+
+int sparge_append_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                             char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    return update_c_key_blocks(k, blocks, stream,
+                               [](const sparge::TensorView& kv, sparge::KeyBlocks* kb,
+                                  const sparge::ExecContext& ctx) {
+                                 return sparge::append_key_blocks(kv, kb, ctx);
+                               });
+  });
+}
+
+int sparge_sparse_attention_key_blocks(const sparge_tensor* q, const sparge_tensor* k,
+                                       const sparge_tensor* v, const sparge_attn_mask* attn_mask,
+                                       const sparge_key_blocks* key_blocks,
+                                       const sparge_options* opts, const sparge_tensor* o,
+                                       float* lse, void* workspace, size_t workspace_bytes,
+                                       void* stream, const sparge_block_mask* mask_out,
+                                       char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    sparge::TensorView qv, kv, vv, ov;
+    sparge::SparseOptions so;
+    sparge::AttentionMask am;
+    sparge::KeyBlocks kb;
+    SPARGE_RETURN_IF_ERROR(to_attn_mask(attn_mask, &am));
+    SPARGE_RETURN_IF_ERROR(to_key_blocks(key_blocks, &kb));
+    SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(v, "v", &vv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(o, "o", &ov));
+    SPARGE_RETURN_IF_ERROR(to_options(opts, &so));
+    sparge::BlockMask mask;
+    if (mask_out != nullptr) SPARGE_RETURN_IF_ERROR(to_mask(mask_out, &mask));
+    sparge::AttentionExtras extras;
+    extras.lse = lse;
+    return sparge::sparse_attention(qv, kv, vv, am, kb, so, ov, extras,
                                     to_context(workspace, workspace_bytes, stream),
                                     mask_out ? &mask : nullptr);
   });

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "c_tensor.h"
 #include "reference_cases.h"
 #include "sparge/sparge.h"
 #include "sparge/sparge_c.h"
@@ -19,18 +20,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-sparge_tensor to_c(const TensorView& t) {
-  sparge_tensor c;
-  c.data = t.data;
-  c.dtype = static_cast<int>(t.dtype);
-  c.device = SPARGE_CPU;
-  c.device_index = 0;
-  const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
-  const int64_t strides[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
-  std::memcpy(c.shape, shape, sizeof(shape));
-  std::memcpy(c.strides, strides, sizeof(strides));
-  return c;
-}
+sparge_tensor to_c(const TensorView& t) { return test::c_tensor(t); }
 
 sparge_block_mask to_c(const BlockMask& m) {
   return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0,         m.batch,

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "c_tensor.h"
 #include "sparge/sparge.h"
 #include "sparge/sparge_c.h"
 #include "reference_cases.h"
@@ -276,17 +277,7 @@ TEST(CompactMask, ThroughTheCApi) {
   HostBlockMask compact = padded.to_compact();
   const Result want = stage2(p, padded.view(), Backend::kCpuFast);
 
-  const auto to_c = [](const TensorView& t) {
-    sparge_tensor c{};
-    c.data = t.data;
-    c.dtype = static_cast<int>(t.dtype);
-    c.device = SPARGE_CPU;
-    const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
-    const int64_t strides[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
-    std::memcpy(c.shape, shape, sizeof(shape));
-    std::memcpy(c.strides, strides, sizeof(strides));
-    return c;
-  };
+  const auto to_c = test::c_tensor;
   const BlockMask& m = compact.view();
   sparge_block_mask cm{};
   cm.counts = m.counts;

@@ -12,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "c_tensor.h"
 #include "reference_cases.h"
 #include "sparge/sparge.h"
+#include "sparge/sparge_c.h"
 #include "test_util.h"
 
 namespace sparge {
@@ -276,6 +278,57 @@ TEST(KeyBlocks, ErrorsNameTheArgument) {
   EXPECT_THROW(HostKeyBlocks(1, 1, 8, 100, 0), Error);
   // Nothing was written by the rejected calls.
   EXPECT_TRUE(std::isnan(out.get(0, 0, 0, 0)));
+}
+
+using test::c_tensor;
+
+TEST(KeyBlocks, ThroughTheCApi) {
+  const Cache c;
+  HostKeyBlocks storage = c.blocks(), want = c.blocks();
+  const KeyBlocks& v = storage.view();
+  sparge_key_blocks kb{};
+  kb.pooled = v.pooled, kb.sim = v.sim, kb.mean = v.mean;
+  kb.device = SPARGE_CPU;
+  kb.batch = v.batch, kb.heads_kv = v.heads_kv, kb.head_dim = v.head_dim;
+  kb.max_blocks = v.max_blocks, kb.block_k = v.block_k;
+  char err[256] = {};
+  const sparge_tensor k300 = c_tensor(c.k_at(300)), k700 = c_tensor(c.k_at(700));
+  ASSERT_EQ(sparge_build_key_blocks(&k300, &kb, nullptr, err, sizeof(err)), 0) << err;
+  EXPECT_EQ(kb.tokens, 300);
+  ASSERT_EQ(sparge_append_key_blocks(&k700, &kb, nullptr, err, sizeof(err)), 0) << err;
+  EXPECT_EQ(kb.tokens, 700);
+  check(build_key_blocks(c.k_at(300), &want.view()));
+  check(append_key_blocks(c.k_at(700), &want.view()));
+  EXPECT_EQ(storage.pooled, want.pooled);
+  EXPECT_EQ(storage.sim, want.sim);
+  EXPECT_EQ(storage.mean, want.mean);
+
+  const HostTensor q = queries(5, 3);
+  HostTensor o = HostTensor::poisoned(Cache::B, Cache::Hq, 5, Cache::D, DType::kBFloat16,
+                                      Layout::kNHD);
+  const SparseOptions so = decode_options(SelectMode::kTopK, 0.3f);
+  sparge_options co = sparge_default_options();
+  co.causal = 1;
+  co.causal_align = SPARGE_CAUSAL_BOTTOM_RIGHT;
+  co.select = SPARGE_SELECT_TOPK;
+  co.select_value = 0.3f;
+  co.sim_threshold = 0.3f;
+  co.pv_threshold = 6.0f;
+  const sparge_tensor cq = c_tensor(q.view), cv = c_tensor(c.v_at(700)), co_t = c_tensor(o.view);
+  ASSERT_EQ(sparge_sparse_attention_key_blocks(&cq, &k700, &cv, nullptr, &kb, &co, &co_t, nullptr,
+                                               nullptr, 0, nullptr, nullptr, err, sizeof(err)),
+            0)
+      << err;
+  const Call cpp = run(c, q, 700, so, &want.view());
+  const std::vector<float> got = o.to_hnd();
+  EXPECT_EQ(std::memcmp(got.data(), cpp.out.data(), got.size() * sizeof(float)), 0);
+  co.block_k = 32;
+  EXPECT_NE(sparge_sparse_attention_key_blocks(&cq, &k700, &cv, nullptr, &kb, &co, &co_t, nullptr,
+                                               nullptr, 0, nullptr, nullptr, err, sizeof(err)),
+            0);
+  EXPECT_NE(std::string(err).find("key_blocks.block_k"), std::string::npos) << err;
+  EXPECT_NE(sparge_build_key_blocks(&k300, nullptr, nullptr, err, sizeof(err)), 0);
+  EXPECT_NE(std::string(err).find("key_blocks must not be NULL"), std::string::npos) << err;
 }
 
 }  // namespace

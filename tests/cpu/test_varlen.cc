@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "c_tensor.h"
 #include "sparge/sparge.h"
 #include "sparge/sparge_c.h"
 #include "test_util.h"
@@ -158,20 +159,7 @@ TEST(VarlenCApi, MatchesTheCppEntry) {
   SparseOptions opts;
   ASSERT_TRUE(sparse_attention_varlen(q.view, k.view, v.view, cu_q.data(), cu_k.data(), 2, opts, o_cpp.view).is_ok());
 
-  auto c_tensor = [](const TensorView& t) {
-    sparge_tensor c{};
-    c.data = t.data;
-    c.dtype = SPARGE_F32;
-    c.device = SPARGE_CPU;
-    c.device_index = 0;
-    const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
-    const int64_t stride[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
-    for (int i = 0; i < 4; ++i) {
-      c.shape[i] = shape[i];
-      c.strides[i] = stride[i];
-    }
-    return c;
-  };
+  using test::c_tensor;
   const sparge_tensor cq = c_tensor(q.view), ck = c_tensor(k.view), cv = c_tensor(v.view), co = c_tensor(o_c.view);
   std::vector<char> c_opts(sparge_options_size());
   sparge_options* copts = reinterpret_cast<sparge_options*>(c_opts.data());

@@ -1,0 +1,87 @@
+"""KeyBlocks: Stage 1's key side kept beside a KV cache, for decode and chunked prefill.
+
+A decode step (a few new query rows against a long cache) spends most of Stage 1 pooling every
+cached key again. KeyBlocks keep what Stage 1 computes from the keys (the smoothing mean, and
+per key block its pooled row and self-similarity, float64) and extend it as keys arrive,
+reading only the new keys and the last incomplete block (docs/method.md, "Decode and chunked
+prefill"):
+
+    kb = sparge.KeyBlocks.build(k_cache[:, :, :n], max_tokens=capacity)     # after prefill
+    ...
+    kb.append(k_cache[:, :, :n + 1])                                        # after each new key
+    out = sparge.attention(q, k_cache[:, :, :n + 1], v_cache[:, :, :n + 1], key_blocks=kb,
+                           is_causal=True, causal_align="bottom_right", topk=0.1)
+
+Right after `build` the call equals the call without key blocks bit for bit; after appends the
+blocks keep build's mean (rebuild to take the current one). Pooled estimate only; CPU tensors
+only for now (cuda raises NotImplementedError).
+"""
+from typing import Optional
+
+import torch
+
+from . import _options
+from .ops import _check_tensor, _to_hnd
+
+
+class KeyBlocks:
+    """Tensors pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks], mean [B, Hkv, D]
+    (float64, on the keys' device), `block_k`, and `tokens`: how many leading keys of the cache
+    they cover. Make them with `KeyBlocks.build`."""
+
+    def __init__(self, batch: int, heads_kv: int, head_dim: int, max_tokens: int, *,
+                 block_k: int = _options.DEFAULTS["block_k"], device="cpu"):
+        for name, value in (("batch", batch), ("heads_kv", heads_kv), ("head_dim", head_dim),
+                            ("max_tokens", max_tokens), ("block_k", block_k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        max_blocks = -(-max_tokens // block_k)
+        f64 = dict(dtype=torch.float64, device=device)
+        self.pooled = torch.zeros((batch, heads_kv, max_blocks, head_dim), **f64)
+        self.sim = torch.zeros((batch, heads_kv, max_blocks), **f64)
+        self.mean = torch.zeros((batch, heads_kv, head_dim), **f64)
+        self.block_k = block_k
+        self.tokens = 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The most keys these blocks can cover (whole blocks)."""
+        return self.pooled.shape[2] * self.block_k
+
+    @classmethod
+    def build(cls, k: torch.Tensor, *, max_tokens: Optional[int] = None,
+              block_k: int = _options.DEFAULTS["block_k"], layout: str = "HND") -> "KeyBlocks":
+        """Key blocks of all of k's tokens (k: the cache's first tokens, [B, Hkv, N, D] or NHD),
+        with room for `max_tokens` keys (default: N) to append later. Takes k's mean."""
+        kh = _hnd_keys(k, layout)
+        blocks = cls(kh.shape[0], kh.shape[1], kh.shape[3], max_tokens or kh.shape[2],
+                     block_k=block_k, device=kh.device)
+        blocks.rebuild(kh)
+        return blocks
+
+    def rebuild(self, k: torch.Tensor, *, layout: str = "HND") -> None:
+        """Fill the blocks again from all of k's tokens, taking k's current mean."""
+        kh = _hnd_keys(k, layout)
+        torch.ops.sparge.update_key_blocks(kh, self.pooled, self.sim, self.mean, self.block_k,
+                                           self.tokens, True)
+        self.tokens = kh.shape[2]
+
+    def append(self, k: torch.Tensor, *, layout: str = "HND") -> None:
+        """Extend the blocks to k's tokens after the cache grew (k: the cache's first N >=
+        `tokens` keys, the first `tokens` unchanged). Reads the new keys and the last incomplete
+        block only; the mean stays build's."""
+        kh = _hnd_keys(k, layout)
+        torch.ops.sparge.update_key_blocks(kh, self.pooled, self.sim, self.mean, self.block_k,
+                                           self.tokens, False)
+        self.tokens = kh.shape[2]
+
+    def __repr__(self) -> str:
+        b, h, _, d = self.pooled.shape
+        return (f"KeyBlocks(batch={b}, heads_kv={h}, head_dim={d}, tokens={self.tokens}, "
+                f"max_tokens={self.max_tokens}, block_k={self.block_k}, "
+                f"device={self.pooled.device})")
+
+
+def _hnd_keys(k: torch.Tensor, layout: str) -> torch.Tensor:
+    _options.check_choice(layout, _options.LAYOUTS, "layout")
+    return _to_hnd(_check_tensor(k, "k"), layout)

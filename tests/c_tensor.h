@@ -1,0 +1,26 @@
+// The C ABI's view (sparge_tensor) of a host TensorView, for the tests that call the C ABI.
+#pragma once
+
+#include <cstdint>
+
+#include "sparge/sparge_c.h"
+#include "sparge/types.h"
+
+namespace sparge::test {
+
+inline sparge_tensor c_tensor(const TensorView& t) {
+  sparge_tensor c{};
+  c.data = t.data;
+  c.dtype = static_cast<int>(t.dtype);
+  c.device = SPARGE_CPU;
+  c.device_index = 0;
+  const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
+  const int64_t strides[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
+  for (int i = 0; i < 4; ++i) {
+    c.shape[i] = shape[i];
+    c.strides[i] = strides[i];
+  }
+  return c;
+}
+
+}  // namespace sparge::test
