@@ -3,7 +3,8 @@
 // The input decodes into shapes (tiny), strides (contiguous HND/NHD, padded, or hostile:
 // negative, zero, overlapping, overflowing), dtype/device codes (valid or not), every field of
 // sparge_options (expanded from option_list.h, so a new option is fuzzed without editing this
-// file), an optional lse and mask, and one entry point. Each tensor gets a host buffer of exactly
+// file), an optional lse and mask, key blocks for the key-block entry points, and one entry
+// point. Each tensor gets a host buffer of exactly
 // the extent its strides claim; a claim too large to allocate is not passed at all, and a claim
 // no buffer can hold (the extent overflows int64) gets a 1-element buffer, which a correct
 // library must reject. So any ASan report is the library reading or writing where the caller
@@ -187,11 +188,76 @@ struct Mask {
   }
 };
 
+// Key blocks (sparge_key_blocks) for the cache k: usually the geometry k has, sometimes one
+// field hostile; the three arrays sized from the geometry they claim (when it can be allocated),
+// `tokens` as a build left it, below it, or anything.
+struct KeyBlocksArg {
+  sparge_key_blocks kb{};
+  std::vector<double> pooled, sim, mean;
+
+  bool make(FuzzedDataProvider& in, int64_t batch, int64_t heads_kv, int64_t head_dim,
+            int64_t seq_k, int block_k) {
+    kb.device = SPARGE_CPU;
+    kb.batch = batch, kb.heads_kv = heads_kv, kb.head_dim = head_dim;
+    kb.block_k = block_k;
+    kb.max_blocks = block_k > 0 ? (seq_k + block_k - 1) / block_k + in.ConsumeIntegralInRange(-1, 2)
+                                : 1;
+    kb.tokens = in.ConsumeBool() ? seq_k : in.ConsumeIntegralInRange<int64_t>(0, seq_k);
+    if (in.ConsumeIntegralInRange(0, 7) == 0) {
+      switch (in.ConsumeIntegralInRange(0, 7)) {
+        case 0:
+          kb.batch = hostile_int64(in);
+          break;
+        case 1:
+          kb.heads_kv = hostile_int64(in);
+          break;
+        case 2:
+          kb.head_dim = hostile_int64(in);
+          break;
+        case 3:
+          kb.max_blocks = hostile_int64(in);
+          break;
+        case 4:
+          kb.block_k = hostile_int(in);
+          break;
+        case 5:
+          kb.tokens = hostile_int64(in);
+          break;
+        case 6:
+          kb.device = hostile_int(in);
+          break;
+        default:
+          kb.device = SPARGE_CUDA;
+          break;
+      }
+    }
+    // As for tensors: a claim that fits int64 gets arrays of exactly its extent (or the input is
+    // skipped when too large); one that overflows, or a negative one, gets 1-element arrays,
+    // which a correct library rejects before writing.
+    int64_t heads = 1, blocks = 1, dim = 1, extent = 0;
+    const bool fits = kb.batch > 0 && kb.heads_kv > 0 && kb.head_dim > 0 && kb.max_blocks > 0 &&
+                      !__builtin_mul_overflow(kb.batch, kb.heads_kv, &extent) &&
+                      !__builtin_mul_overflow(extent, kb.max_blocks, &extent) &&
+                      !__builtin_mul_overflow(extent, kb.head_dim, &extent);
+    if (fits) {
+      if (extent > kMaxBytes / 8) return false;
+      heads = kb.batch * kb.heads_kv, blocks = kb.max_blocks, dim = kb.head_dim;
+    }
+    pooled.assign(static_cast<size_t>(heads * blocks * dim), 0.0);
+    sim.assign(static_cast<size_t>(heads * blocks), 0.0);
+    mean.assign(static_cast<size_t>(heads * dim), 0.0);
+    kb.pooled = pooled.data();
+    kb.sim = in.ConsumeIntegralInRange(0, 63) == 0 ? nullptr : sim.data();
+    kb.mean = mean.data();
+    return true;
+  }
+};
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
-  const int op = in.ConsumeIntegralInRange(0, 4);
+  const int op = in.ConsumeIntegralInRange(0, 6);
   static const int64_t kHeadDims[] = {1, 3, 8, 16, 17, 32, 63, 64, 65, 128, 256, 257};
   const int64_t batch = in.ConsumeIntegralInRange(1, 2);
   const int64_t heads_kv = in.ConsumeIntegralInRange(1, 4);
@@ -234,6 +300,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool with_mask = in.ConsumeBool();
   if ((with_mask || op == 1 || op == 2) && !mask.make(in, geometry)) return 0;
 
+  KeyBlocksArg blocks;
+  if (op >= 5 && !blocks.make(in, batch, heads_kv, head_dim, seq_k, opts.o.block_k)) return 0;
+
   // The message buffer: absent, empty, one byte, short (truncation) or roomy.
   static const size_t kErrLens[] = {0, 1, 7, 256};
   char err[256];
@@ -255,6 +324,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 3:
       sparge_workspace_size(&q.t, &k.t, &opts.o);
+      break;
+    case 5:  // build, then append the same keys (or build again on a shorter claim)
+      sparge_build_key_blocks(&k.t, in.ConsumeIntegralInRange(0, 63) ? &blocks.kb : nullptr,
+                              nullptr, err_ptr, err_len);
+      sparge_append_key_blocks(&k.t, &blocks.kb, nullptr, err_ptr, err_len);
+      break;
+    case 6:
+      if (in.ConsumeBool()) sparge_build_key_blocks(&k.t, &blocks.kb, nullptr, err_ptr, err_len);
+      sparge_sparse_attention_key_blocks(&q.t, &k.t, &v.t, nullptr, &blocks.kb, &opts.o, &o.t,
+                                         lse_ptr, nullptr, 0, nullptr,
+                                         with_mask ? &mask.m : nullptr, err_ptr, err_len);
       break;
     default: {
       // A field by name (a real one, or any bytes) and any value.

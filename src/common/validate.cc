@@ -313,10 +313,18 @@ Status validate_key_blocks(const KeyBlocks& kb, const TensorView& k) {
   if (kb.block_k < 1 || kb.max_blocks < 0)
     return Status::invalid(cat("key_blocks.block_k must be >= 1 and max_blocks >= 0, got ",
                                kb.block_k, " and ", kb.max_blocks));
-  if (k.tokens > kb.max_blocks * kb.block_k)
-    return Status::invalid(cat("key_blocks hold up to ", kb.max_blocks * kb.block_k,
-                               " keys (max_blocks ", kb.max_blocks, " of block_k ", kb.block_k,
-                               "), k has ", k.tokens, ": allocate them for the cache's capacity"));
+  int64_t extent = 0;  // pooled's elements: the arrays are indexed up to it
+  if (__builtin_mul_overflow(kb.batch * kb.heads_kv, kb.max_blocks, &extent) ||
+      __builtin_mul_overflow(extent, kb.head_dim, &extent))
+    return Status::invalid(cat("key_blocks of ", kb.batch, " x ", kb.heads_kv, " x ",
+                               kb.max_blocks, " blocks x ", kb.head_dim,
+                               " channels overflow int64: max_blocks is not a real capacity"));
+  // Compared in blocks: max_blocks * block_k may overflow for a hostile max_blocks (and
+  // ceil_div's k.tokens + block_k - 1 for hostile extents).
+  if (k.tokens / kb.block_k + (k.tokens % kb.block_k != 0) > kb.max_blocks)
+    return Status::invalid(cat("key_blocks hold up to ", kb.max_blocks, " blocks of block_k ",
+                               kb.block_k, " keys, k has ", k.tokens,
+                               ": allocate them for the cache's capacity"));
   if (kb.tokens < 0 || kb.tokens > k.tokens)
     return Status::invalid(cat("key_blocks.tokens (", kb.tokens, ") must be in [0, k.tokens = ",
                                k.tokens, "]: the blocks cover a prefix of the cache's keys"));

@@ -264,7 +264,11 @@ TEST(KeyBlocks, ErrorsNameTheArgument) {
                   "key_blocks.tokens (400) must be in [0, k.tokens = 300]"));
   KeyBlocks small = kb.view();
   small.max_blocks = 5;
-  EXPECT_TRUE(has(call(small, o), "key_blocks hold up to 320 keys"));
+  EXPECT_TRUE(has(call(small, o), "key_blocks hold up to 5 blocks of block_k 64 keys, k has 400"));
+  KeyBlocks huge = kb.view();  // a capacity no array can have: rejected before any write
+  huge.max_blocks = std::numeric_limits<int64_t>::max() / 4;
+  EXPECT_TRUE(has(call(huge, o), "overflow int64"));
+  EXPECT_TRUE(has(append_key_blocks(c.k_at(400), &huge).message(), "overflow int64"));
   KeyBlocks no_sim = kb.view();
   no_sim.sim = nullptr;
   EXPECT_TRUE(has(call(no_sim, o), "key_blocks.pooled, .sim and .mean must not be null"));

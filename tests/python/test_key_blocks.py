@@ -109,7 +109,7 @@ def test_errors_name_the_argument():
                          **dict(OPTIONS, is_causal=False))
     with pytest.raises(TypeError, match="key_blocks must be a sparge.KeyBlocks"):
         sparge.attention(q, k, v, key_blocks=blocks.pooled, **OPTIONS)
-    with pytest.raises(ValueError, match="key_blocks hold up to 448 keys"):
+    with pytest.raises(ValueError, match="up to 7 blocks of block_k 64 keys, k has 500"):
         blocks.append(torch.cat([k, k[:, :, :100]], dim=2))
     with pytest.raises(ValueError, match="build_key_blocks first"):
         sparge.KeyBlocks(2, 2, 32, 400).append(k)
