@@ -99,8 +99,8 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
 // Decode and chunked prefill against a long KV cache: Stage 1 reads the key blocks kept beside
 // the cache (types.h: KeyBlocks) instead of pooling k, so its cost grows with the cache's
 // blocks, not its keys. k and v are the cache's first key_blocks.tokens rows (a view of a
-// larger allocation is fine); causality aligns as the options say (bottom_right for new
-// queries at the cache's end). The result is bit for bit that of the call without key_blocks
+// larger allocation is fine), the new queries' keys included (k shorter than q is an error);
+// causality aligns as the options say (bottom_right for new queries at the cache's end). The result is bit for bit that of the call without key_blocks
 // whenever the blocks' mean is k's current mean (right after build_key_blocks on all of k);
 // after appends the key blocks keep build's mean, the only difference. Pooled estimate only;
 // CPU backends (CUDA: Status::unsupported for now).

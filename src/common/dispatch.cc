@@ -108,11 +108,17 @@ Status cuda_key_blocks_unsupported() {
       "sparse_attention without them on cuda tensors, or run on cpu tensors");
 }
 
-// key_blocks for one call: they must cover exactly k's tokens with the options' key blocks, and
-// only the pooled estimate reads them (sampled rows and the error target read k's rows).
-Status check_key_blocks_for_call(const KeyBlocks& kb, const TensorView& k,
+// key_blocks for one call: k is a cache holding at least q's tokens (the new ones included), the
+// blocks cover exactly k's tokens with the options' key blocks, and only the pooled estimate
+// reads them (sampled rows and the error target read k's rows).
+Status check_key_blocks_for_call(const KeyBlocks& kb, const TensorView& q, const TensorView& k,
                                  const SparseOptions& opts) {
   SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(kb, k));
+  if (k.tokens < q.tokens)
+    return Status::invalid("k (the cache, " + std::to_string(k.tokens) +
+                           " keys) is shorter than q (" + std::to_string(q.tokens) +
+                           " rows): append the new tokens' keys to the cache and the key "
+                           "blocks before attending");
   if (kb.block_k != opts.block_k)
     return Status::invalid("key_blocks.block_k (" + std::to_string(kb.block_k) +
                            ") must equal SparseOptions.block_k (" + std::to_string(opts.block_k) +
@@ -266,7 +272,7 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
                             const BlockMask* mask_out) {
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
-  if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, k, opts));
+  if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
   if (backend == Backend::kCuda) {

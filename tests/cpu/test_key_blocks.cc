@@ -130,6 +130,7 @@ TEST(KeyBlocks, BuiltOnAllKeysTheCallEqualsThePlainCallBitForBit) {
     check(build_key_blocks(c.k_at(tokens), &kb.view()));
     EXPECT_EQ(kb.view().tokens, tokens);
     for (int64_t nq : {1, 37, 300}) {  // decode, a chunk, a chunk of several query blocks
+      if (nq > tokens) continue;       // a cache holds the new queries' keys too
       const HostTensor q = queries(nq, 100 + nq);
       for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf}) {
         for (Backend backend : {Backend::kCpuFast, Backend::kReference}) {
@@ -265,6 +266,15 @@ TEST(KeyBlocks, ErrorsNameTheArgument) {
   KeyBlocks small = kb.view();
   small.max_blocks = 5;
   EXPECT_TRUE(has(call(small, o), "key_blocks hold up to 5 blocks of block_k 64 keys, k has 400"));
+  {  // a cache shorter than the query
+    const HostTensor long_q = queries(500, 2);
+    HostTensor long_out = HostTensor::poisoned(Cache::B, Cache::Hq, 500, Cache::D,
+                                               DType::kBFloat16, Layout::kNHD);
+    EXPECT_TRUE(has(sparse_attention(long_q.view, c.k_at(400), c.v_at(400), kb.view(), o,
+                                     long_out.view)
+                        .message(),
+                    "k (the cache, 400 keys) is shorter than q (500 rows)"));
+  }
   KeyBlocks huge = kb.view();  // a capacity no array can have: rejected before any write
   huge.max_blocks = std::numeric_limits<int64_t>::max() / 4;
   EXPECT_TRUE(has(call(huge, o), "overflow int64"));
