@@ -290,10 +290,9 @@ class BlockMask:
         return 1.0 - self.density if int(self.tiles()[1]) else 0.0
 
     def to(self, device) -> "BlockMask":
-        return BlockMask(self.counts.to(device), self.indices.to(device), seq_q=self.seq_q,
-                         seq_k=self.seq_k, block_q=self.block_q, block_k=self.block_k,
-                         is_causal=self.is_causal, causal_align=self.causal_align,
-                         **self._geometry())
+        """The same mask (either form) on `device`."""
+        offsets = None if self.row_offsets is None else self.row_offsets.to(device)
+        return self._like(self.counts.to(device), self.indices.to(device), offsets)
 
     def plot(self, batch: int = 0, head: int = 0, ax=None, path: Optional[str] = None):
         """Draws one head's tile map (black = computed) with matplotlib, if it is installed."""
@@ -319,4 +318,5 @@ class BlockMask:
         return (f"BlockMask(batch={self.batch}, heads={self.heads}, seq_q={self.seq_q}, "
                 f"seq_k={self.seq_k}, blocks={self.block_q}x{self.block_k}, "
                 f"is_causal={self.is_causal}, window=({self.window_left}, "
-                f"{self.window_right}), device={self.device})")
+                f"{self.window_right}), {'compact' if self.is_compact else 'padded'}, "
+                f"device={self.device})")

@@ -53,6 +53,9 @@ def test_conversions_keep_the_tiles():
     assert compact.density == pytest.approx(padded.density)
     assert torch.equal(compact.band_hidden_pairs(), padded.band_hidden_pairs())
     assert torch.equal(compact.to_token_mask(), padded.to_token_mask())
+    moved = compact.to("cpu")
+    assert moved.is_compact and torch.equal(moved.to_dense(), dense)
+    assert "compact" in repr(compact) and "padded" in repr(padded)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
