@@ -91,6 +91,24 @@ struct HostTensor {
   }
 };
 
+// A compact mask's copy whose rows own `spare` extra slots of `junk` after their kept blocks
+// (Stage 1 writes such masks when it sizes rows by a bound; readers must not touch the junk).
+inline HostBlockMask with_spare_slots(const HostBlockMask& compact, int64_t spare,
+                                      int32_t junk) {
+  HostBlockMask out = compact;
+  const BlockMask& m = compact.view();
+  out.row_offsets.assign(m.rows() + 1, 0);
+  out.indices.clear();
+  for (int64_t r = 0; r < m.rows(); ++r) {
+    for (int32_t t = 0; t < m.counts[r]; ++t) out.indices.push_back(m.indices[m.row_begin(r) + t]);
+    for (int64_t t = 0; t < spare; ++t) out.indices.push_back(junk);
+    out.row_offsets[r + 1] = int64_t(out.indices.size());
+  }
+  out.mask.indices = out.indices.data();
+  out.mask.row_offsets = out.row_offsets.data();
+  return out;
+}
+
 inline bool any_nan(const std::vector<float>& x) {
   for (float v : x)
     if (std::isnan(v)) return true;

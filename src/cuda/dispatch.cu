@@ -336,6 +336,7 @@ AttnParams to_params(const detail::Problem& p, const BlockMask& mask, const Tens
   a.scale_log2 = float(double(p.scale) * 1.4426950408889634);
   a.mask_counts = mask.counts;
   a.mask_indices = mask.indices;
+  a.mask_row_offsets = mask.row_offsets;
   a.num_q_blocks = int(mask.num_q_blocks());
   a.num_k_blocks = int(mask.num_k_blocks());
   a.lse = extras.lse;

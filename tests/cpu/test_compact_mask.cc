@@ -34,21 +34,8 @@ std::vector<uint8_t> random_tiles(int64_t n, double keep, uint32_t seed) {
   return d;
 }
 
-// The same mask with `spare` unused slots after each row's kept blocks (filled with junk that
-// must never be read): Stage 1 writes such masks when it sizes rows by a bound.
 HostBlockMask with_spare_slots(const HostBlockMask& compact, int64_t spare) {
-  HostBlockMask out = compact;
-  const BlockMask& m = compact.view();
-  out.row_offsets.assign(m.rows() + 1, 0);
-  out.indices.clear();
-  for (int64_t r = 0; r < m.rows(); ++r) {
-    for (int32_t t = 0; t < m.counts[r]; ++t) out.indices.push_back(m.indices[m.row_begin(r) + t]);
-    for (int64_t t = 0; t < spare; ++t) out.indices.push_back(-777);
-    out.row_offsets[r + 1] = int64_t(out.indices.size());
-  }
-  out.mask.indices = out.indices.data();
-  out.mask.row_offsets = out.row_offsets.data();
-  return out;
+  return test::with_spare_slots(compact, spare, -777);
 }
 
 TEST(CompactMask, ConversionsKeepTheTiles) {

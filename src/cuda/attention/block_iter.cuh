@@ -1,6 +1,8 @@
-// The key tiles one query block visits: its BlockMask row (count + ascending key-block indices).
-// Every thread of the CTA walks the same iterator, so loads and math agree on the sequence.
-// Out-of-range entries (a corrupt device mask) are skipped rather than read out of bounds.
+// The key tiles one query block visits: its BlockMask row (count + ascending key-block indices),
+// where the mask's form puts it (padded: row · nk; compact: row_offsets[row], BlockMask's
+// row_begin). Every thread of the CTA walks the same iterator, so loads and math agree on the
+// sequence. Out-of-range entries (a corrupt device mask) are skipped, and a count is cut to the
+// row's slots, rather than read out of bounds.
 #pragma once
 
 #include <cstdint>
@@ -12,9 +14,15 @@ namespace sparge::cuda {
 class BlockIter {
  public:
   __device__ BlockIter(const AttnParams& p, int64_t mask_row) : nk_(p.num_k_blocks) {
-    next_ = p.mask_indices + mask_row * p.num_k_blocks;
-    int count = p.mask_counts[mask_row];
-    left_ = count < 0 ? 0 : (count > nk_ ? nk_ : count);
+    int64_t begin = mask_row * p.num_k_blocks, slots = p.num_k_blocks;
+    if (p.mask_row_offsets != nullptr) {
+      begin = __ldg(p.mask_row_offsets + mask_row);
+      slots = __ldg(p.mask_row_offsets + mask_row + 1) - begin;
+      if (slots > nk_) slots = nk_;  // a row lists each key block at most once
+    }
+    next_ = p.mask_indices + begin;
+    const int count = p.mask_counts[mask_row];
+    left_ = count < 0 ? 0 : (count > slots ? int(slots) : count);
     advance_to_valid();
   }
   __device__ bool done() const { return left_ <= 0; }

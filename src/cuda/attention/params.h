@@ -30,7 +30,9 @@ struct AttnParams {
   const int32_t* key_lengths;
   float scale_log2;     // scale · log2(e): scores in log2 units
   const int32_t* mask_counts;   // [batch, heads_q, nq]
-  const int32_t* mask_indices;  // [batch, heads_q, nq, nk]
+  const int32_t* mask_indices;  // padded: [batch, heads_q, nq, nk]; compact: row_offsets[rows]
+  // Compact mask (BlockMask::row_offsets): [batch·heads_q·nq + 1]; null: the padded form.
+  const int64_t* mask_row_offsets;
   int num_q_blocks, num_k_blocks;
   float* lse;                           // optional [batch, heads_q, seq_q]
   unsigned long long* pv_counters;      // optional [heads_q][2]: visited, skipped
