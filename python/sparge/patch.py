@@ -262,18 +262,21 @@ class _Router:
             window_right: Optional[int] = None, layout: str = "HND",
             token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
             counts: Optional[CallCounts] = None, attn_mask: Optional[torch.Tensor] = None,
-            key_lengths: Optional[torch.Tensor] = None, options: Optional[Dict] = None):
+            key_lengths: Optional[torch.Tensor] = None, options: Optional[Dict] = None,
+            key_blocks=None):
         """sparge.attention on 4-D inputs of `layout` with these options, counted in `counts`
         (the router's own by default; its tiles added up with collect_stats). `options`
         replace the router's for this call (a tune plan's layer). `causal_align`,
         `window_left` and `window_right` override the options' for this call (None: keep);
         `token_grid` reorders tokens along a Hilbert curve; `attn_mask` is SDPA's (cpu);
-        `key_lengths` a right-padded batch's lengths (read off a padding mask, every device)."""
+        `key_lengths` a right-padded batch's lengths (read off a padding mask, every device);
+        `key_blocks` the sparge.KeyBlocks of a KV cache `key` is (a decode step)."""
         counts = self.counts if counts is None else counts
         counts.sparge_calls += 1
         options = self.options if options is None else options
         per_call = dict(causal_align=causal_align, window_left=window_left,
-                        window_right=window_right, attn_mask=attn_mask, key_lengths=key_lengths)
+                        window_right=window_right, attn_mask=attn_mask, key_lengths=key_lengths,
+                        key_blocks=key_blocks)
         per_call = {n: value for n, value in per_call.items() if value is not None}
         if per_call:
             options = dict(options, **per_call)

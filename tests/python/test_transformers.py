@@ -144,6 +144,38 @@ def test_is_causal_keyword_and_single_query_row_follow_sdpa():
                                rtol=0)
 
 
+def test_decoding_steps_keep_key_blocks_on_the_layer():
+    # A decode loop against a growing cache: Stage 1 reads KeyBlocks kept on the module, built
+    # once, extended by each new key, and built again when the cache stops continuing them.
+    q, k, v = qkv(seq_q=300, seed=3)
+    module = Attention(groups=2)
+    settings = dict(topk=0.3, sim_threshold=-1.0)
+    with torch.no_grad(), sparge_hf.configure(**settings) as run:
+        first, _ = sparge_hf.attention_forward(module, q[:, :, 199:200], k[:, :, :200],
+                                               v[:, :, :200], None)
+        blocks = module._sparge_key_blocks
+        assert blocks.tokens == 200 and blocks.max_tokens >= 400
+        for n in range(201, 211):
+            step, _ = sparge_hf.attention_forward(module, q[:, :, n - 1:n], k[:, :, :n],
+                                                  v[:, :, :n], None)
+            assert not torch.isnan(step).any()
+        assert module._sparge_key_blocks is blocks and blocks.tokens == 210  # appended
+        # An old key changed (a reordered beam, a new prompt of the same length): rebuilt.
+        k2 = k.clone()
+        k2[:, :, 209] += 1.0
+        sparge_hf.attention_forward(module, q[:, :, 210:211], k2[:, :, :211], v[:, :, :211],
+                                    None)
+        assert module._sparge_key_blocks is not blocks
+    assert run.sparge_calls == 12 and run.fallbacks == {}
+    # Right after a build the step is the one without key blocks, bit for bit.
+    with torch.no_grad(), sparge_hf.configure(decode_key_blocks=False, **settings):
+        plain, _ = sparge_hf.attention_forward(Attention(groups=2), q[:, :, 199:200],
+                                               k[:, :, :200], v[:, :, :200], None)
+    assert torch.equal(first, plain)
+    with pytest.raises(TypeError, match="decode_key_blocks must be a bool"):
+        sparge_hf.configure(decode_key_blocks=1)
+
+
 def causal_mask(seq_q, seq_k, bottom_right=False):
     offset = seq_k - seq_q if bottom_right else 0
     return torch.arange(seq_k)[None, :] <= torch.arange(seq_q)[:, None] + offset
@@ -345,6 +377,10 @@ def test_smollm2_greedy_generation_is_that_of_sdpa(smollm2):
     assert torch.equal(got, expected), (tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
     layers = model.config.num_hidden_layers
     assert run.sparge_calls == layers * 20 and run.fallbacks == {}  # prefill + 19 steps
+    # The 19 decoding steps took Stage 1's key side from each layer's KeyBlocks (the default).
+    covered = [m._sparge_key_blocks.tokens for m in model.modules()
+               if hasattr(m, "_sparge_key_blocks")]
+    assert covered == [got.shape[1] - 1] * layers
 
 
 def test_smollm2_default_settings_report_sparsity(smollm2):

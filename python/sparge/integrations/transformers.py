@@ -34,8 +34,12 @@ configuration is process-wide (not per model, not per thread).
 """
 from typing import Dict, Optional
 
+import torch
+
 from .. import patch
 from .._dense_mask import options_for_mask
+from .._options import DEFAULTS
+from ..key_blocks import KeyBlocks
 
 #: The attn_implementation name `register()` uses by default.
 NAME = "sparge"
@@ -51,7 +55,11 @@ class Configuration:
     restores, on exit, the configuration that was active before it.
     """
 
-    def __init__(self, *, min_seq_len: int = 0, collect_stats: bool = False, **options):
+    def __init__(self, *, min_seq_len: int = 0, collect_stats: bool = False,
+                 decode_key_blocks: bool = True, **options):
+        if not isinstance(decode_key_blocks, bool):
+            raise TypeError(f"decode_key_blocks must be a bool, got "
+                            f"{type(decode_key_blocks).__name__}")
         per_call = sorted(_PER_CALL & set(options))
         if per_call:
             raise TypeError(f"{per_call[0]} cannot be configured: it is set per call from the "
@@ -59,6 +67,7 @@ class Configuration:
                             "mask that is exactly bottom-right causal gives bottom_right; a "
                             "sliding-window layer gives its window)")
         self._router = patch._Router(min_seq_len, options, collect_stats)
+        self.decode_key_blocks = decode_key_blocks
         self._previous: Optional["Configuration"] = None
 
     @property
@@ -101,14 +110,16 @@ class Configuration:
 
     def __repr__(self) -> str:
         return (f"Configuration(min_seq_len={self.min_seq_len}, "
-                f"collect_stats={self.collect_stats}, options={self.options}; "
+                f"collect_stats={self.collect_stats}, "
+                f"decode_key_blocks={self.decode_key_blocks}, options={self.options}; "
                 f"sparge_calls={self.sparge_calls}, fallbacks={self.fallbacks})")
 
 
 _ACTIVE = Configuration()
 
 
-def configure(*, min_seq_len: int = 0, collect_stats: bool = False, **options) -> Configuration:
+def configure(*, min_seq_len: int = 0, collect_stats: bool = False,
+              decode_key_blocks: bool = True, **options) -> Configuration:
     """Makes these the options of every "sparge" attention call from now on and returns the new
     configuration, whose counters start at zero. Options are the keywords of `sparge.attention`
     (sim_threshold, cdf_threshold, topk, pv_threshold, block_q, backend, ...), checked here:
@@ -116,11 +127,15 @@ def configure(*, min_seq_len: int = 0, collect_stats: bool = False, **options) -
 
     `min_seq_len`: calls whose query or key length is shorter go to SDPA (default 0: every call
     runs Sparge; with more than 1, decoding steps go to SDPA). `collect_stats`: add up the tiles
-    Sparge kept, for `sparsity` (eager only). Used as `with configure(...) as run:`, the previous
-    configuration comes back after the block.
+    Sparge kept, for `sparsity` (eager only). `decode_key_blocks` (cpu): decoding steps (one
+    query row against the layer's KV cache) read Stage 1's key side from sparge.KeyBlocks kept on
+    each attention module and extended as the cache grows, instead of pooling the whole cache
+    every step (`_decode_key_blocks` says when they are rebuilt). Used as
+    `with configure(...) as run:`, the previous configuration comes back after the block.
     """
     global _ACTIVE
-    new = Configuration(min_seq_len=min_seq_len, collect_stats=collect_stats, **options)
+    new = Configuration(min_seq_len=min_seq_len, collect_stats=collect_stats,
+                        decode_key_blocks=decode_key_blocks, **options)
     new._previous, _ACTIVE = _ACTIVE, new
     return new
 
@@ -195,6 +210,40 @@ def _plan(module, query, key, attention_mask, kwargs):
     return None, options
 
 
+# Options under which a decode step may take its key side from KeyBlocks: the pooled estimate
+# (sampled rows and the error target read the keys) and the keys in cache order.
+def _key_blocks_serve(config: Configuration, query, key, options: Dict) -> bool:
+    o = config.options
+    return (config.decode_key_blocks and key.device.type == "cpu" and query.shape[2] == 1
+            and not options and o.get("estimate", "pooled") == "pooled"
+            and not o.get("target_error") and o.get("token_grid") is None)
+
+
+def _decode_key_blocks(module, key, block_k: int):
+    """The KeyBlocks of `key` (the layer's whole KV cache at a decode step), kept on the module
+    between steps and extended by the new keys. They are built again (taking the cache's current
+    mean, with room for twice its length) when there are none yet, when the cache no longer
+    continues what they cover (another shape, a shorter cache, or the last key they cover
+    changed: a new prompt, a reordered beam), and when the cache has doubled since they were
+    built (which keeps their mean close to the cache's; amortized, one rebuild per doubling).
+    Stale blocks could only change which tiles are kept, never the attention of the kept ones."""
+    n = key.shape[2]
+    kb = getattr(module, "_sparge_key_blocks", None)
+    stale = (kb is None or kb.block_k != block_k or kb.pooled.device != key.device
+             or tuple(kb.pooled.shape[:2]) != tuple(key.shape[:2])
+             or kb.pooled.shape[3] != key.shape[3] or not kb.tokens <= n <= kb.max_tokens
+             or n >= 2 * kb.built_at
+             or not torch.equal(key[:, :, kb.tokens - 1], kb.last_key))
+    if stale:
+        kb = KeyBlocks.build(key, max_tokens=2 * n, block_k=block_k)
+        kb.built_at = n
+        module._sparge_key_blocks = kb
+    elif n > kb.tokens:
+        kb.append(key)
+    kb.last_key = key[:, :, n - 1].clone()
+    return kb
+
+
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                       **kwargs):
     """The "sparge" attention function: transformers' contract, as its "sdpa" one.
@@ -230,6 +279,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         # A prefill into an empty static cache (the only maskless causal call with more keys
         # than queries): the keys past the queries are hidden anyway; "sdpa" cuts them off too.
         key, value = key[:, :, :q_len], value[:, :, :q_len]
+    if _key_blocks_serve(_ACTIVE, query, key, options):
+        block_k = _ACTIVE.options.get("block_k", DEFAULTS["block_k"])
+        options["key_blocks"] = _decode_key_blocks(module, key, block_k)
     out = run.run(query, key, value, is_causal=is_causal, scale=scaling, **options)
     return out.transpose(1, 2).contiguous(), None
 
