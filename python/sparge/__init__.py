@@ -23,7 +23,7 @@ from .key_blocks import KeyBlocks
 from .mask import BlockMask, allowed_key_blocks, allowed_key_range
 from .ops import (CUDA_HEAD_DIMS, SparseStats, attention, block_sparse_attention, build_info,
                   predict_block_mask)
-from .patch import SpargeFallbackWarning, patch_sdpa, sdpa
+from .patch import CallInfo, SpargeFallbackWarning, patch_sdpa, sdpa
 from .tune import tune  # the function; the module stays sys.modules["sparge.tune"]
 from .tune_plan import LayerPlan, TunePlan
 from .varlen import attention_varlen
@@ -33,4 +33,4 @@ __version__ = "0.1.0"
 __all__ = ["attention", "attention_varlen", "predict_block_mask", "block_sparse_attention", "BlockMask",
            "SparseStats", "sdpa", "patch_sdpa", "SpargeFallbackWarning", "build_info",
            "allowed_key_blocks", "allowed_key_range", "CUDA_HEAD_DIMS", "measure", "workloads",
-           "integrations", "tune", "TunePlan", "LayerPlan", "KeyBlocks"]
+           "integrations", "tune", "TunePlan", "LayerPlan", "KeyBlocks", "CallInfo"]

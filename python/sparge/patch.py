@@ -34,6 +34,41 @@ class SpargeFallbackWarning(UserWarning):
     """A call was sent to PyTorch's SDPA because Sparge does not support it."""
 
 
+@dataclass
+class CallInfo:
+    """One attention call as a patch (or a framework integration) saw it, handed to the `on_call`
+    hook: who served it, its shape, and for Sparge's calls the tile sparsity and the time.
+
+    `impl` is "sparge" or "sdpa" (PyTorch served it: `reason` says why). `ms` is the call's
+    time in milliseconds (Sparge's calls; CUDA events around the call, then a synchronization,
+    on cuda; the wall clock on cpu), `sparsity` the fraction of dense (or causal) tiles skipped,
+    `stats` the call's sparge.SparseStats; all three None for PyTorch's calls."""
+    impl: str
+    reason: Optional[str]
+    batch: int
+    heads_q: int
+    heads_kv: int
+    seq_q: int
+    seq_k: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    is_causal: bool
+    ms: Optional[float] = None
+    sparsity: Optional[float] = None
+    stats: Optional["ops.SparseStats"] = None
+
+    @classmethod
+    def of(cls, impl: str, reason: Optional[str], query, key, is_causal: bool,
+           layout: str = "HND", **measured) -> "CallInfo":
+        hnd = layout == "HND"
+        token_axis, head_axis = (-2, -3) if hnd else (-3, -2)
+        heads = (lambda t: t.shape[head_axis] if t.dim() == 4 else 1)
+        return cls(impl, reason, query.shape[0], heads(query), heads(key),
+                   query.shape[token_axis], key.shape[token_axis], query.shape[-1], query.dtype,
+                   query.device, bool(is_causal), **measured)
+
+
 # Below this many key tokens (two key blocks of the default 64) no tile can be skipped usefully.
 DEFAULT_MIN_SEQ_LEN = 128
 _TORCH_SDPA = F.scaled_dot_product_attention
@@ -161,11 +196,15 @@ class _Router:
     diffusers backend, or of a configuration of sparge.integrations.transformers, which calls
     `run` and `fall_back`). Maps an SDPA-like call onto sparge.attention or PyTorch's SDPA."""
 
-    def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False):
+    def __init__(self, min_seq_len: int, options: Dict, collect_stats: bool = False,
+                 on_call: Optional[Callable[[CallInfo], None]] = None):
         if isinstance(min_seq_len, bool) or not isinstance(min_seq_len, int) or min_seq_len < 0:
             raise ValueError(f"min_seq_len must be an int >= 0, got {min_seq_len!r}")
         if not isinstance(collect_stats, bool):
             raise TypeError(f"collect_stats must be a bool, got {type(collect_stats).__name__}")
+        if on_call is not None and not callable(on_call):
+            raise TypeError(f"on_call must be callable (it gets a sparge.CallInfo per call), "
+                            f"got {type(on_call).__name__}")
         unknown = set(options) - _ATTENTION_OPTIONS
         if unknown:
             raise TypeError(f"unknown Sparge option(s) {sorted(unknown)}; "
@@ -177,11 +216,16 @@ class _Router:
         self.counts = CallCounts()  # the default target's
         # Called with each Sparge call's SparseStats when collect_stats is on (the tuner's).
         self.stats_listener: Optional[Callable[[ops.SparseStats], None]] = None
+        # The user's per-call hook (CallInfo), or None: timing and stats are taken only for it.
+        self.on_call = on_call
         self._warned = set()
 
     def fall_back(self, reason: str, counts: Optional[CallCounts] = None,
-                  stacklevel: int = 3) -> None:
-        """Counts a call PyTorch serves instead, warning the first time for each reason."""
+                  stacklevel: int = 3, call: Optional[Tuple] = None) -> None:
+        """Counts a call PyTorch serves instead, warning the first time for each reason, and
+        tells the on_call hook (`call`: (query, key, is_causal, layout) of the call)."""
+        if self.on_call is not None and call is not None:
+            self.on_call(CallInfo.of("sdpa", reason, *call))
         if reason not in self._warned:
             self._warned.add(reason)
             warnings.warn(f"sparge: using PyTorch attention: {reason}", SpargeFallbackWarning,
@@ -210,7 +254,8 @@ class _Router:
                         mask_options["attn_mask"].dim() == 3:  # [batch, Nq, Nk]: one head
                     mask_options["attn_mask"] = mask_options["attn_mask"].unsqueeze(1)
         if reason:
-            self.fall_back(reason, counts, stacklevel=stacklevel)
+            self.fall_back(reason, counts, stacklevel=stacklevel,
+                           call=(query, key, is_causal, layout))
         if reason is not None:
             return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                               enable_gqa, layout)
@@ -283,9 +328,15 @@ class _Router:
         if token_grid is not None:
             options = dict(options, token_grid=token_grid, grid_offset=grid_offset)
             counts.grid_calls += 1
+        timer = _CallTimer(query.device) if self.on_call is not None else None
         out = ops.attention(query, key, value, is_causal=bool(is_causal),
                             scale=None if scale is None else float(scale), layout=layout,
-                            return_stats=self.collect_stats, **options)
+                            return_stats=self.collect_stats or timer is not None, **options)
+        if timer is not None:  # the hook's: eager only, it synchronizes
+            out, stats = out
+            self.on_call(CallInfo.of("sparge", None, query, key, is_causal, layout,
+                                     ms=timer.stop(), sparsity=stats.sparsity, stats=stats))
+            out = (out, stats) if self.collect_stats else out
         if self.collect_stats:  # eager only: reading the counts synchronizes
             out, stats = out
             kept, dense = stats.block_mask.tiles()
@@ -347,6 +398,29 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
     return _DEFAULT_ROUTER(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 
+class _CallTimer:
+    """Elapsed time of one call: CUDA events on cuda (then a synchronization), else the wall
+    clock."""
+
+    def __init__(self, device: torch.device):
+        import time
+        self._clock = time.perf_counter
+        self._events = None
+        if device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True),
+                            torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        else:
+            self._start = self._clock()
+
+    def stop(self) -> float:
+        if self._events is None:
+            return (self._clock() - self._start) * 1e3
+        self._events[1].record()
+        self._events[1].synchronize()
+        return self._events[0].elapsed_time(self._events[1])
+
+
 class patch_sdpa:
     """Context manager routing F.scaled_dot_product_attention to Sparge with these options.
 
@@ -360,11 +434,16 @@ class patch_sdpa:
     calls made while a layer of the plan is the innermost running module of `model` take that
     layer's fixed per-head thresholds (the plan's options over these ones, the error target
     off); calls from other layers take these options, with one warning per layer.
+
+    `on_call` (eager only): a function called after every patched call with a sparge.CallInfo
+    (who served it and why, the shape, and for Sparge's calls the time in ms, the tile sparsity
+    and the SparseStats), to print or log; each Sparge call then synchronizes to be timed.
     """
 
     def __init__(self, *, min_seq_len: int = DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
-                 plan=None, model: Optional[torch.nn.Module] = None, **options):
-        self._router = _Router(min_seq_len, options, collect_stats)
+                 plan=None, model: Optional[torch.nn.Module] = None,
+                 on_call: Optional[Callable[[CallInfo], None]] = None, **options):
+        self._router = _Router(min_seq_len, options, collect_stats, on_call)
         if (plan is None) != (model is None):
             raise TypeError("plan and model go together: a plan's layers are named after "
                             "model.named_modules(), so give both (or neither)")

@@ -208,13 +208,20 @@ def test_schedule_runs_dense_steps_and_layers_densely(spy_attention):
 
     # Layers by index (model order of the attention modules), steps advanced by hand.
     schedule = sd.Schedule(dense_layers={0, 3})
-    with torch.no_grad(), sd.attention_backend(model, min_seq_len=0, schedule=schedule) as run:
+    calls = []
+    with torch.no_grad(), sd.attention_backend(model, min_seq_len=0, schedule=schedule,
+                                               on_call=calls.append) as run:
         model(*inputs)
         schedule.step()
         model(*inputs)
     assert schedule.step_index == 1
     assert [run.stats[n].dense_calls for n in run.layer_names] == [2, 0, 0, 2]
     assert [run.stats[n].sparge_calls for n in run.layer_names] == [0, 2, 2, 0]
+    # The on_call hook saw every call: the schedule's dense ones and Sparge's, timed.
+    assert [c.impl for c in calls].count("sdpa") == 4 and len(calls) == 8
+    assert all(c.reason == "dense by the schedule" and c.ms is None
+               for c in calls if c.impl == "sdpa")
+    assert all(c.ms > 0 and 0.0 <= c.sparsity <= 1.0 for c in calls if c.impl == "sparge")
 
 
 def test_fallbacks_are_counted_and_match_torch():

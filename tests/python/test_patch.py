@@ -60,6 +60,30 @@ def test_default_sdpa_runs_sparge():
     assert_close(got, F.scaled_dot_product_attention(q, k, v), atol=0.05)
 
 
+def test_on_call_hook_reports_every_call():
+    calls = []
+    q, k, v = make_qkv(batch=2, heads_q=4, heads_kv=2, seq_q=300, seq_k=260)
+    short = make_qkv(seq_q=16)
+    with sparge.patch_sdpa(on_call=calls.append, topk=0.5, sim_threshold=-1.0) as patch:
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sparge.SpargeFallbackWarning)
+            F.scaled_dot_product_attention(*short, is_causal=True)
+    assert patch.sparge_calls == 1 and len(calls) == 2
+    served, fallback = calls
+    assert served.impl == "sparge" and served.reason is None and served.ms > 0
+    assert (served.batch, served.heads_q, served.heads_kv, served.seq_q, served.seq_k,
+            served.head_dim) == (2, 4, 2, 300, 260, 32)
+    assert served.sparsity == served.stats.sparsity and 0.3 < served.sparsity < 0.7
+    assert served.dtype == q.dtype and served.device == q.device and not served.is_causal
+    assert torch.equal(out, sparge.attention(q, k, v, topk=0.5, sim_threshold=-1.0))
+    assert fallback.impl == "sdpa" and "min_seq_len" in fallback.reason
+    assert fallback.ms is None and fallback.sparsity is None and fallback.is_causal
+    assert fallback.seq_q == 16
+    with pytest.raises(TypeError, match="on_call must be callable"):
+        sparge.patch_sdpa(on_call="print")
+
+
 def test_patch_restores_and_nests():
     original = F.scaled_dot_product_attention
     with sparge.patch_sdpa() as outer:

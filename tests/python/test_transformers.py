@@ -167,6 +167,12 @@ def test_decoding_steps_keep_key_blocks_on_the_layer():
                                     None)
         assert module._sparge_key_blocks is not blocks
     assert run.sparge_calls == 12 and run.fallbacks == {}
+    calls = []
+    with torch.no_grad(), sparge_hf.configure(on_call=calls.append, **settings):
+        sparge_hf.attention_forward(module, q[:, :, 210:211], k2[:, :, :211], v[:, :, :211],
+                                    None)
+    assert [(c.impl, c.seq_q, c.seq_k) for c in calls] == [("sparge", 1, 211)]
+    assert calls[0].ms > 0 and calls[0].sparsity >= 0.0
     # Right after a build the step is the one without key blocks, bit for bit.
     with torch.no_grad(), sparge_hf.configure(decode_key_blocks=False, **settings):
         plain, _ = sparge_hf.attention_forward(Attention(groups=2), q[:, :, 199:200],

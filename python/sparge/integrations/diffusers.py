@@ -237,6 +237,8 @@ class SpargeBackend:
     schedule:      a Schedule (dense steps and layers), or None (Sparge everywhere).
     min_seq_len:   shorter sequences run PyTorch's SDPA (default 128).
     collect_stats: add up Sparge's tile sparsity per layer (synchronizes on the GPU).
+    on_call:       a function given a sparge.CallInfo after every attention call (Sparge's
+                   timed, which synchronizes; the schedule's dense calls as impl "sdpa").
     **options:     the keywords of sparge.attention (sim_threshold, cdf_threshold, topk,
                    pv_threshold, block_q, ...), checked here.
     """
@@ -244,7 +246,7 @@ class SpargeBackend:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, grid=None,
                  text_position: str = "first", schedule: Optional[Schedule] = None,
                  min_seq_len: int = _patch.DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
-                 **options):
+                 on_call=None, **options):
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (the transformer) or None, got "
                             f"{type(model).__name__}")
@@ -266,7 +268,7 @@ class SpargeBackend:
         self.grid = _check_grid(grid, model)
         self.text_position = text_position
         self.schedule = schedule
-        self._router = _patch._Router(min_seq_len, options, collect_stats)
+        self._router = _patch._Router(min_seq_len, options, collect_stats, on_call)
         self.layer_names: List[str] = []
         if model is not None:
             classes = _attention_classes()
@@ -364,6 +366,9 @@ class SpargeBackend:
         counts = self._counts.setdefault(name, _patch.CallCounts())
         if self.schedule is not None and self.schedule.is_dense(index, name):
             counts.dense_calls += 1
+            if self._router.on_call is not None:
+                self._router.on_call(_patch.CallInfo.of("sdpa", "dense by the schedule", query,
+                                                        key, is_causal, "NHD"))
             return _patch.torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                      enable_gqa, layout="NHD")
         grid, offset = self._grid_for(query, key, is_causal)

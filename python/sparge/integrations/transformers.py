@@ -56,7 +56,7 @@ class Configuration:
     """
 
     def __init__(self, *, min_seq_len: int = 0, collect_stats: bool = False,
-                 decode_key_blocks: bool = True, **options):
+                 decode_key_blocks: bool = True, on_call=None, **options):
         if not isinstance(decode_key_blocks, bool):
             raise TypeError(f"decode_key_blocks must be a bool, got "
                             f"{type(decode_key_blocks).__name__}")
@@ -66,7 +66,7 @@ class Configuration:
                             "model's mask and sliding_window (SDPA's is_causal is top_left; a "
                             "mask that is exactly bottom-right causal gives bottom_right; a "
                             "sliding-window layer gives its window)")
-        self._router = patch._Router(min_seq_len, options, collect_stats)
+        self._router = patch._Router(min_seq_len, options, collect_stats, on_call)
         self.decode_key_blocks = decode_key_blocks
         self._previous: Optional["Configuration"] = None
 
@@ -119,7 +119,7 @@ _ACTIVE = Configuration()
 
 
 def configure(*, min_seq_len: int = 0, collect_stats: bool = False,
-              decode_key_blocks: bool = True, **options) -> Configuration:
+              decode_key_blocks: bool = True, on_call=None, **options) -> Configuration:
     """Makes these the options of every "sparge" attention call from now on and returns the new
     configuration, whose counters start at zero. Options are the keywords of `sparge.attention`
     (sim_threshold, cdf_threshold, topk, pv_threshold, block_q, backend, ...), checked here:
@@ -130,12 +130,14 @@ def configure(*, min_seq_len: int = 0, collect_stats: bool = False,
     Sparge kept, for `sparsity` (eager only). `decode_key_blocks` (cpu): decoding steps (one
     query row against the layer's KV cache) read Stage 1's key side from sparge.KeyBlocks kept on
     each attention module and extended as the cache grows, instead of pooling the whole cache
-    every step (`_decode_key_blocks` says when they are rebuilt). Used as
-    `with configure(...) as run:`, the previous configuration comes back after the block.
+    every step (`_decode_key_blocks` says when they are rebuilt). `on_call`: a function given a
+    sparge.CallInfo after every call (as patch_sdpa's; Sparge's calls are timed, which
+    synchronizes). Used as `with configure(...) as run:`, the previous configuration comes back
+    after the block.
     """
     global _ACTIVE
     new = Configuration(min_seq_len=min_seq_len, collect_stats=collect_stats,
-                        decode_key_blocks=decode_key_blocks, **options)
+                        decode_key_blocks=decode_key_blocks, on_call=on_call, **options)
     new._previous, _ACTIVE = _ACTIVE, new
     return new
 
@@ -268,8 +270,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if reason is None:
         reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
     if reason is not None:
-        if reason:
-            run.fall_back(reason, stacklevel=3)  # the warning points at the model's layer
+        if reason:  # the warning points at the model's layer
+            causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+            run.fall_back(reason, stacklevel=3, call=(query, key, bool(causal), "HND"))
         sdpa_attention_forward = _require_transformers()[3]
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
