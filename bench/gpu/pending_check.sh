@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Device check of what landed without a GPU (stop 25): in one call, with binaries built here
+# (carry .devdeps and the packed bins, as bench/gpu/fused_stage1_check.sh):
+#   1. the C++ GPU tests, all of them, and under memcheck the new ones: compact masks read by
+#      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1, which
+#      the test sets) and the varlen CUDA path;
+#   2. the Python CUDA tests of varlen, compact masks and key blocks (pip install of the package
+#      on the device, as tests/python/run_device.sh does);
+#   3. issue 14's varlen target, {1K, 7K, 33K, 100K} packed vs separate calls vs one call of the
+#      total length (bench/gpu/bench_varlen.py).
+# Usage (repo root, GPU machine): bash bench/gpu/pending_check.sh <commit> <dir with
+#   libsparge_c.so and sparge_gpu_tests>  -> $OUT/{gpu_tests,memcheck,pytest,varlen}_<commit>.log
+#   and the varlen record's .jsonl.
+# If CudaCompactMask passes (bit-equal output, lse and λ counters on every kernel), the next step
+# is to drop the switch (cuda_compact_unsupported in src/common/dispatch.cc) for Stage 2.
+set -uo pipefail
+C=${1:?commit}; B=${2:?binary dir}
+OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
+timeout 200 "$B/sparge_gpu_tests" > "$OUT/gpu_tests_$C.log" 2>&1
+echo "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
+grep -E 'CudaCompactMask|\[ info \]' "$OUT/gpu_tests_$C.log" | head -12
+timeout 150 compute-sanitizer --tool memcheck "$B/sparge_gpu_tests" \
+  --gtest_filter='CudaCompactMask.*:*Varlen*' > "$OUT/memcheck_$C.log" 2>&1
+echo "memcheck rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1
+rm -rf python/build
+SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-16}" \
+  timeout 400 python3 -m pip install -q --no-deps --disable-pip-version-check . \
+  > "$OUT/install_$C.log" 2>&1 || { echo "pip install failed"; tail -20 "$OUT/install_$C.log"; }
+(cd tests/python && timeout 200 python3 -m pytest -q -p no:cacheprovider -rs \
+  test_varlen.py test_compact_mask.py test_key_blocks.py > "$OUT/pytest_$C.log" 2>&1)
+echo "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"
+timeout 300 python3 bench/gpu/bench_varlen.py --lib "$B/libsparge_c.so" --commit "$C" \
+  --out-dir "$OUT" > "$OUT/varlen_$C.log" 2>&1
+echo "varlen bench rc=$?"; tail -12 "$OUT/varlen_$C.log"
