@@ -496,9 +496,11 @@ class patch_sdpa:
         def multi_head_attention_forward(*args, **kwargs):
             # MultiheadAttention passes need_weights by keyword; its default is True.
             if kwargs.get("need_weights", True):
-                router.fall_back("nn.MultiheadAttention with need_weights=True (Sparge returns "
-                                 "no attention weights; call it with need_weights=False)",
-                                 stacklevel=3)
+                reason = ("nn.MultiheadAttention with need_weights=True (Sparge returns no "
+                          "attention weights; call it with need_weights=False)")
+                router.fall_back(reason, stacklevel=3)
+                if router.on_call is not None:
+                    router.on_call(_mha_call_info(reason, args, kwargs))
             return torch_mha(*args, **kwargs)
 
         self._saved.append((F.scaled_dot_product_attention, F.multi_head_attention_forward,
@@ -516,6 +518,18 @@ class patch_sdpa:
         F.multi_head_attention_forward = mha_fn
         _mha_fast_path(fast_path)
         return False
+
+
+def _mha_call_info(reason: str, args, kwargs) -> CallInfo:
+    """The CallInfo of an F.multi_head_attention_forward call PyTorch serves: query [L, N, E]
+    or [L, E], key [S, N, E] or [S, E], num_heads (sequence-first, as the function takes them)."""
+    names = ("query", "key", "value", "embed_dim_to_check", "num_heads")
+    given = dict(zip(names, args), **{n: kwargs[n] for n in names if n in kwargs})
+    query, key, heads = given["query"], given["key"], int(given["num_heads"])
+    batch = query.shape[1] if query.dim() == 3 else 1
+    return CallInfo("sdpa", reason, batch, heads, heads, query.shape[0], key.shape[0],
+                    query.shape[-1] // heads, query.dtype, query.device,
+                    bool(kwargs.get("is_causal", False)))
 
 
 def _mha_fast_path(enabled: Optional[bool]) -> bool:

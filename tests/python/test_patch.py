@@ -230,13 +230,18 @@ def test_multihead_attention_fast_path_goes_through_the_patch():
     with torch.no_grad():
         expected, _ = mha(x, x, x, need_weights=False)
         fast_path = torch.backends.mha.get_fastpath_enabled()
-        with sparge.patch_sdpa(**dense_options()) as patch:
+        calls = []
+        with sparge.patch_sdpa(on_call=calls.append, **dense_options()) as patch:
             got, _ = mha(x, x, x, need_weights=False)
             with pytest.warns(sparge.SpargeFallbackWarning, match="need_weights=True"):
                 _, weights = mha(x, x, x)
         assert torch.backends.mha.get_fastpath_enabled() == fast_path  # restored
     assert patch.sparge_calls == 1 and weights.shape == (2, 300, 300)
     assert_close(got, expected, atol=1e-5)
+    # The hook saw both: Sparge's call, and the one PyTorch served for the weights.
+    assert [(c.impl, c.batch, c.heads_q, c.seq_q, c.seq_k, c.head_dim) for c in calls] == \
+        [("sparge", 2, 4, 300, 300, 16), ("sdpa", 2, 4, 300, 300, 16)]
+    assert "need_weights=True" in calls[1].reason
 
 
 def test_import_sparge_makes_workloads_available():
