@@ -160,7 +160,7 @@ int sparge_block_sparse_attention_masked(const sparge_tensor* q, const sparge_te
 
 /* sparge::KeyBlocks: Stage 1's key side kept beside a KV cache for decode and chunked prefill
  * (the key mean, and per key block of block_k rows its pooled row and self-similarity). Caller
- * memory on k's device, double: pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks],
+ * memory on k's device, double: pooled [B, Hkv, D, max_blocks], sim [B, Hkv, max_blocks],
  * mean [B, Hkv, D]. sparge_build_key_blocks fills them from all of k (taking the mean);
  * sparge_append_key_blocks extends them after the cache grew (reads the new keys and the last
  * incomplete block only). Both set `tokens`. CPU tensors only for now. */

@@ -209,9 +209,10 @@ struct Stage1Stats {
 // on it; a later build_key_blocks takes the current one). A sparse_attention call given it reads
 // no key in Stage 1, whose cost then no longer grows with the cache's length times head_dim.
 // Memory is the caller's, on the keys' device, in double (Stage 1's precision); `tokens` is set
-// by build / append.
+// by build / append. The pooled rows are stored transposed, channel-major, as Stage 1's score
+// kernels read them (along the key blocks).
 struct KeyBlocks {
-  double* pooled = nullptr;  // [batch, heads_kv, max_blocks, head_dim]
+  double* pooled = nullptr;  // [batch, heads_kv, head_dim, max_blocks]
   double* sim = nullptr;     // [batch, heads_kv, max_blocks]
   double* mean = nullptr;    // [batch, heads_kv, head_dim]
   Device device = Device::kCPU;

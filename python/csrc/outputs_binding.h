@@ -61,7 +61,7 @@ inline sparge::BlockMask mask_view(const at::Tensor& counts, const at::Tensor& i
   return m;
 }
 
-// A KeyBlocks view of the (pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks], mean
+// A KeyBlocks view of the (pooled [B, Hkv, D, max_blocks], sim [B, Hkv, max_blocks], mean
 // [B, Hkv, D]) float64 tensors of sparge.KeyBlocks; the C++ validation checks them against k.
 inline sparge::KeyBlocks key_blocks_view(const at::Tensor& pooled, const at::Tensor& sim,
                                          const at::Tensor& mean, int64_t block_k,
@@ -78,19 +78,20 @@ inline sparge::KeyBlocks key_blocks_view(const at::Tensor& pooled, const at::Ten
     TORCH_CHECK_VALUE(t.device() == k.device(), names[i], " must be on k's device (", k.device(),
                       "), got ", t.device());
   }
-  TORCH_CHECK_VALUE(sim.sizes() == pooled.sizes().slice(0, 3) &&
-                        mean.sizes() == at::IntArrayRef({pooled.size(0), pooled.size(1),
-                                                         pooled.size(3)}),
+  TORCH_CHECK_VALUE(sim.sizes() == at::IntArrayRef({pooled.size(0), pooled.size(1),
+                                                    pooled.size(3)}) &&
+                        mean.sizes() == pooled.sizes().slice(0, 3),
                     "key_blocks.sim and .mean must be [B, Hkv, max_blocks] and [B, Hkv, D] for "
-                    "pooled ", pooled.sizes(), ", got ", sim.sizes(), " and ", mean.sizes());
+                    "pooled [B, Hkv, D, max_blocks] ", pooled.sizes(), ", got ", sim.sizes(),
+                    " and ", mean.sizes());
   sparge::KeyBlocks kb;
   kb.pooled = pooled.data_ptr<double>();
   kb.sim = sim.data_ptr<double>();
   kb.mean = mean.data_ptr<double>();
   kb.device = k.is_cuda() ? sparge::Device::kCUDA : sparge::Device::kCPU;
   kb.device_index = k.is_cuda() ? k.device().index() : 0;
-  kb.batch = pooled.size(0), kb.heads_kv = pooled.size(1), kb.max_blocks = pooled.size(2);
-  kb.head_dim = pooled.size(3);
+  kb.batch = pooled.size(0), kb.heads_kv = pooled.size(1), kb.head_dim = pooled.size(2);
+  kb.max_blocks = pooled.size(3);
   kb.block_k = static_cast<int>(block_k);
   kb.tokens = tokens;
   return kb;

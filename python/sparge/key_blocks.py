@@ -25,9 +25,10 @@ from .ops import _check_tensor, _to_hnd
 
 
 class KeyBlocks:
-    """Tensors pooled [B, Hkv, max_blocks, D], sim [B, Hkv, max_blocks], mean [B, Hkv, D]
-    (float64, on the keys' device), `block_k`, and `tokens`: how many leading keys of the cache
-    they cover. Make them with `KeyBlocks.build`."""
+    """Tensors pooled [B, Hkv, D, max_blocks] (channel-major, as Stage 1's score kernels read
+    them), sim [B, Hkv, max_blocks], mean [B, Hkv, D] (float64, on the keys' device), `block_k`,
+    and `tokens`: how many leading keys of the cache they cover. Make them with
+    `KeyBlocks.build`."""
 
     def __init__(self, batch: int, heads_kv: int, head_dim: int, max_tokens: int, *,
                  block_k: int = _options.DEFAULTS["block_k"], device="cpu"):
@@ -37,7 +38,7 @@ class KeyBlocks:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         max_blocks = -(-max_tokens // block_k)
         f64 = dict(dtype=torch.float64, device=device)
-        self.pooled = torch.zeros((batch, heads_kv, max_blocks, head_dim), **f64)
+        self.pooled = torch.zeros((batch, heads_kv, head_dim, max_blocks), **f64)
         self.sim = torch.zeros((batch, heads_kv, max_blocks), **f64)
         self.mean = torch.zeros((batch, heads_kv, head_dim), **f64)
         self.block_k = block_k
@@ -46,7 +47,7 @@ class KeyBlocks:
     @property
     def max_tokens(self) -> int:
         """The most keys these blocks can cover (whole blocks)."""
-        return self.pooled.shape[2] * self.block_k
+        return self.pooled.shape[3] * self.block_k
 
     @classmethod
     def build(cls, k: torch.Tensor, *, max_tokens: Optional[int] = None,
@@ -76,7 +77,7 @@ class KeyBlocks:
         self.tokens = kh.shape[2]
 
     def __repr__(self) -> str:
-        b, h, _, d = self.pooled.shape
+        b, h, d, _ = self.pooled.shape
         return (f"KeyBlocks(batch={b}, heads_kv={h}, head_dim={d}, tokens={self.tokens}, "
                 f"max_tokens={self.max_tokens}, block_k={self.block_k}, "
                 f"device={self.pooled.device})")

@@ -17,13 +17,13 @@ std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h, int64_t 
 }
 
 void pool_blocks(const TensorView& t, int64_t b, int64_t h, int block, const double* shift,
-                 int64_t first_block, int64_t end_block, double* pooled_out, double* sim) {
+                 int64_t first_block, int64_t end_block, double* pooled_out,
+                 int64_t block_stride, int64_t dim_stride, double* sim) {
   const int64_t D = t.head_dim;
-  std::vector<double> row(D), unit_sum(D);
+  std::vector<double> row(D), unit_sum(D), pooled(D);
   for (int64_t blk = first_block; blk < end_block; ++blk) {
     const int64_t first = blk * block, n = std::min<int64_t>(block, t.tokens - first);
-    double* pooled = &pooled_out[blk * D];
-    std::fill(pooled, pooled + D, 0.0);
+    std::fill(pooled.begin(), pooled.end(), 0.0);
     std::fill(unit_sum.begin(), unit_sum.end(), 0.0);
     for (int64_t r = first; r < first + n; ++r) {
       double norm2 = 0.0;
@@ -38,7 +38,7 @@ void pool_blocks(const TensorView& t, int64_t b, int64_t h, int block, const dou
     }
     double sum2 = 0.0;
     for (int64_t d = 0; d < D; ++d) {
-      pooled[d] /= static_cast<double>(n);
+      pooled_out[blk * block_stride + d * dim_stride] = pooled[d] / static_cast<double>(n);
       sum2 += unit_sum[d] * unit_sum[d];
     }
     sim[blk] = sum2 / (static_cast<double>(n) * static_cast<double>(n));

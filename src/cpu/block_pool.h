@@ -16,8 +16,11 @@ std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h, int64_t 
 
 // Blocks [first_block, end_block) of `block` rows of (b, h) of t (t.tokens rows in all; a tail
 // block is pooled over its valid rows only). `shift` (D values, per channel) is subtracted from
-// every row first when non-null. Writes pooled[blk * D + d] and sim[blk] for each such block.
+// every row first when non-null. Writes pooled[blk * block_stride + d * dim_stride] (row-major
+// [blocks, D] is (D, 1); KeyBlocks' channel-major [D, max_blocks] is (1, max_blocks)) and
+// sim[blk] for each such block; the values do not depend on the strides.
 void pool_blocks(const TensorView& t, int64_t b, int64_t h, int block, const double* shift,
-                 int64_t first_block, int64_t end_block, double* pooled, double* sim);
+                 int64_t first_block, int64_t end_block, double* pooled, int64_t block_stride,
+                 int64_t dim_stride, double* sim);
 
 }  // namespace sparge::cpu

@@ -21,8 +21,10 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* blocks, int64_t first_b
       const std::vector<double> m = key_mean(k, b, h, k.tokens);
       std::copy(m.begin(), m.end(), mean);
     }
+    // Channel-major, as KeyBlocks stores them: [D, max_blocks] per (batch, kv head).
     pool_blocks(k, b, h, blocks->block_k, mean, first_block, end_block,
-                blocks->pooled + bh * blocks->max_blocks * D, blocks->sim + bh * blocks->max_blocks);
+                blocks->pooled + bh * D * blocks->max_blocks, 1, blocks->max_blocks,
+                blocks->sim + bh * blocks->max_blocks);
   }
   blocks->tokens = k.tokens;
   return Status::ok();

@@ -36,14 +36,15 @@ BlockStats block_stats(const TensorView& t, int64_t b, int64_t h, int block,
   const int64_t D = t.head_dim, num_blocks = detail::ceil_div(t.tokens, block);
   BlockStats s{std::vector<double>(num_blocks * D), std::vector<double>(num_blocks)};
   pool_blocks(t, b, h, block, shift.empty() ? nullptr : shift.data(), 0, num_blocks,
-              s.pooled.data(), s.sim.data());
+              s.pooled.data(), D, 1, s.sim.data());
   return s;
 }
 
 // The key side of Stage 1 for one (batch, kv head): computed from k, or read from the caller's
 // key blocks (KeyBlocks, kept beside a KV cache), which hold the same values.
 struct KeyStats {
-  const double* pooled;  // [num_k_blocks, D]
+  const double* pooled;  // block j, channel d at pooled[j * block_stride + d * dim_stride]
+  int64_t block_stride, dim_stride;
   const double* sim;     // [num_k_blocks]
 };
 
@@ -114,7 +115,8 @@ std::vector<double> pooled_weights(const double* pooled_q, const KeyStats& ks,
   double max_score = -INFINITY;
   for (int64_t j : cols) {
     double dot = 0.0;
-    for (int64_t d = 0; d < D; ++d) dot += pooled_q[d] * ks.pooled[j * D + d];
+    for (int64_t d = 0; d < D; ++d)
+      dot += pooled_q[d] * ks.pooled[j * ks.block_stride + d * ks.dim_stride];
     weight[j] = scale * dot;
     max_score = std::max(max_score, weight[j]);
   }
@@ -272,12 +274,13 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_kv; ++bh) {
     if (const KeyBlocks* kb = p.key_blocks) {  // the cache's blocks: k is not read
-      key_stats[bh] = {kb->pooled + bh * kb->max_blocks * D, kb->sim + bh * kb->max_blocks};
+      key_stats[bh] = {kb->pooled + bh * D * kb->max_blocks, 1, kb->max_blocks,
+                       kb->sim + bh * kb->max_blocks};
       continue;
     }
     const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
     key_store[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h, p.k.tokens));
-    key_stats[bh] = {key_store[bh].pooled.data(), key_store[bh].sim.data()};
+    key_stats[bh] = {key_store[bh].pooled.data(), D, 1, key_store[bh].sim.data()};
   }
 
 #pragma omp parallel for schedule(dynamic)

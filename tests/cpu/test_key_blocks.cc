@@ -192,13 +192,18 @@ TEST(KeyBlocks, AppendsReadOnlyNewRowsAndAnySplitGivesTheSameBlocks) {
   EXPECT_EQ(steps.sim, once.sim);
   EXPECT_EQ(steps.mean, at_300.mean);  // the mean stays build's
   EXPECT_EQ(once.mean, at_300.mean);
-  // The complete blocks before 300 (4 of 64 rows) are untouched; the rest were filled.
-  const int64_t per_head = once.view().max_blocks * Cache::D;
-  for (int64_t bh = 0; bh < Cache::B * Cache::Hkv; ++bh) {
-    for (int64_t i = 0; i < 4 * Cache::D; ++i)
-      EXPECT_EQ(once.pooled[bh * per_head + i], at_300.pooled[bh * per_head + i]);
-    EXPECT_NE(once.pooled[bh * per_head + 15 * Cache::D], 0.0);
-  }
+  // The complete blocks before 300 (4 of 64 rows) are untouched; the rest were filled. Pooled
+  // rows are channel-major: block j, channel d of (b, h) at [(bh * D + d) * max_blocks + j].
+  const int64_t nb = once.view().max_blocks;
+  const auto at = [&](const HostKeyBlocks& kb, int64_t bh, int64_t d, int64_t j) {
+    return kb.pooled[(bh * Cache::D + d) * nb + j];
+  };
+  for (int64_t bh = 0; bh < Cache::B * Cache::Hkv; ++bh)
+    for (int64_t d = 0; d < Cache::D; ++d) {
+      for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(at(once, bh, d, j), at(at_300, bh, d, j));
+      EXPECT_EQ(at(at_300, bh, d, 15), 0.0);  // not covered at 300 keys
+      EXPECT_NE(at(once, bh, d, 15), 0.0);
+    }
 
   // Appends read no row before the last incomplete block: rows 0-255 poisoned with NaN now
   // leave the blocks as they were (block 4, rows 256-299, is pooled again and stays finite).

@@ -42,6 +42,12 @@ def test_built_on_all_keys_equals_the_call_without(backend, nq):
     q = queries(nq, 10 + nq)
     blocks = sparge.KeyBlocks.build(k)
     assert blocks.tokens == 1000 and blocks.max_tokens == 1024
+    # What they hold: k's mean, and channel-major the pooled rows of the smoothed key blocks.
+    assert blocks.pooled.shape == (2, 2, 32, 16) and blocks.sim.shape == (2, 2, 16)
+    torch.testing.assert_close(blocks.mean, k.double().mean(2), atol=1e-12, rtol=0)
+    for j in (0, 7, 15):  # 15: the tail block of 40 keys
+        rows = k[:, :, 64 * j:64 * (j + 1)].double() - blocks.mean[:, :, None]
+        torch.testing.assert_close(blocks.pooled[..., j], rows.mean(2), atol=1e-12, rtol=0)
     want, want_stats = sparge.attention(q, k, v, backend=backend, return_stats=True, **OPTIONS)
     got, stats = sparge.attention(q, k, v, key_blocks=blocks, backend=backend,
                                   return_stats=True, **OPTIONS)

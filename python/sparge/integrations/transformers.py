@@ -233,7 +233,7 @@ def _decode_key_blocks(module, key, block_k: int):
     kb = getattr(module, "_sparge_key_blocks", None)
     stale = (kb is None or kb.block_k != block_k or kb.pooled.device != key.device
              or tuple(kb.pooled.shape[:2]) != tuple(key.shape[:2])
-             or kb.pooled.shape[3] != key.shape[3] or not kb.tokens <= n <= kb.max_tokens
+             or kb.pooled.shape[2] != key.shape[3] or not kb.tokens <= n <= kb.max_tokens
              or n >= 2 * kb.built_at
              or not torch.equal(key[:, :, kb.tokens - 1], kb.last_key))
     if stale:
