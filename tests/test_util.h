@@ -91,6 +91,12 @@ struct HostTensor {
   }
 };
 
+// The first n tokens of a view (a KV cache's filled part).
+inline TensorView first_tokens(TensorView t, int64_t n) {
+  t.tokens = n;
+  return t;
+}
+
 // A compact mask's copy whose rows own `spare` extra slots of `junk` after their kept blocks
 // (Stage 1 writes such masks when it sizes rows by a bound; readers must not touch the junk).
 inline HostBlockMask with_spare_slots(const HostBlockMask& compact, int64_t spare,

@@ -2,8 +2,9 @@
 # Device check of what landed without a GPU (stop 25): in one call, with binaries built here
 # (carry .devdeps and the packed bins, as bench/gpu/fused_stage1_check.sh):
 #   1. the C++ GPU tests, all of them, and under memcheck the new ones: compact masks read by
-#      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1, which
-#      the test sets) and the varlen CUDA path;
+#      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1) and key
+#      blocks built and read by Stage 1's kernels (CudaKeyBlocks.*, behind
+#      SPARGE_CUDA_KEY_BLOCKS=1); the tests set the switches;
 #   2. the Python CUDA tests of varlen, compact masks and key blocks (pip install of the package
 #      on the device, as tests/python/run_device.sh does);
 #   3. issue 14's varlen target, {1K, 7K, 33K, 100K} packed vs separate calls vs one call of the
@@ -11,16 +12,16 @@
 # Usage (repo root, GPU machine): bash bench/gpu/pending_check.sh <commit> <dir with
 #   libsparge_c.so and sparge_gpu_tests>  -> $OUT/{gpu_tests,memcheck,pytest,varlen}_<commit>.log
 #   and the varlen record's .jsonl.
-# If CudaCompactMask passes (bit-equal output, lse and λ counters on every kernel), the next step
-# is to drop the switch (cuda_compact_unsupported in src/common/dispatch.cc) for Stage 2.
+# If CudaCompactMask / CudaKeyBlocks pass (bit-equal outputs and masks), the next step is to drop
+# their switches (cuda_compact_unsupported, cuda_key_blocks_unsupported in src/common/dispatch.cc).
 set -uo pipefail
 C=${1:?commit}; B=${2:?binary dir}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
 timeout 200 "$B/sparge_gpu_tests" > "$OUT/gpu_tests_$C.log" 2>&1
 echo "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
-grep -E 'CudaCompactMask|\[ info \]' "$OUT/gpu_tests_$C.log" | head -12
+grep -E 'CudaCompactMask|CudaKeyBlocks|\[ info \]' "$OUT/gpu_tests_$C.log" | head -16
 timeout 150 compute-sanitizer --tool memcheck "$B/sparge_gpu_tests" \
-  --gtest_filter='CudaCompactMask.*:*Varlen*' > "$OUT/memcheck_$C.log" 2>&1
+  --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*' > "$OUT/memcheck_$C.log" 2>&1
 echo "memcheck rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1
 rm -rf python/build

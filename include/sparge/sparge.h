@@ -115,8 +115,10 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const BlockMask* mask_out = nullptr);
 // Fills `blocks` from all of k's tokens: the smoothing mean (per batch entry and kv head), then
 // every block's pooled row and similarity; blocks->tokens = k.tokens. Capacity: k.tokens <=
-// max_blocks * block_k.
+// max_blocks * block_k. On CUDA (behind SPARGE_CUDA_KEY_BLOCKS=1, not yet run on a GPU)
+// ctx.workspace must hold key_blocks_workspace_size(k) bytes (0 on the CPU).
 Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
+std::size_t key_blocks_workspace_size(const TensorView& k);
 // Extends `blocks` to k's tokens after the cache grew (k.tokens >= blocks->tokens; the first
 // blocks->tokens rows must be those the blocks were made from): reads the new rows and those of
 // the last incomplete block only, with the mean build_key_blocks took.

@@ -14,7 +14,8 @@ prefill"):
 
 Right after `build` the call equals the call without key blocks bit for bit; after appends the
 blocks keep build's mean (rebuild to take the current one). Pooled estimate only; CPU tensors
-only for now (cuda raises NotImplementedError).
+only for now (cuda raises NotImplementedError; SPARGE_CUDA_KEY_BLOCKS=1 opts in to the CUDA path,
+not yet run on a GPU).
 """
 from typing import Optional
 

@@ -95,6 +95,13 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse,
                       const ExecContext& ctx);
+// Key blocks (KeyBlocks, device memory) of blocks [first_block, ceil(k.tokens / block_k)) of
+// k with Stage 1's kernels; with `new_mean` the mean over all of k first, in a scratch of
+// key_blocks_workspace_size bytes from ctx.workspace. Sets kb->tokens = k.tokens.
+Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block, bool new_mean,
+                         const ExecContext& ctx);
+std::size_t key_blocks_workspace_size(int64_t batch, int64_t heads_kv, int64_t tokens,
+                                      int64_t head_dim);
 
 // The quantized mode's inputs on the device (issue 10; not public yet: the quantized Hopper
 // kernel that reads them is still to come). Caller-allocated, element counts from

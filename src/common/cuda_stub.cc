@@ -32,6 +32,10 @@ Status permute_tokens(const TensorView&, const TensorView&, const int64_t*, int6
                       bool, const ExecContext&) {
   return not_built();
 }
+Status update_key_blocks(const TensorView&, KeyBlocks*, int64_t, bool, const ExecContext&) {
+  return not_built();
+}
+std::size_t key_blocks_workspace_size(int64_t, int64_t, int64_t, int64_t) { return 0; }
 std::size_t quantize_workspace_size(const ProblemShape&) { return 0; }
 Status quantize_inputs(const detail::Problem&, const QuantizedBuffers&,
                        const detail::QuantGranularity&, const ExecContext&) {

@@ -107,8 +107,12 @@ Status cuda_compact_unsupported(const BlockMask& mask, bool read_by_stage2) {
       "and indices [B, H, nq, nk], row_offsets null); pass a padded mask, or run on cpu tensors");
 }
 
-// Key blocks are built and read on the CPU only so far (CUDA Stage 1 pools k itself).
+// Key blocks on CUDA (built, appended and read by Stage 1's own kernels) run only behind
+// SPARGE_CUDA_KEY_BLOCKS=1 until a device run has checked them (tests/cuda/test_key_blocks.cc
+// sets it); without it the CUDA backend refuses them.
 Status cuda_key_blocks_unsupported() {
+  const char* opt_in = std::getenv("SPARGE_CUDA_KEY_BLOCKS");
+  if (opt_in != nullptr && std::string(opt_in) == "1") return Status::ok();
   return Status::unsupported(
       "key_blocks: the CUDA backend does not take key blocks yet (its Stage 1 pools k); call "
       "sparse_attention without them on cuda tensors, or run on cpu tensors");
@@ -285,7 +289,7 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
     if (mask_out)
       SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(*mask_out, /*read_by_stage2=*/false));
-    if (key_blocks) return cuda_key_blocks_unsupported();
+    if (key_blocks) SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
   }
 
   if (backend != Backend::kCuda) {
@@ -328,7 +332,8 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage
   rest.workspace = base + layout.stage1;
   rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
-  const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
+  detail::Problem p = make_problem(q, k, v, opts, attn_mask);
+  p.key_blocks = key_blocks;
   return cuda::sparse_attention(p, mask, o, extras, rest);
 }
 
@@ -357,12 +362,21 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
   return run_sparse_attention(q, k, v, attn_mask, &key_blocks, opts, o, extras, ctx, mask_out);
 }
 
+std::size_t key_blocks_workspace_size(const TensorView& k) {
+  if (k.device != Device::kCUDA || k.batch < 1 || k.heads < 1 || k.tokens < 1 || k.head_dim < 1)
+    return 0;
+  return cuda::key_blocks_workspace_size(k.batch, k.heads, k.tokens, k.head_dim);
+}
+
 Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
   if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
   SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
-  if (backend == Backend::kCuda) return cuda_key_blocks_unsupported();
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    return cuda::update_key_blocks(k, blocks, 0, /*new_mean=*/true, ctx);
+  }
   return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/true);
 }
 
@@ -374,9 +388,13 @@ Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecConte
                            "which also takes the smoothing mean");
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
-  if (backend == Backend::kCuda) return cuda_key_blocks_unsupported();
   // The last incomplete block gains rows: it is pooled again from its first row.
-  return cpu::update_key_blocks(k, blocks, blocks->tokens / blocks->block_k, /*new_mean=*/false);
+  const int64_t first_block = blocks->tokens / blocks->block_k;
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    return cuda::update_key_blocks(k, blocks, first_block, /*new_mean=*/false, ctx);
+  }
+  return cpu::update_key_blocks(k, blocks, first_block, /*new_mean=*/false);
 }
 
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,

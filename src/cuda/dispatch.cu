@@ -621,6 +621,22 @@ Status check_attention(const detail::Problem& p, const BlockMask& mask) {
   return check_device(p.q.device_index);
 }
 
+// Stage 1's key side from the caller's key blocks (KeyBlocks, channel-major [D, max_blocks] per
+// kv head) into the workspace's pooled_kt [D, nk] and sim_k [nk]: two pitched copies of the
+// first nk blocks; the launcher then skips the key mean and the key pooling.
+Status copy_key_blocks(const KeyBlocks& kb, PredictParams* s, cudaStream_t stream) {
+  const std::size_t nk = std::size_t(s->num_k_blocks), pitch = sizeof(double) * kb.max_blocks;
+  const std::size_t bhk = std::size_t(s->batch) * s->heads_kv;
+  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->pooled_kt, sizeof(double) * nk, kb.pooled, pitch,
+                                      sizeof(double) * nk, bhk * s->head_dim,
+                                      cudaMemcpyDeviceToDevice, stream));
+  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->sim_k, sizeof(double) * nk, kb.sim, pitch,
+                                      sizeof(double) * nk, bhk, cudaMemcpyDeviceToDevice,
+                                      stream));
+  s->keys_given = true;
+  return Status::ok();
+}
+
 // What predict_block_mask() refuses before anything runs, the workspace aside.
 Status check_predict(const detail::Problem& p, const BlockMask& mask) {
   SPARGE_RETURN_IF_ERROR(check_dtype(p.q.dtype, "q.dtype"));
@@ -648,6 +664,7 @@ Status check_predict(const detail::Problem& p, const BlockMask& mask) {
 // and Stage 1 pools at all (it does not when the selection keeps every tile).
 bool fuses_stage1(const detail::Problem& p, const BlockMask& mask, const Stage1Stats& stats) {
   if (p.opts.quant == QuantMode::kNone || detail::selection_keeps_every_tile(p, stats)) return false;
+  if (p.key_blocks != nullptr) return false;  // Stage 1 pools no key: nothing to fuse for k
   Kernel kernel = Kernel::kSm80;
   std::string why;
   if (!choose_kernel(p.q.device_index, &kernel, &why).is_ok()) return false;
@@ -674,8 +691,61 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const
   SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
   const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
-  const PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
-  return predict_by_dtype(s, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+  PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (p.key_blocks != nullptr && !s.keep_every_tile)
+    SPARGE_RETURN_IF_ERROR(copy_key_blocks(*p.key_blocks, &s, stream));
+  return predict_by_dtype(s, p.q.dtype, stream);
+}
+
+std::size_t key_blocks_workspace_size(int64_t batch, int64_t heads_kv, int64_t tokens,
+                                      int64_t head_dim) {
+  const int64_t chunks = (tokens + kKeyMeanChunk - 1) / kKeyMeanChunk;
+  return std::size_t(batch * heads_kv * chunks * head_dim) * sizeof(double);
+}
+
+Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block, bool new_mean,
+                         const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_dtype(k.dtype, "k.dtype"));
+  SPARGE_RETURN_IF_ERROR(check_device(k.device_index));
+  if (k.head_dim > 256)
+    return Status::unsupported(cat("key blocks on cuda take head_dim <= 256, got ", k.head_dim));
+  if (k.tokens > INT32_MAX || kb->max_blocks > INT32_MAX)
+    return Status::unsupported(cat("key blocks on cuda take at most 2^31 - 1 keys and blocks, "
+                                   "got ", k.tokens, " keys"));
+  PredictParams s{};
+  s.k = k.data;
+  set_strides(s.k_stride, k);
+  s.batch = int(k.batch);
+  s.heads_kv = s.heads_q = int(k.heads);
+  s.group = 1;
+  s.seq_k = int(k.tokens);
+  s.head_dim = int(k.head_dim);
+  s.block_k = kb->block_k;
+  s.num_k_blocks = int(kb->max_blocks);  // the arrays' stride in blocks
+  s.km = kb->mean;
+  s.pooled_kt = kb->pooled;
+  s.sim_k = kb->sim;
+  s.key_block_first = int(first_block);
+  if (new_mean) {
+    const std::size_t bytes = key_blocks_workspace_size(k.batch, k.heads, k.tokens, k.head_dim);
+    SPARGE_RETURN_IF_ERROR(check_workspace(ctx, bytes, "build_key_blocks on cuda "
+                                                       "(key_blocks_workspace_size())"));
+    s.km_partial = static_cast<double*>(ctx.workspace);
+  }
+  const int end_block = int((k.tokens + kb->block_k - 1) / kb->block_k);
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  switch (k.dtype) {
+    case DType::kBFloat16:
+      SPARGE_RETURN_IF_ERROR(launch_key_blocks<__nv_bfloat16>(s, new_mean, end_block, stream));
+      break;
+    case DType::kFloat16:
+      SPARGE_RETURN_IF_ERROR(launch_key_blocks<__half>(s, new_mean, end_block, stream));
+      break;
+    default: return Status::invalid("k.dtype must be float16 or bfloat16 on cuda");
+  }
+  kb->tokens = k.tokens;
+  return Status::ok();
 }
 
 // Stage 1 then attention; quantized calls that can read q and k once for both (fuses_stage1)

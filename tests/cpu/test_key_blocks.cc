@@ -52,16 +52,8 @@ struct Cache {
   HostTensor v = HostTensor::make(gaussian(B * Hkv * kCapacity * D, 6), B, Hkv, kCapacity, D,
                                   DType::kBFloat16, Layout::kNHD);
   // The cache's first `tokens` rows (a view of the whole allocation).
-  TensorView k_at(int64_t tokens) const {
-    TensorView t = k.view;
-    t.tokens = tokens;
-    return t;
-  }
-  TensorView v_at(int64_t tokens) const {
-    TensorView t = v.view;
-    t.tokens = tokens;
-    return t;
-  }
+  TensorView k_at(int64_t n) const { return test::first_tokens(k.view, n); }
+  TensorView v_at(int64_t n) const { return test::first_tokens(v.view, n); }
   HostKeyBlocks blocks() const { return HostKeyBlocks(B, Hkv, D, kCapacity, 64); }
 };
 

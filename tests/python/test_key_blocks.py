@@ -150,3 +150,15 @@ def test_cuda_says_it_does_not_take_key_blocks_yet():
     q, k, v = make_qkv(heads_q=2, seq_q=4, seq_k=300, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(NotImplementedError, match="key_blocks"):
         sparge.KeyBlocks.build(k)
+
+
+@requires_cuda
+def test_cuda_key_blocks_behind_the_switch_equal_the_plain_call(monkeypatch):
+    monkeypatch.setenv("SPARGE_CUDA_KEY_BLOCKS", "1")  # not yet checked on a GPU otherwise
+    k, v = (t.cuda() for t in cache())
+    blocks = sparge.KeyBlocks.build(k)
+    assert blocks.pooled.is_cuda and blocks.tokens == 1000
+    for n in (1, 37):
+        q = queries(n, 20 + n).cuda()
+        want = sparge.attention(q, k, v, **OPTIONS)
+        assert torch.equal(sparge.attention(q, k, v, key_blocks=blocks, **OPTIONS), want)

@@ -46,6 +46,12 @@ struct PredictParams {
   // km, pooled_q, sim_q, pooled_kt and sim_k are already written (the quantization pass pooled
   // the blocks while it read q and k: quantize/pool_tile.cuh); the launcher starts at the scores.
   bool pooled_by_pass;
+  // Key blocks kept beside a KV cache (KeyBlocks) hold Stage 1's key side: pooled_kt and sim_k
+  // are copied from them before the launch, and the launcher skips the key mean and pooling.
+  bool keys_given;
+  // pool_blocks<k> pools key blocks key_block_first + blockIdx.x (append_key_blocks starts at
+  // the last incomplete block); 0 in Stage 1.
+  int key_block_first;
   bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
   int sample_rows;
   bool attention_sink;
@@ -136,6 +142,12 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
 // Explicitly instantiated for __half and __nv_bfloat16 in predict.cu.
 template <typename T>
 Status launch_predict(const PredictParams& params, cudaStream_t stream);
+// Key blocks of a KV cache (KeyBlocks, whose arrays params' km, pooled_kt and sim_k point at,
+// num_k_blocks their capacity in blocks): with `new_mean` the key mean over all seq_k keys
+// first (km_partial is scratch), then blocks [key_block_first, end_block) pooled with it.
+template <typename T>
+Status launch_key_blocks(const PredictParams& params, bool new_mean, int end_block,
+                         cudaStream_t stream);
 
 // Largest key-block count one CTA of the selection kernel can sort in shared memory.
 int max_sortable_key_blocks();

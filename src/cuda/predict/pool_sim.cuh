@@ -117,7 +117,8 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
   const int block_rows = kIsKey ? p.block_k : p.block_q;
   const int seq = kIsKey ? p.seq_k : p.seq_q;
   const int nblocks = kIsKey ? p.num_k_blocks : p.num_q_blocks;
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / heads, h = bh % heads;
+  const int blk = blockIdx.x + (kIsKey ? p.key_block_first : 0), bh = blockIdx.y;
+  const int b = bh / heads, h = bh % heads;
   const int64_t* stride = kIsKey ? p.k_stride : p.q_stride;
   const int D = p.head_dim, lanes = lanes_per_row(D), rows_per_warp = 32 / lanes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

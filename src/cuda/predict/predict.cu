@@ -105,14 +105,18 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 
   if (!p.pooled_by_pass) {
-    key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
-    SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
-    key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
-    SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
+    if (!p.keys_given) {
+      key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
+      SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
+      key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
+      SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
+    }
     pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
-    pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
-    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
+    if (!p.keys_given) {
+      pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
+      SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
+    }
   }
   if (p.error_target) {
     // error_target_sample writes the weights (launched with error_target_rows, below).
@@ -146,5 +150,28 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
 
 template Status launch_predict<__half>(const PredictParams&, cudaStream_t);
 template Status launch_predict<__nv_bfloat16>(const PredictParams&, cudaStream_t);
+
+// The kernels of Stage 1's key side, writing into the caller's KeyBlocks: the same code, so the
+// blocks hold the bits Stage 1 would compute from k with the same mean.
+template <typename T>
+Status launch_key_blocks(const PredictParams& p, bool new_mean, int end_block,
+                         cudaStream_t stream) {
+  const int bhk = p.batch * p.heads_kv;
+  if (new_mean) {
+    const int chunks = (p.seq_k + kKeyMeanChunk - 1) / kKeyMeanChunk;
+    key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
+    key_mean_finalize<<<bhk, std::min(256, (p.head_dim + 31) / 32 * 32), 0, stream>>>(p, chunks);
+    SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
+  }
+  if (end_block > p.key_block_first) {
+    pool_blocks<T, true><<<dim3(end_block - p.key_block_first, bhk), kPoolThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(key blocks) launch");
+  }
+  return Status::ok();
+}
+
+template Status launch_key_blocks<__half>(const PredictParams&, bool, int, cudaStream_t);
+template Status launch_key_blocks<__nv_bfloat16>(const PredictParams&, bool, int, cudaStream_t);
 
 }  // namespace sparge::cuda
