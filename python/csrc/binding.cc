@@ -203,16 +203,17 @@ void update_key_blocks(const at::Tensor& k, const at::Tensor& pooled, const at::
   sparge::KeyBlocks kb = key_blocks_view(pooled, sim, mean, block_k, tokens, k);
   sparge::ExecContext ctx;
   c10::OptionalDeviceGuard guard;
-  at::Tensor workspace;  // the key mean's partial sums on cuda (build only)
+  at::Tensor workspace;  // the key mean's partial sums on cuda (build only; 0 bytes on cpu)
   if (k.is_cuda()) {
     guard.reset_device(k.device());
     ctx.stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(k.device())
                      .native_handle();
-    const std::size_t bytes = build ? sparge::key_blocks_workspace_size(kv) : 0;
-    workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))},
+  }
+  if (build && sparge::key_blocks_workspace_size(kv) > 0) {
+    ctx.workspace_bytes = sparge::key_blocks_workspace_size(kv);
+    workspace = at::empty({static_cast<int64_t>(ctx.workspace_bytes)},
                           k.options().dtype(at::kByte));
     ctx.workspace = workspace.data_ptr();
-    ctx.workspace_bytes = bytes;
   }
   throw_if_error(build ? sparge::build_key_blocks(kv, &kb, ctx)
                        : sparge::append_key_blocks(kv, &kb, ctx));

@@ -8,11 +8,11 @@
 
 namespace sparge::cpu {
 
-std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h, int64_t tokens) {
+std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h) {
   std::vector<double> mean(k.head_dim, 0.0);
-  for (int64_t n = 0; n < tokens; ++n)
+  for (int64_t n = 0; n < k.tokens; ++n)
     for (int64_t d = 0; d < k.head_dim; ++d) mean[d] += load_element(k, k.offset(b, h, n, d));
-  for (double& m : mean) m /= static_cast<double>(tokens);
+  for (double& m : mean) m /= static_cast<double>(k.tokens);
   return mean;
 }
 

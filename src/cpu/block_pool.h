@@ -11,8 +11,8 @@
 
 namespace sparge::cpu {
 
-// Per-channel mean of k over its first `tokens` tokens of (b, h): the smoothing shift of Stage 1.
-std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h, int64_t tokens);
+// Per-channel mean of k over all its tokens of (b, h): the smoothing shift of Stage 1.
+std::vector<double> key_mean(const TensorView& k, int64_t b, int64_t h);
 
 // Blocks [first_block, end_block) of `block` rows of (b, h) of t (t.tokens rows in all; a tail
 // block is pooled over its valid rows only). `shift` (D values, per channel) is subtracted from

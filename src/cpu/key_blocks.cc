@@ -18,7 +18,7 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* blocks, int64_t first_b
     const int64_t b = bh / k.heads, h = bh % k.heads;
     double* mean = blocks->mean + bh * D;
     if (new_mean) {
-      const std::vector<double> m = key_mean(k, b, h, k.tokens);
+      const std::vector<double> m = key_mean(k, b, h);
       std::copy(m.begin(), m.end(), mean);
     }
     // Channel-major, as KeyBlocks stores them: [D, max_blocks] per (batch, kv head).

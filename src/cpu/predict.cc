@@ -279,7 +279,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
       continue;
     }
     const int64_t b = bh / s.heads_kv, h = bh % s.heads_kv;
-    key_store[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h, p.k.tokens));
+    key_store[bh] = block_stats(p.k, b, h, o.block_k, key_mean(p.k, b, h));
     key_stats[bh] = {key_store[bh].pooled.data(), D, 1, key_store[bh].sim.data()};
   }
 

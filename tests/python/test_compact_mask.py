@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sparge
-from conftest import CPU_BACKENDS, HAS_CUDA, make_qkv, requires_cuda
+from conftest import CPU_BACKENDS, make_qkv, requires_cuda
 
 OPTIONS = dict(is_causal=True, causal_align="bottom_right", topk=0.4, sim_threshold=-1.0,
                block_q=32, block_k=16)
@@ -117,4 +117,3 @@ def test_cuda_rejects_the_compact_form_by_name():
     assert not torch.isnan(out).any()
     with pytest.raises(NotImplementedError, match="mask.row_offsets"):
         sparge.block_sparse_attention(q, k, v, mask.to_compact())
-    assert HAS_CUDA
