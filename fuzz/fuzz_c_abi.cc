@@ -257,7 +257,7 @@ struct KeyBlocksArg {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
-  const int op = in.ConsumeIntegralInRange(0, 6);
+  const int op = in.ConsumeIntegralInRange(0, 7);
   static const int64_t kHeadDims[] = {1, 3, 8, 16, 17, 32, 63, 64, 65, 128, 256, 257};
   const int64_t batch = in.ConsumeIntegralInRange(1, 2);
   const int64_t heads_kv = in.ConsumeIntegralInRange(1, 4);
@@ -298,7 +298,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   geometry.block_k = opts.o.block_k;
   Mask mask;
   const bool with_mask = in.ConsumeBool();
-  if ((with_mask || op == 1 || op == 2) && !mask.make(in, geometry)) return 0;
+  if ((with_mask || op == 1 || op == 2 || op == 7) && !mask.make(in, geometry)) return 0;
 
   KeyBlocksArg blocks;
   if (op >= 5 && !blocks.make(in, batch, heads_kv, head_dim, seq_k, opts.o.block_k)) return 0;
@@ -335,6 +335,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       sparge_sparse_attention_key_blocks(&q.t, &k.t, &v.t, nullptr, &blocks.kb, &opts.o, &o.t,
                                          lse_ptr, nullptr, 0, nullptr,
                                          with_mask ? &mask.m : nullptr, err_ptr, err_len);
+      break;
+    case 7:  // blocks pooled with the mean they hold, then Stage 1 from them alone
+      if (in.ConsumeBool()) sparge_pool_key_blocks(&k.t, &blocks.kb, nullptr, err_ptr, err_len);
+      sparge_predict_block_mask_key_blocks(&q.t, &k.t, nullptr,
+                                           in.ConsumeIntegralInRange(0, 63) ? &blocks.kb : nullptr,
+                                           &opts.o, &mask.m, nullptr, 0, nullptr, err_ptr, err_len);
       break;
     default: {
       // A field by name (a real one, or any bytes) and any value.

@@ -1,4 +1,5 @@
-// The C ABI's view (sparge_tensor) of a host TensorView, for the tests that call the C ABI.
+// The C ABI's views (sparge_tensor, sparge_block_mask) of host TensorViews and BlockMasks, for
+// the tests that call the C ABI.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,12 @@ inline sparge_tensor c_tensor(const TensorView& t) {
     c.strides[i] = strides[i];
   }
   return c;
+}
+
+inline sparge_block_mask c_block_mask(const BlockMask& m) {
+  return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0,         m.batch,
+                           m.heads,  m.seq_q,   m.seq_k,    m.block_q, m.block_k,
+                           m.row_offsets};
 }
 
 }  // namespace sparge::test

@@ -113,12 +113,25 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
                         const SparseOptions& opts, const TensorView& o,
                         const AttentionExtras& extras = {}, const ExecContext& ctx = {},
                         const BlockMask* mask_out = nullptr);
+// Stage 1 alone with the key side from key blocks: the mask the sparse_attention overload above
+// predicts, without Stage 2. k gives the keys' shape only ([B, Hkv, key_blocks.tokens, D]) and
+// is not read, so a caller that holds the key blocks but not the keys (a sequence-parallel rank
+// holding its own shard, whose blocks were gathered from the others) passes a broadcast view
+// (stride_token 0). Pooled estimate only; `stats` may be empty.
+Status predict_block_mask(const TensorView& q, const TensorView& k,
+                          const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
+                          const SparseOptions& opts, const BlockMask& mask,
+                          const ExecContext& ctx = {}, const Stage1Stats& stats = {});
 // Fills `blocks` from all of k's tokens: the smoothing mean (per batch entry and kv head), then
 // every block's pooled row and similarity; blocks->tokens = k.tokens. Capacity: k.tokens <=
 // max_blocks * block_k. On CUDA (behind SPARGE_CUDA_KEY_BLOCKS=1, not yet run on a GPU)
 // ctx.workspace must hold key_blocks_workspace_size(k) bytes (0 on the CPU).
 Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
 std::size_t key_blocks_workspace_size(const TensorView& k);
+// Fills `blocks` from all of k's tokens like build_key_blocks, but pools with blocks->mean as
+// the caller set it (the mean of a longer sequence k is a part of: a sequence-parallel rank
+// pooling its shard with the all-reduced mean) instead of taking k's. No workspace.
+Status pool_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
 // Extends `blocks` to k's tokens after the cache grew (k.tokens >= blocks->tokens; the first
 // blocks->tokens rows must be those the blocks were made from): reads the new rows and those of
 // the last incomplete block only, with the mean build_key_blocks took.

@@ -179,6 +179,21 @@ int sparge_build_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, v
                             char* err, size_t err_len);
 int sparge_append_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
                              char* err, size_t err_len);
+/* sparge_build_key_blocks pooling with blocks->mean as the caller set it (the mean of a longer
+ * sequence k is a part of, e.g. all-reduced across sequence-parallel ranks) instead of taking
+ * k's. */
+int sparge_pool_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                           char* err, size_t err_len);
+/* Stage 1 alone from `key_blocks`: k gives the keys' shape only (not read; a broadcast view with
+ * stride_token 0 serves), so a rank holding gathered blocks but not the keys predicts its rows
+ * over all of them. */
+int sparge_predict_block_mask_key_blocks(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_key_blocks* key_blocks,
+                                         const sparge_options* opts,
+                                         const sparge_block_mask* mask, void* workspace,
+                                         size_t workspace_bytes, void* stream, char* err,
+                                         size_t err_len);
 /* sparge_sparse_attention_masked whose Stage 1 takes the key side from `key_blocks` (covering
  * exactly k's tokens, block_k = opts->block_k, pooled estimate) instead of reading k. */
 int sparge_sparse_attention_key_blocks(const sparge_tensor* q, const sparge_tensor* k,

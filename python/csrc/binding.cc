@@ -123,21 +123,48 @@ void finish(const c10::OperatorHandle& op, Stack* stack, const std::vector<at::T
   for (const at::Tensor& t : outs) torch::jit::push(*stack, t);
 }
 
+// The schema's key-block arguments (sparge.KeyBlocks' tensors, the keys they cover, block_k):
+// absent when the three tensors are None.
+struct KeyBlockArgs {
+  at::Tensor pooled, sim, mean;
+  int64_t tokens, block_k;
+  sparge::KeyBlocks view(const at::Tensor& k) const {
+    return key_blocks_view(pooled, sim, mean, block_k, tokens, k);
+  }
+};
+
+std::optional<KeyBlockArgs> read_key_blocks(ArgReader& in) {
+  const c10::IValue& pooled = in.next();
+  const c10::IValue& sim = in.next();
+  const c10::IValue& mean = in.next();
+  const int64_t tokens = in.next().toInt(), block_k = in.next().toInt();
+  if (pooled.isNone() && sim.isNone() && mean.isNone()) return std::nullopt;
+  TORCH_CHECK_VALUE(!pooled.isNone() && !sim.isNone() && !mean.isNone(),
+                    "key_block_pooled, key_block_sim and key_block_mean go together");
+  return KeyBlockArgs{pooled.toTensor(), sim.toTensor(), mean.toTensor(), tokens, block_k};
+}
+
 void predict_block_mask(const c10::OperatorHandle& op, Stack* stack) {
   ArgReader in(op_arguments(op, stack));
   const at::Tensor q = in.tensor(), k = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k");
   const sparge::AttentionMask am = read_attn_mask(in, q);
+  const std::optional<KeyBlockArgs> kb_args = read_key_blocks(in);
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   throw_if_error(sparge::validate(qv, kv, kv, am, opts));
   Launch launch(q, qv, kv, opts, backend);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
-  // Stage 1 reads no v unless the error target is on, which the (q, k) form rejects by name.
-  throw_if_error(am.empty() || opts.target_error > 0.0f
-                     ? sparge::predict_block_mask(qv, kv, opts, m, launch.ctx)
-                     : sparge::predict_block_mask(qv, kv, kv, am, opts, m, launch.ctx));
+  if (kb_args) {
+    const sparge::KeyBlocks kb = kb_args->view(k);
+    throw_if_error(sparge::predict_block_mask(qv, kv, am, kb, opts, m, launch.ctx));
+  } else {
+    // Stage 1 reads no v unless the error target is on, which the (q, k) form rejects by name.
+    throw_if_error(am.empty() || opts.target_error > 0.0f
+                       ? sparge::predict_block_mask(qv, kv, opts, m, launch.ctx)
+                       : sparge::predict_block_mask(qv, kv, kv, am, opts, m, launch.ctx));
+  }
   finish(op, stack, mask);
 }
 
@@ -167,10 +194,7 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   const at::Tensor q = in.tensor(), k = in.tensor(), v = in.tensor();
   const sparge::TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
   const sparge::AttentionMask am = read_attn_mask(in, q);
-  const c10::IValue& kb_pooled = in.next();  // None without key blocks, as the next two
-  const c10::IValue& kb_sim = in.next();
-  const c10::IValue& kb_mean = in.next();
-  const int64_t kb_tokens = in.next().toInt(), kb_block_k = in.next().toInt();
+  const std::optional<KeyBlockArgs> kb_args = read_key_blocks(in);
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
@@ -180,15 +204,11 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
-  if (kb_pooled.isNone() || kb_sim.isNone() || kb_mean.isNone()) {
-    TORCH_CHECK_VALUE(kb_pooled.isNone() && kb_sim.isNone() && kb_mean.isNone(),
-                      "key_block_pooled, key_block_sim and key_block_mean go together");
+  if (!kb_args) {
     throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
                                             extras, launch.ctx, &m));
   } else {
-    const sparge::KeyBlocks kb =
-        key_blocks_view(kb_pooled.toTensor(), kb_sim.toTensor(), kb_mean.toTensor(),
-                        kb_block_k, kb_tokens, k);
+    const sparge::KeyBlocks kb = kb_args->view(k);
     throw_if_error(sparge::sparse_attention(qv, kv, vv, am, kb, opts, to_view(outs[0], "out"),
                                             extras, launch.ctx, &m));
   }
@@ -196,9 +216,11 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
 }
 
 // Fills (build) or extends (append) sparge.KeyBlocks' tensors from the cache's keys k
-// [B, Hkv, tokens, D]; `tokens` is what the blocks covered before (append).
+// [B, Hkv, tokens, D]; `tokens` is what the blocks covered before (append). A build without
+// take_mean pools with the mean already in `mean` (pool_key_blocks).
 void update_key_blocks(const at::Tensor& k, const at::Tensor& pooled, const at::Tensor& sim,
-                       const at::Tensor& mean, int64_t block_k, int64_t tokens, bool build) {
+                       const at::Tensor& mean, int64_t block_k, int64_t tokens, bool build,
+                       bool take_mean) {
   const sparge::TensorView kv = to_view(k, "k");
   sparge::KeyBlocks kb = key_blocks_view(pooled, sim, mean, block_k, tokens, k);
   sparge::ExecContext ctx;
@@ -209,14 +231,15 @@ void update_key_blocks(const at::Tensor& k, const at::Tensor& pooled, const at::
     ctx.stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(k.device())
                      .native_handle();
   }
-  if (build && sparge::key_blocks_workspace_size(kv) > 0) {
+  if (build && take_mean && sparge::key_blocks_workspace_size(kv) > 0) {
     ctx.workspace_bytes = sparge::key_blocks_workspace_size(kv);
     workspace = at::empty({static_cast<int64_t>(ctx.workspace_bytes)},
                           k.options().dtype(at::kByte));
     ctx.workspace = workspace.data_ptr();
   }
-  throw_if_error(build ? sparge::build_key_blocks(kv, &kb, ctx)
-                       : sparge::append_key_blocks(kv, &kb, ctx));
+  throw_if_error(!build     ? sparge::append_key_blocks(kv, &kb, ctx)
+                 : take_mean ? sparge::build_key_blocks(kv, &kb, ctx)
+                             : sparge::pool_key_blocks(kv, &kb, ctx));
 }
 
 // A host int32 copy of a cu_seqlens tensor (1-D, num_seqs + 1 values, any device).
@@ -309,7 +332,8 @@ TORCH_LIBRARY(sparge, m) {
   const std::string key_blocks = "Tensor? key_block_pooled=None, Tensor? key_block_sim=None, "
                                  "Tensor? key_block_mean=None, int key_block_tokens=0, "
                                  "int key_block_k=64";
-  m.def(("predict_block_mask(Tensor q, Tensor k, " + masks + ", *" + options + ") -> (" +
+  m.def(("predict_block_mask(Tensor q, Tensor k, " + masks + ", " + key_blocks + ", *" +
+         options + ") -> (" +
          mask_out + ")").c_str());
   m.def(("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor counts, Tensor indices, "
          "Tensor? row_offsets=None, " + masks + ", *" + options + ", bool with_extras=False) -> (" + attn_out +
@@ -323,7 +347,7 @@ TORCH_LIBRARY(sparge, m) {
          "int max_seqlen_q, int max_seqlen_k, *" + options + ") -> Tensor").c_str());
   m.def(("check_options(int heads_q, *" + options + ") -> ()").c_str());
   m.def("update_key_blocks(Tensor k, Tensor(a!) pooled, Tensor(b!) sim, Tensor(c!) mean, "
-        "int block_k, int tokens, bool build) -> ()");
+        "int block_k, int tokens, bool build, bool take_mean=True) -> ()");
   m.def("hilbert_order(int frames, int height, int width, Device device) -> Tensor");
   m.def("permute_tokens(Tensor x, Tensor order, int first, bool inverse) -> Tensor");
 }

@@ -29,7 +29,9 @@ def _outputs(q, with_extras):
 
 
 @torch.library.register_fake("sparge::predict_block_mask")
-def _predict_block_mask(q, k, attn_mask=None, key_lengths=None, **options):
+def _predict_block_mask(q, k, attn_mask=None, key_lengths=None, key_block_pooled=None,
+                        key_block_sim=None, key_block_mean=None, key_block_tokens=0,
+                        key_block_k=64, **options):
     return _mask(q, k, options)
 
 
@@ -67,5 +69,5 @@ def _hilbert_order(frames, height, width, device):
 
 
 @torch.library.register_fake("sparge::update_key_blocks")
-def _update_key_blocks(k, pooled, sim, mean, block_k, tokens, build):
+def _update_key_blocks(k, pooled, sim, mean, block_k, tokens, build, take_mean=True):
     return None

@@ -52,14 +52,54 @@ class KeyBlocks:
 
     @classmethod
     def build(cls, k: torch.Tensor, *, max_tokens: Optional[int] = None,
-              block_k: int = _options.DEFAULTS["block_k"], layout: str = "HND") -> "KeyBlocks":
+              block_k: int = _options.DEFAULTS["block_k"], layout: str = "HND",
+              mean: Optional[torch.Tensor] = None) -> "KeyBlocks":
         """Key blocks of all of k's tokens (k: the cache's first tokens, [B, Hkv, N, D] or NHD),
-        with room for `max_tokens` keys (default: N) to append later. Takes k's mean."""
+        with room for `max_tokens` keys (default: N) to append later. Takes k's mean, or pools
+        with `mean` ([B, Hkv, D]) when given: the mean of a longer sequence that k is a part of
+        (a sequence-parallel rank pooling its shard with the all-reduced mean)."""
         kh = _hnd_keys(k, layout)
         blocks = cls(kh.shape[0], kh.shape[1], kh.shape[3], max_tokens or kh.shape[2],
                      block_k=block_k, device=kh.device)
-        blocks.rebuild(kh)
+        if mean is None:
+            blocks.rebuild(kh)
+            return blocks
+        if not isinstance(mean, torch.Tensor) or tuple(mean.shape) != tuple(blocks.mean.shape):
+            raise ValueError(f"mean must be a tensor of shape {tuple(blocks.mean.shape)} "
+                             f"([B, Hkv, D]), got "
+                             f"{tuple(mean.shape) if isinstance(mean, torch.Tensor) else mean!r}")
+        blocks.mean.copy_(mean)
+        torch.ops.sparge.update_key_blocks(kh, blocks.pooled, blocks.sim, blocks.mean,
+                                           blocks.block_k, 0, True, False)
+        blocks.tokens = kh.shape[2]
         return blocks
+
+    @classmethod
+    def from_tensors(cls, pooled: torch.Tensor, sim: torch.Tensor, mean: torch.Tensor, *,
+                     tokens: int, block_k: int = _options.DEFAULTS["block_k"]) -> "KeyBlocks":
+        """Key blocks from their arrays (pooled [B, Hkv, D, max_blocks], sim [B, Hkv,
+        max_blocks], mean [B, Hkv, D], float64, one device) covering the first `tokens` keys:
+        blocks assembled from parts, e.g. gathered from the ranks that pooled them. The arrays
+        are used, not copied."""
+        for name, t, dims in (("pooled", pooled, 4), ("sim", sim, 3), ("mean", mean, 3)):
+            if not isinstance(t, torch.Tensor) or t.dim() != dims or t.dtype != torch.float64:
+                raise ValueError(f"{name} must be a {dims}-D float64 tensor, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}"
+                                 f"{' ' + str(t.dtype) if isinstance(t, torch.Tensor) else ''}")
+        if isinstance(block_k, bool) or not isinstance(block_k, int) or block_k < 1:
+            raise ValueError(f"block_k must be an int >= 1, got {block_k!r}")
+        b, h, d, blocks = pooled.shape
+        if tuple(sim.shape) != (b, h, blocks) or tuple(mean.shape) != (b, h, d):
+            raise ValueError(f"sim {tuple(sim.shape)} and mean {tuple(mean.shape)} must be "
+                             f"{(b, h, blocks)} and {(b, h, d)} for pooled {tuple(pooled.shape)}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not (
+                0 <= tokens <= blocks * block_k):
+            raise ValueError(f"tokens must be an int in [0, {blocks * block_k}] (the blocks' "
+                             f"capacity), got {tokens!r}")
+        kb = cls.__new__(cls)
+        kb.pooled, kb.sim, kb.mean = pooled.contiguous(), sim.contiguous(), mean.contiguous()
+        kb.block_k, kb.tokens = block_k, tokens
+        return kb
 
     def rebuild(self, k: torch.Tensor, *, layout: str = "HND") -> None:
         """Fill the blocks again from all of k's tokens, taking k's current mean."""

@@ -238,6 +238,31 @@ def _hilbert_gathers(tokens: int, grid, offset: int, device):
         return _order_and_gather(tokens, grid, offset, device)
 
 
+def _check_key_blocks(key_blocks):
+    from .key_blocks import KeyBlocks
+    if not isinstance(key_blocks, KeyBlocks):
+        raise TypeError(f"key_blocks must be a sparge.KeyBlocks, got {type(key_blocks).__name__}")
+
+
+def _key_block_args(key_blocks):
+    """The ops' key-block arguments (pooled, sim, mean, tokens, block_k); Nones without."""
+    if key_blocks is None:
+        return (None, None, None, 0, 64)
+    return (key_blocks.pooled, key_blocks.sim, key_blocks.mean, key_blocks.tokens,
+            key_blocks.block_k)
+
+
+def _key_shape_view(key_blocks, q: torch.Tensor, layout: str) -> torch.Tensor:
+    """Keys of the blocks' shape, [B, Hkv, tokens, D] in `layout`, that Stage 1 with key blocks
+    does not read: one zero row of q's dtype and device broadcast along the tokens (stride 0)."""
+    b, h, d, _ = key_blocks.pooled.shape
+    if key_blocks.tokens < 1:
+        raise ValueError("key_blocks cover no key (tokens 0): build or append them first")
+    row = torch.zeros((b, h, 1, d), dtype=q.dtype, device=q.device)
+    k = row.expand(b, h, key_blocks.tokens, d)
+    return k.transpose(1, 2) if layout == "NHD" else k
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
               causal_align: str = DEFAULTS["causal_align"],
               window_left: int = DEFAULTS["window_left"],
@@ -282,10 +307,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     """
     _check_inputs(q, k, v, layout)
     if key_blocks is not None:
-        from .key_blocks import KeyBlocks
-        if not isinstance(key_blocks, KeyBlocks):
-            raise TypeError(f"key_blocks must be a sparge.KeyBlocks, got "
-                            f"{type(key_blocks).__name__}")
+        _check_key_blocks(key_blocks)
         if token_grid is not None:
             raise ValueError("key_blocks describe the keys in the cache's order: a token_grid "
                              "would reorder them; pass one or the other")
@@ -325,10 +347,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
         reordered = True
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
-    blocks = ((key_blocks.pooled, key_blocks.sim, key_blocks.mean, key_blocks.tokens,
-               key_blocks.block_k) if key_blocks is not None else (None, None, None, 0, 64))
     out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(
-        *_pad(padded, qh, kh, vh), mask4, lengths, *blocks, **options, with_extras=return_stats)
+        *_pad(padded, qh, kh, vh), mask4, lengths, *_key_block_args(key_blocks), **options,
+        with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
     if reordered:
@@ -354,10 +375,19 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                        sample_rows: int = DEFAULTS["sample_rows"],
                        block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
                        backend: str = "auto", attn_mask: Optional[torch.Tensor] = None,
-                       key_lengths=None) -> BlockMask:
+                       key_lengths=None, key_blocks=None) -> BlockMask:
     """Stage 1 alone: the BlockMask that `attention` would use with the same options (only
     blocks the causal flag and the window allow are eligible; the mask keeps the window; tiles
-    that `attn_mask` / `key_lengths` hide wholly are never kept)."""
+    that `attn_mask` / `key_lengths` hide wholly are never kept).
+
+    With `key_blocks` (a sparge.KeyBlocks) Stage 1 takes the key side from them and reads no
+    key: `k` may then be None (the keys are key_blocks.tokens long) or any tensor of the keys'
+    shape. This is how a rank that holds one shard of the keys predicts its rows against all of
+    them from gathered blocks (sparge.distributed's ring). Pooled estimate only."""
+    if key_blocks is not None:
+        _check_key_blocks(key_blocks)
+        if k is None:
+            k = _key_shape_view(key_blocks, q, layout)
     _check_inputs(q, k, None, layout)
     qh, kh = _to_hnd(q, layout), _to_hnd(k, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
@@ -374,6 +404,7 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                            window_right)
     padded = _padded_head_dim(qh)
     counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), mask4, lengths,
+                                                          *_key_block_args(key_blocks),
                                                           **options)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align,

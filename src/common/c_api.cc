@@ -326,6 +326,41 @@ int sparge_append_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, 
   });
 }
 
+int sparge_pool_key_blocks(const sparge_tensor* k, sparge_key_blocks* blocks, void* stream,
+                           char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    return update_c_key_blocks(k, blocks, stream,
+                               [](const sparge::TensorView& kv, sparge::KeyBlocks* kb,
+                                  const sparge::ExecContext& ctx) {
+                                 return sparge::pool_key_blocks(kv, kb, ctx);
+                               });
+  });
+}
+
+int sparge_predict_block_mask_key_blocks(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_key_blocks* key_blocks,
+                                         const sparge_options* opts,
+                                         const sparge_block_mask* mask, void* workspace,
+                                         size_t workspace_bytes, void* stream, char* err,
+                                         size_t err_len) {
+  return guarded(err, err_len, [&]() -> Status {
+    sparge::TensorView qv, kv;
+    sparge::SparseOptions so;
+    sparge::BlockMask m;
+    sparge::AttentionMask am;
+    sparge::KeyBlocks kb;
+    SPARGE_RETURN_IF_ERROR(to_tensor(q, "q", &qv));
+    SPARGE_RETURN_IF_ERROR(to_tensor(k, "k", &kv));
+    SPARGE_RETURN_IF_ERROR(to_attn_mask(attn_mask, &am));
+    SPARGE_RETURN_IF_ERROR(to_key_blocks(key_blocks, &kb));
+    SPARGE_RETURN_IF_ERROR(to_options(opts, &so));
+    SPARGE_RETURN_IF_ERROR(to_mask(mask, &m));
+    return sparge::predict_block_mask(qv, kv, am, kb, so, m,
+                                      to_context(workspace, workspace_bytes, stream));
+  });
+}
+
 int sparge_sparse_attention_key_blocks(const sparge_tensor* q, const sparge_tensor* k,
                                        const sparge_tensor* v, const sparge_attn_mask* attn_mask,
                                        const sparge_key_blocks* key_blocks,

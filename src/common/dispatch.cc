@@ -238,6 +238,27 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
   return cpu::predict_block_mask(p, mask, stats);
 }
 
+Status predict_block_mask(const TensorView& q, const TensorView& k,
+                          const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
+                          const SparseOptions& opts, const BlockMask& mask,
+                          const ExecContext& ctx, const Stage1Stats& stats) {
+  // k stands in for v in the shape checks: with key blocks Stage 1 reads neither.
+  SPARGE_RETURN_IF_ERROR(validate(q, k, k, attn_mask, opts));
+  SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
+  SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(key_blocks, q, k, opts));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  detail::Problem p = make_problem(q, k, k, opts, attn_mask);
+  p.key_blocks = &key_blocks;
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
+    SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask, /*read_by_stage2=*/false));
+    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    return cuda::predict_block_mask(p, mask, ctx, stats);
+  }
+  return cpu::predict_block_mask(p, mask, stats);
+}
+
 Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                               const BlockMask& mask, const SparseOptions& opts,
                               const TensorView& o, const AttentionExtras& extras,
@@ -378,6 +399,18 @@ Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContex
     return cuda::update_key_blocks(k, blocks, 0, /*new_mean=*/true, ctx);
   }
   return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/true);
+}
+
+Status pool_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
+  if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
+  SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
+  Backend backend;
+  SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
+  if (backend == Backend::kCuda) {
+    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    return cuda::update_key_blocks(k, blocks, 0, /*new_mean=*/false, ctx);
+  }
+  return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/false);
 }
 
 Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {

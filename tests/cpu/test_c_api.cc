@@ -22,11 +22,7 @@ using ::testing::HasSubstr;
 
 sparge_tensor to_c(const TensorView& t) { return test::c_tensor(t); }
 
-sparge_block_mask to_c(const BlockMask& m) {
-  return sparge_block_mask{m.counts, m.indices, SPARGE_CPU, 0,         m.batch,
-                           m.heads,  m.seq_q,   m.seq_k,    m.block_q, m.block_k,
-                           m.row_offsets};
-}
+sparge_block_mask to_c(const BlockMask& m) { return test::c_block_mask(m); }
 
 // A bf16 GQA problem in NHD layout (non-trivial strides), with outputs for both APIs.
 struct Problem {

@@ -230,6 +230,84 @@ TEST(KeyBlocks, DecodeStepByStepEqualsOneAppendPerStep) {
   }
 }
 
+// Keys of k's shape that are never read: one zero row per (batch, head) broadcast along the
+// tokens (stride_token 0), as a rank that holds the key blocks but not the keys passes them.
+struct BroadcastKeys {
+  HostTensor row = HostTensor::make(std::vector<float>(Cache::B * Cache::Hkv * Cache::D, 0.0f),
+                                    Cache::B, Cache::Hkv, 1, Cache::D, DType::kBFloat16,
+                                    Layout::kHND);
+  TensorView at(int64_t tokens) const {
+    TensorView v = row.view;
+    v.tokens = tokens;
+    v.stride_token = 0;
+    return v;
+  }
+};
+
+TEST(KeyBlocks, PredictFromTheBlocksAloneEqualsThePlainPrediction) {
+  const Cache c;
+  const BroadcastKeys unread;
+  HostKeyBlocks kb = c.blocks();
+  check(build_key_blocks(c.k_at(1000), &kb.view()));
+  for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf}) {
+    for (int64_t nq : {1, 300}) {
+      SCOPED_TRACE(std::string(enum_name(select)) + " nq " + std::to_string(nq));
+      const HostTensor q = queries(nq, 300 + nq);
+      const SparseOptions o = decode_options(select, select == SelectMode::kTopK ? 0.3f : 0.8f);
+      HostBlockMask want(Cache::B, Cache::Hq, nq, 1000, o.block_q, o.block_k);
+      HostBlockMask got(Cache::B, Cache::Hq, nq, 1000, o.block_q, o.block_k);
+      std::vector<int64_t> forced_want(Cache::B * Cache::Hq, -1), forced_got = forced_want;
+      Stage1Stats sw, sg;
+      sw.forced_tiles = forced_want.data();
+      sg.forced_tiles = forced_got.data();
+      check(predict_block_mask(q.view, c.k_at(1000), c.v_at(1000), o, want.view(), {}, sw));
+      check(predict_block_mask(q.view, unread.at(1000), AttentionMask{}, kb.view(), o, got.view(),
+                               {}, sg));
+      EXPECT_EQ(got.to_dense(), want.to_dense());
+      EXPECT_EQ(forced_got, forced_want);
+    }
+  }
+  // The same checks as the call with key blocks: a refused estimate names the key blocks.
+  const HostTensor q = queries(37, 5);
+  SparseOptions sampled = decode_options(SelectMode::kTopK, 0.3f);
+  sampled.estimate = EstimateMode::kSampledRows;
+  HostBlockMask mask(Cache::B, Cache::Hq, 37, 1000, sampled.block_q, sampled.block_k);
+  EXPECT_NE(predict_block_mask(q.view, unread.at(1000), AttentionMask{}, kb.view(), sampled,
+                               mask.view())
+                .message()
+                .find("pooled estimate only"),
+            std::string::npos);
+}
+
+TEST(KeyBlocks, PoolingPartsWithTheWholeMeanGivesTheWholeBlocks) {
+  // A sequence-parallel rank pools its part of the keys with the mean of all of them
+  // (pool_key_blocks): the blocks of keys [512, 1000) equal blocks 8.. of the whole, bit for
+  // bit, and the part's mean is left as given.
+  const Cache c;
+  HostKeyBlocks whole = c.blocks();
+  check(build_key_blocks(c.k_at(1000), &whole.view()));
+  TensorView tail = c.k_at(1000);
+  tail.data = static_cast<char*>(tail.data) + 512 * tail.stride_token * 2;  // bf16 rows
+  tail.tokens = 1000 - 512;
+  HostKeyBlocks part(Cache::B, Cache::Hkv, Cache::D, 1000 - 512, 64);
+  std::copy(whole.mean.begin(), whole.mean.end(), part.mean.begin());
+  check(pool_key_blocks(tail, &part.view()));
+  EXPECT_EQ(part.view().tokens, 1000 - 512);
+  EXPECT_EQ(part.mean, whole.mean);
+  const int64_t nb_part = part.view().max_blocks, nb_whole = whole.view().max_blocks;
+  for (int64_t bh = 0; bh < Cache::B * Cache::Hkv; ++bh)
+    for (int64_t j = 0; j < nb_part; ++j) {
+      EXPECT_EQ(part.sim[bh * nb_part + j], whole.sim[bh * nb_whole + 8 + j]);
+      for (int64_t d = 0; d < Cache::D; ++d)
+        EXPECT_EQ(part.pooled[(bh * Cache::D + d) * nb_part + j],
+                  whole.pooled[(bh * Cache::D + d) * nb_whole + 8 + j]);
+    }
+  // With the part's own mean (build) the blocks differ: the mean matters.
+  HostKeyBlocks own(Cache::B, Cache::Hkv, Cache::D, 1000 - 512, 64);
+  check(build_key_blocks(tail, &own.view()));
+  EXPECT_NE(own.pooled, part.pooled);
+}
+
 TEST(KeyBlocks, ErrorsNameTheArgument) {
   const Cache c;
   const HostTensor q = queries(3, 1);
@@ -339,6 +417,37 @@ TEST(KeyBlocks, ThroughTheCApi) {
             0);
   EXPECT_NE(std::string(err).find("key_blocks.block_k"), std::string::npos) << err;
   EXPECT_NE(sparge_build_key_blocks(&k300, nullptr, nullptr, err, sizeof(err)), 0);
+  EXPECT_NE(std::string(err).find("key_blocks must not be NULL"), std::string::npos) << err;
+
+  // Blocks pooled with a given mean, then Stage 1 from them alone with unread keys: the C++
+  // calls' results.
+  HostKeyBlocks given = c.blocks(), given_cpp = c.blocks();
+  std::copy(want.mean.begin(), want.mean.end(), given.mean.begin());
+  std::copy(want.mean.begin(), want.mean.end(), given_cpp.mean.begin());
+  sparge_key_blocks gkb = kb;
+  gkb.pooled = given.view().pooled, gkb.sim = given.view().sim, gkb.mean = given.view().mean;
+  gkb.tokens = 0;
+  ASSERT_EQ(sparge_pool_key_blocks(&k700, &gkb, nullptr, err, sizeof(err)), 0) << err;
+  check(pool_key_blocks(c.k_at(700), &given_cpp.view()));
+  EXPECT_EQ(gkb.tokens, 700);
+  EXPECT_EQ(given.pooled, given_cpp.pooled);
+  EXPECT_EQ(given.sim, given_cpp.sim);
+  const BroadcastKeys unread;
+  const sparge_tensor cu = c_tensor(unread.at(700));
+  co.block_k = 64;
+  HostBlockMask predicted(Cache::B, Cache::Hq, 5, 700, so.block_q, so.block_k);
+  HostBlockMask expect(Cache::B, Cache::Hq, 5, 700, so.block_q, so.block_k);
+  const sparge_block_mask cm = test::c_block_mask(predicted.view());
+  ASSERT_EQ(sparge_predict_block_mask_key_blocks(&cq, &cu, nullptr, &gkb, &co, &cm, nullptr, 0,
+                                                 nullptr, err, sizeof(err)),
+            0)
+      << err;
+  check(predict_block_mask(q.view, unread.at(700), AttentionMask{}, given_cpp.view(), so,
+                           expect.view()));
+  EXPECT_EQ(predicted.to_dense(), expect.to_dense());
+  EXPECT_NE(sparge_predict_block_mask_key_blocks(&cq, &cu, nullptr, nullptr, &co, &cm, nullptr,
+                                                 0, nullptr, err, sizeof(err)),
+            0);
   EXPECT_NE(std::string(err).find("key_blocks must not be NULL"), std::string::npos) << err;
 }
 

@@ -116,6 +116,56 @@ def test_nothing_skipped_matches_sdpa():
     assert err < 1e-5
 
 
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+def test_predict_from_the_blocks_alone_equals_the_plain_prediction(layout):
+    """predict_block_mask(q, None, key_blocks=kb) reads no key: the mask of (q, k)."""
+    k, _ = cache()
+    kb = sparge.KeyBlocks.build(k)
+    opts = dict(OPTIONS)
+    opts.pop("pv_threshold")
+    for nq in (1, 300):
+        q = queries(nq, 400 + nq)
+        want = sparge.predict_block_mask(q, k, **opts)
+        qq = q.transpose(1, 2) if layout == "NHD" else q
+        got = sparge.predict_block_mask(qq, None, key_blocks=kb, layout=layout, **opts)
+        assert torch.equal(got.to_dense(), want.to_dense())
+        assert (got.seq_q, got.seq_k) == (nq, 1000)
+        # k given as any tensor of the keys' shape (here: zeros) gives the same: it is not read
+        zeros = sparge.predict_block_mask(q, torch.zeros_like(k), key_blocks=kb, **opts)
+        assert torch.equal(zeros.to_dense(), want.to_dense())
+    assert want.sparsity > 0.2  # the selection skips tiles: the comparison is not trivial
+
+
+def test_blocks_pooled_with_a_given_mean_and_assembled_from_parts():
+    """KeyBlocks.build(part, mean=whole mean) gives the whole blocks of that part, bit for bit;
+    from_tensors assembles them; the prediction from the assembled blocks is the whole one's."""
+    k, _ = cache()
+    whole = sparge.KeyBlocks.build(k)
+    head = sparge.KeyBlocks.build(k[:, :, :512], mean=whole.mean)
+    tail = sparge.KeyBlocks.build(k[:, :, 512:], mean=whole.mean)
+    assert torch.equal(tail.pooled, whole.pooled[..., 8:])
+    assert torch.equal(tail.sim, whole.sim[..., 8:])
+    assert torch.equal(tail.mean, whole.mean)
+    assert not torch.equal(sparge.KeyBlocks.build(k[:, :, 512:]).pooled, tail.pooled)
+    joined = sparge.KeyBlocks.from_tensors(torch.cat([head.pooled, tail.pooled], dim=3),
+                                           torch.cat([head.sim, tail.sim], dim=2), whole.mean,
+                                           tokens=1000)
+    assert torch.equal(joined.pooled, whole.pooled) and torch.equal(joined.sim, whole.sim)
+    q = queries(37, 7)
+    opts = dict(OPTIONS)
+    opts.pop("pv_threshold")
+    assert torch.equal(sparge.predict_block_mask(q, None, key_blocks=joined, **opts).to_dense(),
+                       sparge.predict_block_mask(q, k, **opts).to_dense())
+    with pytest.raises(ValueError, match="mean must be a tensor of shape"):
+        sparge.KeyBlocks.build(k, mean=whole.mean[:, :1])
+    with pytest.raises(ValueError, match="tokens must be an int in"):
+        sparge.KeyBlocks.from_tensors(whole.pooled, whole.sim, whole.mean, tokens=5000)
+    with pytest.raises(ValueError, match="sim .* and mean .* must be"):
+        sparge.KeyBlocks.from_tensors(whole.pooled, whole.sim[..., 1:], whole.mean, tokens=10)
+    with pytest.raises(ValueError, match="float64"):
+        sparge.KeyBlocks.from_tensors(whole.pooled.float(), whole.sim, whole.mean, tokens=10)
+
+
 def test_errors_name_the_argument():
     k, v = cache(400)
     q = queries(3, 1)
