@@ -35,6 +35,9 @@ so with λ on the skipped work differs slightly from one process's.
 Ulysses gathers the ring shard of the Ulysses group, the ring runs on it with H / U heads.
 `shard_sequence` lays the sequence out for any combination.
 
+On CUDA the ring's Stage 1 runs the CUDA key-block path, which sits behind
+SPARGE_CUDA_KEY_BLOCKS=1 until a GPU run has checked it (sparge.KeyBlocks); Ulysses needs no switch.
+
 Options are those of `sparge.attention` (per-head thresholds are sliced to each rank's heads).
 Not here: attn_mask, key_lengths, key_blocks, return_stats (use return_lse), windows and
 token_grid in ring mode, the error target and sampled rows in ring mode (they read keys that
@@ -309,26 +312,19 @@ def _merge(acc, block):
 
 def _column_slice(mask: BlockMask, lo_block: int, hi_block: int, seq_k: int,
                   is_causal: bool) -> BlockMask:
-    """The tiles of a dense compact mask (to_compact's: row r's kept blocks at row_offsets[r]
-    onwards, ascending) whose key block is in [lo_block, hi_block), renumbered from 0, as a
-    compact mask over seq_k keys. Each row's part is one run, so the row starts move past the
-    blocks before lo_block and the slots after the run are spare (their values unread)."""
-    counts = mask.counts.reshape(-1).to(torch.int64)
-    rows = counts.numel()
-    device = counts.device
-    starts = mask.row_offsets[:-1]
-    row_of = torch.repeat_interleave(torch.arange(rows, device=device), counts)
+    """The tiles of a padded mask whose key block is in [lo_block, hi_block), renumbered from 0,
+    as a padded mask over seq_k keys. A row's kept blocks ascend, so its part is one run that
+    starts after the blocks before lo_block; slots past a row's count are clamped, unread."""
     blocks = mask.indices.to(torch.int64)
-    before = torch.zeros(rows, dtype=torch.int64, device=device)
-    before.index_add_(0, row_of, (blocks < lo_block).to(torch.int64))
-    inside = torch.zeros(rows, dtype=torch.int64, device=device)
-    inside.index_add_(0, row_of, ((blocks >= lo_block) & (blocks < hi_block)).to(torch.int64))
-    offsets = torch.cat([starts + before, mask.row_offsets[-1:]])
-    first = int(offsets[0])  # row_offsets start at 0: the slots before row 0's run are dropped
-    return BlockMask(inside.to(torch.int32).reshape(mask.counts.shape),
-                     (blocks[first:] - lo_block).clamp_(min=0).to(torch.int32),
-                     row_offsets=offsets - first,
-                     seq_q=mask.seq_q, seq_k=seq_k, block_q=mask.block_q, block_k=mask.block_k,
+    width = hi_block - lo_block
+    listed = torch.arange(blocks.shape[-1], device=blocks.device) < mask.counts.unsqueeze(-1)
+    before = ((blocks < lo_block) & listed).sum(-1)
+    inside = ((blocks >= lo_block) & (blocks < hi_block) & listed).sum(-1)
+    take = (before.unsqueeze(-1) + torch.arange(width, device=blocks.device)).clamp_(
+        max=blocks.shape[-1] - 1)
+    part = (torch.gather(blocks, -1, take) - lo_block).clamp_(0, width - 1)
+    return BlockMask(inside.to(torch.int32), part.to(torch.int32).contiguous(), seq_q=mask.seq_q,
+                     seq_k=seq_k, block_q=mask.block_q, block_k=mask.block_k,
                      is_causal=is_causal, causal_align="top_left")
 
 
@@ -429,7 +425,7 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
         keys = hi if is_causal else seq_len
         kb = KeyBlocks.from_tensors(pooled, sim, mean, tokens=keys, block_k=block_k)
         masks[c] = _predict_block_mask(qc, None, key_blocks=kb, is_causal=is_causal,
-                                       causal_align="bottom_right", **stage1).to_compact()
+                                       causal_align="bottom_right", **stage1)
 
     acc = {c: None for c, _, _, _ in queries}
     comm = _RingComm(group) if size > 1 else None

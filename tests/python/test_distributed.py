@@ -259,3 +259,22 @@ def _check_yunchang(rank, world):
 def test_yunchang_long_context_attention_with_sparge(world):
     pytest.importorskip("yunchang", reason="yunchang is not installed")
     _run(world, "yunchang")
+
+
+def test_the_gpu_benchmark_runs_on_cpu_processes():
+    """bench/gpu/bench_distributed.py --device cpu --tiny: the multi-GPU benchmark's code path on
+    gloo (so that a device run does not find its bugs), every mode's output equal to one
+    process's within float rounding."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+    script = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu" / "bench_distributed.py"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tiny", "--world",
+                          "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    modes = {(r["mode"], r["causal"]) for r in records}
+    assert modes == {(m, c) for m in ("one-device", "ulysses", "ring") for c in (False, True)}
+    for r in records:
+        assert r["rel_l1"] < 1e-6 and r["ms"] > 0 and 0 < r["sparsity"] < 1, r
