@@ -416,6 +416,19 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
             sim[..., first:first + blocks_of[c]] = sim_all[g][..., at:at + blocks_of[c]]
             at += blocks_of[c]
 
+    # The first K/V shard starts travelling now, while Stage 1 predicts (no collective runs
+    # while a transfer is in flight, so every rank issues the same order of operations).
+    comm = _RingComm(group) if size > 1 else None
+    kv = torch.stack([k, v]).contiguous()
+
+    def start(step):
+        if step + 1 >= size:
+            return None
+        nxt = kv.new_empty((2, b, heads_kv, lengths[(rank - step - 1) % size], d))
+        comm.start(kv, nxt)
+        return nxt
+
+    nxt = start(0)
     stage1 = {n: options[n] for n in _STAGE1 if n in options}
     stage2 = {n: options[n] for n in _STAGE2 if n in options}
     queries = layout.pieces(q, rank, 2)
@@ -428,13 +441,10 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
                                        causal_align="bottom_right", **stage1)
 
     acc = {c: None for c, _, _, _ in queries}
-    comm = _RingComm(group) if size > 1 else None
-    kv = torch.stack([k, v]).contiguous()
     for step in range(size):
         holder = (rank - step) % size
-        if step + 1 < size:  # the next holder's shard travels while this one is computed
-            nxt = kv.new_empty((2, b, heads_kv, lengths[(rank - step - 1) % size], d))
-            comm.start(kv, nxt)
+        if step > 0:  # the next holder's shard travels while this one is computed
+            nxt = start(step)
         for c, _, _, qc in queries:
             for c2, lo2, hi2, kvc in layout.pieces(kv, holder, 3):
                 if is_causal and c2 > c:
@@ -444,7 +454,7 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
                 out, stats = _block_sparse_attention(qc, kvc[0], kvc[1], sub,
                                                      return_stats=True, **stage2)
                 acc[c] = _merge(acc[c], (out, stats.lse))
-        if step + 1 < size:
+        if nxt is not None:
             comm.wait()
             kv = nxt
     outs = [acc[c][0] for c, _, _, _ in queries]

@@ -129,6 +129,19 @@ def _check_ring(rank, world, ulysses, ring_group, ulysses_group):
             v.repeat_interleave(q.shape[1] // k.shape[1], 1), is_causal=causal)
         err = _rel_l1(got, sd.shard_sequence(sdpa, **lay))
         assert err < 1e-5, f"ring case {i}: dense rel L1 {err:.3g} vs SDPA"
+    # Batch 2, bfloat16, the NHD layout: one process on the same mask within bf16 rounding
+    # (each partial output is rounded to bf16 before the merge).
+    gen = torch.Generator().manual_seed(42)
+    q, k, v = (torch.randn((2, h, 600, 32), generator=gen).to(torch.bfloat16) for h in (4, 2, 2))
+    opts = dict(topk=0.3, sim_threshold=-1.0, pv_threshold=INF, block_q=64, block_k=32)
+    s1 = dict(topk=0.3, sim_threshold=-1.0, block_q=64, block_k=32)
+    _, want, _ = _ring_reference(q, k, v, True, opts, s1)
+    lay = dict(is_causal=True, block_q=64, block_k=32, **groups)
+    shard = [sd.shard_sequence(t.transpose(1, 2), dim=1, **lay) for t in (q, k, v)]
+    got = sd.attention(*shard, layout="NHD", is_causal=True, **groups, **opts)
+    assert got.dtype == torch.bfloat16 and got.shape == shard[0].shape
+    err = _rel_l1(got, sd.shard_sequence(want.transpose(1, 2), dim=1, **lay))
+    assert err < 1e-2, f"ring bf16 NHD batch 2: rel L1 {err:.3g}"
     # NaN in a query row propagates as in one process (that row's output), nowhere else.
     q, k, v = _inputs(41, 4, 4, 700)
     q[0, 1, 300] = float("nan")
