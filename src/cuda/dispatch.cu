@@ -405,6 +405,16 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.et_exact = reinterpret_cast<float*>(base + ws.et_exact);
   s.et_rows = error_target_row_stride(p.opts);
   s.et_channels = error_target_channel_stride(p.shape.head_dim);
+  s.lr_prob_in = reinterpret_cast<double*>(base + ws.lr_prob_in);
+  s.lr_prob_out = reinterpret_cast<double*>(base + ws.lr_prob_out);
+  s.lr_idx_in = reinterpret_cast<int*>(base + ws.lr_idx_in);
+  s.lr_idx_out = reinterpret_cast<int*>(base + ws.lr_idx_out);
+  s.lr_keep = reinterpret_cast<int*>(base + ws.lr_keep);
+  s.lr_state = reinterpret_cast<int*>(base + ws.lr_state);
+  s.lr_offsets = reinterpret_cast<int64_t*>(base + ws.lr_offsets);
+  s.lr_sort_temp = base + ws.lr_sort_temp;
+  s.lr_sort_temp_bytes = ws.lr_sort_temp_bytes;
+  s.lr_chunk_rows = int(ws.lr_chunk_rows);
   return s;
 }
 
@@ -645,10 +655,22 @@ Status check_predict(const detail::Problem& p, const BlockMask& mask) {
   if (per_head && p.shape.heads_q > kMaxPredictHeads)
     return Status::unsupported(cat("per-head Stage-1 thresholds support at most ", kMaxPredictHeads,
                                    " query heads on cuda, got ", p.shape.heads_q));
-  if (mask.num_k_blocks() > max_sortable_key_blocks())
-    return Status::unsupported(cat("Stage 1 on cuda sorts at most ", max_sortable_key_blocks(),
-                                   " key blocks per row, got ", mask.num_k_blocks(), " (seq_k ",
-                                   p.shape.seq_k, " / block_k ", mask.block_k, ")"));
+  // Rows beyond one CTA's shared-memory sort take the long-row selection, which forms the
+  // pooled estimate's scores itself: sampled rows and the error target stop there.
+  if (mask.num_k_blocks() > kMaxSortedKeyBlocks) {
+    if (p.opts.estimate != EstimateMode::kPooled || p.opts.target_error > 0.0f)
+      return Status::unsupported(cat(
+          "Stage 1 on cuda takes rows of more than ", kMaxSortedKeyBlocks,
+          " key blocks with the pooled estimate only (estimate = pooled, target_error = 0); got ",
+          mask.num_k_blocks(), " (seq_k ", p.shape.seq_k, " / block_k ", mask.block_k, ")"));
+    const std::string opt_in = long_rows_switch();
+    if (opt_in != "1" && opt_in != "all")
+      return Status::unsupported(cat(
+          "Stage 1 on cuda sorts rows of up to ", kMaxSortedKeyBlocks, " key blocks, got ",
+          mask.num_k_blocks(), " (seq_k ", p.shape.seq_k, " / block_k ", mask.block_k,
+          "); the long-row selection for longer rows has not run on a GPU yet: "
+          "SPARGE_CUDA_LONG_ROWS=1 opts in (or use a larger block_k)"));
+  }
   SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
   if (p.opts.target_error > 0.0f) {
     SPARGE_RETURN_IF_ERROR(check_dtype(p.v.dtype, "v.dtype"));

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "common/error_target.h"
 #include "common/geometry.h"
@@ -14,6 +16,12 @@
 namespace sparge::cuda {
 
 constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the kernel parameters
+// Longest mask row (key blocks) the selection sorts in one CTA's shared memory (16 bytes a slot);
+// longer rows take the long-row selection (select_long.cuh).
+constexpr int kMaxSortedKeyBlocks = 8192;
+// Scratch of the long-row selection per chunk of rows: about this many bytes (28 per key block
+// of a row: P̃ and its key block, sorted and not, and a keep flag), at least one row.
+constexpr std::size_t kLongRowChunkBytes = std::size_t(64) << 20;
 constexpr int kKeyMeanChunk = 512;     // tokens per partial sum of the key mean (fixed order)
 constexpr int kScoreRowsPerCta = 8;    // query blocks per CTA of the compressed-score kernel
 
@@ -84,6 +92,17 @@ struct PredictParams {
   float* et_exact;     // [batch·heads_q, nq, et_rows, et_channels] its exact output (normalized)
   int et_rows;         // error_target_row_stride
   int et_channels;     // error_target_channel_stride
+  // The long-row selection (uses_long_rows; select_long.cuh), per chunk of lr_chunk_rows rows:
+  double* lr_prob_in;   // [lr_chunk_rows, nk] P̃ (-1: not eligible), in key-block order
+  double* lr_prob_out;  // the same, sorted descending
+  int* lr_idx_in;       // [lr_chunk_rows, nk] key block of each entry
+  int* lr_idx_out;      // in the sorted order
+  int* lr_keep;         // [lr_chunk_rows, nk] keep flags
+  int* lr_state;        // [lr_chunk_rows] eligible columns, 0 when nothing is selectable
+  int64_t* lr_offsets;  // [lr_chunk_rows + 1] segment offsets r · nk
+  void* lr_sort_temp;   // the segmented sort's scratch, lr_sort_temp_bytes
+  std::size_t lr_sort_temp_bytes;
+  int lr_chunk_rows;
 };
 
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
@@ -103,10 +122,40 @@ __device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictPa
 }
 #endif
 
+// SPARGE_CUDA_LONG_ROWS: "1" lets rows longer than kMaxSortedKeyBlocks take the long-row
+// selection (until a GPU run has checked it, check_predict refuses them without); "all" also
+// sends every shorter row it serves there (the GPU test's way to compare the two paths).
+inline const char* long_rows_switch() {
+  const char* v = std::getenv("SPARGE_CUDA_LONG_ROWS");
+  return v != nullptr ? v : "";
+}
+
+// Whether Stage 1's mask rows of `num_k_blocks` take the long-row selection: rows longer than
+// one CTA sorts in shared memory, or with SPARGE_CUDA_LONG_ROWS=all every row it serves (the
+// pooled estimate without the error target).
+inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
+  if (num_k_blocks > kMaxSortedKeyBlocks) return true;
+  return std::string(long_rows_switch()) == "all" && o.estimate == EstimateMode::kPooled &&
+         !(o.target_error > 0.0f);
+}
+
+// Rows per chunk of the long-row selection: kLongRowChunkBytes of scratch, at least one row.
+inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
+  const int64_t fit = int64_t(kLongRowChunkBytes / (28 * std::size_t(std::max<int64_t>(num_k_blocks, 1))));
+  return std::max<int64_t>(1, std::min(rows, fit));
+}
+
+// Bytes of the segmented sort's scratch for `rows` rows of `num_k_blocks` (defined in
+// predict.cu, where CUB is compiled).
+std::size_t long_row_sort_bytes(int64_t rows, int64_t num_k_blocks);
+
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
   std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
-      head_tau, et_row_max, et_exact, total;
+      head_tau, et_row_max, et_exact, lr_prob_in, lr_prob_out, lr_idx_in, lr_idx_out, lr_keep,
+      lr_state, lr_offsets, lr_sort_temp, total;
+  int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
+  std::size_t lr_sort_temp_bytes;
 };
 
 inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOptions& o) {
@@ -118,23 +167,43 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   // The error target's arrays are sized only when it is on (workspace_size sees the options).
   const std::size_t et = o.target_error > 0.0f ? 1 : 0;
   const std::size_t et_rows = et * bhq * nq * std::size_t(error_target_row_stride(o));
-  // Element counts and sizes, in PredictWorkspace's order: doubles, then the error target's floats.
-  constexpr int kArrays = 12;
-  const std::size_t count[kArrays] = {bhk * chunks * d, bhk * d,  bhq * nq * d,
-                                      bhq * nq,         bhk * d * nk, bhk * nk,
-                                      bhq * nq * nk,    et * bhq * nq * detail::kErrorTargetCandidates,
-                                      et * bhq * nq,    et * bhq,
-                                      et_rows,          et_rows * std::size_t(error_target_channel_stride(s.head_dim))};
-  std::size_t offs[kArrays], at = 0;
-  for (int i = 0; i < kArrays; ++i) {
-    offs[i] = at;
-    at += align(count[i] * (i < 10 ? sizeof(double) : sizeof(float)));
+  // Long rows: no score map, a chunk's scratch instead (linear in the key blocks).
+  PredictWorkspace w{};
+  const bool long_rows = uses_long_rows(int64_t(nk), o);
+  const std::size_t lr = long_rows ? std::size_t(long_row_chunk_rows(int64_t(bhq * nq), int64_t(nk))) : 0;
+  w.lr_chunk_rows = int64_t(lr);
+  w.lr_sort_temp_bytes = long_rows ? long_row_sort_bytes(int64_t(lr), int64_t(nk)) : 0;
+  // (field, element count, element size) in PredictParams order.
+  const struct {
+    std::size_t* field;
+    std::size_t count, size;
+  } arrays[] = {
+      {&w.km_partial, bhk * chunks * d, sizeof(double)},
+      {&w.km, bhk * d, sizeof(double)},
+      {&w.pooled_q, bhq * nq * d, sizeof(double)},
+      {&w.sim_q, bhq * nq, sizeof(double)},
+      {&w.pooled_kt, bhk * d * nk, sizeof(double)},
+      {&w.sim_k, bhk * nk, sizeof(double)},
+      {&w.scores, long_rows ? 0 : bhq * nq * nk, sizeof(double)},
+      {&w.cand_err, et * bhq * nq * detail::kErrorTargetCandidates, sizeof(double)},
+      {&w.cand_norm, et * bhq * nq, sizeof(double)},
+      {&w.head_tau, et * bhq, sizeof(double)},
+      {&w.et_row_max, et_rows, sizeof(float)},
+      {&w.et_exact, et_rows * std::size_t(error_target_channel_stride(s.head_dim)), sizeof(float)},
+      {&w.lr_prob_in, lr * nk, sizeof(double)},
+      {&w.lr_prob_out, lr * nk, sizeof(double)},
+      {&w.lr_idx_in, lr * nk, sizeof(int)},
+      {&w.lr_idx_out, lr * nk, sizeof(int)},
+      {&w.lr_keep, lr * nk, sizeof(int)},
+      {&w.lr_state, lr, sizeof(int)},
+      {&w.lr_offsets, long_rows ? lr + 1 : 0, sizeof(int64_t)},
+      {&w.lr_sort_temp, w.lr_sort_temp_bytes, 1},
+  };
+  std::size_t at = 0;
+  for (const auto& a : arrays) {
+    *a.field = at;
+    at += align(a.count * a.size);
   }
-  PredictWorkspace w;
-  std::size_t* field[kArrays] = {&w.km_partial, &w.km,      &w.pooled_q, &w.sim_q,
-                                 &w.pooled_kt,  &w.sim_k,   &w.scores,   &w.cand_err,
-                                 &w.cand_norm,  &w.head_tau, &w.et_row_max, &w.et_exact};
-  for (int i = 0; i < kArrays; ++i) *field[i] = offs[i];
   w.total = at;
   return w;
 }
@@ -149,7 +218,6 @@ template <typename T>
 Status launch_key_blocks(const PredictParams& params, bool new_mean, int end_block,
                          cudaStream_t stream);
 
-// Largest key-block count one CTA of the selection kernel can sort in shared memory.
-int max_sortable_key_blocks();
+
 
 }  // namespace sparge::cuda

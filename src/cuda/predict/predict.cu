@@ -9,6 +9,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cub/device/device_segmented_sort.cuh>
+
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -19,14 +21,12 @@
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
 #include "cuda/predict/sampled_rows.cuh"
+#include "cuda/predict/select_long.cuh"
 #include "cuda/predict/select_warp.cuh"
 #include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
 namespace {
-
-// Selection sorts up to this many key blocks in one CTA's shared memory (16 bytes per slot).
-constexpr int kMaxSortLen = 8192;
 
 int sort_length(int num_k_blocks) {
   int n = kSelectThreads;  // scans walk whole chunks of kSelectThreads slots
@@ -89,9 +89,38 @@ Status launch_select_warp(const PredictParams& p, cudaStream_t stream) {
   return Status::ok();
 }
 
+// The long-row selection (select_long.cuh): per chunk of rows, P̃, the segmented stable sort,
+// the keep rule and the mask rows.
+Status launch_long_rows(const PredictParams& p, cudaStream_t stream) {
+  const int64_t rows = int64_t(p.batch) * p.heads_q * p.num_q_blocks;
+  long_row_offsets<<<(p.lr_chunk_rows + 256) / 256, 256, 0, stream>>>(p);
+  SPARGE_CUDA_CHECK_LAUNCH("long_row_offsets launch");
+  for (int64_t row0 = 0; row0 < rows; row0 += p.lr_chunk_rows) {
+    const int n = int(std::min<int64_t>(p.lr_chunk_rows, rows - row0));
+    long_row_probs<<<n, kSelectThreads, 0, stream>>>(p, row0);
+    SPARGE_CUDA_CHECK_LAUNCH("long_row_probs launch");
+    std::size_t temp = p.lr_sort_temp_bytes;
+    SPARGE_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairsDescending(
+        p.lr_sort_temp, temp, p.lr_prob_in, p.lr_prob_out, p.lr_idx_in, p.lr_idx_out,
+        int64_t(n) * p.num_k_blocks, int64_t(n), static_cast<const int64_t*>(p.lr_offsets),
+        static_cast<const int64_t*>(p.lr_offsets) + 1, stream));
+    long_row_select<<<n, kSelectThreads, 0, stream>>>(p, row0);
+    SPARGE_CUDA_CHECK_LAUNCH("long_row_select launch");
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
-int max_sortable_key_blocks() { return kMaxSortLen; }
+std::size_t long_row_sort_bytes(int64_t rows, int64_t num_k_blocks) {
+  std::size_t bytes = 0;
+  const int64_t* no_offsets = nullptr;
+  cub::DeviceSegmentedSort::StableSortPairsDescending(
+      nullptr, bytes, static_cast<const double*>(nullptr), static_cast<double*>(nullptr),
+      static_cast<const int*>(nullptr), static_cast<int*>(nullptr), rows * num_k_blocks, rows,
+      no_offsets, no_offsets, cudaStream_t{});
+  return bytes;
+}
 
 template <typename T>
 Status launch_predict(const PredictParams& p, cudaStream_t stream) {
@@ -118,7 +147,9 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
       SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
     }
   }
-  if (p.error_target) {
+  if (p.lr_chunk_rows > 0) {
+    // Long rows: the scores are formed per chunk of rows in the selection (below).
+  } else if (p.error_target) {
     // error_target_sample writes the weights (launched with error_target_rows, below).
   } else if (p.sampled_rows) {
     sampled_row_mass<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, 0, stream>>>(p);
@@ -131,7 +162,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
 
   const int sort_len = sort_length(p.num_k_blocks);
   const int smem = sort_len * int(sizeof(double) + 2 * sizeof(int));
-  // The error target's dynamic smem is at most the sort buffer (128 KB at kMaxSortLen) or the
+  // The error target's dynamic smem is at most the sort buffer (128 KB at kMaxSortedKeyBlocks) or the
   // tiles (< 160 KB), within sm_80's 163 KB.
   if (p.error_target) SPARGE_RETURN_IF_ERROR(launch_error_target<T>(p, sort_len, stream));
   if (p.error_target || p.stat_select_value != nullptr || p.stat_error != nullptr) {
@@ -140,6 +171,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   }
   if (p.stat_forced != nullptr)  // select_blocks adds each row's forced tiles
     SPARGE_CUDA_CHECK(cudaMemsetAsync(p.stat_forced, 0, sizeof(int64_t) * bhq, stream));
+  if (p.lr_chunk_rows > 0) return launch_long_rows(p, stream);
   if (p.num_k_blocks <= kWarpSelectMaxBlocks) return launch_select_warp(p, stream);
   if (smem > 48 * 1024)
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

@@ -1,0 +1,166 @@
+// Stage 1's long-row selection on CUDA (select_long.cuh; issue 14, a million tokens): rows of
+// more than kMaxSortedKeyBlocks (8192) key blocks, which one CTA cannot sort in shared memory,
+// take P̃ per chunk of rows, a segmented stable sort and the same keep rule, behind
+// SPARGE_CUDA_LONG_ROWS=1 until these tests have passed on a GPU. On rows both paths take
+// (SPARGE_CUDA_LONG_ROWS=all sends them to the long-row path) the masks and forced-tile counts
+// are the shared-memory path's bit for bit; beyond 8192 key blocks they equal the CPU's as the
+// other Stage-1 tests do, and sparse_attention runs end to end; without the switch, and for
+// sampled rows and the error target, such rows are refused by name. Needs a GPU: skipped with a
+// message without.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+
+namespace sparge::test {
+namespace {
+
+struct GpuMask {
+  HostBlockMask mask;
+  std::vector<int64_t> forced;
+};
+
+// Stage 1 on the GPU alone (mask and forced tiles per head).
+GpuMask predict_on_gpu(const HostTensor& q, const HostTensor& k, const SparseOptions& opts) {
+  const TensorView& qv = q.view;
+  GpuMask r{HostBlockMask(qv.batch, qv.heads, qv.tokens, k.view.tokens, opts.block_q,
+                          opts.block_k),
+            std::vector<int64_t>(std::size_t(qv.batch * qv.heads), -1)};
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
+  DeviceMask dmask = DeviceMask::like(r.mask.view());
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes), forced(sizeof(int64_t) * r.forced.size());
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  Stage1Stats stats;
+  stats.forced_tiles = static_cast<int64_t*>(forced.get());
+  const Status s = predict_block_mask(q.view, k.view, k.view, opts, dmask.mask, ctx, stats);
+  EXPECT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  r.mask = dmask.download();
+  EXPECT_EQ(cudaMemcpy(r.forced.data(), forced.get(), forced.bytes(), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return r;
+}
+
+SparseOptions options(SelectMode select, float value, bool causal, float sim) {
+  SparseOptions o;
+  o.causal = causal;
+  o.causal_align = CausalAlign::kBottomRight;
+  o.select = select;
+  o.select_value.value = value;
+  o.sim_threshold.value = sim;
+  return o;
+}
+
+struct Shape {
+  const char* workload;
+  int64_t hq, hkv, nq, nk, d;
+};
+
+TEST(CudaLongRows, EqualTheSharedMemoryPathBitForBit) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  // A warp per row (300 keys: 5 blocks), a CTA per row (5000 keys: 79 blocks; 40000: 625).
+  const Shape shapes[] = {{"random", 2, 1, 300, 300, 64},
+                          {"llm", 4, 2, 5000, 5000, 128},
+                          {"random", 2, 2, 2048, 40000, 64}};
+  for (const Shape& sh : shapes) {
+    workloads::Workload w = named_workload(sh.workload, sh.hq, sh.hkv, sh.nq, sh.nk, sh.d, 7);
+    const HostTensor q = HostTensor::make(w.q, 1, w.heads_q, w.seq_q, sh.d, DType::kBFloat16,
+                                          Layout::kHND);
+    const HostTensor k = HostTensor::make(w.k, 1, w.heads_kv, w.seq_k, sh.d, DType::kBFloat16,
+                                          Layout::kHND);
+    for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf})
+      for (bool causal : {false, true}) {
+        SCOPED_TRACE(std::string(sh.workload) + " nk " + std::to_string(w.seq_k) + " " +
+                     enum_name(select) + (causal ? " causal" : ""));
+        const SparseOptions o =
+            options(select, select == SelectMode::kTopK ? 0.1f : 0.9f, causal, 0.3f);
+        const GpuMask shared = predict_on_gpu(q, k, o);
+        GpuMask long_rows;
+        {
+          ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "all");
+          long_rows = predict_on_gpu(q, k, o);
+        }
+        EXPECT_EQ(long_rows.mask.to_dense(), shared.mask.to_dense());
+        EXPECT_EQ(long_rows.mask.counts, shared.mask.counts);
+        EXPECT_EQ(long_rows.forced, shared.forced);
+        const AttentionStats st = mask_stats(shared.mask.view(), o);
+        std::printf("[ long rows ] %s nk %ld %s%s: sparsity %.3f, equal\n", sh.workload,
+                    long(w.seq_k), enum_name(select), causal ? " causal" : "", st.sparsity());
+      }
+  }
+}
+
+TEST(CudaLongRows, RowsBeyondTheSharedMemorySortMatchTheCpu) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  // 8195 key blocks of 64 (the last one partial): past the 8192 one CTA sorts.
+  const int64_t Hq = 2, Hkv = 1, Nq = 200, Nk = 8194 * 64 + 17, D = 64;
+  const HostTensor q = HostTensor::make(gaussian(Hq * Nq * D, 21), 1, Hq, Nq, D,
+                                        DType::kBFloat16, Layout::kHND);
+  const HostTensor k = HostTensor::make(gaussian(Hkv * Nk * D, 22), 1, Hkv, Nk, D,
+                                        DType::kBFloat16, Layout::kHND);
+  ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "1");
+  for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf}) {
+    SCOPED_TRACE(enum_name(select));
+    const SparseOptions o = options(select, select == SelectMode::kTopK ? 0.05f : 0.5f,
+                                    /*causal=*/true, -1.0f);
+    const MaskAgreement m = predict_on_cpu_and_gpu(q, k, o);
+    ASSERT_TRUE(m.ok);
+    std::printf("[ long rows ] nk %ld %s: identical blocks %.5f, kept %ld\n",
+                long(m.ref.view().num_k_blocks()), enum_name(select), m.identical, long(m.kept));
+    EXPECT_GE(m.identical, 0.995);
+    EXPECT_GT(m.kept, 0);
+  }
+  // Both stages end to end on the long rows: the output of the GPU's mask against the
+  // reference's output on its own mask (the masks agree, above).
+  const HostTensor v = HostTensor::make(gaussian(Hkv * Nk * D, 23), 1, Hkv, Nk, D,
+                                        DType::kBFloat16, Layout::kHND);
+  const SparseOptions o = options(SelectMode::kTopK, 0.05f, true, -1.0f);
+  const EndToEnd e = sparse_attention_on_cpu_and_gpu(q, k, v, o);
+  ASSERT_TRUE(e.ok);
+  EXPECT_FALSE(any_nan(e.out));
+  EXPECT_EQ(e.got_mask.to_dense(), e.ref_mask.to_dense());
+  const double err = measure::rel_l1(e.out, e.ref);
+  std::printf("[ long rows ] sparse_attention nk %ld: rel L1 %.3g\n",
+              long(e.ref_mask.view().num_k_blocks()), err);
+  EXPECT_LT(err, 2e-2);
+}
+
+TEST(CudaLongRows, RefusedWithoutTheSwitchAndForSampledRows) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const int64_t Nq = 128, Nk = 8200 * 64, D = 64;
+  const HostTensor q = HostTensor::make(gaussian(Nq * D, 31), 1, 1, Nq, D, DType::kBFloat16,
+                                        Layout::kHND);
+  const HostTensor k = HostTensor::make(gaussian(Nk * D, 32), 1, 1, Nk, D, DType::kBFloat16,
+                                        Layout::kHND);
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k);
+  SparseOptions o = options(SelectMode::kTopCdf, 0.9f, false, 0.3f);
+  o.estimate = EstimateMode::kSampledRows;
+  HostBlockMask like(1, 1, Nq, Nk, o.block_q, o.block_k);
+  DeviceMask dmask = DeviceMask::like(like.view());
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), o, Device::kCUDA);
+  DeviceBuffer ws(std::max<std::size_t>(ws_bytes, 1));
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  {
+    ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "1");
+    const Status s = predict_block_mask(dq.view, dk.view, o, dmask.mask, ctx);
+    EXPECT_EQ(s.code(), StatusCode::kUnsupported);
+    EXPECT_NE(s.message().find("pooled estimate only"), std::string::npos) << s.message();
+  }
+  // Without the switch the long rows are refused, the switch named.
+  ScopedEnv off("SPARGE_CUDA_LONG_ROWS", nullptr);
+  o.estimate = EstimateMode::kPooled;
+  const Status s = predict_block_mask(dq.view, dk.view, o, dmask.mask, ctx);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupported);
+  EXPECT_NE(s.message().find("SPARGE_CUDA_LONG_ROWS=1"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace sparge::test
