@@ -41,8 +41,13 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 
 // Bytes of scratch memory `sparse_attention` / `predict_block_mask` need on `device`. 0 on the
 // CPU: the CPU backends allocate what they need and ignore ExecContext.workspace. 0 too for a
-// shape or options that every call rejects (the call says why).
-std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device);
+// shape or options that every call rejects (the call says why). With `caller_mask` the size
+// leaves out the mask's storage ([B, Hq, nq] counts and [B, Hq, nq, nk] indices, the bulk at
+// long lengths): enough for predict_block_mask, block_sparse_attention, and sparse_attention
+// given a mask_out, which keep the mask in the caller's memory; sparse_attention without a
+// mask_out keeps it in the workspace and needs the full size.
+std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device,
+                           bool caller_mask = false);
 
 // Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings
 // chosen before any tensor exists.

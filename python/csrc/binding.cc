@@ -94,15 +94,17 @@ struct Launch {
   sparge::ExecContext ctx;
   at::Tensor workspace;
 
+  // caller_mask: the op passes the mask tensors it returns, so the workspace holds the rest only
+  // (workspace_size's caller_mask); varlen runs sparse_attention without one per sequence.
   Launch(const at::Tensor& q, const sparge::TensorView& qv, const sparge::TensorView& kv,
-         const sparge::SparseOptions& opts, sparge::Backend backend) {
+         const sparge::SparseOptions& opts, sparge::Backend backend, bool caller_mask = true) {
     ctx.backend = backend;
     if (!q.is_cuda()) return;
     guard.reset_device(q.device());
     c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
     ctx.stream = impl.getStream(q.device()).native_handle();
-    const std::size_t bytes =
-        sparge::workspace_size(sparge::problem_shape(qv, kv), opts, sparge::Device::kCUDA);
+    const std::size_t bytes = sparge::workspace_size(sparge::problem_shape(qv, kv), opts,
+                                                     sparge::Device::kCUDA, caller_mask);
     workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))},
                           q.options().dtype(at::kByte));
     ctx.workspace = workspace.data_ptr();
@@ -278,7 +280,7 @@ void attention_varlen(const c10::OperatorHandle& op, Stack* stack) {
   sparge::TensorView longest_q = qv, longest_k = kv;
   longest_q.tokens = std::max<int64_t>(1, longest(cu_q, max_q, "max_seqlen_q"));
   longest_k.tokens = std::max<int64_t>(1, longest(cu_k, max_k, "max_seqlen_k"));
-  Launch launch(q, longest_q, longest_k, opts, backend);
+  Launch launch(q, longest_q, longest_k, opts, backend, /*caller_mask=*/false);
   at::Tensor out = at::empty_like(q);
   if (g_poison_outputs) out.fill_(NAN);
   throw_if_error(sparge::sparse_attention_varlen(qv, kv, vv, cu_q.data_ptr<int32_t>(), cu_k.data_ptr<int32_t>(),

@@ -163,7 +163,8 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
   return ProblemShape{q.batch, q.heads, k.heads, q.tokens, k.tokens, q.head_dim, q.dtype};
 }
 
-std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device) {
+std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device,
+                           bool caller_mask) {
   if (device != Device::kCUDA) return 0;
   // A shape or options no call accepts need no workspace (and block sizes of 0 would divide by
   // zero below); the call itself reports what is wrong. The mask's index count must fit int64.
@@ -177,7 +178,8 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device
       __builtin_mul_overflow(cells, s.seq_q, &cells) ||
       __builtin_mul_overflow(cells, s.seq_k, &cells))
     return 0;
-  return workspace_layout(s, o).total;
+  const WorkspaceLayout layout = workspace_layout(s, o);
+  return caller_mask ? layout.stage1_bytes : layout.total;
 }
 
 Status validate_options(const SparseOptions& opts, int64_t heads_q) {
@@ -336,10 +338,13 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   return cuda::predict_block_mask(make_problem(q, k, v, opts), mask_like(q, k, opts), ctx);
 #endif
   const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts);
-  if (ctx.workspace == nullptr || ctx.workspace_bytes < layout.total) {
+  // The mask's storage leads the workspace unless the caller holds the mask (mask_out).
+  const std::size_t mask_bytes = mask_out ? 0 : layout.stage1;
+  if (ctx.workspace == nullptr || ctx.workspace_bytes < mask_bytes + layout.stage1_bytes) {
     std::ostringstream os;
-    os << "ExecContext.workspace must hold at least " << layout.total
-       << " bytes (workspace_size()), got " << (ctx.workspace ? ctx.workspace_bytes : 0);
+    os << "ExecContext.workspace must hold at least " << mask_bytes + layout.stage1_bytes
+       << " bytes (workspace_size(" << (mask_out ? "..., caller_mask = true" : "") << ")), got "
+       << (ctx.workspace ? ctx.workspace_bytes : 0);
     return Status::workspace(os.str());
   }
   auto* base = static_cast<char*>(ctx.workspace);
@@ -350,9 +355,9 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
     mask.counts = reinterpret_cast<int32_t*>(base + layout.counts);
     mask.indices = reinterpret_cast<int32_t*>(base + layout.indices);
   }
-  ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage
-  rest.workspace = base + layout.stage1;
-  rest.workspace_bytes = ctx.workspace_bytes - layout.stage1;
+  ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage, if any
+  rest.workspace = base + mask_bytes;
+  rest.workspace_bytes = ctx.workspace_bytes - mask_bytes;
   detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   p.key_blocks = key_blocks;
   return cuda::sparse_attention(p, mask, o, extras, rest);

@@ -162,5 +162,30 @@ TEST(CudaLongRows, RefusedWithoutTheSwitchAndForSampledRows) {
   EXPECT_NE(s.message().find("SPARGE_CUDA_LONG_ROWS=1"), std::string::npos) << s.message();
 }
 
+// Sizes only (no GPU needed): with the caller holding the mask the workspace leaves out its
+// counts and padded indices, and long rows (SPARGE_CUDA_LONG_ROWS=all at 128K keys) replace the
+// score map by a chunk's scratch.
+TEST(CudaWorkspace, CallerMaskLeavesOutTheMaskAndLongRowsTheScoreMap) {
+  ProblemShape s;
+  s.batch = 1, s.heads_q = 8, s.heads_kv = 8, s.seq_q = 131072, s.seq_k = 131072,
+  s.head_dim = 128, s.dtype = DType::kBFloat16;
+  SparseOptions o;
+  o.select = SelectMode::kTopK;
+  o.select_value.value = 0.1f;
+  const std::size_t rows = 8 * 1024, nk = 2048;
+  const std::size_t full = workspace_size(s, o, Device::kCUDA);
+  const std::size_t caller = workspace_size(s, o, Device::kCUDA, /*caller_mask=*/true);
+  EXPECT_EQ(full - caller, rows * 4 + rows * nk * 4);  // counts and indices, 256-byte multiples
+  EXPECT_GE(caller, rows * nk * 8);                     // the fp64 score map
+  {
+    ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "all");
+    const std::size_t long_rows = workspace_size(s, o, Device::kCUDA, true);
+    EXPECT_LT(long_rows, caller - rows * nk * 8 + (std::size_t(96) << 20));
+    std::printf("[ workspace ] 128K keys, H 8: full %.1f MiB, caller mask %.1f MiB, long rows "
+                "%.1f MiB (Q+K+V %.1f MiB)\n", full / 1048576.0, caller / 1048576.0,
+                long_rows / 1048576.0, 3.0 * 8 * 131072 * 128 * 2 / 1048576.0);
+  }
+}
+
 }  // namespace
 }  // namespace sparge::test

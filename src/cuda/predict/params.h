@@ -19,8 +19,8 @@ constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the 
 // Longest mask row (key blocks) the selection sorts in one CTA's shared memory (16 bytes a slot);
 // longer rows take the long-row selection (select_long.cuh).
 constexpr int kMaxSortedKeyBlocks = 8192;
-// Scratch of the long-row selection per chunk of rows: about this many bytes (28 per key block
-// of a row: P̃ and its key block, sorted and not, and a keep flag), at least one row.
+// Scratch of the long-row selection per chunk of rows: at most about this many bytes (28 per key
+// block of a row: P̃ and its key block, sorted and not, and a keep flag), at least one row.
 constexpr std::size_t kLongRowChunkBytes = std::size_t(64) << 20;
 constexpr int kKeyMeanChunk = 512;     // tokens per partial sum of the key mean (fixed order)
 constexpr int kScoreRowsPerCta = 8;    // query blocks per CTA of the compressed-score kernel
@@ -139,10 +139,12 @@ inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
          !(o.target_error > 0.0f);
 }
 
-// Rows per chunk of the long-row selection: kLongRowChunkBytes of scratch, at least one row.
+// Rows per chunk of the long-row selection: a sixteenth of the rows (the scratch stays a small
+// part of the map it replaces), at most kLongRowChunkBytes of scratch, at least one row.
 inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
-  const int64_t fit = int64_t(kLongRowChunkBytes / (28 * std::size_t(std::max<int64_t>(num_k_blocks, 1))));
-  return std::max<int64_t>(1, std::min(rows, fit));
+  const int64_t fit =
+      int64_t(kLongRowChunkBytes / (28 * std::size_t(std::max<int64_t>(num_k_blocks, 1))));
+  return std::max<int64_t>(1, std::min((rows + 15) / 16, fit));
 }
 
 // Bytes of the segmented sort's scratch for `rows` rows of `num_k_blocks` (defined in
