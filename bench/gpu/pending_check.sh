@@ -38,3 +38,8 @@ echo "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"
 timeout 300 python3 bench/gpu/bench_varlen.py --lib "$B/libsparge_c.so" --commit "$C" \
   --out-dir "$OUT" > "$OUT/varlen_$C.log" 2>&1
 echo "varlen bench rc=$?"; tail -12 "$OUT/varlen_$C.log"
+# 4. Issue 14's long runs (128K, 256K, 1M tokens; the 1M rows take the long-row selection): time,
+#    sparsity, bytes beyond Q+K+V, sampled-row error against float32, cuDNN up to 256K.
+timeout 420 python3 bench/gpu/bench_long.py --commit "$C" --out "$OUT/long_$C.jsonl" \
+  > "$OUT/long_$C.log" 2>&1
+echo "long bench rc=$?"; grep -v '^{' "$OUT/long_$C.log" | tail -16
