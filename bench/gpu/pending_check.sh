@@ -5,7 +5,8 @@
 #      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1), key
 #      blocks built and read by Stage 1's kernels (CudaKeyBlocks.*, behind
 #      SPARGE_CUDA_KEY_BLOCKS=1) and the long-row selection (CudaLongRows.*, rows of more than
-#      8192 key blocks, behind SPARGE_CUDA_LONG_ROWS=1); the tests set the switches;
+#      8192 key blocks, behind SPARGE_CUDA_LONG_ROWS=1), and CudaHeadChunks.* (300 query heads
+#      with per-head thresholds, run in head chunks); the tests set the switches;
 #   2. the Python CUDA tests of varlen, compact masks and key blocks (pip install of the package
 #      on the device, as tests/python/run_device.sh does);
 #   3. issue 14's varlen target, {1K, 7K, 33K, 100K} packed vs separate calls vs one call of the
@@ -21,7 +22,7 @@ C=${1:?commit}; B=${2:?binary dir}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
 timeout 200 "$B/sparge_gpu_tests" > "$OUT/gpu_tests_$C.log" 2>&1
 echo "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
-grep -E 'CudaCompactMask|CudaKeyBlocks|CudaLongRows|\[ long rows \]|\[ info \]' \
+grep -E 'CudaCompactMask|CudaKeyBlocks|CudaLongRows|CudaHeadChunks|\[ (long rows|head chunks) \]|\[ info \]' \
   "$OUT/gpu_tests_$C.log" | head -30
 timeout 150 compute-sanitizer --tool memcheck "$B/sparge_gpu_tests" \
   --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*:CudaLongRows.EqualThe*' \

@@ -10,6 +10,7 @@
 #include "common/backend.h"
 #include "common/error_target.h"
 #include "common/geometry.h"
+#include "common/head_chunks.h"
 #include "common/validate.h"
 #include "sparge/build_info.h"
 #include "sparge/sparge.h"
@@ -144,6 +145,13 @@ Status check_key_blocks_for_call(const KeyBlocks& kb, const TensorView& q, const
   return Status::ok();
 }
 
+// CUDA holds per-head thresholds in its kernel parameters (kCudaMaxParamHeads of them): a call
+// with more query heads and per-head options runs in head chunks (common/head_chunks.h).
+bool cut_into_head_chunks(Backend backend, const SparseOptions& opts, int64_t heads_q) {
+  return backend == Backend::kCuda &&
+         detail::needs_head_chunks(opts, heads_q, detail::kCudaMaxParamHeads);
+}
+
 BlockMask mask_like(const TensorView& q, const TensorView& k, const SparseOptions& o) {
   BlockMask m;
   m.device = q.device;
@@ -231,6 +239,9 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  if (cut_into_head_chunks(backend, opts, q.heads))
+    return detail::predict_block_mask_in_head_chunks(q, k, v, attn_mask, nullptr, opts, mask,
+                                                     ctx, stats, detail::kCudaMaxParamHeads);
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
@@ -250,6 +261,9 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
   SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(key_blocks, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  if (cut_into_head_chunks(backend, opts, q.heads))
+    return detail::predict_block_mask_in_head_chunks(q, k, k, attn_mask, &key_blocks, opts, mask,
+                                                     ctx, stats, detail::kCudaMaxParamHeads);
   detail::Problem p = make_problem(q, k, k, opts, attn_mask);
   p.key_blocks = &key_blocks;
   if (backend == Backend::kCuda) {
@@ -277,6 +291,9 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  if (cut_into_head_chunks(backend, opts, q.heads))
+    return detail::block_sparse_attention_in_head_chunks(q, k, v, attn_mask, mask, opts, o,
+                                                         extras, ctx, detail::kCudaMaxParamHeads);
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   switch (backend) {
     case Backend::kCuda:
@@ -308,6 +325,9 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, q, k, opts));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(q.device, ctx, &backend));
+  if (cut_into_head_chunks(backend, opts, q.heads))
+    return detail::sparse_attention_in_head_chunks(q, k, v, attn_mask, key_blocks, opts, o, extras,
+                                                   ctx, mask_out, detail::kCudaMaxParamHeads);
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
     if (mask_out)

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/head_chunks.h"
 #include "cuda/attention/params.h"
 #include "common/backend.h"
 #include "cuda/common/check.cuh"
@@ -26,6 +27,11 @@
 #include "sparge/build_info.h"
 
 namespace sparge::cuda {
+
+// The public entries cut calls with more query heads into chunks of this many (head_chunks.h).
+static_assert(kMaxPredictHeads == detail::kCudaMaxParamHeads &&
+                  kMaxParamHeads == detail::kCudaMaxParamHeads,
+              "per-head parameter arrays and the head-chunk bound must agree");
 namespace {
 
 constexpr int kTileQ = 128, kTileK = 64;  // kBlockM / kBlockN of both kernels (traits*.cuh)
