@@ -414,28 +414,31 @@ std::size_t key_blocks_workspace_size(const TensorView& k) {
   return cuda::key_blocks_workspace_size(k.batch, k.heads, k.tokens, k.head_dim);
 }
 
-Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
+namespace {
+
+// Every block of k pooled into `blocks` from block 0, with k's mean (new_mean) or the one the
+// blocks hold.
+Status pool_all_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx,
+                           bool new_mean) {
   if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
   SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
-    return cuda::update_key_blocks(k, blocks, 0, /*new_mean=*/true, ctx);
+    return cuda::update_key_blocks(k, blocks, 0, new_mean, ctx);
   }
-  return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/true);
+  return cpu::update_key_blocks(k, blocks, 0, new_mean);
+}
+
+}  // namespace
+
+Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
+  return pool_all_key_blocks(k, blocks, ctx, /*new_mean=*/true);
 }
 
 Status pool_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {
-  if (blocks == nullptr) return Status::invalid("key_blocks must not be null");
-  SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
-  Backend backend;
-  SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
-    return cuda::update_key_blocks(k, blocks, 0, /*new_mean=*/false, ctx);
-  }
-  return cpu::update_key_blocks(k, blocks, 0, /*new_mean=*/false);
+  return pool_all_key_blocks(k, blocks, ctx, /*new_mean=*/false);
 }
 
 Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx) {

@@ -22,20 +22,33 @@
 
 namespace sparge::cuda {
 
-// One CTA (kSelectThreads) per row of the chunk; row = row0 + blockIdx.x over batch·heads_q·nq.
+// Mask row row0 + blockIdx.x (over batch·heads_q·nq) of a chunk: its batch·head and query block,
+// head, KV head, visible key blocks and the gate's threshold.
+struct LongRow {
+  int64_t row;
+  int bh, i, b, h, bhk, begin, end;
+  float theta;
+  __device__ LongRow(const PredictParams& p, int64_t row0) : row(row0 + blockIdx.x) {
+    bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
+    b = bh / p.heads_q, h = bh % p.heads_q;
+    bhk = b * p.heads_kv + h / p.group;
+    const detail::BlockRange range = visible_key_blocks(p, i, b);
+    begin = int(range.begin), end = int(range.end);
+    theta = p.sim_threshold[p.per_head ? h : 0];
+  }
+};
+
+// One CTA (kSelectThreads) per row of the chunk.
 __global__ void __launch_bounds__(kSelectThreads) long_row_probs(const PredictParams p,
                                                                  int64_t row0) {
   __shared__ __align__(16) double sQ[256];
   __shared__ double sScratchD[32];
   __shared__ int sScratchI[32];
-  const int64_t row = row0 + blockIdx.x;
-  const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
-  const int b = bh / p.heads_q, h = bh % p.heads_q;
-  const int bhk = b * p.heads_kv + h / p.group;
+  const LongRow r(p, row0);
+  const int64_t row = r.row;
+  const int bhk = r.bhk, begin = r.begin, end = r.end;
+  const float theta = r.theta;
   const int nk = p.num_k_blocks, D = p.head_dim;
-  const detail::BlockRange range = visible_key_blocks(p, i, b);
-  const int begin = int(range.begin), end = int(range.end);
-  const float theta = p.sim_threshold[p.per_head ? h : 0];
   double* prob = p.lr_prob_in + int64_t(blockIdx.x) * nk;
   int* idx = p.lr_idx_in + int64_t(blockIdx.x) * nk;
   for (int d = threadIdx.x; d < D; d += kSelectThreads) sQ[d] = p.pooled_q[row * D + d];
@@ -88,17 +101,14 @@ __global__ void __launch_bounds__(kSelectThreads) long_row_select(const PredictP
                                                                   int64_t row0) {
   __shared__ double sScratchD[32];
   __shared__ int sScratchI[32];
-  const int64_t row = row0 + blockIdx.x;
-  const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
-  const int b = bh / p.heads_q, h = bh % p.heads_q;
-  const int bhk = b * p.heads_kv + h / p.group;
+  const LongRow r(p, row0);
+  const int64_t row = r.row;
+  const int bh = r.bh, bhk = r.bhk, begin = r.begin, end = r.end;
+  const float theta = r.theta;
   const int nk = p.num_k_blocks;
-  const detail::BlockRange range = visible_key_blocks(p, i, b);
-  const int begin = int(range.begin), end = int(range.end);
   const int allowed = int(
-      detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k).size());
-  const double select = double(p.select_value[p.per_head ? h : 0]);
-  const float theta = p.sim_threshold[p.per_head ? h : 0];
+      detail::allowed_key_blocks(r.i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k).size());
+  const double select = double(p.select_value[p.per_head ? r.h : 0]);
   const bool q_similar = p.sim_q[row] > double(theta);  // NaN compares false: non-similar
   const double* prob = p.lr_prob_out + int64_t(blockIdx.x) * nk;
   const int* idx = p.lr_idx_out + int64_t(blockIdx.x) * nk;
@@ -119,39 +129,10 @@ __global__ void __launch_bounds__(kSelectThreads) long_row_select(const PredictP
                 static_cast<unsigned long long>(forced));
   }
   __syncthreads();  // keep[] is written by other threads below
-  if (p.lr_state[blockIdx.x] > 0) {
-    // TopCdf: keep rank t iff the mass before it is < τ; TopK: the first max(1, ⌊κ·allowed⌋).
-    const int64_t topk_keep = max(int64_t(1), int64_t(floor(select * double(allowed))));
-    double carry = 0.0;
-    for (int base = 0; base < nk; base += kSelectThreads) {
-      const int t = base + threadIdx.x;
-      const double pr = t < nk ? prob[t] : -1.0;
-      double chunk_total;
-      const double before =
-          carry + block_exclusive_scan(pr >= 0.0 ? pr : 0.0, sScratchD, &chunk_total);
-      carry += chunk_total;
-      if (pr >= 0.0) {
-        const bool kept = p.topk ? t < topk_keep : before < select;
-        if (kept) keep[idx[t]] = 1;
-      }
-    }
-  }
-  __syncthreads();
-  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) keep[0] = 1;
-  __syncthreads();
-
-  // Ascending compaction of the kept flags into the mask row.
-  int32_t* gIdx = p.mask_indices + row * nk;
-  int written = 0;
-  for (int base = begin; base < end; base += kSelectThreads) {
-    const int j = base + threadIdx.x;
-    const int flag = j < end ? keep[j] : 0;
-    int chunk_total;
-    const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
-    if (flag) gIdx[pos] = j;
-    written += chunk_total;
-  }
-  if (threadIdx.x == 0) p.mask_counts[row] = written;
+  if (p.lr_state[blockIdx.x] > 0)
+    keep_ranked(p, select, allowed, nk, [&](int t) { return t < nk ? prob[t] : -1.0; },
+                [&](int t) { return idx[t]; }, keep, sScratchD);
+  write_mask_row(p, row, begin, end, keep, sScratchI);
 }
 
 // Segment offsets r · nk for r = 0 .. rows (the sort's begin and end iterators).

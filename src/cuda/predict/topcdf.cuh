@@ -192,6 +192,48 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   return eligible;
 }
 
+// The keep rule over a ranked row (P̃ descending; prob_at(t) < 0: not eligible), slots
+// [0, len) in chunks of kSelectThreads: TopCdf keeps rank t iff the mass before it is < τ (the
+// block reaching τ is kept; if the total stays below τ, all are kept), TopK the first
+// max(1, ⌊κ·allowed⌋) ranks; keep[idx_at(t)] = 1 for each. Uniform over the CTA.
+template <typename ProbAt, typename IdxAt>
+__device__ __forceinline__ void keep_ranked(const PredictParams& p, double select, int allowed,
+                                            int len, ProbAt prob_at, IdxAt idx_at, int* keep,
+                                            double* sScratchD) {
+  const int64_t topk_keep = max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
+  double carry = 0.0;
+  for (int base = 0; base < len; base += kSelectThreads) {
+    const int t = base + threadIdx.x;
+    const double prob = prob_at(t);
+    double chunk_total;
+    const double before = carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
+    carry += chunk_total;
+    if (prob >= 0.0) {
+      const bool kept = p.topk ? t < topk_keep : before < select;
+      if (kept) keep[idx_at(t)] = 1;
+    }
+  }
+}
+
+// The sink, then the ascending compaction of keep flags [begin, end) into mask row `row`.
+__device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t row, int begin,
+                                               int end, int* keep, int* sScratchI) {
+  __syncthreads();
+  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) keep[0] = 1;
+  __syncthreads();
+  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  int written = 0;
+  for (int base = begin; base < end; base += kSelectThreads) {
+    const int j = base + threadIdx.x;
+    const int flag = j < end ? keep[j] : 0;
+    int chunk_total;
+    const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
+    if (flag) gIdx[pos] = j;
+    written += chunk_total;
+  }
+  if (threadIdx.x == 0) p.mask_counts[row] = written;
+}
+
 // One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
 __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictParams p, int sort_len) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -226,38 +268,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   if (p.error_target && select > 1.0) {
     for (int j = begin + threadIdx.x; j < end; j += kSelectThreads) sKeep[j] = 1;
   } else if (eligible > 0) {
-    // TopCdf: keep rank t iff the mass before it is < τ (the block reaching τ is kept; if the
-    // total stays below τ, all are kept). TopK: the first max(1, ⌊κ·allowed⌋) ranks.
-    const int64_t topk_keep = max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
-    double carry = 0.0;
-    for (int base = 0; base < sort_len; base += kSelectThreads) {
-      const int t = base + threadIdx.x;
-      const double prob = sProb[t];
-      double chunk_total;
-      const double before = carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
-      carry += chunk_total;
-      if (prob >= 0.0) {
-        const bool keep = p.topk ? t < topk_keep : before < select;
-        if (keep) sKeep[sIdx[t]] = 1;
-      }
-    }
+    keep_ranked(p, select, allowed, sort_len, [&](int t) { return sProb[t]; },
+                [&](int t) { return sIdx[t]; }, sKeep, sScratchD);
   }
-  __syncthreads();
-  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) sKeep[0] = 1;
-  __syncthreads();
-
-  // Ascending compaction of the kept flags into the mask row.
-  int32_t* gIdx = p.mask_indices + row * nk;
-  int written = 0;
-  for (int base = begin; base < end; base += kSelectThreads) {
-    const int j = base + threadIdx.x;
-    const int flag = j < end ? sKeep[j] : 0;
-    int chunk_total;
-    const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
-    if (flag) gIdx[pos] = j;
-    written += chunk_total;
-  }
-  if (threadIdx.x == 0) p.mask_counts[row] = written;
+  write_mask_row(p, row, begin, end, sKeep, sScratchI);
 }
 
 // The mask when the selection keeps every visible tile (PredictParams::keep_every_tile): each
