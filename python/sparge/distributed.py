@@ -156,7 +156,7 @@ def gather_sequence(x: torch.Tensor, dim: int = 2, *, ulysses_group=None, ring_g
     for checks and small tensors, not for the hot path)."""
     ulysses_group = _default_ulysses(ulysses_group, ring_group)
     world = dist.get_world_size()
-    lengths = _all_lengths(x.shape[dim], None)
+    lengths = _all_lengths(x.shape[dim], None, x.device)
     # all_gather takes equal sizes: every piece padded to the longest
     longest = max(lengths)
     pad = x.new_zeros(x.shape[:dim] + (longest,) + x.shape[dim + 1:])
@@ -164,7 +164,7 @@ def gather_sequence(x: torch.Tensor, dim: int = 2, *, ulysses_group=None, ring_g
     pieces = [torch.empty_like(pad) for _ in range(world)]
     dist.all_gather(pieces, pad)
     pieces = [p.narrow(dim, 0, n) for p, n in zip(pieces, lengths)]
-    mine = torch.tensor([_group_rank(ulysses_group), _group_rank(ring_group)])
+    mine = torch.tensor([_group_rank(ulysses_group), _group_rank(ring_group)], device=x.device)
     table = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(table, mine)
     ranks = [(int(t[0]), int(t[1])) for t in table]
@@ -192,12 +192,12 @@ def _default_ulysses(ulysses_group, ring_group):
     return ulysses_group
 
 
-def _all_lengths(n: int, group) -> List[int]:
-    """Every rank's local length in `group` (one small all-gather)."""
-    mine = torch.tensor([n], dtype=torch.int64)
-    out = [torch.zeros(1, dtype=torch.int64) for _ in range(_group_size(group) if group
-                                                             is not None else
-                                                             dist.get_world_size())]
+def _all_lengths(n: int, group, device) -> List[int]:
+    """Every rank's local length in `group` (one small all-gather, on `device`: NCCL takes
+    CUDA tensors only)."""
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    size = dist.get_world_size(group) if group is not None else dist.get_world_size()
+    out = [torch.zeros_like(mine) for _ in range(size)]
     dist.all_gather(out, mine, group=group)
     return [int(t) for t in out]
 
@@ -271,7 +271,7 @@ def _ulysses(q, k, v, group, local_fn, options, return_lse):
     if heads_q % size != 0:
         raise ValueError(f"Ulysses over {size} ranks needs the query heads ({heads_q}) to divide "
                          "by the group size; use a ring for the rest")
-    lengths = _all_lengths(q.shape[2], group)
+    lengths = _all_lengths(q.shape[2], group, q.device)
     if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
         raise ValueError(f"q, k and v shards must hold the same tokens (self-attention), got "
                          f"{q.shape[2]}, {k.shape[2]} and {v.shape[2]}")
@@ -372,7 +372,7 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
     if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
         raise ValueError(f"q, k and v shards must hold the same tokens (self-attention), got "
                          f"{q.shape[2]}, {k.shape[2]} and {v.shape[2]}")
-    lengths = _all_lengths(q.shape[2], group)
+    lengths = _all_lengths(q.shape[2], group, q.device)
     seq_len = sum(lengths)
     layout = RingLayout(seq_len, size, is_causal, block_q, block_k)
     for g in range(size):
