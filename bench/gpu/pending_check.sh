@@ -5,8 +5,9 @@
 #      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1), key
 #      blocks built and read by Stage 1's kernels (CudaKeyBlocks.*, behind
 #      SPARGE_CUDA_KEY_BLOCKS=1) and the long-row selection (CudaLongRows.*, rows of more than
-#      8192 key blocks, behind SPARGE_CUDA_LONG_ROWS=1), and CudaHeadChunks.* (300 query heads
-#      with per-head thresholds, run in head chunks); the tests set the switches;
+#      8192 key blocks, behind SPARGE_CUDA_LONG_ROWS=1), CudaHeadChunks.* (300 query heads
+#      with per-head thresholds, run in head chunks) and the split-KV decode kernels
+#      (*CudaDecode*, behind SPARGE_CUDA_DECODE=1); the tests set the switches;
 #   2. the Python CUDA tests of varlen, compact masks and key blocks (pip install of the package
 #      on the device, as tests/python/run_device.sh does);
 #   3. issue 14's varlen target, {1K, 7K, 33K, 100K} packed vs separate calls vs one call of the
@@ -14,18 +15,19 @@
 # Usage (repo root, GPU machine): bash bench/gpu/pending_check.sh <commit> <dir with
 #   libsparge_c.so and sparge_gpu_tests>  -> $OUT/{gpu_tests,memcheck,pytest,varlen}_<commit>.log
 #   and the varlen record's .jsonl.
-# If CudaCompactMask / CudaKeyBlocks / CudaLongRows pass (bit-equal outputs and masks), the next
-# step is to drop their switches (cuda_compact_unsupported, cuda_key_blocks_unsupported in
-# src/common/dispatch.cc; the SPARGE_CUDA_LONG_ROWS=1 check in check_predict, src/cuda/dispatch.cu).
+# If CudaCompactMask / CudaKeyBlocks / CudaLongRows / CudaDecode pass, the next step is to drop
+# their switches (cuda_compact_unsupported, cuda_key_blocks_unsupported in src/common/dispatch.cc;
+# the SPARGE_CUDA_LONG_ROWS=1 check in check_predict and SPARGE_CUDA_DECODE in
+# uses_decode_kernel, src/cuda/dispatch.cu; the decode kernels after the benchmark says they pay).
 set -uo pipefail
 C=${1:?commit}; B=${2:?binary dir}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
 timeout 200 "$B/sparge_gpu_tests" > "$OUT/gpu_tests_$C.log" 2>&1
 echo "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
-grep -E 'CudaCompactMask|CudaKeyBlocks|CudaLongRows|CudaHeadChunks|\[ (long rows|head chunks) \]|\[ info \]' \
+grep -E 'CudaCompactMask|CudaKeyBlocks|CudaLongRows|CudaHeadChunks|CudaDecode|\[ (long rows|head chunks|decode) \]|\[ info \]' \
   "$OUT/gpu_tests_$C.log" | head -30
 timeout 150 compute-sanitizer --tool memcheck "$B/sparge_gpu_tests" \
-  --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*:CudaLongRows.EqualThe*' \
+  --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*:CudaLongRows.EqualThe*:*CudaDecode*' \
   > "$OUT/memcheck_$C.log" 2>&1
 echo "memcheck rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1
@@ -44,3 +46,8 @@ echo "varlen bench rc=$?"; tail -12 "$OUT/varlen_$C.log"
 timeout 420 python3 bench/gpu/bench_long.py --commit "$C" --out "$OUT/long_$C.jsonl" \
   > "$OUT/long_$C.log" 2>&1
 echo "long bench rc=$?"; grep -v '^{' "$OUT/long_$C.log" | tail -16
+# 5. Issue 14's decode target (B 8, 32/8 heads, 128K keys, top-k 0.1) with and without the
+#    split-KV decode kernels, beside SDPA, against the copy bandwidth.
+timeout 300 python3 bench/gpu/bench_decode.py --commit "$C" --out "$OUT/decode_$C.jsonl" \
+  > "$OUT/decode_$C.log" 2>&1
+echo "decode bench rc=$?"; grep -v '^{' "$OUT/decode_$C.log" | tail -10

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/head_chunks.h"
+#include "cuda/attention/decode.cuh"
 #include "cuda/attention/params.h"
 #include "common/backend.h"
 #include "cuda/common/check.cuh"
@@ -610,11 +611,47 @@ std::vector<int> compiled_head_dims() {
   return dims;
 }
 
+namespace {
+
+// The split-KV decode kernels (decode.cuh) serve calls of one query block of at most
+// kDecodeMaxRows rows (decode, speculative tokens) with the exact path and block_k 64, behind
+// SPARGE_CUDA_DECODE=1 until a GPU run has checked them (tests/cuda/test_decode.cc sets it).
+bool uses_decode_kernel(const ProblemShape& s, const SparseOptions& o) {
+  const char* opt_in = std::getenv("SPARGE_CUDA_DECODE");
+  if (opt_in == nullptr || std::string(opt_in) != "1") return false;
+  return s.seq_q >= 1 && s.seq_q <= kDecodeMaxRows && s.seq_q <= o.block_q &&
+         o.block_k == kDecodeKeys && o.quant == QuantMode::kNone &&
+         (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
+}
+
+// Where the decode partials lie (256-byte aligned, from the workspace's start).
+struct DecodeWorkspace {
+  std::size_t m, l, acc, total;
+  int splits;
+};
+
+DecodeWorkspace decode_workspace(const ProblemShape& s) {
+  auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+  DecodeWorkspace w;
+  w.splits = decode_splits(s.batch * s.heads_q);
+  const std::size_t rows = std::size_t(s.batch * s.heads_q) * w.splits * std::size_t(s.seq_q);
+  w.m = 0;
+  w.l = align(rows * sizeof(float));
+  w.acc = w.l + align(rows * sizeof(float));
+  w.total = w.acc + align(rows * std::size_t(s.head_dim) * sizeof(float));
+  return w;
+}
+
+}  // namespace
+
 // Quantized mode: sparse_attention's fused pass writes the quantized operands while Stage 1's
 // scratch still holds its pooled blocks, so the two lie side by side (quant_offset).
+// The decode kernels' partials (decode.cuh), at the workspace's start: Stage 1 has finished with
+// its scratch when the attention runs (the same stream), so the two share it.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
   const std::size_t stage1 = predict_workspace(shape, opts).total;
-  if (opts.quant == QuantMode::kNone) return stage1;
+  const std::size_t decode = uses_decode_kernel(shape, opts) ? decode_workspace(shape).total : 0;
+  if (opts.quant == QuantMode::kNone) return std::max(stage1, decode);
   return quant_offset(shape, opts) + quant_workspace_of(shape).total;
 }
 
@@ -700,12 +737,38 @@ bool fuses_stage1(const detail::Problem& p, const BlockMask& mask, const Stage1S
   return check_quantized(kernel, why, p).is_ok() && pooling_fusable(mask.block_q, mask.block_k, D);
 }
 
+// The split-KV decode kernels on the workspace's partials.
+Status attention_decode(const AttnParams& a, const detail::Problem& p, const ExecContext& ctx) {
+  const DecodeWorkspace ws = decode_workspace(p.shape);
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "the decode kernels (workspace_size())"));
+  auto* base = static_cast<char*>(ctx.workspace);
+  DecodePartials part;
+  part.m = reinterpret_cast<float*>(base + ws.m);
+  part.l = reinterpret_cast<float*>(base + ws.l);
+  part.acc = reinterpret_cast<float*>(base + ws.acc);
+  part.splits = ws.splits;
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  const bool bf16 = p.q.dtype == DType::kBFloat16;
+  switch (p.shape.head_dim) {
+    case 64:
+      return bf16 ? launch_attn_decode<__nv_bfloat16, 64>(a, part, stream)
+                  : launch_attn_decode<__half, 64>(a, part, stream);
+    case 128:
+      return bf16 ? launch_attn_decode<__nv_bfloat16, 128>(a, part, stream)
+                  : launch_attn_decode<__half, 128>(a, part, stream);
+    default:
+      return bf16 ? launch_attn_decode<__nv_bfloat16, 256>(a, part, stream)
+                  : launch_attn_decode<__half, 256>(a, part, stream);
+  }
+}
+
 }  // namespace
 
 Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                  const AttentionExtras& extras, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
   const AttnParams a = to_params(p, mask, o, extras);
+  if (uses_decode_kernel(p.shape, p.opts)) return attention_decode(a, p, ctx);
   Kernel kernel = Kernel::kSm80;
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
