@@ -38,8 +38,9 @@ Ulysses gathers the ring shard of the Ulysses group, the ring runs on it with H 
 On CUDA the ring's Stage 1 runs the CUDA key-block path, which sits behind
 SPARGE_CUDA_KEY_BLOCKS=1 until a GPU run has checked it (sparge.KeyBlocks); Ulysses needs no switch.
 
-Options are those of `sparge.attention` (per-head thresholds are sliced to each rank's heads).
-Not here: attn_mask, key_lengths, key_blocks, return_stats (use return_lse), windows and
+Options are those of `sparge.attention` (per-head thresholds are sliced to each rank's heads;
+`key_lengths`, each batch entry's real keys of the whole sequence, in Ulysses mode).
+Not here: attn_mask, key_blocks, return_stats (use return_lse), key_lengths, windows and
 token_grid in ring mode, the error target and sampled rows in ring mode (they read keys that
 are on other ranks). Inference only, as the rest of Sparge.
 
@@ -474,12 +475,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_grou
     the sequence, laid out as `shard_sequence` does for the same groups; returns this rank's
     output rows (and, with return_lse, their natural-log LSE [B, H, n]). With neither group
     given, Ulysses over the default (world) group."""
-    for name in ("attn_mask", "key_lengths", "key_blocks", "return_stats"):
+    for name in ("attn_mask", "key_blocks", "return_stats"):
         if options.get(name) not in (None, False):
             raise ValueError(f"{name} is not supported by sparge.distributed.attention")
         options.pop(name, None)
     _check_inputs(q, k, v, layout)
     ulysses_group = _default_ulysses(ulysses_group, ring_group)
+    if options.get("key_lengths") is None:
+        options.pop("key_lengths", None)
+    elif _group_size(ring_group) > 1:
+        raise ValueError("key_lengths are not supported in ring mode (a padding suffix of the "
+                         "whole sequence would cut the ring's last chunks); use Ulysses")
     qh, kh, vh = _to_hnd(q, layout), _to_hnd(k, layout), _to_hnd(v, layout)
     options["scale"] = _options.resolve_scale(options.get("scale"), qh.shape[-1])
     ring = _group_size(ring_group) > 1

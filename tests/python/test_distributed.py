@@ -65,6 +65,14 @@ def _check_ulysses(rank, world):
         dict(heads_q=4, heads_kv=4, kind="video", opts=dict(topk=0.3, sim_threshold=0.5,
                                                             token_grid=(2, 8, 16))),
     ]
+    # A padded batch: key_lengths (each entry's real keys of the whole sequence) pass through.
+    gen = torch.Generator().manual_seed(19)
+    q, k, v = (torch.randn((2, h, 300, 32), generator=gen) for h in (4, 2, 2))
+    lengths = torch.tensor([300, 211], dtype=torch.int32)
+    opts = dict(topk=0.4, sim_threshold=-1.0)
+    want = sparge.attention(q, k, v, key_lengths=lengths, **opts)
+    got = sd.attention(*(sd.shard_sequence(t) for t in (q, k, v)), key_lengths=lengths, **opts)
+    assert torch.equal(got, sd.shard_sequence(want)), "ulysses key_lengths: output differs"
     for i, c in enumerate(cases):
         q, k, v = _inputs(10 + i, c["heads_q"], c["heads_kv"], c.get("seq", 0),
                           kind=c.get("kind", "random"))
@@ -180,6 +188,8 @@ def _check_errors(rank, world):
         sd.attention(*shard, ring_group=dist.group.WORLD, window_left=16, topk=0.5)
     with pytest.raises(ValueError, match="attn_mask"):
         sd.attention(*shard, attn_mask=torch.ones(1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="key_lengths"):
+        sd.attention(*shard, ring_group=dist.group.WORLD, key_lengths=torch.tensor([100]))
     with pytest.raises(ValueError, match="too short"):
         sd.RingLayout(100, 4, True, 64, 64)
 
