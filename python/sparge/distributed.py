@@ -221,6 +221,19 @@ def _all_to_all_heads(x: torch.Tensor, lengths: Sequence[int], group) -> torch.T
     return torch.cat([p.reshape(b, h // size, m, d) for p, m in zip(parts, lengths)], dim=2)
 
 
+def _all_to_all_qkv(q, k, v, lengths, group):
+    """q, k, v to head shards in one all-to-all when they share a dtype: each rank's slice of
+    the three is packed side by side along the heads, sent as one, and split on arrival."""
+    if not (q.dtype == k.dtype == v.dtype):
+        return tuple(_all_to_all_heads(t.contiguous(), lengths, group) for t in (q, k, v))
+    size = len(lengths)
+    b, _, n, d = q.shape
+    heads = [t.shape[1] // size for t in (q, k, v)]  # each rank's share of each
+    packed = torch.cat([t.reshape(b, size, share, n, d) for t, share in zip((q, k, v), heads)],
+                       dim=2).reshape(b, size * sum(heads), n, d)
+    return torch.split(_all_to_all_heads(packed, lengths, group), heads, dim=1)
+
+
 def _all_to_all_tokens(x: torch.Tensor, lengths: Sequence[int], rank: int,
                        group) -> torch.Tensor:
     """The inverse: [B, H / U, sum(lengths), D] -> [B, H, lengths[rank], D]."""
@@ -277,7 +290,7 @@ def _ulysses(q, k, v, group, local_fn, options, return_lse):
         raise ValueError(f"q, k and v shards must hold the same tokens (self-attention), got "
                          f"{q.shape[2]}, {k.shape[2]} and {v.shape[2]}")
     k, v = (_expand_kv_heads(t, heads_q, size) for t in (k, v))
-    qh, kh, vh = (_all_to_all_heads(t.contiguous(), lengths, group) for t in (q, k, v))
+    qh, kh, vh = _all_to_all_qkv(q, k, v, lengths, group)
     local = _slice_heads(options, heads_q, rank * (heads_q // size), heads_q // size)
     out, lse = local_fn(qh, kh, vh, local)
     out = _all_to_all_tokens(out.contiguous(), lengths, rank, group)
