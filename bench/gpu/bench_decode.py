@@ -15,9 +15,11 @@ One JSON line per case (docs/bench-schema.md), a table on stderr.
 """
 import argparse
 import datetime
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jsonl_out  # noqa: E402  (bench/gpu/jsonl_out.py)
 
 import torch
 import torch.nn.functional as F
@@ -116,12 +118,7 @@ def main():
     for r in records:
         work = 4 * B * H * R * r["seq_k"] * D / 2
         out.append(dict(head, tops=work / r["ms"] / 1e9, **r))
-    for r in out:
-        print(json.dumps(r))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in out:
-                f.write(json.dumps(r) + "\n")
+    jsonl_out.emit(out, args.out)
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s" if bw else "copy bandwidth: -", file=sys.stderr)
     print(f"{'impl':>20} {'keys':>7} {'topk':>5} {'ms':>8} {'GB/s':>7} {'of copy':>7} "
           f"{'rel_l1':>9}", file=sys.stderr)

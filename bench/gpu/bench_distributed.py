@@ -15,13 +15,15 @@ whole problem; `pv_threshold` null means inf (λ off, the default here).
 """
 import argparse
 import datetime
-import json
 import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jsonl_out  # noqa: E402  (bench/gpu/jsonl_out.py)
 
 import torch
 import torch.distributed as dist
@@ -181,12 +183,7 @@ def main():
                             if x["mode"] == "one-device" and x["causal"] == r["causal"])
             records.append(dict(base, impl=f"sparge-exact-{r['mode']}", world_size=world,
                                 sparsity=sparsity, tops=work / r["ms"] / 1e9, **r))
-    for r in records:
-        print(json.dumps(r))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+    jsonl_out.emit(records, args.out)
     print(f"{'mode':>10} {'world':>5} {'causal':>6} {'ms':>9} {'speedup':>7} {'rel_l1':>9}",
           file=sys.stderr)
     for r in records:

@@ -18,12 +18,14 @@ long-row selection has run on a GPU; this script sets it. One JSON line per case
 """
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
 
 os.environ.setdefault("SPARGE_CUDA_LONG_ROWS", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jsonl_out  # noqa: E402  (bench/gpu/jsonl_out.py)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -129,12 +131,7 @@ def main():
     for r in records:
         work = 4 * H * r["seq_q"] * r["seq_k"] * D / (2 if r["causal"] else 1)
         out.append(dict(base, tops=work / r["ms"] / 1e9, **r))
-    for r in out:
-        print(json.dumps(r))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in out:
-                f.write(json.dumps(r) + "\n")
+    jsonl_out.emit(out, args.out)
     print(f"{'impl':>18} {'N':>8} {'causal':>6} {'ms':>10} {'TOPS':>7} {'sparsity':>8} "
           f"{'rel_l1':>9} {'beyond QKV':>12}", file=sys.stderr)
     for r in out:

@@ -15,3 +15,13 @@ def write_jsonl(path: str, records) -> None:
         for r in records:
             f.write(json.dumps(r) + "\n")
     print("wrote", path)
+
+
+def emit(records, path=None) -> None:
+    """Records as JSON lines on stdout (what the smoke tests parse), and into `path` if given."""
+    for r in records:
+        print(json.dumps(r))
+    if path:
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
