@@ -49,6 +49,7 @@ signature, returning (out, lse), for yunchang / xDiT's `LongContextAttention(att
 attn_processor=...)`: there each ring step predicts its own mask from the pair it sees.
 """
 import math
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -386,6 +387,10 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
     if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
         raise ValueError(f"q, k and v shards must hold the same tokens (self-attention), got "
                          f"{q.shape[2]}, {k.shape[2]} and {v.shape[2]}")
+    if q.is_cuda and os.environ.get("SPARGE_CUDA_KEY_BLOCKS") != "1":
+        raise NotImplementedError(
+            "the ring's Stage 1 reads gathered key blocks, and the CUDA key-block path has not run "
+            "on a GPU yet: set SPARGE_CUDA_KEY_BLOCKS=1 to opt in, or use Ulysses (ulysses_group)")
     lengths = _all_lengths(q.shape[2], group, q.device)
     seq_len = sum(lengths)
     layout = RingLayout(seq_len, size, is_causal, block_q, block_k)
