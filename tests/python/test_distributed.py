@@ -6,6 +6,7 @@ one-process result, takes its shard with shard_sequence, runs the distributed ca
 its rows (and LSE). A rank's failure is raised in the parent with its traceback."""
 import os
 import tempfile
+import time
 import traceback
 
 import pytest
@@ -227,10 +228,15 @@ def _run(world, scenario):
                  for r in range(world)]
         for p in procs:
             p.start()
+        # One deadline for all ranks: a rank that dies leaves the others blocked in a collective
+        # until gloo notices, so a failing case must not wait the timeout once per rank.
+        deadline = time.monotonic() + 300
         for p in procs:
-            p.join(timeout=300)
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
             if p.is_alive():
                 p.kill()
+                p.join()
     failures = []
     while not errors.empty():
         failures.append(errors.get())
