@@ -2,6 +2,7 @@
 // loops.
 #include "common/head_chunks.h"
 
+#include <algorithm>
 #include <string>
 
 namespace sparge::detail {
