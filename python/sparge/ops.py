@@ -244,12 +244,17 @@ def _check_key_blocks(key_blocks):
         raise TypeError(f"key_blocks must be a sparge.KeyBlocks, got {type(key_blocks).__name__}")
 
 
-def _key_block_args(key_blocks):
-    """The ops' key-block arguments (pooled, sim, mean, tokens, block_k); Nones without."""
+def _key_block_args(key_blocks, padded: int):
+    """The ops' key-block arguments (pooled, sim, mean, tokens, block_k); Nones without. On cuda
+    q and k travel with zero channels up to a compiled head dim (`_pad`), so the pooled keys and
+    their mean get the same zero channels (the pooled scores and similarities are unchanged)."""
     if key_blocks is None:
         return (None, None, None, 0, 64)
-    return (key_blocks.pooled, key_blocks.sim, key_blocks.mean, key_blocks.tokens,
-            key_blocks.block_k)
+    pooled, mean = key_blocks.pooled, key_blocks.mean
+    extra = padded - pooled.shape[2]
+    if extra > 0:  # pooled is [B, Hkv, D, blocks]: pad the channel dimension
+        pooled, mean = F.pad(pooled, (0, 0, 0, extra)), F.pad(mean, (0, extra))
+    return (pooled, key_blocks.sim, mean, key_blocks.tokens, key_blocks.block_k)
 
 
 def _key_shape_view(key_blocks, q: torch.Tensor, layout: str) -> torch.Tensor:
@@ -348,7 +353,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     head_dim = qh.shape[-1]
     padded = _padded_head_dim(qh)
     out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(
-        *_pad(padded, qh, kh, vh), mask4, lengths, *_key_block_args(key_blocks), **options,
+        *_pad(padded, qh, kh, vh), mask4, lengths, *_key_block_args(key_blocks, padded),
+        **options,
         with_extras=return_stats)
     if padded != head_dim:
         out = out[..., :head_dim]
@@ -404,7 +410,7 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
                            window_right)
     padded = _padded_head_dim(qh)
     counts, indices = torch.ops.sparge.predict_block_mask(*_pad(padded, qh, kh), mask4, lengths,
-                                                          *_key_block_args(key_blocks),
+                                                          *_key_block_args(key_blocks, padded),
                                                           **options)
     return BlockMask(counts, indices, seq_q=qh.shape[2], seq_k=kh.shape[2], block_q=block_q,
                      block_k=block_k, is_causal=is_causal, causal_align=causal_align,

@@ -15,7 +15,7 @@ namespace {
 
 TEST(CudaHeadChunks, ThreeHundredHeadsWithPerHeadThresholds) {
   SPARGE_SKIP_WITHOUT_GPU();
-  const int64_t Hq = 300, Hkv = 3, N = 256, D = 64;
+  const int64_t Hq = 300, Hkv = 3, N = 512, D = 64;  // 4 x 8 tiles of the kernel's 128 x 64
   const HostTensor q = HostTensor::make(gaussian(Hq * N * D, 41), 1, Hq, N, D, DType::kBFloat16,
                                         Layout::kHND);
   const HostTensor k = HostTensor::make(gaussian(Hkv * N * D, 42), 1, Hkv, N, D,
@@ -31,7 +31,6 @@ TEST(CudaHeadChunks, ThreeHundredHeadsWithPerHeadThresholds) {
   SparseOptions o;
   o.causal = true;
   o.select = SelectMode::kTopK;
-  o.block_k = 32;
   o.sim_threshold.per_head = sim.data();
   o.select_value.per_head = select.data();
   o.pv_threshold.per_head = lambda.data();

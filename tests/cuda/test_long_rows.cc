@@ -38,7 +38,7 @@ GpuMask predict_on_gpu(const HostTensor& q, const HostTensor& k, const SparseOpt
   ctx.workspace_bytes = ws_bytes;
   Stage1Stats stats;
   stats.forced_tiles = static_cast<int64_t*>(forced.get());
-  const Status s = predict_block_mask(q.view, k.view, k.view, opts, dmask.mask, ctx, stats);
+  const Status s = predict_block_mask(dq.view, dk.view, dk.view, opts, dmask.mask, ctx, stats);
   EXPECT_TRUE(s.is_ok()) << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   r.mask = dmask.download();
