@@ -29,10 +29,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-# The ring's Stage 1 reads gathered key blocks: on CUDA that path is still behind its switch
-# (sparge.KeyBlocks); a device run of this script is also its first multi-GPU check.
-os.environ.setdefault("SPARGE_CUDA_KEY_BLOCKS", "1")
-
 import sparge  # noqa: E402
 import sparge.distributed as sd  # noqa: E402
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # One multi-GPU call for issue 16 (nvidia-h200-x2 or -x4): installs Sparge with CUDA, runs the
-# CUDA key-block GPU tests first (the ring's Stage 1 takes that path, still behind
-# SPARGE_CUDA_KEY_BLOCKS=1 until they pass), then bench/gpu/bench_distributed.py at issue 16's
+# CUDA key-block GPU tests first (the ring's Stage 1 takes that path), then bench/gpu/bench_distributed.py at issue 16's
 # shape (128K tokens, hd 128, 32 heads, top-k 0.1 with the gate off) for Ulysses, the ring and
 # (4 GPUs) the hybrid against one GPU. Records and logs go to $OUT.
 #
@@ -27,7 +26,7 @@ SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS
 echo "pip install . rc=0 ($SECONDS s)"
 
 # The key-block path on one GPU first: a wrong ring mask would otherwise look like a slow ring.
-(cd /tmp && SPARGE_CUDA_KEY_BLOCKS=1 timeout 300 python3 -m pytest -q -x \
+(cd /tmp && timeout 300 python3 -m pytest -q -x \
   "$root/tests/python/test_key_blocks.py" -k cuda) >"$out/key_blocks_gpu.log" 2>&1
 echo "key-block GPU tests rc=$? ($SECONDS s)"; tail -3 "$out/key_blocks_gpu.log"
 

@@ -129,7 +129,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
                           const ExecContext& ctx = {}, const Stage1Stats& stats = {});
 // Fills `blocks` from all of k's tokens: the smoothing mean (per batch entry and kv head), then
 // every block's pooled row and similarity; blocks->tokens = k.tokens. Capacity: k.tokens <=
-// max_blocks * block_k. On CUDA (behind SPARGE_CUDA_KEY_BLOCKS=1, not yet run on a GPU)
+// max_blocks * block_k. On CUDA
 // ctx.workspace must hold key_blocks_workspace_size(k) bytes (0 on the CPU).
 Status build_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecContext& ctx = {});
 std::size_t key_blocks_workspace_size(const TensorView& k);

@@ -122,8 +122,8 @@ std::vector<const char*> backend_names();
 //    lists its counts[r] <= that many blocks from the first. Memory grows with the kept tiles.
 //    A row may own more slots than it fills, so Stage 1 can write into storage sized by a bound;
 //    a caller's CSR arrays (indptr, indices) are a compact mask with counts[r] = indptr[r + 1] -
-//    indptr[r]. Taken by the CPU backends. The CUDA backend rejects it for now (its Stage 2
-//    kernels read it behind SPARGE_CUDA_COMPACT_MASK=1, not yet run on a GPU).
+//    indptr[r]. Read by every backend's Stage 2 and written by the CPU's Stage 1 (CUDA's Stage 1
+//    writes the padded form only and refuses a compact output).
 // The mask carries its geometry, so a kernel can reject a mask built for another tile shape.
 // Memory is the caller's (host or device, see `device`).
 struct BlockMask {

@@ -35,9 +35,6 @@ so with λ on the skipped work differs slightly from one process's.
 Ulysses gathers the ring shard of the Ulysses group, the ring runs on it with H / U heads.
 `shard_sequence` lays the sequence out for any combination.
 
-On CUDA the ring's Stage 1 runs the CUDA key-block path, which sits behind
-SPARGE_CUDA_KEY_BLOCKS=1 until a GPU run has checked it (sparge.KeyBlocks); Ulysses needs no switch.
-
 Options are those of `sparge.attention` (per-head thresholds are sliced to each rank's heads;
 `key_lengths`, each batch entry's real keys of the whole sequence, in Ulysses mode).
 Not here: attn_mask, key_blocks, return_stats (use return_lse), key_lengths, windows and
@@ -49,7 +46,6 @@ signature, returning (out, lse), for yunchang / xDiT's `LongContextAttention(att
 attn_processor=...)`: there each ring step predicts its own mask from the pair it sees.
 """
 import math
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -387,10 +383,6 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
     if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
         raise ValueError(f"q, k and v shards must hold the same tokens (self-attention), got "
                          f"{q.shape[2]}, {k.shape[2]} and {v.shape[2]}")
-    if q.is_cuda and os.environ.get("SPARGE_CUDA_KEY_BLOCKS") != "1":
-        raise NotImplementedError(
-            "the ring's Stage 1 reads gathered key blocks, and the CUDA key-block path has not run "
-            "on a GPU yet: set SPARGE_CUDA_KEY_BLOCKS=1 to opt in, or use Ulysses (ulysses_group)")
     lengths = _all_lengths(q.shape[2], group, q.device)
     seq_len = sum(lengths)
     layout = RingLayout(seq_len, size, is_causal, block_q, block_k)

@@ -13,9 +13,8 @@ prefill"):
                            is_causal=True, causal_align="bottom_right", topk=0.1)
 
 Right after `build` the call equals the call without key blocks bit for bit; after appends the
-blocks keep build's mean (rebuild to take the current one). Pooled estimate only; CPU tensors
-only for now (cuda raises NotImplementedError; SPARGE_CUDA_KEY_BLOCKS=1 opts in to the CUDA path,
-not yet run on a GPU).
+blocks keep build's mean (rebuild to take the current one). Pooled estimate only; CPU and CUDA
+tensors (on CUDA Stage 1's own kernels build, append and read them).
 """
 from typing import Optional
 

@@ -95,28 +95,14 @@ Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
       "padding), causal and window_left / window_right");
 }
 
-// A compact block mask (row_offsets): the CPU backends read and write it. On CUDA, Stage 1 does
-// not write it yet, and Stage 2's kernels read it (cuda/attention/block_iter.cuh) only behind
-// SPARGE_CUDA_COMPACT_MASK=1 until a device run has checked them
-// (tests/cuda/test_compact_mask.cc sets it).
-Status cuda_compact_unsupported(const BlockMask& mask, bool read_by_stage2) {
+// A compact block mask (row_offsets): the CPU backends read and write it, and Stage 2's CUDA
+// kernels read it (cuda/attention/block_iter.cuh); CUDA's Stage 1 writes the padded form only.
+Status cuda_stage1_compact_unsupported(const BlockMask& mask) {
   if (!mask.compact()) return Status::ok();
-  const char* opt_in = std::getenv("SPARGE_CUDA_COMPACT_MASK");
-  if (read_by_stage2 && opt_in != nullptr && std::string(opt_in) == "1") return Status::ok();
   return Status::unsupported(
-      "mask.row_offsets: the CUDA backend takes block masks in the padded form only yet (counts "
-      "and indices [B, H, nq, nk], row_offsets null); pass a padded mask, or run on cpu tensors");
-}
-
-// Key blocks on CUDA (built, appended and read by Stage 1's own kernels) run only behind
-// SPARGE_CUDA_KEY_BLOCKS=1 until a device run has checked them (tests/cuda/test_key_blocks.cc
-// sets it); without it the CUDA backend refuses them.
-Status cuda_key_blocks_unsupported() {
-  const char* opt_in = std::getenv("SPARGE_CUDA_KEY_BLOCKS");
-  if (opt_in != nullptr && std::string(opt_in) == "1") return Status::ok();
-  return Status::unsupported(
-      "key_blocks: the CUDA backend does not take key blocks yet (its Stage 1 pools k); call "
-      "sparse_attention without them on cuda tensors, or run on cpu tensors");
+      "mask.row_offsets: CUDA's Stage 1 writes block masks in the padded form only yet (counts "
+      "and indices [B, H, nq, nk], row_offsets null); predict into a padded mask (the CUDA "
+      "kernels read both forms), or run on cpu tensors");
 }
 
 // key_blocks for one call: k is a cache holding at least q's tokens (the new ones included), the
@@ -245,7 +231,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-    SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask, /*read_by_stage2=*/false));
+    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
     return cuda::predict_block_mask(p, mask, ctx, stats);
   }
   return cpu::predict_block_mask(p, mask, stats);
@@ -268,8 +254,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
   p.key_blocks = &key_blocks;
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-    SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask, /*read_by_stage2=*/false));
-    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
     return cuda::predict_block_mask(p, mask, ctx, stats);
   }
   return cpu::predict_block_mask(p, mask, stats);
@@ -298,7 +283,6 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
   switch (backend) {
     case Backend::kCuda:
       SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-      SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(mask, /*read_by_stage2=*/true));
       return cuda::attention(p, mask, o, extras, ctx);
     case Backend::kReference: return cpu::attention_reference(p, mask, o, extras);
     default: return cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
@@ -330,9 +314,7 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
                                                    ctx, mask_out, detail::kCudaMaxParamHeads);
   if (backend == Backend::kCuda) {
     SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-    if (mask_out)
-      SPARGE_RETURN_IF_ERROR(cuda_compact_unsupported(*mask_out, /*read_by_stage2=*/false));
-    if (key_blocks) SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+    if (mask_out) SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(*mask_out));
   }
 
   if (backend != Backend::kCuda) {
@@ -424,10 +406,7 @@ Status pool_all_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecCon
   SPARGE_RETURN_IF_ERROR(detail::validate_key_blocks(*blocks, k));
   Backend backend;
   SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
-    return cuda::update_key_blocks(k, blocks, 0, new_mean, ctx);
-  }
+  if (backend == Backend::kCuda) return cuda::update_key_blocks(k, blocks, 0, new_mean, ctx);
   return cpu::update_key_blocks(k, blocks, 0, new_mean);
 }
 
@@ -451,10 +430,8 @@ Status append_key_blocks(const TensorView& k, KeyBlocks* blocks, const ExecConte
   SPARGE_RETURN_IF_ERROR(resolve_backend(k.device, ctx, &backend));
   // The last incomplete block gains rows: it is pooled again from its first row.
   const int64_t first_block = blocks->tokens / blocks->block_k;
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_key_blocks_unsupported());
+  if (backend == Backend::kCuda)
     return cuda::update_key_blocks(k, blocks, first_block, /*new_mean=*/false, ctx);
-  }
   return cpu::update_key_blocks(k, blocks, first_block, /*new_mean=*/false);
 }
 

@@ -1,8 +1,8 @@
 // Compact block masks (BlockMask::row_offsets, issue 14 item 1) in the CUDA attention kernels:
-// with SPARGE_CUDA_COMPACT_MASK=1, block_sparse_attention on a compact mask (rows packed, and rows
-// with spare slots of junk) gives the padded mask's output, lse and λ counters bit for bit on every
-// kernel (sm80, sm90, sm90ws; the quantized one where it runs); without the switch, and for Stage
-// 1's outputs, the compact form is refused by name. Needs a GPU: skipped with a message without.
+// block_sparse_attention on a compact mask (rows packed, and rows with spare slots of junk) gives
+// the padded mask's output, lse and λ counters bit for bit on every kernel (sm80, sm90, sm90ws; the
+// quantized one where it runs); as Stage 1's output (CUDA writes the padded form only) the compact
+// form is refused by name. Needs a GPU: skipped with a message without.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -107,7 +107,6 @@ void expect_same(const GpuRun& a, const GpuRun& b) {
 
 TEST(CudaCompactMask, Stage2ReadsItAsThePaddedFormOnEveryKernel) {
   SPARGE_SKIP_WITHOUT_GPU();
-  const ScopedEnv opt_in("SPARGE_CUDA_COMPACT_MASK", "1");
   Problem p;
   const AttentionStats stats = mask_stats(p.padded.view(), p.opts);
   ASSERT_GT(stats.sparsity(), 0.3);  // rows of different lengths
@@ -133,17 +132,10 @@ TEST(CudaCompactMask, Stage2ReadsItAsThePaddedFormOnEveryKernel) {
   }
 }
 
-TEST(CudaCompactMask, RefusedWithoutTheSwitchAndForStage1Outputs) {
+TEST(CudaCompactMask, RefusedByNameAsStage1Output) {
   SPARGE_SKIP_WITHOUT_GPU();
   Problem p;
   const DeviceCompactMask compact(p.padded.to_compact());
-  {
-    const ScopedEnv off("SPARGE_CUDA_COMPACT_MASK", nullptr);
-    const GpuRun r = p.run(compact.mask, QuantMode::kNone);
-    EXPECT_EQ(r.status.code(), StatusCode::kUnsupported);
-    EXPECT_NE(r.status.message().find("mask.row_offsets"), std::string::npos);
-  }
-  const ScopedEnv on("SPARGE_CUDA_COMPACT_MASK", "1");
   const Status st = predict_block_mask(p.q.view, p.k.view, p.opts, compact.mask);
   EXPECT_EQ(st.code(), StatusCode::kUnsupported);
   EXPECT_NE(st.message().find("mask.row_offsets"), std::string::npos);

@@ -196,19 +196,18 @@ def test_errors_name_the_argument():
 
 
 @requires_cuda
-def test_cuda_says_it_does_not_take_key_blocks_yet():
-    q, k, v = make_qkv(heads_q=2, seq_q=4, seq_k=300, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(NotImplementedError, match="key_blocks"):
-        sparge.KeyBlocks.build(k)
-
-
-@requires_cuda
-def test_cuda_key_blocks_behind_the_switch_equal_the_plain_call(monkeypatch):
-    monkeypatch.setenv("SPARGE_CUDA_KEY_BLOCKS", "1")  # not yet checked on a GPU otherwise
-    k, v = (t.cuda() for t in cache())
+@pytest.mark.parametrize("head_dim", [32, 128])  # 32: q and k travel padded to a compiled 64
+def test_cuda_key_blocks_equal_the_plain_call(head_dim):
+    k, v = cache()
+    k, v = (t.repeat(1, 1, 1, head_dim // 32).cuda() for t in (k, v))
     blocks = sparge.KeyBlocks.build(k)
     assert blocks.pooled.is_cuda and blocks.tokens == 1000
+    opts = dict(OPTIONS)
+    opts.pop("pv_threshold")
     for n in (1, 37):
-        q = queries(n, 20 + n).cuda()
+        q = queries(n, 20 + n).repeat(1, 1, 1, head_dim // 32).cuda()
         want = sparge.attention(q, k, v, **OPTIONS)
         assert torch.equal(sparge.attention(q, k, v, key_blocks=blocks, **OPTIONS), want)
+        mask = sparge.predict_block_mask(q, k, **opts)
+        alone = sparge.predict_block_mask(q, None, key_blocks=blocks, **opts)
+        assert torch.equal(alone.to_dense(), mask.to_dense())
