@@ -201,18 +201,25 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
   throw_if_error(sparge::validate(qv, kv, vv, am, opts));
-  Launch launch(q, qv, kv, opts, backend);
+  // The mask comes back with the extras only: without them the call keeps it in its workspace,
+  // where a long call runs in row chunks and never holds the whole padded mask (row_chunks.h).
+  Launch launch(q, qv, kv, opts, backend, /*caller_mask=*/with_extras);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
-  std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
-  const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
+  std::vector<at::Tensor> mask =
+      with_extras ? empty_mask(q, k, opts, g_poison_outputs)
+                  : std::vector<at::Tensor>{at::empty({0, 0, 0}, q.options().dtype(at::kInt)),
+                                            at::empty({0, 0, 0, 0}, q.options().dtype(at::kInt))};
+  sparge::BlockMask m;
+  if (with_extras) m = mask_view(mask[0], mask[1], q, k, opts);
+  const sparge::BlockMask* mask_out = with_extras ? &m : nullptr;
   if (!kb_args) {
     throw_if_error(sparge::sparse_attention(qv, kv, vv, am, opts, to_view(outs[0], "out"),
-                                            extras, launch.ctx, &m));
+                                            extras, launch.ctx, mask_out));
   } else {
     const sparge::KeyBlocks kb = kb_args->view(k);
     throw_if_error(sparge::sparse_attention(qv, kv, vv, am, kb, opts, to_view(outs[0], "out"),
-                                            extras, launch.ctx, &m));
+                                            extras, launch.ctx, mask_out));
   }
   finish(op, stack, {outs[0], outs[1], mask[0], mask[1], outs[2], outs[3], outs[4]});
 }

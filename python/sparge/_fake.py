@@ -2,7 +2,8 @@
 anything, so torch.compile and FakeTensor tracing see the ops as ordinary graph nodes.
 
 They mirror python/csrc/binding.cc: the output is allocated like q (empty_like keeps an NHD
-view's strides), lse, the P·V counters and Stage 1's stats are empty unless `with_extras`. The options arrive as
+view's strides), lse, the P·V counters, Stage 1's stats and attention's mask are empty unless
+`with_extras`. The options arrive as
 the ops' keyword arguments (options left out take the C++ defaults).
 """
 import torch
@@ -46,7 +47,11 @@ def _attention(q, k, v, attn_mask=None, key_lengths=None, key_block_pooled=None,
                key_block_sim=None, key_block_mean=None, key_block_tokens=0, key_block_k=64, *,
                with_extras=False, **options):
     out, lse, counters = _outputs(q, with_extras)
-    counts, indices = _mask(q, k, options)
+    if with_extras:
+        counts, indices = _mask(q, k, options)
+    else:  # the mask stays in the call's workspace (row chunks)
+        counts = q.new_empty((0, 0, 0), dtype=torch.int32)
+        indices = q.new_empty((0, 0, 0, 0), dtype=torch.int32)
     rows, heads = (q.shape[0], q.shape[1]) if with_extras else (0, 0)
     stage1 = q.new_empty((2, rows, heads), dtype=torch.float32)
     forced = q.new_empty((rows, heads), dtype=torch.int64)

@@ -27,8 +27,19 @@ struct Problem {
   // Validated against k and the options; only the pooled estimate takes them.
   const KeyBlocks* key_blocks = nullptr;
 
+  // A row chunk (row_chunks.h) is rows [row_offset, row_offset + shape.seq_q) of a call of
+  // call_seq_q query rows (0: shape.seq_q, the whole call); its rows see the keys the call's do.
+  int64_t row_offset = 0;
+  int64_t call_seq_q = 0;
+  // Stage 1 adds its per-head counts (Stage1Stats::forced_tiles) to the caller's instead of
+  // writing them: every chunk after the first.
+  bool accumulate_stage1_stats = false;
+
   // The keys each row sees (causal, window and their alignment; geometry.h).
-  KeyBand band() const { return band_of(opts, shape.seq_q, shape.seq_k); }
+  KeyBand band() const {
+    return shift_rows(band_of(opts, call_seq_q > 0 ? call_seq_q : shape.seq_q, shape.seq_k),
+                      row_offset);
+  }
 
   static KeyBand band_of(const SparseOptions& o, int64_t seq_q, int64_t seq_k) {
     return key_band(o.causal, o.causal_align == CausalAlign::kBottomRight, o.window_left,
@@ -95,6 +106,10 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
 Status permute_tokens(const TensorView& in, const TensorView& out, const int64_t* order,
                       int64_t order_len, int64_t first_token, bool inverse,
                       const ExecContext& ctx);
+// `rows` runs of `width` bytes from src (one every src_pitch bytes) to dst (every dst_pitch), on
+// ctx's stream (device memory): a row chunk's lse rows into the call's.
+Status copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                 std::size_t width, std::size_t rows, const ExecContext& ctx);
 // Key blocks (KeyBlocks, device memory) of blocks [first_block, ceil(k.tokens / block_k)) of
 // k with Stage 1's kernels; with `new_mean` the mean over all of k first, in a scratch of
 // key_blocks_workspace_size bytes from ctx.workspace. Sets kb->tokens = k.tokens.

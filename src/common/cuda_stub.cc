@@ -28,6 +28,10 @@ Status sparse_attention(const detail::Problem&, const BlockMask&, const TensorVi
                         const AttentionExtras&, const ExecContext&) {
   return not_built();
 }
+Status copy_rows(void*, std::size_t, const void*, std::size_t, std::size_t, std::size_t,
+                 const ExecContext&) {
+  return not_built();
+}
 Status permute_tokens(const TensorView&, const TensorView&, const int64_t*, int64_t, int64_t,
                       bool, const ExecContext&) {
   return not_built();

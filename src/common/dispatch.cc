@@ -6,11 +6,13 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "common/backend.h"
 #include "common/error_target.h"
 #include "common/geometry.h"
 #include "common/head_chunks.h"
+#include "common/row_chunks.h"
 #include "common/validate.h"
 #include "sparge/build_info.h"
 #include "sparge/sparge.h"
@@ -68,19 +70,34 @@ detail::Problem make_problem(const TensorView& q, const TensorView& k, const Ten
   return p;
 }
 
-// How sparse_attention splits a CUDA workspace: the predicted mask's counts and indices, then
-// the backend's Stage-1 scratch. Planned once per call; workspace_size() is its total.
+// How sparse_attention splits a CUDA workspace: the predicted mask's counts and indices, a row
+// chunk's lse rows (when the call runs in row chunks, row_chunks.h), then the backend's Stage-1
+// scratch, all sized for `shape`: the call's, or one chunk's. Planned once per call;
+// workspace_size() is its total.
 struct WorkspaceLayout {
-  std::size_t counts = 0, indices = 0, stage1 = 0, stage1_bytes = 0, total = 0;
+  std::size_t counts = 0, indices = 0, lse = 0, stage1 = 0, stage1_bytes = 0, total = 0;
+  detail::RowChunking chunks;
+  ProblemShape shape;
 };
 
-WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o) {
-  const int64_t rows = s.batch * s.heads_q * detail::ceil_div(s.seq_q, o.block_q);
-  const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
+WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, bool row_chunks);
+
+// The bytes a call of shape `s` needs whole: what row chunks bound.
+std::size_t whole_call_bytes(const ProblemShape& s, const SparseOptions& o) {
+  return workspace_layout(s, o, /*row_chunks=*/false).total;
+}
+
+WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, bool row_chunks) {
   WorkspaceLayout w;
+  if (row_chunks) w.chunks = detail::row_chunking(s, o, &whole_call_bytes);
+  w.shape = detail::chunk_shape(s, o, w.chunks);
+  const int64_t rows = s.batch * s.heads_q * detail::ceil_div(w.shape.seq_q, o.block_q);
+  const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
   w.indices = w.counts + align_up(sizeof(int32_t) * rows);
-  w.stage1 = w.indices + align_up(sizeof(int32_t) * rows * nk);
-  w.stage1_bytes = align_up(cuda::workspace_size(s, o));
+  w.lse = w.indices + align_up(sizeof(int32_t) * rows * nk);
+  const std::size_t lse_rows = w.chunks.cut() ? std::size_t(s.batch * s.heads_q * w.shape.seq_q) : 0;
+  w.stage1 = w.lse + align_up(sizeof(float) * lse_rows);
+  w.stage1_bytes = align_up(cuda::workspace_size(w.shape, o));
   w.total = w.stage1 + w.stage1_bytes;
   return w;
 }
@@ -172,7 +189,8 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device
       __builtin_mul_overflow(cells, s.seq_q, &cells) ||
       __builtin_mul_overflow(cells, s.seq_k, &cells))
     return 0;
-  const WorkspaceLayout layout = workspace_layout(s, o);
+  // A caller's mask holds every row: such calls run whole.
+  const WorkspaceLayout layout = workspace_layout(s, o, /*row_chunks=*/!caller_mask);
   return caller_mask ? layout.stage1_bytes : layout.total;
 }
 
@@ -298,6 +316,71 @@ Status sparse_attention(const TensorView& q, const TensorView& k, const TensorVi
 
 namespace {
 
+// Both stages on one problem and mask: the CPU backends, or CUDA (its scratch from `ctx`).
+Status run_both_stages(Backend backend, const detail::Problem& p, const BlockMask& mask,
+                       const TensorView& o, const AttentionExtras& extras,
+                       const ExecContext& ctx) {
+  if (backend == Backend::kCuda) return cuda::sparse_attention(p, mask, o, extras, ctx);
+  SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, mask, extras.stage1));
+  return backend == Backend::kReference ? cpu::attention_reference(p, mask, o, extras)
+                                        : cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
+}
+
+// sparse_attention in row chunks (row_chunks.h; `key_lengths`: an AttentionMask without dense
+// data): per chunk of layout.chunks.q_blocks query
+// blocks, both stages on views of q and o with one chunk's mask storage (CUDA: the workspace's;
+// CPU: host memory), the lse rows through a chunk's scratch into the call's, Stage 1's
+// forced-tile counts summed over the chunks. On CUDA `stage1_ctx` is the workspace past the mask
+// and lse scratch.
+Status run_in_row_chunks(Backend backend, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const AttentionMask& key_lengths,
+                         const KeyBlocks* key_blocks,
+                         const SparseOptions& opts, const TensorView& o,
+                         const AttentionExtras& extras, const ExecContext& ctx,
+                         const ExecContext& stage1_ctx, const WorkspaceLayout& layout) {
+  const bool cuda = backend == Backend::kCuda;
+  const int64_t chunk_rows = layout.shape.seq_q, heads = q.batch * q.heads;
+  auto* base = static_cast<char*>(ctx.workspace);
+  std::vector<float> host_lse(cuda || !extras.lse ? 0 : std::size_t(heads * chunk_rows));
+  float* lse_rows = !extras.lse ? nullptr
+                    : cuda      ? reinterpret_cast<float*>(base + layout.lse)
+                                : host_lse.data();
+  HostBlockMask host_mask;
+  for (int64_t c = 0; c < layout.chunks.count; ++c) {
+    const int64_t first = c * chunk_rows, rows = std::min(chunk_rows, q.tokens - first);
+    const TensorView qc = detail::row_view(q, first, rows), oc = detail::row_view(o, first, rows);
+    BlockMask mask = mask_like(qc, k, opts);
+    if (cuda) {
+      mask.counts = reinterpret_cast<int32_t*>(base + layout.counts);
+      mask.indices = reinterpret_cast<int32_t*>(base + layout.indices);
+    } else {
+      host_mask = HostBlockMask(q.batch, q.heads, rows, k.tokens, opts.block_q, opts.block_k);
+      mask = host_mask.view();
+    }
+    detail::Problem p = make_problem(qc, k, v, opts, key_lengths);
+    p.key_blocks = key_blocks;
+    p.row_offset = first;
+    p.call_seq_q = q.tokens;
+    p.accumulate_stage1_stats = c > 0;
+    AttentionExtras ex = extras;
+    ex.lse = lse_rows;
+    const Status st = run_both_stages(backend, p, mask, oc, ex, stage1_ctx);
+    if (!st.is_ok())
+      return st.with_context("query rows " + std::to_string(first) + ".." +
+                             std::to_string(first + rows - 1) + " (a row chunk): ");
+    if (!extras.lse) continue;
+    if (cuda) {
+      SPARGE_RETURN_IF_ERROR(cuda::copy_rows(extras.lse + first, sizeof(float) * q.tokens,
+                                             lse_rows, sizeof(float) * rows,
+                                             sizeof(float) * rows, heads, ctx));
+    } else {
+      for (int64_t h = 0; h < heads; ++h)
+        std::copy_n(lse_rows + h * rows, rows, extras.lse + h * q.tokens + first);
+    }
+  }
+  return Status::ok();
+}
+
 // Both stages; `key_blocks` (may be null) replaces Stage 1's pooling of k.
 Status run_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                             const AttentionMask& attn_mask, const KeyBlocks* key_blocks,
@@ -317,7 +400,16 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
     if (mask_out) SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(*mask_out));
   }
 
+  // Without a caller's mask, long calls run in row chunks (row_chunks.h); a dense attn_mask's
+  // rows would move with them, so such calls run whole.
+  const bool may_chunk = mask_out == nullptr && attn_mask.data == nullptr;
   if (backend != Backend::kCuda) {
+    if (may_chunk) {
+      const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts, true);
+      if (layout.chunks.cut())
+        return run_in_row_chunks(backend, q, k, v, attn_mask, key_blocks, opts, o, extras, ctx, ctx,
+                                 layout);
+    }
     HostBlockMask owned;
     const BlockMask* mask = mask_out;
     if (mask == nullptr) {
@@ -328,10 +420,7 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
     }
     detail::Problem p = make_problem(q, k, v, opts, attn_mask);
     p.key_blocks = key_blocks;
-    SPARGE_RETURN_IF_ERROR(cpu::predict_block_mask(p, *mask, extras.stage1));
-    return backend == Backend::kReference ? cpu::attention_reference(p, *mask, o, extras)
-                                          : cpu::attention_fast(p, *mask, o, extras,
-                                                                ctx.num_threads);
+    return run_both_stages(backend, p, *mask, o, extras, ctx);
   }
 
   // CUDA: the mask (unless the caller gives one) and Stage-1 scratch come from the workspace.
@@ -339,7 +428,7 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   // No CUDA backend in this build: say so (the stub's message), not that the workspace is small.
   return cuda::predict_block_mask(make_problem(q, k, v, opts), mask_like(q, k, opts), ctx);
 #endif
-  const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts);
+  const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts, may_chunk);
   // The mask's storage leads the workspace unless the caller holds the mask (mask_out).
   const std::size_t mask_bytes = mask_out ? 0 : layout.stage1;
   if (ctx.workspace == nullptr || ctx.workspace_bytes < mask_bytes + layout.stage1_bytes) {
@@ -360,6 +449,9 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   ExecContext rest = ctx;  // Stage-1 scratch follows the mask storage, if any
   rest.workspace = base + mask_bytes;
   rest.workspace_bytes = ctx.workspace_bytes - mask_bytes;
+  if (layout.chunks.cut())
+    return run_in_row_chunks(backend, q, k, v, attn_mask, key_blocks, opts, o, extras, ctx, rest,
+                             layout);
   detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   p.key_blocks = key_blocks;
   return cuda::sparse_attention(p, mask, o, extras, rest);

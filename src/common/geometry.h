@@ -54,6 +54,14 @@ SPARGE_HD KeyBand key_band(bool causal, bool bottom_right, int64_t window_left,
   return band;
 }
 
+// The band of rows numbered from `first_row` of the call's queries, as a view of those rows
+// (row chunks) numbers them from 0: c - (r + first_row) in [lo, hi] is c - r in the shifted band.
+SPARGE_HD KeyBand shift_rows(KeyBand band, int64_t first_row) {
+  if (band.lo > -KeyBand::kNoLimit) band.lo += first_row;
+  if (band.hi < KeyBand::kNoLimit) band.hi += first_row;
+  return band;
+}
+
 // First and last key row r may see (first > last: the row sees nothing).
 SPARGE_HD int64_t first_visible_key(int64_t row, const KeyBand& band) {
   const int64_t first = row + band.lo;

@@ -395,6 +395,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.stat_select_value = stats.select_value;
   s.stat_error = stats.error_estimate;
   s.stat_forced = stats.forced_tiles;
+  s.add_to_forced = p.accumulate_stage1_stats;
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
   auto* base = static_cast<char*>(workspace);
@@ -866,6 +867,15 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   SPARGE_RETURN_IF_ERROR(predict_by_dtype(s, p.q.dtype, stream));
   return launch_quantized(p, to_params(p, mask, o, extras), buf, stream);
+}
+
+Status copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                 std::size_t width, std::size_t rows, const ExecContext& ctx) {
+  if (rows == 0 || width == 0) return Status::ok();
+  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
+                                      cudaMemcpyDeviceToDevice,
+                                      static_cast<cudaStream_t>(ctx.stream)));
+  return Status::ok();
 }
 
 std::size_t quantize_workspace_size(const ProblemShape& shape) {

@@ -74,6 +74,7 @@ struct PredictParams {
   float* stat_select_value;  // [batch·heads_q] or null
   float* stat_error;         // [batch·heads_q] or null
   int64_t* stat_forced;      // [batch·heads_q] or null (zeroed by the launcher, then summed)
+  bool add_to_forced;        // row chunks after the first: stat_forced is summed into, not zeroed
   int32_t* mask_counts;
   int32_t* mask_indices;
   // Workspace (doubles): key-mean partial sums and mean, pooled blocks, similarities, scores.

@@ -169,7 +169,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
     choose_head<<<(bhq + 127) / 128, 128, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("choose_head launch");
   }
-  if (p.stat_forced != nullptr)  // select_blocks adds each row's forced tiles
+  if (p.stat_forced != nullptr && !p.add_to_forced)  // select_blocks adds each row's forced tiles
     SPARGE_CUDA_CHECK(cudaMemsetAsync(p.stat_forced, 0, sizeof(int64_t) * bhq, stream));
   if (p.lr_chunk_rows > 0) return launch_long_rows(p, stream);
   if (p.num_k_blocks <= kWarpSelectMaxBlocks) return launch_select_warp(p, stream);

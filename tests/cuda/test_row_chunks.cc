@@ -1,0 +1,134 @@
+// Calls cut into chunks of query rows on CUDA (common/row_chunks.h; issue 14's memory target):
+// sparse_attention without a caller's mask, forced into chunks of 1, 2 or 3 query blocks
+// (SPARGE_ROW_CHUNK_BLOCKS), gives the whole call's output, LSE, λ counters and Stage-1 stats bit
+// for bit on every kernel it picks (exact and quantized, causal bottom-right with Nq < Nk and key
+// lengths, a window, GQA), in a workspace of workspace_size() for the chunked plan; and a long
+// call's workspace_size() is the chunked one. Needs a GPU: skipped with a message without.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+
+namespace sparge::test {
+namespace {
+
+struct GpuRun {
+  std::vector<float> out, lse;
+  std::vector<unsigned long long> counters;
+  std::vector<int64_t> forced;
+  Status status;
+};
+
+GpuRun run_on_gpu(const HostTensor& q, const HostTensor& k, const HostTensor& v,
+               const SparseOptions& opts, const std::vector<int32_t>& lengths) {
+  GpuRun r;
+  const TensorView& qv = q.view;
+  const int64_t B = qv.batch, H = qv.heads, Nq = qv.tokens, D = qv.head_dim;
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
+               dv = DeviceTensor::upload(v);
+  DeviceTensor dout =
+      DeviceTensor::upload(HostTensor::poisoned(B, H, Nq, D, qv.dtype, Layout::kHND));
+  const std::size_t ws_bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes), lse(sizeof(float) * B * H * Nq), counters(16 * H),
+      forced(sizeof(int64_t) * B * H), lens(sizeof(int32_t) * (lengths.size() + 1));
+  cudaMemset(lse.get(), 0xff, lse.bytes());  // NaN poison
+  cudaMemset(counters.get(), 0, counters.bytes());
+  cudaMemset(forced.get(), 0xff, forced.bytes());
+  AttentionMask attn;
+  if (!lengths.empty()) {
+    cudaMemcpy(lens.get(), lengths.data(), sizeof(int32_t) * lengths.size(),
+               cudaMemcpyHostToDevice);
+    attn.key_lengths = static_cast<const int32_t*>(lens.get());
+  }
+  AttentionExtras extras;
+  extras.lse = static_cast<float*>(lse.get());
+  extras.pv_counters = static_cast<unsigned long long*>(counters.get());
+  extras.stage1.forced_tiles = static_cast<int64_t*>(forced.get());
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  r.status = sparse_attention(dq.view, dk.view, dv.view, attn, opts, dout.view, extras, ctx);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  r.out = dout.download();
+  r.lse.resize(B * H * Nq);
+  r.counters.resize(2 * H);
+  r.forced.resize(B * H);
+  cudaMemcpy(r.lse.data(), lse.get(), lse.bytes(), cudaMemcpyDeviceToHost);
+  cudaMemcpy(r.counters.data(), counters.get(), counters.bytes(), cudaMemcpyDeviceToHost);
+  cudaMemcpy(r.forced.data(), forced.get(), forced.bytes(), cudaMemcpyDeviceToHost);
+  return r;
+}
+
+struct Case {
+  const char* name;
+  int64_t hq, hkv, nq, nk, d;
+  bool causal;
+  int64_t window_left;
+  QuantMode quant;
+  bool lengths;
+};
+
+TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const Case cases[] = {
+      {"causal bottom-right, Nq < Nk, key lengths", 4, 2, 1000, 1500, 128, true, -1,
+       QuantMode::kNone, true},
+      {"window", 4, 4, 777, 777, 64, false, 300, QuantMode::kNone, false},
+      {"quantized causal", 8, 2, 1100, 1100, 128, true, -1, QuantMode::kInt8Fp8, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int64_t B = 2;
+    const HostTensor q = HostTensor::make(gaussian(B * c.hq * c.nq * c.d, 5), B, c.hq, c.nq, c.d,
+                                          DType::kBFloat16, Layout::kHND);
+    const HostTensor k = HostTensor::make(gaussian(B * c.hkv * c.nk * c.d, 6), B, c.hkv, c.nk,
+                                          c.d, DType::kBFloat16, Layout::kHND);
+    const HostTensor v = HostTensor::make(gaussian(B * c.hkv * c.nk * c.d, 7), B, c.hkv, c.nk,
+                                          c.d, DType::kBFloat16, Layout::kHND);
+    SparseOptions o;
+    o.causal = c.causal;
+    o.causal_align = CausalAlign::kBottomRight;
+    o.window_left = c.window_left;
+    o.window_right = c.window_left >= 0 ? 100 : -1;
+    o.select = SelectMode::kTopK;
+    o.select_value.value = 0.3f;
+    o.sim_threshold.value = 0.2f;
+    o.pv_threshold.value = 5.0f;
+    o.quant = c.quant;
+    const std::vector<int32_t> lengths =
+        c.lengths ? std::vector<int32_t>{int32_t(c.nk), int32_t(c.nk - 333)}
+                  : std::vector<int32_t>{};
+    GpuRun whole;
+    {
+      const ScopedEnv off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+      whole = run_on_gpu(q, k, v, o, lengths);
+    }
+    if (!whole.status.is_ok() && c.quant != QuantMode::kNone) {  // no quantized kernel here
+      std::printf("[ info ] %s: %s\n", c.name, whole.status.message().c_str());
+      continue;
+    }
+    ASSERT_TRUE(whole.status.is_ok()) << whole.status.message();
+    EXPECT_FALSE(any_nan(whole.out));
+    unsigned long long skipped = 0;
+    for (int64_t h = 0; h < c.hq; ++h) skipped += whole.counters[2 * h + 1];
+    std::printf("[ row chunks ] %s: λ skipped %llu pairs\n", c.name, skipped);
+    for (const char* blocks : {"1", "2", "3"}) {
+      SCOPED_TRACE(std::string("chunks of ") + blocks + " query blocks");
+      const ScopedEnv on("SPARGE_ROW_CHUNK_BLOCKS", blocks);
+      const GpuRun got = run_on_gpu(q, k, v, o, lengths);
+      ASSERT_TRUE(got.status.is_ok()) << got.status.message();
+      EXPECT_EQ(std::memcmp(got.out.data(), whole.out.data(), 4 * whole.out.size()), 0);
+      EXPECT_EQ(std::memcmp(got.lse.data(), whole.lse.data(), 4 * whole.lse.size()), 0);
+      EXPECT_EQ(got.counters, whole.counters);
+      EXPECT_EQ(got.forced, whole.forced);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sparge::test
