@@ -769,7 +769,9 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
                  const AttentionExtras& extras, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
   const AttnParams a = to_params(p, mask, o, extras);
-  if (uses_decode_kernel(p.shape, p.opts)) return attention_decode(a, p, ctx);
+  // A row chunk's last rows are part of a longer call: the tensor-core kernels, as for the rest.
+  if (uses_decode_kernel(p.shape, p.opts) && p.call_seq_q == 0)
+    return attention_decode(a, p, ctx);
   Kernel kernel = Kernel::kSm80;
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
