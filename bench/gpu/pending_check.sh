@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Device check of what landed without a GPU (stops 25, 26): in one call, with binaries built
+# Device check of what landed without a GPU (stops 25-27): in one call, with binaries built
 # here (carry .devdeps and the packed bins, as bench/gpu/fused_stage1_check.sh):
-#   1. the C++ GPU tests, all of them, and under memcheck the new ones: compact masks read by
-#      the CUDA attention kernels (CudaCompactMask.*, behind SPARGE_CUDA_COMPACT_MASK=1), key
-#      blocks built and read by Stage 1's kernels (CudaKeyBlocks.*, behind
-#      SPARGE_CUDA_KEY_BLOCKS=1) and the long-row selection (CudaLongRows.*, rows of more than
-#      8192 key blocks, behind SPARGE_CUDA_LONG_ROWS=1), CudaHeadChunks.* (300 query heads
-#      with per-head thresholds, run in head chunks) and the split-KV decode kernels
-#      (*CudaDecode*, behind SPARGE_CUDA_DECODE=1); the tests set the switches;
+#   1. the C++ GPU tests, all of them, and under memcheck the newer ones: compact masks read by
+#      the CUDA attention kernels (CudaCompactMask.*), key blocks built and read by Stage 1's
+#      kernels (CudaKeyBlocks.*), the long-row selection (CudaLongRows.*, rows of more than 8192
+#      key blocks, behind SPARGE_CUDA_LONG_ROWS=1), the split-KV decode kernels (*CudaDecode*,
+#      behind SPARGE_CUDA_DECODE=1; the tests set the switches) and row chunks
+#      (CudaRowChunks.*);
 #   2. the Python CUDA tests of varlen, compact masks and key blocks (pip install of the package
 #      on the device, as tests/python/run_device.sh does);
 #   3. issue 14's varlen target, {1K, 7K, 33K, 100K} packed vs separate calls vs one call of the
@@ -15,10 +14,10 @@
 # Usage (repo root, GPU machine): bash bench/gpu/pending_check.sh <commit> <dir with
 #   libsparge_c.so and sparge_gpu_tests>  -> $OUT/{gpu_tests,memcheck,pytest,varlen}_<commit>.log
 #   and the varlen record's .jsonl.
-# If CudaCompactMask / CudaKeyBlocks / CudaLongRows / CudaDecode pass, the next step is to drop
-# their switches (cuda_compact_unsupported, cuda_key_blocks_unsupported in src/common/dispatch.cc;
-# the SPARGE_CUDA_LONG_ROWS=1 check in check_predict and SPARGE_CUDA_DECODE in
-# uses_decode_kernel, src/cuda/dispatch.cu; the decode kernels after the benchmark says they pay).
+# Compact-mask reads and key blocks passed on 2026-12-05 and lost their switches. If CudaLongRows
+# and CudaDecode pass, the next step is to drop theirs (the SPARGE_CUDA_LONG_ROWS=1 check in
+# check_predict and SPARGE_CUDA_DECODE in uses_decode_kernel, src/cuda/dispatch.cu; the decode
+# kernels after the benchmark says they pay).
 set -uo pipefail
 C=${1:?commit}; B=${2:?binary dir}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
@@ -27,7 +26,7 @@ echo "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" |
 grep -E 'CudaCompactMask|CudaKeyBlocks|CudaLongRows|CudaHeadChunks|CudaDecode|\[ (long rows|head chunks|decode) \]|\[ info \]' \
   "$OUT/gpu_tests_$C.log" | head -30
 timeout 150 compute-sanitizer --tool memcheck "$B/sparge_gpu_tests" \
-  --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*:CudaLongRows.EqualThe*:*CudaDecode*' \
+  --gtest_filter='CudaCompactMask.*:CudaKeyBlocks.*:CudaLongRows.EqualThe*:*CudaDecode*:CudaRowChunks.*' \
   > "$OUT/memcheck_$C.log" 2>&1
 echo "memcheck rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1
