@@ -5,8 +5,8 @@
 // (SPARGE_CUDA_LONG_ROWS=all sends them to the long-row path) the masks and forced-tile counts
 // are the shared-memory path's bit for bit; beyond 8192 key blocks they equal the CPU's as the
 // other Stage-1 tests do, and sparse_attention runs end to end; without the switch, and for
-// sampled rows and the error target, such rows are refused by name. Needs a GPU: skipped with a
-// message without.
+// sampled rows and the error target, such rows are refused by name. Needs a GPU (but for the
+// workspace sizes): skipped with a message without.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -163,8 +163,9 @@ TEST(CudaLongRows, RefusedWithoutTheSwitchAndForSampledRows) {
 }
 
 // Sizes only (no GPU needed): with the caller holding the mask the workspace leaves out its
-// counts and padded indices, and long rows (SPARGE_CUDA_LONG_ROWS=all at 128K keys) replace the
-// score map by a chunk's scratch.
+// counts and padded indices (a call kept whole: SPARGE_ROW_CHUNK_BLOCKS of every query block),
+// row chunks make a call that keeps its mask need less than one given a mask, and long rows
+// (SPARGE_CUDA_LONG_ROWS=all at 128K keys) replace the score map by a chunk's scratch.
 TEST(CudaWorkspace, CallerMaskLeavesOutTheMaskAndLongRowsTheScoreMap) {
   ProblemShape s;
   s.batch = 1, s.heads_q = 8, s.heads_kv = 8, s.seq_q = 131072, s.seq_k = 131072,
@@ -173,17 +174,26 @@ TEST(CudaWorkspace, CallerMaskLeavesOutTheMaskAndLongRowsTheScoreMap) {
   o.select = SelectMode::kTopK;
   o.select_value.value = 0.1f;
   const std::size_t rows = 8 * 1024, nk = 2048;
-  const std::size_t full = workspace_size(s, o, Device::kCUDA);
+  const double qkv = 3.0 * 8 * 131072 * 128 * 2;
   const std::size_t caller = workspace_size(s, o, Device::kCUDA, /*caller_mask=*/true);
-  EXPECT_EQ(full - caller, rows * 4 + rows * nk * 4);  // counts and indices, 256-byte multiples
-  EXPECT_GE(caller, rows * nk * 8);                     // the fp64 score map
+  std::size_t whole = 0;
+  {
+    ScopedEnv one_chunk("SPARGE_ROW_CHUNK_BLOCKS", "1024");
+    whole = workspace_size(s, o, Device::kCUDA);
+  }
+  EXPECT_EQ(whole - caller, rows * 4 + rows * nk * 4);  // counts and indices, 256-byte multiples
+  EXPECT_GE(caller, rows * nk * 8);                      // the fp64 score map
+  const std::size_t chunked = workspace_size(s, o, Device::kCUDA);
+  EXPECT_LT(chunked, caller);
+  EXPECT_LE(double(chunked), 0.10 * qkv);
   {
     ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "all");
     const std::size_t long_rows = workspace_size(s, o, Device::kCUDA, true);
     EXPECT_LT(long_rows, caller - rows * nk * 8 + (std::size_t(96) << 20));
-    std::printf("[ workspace ] 128K keys, H 8: full %.1f MiB, caller mask %.1f MiB, long rows "
-                "%.1f MiB (Q+K+V %.1f MiB)\n", full / 1048576.0, caller / 1048576.0,
-                long_rows / 1048576.0, 3.0 * 8 * 131072 * 128 * 2 / 1048576.0);
+    std::printf("[ workspace ] 128K keys, H 8: whole %.1f MiB, caller mask %.1f MiB, row chunks "
+                "%.1f MiB, long rows %.1f MiB (Q+K+V %.1f MiB)\n", whole / 1048576.0,
+                caller / 1048576.0, chunked / 1048576.0, long_rows / 1048576.0,
+                qkv / 1048576.0);
   }
 }
 
