@@ -99,6 +99,8 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   w.stage1 = w.lse + align_up(sizeof(float) * lse_rows);
   w.stage1_bytes = align_up(cuda::workspace_size(w.shape, o));
   w.total = w.stage1 + w.stage1_bytes;
+  // A cut call asks for its budget at least: row_chunks.h says why (sizes stay monotonic).
+  if (w.chunks.cut()) w.total = std::max(w.total, detail::row_chunk_budget(s));
   return w;
 }
 

@@ -26,23 +26,29 @@ RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkByt
   };
   if (const int64_t forced = forced_row_chunk_blocks(); forced > 0) return plan(forced);
   if (nq < 4) return {};
-  const std::size_t whole = bytes_of(s, o);
-  const double qkv = double(dtype_size(s.dtype)) * double(s.batch) * double(s.head_dim) *
-                     (double(s.heads_q) * double(s.seq_q) + 2.0 * double(s.heads_kv) * double(s.seq_k));
-  const std::size_t budget = std::max(kRowChunkMinBytes, std::size_t(kRowChunkShareOfQkv * qkv));
-  if (whole <= budget) return {};
-  // The bytes that grow with the rows, per query block, from two shapes (the rest is per call).
+  const std::size_t budget = row_chunk_budget(s);
+  if (bytes_of(s, o) <= budget) return {};
+  // The bytes that grow with the rows, per query block, from two shapes (the rest is per call),
+  // and a chunk's lse rows.
   ProblemShape two = s, four = s;
   two.seq_q = 2 * int64_t(o.block_q);
   four.seq_q = 4 * int64_t(o.block_q);
   const std::size_t at_two = bytes_of(two, o), at_four = bytes_of(four, o);
-  const double per_block = std::max(1.0, (double(at_four) - double(at_two)) / 2.0);
+  const double lse_per_block = 4.0 * double(s.batch) * double(s.heads_q) * double(o.block_q);
+  const double per_block =
+      std::max(1.0, (double(at_four) - double(at_two)) / 2.0) + lse_per_block;
   const double fixed = std::max(0.0, double(at_two) - 2.0 * per_block);
   const int64_t fit = int64_t((double(budget) - fixed) / per_block);
   // Equal chunks: as few as the budget allows, then spread over them.
   const int64_t blocks = std::max<int64_t>(2, fit);
   const int64_t count = (nq + blocks - 1) / blocks;
   return plan(std::max<int64_t>(2, (nq + count - 1) / count));
+}
+
+std::size_t row_chunk_budget(const ProblemShape& s) {
+  const double qkv = double(dtype_size(s.dtype)) * double(s.batch) * double(s.head_dim) *
+                     (double(s.heads_q) * double(s.seq_q) + 2.0 * double(s.heads_kv) * double(s.seq_k));
+  return std::max(kRowChunkMinBytes, std::size_t(kRowChunkShareOfQkv * qkv));
 }
 
 ProblemShape chunk_shape(const ProblemShape& s, const SparseOptions& o, const RowChunking& c) {

@@ -38,6 +38,12 @@ struct RowChunking {
 using ChunkBytesFn = std::size_t (*)(const ProblemShape&, const SparseOptions&);
 RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkBytesFn bytes_of);
 
+// max(kRowChunkMinBytes, kRowChunkShareOfQkv · the bytes of Q, K and V): the most a chunk holds,
+// and the least workspace a cut call asks for, so that workspace_size grows with the shape (a
+// workspace sized for a shape serves every call of smaller extents: varlen's longest sequence,
+// an engine's maximum length), whether a smaller call is cut or not.
+std::size_t row_chunk_budget(const ProblemShape& s);
+
 // The shape of a chunk of `q_blocks` query blocks of a call of shape `s` (seq_q cut).
 ProblemShape chunk_shape(const ProblemShape& s, const SparseOptions& o, const RowChunking& c);
 

@@ -260,11 +260,39 @@ TEST(RowChunks, WorkspaceWithinATenthOfQkvAtLongLengths) {
     std::printf("[ row chunks ] N %lld: workspace %.1f MiB = %.2f%% of Q+K+V\n", (long long)n,
                 double(chunked) / (1 << 20), 100.0 * double(chunked) / qkv);
     EXPECT_LE(double(chunked), 0.10 * qkv);
-    EXPECT_GT(chunked, 0u);
-    // A whole call's padded mask alone: 4 · 8 · nq · nk bytes, more than the chunked workspace.
-    const double whole_mask = 4.0 * 8.0 * double(n / 128) * double(n / 64);
-    EXPECT_LT(double(chunked), whole_mask);
+    std::size_t whole = 0;
+    {
+      const ScopedEnv whole_call("SPARGE_ROW_CHUNK_BLOCKS", "1000000");
+      whole = workspace_size(s, o, Device::kCUDA);
+    }
+    EXPECT_LT(chunked, whole);
   }
+}
+
+// A workspace sized for a shape serves every call of smaller extents, cut into row chunks or
+// not (varlen sizes its workspace for the longest sequences; engines size theirs for a maximum
+// length): workspace_size grows with every extent, across the point where calls start being cut.
+TEST(RowChunks, WorkspaceSizeGrowsWithTheShape) {
+  const ScopedEnv off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+  SparseOptions o;
+  o.select = SelectMode::kTopK;
+  const int64_t lengths[] = {1, 100, 4096, 16384, 32768, 65536, 100000, 131072, 262144, 600000};
+  for (int64_t heads : {1, 8, 32})
+    for (int64_t nk : lengths) {
+      std::size_t previous = 0;
+      for (int64_t nq : lengths) {
+        const ProblemShape s{1, heads, heads, nq, nk, 128, DType::kBFloat16};
+        const std::size_t bytes = workspace_size(s, o, Device::kCUDA);
+        EXPECT_GE(bytes, previous) << "H " << heads << " nq " << nq << " nk " << nk;
+        previous = bytes;
+        if (nk > 1) {  // and along the keys
+          ProblemShape fewer = s;
+          fewer.seq_k = nk / 2;
+          EXPECT_GE(bytes, workspace_size(fewer, o, Device::kCUDA))
+              << "H " << heads << " nq " << nq << " nk " << nk;
+        }
+      }
+    }
 }
 
 }  // namespace
