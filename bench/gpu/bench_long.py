@@ -2,15 +2,15 @@
 (B 1, H 8, hd 128, bf16), with the bytes a call allocates beyond Q, K and V and the accuracy of
 sampled rows against float32.
 
-Per length and causality: the call's median time (CUDA events after a warm-up), its sparsity,
-the peak bytes the caching allocator held during the call beyond q, k, v (output, mask,
-workspace: torch.cuda.max_memory_allocated), and the relative L1 error of --rows query rows per
+Per length and causality: the call's median time (CUDA events after a warm-up), its sparsity
+(from a second call with return_stats=True, which also returns the mask), the peak bytes the
+caching allocator held during the plain call beyond q, k, v (output and workspace, mask and
+Stage-1 scratch included: torch.cuda.max_memory_allocated; `workspace_bytes` is that minus the
+output, issue 14's "mask + Stage-1 workspace"), and the relative L1 error of --rows query rows per
 head (spread over the sequence) against float32 attention of those rows over every key (the
 sparse call's error, selection included), and the same for nothing skipped (top-k 1.0) where
 --dense-max allows. cuDNN SDPA is timed up to --sdpa-max tokens in the same process.
-Inputs: random Gaussian, or language-like heads with --workload llm (causal). Rows of more than
-8192 key blocks (above 512K tokens at block_k 64) need SPARGE_CUDA_LONG_ROWS=1 until the
-long-row selection has run on a GPU; this script sets it. One JSON line per case
+Inputs: random Gaussian, or language-like heads with --workload llm (causal). One JSON line per case
 (docs/bench-schema.md, with seq_q / seq_k and bytes_beyond_qkv), a table on stderr.
 
     python3 bench/gpu/bench_long.py --commit $(git rev-parse --short HEAD) --out long.jsonl
@@ -21,8 +21,6 @@ import datetime
 import math
 import os
 import sys
-
-os.environ.setdefault("SPARGE_CUDA_LONG_ROWS", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jsonl_out  # noqa: E402  (bench/gpu/jsonl_out.py)
@@ -102,22 +100,26 @@ def main():
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                out, stats = sparge.attention(q, k, v, is_causal=causal, return_stats=True,
-                                              **opts)
+                out = sparge.attention(q, k, v, is_causal=causal, **opts)
                 beyond = (torch.cuda.max_memory_allocated() - base) if dev == "cuda" else None
+                workspace = None if beyond is None else beyond - out.numel() * out.element_size()
                 err = rel_l1(out[:, :, rows].float(), ref)
+                del out
+                _, stats = sparge.attention(q, k, v, is_causal=causal, return_stats=True, **opts)
                 sparsity = stats.sparsity
-                del out, stats
+                del stats
                 ms = timed(lambda: sparge.attention(q, k, v, is_causal=causal, **opts), dev,
                            args.reps)
                 records.append(dict(impl=impl, causal=causal, ms=ms, sparsity=sparsity,
-                                    rel_l1=err, bytes_beyond_qkv=beyond, seq_q=n, seq_k=n))
+                                    rel_l1=err, bytes_beyond_qkv=beyond,
+                                    workspace_bytes=workspace, seq_q=n, seq_k=n))
             if dev == "cuda" and n <= args.sdpa_max:
                 with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
                     ms = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                                dev, args.reps)
                 records.append(dict(impl="sdpa-cudnn", causal=causal, ms=ms, sparsity=0.0,
-                                    rel_l1=None, bytes_beyond_qkv=None, seq_q=n, seq_k=n))
+                                    rel_l1=None, bytes_beyond_qkv=None, workspace_bytes=None,
+                                    seq_q=n, seq_k=n))
             for r in records:
                 r.setdefault("qkv_bytes", qkv_bytes)
         del q, k, v
@@ -133,13 +135,17 @@ def main():
         out.append(dict(base, tops=work / r["ms"] / 1e9, **r))
     jsonl_out.emit(out, args.out)
     print(f"{'impl':>18} {'N':>8} {'causal':>6} {'ms':>10} {'TOPS':>7} {'sparsity':>8} "
-          f"{'rel_l1':>9} {'beyond QKV':>12}", file=sys.stderr)
+          f"{'rel_l1':>9} {'beyond QKV':>14} {'workspace':>14}", file=sys.stderr)
+
+    def share(r, key):
+        if r[key] is None:
+            return "-"
+        return f"{r[key] / 2**20:.0f} MiB ({r[key] / r['qkv_bytes']:.1%})"
     for r in out:
-        beyond = "-" if r["bytes_beyond_qkv"] is None else \
-            f"{r['bytes_beyond_qkv'] / 2**20:.0f} MiB ({r['bytes_beyond_qkv'] / r['qkv_bytes']:.0%})"
         err = "-" if r["rel_l1"] is None else f"{r['rel_l1']:.2e}"
         print(f"{r['impl']:>18} {r['seq_q']:>8} {str(r['causal']):>6} {r['ms']:10.2f} "
-              f"{r['tops']:7.1f} {r['sparsity']:8.3f} {err:>9} {beyond:>12}", file=sys.stderr)
+              f"{r['tops']:7.1f} {r['sparsity']:8.3f} {err:>9} {share(r, 'bytes_beyond_qkv'):>14} "
+              f"{share(r, 'workspace_bytes'):>14}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -707,13 +707,6 @@ Status check_predict(const detail::Problem& p, const BlockMask& mask) {
           "Stage 1 on cuda takes rows of more than ", kMaxSortedKeyBlocks,
           " key blocks with the pooled estimate only (estimate = pooled, target_error = 0); got ",
           mask.num_k_blocks(), " (seq_k ", p.shape.seq_k, " / block_k ", mask.block_k, ")"));
-    const std::string opt_in = long_rows_switch();
-    if (opt_in != "1" && opt_in != "all")
-      return Status::unsupported(cat(
-          "Stage 1 on cuda sorts rows of up to ", kMaxSortedKeyBlocks, " key blocks, got ",
-          mask.num_k_blocks(), " (seq_k ", p.shape.seq_k, " / block_k ", mask.block_k,
-          "); the long-row selection for longer rows has not run on a GPU yet: "
-          "SPARGE_CUDA_LONG_ROWS=1 opts in (or use a larger block_k)"));
   }
   SPARGE_RETURN_IF_ERROR(check_device(p.q.device_index));
   if (p.opts.target_error > 0.0f) {

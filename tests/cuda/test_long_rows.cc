@@ -1,11 +1,10 @@
 // Stage 1's long-row selection on CUDA (select_long.cuh; issue 14, a million tokens): rows of
 // more than kMaxSortedKeyBlocks (8192) key blocks, which one CTA cannot sort in shared memory,
-// take P̃ per chunk of rows, a segmented stable sort and the same keep rule, behind
-// SPARGE_CUDA_LONG_ROWS=1 until these tests have passed on a GPU. On rows both paths take
-// (SPARGE_CUDA_LONG_ROWS=all sends them to the long-row path) the masks and forced-tile counts
-// are the shared-memory path's bit for bit; beyond 8192 key blocks they equal the CPU's as the
-// other Stage-1 tests do, and sparse_attention runs end to end; without the switch, and for
-// sampled rows and the error target, such rows are refused by name. Needs a GPU (but for the
+// take P̃ per chunk of rows, a segmented stable sort and the same keep rule. On rows both paths
+// take (SPARGE_CUDA_LONG_ROWS=all sends them to the long-row path) the masks and forced-tile
+// counts are the shared-memory path's bit for bit; beyond 8192 key blocks they equal the CPU's as
+// the other Stage-1 tests do, and sparse_attention runs end to end; for sampled rows and the error
+// target such rows are refused by name. Needs a GPU (but for the
 // workspace sizes): skipped with a message without.
 #include <gtest/gtest.h>
 
@@ -104,7 +103,6 @@ TEST(CudaLongRows, RowsBeyondTheSharedMemorySortMatchTheCpu) {
                                         DType::kBFloat16, Layout::kHND);
   const HostTensor k = HostTensor::make(gaussian(Hkv * Nk * D, 22), 1, Hkv, Nk, D,
                                         DType::kBFloat16, Layout::kHND);
-  ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "1");
   for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf}) {
     SCOPED_TRACE(enum_name(select));
     const SparseOptions o = options(select, select == SelectMode::kTopK ? 0.05f : 0.5f,
@@ -131,7 +129,7 @@ TEST(CudaLongRows, RowsBeyondTheSharedMemorySortMatchTheCpu) {
   EXPECT_LT(err, 2e-2);
 }
 
-TEST(CudaLongRows, RefusedWithoutTheSwitchAndForSampledRows) {
+TEST(CudaLongRows, RefusedForSampledRows) {
   SPARGE_SKIP_WITHOUT_GPU();
   const int64_t Nq = 128, Nk = 8200 * 64, D = 64;
   const HostTensor q = HostTensor::make(gaussian(Nq * D, 31), 1, 1, Nq, D, DType::kBFloat16,
@@ -148,18 +146,9 @@ TEST(CudaLongRows, RefusedWithoutTheSwitchAndForSampledRows) {
   ExecContext ctx;
   ctx.workspace = ws.get();
   ctx.workspace_bytes = ws_bytes;
-  {
-    ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "1");
-    const Status s = predict_block_mask(dq.view, dk.view, o, dmask.mask, ctx);
-    EXPECT_EQ(s.code(), StatusCode::kUnsupported);
-    EXPECT_NE(s.message().find("pooled estimate only"), std::string::npos) << s.message();
-  }
-  // Without the switch the long rows are refused, the switch named.
-  ScopedEnv off("SPARGE_CUDA_LONG_ROWS", nullptr);
-  o.estimate = EstimateMode::kPooled;
   const Status s = predict_block_mask(dq.view, dk.view, o, dmask.mask, ctx);
   EXPECT_EQ(s.code(), StatusCode::kUnsupported);
-  EXPECT_NE(s.message().find("SPARGE_CUDA_LONG_ROWS=1"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("pooled estimate only"), std::string::npos) << s.message();
 }
 
 // Sizes only (no GPU needed): with the caller holding the mask the workspace leaves out its

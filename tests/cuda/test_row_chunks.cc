@@ -44,6 +44,7 @@ GpuRun run_on_gpu(const HostTensor& q, const HostTensor& k, const HostTensor& v,
     cudaMemcpy(lens.get(), lengths.data(), sizeof(int32_t) * lengths.size(),
                cudaMemcpyHostToDevice);
     attn.key_lengths = static_cast<const int32_t*>(lens.get());
+    attn.device = Device::kCUDA;
   }
   AttentionExtras extras;
   extras.lse = static_cast<float*>(lse.get());

@@ -123,9 +123,8 @@ __device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictPa
 }
 #endif
 
-// SPARGE_CUDA_LONG_ROWS: "1" lets rows longer than kMaxSortedKeyBlocks take the long-row
-// selection (until a GPU run has checked it, check_predict refuses them without); "all" also
-// sends every shorter row it serves there (the GPU test's way to compare the two paths).
+// SPARGE_CUDA_LONG_ROWS=all sends every row the long-row selection serves there, not only those
+// longer than kMaxSortedKeyBlocks (the GPU test's way to compare the two paths bit for bit).
 inline const char* long_rows_switch() {
   const char* v = std::getenv("SPARGE_CUDA_LONG_ROWS");
   return v != nullptr ? v : "";
