@@ -8,6 +8,9 @@ reach >= 60% of the HBM copy bandwidth measured in the same process (a device-to
 1 GiB); with nothing skipped (top-k 1) the output matches SDPA. Per case: the median time (CUDA
 events after a warm-up), GB/s of the kept K/V bytes, the fraction of the copy bandwidth, rel L1
 against SDPA (the dense case) or against float32 attention on the same mask's keys (sparse).
+`of_copy_bw` counts each query head's kept K/V bytes (shared KV heads counted once per query
+head); `union_of_copy_bw` counts, per KV head, the blocks some query head of its group keeps: the
+bytes the step has to read at least, the target's measure.
 One JSON line per case (docs/bench-schema.md), a table on stderr.
 
     python3 bench/gpu/bench_decode.py --commit $(git rev-parse --short HEAD) --out decode.jsonl
@@ -42,6 +45,15 @@ def kept_bytes(mask, seq_k, head_dim, elem):
     return 2 * min(keys, counts.numel() * seq_k) * head_dim * elem
 
 
+def union_bytes(mask, heads_kv, head_dim, elem):
+    """K and V bytes of the key blocks some query head of each KV-head group keeps: what the
+    group has to read from HBM at least (the query heads of a group share the KV head)."""
+    dense = mask.to_dense().bool()  # [B, H, nq, nk]
+    b, h, nq, nk = dense.shape
+    union = dense.view(b, heads_kv, h // heads_kv, nq, nk).any(dim=2)
+    return 2 * int(union.sum().item()) * mask.block_k * head_dim * elem
+
+
 def rel_l1(a, b):
     return float((a.double() - b.double()).abs().sum() / b.double().abs().sum())
 
@@ -74,6 +86,8 @@ def main():
         for topk in (args.topk, 1.0):
             mask = sparge.predict_block_mask(q, k, topk=topk, **base)
             nbytes = kept_bytes(mask, n, D, q.element_size())
+            ubytes = min(union_bytes(mask, Hkv, D, q.element_size()),
+                         2 * B * Hkv * n * D * q.element_size())
             reference = None
             if topk == 1.0 and R == 1:  # nothing skipped: SDPA is the reference (one row, at the end)
                 reference = F.scaled_dot_product_attention(
@@ -92,6 +106,8 @@ def main():
                 records.append(dict(impl=impl, topk=topk, seq_k=n, ms=ms, sparsity=mask.sparsity,
                                     gbps=nbytes / (ms * 1e-3) / 1e9, kept_bytes=nbytes,
                                     of_copy_bw=(nbytes / (ms * 1e-3)) / bw if bw else None,
+                                    union_bytes=ubytes,
+                                    union_of_copy_bw=(ubytes / (ms * 1e-3)) / bw if bw else None,
                                     rel_l1=err))
             os.environ.pop("SPARGE_CUDA_DECODE", None)
         if dev == "cuda":
@@ -107,9 +123,11 @@ def main():
                     print(f"{impl}: {e}", file=sys.stderr)
                     continue
                 nbytes = 2 * B * H * n * D * q.element_size()
+                ubytes = 2 * B * Hkv * n * D * q.element_size()
                 records.append(dict(impl=impl, topk=1.0, seq_k=n, ms=ms, sparsity=0.0,
                                     gbps=nbytes / (ms * 1e-3) / 1e9, kept_bytes=nbytes,
-                                    of_copy_bw=(nbytes / (ms * 1e-3)) / bw, rel_l1=None))
+                                    of_copy_bw=(nbytes / (ms * 1e-3)) / bw, union_bytes=ubytes,
+                                    union_of_copy_bw=(ubytes / (ms * 1e-3)) / bw, rel_l1=None))
     head = dict(date=datetime.date.today().isoformat(), device=name, commit=args.commit,
                 workload="random", dtype="bf16" if dev == "cuda" else "fp32", head_dim=D,
                 batch=B, heads_q=H, heads_kv=Hkv, seq_q=R, causal=True, cos_sim=None,
@@ -121,12 +139,13 @@ def main():
     jsonl_out.emit(out, args.out)
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s" if bw else "copy bandwidth: -", file=sys.stderr)
     print(f"{'impl':>20} {'keys':>7} {'topk':>5} {'ms':>8} {'GB/s':>7} {'of copy':>7} "
-          f"{'rel_l1':>9}", file=sys.stderr)
+          f"{'union':>7} {'rel_l1':>9}", file=sys.stderr)
     for r in out:
         frac = "-" if r["of_copy_bw"] is None else f"{r['of_copy_bw']:.2f}"
+        ufrac = "-" if r["union_of_copy_bw"] is None else f"{r['union_of_copy_bw']:.2f}"
         err = "-" if r["rel_l1"] is None else f"{r['rel_l1']:.2e}"
         print(f"{r['impl']:>20} {r['seq_k']:>7} {r['topk']:>5} {r['ms']:8.3f} {r['gbps']:7.0f} "
-              f"{frac:>7} {err:>9}", file=sys.stderr)
+              f"{frac:>7} {ufrac:>7} {err:>9}", file=sys.stderr)
 
 
 if __name__ == "__main__":
