@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "common/fp_convert.h"
@@ -119,6 +122,34 @@ inline bool any_nan(const std::vector<float>& x) {
   for (float v : x)
     if (std::isnan(v)) return true;
   return false;
+}
+
+// Sets an environment variable (null: unsets it) for one scope, then restores it: the kernel
+// choice (SPARGE_CUDA_KERNEL), the opt-in switches and the tests' hooks (SPARGE_ROW_CHUNK_BLOCKS).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) saved_ = old, had_ = true;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, saved_.c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string saved_;
+  bool had_ = false;
+};
+
+// Whether two arrays hold the same bits (NaN payloads included), for bit-for-bit comparisons.
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 }  // namespace sparge::test

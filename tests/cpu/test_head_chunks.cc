@@ -23,6 +23,7 @@ namespace {
 
 using test::gaussian;
 using test::HostTensor;
+using test::same_bits;
 
 constexpr int64_t B = 2, Hq = 6, Hkv = 2, N = 300, D = 32;
 
@@ -88,11 +89,6 @@ Outputs run_sparse_attention(const Problem& p, const KeyBlocks* kb, Backend back
   r.out = o.to_hnd();
   r.tiles = mask.to_dense();
   return r;
-}
-
-template <typename T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 void expect_same(const Outputs& got, const Outputs& want) {

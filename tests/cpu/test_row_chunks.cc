@@ -26,31 +26,8 @@ namespace {
 
 using test::gaussian;
 using test::HostTensor;
-
-// Sets an environment variable for a scope (restores the previous value).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    if (value)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_)
-      setenv(name_, old_.c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
+using test::same_bits;
+using test::ScopedEnv;
 
 struct Case {
   const char* name;
@@ -131,11 +108,6 @@ Outputs run(const Case& c, const Inputs& in, Backend backend, const KeyBlocks* k
                                    extras, ctx);
   r.out = o.to_hnd();
   return r;
-}
-
-template <typename T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 void expect_same(const Outputs& got, const Outputs& want) {

@@ -28,28 +28,6 @@ namespace sparge::test {
 
 #define SPARGE_ASSERT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-// Sets an environment variable (null: unsets it) for one scope, then restores it: the kernel
-// choice (SPARGE_CUDA_KERNEL) and the opt-in switches of paths not yet checked on a GPU.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) saved_ = old, had_ = true;
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_, saved_.c_str(), 1);
-    else unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::string saved_;
-  bool had_ = false;
-};
-
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
