@@ -31,9 +31,10 @@ struct Problem {
   // call_seq_q query rows (0: shape.seq_q, the whole call); its rows see the keys the call's do.
   int64_t row_offset = 0;
   int64_t call_seq_q = 0;
-  // Stage 1 adds its per-head counts (Stage1Stats::forced_tiles) to the caller's instead of
-  // writing them: every chunk after the first.
-  bool accumulate_stage1_stats = false;
+
+  // A chunk after the first: Stage 1 adds its per-head counts (Stage1Stats::forced_tiles) to
+  // the earlier chunks' instead of writing them.
+  bool adds_to_stage1_stats() const { return row_offset > 0; }
 
   // The keys each row sees (causal, window and their alignment; geometry.h).
   KeyBand band() const {

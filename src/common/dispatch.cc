@@ -95,7 +95,8 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
   w.indices = w.counts + align_up(sizeof(int32_t) * rows);
   w.lse = w.indices + align_up(sizeof(int32_t) * rows * nk);
-  const std::size_t lse_rows = w.chunks.cut() ? std::size_t(s.batch * s.heads_q * w.shape.seq_q) : 0;
+  const std::size_t lse_rows =
+      w.chunks.cut() ? std::size_t(s.batch * s.heads_q * w.shape.seq_q) : 0;
   w.stage1 = w.lse + align_up(sizeof(float) * lse_rows);
   w.stage1_bytes = align_up(cuda::workspace_size(w.shape, o));
   w.total = w.stage1 + w.stage1_bytes;
@@ -329,16 +330,14 @@ Status run_both_stages(Backend backend, const detail::Problem& p, const BlockMas
 }
 
 // sparse_attention in row chunks (row_chunks.h; `key_lengths`: an AttentionMask without dense
-// data): per chunk of layout.chunks.q_blocks query
-// blocks, both stages on views of q and o with one chunk's mask storage (CUDA: the workspace's;
-// CPU: host memory), the lse rows through a chunk's scratch into the call's, Stage 1's
-// forced-tile counts summed over the chunks. On CUDA `stage1_ctx` is the workspace past the mask
-// and lse scratch.
+// data): per chunk of layout.chunks.q_blocks query blocks, both stages on views of q and o with
+// one chunk's mask storage (CUDA: the workspace's; CPU: host memory), the lse rows through a
+// chunk's scratch into the call's, Stage 1's forced-tile counts summed over the chunks. On CUDA
+// `stage1_ctx` is the workspace past the mask and lse scratch.
 Status run_in_row_chunks(Backend backend, const TensorView& q, const TensorView& k,
                          const TensorView& v, const AttentionMask& key_lengths,
-                         const KeyBlocks* key_blocks,
-                         const SparseOptions& opts, const TensorView& o,
-                         const AttentionExtras& extras, const ExecContext& ctx,
+                         const KeyBlocks* key_blocks, const SparseOptions& opts,
+                         const TensorView& o, const AttentionExtras& extras, const ExecContext& ctx,
                          const ExecContext& stage1_ctx, const WorkspaceLayout& layout) {
   const bool cuda = backend == Backend::kCuda;
   const int64_t chunk_rows = layout.shape.seq_q, heads = q.batch * q.heads;
@@ -347,23 +346,24 @@ Status run_in_row_chunks(Backend backend, const TensorView& q, const TensorView&
   float* lse_rows = !extras.lse ? nullptr
                     : cuda      ? reinterpret_cast<float*>(base + layout.lse)
                                 : host_lse.data();
+  // One chunk's mask storage, reused by every chunk (the last one's rows fit in it).
   HostBlockMask host_mask;
+  if (!cuda) host_mask = HostBlockMask(q.batch, q.heads, chunk_rows, k.tokens, opts.block_q,
+                                       opts.block_k);
+  int32_t* counts =
+      cuda ? reinterpret_cast<int32_t*>(base + layout.counts) : host_mask.counts.data();
+  int32_t* indices =
+      cuda ? reinterpret_cast<int32_t*>(base + layout.indices) : host_mask.indices.data();
   for (int64_t c = 0; c < layout.chunks.count; ++c) {
     const int64_t first = c * chunk_rows, rows = std::min(chunk_rows, q.tokens - first);
     const TensorView qc = detail::row_view(q, first, rows), oc = detail::row_view(o, first, rows);
     BlockMask mask = mask_like(qc, k, opts);
-    if (cuda) {
-      mask.counts = reinterpret_cast<int32_t*>(base + layout.counts);
-      mask.indices = reinterpret_cast<int32_t*>(base + layout.indices);
-    } else {
-      host_mask = HostBlockMask(q.batch, q.heads, rows, k.tokens, opts.block_q, opts.block_k);
-      mask = host_mask.view();
-    }
+    mask.counts = counts;
+    mask.indices = indices;
     detail::Problem p = make_problem(qc, k, v, opts, key_lengths);
     p.key_blocks = key_blocks;
     p.row_offset = first;
     p.call_seq_q = q.tokens;
-    p.accumulate_stage1_stats = c > 0;
     AttentionExtras ex = extras;
     ex.lse = lse_rows;
     const Status st = run_both_stages(backend, p, mask, oc, ex, stage1_ctx);

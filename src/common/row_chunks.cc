@@ -46,8 +46,9 @@ RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkByt
 }
 
 std::size_t row_chunk_budget(const ProblemShape& s) {
-  const double qkv = double(dtype_size(s.dtype)) * double(s.batch) * double(s.head_dim) *
-                     (double(s.heads_q) * double(s.seq_q) + 2.0 * double(s.heads_kv) * double(s.seq_k));
+  const double tokens =
+      double(s.heads_q) * double(s.seq_q) + 2.0 * double(s.heads_kv) * double(s.seq_k);
+  const double qkv = double(dtype_size(s.dtype)) * double(s.batch) * double(s.head_dim) * tokens;
   return std::max(kRowChunkMinBytes, std::size_t(kRowChunkShareOfQkv * qkv));
 }
 

@@ -195,7 +195,7 @@ std::vector<double> sampled_weights(const SampledRows& rows, detail::BlockRange 
 }
 
 // Writes the stats of one (batch, query head) (host memory; null outputs are skipped). Row
-// chunks after the first add their forced tiles to the count (Problem::accumulate_stage1_stats).
+// chunks after the first add their forced tiles to the count (Problem::adds_to_stage1_stats).
 void write_stats(const Stage1Stats& st, int64_t bh, double select_value, double error,
                  int64_t forced_tiles, bool add_forced) {
   if (st.select_value) st.select_value[bh] = static_cast<float>(select_value);
@@ -385,12 +385,12 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
       writer.write(mask.row(b, h, i), kept);
     }
     if (!error_target)
-      write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles, p.accumulate_stage1_stats);
+      write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles, p.adds_to_stage1_stats());
     else if (keep_all)
-      write_stats(stats, bh, 1.0, 0.0, forced_tiles, p.accumulate_stage1_stats);
+      write_stats(stats, bh, 1.0, 0.0, forced_tiles, p.adds_to_stage1_stats());
     else
       write_stats(stats, bh, detail::error_target_tau(choice), norm > 0.0 ? err[choice] / norm : 0.0,
-                  forced_tiles, p.accumulate_stage1_stats);
+                  forced_tiles, p.adds_to_stage1_stats());
   }
   return writer.status();
 }

@@ -395,7 +395,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.stat_select_value = stats.select_value;
   s.stat_error = stats.error_estimate;
   s.stat_forced = stats.forced_tiles;
-  s.add_to_forced = p.accumulate_stage1_stats;
+  s.add_to_forced = p.adds_to_stage1_stats();
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
   auto* base = static_cast<char*>(workspace);
