@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/head_chunks.h"
+#include "call_outputs.h"
 #include "reference_cases.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
@@ -23,7 +24,9 @@ namespace {
 
 using test::gaussian;
 using test::HostTensor;
+using test::expect_same;
 using test::same_bits;
+using Outputs = test::CallOutputs;
 
 constexpr int64_t B = 2, Hq = 6, Hkv = 2, N = 300, D = 32;
 
@@ -52,28 +55,12 @@ struct Problem {
   }
 };
 
-struct Outputs {
-  std::vector<float> out, lse, select;
-  std::vector<unsigned long long> counters;
-  std::vector<int64_t> forced;
-  std::vector<uint8_t> tiles;
-  Status status;
-};
-
 Outputs run_sparse_attention(const Problem& p, const KeyBlocks* kb, Backend backend,
                              int64_t max_heads) {
   Outputs r;
   HostTensor o = HostTensor::poisoned(B, Hq, N, D, DType::kBFloat16, Layout::kNHD);
   HostBlockMask mask(B, Hq, N, N, p.opts.block_q, p.opts.block_k);
-  r.lse.assign(B * Hq * N, NAN);
-  r.counters.assign(Hq * 2, 0);
-  r.select.assign(B * Hq, NAN);
-  r.forced.assign(B * Hq, -1);
-  AttentionExtras extras;
-  extras.lse = r.lse.data();
-  extras.pv_counters = r.counters.data();
-  extras.stage1.select_value = r.select.data();
-  extras.stage1.forced_tiles = r.forced.data();
+  const AttentionExtras extras = r.extras_for(B, Hq, N);
   ExecContext ctx;
   ctx.backend = backend;
   if (max_heads > 0)
@@ -89,16 +76,6 @@ Outputs run_sparse_attention(const Problem& p, const KeyBlocks* kb, Backend back
   r.out = o.to_hnd();
   r.tiles = mask.to_dense();
   return r;
-}
-
-void expect_same(const Outputs& got, const Outputs& want) {
-  ASSERT_TRUE(got.status.is_ok()) << got.status.message();
-  EXPECT_TRUE(same_bits(got.out, want.out));
-  EXPECT_TRUE(same_bits(got.lse, want.lse));
-  EXPECT_EQ(got.counters, want.counters);
-  EXPECT_TRUE(same_bits(got.select, want.select));
-  EXPECT_EQ(got.forced, want.forced);
-  EXPECT_EQ(got.tiles, want.tiles);
 }
 
 TEST(HeadChunks, TheChunks) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/row_chunks.h"
+#include "call_outputs.h"
 #include "reference_cases.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
@@ -26,7 +27,8 @@ namespace {
 
 using test::gaussian;
 using test::HostTensor;
-using test::same_bits;
+using test::expect_same;
+using Outputs = test::CallOutputs;
 using test::ScopedEnv;
 
 struct Case {
@@ -38,13 +40,6 @@ struct Case {
   EstimateMode estimate;
   QuantMode quant;
   bool key_lengths;
-};
-
-struct Outputs {
-  std::vector<float> out, lse, select;
-  std::vector<unsigned long long> counters;
-  std::vector<int64_t> forced;
-  Status status;
 };
 
 struct Inputs {
@@ -89,17 +84,9 @@ Inputs make_inputs(const Case& c) {
 }
 
 Outputs run(const Case& c, const Inputs& in, Backend backend, const KeyBlocks* kb = nullptr) {
-  Outputs r;
+  Outputs r;  // no tiles: a call cut into row chunks keeps its mask
   HostTensor o = HostTensor::poisoned(c.b, c.hq, c.nq, c.d, DType::kBFloat16, Layout::kNHD);
-  r.lse.assign(c.b * c.hq * c.nq, NAN);
-  r.counters.assign(c.hq * 2, 0);
-  r.select.assign(c.b * c.hq, NAN);
-  r.forced.assign(c.b * c.hq, -1);
-  AttentionExtras extras;
-  extras.lse = r.lse.data();
-  extras.pv_counters = r.counters.data();
-  extras.stage1.select_value = r.select.data();
-  extras.stage1.forced_tiles = r.forced.data();
+  const AttentionExtras extras = r.extras_for(c.b, c.hq, c.nq);
   ExecContext ctx;
   ctx.backend = backend;
   r.status = kb ? sparse_attention(in.q.view, in.k.view, in.v.view, in.attn, *kb, in.opts, o.view,
@@ -108,15 +95,6 @@ Outputs run(const Case& c, const Inputs& in, Backend backend, const KeyBlocks* k
                                    extras, ctx);
   r.out = o.to_hnd();
   return r;
-}
-
-void expect_same(const Outputs& got, const Outputs& want) {
-  ASSERT_TRUE(got.status.is_ok()) << got.status.message();
-  EXPECT_TRUE(same_bits(got.out, want.out));
-  EXPECT_TRUE(same_bits(got.lse, want.lse));
-  EXPECT_EQ(got.counters, want.counters);
-  EXPECT_TRUE(same_bits(got.select, want.select));
-  EXPECT_EQ(got.forced, want.forced);
 }
 
 const Case kCases[] = {
