@@ -50,7 +50,10 @@
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \
   X(kInt8Fp8, QUANT_INT8_FP8, 1, "int8_fp8",                                                   \
-    "INT8 Q per row, K per 16 keys (smoothed by its mean), FP8 e4m3 P and V (SageAttention2)")
+    "INT8 Q per row, K per 16 keys (smoothed by its mean), FP8 e4m3 P and V (SageAttention2)") \
+  X(kInt8, QUANT_INT8, 2, "int8",                                                              \
+    "INT8 Q and K as int8_fp8, P and V at the inputs' 16-bit type (SageAttention's sm_80 "     \
+    "kernels): runs on any CUDA GPU from sm_80; V not rounded to 3 mantissa bits")
 
 /* Which implementation runs (ExecContext, not SparseOptions). */
 #define SPARGE_BACKEND_VALUES(X)                                                                \

@@ -4,7 +4,8 @@ Names, kinds, defaults and enum names are read at import from the C++ option lis
 (include/sparge/option_list.h, through `_C.option_table()`), which also generates the ops'
 schemas: one keyword argument per option. This module adds only the Python keyword sugar on
 top: `is_causal` (SDPA's name for `causal`), `cdf_threshold` / `topk` (the selection mode and
-its value), `quantized` (the quant mode) and per-head values given as tensors. Range checks are
+its value), `quantized` (the quant mode: a bool or the mode's name) and per-head values given
+as tensors. Range checks are
 the C++ validation's, whose messages name the argument; here only Python types are checked.
 """
 import math
@@ -79,6 +80,21 @@ def resolve_scale(scale: Optional[float], head_dim: int) -> float:
     return float(scale)
 
 
+QUANT_MODES: Tuple[str, ...] = tuple(TABLE["quant"]["choices"])
+
+
+def quant_mode(quantized: Union[bool, str]) -> str:
+    """The quant option of `quantized`: False is "none", True "int8_fp8" (INT8 Q·Kᵀ, FP8 P·V),
+    or a mode's name ("none", "int8_fp8", "int8": INT8 Q·Kᵀ with P·V at the inputs' type)."""
+    if isinstance(quantized, bool):
+        return "int8_fp8" if quantized else "none"
+    if not isinstance(quantized, str):
+        raise TypeError(f"quantized must be a bool or one of {', '.join(map(repr, QUANT_MODES))}, "
+                        f"got {type(quantized).__name__}")
+    check_choice(quantized, QUANT_MODES, "quantized")
+    return quantized
+
+
 def _check_types(bools: Dict[str, object], ints: Dict[str, object]):
     for name, value in bools.items():
         if not isinstance(value, bool):
@@ -91,7 +107,7 @@ def _check_types(bools: Dict[str, object], ints: Dict[str, object]):
 def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str,
                sim_threshold: Threshold, cdf_threshold: Optional[Threshold],
                topk: Optional[Threshold], pv_threshold: Threshold, attention_sink: bool,
-               block_q: int, block_k: int, quantized: bool, backend: str,
+               block_q: int, block_k: int, quantized: Union[bool, str], backend: str,
                estimate: str = DEFAULTS["estimate"],
                sample_rows: int = DEFAULTS["sample_rows"],
                window_left: int = DEFAULTS["window_left"],
@@ -99,7 +115,7 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
                target_error: float = DEFAULTS["target_error"]) -> Dict[str, object]:
     """The keyword arguments of the sparge ops (one per option, per-head ones as a float and a
     `<name>_per_head` tensor or None), from the keywords of sparge.attention."""
-    _check_types(dict(is_causal=is_causal, attention_sink=attention_sink, quantized=quantized),
+    _check_types(dict(is_causal=is_causal, attention_sink=attention_sink),
                  dict(block_q=block_q, block_k=block_k, sample_rows=sample_rows,
                       window_left=window_left, window_right=window_right))
     if cdf_threshold is not None and topk is not None:
@@ -111,7 +127,7 @@ def op_options(*, heads_q: int, scale: float, is_causal: bool, causal_align: str
     options = dict(scale=scale, causal=is_causal, causal_align=causal_align, select=select,
                    estimate=estimate, sample_rows=sample_rows,
                    attention_sink=attention_sink, block_q=block_q, block_k=block_k,
-                   quant="int8_fp8" if quantized else "none", backend=backend,
+                   quant=quant_mode(quantized), backend=backend,
                    window_left=window_left, window_right=window_right)
     if isinstance(target_error, bool) or not isinstance(target_error, (int, float)):
         raise TypeError(f"target_error must be a float, got {type(target_error).__name__}")

@@ -8,7 +8,7 @@ The rules the kernels follow are in docs/method.md; the options are validated by
 """
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -278,7 +278,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               estimate: str = DEFAULTS["estimate"], sample_rows: int = DEFAULTS["sample_rows"],
               token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
-              quantized: bool = False, backend: str = "auto", return_stats: bool = False,
+              quantized: Union[bool, str] = False, backend: str = "auto", return_stats: bool = False,
               target_error: float = DEFAULTS["target_error"],
               attn_mask: Optional[torch.Tensor] = None, key_lengths=None, key_blocks=None):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
@@ -420,7 +420,7 @@ def predict_block_mask(q: torch.Tensor, k: torch.Tensor, *, is_causal: bool = Fa
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            block_mask: BlockMask, *, scale: Optional[float] = None,
                            layout: str = "HND", pv_threshold=DEFAULTS["pv_threshold"],
-                           quantized: bool = False, backend: str = "auto",
+                           quantized: Union[bool, str] = False, backend: str = "auto",
                            return_stats: bool = False, attn_mask: Optional[torch.Tensor] = None,
                            key_lengths=None):
     """Stage 2 alone: attention over the tiles `block_mask` keeps (its geometry, causality and

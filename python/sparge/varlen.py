@@ -1,5 +1,5 @@
 """Packed batches of sequences of different lengths, in flash-attn's varlen convention."""
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,7 +31,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      attention_sink: bool = DEFAULTS["attention_sink"],
                      estimate: str = DEFAULTS["estimate"], sample_rows: int = DEFAULTS["sample_rows"],
                      block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
-                     quantized: bool = False, backend: str = "auto",
+                     quantized: Union[bool, str] = False, backend: str = "auto",
                      target_error: float = DEFAULTS["target_error"]) -> torch.Tensor:
     """Sparse attention over a packed batch, as flash-attn's flash_attn_varlen_func takes it.
 

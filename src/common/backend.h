@@ -119,9 +119,8 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block
 std::size_t key_blocks_workspace_size(int64_t batch, int64_t heads_kv, int64_t tokens,
                                       int64_t head_dim);
 
-// The quantized mode's inputs on the device (issue 10; not public yet: the quantized Hopper
-// kernel that reads them is still to come). Caller-allocated, element counts from
-// detail::quantized_counts, layouts in common/quant_layout.h; the bytes equal
+// The quantized modes' inputs on the device (what the quantized kernels read). Caller-allocated,
+// element counts from detail::quantized_counts, layouts in common/quant_layout.h; the bytes equal
 // cpu::quantize_inputs' (q, q_scale, k, k_scale, km, v8, v_scale) for the same granularity.
 struct QuantizedBuffers {
   int8_t* q = nullptr;
@@ -129,7 +128,7 @@ struct QuantizedBuffers {
   int8_t* k = nullptr;
   float* k_scale = nullptr;
   float* km = nullptr;
-  uint8_t* v8 = nullptr;  // 16-byte aligned
+  uint8_t* v8 = nullptr;  // 16-byte aligned; null: no V codes or scales (kInt8), V not read
   float* v_scale = nullptr;
 };
 std::size_t quantize_workspace_size(const ProblemShape& shape);

@@ -4,16 +4,22 @@
 //   Q   int8 [B, Hq, Nq, D]  (token-major, D contiguous), one fp32 scale per q_rows rows;
 //   K   int8 [B, Hkv, Nk, D] of k − km, one fp32 scale per k_rows rows;
 //   km  fp32 [B, Hkv, D], the per-channel token mean of k (summed in double, order below);
-//   V8  e4m3 [B, Hkv, D, Nk8] (channel-major: keys contiguous, the K-major B operand an FP8
-//       wgmma needs for P·V), Nk8 = Nk rounded up to kV8KeyAlign, padding keys 0x00, one fp32
+//   V8  e4m3 [B, Hkv, D, Nk8], kInt8Fp8 only (channel-major: keys contiguous, the K-major B
+//       operand an FP8 wgmma needs for P·V), Nk8 = Nk rounded up to kV8KeyAlign, padding keys 0x00, one fp32
 //       scale per channel [B, Hkv, D]. Inside every 16 keys the order is permuted (below).
 #pragma once
 
 #include <cstdint>
 
 #include "common/geometry.h"
+#include "sparge/types.h"
 
 namespace sparge::detail {
+
+// What each quantized mode rounds: both take Q and K as INT8 codes; only kInt8Fp8 takes V as
+// e4m3 codes (V8) and P as e4m3 in P·V (kInt8 multiplies P and V at the inputs' 16-bit type).
+SPARGE_HD constexpr bool quantizes_qk(QuantMode m) { return m != QuantMode::kNone; }
+SPARGE_HD constexpr bool fp8_pv(QuantMode m) { return m == QuantMode::kInt8Fp8; }
 
 constexpr float kInt8Max = 127.0f;
 constexpr float kE4m3Max = 448.0f;

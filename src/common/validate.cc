@@ -147,7 +147,7 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
     return Status::invalid(cat("SparseOptions.estimate must be kPooled or kSampledRows, got code ",
                                static_cast<int>(o.estimate)));
   if (enum_name(o.quant) == nullptr)
-    return Status::invalid(cat("SparseOptions.quant must be kNone or kInt8Fp8, got code ",
+    return Status::invalid(cat("SparseOptions.quant must be kNone, kInt8Fp8 or kInt8, got code ",
                                static_cast<int>(o.quant)));
   SPARGE_RETURN_IF_ERROR(
       check_param(o.sim_threshold, heads_q, "sim_threshold", -1, false, 1, false, "[-1, 1]"));

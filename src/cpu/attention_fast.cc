@@ -4,9 +4,10 @@
 // transposed and pre-scaled by scale·log2(e); each kept key tile is converted into thread-local
 // scratch (allocated once per call), scored as a small GEMM, tested against the λ rule per
 // group of pv_group_rows rows, and only then is V converted and P·V accumulated.
-// Quantized mode reads the int8 codes of src/cpu/quantize.h: the int8 dot products are exact in
-// fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile; P is
-// 448·2^(t − m), summed into l as is and rounded to e4m3 for P·V (the FP8 P·V kernel's rule).
+// Quantized modes read the int8 codes of src/cpu/quantize.h: the int8 dot products are exact in
+// fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile. kInt8Fp8's
+// P is 448·2^(t − m), summed into l as is and rounded to e4m3 for P·V with the e4m3 V (the FP8
+// P·V kernel's rule); kInt8 takes P and v as exact mode does.
 #include <omp.h>
 
 #include <algorithm>
@@ -64,6 +65,7 @@ struct Plan {
   const detail::Problem* p = nullptr;
   const BlockMask* mask = nullptr;
   const QuantizedInputs* quant = nullptr;  // null in exact mode
+  bool fp8_pv = false;                     // kInt8Fp8: e4m3 P and V in P·V
   TensorView o;
   AttentionExtras extras;
   int64_t D = 0, Dp = 0, bq = 0, bk = 0, group = 0, nq = 0;
@@ -213,8 +215,10 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
               Elem::kI8};
     kplane = {reinterpret_cast<const char*>(&qi.k[((b * p.shape.heads_kv + hkv) * Nk) * D]), D,
               Elem::kI8};
-    vplane = {reinterpret_cast<const char*>(&qi.v[((b * p.shape.heads_kv + hkv) * Nk) * D]),
-              D * static_cast<int64_t>(sizeof(float)), Elem::kF32};
+    vplane = pl.fp8_pv ? Plane{reinterpret_cast<const char*>(
+                                   &qi.v[((b * p.shape.heads_kv + hkv) * Nk) * D]),
+                               D * static_cast<int64_t>(sizeof(float)), Elem::kF32}
+                       : view_plane(p.v, b, hkv);
     q_mul = 1.0f;  // codes stay integers; the scales multiply the scores per tile
     const int64_t bh = b * p.shape.heads_q + h;
     for (int64_t r = 0; r < rows16; ++r)  // rows past the block's end: factor 0, scores 0
@@ -345,10 +349,10 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
     if (s.active.empty()) continue;
 
-    // p = 2^(t − m_new) over the computed span (8-aligned), times kPScale in quantized mode
-    // (1 is exact), then row sums.
+    // p = 2^(t − m_new) over the computed span (8-aligned), times kPScale with FP8 P·V (1 is
+    // exact), then row sums.
     const int64_t lo8 = span_lo / 8 * 8, hi8 = round_up(span_hi, 8);
-    const __m256 p_scale = _mm256_set1_ps(pl.quant ? static_cast<float>(kPScale) : 1.0f);
+    const __m256 p_scale = _mm256_set1_ps(pl.fp8_pv ? static_cast<float>(kPScale) : 1.0f);
     for (int64_t c = 0; c < keys; ++c) {
       float* line = s.st + c * bq;
       for (int64_t r = lo8; r < hi8; r += 8) {
@@ -364,7 +368,7 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
     for (int32_t r : s.active) s.l[r] = s.l[r] * s.alpha[r] + s.rowsum[r];
     // The FP8 P·V product sees P in e4m3; l has just summed it unrounded.
-    if (pl.quant)
+    if (pl.fp8_pv)
       for (int64_t c = 0; c < keys; ++c) round_to_e4m3(s.st + c * bq + lo8, hi8 - lo8);
 
     if (v_in_place) {
@@ -377,9 +381,9 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     }
   }
 
-  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l), in quantized mode less
-  // ln(kPScale) and plus the smoothing's shift (cpu/quantize.h). l = 0 exactly when the row saw
-  // no key (its acc was never touched); a NaN l is not 0, so o and lse come out NaN.
+  // o = acc / l (0 for a row without keys); lse = ln2 · (m + log2 l), in quantized modes plus
+  // the smoothing's shift (cpu/quantize.h), with FP8 P·V less ln(kPScale). l = 0 exactly when
+  // the row saw no key (its acc was never touched); a NaN l is not 0, so o and lse come out NaN.
   const Elem out_elem = elem_of(pl.o.dtype);
   const int64_t es = static_cast<int64_t>(dtype_size(pl.o.dtype));
   for (int64_t r = 0; r < rows; ++r) {
@@ -390,7 +394,8 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
     double lse = kNegInf;
     if (!empty) {
       lse = kLn2 * (double(s.m[r]) + std::log2(double(s.l[r])));
-      if (pl.quant) lse += lse_shift(p, *pl.quant, b, h, row0 + r) - kLn2 * std::log2(kPScale);
+      if (pl.quant) lse += lse_shift(p, *pl.quant, b, h, row0 + r);
+      if (pl.fp8_pv) lse -= kLn2 * std::log2(kPScale);
     }
     pl.extras.lse[(b * p.shape.heads_q + h) * Nq + row0 + r] = static_cast<float>(lse);
   }
@@ -400,7 +405,7 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
 
 Status attention_fast(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                       const AttentionExtras& extras, int num_threads) {
-  if (p.opts.quant != QuantMode::kInt8Fp8)
+  if (!detail::quantizes_qk(p.opts.quant))
     return attention_fast_with(p, mask, o, extras, num_threads, nullptr);
   const QuantizedInputs quantized = quantize_inputs(p);
   return attention_fast_with(p, mask, o, extras, num_threads, &quantized);
@@ -413,6 +418,7 @@ Status attention_fast_with(const detail::Problem& p, const BlockMask& mask, cons
   pl.p = &p;
   pl.mask = &mask;
   pl.quant = quantized;
+  pl.fp8_pv = quantized != nullptr && detail::fp8_pv(p.opts.quant);
   pl.o = o;
   pl.extras = extras;
   pl.D = p.shape.head_dim;

@@ -121,9 +121,12 @@ QuantizedInputs quantize_inputs(const detail::Problem& p, const detail::QuantGra
   out.k.resize(s.batch * s.heads_kv * Nk * D);
   out.k_scale.resize(s.batch * s.heads_kv * out.k_groups);
   out.km.resize(s.batch * s.heads_kv * D);
-  out.v.resize(s.batch * s.heads_kv * Nk * D);
-  out.v_scale.resize(s.batch * s.heads_kv * D);
-  out.v8.assign(s.batch * s.heads_kv * D * Nk8, 0);
+  const bool with_v = p.opts.quant != QuantMode::kInt8;  // kInt8's P·V reads v as it is
+  if (with_v) {
+    out.v.resize(s.batch * s.heads_kv * Nk * D);
+    out.v_scale.resize(s.batch * s.heads_kv * D);
+    out.v8.assign(s.batch * s.heads_kv * D * Nk8, 0);
+  }
 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
@@ -145,6 +148,7 @@ QuantizedInputs quantize_inputs(const detail::Problem& p, const detail::QuantGra
                     &out.k_scale[bh * out.k_groups]);
 
     // V per channel in e4m3: codes in the V8 layout, values dequantized in HND.
+    if (!with_v) continue;
     const std::vector<float> v = load_slice<float>(p.v, b, h);
     for (int64_t d = 0; d < D; ++d) {
       float amax = 0.0f;

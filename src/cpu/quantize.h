@@ -45,6 +45,7 @@ struct QuantizedInputs {
   std::vector<float> q_scale;  // [B, Hq, q_groups]
   std::vector<float> k_scale;  // [B, Hkv, k_groups]
   std::vector<float> km;       // [B, Hkv, D], fp32 key mean
+  // V, empty in kInt8 mode:
   std::vector<float> v;        // dequantized FP8 V (v8 * s_v) as fp32, HND [B,Hkv,Nk,D]
   std::vector<float> v_scale;  // [B, Hkv, D]
   std::vector<uint8_t> v8;     // e4m3 codes [B, Hkv, D, v8_keys(Nk)] (quant_layout.h order)
@@ -58,7 +59,8 @@ struct QuantizedInputs {
   }
 };
 
-// Quantizes p.q, p.k, p.v; the granularity defaults to the one every backend uses.
+// Quantizes p.q, p.k and, unless p.opts.quant is kInt8 (whose P·V reads v as it is), p.v; the
+// granularity defaults to the one every backend uses.
 QuantizedInputs quantize_inputs(const detail::Problem& p,
                                 const detail::QuantGranularity& g = detail::QuantGranularity{});
 

@@ -3,9 +3,10 @@
 // in log2 units; each group of pv_group_rows rows skips a tile when every row's tile max is at
 // least λ below its running max. Deliberately plain: no blocking, no vectorization. An attention
 // mask (AttentionMask) is applied to every element, without the tile classes of the fast path.
-// Quantized mode takes its scores from the INT8 codes and scales and V from its e4m3 values
-// (cpu/quantize.h), and P·V from P = 448·2^(t − m) rounded to e4m3 as the FP8 P·V kernel does;
-// everything else stays in double (l sums the unrounded P), so it is exact given those roundings.
+// Quantized modes take their scores from the INT8 codes and scales (cpu/quantize.h); kInt8Fp8
+// also V from its e4m3 values and P·V from P = 448·2^(t − m) rounded to e4m3 as the FP8 P·V
+// kernel does (kInt8 keeps V and P exact); everything else stays in double (l sums the unrounded
+// P), so it is exact given those roundings.
 #include "cpu/reference.h"
 
 #include <algorithm>
@@ -68,7 +69,8 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
                  const QuantizedInputs* quant, int64_t b, int64_t h, const TensorView& o,
                  float* lse, unsigned long long counters[2]) {
   const ProblemShape& s = p.shape;
-  const double p_scale = quant != nullptr ? kPScale : 1.0;
+  const bool fp8 = quant != nullptr && detail::fp8_pv(p.opts.quant);
+  const double p_scale = fp8 ? kPScale : 1.0;
   const SparseOptions& opt = p.opts;
   const int64_t D = s.head_dim;
   const detail::KeyBand band = p.band();
@@ -130,8 +132,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
             const double pr = p_scale * std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
             // The FP8 P·V product sees P in e4m3 (NaN stays NaN); l sums the exact P.
             const double pv =
-                quant != nullptr ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(pr)))
-                                 : pr;
+                fp8 ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(pr))) : pr;
             st.l += pr;
             for (int64_t d = 0; d < D; ++d) st.acc[d] += pv * v[c * D + d];
           }
@@ -153,7 +154,7 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
       double x = -INFINITY;
       if (!empty) {
         x = kLn2 * (st.m + std::log2(st.l));
-        if (quant != nullptr) x += lse_shift(p, *quant, b, h, r) - kLn2 * std::log2(kPScale);
+        if (quant != nullptr) x += lse_shift(p, *quant, b, h, r) - kLn2 * std::log2(p_scale);
       }
       lse[(b * s.heads_q + h) * s.seq_q + r] = float(x);
     }
@@ -166,7 +167,7 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
                            const AttentionExtras& extras) {
   const ProblemShape& s = p.shape;
   const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
-  const bool quantized = p.opts.quant == QuantMode::kInt8Fp8;
+  const bool quantized = detail::quantizes_qk(p.opts.quant);
   QuantizedInputs qi;
   if (quantized) qi = quantize_inputs(p);
 
@@ -186,12 +187,13 @@ Status attention_reference(const detail::Problem& p, const BlockMask& mask, cons
       score.k_scale = &qi.k_scale[bhk * qi.k_groups];
       score.q_rows = qi.granularity.q_rows;
       score.k_rows = qi.granularity.k_rows;
-      v.assign(qi.v.begin() + bhk * s.seq_k * D, qi.v.begin() + (bhk + 1) * s.seq_k * D);
+      if (detail::fp8_pv(p.opts.quant))
+        v.assign(qi.v.begin() + bhk * s.seq_k * D, qi.v.begin() + (bhk + 1) * s.seq_k * D);
     } else {
       score.q = load_slice<double>(p.q, b, h);
       score.k = load_slice<double>(p.k, b, hk);
-      v = load_slice<double>(p.v, b, hk);
     }
+    if (v.empty()) v = load_slice<double>(p.v, b, hk);
     attend_head(p, mask, MaskReader(p.attn_mask, s.seq_k), score, v, quantized ? &qi : nullptr, b,
                 h, o, extras.lse, &counters[bh * 2]);
   }

@@ -426,9 +426,10 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   return s;
 }
 
-// The workspace of quantized attention for a problem shape.
-QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s) {
-  return quant_attention_workspace(s.batch, s.heads_q, s.heads_kv, s.seq_q, s.seq_k, s.head_dim);
+// The workspace of quantized attention for a problem shape and quant mode.
+QuantAttentionWorkspace quant_workspace_of(const ProblemShape& s, QuantMode mode) {
+  return quant_attention_workspace(s.batch, s.heads_q, s.heads_kv, s.seq_q, s.seq_k, s.head_dim,
+                                   mode);
 }
 
 // Where sparse_attention's quantized call puts the quantization pass's buffers: after Stage 1's
@@ -437,14 +438,29 @@ std::size_t quant_offset(const ProblemShape& shape, const SparseOptions& opts) {
   return (predict_workspace(shape, opts).total + 255) / 256 * 256;
 }
 
+// kInt8's kernel (the mma.sync kernel on INT8 Q/K codes) has not run on a GPU yet: until a device
+// run has checked it (tests/cuda/test_attention_int8.cc), it serves calls only with
+// SPARGE_CUDA_INT8=1, read at every call.
+bool int8_kernel_enabled() {
+  const char* opt_in = std::getenv("SPARGE_CUDA_INT8");
+  return opt_in != nullptr && std::string(opt_in) == "1";
+}
+
 // The refusals of quantized attention on CUDA: the kernel it needs, its head dims, its instances.
 Status check_quantized(Kernel kernel, const std::string& why, const detail::Problem& p) {
-  if (kernel != Kernel::kSm90Ws)
+  const bool fp8 = detail::fp8_pv(p.opts.quant);
+  if (fp8 && kernel != Kernel::kSm90Ws)
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
-                                   "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why, ")"));
+                                   "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why,
+                                   "); quant kInt8 (INT8 Q·Kᵀ, 16-bit P·V) runs on every GPU from sm_80"));
+  if (!fp8 && !int8_kernel_enabled())
+    return Status::unsupported(
+        "SparseOptions.quant kInt8 on cuda: its kernel has not run on a GPU yet; set "
+        "SPARGE_CUDA_INT8=1 to use it, or use quant kInt8Fp8 (sm_90) or kNone");
+  const char* mode = fp8 ? "kInt8Fp8" : "kInt8";
   const int64_t D = p.shape.head_dim;
   if (D != 64 && D != 128)
-    return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda takes q.head_dim 64 or 128, got ", D,
+    return Status::unsupported(cat("SparseOptions.quant ", mode, " on cuda takes q.head_dim 64 or 128, got ", D,
                                    " (use quant kNone, or the cpu backends)"));
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   const bool banded = p.band().limited();
@@ -454,38 +470,52 @@ Status check_quantized(Kernel kernel, const std::string& why, const detail::Prob
   return Status::ok();
 }
 
-// The quantization pass's outputs and scratch laid out by `ws` from `base`.
-QuantizedBuffers quant_buffers(const QuantAttentionWorkspace& ws, char* base) {
+// The quantization pass's outputs and scratch laid out by `ws` from `base`; kInt8 has no V codes
+// (null v8 and v_scale: the pass does not read V).
+QuantizedBuffers quant_buffers(const QuantAttentionWorkspace& ws, char* base, QuantMode mode) {
   QuantizedBuffers buf;
   buf.q = reinterpret_cast<int8_t*>(base + ws.q);
   buf.q_scale = reinterpret_cast<float*>(base + ws.q_scale);
   buf.k = reinterpret_cast<int8_t*>(base + ws.k);
   buf.k_scale = reinterpret_cast<float*>(base + ws.k_scale);
   buf.km = reinterpret_cast<float*>(base + ws.km);
-  buf.v8 = reinterpret_cast<uint8_t*>(base + ws.v8);
-  buf.v_scale = reinterpret_cast<float*>(base + ws.v_scale);
+  const bool with_v = detail::fp8_pv(mode);
+  buf.v8 = with_v ? reinterpret_cast<uint8_t*>(base + ws.v8) : nullptr;
+  buf.v_scale = with_v ? reinterpret_cast<float*>(base + ws.v_scale) : nullptr;
   return buf;
 }
 
-// The quantized kernel (attn_fwd_sm90_q8: sm_90a, head dims 64 and 128) on the pass's outputs.
+template <typename T>
+struct TypeTag {
+  using Type = T;
+};
+
+// The quantized kernel on the pass's outputs (head dims 64 and 128): kInt8Fp8's
+// attn_fwd_sm90_q8 (sm_90a), kInt8's attn_fwd_sm80 on INT8 codes (sm_80 and newer).
 Status launch_quantized(const detail::Problem& p, const AttnParams& a, const QuantizedBuffers& buf,
                         cudaStream_t stream) {
   const QuantOperands q8{buf.q, buf.q_scale, buf.k, buf.k_scale, buf.v8, buf.v_scale, buf.km,
                          int(detail::ceil_div(p.shape.seq_k, detail::kQuantKRows)),
                          detail::v8_keys(p.shape.seq_k)};
+  const bool fp8 = detail::fp8_pv(p.opts.quant);
 #if SPARGE_FAST_BUILD
   (void)p;
-  return launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream);
+  return fp8 ? launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream)
+             : launch_attn_sm80q8<__nv_bfloat16, 128, false>(a, q8, stream);
 #else
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   const bool banded = p.band().limited();
-  const auto by_type = [&](auto head_dim) {
+  const auto by_band = [&](auto type, auto head_dim) {
+    using T = typename decltype(type)::Type;
     constexpr int kD = decltype(head_dim)::value;
-    if (bf16)
-      return banded ? launch_attn_sm90q8<__nv_bfloat16, kD, true>(a, q8, stream)
-                    : launch_attn_sm90q8<__nv_bfloat16, kD, false>(a, q8, stream);
-    return banded ? launch_attn_sm90q8<__half, kD, true>(a, q8, stream)
-                  : launch_attn_sm90q8<__half, kD, false>(a, q8, stream);
+    if (fp8)
+      return banded ? launch_attn_sm90q8<T, kD, true>(a, q8, stream)
+                    : launch_attn_sm90q8<T, kD, false>(a, q8, stream);
+    return banded ? launch_attn_sm80q8<T, kD, true>(a, q8, stream)
+                  : launch_attn_sm80q8<T, kD, false>(a, q8, stream);
+  };
+  const auto by_type = [&](auto head_dim) {
+    return bf16 ? by_band(TypeTag<__nv_bfloat16>{}, head_dim) : by_band(TypeTag<__half>{}, head_dim);
   };
   return p.shape.head_dim == 64 ? by_type(std::integral_constant<int, 64>{})
                                 : by_type(std::integral_constant<int, 128>{});
@@ -570,10 +600,10 @@ Status quantize_pass(const detail::Problem& p, const QuantizedBuffers& out,
 Status attention_quantized(Kernel kernel, const std::string& why, const detail::Problem& p,
                            const AttnParams& a, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_quantized(kernel, why, p));
-  const QuantAttentionWorkspace ws = quant_workspace_of(p.shape);
+  const QuantAttentionWorkspace ws = quant_workspace_of(p.shape, p.opts.quant);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
   char* base = static_cast<char*>(ctx.workspace);
-  const QuantizedBuffers buf = quant_buffers(ws, base);
+  const QuantizedBuffers buf = quant_buffers(ws, base, p.opts.quant);
   ExecContext pass = ctx;
   pass.workspace = base + ws.pass;
   pass.workspace_bytes = ws.total - ws.pass;
@@ -653,7 +683,7 @@ std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts)
   const std::size_t stage1 = predict_workspace(shape, opts).total;
   const std::size_t decode = uses_decode_kernel(shape, opts) ? decode_workspace(shape).total : 0;
   if (opts.quant == QuantMode::kNone) return std::max(stage1, decode);
-  return quant_offset(shape, opts) + quant_workspace_of(shape).total;
+  return quant_offset(shape, opts) + quant_workspace_of(shape, opts.quant).total;
 }
 
 namespace {
@@ -847,14 +877,14 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
   SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
   SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
   const PredictWorkspace pws = predict_workspace(p.shape, p.opts);
-  const QuantAttentionWorkspace qws = quant_workspace_of(p.shape);
+  const QuantAttentionWorkspace qws = quant_workspace_of(p.shape, p.opts.quant);
   const std::size_t quant_at = quant_offset(p.shape, p.opts);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, quant_at + qws.total,
                                          "quantized sparse_attention on cuda (workspace_size())"));
   PredictParams s = to_params(p, mask, pws, ctx.workspace, extras.stage1);
   s.pooled_by_pass = true;
   char* quant_base = static_cast<char*>(ctx.workspace) + quant_at;
-  const QuantizedBuffers buf = quant_buffers(qws, quant_base);
+  const QuantizedBuffers buf = quant_buffers(qws, quant_base, p.opts.quant);
   ExecContext pass = ctx;
   pass.workspace = quant_base + qws.pass;
   pass.workspace_bytes = qws.total - qws.pass;

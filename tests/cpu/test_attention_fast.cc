@@ -327,21 +327,22 @@ TEST(AttentionFast, PvSkipCountersMatchOnSeparatedScores) {
   }
 }
 
-TEST(AttentionFast, QuantizedModeMatchesReference) {
-  for (DType t : {DType::kFloat32, DType::kBFloat16}) {
-    Case c;
-    c.quant = QuantMode::kInt8Fp8;
-    c.dtype = t;
-    c.Hq = 4;
-    c.Hkv = 1;
-    c.Nq = 190;
-    c.Nk = 230;
-    c.D = 128;
-    c.causal = true;
-    c.keep = 0.7;
-    c.name = std::string("quant int8/fp8 ") + dtype_name(t);
-    check_case(c);
-  }
+TEST(AttentionFast, QuantizedModesMatchReference) {
+  for (QuantMode mode : {QuantMode::kInt8Fp8, QuantMode::kInt8})
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      Case c;
+      c.quant = mode;
+      c.dtype = t;
+      c.Hq = 4;
+      c.Hkv = 1;
+      c.Nq = 190;
+      c.Nk = 230;
+      c.D = 128;
+      c.causal = true;
+      c.keep = 0.7;
+      c.name = std::string("quant ") + enum_name(mode) + " " + dtype_name(t);
+      check_case(c);
+    }
 }
 
 // Same inputs → bit-identical outputs whatever the thread count; counters accumulate.
@@ -434,6 +435,9 @@ TEST(AttentionFast, Avx2KernelsMatchReference) {
   quant.D = 128;
   quant.causal = true;
   quant.name = "avx2 quant int8/fp8";
+  check_case(quant);
+  quant.quant = QuantMode::kInt8;
+  quant.name = "avx2 quant int8";
   check_case(quant);
   ASSERT_EQ(0, unsetenv("SPARGE_CPU_ISA"));
 }

@@ -74,6 +74,7 @@ TEST(CApi, DefaultsEqualTheCppDefaults) {
   EXPECT_EQ(SPARGE_SELECT_TOPK, int(SelectMode::kTopK));
   EXPECT_EQ(SPARGE_ESTIMATE_SAMPLED_ROWS, int(EstimateMode::kSampledRows));
   EXPECT_EQ(SPARGE_QUANT_INT8_FP8, int(QuantMode::kInt8Fp8));
+  EXPECT_EQ(SPARGE_QUANT_INT8, int(QuantMode::kInt8));
 }
 
 TEST(CApi, SetsOptionsByName) {

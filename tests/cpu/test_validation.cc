@@ -212,7 +212,7 @@ TEST(Validation, OptionRanges) {
   expect_everywhere([](Inputs& in) { in.opts.sample_rows = -3; },
                     "SparseOptions.sample_rows must be in [1, block_q = 16], got -3");
   expect_everywhere([](Inputs& in) { in.opts.quant = static_cast<QuantMode>(9); },
-                    "SparseOptions.quant must be kNone or kInt8Fp8, got code 9");
+                    "SparseOptions.quant must be kNone, kInt8Fp8 or kInt8, got code 9");
   expect_everywhere([](Inputs& in) { in.opts.sim_threshold = {1.5f}; },
                     "SparseOptions.sim_threshold must be in [-1, 1], got 1.5");
   expect_everywhere([&](Inputs& in) { in.opts.sim_threshold = {nan}; },

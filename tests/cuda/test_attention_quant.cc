@@ -1,17 +1,20 @@
-// Quantized attention on the GPU (SparseOptions::quant = kInt8Fp8: the quantization pass, then
-// the INT8 Q·Kᵀ / FP8 P·V kernel attn_fwd_sm90_q8) against the CPU reference's emulation of the
-// same number rules (docs/method.md "Quantized mode") and against exact attention, on fresh
-// random inputs: odd lengths, Nq != Nk, GQA, causal in both alignments, a sliding window, fp16
-// and bf16, HND and NHD with padded strides, random masks with empty rows, and a finite λ on an
-// attention sink (whole turns skipped). Outputs are poisoned before each run; NaN never passes.
-// Where the kernel does not run (no sm_90 device or sm_90a code, another SPARGE_CUDA_KERNEL), the
-// call must be refused naming the option. The LSE (of the true scores: K's smoothing and P's
-// factor 448 taken out) is compared with the emulation's.
+// Quantized attention on the GPU against the CPU reference's emulation of the same number rules
+// (docs/method.md "Quantized mode") and against exact attention, for both modes: kInt8Fp8 (the
+// quantization pass, then the INT8 Q·Kᵀ / FP8 P·V kernel attn_fwd_sm90_q8) and kInt8 (the pass
+// without V, then the mma.sync kernel on INT8 Q/K codes with P·V in the inputs' type, every GPU
+// from sm_80; behind SPARGE_CUDA_INT8=1 until this test has passed on a GPU). Fresh random
+// inputs: odd lengths, Nq != Nk, GQA, causal in both alignments, a sliding window, fp16 and bf16,
+// HND and NHD with padded strides, random masks with empty rows, and a finite λ on an attention
+// sink (whole turns skipped). Outputs are poisoned before each run; NaN never passes. Where a
+// kernel does not run (kInt8Fp8: no sm_90 device or sm_90a code, another SPARGE_CUDA_KERNEL),
+// the call must be refused naming the option. The LSE (of the true scores: K's smoothing and
+// P's factor 448 taken out) is compared with the emulation's.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -45,11 +48,11 @@ std::string name(const QCase& c) {
   return buf;
 }
 
-// Whether this process runs the quantized kernel: where sm90ws runs; SPARGE_FAST_BUILD keeps the
-// bf16 dense instance of head dim 128 only.
-bool quant_runs(const QCase& c) {
+// Whether this process runs the mode's quantized kernel: kInt8Fp8 where sm90ws runs, kInt8 on
+// every GPU; SPARGE_FAST_BUILD keeps the bf16 dense instance of head dim 128 only.
+bool quant_runs(const QCase& c, QuantMode mode = QuantMode::kInt8Fp8) {
   const bool banded = c.causal || c.window_left >= 0 || c.window_right >= 0;
-  return sm90ws_runs() &&
+  return (mode == QuantMode::kInt8 || sm90ws_runs()) &&
          (!SPARGE_FAST_BUILD || (c.dtype == DType::kBFloat16 && !banded && c.D == 128));
 }
 
@@ -67,11 +70,12 @@ SparseOptions options(const QCase& c, QuantMode quant) {
 struct QResult {
   Status status = Status::ok();
   double vs_emulation = INFINITY, vs_exact = INFINITY, lse_max_err = INFINITY;
+  double emulation_vs_exact = INFINITY;  // the mode's own error on these inputs
   unsigned long long gpu_counters[2] = {0, 0}, ref_counters[2] = {0, 0};
   bool nan = true;
 };
 
-QResult run(const QCase& c, uint64_t seed) {
+QResult run(const QCase& c, QuantMode mode, uint64_t seed) {
   QResult res;
   std::vector<float> qv = gaussian(c.B * c.Hq * c.Nq * c.D, seed);
   std::vector<float> kv = gaussian(c.B * c.Hkv * c.Nk * c.D, seed + 1);
@@ -86,7 +90,7 @@ QResult run(const QCase& c, uint64_t seed) {
                                   c.dtype, c.layout, pad);
   HostBlockMask hmask =
       random_mask(c.B, c.Hq, c.Nq, c.Nk, c.causal, c.align, c.keep, c.empty_every, seed);
-  const SparseOptions qopts = options(c, QuantMode::kInt8Fp8);
+  const SparseOptions qopts = options(c, mode);
 
   DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
                dv = DeviceTensor::upload(v);
@@ -108,7 +112,8 @@ QResult run(const QCase& c, uint64_t seed) {
       block_sparse_attention(dq.view, dk.view, dv.view, dmask.mask, qopts, dout.view, extras, ctx);
   if (!res.status.is_ok()) return res;
 
-  // CPU: the reference's quantized emulation (same codes, same P rounding), and exact attention.
+  // CPU: the reference's quantized emulation (same codes, same P rounding with kInt8Fp8), and
+  // exact attention.
   HostTensor q32 = as_fp32(q), k32 = as_fp32(k), v32 = as_fp32(v);
   ExecContext ref_ctx;
   ref_ctx.backend = Backend::kReference;
@@ -133,6 +138,7 @@ QResult run(const QCase& c, uint64_t seed) {
   res.nan = any_nan(out);
   res.vs_emulation = measure::rel_l1(out, emu.to_hnd());
   res.vs_exact = measure::rel_l1(out, exact.to_hnd());
+  res.emulation_vs_exact = measure::rel_l1(emu.to_hnd(), exact.to_hnd());
   // The LSE of the true (unsmoothed) scores, as the emulation's; both -inf for a row that sees
   // no key.
   std::vector<float> lse(ref_lse.size());
@@ -153,13 +159,14 @@ QResult run(const QCase& c, uint64_t seed) {
   return res;
 }
 
-class QuantAttention : public ::testing::TestWithParam<QCase> {};
+class QuantAttention : public ::testing::TestWithParam<std::tuple<QCase, QuantMode>> {};
 
-TEST_P(QuantAttention, MatchesTheCpuEmulationOnSm90AndIsRefusedElsewhere) {
+TEST_P(QuantAttention, MatchesTheCpuEmulationWhereItRunsAndIsRefusedElsewhere) {
   SPARGE_SKIP_WITHOUT_GPU();
-  const QCase& c = GetParam();
-  const QResult r = run(c, 3000 + c.Nq * 7 + c.Nk);
-  if (!quant_runs(c)) {
+  const auto& [c, mode] = GetParam();
+  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", "1");
+  const QResult r = run(c, mode, 3000 + c.Nq * 7 + c.Nk);
+  if (!quant_runs(c, mode)) {
     std::printf("[ quant ] %s refused: %s\n", name(c).c_str(), r.status.message().c_str());
     std::fflush(stdout);
     EXPECT_EQ(r.status.code(), StatusCode::kUnsupported) << r.status.message();
@@ -168,22 +175,33 @@ TEST_P(QuantAttention, MatchesTheCpuEmulationOnSm90AndIsRefusedElsewhere) {
   }
   ASSERT_TRUE(r.status.is_ok()) << r.status.message();
   std::printf(
-      "[ quant ] %s rel_l1 vs emulation %.2e, vs exact %.2e, lse err %.2e, skipped %llu/%llu "
-      "(gpu/ref) of %llu/%llu\n",
-      name(c).c_str(), r.vs_emulation, r.vs_exact, r.lse_max_err, r.gpu_counters[1],
+      "[ quant ] %s %s rel_l1 vs emulation %.2e, vs exact %.2e (emulation %.2e), lse err %.2e, "
+      "skipped %llu/%llu (gpu/ref) of %llu/%llu\n",
+      enum_name(mode), name(c).c_str(), r.vs_emulation, r.vs_exact, r.emulation_vs_exact,
+      r.lse_max_err, r.gpu_counters[1],
       r.ref_counters[1], r.gpu_counters[0], r.ref_counters[0]);
   std::fflush(stdout);
   EXPECT_FALSE(r.nan) << name(c);
-  // The GPU and the emulation share the codes; they differ by the exponentials (ex2.approx vs
-  // exact), a turn of two blocks (d128) or three (d64) vs one block per step (another running
-  // max, so P rounds to e4m3 at other points), and fp32 vs double sums. Measured on the H200:
-  // 0.7-0.9e-2 at d128, 0.9-1.2e-2 at d64 (its longer turns move the max less often), while both
-  // head dims sit at 0.035-0.037 from exact attention (below): the gap is where P rounds, not a
-  // worse result.
-  EXPECT_LE(r.vs_emulation, c.D == 64 ? 1.5e-2 : 1e-2) << name(c);
-  // Against exact attention: INT8 Q/K and FP8 V and P (docs/method.md measures ~0.03 on random
-  // inputs with fp32 P).
-  EXPECT_LE(r.vs_exact, 6e-2) << name(c);
+  if (mode == QuantMode::kInt8) {
+    // The same codes and scores; the kernel rounds P to the inputs' type and O to it, as the
+    // exact kernel does against the exact reference (test_attention.cc's tolerance). Against
+    // exact attention only Q/K's INT8 remain (the emulation's own error: ~0.01 on random inputs,
+    // docs/method.md), plus that rounding.
+    const double rounding = c.dtype == DType::kBFloat16 ? 5e-3 : 1e-3;
+    EXPECT_LE(r.vs_emulation, rounding) << name(c);
+    EXPECT_LE(r.vs_exact, r.emulation_vs_exact + rounding) << name(c);
+  } else {
+    // The GPU and the emulation share the codes; they differ by the exponentials (ex2.approx vs
+    // exact), a turn of two blocks (d128) or three (d64) vs one block per step (another running
+    // max, so P rounds to e4m3 at other points), and fp32 vs double sums. Measured on the H200:
+    // 0.7-0.9e-2 at d128, 0.9-1.2e-2 at d64 (its longer turns move the max less often), while both
+    // head dims sit at 0.035-0.037 from exact attention (below): the gap is where P rounds, not a
+    // worse result.
+    EXPECT_LE(r.vs_emulation, c.D == 64 ? 1.5e-2 : 1e-2) << name(c);
+    // Against exact attention: INT8 Q/K and FP8 V and P (docs/method.md measures ~0.03 on random
+    // inputs with fp32 P).
+    EXPECT_LE(r.vs_exact, 6e-2) << name(c);
+  }
   EXPECT_LE(r.lse_max_err, 2e-2) << name(c);
   EXPECT_EQ(r.gpu_counters[0], r.ref_counters[0]) << name(c);
   if (c.lambda == INFINITY) {
@@ -221,7 +239,25 @@ const QCase kQuantCases[] = {
     {1, 2, 1, 1000, 2000, DType::kBFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, 0.8, 0,
      8.0f, 16.0f, -1, -1, 64},
 };
-INSTANTIATE_TEST_SUITE_P(Shapes, QuantAttention, ::testing::ValuesIn(kQuantCases));
+INSTANTIATE_TEST_SUITE_P(Shapes, QuantAttention,
+                         ::testing::Combine(::testing::ValuesIn(kQuantCases),
+                                            ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)));
+
+// Until a GPU run has checked kInt8's kernel, a call without SPARGE_CUDA_INT8=1 is refused, and
+// the message names the switch; kInt8Fp8 off sm_90 names kInt8 as what runs there.
+TEST(QuantAttentionArgs, Int8KernelNeedsItsSwitch) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const QCase c{1, 2, 2, 200, 200, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft,
+                1.0, 0};
+  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", nullptr);
+  const QResult r = run(c, QuantMode::kInt8, 17);
+  EXPECT_EQ(r.status.code(), StatusCode::kUnsupported) << r.status.message();
+  EXPECT_NE(r.status.message().find("SPARGE_CUDA_INT8=1"), std::string::npos) << r.status.message();
+  if (!quant_runs(c, QuantMode::kInt8Fp8)) {
+    const QResult fp8 = run(c, QuantMode::kInt8Fp8, 17);
+    EXPECT_NE(fp8.status.message().find("kInt8 "), std::string::npos) << fp8.status.message();
+  }
+}
 
 // The quantized kernel has head dims 64 and 128: another (256) is refused naming the argument,
 // as is a workspace too small for the quantization pass's buffers.

@@ -178,3 +178,27 @@ def test_per_head_thresholds_equal_separate_calls():
         assert torch.equal(stats.block_mask.to_dense()[:, h:h + 1], one_stats.block_mask.to_dense())
     densities = [stats.block_mask.to_dense()[0, h].float().mean().item() for h in range(3)]
     assert densities[0] == 1.0 and densities[2] < densities[0]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_quantized_modes_by_name(backend):
+    # quantized=True is "int8_fp8"; "int8" keeps P and V at the inputs' precision, so on random
+    # inputs its error against exact attention is well below int8_fp8's (FP8 V and P), and it is
+    # not exact either (INT8 Q and K).
+    q, k, v = make_qkv(heads_q=2, seq_q=300, seq_k=300, head_dim=64, seed=5)
+    exact = sparge.attention(q, k, v, backend=backend, **dense_options())
+
+    def err(out):
+        return ((out - exact).abs().sum() / exact.abs().sum()).item()
+
+    fp8 = sparge.attention(q, k, v, quantized=True, backend=backend, **dense_options())
+    assert torch.equal(fp8, sparge.attention(q, k, v, quantized="int8_fp8", backend=backend,
+                                             **dense_options()))
+    int8 = sparge.attention(q, k, v, quantized="int8", backend=backend, **dense_options())
+    assert 1e-4 < err(int8) <= 0.02, err(int8)
+    assert err(int8) < 0.5 * err(fp8), (err(int8), err(fp8))
+    _, stats = sparge.attention(q, k, v, quantized="int8", backend=backend, return_stats=True,
+                                **dense_options())
+    _, exact_stats = sparge.attention(q, k, v, backend=backend, return_stats=True,
+                                      **dense_options())
+    torch.testing.assert_close(stats.lse, exact_stats.lse, atol=2e-2, rtol=0)

@@ -34,6 +34,7 @@ def qkv():
     (dict(block_k=0), ValueError, "block_k must be one of 16, 32, 64, 128, 256, got 0"),
     (dict(block_q=2 ** 40), ValueError, "block_q must fit in a 32-bit int, got 1099511627776"),
     (dict(quantized=1), TypeError, "quantized must be a bool"),
+    (dict(quantized="fp8"), ValueError, "quantized must be one of 'none', 'int8_fp8', 'int8'"),
     (dict(block_k=64.0), TypeError, "block_k must be an int"),
     (dict(scale=0.0), ValueError, "scale must be finite and > 0"),
     (dict(scale=math.inf), ValueError, "scale must be finite and > 0"),

@@ -6,7 +6,10 @@
 // Shared memory: Q (128×D) + K (64×D) + V (64×D), swizzled; V of tile t loads during QKᵀ of t,
 // K of tile t+1 during P·V of t (FlashAttention-2 schedule).
 // Chosen by dispatch.cu on every device but sm_90 with sm_90a code (kernel_sm90.cuh runs there),
-// and everywhere with SPARGE_CUDA_KERNEL=sm80.
+// and everywhere with SPARGE_CUDA_KERNEL=sm80. With Traits::kInt8Qk (QuantMode::kInt8, every
+// device) Q and K are the quantization pass's INT8 codes and scales (AttnParamsSm80Q8): S comes
+// from m16n8k32 s8 sums scaled per query row and per 16 keys, the rest is the exact kernel's, and
+// the LSE gets back what smoothing K took from the scores.
 #pragma once
 
 #include <cmath>
@@ -16,20 +19,23 @@
 #include "cuda/attention/epilogue.cuh"
 #include "cuda/attention/mainloop_sm80.cuh"
 #include "cuda/attention/params.h"
+#include "cuda/attention/quant_lse.cuh"
+#include "cuda/attention/quant_operands_sm80.cuh"
 #include "cuda/attention/softmax.cuh"
 #include "cuda/attention/traits.cuh"
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kBanded>
-__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) attn_fwd_sm80(const AttnParams p) {
+template <typename Traits, bool kBanded, typename Params>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) attn_fwd_sm80(const Params p) {
   using T = typename Traits::Element;
+  using QkT = typename Traits::QkElement;
   constexpr int kNTiles = Traits::kBlockN / 8;
   constexpr int kSlabs = Traits::kSlabs;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + Traits::kQElems;
-  T* sV = sK + Traits::kKVElems;
+  QkT* sQ = reinterpret_cast<QkT*>(smem_raw);
+  QkT* sK = reinterpret_cast<QkT*>(smem_raw + Traits::kQBytes);
+  T* sV = reinterpret_cast<T*>(smem_raw + Traits::kQBytes + Traits::kKBytes);
 
   // Banded: under causality late query blocks are the heavy ones; run them first so that the
   // tail of the grid is short (harmless for a window, whose rows are all alike).
@@ -53,16 +59,28 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     slab_exists[j] = slab0 + j * Traits::kSlabRows < p.seq_q;
   }
   const float lambda = p.pv_lambda_per_head ? p.pv_lambda[h] : p.pv_lambda_uniform;
-  const float scale_log2 = p.scale_log2;
+  // kInt8Qk: the scores arrive in log2 units (dequantize folds scale · log2 e into q_factor).
+  const float scale_log2 = Traits::kInt8Qk ? 1.0f : p.scale_log2;
 
-  const T* gQ = static_cast<const T*>(p.q) + int64_t(b) * p.q_stride[0] + int64_t(h) * p.q_stride[1];
-  const T* gK = static_cast<const T*>(p.k) + int64_t(b) * p.k_stride[0] + int64_t(hk) * p.k_stride[1];
+  const QkOperands<Traits> qk(p, b, h, hk);
+  const QkT* gQ = qk.q;
+  const QkT* gK = qk.k;
   const T* gV = static_cast<const T*>(p.v) + int64_t(b) * p.v_stride[0] + int64_t(hk) * p.v_stride[1];
+  float q_factor[kSlabs][2];  // kInt8Qk: s_q(row) · scale · log2 e of this thread's rows
+  if constexpr (Traits::kInt8Qk) {
+#pragma unroll
+    for (int j = 0; j < kSlabs; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        q_factor[j][i] = row_exists[j][i]
+                             ? __fmul_rn(__ldg(qk.q_scale + row_g[j] + 8 * i), p.scale_log2)
+                             : 0.0f;
+  }
 
   BlockIter tiles(p, (int64_t(b) * p.heads_q + h) * p.num_q_blocks + qb);
-  load_tile_async<Traits, Traits::kBlockM>(sQ, gQ, p.q_stride[2], q0, p.seq_q);
+  load_tile_async<Traits, Traits::kBlockM>(sQ, gQ, qk.q_token_stride(), q0, p.seq_q);
   if (!tiles.done())
-    load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, key_end);
+    load_tile_async<Traits, Traits::kBlockN>(sK, gK, qk.k_token_stride(), tiles.block() * Traits::kBlockN, key_end);
   cp_async_commit();
 
   OnlineSoftmax<kNTiles> softmax[kSlabs];
@@ -82,8 +100,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     load_tile_async<Traits, Traits::kBlockN>(sV, gV, p.v_stride[2], key0, key_end);
     cp_async_commit();
 
-    ScoreTile<Traits> s;  // S = Q·Kᵀ, raw
-    gemm_qk<Traits>(sQ, sK, warp, lane, s);
+    ScoreTile<Traits> s;  // S = Q·Kᵀ, raw (kInt8Qk: in log2 units)
+    if constexpr (Traits::kInt8Qk) {
+      int32_t si[kSlabs][kNTiles][4];
+      gemm_qk<Traits>(sQ, sK, warp, lane, si);
+      float k_factor[Traits::kBlockN / 16];
+      qk.key_scales(key0, k_factor);
+      dequantize<Traits>(si, q_factor, k_factor, s);
+    } else {
+      gemm_qk<Traits>(sQ, sK, warp, lane, s);
+    }
     const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key_end, key0, q0);
     ProbTile<Traits> prob;
     int run_mask = 0;  // bit j: slab j computes P·V for this tile (warp-uniform)
@@ -108,7 +134,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     __syncthreads();  // V[t] landed; every warp is done with K[t]
     tiles.next();
     if (!tiles.done())
-      load_tile_async<Traits, Traits::kBlockN>(sK, gK, p.k_stride[2], tiles.block() * Traits::kBlockN, key_end);
+      load_tile_async<Traits, Traits::kBlockN>(sK, gK, qk.k_token_stride(), tiles.block() * Traits::kBlockN, key_end);
     cp_async_commit();
     // O += P·V for the slabs that did not skip.
     if (run_mask == 3)
@@ -123,7 +149,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   for (int j = 0; j < kSlabs; ++j) {
     float l[2];
     softmax[j].finalize(l);
-    store_output<Traits>(p, b, h, row_g[j], lane, acc[j], softmax[j].row_max, l);
+    float lse_add[2] = {0.0f, 0.0f};
+    if constexpr (Traits::kInt8Qk) {
+      const float* km = p.km + (int64_t(b) * p.heads_kv + hk) * Traits::kHeadDim;
+      smoothing_lse_shift<T, Traits::kHeadDim>(p, km, b, h, row_g[j], row_exists[j], lane, lse_add);
+    }
+    store_output<Traits>(p, b, h, row_g[j], lane, acc[j], softmax[j].row_max, l, lse_add);
   }
   add_pv_counters(p, h, lane, visited, skipped);
 }

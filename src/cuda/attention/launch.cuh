@@ -1,5 +1,5 @@
-// Host launchers of the attention kernels (sm80 mma.sync, sm_90a wgmma) for one (dtype, head dim,
-// banded) instance. Included only by the generated files in src/cuda/instances/.
+// Host launchers of the attention kernels (sm80 mma.sync, exact and with INT8 Q·Kᵀ; sm_90a wgmma)
+// for one (dtype, head dim, banded) instance. Included only by the generated files in src/cuda/instances/.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,8 +17,24 @@ namespace sparge::cuda {
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn(const AttnParams& params, cudaStream_t stream) {
   using Traits = AttnTraitsSm80<T, kHeadDim>;
-  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kBanded>>("attn_fwd_sm80", params,
-                                                                         params, stream);
+  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kBanded, AttnParams>>(
+      "attn_fwd_sm80", params, params, stream);
+}
+
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant,
+                          cudaStream_t stream) {
+  using Traits = AttnTraitsSm80<T, kHeadDim, true>;
+  AttnParamsSm80Q8 args;
+  static_cast<AttnParams&>(args) = params;
+  args.q8 = quant.q;
+  args.k8 = quant.k;
+  args.q_scale = quant.q_scale;
+  args.k_scale = quant.k_scale;
+  args.km = quant.km;
+  args.k_groups = quant.k_groups;
+  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kBanded, AttnParamsSm80Q8>>(
+      "attn_fwd_sm80_q8", params, args, stream);
 }
 
 template <typename T, int kHeadDim, bool kBanded>

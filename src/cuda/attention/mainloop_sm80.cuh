@@ -1,7 +1,7 @@
 // Mainloop pieces of the sm80 block-sparse attention kernel: global->shared tile loads
 // (cp.async, zero-filled past the sequence end), the two warp GEMMs on tensor cores
-// (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16, two 16-row slabs per warp) and the
-// element-wise tail/band (causal, window) mask.
+// (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16, or S from INT8 codes with m16n8k32 s8; two
+// 16-row slabs per warp) and the element-wise tail/band (causal, window) mask.
 #pragma once
 
 #include <cmath>
@@ -19,22 +19,23 @@ namespace sparge::cuda {
 // chunk column every kRowsPerPass rows: kRowsPerPass is a multiple of 8, so the swizzle of its
 // chunk is the same on every pass and the shared address is a constant offset; the global
 // pointer advances by one increment, so no per-pass 64-bit addresses stay live in registers.
-template <typename Traits, int kRows>
-__device__ __forceinline__ void load_tile_async(typename Traits::Element* sTile,
-                                                const typename Traits::Element* gBase,
-                                                int64_t stride_token, int row0, int rows_valid) {
-  constexpr int kCpr = Traits::kChunksPerRow;
+// E is the tile's element (Traits::Element, or int8_t for the codes of the kInt8Qk kernel).
+template <typename Traits, int kRows, typename E = typename Traits::Element>
+__device__ __forceinline__ void load_tile_async(E* sTile, const E* gBase, int64_t stride_token,
+                                                int row0, int rows_valid) {
+  constexpr int kChunk = 16 / int(sizeof(E));
+  constexpr int kCpr = Traits::kHeadDim / kChunk;
   constexpr int kRowsPerPass = Traits::kThreads / kCpr;
   static_assert(Traits::kThreads % kCpr == 0 && kRowsPerPass % 8 == 0 && kRows % kRowsPerPass == 0,
                 "tile chunks must split evenly over threads in whole swizzle periods");
   const int row = threadIdx.x / kCpr, chunk = threadIdx.x % kCpr;
-  auto* dst = sTile + swizzle_offset<kCpr>(row, chunk);
-  const auto* src = gBase + int64_t(row0 + row) * stride_token + chunk * Traits::kChunk;
+  auto* dst = sTile + swizzle_offset<kCpr, kChunk>(row, chunk);
+  const auto* src = gBase + int64_t(row0 + row) * stride_token + chunk * kChunk;
   const int64_t step = int64_t(kRowsPerPass) * stride_token;
 #pragma unroll
   for (int pass = 0; pass < kRows / kRowsPerPass; ++pass) {
     const bool valid = row0 + row + pass * kRowsPerPass < rows_valid;
-    cp_async_16(dst + pass * kRowsPerPass * kCpr * Traits::kChunk, valid ? src : gBase, valid);
+    cp_async_16(dst + pass * kRowsPerPass * kCpr * kChunk, valid ? src : gBase, valid);
     src += step;
   }
 }
@@ -49,36 +50,63 @@ using ProbTile = uint32_t[Traits::kSlabs][Traits::kBlockN / 16][4];
 template <typename Traits>
 using AccTile = float[Traits::kSlabs][Traits::kHeadDim / 8][4];
 
-// S = Q[warp rows] · K[tile]ᵀ. Each K fragment feeds the mma of both slabs.
-template <typename Traits>
-__device__ __forceinline__ void gemm_qk(const typename Traits::Element* sQ,
-                                        const typename Traits::Element* sK, int warp, int lane,
-                                        ScoreTile<Traits>& s) {
+// S = Q[warp rows] · K[tile]ᵀ. Each K fragment feeds the mma of both slabs. With kInt8Qk the
+// tiles hold INT8 codes: the same ldmatrix addresses (in 16-byte chunks) feed m16n8k32 s8 steps
+// into int32 sums, which `dequantize` turns into scores.
+template <typename Traits, typename Acc>
+__device__ __forceinline__ void gemm_qk(const typename Traits::QkElement* sQ,
+                                        const typename Traits::QkElement* sK, int warp, int lane,
+                                        Acc (&s)[Traits::kSlabs][Traits::kBlockN / 8][4]) {
   using T = typename Traits::Element;
-  constexpr int kCpr = Traits::kChunksPerRow;
+  constexpr int kCpr = Traits::kQkChunksPerRow, kChunk = Traits::kQkChunk;
 #pragma unroll
   for (int j = 0; j < Traits::kSlabs; ++j)
 #pragma unroll
-    for (int n = 0; n < Traits::kBlockN / 8; ++n) s[j][n][0] = s[j][n][1] = s[j][n][2] = s[j][n][3] = 0.0f;
+    for (int n = 0; n < Traits::kBlockN / 8; ++n) s[j][n][0] = s[j][n][1] = s[j][n][2] = s[j][n][3] = 0;
   const int q_row = warp * Traits::kRowsPerWarp + (lane & 7) + ((lane >> 3) & 1) * 8;
   const int k_row_in_pair = (lane & 7) + (lane >> 4) * 8;
 #pragma unroll
-  for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
+  for (int ks = 0; ks < Traits::kHeadDim / Traits::kQkStep; ++ks) {
     uint32_t a[Traits::kSlabs][4];
 #pragma unroll
     for (int j = 0; j < Traits::kSlabs; ++j)
-      ldmatrix_x4(a[j], sQ + swizzle_offset<kCpr>(q_row + j * Traits::kSlabRows, ks * 2 + (lane >> 4)));
+      ldmatrix_x4(a[j], sQ + swizzle_offset<kCpr, kChunk>(q_row + j * Traits::kSlabRows,
+                                                          ks * 2 + (lane >> 4)));
 #pragma unroll
     for (int np = 0; np < Traits::kBlockN / 16; ++np) {
       uint32_t b[4];  // b[0..1]: key tile 2np, b[2..3]: key tile 2np+1
-      ldmatrix_x4(b, sK + swizzle_offset<kCpr>(np * 16 + k_row_in_pair, ks * 2 + ((lane >> 3) & 1)));
+      ldmatrix_x4(b, sK + swizzle_offset<kCpr, kChunk>(np * 16 + k_row_in_pair,
+                                                       ks * 2 + ((lane >> 3) & 1)));
 #pragma unroll
       for (int j = 0; j < Traits::kSlabs; ++j) {
-        mma_16816<T>(s[j][2 * np], a[j], b[0], b[1]);
-        mma_16816<T>(s[j][2 * np + 1], a[j], b[2], b[3]);
+        if constexpr (Traits::kInt8Qk) {
+          mma_16832_s8(s[j][2 * np], a[j], b[0], b[1]);
+          mma_16832_s8(s[j][2 * np + 1], a[j], b[2], b[3]);
+        } else {
+          mma_16816<T>(s[j][2 * np], a[j], b[0], b[1]);
+          mma_16816<T>(s[j][2 * np + 1], a[j], b[2], b[3]);
+        }
       }
     }
   }
+}
+
+// Scores in log2 units from the int32 sums of the kInt8Qk kernel: t = Σ q8·k8 · (s_q · scale ·
+// log2 e) · s_k (the CPU emulation's order), with q_factor[j][i] the first factor of this
+// thread's row i of slab j and k_factor[n / 2] the scale of the tile's 16 keys that n-tile n
+// lies in (an 8-column tile never straddles two).
+template <typename Traits>
+__device__ __forceinline__ void dequantize(const int32_t (&si)[Traits::kSlabs][Traits::kBlockN / 8][4],
+                                           const float (&q_factor)[Traits::kSlabs][2],
+                                           const float (&k_factor)[Traits::kBlockN / 16],
+                                           ScoreTile<Traits>& s) {
+#pragma unroll
+  for (int j = 0; j < Traits::kSlabs; ++j)
+#pragma unroll
+    for (int n = 0; n < Traits::kBlockN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[j][n][e] = __fmul_rn(__fmul_rn(float(si[j][n][e]), q_factor[j][e >> 1]), k_factor[n / 2]);
 }
 
 // P of one slab from its score registers: the C layout of two adjacent 8-column tiles is the A

@@ -18,6 +18,7 @@
 
 #include "common/quant_layout.h"
 #include "cuda/attention/mainloop_sm90_tma.cuh"
+#include "cuda/attention/quant_lse.cuh"
 #include "cuda/attention/traits_sm90_q8.cuh"
 #include "cuda/common/wgmma_sm90_q8.cuh"
 
@@ -200,26 +201,12 @@ struct MainloopSm90Q8 {
       const float2 f = *reinterpret_cast<const float2*>(vs + d * 8 + (lane & 3) * 2);
       acc[d][0] *= f.x, acc[d][1] *= f.y, acc[d][2] *= f.x, acc[d][3] *= f.y;
     }
-    lse_add[0] = lse_add[1] = 0.0f;
-    if (p.lse == nullptr) return;
-    using T = typename Traits::Element;
-    constexpr int kPart = Traits::kHeadDim / 4;  // channels per thread of the quad
     const float* km = params.km + (int64_t(w.b) * p.heads_kv + w.hk) * Traits::kHeadDim;
-    const T* q =
-        static_cast<const T*>(p.q) + int64_t(w.b) * p.q_stride[0] + int64_t(w.h) * p.q_stride[1];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float dot = 0.0f;
-      if (rows.row_exists[r]) {
-        const T* row = q + int64_t(rows.row_g + 8 * r) * p.q_stride[2] + (lane & 3) * kPart;
-#pragma unroll
-        for (int c = 0; c < kPart; ++c)
-          dot = fmaf(to_float(row[c]), km[(lane & 3) * kPart + c], dot);
-      }
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      lse_add[r] = dot * (p.scale_log2 * kLn2) - kLn448;
-    }
+    smoothing_lse_shift<typename Traits::Element, Traits::kHeadDim>(p, km, w.b, w.h, rows.row_g,
+                                                                     rows.row_exists, lane, lse_add);
+    if (p.lse == nullptr) return;
+    lse_add[0] -= kLn448;
+    lse_add[1] -= kLn448;
   }
 
   static __device__ void mma(const Params& params, Storage& smem, const WorkTile& w,

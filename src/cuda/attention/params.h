@@ -68,6 +68,19 @@ struct QuantOperands {
   int64_t v8_keys;         // Nk rounded up to 64
 };
 
+// The mma.sync kernel with INT8 Q·Kᵀ (QuantMode::kInt8): AttnParams (whose q, k and v are the
+// inputs: v for P·V, q for the LSE's smoothing shift) and the pass's codes and scales. Derived, so
+// that the kernel reads both kinds by the same names (a reference to its parameter would make it
+// copy the parameter to local memory).
+struct AttnParamsSm80Q8 : AttnParams {
+  const int8_t* q8;      // [B, Hq, Nq, D]
+  const int8_t* k8;      // [B, Hkv, Nk, D] of k - km
+  const float* q_scale;  // [B, Hq, Nq]
+  const float* k_scale;  // [B, Hkv, k_groups]
+  const float* km;       // [B, Hkv, D]
+  int k_groups;          // ⌈Nk / 16⌉
+};
+
 // Explicitly instantiated per (dtype, head dim, banded) in src/cuda/instances/: the mma.sync
 // kernel (sm_80 and newer) and the wgmma kernel (sm_90a only).
 template <typename T, int kHeadDim, bool kBanded>
@@ -77,8 +90,12 @@ Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
 // The warp-specialized TMA kernel (sm_90a; launch_sm90_ws.cuh), chosen by SPARGE_CUDA_KERNEL=sm90ws.
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream);
-// Its quantized variant (launch_sm90_q8.cuh): T is the output's type; q, k, v of `params` unused.
+// Its quantized variant (launch_sm90_q8.cuh): T is the output's type; k, v of `params` unused.
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90q8(const AttnParams& params, const QuantOperands& quant, cudaStream_t stream);
+// The mma.sync kernel on INT8 Q and K codes, P·V in T (launch.cuh; QuantMode::kInt8, sm_80 and
+// newer): quant's q, q_scale, k, k_scale, km, k_groups; v8 and v_scale unused.
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant, cudaStream_t stream);
 
 }  // namespace sparge::cuda

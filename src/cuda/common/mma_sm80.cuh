@@ -1,6 +1,6 @@
 // The sm80 data-movement and tensor-core primitives the kernels use (also valid on sm_90):
 // cp.async 16-byte copies with zero fill, ldmatrix (x4 and x2, plain and transposed), mma.sync
-// m16n8k16.
+// m16n8k16 (fp16/bf16) and m16n8k32 (s8).
 //
 // Fragment layout of mma.m16n8k16 (lane = 4·g + t): A a0 = (row g, cols 2t..2t+1),
 // a1 = (g+8, 2t), a2 = (g, 2t+8), a3 = (g+8, 2t+8); B b0 = (k 2t..2t+1, col g), b1 = (k 2t+8, g);
@@ -78,6 +78,20 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// d += a·b in int32 over 32 int8 columns (exact). Its fragments are those of m16n8k16 byte for
+// byte (each 32-bit register holds 4 codes where it held 2 elements): A a0 = (row g, cols
+// 4t..4t+3), a1 = (g+8, 4t), a2 = (g, 4t+16), a3 = (g+8, 4t+16); B b0 = (k 4t..4t+3, col g),
+// b1 = (k 4t+16, g); C as above. So the ldmatrix addresses of a 16-deep fp16 step serve a
+// 32-deep int8 step.
+__device__ __forceinline__ void mma_16832_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 

@@ -2,7 +2,7 @@
 // (double, token order from 0: the order of quant_layout.h) and max |v| (NaN-propagating); then
 // per (b, kv head) and channel the fp32 key mean km = (Σ runs in run order) / Nk (and, for Stage
 // 1's fused pooling, the same quotient in double) and the V scale
-// s_v = max|v| / 448 (1 when 0). Threads own two adjacent channels (one 32-bit load per token),
+// s_v = max|v| / 448 (1 when 0); V is not read without V codes to make (v8 null: kInt8). Threads own two adjacent channels (one 32-bit load per token),
 // D/2 threads per run, ⌊128 / (D/2)⌋ runs per CTA.
 #pragma once
 
@@ -43,23 +43,32 @@ __global__ void __launch_bounds__(kRunThreads) key_value_runs(const QuantizePara
   const int t0 = run * detail::kKeyMeanRun, t1 = min(p.seq_k, t0 + detail::kKeyMeanRun);
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + 2 * pair;
   const T* gV = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + 2 * pair;
+  const int64_t at = (int64_t(bh) * p.num_runs + run) * p.head_dim + 2 * pair;
 
   double sum0 = 0.0, sum1 = 0.0;  // adds in token order: the CPU's order, so the same doubles
-  float amax0 = 0.0f, amax1 = 0.0f;
+  if (p.v8 == nullptr) {  // kInt8: no V codes, so no V scales either
 #pragma unroll 8
-  for (int t = t0; t < t1; ++t) {
-    const float2 k2 = load_pair(gK + int64_t(t) * p.k_stride[2]);
-    const float2 v2 = load_pair(gV + int64_t(t) * p.v_stride[2]);
-    sum0 = __dadd_rn(sum0, double(k2.x));
-    sum1 = __dadd_rn(sum1, double(k2.y));
-    amax0 = max_nan(amax0, fabsf(v2.x));
-    amax1 = max_nan(amax1, fabsf(v2.y));
+    for (int t = t0; t < t1; ++t) {
+      const float2 k2 = load_pair(gK + int64_t(t) * p.k_stride[2]);
+      sum0 = __dadd_rn(sum0, double(k2.x));
+      sum1 = __dadd_rn(sum1, double(k2.y));
+    }
+  } else {
+    float amax0 = 0.0f, amax1 = 0.0f;
+#pragma unroll 8
+    for (int t = t0; t < t1; ++t) {
+      const float2 k2 = load_pair(gK + int64_t(t) * p.k_stride[2]);
+      const float2 v2 = load_pair(gV + int64_t(t) * p.v_stride[2]);
+      sum0 = __dadd_rn(sum0, double(k2.x));
+      sum1 = __dadd_rn(sum1, double(k2.y));
+      amax0 = max_nan(amax0, fabsf(v2.x));
+      amax1 = max_nan(amax1, fabsf(v2.y));
+    }
+    p.v_run_amax[at] = amax0;
+    p.v_run_amax[at + 1] = amax1;
   }
-  const int64_t at = (int64_t(bh) * p.num_runs + run) * p.head_dim + 2 * pair;
   p.k_run_sum[at] = sum0;
   p.k_run_sum[at + 1] = sum1;
-  p.v_run_amax[at] = amax0;
-  p.v_run_amax[at + 1] = amax1;
 }
 
 // Runs of one channel loaded per batch before they are added (in run order): one load at a time
@@ -84,7 +93,7 @@ __global__ void key_value_finalize(const QuantizeParams p) {
         const bool in = r0 + j < p.num_runs;
         const int64_t at = base + int64_t(in ? r0 + j : 0) * p.head_dim;
         sums[j] = in ? p.k_run_sum[at] : 0.0;
-        maxima[j] = in ? p.v_run_amax[at] : 0.0f;
+        maxima[j] = in && p.v8 != nullptr ? p.v_run_amax[at] : 0.0f;
       }
 #pragma unroll
       for (int j = 0; j < kFinalizeBatch; ++j) {
@@ -95,8 +104,9 @@ __global__ void key_value_finalize(const QuantizeParams p) {
     const double mean = __ddiv_rn(total, double(p.seq_k));
     p.km[int64_t(bh) * p.head_dim + d] = __double2float_rn(mean);
     if (p.km_pool != nullptr) p.km_pool[int64_t(bh) * p.head_dim + d] = mean;
-    p.v_scale[int64_t(bh) * p.head_dim + d] =
-        amax == 0.0f ? 1.0f : __fdiv_rn(amax, detail::kE4m3Max);
+    if (p.v8 != nullptr)
+      p.v_scale[int64_t(bh) * p.head_dim + d] =
+          amax == 0.0f ? 1.0f : __fdiv_rn(amax, detail::kE4m3Max);
   }
 }
 

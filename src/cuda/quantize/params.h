@@ -38,7 +38,7 @@ struct QuantizeParams {
   int8_t* k8;
   float* k_scale;
   float* km;
-  uint8_t* v8;
+  uint8_t* v8;      // null: no V codes or scales (QuantMode::kInt8), V not read
   float* v_scale;
   // Workspace: per run of kKeyMeanRun keys, the key sums (double) and |v| maxima.
   double* k_run_sum;  // [batch·heads_kv, num_runs, D]
@@ -83,7 +83,7 @@ inline QuantizeWorkspace quantize_workspace(int64_t batch, int64_t heads_kv, int
 }
 
 // What quantized attention on CUDA takes from ExecContext.workspace: the quantization pass's
-// outputs (default granularity, common/quant_layout.h) and its scratch, byte offsets 256-byte
+// outputs for `mode` (default granularity, common/quant_layout.h) and its scratch, byte offsets 256-byte
 // aligned (the V8 rows and every buffer's TMA base need 16).
 struct QuantAttentionWorkspace {
   std::size_t q, q_scale, k, k_scale, km, v8, v_scale, pass, total;
@@ -91,7 +91,8 @@ struct QuantAttentionWorkspace {
 
 inline QuantAttentionWorkspace quant_attention_workspace(int64_t batch, int64_t heads_q,
                                                          int64_t heads_kv, int64_t seq_q,
-                                                         int64_t seq_k, int64_t head_dim) {
+                                                         int64_t seq_k, int64_t head_dim,
+                                                         QuantMode mode) {
   auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
   const detail::QuantizedCounts n =
       detail::quantized_counts(batch, heads_q, heads_kv, seq_q, seq_k, head_dim, {});
@@ -107,8 +108,9 @@ inline QuantAttentionWorkspace quant_attention_workspace(int64_t batch, int64_t 
   w.k = take(std::size_t(n.k));
   w.k_scale = take(sizeof(float) * std::size_t(n.k_scale));
   w.km = take(sizeof(float) * std::size_t(n.km));
-  w.v8 = take(std::size_t(n.v8));
-  w.v_scale = take(sizeof(float) * std::size_t(n.v_scale));
+  const bool with_v = detail::fp8_pv(mode);  // kInt8: no V codes (v8 and v_scale empty)
+  w.v8 = take(with_v ? std::size_t(n.v8) : 0);
+  w.v_scale = take(with_v ? sizeof(float) * std::size_t(n.v_scale) : 0);
   w.pass = take(quantize_workspace(batch, heads_kv, seq_k, head_dim).total);
   w.total = at;
   return w;

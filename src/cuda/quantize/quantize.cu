@@ -1,5 +1,6 @@
 // Quantization pass launcher (issue 10): per-run key sums and |v| maxima, key mean and V scales,
-// INT8 Q, INT8 smoothed K (with Stage 1's pooling when asked: pool_tile.cuh), FP8 V8. Five
+// INT8 Q, INT8 smoothed K (with Stage 1's pooling when asked: pool_tile.cuh), FP8 V8 (not for
+// kInt8, whose buffers have no v8: then V is not read at all). Five
 // launches on the caller's stream, no allocation, no synchronisation. Bytes per call (2-byte
 // inputs, Nq·D·Hq = |Q| elements, likewise |K| = |V|): reads 2|Q| + 4|K| + 4|V| (K and V twice:
 // the mean and the V scales need every key before the first code), writes |Q| + |K| + |V8| plus
@@ -67,6 +68,7 @@ Status launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
     return Status::unsupported("quantize: head_dim " + std::to_string(p.head_dim) +
                                (pool ? " with Stage 1's pooling (64 and 128 only)" : ""));
   SPARGE_CUDA_CHECK_LAUNCH("quantize_int8_rows launch");
+  if (p.v8 == nullptr) return Status::ok();  // kInt8: P·V reads v as it is
   quantize_v_e4m3<T><<<dim3(int(p.v8_keys / kV8TileKeys), bhk), kVThreads, 0, stream>>>(p);
   SPARGE_CUDA_CHECK_LAUNCH("quantize_v_e4m3 launch");
   return Status::ok();
