@@ -184,6 +184,9 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--quant", action="store_true", help="also time the quantized mode (sparge-quant)")
+    ap.add_argument("--quant-int8", action="store_true",
+                    help="also time quant int8 (INT8 Q·Kᵀ, 16-bit P·V; sparge-quant-int8), with "
+                         "SPARGE_CUDA_INT8=1")
     ap.add_argument("--kernels", default="auto,sm80",
                     help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the warp-specialized "
                          "kernel sm90ws on sm_90 when compiled for sm_90a)")
@@ -274,18 +277,24 @@ def main():
                          rel_l1_vs_first_kernel=vs_first,
                          target_ms=(d_ms * (1 - actual) / 0.85 if d_ms else None), **shape)
                 os.environ.pop("SPARGE_CUDA_KERNEL", None)
-                if args.quant:  # the whole quantized call: the quantization pass, then the kernel
-                    qopts = sp.options(causal, pv_threshold=float("inf"), quant=1)
+                # The whole quantized calls: the quantization pass, then the kernel (quant codes
+                # of include/sparge/option_list.h: 1 int8_fp8, 2 int8).
+                quant_modes = ([(1, "sparge-quant")] if args.quant else []) + \
+                    ([(2, "sparge-quant-int8")] if args.quant_int8 else [])
+                for code, impl in quant_modes:
+                    if code == 2:
+                        os.environ["SPARGE_CUDA_INT8"] = "1"
+                    qopts = sp.options(causal, pv_threshold=float("inf"), quant=code)
                     qws = torch.empty(sp.workspace_size(q0, k0, qopts), device="cuda", dtype=torch.uint8)
                     qfn = lambda st: sp.attention(st[0], st[1], st[2], mask, qopts, out, stream, ws=qws)
                     out.fill_(float("nan"))
                     qfn(sets[0])
                     if not torch.isfinite(out).all():
-                        raise SystemExit(f"quantized: non-finite output at N={n} causal={causal} s={s}")
+                        raise SystemExit(f"{impl}: non-finite output at N={n} causal={causal} s={s}")
                     q_err = measure.rel_l1(out, ref) if s == 0 else None
                     q_vs_exact = measure.rel_l1(out, o_sparge)
                     ms_q = time_ms(qfn, sets, reps=args.reps)
-                    emit(impl="sparge-quant", sparsity=actual, ms=ms_q, tops=tops(ms_q), rel_l1=q_err,
+                    emit(impl=impl, sparsity=actual, ms=ms_q, tops=tops(ms_q), rel_l1=q_err,
                          cos_sim=None, rel_l1_vs_exact_same_mask=q_vs_exact, **shape)
                 if flex is not None:
                     try:
@@ -340,7 +349,7 @@ def markdown(records, targets=(0.0, 0.5, 0.75, 0.9)):
     keys = sorted({(r["seq_q"], r["causal"]) for r in records})
     for n, causal in keys:
         impls = ["sparge-exact"] + sorted({r["impl"] for r in records if r["impl"].startswith("sparge-exact-")})
-        impls += ["sparge-quant"]
+        impls += ["sparge-quant", "sparge-quant-int8"]
         for impl in impls + ["flex", "sdpa-cudnn", "sdpa-flash"]:
             rs = [r for r in records if r["seq_q"] == n and r["causal"] == causal and r["impl"] == impl]
             if not rs:

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/validate.h"
@@ -287,6 +288,13 @@ inline workloads::Workload named_workload(const std::string& name, int64_t hq, i
   if (name == "video") return workloads::video_grid(1, hq, nq / 64, 8, 8, d, seed);
   if (name == "llm") return workloads::language_like(1, hq, hkv, nq, d, seed);
   return workloads::random_gaussian(1, hq, hkv, nq, nk, d, seed);
+}
+
+// Names of tests parameterized by (case, quant mode): "<index>_<mode>" ("3_int8", "3_int8_fp8"),
+// so that a filter can pick one mode (e.g. '*_int8' for kInt8's cases).
+template <typename Case>
+std::string test_name_with_mode(const ::testing::TestParamInfo<std::tuple<Case, QuantMode>>& info) {
+  return std::to_string(info.index) + "_" + enum_name(std::get<1>(info.param));
 }
 
 }  // namespace sparge::test

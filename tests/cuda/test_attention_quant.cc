@@ -241,7 +241,8 @@ const QCase kQuantCases[] = {
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, QuantAttention,
                          ::testing::Combine(::testing::ValuesIn(kQuantCases),
-                                            ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)));
+                                            ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)),
+                         test_name_with_mode<QCase>);
 
 // Until a GPU run has checked kInt8's kernel, a call without SPARGE_CUDA_INT8=1 is refused, and
 // the message names the switch; kInt8Fp8 off sm_90 names kInt8 as what runs there.

@@ -189,7 +189,8 @@ const FusedCase kFusedCases[] = {
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, FusedStage1,
                          ::testing::Combine(::testing::ValuesIn(kFusedCases),
-                                            ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)));
+                                            ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)),
+                         test_name_with_mode<FusedCase>);
 
 }  // namespace
 }  // namespace sparge::test
