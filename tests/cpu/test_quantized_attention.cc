@@ -49,112 +49,85 @@ Outputs run(const HostTensor& q, const HostTensor& k, const HostTensor& v,
 
 const char* name_of(Backend b) { return b == Backend::kReference ? "reference" : "fast"; }
 
-// One row, six keys, D 16: the output is the rule's, computed here from the quantized scores,
-// and visibly not the one with P unrounded; the LSE is that of the scores without 448 in it.
-TEST(QuantizedAttention, PvUsesE4m3PAndLUsesExactP) {
-  const int64_t Nk = 6, D = 16;
-  const HostTensor q = HostTensor::make(gaussian(D, 51), 1, 1, 1, D, DType::kFloat32, Layout::kHND);
-  const HostTensor k =
-      HostTensor::make(gaussian(Nk * D, 52), 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
-  const HostTensor v =
-      HostTensor::make(gaussian(Nk * D, 53), 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
+// One query row against six keys, D 16, scale 1 (scores a few log2 units apart: P spans
+// several e4m3 binades): the quantized scores t (log2 units) from the mode's codes, and the LSE
+// of the unsmoothed scores, ln Σ_c e^(s_c) with s_c = t_c·ln2 + scale · q·km.
+struct OneRow {
+  static constexpr int64_t kKeys = 6, kD = 16;
+  HostTensor q = HostTensor::make(gaussian(kD, 51), 1, 1, 1, kD, DType::kFloat32, Layout::kHND);
+  HostTensor k =
+      HostTensor::make(gaussian(kKeys * kD, 52), 1, 1, kKeys, kD, DType::kFloat32, Layout::kHND);
+  std::vector<float> v_values = gaussian(kKeys * kD, 53);
+  HostTensor v = HostTensor::make(v_values, 1, 1, kKeys, kD, DType::kFloat32, Layout::kHND);
   SparseOptions opts;
-  opts.quant = QuantMode::kInt8Fp8;
-  opts.pv_threshold = {INFINITY};
-  opts.scale = 1.0f;  // scores a few log2 units apart: P spans several e4m3 binades
+  cpu::QuantizedInputs qi;
+  std::vector<double> t;
+  double lse = 0;
 
-  const detail::Problem p{q.view, k.view, v.view, problem_shape(q.view, k.view), opts, opts.scale};
-  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p);
-  std::vector<double> t(Nk);
-  for (int64_t c = 0; c < Nk; ++c) {
-    double dot = 0;
-    for (int64_t d = 0; d < D; ++d) dot += double(qi.q[d]) * double(qi.k[c * D + d]);
-    t[c] = dot * double(qi.q_scale_at(0, 0)) * double(qi.k_scale_at(0, c)) *
-           (double(opts.scale) * kLog2e);
+  explicit OneRow(QuantMode mode) {
+    opts.quant = mode;
+    opts.pv_threshold = {INFINITY};
+    opts.scale = 1.0f;
+    qi = cpu::quantize_inputs(problem());
+    t.resize(kKeys);
+    for (int64_t c = 0; c < kKeys; ++c) {
+      double dot = 0;
+      for (int64_t d = 0; d < kD; ++d) dot += double(qi.q[d]) * double(qi.k[c * kD + d]);
+      t[c] = dot * double(qi.q_scale_at(0, 0)) * double(qi.k_scale_at(0, c)) *
+             (double(opts.scale) * kLog2e);
+    }
+    const double t_max = *std::max_element(t.begin(), t.end());
+    double sum = 0, shift = 0;
+    for (double x : t) sum += std::exp2(x - t_max);
+    for (int64_t d = 0; d < kD; ++d) shift += double(q.get(0, 0, 0, d)) * double(qi.km[d]);
+    lse = kLn2 * (t_max + std::log2(sum)) + double(opts.scale) * shift;
   }
-  const std::vector<double> want = quantized_row_by_rule(t, qi.v, D, opts.block_k);
-  const std::vector<double> plain = quantized_row_by_rule(t, qi.v, D, opts.block_k, false);
-  double visible = 0, size = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    visible = std::max(visible, std::fabs(want[d] - plain[d]));
-    size = std::max(size, std::fabs(plain[d]));
+  detail::Problem problem() const {
+    return {q.view, k.view, v.view, problem_shape(q.view, k.view), opts, opts.scale};
   }
-  ASSERT_GT(visible, 1e-3 * size) << "the case must tell rounded from unrounded P";
 
-  // ln Σ_c e^(s_c) of the unsmoothed scores s_c = t_c·ln2 + scale · q·km.
-  const double t_max = *std::max_element(t.begin(), t.end());
-  double sum = 0, shift = 0;
-  for (double x : t) sum += std::exp2(x - t_max);
-  for (int64_t d = 0; d < D; ++d) shift += double(q.get(0, 0, 0, d)) * double(qi.km[d]);
-  const double lse = kLn2 * (t_max + std::log2(sum)) + double(opts.scale) * shift;
-
-  for (Backend b : {Backend::kReference, Backend::kCpuFast}) {
-    const Outputs r = run(q, k, v, opts, b);
-    double err = 0;
-    for (int64_t d = 0; d < D; ++d) err = std::max(err, std::fabs(r.o[d] - want[d]));
-    std::printf("[quant] %-9s P rule: max |o - rule| %.1e (rounding moves o by %.1e), lse %.1e\n",
-                name_of(b), err, visible, std::fabs(r.lse[0] - lse));
-    // The reference rounds the double result once; the fast backend's fp32 P and sums add a
-    // few ulp (an e4m3 tie that its P lands on the other side of would show as ~1e-2 here).
-    const double tol = b == Backend::kReference ? 0.0 : 1e-5 * size;
-    for (int64_t d = 0; d < D; ++d)
-      EXPECT_NEAR(r.o[d], want[d], tol + half_ulp_f32(want[d]) + 1e-12) << name_of(b) << " d " << d;
-    EXPECT_NEAR(r.lse[0], lse, 1e-5) << name_of(b);
+  // Both backends give `want` and the LSE; `other` is what the case must be told apart from
+  // (ASSERTed visible first), `rule` names the rule in the log.
+  void check(const std::vector<double>& want, const std::vector<double>& other,
+             const char* rule) const {
+    double visible = 0, size = 0;
+    for (int64_t d = 0; d < kD; ++d) {
+      visible = std::max(visible, std::fabs(want[d] - other[d]));
+      size = std::max(size, std::fabs(other[d]));
+    }
+    ASSERT_GT(visible, 1e-3 * size) << rule << ": the case must tell the rules apart";
+    for (Backend b : {Backend::kReference, Backend::kCpuFast}) {
+      const Outputs r = run(q, k, v, opts, b);
+      double err = 0;
+      for (int64_t d = 0; d < kD; ++d) err = std::max(err, std::fabs(r.o[d] - want[d]));
+      std::printf("[quant] %-9s %s: max |o - rule| %.1e (the other rule moves o by %.1e), lse %.1e\n",
+                  name_of(b), rule, err, visible, std::fabs(r.lse[0] - lse));
+      // The reference rounds the double result once; the fast backend's fp32 P and sums add a
+      // few ulp (an e4m3 tie that its P lands on the other side of would show as ~1e-2 here).
+      const double tol = b == Backend::kReference ? 0.0 : 1e-5 * size;
+      for (int64_t d = 0; d < kD; ++d)
+        EXPECT_NEAR(r.o[d], want[d], tol + half_ulp_f32(want[d]) + 1e-12) << name_of(b) << " d " << d;
+      EXPECT_NEAR(r.lse[0], lse, 1e-5) << name_of(b);
+    }
   }
+};
+
+// kInt8Fp8: the output is the rule's, computed here from the quantized scores, and visibly not
+// the one with P unrounded; the LSE is that of the scores without 448 in it.
+TEST(QuantizedAttention, PvUsesE4m3PAndLUsesExactP) {
+  const OneRow c(QuantMode::kInt8Fp8);
+  c.check(quantized_row_by_rule(c.t, c.qi.v, OneRow::kD, c.opts.block_k),
+          quantized_row_by_rule(c.t, c.qi.v, OneRow::kD, c.opts.block_k, false), "e4m3 P rule");
 }
 
 // kInt8: the same INT8 scores as kInt8Fp8, then P·V with P and v as they are (no e4m3, no 448),
 // which on this row differs visibly from kInt8Fp8's output; the LSE has no 448 to take out.
 TEST(QuantizedAttention, Int8ModeTakesPAndVUnrounded) {
-  const int64_t Nk = 6, D = 16;
-  const HostTensor q = HostTensor::make(gaussian(D, 51), 1, 1, 1, D, DType::kFloat32, Layout::kHND);
-  const HostTensor k =
-      HostTensor::make(gaussian(Nk * D, 52), 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
-  const std::vector<float> v_values = gaussian(Nk * D, 53);
-  const HostTensor v = HostTensor::make(v_values, 1, 1, Nk, D, DType::kFloat32, Layout::kHND);
-  SparseOptions opts;
-  opts.quant = QuantMode::kInt8;
-  opts.pv_threshold = {INFINITY};
-  opts.scale = 1.0f;
-
-  detail::Problem p{q.view, k.view, v.view, problem_shape(q.view, k.view), opts, opts.scale};
-  const cpu::QuantizedInputs qi = cpu::quantize_inputs(p);
-  EXPECT_TRUE(qi.v.empty() && qi.v8.empty()) << "kInt8 quantizes no V";
-  std::vector<double> t(Nk);
-  for (int64_t c = 0; c < Nk; ++c) {
-    double dot = 0;
-    for (int64_t d = 0; d < D; ++d) dot += double(qi.q[d]) * double(qi.k[c * D + d]);
-    t[c] = dot * double(qi.q_scale_at(0, 0)) * double(qi.k_scale_at(0, c)) *
-           (double(opts.scale) * kLog2e);
-  }
-  const std::vector<double> want = quantized_row_by_rule(t, v_values, D, opts.block_k, false);
-  p.opts.quant = QuantMode::kInt8Fp8;
-  const std::vector<double> fp8 =
-      quantized_row_by_rule(t, cpu::quantize_inputs(p).v, D, opts.block_k, true);
-  double visible = 0, size = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    visible = std::max(visible, std::fabs(want[d] - fp8[d]));
-    size = std::max(size, std::fabs(want[d]));
-  }
-  ASSERT_GT(visible, 1e-3 * size) << "the case must tell kInt8 from kInt8Fp8";
-
-  const double t_max = *std::max_element(t.begin(), t.end());
-  double sum = 0, shift = 0;
-  for (double x : t) sum += std::exp2(x - t_max);
-  for (int64_t d = 0; d < D; ++d) shift += double(q.get(0, 0, 0, d)) * double(qi.km[d]);
-  const double lse = kLn2 * (t_max + std::log2(sum)) + double(opts.scale) * shift;
-
-  for (Backend b : {Backend::kReference, Backend::kCpuFast}) {
-    const Outputs r = run(q, k, v, opts, b);
-    double err = 0;
-    for (int64_t d = 0; d < D; ++d) err = std::max(err, std::fabs(r.o[d] - want[d]));
-    std::printf("[quant] %-9s int8 rule: max |o - rule| %.1e (int8_fp8 differs by %.1e), lse %.1e\n",
-                name_of(b), err, visible, std::fabs(r.lse[0] - lse));
-    const double tol = b == Backend::kReference ? 0.0 : 1e-5 * size;
-    for (int64_t d = 0; d < D; ++d)
-      EXPECT_NEAR(r.o[d], want[d], tol + half_ulp_f32(want[d]) + 1e-12) << name_of(b) << " d " << d;
-    EXPECT_NEAR(r.lse[0], lse, 1e-5) << name_of(b);
-  }
+  const OneRow c(QuantMode::kInt8);
+  EXPECT_TRUE(c.qi.v.empty() && c.qi.v8.empty()) << "kInt8 quantizes no V";
+  const OneRow fp8(QuantMode::kInt8Fp8);
+  c.check(quantized_row_by_rule(c.t, c.v_values, OneRow::kD, c.opts.block_k, false),
+          quantized_row_by_rule(fp8.t, fp8.qi.v, OneRow::kD, c.opts.block_k), "int8 rule");
 }
 
 // What kInt8 is for: with nothing skipped, on random bf16 inputs (the hardest case for V's
