@@ -301,14 +301,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     float32/16/bf16: added to the scores); `key_lengths` (B ints) marks keys key_lengths[b] and
     after as padding without a mask tensor. Both combine with is_causal and the window; a row
     that sees no key gives zeros (as SDPA). Tiles the mask hides wholly are never computed
-    (docs/method.md, "Attention masks"). CPU only for now: on cuda they raise NotImplementedError.
+    (docs/method.md, "Attention masks"). On cuda key_lengths run natively, while a dense
+    attn_mask raises NotImplementedError for now.
+    `quantized`: False (exact), True or "int8_fp8" (INT8 Q·Kᵀ, FP8 P·V: sm_90 on cuda), or
+    "int8" (INT8 Q·Kᵀ, P·V at the inputs' precision: about a third of int8_fp8's error; on cuda
+    every GPU from sm_80, but only with SPARGE_CUDA_INT8=1 until it has run on a GPU).
     `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the
     Hilbert order. Defaults are those of sparge::SparseOptions (include/sparge/option_list.h).
     `key_blocks` (sparge.KeyBlocks covering exactly k's tokens, with this call's block_k) give
     Stage 1 the key side kept beside a KV cache, so that it reads no key (decode, chunked
-    prefill; pooled estimate only, CPU only for now; sparge/key_blocks.py).
+    prefill; pooled estimate only; sparge/key_blocks.py).
     """
     _check_inputs(q, k, v, layout)
     if key_blocks is not None:
