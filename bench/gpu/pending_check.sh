@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check of what is still unverified on a GPU after stop 27, in one call (~9 min) with
+# Device check of what is still unverified on a GPU after stop 27, in one call (~7 min) with
 # binaries built here: pack them with
 #   tar czf .devpack/bins.tgz -C build-q libsparge_c.so -C tests sparge_gpu_tests
 # (.devpack ignored by .git/info/exclude, named in the call's carry), then on the device
@@ -14,10 +14,11 @@
 #      (`workspace_bytes` = mask + Stage-1 scratch, issue 14's <= 10% target, now in row chunks);
 #   4. bench_decode.py: the union of each KV head's kept blocks against the copy bandwidth
 #      (issue 14's decode target, which the per-query-head count of 2026-12-05 could not show);
-#   5. quant kInt8 (the sm80 kernel on INT8 Q/K codes, written without a GPU, behind
-#      SPARGE_CUDA_INT8=1): its GPU tests ran in step 1 (QuantAttention/FusedStage1 '*_int8'),
-#      here under memcheck, then bench_attention.py at N 8K / 32K, hd 128 and 64, against the
-#      exact kernels (auto = sm90ws, and sm80: the same mma.sync kernel exact), int8_fp8 and cuDNN.
+#   5. issue 12's Gemma 3 numbers on the GPU: bench/eval/gemma_window.py with Gemma 3 270M's
+#      configuration and random weights (the GGUF cannot be carried), 8192 tokens, bf16: every
+#      layer served or not, attention time per layer type against PyTorch's masked SDPA, logits.
+# The C++ GPU tests of step 1 include quant kInt8's (QuantAttention/FusedStage1 '*_int8');
+# bench/gpu/int8_check.sh is the second call (its memcheck and speed).
 # Logs and records go to $OUT.
 set -uo pipefail
 C=${1:?commit}
@@ -45,14 +46,6 @@ el "long rc=$?"; grep -v '^{' "$OUT/long_$C.log" | tail -16
 timeout 90 python3 bench/gpu/bench_decode.py --commit "$C" --reps 10 --out "$OUT/decode_$C.jsonl" \
   > "$OUT/decode_$C.log" 2>&1
 el "decode rc=$?"; grep -v '^{' "$OUT/decode_$C.log" | tail -8
-timeout 90 compute-sanitizer --tool memcheck /tmp/bins/sparge_gpu_tests \
-  --gtest_filter='*QuantAttention*_int8:*FusedStage1*_int8:QuantAttentionArgs.*' \
-  > "$OUT/memcheck_int8_$C.log" 2>&1
-el "memcheck int8 rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_int8_$C.log" | tr '\n' ' ')"
-for hd in 128 64; do
-  SPARGE_CUDA_INT8=1 timeout 120 python3 bench/gpu/bench_attention.py --lib /tmp/bins/libsparge_c.so \
-    --commit "$C" --seqs 8192,32768 --sparsities 0,0.9 --head-dim $hd --kernels auto,sm80 \
-    --quant --quant-int8 --no-flex --out-dir "$OUT" --results-dir "$OUT" --tag "int8-d$hd" \
-    > "$OUT/int8_d${hd}_$C.log" 2>&1
-  el "bench int8 hd $hd rc=$?"; tail -14 "$OUT/int8_d${hd}_$C.log"
-done
+timeout 150 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
+  --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
+el "gemma rc=$?"; tail -12 "$OUT/gemma3_window_$C.log"

@@ -3,7 +3,11 @@ SDPA with the equivalent dense mask, the allowed key-block ranges and BlockMask 
 recognition of band masks (_dense_mask.options_for_mask) by patch_sdpa, and tiny Mistral and
 Gemma 3 models with sliding-window layers run with attn_implementation="sparge" against "sdpa"."""
 import importlib.util
+import json
 import math
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -262,3 +266,27 @@ def test_tiny_sliding_window_models_match_sdpa_with_nothing_skipped(kind):
     with torch.no_grad():
         unwindowed = tiny_model(kind, "sdpa", window=128)(ids).logits
     assert (unwindowed - reference).abs().max().item() > 1e-3
+
+
+@needs_transformers
+def test_the_gemma3_window_benchmark_runs_tiny(tmp_path):
+    # bench/eval/gemma_window.py's code path (the device run uses --random-weights at 8192
+    # tokens on cuda): the tiny Gemma 3 configuration past its window of 64, so transformers
+    # passes its sliding layers a mask, which Sparge serves as a window.
+    script = pathlib.Path(__file__).resolve().parents[2] / "bench" / "eval" / "gemma_window.py"
+    out = tmp_path / "gemma.jsonl"
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--tokens", "300", "--commit",
+                          "test", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["impl"], r["setting"], r["layer_type"]) for r in records} == {
+        (impl, setting, t) for impl, setting in (("sdpa-cpu", "reference"),
+                                                 ("sparge-cpu", "nothing skipped"),
+                                                 ("sparge-cpu", "defaults"))
+        for t in ("sliding", "global")}
+    for r in records:
+        assert r["seq_q"] == 300 and r["layers"] == (4 if r["layer_type"] == "sliding" else 2)
+        if r["impl"] == "sparge-cpu":  # every call served, none handed back to SDPA
+            assert r["served"] == r["calls"] == r["layers"] and r["fallback"] == 0, r
+        if r["setting"] == "nothing skipped":
+            assert r["logits_rel_l1"] < 1e-5 and r["top1_agree"] == 1.0, r
