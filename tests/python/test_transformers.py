@@ -404,3 +404,58 @@ def test_smollm2_default_settings_report_sparsity(smollm2):
                                               cdf_threshold=0.9, pv_threshold=10.0) as sparse:
         model(input_ids=ids)
     assert sparse.sparsity > 0.05 and sparse.fallbacks == {}
+
+
+# ------------------------------------------------------------------------- tune plans
+def tiny_llama():
+    import transformers
+    config = transformers.LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, head_dim=32,
+                                      max_position_embeddings=512)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@needs_transformers
+def test_configure_takes_a_tune_plan_as_patch_sdpa_does(tmp_path):
+    # A plan for one of the two layers (cdf 0.3 per head with every block judged similar: a
+    # sparse selection). "sparge" under configure(plan=...) must give what "sdpa" gives under
+    # patch_sdpa(plan=...) (the same Sparge calls, layer by layer), visibly not what it gives
+    # without the plan, and warn once about the layer the plan leaves out.
+    sparge_hf.register()
+    model = tiny_llama()
+    ids = torch.randint(0, 101, (1, 300), generator=torch.Generator().manual_seed(3))
+    plan = sparge.TunePlan(0.05, {"sim_threshold": -1.0, "estimate": "sampled_rows"}, {
+        "model.layers.0.self_attn": sparge.LayerPlan(
+            cdf_threshold=[0.3, 0.3], pv_threshold=math.inf, calls=1,
+            error_estimate=[0.0, 0.0], sparsity=0.5)})
+    plan.save(tmp_path / "plan.json")
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        with warnings.catch_warnings(record=True) as caught_patch:
+            warnings.simplefilter("always")
+            with sparge.patch_sdpa(plan=plan, model=model, **DENSE):
+                patched = model(ids).logits
+        model.set_attn_implementation("sparge")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with sparge_hf.configure(plan=tmp_path / "plan.json", model=model, **DENSE) as run:
+                planned = model(ids).logits
+        with sparge_hf.configure(**DENSE):
+            dense = model(ids).logits
+    assert run.sparge_calls == 2 and not run.fallbacks
+    torch.testing.assert_close(planned, patched, rtol=0, atol=1e-5)
+    assert (planned - dense).abs().max() > 1e-3  # the plan's layer skipped tiles
+    unplanned = [str(w.message) for w in caught if "not in the tune plan" in str(w.message)]
+    assert len(unplanned) == 1 and "model.layers.1.self_attn" in unplanned[0], unplanned
+    assert any("not in the tune plan" in str(w.message) for w in caught_patch)
+
+
+@needs_transformers
+def test_configure_plan_needs_its_model():
+    plan = sparge.TunePlan(0.05, {}, {})
+    with pytest.raises(TypeError, match="plan and model go together"):
+        sparge_hf.configure(plan=plan)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        sparge_hf.configure(plan=plan, model="model")

@@ -56,7 +56,8 @@ class Configuration:
     """
 
     def __init__(self, *, min_seq_len: int = 0, collect_stats: bool = False,
-                 decode_key_blocks: bool = True, on_call=None, **options):
+                 decode_key_blocks: bool = True, on_call=None, plan=None,
+                 model: Optional[torch.nn.Module] = None, **options):
         if not isinstance(decode_key_blocks, bool):
             raise TypeError(f"decode_key_blocks must be a bool, got "
                             f"{type(decode_key_blocks).__name__}")
@@ -69,6 +70,26 @@ class Configuration:
         self._router = patch._Router(min_seq_len, options, collect_stats, on_call)
         self.decode_key_blocks = decode_key_blocks
         self._previous: Optional["Configuration"] = None
+        # A tune plan: each attention module's name in `model` (the plan's keys, as the tuner's
+        # patch_sdpa saw them: the innermost module running at the SDPA call, which in
+        # transformers is the attention module "sparge" is called with).
+        self._route, self._layer_names = None, {}
+        if (plan is None) != (model is None):
+            raise TypeError("plan and model go together: a plan's layers are named after "
+                            "model.named_modules(), so give both (or neither)")
+        if plan is not None:
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            from ..tune_plan import PlanRoute, as_plan
+            self._route = PlanRoute(as_plan(plan), options)
+            self._layer_names = {m: name for name, m in model.named_modules()}
+
+    def layer_options(self, module, query, key) -> Optional[Dict]:
+        """The options of a call in `module`: its layer's in the tune plan, else None (the
+        configuration's own; an attention module the plan does not name warns once)."""
+        if self._route is None:
+            return None
+        return self._route(self._layer_names.get(module), query, key)[0]
 
     @property
     def options(self) -> Dict:
@@ -119,7 +140,8 @@ _ACTIVE = Configuration()
 
 
 def configure(*, min_seq_len: int = 0, collect_stats: bool = False,
-              decode_key_blocks: bool = True, on_call=None, **options) -> Configuration:
+              decode_key_blocks: bool = True, on_call=None, plan=None,
+              model: Optional[torch.nn.Module] = None, **options) -> Configuration:
     """Makes these the options of every "sparge" attention call from now on and returns the new
     configuration, whose counters start at zero. Options are the keywords of `sparge.attention`
     (sim_threshold, cdf_threshold, topk, pv_threshold, block_q, backend, ...), checked here:
@@ -132,12 +154,16 @@ def configure(*, min_seq_len: int = 0, collect_stats: bool = False,
     each attention module and extended as the cache grows, instead of pooling the whole cache
     every step (`_decode_key_blocks` says when they are rebuilt). `on_call`: a function given a
     sparge.CallInfo after every call (as patch_sdpa's; Sparge's calls are timed, which
-    synchronizes). Used as `with configure(...) as run:`, the previous configuration comes back
-    after the block.
+    synchronizes). `plan` (a sparge.TunePlan or the path of its JSON file, with the `model` it
+    was tuned on, as patch_sdpa takes them): each attention module the plan names takes its
+    layer's per-head thresholds (the plan's options over these ones, the error target off);
+    others take these options, with one warning per module. Used as
+    `with configure(...) as run:`, the previous configuration comes back after the block.
     """
     global _ACTIVE
     new = Configuration(min_seq_len=min_seq_len, collect_stats=collect_stats,
-                        decode_key_blocks=decode_key_blocks, on_call=on_call, **options)
+                        decode_key_blocks=decode_key_blocks, on_call=on_call, plan=plan,
+                        model=model, **options)
     new._previous, _ACTIVE = _ACTIVE, new
     return new
 
@@ -213,9 +239,11 @@ def _plan(module, query, key, attention_mask, kwargs):
 
 
 # Options under which a decode step may take its key side from KeyBlocks: the pooled estimate
-# (sampled rows and the error target read the keys) and the keys in cache order.
-def _key_blocks_serve(config: Configuration, query, key, options: Dict) -> bool:
-    o = config.options
+# (sampled rows and the error target read the keys) and the keys in cache order. `layer`: a tune
+# plan's options for the call (None: the configuration's).
+def _key_blocks_serve(config: Configuration, query, key, options: Dict,
+                      layer: Optional[Dict] = None) -> bool:
+    o = config.options if layer is None else layer
     return (config.decode_key_blocks and key.device.type == "cpu" and query.shape[2] == 1
             and not options and o.get("estimate", "pooled") == "pooled"
             and not o.get("target_error") and o.get("token_grid") is None)
@@ -265,7 +293,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         raise NotImplementedError(
             "attention sinks (s_aux) are in neither Sparge nor PyTorch SDPA: load this model "
             "with attn_implementation='eager' or 'flex_attention'")
-    run = _ACTIVE._router
+    config = _ACTIVE
+    run = config._router
     reason, options = _plan(module, query, key, attention_mask, kwargs)
     if reason is None:
         reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
@@ -282,10 +311,11 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         # A prefill into an empty static cache (the only maskless causal call with more keys
         # than queries): the keys past the queries are hidden anyway; "sdpa" cuts them off too.
         key, value = key[:, :, :q_len], value[:, :, :q_len]
-    if _key_blocks_serve(_ACTIVE, query, key, options):
-        block_k = _ACTIVE.options.get("block_k", DEFAULTS["block_k"])
+    layer = config.layer_options(module, query, key)
+    if _key_blocks_serve(config, query, key, options, layer):
+        block_k = (config.options if layer is None else layer).get("block_k", DEFAULTS["block_k"])
         options["key_blocks"] = _decode_key_blocks(module, key, block_k)
-    out = run.run(query, key, value, is_causal=is_causal, scale=scaling, **options)
+    out = run.run(query, key, value, is_causal=is_causal, scale=scaling, options=layer, **options)
     return out.transpose(1, 2).contiguous(), None
 
 
