@@ -325,3 +325,31 @@ def test_bench_diffusers_smoke_mode(monkeypatch, tmp_path, capsys):
         ("blocks.1.attn2", "cross-attention", 16, "sdpa")]
     out = capsys.readouterr().out
     assert "| setting | options | forward ms |" in out and "| blocks.1.attn2 | cross |" in out
+
+
+def test_a_tune_plan_applies_per_layer_as_under_patch_sdpa(tmp_path):
+    # A plan for blocks.0.attn1 (cdf 0.3 per head, every block judged similar: sparse): the
+    # backend with plan=... gives what patch_sdpa(plan=...) gives on diffusers' native backend
+    # (the same Sparge calls, layer by layer), visibly not what it gives without the plan, and
+    # warns once per attention layer the plan leaves out.
+    model, inputs = wan_model(), wan_inputs()
+    plan = sparge.TunePlan(0.05, {"sim_threshold": -1.0, "estimate": "sampled_rows"}, {
+        "blocks.0.attn1": sparge.LayerPlan(cdf_threshold=[0.3, 0.3], pv_threshold=math.inf,
+                                           calls=1, error_estimate=[0.0, 0.0], sparsity=0.5)})
+    plan.save(tmp_path / "plan.json")
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sparge.patch_sdpa(plan=plan, model=model, min_seq_len=0, **EXACT):
+            patched = model(*inputs).sample
+        with sd.attention_backend(model, plan=tmp_path / "plan.json", min_seq_len=0,
+                                  **EXACT) as run:
+            planned = model(*inputs).sample
+        with sd.attention_backend(model, min_seq_len=0, **EXACT):
+            exact = model(*inputs).sample
+    assert run.total.sparge_calls == 4 and run.total.fallbacks == {}
+    torch.testing.assert_close(planned, patched, rtol=0, atol=1e-5)
+    assert (planned - exact).abs().max() > 1e-3  # the plan's layer skipped tiles
+    unplanned = sorted(str(w.message) for w in caught if "not in the tune plan" in str(w.message))
+    assert len(unplanned) == 6, unplanned  # 3 layers, once under each of the two
+    with pytest.raises(TypeError, match="plan needs the model"):
+        sd.attention_backend(plan=plan)

@@ -239,6 +239,10 @@ class SpargeBackend:
     collect_stats: add up Sparge's tile sparsity per layer (synchronizes on the GPU).
     on_call:       a function given a sparge.CallInfo after every attention call (Sparge's
                    timed, which synchronizes; the schedule's dense calls as impl "sdpa").
+    plan:          a sparge.TunePlan or the path of its JSON file, tuned on this model with
+                   patch_sdpa on diffusers' default backend (needs `model`): each attention
+                   layer the plan names takes its layer's thresholds (the plan's options over
+                   these ones, the error target off), others these options, one warning each.
     **options:     the keywords of sparge.attention (sim_threshold, cdf_threshold, topk,
                    pv_threshold, block_q, ...), checked here.
     """
@@ -246,7 +250,7 @@ class SpargeBackend:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, grid=None,
                  text_position: str = "first", schedule: Optional[Schedule] = None,
                  min_seq_len: int = _patch.DEFAULT_MIN_SEQ_LEN, collect_stats: bool = False,
-                 on_call=None, **options):
+                 on_call=None, plan=None, **options):
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (the transformer) or None, got "
                             f"{type(model).__name__}")
@@ -269,6 +273,13 @@ class SpargeBackend:
         self.text_position = text_position
         self.schedule = schedule
         self._router = _patch._Router(min_seq_len, options, collect_stats, on_call)
+        self._route = None
+        if plan is not None:
+            if model is None:
+                raise TypeError("plan needs the model it was tuned on: a plan's layers are "
+                                "named after model.named_modules()")
+            from ..tune_plan import PlanRoute, as_plan
+            self._route = PlanRoute(as_plan(plan), options)
         self.layer_names: List[str] = []
         if model is not None:
             classes = _attention_classes()
@@ -372,10 +383,16 @@ class SpargeBackend:
             return _patch.torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                      enable_gqa, layout="NHD")
         grid, offset = self._grid_for(query, key, is_causal)
+        options = None
+        if self._route is not None and isinstance(query, torch.Tensor) and query.dim() == 4 \
+                and isinstance(key, torch.Tensor) and key.dim() == 4:
+            # The plan reads heads and keys off [B, H, N, D] tensors: diffusers' are [B, N, H, D].
+            options = self._route(None if name == UNKNOWN_LAYER else name,
+                                  query.transpose(1, 2), key.transpose(1, 2))[0]
         # stacklevel 6: the warning points at the diffusers processor that dispatched the call.
         return self._router(query, key, value, attn_mask, dropout_p, is_causal, scale,
                             enable_gqa, layout="NHD", token_grid=grid, grid_offset=offset,
-                            counts=counts, stacklevel=6)
+                            counts=counts, options=options, stacklevel=6)
 
     def _grid_for(self, query, key, is_causal) -> Tuple[Optional[Grid], int]:
         grid = self._forward_grid if self.grid == "auto" else self.grid
