@@ -48,6 +48,11 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k);
 // mask_out keeps it in the workspace and needs the full size.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts, Device device,
                            bool caller_mask = false);
+// The same for calls given `attn_mask`: with a dense mask (data) on CUDA, the call runs whole
+// (no row chunks) and keeps the mask's tile classes in the workspace too (one byte per tile of
+// each batch entry and head the mask tells apart). Without dense data: the size above.
+std::size_t workspace_size(const ProblemShape& shape, const AttentionMask& attn_mask,
+                           const SparseOptions& opts, Device device, bool caller_mask = false);
 
 // Check options alone (ranges, enum codes, per-head arrays of `heads_q` values), for settings
 // chosen before any tensor exists.

@@ -137,7 +137,12 @@ int sparge_sparse_attention_varlen(const sparge_tensor* q, const sparge_tensor* 
                                    void* workspace, size_t workspace_bytes, void* stream,
                                    char* err, size_t err_len);
 
-/* The three calls above with an attention mask (`attn_mask` may be NULL: the same as above). */
+/* The three calls above with an attention mask (`attn_mask` may be NULL: the same as above).
+   Their workspace: sparge_workspace_size_masked (a dense mask on CUDA needs more; 0 on error). */
+size_t sparge_workspace_size_masked(const sparge_tensor* q, const sparge_tensor* k,
+                                    const sparge_attn_mask* attn_mask,
+                                    const sparge_options* opts);
+
 int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
                                    const sparge_tensor* v, const sparge_attn_mask* attn_mask,
                                    const sparge_options* opts, const sparge_tensor* o, float* lse,

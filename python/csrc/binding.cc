@@ -96,15 +96,17 @@ struct Launch {
 
   // caller_mask: the op passes the mask tensors it returns, so the workspace holds the rest only
   // (workspace_size's caller_mask); varlen runs sparse_attention without one per sequence.
+  // attn_mask: a dense mask on cuda needs room for its tile classes too.
   Launch(const at::Tensor& q, const sparge::TensorView& qv, const sparge::TensorView& kv,
-         const sparge::SparseOptions& opts, sparge::Backend backend, bool caller_mask = true) {
+         const sparge::SparseOptions& opts, sparge::Backend backend, bool caller_mask = true,
+         const sparge::AttentionMask& attn_mask = {}) {
     ctx.backend = backend;
     if (!q.is_cuda()) return;
     guard.reset_device(q.device());
     c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
     ctx.stream = impl.getStream(q.device()).native_handle();
-    const std::size_t bytes = sparge::workspace_size(sparge::problem_shape(qv, kv), opts,
-                                                     sparge::Device::kCUDA, caller_mask);
+    const std::size_t bytes = sparge::workspace_size(sparge::problem_shape(qv, kv), attn_mask,
+                                                     opts, sparge::Device::kCUDA, caller_mask);
     workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))},
                           q.options().dtype(at::kByte));
     ctx.workspace = workspace.data_ptr();
@@ -155,7 +157,7 @@ void predict_block_mask(const c10::OperatorHandle& op, Stack* stack) {
   sparge::Backend backend;
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   throw_if_error(sparge::validate(qv, kv, kv, am, opts));
-  Launch launch(q, qv, kv, opts, backend);
+  Launch launch(q, qv, kv, opts, backend, /*caller_mask=*/true, am);
   std::vector<at::Tensor> mask = empty_mask(q, k, opts, g_poison_outputs);
   const sparge::BlockMask m = mask_view(mask[0], mask[1], q, k, opts);
   if (kb_args) {
@@ -182,7 +184,7 @@ void block_sparse_attention(const c10::OperatorHandle& op, Stack* stack) {
   const sparge::SparseOptions opts = read_options(in, q.size(1), &backend);
   const bool with_extras = in.next().toBool();
   throw_if_error(sparge::validate(qv, kv, vv, am, opts));
-  Launch launch(q, qv, kv, opts, backend);
+  Launch launch(q, qv, kv, opts, backend, /*caller_mask=*/true, am);
   const sparge::BlockMask m = mask_view(counts, indices, q, k, opts, row_offsets);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
@@ -203,7 +205,7 @@ void attention(const c10::OperatorHandle& op, Stack* stack) {
   throw_if_error(sparge::validate(qv, kv, vv, am, opts));
   // The mask comes back with the extras only: without them the call keeps it in its workspace,
   // where a long call runs in row chunks and never holds the whole padded mask (row_chunks.h).
-  Launch launch(q, qv, kv, opts, backend, /*caller_mask=*/with_extras);
+  Launch launch(q, qv, kv, opts, backend, /*caller_mask=*/with_extras, am);
   sparge::AttentionExtras extras;
   std::vector<at::Tensor> outs = empty_outputs(q, with_extras, g_poison_outputs, &extras);
   std::vector<at::Tensor> mask =

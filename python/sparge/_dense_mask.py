@@ -1,6 +1,7 @@
 """Which dense attention masks Sparge can serve without the mask.
 
-Sparge takes no dense masks, but some masks say nothing that its options cannot: a mask that
+Reading a dense mask costs (and on CUDA needs a switch for now), but some masks say nothing
+that Sparge's options cannot: a mask that
 lets every query see every key is no mask, and a mask that is exactly a band around a diagonal
 is `is_causal` and/or a sliding window (`window_left`, `window_right`) with the matching
 `causal_align`. Framework integrations pass such masks (Hugging Face transformers materializes

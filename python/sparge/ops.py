@@ -301,8 +301,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     float32/16/bf16: added to the scores); `key_lengths` (B ints) marks keys key_lengths[b] and
     after as padding without a mask tensor. Both combine with is_causal and the window; a row
     that sees no key gives zeros (as SDPA). Tiles the mask hides wholly are never computed
-    (docs/method.md, "Attention masks"). On cuda key_lengths run natively, while a dense
-    attn_mask raises NotImplementedError for now.
+    (docs/method.md, "Attention masks"). On cuda key_lengths run natively, a dense attn_mask
+    only with SPARGE_CUDA_DENSE_MASK=1 (its path has not run on a GPU yet; else
+    NotImplementedError), the pooled estimate and head dims up to 128.
     `quantized`: False (exact), True or "int8_fp8" (INT8 Q·Kᵀ, FP8 P·V: sm_90 on cuda), or
     "int8" (INT8 Q·Kᵀ, P·V at the inputs' precision: about a third of int8_fp8's error; on cuda
     every GPU from sm_80, but only with SPARGE_CUDA_INT8=1 until it has run on a GPU).

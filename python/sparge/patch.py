@@ -18,6 +18,7 @@ off PyTorch's fused fast path (which would bypass SDPA) for its duration, and wa
 call asks for the attention weights, which Sparge cannot return.
 """
 import inspect
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -119,15 +120,34 @@ def mask_reason(what: str) -> str:
             "attn_mask that broadcasts to [batch, heads, Nq, Nk] on cpu tensors; on cuda only "
             "masks it can express as flags and key lengths (all-true, causal or a sliding "
             "window: one band around a diagonal, the same in every head, possibly cut per batch "
-            "entry by right padding, every query seeing a key), as its CUDA kernels take no "
-            "dense mask yet. On cuda pass is_causal=True, or call sparge.attention with "
-            "window_left / window_right / key_lengths, or pad batches on the right")
+            "entry by right padding, every query seeing a key), as its CUDA kernels take a "
+            f"dense mask only with {CUDA_DENSE_MASK_SWITCH}=1 for now. On cuda pass "
+            "is_causal=True, or call sparge.attention with window_left / window_right / "
+            "key_lengths, or pad batches on the right")
 
 
-def _general_mask_reason(attn_mask, query, scores) -> Optional[str]:
+# The switch of the CUDA backend's dense-mask path (src/common/dispatch.cc,
+# cuda_mask_unsupported): until it has run on a GPU, cuda calls with a dense attn_mask go to
+# Sparge only with it set to "1", and only with the options that path takes.
+CUDA_DENSE_MASK_SWITCH = "SPARGE_CUDA_DENSE_MASK"
+
+
+def _cuda_takes_mask(query, options: Optional[Dict]) -> bool:
+    """Whether Sparge's CUDA backend serves a dense attn_mask with these options: the switch set,
+    Stage 1's pooled estimate, no error target, exact or quantized "int8", head dim <= 128 (the
+    mma.sync kernel's)."""
+    o = options or {}
+    return (os.environ.get(CUDA_DENSE_MASK_SWITCH) == "1"
+            and o.get("estimate", "pooled") == "pooled" and not o.get("target_error")
+            and o.get("quantized", False) in (False, "none", "int8")
+            and query.shape[-1] <= 128)
+
+
+def _general_mask_reason(attn_mask, query, scores, options: Optional[Dict] = None
+                         ) -> Optional[str]:
     """None when sparge.attention can take `attn_mask` itself (cpu, bool or float, broadcasting
-    to the score shape), else why not ("" to let PyTorch raise its own error). Reads no values,
-    so torch.compile traces it."""
+    to the score shape; on cuda with the dense-mask switch and `options` it takes), else why not
+    ("" to let PyTorch raise its own error). Reads no values, so torch.compile traces it."""
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         return _LET_TORCH_RAISE
     try:
@@ -137,9 +157,12 @@ def _general_mask_reason(attn_mask, query, scores) -> Optional[str]:
         return _LET_TORCH_RAISE
     if attn_mask.dtype not in (torch.bool, torch.float32, torch.float16, torch.bfloat16):
         return mask_reason(f"an attn_mask of dtype {attn_mask.dtype}")
-    if query.device.type != "cpu" or attn_mask.device != query.device:
+    if attn_mask.device != query.device:
+        return mask_reason(f"a mask on {attn_mask.device}, the inputs on {query.device}")
+    if query.device.type != "cpu" and not (query.is_cuda and _cuda_takes_mask(query, options)):
         return mask_reason(f"a mask that is not a band, on {query.device.type} (Sparge's CUDA "
-                           "kernels take no attn_mask yet)")
+                           f"kernels take one only with {CUDA_DENSE_MASK_SWITCH}=1, the pooled "
+                           "estimate and head dims up to 128, for now)")
     return None
 
 
@@ -297,7 +320,7 @@ class _Router:
                 why = ("a causal or sliding-window pattern on a call that reorders tokens along a "
                        "grid" if token_grid is not None else
                        f"a causal or sliding-window pattern while the patch sets {configured[0]}")
-        general = _general_mask_reason(attn_mask, query, tuple(scores))
+        general = _general_mask_reason(attn_mask, query, tuple(scores), call_options)
         if general is None:
             return {"attn_mask": attn_mask}, None
         return None, general if general == _LET_TORCH_RAISE else f"{general} ({why})"

@@ -95,6 +95,10 @@ int device_count();
 std::string compiled_set();  // for build_info()
 std::vector<int> compiled_head_dims();  // for cuda_head_dims()
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts);
+// A dense attention mask's tile classes (attn_mask.data set): bytes past the 256-byte-aligned
+// end of workspace_size(shape, opts), where every entry point below keeps them; 0 without one.
+std::size_t tile_class_workspace_size(const ProblemShape& shape, const SparseOptions& opts,
+                                      const AttentionMask& attn_mask);
 // Stage 1 into `mask` (device memory); scratch from ctx.workspace.
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
                           const ExecContext& ctx, const Stage1Stats& stats = {});

@@ -16,6 +16,10 @@ int device_count() { return 0; }
 std::string compiled_set() { return "none"; }
 std::vector<int> compiled_head_dims() { return {}; }
 std::size_t workspace_size(const ProblemShape&, const SparseOptions&) { return 0; }
+std::size_t tile_class_workspace_size(const ProblemShape&, const SparseOptions&,
+                                      const AttentionMask&) {
+  return 0;
+}
 Status predict_block_mask(const detail::Problem&, const BlockMask&, const ExecContext&,
                           const Stage1Stats&) {
   return not_built();

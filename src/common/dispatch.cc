@@ -105,14 +105,20 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   return w;
 }
 
-// The CUDA backend takes key_lengths (Stage 1 and every kernel cut each batch entry's keys) but
-// no dense mask yet: say so before anything runs on the device.
+// The CUDA backend takes key_lengths (Stage 1 and every kernel cut each batch entry's keys) on
+// every call; its dense-mask path (tile classes, Stage 1's eligibility, the sm80 kernel's
+// element masks: cuda/dispatch.cu) has not run on a GPU yet, so it serves calls only with
+// SPARGE_CUDA_DENSE_MASK=1 (read at every call; python/sparge/patch.py reads it too, to hand
+// such masks to Sparge). Said before anything runs on the device.
 Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
   if (attn_mask.data == nullptr) return Status::ok();
+  const char* opt_in = std::getenv("SPARGE_CUDA_DENSE_MASK");
+  if (opt_in != nullptr && std::string(opt_in) == "1") return Status::ok();
   return Status::unsupported(
-      "attn_mask: the CUDA backend does not take dense attention masks yet (key_lengths it "
-      "does); run the call on cpu tensors, or express the mask with key_lengths (right "
-      "padding), causal and window_left / window_right");
+      "attn_mask: the CUDA backend's dense attention masks have not run on a GPU yet and are "
+      "served only with SPARGE_CUDA_DENSE_MASK=1 (key_lengths it takes on every call); without "
+      "it run the call on cpu tensors, or express the mask with key_lengths (right padding), "
+      "causal and window_left / window_right");
 }
 
 // A compact block mask (row_offsets): the CPU backends read and write it, and Stage 2's CUDA
@@ -195,6 +201,17 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device
   // A caller's mask holds every row: such calls run whole.
   const WorkspaceLayout layout = workspace_layout(s, o, /*row_chunks=*/!caller_mask);
   return caller_mask ? layout.stage1_bytes : layout.total;
+}
+
+std::size_t workspace_size(const ProblemShape& s, const AttentionMask& attn_mask,
+                           const SparseOptions& o, Device device, bool caller_mask) {
+  if (attn_mask.data == nullptr) return workspace_size(s, o, device, caller_mask);
+  if (workspace_size(s, o, device, /*caller_mask=*/true) == 0) return 0;  // cpu, or refused
+  // A dense mask's rows would move with row chunks, so such calls run whole (the mask's
+  // storage, unless the caller holds it), then the mask's tile classes (cuda/dispatch.cu).
+  const WorkspaceLayout layout = workspace_layout(s, o, /*row_chunks=*/false);
+  return (caller_mask ? layout.stage1_bytes : layout.total) +
+         align_up(cuda::tile_class_workspace_size(s, o, attn_mask));
 }
 
 Status validate_options(const SparseOptions& opts, int64_t heads_q) {

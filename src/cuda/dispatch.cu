@@ -22,6 +22,7 @@
 #include "cuda/common/check.cuh"
 #include "common/geometry.h"
 #include "cuda/instances/compiled_instances.h"
+#include "cuda/mask/tile_classes.h"
 #include "cuda/permute/permute.h"
 #include "cuda/predict/params.h"
 #include "cuda/quantize/params.h"
@@ -463,7 +464,7 @@ Status check_quantized(Kernel kernel, const std::string& why, const detail::Prob
     return Status::unsupported(cat("SparseOptions.quant ", mode, " on cuda takes q.head_dim 64 or 128, got ", D,
                                    " (use quant kNone, or the cpu backends)"));
   const bool bf16 = p.q.dtype == DType::kBFloat16;
-  const bool banded = p.band().limited();
+  const bool banded = p.band().limited() || p.attn_mask.data != nullptr;
   if (!compiled(int(D), bf16, banded))
     return Status::unsupported(cat("quantized attention instance (head_dim ", D, ", ", bf16 ? "bf16" : "fp16",
                                    banded ? ", banded" : ", dense", ") is not compiled (SPARGE_FAST_BUILD=ON)"));
@@ -499,18 +500,22 @@ Status launch_quantized(const detail::Problem& p, const AttnParams& a, const Qua
                          detail::v8_keys(p.shape.seq_k)};
   const bool fp8 = detail::fp8_pv(p.opts.quant);
 #if SPARGE_FAST_BUILD
-  (void)p;
+  if (p.attn_mask.data != nullptr)
+    return Status::unsupported("attn_mask on cuda: the dense-mask instances are not compiled "
+                               "(SPARGE_FAST_BUILD=ON)");
   return fp8 ? launch_attn_sm90q8<__nv_bfloat16, 128, false>(a, q8, stream)
              : launch_attn_sm80q8<__nv_bfloat16, 128, false>(a, q8, stream);
 #else
   const bool bf16 = p.q.dtype == DType::kBFloat16;
-  const bool banded = p.band().limited();
+  // A dense attention mask runs in the banded instances (the sm80 kernel's element masks).
+  const bool banded = p.band().limited() || p.attn_mask.data != nullptr;
   const auto by_band = [&](auto type, auto head_dim) {
     using T = typename decltype(type)::Type;
     constexpr int kD = decltype(head_dim)::value;
     if (fp8)
       return banded ? launch_attn_sm90q8<T, kD, true>(a, q8, stream)
                     : launch_attn_sm90q8<T, kD, false>(a, q8, stream);
+    if (p.attn_mask.data != nullptr) return launch_attn_sm80q8dm<T, kD, true>(a, q8, stream);
     return banded ? launch_attn_sm80q8<T, kD, true>(a, q8, stream)
                   : launch_attn_sm80q8<T, kD, false>(a, q8, stream);
   };
@@ -593,6 +598,99 @@ Status quantize_pass(const detail::Problem& p, const QuantizedBuffers& out,
     qp.num_k_blocks = pool->num_k_blocks;
   }
   return quantize_by_dtype(qp, p.q.dtype, static_cast<cudaStream_t>(ctx.stream));
+}
+
+// ---- dense attention masks ------------------------------------------------------------------
+// The path of a dense attn_mask (tile classes, Stage 1's eligibility, the sm80 kernel's element
+// masks), behind SPARGE_CUDA_DENSE_MASK=1 until tests/cuda/test_dense_mask.cc has passed on a
+// GPU (common/dispatch.cc's cuda_mask_unsupported reads the switch before a call gets here).
+
+// The mask's data as the kernels read it (no tile classes yet).
+DenseMaskView dense_mask_view(const AttentionMask& m) {
+  DenseMaskView v;
+  v.data = m.data;
+  v.dtype = int(m.dtype);
+  v.batch = m.batch;
+  v.heads = m.heads;
+  v.seq_q = m.seq_q;
+  v.stride_b = m.stride_batch;
+  v.stride_h = m.stride_head;
+  v.stride_q = m.stride_q;
+  v.stride_k = m.stride_k;
+  return v;
+}
+
+// The class table's extents: batch entries and query heads the mask (or key lengths) tell apart.
+struct TileClassShape {
+  int batch = 1, heads = 1;
+  std::size_t bytes = 0;
+};
+
+TileClassShape tile_class_shape(const ProblemShape& s, const SparseOptions& o,
+                                const AttentionMask& m) {
+  TileClassShape t;
+  if (m.data == nullptr) return t;
+  t.batch = m.batch > 1 || m.key_lengths != nullptr ? int(s.batch) : 1;
+  t.heads = m.heads > 1 ? int(s.heads_q) : 1;
+  t.bytes = tile_class_bytes(t.batch, t.heads, s.seq_q, s.seq_k, o.block_q, o.block_k);
+  return t;
+}
+
+// Where the table lies in ExecContext.workspace: past everything else the call keeps there.
+std::size_t tile_class_offset(const ProblemShape& s, const SparseOptions& o) {
+  return (workspace_size(s, o) + 255) / 256 * 256;
+}
+
+// What a dense attn_mask on CUDA does not take (yet), before anything runs.
+Status check_dense_mask(const detail::Problem& p) {
+  if (p.attn_mask.data == nullptr) return Status::ok();
+  if (detail::fp8_pv(p.opts.quant))
+    return Status::unsupported(
+        "attn_mask with SparseOptions.quant kInt8Fp8 on cuda: dense masks run in the mma.sync "
+        "kernels, exact (quant kNone) or with quant kInt8");
+  if (p.opts.estimate != EstimateMode::kPooled || p.opts.target_error > 0.0f)
+    return Status::unsupported(
+        "attn_mask on cuda takes Stage 1's pooled estimate only (estimate = pooled, "
+        "target_error = 0): the sampled rows do not read the mask there yet; or run on cpu "
+        "tensors");
+  if (p.shape.head_dim != 64 && p.shape.head_dim != 128)
+    return Status::unsupported(cat("attn_mask on cuda runs the mma.sync kernel, which takes q.head_dim 64 or ",
+                                   "128, got ", p.shape.head_dim, " (or run on cpu tensors)"));
+  const TileClassShape t = tile_class_shape(p.shape, p.opts, p.attn_mask);
+  if (detail::ceil_div(p.shape.seq_q, p.opts.block_q) > 65535 || int64_t(t.batch) * t.heads > 65535)
+    return Status::unsupported(cat("attn_mask on cuda takes at most 65535 query blocks and 65535 (batch entry, "
+                                   "head) pairs the mask tells apart, got ",
+                                   detail::ceil_div(p.shape.seq_q, p.opts.block_q), " and ",
+                                   int64_t(t.batch) * t.heads));
+  return Status::ok();
+}
+
+// The mask's tile classes into the workspace (tile_class_offset); `view` gets the mask with them.
+Status make_tile_classes(const detail::Problem& p, const ExecContext& ctx, DenseMaskView* view) {
+  const TileClassShape t = tile_class_shape(p.shape, p.opts, p.attn_mask);
+  const std::size_t at = tile_class_offset(p.shape, p.opts);
+  SPARGE_RETURN_IF_ERROR(check_workspace(
+      ctx, at + t.bytes,
+      "a dense attn_mask on cuda (workspace_size(shape, attn_mask, opts, ...): its tile classes)"));
+  TileClassParams tp{};
+  tp.mask = dense_mask_view(p.attn_mask);
+  tp.out = reinterpret_cast<uint8_t*>(static_cast<char*>(ctx.workspace) + at);
+  tp.key_lengths = p.attn_mask.key_lengths;
+  tp.band = p.band();
+  tp.seq_q = int(p.shape.seq_q);
+  tp.seq_k = int(p.shape.seq_k);
+  tp.block_q = p.opts.block_q;
+  tp.block_k = p.opts.block_k;
+  tp.num_q_blocks = int(detail::ceil_div(p.shape.seq_q, p.opts.block_q));
+  tp.num_k_blocks = int(detail::ceil_div(p.shape.seq_k, p.opts.block_k));
+  tp.class_batch = t.batch;
+  tp.class_heads = t.heads;
+  SPARGE_RETURN_IF_ERROR(launch_tile_classes(tp, static_cast<cudaStream_t>(ctx.stream)));
+  *view = tp.mask;
+  view->tile_class = tp.out;
+  view->class_batch = t.batch;
+  view->class_heads = t.heads;
+  return Status::ok();
 }
 
 // Quantized mode (docs/method.md "Quantized mode"): the quantization pass into the workspace,
@@ -788,10 +886,48 @@ Status attention_decode(const AttnParams& a, const detail::Problem& p, const Exe
 
 }  // namespace
 
-Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
-                 const AttentionExtras& extras, const ExecContext& ctx) {
+namespace {
+
+// The exact mma.sync kernel's dense-mask instances (banded; every GPU from sm_80).
+Status attention_dense_mask(const detail::Problem& p, const AttnParams& a, cudaStream_t stream) {
+#if SPARGE_FAST_BUILD
+  (void)p, (void)a, (void)stream;
+  return Status::unsupported("attn_mask on cuda: the dense-mask instances are not compiled "
+                             "(SPARGE_FAST_BUILD=ON)");
+#else
+  const bool bf16 = p.q.dtype == DType::kBFloat16;
+  switch (p.shape.head_dim) {
+    case 64:
+      return bf16 ? launch_attn_sm80dm<__nv_bfloat16, 64, true>(a, stream)
+                  : launch_attn_sm80dm<__half, 64, true>(a, stream);
+    case 128:
+      return bf16 ? launch_attn_sm80dm<__nv_bfloat16, 128, true>(a, stream)
+                  : launch_attn_sm80dm<__half, 128, true>(a, stream);
+    default:
+      return Status::unsupported(cat("attn_mask on cuda runs the mma.sync kernel, which takes q.head_dim 64 "
+                                     "or 128, got ", p.shape.head_dim, " (or run on cpu tensors)"));
+  }
+#endif
+}
+
+// attention() with a dense mask's tile classes already made (`classes`; null: made here when
+// the call has a dense mask).
+Status attention_with(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                      const AttentionExtras& extras, const ExecContext& ctx,
+                      const DenseMaskView* classes) {
   SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
-  const AttnParams a = to_params(p, mask, o, extras);
+  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
+  AttnParams a = to_params(p, mask, o, extras);
+  const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (p.attn_mask.data != nullptr) {
+    if (classes != nullptr) a.attn_mask = *classes;
+    else SPARGE_RETURN_IF_ERROR(make_tile_classes(p, ctx, &a.attn_mask));
+    // The sm80 kernel's dense-mask instances apply it (every GPU; on sm_90 too, for now).
+    if (p.opts.quant != QuantMode::kNone)
+      return attention_quantized(Kernel::kSm80, "a dense attn_mask runs the mma.sync kernel", p, a,
+                                 ctx);
+    return attention_dense_mask(p, a, stream);
+  }
   // A row chunk's last rows are part of a longer call: the tensor-core kernels, as for the rest.
   if (uses_decode_kernel(p.shape, p.opts) && p.call_seq_q == 0)
     return attention_decode(a, p, ctx);
@@ -800,19 +936,43 @@ Status attention(const detail::Problem& p, const BlockMask& mask, const TensorVi
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
   if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, ctx);
   return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
-                               static_cast<cudaStream_t>(ctx.stream));
+                               stream);
 }
 
-Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
-                          const Stage1Stats& stats) {
+// predict_block_mask() with a dense mask's tile classes already made (as attention_with).
+Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
+                    const Stage1Stats& stats, const DenseMaskView* classes) {
   SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
+  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
   const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
   PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
+  if (p.attn_mask.data != nullptr) {
+    if (classes != nullptr) s.attn_mask = *classes;
+    else SPARGE_RETURN_IF_ERROR(make_tile_classes(p, ctx, &s.attn_mask));
+    s.keep_every_tile = false;  // keep_visible_tiles does not read the classes: the selection does
+  }
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (p.key_blocks != nullptr && !s.keep_every_tile)
     SPARGE_RETURN_IF_ERROR(copy_key_blocks(*p.key_blocks, &s, stream));
   return predict_by_dtype(s, p.q.dtype, stream);
+}
+
+}  // namespace
+
+Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
+                 const AttentionExtras& extras, const ExecContext& ctx) {
+  return attention_with(p, mask, o, extras, ctx, nullptr);
+}
+
+std::size_t tile_class_workspace_size(const ProblemShape& shape, const SparseOptions& opts,
+                                      const AttentionMask& attn_mask) {
+  return tile_class_shape(shape, opts, attn_mask).bytes;
+}
+
+Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
+                          const Stage1Stats& stats) {
+  return predict_with(p, mask, ctx, stats, nullptr);
 }
 
 std::size_t key_blocks_workspace_size(int64_t batch, int64_t heads_kv, int64_t tokens,
@@ -870,6 +1030,15 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block
 // the quantized kernel: five launches fewer, and Q read once and K twice fewer (docs/cuda.md).
 Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                         const AttentionExtras& extras, const ExecContext& ctx) {
+  if (p.attn_mask.data != nullptr) {  // a dense mask: its tile classes once, for both stages
+    SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
+    SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
+    SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
+    DenseMaskView classes;
+    SPARGE_RETURN_IF_ERROR(make_tile_classes(p, ctx, &classes));
+    SPARGE_RETURN_IF_ERROR(predict_with(p, mask, ctx, extras.stage1, &classes));
+    return attention_with(p, mask, o, extras, ctx, &classes);
+  }
   if (!fuses_stage1(p, mask, extras.stage1)) {
     SPARGE_RETURN_IF_ERROR(predict_block_mask(p, mask, ctx, extras.stage1));
     return attention(p, mask, o, extras, ctx);

@@ -258,12 +258,41 @@ def test_cuda_serves_key_lengths_and_padding_masks(causal):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
-def test_cuda_refuses_masks_and_patch_falls_back_naming_them():
+def test_cuda_refuses_masks_without_the_switch_and_patch_falls_back_naming_them(monkeypatch):
+    monkeypatch.delenv("SPARGE_CUDA_DENSE_MASK", raising=False)
     q, k, v = make_qkv(seq_q=256, dtype=torch.bfloat16, device="cuda", seed=15)
     mask = random_bool((256, 256), 0.3, 16).cuda()
-    with pytest.raises(NotImplementedError, match="attn_mask: the CUDA backend"):
+    with pytest.raises(NotImplementedError, match="SPARGE_CUDA_DENSE_MASK=1"):
         sparge.attention(q, k, v, attn_mask=mask)
-    with pytest.warns(sparge.SpargeFallbackWarning, match="CUDA kernels take no attn_mask"):
+    with pytest.warns(sparge.SpargeFallbackWarning, match="SPARGE_CUDA_DENSE_MASK=1"):
         with sparge.patch_sdpa() as patch:
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert patch.sparge_calls == 0 and patch.fallbacks
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_cuda_serves_dense_masks_with_the_switch(monkeypatch, dtype):
+    # The CUDA path of dense masks (behind SPARGE_CUDA_DENSE_MASK=1 until it has run on a GPU):
+    # sparge.attention and patch_sdpa on cuda equal the CPU backends on the same mask (Stage 1
+    # in double on both: the same tiles but for ties), rows that see no key give zeros.
+    monkeypatch.setenv("SPARGE_CUDA_DENSE_MASK", "1")
+    q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=64,
+                       dtype=torch.bfloat16, seed=17)
+    mask = random_bool((2, 1, 700, 900), 0.4, 18)
+    mask[:, :, :5] = False  # rows that see no key
+    if dtype != torch.bool:
+        mask = torch.where(mask, torch.randn(mask.shape, generator=torch.Generator().manual_seed(19)),
+                           torch.tensor(-math.inf))
+    kw = dict(sim_threshold=-0.5, topk=0.5, pv_threshold=math.inf)
+    cpu = sparge.attention(q, k, v, attn_mask=mask, backend="cpu", **kw)
+    gpu = sparge.attention(q.cuda(), k.cuda(), v.cuda(), attn_mask=mask.cuda(), **kw)
+    assert not gpu.isnan().any()
+    rel = ((gpu.cpu().float() - cpu.float()).abs().sum() / cpu.float().abs().sum()).item()
+    assert rel <= 1e-2, rel
+    assert (gpu[:, :, :5] == 0).all()
+    with sparge.patch_sdpa(**kw) as patch:
+        patched = F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(),
+                                                 attn_mask=mask.cuda(), enable_gqa=True)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    torch.testing.assert_close(patched, gpu, atol=0, rtol=0)

@@ -195,11 +195,11 @@ def register(name: str = NAME) -> str:
     return name
 
 
-def _plan(module, query, key, attention_mask, kwargs):
+def _plan(module, query, key, attention_mask, kwargs, options=None):
     """(None, options) when Sparge computes what "sdpa" would, with the per-call options
     (is_causal, and causal_align, window_left, window_right where not the defaults), else
     (why not, None): the reasons that are about the model's arguments, before those of
-    patch_sdpa."""
+    patch_sdpa. `options`: the call's Sparge options (whether CUDA takes a dense mask with them)."""
     if kwargs.get("softcap") is not None:
         return ("attention-logit soft-capping (softcap; Sparge has none, and transformers' "
                 "'sdpa' ignores it as well)"), None
@@ -213,16 +213,17 @@ def _plan(module, query, key, attention_mask, kwargs):
         options, why = options_for_mask(attention_mask, q_len, k_len, scores)
         if options is not None:
             return None, dict(dict(is_causal=False), **options)
-        # Left padding or packing: Sparge takes the mask itself on cpu (its CUDA kernels, not yet).
-        general = patch._general_mask_reason(attention_mask, query, scores)
+        # Left padding or packing: Sparge takes the mask itself on cpu (on cuda behind a switch).
+        general = patch._general_mask_reason(attention_mask, query, scores, options)
         if general is None:
             return None, dict(is_causal=False, attn_mask=attention_mask)
         if general == "":
             return (f"an attention mask Sparge cannot read ({why})"), None
         return (f"an attention mask that is neither all-true, causal nor a sliding window, "
                 f"possibly right-padded ({why}), on {query.device.type}: Sparge's CUDA kernels "
-                f"take no dense masks yet (it serves them on cpu); pad on the right, or encode "
-                f"single sequences or batches of equal length, to stay on it"), None
+                f"take dense masks only with {patch.CUDA_DENSE_MASK_SWITCH}=1 for now (it serves "
+                f"them on cpu); pad on the right, or encode single sequences or batches of equal "
+                f"length, to stay on it"), None
     # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
     # row (decoding) sees every key.
     is_causal = kwargs.get("is_causal")
@@ -295,7 +296,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
             "with attn_implementation='eager' or 'flex_attention'")
     config = _ACTIVE
     run = config._router
-    reason, options = _plan(module, query, key, attention_mask, kwargs)
+    layer = config.layer_options(module, query, key)
+    reason, options = _plan(module, query, key, attention_mask, kwargs,
+                            config.options if layer is None else layer)
     if reason is None:
         reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
     if reason is not None:
@@ -311,7 +314,6 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         # A prefill into an empty static cache (the only maskless causal call with more keys
         # than queries): the keys past the queries are hidden anyway; "sdpa" cuts them off too.
         key, value = key[:, :, :q_len], value[:, :, :q_len]
-    layer = config.layer_options(module, query, key)
     if _key_blocks_serve(config, query, key, options, layer):
         block_k = (config.options if layer is None else layer).get("block_k", DEFAULTS["block_k"])
         options["key_blocks"] = _decode_key_blocks(module, key, block_k)

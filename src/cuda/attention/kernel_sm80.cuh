@@ -9,9 +9,12 @@
 // and everywhere with SPARGE_CUDA_KERNEL=sm80. With Traits::kInt8Qk (QuantMode::kInt8, every
 // device) Q and K are the quantization pass's INT8 codes and scales (AttnParamsSm80Q8): S comes
 // from m16n8k32 s8 sums scaled per query row and per 16 keys, the rest is the exact kernel's, and
-// the LSE gets back what smoothing K took from the scores.
+// the LSE gets back what smoothing K took from the scores. Its kDenseMask instances (banded) also
+// take a dense attention mask (AttnParams::attn_mask: element values on the tiles whose classes
+// say so); the others do not read it.
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -26,7 +29,7 @@
 
 namespace sparge::cuda {
 
-template <typename Traits, bool kBanded, typename Params>
+template <typename Traits, bool kBanded, typename Params, bool kDenseMask = false>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) attn_fwd_sm80(const Params p) {
   using T = typename Traits::Element;
   using QkT = typename Traits::QkElement;
@@ -61,6 +64,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
   const float lambda = p.pv_lambda_per_head ? p.pv_lambda[h] : p.pv_lambda_uniform;
   // kInt8Qk: the scores arrive in log2 units (dequantize folds scale · log2 e into q_factor).
   const float scale_log2 = Traits::kInt8Qk ? 1.0f : p.scale_log2;
+  // A dense attention mask (kDenseMask instances, which are banded): its values join the scores
+  // in their units.
+  static_assert(!kDenseMask || kBanded, "the dense-mask instances are banded");
+  const bool dense_mask = kDenseMask && p.attn_mask.data != nullptr;
+  const float mask_factor = kLog2e / scale_log2;
+  const float mask_floor = -FLT_MAX / fmaxf(1.0f, scale_log2);
 
   const QkOperands<Traits> qk(p, b, h, hk);
   const QkT* gQ = qk.q;
@@ -110,12 +119,17 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) att
     } else {
       gemm_qk<Traits>(sQ, sK, warp, lane, s);
     }
-    const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key_end, key0, q0);
+    const uint8_t cls = dense_mask ? tile_class_of(p.attn_mask, b, h, qb, tiles.block(),
+                                                   p.num_q_blocks, p.num_k_blocks)
+                                   : kTilePlain;
+    const bool needs_mask = block_needs_mask<Traits, kBanded>(p, key_end, key0, q0) || cls != kTilePlain;
     ProbTile<Traits> prob;
     int run_mask = 0;  // bit j: slab j computes P·V for this tile (warp-uniform)
 #pragma unroll
     for (int j = 0; j < kSlabs; ++j) {
       if (needs_mask) apply_mask<Traits, kBanded>(s[j], p, key_end, row_g[j], key0, lane);
+      if (cls != kTilePlain)
+        apply_dense_mask<Traits>(s[j], p, cls, b, h, row_g[j], key0, lane, mask_factor, mask_floor);
       float m_loc[2];
       OnlineSoftmax<kNTiles>::tile_max(s[j], scale_log2, m_loc);
       const bool skip = softmax[j].slab_skips(m_loc, row_exists[j], lambda);

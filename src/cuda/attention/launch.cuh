@@ -21,10 +21,17 @@ Status launch_attn(const AttnParams& params, cudaStream_t stream) {
       "attn_fwd_sm80", params, params, stream);
 }
 
+// The mma.sync kernel's dense-mask instances (kBanded is true: a dense mask runs banded).
 template <typename T, int kHeadDim, bool kBanded>
-Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant,
-                          cudaStream_t stream) {
-  using Traits = AttnTraitsSm80<T, kHeadDim, true>;
+Status launch_attn_sm80dm(const AttnParams& params, cudaStream_t stream) {
+  static_assert(kBanded, "the dense-mask instances are banded");
+  using Traits = AttnTraitsSm80<T, kHeadDim>;
+  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, true, AttnParams, true>>(
+      "attn_fwd_sm80_dense_mask", params, params, stream);
+}
+
+// The kernel's parameters on INT8 Q/K codes.
+inline AttnParamsSm80Q8 sm80q8_params(const AttnParams& params, const QuantOperands& quant) {
   AttnParamsSm80Q8 args;
   static_cast<AttnParams&>(args) = params;
   args.q8 = quant.q;
@@ -33,8 +40,24 @@ Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant,
   args.k_scale = quant.k_scale;
   args.km = quant.km;
   args.k_groups = quant.k_groups;
+  return args;
+}
+
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant,
+                          cudaStream_t stream) {
+  using Traits = AttnTraitsSm80<T, kHeadDim, true>;
   return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, kBanded, AttnParamsSm80Q8>>(
-      "attn_fwd_sm80_q8", params, args, stream);
+      "attn_fwd_sm80_q8", params, sm80q8_params(params, quant), stream);
+}
+
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80q8dm(const AttnParams& params, const QuantOperands& quant,
+                            cudaStream_t stream) {
+  static_assert(kBanded, "the dense-mask instances are banded");
+  using Traits = AttnTraitsSm80<T, kHeadDim, true>;
+  return launch_attention_kernel<Traits, attn_fwd_sm80<Traits, true, AttnParamsSm80Q8, true>>(
+      "attn_fwd_sm80_q8_dense_mask", params, sm80q8_params(params, quant), stream);
 }
 
 template <typename T, int kHeadDim, bool kBanded>

@@ -1,7 +1,8 @@
 // Mainloop pieces of the sm80 block-sparse attention kernel: global->shared tile loads
 // (cp.async, zero-filled past the sequence end), the two warp GEMMs on tensor cores
 // (S = Q·Kᵀ and O += P·V with mma.sync m16n8k16, or S from INT8 codes with m16n8k32 s8; two
-// 16-row slabs per warp) and the element-wise tail/band (causal, window) mask.
+// 16-row slabs per warp), the element-wise tail/band (causal, window) mask and a dense
+// attention mask's.
 #pragma once
 
 #include <cmath>
@@ -9,6 +10,7 @@
 
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits.cuh"
+#include "cuda/common/dense_mask.cuh"
 #include "cuda/common/math.cuh"
 #include "cuda/common/mma_sm80.cuh"
 
@@ -174,6 +176,42 @@ __device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], c
       if (kBanded) masked = masked || key - row > p.key_hi || key - row < p.key_lo;
       if (masked) s[n][e] = -INFINITY;
     }
+}
+
+// A dense attention mask on one slab of a kept tile whose class is not plain (banded instances,
+// after apply_mask): skipped, every score -inf; partial, a pair the mask hides -inf and the
+// others plus its value in the scores' units (mask_factor: log2 e over the factor the softmax
+// applies), held at mask_floor or above so that a finite mask value keeps the score finite (a
+// row of finfo.min values attends uniformly, as in SDPA and the CPU backends). Pairs already
+// -inf (band, key padding) and rows past seq_q are not read.
+template <typename Traits>
+__device__ __forceinline__ void apply_dense_mask(float (&s)[Traits::kBlockN / 8][4],
+                                                 const AttnParams& p, uint8_t cls, int b, int h,
+                                                 int row_g, int key0, int lane, float mask_factor,
+                                                 float mask_floor) {
+  if (cls == kTileSkipped) {
+#pragma unroll
+    for (int n = 0; n < Traits::kBlockN / 8; ++n)
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = -INFINITY;
+    return;
+  }
+  const DenseMaskView& m = p.attn_mask;
+  const int64_t row_off[2] = {dense_mask_row(m, b, h, row_g), dense_mask_row(m, b, h, row_g + 8)};
+  const bool row_in[2] = {row_g < p.seq_q, row_g + 8 < p.seq_q};
+  with_mask_type(m, [&](auto element) {
+    using E = decltype(element);
+#pragma unroll
+    for (int n = 0; n < Traits::kBlockN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (!row_in[e >> 1] || s[n][e] == -INFINITY) continue;
+        const int key = key0 + n * 8 + (lane & 3) * 2 + (e & 1);
+        const float v = dense_mask_at<E>(m.data, row_off[e >> 1] + int64_t(key) * m.stride_k);
+        float add = v * mask_factor;
+        if (add < mask_floor) add = mask_floor;  // NaN compares false: it reaches the score
+        s[n][e] = v == -INFINITY ? -INFINITY : s[n][e] + add;
+      }
+  });
 }
 
 }  // namespace sparge::cuda

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/dense_mask.cuh"
 #include "sparge/status.h"
 
 namespace sparge::cuda {
@@ -28,6 +29,10 @@ struct AttnParams {
   // Per batch entry, keys key_lengths[b] .. seq_k - 1 are padding (AttentionMask::key_lengths;
   // null: none); the band keeps its alignment to seq_k. Read once per CTA (key_end_of).
   const int32_t* key_lengths;
+  // A dense attention mask with its tile classes (attn_mask.data null: none). Only the sm80
+  // kernel's dense-mask instances read it (dispatch.cu routes such calls there); kept tiles of
+  // class skipped are computed as all -inf, partial ones get the element mask.
+  DenseMaskView attn_mask;
   float scale_log2;     // scale · log2(e): scores in log2 units
   const int32_t* mask_counts;   // [batch, heads_q, nq]
   const int32_t* mask_indices;  // padded: [batch, heads_q, nq, nk]; compact: row_offsets[rows]
@@ -97,5 +102,11 @@ Status launch_attn_sm90q8(const AttnParams& params, const QuantOperands& quant, 
 // newer): quant's q, q_scale, k, k_scale, km, k_groups; v8 and v_scale unused.
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm80q8(const AttnParams& params, const QuantOperands& quant, cudaStream_t stream);
+// The two mma.sync kernels' instances that read a dense attention mask (params.attn_mask; kBanded
+// true only): exact, and on INT8 Q/K codes.
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80dm(const AttnParams& params, cudaStream_t stream);
+template <typename T, int kHeadDim, bool kBanded>
+Status launch_attn_sm80q8dm(const AttnParams& params, const QuantOperands& quant, cudaStream_t stream);
 
 }  // namespace sparge::cuda

@@ -11,6 +11,7 @@
 
 #include "common/error_target.h"
 #include "common/geometry.h"
+#include "cuda/common/dense_mask.cuh"
 #include "sparge/sparge.h"
 
 namespace sparge::cuda {
@@ -47,6 +48,9 @@ struct PredictParams {
   // null: none). Pooling and similarity read them (docs/method.md, "Attention masks"); no tile
   // they fill wholly is eligible or kept, and sampled rows do not see them.
   const int32_t* key_lengths;
+  // A dense attention mask's tile classes (tile_class null: no dense mask): a tile it hides
+  // wholly is neither eligible nor kept (docs/method.md, "Attention masks").
+  DenseMaskView attn_mask;
   bool topk;              // false: TopCdf
   // The selection keeps every visible tile (detail::selection_keeps_every_tile): one kernel
   // writes that mask, nothing reads q or k.
@@ -120,6 +124,13 @@ __device__ __forceinline__ int64_t key_end_of(const PredictParams& p, int b) {
 __device__ __forceinline__ detail::BlockRange visible_key_blocks(const PredictParams& p, int i,
                                                                  int b) {
   return detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, key_end_of(p, b));
+}
+
+// Whether a dense attention mask hides tile (query block i, key block j) of (b, query head h)
+// wholly: such a tile is not eligible, not forced by the gate, not the sink, never kept.
+__device__ __forceinline__ bool tile_hidden(const PredictParams& p, int b, int h, int i, int j) {
+  return p.attn_mask.tile_class != nullptr &&
+         tile_class_of(p.attn_mask, b, h, i, j, p.num_q_blocks, p.num_k_blocks) == kTileSkipped;
 }
 #endif
 

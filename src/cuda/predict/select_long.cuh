@@ -60,8 +60,8 @@ __global__ void __launch_bounds__(kSelectThreads) long_row_probs(const PredictPa
   double local_max = -INFINITY;
   int local_eligible = 0;
   for (int j = threadIdx.x; j < nk; j += kSelectThreads) {
-    const bool k_similar =
-        j >= begin && j < end && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    const bool k_similar = j >= begin && j < end && !tile_hidden(p, r.b, r.h, r.i, j) &&
+                           p.sim_k[int64_t(bhk) * nk + j] > double(theta);
     double s = -INFINITY;
     if (k_similar) {
       double acc = 0.0;
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kSelectThreads) long_row_select(const PredictP
   // The gate's tiles: visible and not similar (query or key block).
   int local_forced = 0;
   for (int j = threadIdx.x; j < nk; j += kSelectThreads) {
-    const bool in_range = j >= begin && j < end;
+    const bool in_range = j >= begin && j < end && !tile_hidden(p, r.b, r.h, r.i, j);
     const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
     keep[j] = in_range && (!k_similar || !q_similar);
     local_forced += keep[j];

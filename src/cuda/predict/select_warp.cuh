@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kWarpSelectRows * 32) select_blocks_warp(const
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     const int j = r * 32 + lane;
-    const bool in_range = j >= begin && j < end;
+    const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
     const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
     prob[r] = k_similar ? gScores[j] : -INFINITY;
     idx[r] = j;
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kWarpSelectRows * 32) select_blocks_warp(const
   int written = 0;
   for (int base = begin; base < end; base += 32) {
     const int j = base + lane;
-    const bool flag = j < end && keep[j];
+    const bool flag = j < end && keep[j] && !tile_hidden(p, b, h, i, j);  // the sink, keep-all
     const unsigned ballot = __ballot_sync(0xffffffffu, flag);
     if (flag) gIdx[written + __popc(ballot & ((1u << lane) - 1u))] = j;
     written += __popc(ballot);

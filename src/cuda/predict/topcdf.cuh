@@ -139,7 +139,7 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   double local_max = -INFINITY;
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
-    const bool in_range = j >= begin && j < end;
+    const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
     const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
     sIdx[j] = j;
     sProb[j] = k_similar ? gScores[j] : -INFINITY;
@@ -215,17 +215,20 @@ __device__ __forceinline__ void keep_ranked(const PredictParams& p, double selec
   }
 }
 
-// The sink, then the ascending compaction of keep flags [begin, end) into mask row `row`.
+// The sink, then the ascending compaction of keep flags [begin, end) into mask row `row`
+// (row = bh · nq + i), without the tiles a dense mask hides wholly.
 __device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t row, int begin,
                                                int end, int* keep, int* sScratchI) {
   __syncthreads();
   if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) keep[0] = 1;
   __syncthreads();
+  const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
+  const int b = bh / p.heads_q, h = bh % p.heads_q;
   int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
   int written = 0;
   for (int base = begin; base < end; base += kSelectThreads) {
     const int j = base + threadIdx.x;
-    const int flag = j < end ? keep[j] : 0;
+    const int flag = j < end && !tile_hidden(p, b, h, i, j) ? keep[j] : 0;
     int chunk_total;
     const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
     if (flag) gIdx[pos] = j;
