@@ -17,8 +17,10 @@
 #   5. issue 12's Gemma 3 numbers on the GPU: bench/eval/gemma_window.py with Gemma 3 270M's
 #      configuration and random weights (the GGUF cannot be carried), 8192 tokens, bf16: every
 #      layer served or not, attention time per layer type against PyTorch's masked SDPA, logits.
-# The C++ GPU tests of step 1 include quant kInt8's (QuantAttention/FusedStage1 '*_int8');
-# bench/gpu/int8_check.sh is the second call (its memcheck and speed).
+# The C++ GPU tests of step 1 include quant kInt8's (QuantAttention/FusedStage1 '*_int8') and
+# dense masks' (DenseMask*);
+# bench/gpu/switched_paths_check.sh is the second call (kInt8 and dense masks under memcheck,
+# kInt8's speed).
 # Logs and records go to $OUT.
 set -uo pipefail
 C=${1:?commit}

@@ -188,6 +188,7 @@ TEST_P(DenseMask, BothStagesMatchTheReference) {
   const MaskCase& c = GetParam();
   if (!instance_runs(c)) GTEST_SKIP() << "no dense-mask instance for " << c.name << " in this build";
   const ScopedEnv dense_masks("SPARGE_CUDA_DENSE_MASK", "1");
+  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", "1");  // kInt8's kernel, also behind a switch
   const Inputs in = inputs_of(c, 40 + c.Nq);
   const Mask mask = mask_of(c, 7 + c.Nk);
   const SparseOptions opts = options_of(c);
@@ -255,7 +256,7 @@ const MaskCase kMaskCases[] = {
      QuantMode::kNone, DType::kBFloat16},
     {"tiles_causal_topk_gqa", 1, 4, 2, 777, 1234, 64, MaskKind::kTiles, true, SelectMode::kTopK,
      0.4f, QuantMode::kNone, DType::kFloat16},
-    {"frames_causal", 1, 2, 1, 1100, 1100, 128, MaskKind::kFrames, false, SelectMode::kTopCdf,
+    {"block_causal_frames", 1, 2, 1, 1100, 1100, 128, MaskKind::kFrames, false, SelectMode::kTopCdf,
      0.95f, QuantMode::kNone, DType::kBFloat16},
     {"additive_per_head", 2, 2, 1, 600, 700, 64, MaskKind::kAdditive, false, SelectMode::kTopK,
      0.5f, QuantMode::kNone, DType::kFloat16},
