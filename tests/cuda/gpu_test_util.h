@@ -290,6 +290,61 @@ inline workloads::Workload named_workload(const std::string& name, int64_t hq, i
   return workloads::random_gaussian(1, hq, hkv, nq, nk, d, seed);
 }
 
+// The largest |lse − want| over rows, 0 where both are −inf (a row that sees no key), ∞ on NaN.
+inline double lse_max_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool both_empty = std::isinf(got[i]) && got[i] < 0 && std::isinf(want[i]) && want[i] < 0;
+    const double e = both_empty ? 0.0 : std::fabs(double(got[i]) - want[i]);
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  return worst;
+}
+
+// sparse_attention on the device with an attention mask whose pointers are device memory: q, k,
+// v uploaded, the output and LSE poisoned (NaN), the predicted mask into a poisoned device mask
+// of `geometry`, the workspace workspace_size(shape, attn_mask, ...) says, the output in
+// `layout`. Read back after.
+struct MaskedGpuRun {
+  Status status = Status::ok();
+  HostBlockMask mask;
+  std::vector<float> out, lse;
+};
+
+inline MaskedGpuRun masked_sparse_attention_on_gpu(const HostTensor& q, const HostTensor& k,
+                                                   const HostTensor& v,
+                                                   const AttentionMask& attn_mask,
+                                                   const SparseOptions& opts,
+                                                   const BlockMask& geometry, Layout layout) {
+  MaskedGpuRun r;
+  const TensorView& qv = q.view;
+  DeviceTensor dq = DeviceTensor::upload(q), dk = DeviceTensor::upload(k),
+               dv = DeviceTensor::upload(v);
+  DeviceTensor dout = DeviceTensor::upload(
+      HostTensor::poisoned(qv.batch, qv.heads, qv.tokens, qv.head_dim, qv.dtype, layout));
+  DeviceBuffer dlse(sizeof(float) * qv.batch * qv.heads * qv.tokens);
+  cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
+  const std::size_t ws_bytes =
+      workspace_size(problem_shape(qv, k.view), attn_mask, opts, Device::kCUDA);
+  DeviceBuffer ws(ws_bytes);
+  ExecContext ctx;
+  ctx.workspace = ws.get();
+  ctx.workspace_bytes = ws_bytes;
+  DeviceMask dmask = DeviceMask::like(geometry);
+  r.status = sparse_attention(dq.view, dk.view, dv.view, attn_mask, opts, dout.view,
+                              AttentionExtras{static_cast<float*>(dlse.get())}, ctx, &dmask.mask);
+  if (!r.status.is_ok()) return r;
+  if (cudaDeviceSynchronize() != cudaSuccess) {
+    r.status = Status::internal("cudaDeviceSynchronize failed after sparse_attention");
+    return r;
+  }
+  r.mask = dmask.download();
+  r.out = dout.download();
+  r.lse.resize(qv.batch * qv.heads * qv.tokens);
+  cudaMemcpy(r.lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);
+  return r;
+}
+
 // Names of tests parameterized by (case, quant mode): "<index>_<mode>" ("3_int8", "3_int8_fp8"),
 // so that a filter can pick one mode (e.g. '*_int8' for kInt8's cases).
 template <typename Case>

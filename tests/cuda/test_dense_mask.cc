@@ -158,16 +158,6 @@ SparseOptions options_of(const MaskCase& c) {
 
 bool instance_runs(const MaskCase& c) { return !SPARGE_FAST_BUILD && (c.D == 64 || c.D == 128); }
 
-double lse_error(const std::vector<float>& got, const std::vector<float>& want) {
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool both_empty = std::isinf(got[i]) && got[i] < 0 && std::isinf(want[i]) && want[i] < 0;
-    const double e = both_empty ? 0.0 : std::fabs(double(got[i]) - want[i]);
-    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-  }
-  return worst;
-}
-
 struct Inputs {
   HostTensor q, k, v;
 };
@@ -205,40 +195,24 @@ TEST_P(DenseMask, BothStagesMatchTheReference) {
                                       &ref_mask.view());
   ASSERT_TRUE(cpu.is_ok()) << cpu.message();
 
-  DeviceTensor dq = DeviceTensor::upload(in.q), dk = DeviceTensor::upload(in.k),
-               dv = DeviceTensor::upload(in.v);
-  DeviceTensor dout =
-      DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.Nq, c.D, c.dtype, Layout::kNHD));
-  DeviceBuffer dlse(sizeof(float) * c.B * c.Hq * c.Nq);
-  cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
   const AttentionMask dmask_attn = mask.view(Device::kCUDA);
-  const std::size_t ws_bytes =
-      workspace_size(problem_shape(in.q.view, in.k.view), dmask_attn, opts, Device::kCUDA);
-  ASSERT_GT(ws_bytes, workspace_size(problem_shape(in.q.view, in.k.view), opts, Device::kCUDA,
-                                     /*caller_mask=*/true))
+  ASSERT_GT(workspace_size(problem_shape(in.q.view, in.k.view), dmask_attn, opts, Device::kCUDA),
+            workspace_size(problem_shape(in.q.view, in.k.view), opts, Device::kCUDA,
+                           /*caller_mask=*/true))
       << "the tile classes take room too";
-  DeviceBuffer ws(ws_bytes);
-  ExecContext ctx;
-  ctx.workspace = ws.get();
-  ctx.workspace_bytes = ws_bytes;
-  DeviceMask dmask = DeviceMask::like(ref_mask.view());
-  const Status gpu = sparse_attention(dq.view, dk.view, dv.view, dmask_attn, opts, dout.view,
-                                      AttentionExtras{static_cast<float*>(dlse.get())}, ctx,
-                                      &dmask.mask);
-  ASSERT_TRUE(gpu.is_ok()) << gpu.message();
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-
-  const HostBlockMask got = dmask.download();
-  const std::vector<float> out = dout.download(), want = ref.to_hnd();
-  std::vector<float> lse(ref_lse.size());
-  cudaMemcpy(lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);
+  const MaskedGpuRun gpu = masked_sparse_attention_on_gpu(in.q, in.k, in.v, dmask_attn, opts,
+                                                          ref_mask.view(), Layout::kNHD);
+  ASSERT_TRUE(gpu.status.is_ok()) << gpu.status.message();
+  const HostBlockMask& got = gpu.mask;
+  const std::vector<float>& out = gpu.out;
+  const std::vector<float> want = ref.to_hnd();
   const std::vector<uint8_t> a = got.to_dense(), r = ref_mask.to_dense();
   int64_t same = 0, kept = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     same += a[i] == r[i];
     kept += a[i];
   }
-  const double err = measure::rel_l1(out, want), lse_err = lse_error(lse, ref_lse);
+  const double err = measure::rel_l1(out, want), lse_err = lse_max_error(gpu.lse, ref_lse);
   std::printf("[ dense mask ] %s: kept %lld of %zu tiles, mask = cpu %.5f, rel_l1 %.2e, lse err %.2e\n",
               c.name.c_str(), (long long)kept, a.size(), double(same) / double(a.size()), err,
               lse_err);

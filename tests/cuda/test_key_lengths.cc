@@ -116,38 +116,19 @@ TEST_P(KeyLengths, BothStagesMatchTheReference) {
   ASSERT_TRUE(cpu.is_ok()) << cpu.message();
 
   // GPU: device lengths, the mask and Stage-1 scratch from the workspace.
-  DeviceTensor dq = DeviceTensor::upload(in.q), dk = DeviceTensor::upload(in.k),
-               dv = DeviceTensor::upload(in.v);
-  DeviceTensor dout =
-      DeviceTensor::upload(HostTensor::poisoned(B, c.Hq, c.N, c.D, c.dtype, Layout::kHND));
-  DeviceBuffer dlen(sizeof(int32_t) * B), dlse(sizeof(float) * B * c.Hq * c.N);
+  DeviceBuffer dlen(sizeof(int32_t) * B);
   cudaMemcpy(dlen.get(), c.lengths.data(), dlen.bytes(), cudaMemcpyHostToDevice);
-  cudaMemset(dlse.get(), 0xff, dlse.bytes());  // NaN
   AttentionMask dpad;
   dpad.device = Device::kCUDA;
   dpad.key_lengths = static_cast<const int32_t*>(dlen.get());
-  const std::size_t ws_bytes = workspace_size(problem_shape(in.q.view, in.k.view), opts, Device::kCUDA);
-  DeviceBuffer ws(ws_bytes);
-  ExecContext ctx;
-  ctx.workspace = ws.get();
-  ctx.workspace_bytes = ws_bytes;
-  DeviceMask dmask = DeviceMask::like(ref_mask.view());
-  const Status gpu = sparse_attention(dq.view, dk.view, dv.view, dpad, opts, dout.view,
-                                      AttentionExtras{static_cast<float*>(dlse.get())}, ctx,
-                                      &dmask.mask);
-  ASSERT_TRUE(gpu.is_ok()) << gpu.message();
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-
-  const HostBlockMask got = dmask.download();
-  const std::vector<float> out = dout.download(), want = ref.to_hnd();
-  std::vector<float> lse(ref_lse.size());
-  cudaMemcpy(lse.data(), dlse.get(), dlse.bytes(), cudaMemcpyDeviceToHost);
-  double lse_err = 0.0;
-  for (size_t i = 0; i < lse.size(); ++i) {
-    const bool both_empty = std::isinf(lse[i]) && lse[i] < 0 && std::isinf(ref_lse[i]) && ref_lse[i] < 0;
-    const double e = both_empty ? 0.0 : std::fabs(double(lse[i]) - ref_lse[i]);
-    lse_err = std::isnan(e) ? INFINITY : std::max(lse_err, e);
-  }
+  const MaskedGpuRun gpu =
+      masked_sparse_attention_on_gpu(in.q, in.k, in.v, dpad, opts, ref_mask.view(), Layout::kHND);
+  ASSERT_TRUE(gpu.status.is_ok()) << gpu.status.message();
+  const HostBlockMask& got = gpu.mask;
+  const std::vector<float>& out = gpu.out;
+  const std::vector<float>& lse = gpu.lse;
+  const std::vector<float> want = ref.to_hnd();
+  const double lse_err = lse_max_error(lse, ref_lse);
   const AttentionStats stats = mask_stats(got.view(), c.causal, c.align);
   const double err = measure::rel_l1(out, want);
   std::printf("[ key lengths ] %s: sparsity %.3f, rel_l1 %.2e, lse err %.2e\n", c.name.c_str(),
