@@ -322,9 +322,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       sparge_block_sparse_attention(&q.t, &k.t, &v.t, &mask.m, &opts.o, &o.t, lse_ptr, nullptr, 0,
                                     nullptr, err_ptr, err_len);
       break;
-    case 3:
+    case 3: {  // and the masked size, with a hostile attention mask (its data is never read)
       sparge_workspace_size(&q.t, &k.t, &opts.o);
+      static const uint8_t kMaskByte = 1;
+      sparge_attn_mask am{};
+      am.data = in.ConsumeBool() ? &kMaskByte : nullptr;
+      am.dtype = in.ConsumeIntegralInRange(-1, 4);
+      am.device = in.ConsumeIntegralInRange(-1, 2);
+      for (int64_t& x : am.shape)
+        x = in.ConsumeBool() ? hostile_int64(in) : in.ConsumeIntegralInRange<int64_t>(0, 300);
+      for (int64_t& x : am.strides) x = hostile_int64(in);
+      sparge_workspace_size_masked(&q.t, &k.t, in.ConsumeBool() ? &am : nullptr, &opts.o);
       break;
+    }
     case 5:  // build, then append the same keys (or build again on a shorter claim)
       sparge_build_key_blocks(&k.t, in.ConsumeIntegralInRange(0, 63) ? &blocks.kb : nullptr,
                               nullptr, err_ptr, err_len);

@@ -206,7 +206,14 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device
 std::size_t workspace_size(const ProblemShape& s, const AttentionMask& attn_mask,
                            const SparseOptions& o, Device device, bool caller_mask) {
   if (attn_mask.data == nullptr) return workspace_size(s, o, device, caller_mask);
-  if (workspace_size(s, o, device, /*caller_mask=*/true) == 0) return 0;  // cpu, or refused
+  if (workspace_size(s, o, device) == 0) return 0;  // cpu, or a call no backend accepts
+  // A mask every call rejects (validate_attn_mask's extents and dtype) needs none either.
+  const auto fits = [](int64_t extent, int64_t full) { return extent == 1 || extent == full; };
+  const int code = int(attn_mask.dtype);
+  if (code < int(MaskDType::kBool) || code > int(MaskDType::kBFloat16) ||
+      !fits(attn_mask.batch, s.batch) || !fits(attn_mask.heads, s.heads_q) ||
+      !fits(attn_mask.seq_q, s.seq_q) || attn_mask.seq_k != s.seq_k)
+    return 0;
   // A dense mask's rows would move with row chunks, so such calls run whole (the mask's
   // storage, unless the caller holds it), then the mask's tile classes (cuda/dispatch.cu).
   const WorkspaceLayout layout = workspace_layout(s, o, /*row_chunks=*/false);

@@ -11,6 +11,7 @@
 
 #include "c_tensor.h"
 #include "reference_cases.h"
+#include "sparge/build_info.h"
 #include "sparge/sparge.h"
 #include "sparge/sparge_c.h"
 #include "test_util.h"
@@ -133,6 +134,40 @@ TEST(CApi, WorkspaceSizeOfRejectedArgumentsIsZero) {
   o = sparge_default_options();
   q.shape[2] = std::numeric_limits<int64_t>::max();  // the mask's index count overflows
   EXPECT_EQ(sparge_workspace_size(&q, &q, &o), 0u);
+}
+
+// The masked size: a null or mask-free attn_mask gives sparge_workspace_size's; a dense mask on
+// CUDA tensors adds its tile classes (one byte per tile here: nothing the mask broadcasts over)
+// where the build has the CUDA backend; 0 on the CPU, and for a mask the call would reject.
+TEST(CApi, WorkspaceSizeWithADenseMask) {
+  std::vector<float> buf(2 * 300 * 64);
+  std::vector<uint8_t> bools(300 * 300, 1);
+  sparge_tensor q{};
+  q.data = buf.data();
+  q.dtype = SPARGE_BF16;
+  q.device = SPARGE_CUDA;
+  const int64_t shape[4] = {1, 2, 300, 64}, strides[4] = {2 * 300 * 64, 300 * 64, 64, 1};
+  std::memcpy(q.shape, shape, sizeof(shape));
+  std::memcpy(q.strides, strides, sizeof(strides));
+  const sparge_options o = sparge_default_options();
+  sparge_attn_mask m = {bools.data(), SPARGE_MASK_BOOL, SPARGE_CUDA, 0,
+                        {1, 1, 300, 300}, {0, 0, 300, 1}, nullptr};
+  const size_t plain = sparge_workspace_size(&q, &q, &o);
+  EXPECT_EQ(sparge_workspace_size_masked(&q, &q, nullptr, &o), plain);
+  sparge_attn_mask lengths_only = m;
+  lengths_only.data = nullptr;
+  const int32_t lengths[1] = {200};
+  lengths_only.key_lengths = lengths;
+  EXPECT_EQ(sparge_workspace_size_masked(&q, &q, &lengths_only, &o), plain);
+  const size_t masked = sparge_workspace_size_masked(&q, &q, &m, &o);
+  const size_t tiles = 3 * 5;  // ⌈300 / 128⌉ query blocks × ⌈300 / 64⌉ key blocks
+  if (SPARGE_WITH_CUDA) EXPECT_GE(masked, plain + tiles);
+  else EXPECT_EQ(masked, plain);
+  m.dtype = 17;  // not a mask dtype
+  EXPECT_EQ(sparge_workspace_size_masked(&q, &q, &m, &o), 0u);
+  q.device = SPARGE_CPU;
+  m = {bools.data(), SPARGE_MASK_BOOL, SPARGE_CPU, 0, {1, 1, 300, 300}, {0, 0, 300, 1}, nullptr};
+  EXPECT_EQ(sparge_workspace_size_masked(&q, &q, &m, &o), 0u);
 }
 
 TEST(CApi, RejectsAStructOfAnotherSize) {
