@@ -303,7 +303,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     that sees no key gives zeros (as SDPA). Tiles the mask hides wholly are never computed
     (docs/method.md, "Attention masks"). On cuda key_lengths run natively, a dense attn_mask
     only with SPARGE_CUDA_DENSE_MASK=1 (its path has not run on a GPU yet; else
-    NotImplementedError), the pooled estimate and head dims up to 128.
+    NotImplementedError) and head dims up to 128.
     `quantized`: False (exact), True or "int8_fp8" (INT8 Q·Kᵀ, FP8 P·V: sm_90 on cuda), or
     "int8" (INT8 Q·Kᵀ, P·V at the inputs' precision: about a third of int8_fp8's error; on cuda
     every GPU from sm_80, but only with SPARGE_CUDA_INT8=1 until it has run on a GPU).

@@ -134,11 +134,10 @@ CUDA_DENSE_MASK_SWITCH = "SPARGE_CUDA_DENSE_MASK"
 
 def _cuda_takes_mask(query, options: Optional[Dict]) -> bool:
     """Whether Sparge's CUDA backend serves a dense attn_mask with these options: the switch set,
-    Stage 1's pooled estimate, no error target, exact or quantized "int8", head dim <= 128 (the
-    mma.sync kernel's)."""
+    no error target (no backend takes one with a mask), exact or quantized "int8", head dim <=
+    128 (the mma.sync kernel's)."""
     o = options or {}
-    return (os.environ.get(CUDA_DENSE_MASK_SWITCH) == "1"
-            and o.get("estimate", "pooled") == "pooled" and not o.get("target_error")
+    return (os.environ.get(CUDA_DENSE_MASK_SWITCH) == "1" and not o.get("target_error")
             and o.get("quantized", False) in (False, "none", "int8")
             and query.shape[-1] <= 128)
 
@@ -161,8 +160,8 @@ def _general_mask_reason(attn_mask, query, scores, options: Optional[Dict] = Non
         return mask_reason(f"a mask on {attn_mask.device}, the inputs on {query.device}")
     if query.device.type != "cpu" and not (query.is_cuda and _cuda_takes_mask(query, options)):
         return mask_reason(f"a mask that is not a band, on {query.device.type} (Sparge's CUDA "
-                           f"kernels take one only with {CUDA_DENSE_MASK_SWITCH}=1, the pooled "
-                           "estimate and head dims up to 128, for now)")
+                           f"kernels take one only with {CUDA_DENSE_MASK_SWITCH}=1 and head dims "
+                           "up to 128, for now)")
     return None
 
 

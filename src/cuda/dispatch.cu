@@ -648,11 +648,8 @@ Status check_dense_mask(const detail::Problem& p) {
     return Status::unsupported(
         "attn_mask with SparseOptions.quant kInt8Fp8 on cuda: dense masks run in the mma.sync "
         "kernels, exact (quant kNone) or with quant kInt8");
-  if (p.opts.estimate != EstimateMode::kPooled || p.opts.target_error > 0.0f)
-    return Status::unsupported(
-        "attn_mask on cuda takes Stage 1's pooled estimate only (estimate = pooled, "
-        "target_error = 0): the sampled rows do not read the mask there yet; or run on cpu "
-        "tensors");
+  if (p.opts.target_error > 0.0f)  // common/dispatch.cc refuses it on every backend first
+    return Status::unsupported("attn_mask with SparseOptions.target_error on cuda");
   if (p.shape.head_dim != 64 && p.shape.head_dim != 128)
     return Status::unsupported(cat("attn_mask on cuda runs the mma.sync kernel, which takes q.head_dim 64 or ",
                                    "128, got ", p.shape.head_dim, " (or run on cpu tensors)"));

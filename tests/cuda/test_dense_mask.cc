@@ -5,8 +5,9 @@
 // shown or mixed at random (empty rows among them), block-causal frames that cut tiles, additive
 // float32 per head with -inf, finite biases and finfo.min, left padding under causality (rows
 // that see no key), an fp16 mask broadcast over batch and heads; causal and not, GQA, odd
-// lengths, TopCdf and top-k, exact and quant kInt8. Checked: Stage 1's mask equals the CPU's
-// (but for ties) and keeps no tile the mask hides wholly; the output and LSE match the
+// lengths, TopCdf and top-k, the pooled and sampled-rows estimates, exact and quant kInt8.
+// Checked: Stage 1's mask equals the CPU's (but for ties) and keeps no tile the mask hides
+// wholly (the CPU's tile classes); the output and LSE match the
 // reference; Stage 2 on a caller's mask keeps the CPU's λ counters (hidden kept tiles count as
 // skipped); the refusals name what is missing. Outputs are poisoned first, NaN never passes.
 #include <gtest/gtest.h>
@@ -19,7 +20,9 @@
 #include <string>
 #include <vector>
 
+#include "common/backend.h"
 #include "common/fp_convert.h"
+#include "cpu/attn_mask.h"
 #include "gpu_test_util.h"
 #include "sparge/build_info.h"
 
@@ -37,6 +40,7 @@ struct MaskCase {
   float select_value;
   QuantMode quant;
   DType dtype;
+  EstimateMode estimate = EstimateMode::kPooled;
 };
 
 // A dense mask on the host in its own dtype, and its views (host and device).
@@ -153,6 +157,7 @@ SparseOptions options_of(const MaskCase& c) {
   o.sim_threshold.value = -0.5f;  // every block similar: the selection decides
   o.pv_threshold.value = INFINITY;
   o.quant = c.quant;
+  o.estimate = c.estimate;
   return o;
 }
 
@@ -219,6 +224,20 @@ TEST_P(DenseMask, BothStagesMatchTheReference) {
   std::fflush(stdout);
   // Stage 1 is in double on both sides: only exact ties of masses could differ.
   EXPECT_GE(double(same), 0.998 * double(a.size())) << c.name;
+  // No kept tile is one the mask hides wholly (cpu/attn_mask.h's classes, the GPU's rule too).
+  const cpu::TileClasses classes(cpu::MaskReader(mask.view(Device::kCPU), c.Nk), c.B, c.Hq, c.Nq,
+                                 opts.block_q, opts.block_k,
+                                 detail::Problem::band_of(opts, c.Nq, c.Nk));
+  int64_t hidden_kept = 0;
+  const BlockMask gv = got.view();
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hq; ++h)
+      for (int64_t i = 0; i < gv.num_q_blocks(); ++i) {
+        const int64_t row = gv.row(b, h, i);
+        for (int32_t t = 0; t < gv.counts[row]; ++t)
+          hidden_kept += classes.skipped(b, h, i, gv.indices[gv.row_begin(row) + t]);
+      }
+  EXPECT_EQ(hidden_kept, 0) << c.name;
   EXPECT_LT(kept, int64_t(a.size())) << "the case must hide or drop tiles: " << c.name;
   EXPECT_FALSE(any_nan(out)) << c.name;
   EXPECT_LE(err, c.dtype == DType::kBFloat16 ? 8e-3 : 2e-3) << c.name;
@@ -240,6 +259,11 @@ const MaskCase kMaskCases[] = {
      SelectMode::kTopCdf, 0.9f, QuantMode::kInt8, DType::kBFloat16},
     {"tiles_int8_d64", 1, 2, 2, 700, 900, 64, MaskKind::kTiles, true, SelectMode::kTopK, 0.5f,
      QuantMode::kInt8, DType::kFloat16},
+    // The sampled-rows estimate reads the mask too (its exact rows are Stage 2's).
+    {"additive_sampled_rows", 1, 2, 2, 800, 800, 128, MaskKind::kAdditive, false,
+     SelectMode::kTopCdf, 0.9f, QuantMode::kNone, DType::kBFloat16, EstimateMode::kSampledRows},
+    {"left_padding_sampled_rows", 2, 2, 1, 640, 640, 64, MaskKind::kLeftPadding, true,
+     SelectMode::kTopK, 0.5f, QuantMode::kNone, DType::kFloat16, EstimateMode::kSampledRows},
 };
 INSTANTIATE_TEST_SUITE_P(Masks, DenseMask, ::testing::ValuesIn(kMaskCases),
                          [](const ::testing::TestParamInfo<MaskCase>& info) { return info.param.name; });
@@ -299,8 +323,8 @@ TEST(DenseMaskStage2, HiddenTilesCountAsSkipped) {
   EXPECT_EQ(counters, ref_counters);
 }
 
-// What the CUDA path does not take names itself: no switch, quant kInt8Fp8, the sampled-rows
-// estimate, head dim 256, a workspace without room for the tile classes.
+// What the CUDA path does not take names itself: no switch, quant kInt8Fp8, head dim 256, a
+// workspace without room for the tile classes.
 TEST(DenseMaskArgs, RefusalsNameWhatIsMissing) {
   SPARGE_SKIP_WITHOUT_GPU();
   const MaskCase c{"args", 1, 2, 2, 300, 300, 128, MaskKind::kTiles, false, SelectMode::kTopCdf,
@@ -330,12 +354,10 @@ TEST(DenseMaskArgs, RefusalsNameWhatIsMissing) {
   const ScopedEnv on("SPARGE_CUDA_DENSE_MASK", "1");
   SparseOptions fp8 = opts;
   fp8.quant = QuantMode::kInt8Fp8;
-  SparseOptions sampled = opts;
-  sampled.estimate = EstimateMode::kSampledRows;
-  for (const auto& [o, word] : {std::pair{fp8, "kInt8Fp8"}, std::pair{sampled, "pooled"}}) {
-    const Status s = call(o, workspace_size(shape, m, o, Device::kCUDA));
+  {
+    const Status s = call(fp8, workspace_size(shape, m, fp8, Device::kCUDA));
     EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
-    EXPECT_NE(s.message().find(word), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("kInt8Fp8"), std::string::npos) << s.message();
   }
   {  // head dim 256 (the sm90ws kernel's alone): refused before anything runs
     HostTensor q256 = HostTensor::make(gaussian(2 * 300 * 256, 92), 1, 2, 300, 256, c.dtype,

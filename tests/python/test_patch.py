@@ -264,7 +264,7 @@ def test_cuda_dense_masks_go_to_sparge_only_with_the_switch_and_options_it_takes
     assert not sp._cuda_takes_mask(q64, {})
     monkeypatch.setenv(sp.CUDA_DENSE_MASK_SWITCH, "1")
     assert sp._cuda_takes_mask(q64, {}) and sp._cuda_takes_mask(q64, {"quantized": "int8"})
-    for options in ({"estimate": "sampled_rows"}, {"target_error": 0.05}, {"quantized": True},
-                    {"quantized": "int8_fp8"}):
+    assert sp._cuda_takes_mask(q64, {"estimate": "sampled_rows"})
+    for options in ({"target_error": 0.05}, {"quantized": True}, {"quantized": "int8_fp8"}):
         assert not sp._cuda_takes_mask(q64, options), options
     assert not sp._cuda_takes_mask(q256, {})

@@ -9,7 +9,9 @@
 // exp(score − max) / sum over the keys each row sees; lane 0 accumulates the block's entry, so
 // every entry has one writer and a fixed summation order (runs are bit-reproducible). Scores
 // are recomputed rather than stored: a row has seq_k of them, more than shared memory holds.
-// Everything is in double, as in the CPU reference (src/cpu/predict.cc).
+// Everything is in double, as in the CPU reference (src/cpu/predict.cc). A dense attention mask
+// (PredictParams::attn_mask.data) joins the scores: a pair it hides is not seen, a value is added
+// (natural-log units), so the rows are those Stage 2 computes.
 #pragma once
 
 #include <cmath>
@@ -51,12 +53,27 @@ __device__ __forceinline__ void row_scores(const T* k_row, const double (*sQ)[25
   for (int r = 0; r < kEstimateRows; ++r) out[r] *= scale;
 }
 
+// A dense attention mask on the scores of key c for the pass's rows (their indices in sRow):
+// hidden pairs become -inf, the others get the mask's value. Nothing without a dense mask.
+__device__ __forceinline__ void mask_row_scores(const PredictParams& p, int b, int h, int64_t c,
+                                                const int64_t* sRow, int rows,
+                                                double (&x)[kEstimateRows]) {
+  if (p.attn_mask.data == nullptr) return;
+#pragma unroll
+  for (int r = 0; r < kEstimateRows; ++r)
+    if (r < rows) {
+      const float v = dense_mask_value(p.attn_mask, b, h, int(sRow[r]), int(c));
+      x[r] = v == -INFINITY ? -INFINITY : x[r] + double(v);
+    }
+}
+
 // Loads the pass's sampled rows s0 .. s0 + rows − 1 of query block `first` (n valid rows, count
-// sampled) into sQ (double) and the keys each sees into sFirst / sLast. Ends with a barrier.
+// sampled) into sQ (double), their indices into sRow and the keys each sees into sFirst / sLast.
+// Ends with a barrier.
 template <typename T>
 __device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t first, int64_t n,
                                   int64_t count, int64_t s0, int rows, double (*sQ)[256],
-                                  int64_t* sFirst, int64_t* sLast) {
+                                  int64_t* sRow, int64_t* sFirst, int64_t* sLast) {
   __syncthreads();  // the previous pass has finished reading sQ, sFirst, sLast
   for (int e = threadIdx.x; e < rows * p.head_dim; e += kEstimateThreads) {
     const int r = e / p.head_dim, d = e % p.head_dim;
@@ -65,6 +82,7 @@ __device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t f
   }
   if (threadIdx.x < rows) {
     const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
+    sRow[threadIdx.x] = qr;
     sFirst[threadIdx.x] = detail::first_visible_key(qr, p.band);
     // Keys past the batch entry's key length are padding: no row sees them.
     const int b = int(blockIdx.y) / p.heads_q;
@@ -79,7 +97,8 @@ __device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t f
 // keys, the last one the rightmost. Ends with a barrier.
 template <typename T>
 __device__ void sampled_row_max_sum(const PredictParams& p, const T* gK, const double (*sQ)[256],
-                                    const int64_t* sFirst, const int64_t* sLast, int rows,
+                                    const int64_t* sRow, const int64_t* sFirst,
+                                    const int64_t* sLast, int rows,
                                     double (*sWarpMax)[kEstimateRows],
                                     double (*sWarpSum)[kEstimateRows], double* sRowMax,
                                     double* sRowSum) {
@@ -88,11 +107,14 @@ __device__ void sampled_row_max_sum(const PredictParams& p, const T* gK, const d
   double m[kEstimateRows], z[kEstimateRows], x[kEstimateRows];
 #pragma unroll
   for (int r = 0; r < kEstimateRows; ++r) m[r] = -INFINITY, z[r] = 0.0;
+  const int b = int(blockIdx.y) / p.heads_q, h = int(blockIdx.y) % p.heads_q;
   for (int64_t c = first_any + threadIdx.x; c <= last_any; c += kEstimateThreads) {
     row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
+    mask_row_scores(p, b, h, c, sRow, rows, x);
 #pragma unroll
     for (int r = 0; r < kEstimateRows; ++r)
-      if (r < rows && c >= sFirst[r] && c <= sLast[r]) merge_max_sum(&m[r], &z[r], x[r], 1.0);
+      if (r < rows && c >= sFirst[r] && c <= sLast[r] && x[r] != -INFINITY)
+        merge_max_sum(&m[r], &z[r], x[r], 1.0);
   }
 #pragma unroll
   for (int r = 0; r < kEstimateRows; ++r) {
@@ -121,6 +143,7 @@ __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const Predi
   __shared__ double sQ[kEstimateRows][256];
   __shared__ int64_t sFirst[kEstimateRows], sLast[kEstimateRows];  // keys each row sees (first >
                                                                      // last: none)
+  __shared__ int64_t sRow[kEstimateRows];  // the pass's sampled rows
   __shared__ double sWarpMax[kEstimateWarps][kEstimateRows];
   __shared__ double sWarpSum[kEstimateWarps][kEstimateRows];
   __shared__ double sRowMax[kEstimateRows], sRowSum[kEstimateRows];
@@ -148,10 +171,11 @@ __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const Predi
   for (int64_t s0 = 0; s0 < count; s0 += kEstimateRows) {
     const int rows = int(min(int64_t(kEstimateRows), count - s0));
     const bool last_pass = s0 + rows == count;
-    load_sampled_rows(p, gQ, first, n, count, s0, rows, sQ, sFirst, sLast);
+    load_sampled_rows(p, gQ, first, n, count, s0, rows, sQ, sRow, sFirst, sLast);
     const int64_t first_any = sFirst[0], last_any = sLast[rows - 1];
     // Pass 1: the softmax's max and sum of every row, over the keys it sees.
-    sampled_row_max_sum(p, gK, sQ, sFirst, sLast, rows, sWarpMax, sWarpSum, sRowMax, sRowSum);
+    sampled_row_max_sum(p, gK, sQ, sRow, sFirst, sLast, rows, sWarpMax, sWarpSum, sRowMax,
+                        sRowSum);
     double x[kEstimateRows];
 
     // Pass 2: each row's probability mass per key block, summed over the pass's rows.
@@ -162,9 +186,10 @@ __global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const Predi
       double part = 0.0;
       for (int64_t c = c0 + lane; c < c1; c += 32) {
         row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
+        mask_row_scores(p, b, h, c, sRow, rows, x);
 #pragma unroll
         for (int r = 0; r < kEstimateRows; ++r)
-          if (r < rows && c >= sFirst[r] && c <= sLast[r])
+          if (r < rows && c >= sFirst[r] && c <= sLast[r] && x[r] != -INFINITY)
             part += exp(x[r] - sRowMax[r]) / sRowSum[r];
       }
       part = warp_sum(part);
