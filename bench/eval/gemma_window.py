@@ -39,9 +39,9 @@ Needs torch, transformers (5.17 tested), gguf and this repository's sparge.
 On a GPU (--device cuda, the model in --dtype, bf16 by default) each attention call is timed
 between two synchronizations. --random-weights builds the model from Gemma 3 270M's
 configuration with random weights and random token ids instead (no GGUF, no tokenizer: the
-device machines cannot take the 250 MB file), which is what issue 12 accepts as "an equivalent
-sliding-window model built from its config": the layers, masks and calls are the real model's,
-the attention patterns are not. --tiny shrinks that configuration (vocabulary, width, 6 layers
+file is larger than the 64 MiB a device call carries), which is what issue 12 accepts as "an
+equivalent sliding-window model built from its config": the layers, masks and calls are the real
+model's, the attention patterns are not. --tiny shrinks that configuration (vocabulary, width, 6 layers
 of which 2 global, window 64) for a quick check of the code path, as CI runs it.
 
     python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
