@@ -459,3 +459,23 @@ def test_configure_plan_needs_its_model():
         sparge_hf.configure(plan=plan)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         sparge_hf.configure(plan=plan, model="model")
+
+
+def test_the_call_options_reach_the_dense_mask_decision(monkeypatch):
+    # _plan hands the call's Sparge options to patch._general_mask_reason (on cuda they decide
+    # whether the dense-mask path takes the mask): a mask that is no band must reach it with them,
+    # not with the band reading's None.
+    seen = []
+
+    def general(attn_mask, query, scores, options=None):
+        seen.append(options)
+        return None
+
+    monkeypatch.setattr(sparge.patch, "_general_mask_reason", general)
+    q, k, _ = qkv(heads_q=2, heads_kv=2, seq_q=40, batch=1)
+    mask = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    mask[0, 0, :, 5] = False  # a hole: neither all-true, a band nor right padding
+    options = dict(topk=0.5, target_error=0.0)
+    reason, got = sparge_hf._plan(Attention(), q, k, mask, {}, options)
+    assert reason is None and got["attn_mask"] is mask
+    assert seen == [options]

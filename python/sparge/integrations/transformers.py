@@ -195,11 +195,12 @@ def register(name: str = NAME) -> str:
     return name
 
 
-def _plan(module, query, key, attention_mask, kwargs, options=None):
+def _plan(module, query, key, attention_mask, kwargs, call_options=None):
     """(None, options) when Sparge computes what "sdpa" would, with the per-call options
     (is_causal, and causal_align, window_left, window_right where not the defaults), else
     (why not, None): the reasons that are about the model's arguments, before those of
-    patch_sdpa. `options`: the call's Sparge options (whether CUDA takes a dense mask with them)."""
+    patch_sdpa. `call_options`: the call's Sparge options (whether CUDA takes a dense mask with
+    them)."""
     if kwargs.get("softcap") is not None:
         return ("attention-logit soft-capping (softcap; Sparge has none, and transformers' "
                 "'sdpa' ignores it as well)"), None
@@ -214,7 +215,7 @@ def _plan(module, query, key, attention_mask, kwargs, options=None):
         if options is not None:
             return None, dict(dict(is_causal=False), **options)
         # Left padding or packing: Sparge takes the mask itself on cpu (on cuda behind a switch).
-        general = patch._general_mask_reason(attention_mask, query, scores, options)
+        general = patch._general_mask_reason(attention_mask, query, scores, call_options)
         if general is None:
             return None, dict(is_causal=False, attn_mask=attention_mask)
         if general == "":
