@@ -900,9 +900,8 @@ Status attention_dense_mask(const detail::Problem& p, const AttnParams& a, cudaS
     case 128:
       return bf16 ? launch_attn_sm80dm<__nv_bfloat16, 128, true>(a, stream)
                   : launch_attn_sm80dm<__half, 128, true>(a, stream);
-    default:
-      return Status::unsupported(cat("attn_mask on cuda runs the mma.sync kernel, which takes q.head_dim 64 "
-                                     "or 128, got ", p.shape.head_dim, " (or run on cpu tensors)"));
+    default:  // check_dense_mask refused it by name before anything ran
+      return Status::internal(cat("no dense-mask instance of head_dim ", p.shape.head_dim));
   }
 #endif
 }

@@ -31,32 +31,14 @@ struct DenseMaskView {
 };
 
 #if defined(__CUDACC__)
-// The mask's additive term of (b, query head h, row r, key c) in natural-log units: 0 or -inf for
-// a bool mask (true = attend), the value itself for a float one.
-__device__ __forceinline__ float dense_mask_value(const DenseMaskView& m, int b, int h, int r,
-                                                  int c) {
-  const int64_t off = (m.batch > 1 ? int64_t(b) * m.stride_b : 0) +
-                      (m.heads > 1 ? int64_t(h) * m.stride_h : 0) +
-                      (m.seq_q > 1 ? int64_t(r) * m.stride_q : 0) + int64_t(c) * m.stride_k;
-  switch (m.dtype) {
-    case int(MaskDType::kBool):
-      return __ldg(static_cast<const unsigned char*>(m.data) + off) ? 0.0f : -INFINITY;
-    case int(MaskDType::kFloat16):
-      return __half2float(__ldg(static_cast<const __half*>(m.data) + off));
-    case int(MaskDType::kBFloat16):
-      return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(m.data) + off));
-    default:
-      return __ldg(static_cast<const float*>(m.data) + off);
-  }
-}
-
-// The offset of (b, h, r, key 0) in the mask's elements (what dense_mask_value adds c·stride_k to).
+// The offset of (b, query head h, row r, key 0) in the mask's elements (broadcast axes add 0).
 __device__ __forceinline__ int64_t dense_mask_row(const DenseMaskView& m, int b, int h, int r) {
   return (m.batch > 1 ? int64_t(b) * m.stride_b : 0) + (m.heads > 1 ? int64_t(h) * m.stride_h : 0) +
          (m.seq_q > 1 ? int64_t(r) * m.stride_q : 0);
 }
 
-// Element `off` of a mask of element type E as the additive term (dense_mask_value's rule).
+// Element `off` of a mask of element type E as the additive term in natural-log units: 0 or -inf
+// for a bool mask (true = attend), the value itself for a float one.
 template <typename E>
 __device__ __forceinline__ float dense_mask_at(const void* data, int64_t off) {
   const E x = __ldg(static_cast<const E*>(data) + off);
@@ -66,7 +48,8 @@ __device__ __forceinline__ float dense_mask_at(const void* data, int64_t off) {
   else return x;
 }
 
-// Calls f(E{}) with E the mask's element type (one branch per call, not per element).
+// Calls f(E{}) with E the mask's element type: loops over many elements put their loop inside f,
+// so that the dtype is decided once, not per element.
 template <typename F>
 __device__ __forceinline__ void with_mask_type(const DenseMaskView& m, F&& f) {
   switch (m.dtype) {
@@ -75,6 +58,15 @@ __device__ __forceinline__ void with_mask_type(const DenseMaskView& m, F&& f) {
     case int(MaskDType::kBFloat16): f(__nv_bfloat16()); break;
     default: f(0.0f); break;
   }
+}
+
+// The additive term of (b, query head h, row r, key c), for a single element.
+__device__ __forceinline__ float dense_mask_value(const DenseMaskView& m, int b, int h, int r,
+                                                  int c) {
+  const int64_t off = dense_mask_row(m, b, h, r) + int64_t(c) * m.stride_k;
+  float v = 0.0f;
+  with_mask_type(m, [&](auto element) { v = dense_mask_at<decltype(element)>(m.data, off); });
+  return v;
 }
 
 // The class of tile (query block i, key block j) of (b, h); partial when no table was made.

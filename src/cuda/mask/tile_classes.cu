@@ -28,18 +28,23 @@ __global__ void __launch_bounds__(kClassifyThreads) classify_tiles(const TileCla
   const int r0 = i * p.block_q, rows = min(p.seq_q, r0 + p.block_q) - r0;
   const int c0 = j * p.block_k, keys = min(p.seq_k, c0 + p.block_k) - c0;
   bool visible = false, plain = true;
-  for (int e = threadIdx.x; e < rows * keys; e += kClassifyThreads) {
-    const int r = r0 + e / keys, c = c0 + e % keys;
-    if (c < detail::first_visible_key(r, p.band) || c > detail::last_visible_key(r, p.band, p.seq_k))
-      continue;  // the band hides the pair: it says nothing about the tile
-    if (c >= key_end) {  // the band shows the row a padding key: masked, so not plain
-      plain = false;
-      continue;
+  with_mask_type(p.mask, [&](auto element) {
+    using E = decltype(element);
+    for (int e = threadIdx.x; e < rows * keys; e += kClassifyThreads) {
+      const int r = r0 + e / keys, c = c0 + e % keys;
+      if (c < detail::first_visible_key(r, p.band) ||
+          c > detail::last_visible_key(r, p.band, p.seq_k))
+        continue;  // the band hides the pair: it says nothing about the tile
+      if (c >= key_end) {  // the band shows the row a padding key: masked, so not plain
+        plain = false;
+        continue;
+      }
+      const int64_t off = dense_mask_row(p.mask, b, h, r) + int64_t(c) * p.mask.stride_k;
+      const float x = dense_mask_at<E>(p.mask.data, off);
+      if (x != -INFINITY) visible = true;
+      if (x != 0.0f) plain = false;  // hidden or biased (NaN too: it must reach the scores)
     }
-    const float x = dense_mask_value(p.mask, b, h, r, c);
-    if (x != -INFINITY) visible = true;
-    if (x != 0.0f) plain = false;  // hidden or biased (NaN too: it must reach the scores)
-  }
+  });
   visible = __syncthreads_or(visible);
   plain = __syncthreads_and(plain);
   if (threadIdx.x == 0) *out = !visible ? kTileSkipped : plain ? kTilePlain : kTilePartial;
