@@ -906,13 +906,11 @@ Status attention_dense_mask(const detail::Problem& p, const AttnParams& a, cudaS
 #endif
 }
 
-// attention() with a dense mask's tile classes already made (`classes`; null: made here when
-// the call has a dense mask).
+// attention() after its checks, with a dense mask's tile classes already made (`classes`; null:
+// made here when the call has a dense mask).
 Status attention_with(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                       const AttentionExtras& extras, const ExecContext& ctx,
                       const DenseMaskView* classes) {
-  SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
-  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
   AttnParams a = to_params(p, mask, o, extras);
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (p.attn_mask.data != nullptr) {
@@ -935,11 +933,10 @@ Status attention_with(const detail::Problem& p, const BlockMask& mask, const Ten
                                stream);
 }
 
-// predict_block_mask() with a dense mask's tile classes already made (as attention_with).
+// predict_block_mask() after its checks, with a dense mask's tile classes already made (as
+// attention_with).
 Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
                     const Stage1Stats& stats, const DenseMaskView* classes) {
-  SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
-  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
   const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
   PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
@@ -958,6 +955,8 @@ Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecC
 
 Status attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                  const AttentionExtras& extras, const ExecContext& ctx) {
+  SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
+  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
   return attention_with(p, mask, o, extras, ctx, nullptr);
 }
 
@@ -968,6 +967,8 @@ std::size_t tile_class_workspace_size(const ProblemShape& shape, const SparseOpt
 
 Status predict_block_mask(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
                           const Stage1Stats& stats) {
+  SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
+  SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
   return predict_with(p, mask, ctx, stats, nullptr);
 }
 
@@ -1026,7 +1027,7 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block
 // the quantized kernel: five launches fewer, and Q read once and K twice fewer (docs/cuda.md).
 Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const TensorView& o,
                         const AttentionExtras& extras, const ExecContext& ctx) {
-  if (p.attn_mask.data != nullptr) {  // a dense mask: its tile classes once, for both stages
+  if (p.attn_mask.data != nullptr) {  // a dense mask: checks and tile classes once, both stages
     SPARGE_RETURN_IF_ERROR(check_dense_mask(p));
     SPARGE_RETURN_IF_ERROR(check_predict(p, mask));
     SPARGE_RETURN_IF_ERROR(check_attention(p, mask));
