@@ -333,6 +333,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         x = in.ConsumeBool() ? hostile_int64(in) : in.ConsumeIntegralInRange<int64_t>(0, 300);
       for (int64_t& x : am.strides) x = hostile_int64(in);
       sparge_workspace_size_masked(&q.t, &k.t, in.ConsumeBool() ? &am : nullptr, &opts.o);
+      sparge_workspace_size_caller_mask(&q.t, &k.t, in.ConsumeBool() ? &am : nullptr, &opts.o);
       break;
     }
     case 5:  // build, then append the same keys (or build again on a shorter claim)

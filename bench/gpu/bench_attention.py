@@ -64,6 +64,9 @@ class Sparge:
                                                 C.c_size_t]
         self.lib.sparge_workspace_size.restype = C.c_size_t
         self.lib.sparge_workspace_size.argtypes = [C.POINTER(Tensor), C.POINTER(Tensor), C.c_void_p]
+        self.lib.sparge_workspace_size_caller_mask.restype = C.c_size_t
+        self.lib.sparge_workspace_size_caller_mask.argtypes = [C.POINTER(Tensor), C.POINTER(Tensor),
+                                                              C.c_void_p, C.c_void_p]
         self.err = C.create_string_buffer(1024)
 
     @staticmethod
@@ -95,8 +98,13 @@ class Sparge:
                                                     C.c_void_p(stream), self.err, C.c_size_t(1024))
         self.check(rc, "sparge_block_sparse_attention")
 
-    def workspace_size(self, q, k, opts):
+    def workspace_size(self, q, k, opts, caller_mask=True):
+        """caller_mask: for calls that keep the block mask in the bench's memory (predict, Stage 2,
+        sparse_attention with mask_out), which run whole; else sparge_sparse_attention's without
+        mask_out (row chunks at long lengths)."""
         tq, tk = self.tensor(q), self.tensor(k)
+        if caller_mask:
+            return self.lib.sparge_workspace_size_caller_mask(C.byref(tq), C.byref(tk), None, opts)
         return self.lib.sparge_workspace_size(C.byref(tq), C.byref(tk), opts)
 
     def predict(self, q, k, opts, mask, ws, stream, v=None):
@@ -185,8 +193,7 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--quant", action="store_true", help="also time the quantized mode (sparge-quant)")
     ap.add_argument("--quant-int8", action="store_true",
-                    help="also time quant int8 (INT8 Q·Kᵀ, 16-bit P·V; sparge-quant-int8), with "
-                         "SPARGE_CUDA_INT8=1")
+                    help="also time quant int8 (INT8 Q·Kᵀ, 16-bit P·V; sparge-quant-int8)")
     ap.add_argument("--kernels", default="auto,sm80",
                     help="SPARGE_CUDA_KERNEL values to time (auto = the library's choice: the warp-specialized "
                          "kernel sm90ws on sm_90 when compiled for sm_90a)")
@@ -282,8 +289,6 @@ def main():
                 quant_modes = ([(1, "sparge-quant")] if args.quant else []) + \
                     ([(2, "sparge-quant-int8")] if args.quant_int8 else [])
                 for code, impl in quant_modes:
-                    if code == 2:
-                        os.environ["SPARGE_CUDA_INT8"] = "1"
                     qopts = sp.options(causal, pv_threshold=float("inf"), quant=code)
                     qws = torch.empty(sp.workspace_size(q0, k0, qopts), device="cuda", dtype=torch.uint8)
                     qfn = lambda st: sp.attention(st[0], st[1], st[2], mask, qopts, out, stream, ws=qws)

@@ -139,7 +139,9 @@ def main():
                 kw = option_values(setting)
                 qopts = sp.options(False, quant=1, **kw)
                 eopts = sp.options(False, **kw)
-                ws = torch.empty(sp.workspace_size(q0, k0, qopts), device="cuda", dtype=torch.uint8)
+                ws = torch.empty(max(sp.workspace_size(q0, k0, qopts),
+                                     sp.workspace_size(q0, k0, eopts, caller_mask=False)),
+                                 device="cuda", dtype=torch.uint8)
                 fused = lambda s: sparse_call(sp, s[0], s[1], s[2], qopts, out, ws, stream, masks[0][2])  # noqa: E731
 
                 def split(s):

@@ -18,9 +18,8 @@
 #      configuration and random weights (the GGUF cannot be carried), 8192 tokens, bf16: every
 #      layer served or not, attention time per layer type against PyTorch's masked SDPA, logits.
 # The C++ GPU tests of step 1 include quant kInt8's (QuantAttention/FusedStage1 '*_int8') and
-# dense masks' (DenseMask*);
-# bench/gpu/switched_paths_check.sh is the second call (kInt8 and dense masks under memcheck,
-# kInt8's speed).
+# dense masks' (DenseMask*); bench/gpu/int8_dense_mask_check.sh runs those under memcheck and
+# times kInt8.
 # Logs and records go to $OUT.
 set -uo pipefail
 C=${1:?commit}

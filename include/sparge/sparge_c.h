@@ -106,6 +106,10 @@ int sparge_options_set(sparge_options* opts, const char* name, double value, cha
 int sparge_options_set_per_head(sparge_options* opts, const char* name, const float* values,
                                 char* err, size_t err_len);
 
+/* Workspace bytes of sparge_sparse_attention without mask_out (0 on the CPU, and for arguments
+ * every call rejects). Long calls run in query-row chunks within it, which calls that keep the
+ * block mask in the caller's memory cannot: they run whole and need
+ * sparge_workspace_size_caller_mask. */
 size_t sparge_workspace_size(const sparge_tensor* q, const sparge_tensor* k,
                              const sparge_options* opts);
 
@@ -142,6 +146,14 @@ int sparge_sparse_attention_varlen(const sparge_tensor* q, const sparge_tensor* 
 size_t sparge_workspace_size_masked(const sparge_tensor* q, const sparge_tensor* k,
                                     const sparge_attn_mask* attn_mask,
                                     const sparge_options* opts);
+
+/* Workspace bytes of the calls that keep the block mask in the caller's memory and run whole:
+   sparge_predict_block_mask, sparge_block_sparse_attention, and sparge_sparse_attention given
+   mask_out (their _masked forms with `attn_mask`, which may be NULL). At long lengths it can
+   exceed sparge_workspace_size, whose calls run in row chunks. */
+size_t sparge_workspace_size_caller_mask(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_options* opts);
 
 int sparge_sparse_attention_masked(const sparge_tensor* q, const sparge_tensor* k,
                                    const sparge_tensor* v, const sparge_attn_mask* attn_mask,

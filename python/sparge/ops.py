@@ -302,11 +302,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     after as padding without a mask tensor. Both combine with is_causal and the window; a row
     that sees no key gives zeros (as SDPA). Tiles the mask hides wholly are never computed
     (docs/method.md, "Attention masks"). On cuda key_lengths run natively, a dense attn_mask
-    only with SPARGE_CUDA_DENSE_MASK=1 (its path has not run on a GPU yet; else
-    NotImplementedError) and head dims up to 128.
+    with head dims up to 128, exact or quantized="int8" (else NotImplementedError).
     `quantized`: False (exact), True or "int8_fp8" (INT8 Q·Kᵀ, FP8 P·V: sm_90 on cuda), or
     "int8" (INT8 Q·Kᵀ, P·V at the inputs' precision: about a third of int8_fp8's error; on cuda
-    every GPU from sm_80, but only with SPARGE_CUDA_INT8=1 until it has run on a GPU).
+    every GPU from sm_80).
     `token_grid=(T, H, W)` reorders tokens [grid_offset, grid_offset + T*H*W) along a Hilbert
     curve for the call and restores the order of the output. Returns the output in q's layout,
     or (output, SparseStats) when `return_stats`; with token_grid the stats' mask is in the

@@ -18,7 +18,6 @@ off PyTorch's fused fast path (which would bypass SDPA) for its duration, and wa
 call asks for the attention weights, which Sparge cannot return.
 """
 import inspect
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -118,34 +117,27 @@ def mask_reason(what: str) -> str:
     """The fallback reason of a call whose attn_mask Sparge cannot serve, saying what it serves."""
     return (f"attn_mask that Sparge cannot serve here: {what}. Sparge serves any bool or float "
             "attn_mask that broadcasts to [batch, heads, Nq, Nk] on cpu tensors; on cuda only "
-            "masks it can express as flags and key lengths (all-true, causal or a sliding "
-            "window: one band around a diagonal, the same in every head, possibly cut per batch "
-            "entry by right padding, every query seeing a key), as its CUDA kernels take a "
-            f"dense mask only with {CUDA_DENSE_MASK_SWITCH}=1 for now. On cuda pass "
+            "with head dims up to 128, exact or quantized=\"int8\", and without "
+            "target_error (any other cuda call Sparge serves when the mask is a band: all-true, "
+            "causal or a sliding window, possibly cut per batch entry by right padding). Pass "
             "is_causal=True, or call sparge.attention with window_left / window_right / "
-            "key_lengths, or pad batches on the right")
-
-
-# The switch of the CUDA backend's dense-mask path (src/common/dispatch.cc,
-# cuda_mask_unsupported): until it has run on a GPU, cuda calls with a dense attn_mask go to
-# Sparge only with it set to "1", and only with the options that path takes.
-CUDA_DENSE_MASK_SWITCH = "SPARGE_CUDA_DENSE_MASK"
+            "key_lengths, or change the options")
 
 
 def _cuda_takes_mask(query, options: Optional[Dict]) -> bool:
-    """Whether Sparge's CUDA backend serves a dense attn_mask with these options: the switch set,
-    no error target (no backend takes one with a mask), exact or quantized "int8", head dim <=
-    128 (the mma.sync kernel's)."""
+    """Whether Sparge's CUDA backend serves a dense attn_mask with these options (the C++
+    backend's check_dense_mask, said before a call so that patch_sdpa falls back instead of
+    raising): no error target (no backend takes one with a mask), exact or quantized "int8",
+    head dim <= 128 (the mma.sync kernel's 64 or 128, smaller ones padded)."""
     o = options or {}
-    return (os.environ.get(CUDA_DENSE_MASK_SWITCH) == "1" and not o.get("target_error")
-            and o.get("quantized", False) in (False, "none", "int8")
+    return (not o.get("target_error") and o.get("quantized", False) in (False, "none", "int8")
             and query.shape[-1] <= 128)
 
 
 def _general_mask_reason(attn_mask, query, scores, options: Optional[Dict] = None
                          ) -> Optional[str]:
     """None when sparge.attention can take `attn_mask` itself (cpu, bool or float, broadcasting
-    to the score shape; on cuda with the dense-mask switch and `options` it takes), else why not
+    to the score shape; on cuda with the `options` it takes there), else why not
     ("" to let PyTorch raise its own error). Reads no values, so torch.compile traces it."""
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         return _LET_TORCH_RAISE
@@ -159,9 +151,8 @@ def _general_mask_reason(attn_mask, query, scores, options: Optional[Dict] = Non
     if attn_mask.device != query.device:
         return mask_reason(f"a mask on {attn_mask.device}, the inputs on {query.device}")
     if query.device.type != "cpu" and not (query.is_cuda and _cuda_takes_mask(query, options)):
-        return mask_reason(f"a mask that is not a band, on {query.device.type} (Sparge's CUDA "
-                           f"kernels take one only with {CUDA_DENSE_MASK_SWITCH}=1 and head dims "
-                           "up to 128, for now)")
+        return mask_reason(f"a mask that is not a band, on {query.device.type}, with head dim "
+                           f"{query.shape[-1]} and these options")
     return None
 
 

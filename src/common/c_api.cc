@@ -287,6 +287,23 @@ size_t sparge_workspace_size_masked(const sparge_tensor* q, const sparge_tensor*
   }
 }
 
+size_t sparge_workspace_size_caller_mask(const sparge_tensor* q, const sparge_tensor* k,
+                                         const sparge_attn_mask* attn_mask,
+                                         const sparge_options* opts) {
+  try {
+    sparge::TensorView qv, kv;
+    sparge::SparseOptions o;
+    sparge::AttentionMask am;
+    if (!to_tensor(q, "q", &qv).is_ok() || !to_tensor(k, "k", &kv).is_ok() ||
+        !to_options(opts, &o).is_ok() || !to_attn_mask(attn_mask, &am).is_ok())
+      return 0;
+    return sparge::workspace_size(sparge::problem_shape(qv, kv), am, o, qv.device,
+                                  /*caller_mask=*/true);
+  } catch (...) {
+    return 0;
+  }
+}
+
 int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k, const sparge_tensor* v,
                             const sparge_options* opts, const sparge_tensor* o, float* lse,
                             void* workspace, size_t workspace_bytes, void* stream,

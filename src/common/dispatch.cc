@@ -105,22 +105,6 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   return w;
 }
 
-// The CUDA backend takes key_lengths (Stage 1 and every kernel cut each batch entry's keys) on
-// every call; its dense-mask path (tile classes, Stage 1's eligibility, the sm80 kernel's
-// element masks: cuda/dispatch.cu) has not run on a GPU yet, so it serves calls only with
-// SPARGE_CUDA_DENSE_MASK=1 (read at every call; python/sparge/patch.py reads it too, to hand
-// such masks to Sparge). Said before anything runs on the device.
-Status cuda_mask_unsupported(const AttentionMask& attn_mask) {
-  if (attn_mask.data == nullptr) return Status::ok();
-  const char* opt_in = std::getenv("SPARGE_CUDA_DENSE_MASK");
-  if (opt_in != nullptr && std::string(opt_in) == "1") return Status::ok();
-  return Status::unsupported(
-      "attn_mask: the CUDA backend's dense attention masks have not run on a GPU yet and are "
-      "served only with SPARGE_CUDA_DENSE_MASK=1 (key_lengths it takes on every call); without "
-      "it run the call on cpu tensors, or express the mask with key_lengths (right padding), "
-      "causal and window_left / window_right");
-}
-
 // A compact block mask (row_offsets): the CPU backends read and write it, and Stage 2's CUDA
 // kernels read it (cuda/attention/block_iter.cuh); CUDA's Stage 1 writes the padded form only.
 Status cuda_stage1_compact_unsupported(const BlockMask& mask) {
@@ -275,7 +259,6 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
                                                      ctx, stats, detail::kCudaMaxParamHeads);
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
     SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
     return cuda::predict_block_mask(p, mask, ctx, stats);
   }
@@ -298,7 +281,6 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
   detail::Problem p = make_problem(q, k, k, opts, attn_mask);
   p.key_blocks = &key_blocks;
   if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
     SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
     return cuda::predict_block_mask(p, mask, ctx, stats);
   }
@@ -326,9 +308,7 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
                                                          extras, ctx, detail::kCudaMaxParamHeads);
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
   switch (backend) {
-    case Backend::kCuda:
-      SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-      return cuda::attention(p, mask, o, extras, ctx);
+    case Backend::kCuda: return cuda::attention(p, mask, o, extras, ctx);
     case Backend::kReference: return cpu::attention_reference(p, mask, o, extras);
     default: return cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
   }
@@ -421,10 +401,8 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   if (cut_into_head_chunks(backend, opts, q.heads))
     return detail::sparse_attention_in_head_chunks(q, k, v, attn_mask, key_blocks, opts, o, extras,
                                                    ctx, mask_out, detail::kCudaMaxParamHeads);
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_mask_unsupported(attn_mask));
-    if (mask_out) SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(*mask_out));
-  }
+  if (backend == Backend::kCuda && mask_out)
+    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(*mask_out));
 
   // Without a caller's mask, long calls run in row chunks (row_chunks.h); a dense attn_mask's
   // rows would move with them, so such calls run whole.

@@ -439,14 +439,6 @@ std::size_t quant_offset(const ProblemShape& shape, const SparseOptions& opts) {
   return (predict_workspace(shape, opts).total + 255) / 256 * 256;
 }
 
-// kInt8's kernel (the mma.sync kernel on INT8 Q/K codes) has not run on a GPU yet: until a device
-// run has checked it (tests/cuda/test_attention_int8.cc), it serves calls only with
-// SPARGE_CUDA_INT8=1, read at every call.
-bool int8_kernel_enabled() {
-  const char* opt_in = std::getenv("SPARGE_CUDA_INT8");
-  return opt_in != nullptr && std::string(opt_in) == "1";
-}
-
 // The refusals of quantized attention on CUDA: the kernel it needs, its head dims, its instances.
 Status check_quantized(Kernel kernel, const std::string& why, const detail::Problem& p) {
   const bool fp8 = detail::fp8_pv(p.opts.quant);
@@ -454,10 +446,6 @@ Status check_quantized(Kernel kernel, const std::string& why, const detail::Prob
     return Status::unsupported(cat("SparseOptions.quant kInt8Fp8 on cuda needs the sm90ws kernel's GPU and build ",
                                    "(sm_90 and sm_90a code); this call runs ", kernel_name(kernel), " (", why,
                                    "); quant kInt8 (INT8 Q·Kᵀ, 16-bit P·V) runs on every GPU from sm_80"));
-  if (!fp8 && !int8_kernel_enabled())
-    return Status::unsupported(
-        "SparseOptions.quant kInt8 on cuda: its kernel has not run on a GPU yet; set "
-        "SPARGE_CUDA_INT8=1 to use it, or use quant kInt8Fp8 (sm_90) or kNone");
   const char* mode = fp8 ? "kInt8Fp8" : "kInt8";
   const int64_t D = p.shape.head_dim;
   if (D != 64 && D != 128)
@@ -601,9 +589,8 @@ Status quantize_pass(const detail::Problem& p, const QuantizedBuffers& out,
 }
 
 // ---- dense attention masks ------------------------------------------------------------------
-// The path of a dense attn_mask (tile classes, Stage 1's eligibility, the sm80 kernel's element
-// masks), behind SPARGE_CUDA_DENSE_MASK=1 until tests/cuda/test_dense_mask.cc has passed on a
-// GPU (common/dispatch.cc's cuda_mask_unsupported reads the switch before a call gets here).
+// The path of a dense attn_mask: tile classes, Stage 1's eligibility, the sm80 kernel's element
+// masks (tests/cuda/test_dense_mask.cc).
 
 // The mask's data as the kernels read it (no tile classes yet).
 DenseMaskView dense_mask_view(const AttentionMask& m) {
@@ -632,7 +619,9 @@ TileClassShape tile_class_shape(const ProblemShape& s, const SparseOptions& o,
   if (m.data == nullptr) return t;
   t.batch = m.batch > 1 || m.key_lengths != nullptr ? int(s.batch) : 1;
   t.heads = m.heads > 1 ? int(s.heads_q) : 1;
-  t.bytes = tile_class_bytes(t.batch, t.heads, s.seq_q, s.seq_k, o.block_q, o.block_k);
+  // Rounded as workspace_size() counts it, so that make_tile_classes asks for what it reports.
+  t.bytes = (tile_class_bytes(t.batch, t.heads, s.seq_q, s.seq_k, o.block_q, o.block_k) + 255) /
+            256 * 256;
   return t;
 }
 
@@ -696,7 +685,9 @@ Status attention_quantized(Kernel kernel, const std::string& why, const detail::
                            const AttnParams& a, const ExecContext& ctx) {
   SPARGE_RETURN_IF_ERROR(check_quantized(kernel, why, p));
   const QuantAttentionWorkspace ws = quant_workspace_of(p.shape, p.opts.quant);
-  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "quantized attention on cuda (workspace_size())"));
+  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total,
+                                         "quantized attention on cuda (workspace_size(..., "
+                                         "caller_mask=true); C: sparge_workspace_size_caller_mask)"));
   char* base = static_cast<char*>(ctx.workspace);
   const QuantizedBuffers buf = quant_buffers(ws, base, p.opts.quant);
   ExecContext pass = ctx;
@@ -938,7 +929,9 @@ Status attention_with(const detail::Problem& p, const BlockMask& mask, const Ten
 Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecContext& ctx,
                     const Stage1Stats& stats, const DenseMaskView* classes) {
   const PredictWorkspace ws = predict_workspace(p.shape, p.opts);
-  SPARGE_RETURN_IF_ERROR(check_workspace(ctx, ws.total, "Stage 1 (workspace_size())"));
+  SPARGE_RETURN_IF_ERROR(check_workspace(
+      ctx, ws.total,
+      "Stage 1 (workspace_size(..., caller_mask=true); C: sparge_workspace_size_caller_mask)"));
   PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
   if (p.attn_mask.data != nullptr) {
     if (classes != nullptr) s.attn_mask = *classes;

@@ -388,10 +388,11 @@ TEST(AttnMaskValidation, MessagesNameTheArgument) {
   EXPECT_TRUE(sparse_attention(t.q, t.q, t.q, AttentionMask{}, with_target, t.o).is_ok());
 }
 
-// Until its GPU run, the CUDA path of dense masks is behind SPARGE_CUDA_DENSE_MASK=1: without
-// the switch every CUDA entry point refuses a dense mask by name, before anything runs; with it
-// (and always for key_lengths alone) the call goes on, here to refusals of another kind.
-TEST(AttnMaskValidation, CudaBackendRefusesDenseMasksNamingTheArgument) {
+// The CUDA entry points take dense masks and key_lengths (the dense-mask path passed its GPU
+// tests, tests/cuda/test_dense_mask.cc, on 2026-12-05): a valid mask on CUDA tensors is never
+// refused as a mask; the calls go on, here to refusals of another kind (no GPU, no CUDA backend,
+// or no workspace, checked before a kernel would read these host buffers).
+TEST(AttnMaskValidation, CudaBackendTakesDenseMasks) {
   alignas(16) static float buf[2 * 2 * 8 * 8] = {};
   alignas(16) static float out[2 * 2 * 8 * 8] = {};
   alignas(16) static uint8_t allowed[2 * 8 * 8] = {};
@@ -415,25 +416,14 @@ TEST(AttnMaskValidation, CudaBackendRefusesDenseMasksNamingTheArgument) {
   HostBlockMask host(2, 2, 8, 8, opts.block_q, opts.block_k);
   BlockMask bm = host.view();
   bm.device = Device::kCUDA;
-  for (const char* opt_in : {static_cast<const char*>(nullptr), "1"})
   for (const AttentionMask& m : {dense, padding}) {
-    const test::ScopedEnv dense_masks("SPARGE_CUDA_DENSE_MASK", opt_in);
-    // Only the calls that need a workspace (none is given) are made where the mask goes on: on a
-    // machine with a GPU they stop at that check, before a kernel would read these host buffers.
+    // Exact Stage 2 with key_lengths alone needs no workspace: not called (see above).
     std::vector<Status> calls = {sparse_attention(q, q, q, m, opts, o),
                                  predict_block_mask(q, q, q, m, opts, bm)};
-    if (m.data != nullptr && opt_in == nullptr)
-      calls.push_back(block_sparse_attention(q, q, q, m, bm, opts, o));
+    if (m.data != nullptr) calls.push_back(block_sparse_attention(q, q, q, m, bm, opts, o));
     for (const Status& s : calls) {
-      const bool refused_mask =
-          message(s).rfind("attn_mask: the CUDA backend's dense attention masks", 0) == 0;
-      if (m.data != nullptr && opt_in == nullptr) {
-        EXPECT_EQ(s.code(), StatusCode::kUnsupported);
-        EXPECT_TRUE(refused_mask) << message(s);
-      } else {  // refused here for another reason (no GPU, no CUDA backend, a host pointer)
-        EXPECT_FALSE(s.is_ok());
-        EXPECT_FALSE(refused_mask) << message(s);
-      }
+      EXPECT_FALSE(s.is_ok());
+      EXPECT_NE(message(s).rfind("attn_mask", 0), 0u) << message(s);
     }
   }
 }

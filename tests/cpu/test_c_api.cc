@@ -170,6 +170,34 @@ TEST(CApi, WorkspaceSizeWithADenseMask) {
   EXPECT_EQ(sparge_workspace_size_masked(&q, &q, &m, &o), 0u);
 }
 
+// The calls that keep the block mask in caller memory run whole, so their size is the C++
+// workspace_size's with caller_mask; where sparge_sparse_attention runs in row chunks (long
+// queries) it is the larger of the two: the quantized Stage 2 of 8K tokens failed on a
+// buffer of sparge_workspace_size before this function existed.
+TEST(CApi, WorkspaceSizeForACallerMask) {
+  std::vector<float> buf(64);
+  sparge_tensor q{};
+  q.data = buf.data();
+  q.dtype = SPARGE_BF16;
+  q.device = SPARGE_CUDA;
+  const int64_t n = 131072, shape[4] = {1, 8, n, 128}, strides[4] = {8 * n * 128, n * 128, 128, 1};
+  std::memcpy(q.shape, shape, sizeof(shape));
+  std::memcpy(q.strides, strides, sizeof(strides));
+  for (const int quant : {SPARGE_QUANT_NONE, SPARGE_QUANT_INT8_FP8, SPARGE_QUANT_INT8}) {
+    sparge_options o = sparge_default_options();
+    o.quant = quant;
+    const size_t caller = sparge_workspace_size_caller_mask(&q, &q, nullptr, &o);
+    sparge::SparseOptions cpp;
+    cpp.quant = static_cast<sparge::QuantMode>(quant);
+    const sparge::ProblemShape s{1, 8, 8, n, n, 128, sparge::DType::kBFloat16};
+    EXPECT_EQ(caller, sparge::workspace_size(s, cpp, sparge::Device::kCUDA, /*caller_mask=*/true));
+    if (SPARGE_WITH_CUDA) EXPECT_GT(caller, sparge_workspace_size(&q, &q, &o)) << quant;
+  }
+  q.device = SPARGE_CPU;
+  const sparge_options o = sparge_default_options();
+  EXPECT_EQ(sparge_workspace_size_caller_mask(&q, &q, nullptr, &o), 0u);
+}
+
 TEST(CApi, RejectsAStructOfAnotherSize) {
   Problem p;
   const sparge_tensor q = to_c(p.q.view), k = to_c(p.k.view), v = to_c(p.v.view),

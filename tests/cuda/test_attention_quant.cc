@@ -2,7 +2,7 @@
 // (docs/method.md "Quantized mode") and against exact attention, for both modes: kInt8Fp8 (the
 // quantization pass, then the INT8 Q·Kᵀ / FP8 P·V kernel attn_fwd_sm90_q8) and kInt8 (the pass
 // without V, then the mma.sync kernel on INT8 Q/K codes with P·V in the inputs' type, every GPU
-// from sm_80; behind SPARGE_CUDA_INT8=1 until this test has passed on a GPU). Fresh random
+// from sm_80). Fresh random
 // inputs: odd lengths, Nq != Nk, GQA, causal in both alignments, a sliding window, fp16 and bf16,
 // HND and NHD with padded strides, random masks with empty rows, and a finite λ on an attention
 // sink (whole turns skipped). Outputs are poisoned before each run; NaN never passes. Where a
@@ -164,7 +164,6 @@ class QuantAttention : public ::testing::TestWithParam<std::tuple<QCase, QuantMo
 TEST_P(QuantAttention, MatchesTheCpuEmulationWhereItRunsAndIsRefusedElsewhere) {
   SPARGE_SKIP_WITHOUT_GPU();
   const auto& [c, mode] = GetParam();
-  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", "1");
   const QResult r = run(c, mode, 3000 + c.Nq * 7 + c.Nk);
   if (!quant_runs(c, mode)) {
     std::printf("[ quant ] %s refused: %s\n", name(c).c_str(), r.status.message().c_str());
@@ -244,18 +243,17 @@ INSTANTIATE_TEST_SUITE_P(Shapes, QuantAttention,
                                             ::testing::Values(QuantMode::kInt8Fp8, QuantMode::kInt8)),
                          test_name_with_mode<QCase>);
 
-// Until a GPU run has checked kInt8's kernel, a call without SPARGE_CUDA_INT8=1 is refused, and
-// the message names the switch; kInt8Fp8 off sm_90 names kInt8 as what runs there.
-TEST(QuantAttentionArgs, Int8KernelNeedsItsSwitch) {
+// kInt8Fp8 off sm_90 is refused, and the message names kInt8 as what runs there; kInt8 runs on
+// every GPU (no switch since its GPU run of 2026-12-05).
+TEST(QuantAttentionArgs, Int8Fp8OffSm90NamesInt8) {
   SPARGE_SKIP_WITHOUT_GPU();
   const QCase c{1, 2, 2, 200, 200, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft,
                 1.0, 0};
-  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", nullptr);
   const QResult r = run(c, QuantMode::kInt8, 17);
-  EXPECT_EQ(r.status.code(), StatusCode::kUnsupported) << r.status.message();
-  EXPECT_NE(r.status.message().find("SPARGE_CUDA_INT8=1"), std::string::npos) << r.status.message();
+  EXPECT_TRUE(r.status.is_ok()) << r.status.message();
   if (!quant_runs(c, QuantMode::kInt8Fp8)) {
     const QResult fp8 = run(c, QuantMode::kInt8Fp8, 17);
+    EXPECT_EQ(fp8.status.code(), StatusCode::kUnsupported);
     EXPECT_NE(fp8.status.message().find("kInt8 "), std::string::npos) << fp8.status.message();
   }
 }

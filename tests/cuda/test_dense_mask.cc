@@ -1,7 +1,6 @@
 // Dense attention masks on the GPU (AttentionMask::data, SDPA's attn_mask; issue 12 item 2),
 // against the CPU reference that defines them (docs/method.md, "Attention masks"): the CUDA path
-// (tile classes, Stage 1's eligibility, the mma.sync kernel's element masks) written without a
-// GPU and served only with SPARGE_CUDA_DENSE_MASK=1, which these tests set. Masks: tiles hidden,
+// (tile classes, Stage 1's eligibility, the mma.sync kernel's element masks). Masks: tiles hidden,
 // shown or mixed at random (empty rows among them), block-causal frames that cut tiles, additive
 // float32 per head with -inf, finite biases and finfo.min, left padding under causality (rows
 // that see no key), an fp16 mask broadcast over batch and heads; causal and not, GQA, odd
@@ -182,8 +181,6 @@ TEST_P(DenseMask, BothStagesMatchTheReference) {
   SPARGE_SKIP_WITHOUT_GPU();
   const MaskCase& c = GetParam();
   if (!instance_runs(c)) GTEST_SKIP() << "no dense-mask instance for " << c.name << " in this build";
-  const ScopedEnv dense_masks("SPARGE_CUDA_DENSE_MASK", "1");
-  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", "1");  // kInt8's kernel, also behind a switch
   const Inputs in = inputs_of(c, 40 + c.Nq);
   const Mask mask = mask_of(c, 7 + c.Nk);
   const SparseOptions opts = options_of(c);
@@ -276,7 +273,6 @@ TEST(DenseMaskStage2, HiddenTilesCountAsSkipped) {
   const MaskCase c{"stage2", 2, 2, 1, 900, 1000, 128, MaskKind::kTiles, true, SelectMode::kTopCdf,
                    1.0f, QuantMode::kNone, DType::kBFloat16};
   if (!instance_runs(c)) GTEST_SKIP() << "no dense-mask instance in this build";
-  const ScopedEnv dense_masks("SPARGE_CUDA_DENSE_MASK", "1");
   const Inputs in = inputs_of(c, 77);
   const Mask mask = mask_of(c, 78);
   const SparseOptions opts = options_of(c);
@@ -323,7 +319,7 @@ TEST(DenseMaskStage2, HiddenTilesCountAsSkipped) {
   EXPECT_EQ(counters, ref_counters);
 }
 
-// What the CUDA path does not take names itself: no switch, quant kInt8Fp8, head dim 256, a
+// What the CUDA path does not take names itself: quant kInt8Fp8, head dim 256, a
 // workspace without room for the tile classes.
 TEST(DenseMaskArgs, RefusalsNameWhatIsMissing) {
   SPARGE_SKIP_WITHOUT_GPU();
@@ -345,13 +341,6 @@ TEST(DenseMaskArgs, RefusalsNameWhatIsMissing) {
   const ProblemShape shape = problem_shape(in.q.view, in.q.view);
   SparseOptions opts = options_of(c);
   const std::size_t full = workspace_size(shape, m, opts, Device::kCUDA);
-  {
-    const ScopedEnv off("SPARGE_CUDA_DENSE_MASK", nullptr);
-    const Status s = call(opts, full);
-    EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
-    EXPECT_NE(s.message().find("SPARGE_CUDA_DENSE_MASK=1"), std::string::npos) << s.message();
-  }
-  const ScopedEnv on("SPARGE_CUDA_DENSE_MASK", "1");
   SparseOptions fp8 = opts;
   fp8.quant = QuantMode::kInt8Fp8;
   {
@@ -375,6 +364,8 @@ TEST(DenseMaskArgs, RefusalsNameWhatIsMissing) {
     EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
     EXPECT_NE(s.message().find("head_dim"), std::string::npos) << s.message();
   }
+  const Status whole = call(opts, full);  // exactly workspace_size(): enough
+  EXPECT_TRUE(whole.is_ok()) << whole.message();
   const Status small = call(opts, full - 1);
   EXPECT_EQ(small.code(), StatusCode::kWorkspaceTooSmall) << small.message();
   EXPECT_NE(small.message().find("workspace"), std::string::npos) << small.message();

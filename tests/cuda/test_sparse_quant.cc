@@ -115,7 +115,6 @@ class FusedStage1 : public ::testing::TestWithParam<std::tuple<FusedCase, QuantM
 TEST_P(FusedStage1, EqualsTheTwoCallsAndTheReferenceMask) {
   SPARGE_SKIP_WITHOUT_GPU();
   const auto& [c, mode] = GetParam();
-  const ScopedEnv int8_kernel("SPARGE_CUDA_INT8", "1");
   if (!quant_runs(c, mode)) GTEST_SKIP() << "the quantized kernel does not run here (test_attention_quant checks the refusal)";
   workloads::Workload w = named_workload(c.workload, c.Hq, c.Hkv, c.Nq, c.Nk, c.D, 71 + c.Nq);
   const int64_t B = w.batch, Hq = w.heads_q, Hkv = w.heads_kv, Nq = w.seq_q, Nk = w.seq_k, D = w.head_dim;

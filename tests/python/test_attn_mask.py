@@ -258,26 +258,24 @@ def test_cuda_serves_key_lengths_and_padding_masks(causal):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
-def test_cuda_refuses_masks_without_the_switch_and_patch_falls_back_naming_them(monkeypatch):
-    monkeypatch.delenv("SPARGE_CUDA_DENSE_MASK", raising=False)
+def test_cuda_refuses_masks_with_options_its_path_does_not_take_and_patch_falls_back():
     q, k, v = make_qkv(seq_q=256, dtype=torch.bfloat16, device="cuda", seed=15)
     mask = random_bool((256, 256), 0.3, 16).cuda()
-    with pytest.raises(NotImplementedError, match="SPARGE_CUDA_DENSE_MASK=1"):
-        sparge.attention(q, k, v, attn_mask=mask)
-    with pytest.warns(sparge.SpargeFallbackWarning, match="SPARGE_CUDA_DENSE_MASK=1"):
-        with sparge.patch_sdpa() as patch:
+    with pytest.raises(NotImplementedError, match="target_error"):
+        sparge.attention(q, k, v, attn_mask=mask, target_error=0.05)
+    with pytest.warns(sparge.SpargeFallbackWarning, match="target_error"):
+        with sparge.patch_sdpa(target_error=0.05) as patch:
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert patch.sparge_calls == 0 and patch.fallbacks
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
-def test_cuda_serves_dense_masks_with_the_switch(monkeypatch, dtype):
-    # The CUDA path of dense masks (behind SPARGE_CUDA_DENSE_MASK=1 until it has run on a GPU):
-    # sparge.attention and patch_sdpa on cuda equal the CPU backends on the same mask (Stage 1
-    # in double on both: the same tiles but for ties), rows that see no key give zeros.
-    monkeypatch.setenv("SPARGE_CUDA_DENSE_MASK", "1")
-    q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=64,
+def test_cuda_serves_dense_masks(dtype):
+    # The CUDA path of dense masks: sparge.attention and patch_sdpa on cuda equal the CPU
+    # backends on the same mask (Stage 1 in double on both: the same tiles but for ties), rows
+    # that see no key give zeros.
+    q, k, v = make_qkv(batch=2, heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=64,
                        dtype=torch.bfloat16, seed=17)
     mask = random_bool((2, 1, 700, 900), 0.4, 18)
     mask[:, :, :5] = False  # rows that see no key

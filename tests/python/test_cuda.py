@@ -174,13 +174,12 @@ def _quantized_runs_here():
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("mode", ["int8_fp8", "int8"])
-def test_quantized_on_cuda_matches_the_cpu_emulation(head_dim, mode, monkeypatch):
+def test_quantized_on_cuda_matches_the_cpu_emulation(head_dim, mode):
     # quantized="int8_fp8" (True) on CUDA: the INT8/FP8 kernel on sm_90 (head dims 64 and 128),
     # elsewhere a NotImplementedError naming the option; "int8": the mma.sync kernel on INT8 Q/K
-    # codes (every GPU; behind SPARGE_CUDA_INT8=1 until a GPU run has checked it). Both compared
+    # codes (every GPU). Both compared
     # with the CPU backends' emulation of the same number rules (tests/cuda/test_attention_quant.cc
     # covers the shapes).
-    monkeypatch.setenv("SPARGE_CUDA_INT8", "1")
     q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=head_dim,
                        dtype=torch.bfloat16, seed=11)
     kw = dict(is_causal=True, return_stats=True, quantized=mode, **dense_options())
@@ -198,10 +197,3 @@ def test_quantized_on_cuda_matches_the_cpu_emulation(head_dim, mode, monkeypatch
     # FP8 V and P, or INT8 Q and K alone: visibly not the exact path either way.
     assert 1e-3 < rel_exact <= (6e-2 if mode == "int8_fp8" else 2e-2), rel_exact
     torch.testing.assert_close(stats.lse.cpu(), cpu_stats.lse, atol=2e-2, rtol=0)
-
-
-def test_int8_kernel_needs_its_switch(monkeypatch):
-    monkeypatch.delenv("SPARGE_CUDA_INT8", raising=False)
-    q, k, v = make_qkv(seq_q=200, head_dim=64, dtype=torch.bfloat16, seed=12)
-    with pytest.raises(NotImplementedError, match="SPARGE_CUDA_INT8=1"):
-        sparge.attention(q.cuda(), k.cuda(), v.cuda(), quantized="int8")

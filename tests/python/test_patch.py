@@ -255,15 +255,13 @@ def test_import_sparge_makes_workloads_available():
     assert "torch.Size([1, 1, 8, 4])" in result.stdout
 
 
-def test_cuda_dense_masks_go_to_sparge_only_with_the_switch_and_options_it_takes(monkeypatch):
-    # patch.py's side of the CUDA dense-mask switch (src/common/dispatch.cc reads the same):
-    # without it, or with options that path refuses, a cuda call with a dense mask falls back.
+def test_cuda_dense_masks_go_to_sparge_only_with_options_it_takes():
+    # patch.py's side of the CUDA dense-mask path's refusals (src/cuda/dispatch.cu,
+    # check_dense_mask): with options that path refuses, a cuda call with a dense mask falls back.
     from sparge import patch as sp
     q64, q256 = torch.zeros(1, 2, 8, 64), torch.zeros(1, 2, 8, 256)
-    monkeypatch.delenv(sp.CUDA_DENSE_MASK_SWITCH, raising=False)
-    assert not sp._cuda_takes_mask(q64, {})
-    monkeypatch.setenv(sp.CUDA_DENSE_MASK_SWITCH, "1")
-    assert sp._cuda_takes_mask(q64, {}) and sp._cuda_takes_mask(q64, {"quantized": "int8"})
+    assert sp._cuda_takes_mask(q64, {}) and sp._cuda_takes_mask(q64, None)
+    assert sp._cuda_takes_mask(q64, {"quantized": "int8"})
     assert sp._cuda_takes_mask(q64, {"estimate": "sampled_rows"})
     for options in ({"target_error": 0.05}, {"quantized": True}, {"quantized": "int8_fp8"}):
         assert not sp._cuda_takes_mask(q64, options), options

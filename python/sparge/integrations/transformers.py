@@ -214,17 +214,17 @@ def _plan(module, query, key, attention_mask, kwargs, call_options=None):
         options, why = options_for_mask(attention_mask, q_len, k_len, scores)
         if options is not None:
             return None, dict(dict(is_causal=False), **options)
-        # Left padding or packing: Sparge takes the mask itself on cpu (on cuda behind a switch).
+        # Left padding or packing: Sparge takes the mask itself (on cuda with the options its
+        # dense-mask path takes).
         general = patch._general_mask_reason(attention_mask, query, scores, call_options)
         if general is None:
             return None, dict(is_causal=False, attn_mask=attention_mask)
         if general == "":
             return (f"an attention mask Sparge cannot read ({why})"), None
         return (f"an attention mask that is neither all-true, causal nor a sliding window, "
-                f"possibly right-padded ({why}), on {query.device.type}: Sparge's CUDA kernels "
-                f"take dense masks only with {patch.CUDA_DENSE_MASK_SWITCH}=1 for now (it serves "
-                f"them on cpu); pad on the right, or encode single sequences or batches of equal "
-                f"length, to stay on it"), None
+                f"possibly right-padded ({why}), on {query.device.type} with options Sparge's "
+                f"CUDA dense-mask path does not take (target_error, quantized=\"int8_fp8\", head "
+                f"dim over 128); change them, or pad on the right, to stay on Sparge"), None
     # No mask, as "sdpa": the module's causality (is_causal may come per call); a single query
     # row (decoding) sees every key.
     is_causal = kwargs.get("is_causal")

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Device check of quant kInt8 and dense attention masks on CUDA once their switches are gone
+# (SPARGE_CUDA_INT8 and SPARGE_CUDA_DENSE_MASK, dropped after their tests passed on an H100 on
+# 2026-12-05), in one call (~7 min) with binaries built here: pack them with
+#   tar czf .devpack/bins.tgz -C build-q libsparge_c.so -C tests sparge_gpu_tests
+# (.devpack ignored by .git/info/exclude, named in the call's carry), then on the device
+#   bash bench/gpu/int8_dense_mask_check.sh <commit>
+# It runs:
+#   1. every C++ GPU test, then the two paths' tests under compute-sanitizer memcheck;
+#   2. bench_attention.py at N 8K and 32K, hd 128 and 64, sparsity 0 and 0.9: sparge-quant-int8
+#      against the exact kernels (auto = sm90ws, and sm80: the same mma.sync kernel exact),
+#      sparge-quant (int8_fp8) and cuDNN / flash SDPA, in one process per head dim;
+#   3. the Python suite but the distributed tests (the package installed in the background);
+#   4. issue 12's Gemma 3 run (bench/eval/gemma_window.py, random weights, 8192 tokens, bf16)
+#      with transformers' eager attention as a second bf16 reference: the logits' distance
+#      between two correct bf16 implementations, beside Sparge's.
+# At most 8 files come back: logs and records in $OUT.
+set -uo pipefail
+C=${1:?commit}
+OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
+T0=$(date +%s); el(){ echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
+mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=12 \
+  python3 -m pip install -q --no-deps --disable-pip-version-check . > /tmp/install.log 2>&1; \
+  echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> /tmp/install.log ) &
+PIP=$!
+timeout 100 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
+el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
+grep -E 'Failure' -A4 "$OUT/gpu_tests_$C.log" | head -30
+timeout 90 compute-sanitizer --tool memcheck /tmp/bins/sparge_gpu_tests \
+  --gtest_filter='*QuantAttention*_int8:*FusedStage1*_int8:QuantAttentionArgs.*:*DenseMask*' \
+  > "$OUT/memcheck_$C.log" 2>&1
+el "memcheck int8 + dense masks rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
+for hd in 128 64; do
+  timeout 120 python3 bench/gpu/bench_attention.py --lib /tmp/bins/libsparge_c.so \
+    --commit "$C" --seqs 8192,32768 --sparsities 0,0.9 --head-dim $hd --kernels auto,sm80 \
+    --quant --quant-int8 --no-flex --out-dir "$OUT" --results-dir "$OUT" --tag "int8-d$hd" \
+    2>&1 | grep -v '^{' >> "$OUT/bench_$C.log"
+  el "bench int8 hd $hd rc=${PIPESTATUS[0]}"
+done
+tail -40 "$OUT/bench_$C.log"
+wait $PIP; el "$(tail -1 /tmp/install.log)"
+(cd tests/python && timeout 150 python3 -m pytest -q -p no:cacheprovider -rs \
+  --ignore=test_distributed.py > "$OUT/pytest_$C.log" 2>&1)
+el "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"; grep -E "^FAILED|^E  " "$OUT/pytest_$C.log" | head -12
+timeout 150 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
+  --eager --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
+el "gemma rc=$?"; tail -14 "$OUT/gemma3_window_$C.log"
