@@ -172,6 +172,24 @@ int guarded(char* err, size_t err_len, Body&& body) {
   }
 }
 
+// The two masked sizes (0 for arguments every call rejects): sparge::workspace_size with
+// `caller_mask` as given.
+size_t masked_workspace_size(const sparge_tensor* q, const sparge_tensor* k,
+                             const sparge_attn_mask* attn_mask, const sparge_options* opts,
+                             bool caller_mask) {
+  try {
+    sparge::TensorView qv, kv;
+    sparge::SparseOptions o;
+    sparge::AttentionMask am;
+    if (!to_tensor(q, "q", &qv).is_ok() || !to_tensor(k, "k", &kv).is_ok() ||
+        !to_options(opts, &o).is_ok() || !to_attn_mask(attn_mask, &am).is_ok())
+      return 0;
+    return sparge::workspace_size(sparge::problem_shape(qv, kv), am, o, qv.device, caller_mask);
+  } catch (...) {
+    return 0;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -274,34 +292,13 @@ size_t sparge_workspace_size(const sparge_tensor* q, const sparge_tensor* k,
 size_t sparge_workspace_size_masked(const sparge_tensor* q, const sparge_tensor* k,
                                     const sparge_attn_mask* attn_mask,
                                     const sparge_options* opts) {
-  try {
-    sparge::TensorView qv, kv;
-    sparge::SparseOptions o;
-    sparge::AttentionMask am;
-    if (!to_tensor(q, "q", &qv).is_ok() || !to_tensor(k, "k", &kv).is_ok() ||
-        !to_options(opts, &o).is_ok() || !to_attn_mask(attn_mask, &am).is_ok())
-      return 0;
-    return sparge::workspace_size(sparge::problem_shape(qv, kv), am, o, qv.device);
-  } catch (...) {
-    return 0;
-  }
+  return masked_workspace_size(q, k, attn_mask, opts, /*caller_mask=*/false);
 }
 
 size_t sparge_workspace_size_caller_mask(const sparge_tensor* q, const sparge_tensor* k,
                                          const sparge_attn_mask* attn_mask,
                                          const sparge_options* opts) {
-  try {
-    sparge::TensorView qv, kv;
-    sparge::SparseOptions o;
-    sparge::AttentionMask am;
-    if (!to_tensor(q, "q", &qv).is_ok() || !to_tensor(k, "k", &kv).is_ok() ||
-        !to_options(opts, &o).is_ok() || !to_attn_mask(attn_mask, &am).is_ok())
-      return 0;
-    return sparge::workspace_size(sparge::problem_shape(qv, kv), am, o, qv.device,
-                                  /*caller_mask=*/true);
-  } catch (...) {
-    return 0;
-  }
+  return masked_workspace_size(q, k, attn_mask, opts, /*caller_mask=*/true);
 }
 
 int sparge_sparse_attention(const sparge_tensor* q, const sparge_tensor* k, const sparge_tensor* v,
