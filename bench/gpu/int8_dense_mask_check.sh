@@ -11,7 +11,8 @@
 #      against the exact kernels (auto = sm90ws, and sm80: the same mma.sync kernel exact),
 #      sparge-quant (int8_fp8) and cuDNN / flash SDPA, in one process per head dim;
 #   3. the Python suite but the distributed tests (the package installed in the background);
-#   4. issue 12's Gemma 3 run (bench/eval/gemma_window.py, random weights, 8192 tokens, bf16)
+#   4. (with a wheel of scripts/build_wheel.sh in .devpack: installed instead of built, timed)
+#   5. issue 12's Gemma 3 run (bench/eval/gemma_window.py, random weights, 8192 tokens, bf16)
 #      with transformers' eager attention as a second bf16 reference: the logits' distance
 #      between two correct bf16 implementations, beside Sparge's.
 # At most 8 files come back: logs and records in $OUT.
@@ -21,9 +22,17 @@ OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
 T0=$(date +%s); el(){ echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=12 \
-  python3 -m pip install -q --no-deps --disable-pip-version-check . > /tmp/install.log 2>&1; \
-  echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> /tmp/install.log ) &
+# The package: the wheel of scripts/build_wheel.sh when one was carried in .devpack (issue 13:
+# it installs with no compiler), else built here from the tree.
+WHEEL=$(ls .devpack/sparge-*.whl 2>/dev/null | head -1)
+if [ -n "$WHEEL" ]; then
+  ( S=$(date +%s); python3 -m pip install -q --no-deps --disable-pip-version-check "$WHEEL" \
+    > /tmp/install.log 2>&1; echo "wheel $(basename "$WHEEL") install rc=$? in $(( $(date +%s) - S )) s" >> /tmp/install.log ) &
+else
+  ( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=12 \
+    python3 -m pip install -q --no-deps --disable-pip-version-check . > /tmp/install.log 2>&1; \
+    echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> /tmp/install.log ) &
+fi
 PIP=$!
 timeout 100 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
 el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
@@ -41,6 +50,7 @@ for hd in 128 64; do
 done
 tail -40 "$OUT/bench_$C.log"
 wait $PIP; el "$(tail -1 /tmp/install.log)"
+(cd /tmp && python3 -c "import sparge; print(sparge.__file__); print(sparge.build_info())")
 (cd tests/python && timeout 150 python3 -m pytest -q -p no:cacheprovider -rs \
   --ignore=test_distributed.py > "$OUT/pytest_$C.log" 2>&1)
 el "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"; grep -E "^FAILED|^E  " "$OUT/pytest_$C.log" | head -12
