@@ -129,6 +129,21 @@ SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value
   return o;
 }
 
+void add_quant_option(ArgParser& p) {
+  p.add("quant", "MODE", enum_name(SparseOptions{}.quant),
+        "Stage 2's number format: none (exact), int8_fp8 (INT8 Q·Kᵀ, FP8 P·V) or int8 (INT8 "
+        "Q·Kᵀ, P·V at the inputs' precision); the dense baseline stays exact");
+}
+
+QuantMode quant_option(const ArgParser& p) {
+  QuantMode mode = QuantMode::kNone;
+  parse_enum(p.choice("quant", {enum_name(QuantMode::kNone), enum_name(QuantMode::kInt8Fp8),
+                                enum_name(QuantMode::kInt8)})
+                 .c_str(),
+             &mode);
+  return mode;
+}
+
 DType dtype_option(const ArgParser& p) {
   const std::string s = p.choice("dtype", {"float32", "bfloat16", "float16"});
   if (s == "bfloat16") return DType::kBFloat16;

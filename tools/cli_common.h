@@ -32,6 +32,11 @@ double apply_hilbert(workloads::Workload& w);
 // --dtype float32|bfloat16|float16.
 DType dtype_option(const ArgParser& p);
 
+// --quant none|int8_fp8|int8: Stage 2's number format (SparseOptions.quant; the CPU backends
+// emulate the GPU's), for the commands that run Stage 2 (demo, bench).
+void add_quant_option(ArgParser& p);
+QuantMode quant_option(const ArgParser& p);
+
 // A workload's q/k/v (or an output) stored in one dtype, with its views.
 struct TypedTensor {
   std::vector<float> f32;

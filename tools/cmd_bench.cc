@@ -92,6 +92,7 @@ int run_bench(int argc, char** argv) {
   add_workload_options(p, "8,16,16", "2048");
   p.add("workloads", "LIST", "video,llm", "comma-separated workloads to run (video, llm, random)");
   add_sparse_options(p, true);
+  add_quant_option(p);
   p.add("dtype", "T", "float32", "float32, bfloat16 or float16 inputs");
   p.add("threads", "N", "0", "CPU threads (0 = OpenMP default)");
   p.add("repeats", "N", "5", "timed runs per case (median)");
@@ -116,6 +117,7 @@ int run_bench(int argc, char** argv) {
   const std::vector<double> sweep =
       topk ? p.real_list("topk", 0.0, 1.0, true) : p.real_list("cdf", 0.0, 1.0, true);
   const DType dtype = dtype_option(p);
+  const QuantMode quant = quant_option(p);
   const int repeats = static_cast<int>(p.integer("repeats", 1, 1000));
   ExecContext ctx;
   ctx.backend = Backend::kCpuFast;
@@ -162,12 +164,14 @@ int run_bench(int argc, char** argv) {
       records.push_back(r);
     }
     for (double value : sweep) {
-      const SparseOptions opts = sparse_options(p, w.causal, value);
+      SparseOptions opts = sparse_options(p, w.causal, value);
+      opts.quant = quant;
       std::ostringstream setting;
       if (opts.target_error > 0.0f)  // the mode replaces the swept TopCdf mass
         setting << "target_error " << opts.target_error;
       else
         setting << (topk ? "topk " : "cdf ") << value;
+      if (quant != QuantMode::kNone) setting << " " << enum_name(quant);
       progress(++step, steps, w.name + ": sparse, " + setting.str());
       HostBlockMask mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
       TypedTensor o = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
@@ -177,7 +181,7 @@ int run_bench(int argc, char** argv) {
       check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, extras, ctx,
                                 &mask.view()),
                "sparse_attention");
-      Record r{"sparge-cpu", setting.str()};
+      Record r{quant == QuantMode::kNone ? "sparge-cpu" : "sparge-cpu-quant", setting.str()};
       r.ms = measure::median_ms(
           [&] {
             check_ok(sparse_attention(in.q.view, in.k.view, in.v.view, opts, o.view, {}, ctx,
@@ -232,6 +236,7 @@ int run_bench(int argc, char** argv) {
             << ", \"target_error\": " << json_number(r.impl == "dense-cpu" ? NAN : target_error)
             << ", \"sim_threshold\": " << json_number(sim_threshold)
             << ", \"estimate\": \"" << estimate << "\""
+            << ", \"quant\": \"" << (r.impl == "dense-cpu" ? "none" : enum_name(quant)) << "\""
             << ", \"threads\": " << threads_used
             << ", \"hilbert\": " << (hilbert ? "true" : "false") << "}\n";
     }

@@ -23,6 +23,7 @@ int run_demo(int argc, char** argv) {
               "against float64 full attention. Video tokens are put in Hilbert order first.");
   add_workload_options(p, "8,24,32", "4096");
   add_sparse_options(p);
+  add_quant_option(p);
   p.add("dtype", "T", "float32", "float32, bfloat16 or float16 inputs");
   p.add("threads", "N", "0", "CPU threads (0 = OpenMP default)");
   p.add("repeats", "N", "3", "timed runs per measurement (median)");
@@ -38,7 +39,8 @@ int run_demo(int argc, char** argv) {
 
   progress(1, steps, "generating the workload");
   workloads::Workload w = make_workload(p);
-  const SparseOptions opts = sparse_options(p, w.causal);
+  SparseOptions opts = sparse_options(p, w.causal);
+  opts.quant = quant_option(p);
   const bool hilbert = w.grid_t > 0 && !p.flag("no-hilbert");
   const double permute_ms = hilbert ? apply_hilbert(w) : 0.0;
   TypedInputs in = typed_inputs(w, dtype);
@@ -50,8 +52,9 @@ int run_demo(int argc, char** argv) {
   HostBlockMask dense_mask(w.batch, w.heads_q, w.seq_q, w.seq_k, opts.block_q, opts.block_k);
   check_ok(fill_dense_mask(dense_mask.view(), opts.causal, opts.causal_align), "fill_dense_mask");
   TypedTensor dense_out = TypedTensor::poisoned(dtype, w.batch, w.heads_q, w.seq_q, w.head_dim);
-  SparseOptions dense_opts = opts;  // full attention: no P·V skipping either
+  SparseOptions dense_opts = opts;  // full attention: no P·V skipping, exact numbers
   dense_opts.pv_threshold = HeadParam{std::numeric_limits<float>::infinity()};
+  dense_opts.quant = QuantMode::kNone;
   const double dense_ms = measure::median_ms(
       [&] {
         check_ok(block_sparse_attention(in.q.view, in.k.view, in.v.view, dense_mask.view(),
@@ -101,7 +104,9 @@ int run_demo(int argc, char** argv) {
   if (hilbert) std::printf("permute    %.1f ms (Hilbert reorder of q, k, v)\n", permute_ms);
   std::printf("dense      %.1f ms   (fast CPU backend, %lld tiles)\n", dense_ms,
               static_cast<long long>(stats.tiles_dense));
-  std::printf("sparse     %.1f ms   (prediction %.1f ms + attention)\n", sparse_ms, predict_ms);
+  std::printf("sparse     %.1f ms   (prediction %.1f ms + attention%s%s)\n", sparse_ms, predict_ms,
+              opts.quant == QuantMode::kNone ? "" : ", quant ",
+              opts.quant == QuantMode::kNone ? "" : enum_name(opts.quant));
   std::printf("speedup    %.2fx\n", dense_ms / sparse_ms);
   std::printf("sparsity   %.3f   (%lld of %lld tiles computed)\n", stats.sparsity(),
               static_cast<long long>(stats.tiles_computed),

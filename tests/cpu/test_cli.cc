@@ -94,6 +94,7 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
       {"demo --threads", "--threads needs a value"},
       {"demo --cdf 0.9 --topk 0.5", "give --cdf or --topk, not both"},
       {"tune", "--target-error E in (0, 1) is required"},
+      {"demo --quant fp4", "--quant must be one of none, int8_fp8, int8, got 'fp4'"},
   };
   for (const auto& [args, message] : cases) {
     const RunResult r = run_cli(args);
@@ -195,6 +196,37 @@ TEST_F(Cli, BenchWritesSchemaFields) {
           "\"causal\"", "\"sparsity\"", "\"ms\"", "\"tops\"", "\"rel_l1\"", "\"cos_sim\""})
       EXPECT_NE(line.find(key), std::string::npos) << key << " missing in " << line;
   EXPECT_EQ(count, 2 * 3) << "a dense line and two sweep lines per workload";
+}
+
+// --quant runs Stage 2 in a quantized mode (the CPU emulation) and says so: the sparse line's
+// error grows (int8_fp8's FP8 P·V) while the dense baseline stays exact, and the records name it.
+TEST_F(Cli, BenchQuantModeIsRecordedAndChangesOnlyTheSparseRuns) {
+  const auto bench = [&](const std::string& quant) {
+    const std::string path = temp_path("sparge_cli_bench_" + quant + ".jsonl");
+    std::remove(path.c_str());
+    const RunResult r = run_cli(std::string("bench ") + kTiny +
+                                " --workloads random --tokens 256 --cdf 1 --sim 1 --pv inf "
+                                "--repeats 1 --quant " + quant + " --jsonl " + path);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::vector<std::string> lines;
+    std::istringstream in(read_file(path));
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  };
+  const auto rel_l1 = [](const std::string& line) {
+    const std::size_t at = line.find("\"rel_l1\": ");
+    return at == std::string::npos ? -1.0 : std::stod(line.substr(at + 10));
+  };
+  const std::vector<std::string> exact = bench("none"), fp8 = bench("int8_fp8");
+  ASSERT_EQ(exact.size(), 2u);
+  ASSERT_EQ(fp8.size(), 2u);
+  EXPECT_NE(fp8[0].find("\"quant\": \"none\""), std::string::npos) << fp8[0];  // the dense line
+  EXPECT_NE(fp8[1].find("\"quant\": \"int8_fp8\""), std::string::npos) << fp8[1];
+  EXPECT_NE(fp8[1].find("sparge-cpu-quant"), std::string::npos) << fp8[1];
+  EXPECT_DOUBLE_EQ(rel_l1(fp8[0]), rel_l1(exact[0]));
+  // Nothing skipped: exact is rounding only, int8_fp8 adds its quantization (about 0.03).
+  EXPECT_LT(rel_l1(exact[1]), 1e-5) << exact[1];
+  EXPECT_GT(rel_l1(fp8[1]), 1e-2) << fp8[1];
 }
 
 }  // namespace
