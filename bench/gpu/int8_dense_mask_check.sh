@@ -10,7 +10,8 @@
 #   2. bench_attention.py at N 8K and 32K, hd 128 and 64, sparsity 0 and 0.9: sparge-quant-int8
 #      against the exact kernels (auto = sm90ws, and sm80: the same mma.sync kernel exact),
 #      sparge-quant (int8_fp8) and cuDNN / flash SDPA, in one process per head dim;
-#   3. the Python suite but the distributed tests (the package installed in the background);
+#   3. the Python tests of the files the switches touched (PYTEST_FILES=all: the suite but the
+#      distributed tests; the package installed in the background);
 #   4. (with a wheel of scripts/build_wheel.sh in .devpack: installed instead of built, timed)
 #   5. issue 12's Gemma 3 run (bench/eval/gemma_window.py, random weights, 8192 tokens, bf16)
 #      with transformers' eager attention as a second bf16 reference: the logits' distance
@@ -52,8 +53,12 @@ bench 128
 tail -24 "$OUT/bench_$C.log"
 wait $PIP; el "$(tail -1 /tmp/install.log)"
 (cd /tmp && python3 -c "import sparge; print(sparge.__file__); print(sparge.build_info())")
-(cd tests/python && timeout 130 python3 -m pytest -q -p no:cacheprovider -rs \
-  --ignore=test_distributed.py > "$OUT/pytest_$C.log" 2>&1)
+# The Python files the switches touched (the whole suite but the distributed tests with
+# PYTEST_FILES=all: ~100 s more).
+FILES=${PYTEST_FILES:-test_cuda.py test_attn_mask.py test_patch.py test_transformers.py}
+[ "$FILES" = all ] && FILES="--ignore=test_distributed.py"
+(cd tests/python && timeout 130 python3 -m pytest -q -p no:cacheprovider -rs $FILES \
+  > "$OUT/pytest_$C.log" 2>&1)
 el "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"; grep -E "^FAILED|^E  " "$OUT/pytest_$C.log" | head -12
 timeout 90 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
   --eager --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
