@@ -290,3 +290,5 @@ def test_the_gemma3_window_benchmark_runs_tiny(tmp_path):
             assert r["served"] == r["calls"] == r["layers"] and r["fallback"] == 0, r
         if r["setting"] == "nothing skipped":
             assert r["logits_rel_l1"] < 1e-5 and r["top1_agree"] == 1.0, r
+        if r["setting"] == "defaults":  # from the untimed statistics pass
+            assert r["sparsity"] is not None and 0.0 <= r["sparsity"] <= 1.0, r
