@@ -12,7 +12,9 @@
 #   3. bench_window.py at N 32K, W 512 and 4096 (issue 12: a window layer's rate per kept tile
 #      against the dense kernel's, and FlexAttention with the same window, recompiled per
 #      window since its W 4096 rows of 2026-12-04 were invalid);
-#   4. issue 12's Gemma 3 run again with every run timed without statistics (--eager).
+#   4. issue 12's Gemma 3 run again with every run timed without statistics (--eager);
+#   5. issue 14's two unmeasured decode cases: chunked prefill (256 query rows against 128K
+#      keys) and batch 1 (one query row per head: where split-KV should fill the GPU).
 # At most 8 files come back: logs and records in $OUT.
 set -uo pipefail
 C=${1:?commit}
@@ -45,3 +47,11 @@ wait $PIP; el "$(tail -1 /tmp/install.log)"
 timeout 100 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
   --eager --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
 el "gemma rc=$?"; tail -14 "$OUT/gemma3_window_$C.log"
+i=0
+for extra in "--rows 256" "--batch 1"; do
+  i=$((i + 1))
+  timeout 60 python3 bench/gpu/bench_decode.py --commit "$C" --reps 10 $extra \
+    --out "/tmp/decode_$i.jsonl" 2>&1 | grep -v '^{' >> "$OUT/decode_$C.log"
+  el "decode $extra rc=${PIPESTATUS[0]}"
+done
+cat /tmp/decode_*.jsonl > "$OUT/decode_$C.jsonl" 2>/dev/null; tail -16 "$OUT/decode_$C.log"
