@@ -15,7 +15,7 @@
 #   4. issue 12's Gemma 3 run again with every run timed without statistics (--eager);
 #   5. issue 14's two unmeasured decode cases: chunked prefill (256 query rows against 128K
 #      keys) and batch 1 (one query row per head: where split-KV should fill the GPU).
-# At most 8 files come back: logs and records in $OUT.
+# At most 8 files come back: logs and records in $OUT (8 here).
 set -uo pipefail
 C=${1:?commit}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
@@ -41,8 +41,8 @@ timeout 100 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
 el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
 grep -E 'Failure' -A4 "$OUT/gpu_tests_$C.log" | head -30
 timeout 150 python3 bench/gpu/bench_window.py --lib /tmp/bins/libsparge_c.so --commit "$C" \
-  --seqs 32768 --out-dir "$OUT" --tag "window-$C" > "$OUT/window_$C.log" 2>&1
-el "window rc=$?"; grep -v '^{' "$OUT/window_$C.log" | tail -12
+  --seqs 32768 --out-dir "$OUT" --tag "window-$C" > /tmp/window.log 2>&1
+el "window rc=$?"; grep -v '^{' /tmp/window.log | tail -12  # its records: $OUT
 wait $PIP; el "$(tail -1 /tmp/install.log)"
 timeout 100 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
   --eager --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
