@@ -82,14 +82,19 @@ struct WorkspaceLayout {
 
 WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, bool row_chunks);
 
-// The bytes a call of shape `s` needs whole: what row chunks bound.
-std::size_t whole_call_bytes(const ProblemShape& s, const SparseOptions& o) {
-  return workspace_layout(s, o, /*row_chunks=*/false).total;
+// What row chunks bound: the bytes a call of shape `s` needs whole for its mask and Stage 1's
+// scratch, without the quantized copies of q, k and v. Those grow with the tokens, not with
+// seq_q · seq_k, and chunks would redo K's and V's: counted in, they cut a quantized call of 8K
+// tokens and 32 heads into 32 chunks, each quantizing the whole K and V again.
+std::size_t chunked_bytes(const ProblemShape& s, const SparseOptions& o) {
+  SparseOptions exact = o;
+  exact.quant = QuantMode::kNone;
+  return workspace_layout(s, exact, /*row_chunks=*/false).total;
 }
 
 WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, bool row_chunks) {
   WorkspaceLayout w;
-  if (row_chunks) w.chunks = detail::row_chunking(s, o, &whole_call_bytes);
+  if (row_chunks) w.chunks = detail::row_chunking(s, o, &chunked_bytes);
   w.shape = detail::chunk_shape(s, o, w.chunks);
   const int64_t rows = s.batch * s.heads_q * detail::ceil_div(w.shape.seq_q, o.block_q);
   const int64_t nk = detail::ceil_div(s.seq_k, o.block_k);
@@ -100,8 +105,13 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   w.stage1 = w.lse + align_up(sizeof(float) * lse_rows);
   w.stage1_bytes = align_up(cuda::workspace_size(w.shape, o));
   w.total = w.stage1 + w.stage1_bytes;
-  // A cut call asks for its budget at least: row_chunks.h says why (sizes stay monotonic).
-  if (w.chunks.cut()) w.total = std::max(w.total, detail::row_chunk_budget(s));
+  // A cut call asks for its budget at least, plus what the whole call's quantized copies take
+  // beyond the exact layout: row_chunks.h says why (sizes stay monotonic; a whole call holds at
+  // most the budget and its copies).
+  if (w.chunks.cut()) {
+    const std::size_t whole = workspace_layout(s, o, false).total, exact = chunked_bytes(s, o);
+    w.total = std::max(w.total, detail::row_chunk_budget(s) + (whole > exact ? whole - exact : 0));
+  }
   return w;
 }
 

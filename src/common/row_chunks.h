@@ -29,7 +29,8 @@ struct RowChunking {
 };
 
 // `bytes_of(shape, opts)`: the mask and Stage-1 bytes a call of `shape` needs (the caller's
-// workspace layout). A call is cut when they exceed max(kRowChunkMinBytes, kRowChunkShareOfQkv ·
+// workspace layout, without the quantized copies of q, k and v, which chunks do not shrink but
+// for q's). A call is cut when they exceed max(kRowChunkMinBytes, kRowChunkShareOfQkv ·
 // Q+K+V bytes), the error target is off (its per-head choice spans every row of the head), and
 // it has at least 4 query blocks; chunks are equal runs of at least 2 query blocks (so no chunk is
 // a few rows that a decode kernel would take instead). SPARGE_ROW_CHUNK_BLOCKS=n forces chunks

@@ -19,6 +19,7 @@
 #include "common/row_chunks.h"
 #include "call_outputs.h"
 #include "reference_cases.h"
+#include "sparge/build_info.h"
 #include "sparge/sparge.h"
 #include "test_util.h"
 
@@ -227,22 +228,42 @@ TEST(RowChunks, WorkspaceSizeGrowsWithTheShape) {
   SparseOptions o;
   o.select = SelectMode::kTopK;
   const int64_t lengths[] = {1, 100, 4096, 16384, 32768, 65536, 100000, 131072, 262144, 600000};
+  for (QuantMode quant : {QuantMode::kNone, QuantMode::kInt8Fp8, QuantMode::kInt8})
   for (int64_t heads : {1, 8, 32})
     for (int64_t nk : lengths) {
+      o.quant = quant;
       std::size_t previous = 0;
       for (int64_t nq : lengths) {
         const ProblemShape s{1, heads, heads, nq, nk, 128, DType::kBFloat16};
         const std::size_t bytes = workspace_size(s, o, Device::kCUDA);
-        EXPECT_GE(bytes, previous) << "H " << heads << " nq " << nq << " nk " << nk;
+        EXPECT_GE(bytes, previous) << enum_name(quant) << " H " << heads << " nq " << nq
+                                   << " nk " << nk;
         previous = bytes;
         if (nk > 1) {  // and along the keys
           ProblemShape fewer = s;
           fewer.seq_k = nk / 2;
           EXPECT_GE(bytes, workspace_size(fewer, o, Device::kCUDA))
-              << "H " << heads << " nq " << nq << " nk " << nk;
+              << enum_name(quant) << " H " << heads << " nq " << nq << " nk " << nk;
         }
       }
     }
+}
+
+// The quantized copies of q, k and v grow with the tokens, not with seq_q · seq_k, and chunks
+// would quantize K and V again each: they do not count towards cutting a call. A quantized call
+// of 8K tokens and 32 heads (Q+K+V 192 MiB, its copies about 100 MiB) stays whole, so its
+// workspace holds its mask too and exceeds the caller-mask size; before, it was cut into 32
+// chunks of 2 query blocks.
+TEST(RowChunks, QuantizedCopiesDoNotCutACall) {
+  if (!SPARGE_WITH_CUDA) GTEST_SKIP() << "the CUDA workspace (no Stage-1 scratch in this build)";
+  const ScopedEnv off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+  const ProblemShape s{1, 32, 32, 8192, 8192, 128, DType::kBFloat16};
+  for (QuantMode quant : {QuantMode::kNone, QuantMode::kInt8Fp8, QuantMode::kInt8}) {
+    SparseOptions o;
+    o.quant = quant;
+    EXPECT_GT(workspace_size(s, o, Device::kCUDA), workspace_size(s, o, Device::kCUDA, true))
+        << enum_name(quant);
+  }
 }
 
 }  // namespace
