@@ -17,24 +17,10 @@
 #      with transformers' eager attention as a second bf16 reference: the logits' distance
 #      between two correct bf16 implementations, beside Sparge's.
 # At most 8 files come back: logs and records in $OUT.
-set -uo pipefail
-C=${1:?commit}
-OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
-T0=$(date +%s); el(){ echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
-mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+source bench/gpu/device_prelude.sh
 # The package: the wheel of scripts/build_wheel.sh when one was carried in .devpack (issue 13:
 # it installs with no compiler), else built here from the tree.
-WHEEL=$(ls .devpack/sparge-*.whl 2>/dev/null | head -1)
-if [ -n "$WHEEL" ]; then
-  ( S=$(date +%s); python3 -m pip install -q --no-deps --disable-pip-version-check "$WHEEL" \
-    > /tmp/install.log 2>&1; echo "wheel $(basename "$WHEEL") install rc=$? in $(( $(date +%s) - S )) s" >> /tmp/install.log ) &
-else
-  ( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=12 \
-    python3 -m pip install -q --no-deps --disable-pip-version-check . > /tmp/install.log 2>&1; \
-    echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> /tmp/install.log ) &
-fi
-PIP=$!
+install_package_in_background "$(ls .devpack/sparge-*.whl 2>/dev/null | head -1)"
 timeout 100 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
 el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
 grep -E 'Failure' -A4 "$OUT/gpu_tests_$C.log" | head -30

@@ -16,16 +16,8 @@
 #   5. issue 14's two unmeasured decode cases: chunked prefill (256 query rows against 128K
 #      keys) and batch 1 (one query row per head: where split-KV should fill the GPU).
 # At most 8 files come back: logs and records in $OUT (8 here).
-set -uo pipefail
-C=${1:?commit}
-OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
-T0=$(date +%s); el(){ echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
-mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=12 \
-  python3 -m pip install -q --no-deps --disable-pip-version-check . > /tmp/install.log 2>&1; \
-  echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> /tmp/install.log ) &
-PIP=$!
+source bench/gpu/device_prelude.sh
+install_package_in_background
 for run in 1 2; do
   for hd in 64 128; do
     timeout 60 python3 bench/gpu/bench_attention.py --lib /tmp/bins/libsparge_c.so \

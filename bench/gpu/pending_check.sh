@@ -21,23 +21,15 @@
 # dense masks' (DenseMask*); bench/gpu/int8_dense_mask_check.sh runs those under memcheck and
 # times kInt8.
 # Logs and records go to $OUT.
-set -uo pipefail
-C=${1:?commit}
-OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
-T0=$(date +%s); el(){ echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
-mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-( rm -rf python/build; SPARGE_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=14 \
-  python3 -m pip install -q --no-deps --disable-pip-version-check . > "$OUT/install.log" 2>&1; \
-  echo "install rc=$? at $(( $(date +%s) - T0 ))s" >> "$OUT/install.log" ) &
-PIP=$!
+source bench/gpu/device_prelude.sh
+install_package_in_background
 timeout 100 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
 el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
 grep -E 'Failure|\[ (row chunks|workspace) \]' -A4 "$OUT/gpu_tests_$C.log" | head -30
 timeout 60 compute-sanitizer --tool memcheck /tmp/bins/sparge_gpu_tests \
   --gtest_filter='CudaRowChunks.*:CudaLongRows.EqualThe*' > "$OUT/memcheck_$C.log" 2>&1
 el "memcheck rc=$? $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/memcheck_$C.log" | tr '\n' ' ')"
-wait $PIP; el "$(tail -1 "$OUT/install.log")"
+wait $PIP; el "$(tail -1 /tmp/install.log)"
 (cd tests/python && timeout 150 python3 -m pytest -q -p no:cacheprovider -rs \
   --ignore=test_distributed.py > "$OUT/pytest_$C.log" 2>&1)
 el "pytest rc=$? $(tail -1 "$OUT/pytest_$C.log")"; grep -E "^FAILED|^E  " "$OUT/pytest_$C.log" | head -12
