@@ -2,10 +2,9 @@
 // (docs/method.md "Quantized mode") and against exact attention, for both modes: kInt8Fp8 (the
 // quantization pass, then the INT8 Q·Kᵀ / FP8 P·V kernel attn_fwd_sm90_q8) and kInt8 (the pass
 // without V, then the mma.sync kernel on INT8 Q/K codes with P·V in the inputs' type, every GPU
-// from sm_80). Fresh random
-// inputs: odd lengths, Nq != Nk, GQA, causal in both alignments, a sliding window, fp16 and bf16,
-// HND and NHD with padded strides, random masks with empty rows, and a finite λ on an attention
-// sink (whole turns skipped). Outputs are poisoned before each run; NaN never passes. Where a
+// from sm_80). Fresh random inputs: odd lengths, Nq != Nk, GQA, causal in both alignments, a
+// sliding window, fp16 and bf16, HND and NHD with padded strides, random masks with empty rows,
+// and a finite λ on an attention sink (whole turns skipped). Outputs are poisoned before each run; NaN never passes. Where a
 // kernel does not run (kInt8Fp8: no sm_90 device or sm_90a code, another SPARGE_CUDA_KERNEL),
 // the call must be refused naming the option. The LSE (of the true scores: K's smoothing and
 // P's factor 448 taken out) is compared with the emulation's.

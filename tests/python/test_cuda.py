@@ -177,9 +177,8 @@ def _quantized_runs_here():
 def test_quantized_on_cuda_matches_the_cpu_emulation(head_dim, mode):
     # quantized="int8_fp8" (True) on CUDA: the INT8/FP8 kernel on sm_90 (head dims 64 and 128),
     # elsewhere a NotImplementedError naming the option; "int8": the mma.sync kernel on INT8 Q/K
-    # codes (every GPU). Both compared
-    # with the CPU backends' emulation of the same number rules (tests/cuda/test_attention_quant.cc
-    # covers the shapes).
+    # codes (every GPU). Both compared with the CPU backends' emulation of the same number rules
+    # (tests/cuda/test_attention_quant.cc covers the shapes).
     q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=700, seq_k=900, head_dim=head_dim,
                        dtype=torch.bfloat16, seed=11)
     kw = dict(is_causal=True, return_stats=True, quantized=mode, **dense_options())
