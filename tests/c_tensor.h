@@ -1,5 +1,5 @@
-// The C ABI's views (sparge_tensor, sparge_block_mask) of host TensorViews and BlockMasks, for
-// the tests that call the C ABI.
+// The C ABI's views (sparge_tensor, sparge_block_mask) of TensorViews and BlockMasks, for the
+// tests that call the C ABI (block masks on the host).
 #pragma once
 
 #include <cstdint>
@@ -13,8 +13,8 @@ inline sparge_tensor c_tensor(const TensorView& t) {
   sparge_tensor c{};
   c.data = t.data;
   c.dtype = static_cast<int>(t.dtype);
-  c.device = SPARGE_CPU;
-  c.device_index = 0;
+  c.device = static_cast<int>(t.device);  // sparge_device's codes are Device's
+  c.device_index = t.device_index;
   const int64_t shape[4] = {t.batch, t.heads, t.tokens, t.head_dim};
   const int64_t strides[4] = {t.stride_batch, t.stride_head, t.stride_token, t.stride_dim};
   for (int i = 0; i < 4; ++i) {

@@ -121,13 +121,8 @@ TEST(CApi, SetRejectsWholeNumbersOutsideInt) {
 // shapes that every call rejects need no workspace.
 TEST(CApi, WorkspaceSizeOfRejectedArgumentsIsZero) {
   std::vector<float> buf(64);
-  sparge_tensor q{};
-  q.data = buf.data();
-  q.dtype = SPARGE_F32;
-  q.device = SPARGE_CUDA;
-  const int64_t shape[4] = {1, 1, 4, 16}, strides[4] = {64, 64, 16, 1};
-  std::memcpy(q.shape, shape, sizeof(shape));
-  std::memcpy(q.strides, strides, sizeof(strides));
+  sparge_tensor q = to_c(TensorView::contiguous(buf.data(), DType::kFloat32, Layout::kHND, 1, 1, 4,
+                                                16, Device::kCUDA));
   sparge_options o = sparge_default_options();
   o.block_q = 0;
   EXPECT_EQ(sparge_workspace_size(&q, &q, &o), 0u);
@@ -142,13 +137,8 @@ TEST(CApi, WorkspaceSizeOfRejectedArgumentsIsZero) {
 TEST(CApi, WorkspaceSizeWithADenseMask) {
   std::vector<float> buf(2 * 300 * 64);
   std::vector<uint8_t> bools(300 * 300, 1);
-  sparge_tensor q{};
-  q.data = buf.data();
-  q.dtype = SPARGE_BF16;
-  q.device = SPARGE_CUDA;
-  const int64_t shape[4] = {1, 2, 300, 64}, strides[4] = {2 * 300 * 64, 300 * 64, 64, 1};
-  std::memcpy(q.shape, shape, sizeof(shape));
-  std::memcpy(q.strides, strides, sizeof(strides));
+  sparge_tensor q = to_c(TensorView::contiguous(buf.data(), DType::kBFloat16, Layout::kHND, 1, 2,
+                                                300, 64, Device::kCUDA));
   const sparge_options o = sparge_default_options();
   sparge_attn_mask m = {bools.data(), SPARGE_MASK_BOOL, SPARGE_CUDA, 0,
                         {1, 1, 300, 300}, {0, 0, 300, 1}, nullptr};
@@ -175,14 +165,10 @@ TEST(CApi, WorkspaceSizeWithADenseMask) {
 // queries) it is the larger of the two: the quantized Stage 2 of 8K tokens failed on a
 // buffer of sparge_workspace_size before this function existed.
 TEST(CApi, WorkspaceSizeForACallerMask) {
-  std::vector<float> buf(64);
-  sparge_tensor q{};
-  q.data = buf.data();
-  q.dtype = SPARGE_BF16;
-  q.device = SPARGE_CUDA;
-  const int64_t n = 131072, shape[4] = {1, 8, n, 128}, strides[4] = {8 * n * 128, n * 128, 128, 1};
-  std::memcpy(q.shape, shape, sizeof(shape));
-  std::memcpy(q.strides, strides, sizeof(strides));
+  std::vector<float> buf(64);  // never read: a size is all these calls compute
+  const int64_t n = 131072;
+  sparge_tensor q = to_c(TensorView::contiguous(buf.data(), DType::kBFloat16, Layout::kHND, 1, 8, n,
+                                                128, Device::kCUDA));
   for (const int quant : {SPARGE_QUANT_NONE, SPARGE_QUANT_INT8_FP8, SPARGE_QUANT_INT8}) {
     sparge_options o = sparge_default_options();
     o.quant = quant;
