@@ -6,8 +6,8 @@
 // group of pv_group_rows rows, and only then is V converted and P·V accumulated.
 // Quantized modes read the int8 codes of src/cpu/quantize.h: the int8 dot products are exact in
 // fp32 (|Σ q8·k8| ≤ 256·127² < 2^24), then scaled by s_q·s_k·scale·log2(e) per tile. kInt8Fp8's
-// P is 448·2^(t − m), summed into l as is and rounded to e4m3 for P·V with the e4m3 V (the FP8
-// P·V kernel's rule); kInt8 takes P and v as exact mode does.
+// P is 448·2^(t − m), rounded to e4m3 for P·V with the e4m3 V and summed into l so rounded (the
+// FP8 P·V kernel's rule); kInt8 takes P and v as exact mode does.
 #include <omp.h>
 
 #include <algorithm>
@@ -360,6 +360,10 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
         _mm256_storeu_ps(line + r, _mm256_mul_ps(fast::exp2_ps(x), p_scale));
       }
     }
+    // The FP8 P·V product sees P in e4m3, and l sums that P (the GPU kernel forms l with the
+    // same MMA, P times a column of ones).
+    if (pl.fp8_pv)
+      for (int64_t c = 0; c < keys; ++c) round_to_e4m3(s.st + c * bq + lo8, hi8 - lo8);
     for (int64_t r = lo8; r < hi8; r += 8) {
       __m256 sum = _mm256_setzero_ps();
       for (int64_t c = 0; c < keys; ++c)
@@ -367,9 +371,6 @@ void attend_block(const Plan& pl, Scratch& s, int64_t b, int64_t h, int64_t qb,
       _mm256_storeu_ps(s.rowsum + r, sum);
     }
     for (int32_t r : s.active) s.l[r] = s.l[r] * s.alpha[r] + s.rowsum[r];
-    // The FP8 P·V product sees P in e4m3; l has just summed it unrounded.
-    if (pl.fp8_pv)
-      for (int64_t c = 0; c < keys; ++c) round_to_e4m3(s.st + c * bq + lo8, hi8 - lo8);
 
     if (v_in_place) {
       accumulate_pv(pl, s, static_cast<const float*>(vplane.row(key0)),

@@ -5,8 +5,8 @@
 // mask (AttentionMask) is applied to every element, without the tile classes of the fast path.
 // Quantized modes take their scores from the INT8 codes and scales (cpu/quantize.h); kInt8Fp8
 // also V from its e4m3 values and P·V from P = 448·2^(t − m) rounded to e4m3 as the FP8 P·V
-// kernel does (kInt8 keeps V and P exact); everything else stays in double (l sums the unrounded
-// P), so it is exact given those roundings.
+// kernel does (kInt8 keeps V and P exact), and l sums that rounded P as the kernel's MMA does;
+// everything else stays in double, so it is exact given those roundings.
 #include "cpu/reference.h"
 
 #include <algorithm>
@@ -130,10 +130,12 @@ void attend_head(const detail::Problem& p, const BlockMask& mask, const MaskRead
           for (int64_t c = c_begin; c < c_end; ++c) {
             if (hidden(r, c)) continue;
             const double pr = p_scale * std::exp2(tile[(r - r0) * (c1 - c0) + (c - c0)] - m_new);
-            // The FP8 P·V product sees P in e4m3 (NaN stays NaN); l sums the exact P.
+            // The FP8 P·V product sees P in e4m3 (NaN stays NaN), and l sums the same P (the
+            // kernel's row sums are P times a column of ones in that product): o is then a
+            // convex combination of V's rows.
             const double pv =
                 fp8 ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(pr))) : pr;
-            st.l += pr;
+            st.l += pv;
             for (int64_t d = 0; d < D; ++d) st.acc[d] += pv * v[c * D + d];
           }
           st.m = m_new;

@@ -61,8 +61,8 @@ inline double half_ulp_f32(double x) {
 // One query row of quantized-mode attention, written out from the rule of docs/method.md
 // ("Quantized mode"), in double: t[c] are the row's scores in log2 units, v[c * D + d] the
 // dequantized V. Tiles of block_k keys in order, nothing skipped; m is the running max, P =
-// 448·2^(t − m) goes to P·V rounded to e4m3 (through float) and into l unrounded; acc and l are
-// rescaled by 2^(m_old − m_new). round_p = false keeps P unrounded (the rule without rounding).
+// 448·2^(t − m) goes to P·V and into l rounded to e4m3 (through float); acc and l are rescaled
+// by 2^(m_old − m_new). round_p = false keeps P unrounded (the rule without rounding).
 inline std::vector<double> quantized_row_by_rule(const std::vector<double>& t,
                                                  const std::vector<float>& v, int64_t D,
                                                  int64_t block_k, bool round_p = true) {
@@ -79,7 +79,7 @@ inline std::vector<double> quantized_row_by_rule(const std::vector<double>& t,
       const double p = 448.0 * std::exp2(t[c] - m_new);
       const double p8 =
           round_p ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(p))) : p;
-      l += p;
+      l += p8;
       for (int64_t d = 0; d < D; ++d) acc[d] += p8 * v[c * D + d];
     }
     m = m_new;

@@ -51,7 +51,8 @@ const char* name_of(Backend b) { return b == Backend::kReference ? "reference" :
 
 // One query row against six keys, D 16, scale 1 (scores a few log2 units apart: P spans
 // several e4m3 binades): the quantized scores t (log2 units) from the mode's codes, and the LSE
-// of the unsmoothed scores, ln Σ_c e^(s_c) with s_c = t_c·ln2 + scale · q·km.
+// of the unsmoothed scores, ln Σ_c e^(s_c) with s_c = t_c·ln2 + scale · q·km; with kInt8Fp8 the
+// sum is of the e4m3-rounded 448·2^(t_c − max t), over 448 (what l sums in that mode).
 struct OneRow {
   static constexpr int64_t kKeys = 6, kD = 16;
   HostTensor q = HostTensor::make(gaussian(kD, 51), 1, 1, 1, kD, DType::kFloat32, Layout::kHND);
@@ -78,7 +79,12 @@ struct OneRow {
     }
     const double t_max = *std::max_element(t.begin(), t.end());
     double sum = 0, shift = 0;
-    for (double x : t) sum += std::exp2(x - t_max);
+    for (double x : t) {
+      const double p = std::exp2(x - t_max);
+      sum += mode == QuantMode::kInt8Fp8
+                 ? detail::e4m3_bits_to_float(detail::float_to_e4m3_bits(float(448.0 * p))) / 448.0
+                 : p;
+    }
     for (int64_t d = 0; d < kD; ++d) shift += double(q.get(0, 0, 0, d)) * double(qi.km[d]);
     lse = kLn2 * (t_max + std::log2(sum)) + double(opts.scale) * shift;
   }
@@ -112,9 +118,10 @@ struct OneRow {
   }
 };
 
-// kInt8Fp8: the output is the rule's, computed here from the quantized scores, and visibly not
-// the one with P unrounded; the LSE is that of the scores without 448 in it.
-TEST(QuantizedAttention, PvUsesE4m3PAndLUsesExactP) {
+// kInt8Fp8: the output is the rule's (P·V and l both on the e4m3 P), computed here from the
+// quantized scores, and visibly not the one with P unrounded; the LSE is that of the rounded P
+// without 448 in it.
+TEST(QuantizedAttention, PvAndLUseE4m3P) {
   const OneRow c(QuantMode::kInt8Fp8);
   c.check(quantized_row_by_rule(c.t, c.qi.v, OneRow::kD, c.opts.block_k),
           quantized_row_by_rule(c.t, c.qi.v, OneRow::kD, c.opts.block_k, false), "e4m3 P rule");

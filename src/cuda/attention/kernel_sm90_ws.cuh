@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   const uint32_t raw_addr = smem_addr(smem_raw);
   const uint32_t pad = (kSw128AtomBytes - raw_addr % kSw128AtomBytes) % kSw128AtomBytes;
   Storage& smem = *reinterpret_cast<Storage*>(smem_raw + pad);
-  if (threadIdx.x == 0) Mainloop::init_barriers(smem);
+  if (threadIdx.x == 0) Mainloop::init_shared(smem);
   __syncthreads();  // the only CTA-wide barrier: after the role split the groups never meet
 
   WorkTile w;

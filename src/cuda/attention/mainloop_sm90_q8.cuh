@@ -6,7 +6,8 @@
 //   scale · log2 e: the scores in log2 units the exact kernel's softmax takes (λ rule, masks and
 //   NaN handling are its code);
 //   P = 448 · 2^(t - m) rounded to e4m3, O += P·V8 (m64nDk32 e4m3 wgmma), V's per-channel
-//   scale applied once in the epilogue (O is linear in V).
+//   scale applied once in the epilogue (O is linear in V); l += P·1 (m64n8k32 e4m3 wgmma on a
+//   tile of ones), so l sums the same rounded P as O.
 // Two-level accumulation: a turn's P·V (its keys in k32 steps) starts from zero in its own
 // registers and is added to O in fp32 afterwards (O = O·alpha + turn, one FFMA per element,
 // where the exact kernel multiplies O by alpha anyway). The FP8 wgmma keeps a narrower
@@ -45,10 +46,21 @@ struct MainloopSm90Q8 {
   using RawScores = uint32_t[kBlocks][kNTiles][4];       // the s32 accumulator of S
   using Probs = uint32_t[kBlocks][kKSteps][4];           // e4m3 P, A operand of P·V
   using Acc = float[kOTiles][4];
+  using RowSums = float[1][4];  // a turn's P·1 (m64n8): [0][0], [0][1] row g, [0][2], [0][3] row g+8
   // O leaves from registers: the 8-bit Q tile holds half a consumer's O tile.
   static constexpr bool kOutputThroughQTile = false;
 
-  static __device__ void init_barriers(Storage& smem) { Exact::init_barriers(smem); }
+  // One thread, before the role split: the barriers, and the ones of the row sums, stored through
+  // the generic proxy and fenced for the wgmma's reads through the async proxy (the kernel's
+  // __syncthreads then orders them before every consumer's first P·V).
+  static __device__ void init_shared(Storage& smem) {
+    Exact::init_barriers(smem);
+    uint4* ones = reinterpret_cast<uint4*>(smem.ones);
+#pragma unroll
+    for (int i = 0; i < Traits::kOnesBytes / 16; ++i)
+      ones[i] = make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);
+    fence_proxy_async_smem();
+  }
 
   // ---- producer (one thread) ------------------------------------------------------------
   static __device__ void load(const Params& p, Storage& smem, const WorkTile& w) {
@@ -105,15 +117,32 @@ struct MainloopSm90Q8 {
   }
 
   // The turn's P·V into `turn_acc` (from zero with Traits::kTwoLevel, else onto O): block i's V8
-  // tile, two k32 steps of 32 bytes.
-  static __device__ void issue_pv(Acc& turn_acc, const Probs& prob, uint64_t dv) {
+  // tile, two k32 steps of 32 bytes; with !kThreadRowSums also P·1 into `sums` (from zero; the
+  // ones' descriptor serves every step: each row of the tile is the same).
+  static __device__ void issue_pv(Acc& turn_acc, RowSums& sums, const Probs& prob, uint64_t dv,
+                                  uint64_t dones) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i)
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk)
+      for (int kk = 0; kk < kKSteps; ++kk) {
         wgmma_m64nNk32_e4m3_rs<Traits::kHeadDim>(
             turn_acc, prob[i][kk], sw128_desc_advance(dv, i * Traits::kVBlockBytes + kk * 32),
             !Traits::kTwoLevel || i + kk > 0);
+        if constexpr (!Traits::kThreadRowSums)
+          wgmma_m64nNk32_e4m3_rs<8>(sums, prob[i][kk], dones, i + kk > 0);
+      }
+  }
+
+  // O = O · alpha + the turn's P·V, and l likewise with the turn's row sums.
+  static __device__ void add_turn(Acc& acc, const Acc& turn_acc, const RowSums& sums,
+                                  const float (&alpha)[2], Softmax& softmax) {
+    add_turn(acc, turn_acc, alpha);
+    if constexpr (!Traits::kThreadRowSums) softmax.add_row_sums(alpha, {sums[0][0], sums[0][2]});
+  }
+  // O and l times alpha (a turn without P·V).
+  static __device__ void rescale(Acc& acc, const float (&alpha)[2], Softmax& softmax) {
+    Softmax::rescale(acc, alpha);
+    if constexpr (!Traits::kThreadRowSums) softmax.scale_row_sums(alpha);
   }
 
   // The K scales of the turn's blocks (kKScales per block, the same for every thread), loaded as
@@ -228,6 +257,7 @@ struct MainloopSm90Q8 {
     const uint64_t dq = qk_desc(smem_addr(smem.q) + consumer * 64 * Traits::kQkRowBytes);
     const uint64_t dk0 = qk_desc(smem_addr(smem.k[0]));
     const uint64_t dv0 = sw64_desc(smem_addr(smem.v[0][0]), kSw64AtomBytes);
+    const uint64_t dones = sw64_desc(smem_addr(smem.ones), kSw64AtomBytes);
     const MmaTurn<Traits> turn{consumer};
     turn.start();
     RawScores raw;
@@ -238,6 +268,7 @@ struct MainloopSm90Q8 {
     for (int d = 0; d < kOTiles; ++d)
       turn_buffer[d][0] = turn_buffer[d][1] = turn_buffer[d][2] = turn_buffer[d][3] = 0.0f;
     Acc& turn_acc = Traits::kTwoLevel ? turn_buffer : acc;
+    RowSums sums = {{0.0f, 0.0f, 0.0f, 0.0f}};  // the turn's P·1 (!kThreadRowSums)
     float kf[kBlocks][kKScales];
     float alpha[2], alpha_pv[2];  // alpha_pv: the factor of the turn whose P·V is in `prob`
     bool skip[kBlocks], any_skip;
@@ -276,6 +307,7 @@ struct MainloopSm90Q8 {
       mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
       turn.acquire();
       fence_operands(turn_acc);
+      fence_operands(sums);
       fence_probs(prob);
       fence_raw(raw);
       wgmma_fence();
@@ -283,7 +315,8 @@ struct MainloopSm90Q8 {
       wgmma_commit();
       if constexpr (kWithPv) {
         wgmma_fence();
-        issue_pv(turn_acc, prob, sw128_desc_advance(dv0, vc.stage * Traits::kVStageBytes));
+        issue_pv(turn_acc, sums, prob, sw128_desc_advance(dv0, vc.stage * Traits::kVStageBytes),
+                 dones);
         wgmma_commit();
       }
       turn.pass(false);
@@ -295,14 +328,15 @@ struct MainloopSm90Q8 {
       const bool turn_skipped = Exact::vote_turn_skip(skip, lambda, consumer, p, w);
       wgmma_wait<0>();
       fence_operands(turn_acc);
+      fence_operands(sums);
       Exact::release(smem.v_empty[vc.stage], lane);
       vc.advance();
       if constexpr (!Traits::kTwoLevel) {  // O moves to the new max before P[t]·V[t] adds to it
         if (Softmax::needs_rescale(alpha)) Softmax::rescale(acc, alpha);
       } else if constexpr (kWithPv) {
-        add_turn(acc, turn_acc, alpha_pv);
+        add_turn(acc, turn_acc, sums, alpha_pv, softmax);
       } else if (Softmax::needs_rescale(alpha_pv)) {
-        Softmax::rescale(acc, alpha_pv);
+        rescale(acc, alpha_pv, softmax);
       }
       alpha_pv[0] = alpha[0], alpha_pv[1] = alpha[1];
       pack(s, prob, skip, any_skip);
@@ -321,22 +355,25 @@ struct MainloopSm90Q8 {
       turn.acquire();
       if constexpr (kWithPv) {
         fence_operands(turn_acc);
+        fence_operands(sums);
         fence_probs(prob);
         wgmma_fence();
-        issue_pv(turn_acc, prob, sw128_desc_advance(dv0, vc.stage * Traits::kVStageBytes));
+        issue_pv(turn_acc, sums, prob, sw128_desc_advance(dv0, vc.stage * Traits::kVStageBytes),
+                 dones);
         wgmma_commit();
       }
       turn.pass(true);
       if constexpr (kWithPv) {
         wgmma_wait<0>();
         fence_operands(turn_acc);
+        fence_operands(sums);
       }
       Exact::release(smem.v_empty[vc.stage], lane);
       if constexpr (!Traits::kTwoLevel) {
       } else if constexpr (kWithPv) {
-        add_turn(acc, turn_acc, alpha_pv);
+        add_turn(acc, turn_acc, sums, alpha_pv, softmax);
       } else if (Softmax::needs_rescale(alpha_pv)) {
-        Softmax::rescale(acc, alpha_pv);
+        rescale(acc, alpha_pv, softmax);
       }
     };
     if (pv_skipped)

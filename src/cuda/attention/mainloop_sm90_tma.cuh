@@ -97,7 +97,7 @@ struct MainloopSm90Tma {
   static constexpr int kKSteps = Traits::kBlockN / 16;  // k16 steps of P·V per block
   static constexpr int kOTiles = Traits::kHeadDim / 8;
   // Row state; exponentiates a whole turn.
-  using Softmax = OnlineSoftmax<kBlocks * kNTiles, Traits::kLazyRescaleLog2>;
+  using Softmax = OnlineSoftmax<kBlocks * kNTiles, Traits::kLazyRescaleLog2, Traits::kThreadRowSums>;
   using BlockSoftmax = OnlineSoftmax<kNTiles>;       // the max of one block
   // Scores of a turn, block i in s[i] (the m64n·kTurnN accumulator: columns 64i.. are block i).
   using Scores = float[kBlocks][kNTiles][4];
@@ -106,8 +106,10 @@ struct MainloopSm90Tma {
   // with params.tma_o (epilogue_sm90_tma.cuh).
   static constexpr bool kOutputThroughQTile = true;
 
-  // One thread, before the role split (a __syncthreads must follow). Any storage with these
-  // barriers (the quantized kernel's too).
+  // One thread, before the role split (a __syncthreads must follow): what shared memory holds
+  // before any load, here the barriers.
+  static __device__ void init_shared(Storage& smem) { init_barriers(smem); }
+  // Any storage with these barriers (the quantized kernel's too).
   template <typename AnyStorage>
   static __device__ void init_barriers(AnyStorage& smem) {
     mbarrier_init(&smem.q_full, 1);

@@ -24,11 +24,18 @@ __device__ __forceinline__ float exp2_approx(float x) {
 // whenever m_r moves. kLazyRescaleLog2 = k > 0: the base b_r moves to m_r only when m_r passed it by
 // more than k (log2 units), so P <= 2^k and most turns of a long row keep alpha = 1, i.e. no
 // rescale of O (FlashAttention-4's conditional rescaling). The λ rule still reads m_r.
-template <int kNTiles, int kLazyRescaleLog2 = 0>  // 8-column score tiles per key tile
+//
+// kThreadRowSums = false: exponentiate leaves l alone; the kernel forms each turn's row sums
+// itself (the quantized kernel, as a column of ones in its P·V MMA: l then sums the same
+// e4m3-rounded P as O does) and folds them in with add_row_sums / scale_row_sums, holding each
+// row's whole l in every thread of its quad.
+template <int kNTiles, int kLazyRescaleLog2 = 0,
+          bool kThreadRowSums = true>  // kNTiles: 8-column score tiles per key tile
 struct OnlineSoftmax {
   float row_max[2];   // m_r in log2 units, -inf until the row sees a key
   float row_base[2];  // b_r, the exponentials' base (kLazyRescaleLog2 > 0 only)
-  float row_sum[2];   // this thread's share of l_r (summed over the quad in finalize)
+  float row_sum[2];   // this thread's share of l_r (summed over the quad in finalize), or with
+                      // !kThreadRowSums the row's whole l
 
   __device__ void init() {
     row_max[0] = row_max[1] = -INFINITY;
@@ -129,6 +136,14 @@ struct OnlineSoftmax {
       }
       const float shift = base - prob_log2_scale;
       row_max[i] = m_new;
+      if constexpr (!kThreadRowSums) {
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            s[n][2 * i + e] = exp2_approx(fmaf(s[n][2 * i + e], scale_log2, -shift));
+        continue;
+      }
       row_sum[i] *= alpha[i];
       // kSums independent partial sums: one running sum made every add wait for the one before
       // (and the in-order issue then held back the exponentials behind it).
@@ -147,6 +162,18 @@ struct OnlineSoftmax {
     }
   }
 
+  // !kThreadRowSums: l = l · alpha + a turn's row sums (each row's whole sum, in every thread of
+  // its quad), or l · alpha alone for a turn that added nothing.
+  __device__ void add_row_sums(const float (&alpha)[2], const float (&turn_sums)[2]) {
+    static_assert(!kThreadRowSums, "thread row sums are added by exponentiate");
+    row_sum[0] = fmaf(row_sum[0], alpha[0], turn_sums[0]);
+    row_sum[1] = fmaf(row_sum[1], alpha[1], turn_sums[1]);
+  }
+  __device__ void scale_row_sums(const float (&alpha)[2]) {
+    static_assert(!kThreadRowSums, "thread row sums are scaled by exponentiate");
+    row_sum[0] *= alpha[0];
+    row_sum[1] *= alpha[1];
+  }
   // Whether any row of the warp has alpha != 1, i.e. its running max moved (or it is NaN). Once
   // the rows have seen a few hundred keys the max rarely moves in a turn, and acc·1 = acc
   // exactly, so a kernel may skip rescale when this is false (one vote instead of one FMUL per
@@ -176,14 +203,18 @@ struct OnlineSoftmax {
     rescale(acc, alpha);
   }
 
-  // Full l_r of both rows (quad sum).
+  // Full l_r of both rows (quad sum; !kThreadRowSums: already whole).
   __device__ void finalize(float (&l)[2]) const {
+    if constexpr (!kThreadRowSums) {
+      l[0] = row_sum[0], l[1] = row_sum[1];
+    } else {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float x = row_sum[i];
-      x += __shfl_xor_sync(0xffffffffu, x, 1);
-      x += __shfl_xor_sync(0xffffffffu, x, 2);
-      l[i] = x;
+      for (int i = 0; i < 2; ++i) {
+        float x = row_sum[i];
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        l[i] = x;
+      }
     }
   }
 };

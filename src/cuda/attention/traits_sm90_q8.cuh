@@ -33,6 +33,13 @@ struct AttnTraitsSm90Q8 {
   // fp32 grew from 0.0383 at N 8K to 0.0390 at 32K, with it 0.0382 to 0.0387; speed within
   // ±4% (bench/results/2026-12-04_NVIDIA-H200_quant-ab_check.md).
   static constexpr bool kTwoLevel = true;
+  // l from the tensor cores: per k step of P·V one more wgmma (m64n8k32) multiplies P by a tile
+  // of ones in shared memory, into a turn's row sums added to l as the turn's P·V is to O. l then
+  // sums the e4m3-rounded P that O sums (O / l weighs V's rows by weights that add up to 1, where
+  // the unrounded sum missed by the rounding's mean), and the 64 FADDs per thread and turn of the
+  // sum leave the consumer's path (OnlineSoftmax's kThreadRowSums = false). Needs kTwoLevel: the
+  // sums start from zero each turn.
+  static constexpr bool kThreadRowSums = false;
   static constexpr int kTurnN = kBlocksPerTurn * kBlockN;
   // P = 448 · 2^(s - m) must stay within e4m3's 448: the base is always the running max.
   static constexpr int kLazyRescaleLog2 = 0;
@@ -60,8 +67,11 @@ struct AttnTraitsSm90Q8 {
   // Half the bytes per key of the bf16 kernel: four stages (512 keys in flight at d128, 768 at
   // d64) in 146 KiB / 104 KiB.
   static constexpr int kStages = 4;
-  static constexpr int kSmemBytes =
-      kQBytes + kStages * (kKStageBytes + kVStageBytes) + 2 * kSw128AtomBytes;
+  // The row sums' B operand: 8 rows of 64 e4m3 ones (one SW64 atom; every byte the same, so the
+  // swizzle does not matter), written once before the role split.
+  static constexpr int kOnesBytes = kSw64AtomBytes;
+  static constexpr int kSmemBytes = kQBytes + kStages * (kKStageBytes + kVStageBytes) +
+                                    kSw128AtomBytes + 2 * kSw128AtomBytes;
   // P = 2^(t - m) scaled by 448 (= 2^kProbLog2Scale) before its e4m3 rounding, so that P in
   // [0, 1] uses the whole e4m3 range (its smallest normal is 2^-6); l sums the same scaled P,
   // so the factor cancels in O = acc / l.
@@ -72,6 +82,7 @@ struct AttnTraitsSm90Q8 {
                 "SW64 / SW128 swizzle row)");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA exceeds sm_90's 227 KiB");
   static_assert(kConsumers == 2, "the ping-pong schedule is written for two consumer warpgroups");
+  static_assert(kTwoLevel || kThreadRowSums, "the MMA's row sums start from zero every turn");
 };
 
 // The plain parameters (o, strides, shape, mask, λ; q read for the LSE only, k and v unused), the tensor maps of the
@@ -95,6 +106,7 @@ struct SharedStorageSm90Q8 {
   alignas(kSw128AtomBytes) int8_t q[Traits::kQBytes];
   alignas(kSw128AtomBytes) int8_t k[Traits::kStages][Traits::kKStageBytes];
   alignas(kSw128AtomBytes) uint8_t v[Traits::kStages][Traits::kBlocksPerTurn][Traits::kVBlockBytes];
+  alignas(kSw128AtomBytes) uint8_t ones[Traits::kOnesBytes];  // e4m3 1.0 (0x38) in every byte
   TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];
   uint64_t q_full;
   uint64_t k_full[Traits::kStages];

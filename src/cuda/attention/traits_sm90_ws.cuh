@@ -42,6 +42,8 @@ struct AttnTraitsSm90Ws {
   // base's compare and selects come on top), so d64 keeps 0
   // (bench/results/2026-12-04_NVIDIA-H200_issue9-close_check.md).
   static constexpr int kLazyRescaleLog2 = kHeadDim == 64 ? 0 : 8;
+  // Each thread sums its P into l (OnlineSoftmax; the quantized kernel takes l from its MMA).
+  static constexpr bool kThreadRowSums = true;
   // The missing block of a row's short last turn: a TMA box entirely past seq_k (zeros, no
   // global read; the PTX ISA's zero fill applies to every element outside the tensor), or, if
   // false, block 0 of the turn again (see MainloopSm90Tma::load_kv_turn).

@@ -107,13 +107,22 @@ __device__ __forceinline__ void wgmma_m64nNk32_s8_ss(uint32_t (&d)[N / 8][4], ui
 }
 
 // d[64×N] (+)= A[64×32] · B[N×32]ᵀ in f32, A = P in e4m3 registers (fragment above), B = V8 in
-// e4m3, K-major in shared memory; N = 64 or 128 channels. accumulate = false overwrites d.
+// e4m3, K-major in shared memory; N = 64 or 128 channels, or 8 (P times a tile of ones: the
+// row sums). accumulate = false overwrites d.
 template <int N>
 __device__ __forceinline__ void wgmma_m64nNk32_e4m3_rs(float (&d)[N / 8][4], const uint32_t (&a)[4],
                                                        uint64_t desc_b, bool accumulate) {
-  static_assert(N == 64 || N == 128, "FP8 P·V wgmma is instantiated for head dims 64 and 128");
+  static_assert(N == 8 || N == 64 || N == 128,
+                "FP8 P·V wgmma is instantiated for head dims 64 and 128 and the row sums' 8");
   float(&f)[N / 2] = reinterpret_cast<float(&)[N / 2]>(d);
-  if constexpr (N == 64)
+  if constexpr (N == 8)
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %9, 0;\n"
+        " wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 {%0, %1, %2, %3}"
+        ", {%4, %5, %6, %7}, %8, p, 1, 1;\n}\n"
+        : "+f"(f[0]), "+f"(f[1]), "+f"(f[2]), "+f"(f[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)));
+  else if constexpr (N == 64)
     asm volatile(
         "{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
         " wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 " SPARGE_OPS32
