@@ -191,6 +191,8 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128, 256))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--causal", default="both", choices=("both", "false", "true"),
+                    help="which masks to time (a SPARGE_FAST_BUILD library has no causal kernels)")
     ap.add_argument("--quant", action="store_true", help="also time the quantized mode (sparge-quant)")
     ap.add_argument("--quant-int8", action="store_true",
                     help="also time quant int8 (INT8 Q·Kᵀ, 16-bit P·V; sparge-quant-int8)")
@@ -240,7 +242,7 @@ def main():
         sets = [tuple(torch.randn(B, H, n, D, device="cuda", dtype=dtype) for _ in range(3)) for _ in range(n_sets)]
         out = torch.empty(B, H, n, D, device="cuda", dtype=dtype)
         stream = torch.cuda.current_stream().cuda_stream
-        for causal in (False, True):
+        for causal in {"both": (False, True), "false": (False,), "true": (True,)}[args.causal]:
             shape = dict(seq_q=n, seq_k=n, causal=causal)
             tops = lambda ms: measure.dense_tops(dict(base, **shape), causal, ms)  # noqa: E731
             q0, k0, v0 = sets[0]
