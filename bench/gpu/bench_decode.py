@@ -1,6 +1,7 @@
 """Sparse decode on one GPU (issue 14, item 5): one new query row per sequence against a long KV
 cache, through block_sparse_attention on Stage 1's mask, with the split-KV decode kernels
-(SPARGE_CUDA_DECODE=1) and with the tensor-core kernel, beside dense SDPA (cuDNN, flash).
+(SPARGE_CUDA_DECODE=1), with the tensor-core kernel (=0) and as the dispatch chooses (unset:
+split-KV for at most 64 (batch, query head) rows), beside dense SDPA (cuDNN, flash).
 
 Issue 14's target: q_len 1, KV 128K, B 8, 32 query heads over 8 KV heads, hd 128, sparsity 0.9
 (top-k 0.1, gate off): the bytes a step reads (the kept key blocks' K and V rows, per query head)
@@ -93,10 +94,15 @@ def main():
                 reference = F.scaled_dot_product_attention(
                     q.float(), k.float().repeat_interleave(H // Hkv, 1),
                     v.float().repeat_interleave(H // Hkv, 1))  # one row at the end sees all keys
-            for impl, switch in (("sparge-exact-decode", "1"), ("sparge-exact", "0")):
-                if dev == "cpu" and switch == "1":
+            # Forced on / off, and the dispatch's own choice (split-KV for few (batch, head) rows).
+            for impl, switch in (("sparge-exact-decode", "1"), ("sparge-exact", "0"),
+                                 ("sparge-exact-default", None)):
+                if dev == "cpu" and switch != "0":
                     continue  # the CPU backends have one path
-                os.environ["SPARGE_CUDA_DECODE"] = switch
+                if switch is None:
+                    os.environ.pop("SPARGE_CUDA_DECODE", None)
+                else:
+                    os.environ["SPARGE_CUDA_DECODE"] = switch
 
                 def call():
                     return sparge.block_sparse_attention(q, k, v, mask, pv_threshold=float("inf"))

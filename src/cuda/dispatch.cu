@@ -730,15 +730,35 @@ std::vector<int> compiled_head_dims() {
 
 namespace {
 
-// The split-KV decode kernels (decode.cuh) serve calls of one query block of at most
-// kDecodeMaxRows rows (decode, speculative tokens) with the exact path and block_k 64, behind
-// SPARGE_CUDA_DECODE=1 until a GPU run has checked them (tests/cuda/test_decode.cc sets it).
-bool uses_decode_kernel(const ProblemShape& s, const SparseOptions& o) {
-  const char* opt_in = std::getenv("SPARGE_CUDA_DECODE");
-  if (opt_in == nullptr || std::string(opt_in) != "1") return false;
+// The split-KV decode kernels (decode.cuh) can serve calls of one query block of at most
+// kDecodeMaxRows rows (decode, speculative tokens) with the exact path and block_k 64. They take
+// those with at most kDecodeMaxBatchHeads (batch, query head) rows of the mask: the tensor-core
+// kernels give such a call one CTA per row, which leaves most SMs idle. Measured on an H100 (132
+// SMs; 128K keys, hd 128, 32 query heads over 8 KV heads, bench/results/
+// 2026-12-05_NVIDIA-H100_decode-83918f3.jsonl and ..._decode-3ead0a5.jsonl): at B 1 (32 CTAs)
+// split-KV took 0.132 ms against 0.168 at top-k 0.1 and 0.979 against 1.592 with nothing
+// skipped; at B 8 (256 CTAs) it lost, 0.929 against 0.513 and 7.95 against 3.14. Between the two
+// is not measured: the threshold is half an H100's SMs. Their partial outputs live in the
+// workspace: workspace_size counts them only when SPARGE_CUDA_DECODE=1 forces the kernels (the
+// tests; =0 forces them off, bench_decode.py times both), so that it stays monotonic in seq_q
+// (a call of 1-4 rows would otherwise ask for more than one of 100 rows over few keys); by
+// default they run when the caller's workspace holds the partials, which workspace_size's
+// Stage-1 scratch does from a few thousand keys on (B 1, 32 heads: 266 KB of partials against
+// 16 MB of scratch at 128K keys).
+constexpr int64_t kDecodeMaxBatchHeads = 64;
+bool decode_kernel_fits(const ProblemShape& s, const SparseOptions& o) {
   return s.seq_q >= 1 && s.seq_q <= kDecodeMaxRows && s.seq_q <= o.block_q &&
          o.block_k == kDecodeKeys && o.quant == QuantMode::kNone &&
          (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
+}
+// SPARGE_CUDA_DECODE: 1 (on), 0 (off) or unset (-1: the rule above).
+int decode_kernel_forced() {
+  const char* forced = std::getenv("SPARGE_CUDA_DECODE");
+  if (forced == nullptr) return -1;
+  return std::string(forced) == "1" ? 1 : std::string(forced) == "0" ? 0 : -1;
+}
+bool decode_partials_in_workspace_size(const ProblemShape& s, const SparseOptions& o) {
+  return decode_kernel_fits(s, o) && decode_kernel_forced() == 1;
 }
 
 // Where the decode partials lie (256-byte aligned, from the workspace's start).
@@ -759,6 +779,16 @@ DecodeWorkspace decode_workspace(const ProblemShape& s) {
   return w;
 }
 
+// Whether a call runs on the decode kernels: forced, or by the rule when its workspace holds
+// their partials.
+bool takes_decode_kernel(const ProblemShape& s, const SparseOptions& o, const ExecContext& ctx) {
+  if (!decode_kernel_fits(s, o)) return false;
+  const int forced = decode_kernel_forced();
+  if (forced >= 0) return forced == 1;
+  return s.batch * s.heads_q <= kDecodeMaxBatchHeads && ctx.workspace != nullptr &&
+         ctx.workspace_bytes >= decode_workspace(s).total;
+}
+
 }  // namespace
 
 // Quantized mode: sparse_attention's fused pass writes the quantized operands while Stage 1's
@@ -767,7 +797,8 @@ DecodeWorkspace decode_workspace(const ProblemShape& s) {
 // its scratch when the attention runs (the same stream), so the two share it.
 std::size_t workspace_size(const ProblemShape& shape, const SparseOptions& opts) {
   const std::size_t stage1 = predict_workspace(shape, opts).total;
-  const std::size_t decode = uses_decode_kernel(shape, opts) ? decode_workspace(shape).total : 0;
+  const std::size_t decode =
+      decode_partials_in_workspace_size(shape, opts) ? decode_workspace(shape).total : 0;
   if (opts.quant == QuantMode::kNone) return std::max(stage1, decode);
   return quant_offset(shape, opts) + quant_workspace_of(shape, opts.quant).total;
 }
@@ -914,7 +945,7 @@ Status attention_with(const detail::Problem& p, const BlockMask& mask, const Ten
     return attention_dense_mask(p, a, stream);
   }
   // A row chunk's last rows are part of a longer call: the tensor-core kernels, as for the rest.
-  if (uses_decode_kernel(p.shape, p.opts) && p.call_seq_q == 0)
+  if (takes_decode_kernel(p.shape, p.opts, ctx) && p.call_seq_q == 0)
     return attention_decode(a, p, ctx);
   Kernel kernel = Kernel::kSm80;
   std::string why;
