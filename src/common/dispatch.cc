@@ -343,6 +343,20 @@ Status run_both_stages(Backend backend, const detail::Problem& p, const BlockMas
                                         : cpu::attention_fast(p, mask, o, extras, ctx.num_threads);
 }
 
+// Row chunks on the CPU backends pool the keys once: an exact call whose Stage 1 takes the
+// pooled estimate builds the key blocks of all of k (types.h KeyBlocks: pooled blocks, their
+// self-similarities, the key mean) in host memory before its first chunk, and every chunk's
+// Stage 1 reads them instead of pooling k again (the key mean and the pooling are the call's, so
+// the masks stay the whole call's bit for bit; sparge.h, key blocks built on all of k).
+// Quantized calls pool with their quantization; sampled rows and the error target read k's rows
+// (the error target keeps a call whole anyway); a caller's key blocks are used as they are.
+// CUDA's chunks still pool per chunk: the same build into the workspace waits for a device run
+// (docs/cuda.md, Row chunks).
+bool chunks_share_key_blocks(const SparseOptions& o) {
+  return o.quant == QuantMode::kNone && o.estimate == EstimateMode::kPooled &&
+         o.target_error == 0.0f;
+}
+
 // sparse_attention in row chunks (row_chunks.h; `key_lengths`: an AttentionMask without dense
 // data): per chunk of layout.chunks.q_blocks query blocks, both stages on views of q and o with
 // one chunk's mask storage (CUDA: the workspace's; CPU: host memory), the lse rows through a
@@ -420,9 +434,17 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   if (backend != Backend::kCuda) {
     if (may_chunk) {
       const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts, true);
-      if (layout.chunks.cut())
-        return run_in_row_chunks(backend, q, k, v, attn_mask, key_blocks, opts, o, extras, ctx, ctx,
-                                 layout);
+      if (layout.chunks.cut()) {
+        HostKeyBlocks shared;  // the chunks' key blocks (chunks_share_key_blocks), host memory
+        const KeyBlocks* chunk_key_blocks = key_blocks;
+        if (key_blocks == nullptr && chunks_share_key_blocks(opts)) {
+          shared = HostKeyBlocks(k.batch, k.heads, k.head_dim, k.tokens, opts.block_k);
+          SPARGE_RETURN_IF_ERROR(cpu::update_key_blocks(k, &shared.view(), 0, true));
+          chunk_key_blocks = &shared.view();
+        }
+        return run_in_row_chunks(backend, q, k, v, attn_mask, chunk_key_blocks, opts, o, extras,
+                                 ctx, ctx, layout);
+      }
     }
     HostBlockMask owned;
     const BlockMask* mask = mask_out;

@@ -5,8 +5,10 @@
 // of one chunk. A chunk's Problem keeps the call's visibility band (Problem::row_offset,
 // call_seq_q), and Stage 1's rows depend only on their own query block and on all the keys, so
 // every chunk computes exactly the rows the whole call would (masks and outputs bit for bit).
-// The cost: the per-call key work (key mean, key pooling, and in quantized mode the INT8 / FP8
-// copies of K and V) is redone per chunk, and each chunk's Stage 2 ends with its own tail.
+// The cost: each chunk's Stage 2 ends with its own tail, and the per-call key work (key mean,
+// key pooling, in quantized mode the INT8 / FP8 copies of K and V) is redone per chunk, but for
+// exact calls with the pooled estimate on the CPU backends, whose chunks read key blocks built
+// once (common/dispatch.cc, chunks_share_key_blocks).
 #pragma once
 
 #include <cstdint>
