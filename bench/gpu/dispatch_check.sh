@@ -14,14 +14,7 @@ timeout 150 /tmp/bins/sparge_gpu_tests > "$OUT/gpu_tests_$C.log" 2>&1
 el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | tr '\n' ' ')"
 grep -E 'Failure' -A4 "$OUT/gpu_tests_$C.log" | head -20
 wait $PIP; el "$(tail -1 /tmp/install.log)"
-i=0
-for extra in "--batch 1" ""; do
-  i=$((i + 1))
-  timeout 90 python3 bench/gpu/bench_decode.py --commit "$C" --reps 10 $extra \
-    --out "/tmp/decode_$i.jsonl" 2>&1 | grep -v '^{' >> "$OUT/decode_$C.log"
-  el "decode ${extra:-B 8} rc=${PIPESTATUS[0]}"
-done
-cat /tmp/decode_*.jsonl > "$OUT/decode_$C.jsonl" 2>/dev/null; cat "$OUT/decode_$C.log"
+run_decode_benches "--batch 1" ""
 timeout 150 python3 bench/gpu/bench_long.py --commit "$C" --tokens 131072 262144 --rows 16 \
   --dense-max 0 --sdpa-max 131072 --out "$OUT/long_$C.jsonl" > "$OUT/long_$C.log" 2>&1
 el "long rc=$?"; grep -v '^{' "$OUT/long_$C.log" | tail -12

@@ -39,11 +39,4 @@ wait $PIP; el "$(tail -1 /tmp/install.log)"
 timeout 100 python3 bench/eval/gemma_window.py --random-weights --device cuda --tokens 8192 \
   --eager --commit "$C" --out "$OUT/gemma3_window_$C.jsonl" > "$OUT/gemma3_window_$C.log" 2>&1
 el "gemma rc=$?"; tail -14 "$OUT/gemma3_window_$C.log"
-i=0
-for extra in "--rows 256" "--batch 1"; do
-  i=$((i + 1))
-  timeout 60 python3 bench/gpu/bench_decode.py --commit "$C" --reps 10 $extra \
-    --out "/tmp/decode_$i.jsonl" 2>&1 | grep -v '^{' >> "$OUT/decode_$C.log"
-  el "decode $extra rc=${PIPESTATUS[0]}"
-done
-cat /tmp/decode_*.jsonl > "$OUT/decode_$C.jsonl" 2>/dev/null; tail -16 "$OUT/decode_$C.log"
+run_decode_benches "--rows 256" "--batch 1"
