@@ -13,7 +13,10 @@ sum over the keys of block j of softmax(q_r·K·scale). Estimators of m_i· (eac
   rows-s     exact softmax of s query rows per block (evenly spaced), their block masses averaged:
              s/128 of the dense score work;
   sparge-rows-s  the library's Stage 1 mode estimate="sampled_rows" (sample_rows=s, every block
-             similar): the mask sparge.predict_block_mask keeps, not this file's top_p.
+             similar): the mask sparge.predict_block_mask keeps, not this file's top_p;
+  exact      the true masses themselves: what any estimator's top-p selection at this block
+             granularity keeps at best (keeping whole blocks until τ is reached overshoots τ
+             by the last block's share, however good the estimate).
 Each estimate drives a top-p selection (keep the fewest key blocks whose estimated mass reaches
 τ); reported per (workload, estimator, τ): the true mass the kept blocks hold (ideal: τ), the
 sparsity, and the relative L1 error of the block-sparse output against dense attention.
@@ -150,6 +153,7 @@ def study(name, q, k, v, causal, taus, rows_list):
             estimates[f"rows-{rows}"] = row_sample_mass(qh, kh, scale, rows, causal_mask, nq, nk)
         for rows in rows_list:
             estimates[f"sparge-rows-{rows}"] = None  # the library's mask, per τ below
+        estimates["exact"] = m_true.masked_fill(~ok, 0.0)
         for est_name, est in estimates.items():
             for tau in taus:
                 if est is None:
@@ -215,6 +219,9 @@ def main():
     ap.add_argument("--rows", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--cases", default="",
+                    help="comma-separated case names to run (default all): video-grid natural, "
+                         "video-grid hilbert, llm-like causal, random")
     args = ap.parse_args()
     if args.md_from:
         with open(args.md_from) as f:
@@ -233,6 +240,12 @@ def main():
     cases.append(("llm-like causal", w.q, w.k, w.v, True))
     w = workloads.random_gaussian(heads_q=2, seq_q=4096, head_dim=64, seed=1)
     cases.append(("random", w.q, w.k, w.v, False))
+    if args.cases:
+        wanted = [c.strip() for c in args.cases.split(",")]
+        unknown = [c for c in wanted if c not in [case[0] for case in cases]]
+        if unknown:
+            ap.error(f"unknown case(s) {unknown}")
+        cases = [case for case in cases if case[0] in wanted]
     base = dict(date=datetime.date.today().isoformat(), device=cpu_name(), commit=args.commit,
                 impl="study", dtype="fp32", batch=1)
     with open(args.out, "w") as f:
