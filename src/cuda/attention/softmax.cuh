@@ -136,15 +136,6 @@ struct OnlineSoftmax {
       }
       const float shift = base - prob_log2_scale;
       row_max[i] = m_new;
-      if constexpr (!kThreadRowSums) {
-#pragma unroll
-        for (int n = 0; n < kNTiles; ++n)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            s[n][2 * i + e] = exp2_approx(fmaf(s[n][2 * i + e], scale_log2, -shift));
-        continue;
-      }
-      row_sum[i] *= alpha[i];
       // kSums independent partial sums: one running sum made every add wait for the one before
       // (and the in-order issue then held back the exponentials behind it).
       constexpr int kSums = kNTiles < 4 ? kNTiles : 4;
@@ -153,12 +144,17 @@ struct OnlineSoftmax {
       for (int n = 0; n < kNTiles; ++n) {
         s[n][2 * i] = exp2_approx(fmaf(s[n][2 * i], scale_log2, -shift));
         s[n][2 * i + 1] = exp2_approx(fmaf(s[n][2 * i + 1], scale_log2, -shift));
-        const float pair = s[n][2 * i] + s[n][2 * i + 1];
-        sum[n % kSums] = n < kSums ? pair : sum[n % kSums] + pair;
+        if constexpr (kThreadRowSums) {
+          const float pair = s[n][2 * i] + s[n][2 * i + 1];
+          sum[n % kSums] = n < kSums ? pair : sum[n % kSums] + pair;
+        }
       }
+      if constexpr (kThreadRowSums) {
 #pragma unroll
-      for (int j = 1; j < kSums; ++j) sum[0] += sum[j];
-      row_sum[i] += sum[0];
+        for (int j = 1; j < kSums; ++j) sum[0] += sum[j];
+        row_sum[i] *= alpha[i];
+        row_sum[i] += sum[0];
+      }
     }
   }
 
