@@ -48,6 +48,13 @@ struct Problem {
   }
 };
 
+// Whether Stage 1 ranks the key blocks by the pooled estimate alone: the mode that key blocks
+// (KeyBlocks) serve and the CUDA long-row selection takes; sampled rows and the error target read
+// k's rows.
+inline bool pooled_estimate_only(const SparseOptions& o) {
+  return o.estimate == EstimateMode::kPooled && o.target_error == 0.0f;
+}
+
 // Whether Stage 1's selection keeps every visible tile whatever the inputs say, so that the
 // backends may write that mask without reading q and k: top-k with κ = 1 on every head (it keeps
 // ⌊κ · allowed⌋ ≥ every eligible tile, and the similarity gate forces only tiles that are visible

@@ -144,7 +144,7 @@ Status check_key_blocks_for_call(const KeyBlocks& kb, const TensorView& q, const
     return Status::invalid("key_blocks.tokens (" + std::to_string(kb.tokens) +
                            ") must equal k.tokens (" + std::to_string(k.tokens) +
                            "): append_key_blocks after the cache grows");
-  if (opts.estimate != EstimateMode::kPooled || opts.target_error > 0.0f)
+  if (!detail::pooled_estimate_only(opts))
     return Status::unsupported(
         "key_blocks serve Stage 1's pooled estimate only (estimate = pooled, target_error = 0); "
         "sampled rows and the error target read the keys themselves");
@@ -353,8 +353,7 @@ Status run_both_stages(Backend backend, const detail::Problem& p, const BlockMas
 // CUDA's chunks still pool per chunk: the same build into the workspace waits for a device run
 // (docs/cuda.md, Row chunks).
 bool chunks_share_key_blocks(const SparseOptions& o) {
-  return o.quant == QuantMode::kNone && o.estimate == EstimateMode::kPooled &&
-         o.target_error == 0.0f;
+  return o.quant == QuantMode::kNone && detail::pooled_estimate_only(o);
 }
 
 // sparse_attention in row chunks (row_chunks.h; `key_lengths`: an AttentionMask without dense

@@ -849,7 +849,7 @@ Status check_predict(const detail::Problem& p, const BlockMask& mask) {
   // Rows beyond one CTA's shared-memory sort take the long-row selection, which forms the
   // pooled estimate's scores itself: sampled rows and the error target stop there.
   if (mask.num_k_blocks() > kMaxSortedKeyBlocks) {
-    if (p.opts.estimate != EstimateMode::kPooled || p.opts.target_error > 0.0f)
+    if (!detail::pooled_estimate_only(p.opts))
       return Status::unsupported(cat(
           "Stage 1 on cuda takes rows of more than ", kMaxSortedKeyBlocks,
           " key blocks with the pooled estimate only (estimate = pooled, target_error = 0); got ",
