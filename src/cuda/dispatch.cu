@@ -743,8 +743,8 @@ namespace {
 // tests; =0 forces them off, bench_decode.py times both), so that it stays monotonic in seq_q
 // (a call of 1-4 rows would otherwise ask for more than one of 100 rows over few keys); by
 // default they run when the caller's workspace holds the partials, which workspace_size's
-// Stage-1 scratch does from a few thousand keys on (B 1, 32 heads: 266 KB of partials against
-// 16 MB of scratch at 128K keys).
+// Stage-1 scratch (it grows with the key blocks) does from 2000 keys on at B 1 and 32 heads
+// (266 KB of partials; tests/cpu/test_decode_workspace.cc).
 constexpr int64_t kDecodeMaxBatchHeads = 64;
 bool decode_kernel_fits(const ProblemShape& s, const SparseOptions& o) {
   return s.seq_q >= 1 && s.seq_q <= kDecodeMaxRows && s.seq_q <= o.block_q &&

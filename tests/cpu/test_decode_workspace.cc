@@ -44,6 +44,20 @@ TEST(DecodeWorkspace, PartialsCountOnlyWhenTheKernelsAreForced) {
   EXPECT_GT(forced, unset);
   EXPECT_GE(forced, std::size_t(32) * 16 * (128 + 2) * sizeof(float));
 
+  // From 2000 keys on (here) the Stage-1 scratch holds the partials, so a workspace of
+  // workspace_size's default bytes takes the decode kernels: forcing them adds nothing.
+  for (int64_t keys : {2000, 131072}) {
+    ProblemShape s = one_row;
+    s.seq_k = keys;
+    std::size_t plain = 0;
+    {
+      const ScopedEnv env("SPARGE_CUDA_DECODE", nullptr);
+      plain = workspace_size(s, o, Device::kCUDA, true);
+    }
+    const ScopedEnv env("SPARGE_CUDA_DECODE", "1");
+    EXPECT_EQ(workspace_size(s, o, Device::kCUDA, true), plain) << keys << " keys";
+  }
+
   // Unset, the size grows with the rows across the decode shapes' end (4 rows).
   const ScopedEnv env("SPARGE_CUDA_DECODE", nullptr);
   std::size_t previous = 0;
