@@ -110,16 +110,25 @@ def main():
                 del stats
                 ms = timed(lambda: sparge.attention(q, k, v, is_causal=causal, **opts), dev,
                            args.reps)
+                # Where the call's time goes: Stage 1 alone (predict_block_mask, same options)
+                # and Stage 2 alone on that mask (block_sparse_attention).
+                mask = sparge.predict_block_mask(q, k, is_causal=causal, **opts)
+                stage1_ms = timed(lambda: sparge.predict_block_mask(q, k, is_causal=causal,
+                                                                    **opts), dev, args.reps)
+                kernel_ms = timed(lambda: sparge.block_sparse_attention(q, k, v, mask), dev,
+                                  args.reps)
+                del mask
                 records.append(dict(impl=impl, causal=causal, ms=ms, sparsity=sparsity,
                                     rel_l1=err, bytes_beyond_qkv=beyond,
-                                    workspace_bytes=workspace, seq_q=n, seq_k=n))
+                                    workspace_bytes=workspace, seq_q=n, seq_k=n,
+                                    stage1_ms=stage1_ms, kernel_ms=kernel_ms))
             if dev == "cuda" and n <= args.sdpa_max:
                 with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
                     ms = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                                dev, args.reps)
                 records.append(dict(impl="sdpa-cudnn", causal=causal, ms=ms, sparsity=0.0,
                                     rel_l1=None, bytes_beyond_qkv=None, workspace_bytes=None,
-                                    seq_q=n, seq_k=n))
+                                    seq_q=n, seq_k=n, stage1_ms=None, kernel_ms=None))
             for r in records:
                 r.setdefault("qkv_bytes", qkv_bytes)
         del q, k, v
@@ -135,16 +144,21 @@ def main():
         out.append(dict(base, tops=work / r["ms"] / 1e9, **r))
     jsonl_out.emit(out, args.out)
     print(f"{'impl':>18} {'N':>8} {'causal':>6} {'ms':>10} {'TOPS':>7} {'sparsity':>8} "
-          f"{'rel_l1':>9} {'beyond QKV':>14} {'workspace':>14}", file=sys.stderr)
+          f"{'rel_l1':>9} {'stage1 ms':>9} {'kernel ms':>9} {'beyond QKV':>14} "
+          f"{'workspace':>14}", file=sys.stderr)
 
     def share(r, key):
         if r[key] is None:
             return "-"
         return f"{r[key] / 2**20:.0f} MiB ({r[key] / r['qkv_bytes']:.1%})"
+
+    def opt_ms(r, key):
+        return "-" if r[key] is None else f"{r[key]:.2f}"
     for r in out:
         err = "-" if r["rel_l1"] is None else f"{r['rel_l1']:.2e}"
         print(f"{r['impl']:>18} {r['seq_q']:>8} {str(r['causal']):>6} {r['ms']:10.2f} "
-              f"{r['tops']:7.1f} {r['sparsity']:8.3f} {err:>9} {share(r, 'bytes_beyond_qkv'):>14} "
+              f"{r['tops']:7.1f} {r['sparsity']:8.3f} {err:>9} {opt_ms(r, 'stage1_ms'):>9} "
+              f"{opt_ms(r, 'kernel_ms'):>9} {share(r, 'bytes_beyond_qkv'):>14} "
               f"{share(r, 'workspace_bytes'):>14}", file=sys.stderr)
 
 

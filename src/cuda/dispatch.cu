@@ -414,16 +414,9 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.et_exact = reinterpret_cast<float*>(base + ws.et_exact);
   s.et_rows = error_target_row_stride(p.opts);
   s.et_channels = error_target_channel_stride(p.shape.head_dim);
-  s.lr_prob_in = reinterpret_cast<double*>(base + ws.lr_prob_in);
-  s.lr_prob_out = reinterpret_cast<double*>(base + ws.lr_prob_out);
-  s.lr_idx_in = reinterpret_cast<int*>(base + ws.lr_idx_in);
-  s.lr_idx_out = reinterpret_cast<int*>(base + ws.lr_idx_out);
-  s.lr_keep = reinterpret_cast<int*>(base + ws.lr_keep);
-  s.lr_state = reinterpret_cast<int*>(base + ws.lr_state);
-  s.lr_offsets = reinterpret_cast<int64_t*>(base + ws.lr_offsets);
-  s.lr_sort_temp = base + ws.lr_sort_temp;
-  s.lr_sort_temp_bytes = ws.lr_sort_temp_bytes;
+  s.lr_scores = reinterpret_cast<double*>(base + ws.lr_scores);
   s.lr_chunk_rows = int(ws.lr_chunk_rows);
+  s.lr_band = long_row_band();
   return s;
 }
 

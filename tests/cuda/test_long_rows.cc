@@ -1,11 +1,12 @@
 // Stage 1's long-row selection on CUDA (select_long.cuh; issue 14, a million tokens): rows of
 // more than kMaxSortedKeyBlocks (8192) key blocks, which one CTA cannot sort in shared memory,
-// take P̃ per chunk of rows, a segmented stable sort and the same keep rule. On rows both paths
-// take (SPARGE_CUDA_LONG_ROWS=all sends them to the long-row path) the masks and forced-tile
-// counts are the shared-memory path's bit for bit; beyond 8192 key blocks they equal the CPU's as
-// the other Stage-1 tests do, and sparse_attention runs end to end; for sampled rows and the error
-// target such rows are refused by name. Needs a GPU (but for the
-// workspace sizes): skipped with a message without.
+// take S̃ per chunk of rows, then per row P̃ and its ranks in bands (a radix select, a sort in
+// shared memory) under the same keep rule. On rows both paths take (SPARGE_CUDA_LONG_ROWS=all
+// sends them to the long-row path; SPARGE_CUDA_LONG_ROW_BAND=512 narrows the bands) the masks
+// and forced-tile counts are the shared-memory path's bit for bit, ties wider than a band
+// included; beyond 8192 key blocks they equal the CPU's as the other Stage-1 tests do, and
+// sparse_attention runs end to end; for sampled rows and the error target such rows are refused
+// by name. Needs a GPU (but for the workspace sizes): skipped with a message without.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -61,9 +62,30 @@ struct Shape {
   int64_t hq, hkv, nq, nk, d;
 };
 
+// One comparison: the long-row path (bands of `band` ranks, "" = kLongRowBand) against the
+// shared-memory path on the same inputs and options; prints the sparsity.
+void expect_long_rows_equal(const HostTensor& q, const HostTensor& k, const SparseOptions& o,
+                            const char* band, const std::string& what) {
+  SCOPED_TRACE(what + " band " + (*band ? band : "default"));
+  const GpuMask shared = predict_on_gpu(q, k, o);
+  GpuMask long_rows;
+  {
+    ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "all");
+    ScopedEnv narrow("SPARGE_CUDA_LONG_ROW_BAND", *band ? band : nullptr);
+    long_rows = predict_on_gpu(q, k, o);
+  }
+  EXPECT_EQ(long_rows.mask.to_dense(), shared.mask.to_dense());
+  EXPECT_EQ(long_rows.mask.counts, shared.mask.counts);
+  EXPECT_EQ(long_rows.forced, shared.forced);
+  const AttentionStats st = mask_stats(shared.mask.view(), o);
+  std::printf("[ long rows ] %s band %s: sparsity %.3f, equal\n", what.c_str(),
+              *band ? band : "default", st.sparsity());
+}
+
 TEST(CudaLongRows, EqualTheSharedMemoryPathBitForBit) {
   SPARGE_SKIP_WITHOUT_GPU();
   // A warp per row (300 keys: 5 blocks), a CTA per row (5000 keys: 79 blocks; 40000: 625).
+  // Bands of 512 ranks make the 625-block rows take several bands, partial chunks carried over.
   const Shape shapes[] = {{"random", 2, 1, 300, 300, 64},
                           {"llm", 4, 2, 5000, 5000, 128},
                           {"random", 2, 2, 2048, 40000, 64}};
@@ -74,25 +96,42 @@ TEST(CudaLongRows, EqualTheSharedMemoryPathBitForBit) {
     const HostTensor k = HostTensor::make(w.k, 1, w.heads_kv, w.seq_k, sh.d, DType::kBFloat16,
                                           Layout::kHND);
     for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf})
-      for (bool causal : {false, true}) {
-        SCOPED_TRACE(std::string(sh.workload) + " nk " + std::to_string(w.seq_k) + " " +
-                     enum_name(select) + (causal ? " causal" : ""));
-        const SparseOptions o =
-            options(select, select == SelectMode::kTopK ? 0.1f : 0.9f, causal, 0.3f);
-        const GpuMask shared = predict_on_gpu(q, k, o);
-        GpuMask long_rows;
-        {
-          ScopedEnv on("SPARGE_CUDA_LONG_ROWS", "all");
-          long_rows = predict_on_gpu(q, k, o);
+      for (float value : select == SelectMode::kTopK ? std::vector<float>{0.1f, 0.6f, 1.0f}
+                                                     : std::vector<float>{0.5f, 0.9f, 0.999f, 1.0f})
+        for (bool causal : {false, true}) {
+          // The gate forces every tile of random inputs: off there, so that ranks are kept.
+          const float sim = std::string(sh.workload) == "random" ? -1.0f : 0.3f;
+          const SparseOptions o = options(select, value, causal, sim);
+          const std::string what = std::string(sh.workload) + " nk " + std::to_string(w.seq_k) +
+                                   " " + enum_name(select) + " " + std::to_string(value) +
+                                   (causal ? " causal" : "");
+          for (const char* band : {"", "512"}) expect_long_rows_equal(q, k, o, band, what);
         }
-        EXPECT_EQ(long_rows.mask.to_dense(), shared.mask.to_dense());
-        EXPECT_EQ(long_rows.mask.counts, shared.mask.counts);
-        EXPECT_EQ(long_rows.forced, shared.forced);
-        const AttentionStats st = mask_stats(shared.mask.view(), o);
-        std::printf("[ long rows ] %s nk %ld %s%s: sparsity %.3f, equal\n", sh.workload,
-                    long(w.seq_k), enum_name(select), causal ? " causal" : "", st.sparsity());
-      }
   }
+}
+
+// Ties: three in four key blocks hold one constant token (equal pooled blocks, so equal S̃ and
+// P̃: more equal ranks than a band holds, taken in key-block order), and a sharp query scale
+// underflows P̃ to exactly 0 on many of the others (a second run of ties, at the bottom).
+TEST(CudaLongRows, TiesWiderThanABandEqualTheSharedMemoryPath) {
+  SPARGE_SKIP_WITHOUT_GPU();
+  const int64_t Hq = 2, Hkv = 1, Nq = 512, Nk = 80000, D = 64, block_k = 64;
+  std::vector<float> qv = gaussian(Hq * Nq * D, 41, 8.0f), kv = gaussian(Hkv * Nk * D, 42);
+  const std::vector<float> constant = gaussian(D, 43);
+  for (int64_t t = 0; t < Nk; ++t)
+    if ((t / block_k) % 4 != 0)
+      for (int64_t d = 0; d < D; ++d) kv[std::size_t(t * D + d)] = constant[std::size_t(d)];
+  const HostTensor q = HostTensor::make(qv, 1, Hq, Nq, D, DType::kBFloat16, Layout::kHND);
+  const HostTensor k = HostTensor::make(kv, 1, Hkv, Nk, D, DType::kBFloat16, Layout::kHND);
+  for (SelectMode select : {SelectMode::kTopK, SelectMode::kTopCdf})
+    for (float value : select == SelectMode::kTopK ? std::vector<float>{0.1f, 0.5f, 0.95f}
+                                                   : std::vector<float>{0.5f, 0.99f, 1.0f})
+      for (bool causal : {false, true}) {
+        const SparseOptions o = options(select, value, causal, -1.0f);
+        const std::string what = std::string("ties ") + enum_name(select) + " " +
+                                 std::to_string(value) + (causal ? " causal" : "");
+        for (const char* band : {"", "512"}) expect_long_rows_equal(q, k, o, band, what);
+      }
 }
 
 TEST(CudaLongRows, RowsBeyondTheSharedMemorySortMatchTheCpu) {

@@ -20,9 +20,12 @@ constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the 
 // Longest mask row (key blocks) the selection sorts in one CTA's shared memory (16 bytes a slot);
 // longer rows take the long-row selection (select_long.cuh).
 constexpr int kMaxSortedKeyBlocks = 8192;
-// Scratch of the long-row selection per chunk of rows: at most about this many bytes (28 per key
-// block of a row: P̃ and its key block, sorted and not, and a keep flag), at least one row.
+// Scratch of the long-row selection per chunk of rows: at most about this many bytes (8 per key
+// block of a row: S̃ then P̃), at least one group of kScoreRowsPerCta rows.
 constexpr std::size_t kLongRowChunkBytes = std::size_t(64) << 20;
+// Ranks the long-row selection sorts at once in shared memory (a band, select_long.cuh): a power
+// of two, more than 2 · kSelectThreads (topcdf.cuh) so that every band adds at least one rank.
+constexpr int kLongRowBand = 2048;
 constexpr int kKeyMeanChunk = 512;     // tokens per partial sum of the key mean (fixed order)
 constexpr int kScoreRowsPerCta = 8;    // query blocks per CTA of the compressed-score kernel
 
@@ -98,16 +101,9 @@ struct PredictParams {
   int et_rows;         // error_target_row_stride
   int et_channels;     // error_target_channel_stride
   // The long-row selection (uses_long_rows; select_long.cuh), per chunk of lr_chunk_rows rows:
-  double* lr_prob_in;   // [lr_chunk_rows, nk] P̃ (-1: not eligible), in key-block order
-  double* lr_prob_out;  // the same, sorted descending
-  int* lr_idx_in;       // [lr_chunk_rows, nk] key block of each entry
-  int* lr_idx_out;      // in the sorted order
-  int* lr_keep;         // [lr_chunk_rows, nk] keep flags
-  int* lr_state;        // [lr_chunk_rows] eligible columns, 0 when nothing is selectable
-  int64_t* lr_offsets;  // [lr_chunk_rows + 1] segment offsets r · nk
-  void* lr_sort_temp;   // the segmented sort's scratch, lr_sort_temp_bytes
-  std::size_t lr_sort_temp_bytes;
-  int lr_chunk_rows;
+  double* lr_scores;  // [lr_chunk_rows, nk] S̃ (compressed_scores), then P̃ (-1: not eligible)
+  int lr_chunk_rows;  // a multiple of kScoreRowsPerCta
+  int lr_band;        // ranks sorted at once (long_row_band)
 };
 
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
@@ -141,6 +137,15 @@ inline const char* long_rows_switch() {
   return v != nullptr ? v : "";
 }
 
+// Ranks per band of the long-row selection: kLongRowBand, or SPARGE_CUDA_LONG_ROW_BAND=n (a power
+// of two from 2 · kSelectThreads + 1 up), which tests set low to walk many bands and ties.
+inline int long_row_band() {
+  const char* v = std::getenv("SPARGE_CUDA_LONG_ROW_BAND");
+  const int n = v != nullptr ? std::atoi(v) : 0;
+  const bool valid = n > 2 * 256 && n <= kLongRowBand && (n & (n - 1)) == 0;
+  return valid ? n : kLongRowBand;
+}
+
 // Whether Stage 1's mask rows of `num_k_blocks` take the long-row selection: rows longer than
 // one CTA sorts in shared memory, or with SPARGE_CUDA_LONG_ROWS=all every row it serves (the
 // pooled estimate without the error target).
@@ -150,25 +155,21 @@ inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
          !(o.target_error > 0.0f);
 }
 
-// Rows per chunk of the long-row selection: a sixteenth of the rows (the scratch stays a small
-// part of the map it replaces), at most kLongRowChunkBytes of scratch, at least one row.
+// Rows per chunk of the long-row selection: all of them up to kLongRowChunkBytes of scratch
+// (the more rows a chunk has, the more CTAs its selection runs at once), in whole groups of
+// kScoreRowsPerCta rows (compressed_scores' unit), at least one group.
 inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
   const int64_t fit =
-      int64_t(kLongRowChunkBytes / (28 * std::size_t(std::max<int64_t>(num_k_blocks, 1))));
-  return std::max<int64_t>(1, std::min((rows + 15) / 16, fit));
+      int64_t(kLongRowChunkBytes / (8 * std::size_t(std::max<int64_t>(num_k_blocks, 1))));
+  const int64_t want = std::min(rows + kScoreRowsPerCta - 1, fit);
+  return std::max<int64_t>(1, want / kScoreRowsPerCta) * kScoreRowsPerCta;
 }
-
-// Bytes of the segmented sort's scratch for `rows` rows of `num_k_blocks` (defined in
-// predict.cu, where CUB is compiled).
-std::size_t long_row_sort_bytes(int64_t rows, int64_t num_k_blocks);
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
   std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
-      head_tau, et_row_max, et_exact, lr_prob_in, lr_prob_out, lr_idx_in, lr_idx_out, lr_keep,
-      lr_state, lr_offsets, lr_sort_temp, total;
+      head_tau, et_row_max, et_exact, lr_scores, total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
-  std::size_t lr_sort_temp_bytes;
 };
 
 inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOptions& o) {
@@ -185,7 +186,6 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   const bool long_rows = uses_long_rows(int64_t(nk), o);
   const std::size_t lr = long_rows ? std::size_t(long_row_chunk_rows(int64_t(bhq * nq), int64_t(nk))) : 0;
   w.lr_chunk_rows = int64_t(lr);
-  w.lr_sort_temp_bytes = long_rows ? long_row_sort_bytes(int64_t(lr), int64_t(nk)) : 0;
   // (field, element count, element size) in PredictParams order.
   const struct {
     std::size_t* field;
@@ -203,14 +203,7 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
       {&w.head_tau, et * bhq, sizeof(double)},
       {&w.et_row_max, et_rows, sizeof(float)},
       {&w.et_exact, et_rows * std::size_t(error_target_channel_stride(s.head_dim)), sizeof(float)},
-      {&w.lr_prob_in, lr * nk, sizeof(double)},
-      {&w.lr_prob_out, lr * nk, sizeof(double)},
-      {&w.lr_idx_in, lr * nk, sizeof(int)},
-      {&w.lr_idx_out, lr * nk, sizeof(int)},
-      {&w.lr_keep, lr * nk, sizeof(int)},
-      {&w.lr_state, lr, sizeof(int)},
-      {&w.lr_offsets, long_rows ? lr + 1 : 0, sizeof(int64_t)},
-      {&w.lr_sort_temp, w.lr_sort_temp_bytes, 1},
+      {&w.lr_scores, lr * nk, sizeof(double)},
   };
   std::size_t at = 0;
   for (const auto& a : arrays) {

@@ -9,8 +9,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cub/device/device_segmented_sort.cuh>
-
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -89,38 +87,36 @@ Status launch_select_warp(const PredictParams& p, cudaStream_t stream) {
   return Status::ok();
 }
 
-// The long-row selection (select_long.cuh): per chunk of rows, P̃, the segmented stable sort,
-// the keep rule and the mask rows.
+// The long-row selection (select_long.cuh): per chunk of whole row groups, S̃ of its rows
+// (compressed_scores, its key blocks split over column slices so that a chunk of a few groups
+// still fills the GPU), then a CTA per row.
 Status launch_long_rows(const PredictParams& p, cudaStream_t stream) {
-  const int64_t rows = int64_t(p.batch) * p.heads_q * p.num_q_blocks;
-  long_row_offsets<<<(p.lr_chunk_rows + 256) / 256, 256, 0, stream>>>(p);
-  SPARGE_CUDA_CHECK_LAUNCH("long_row_offsets launch");
-  for (int64_t row0 = 0; row0 < rows; row0 += p.lr_chunk_rows) {
-    const int n = int(std::min<int64_t>(p.lr_chunk_rows, rows - row0));
-    long_row_probs<<<n, kSelectThreads, 0, stream>>>(p, row0);
-    SPARGE_CUDA_CHECK_LAUNCH("long_row_probs launch");
-    std::size_t temp = p.lr_sort_temp_bytes;
-    SPARGE_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairsDescending(
-        p.lr_sort_temp, temp, p.lr_prob_in, p.lr_prob_out, p.lr_idx_in, p.lr_idx_out,
-        int64_t(n) * p.num_k_blocks, int64_t(n), static_cast<const int64_t*>(p.lr_offsets),
-        static_cast<const int64_t*>(p.lr_offsets) + 1, stream));
-    long_row_select<<<n, kSelectThreads, 0, stream>>>(p, row0);
-    SPARGE_CUDA_CHECK_LAUNCH("long_row_select launch");
+  const int64_t groups_per_bh = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
+  const int64_t groups = int64_t(p.batch) * p.heads_q * groups_per_bh;
+  const int64_t chunk_groups = std::max(1, p.lr_chunk_rows / kScoreRowsPerCta);
+  const auto first_row = [&](int64_t g) {  // row (bh · nq + i) of group g's first query block
+    return g / groups_per_bh * p.num_q_blocks + g % groups_per_bh * kScoreRowsPerCta;
+  };
+  constexpr int kColsPerPass = kScoreThreads * kScoreColsPerThread;
+  const int col_slices = std::min(8, (p.num_k_blocks + kColsPerPass - 1) / kColsPerPass);
+  const std::size_t keep_bytes = long_row_keep_bytes(p.num_k_blocks);
+  if (keep_bytes > 16 * 1024)  // beyond the 48 KiB default with the static arrays (~26 KiB)
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_long_rows,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(keep_bytes)));
+  for (int64_t g0 = 0; g0 < groups; g0 += chunk_groups) {
+    const int64_t g1 = std::min(groups, g0 + chunk_groups);
+    const int64_t row0 = first_row(g0), rows = first_row(g1) - row0;
+    compressed_scores<true><<<dim3(unsigned(g1 - g0), 1, col_slices), kScoreThreads, 0, stream>>>(
+        p, int(g0), row0);
+    SPARGE_CUDA_CHECK_LAUNCH("compressed_scores (long rows) launch");
+    select_long_rows<<<unsigned(rows), kSelectThreads, keep_bytes, stream>>>(p, row0);
+    SPARGE_CUDA_CHECK_LAUNCH("select_long_rows launch");
   }
   return Status::ok();
 }
 
 }  // namespace
-
-std::size_t long_row_sort_bytes(int64_t rows, int64_t num_k_blocks) {
-  std::size_t bytes = 0;
-  const int64_t* no_offsets = nullptr;
-  cub::DeviceSegmentedSort::StableSortPairsDescending(
-      nullptr, bytes, static_cast<const double*>(nullptr), static_cast<double*>(nullptr),
-      static_cast<const int*>(nullptr), static_cast<int*>(nullptr), rows * num_k_blocks, rows,
-      no_offsets, no_offsets, cudaStream_t{});
-  return bytes;
-}
 
 template <typename T>
 Status launch_predict(const PredictParams& p, cudaStream_t stream) {
@@ -156,7 +152,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
     SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
   } else {
     const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
-    compressed_scores<<<dim3(score_ctas, bhq), kScoreThreads, 0, stream>>>(p);
+    compressed_scores<false><<<dim3(score_ctas, bhq), kScoreThreads, 0, stream>>>(p, 0, 0);
     SPARGE_CUDA_CHECK_LAUNCH("compressed_scores launch");
   }
 

@@ -21,14 +21,26 @@ constexpr int kScoreColsPerThread = 2;  // key blocks per thread: each p_q read 
 constexpr int kScoreDimStep = 8;        // channels of p_k a thread loads before its first FMA
 
 // Scores of kScoreRowsPerCta query blocks against every key block: grid (⌈nq/kScoreRowsPerCta⌉,
-// batch·heads_q). The p_k loads of kScoreDimStep channels are issued together, so the FMA chains
-// do not wait on one load each; each accumulator still sums d = 0 .. D−1 in order.
-__global__ void __launch_bounds__(kScoreThreads) compressed_scores(const PredictParams p) {
+// batch·heads_q) into `scores`, or (kChunk, the long-row selection's chunks) grid (groups, 1,
+// column slices): the CTA takes row group group0 + blockIdx.x (groups of kScoreRowsPerCta query
+// blocks of one batch·head, ⌈nq/kScoreRowsPerCta⌉ per batch·head) and the key blocks of slice
+// blockIdx.z (interleaved by kScoreThreads · kScoreColsPerThread), and mask row r (= bh · nq + i)
+// goes to lr_scores[(r − chunk_row0) · nk]. The p_k loads of kScoreDimStep channels are issued
+// together, so the FMA chains do not wait on one load each; each accumulator still sums
+// d = 0 .. D−1 in order (whichever CTA forms a score, its bits are the same). Two instances, as
+// the chunks' indexing costs the whole map's kernel a spill at its 128 registers.
+template <bool kChunk>
+__global__ void __launch_bounds__(kScoreThreads) compressed_scores(const PredictParams p,
+                                                                   int group0,
+                                                                   int64_t chunk_row0) {
   __shared__ __align__(16) double sQ[kScoreRowsPerCta][256];
-  const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
+  const int groups_per_bh = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
+  const int group = group0 + int(blockIdx.x);  // kChunk
+  const int bh = kChunk ? group / groups_per_bh : int(blockIdx.y);
+  const int b = bh / p.heads_q, h = bh % p.heads_q;
   const int bhk = b * p.heads_kv + h / p.group;
   const int D = p.head_dim, nk = p.num_k_blocks;
-  const int i0 = blockIdx.x * kScoreRowsPerCta;
+  const int i0 = (kChunk ? group % groups_per_bh : int(blockIdx.x)) * kScoreRowsPerCta;
   const int rows = min(kScoreRowsPerCta, p.num_q_blocks - i0);
   for (int e = threadIdx.x; e < kScoreRowsPerCta * D; e += blockDim.x) {
     const int r = e / D, d = e % D;
@@ -36,7 +48,10 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
   }
   __syncthreads();
   const double* gKt = p.pooled_kt + int64_t(bhk) * D * nk;
-  for (int j0 = threadIdx.x; j0 < nk; j0 += kScoreThreads * kScoreColsPerThread) {
+  double* out = kChunk ? p.lr_scores - chunk_row0 * nk : p.scores;
+  constexpr int kColsPerPass = kScoreThreads * kScoreColsPerThread;
+  const int slice = kChunk ? int(blockIdx.z) : 0, slices = kChunk ? int(gridDim.z) : 1;
+  for (int j0 = threadIdx.x + slice * kColsPerPass; j0 < nk; j0 += slices * kColsPerPass) {
     int j[kScoreColsPerThread];
     bool ok[kScoreColsPerThread];
     double acc[kScoreColsPerThread][kScoreRowsPerCta];
@@ -79,7 +94,7 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
 #pragma unroll
       for (int r = 0; r < kScoreRowsPerCta; ++r)
         if (ok[c] && r < rows)
-          p.scores[(int64_t(bh) * p.num_q_blocks + i0 + r) * nk + j[c]] = p.scale * acc[c][r];
+          out[(int64_t(bh) * p.num_q_blocks + i0 + r) * nk + j[c]] = p.scale * acc[c][r];
   }
 }
 
@@ -114,6 +129,26 @@ __device__ V block_exclusive_scan(V x, V* scratch, V* total) {
   }
   *total = all;
   return before + inc - x;
+}
+
+// Bitonic sort of slots [0, len) (len a power of two, every thread of the CTA): P̃ descending,
+// ties to the lower key block; slots of -1 (not eligible) sink to the end. The order is total
+// (key blocks are distinct), so the sorted slots do not depend on how they are sorted.
+__device__ __forceinline__ void sort_ranked(double* sProb, int* sIdx, int len) {
+  for (int k = 2; k <= len; k <<= 1)
+    for (int jj = k >> 1; jj > 0; jj >>= 1) {
+      for (int a = threadIdx.x; a < len; a += kSelectThreads) {
+        const int c = a ^ jj;
+        if (c <= a) continue;
+        const bool a_after_c = sProb[a] < sProb[c] || (sProb[a] == sProb[c] && sIdx[a] > sIdx[c]);
+        const bool ascending_run = (a & k) == 0;
+        if (ascending_run == a_after_c) {
+          const double tp = sProb[a]; sProb[a] = sProb[c]; sProb[c] = tp;
+          const int ti = sIdx[a]; sIdx[a] = sIdx[c]; sIdx[c] = ti;
+        }
+      }
+      __syncthreads();
+    }
 }
 
 // The ranking of mask row (i, bh) (both the selection and the error target's kernel call it):
@@ -174,53 +209,61 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads)
     if (sProb[j] >= 0.0) sProb[j] /= denom;
   __syncthreads();
-  // Bitonic sort: P̃ descending, ties to the lower key block (ineligible slots sink to the end).
-  for (int k = 2; k <= sort_len; k <<= 1)
-    for (int jj = k >> 1; jj > 0; jj >>= 1) {
-      for (int a = threadIdx.x; a < sort_len; a += kSelectThreads) {
-        const int c = a ^ jj;
-        if (c <= a) continue;
-        const bool a_after_c = sProb[a] < sProb[c] || (sProb[a] == sProb[c] && sIdx[a] > sIdx[c]);
-        const bool ascending_run = (a & k) == 0;
-        if (ascending_run == a_after_c) {
-          const double tp = sProb[a]; sProb[a] = sProb[c]; sProb[c] = tp;
-          const int ti = sIdx[a]; sIdx[a] = sIdx[c]; sIdx[c] = ti;
-        }
-      }
-      __syncthreads();
-    }
+  sort_ranked(sProb, sIdx, sort_len);
   return eligible;
 }
 
+// The number of ranks TopK keeps: max(1, ⌊κ·allowed⌋).
+__device__ __forceinline__ int64_t topk_keep_count(double select, int allowed) {
+  return max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
+}
+
+// One chunk of the keep rule: thread t holds rank `rank` (prob < 0: not eligible, or past the
+// ranked slots) and its key block; `carry` is the mass of the ranks before the chunk and gains
+// the chunk's. TopCdf keeps a rank iff the mass before it is < τ, TopK iff it is one of the first
+// topk_keep; set_kept(idx) records a kept one. The same chunks of kSelectThreads ranks from rank
+// 0 give the same sums, whichever kernel walks them. Uniform over the CTA.
+template <typename SetKept>
+__device__ __forceinline__ void keep_chunk(const PredictParams& p, double select,
+                                           int64_t topk_keep, int64_t rank, double prob, int idx,
+                                           double& carry, SetKept set_kept, double* sScratchD) {
+  double chunk_total;
+  const double before =
+      carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
+  carry += chunk_total;
+  if (prob >= 0.0) {
+    const bool kept = p.topk ? rank < topk_keep : before < select;
+    if (kept) set_kept(idx);
+  }
+}
+
 // The keep rule over a ranked row (P̃ descending; prob_at(t) < 0: not eligible), slots
-// [0, len) in chunks of kSelectThreads: TopCdf keeps rank t iff the mass before it is < τ (the
-// block reaching τ is kept; if the total stays below τ, all are kept), TopK the first
+// [0, len) in chunks of kSelectThreads (keep_chunk): TopCdf keeps rank t iff the mass before it
+// is < τ (the block reaching τ is kept; if the total stays below τ, all are kept), TopK the first
 // max(1, ⌊κ·allowed⌋) ranks; keep[idx_at(t)] = 1 for each. Uniform over the CTA.
 template <typename ProbAt, typename IdxAt>
 __device__ __forceinline__ void keep_ranked(const PredictParams& p, double select, int allowed,
                                             int len, ProbAt prob_at, IdxAt idx_at, int* keep,
                                             double* sScratchD) {
-  const int64_t topk_keep = max(int64_t(1), int64_t(floor(double(select) * double(allowed))));
+  const int64_t topk_keep = topk_keep_count(select, allowed);
   double carry = 0.0;
   for (int base = 0; base < len; base += kSelectThreads) {
     const int t = base + threadIdx.x;
     const double prob = prob_at(t);
-    double chunk_total;
-    const double before = carry + block_exclusive_scan(prob >= 0.0 ? prob : 0.0, sScratchD, &chunk_total);
-    carry += chunk_total;
-    if (prob >= 0.0) {
-      const bool kept = p.topk ? t < topk_keep : before < select;
-      if (kept) keep[idx_at(t)] = 1;
-    }
+    keep_chunk(p, select, topk_keep, t, prob, prob >= 0.0 ? idx_at(t) : 0, carry,
+               [&](int j) { keep[j] = 1; }, sScratchD);
   }
 }
 
-// The sink, then the ascending compaction of keep flags [begin, end) into mask row `row`
-// (row = bh · nq + i), without the tiles a dense mask hides wholly.
+// The sink, then the ascending compaction of the keep flags (kept_at(j)) of [begin, end) into
+// mask row `row` (row = bh · nq + i), without the tiles a dense mask hides wholly; set_sink()
+// keeps key block 0.
+template <typename KeptAt, typename SetSink>
 __device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t row, int begin,
-                                               int end, int* keep, int* sScratchI) {
+                                               int end, KeptAt kept_at, SetSink set_sink,
+                                               int* sScratchI) {
   __syncthreads();
-  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) keep[0] = 1;
+  if (p.attention_sink && begin == 0 && end > 0 && threadIdx.x == 0) set_sink();
   __syncthreads();
   const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
   const int b = bh / p.heads_q, h = bh % p.heads_q;
@@ -228,7 +271,7 @@ __device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t r
   int written = 0;
   for (int base = begin; base < end; base += kSelectThreads) {
     const int j = base + threadIdx.x;
-    const int flag = j < end && !tile_hidden(p, b, h, i, j) ? keep[j] : 0;
+    const int flag = j < end && !tile_hidden(p, b, h, i, j) ? int(kept_at(j)) : 0;
     int chunk_total;
     const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
     if (flag) gIdx[pos] = j;
@@ -247,7 +290,6 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
   __shared__ int sScratchI[32];
 
   const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
-  const int nk = p.num_k_blocks;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
   // Kept tiles come from the visible ones; top-k's count is a fraction of the band's allowed
   // tiles, padding included (as the CPU's keep_length).
@@ -274,7 +316,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks(const PredictPar
     keep_ranked(p, select, allowed, sort_len, [&](int t) { return sProb[t]; },
                 [&](int t) { return sIdx[t]; }, sKeep, sScratchD);
   }
-  write_mask_row(p, row, begin, end, sKeep, sScratchI);
+  write_mask_row(p, row, begin, end, [&](int j) { return sKeep[j]; }, [&] { sKeep[0] = 1; },
+                 sScratchI);
 }
 
 // The mask when the selection keeps every visible tile (PredictParams::keep_every_tile): each
