@@ -3,7 +3,8 @@
 # every C++ GPU test of the working tree (CudaLongRows.* compare it with the shared-memory path
 # bit for bit, in narrow bands and on ties), then bench_long_rows.py: Stage 1 alone and the whole
 # call at 256K and 1M tokens (B 1, H 8, hd 128), the carried base library against the tree's,
-# masks compared, and at 256K with every row forced to the long-row path. Carry .devpack:
+# masks compared, at 256K with every row forced to the long-row path, and on smooth inputs at
+# 256K. Carry .devpack:
 # bins.tgz (libsparge_c.so + sparge_gpu_tests of the tree) and ab.tgz (base.so: the library
 # before the change).   bash bench/gpu/long_rows_check.sh <commit>
 source bench/gpu/device_prelude.sh
@@ -23,4 +24,8 @@ timeout 120 python3 bench/gpu/bench_long_rows.py --libs $libs --commit "$C" --to
   --force-long-rows --no-whole-call --out "$OUT/long_rows_forced_$C.jsonl" \
   2> "$OUT/long_rows_forced_$C.log"
 el "forced rc=$?"
-cat "$OUT/long_rows_$C.log" "$OUT/long_rows_forced_$C.log" | grep -v '^{' | tail -40
+# shellcheck disable=SC2086
+timeout 120 python3 bench/gpu/bench_long_rows.py --libs $libs --commit "$C" --tokens 262144 \
+  --workload smooth --out "$OUT/long_rows_smooth_$C.jsonl" 2> "$OUT/long_rows_smooth_$C.log"
+el "smooth rc=$?"
+cat "$OUT"/long_rows_*"$C".log | grep -v '^{' | tail -40

@@ -20,6 +20,12 @@ constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the 
 // Longest mask row (key blocks) the selection sorts in one CTA's shared memory (16 bytes a slot);
 // longer rows take the long-row selection (select_long.cuh).
 constexpr int kMaxSortedKeyBlocks = 8192;
+// Rows of more key blocks than this take the long-row selection where it serves them (the pooled
+// estimate without the error target) although one CTA could sort them: on an H100 at 4096 key
+// blocks (256K tokens, H 8) it took Stage 1 5.8-8.0 ms against 12.0-12.1 on smooth inputs (top-k
+// 0.1, TopCdf 0.9), 7.1 / 12.7 against 12.1 / 12.1 on random ones, while at 2048 the two are
+// within 10% either way (bench/results/2026-12-05_NVIDIA-H100_long-rows-threshold.jsonl).
+constexpr int kSharedSortMaxKeyBlocks = 2048;
 // Scratch of the long-row selection per chunk of rows: at most about this many bytes (8 per key
 // block of a row: S̃ then P̃), at least one group of kScoreRowsPerCta rows.
 constexpr std::size_t kLongRowChunkBytes = std::size_t(64) << 20;
@@ -147,12 +153,13 @@ inline int long_row_band() {
 }
 
 // Whether Stage 1's mask rows of `num_k_blocks` take the long-row selection: rows longer than
-// one CTA sorts in shared memory, or with SPARGE_CUDA_LONG_ROWS=all every row it serves (the
-// pooled estimate without the error target).
+// one CTA sorts in shared memory, and rows it serves (the pooled estimate without the error
+// target) of more than kSharedSortMaxKeyBlocks, or of any length with SPARGE_CUDA_LONG_ROWS=all.
 inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
   if (num_k_blocks > kMaxSortedKeyBlocks) return true;
-  return std::string(long_rows_switch()) == "all" && o.estimate == EstimateMode::kPooled &&
-         !(o.target_error > 0.0f);
+  const bool served = o.estimate == EstimateMode::kPooled && !(o.target_error > 0.0f);
+  return served && (num_k_blocks > kSharedSortMaxKeyBlocks ||
+                    std::string(long_rows_switch()) == "all");
 }
 
 // Rows per chunk of the long-row selection: all of them up to kLongRowChunkBytes of scratch

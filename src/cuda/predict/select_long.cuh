@@ -1,5 +1,6 @@
-// Stage 1's selection for mask rows longer than one CTA sorts in shared memory (uses_long_rows:
-// more than kMaxSortedKeyBlocks key blocks, e.g. 16384 at 1M keys and block_k 64). Rows are
+// Stage 1's selection for long mask rows (uses_long_rows: more than kMaxSortedKeyBlocks key
+// blocks, which one CTA cannot sort in shared memory, e.g. 16384 at 1M keys and block_k 64, and
+// with the pooled estimate more than kSharedSortMaxKeyBlocks, where it is the faster). Rows are
 // taken in chunks of lr_chunk_rows, so the scratch grows with one chunk's rows times the key
 // blocks, not with the whole map. Per chunk, two launches:
 //   compressed_scores  S̃ of the chunk's rows into lr_scores (topcdf.cuh, the same arithmetic as
