@@ -14,7 +14,7 @@ el "gpu tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests_$C.log" | t
 grep -E '^\[  FAILED|Failure' -A4 "$OUT/gpu_tests_$C.log" | head -20
 grep -E '^\[ long rows \]' "$OUT/gpu_tests_$C.log" | grep -v ' equal$' | head -5
 grep -cE '^\[ long rows \].* equal$' "$OUT/gpu_tests_$C.log"
-libs="base=/tmp/ab/base.so work=/tmp/bins/libsparge_c.so"
+libs=${LIBS:-"base=/tmp/ab/base.so work=/tmp/bins/libsparge_c.so"}  # LIBS: other name=path pairs
 # shellcheck disable=SC2086  # two name=path words
 timeout 330 python3 bench/gpu/bench_long_rows.py --libs $libs --commit "$C" \
   --out "$OUT/long_rows_$C.jsonl" 2> "$OUT/long_rows_$C.log"
