@@ -28,20 +28,23 @@ RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkByt
   if (nq < 4) return {};
   const std::size_t budget = row_chunk_budget(s);
   if (bytes_of(s, o) <= budget) return {};
-  // The bytes that grow with the rows, per query block, from two shapes (the rest is per call),
-  // and a chunk's lse rows.
-  ProblemShape two = s, four = s;
-  two.seq_q = 2 * int64_t(o.block_q);
-  four.seq_q = 4 * int64_t(o.block_q);
-  const std::size_t at_two = bytes_of(two, o), at_four = bytes_of(four, o);
+  // The most query blocks a chunk can hold within the budget, its lse rows included: a binary
+  // search over bytes_of, which grows with the rows (not always linearly: CUDA's long-row
+  // scratch stops growing at its cap, so a straight line through two sizes undercounts what fits).
   const double lse_per_block = 4.0 * double(s.batch) * double(s.heads_q) * double(o.block_q);
-  const double per_block =
-      std::max(1.0, (double(at_four) - double(at_two)) / 2.0) + lse_per_block;
-  const double fixed = std::max(0.0, double(at_two) - 2.0 * per_block);
-  const int64_t fit = int64_t((double(budget) - fixed) / per_block);
+  const auto fits = [&](int64_t blocks) {
+    ProblemShape c = s;
+    c.seq_q = std::min<int64_t>(s.seq_q, blocks * int64_t(o.block_q));
+    return double(bytes_of(c, o)) + lse_per_block * double(blocks) <= double(budget);
+  };
+  int64_t fit = 2;  // at least 2 blocks a chunk, even where 2 do not fit
+  for (int64_t lo = 3, hi = nq - 1; lo <= hi;) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (fits(mid)) fit = mid, lo = mid + 1;
+    else hi = mid - 1;
+  }
   // Equal chunks: as few as the budget allows, then spread over them.
-  const int64_t blocks = std::max<int64_t>(2, fit);
-  const int64_t count = (nq + blocks - 1) / blocks;
+  const int64_t count = (nq + fit - 1) / fit;
   return plan(std::max<int64_t>(2, (nq + count - 1) / count));
 }
 

@@ -197,6 +197,41 @@ TEST(RowChunks, ThePlan) {
   }
 }
 
+// The plan against CUDA's workspace arithmetic at long lengths (sizes only, no GPU): a chunk
+// holds the most query blocks whose whole-call workspace (and lse rows) fits the budget. CUDA's
+// long-row scratch stops growing at its cap, so a line through the sizes at 2 and 4 query blocks
+// (the plan before 2026-12-05) undercounts what fits: it printed 107 blocks at 1M tokens, 8 heads,
+// where 191 fit.
+std::size_t cuda_whole_call_bytes(const ProblemShape& s, const SparseOptions& o) {
+  const ScopedEnv whole("SPARGE_ROW_CHUNK_BLOCKS", "1000000000");
+  return workspace_size(s, o, Device::kCUDA);
+}
+
+TEST(RowChunks, ChunksHoldWhatFitsAtLongLengths) {
+  if (build_info().find("cuda: not built") != std::string::npos)
+    GTEST_SKIP() << "CUDA's workspace arithmetic: not in a CPU-only build";
+  const ScopedEnv off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+  SparseOptions o;
+  o.select = SelectMode::kTopK;
+  for (int64_t n : {int64_t(262144), int64_t(1) << 20}) {
+    const ProblemShape s{1, 8, 8, n, n, 128, DType::kBFloat16};
+    const double budget = double(detail::row_chunk_budget(s));
+    int64_t most = 0;  // the largest chunk that fits, by a scan
+    for (int64_t b = 2; b < n / 128; ++b) {
+      ProblemShape c = s;
+      c.seq_q = b * 128;
+      if (double(cuda_whole_call_bytes(c, o)) + 4.0 * 8 * 128 * double(b) > budget) break;
+      most = b;
+    }
+    const detail::RowChunking plan = detail::row_chunking(s, o, cuda_whole_call_bytes);
+    std::printf("[ row chunks ] N %lld: %lld chunks of %lld query blocks (%lld fit)\n",
+                (long long)n, (long long)plan.count, (long long)plan.q_blocks, (long long)most);
+    ASSERT_TRUE(plan.cut());
+    EXPECT_LE(plan.q_blocks, most);
+    EXPECT_EQ(plan.count, (n / 128 + most - 1) / most);  // as few chunks as fit, spread evenly
+  }
+}
+
 // Issue 14's target, for the workspace a call without a caller's mask needs (mask + Stage-1
 // scratch; on a build without CUDA, the mask alone): at most 10% of Q + K + V's bytes at 128K and
 // 1M tokens (B 1, H 8, hd 128, bf16, top-k), where a whole call would need several times that.
