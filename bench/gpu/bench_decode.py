@@ -12,7 +12,9 @@ against SDPA (the dense case) or against float32 attention on the same mask's ke
 `of_copy_bw` counts each query head's kept K/V bytes (shared KV heads counted once per query
 head); `union_of_copy_bw` counts, per KV head, the blocks some query head of its group keeps: the
 bytes the step has to read at least, the target's measure.
-One JSON line per case (docs/bench-schema.md), a table on stderr.
+At the sparse setting also whole decode steps (both stages, `sparge.attention`), with and
+without key blocks kept beside the cache (`sparge-step`, `sparge-step-keyblocks`): what a
+serving loop pays per step. One JSON line per case (docs/bench-schema.md), a table on stderr.
 
     python3 bench/gpu/bench_decode.py --commit $(git rev-parse --short HEAD) --out decode.jsonl
     python3 bench/gpu/bench_decode.py --device cpu --keys 4096 --batch 1    # smoke test
@@ -57,6 +59,29 @@ def union_bytes(mask, heads_kv, head_dim, elem):
 
 def rel_l1(a, b):
     return float((a.double() - b.double()).abs().sum() / b.double().abs().sum())
+
+
+def whole_steps(q, k, v, topk, base, *, stage2_out, nbytes, ubytes, sparsity, bw, dev, reps):
+    """A decode step with both stages: sparge.attention pooling the cache's keys again
+    ("sparge-step"), and with key blocks kept beside the cache ("sparge-step-keyblocks", built
+    once with room for 1024 more keys, as a cache that grows: their rows are longer than the
+    mask's). Each row's `max_abs_diff` is against Stage 2's output on Stage 1's mask (the default
+    dispatch), which both should equal: the same mask, the same kernel."""
+    kb = sparge.KeyBlocks.build(k, max_tokens=k.shape[2] + 1024)
+    rows = []
+    for impl, extra in (("sparge-step", {}), ("sparge-step-keyblocks", {"key_blocks": kb})):
+        def call():
+            return sparge.attention(q, k, v, topk=topk, pv_threshold=float("inf"), **extra, **base)
+        out = call()
+        ms = sparge.measure.time_ms(call, warmup=2, reps=reps, device=dev)
+        rows.append(dict(impl=impl, topk=topk, seq_k=k.shape[2], ms=ms, sparsity=sparsity,
+                         gbps=nbytes / (ms * 1e-3) / 1e9, kept_bytes=nbytes,
+                         of_copy_bw=(nbytes / (ms * 1e-3)) / bw if bw else None,
+                         union_bytes=ubytes,
+                         union_of_copy_bw=(ubytes / (ms * 1e-3)) / bw if bw else None,
+                         rel_l1=None,
+                         max_abs_diff=float((out.float() - stage2_out.float()).abs().max())))
+    return rows
 
 
 def main():
@@ -116,6 +141,10 @@ def main():
                                     union_of_copy_bw=(ubytes / (ms * 1e-3)) / bw if bw else None,
                                     rel_l1=err))
             os.environ.pop("SPARGE_CUDA_DECODE", None)
+            if topk != 1.0:
+                records += whole_steps(q, k, v, topk, base, stage2_out=out, nbytes=nbytes,
+                                       ubytes=ubytes, sparsity=mask.sparsity, bw=bw, dev=dev,
+                                       reps=args.reps)
         if dev == "cuda":
             kk, vv = (t.repeat_interleave(H // Hkv, 1) for t in (k, v))
             for impl, backend in (("sdpa-cudnn", torch.nn.attention.SDPBackend.CUDNN_ATTENTION),

@@ -35,9 +35,12 @@ def test_the_decode_benchmark_runs_on_cpu():
                           "--reps", "1"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert {(r["impl"], r["topk"]) for r in records} == {("sparge-exact", 0.1),
-                                                         ("sparge-exact", 1.0)}
+    assert {(r["impl"], r["topk"]) for r in records} == {
+        ("sparge-exact", 0.1), ("sparge-exact", 1.0), ("sparge-step", 0.1),
+        ("sparge-step-keyblocks", 0.1)}
     for r in records:
+        if r["impl"].startswith("sparge-step"):  # both stages: Stage 2's output on Stage 1's mask
+            assert r["max_abs_diff"] == 0.0, r
         assert r["seq_k"] == 3000 and r["ms"] > 0 and r["kept_bytes"] > 0
         if r["topk"] == 1.0:  # nothing skipped: SDPA's output, all keys read
             assert r["sparsity"] == 0.0 and r["rel_l1"] < 1e-5, r
