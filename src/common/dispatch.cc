@@ -350,8 +350,8 @@ Status run_both_stages(Backend backend, const detail::Problem& p, const BlockMas
 // the masks stay the whole call's bit for bit; sparge.h, key blocks built on all of k).
 // Quantized calls pool with their quantization; sampled rows and the error target read k's rows
 // (the error target keeps a call whole anyway); a caller's key blocks are used as they are.
-// CUDA's chunks still pool per chunk: the same build into the workspace waits for a device run
-// (docs/cuda.md, Row chunks).
+// CUDA's chunks still pool per chunk: the same build into the workspace measured slower on an
+// H100 (its blocks take part of the chunk budget; docs/cuda.md, Row chunks).
 bool chunks_share_key_blocks(const SparseOptions& o) {
   return o.quant == QuantMode::kNone && detail::pooled_estimate_only(o);
 }

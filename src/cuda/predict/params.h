@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/backend.h"
 #include "common/error_target.h"
 #include "common/geometry.h"
 #include "cuda/common/dense_mask.cuh"
@@ -23,8 +24,9 @@ constexpr int kMaxSortedKeyBlocks = 8192;
 // Rows of more key blocks than this take the long-row selection where it serves them (the pooled
 // estimate without the error target) although one CTA could sort them: on an H100 at 4096 key
 // blocks (256K tokens, H 8) it took Stage 1 5.8-8.0 ms against 12.0-12.1 on smooth inputs (top-k
-// 0.1, TopCdf 0.9), 7.1 / 12.7 against 12.1 / 12.1 on random ones, while at 2048 the two are
-// within 10% either way (bench/results/2026-12-05_NVIDIA-H100_long-rows-threshold.jsonl).
+// 0.1, TopCdf 0.9), 7.1 / 12.7 against 12.1 / 12.1 on random ones, while from 768 to 2048 it
+// ran between 17% faster (causal) and 12% slower (TopCdf, not causal) than the shared-memory
+// sort (bench/results/2026-12-05_NVIDIA-H100_long-rows-threshold.jsonl).
 constexpr int kSharedSortMaxKeyBlocks = 2048;
 // Scratch of the long-row selection per chunk of rows: at most about this many bytes (8 per key
 // block of a row: S̃ then P̃), at least one group of kScoreRowsPerCta rows.
@@ -148,7 +150,7 @@ inline const char* long_rows_switch() {
 inline int long_row_band() {
   const char* v = std::getenv("SPARGE_CUDA_LONG_ROW_BAND");
   const int n = v != nullptr ? std::atoi(v) : 0;
-  const bool valid = n > 2 * 256 && n <= kLongRowBand && (n & (n - 1)) == 0;
+  const bool valid = n > 2 * 256 && n <= kLongRowBand && (n & (n - 1)) == 0;  // 256: kSelectThreads
   return valid ? n : kLongRowBand;
 }
 
@@ -157,9 +159,8 @@ inline int long_row_band() {
 // target) of more than kSharedSortMaxKeyBlocks, or of any length with SPARGE_CUDA_LONG_ROWS=all.
 inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
   if (num_k_blocks > kMaxSortedKeyBlocks) return true;
-  const bool served = o.estimate == EstimateMode::kPooled && !(o.target_error > 0.0f);
-  return served && (num_k_blocks > kSharedSortMaxKeyBlocks ||
-                    std::string(long_rows_switch()) == "all");
+  return detail::pooled_estimate_only(o) && (num_k_blocks > kSharedSortMaxKeyBlocks ||
+                                             std::string(long_rows_switch()) == "all");
 }
 
 // Rows per chunk of the long-row selection: all of them up to kLongRowChunkBytes of scratch
