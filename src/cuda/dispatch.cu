@@ -278,13 +278,41 @@ Status attention_by_head_dim(Kernel kernel, const std::string& why, const AttnPa
 }
 
 // ---- predict: by_dtype ------------------------------------------------------------------------
+// After Stage 1 into a compact mask: the first row that kept more key blocks than its slots
+// (PredictParams::mask_overflow), named as the CPU backend names it. Reading the word back
+// synchronises the stream: compact outputs only.
+Status compact_overflow_status(const PredictParams& params, cudaStream_t stream) {
+  unsigned long long word = 0;
+  SPARGE_CUDA_CHECK(cudaMemcpyAsync(&word, params.mask_overflow, sizeof(word),
+                                    cudaMemcpyDeviceToHost, stream));
+  SPARGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (word == ~0ull) return Status::ok();
+  const int64_t row = int64_t(word >> kOverflowCountBits);
+  const int64_t count = int64_t(word & ((1ull << kOverflowCountBits) - 1));
+  int64_t offsets[2] = {0, 0};
+  SPARGE_CUDA_CHECK(cudaMemcpy(offsets, params.mask_row_offsets + row, sizeof(offsets),
+                               cudaMemcpyDeviceToHost));
+  return Status::invalid(cat(
+      "mask.row_offsets give row ", row, " ", offsets[1] - offsets[0],
+      " slots, but Stage 1 keeps ", count, " key blocks there: size each row of a compact output "
+      "mask for the blocks it may keep (num_k_blocks covers any selection), or compact a padded "
+      "mask after Stage 1 (HostBlockMask::to_compact)"));
+}
+
 Status predict_by_dtype(const PredictParams& params, DType dtype, cudaStream_t stream) {
+  const bool compact = params.mask_row_offsets != nullptr;
+  if (compact)
+    SPARGE_CUDA_CHECK(cudaMemsetAsync(params.mask_overflow, 0xff, sizeof(unsigned long long),
+                                      stream));
+  Status launched;
   switch (dtype) {
-    case DType::kBFloat16: return launch_predict<__nv_bfloat16>(params, stream);
-    case DType::kFloat16: return launch_predict<__half>(params, stream);
+    case DType::kBFloat16: launched = launch_predict<__nv_bfloat16>(params, stream); break;
+    case DType::kFloat16: launched = launch_predict<__half>(params, stream); break;
     default:
       return Status::unsupported(cat("q.dtype must be float16 or bfloat16 on cuda, got ", dtype_name(dtype)));
   }
+  if (!launched.is_ok() || !compact) return launched;
+  return compact_overflow_status(params, stream);
 }
 
 // ---- quantize: by_dtype -----------------------------------------------------------------------
@@ -399,6 +427,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.add_to_forced = p.adds_to_stage1_stats();
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
+  s.mask_row_offsets = mask.row_offsets;
   auto* base = static_cast<char*>(workspace);
   s.km_partial = reinterpret_cast<double*>(base + ws.km_partial);
   s.km = reinterpret_cast<double*>(base + ws.km);
@@ -415,6 +444,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.et_rows = error_target_row_stride(p.opts);
   s.et_channels = error_target_channel_stride(p.shape.head_dim);
   s.lr_scores = reinterpret_cast<double*>(base + ws.lr_scores);
+  s.mask_overflow = reinterpret_cast<unsigned long long*>(base + ws.mask_overflow);
   s.lr_chunk_rows = int(ws.lr_chunk_rows);
   s.lr_band = long_row_band();
   return s;

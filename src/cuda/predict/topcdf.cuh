@@ -267,17 +267,17 @@ __device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t r
   __syncthreads();
   const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
   const int b = bh / p.heads_q, h = bh % p.heads_q;
-  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  const MaskRowOut out(p, row);
   int written = 0;
   for (int base = begin; base < end; base += kSelectThreads) {
     const int j = base + threadIdx.x;
     const int flag = j < end && !tile_hidden(p, b, h, i, j) ? int(kept_at(j)) : 0;
     int chunk_total;
     const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
-    if (flag) gIdx[pos] = j;
+    if (flag) out.put(pos, j);
     written += chunk_total;
   }
-  if (threadIdx.x == 0) p.mask_counts[row] = written;
+  if (threadIdx.x == 0) out.finish(p, row, written);
 }
 
 // One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
@@ -326,10 +326,10 @@ __global__ void __launch_bounds__(kSelectThreads) keep_visible_tiles(const Predi
   const int i = blockIdx.x, bh = blockIdx.y;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
   const detail::BlockRange range = visible_key_blocks(p, i, bh / p.heads_q);
-  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  const MaskRowOut out(p, row);
   for (int j = int(range.begin) + threadIdx.x; j < int(range.end); j += kSelectThreads)
-    gIdx[j - range.begin] = j;
-  if (threadIdx.x == 0) p.mask_counts[row] = int32_t(range.size());
+    out.put(j - range.begin, j);
+  if (threadIdx.x == 0) out.finish(p, row, range.size());
 }
 
 }  // namespace sparge::cuda
