@@ -405,6 +405,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.block_k = mask.block_k;
   s.num_q_blocks = int(mask.num_q_blocks());
   s.num_k_blocks = int(mask.num_k_blocks());
+  s.kt_pitch = s.num_k_blocks;  // the workspace's pooled_kt and sim_k (use_key_blocks: others)
   s.scale = double(p.scale);
   s.band = p.band();
   s.topk = p.opts.select == SelectMode::kTopK;
@@ -846,17 +847,13 @@ Status check_attention(const detail::Problem& p, const BlockMask& mask) {
 }
 
 // Stage 1's key side from the caller's key blocks (KeyBlocks, channel-major [D, max_blocks] per
-// kv head) into the workspace's pooled_kt [D, nk] and sim_k [nk]: two pitched copies of the
-// first nk blocks; the launcher then skips the key mean and the key pooling.
-Status copy_key_blocks(const KeyBlocks& kb, PredictParams* s, cudaStream_t stream) {
-  const std::size_t nk = std::size_t(s->num_k_blocks), pitch = sizeof(double) * kb.max_blocks;
-  const std::size_t bhk = std::size_t(s->batch) * s->heads_kv;
-  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->pooled_kt, sizeof(double) * nk, kb.pooled, pitch,
-                                      sizeof(double) * nk, bhk * s->head_dim,
-                                      cudaMemcpyDeviceToDevice, stream));
-  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->sim_k, sizeof(double) * nk, kb.sim, pitch,
-                                      sizeof(double) * nk, bhk, cudaMemcpyDeviceToDevice,
-                                      stream));
+// kv head): pooled_kt and sim_k point into them, rows of max_blocks (the first nk read); the
+// launcher then skips the key mean and the key pooling. Nothing is copied (a decode step with
+// 128K keys and 8 KV heads used to copy 16 MB of blocks here).
+Status use_key_blocks(const KeyBlocks& kb, PredictParams* s) {
+  s->pooled_kt = kb.pooled;
+  s->sim_k = kb.sim;
+  s->kt_pitch = int(kb.max_blocks);
   s->keys_given = true;
   return Status::ok();
 }
@@ -994,7 +991,7 @@ Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecC
   }
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (p.key_blocks != nullptr && !s.keep_every_tile)
-    SPARGE_RETURN_IF_ERROR(copy_key_blocks(*p.key_blocks, &s, stream));
+    SPARGE_RETURN_IF_ERROR(use_key_blocks(*p.key_blocks, &s));
   return predict_by_dtype(s, p.q.dtype, stream);
 }
 
@@ -1044,6 +1041,7 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block
   s.head_dim = int(k.head_dim);
   s.block_k = kb->block_k;
   s.num_k_blocks = int(kb->max_blocks);  // the arrays' stride in blocks
+  s.kt_pitch = s.num_k_blocks;
   s.km = kb->mean;
   s.pooled_kt = kb->pooled;
   s.sim_k = kb->sim;

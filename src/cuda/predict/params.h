@@ -68,8 +68,10 @@ struct PredictParams {
   // the blocks while it read q and k: quantize/pool_tile.cuh); the launcher starts at the scores.
   bool pooled_by_pass;
   // Key blocks kept beside a KV cache (KeyBlocks) hold Stage 1's key side: pooled_kt and sim_k
-  // are copied from them before the launch, and the launcher skips the key mean and pooling.
+  // point into them (rows of kt_pitch = their capacity in blocks), and the launcher skips the
+  // key mean and pooling.
   bool keys_given;
+  int kt_pitch;  // blocks per row of pooled_kt and sim_k: num_k_blocks, or the key blocks' capacity
   // pool_blocks<k> pools key blocks key_block_first + blockIdx.x (append_key_blocks starts at
   // the last incomplete block); 0 in Stage 1.
   int key_block_first;

@@ -116,11 +116,12 @@ __global__ void __launch_bounds__(kWarpSelectRows * 32) select_blocks_warp(const
   int idx[kPerLane];
   double local_max = -INFINITY;
   int local_eligible = 0, local_forced = 0;
+  const double* sim_k = p.sim_k + int64_t(bhk) * p.kt_pitch;
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     const int j = r * 32 + lane;
     const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
-    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    const bool k_similar = in_range && sim_k[j] > double(theta);
     prob[r] = k_similar ? gScores[j] : -INFINITY;
     idx[r] = j;
     if (k_similar) {

@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
     sQ[r][d] = r < rows ? p.pooled_q[(int64_t(bh) * p.num_q_blocks + i0 + r) * D + d] : 0.0;
   }
   __syncthreads();
-  const double* gKt = p.pooled_kt + int64_t(bhk) * D * nk;
+  const int pitch = p.kt_pitch;
+  const double* gKt = p.pooled_kt + int64_t(bhk) * D * pitch;
   double* out = kChunk ? p.lr_scores - chunk_row0 * nk : p.scores;
   constexpr int kColsPerPass = kScoreThreads * kScoreColsPerThread;
   const int slice = kChunk ? int(blockIdx.z) : 0, slices = kChunk ? int(gridDim.z) : 1;
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
       for (int c = 0; c < kScoreColsPerThread; ++c)
 #pragma unroll
         for (int i = 0; i < kScoreDimStep; ++i)
-          kv[c][i] = ok[c] ? gKt[int64_t(d + i) * nk + j[c]] : 0.0;
+          kv[c][i] = ok[c] ? gKt[int64_t(d + i) * pitch + j[c]] : 0.0;
 #pragma unroll
       for (int i = 0; i < kScoreDimStep; i += 2)
 #pragma unroll
@@ -85,7 +86,7 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
     for (; d < D; ++d)  // head_dim % kScoreDimStep channels
 #pragma unroll
       for (int c = 0; c < kScoreColsPerThread; ++c) {
-        const double kv = ok[c] ? gKt[int64_t(d) * nk + j[c]] : 0.0;
+        const double kv = ok[c] ? gKt[int64_t(d) * pitch + j[c]] : 0.0;
 #pragma unroll
         for (int r = 0; r < kScoreRowsPerCta; ++r) acc[c][r] += sQ[r][d] * kv;
       }
@@ -175,7 +176,7 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
     const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
-    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * p.kt_pitch + j] > double(theta);
     sIdx[j] = j;
     sProb[j] = k_similar ? gScores[j] : -INFINITY;
     if (k_similar) {
