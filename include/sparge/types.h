@@ -122,8 +122,9 @@ std::vector<const char*> backend_names();
 //    lists its counts[r] <= that many blocks from the first. Memory grows with the kept tiles.
 //    A row may own more slots than it fills, so Stage 1 can write into storage sized by a bound;
 //    a caller's CSR arrays (indptr, indices) are a compact mask with counts[r] = indptr[r + 1] -
-//    indptr[r]. Read by every backend's Stage 2 and written by the CPU's Stage 1 (CUDA's Stage 1
-//    writes the padded form only and refuses a compact output).
+//    indptr[r]. Read by every backend's Stage 2 and written by every backend's Stage 1 (a row
+//    that keeps more blocks than its slots fails the call, naming the row; on CUDA reading that
+//    back synchronises the stream, for compact outputs only).
 // The mask carries its geometry, so a kernel can reject a mask built for another tile shape.
 // Memory is the caller's (host or device, see `device`).
 struct BlockMask {

@@ -115,16 +115,6 @@ WorkspaceLayout workspace_layout(const ProblemShape& s, const SparseOptions& o, 
   return w;
 }
 
-// A compact block mask (row_offsets): the CPU backends read and write it, and Stage 2's CUDA
-// kernels read it (cuda/attention/block_iter.cuh); CUDA's Stage 1 writes the padded form only.
-Status cuda_stage1_compact_unsupported(const BlockMask& mask) {
-  if (!mask.compact()) return Status::ok();
-  return Status::unsupported(
-      "mask.row_offsets: CUDA's Stage 1 writes block masks in the padded form only yet (counts "
-      "and indices [B, H, nq, nk], row_offsets null); predict into a padded mask (the CUDA "
-      "kernels read both forms), or run on cpu tensors");
-}
-
 // key_blocks for one call: k is a cache holding at least q's tokens (the new ones included), the
 // blocks cover exactly k's tokens with the options' key blocks, and only the pooled estimate
 // reads them (sampled rows and the error target read k's rows).
@@ -268,10 +258,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
     return detail::predict_block_mask_in_head_chunks(q, k, v, attn_mask, nullptr, opts, mask,
                                                      ctx, stats, detail::kCudaMaxParamHeads);
   const detail::Problem p = make_problem(q, k, v, opts, attn_mask);
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
-    return cuda::predict_block_mask(p, mask, ctx, stats);
-  }
+  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx, stats);
   return cpu::predict_block_mask(p, mask, stats);
 }
 
@@ -290,10 +277,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
                                                      ctx, stats, detail::kCudaMaxParamHeads);
   detail::Problem p = make_problem(q, k, k, opts, attn_mask);
   p.key_blocks = &key_blocks;
-  if (backend == Backend::kCuda) {
-    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(mask));
-    return cuda::predict_block_mask(p, mask, ctx, stats);
-  }
+  if (backend == Backend::kCuda) return cuda::predict_block_mask(p, mask, ctx, stats);
   return cpu::predict_block_mask(p, mask, stats);
 }
 
@@ -424,8 +408,6 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   if (cut_into_head_chunks(backend, opts, q.heads))
     return detail::sparse_attention_in_head_chunks(q, k, v, attn_mask, key_blocks, opts, o, extras,
                                                    ctx, mask_out, detail::kCudaMaxParamHeads);
-  if (backend == Backend::kCuda && mask_out)
-    SPARGE_RETURN_IF_ERROR(cuda_stage1_compact_unsupported(*mask_out));
 
   // Without a caller's mask, long calls run in row chunks (row_chunks.h); a dense attn_mask's
   // rows would move with them, so such calls run whole.

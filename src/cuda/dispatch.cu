@@ -278,13 +278,41 @@ Status attention_by_head_dim(Kernel kernel, const std::string& why, const AttnPa
 }
 
 // ---- predict: by_dtype ------------------------------------------------------------------------
+// After Stage 1 into a compact mask: the first row that kept more key blocks than its slots
+// (PredictParams::mask_overflow), named as the CPU backend names it. Reading the word back
+// synchronises the stream: compact outputs only.
+Status compact_overflow_status(const PredictParams& params, cudaStream_t stream) {
+  unsigned long long word = 0;
+  SPARGE_CUDA_CHECK(cudaMemcpyAsync(&word, params.mask_overflow, sizeof(word),
+                                    cudaMemcpyDeviceToHost, stream));
+  SPARGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (word == ~0ull) return Status::ok();
+  const int64_t row = int64_t(word >> kOverflowCountBits);
+  const int64_t count = int64_t(word & ((1ull << kOverflowCountBits) - 1));
+  int64_t offsets[2] = {0, 0};
+  SPARGE_CUDA_CHECK(cudaMemcpy(offsets, params.mask_row_offsets + row, sizeof(offsets),
+                               cudaMemcpyDeviceToHost));
+  return Status::invalid(cat(
+      "mask.row_offsets give row ", row, " ", offsets[1] - offsets[0],
+      " slots, but Stage 1 keeps ", count, " key blocks there: size each row of a compact output "
+      "mask for the blocks it may keep (num_k_blocks covers any selection), or compact a padded "
+      "mask after Stage 1 (HostBlockMask::to_compact)"));
+}
+
 Status predict_by_dtype(const PredictParams& params, DType dtype, cudaStream_t stream) {
+  const bool compact = params.mask_row_offsets != nullptr;
+  if (compact)
+    SPARGE_CUDA_CHECK(cudaMemsetAsync(params.mask_overflow, 0xff, sizeof(unsigned long long),
+                                      stream));
+  Status launched;
   switch (dtype) {
-    case DType::kBFloat16: return launch_predict<__nv_bfloat16>(params, stream);
-    case DType::kFloat16: return launch_predict<__half>(params, stream);
+    case DType::kBFloat16: launched = launch_predict<__nv_bfloat16>(params, stream); break;
+    case DType::kFloat16: launched = launch_predict<__half>(params, stream); break;
     default:
       return Status::unsupported(cat("q.dtype must be float16 or bfloat16 on cuda, got ", dtype_name(dtype)));
   }
+  if (!launched.is_ok() || !compact) return launched;
+  return compact_overflow_status(params, stream);
 }
 
 // ---- quantize: by_dtype -----------------------------------------------------------------------
@@ -377,6 +405,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.block_k = mask.block_k;
   s.num_q_blocks = int(mask.num_q_blocks());
   s.num_k_blocks = int(mask.num_k_blocks());
+  s.kt_pitch = s.num_k_blocks;  // the workspace's pooled_kt and sim_k (use_key_blocks: others)
   s.scale = double(p.scale);
   s.band = p.band();
   s.topk = p.opts.select == SelectMode::kTopK;
@@ -399,6 +428,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.add_to_forced = p.adds_to_stage1_stats();
   s.mask_counts = mask.counts;
   s.mask_indices = mask.indices;
+  s.mask_row_offsets = mask.row_offsets;
   auto* base = static_cast<char*>(workspace);
   s.km_partial = reinterpret_cast<double*>(base + ws.km_partial);
   s.km = reinterpret_cast<double*>(base + ws.km);
@@ -415,6 +445,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.et_rows = error_target_row_stride(p.opts);
   s.et_channels = error_target_channel_stride(p.shape.head_dim);
   s.lr_scores = reinterpret_cast<double*>(base + ws.lr_scores);
+  s.mask_overflow = reinterpret_cast<unsigned long long*>(base + ws.mask_overflow);
   s.lr_chunk_rows = int(ws.lr_chunk_rows);
   s.lr_band = long_row_band();
   return s;
@@ -816,17 +847,13 @@ Status check_attention(const detail::Problem& p, const BlockMask& mask) {
 }
 
 // Stage 1's key side from the caller's key blocks (KeyBlocks, channel-major [D, max_blocks] per
-// kv head) into the workspace's pooled_kt [D, nk] and sim_k [nk]: two pitched copies of the
-// first nk blocks; the launcher then skips the key mean and the key pooling.
-Status copy_key_blocks(const KeyBlocks& kb, PredictParams* s, cudaStream_t stream) {
-  const std::size_t nk = std::size_t(s->num_k_blocks), pitch = sizeof(double) * kb.max_blocks;
-  const std::size_t bhk = std::size_t(s->batch) * s->heads_kv;
-  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->pooled_kt, sizeof(double) * nk, kb.pooled, pitch,
-                                      sizeof(double) * nk, bhk * s->head_dim,
-                                      cudaMemcpyDeviceToDevice, stream));
-  SPARGE_CUDA_CHECK(cudaMemcpy2DAsync(s->sim_k, sizeof(double) * nk, kb.sim, pitch,
-                                      sizeof(double) * nk, bhk, cudaMemcpyDeviceToDevice,
-                                      stream));
+// kv head): pooled_kt and sim_k point into them, rows of max_blocks (the first nk read); the
+// launcher then skips the key mean and the key pooling. Nothing is copied (a decode step with
+// 128K keys and 8 KV heads used to copy 16 MB of blocks here).
+Status use_key_blocks(const KeyBlocks& kb, PredictParams* s) {
+  s->pooled_kt = kb.pooled;
+  s->sim_k = kb.sim;
+  s->kt_pitch = int(kb.max_blocks);
   s->keys_given = true;
   return Status::ok();
 }
@@ -964,7 +991,7 @@ Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecC
   }
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (p.key_blocks != nullptr && !s.keep_every_tile)
-    SPARGE_RETURN_IF_ERROR(copy_key_blocks(*p.key_blocks, &s, stream));
+    SPARGE_RETURN_IF_ERROR(use_key_blocks(*p.key_blocks, &s));
   return predict_by_dtype(s, p.q.dtype, stream);
 }
 
@@ -1014,6 +1041,7 @@ Status update_key_blocks(const TensorView& k, KeyBlocks* kb, int64_t first_block
   s.head_dim = int(k.head_dim);
   s.block_k = kb->block_k;
   s.num_k_blocks = int(kb->max_blocks);  // the arrays' stride in blocks
+  s.kt_pitch = s.num_k_blocks;
   s.km = kb->mean;
   s.pooled_kt = kb->pooled;
   s.sim_k = kb->sim;

@@ -70,8 +70,10 @@ struct PredictParams {
   // the blocks while it read q and k: quantize/pool_tile.cuh); the launcher starts at the scores.
   bool pooled_by_pass;
   // Key blocks kept beside a KV cache (KeyBlocks) hold Stage 1's key side: pooled_kt and sim_k
-  // are copied from them before the launch, and the launcher skips the key mean and pooling.
+  // point into them (rows of kt_pitch = their capacity in blocks), and the launcher skips the
+  // key mean and pooling.
   bool keys_given;
+  int kt_pitch;  // blocks per row of pooled_kt and sim_k: num_k_blocks, or the key blocks' capacity
   // pool_blocks<k> pools key blocks key_block_first + blockIdx.x (append_key_blocks starts at
   // the last incomplete block); 0 in Stage 1.
   int key_block_first;
@@ -92,6 +94,10 @@ struct PredictParams {
   bool add_to_forced;        // row chunks after the first: stat_forced is summed into, not zeroed
   int32_t* mask_counts;
   int32_t* mask_indices;
+  // A compact output mask's row offsets (BlockMask::row_offsets; null: padded), and where the
+  // first row that keeps more key blocks than its slots is recorded (MaskRowOut; workspace).
+  const int64_t* mask_row_offsets;
+  unsigned long long* mask_overflow;
   // Workspace (doubles): key-mean partial sums and mean, pooled blocks, similarities, scores.
   double* km_partial;  // [batch·heads_kv, chunks, D]
   double* km;          // [batch·heads_kv, D]
@@ -114,7 +120,40 @@ struct PredictParams {
   int lr_band;        // ranks sorted at once (long_row_band)
 };
 
+// The overflow word of a compact output (PredictParams::mask_overflow): the row in the high bits,
+// its kept count (saturated) in the low kOverflowCountBits; all ones when no row overflowed, so
+// that atomicMin keeps the first row.
+constexpr int kOverflowCountBits = 24;
+
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
+// Where Stage 1 writes mask row `row`: the padded row's num_k_blocks slots, or a compact row's
+// (mask_row_offsets). A row that keeps more blocks than its slots is written as far as they go,
+// its count is left unwritten and the first such row is recorded (the CPU's rule: the call
+// fails naming it).
+struct MaskRowOut {
+  int32_t* indices;
+  int64_t slots;
+  __device__ MaskRowOut(const PredictParams& p, int64_t row) {
+    const int64_t begin = p.mask_row_offsets ? p.mask_row_offsets[row] : row * p.num_k_blocks;
+    slots = p.mask_row_offsets ? p.mask_row_offsets[row + 1] - begin : p.num_k_blocks;
+    indices = p.mask_indices + begin;
+  }
+  __device__ void put(int64_t pos, int32_t key_block) const {
+    if (pos < slots) indices[pos] = key_block;
+  }
+  __device__ void finish(const PredictParams& p, int64_t row, int64_t count) const {
+    if (count <= slots) {
+      p.mask_counts[row] = int32_t(count);
+    } else {
+      const int64_t saturated = count < (int64_t(1) << kOverflowCountBits)
+                                    ? count : (int64_t(1) << kOverflowCountBits) - 1;
+      atomicMin(p.mask_overflow,
+                (static_cast<unsigned long long>(row) << kOverflowCountBits) |
+                    static_cast<unsigned long long>(saturated));
+    }
+  }
+};
+
 // The keys batch entry b's rows may see: [0, key_end) (geometry.h's key_end).
 __device__ __forceinline__ int64_t key_end_of(const PredictParams& p, int b) {
   return detail::key_end(p.key_lengths, b, p.seq_k);
@@ -176,7 +215,7 @@ inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
   std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
-      head_tau, et_row_max, et_exact, lr_scores, total;
+      head_tau, et_row_max, et_exact, lr_scores, mask_overflow, total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
 };
 
@@ -212,6 +251,7 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
       {&w.et_row_max, et_rows, sizeof(float)},
       {&w.et_exact, et_rows * std::size_t(error_target_channel_stride(s.head_dim)), sizeof(float)},
       {&w.lr_scores, lr * nk, sizeof(double)},
+      {&w.mask_overflow, 1, sizeof(unsigned long long)},
   };
   std::size_t at = 0;
   for (const auto& a : arrays) {

@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_long_rows(const Predict
   for (int base = 0; base < nk; base += kSelectThreads) {
     const int j = base + threadIdx.x;
     const bool in_range = j >= begin && j < end && !tile_hidden(p, r.b, r.h, r.i, j);
-    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(r.theta);
+    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * p.kt_pitch + j] > double(r.theta);
     if (j < nk) prob[j] = k_similar ? prob[j] : -INFINITY;
     if (k_similar) {
       local_max = fmax(local_max, prob[j]);

@@ -116,11 +116,12 @@ __global__ void __launch_bounds__(kWarpSelectRows * 32) select_blocks_warp(const
   int idx[kPerLane];
   double local_max = -INFINITY;
   int local_eligible = 0, local_forced = 0;
+  const double* sim_k = p.sim_k + int64_t(bhk) * p.kt_pitch;
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     const int j = r * 32 + lane;
     const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
-    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    const bool k_similar = in_range && sim_k[j] > double(theta);
     prob[r] = k_similar ? gScores[j] : -INFINITY;
     idx[r] = j;
     if (k_similar) {
@@ -182,16 +183,16 @@ __global__ void __launch_bounds__(kWarpSelectRows * 32) select_blocks_warp(const
   __syncwarp();
 
   // 4. Ascending compaction of the kept flags into the mask row.
-  int32_t* gIdx = p.mask_indices + row * nk;
+  const MaskRowOut out(p, row);
   int written = 0;
   for (int base = begin; base < end; base += 32) {
     const int j = base + lane;
     const bool flag = j < end && keep[j] && !tile_hidden(p, b, h, i, j);  // the sink, keep-all
     const unsigned ballot = __ballot_sync(0xffffffffu, flag);
-    if (flag) gIdx[written + __popc(ballot & ((1u << lane) - 1u))] = j;
+    if (flag) out.put(written + __popc(ballot & ((1u << lane) - 1u)), j);
     written += __popc(ballot);
   }
-  if (lane == 0) p.mask_counts[row] = written;
+  if (lane == 0) out.finish(p, row, written);
 }
 
 }  // namespace sparge::cuda

@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
     sQ[r][d] = r < rows ? p.pooled_q[(int64_t(bh) * p.num_q_blocks + i0 + r) * D + d] : 0.0;
   }
   __syncthreads();
-  const double* gKt = p.pooled_kt + int64_t(bhk) * D * nk;
+  const int pitch = p.kt_pitch;
+  const double* gKt = p.pooled_kt + int64_t(bhk) * D * pitch;
   double* out = kChunk ? p.lr_scores - chunk_row0 * nk : p.scores;
   constexpr int kColsPerPass = kScoreThreads * kScoreColsPerThread;
   const int slice = kChunk ? int(blockIdx.z) : 0, slices = kChunk ? int(gridDim.z) : 1;
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
       for (int c = 0; c < kScoreColsPerThread; ++c)
 #pragma unroll
         for (int i = 0; i < kScoreDimStep; ++i)
-          kv[c][i] = ok[c] ? gKt[int64_t(d + i) * nk + j[c]] : 0.0;
+          kv[c][i] = ok[c] ? gKt[int64_t(d + i) * pitch + j[c]] : 0.0;
 #pragma unroll
       for (int i = 0; i < kScoreDimStep; i += 2)
 #pragma unroll
@@ -85,7 +86,7 @@ __global__ void __launch_bounds__(kScoreThreads) compressed_scores(const Predict
     for (; d < D; ++d)  // head_dim % kScoreDimStep channels
 #pragma unroll
       for (int c = 0; c < kScoreColsPerThread; ++c) {
-        const double kv = ok[c] ? gKt[int64_t(d) * nk + j[c]] : 0.0;
+        const double kv = ok[c] ? gKt[int64_t(d) * pitch + j[c]] : 0.0;
 #pragma unroll
         for (int r = 0; r < kScoreRowsPerCta; ++r) acc[c][r] += sQ[r][d] * kv;
       }
@@ -175,7 +176,7 @@ __device__ int rank_row(const PredictParams& p, int i, int bh, int sort_len, dou
   int local_eligible = 0;
   for (int j = threadIdx.x; j < sort_len; j += kSelectThreads) {
     const bool in_range = j >= begin && j < end && !tile_hidden(p, b, h, i, j);
-    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * nk + j] > double(theta);
+    const bool k_similar = in_range && p.sim_k[int64_t(bhk) * p.kt_pitch + j] > double(theta);
     sIdx[j] = j;
     sProb[j] = k_similar ? gScores[j] : -INFINITY;
     if (k_similar) {
@@ -267,17 +268,17 @@ __device__ __forceinline__ void write_mask_row(const PredictParams& p, int64_t r
   __syncthreads();
   const int bh = int(row / p.num_q_blocks), i = int(row % p.num_q_blocks);
   const int b = bh / p.heads_q, h = bh % p.heads_q;
-  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  const MaskRowOut out(p, row);
   int written = 0;
   for (int base = begin; base < end; base += kSelectThreads) {
     const int j = base + threadIdx.x;
     const int flag = j < end && !tile_hidden(p, b, h, i, j) ? int(kept_at(j)) : 0;
     int chunk_total;
     const int pos = written + block_exclusive_scan(flag, sScratchI, &chunk_total);
-    if (flag) gIdx[pos] = j;
+    if (flag) out.put(pos, j);
     written += chunk_total;
   }
-  if (threadIdx.x == 0) p.mask_counts[row] = written;
+  if (threadIdx.x == 0) out.finish(p, row, written);
 }
 
 // One CTA per mask row: grid (nq, batch·heads_q); dynamic smem = sort_len · 16 bytes.
@@ -326,10 +327,10 @@ __global__ void __launch_bounds__(kSelectThreads) keep_visible_tiles(const Predi
   const int i = blockIdx.x, bh = blockIdx.y;
   const int64_t row = int64_t(bh) * p.num_q_blocks + i;
   const detail::BlockRange range = visible_key_blocks(p, i, bh / p.heads_q);
-  int32_t* gIdx = p.mask_indices + row * p.num_k_blocks;
+  const MaskRowOut out(p, row);
   for (int j = int(range.begin) + threadIdx.x; j < int(range.end); j += kSelectThreads)
-    gIdx[j - range.begin] = j;
-  if (threadIdx.x == 0) p.mask_counts[row] = int32_t(range.size());
+    out.put(j - range.begin, j);
+  if (threadIdx.x == 0) out.finish(p, row, range.size());
 }
 
 }  // namespace sparge::cuda
