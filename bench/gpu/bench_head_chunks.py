@@ -21,19 +21,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_attention as ba  # noqa: E402  (the ctypes wrapper and measure)
 from bench_fused_stage1 import sparse_call  # noqa: E402
-from jsonl_out import record_path, write_jsonl  # noqa: E402
+from jsonl_out import add_run_args, record_path, write_jsonl  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lib", default="build/libsparge_c.so")
-    ap.add_argument("--commit", default="unknown")
+    add_run_args(ap)
     ap.add_argument("--heads", default="512,1024", help="query heads per case (KV heads = query heads / 8)")
     ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--topk", type=float, default=0.1)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
 
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_attention as ba  # noqa: E402  (the ctypes wrapper and measure)
 from bench_fused_stage1 import sparse_call  # noqa: E402
+from jsonl_out import add_run_args  # noqa: E402
 
 measure = ba.measure
 
@@ -44,14 +45,9 @@ def packed(total, heads, dim):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lib", default="build/libsparge_c.so")
-    ap.add_argument("--commit", default="unknown")
+    add_run_args(ap)
     ap.add_argument("--lengths", default="1000,7000,33000,100000")
     ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--topk", type=float, default=0.1)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
 
     torch.manual_seed(0)

@@ -25,3 +25,14 @@ def emit(records, path=None) -> None:
         with open(path, "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
+
+
+def add_run_args(ap, lib="build/libsparge_c.so", reps=10, head_dim=128, topk=0.1):
+    """The options of a benchmark run through the C ABI: the library, the commit its records
+    name, the timed repetitions, where the records go, the head dim and the top-k fraction."""
+    ap.add_argument("--lib", default=lib)
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--out-dir", default=".")
+    ap.add_argument("--head-dim", type=int, default=head_dim)
+    ap.add_argument("--topk", type=float, default=topk)
