@@ -1,8 +1,9 @@
 // GPU Stage 1 with estimate = sampled_rows against the CPU mask (src/cpu/predict.cc, itself
 // checked against an oracle in tests/cpu/test_sampled_rows.cc): random and structured inputs,
 // TopCdf and TopK, causal in both alignments, GQA, sinks, odd lengths, tail blocks with fewer
-// rows than sample_rows, sample_rows above the kernel's rows per pass (kEstimateRows = 4).
-// Both sides sum in double in different orders, so only exact ties may differ.
+// rows than sample_rows, sample_rows above one 16-row unit (9, 128: a block over whole units).
+// The GPU's scores and masses are fp32 (tensor cores), the CPU's double: only near-ties may
+// differ. sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -94,6 +95,8 @@ const SampledCase kSampledCases[] = {
     {"llm", 4, 2, 2000, 2000, 128, kBf16, Layout::kHND, true, kTL, kCdf, 0.3f, 0.95f, 4, true},
     {"llm", 4, 1, 3001, 3001, 64, kFp16, Layout::kNHD, true, kTL, kCdf, -0.5f, 0.98f, 128, false},
     {"llm", 8, 2, 8192, 8192, 128, kBf16, Layout::kHND, true, kTL, kCdf, -0.5f, 0.95f, 4, false},
+    {"video", 2, 2, 3000, 3000, 64, kBf16, Layout::kHND, false, kTL, kCdf, 0.3f, 0.9f, 3, false},
+    {"llm", 2, 1, 4000, 4100, 128, kFp16, Layout::kNHD, true, kBR, kTopK, -0.5f, 0.2f, 20, true},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, SampledRowsVsCpu, ::testing::ValuesIn(kSampledCases));
 

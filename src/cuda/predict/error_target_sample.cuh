@@ -12,7 +12,7 @@
 // serves its 128 rows; a warp skips the tiles its block does not see. P·V splits P into 16-bit
 // parts (error_target_tiles.cuh). Every sum has a fixed order: runs are bit-reproducible.
 // Smem: 2 K + 2 V tiles + 8 unit q tiles, (4·kStepKeys + 128)·kHeadDim·2 bytes (96 KB at 128).
-// Chosen when target_error > 0 (instead of sampled_row_mass), head_dim ≤ 256.
+// Chosen when target_error > 0 (instead of sampled_row_weights), head_dim ≤ 256.
 #pragma once
 
 #include <cmath>
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kEtThreads,
   const float mul = float(p.scale) * kLog2e;
   const int W = min(p.block_k, Tr::kStepKeys);  // keys per step; divides block_k
 
-  // Non-similar blocks: nothing is selected in their rows; zero weights (as sampled_row_mass).
+  // Non-similar blocks: nothing is selected in their rows; zero weights (as sampled_row_weights).
   for (int bb = 0; bb < blocks; ++bb) {
     const SampleBlock blk = sample_block(p, i0 + bb, h);
     if (blk.units > 0) continue;

@@ -58,6 +58,33 @@ Status launch_error_target_dim(const PredictParams& p, int sort_len, cudaStream_
   return Status::ok();
 }
 
+// The sampled_rows estimate's kernel for one compiled head dim (sampled_rows.cuh).
+template <typename T, int kHeadDim>
+Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
+  using Tr = EtTraits<T, kHeadDim>;
+  const int slots = sampled_row_slots(p.sample_rows, p.block_q);
+  const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
+  const int smem = sampled_row_smem<Tr>();
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(sampled_row_weights<T, kHeadDim>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, p.batch * p.heads_q);
+  sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta);
+  SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
+  return Status::ok();
+}
+
+template <typename T>
+Status launch_sampled_rows(const PredictParams& p, cudaStream_t stream) {
+  switch (error_target_instance_dim(p.head_dim)) {
+    case 64: return launch_sampled_rows_dim<T, 64>(p, stream);
+    case 128: return launch_sampled_rows_dim<T, 128>(p, stream);
+    case 256: return launch_sampled_rows_dim<T, 256>(p, stream);
+    default:
+      return Status::unsupported("SparseOptions.estimate sampled_rows on cuda takes head_dim <= 256, got " +
+                                 std::to_string(p.head_dim));
+  }
+}
+
 template <typename T>
 Status launch_error_target(const PredictParams& p, int sort_len, cudaStream_t stream) {
   switch (error_target_instance_dim(p.head_dim)) {
@@ -148,8 +175,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   } else if (p.error_target) {
     // error_target_sample writes the weights (launched with error_target_rows, below).
   } else if (p.sampled_rows) {
-    sampled_row_mass<T><<<dim3(p.num_q_blocks, bhq), kEstimateThreads, 0, stream>>>(p);
-    SPARGE_CUDA_CHECK_LAUNCH("sampled_row_mass launch");
+    SPARGE_RETURN_IF_ERROR(launch_sampled_rows<T>(p, stream));
   } else {
     const int score_ctas = (p.num_q_blocks + kScoreRowsPerCta - 1) / kScoreRowsPerCta;
     compressed_scores<false><<<dim3(score_ctas, bhq), kScoreThreads, 0, stream>>>(p, 0, 0);

@@ -1,203 +1,309 @@
 // Stage 1, estimate sampled_rows: per query block, the exact softmax rows of a few evenly spaced
-// query rows (detail::sampled_row), summed per key block and averaged over the rows, written
+// query rows (detail::sampled_row), their mass per key block averaged over the rows, written
 // where the pooled mode writes its compressed scores (PredictParams::scores); select_blocks then
 // takes them as the eligible columns' weights (docs/method.md, Stage 1, step 4).
 //
-// One CTA per (query block, batch·query head). The sampled rows are taken kEstimateRows at a time
-// from shared memory. Pass 1: each thread walks keys with an online (max, sum) per row, merged
-// over the CTA in a fixed order. Pass 2: one warp per key block recomputes its scores and sums
-// exp(score − max) / sum over the keys each row sees; lane 0 accumulates the block's entry, so
-// every entry has one writer and a fixed summation order (runs are bit-reproducible). Scores
-// are recomputed rather than stored: a row has seq_k of them, more than shared memory holds.
-// Everything is in double, as in the CPU reference (src/cpu/predict.cc). A dense attention mask
-// (PredictParams::attn_mask.data) joins the scores: a pair it hides is not seen, a value is added
-// (natural-log units), so the rows are those Stage 2 computes.
+// On the tensor cores (mma.sync m16n8k16, fp32 accumulation; the pieces of
+// error_target_tiles.cuh). The sampled rows of consecutive query blocks of one head are packed
+// into 16-row units: each block takes kSlots row slots, the next power of two ≥ its rows up to
+// 16 (4 rows: four blocks a unit), else its rows rounded up to whole units; a CTA's 8 warps hold
+// 8 units (warp w = unit w), so that a K tile loaded once serves every row of 128 slots (32
+// blocks at the default 4 rows) instead of one block's rows. The CTA walks the union of its
+// blocks' allowed keys in steps of kStepKeys, K double-buffered by cp.async in swizzled shared
+// memory; a warp skips the steps its unit does not see. Pass 1: each row's online max and sum of
+// 2^t over the keys it sees. Pass 2: P = 2^(t − m) summed per (row, key block), each row's mass
+// divided by its sum; per key block the rows of one query block are added in slot order by one
+// thread into the block's score entry (across CTAs' slot groups through the entry itself), so
+// every sum has a fixed order and runs are bit-reproducible.
+//
+// Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
+// exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU reference
+// (src/cpu/predict.cc) sums in double: the two differ by ~1e-6 relative, so a mask can differ
+// where a TopCdf prefix lands within that of τ or two masses tie that closely. The scalar kernel
+// this replaced (one CTA per query block, double, a thread per key) took 300 ms at 32K tokens,
+// H 32, hd 128 on an H100, 10.7x the dense kernel
+// (bench/results/2026-12-05_NVIDIA-H100_stage1-sampled-rows_check.md).
+//
+// A dense attention mask (PredictParams::attn_mask.data) joins the scores: a pair it hides is not
+// seen, a value is added (natural-log units), so the rows are those Stage 2 computes. Keys past a
+// batch entry's key length are seen by no row.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 #include "common/geometry.h"
+#include "cuda/common/dense_mask.cuh"
 #include "cuda/common/math.cuh"
+#include "cuda/common/mma_sm80.cuh"
+#include "cuda/predict/error_target_tiles.cuh"
 #include "cuda/predict/params.h"
 
 namespace sparge::cuda {
 
-constexpr int kEstimateThreads = 256;
-constexpr int kEstimateWarps = kEstimateThreads / 32;
-// Sampled rows per pass: the default sample_rows (8 spilled registers on sm_80 and sm_90a).
-constexpr int kEstimateRows = 4;
+constexpr int kSlotsPerCta = kEtWarps * kUnitRows;  // 128 row slots: one unit per warp
 
-// Online-softmax state (running max m, sum z of exp(x − m)) of two disjoint sets of scores.
-__device__ __forceinline__ void merge_max_sum(double* m, double* z, double m2, double z2) {
-  const double mx = fmax(*m, m2);
-  if (mx == -INFINITY) return;  // both empty
-  *z = (*m == -INFINITY ? 0.0 : *z * exp(*m - mx)) + (m2 == -INFINITY ? 0.0 : z2 * exp(m2 - mx));
-  *m = mx;
+// Row slots a query block takes: its full count of sampled rows (sampled_row_count at block_q
+// rows) rounded up to a power of two up to 16, else to whole 16-row units, so that no block
+// straddles a unit unless it fills whole ones.
+__host__ __device__ inline int sampled_row_slots(int sample_rows, int block_q) {
+  const int c = sample_rows < block_q ? sample_rows : block_q;
+  if (c > kUnitRows) return (c + kUnitRows - 1) / kUnitRows * kUnitRows;
+  int s = 1;
+  while (s < c) s <<= 1;
+  return s;
 }
 
-// scale · q_r · k_c for the pass's rows r < rows, in double (q rows in shared memory).
-template <typename T>
-__device__ __forceinline__ void row_scores(const T* k_row, const double (*sQ)[256], int rows,
-                                           int head_dim, double scale,
-                                           double (&out)[kEstimateRows]) {
-#pragma unroll
-  for (int r = 0; r < kEstimateRows; ++r) out[r] = 0.0;
-  for (int d = 0; d < head_dim; ++d) {
-    const double kv = double(to_float(k_row[d]));
-#pragma unroll
-    for (int r = 0; r < kEstimateRows; ++r)
-      if (r < rows) out[r] += sQ[r][d] * kv;
-  }
-#pragma unroll
-  for (int r = 0; r < kEstimateRows; ++r) out[r] *= scale;
+// Query blocks one CTA estimates: 128 slots' worth, at least one (a block of more slots runs its
+// units as several groups of 8).
+__host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
+  return slots >= kSlotsPerCta ? 1 : kSlotsPerCta / slots;
 }
 
-// A dense attention mask on the scores of key c for the pass's rows (their indices in sRow):
-// hidden pairs become -inf, the others get the mask's value. Nothing without a dense mask.
-__device__ __forceinline__ void mask_row_scores(const PredictParams& p, int b, int h, int64_t c,
-                                                const int64_t* sRow, int rows,
-                                                double (&x)[kEstimateRows]) {
-  if (p.attn_mask.data == nullptr) return;
-#pragma unroll
-  for (int r = 0; r < kEstimateRows; ++r)
-    if (r < rows) {
-      const float v = dense_mask_value(p.attn_mask, b, h, int(sRow[r]), int(c));
-      x[r] = v == -INFINITY ? -INFINITY : x[r] + double(v);
-    }
+template <typename Tr>
+constexpr int sampled_row_smem() {
+  return (2 * Tr::kTileElems + kEtWarps * Tr::kUnitElems) * int(sizeof(typename Tr::Element));
 }
 
-// Loads the pass's sampled rows s0 .. s0 + rows − 1 of query block `first` (n valid rows, count
-// sampled) into sQ (double), their indices into sRow and the keys each sees into sFirst / sLast.
-// Ends with a barrier.
-template <typename T>
-__device__ void load_sampled_rows(const PredictParams& p, const T* gQ, int64_t first, int64_t n,
-                                  int64_t count, int64_t s0, int rows, double (*sQ)[256],
-                                  int64_t* sRow, int64_t* sFirst, int64_t* sLast) {
-  __syncthreads();  // the previous pass has finished reading sQ, sFirst, sLast
-  for (int e = threadIdx.x; e < rows * p.head_dim; e += kEstimateThreads) {
-    const int r = e / p.head_dim, d = e % p.head_dim;
-    const int64_t qr = detail::sampled_row(first, n, count, s0 + r);
-    sQ[r][d] = double(to_float(gQ[qr * p.q_stride[2] + d]));
-  }
-  if (threadIdx.x < rows) {
-    const int64_t qr = detail::sampled_row(first, n, count, s0 + threadIdx.x);
-    sRow[threadIdx.x] = qr;
-    sFirst[threadIdx.x] = detail::first_visible_key(qr, p.band);
-    // Keys past the batch entry's key length are padding: no row sees them.
-    const int b = int(blockIdx.y) / p.heads_q;
-    sLast[threadIdx.x] = detail::last_visible_key(qr, p.band, key_end_of(p, b));
-  }
-  __syncthreads();
-}
-
-// The softmax's max and sum of every row of the pass over the keys it sees, into sRowMax /
-// sRowSum: each thread walks keys with an online (max, sum) per row, merged over the CTA in a
-// fixed order. Rows ascend and the band moves right with them: the first row sees the leftmost
-// keys, the last one the rightmost. Ends with a barrier.
-template <typename T>
-__device__ void sampled_row_max_sum(const PredictParams& p, const T* gK, const double (*sQ)[256],
-                                    const int64_t* sRow, const int64_t* sFirst,
-                                    const int64_t* sLast, int rows,
-                                    double (*sWarpMax)[kEstimateRows],
-                                    double (*sWarpSum)[kEstimateRows], double* sRowMax,
-                                    double* sRowSum) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t first_any = sFirst[0], last_any = sLast[rows - 1];
-  double m[kEstimateRows], z[kEstimateRows], x[kEstimateRows];
-#pragma unroll
-  for (int r = 0; r < kEstimateRows; ++r) m[r] = -INFINITY, z[r] = 0.0;
-  const int b = int(blockIdx.y) / p.heads_q, h = int(blockIdx.y) % p.heads_q;
-  for (int64_t c = first_any + threadIdx.x; c <= last_any; c += kEstimateThreads) {
-    row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
-    mask_row_scores(p, b, h, c, sRow, rows, x);
-#pragma unroll
-    for (int r = 0; r < kEstimateRows; ++r)
-      if (r < rows && c >= sFirst[r] && c <= sLast[r] && x[r] != -INFINITY)
-        merge_max_sum(&m[r], &z[r], x[r], 1.0);
-  }
-#pragma unroll
-  for (int r = 0; r < kEstimateRows; ++r) {
-    for (int off = 16; off > 0; off >>= 1) {
-      const double m2 = __shfl_xor_sync(0xffffffffu, m[r], off);
-      const double z2 = __shfl_xor_sync(0xffffffffu, z[r], off);
-      merge_max_sum(&m[r], &z[r], m2, z2);
-    }
-    if (lane == 0) sWarpMax[warp][r] = m[r], sWarpSum[warp][r] = z[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < rows) {
-    double mr = -INFINITY, zr = 0.0;
-    for (int w = 0; w < kEstimateWarps; ++w)
-      merge_max_sum(&mr, &zr, sWarpMax[w][threadIdx.x], sWarpSum[w][threadIdx.x]);
-    sRowMax[threadIdx.x] = mr;
-    sRowSum[threadIdx.x] = zr;
-  }
-  __syncthreads();
-}
-
-// Grid (num_q_blocks, batch·heads_q), kEstimateThreads threads. Runs after pool_blocks (it reads
-// sim_q: a non-similar query block's row is forced on whole, so only zeros are written there).
-template <typename T>
-__global__ void __launch_bounds__(kEstimateThreads) sampled_row_mass(const PredictParams p) {
-  __shared__ double sQ[kEstimateRows][256];
-  __shared__ int64_t sFirst[kEstimateRows], sLast[kEstimateRows];  // keys each row sees (first >
-                                                                     // last: none)
-  __shared__ int64_t sRow[kEstimateRows];  // the pass's sampled rows
-  __shared__ double sWarpMax[kEstimateWarps][kEstimateRows];
-  __shared__ double sWarpSum[kEstimateWarps][kEstimateRows];
-  __shared__ double sRowMax[kEstimateRows], sRowSum[kEstimateRows];
-
-  const int i = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
-  const int hk = h / p.group;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = int64_t(bh) * p.num_q_blocks + i;
-  double* gMass = p.scores + row * p.num_k_blocks;
-  const detail::BlockRange range =
+// One query block of the CTA: its rows, whether it is estimated and its allowed key blocks.
+struct EstimateBlock {
+  int i;
+  int64_t first, n, count;  // rows first .. first + n − 1; count of them sampled
+  bool similar;             // not similar: nothing is selected, its weights are zero
+  int begin, end;           // allowed key blocks
+};
+__device__ __forceinline__ EstimateBlock estimate_block(const PredictParams& p, int i, int h) {
+  EstimateBlock blk;
+  blk.i = i;
+  blk.first = int64_t(i) * p.block_q;
+  blk.n = min(int64_t(p.block_q), int64_t(p.seq_q) - blk.first);
+  blk.count = detail::sampled_row_count(p.sample_rows, blk.n);
+  const int64_t row = int64_t(blockIdx.y) * p.num_q_blocks + i;
+  blk.similar = p.sim_q[row] > double(p.sim_threshold[p.per_head ? h : 0]);
+  const detail::BlockRange r =
       detail::allowed_key_blocks(i, p.block_q, p.block_k, p.band, p.seq_q, p.seq_k);
-  const int begin = int(range.begin), end = int(range.end);
-  const float theta = p.sim_threshold[p.per_head ? h : 0];
-  if (!(p.sim_q[row] > double(theta))) {  // non-similar (or NaN): nothing is selected
-    for (int j = begin + threadIdx.x; j < end; j += kEstimateThreads) gMass[j] = 0.0;
-    return;
-  }
+  blk.begin = int(r.begin), blk.end = int(r.end);
+  return blk;
+}
 
+// The row in slot `slot` of the CTA (blocks i0 .. i0 + blocks − 1, `slots` each): its query row,
+// or −1 for a slot past its block's sampled rows, past the CTA's blocks or of a non-similar block.
+__device__ __forceinline__ int64_t slot_row(const PredictParams& p, int h, int i0, int blocks,
+                                            int slots, int slot) {
+  const int bb = slot / slots, s = slot % slots;
+  if (bb >= blocks) return -1;
+  const EstimateBlock blk = estimate_block(p, i0 + bb, h);
+  if (!blk.similar || s >= blk.count) return -1;
+  return detail::sampled_row(blk.first, blk.n, blk.count, s);
+}
+
+// Grid (⌈nq / blocks_per_cta⌉, batch·heads_q), kEtThreads threads, sampled_row_smem bytes.
+// Runs after pool_blocks (it reads sim_q).
+// Two CTAs per SM at least (128 registers): the K tiles and unit tiles take 64 KB at hd 128.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kEtThreads, 2)
+    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta) {
+  using Tr = EtTraits<T, kHeadDim>;
+  constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [2][kTileElems]
+  T* sQ = sK + 2 * Tr::kTileElems;         // [kEtWarps][kUnitElems]
+  __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
+  __shared__ int sRange[kEtWarps][2];
+
+  const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q, hk = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int i0 = blockIdx.x * blocks_per_cta;
+  const int blocks = min(blocks_per_cta, p.num_q_blocks - i0);
   const T* gQ = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const int64_t first = int64_t(i) * p.block_q;
-  const int64_t n = min(int64_t(p.block_q), int64_t(p.seq_q) - first);
-  const int64_t count = detail::sampled_row_count(p.sample_rows, n);
+  const bool vec_q = rows_vectorizable(gQ, p.q_stride[2], p.head_dim);
+  const bool vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
+  const float mul = float(p.scale) * kLog2e;
+  const int64_t key_end = key_end_of(p, b);
+  const int W = min(p.block_k, Tr::kStepKeys);  // keys per step; divides block_k
 
-  for (int64_t s0 = 0; s0 < count; s0 += kEstimateRows) {
-    const int rows = int(min(int64_t(kEstimateRows), count - s0));
-    const bool last_pass = s0 + rows == count;
-    load_sampled_rows(p, gQ, first, n, count, s0, rows, sQ, sRow, sFirst, sLast);
-    const int64_t first_any = sFirst[0], last_any = sLast[rows - 1];
-    // Pass 1: the softmax's max and sum of every row, over the keys it sees.
-    sampled_row_max_sum(p, gK, sQ, sRow, sFirst, sLast, rows, sWarpMax, sWarpSum, sRowMax,
-                        sRowSum);
-    double x[kEstimateRows];
+  // Non-similar blocks: nothing is selected in their rows; zero weights.
+  for (int bb = 0; bb < blocks; ++bb) {
+    const EstimateBlock blk = estimate_block(p, i0 + bb, h);
+    if (blk.similar) continue;
+    double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + blk.i) * p.num_k_blocks;
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kEtThreads) gW[j] = 0.0;
+  }
 
-    // Pass 2: each row's probability mass per key block, summed over the pass's rows.
-    for (int j = begin + warp; j < end; j += kEstimateWarps) {
-      const int64_t c0 = max(int64_t(j) * p.block_k, first_any);
-      // The block's end, not c0's: a window can start the band inside block j.
-      const int64_t c1 = min(min(int64_t(j + 1) * p.block_k, int64_t(p.seq_k)), last_any + 1);
-      double part = 0.0;
-      for (int64_t c = c0 + lane; c < c1; c += 32) {
-        row_scores(gK + c * p.k_stride[2], sQ, rows, p.head_dim, p.scale, x);
-        mask_row_scores(p, b, h, c, sRow, rows, x);
+  const int total_slots = blocks * slots;
+  for (int slot0 = 0; slot0 < total_slots; slot0 += kSlotsPerCta) {
+    // This warp's unit: slots slot0 + 16·warp .. + 15. Each lane's rows g and g + 8: their query
+    // rows and the keys they see, [first, last] (first > last: none).
+    const int unit_slot = slot0 + warp * kUnitRows;
+    int64_t qrow[2];
+    UnitRowKeys rk;
 #pragma unroll
-        for (int r = 0; r < kEstimateRows; ++r)
-          if (r < rows && c >= sFirst[r] && c <= sLast[r] && x[r] != -INFINITY)
-            part += exp(x[r] - sRowMax[r]) / sRowSum[r];
-      }
-      part = warp_sum(part);
-      if (lane == 0) {
-        const double total = (s0 == 0 ? 0.0 : gMass[j]) + part;
-        gMass[j] = last_pass ? total / double(count) : total;
+    for (int hh = 0; hh < 2; ++hh) {
+      qrow[hh] = slot_row(p, h, i0, blocks, slots, unit_slot + g + 8 * hh);
+      rk.first[hh] = 1, rk.last[hh] = 0;
+      if (qrow[hh] >= 0) {
+        rk.first[hh] = int(detail::first_visible_key(qrow[hh], p.band));
+        rk.last[hh] = int(detail::last_visible_key(qrow[hh], p.band, key_end));
       }
     }
+    // The unit's q rows into its tile (zero rows for empty slots) and its allowed key blocks.
+    T* sQw = sQ + warp * Tr::kUnitElems;
+    for (int e = lane; e < kUnitRows * Tr::kChunks; e += 32) {
+      const int r = e / Tr::kChunks, c = e % Tr::kChunks;
+      const int64_t qr = slot_row(p, h, i0, blocks, slots, unit_slot + r);
+      T* dst = sQw + swizzled<Tr::kChunks>(r, c);
+      const bool in = qr >= 0 && c * kChunkElems < p.head_dim;
+      const T* src = in ? gQ + qr * p.q_stride[2] : gQ;
+      if (vec_q)
+        cp_async_16(dst, in ? src + c * kChunkElems : gQ, in);
+      else
+        *reinterpret_cast<uint4*>(dst) = in ? load_chunk(src, c, p.head_dim, false) : make_uint4(0, 0, 0, 0);
+    }
+    if (lane == 0) {
+      int lo = INT32_MAX, hi = 0;
+      const int bb0 = unit_slot / slots, bb1 = min(blocks, (unit_slot + kUnitRows - 1) / slots + 1);
+      for (int bb = bb0; bb < bb1; ++bb) {
+        const EstimateBlock blk = estimate_block(p, i0 + bb, h);
+        if (blk.similar && blk.begin < blk.end) lo = min(lo, blk.begin), hi = max(hi, blk.end);
+      }
+      sRange[warp][0] = lo, sRange[warp][1] = hi;
+    }
+    __syncthreads();
+    const int u_begin = sRange[warp][0], u_end = sRange[warp][1];
+    int j_begin = INT32_MAX, j_end = 0;  // the union of the units' allowed key blocks
+    for (int w = 0; w < kEtWarps; ++w)
+      if (sRange[w][0] < sRange[w][1]) j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
+    __syncthreads();  // sRange is read; the next group rewrites it
+    if (j_begin >= j_end) {  // no unit sees a key: let the q copies land before sQ is reused
+      cp_async_commit();
+      cp_async_wait_all();
+      continue;
+    }
+    const int key_begin = j_begin * p.block_k, key_end_walk = min(j_end * p.block_k, p.seq_k);
+    const int steps = (key_end_walk - key_begin + W - 1) / W;
+    const auto sees = [&](int key0) {
+      const int j = key0 / p.block_k;
+      return j >= u_begin && j < u_end;
+    };
+    // Scores of one step in log2 units, masked (the rows' keys and the dense mask).
+    const auto step_scores = [&](int key0, const T* sKt, float (&s)[kN][4]) {
+      unit_scores<Tr, kN>(sQw, sKt, W / 8, s);
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= W / 8) break;
+        scale_and_mask(s[n], mul, key0 + 8 * n, rk);
+        if (p.attn_mask.data != nullptr) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = key0 + 8 * n + 2 * t4 + (e & 1);
+            if (s[n][e] == -INFINITY) continue;
+            const float v = dense_mask_value(p.attn_mask, b, h, int(qrow[e >> 1]), key);
+            s[n][e] = v == -INFINITY ? -INFINITY : s[n][e] + v * kLog2e;
+          }
+        }
+      }
+    };
+    // Steps st = 0 .. steps − 1 in buffer st % 2, the next loading while `visit` runs.
+    const auto walk = [&](auto&& visit) {
+      const auto load = [&](int st) {
+        const int key0 = key_begin + st * W;
+        load_key_tile<Tr>(sK + (st & 1) * Tr::kTileElems, gK, p.k_stride[2], key0, W, p.seq_k,
+                          p.head_dim, vec_k);
+      };
+      load(0);
+      cp_async_commit();
+      for (int st = 0; st < steps; ++st) {
+        cp_async_wait_all();
+        __syncthreads();  // tile st is in; every warp is done with tile st − 1
+        if (st + 1 < steps) load(st + 1);
+        cp_async_commit();
+        visit(st, key_begin + st * W, sK + (st & 1) * Tr::kTileElems);
+      }
+      __syncthreads();  // every warp is done with both buffers
+    };
+
+    // Pass 1: online max and sum of 2^t per row (each thread: rows g, g + 8, its columns; the
+    // max is the quad's, so the partial sums share it and add up at the end).
+    float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
+    walk([&](int, int key0, const T* sKt) {
+      if (!sees(key0)) return;
+      float s[kN][4];
+      step_scores(key0, sKt, s);
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= W / 8) break;
+        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
+        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
+        m[hh] = m_new;
+      }
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= W / 8) break;
+        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
+        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+      }
+    });
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
+      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
+    }
+    const float base[2] = {exp_base(m[0]), exp_base(m[1])};
+
+    // Key block j's weights (its last step, st) for every block of the CTA with slots in this
+    // group: thread bb adds its block's slots in order, to what earlier groups left in the entry,
+    // and divides by the block's row count after its last slot.
+    const auto flush_weights = [&](int st) {
+      const int key0 = key_begin + st * W, j = key0 / p.block_k;
+      if (key0 + W < min((j + 1) * p.block_k, p.seq_k) || int(threadIdx.x) >= blocks) return;
+      const int bb = threadIdx.x;
+      const EstimateBlock blk = estimate_block(p, i0 + bb, h);
+      const int first_slot = bb * slots, end_slot = first_slot + int(blk.count);
+      const int a = max(first_slot, slot0), e = min(end_slot, slot0 + kSlotsPerCta);
+      if (!blk.similar || a >= e || j < blk.begin || j >= blk.end) return;
+      double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + blk.i) * p.num_k_blocks + j;
+      double w = a == first_slot ? 0.0 : *gW;
+      for (int sl = a; sl < e; ++sl) w += sRowWeight[st & 1][sl - slot0];
+      *gW = e == end_slot ? w / double(blk.count) : w;
+    };
+
+    // Pass 2: P = 2^(t − m) summed per row and key block; at a key block's last step each row's
+    // mass / sum goes to its slot (0 for an empty slot or a row that sees no key; NaN stays).
+    float mass[2] = {0.0f, 0.0f};  // the current key block's, this thread's columns
+    walk([&](int st, int key0, const T* sKt) {
+      if (st > 0) flush_weights(st - 1);
+      if (!sees(key0)) return;
+      float s[kN][4];
+      step_scores(key0, sKt, s);
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= W / 8) break;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(s[n][e] - base[e >> 1]);
+      }
+      const int j = key0 / p.block_k;
+      if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float ms = mass[hh];
+        ms += __shfl_xor_sync(0xffffffffu, ms, 1);
+        ms += __shfl_xor_sync(0xffffffffu, ms, 2);
+        mass[hh] = 0.0f;
+        if (t4 == 0)
+          sRowWeight[st & 1][warp * kUnitRows + g + 8 * hh] = z[hh] == 0.0f ? 0.0 : double(ms) / double(z[hh]);
+      }
+    });
+    flush_weights(steps - 1);  // after walk's final barrier
+    __syncthreads();  // the flush has read sRowWeight before the next group's pass 2 writes it
   }
 }
 
