@@ -10,7 +10,7 @@ C=${1:?commit}
 OUT=${OUT:-/tmp/sparge_out}; mkdir -p "$OUT"
 T0=$(date +%s)
 el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
-mkdir -p /tmp/bins && tar xzf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
+mkdir -p /tmp/bins && tar xf .devpack/bins.tgz -C /tmp/bins || { echo "no .devpack/bins.tgz"; exit 1; }
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 # bench_decode.py once per argument (a quoted set of its options; "" = its defaults: B 8), each
