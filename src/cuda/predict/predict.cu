@@ -63,19 +63,10 @@ template <typename T, int kHeadDim>
 Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   using Tr = EtTraits<T, kHeadDim>;
   const int slots = sampled_row_slots(p.sample_rows, p.block_q);
-  // Fewer query blocks per CTA while the grid would leave SMs idle (two CTAs fit an SM): at 8K
-  // tokens and 32 heads the full 32 blocks a CTA made 64 CTAs (0.98 ms on an H100, 3.8 us a
-  // step); whole units, so that no warp's unit is split between CTAs.
-  int blocks_per_cta = sampled_row_blocks_per_cta(slots);
-  const int unit_blocks = std::max(1, kUnitRows / slots);
-  int device = 0, sms = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const auto ctas = [&](int bpc) {
-    return int64_t((p.num_q_blocks + bpc - 1) / bpc) * p.batch * p.heads_q;
-  };
-  while (blocks_per_cta / 2 >= unit_blocks && ctas(blocks_per_cta) < 2 * int64_t(sms))
-    blocks_per_cta /= 2;
+  // Every CTA packs 128 row slots even where that leaves SMs idle: halving the blocks per CTA
+  // until two CTAs per SM ran measured slower at 8K and at 32K on an H100 (each CTA then reads
+  // all of K for fewer rows).
+  const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
   const int smem = sampled_row_smem<Tr>();
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(sampled_row_weights<T, kHeadDim>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

@@ -5,16 +5,16 @@
 //
 // On the tensor cores (mma.sync m16n8k16, fp32 accumulation; the pieces of
 // error_target_tiles.cuh). The sampled rows of consecutive query blocks of one head are packed
-// into 16-row units: each block takes kSlots row slots, the next power of two ≥ its rows up to
-// 16 (4 rows: four blocks a unit), else its rows rounded up to whole units; a CTA's 8 warps hold
-// 8 units (warp w = unit w), so that a K tile loaded once serves every row of 128 slots (32
-// blocks at the default 4 rows) instead of one block's rows. The CTA walks the union of its
-// blocks' allowed keys in steps of kStepKeys, K double-buffered by cp.async in swizzled shared
+// into 16-row units: each block takes `slots` row slots (sampled_row_slots: its rows rounded up
+// to a power of two up to 16, so 4 rows make four blocks a unit, else to whole units); a CTA's 8
+// warps hold 8 units (warp w = unit w), so a K tile loaded once serves 128 row slots (32 blocks at
+// the default 4 rows) instead of one block's rows. The CTA walks the union of its blocks' allowed
+// keys in steps of kStepKeys, K in a ring of kSampleStages cp.async tiles in swizzled shared
 // memory; a warp skips the steps its unit does not see. Pass 1: each row's online max and sum of
 // 2^t over the keys it sees. Pass 2: P = 2^(t − m) summed per (row, key block), each row's mass
-// divided by its sum; per key block the rows of one query block are added in slot order by one
-// thread into the block's score entry (across CTAs' slot groups through the entry itself), so
-// every sum has a fixed order and runs are bit-reproducible.
+// divided by its sum; per key block one thread adds the rows of one query block in slot order
+// into the block's score entry (a block over several groups of 128 slots through the entry
+// itself), so every sum has a fixed order and runs are bit-reproducible.
 //
 // Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
 // exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU reference
@@ -60,9 +60,14 @@ __host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
   return slots >= kSlotsPerCta ? 1 : kSlotsPerCta / slots;
 }
 
+// K tiles in flight: a step's work (8 warps × 16 rows × kStepKeys keys) is shorter than a load
+// from memory, so two buffers left each step waiting on its tile (about 4 us a step on an H100).
+constexpr int kSampleStages = 4;
+
 template <typename Tr>
 constexpr int sampled_row_smem() {
-  return (2 * Tr::kTileElems + kEtWarps * Tr::kUnitElems) * int(sizeof(typename Tr::Element));
+  return (kSampleStages * Tr::kTileElems + kEtWarps * Tr::kUnitElems) *
+         int(sizeof(typename Tr::Element));
 }
 
 // One query block of the CTA: its rows, whether it is estimated and its allowed key blocks.
@@ -106,8 +111,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);  // [2][kTileElems]
-  T* sQ = sK + 2 * Tr::kTileElems;         // [kEtWarps][kUnitElems]
+  T* sK = reinterpret_cast<T*>(smem_raw);            // [kSampleStages][kTileElems]
+  T* sQ = sK + kSampleStages * Tr::kTileElems;       // [kEtWarps][kUnitElems]
   __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
   __shared__ int sRange[kEtWarps][2];
 
@@ -204,23 +209,24 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         }
       }
     };
-    // Steps st = 0 .. steps − 1 in buffer st % 2, the next loading while `visit` runs.
+    // Steps st = 0 .. steps − 1 in buffer st % kSampleStages, kSampleStages − 1 tiles ahead
+    // loading while `visit` runs (one commit group a step, empty past the last tile).
     const auto walk = [&](auto&& visit) {
       const auto load = [&](int st) {
-        const int key0 = key_begin + st * W;
-        load_key_tile<Tr>(sK + (st & 1) * Tr::kTileElems, gK, p.k_stride[2], key0, W, p.seq_k,
-                          p.head_dim, vec_k);
-      };
-      load(0);
-      cp_async_commit();
-      for (int st = 0; st < steps; ++st) {
-        cp_async_wait_all();
-        __syncthreads();  // tile st is in; every warp is done with tile st − 1
-        if (st + 1 < steps) load(st + 1);
+        if (st < steps)
+          load_key_tile<Tr>(sK + (st % kSampleStages) * Tr::kTileElems, gK, p.k_stride[2],
+                            key_begin + st * W, W, p.seq_k, p.head_dim, vec_k);
         cp_async_commit();
-        visit(st, key_begin + st * W, sK + (st & 1) * Tr::kTileElems);
+      };
+      for (int st = 0; st < kSampleStages - 1; ++st) load(st);
+      for (int st = 0; st < steps; ++st) {
+        cp_async_wait_groups<kSampleStages - 2>();  // tile st (and the q rows) are in
+        __syncthreads();  // for every thread; every warp is done with tile st − 1's buffer
+        load(st + kSampleStages - 1);
+        visit(st, key_begin + st * W, sK + (st % kSampleStages) * Tr::kTileElems);
       }
-      __syncthreads();  // every warp is done with both buffers
+      cp_async_wait_all();  // only empty groups remain
+      __syncthreads();      // every warp is done with every buffer
     };
 
     // Pass 1: online max and sum of 2^t per row (each thread: rows g, g + 8, its columns; the
