@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--error-target", action="store_true", help="the error target with every block estimated")
     ap.add_argument("--head-dims", default="128,64", help="--error-target: head dims")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sample-rows", default="4",
+                    help="--error-target: sampled_rows estimates to time beside it, rows per block "
+                         "(4: the default; 16: what sparge.tune's plans run)")
     args = ap.parse_args()
     if args.error_target:
         error_target_sweep(args)
@@ -134,14 +137,19 @@ def error_target_sweep(args):
                 torch.cuda.synchronize()
                 sparsity = 1.0 - float(pc.sum()) / (B * H * nq * nk)
                 rows = [("target_error", ms, sparsity, ws.numel())]
-                # The sampled_rows estimate (TopCdf 0.98, 4 rows per block) on the same inputs,
-                # every block estimated: the cheaper calibrated estimate, for comparison.
-                sopts = sp.options(False, estimate=1, select_value=0.98, sim_threshold=-1.0)
-                sws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], sopts), device="cuda", dtype=torch.uint8)
-                sms = time_ms(lambda st: sp.predict(st[0], st[1], sopts, mask, sws, stream), sets, args.reps)
-                sp.predict(sets[0][0], sets[0][1], sopts, mask, sws, stream)
-                torch.cuda.synchronize()
-                rows.append(("sampled_rows", sms, 1.0 - float(pc.sum()) / (B * H * nq * nk), sws.numel()))
+                # The sampled_rows estimate (TopCdf 0.98) on the same inputs, every block
+                # estimated: the cheaper calibrated estimate, for comparison.
+                for nrows in [int(x) for x in args.sample_rows.split(",")]:
+                    sopts = sp.options(False, estimate=1, sample_rows=nrows, select_value=0.98,
+                                       sim_threshold=-1.0)
+                    sws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], sopts), device="cuda",
+                                      dtype=torch.uint8)
+                    sms = time_ms(lambda st: sp.predict(st[0], st[1], sopts, mask, sws, stream), sets,
+                                  args.reps)
+                    sp.predict(sets[0][0], sets[0][1], sopts, mask, sws, stream)
+                    torch.cuda.synchronize()
+                    est = "sampled_rows" if nrows == 4 else f"sampled_rows{nrows}"
+                    rows.append((est, sms, 1.0 - float(pc.sum()) / (B * H * nq * nk), sws.numel()))
                 for est, t, sp_, wsb in rows:
                     rec = dict(date=date, device=dev, commit=args.commit, workload=name, dtype="bf16", head_dim=D,
                                batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n, causal=False,
