@@ -2,8 +2,9 @@
 # Device check of Stage 1's sampled_rows estimate on the tensor cores (sampled_rows.cuh): every
 # C++ GPU test, compute-sanitizer memcheck and racecheck on the tests that run the estimate, then
 # bench_stage1.py --error-target (every block estimated: the error target and sampled_rows with 4
-# and 16 rows per block, TopCdf 0.98, at 8K and 32K, hd 128 and 64, beside the dense kernel). Binaries from .devpack/bins.tgz
-# (built here, carried). Returns summary.txt, the bench's JSON Lines file and logs.tgz.
+# and 16 rows per block, TopCdf 0.98, at 8K and 32K, hd 128 and 64, beside the dense kernel).
+# Binaries from .devpack/bins.tgz (built here, carried). Returns summary.txt, the bench's JSON
+# Lines file and logs.tgz.
 #   bash bench/gpu/sampled_rows_check.sh <commit>
 source bench/gpu/device_prelude.sh
 B=/tmp/bins; L=/tmp/sr_logs; mkdir -p "$L"
