@@ -62,7 +62,8 @@ __host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
 
 // K tiles in the ring (three loading while one is read). Two measured the same on an H100 (4.75
 // against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps wait on mma.sync's rate, not on
-// the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM.
+// the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128
+// (at hd 256 the 128 KB allow one; not timed).
 constexpr int kSampleStages = 4;
 
 template <typename Tr>
