@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "eval"))
 
 import baselines  # noqa: E402
 import calibration  # noqa: E402
+import error_target_subset_study  # noqa: E402
 import pareto  # noqa: E402
 import plots  # noqa: E402
 import real_eval  # noqa: E402
@@ -413,3 +414,33 @@ def test_speed_points_are_the_dense_point_and_a_spread_of_the_front():
     assert all(p in front for p in picked[1:])
     assert picked[1]["sparsity"] == min(r["sparsity"] for r in front if r["sparsity"] > 0)
     assert picked[-1]["sparsity"] == max(r["sparsity"] for r in front)
+
+
+# ------------------------------------------------------------- the error-target subset study
+@pytest.mark.parametrize("kind", ["video", "llm-like"])
+def test_subset_study_reimplements_the_library_choice(kind):
+    """The study's torch error target (every block, 16 rows) chooses the library's τ per head,
+    and its measured error of that choice is the block-sparse output's against dense."""
+    if kind == "video":
+        w = workloads.video_grid(heads=2, grid=(4, 16, 16), head_dim=32, seed=3)
+    else:
+        w = workloads.language_like(heads_q=2, heads_kv=1, tokens=1024, head_dim=32, seed=5)
+    target = 0.02
+    out, stats = sparge.attention(w.q, w.k, w.v, is_causal=w.causal, sim_threshold=-1.0,
+                                  target_error=target, return_stats=True)
+    group = w.q.shape[1] // w.k.shape[1]
+    taus = error_target_subset_study.TAUS
+    for h in range(w.q.shape[1]):
+        head = error_target_subset_study.Head(w.q[0, h].double(), w.k[0, h // group].double(),
+                                              w.v[0, h // group].double(), w.causal, [16])
+        g, _ = head.choose(16, 1, target)
+        tau = 1.0 if g == len(taus) else taus[g]
+        assert tau == pytest.approx(float(stats.select_value.flatten()[h]), abs=1e-6)
+        l1, sparsity = head.measured(head.mask(16, g))
+        kv = h // group
+        ref = reference.reference_attention(w.q[:, h:h + 1].double(), w.k[:, kv:kv + 1].double(),
+                                            w.v[:, kv:kv + 1].double(), causal=w.causal)
+        lib_l1 = measure.rel_l1(out[:, h:h + 1].double(), ref)
+        assert 0.2 < sparsity < 1.0  # the case skips tiles (0.41-0.51 on these inputs)
+        assert l1 == pytest.approx(lib_l1, rel=1e-3, abs=1e-6)  # the same mask, the same error
+        assert l1 <= 1.5 * target
