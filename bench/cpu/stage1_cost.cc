@@ -4,9 +4,10 @@
 // given options, and of the whole sparse_attention call; one JSON line per case on stdout
 // (docs/bench-schema.md, impl "sparge-cpu", with dense_ms, stage1_ms, stage1_fraction).
 // Usage: stage1_cost DEVICE COMMIT [--target E] [--sim S] [--heads H] [--dim D] [--repeats R]
-//                    [--threads T] [--cpu-time] [--cdf C]
+//                    [--threads T] [--cpu-time] [--cdf C] [--sample-rows R]
 //                    [--workloads video,video-hilbert,llm,random] N [N ...]
-// --target 0 runs TopCdf with --cdf instead of the error target. rel_l1 is against the fast
+// --target 0 runs TopCdf with --cdf instead of the error target; --sample-rows R > 0 makes that
+// TopCdf's estimate sampled_rows with R rows per block (0: pooled). rel_l1 is against the fast
 // backend's dense fp32 output (the double reference would dominate the run at 32K tokens).
 // --cpu-time times the process's CPU time instead of the wall clock (with OMP_NUM_THREADS=1 and
 // --threads 1: the work of one core, whatever else runs on a shared machine).
@@ -72,14 +73,15 @@ int main(int argc, char** argv) {
     std::fprintf(
         stderr,
         "usage: %s DEVICE COMMIT [--target E] [--sim S] [--heads H] [--dim D] "
-        "[--repeats R] [--threads T] [--cpu-time] [--cdf C] [--workloads LIST] N [N ...]\n",
+        "[--repeats R] [--threads T] [--cpu-time] [--cdf C] [--sample-rows R] [--workloads LIST] "
+        "N [N ...]\n",
         argv[0]);
     return 2;
   }
   const std::string device = argv[1], commit = argv[2];
   double target = 0.02, sim = -1.0, cdf = 0.98;
   int64_t heads = 4, dim = 64;
-  int repeats = 3, threads = 0;
+  int repeats = 3, threads = 0, sample_rows = 0;
   bool cpu_time = false;
   std::string only = "video,video-hilbert,llm,random";
   std::vector<int64_t> lengths;
@@ -96,6 +98,8 @@ int main(int argc, char** argv) {
       target = std::atof(next());
     else if (arg == "--cdf")
       cdf = std::atof(next());
+    else if (arg == "--sample-rows")
+      sample_rows = std::atoi(next());
     else if (arg == "--sim")
       sim = std::atof(next());
     else if (arg == "--heads")
@@ -131,6 +135,10 @@ int main(int argc, char** argv) {
       opts.target_error = float(target);
       opts.sim_threshold = HeadParam{float(sim)};
       opts.select_value = HeadParam{float(cdf)};
+      if (sample_rows > 0) {
+        opts.estimate = EstimateMode::kSampledRows;
+        opts.sample_rows = sample_rows;
+      }
       std::vector<float> o(w.q.size());
       const TensorView ov = TensorView::contiguous(o.data(), DType::kFloat32, Layout::kHND, w.batch,
                                                    w.heads_q, w.seq_q, w.head_dim);
@@ -173,12 +181,12 @@ int main(int argc, char** argv) {
           "\"workload\": \"%s\", \"dtype\": \"float32\", \"head_dim\": %ld, \"batch\": 1, "
           "\"heads_q\": %ld, \"heads_kv\": %ld, \"seq_q\": %ld, \"seq_k\": %ld, \"causal\": %s, "
           "\"sparsity\": %.4f, \"ms\": %.3f, \"tops\": %.5f, \"rel_l1\": %.5f, \"cos_sim\": null, "
-          "\"target_error\": %g, \"sim_threshold\": %g, \"cdf_threshold\": %g, "
+          "\"target_error\": %g, \"sim_threshold\": %g, \"cdf_threshold\": %g, \"sample_rows\": %d, "
           "\"forced_fraction\": %.4f, \"dense_ms\": %.3f, \"stage1_ms\": %.3f, "
           "\"stage1_fraction\": %.4f, \"threads\": %d, \"timing\": \"%s\"}\n",
           date, device.c_str(), commit.c_str(), name.c_str(), long(dim), long(heads),
           long(w.heads_kv), long(n), long(n), w.causal ? "true" : "false", st.sparsity(), total_ms,
-          work / (total_ms * 1e-3) / 1e12, rel_l1, target, sim, cdf, forced_fraction, dense_ms,
+          work / (total_ms * 1e-3) / 1e12, rel_l1, target, sim, cdf, sample_rows, forced_fraction, dense_ms,
           stage1_ms, stage1_ms / dense_ms, threads, cpu_time ? "process cpu time" : "wall clock");
       std::fflush(stdout);
     }

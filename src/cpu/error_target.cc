@@ -47,7 +47,7 @@ std::vector<float> load_padded(const TensorView& t, int64_t b, int64_t h, int64_
 
 }  // namespace
 
-ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h)
+ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h, bool outputs)
     : p_(p),
       avx512_(fast::use_avx512()),
       b_(b),
@@ -56,7 +56,7 @@ ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h)
       Dp_(round_up(p.shape.head_dim, avx512_ ? 32 : 16)) {
   const int64_t hkv = h / (p.shape.heads_q / p.shape.heads_kv);
   k_ = load_padded(p.k, b, hkv, D_);
-  v_ = load_padded(p.v, b, hkv, Dp_);
+  if (outputs) v_ = load_padded(p.v, b, hkv, Dp_);
 }
 
 size_t ErrorTargetRows::group_blocks() const {

@@ -1,6 +1,7 @@
 // The error-target estimate of Stage 1 on the CPU (docs/method.md, "The error target"), for one
 // (batch, query head): the sampled rows' exact softmax and outputs, in fp32 with the fast
-// backend's AVX2 / AVX-512 score and P·V kernels (src/cpu/attention_fast_kernels.h).
+// backend's AVX2 / AVX-512 score and P·V kernels (src/cpu/attention_fast_kernels.h). Its
+// sample() alone is also the sampled_rows estimate where no attention mask is given.
 // predict.cc hands it groups of query blocks: sample() gives each block's weights, predict.cc
 // ranks the key blocks, then add_errors() sums every candidate's error over the group's rows.
 #pragma once
@@ -23,8 +24,10 @@ struct RankedRow {
 
 class ErrorTargetRows {
  public:
-  // Reads the kv head's k and v once (fp32, zero-padded); `q` rows are read per group.
-  ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h);
+  // Reads the kv head's k and, with `outputs` (the error target; add_errors needs it), v once
+  // (fp32, zero-padded); `q` rows are read per group. Without `outputs` only sample() and
+  // weight() serve: the sampled_rows estimate.
+  ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h, bool outputs = true);
 
   // How many query blocks one group should hold: their rows share every key tile the scores and
   // P·V kernels load (a K/V tile is reused by 16 rows per block), and the group's probabilities

@@ -253,6 +253,11 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   const bool sampled = o.estimate == EstimateMode::kSampledRows || error_target;
   // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
   const MaskReader attn(p.attn_mask, s.seq_k);
+  // Sampled rows in groups of query blocks on the fp32 kernels of error_target.cc: the error
+  // target, and sampled_rows without an attention mask (in double, a row at a time, it took 0.42x
+  // a dense call at 4 rows and 1.65x at 16: bench/results/2026-12-05_Intel-Xeon_cpu-sampled-rows.md).
+  // With a mask the rows are computed one by one in double below (sample_block_rows applies it).
+  const bool grouped = error_target || (sampled && !attn.active());
   const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);
   MaskRowWriter writer(mask);
   if (detail::selection_keeps_every_tile(p, stats)) {  // every visible tile, q and k unread
@@ -290,11 +295,11 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
     const KeyStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
-    const std::vector<double> k_slice = sampled && !error_target
+    const std::vector<double> k_slice = sampled && !grouped
                                             ? load_slice<double>(p.k, b, h / group)
                                             : std::vector<double>{};
     std::optional<ErrorTargetRows> estimator;
-    if (error_target) estimator.emplace(p, b, h);
+    if (grouped) estimator.emplace(p, b, h, /*outputs=*/error_target);
     std::vector<uint8_t> key_sim(nk), keep(nk);
     std::vector<int32_t> kept;  // one mask row's output
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
@@ -308,7 +313,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     const auto allowed_of = [&](int64_t i) {
       return detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
     };
-    if (error_target) {
+    if (grouped) {
       // The blocks to estimate (similar, with eligible columns), in groups that share key tiles.
       std::vector<int64_t> todo;
       for (int64_t i = 0; i < nq; ++i)
@@ -327,13 +332,17 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
           if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
           selectable[i] = 1;
           rows[i].ranked = std::move(cols);
+          if (!error_target) {
+            rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed_of(i), o, h);
+            continue;
+          }
           for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
             rows[i].keep[g] = topcdf_length(prob, rows[i].ranked, detail::error_target_tau(g));
         }
-        norm += estimator->add_errors(rows, selectable, forced, err);
+        if (error_target) norm += estimator->add_errors(rows, selectable, forced, err);
       }
     }
-    for (int64_t i = 0; i < nq && !error_target; ++i) {
+    for (int64_t i = 0; i < nq && !grouped; ++i) {
       const detail::BlockRange allowed = allowed_of(i);
       if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
       std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
