@@ -47,6 +47,11 @@ MARGIN = 1.1
 EVAL_ROWS = 16
 
 
+def evaluated(nq, stride):
+    """The query blocks whose candidates' errors are summed: i % stride == stride // 2."""
+    return [i for i in range(nq) if i % stride == stride // 2]
+
+
 def sampled_rows(first, n, count):
     """detail::sampled_row for s in [0, count)."""
     if count == 1:
@@ -110,9 +115,8 @@ class Head:
         """Σ over the subset's rows of ‖o_g − o‖₁ per candidate, and Σ ‖o‖₁."""
         err = [0.0] * len(TAUS)
         norm = 0.0
-        for i, blk in enumerate(self.blocks):
-            if i % stride != stride // 2 and not (stride > self.nq and i == self.nq // 2):
-                continue
+        for i in evaluated(self.nq, stride):
+            blk = self.blocks[i]
             order, keep = blk["keep"][rank_rows]
             u, mass, o = blk["u"][:, order], blk["mass"][:, order], blk["o"]
             cu, cm = torch.cumsum(u, 1), torch.cumsum(mass, 1)
@@ -218,11 +222,11 @@ def main():
                             l1, sparsity = cache[(h, rr, g)]
                             per_head.append(dict(tau=1.0 if g == len(TAUS) else TAUS[g], estimate=est,
                                                  rel_l1=l1, sparsity=sparsity))
-                        evaluated = len([i for i in range(heads[0].nq) if i % stride == stride // 2]) or 1
+                        count = len(evaluated(heads[0].nq, stride))
                         rec = dict(base, workload=name, heads_q=w.q.shape[1], heads_kv=w.k.shape[1],
                                    seq_q=w.q.shape[2], seq_k=w.k.shape[2], causal=w.causal,
                                    target_error=target, rank_rows=rr, stride=stride,
-                                   evaluated_blocks=evaluated, query_blocks=heads[0].nq,
+                                   evaluated_blocks=count, query_blocks=heads[0].nq,
                                    sparsity=sum(x["sparsity"] for x in per_head) / len(per_head),
                                    rel_l1=max(x["rel_l1"] for x in per_head),
                                    head_tau=[x["tau"] for x in per_head],
@@ -233,7 +237,7 @@ def main():
                         f.write(json.dumps(rec) + "\n")
                         f.flush()
                         print(f"{name:14s} ε {target} rank {rr:2d} stride {stride:2d} "
-                              f"({evaluated} of {heads[0].nq} blocks): sparsity {rec['sparsity']:.3f} "
+                              f"({count} of {heads[0].nq} blocks): sparsity {rec['sparsity']:.3f} "
                               f"worst head {rec['rel_l1']:.4f} within {rec['heads_within']}/{len(per_head)} "
                               f"τ {[round(t, 4) for t in rec['head_tau']]}"
                               + (f" (library {lib_tau})" if (target, rr, stride) == (targets[0], 16, 1) else ""),

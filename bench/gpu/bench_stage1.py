@@ -9,7 +9,8 @@ forces nothing), not causal, target_error 0.02, bf16, B 1, H 32, hd 128 and 64, 
 (nearly uniform attention: the densest candidate keeps almost every tile, so error_target_rows walks
 them all, its worst case) and "smooth" (each token's q and k are a smooth function of its position
 plus noise: local attention, blocks self-similar as in the video-like workload, short walks). Beside it
-the dense non-causal kernel on the same inputs and the chosen mask's sparsity.
+the sampled_rows estimate (TopCdf 0.98, --sample-rows rows per block, every block estimated), the dense
+non-causal kernel on the same inputs and each mask's sparsity.
 
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --commit $(git rev-parse --short HEAD)
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --error-target --seqs 8192,32768

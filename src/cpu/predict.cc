@@ -254,8 +254,9 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
   const MaskReader attn(p.attn_mask, s.seq_k);
   // Sampled rows in groups of query blocks on the fp32 kernels of error_target.cc: the error
-  // target, and sampled_rows without an attention mask (in double, a row at a time, it took 0.42x
-  // a dense call at 4 rows and 1.65x at 16: bench/results/2026-12-05_Intel-Xeon_cpu-sampled-rows.md).
+  // target, and sampled_rows without an attention mask (in double, a row at a time, it took
+  // 0.39-0.41x a dense call at 4 rows and 1.51-1.57x at 16, now 0.12-0.13x and 0.10-0.12x:
+  // bench/results/2026-12-05_Intel-Xeon_cpu-sampled-rows.md).
   // With a mask the rows are computed one by one in double below (sample_block_rows applies it).
   const bool grouped = error_target || (sampled && !attn.active());
   const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);

@@ -2,8 +2,9 @@
 // checked against an oracle in tests/cpu/test_sampled_rows.cc): random and structured inputs,
 // TopCdf and TopK, causal in both alignments, GQA, sinks, odd lengths, tail blocks with fewer
 // rows than sample_rows, sample_rows above one 16-row unit (9, 128: a block over whole units).
-// The GPU's scores and masses are fp32 (tensor cores), the CPU's double: only near-ties may
-// differ. sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units.
+// Both sides are fp32 in different orders (the GPU on the tensor cores, the CPU on the error
+// target's kernels; in double where an attention mask is given): only near-ties may differ.
+// sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units.
 #include <gtest/gtest.h>
 
 #include <cstdio>

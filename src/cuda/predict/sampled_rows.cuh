@@ -17,9 +17,10 @@
 // itself), so every sum has a fixed order and runs are bit-reproducible.
 //
 // Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
-// exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU reference
-// (src/cpu/predict.cc) sums in double: the two differ by ~1e-6 relative, so a mask can differ
-// where a TopCdf prefix lands within that of τ or two masses tie that closely. The scalar kernel
+// exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU computes the same in
+// fp32 in another order (error_target.cc sample(); in double where a mask is given): the two
+// differ by ~1e-6 relative, so a mask can differ where a TopCdf prefix lands within that of τ or
+// two masses tie that closely. The scalar kernel
 // this replaced (one CTA per query block, double, a thread per key) took 300 ms at 32K tokens,
 // H 32, hd 128 on an H100, 10.7x the dense kernel
 // (bench/results/2026-12-05_NVIDIA-H100_stage1-sampled-rows_check.md).
@@ -61,8 +62,7 @@ __host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
 }
 
 // K tiles in the ring (three loading while one is read). Two measured the same on an H100 (4.75
-// against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps wait on mma.sync's rate, not on
-// the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128
+// against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps do not wait on the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128
 // (at hd 256 the 128 KB allow one; not timed).
 constexpr int kSampleStages = 4;
 
