@@ -433,6 +433,7 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.km_partial = reinterpret_cast<double*>(base + ws.km_partial);
   s.km = reinterpret_cast<double*>(base + ws.km);
   s.pooled_q = reinterpret_cast<double*>(base + ws.pooled_q);
+  s.sr_partial = reinterpret_cast<float2*>(base + ws.pooled_q);  // see PredictParams
   s.sim_q = reinterpret_cast<double*>(base + ws.sim_q);
   s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
   s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);

@@ -4,7 +4,8 @@
 // rows than sample_rows, sample_rows above one 16-row unit (9, 128: a block over whole units).
 // Both sides are fp32 in different orders (the GPU on the tensor cores, the CPU on the error
 // target's kernels; in double where an attention mask is given): only near-ties may differ.
-// sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units.
+// sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units. Small grids split the
+// keys over CTAs (two launches, sampled_rows.cuh); large ones run both passes in one.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -98,6 +99,9 @@ const SampledCase kSampledCases[] = {
     {"llm", 8, 2, 8192, 8192, 128, kBf16, Layout::kHND, true, kTL, kCdf, -0.5f, 0.95f, 4, false},
     {"video", 2, 2, 3000, 3000, 64, kBf16, Layout::kHND, false, kTL, kCdf, 0.3f, 0.9f, 3, false},
     {"llm", 2, 1, 4000, 4100, 128, kFp16, Layout::kNHD, true, kBR, kTopK, -0.5f, 0.2f, 20, true},
+    // 260 heads: a chunk of 256 fills the GPU in one launch (SampledRowsPass::kWhole), the chunk
+    // of 4 heads splits its keys (every case above splits, but the one of 128 rows).
+    {"video", 260, 260, 256, 256, 64, kBf16, Layout::kHND, false, kTL, kCdf, -0.5f, 0.9f, 4, false},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, SampledRowsVsCpu, ::testing::ValuesIn(kSampledCases));
 

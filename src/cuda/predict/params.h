@@ -47,6 +47,31 @@ inline int error_target_row_stride(const SparseOptions& o) {
 // Channels of a stored exact output row: head_dim rounded up to the mma's 8-column tiles.
 inline int error_target_channel_stride(int64_t head_dim) { return int((head_dim + 7) / 8 * 8); }
 
+// The sampled_rows estimate's plan (sampled_rows.cuh). A CTA holds 128 row slots (a 16-row mma
+// unit per warp); a query block takes `slots` of them: its sampled rows rounded up to a power of
+// two up to 16, else to whole units, so that no block straddles a unit unless it fills whole ones.
+constexpr int kSampledRowSlotsPerCta = 128;
+__host__ __device__ inline int sampled_row_slots(int sample_rows, int block_q) {
+  const int c = sample_rows < block_q ? sample_rows : block_q;
+  if (c > 16) return (c + 15) / 16 * 16;
+  int s = 1;
+  while (s < c) s <<= 1;
+  return s;
+}
+// Query blocks one CTA estimates: 128 slots' worth, at least one (a block of more slots runs its
+// units as several groups of 8).
+__host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
+  return slots >= kSampledRowSlotsPerCta ? 1 : kSampledRowSlotsPerCta / slots;
+}
+// Key splits of the estimate (gridDim.z): as many as bring `ctas` (its CTAs without a split) to
+// two per SM of a 132-SM H100 / H200, at most 8 and one key block each, and at most head_dim /
+// slots: the splits' (max, sum) pairs live in pooled_q's space (PredictParams::sr_partial).
+inline int sampled_row_key_splits(int64_t ctas, int num_k_blocks, int slots, int head_dim) {
+  constexpr int64_t kFillCtas = 2 * 132;
+  const int64_t cap = std::min<int64_t>({8, num_k_blocks, head_dim / slots});
+  return int(std::max<int64_t>(1, std::min(cap, kFillCtas / std::max<int64_t>(ctas, 1))));
+}
+
 struct PredictParams {
   const void* q;
   const void* k;
@@ -78,6 +103,9 @@ struct PredictParams {
   // the last incomplete block); 0 in Stage 1.
   int key_block_first;
   bool sampled_rows;      // estimate sampled_rows: `scores` holds block masses, not S̃
+  // With key splits, pass 1's (max, sum) per sampled row: [batch·heads_q, nq·slots, splits], in
+  // pooled_q's space (slots · splits ≤ head_dim; pooled_q is not read again in that mode).
+  float2* sr_partial;
   int sample_rows;
   bool attention_sink;
   bool per_head;          // thresholds below are per query head, else [0] for every head

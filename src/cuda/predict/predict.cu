@@ -65,13 +65,26 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   const int slots = sampled_row_slots(p.sample_rows, p.block_q);
   // Every CTA packs 128 row slots even where that leaves SMs idle: halving the blocks per CTA
   // until two CTAs per SM ran measured slower at 8K and at 32K on an H100 (each CTA then reads
-  // all of K for fewer rows).
+  // all of K for fewer rows); the key splits fill the GPU instead.
   const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
   const int smem = sampled_row_smem<Tr>();
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(sampled_row_weights<T, kHeadDim>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, p.batch * p.heads_q);
-  sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta);
+  const int64_t ctas = int64_t((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta) *
+                       p.batch * p.heads_q;
+  const int splits = sampled_row_key_splits(ctas, p.num_k_blocks, slots, p.head_dim);
+  const dim3 grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, p.batch * p.heads_q,
+                  splits);
+  if (splits == 1) {
+    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
+        p, slots, blocks_per_cta, SampledRowsPass::kWhole);
+  } else {
+    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
+        p, slots, blocks_per_cta, SampledRowsPass::kMaxSum);
+    SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (max, sum) launch");
+    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
+        p, slots, blocks_per_cta, SampledRowsPass::kMasses);
+  }
   SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
   return Status::ok();
 }

@@ -25,6 +25,13 @@
 // H 32, hd 128 on an H100, 10.7x the dense kernel
 // (bench/results/2026-12-05_NVIDIA-H100_stage1-sampled-rows_check.md).
 //
+// Few CTAs (few heads, short sequences: 64 CTAs at 8K tokens and 32 heads, on 132 SMs) leave
+// most of the GPU idle; then the key blocks are split over gridDim.z CTAs (sampled_row_key_splits)
+// and the estimate runs as two launches: SampledRowsPass::kMaxSum, pass 1 over the split's keys,
+// storing each row's (max, sum) (PredictParams::sr_partial); then kMasses, which combines a row's
+// splits in split order and runs pass 2 over its split's keys, writing the entries of its key
+// blocks (still one writer each, so still reproducible). kWhole: both passes over all keys.
+//
 // A dense attention mask (PredictParams::attn_mask.data) joins the scores: a pair it hides is not
 // seen, a value is added (natural-log units), so the rows are those Stage 2 computes. Keys past a
 // batch entry's key length are seen by no row.
@@ -42,24 +49,11 @@
 
 namespace sparge::cuda {
 
-constexpr int kSlotsPerCta = kEtWarps * kUnitRows;  // 128 row slots: one unit per warp
+constexpr int kSlotsPerCta = kSampledRowSlotsPerCta;  // one 16-row unit per warp
+static_assert(kEtWarps * kUnitRows == kSampledRowSlotsPerCta, "a unit per warp");
 
-// Row slots a query block takes: its full count of sampled rows (sampled_row_count at block_q
-// rows) rounded up to a power of two up to 16, else to whole 16-row units, so that no block
-// straddles a unit unless it fills whole ones.
-__host__ __device__ inline int sampled_row_slots(int sample_rows, int block_q) {
-  const int c = sample_rows < block_q ? sample_rows : block_q;
-  if (c > kUnitRows) return (c + kUnitRows - 1) / kUnitRows * kUnitRows;
-  int s = 1;
-  while (s < c) s <<= 1;
-  return s;
-}
-
-// Query blocks one CTA estimates: 128 slots' worth, at least one (a block of more slots runs its
-// units as several groups of 8).
-__host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
-  return slots >= kSlotsPerCta ? 1 : kSlotsPerCta / slots;
-}
+// What a launch of sampled_row_weights runs (the file's comment).
+enum class SampledRowsPass : int { kWhole, kMaxSum, kMasses };
 
 // K tiles in the ring (three loading while one is read). Two measured the same on an H100 (4.75
 // against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps do not wait on the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128
@@ -104,12 +98,14 @@ __device__ __forceinline__ int64_t slot_row(const PredictParams& p, int h, int i
   return detail::sampled_row(blk.first, blk.n, blk.count, s);
 }
 
-// Grid (⌈nq / blocks_per_cta⌉, batch·heads_q), kEtThreads threads, sampled_row_smem bytes.
-// Runs after pool_blocks (it reads sim_q).
+// Grid (⌈nq / blocks_per_cta⌉, batch·heads_q, key splits), kEtThreads threads,
+// sampled_row_smem bytes. Runs after pool_blocks (it reads sim_q). `pass` is a kernel argument,
+// not a template one: the passes share the walk and score code, so one instance serves all three
+// (the branches on it sit outside the per-step loops).
 // Two CTAs per SM (128 registers; the K ring and the unit tiles take 96 KB at hd 128).
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kEtThreads, 2)
-    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta) {
+    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass) {
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -129,13 +125,20 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   const float mul = float(p.scale) * kLog2e;
   const int64_t key_end = key_end_of(p, b);
   const int W = min(p.block_k, Tr::kStepKeys);  // keys per step; divides block_k
+  // This CTA's key blocks: split blockIdx.z of gridDim.z (all of them with one split).
+  const int splits = gridDim.z, split = blockIdx.z;
+  const int split_begin = int(int64_t(p.num_k_blocks) * split / splits);
+  const int split_end = int(int64_t(p.num_k_blocks) * (split + 1) / splits);
+  const bool masses = pass != SampledRowsPass::kMaxSum;  // runs pass 2, writes weights
 
   // Non-similar blocks: nothing is selected in their rows; zero weights.
-  for (int bb = 0; bb < blocks; ++bb) {
+  for (int bb = 0; bb < blocks && masses; ++bb) {
     const EstimateBlock blk = estimate_block(p, i0 + bb, h);
     if (blk.similar) continue;
     double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + blk.i) * p.num_k_blocks;
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kEtThreads) gW[j] = 0.0;
+    for (int j = max(blk.begin, split_begin) + threadIdx.x; j < min(blk.end, split_end);
+         j += kEtThreads)
+      gW[j] = 0.0;
   }
 
   const int total_slots = blocks * slots;
@@ -181,10 +184,23 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     int j_begin = INT32_MAX, j_end = 0;  // the union of the units' allowed key blocks
     for (int w = 0; w < kEtWarps; ++w)
       if (sRange[w][0] < sRange[w][1]) j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
+    j_begin = max(j_begin, split_begin), j_end = min(j_end, split_end);  // and the split's
     __syncthreads();  // sRange is read; the next group rewrites it
+    // kMaxSum: the rows' (max, sum) over the split's keys, quad-reduced, for kMasses to combine.
+    const auto store_max_sum = [&](const float (&m)[2], const float (&z)[2]) {
+      if (t4 != 0) return;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int slot = unit_slot + g + 8 * hh;
+        if (slot < total_slots)
+          p.sr_partial[((int64_t(bh) * p.num_q_blocks + i0) * slots + slot) * splits + split] =
+              make_float2(m[hh], z[hh]);
+      }
+    };
     if (j_begin >= j_end) {  // no unit sees a key: let the q copies land before sQ is reused
       cp_async_commit();
       cp_async_wait_all();
+      if (pass == SampledRowsPass::kMaxSum) store_max_sum({-INFINITY, -INFINITY}, {0.0f, 0.0f});
       continue;
     }
     const int key_begin = j_begin * p.block_k, key_end_walk = min(j_end * p.block_k, p.seq_k);
@@ -232,38 +248,60 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     };
 
     // Pass 1: online max and sum of 2^t per row (each thread: rows g, g + 8, its columns; the
-    // max is the quad's, so the partial sums share it and add up at the end).
+    // max is the quad's, so the partial sums share it and add up at the end). kMasses instead
+    // combines the splits' (max, sum): z = Σ z_c · 2^(m_c − m), in split order.
     float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
-    walk([&](int, int key0, const T* sKt) {
-      if (!sees(key0)) return;
-      float s[kN][4];
-      step_scores(key0, sKt, s);
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= W / 8) break;
-        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-      }
+    if (pass == SampledRowsPass::kMasses) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
-        m[hh] = m_new;
+        const int slot = unit_slot + g + 8 * hh;
+        if (slot >= total_slots) continue;
+        const float2* part =
+            p.sr_partial + ((int64_t(bh) * p.num_q_blocks + i0) * slots + slot) * splits;
+        for (int c = 0; c < splits; ++c) m[hh] = fmaxf(m[hh], part[c].x);
+        for (int c = 0; c < splits; ++c) {
+          const float2 mz = part[c];
+          // A split that saw no key (z 0) adds nothing, also where 2^(0 − m) would overflow; a
+          // NaN sum is not 0 and stays.
+          if (mz.y != 0.0f) z[hh] += mz.y * exp2f(exp_base(mz.x) - exp_base(m[hh]));
+        }
       }
+    } else {
+      walk([&](int, int key0, const T* sKt) {
+        if (!sees(key0)) return;
+        float s[kN][4];
+        step_scores(key0, sKt, s);
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= W / 8) break;
-        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+        for (int n = 0; n < kN; ++n) {
+          if (n >= W / 8) break;
+          mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+          const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
+          z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
+          m[hh] = m_new;
+        }
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+          if (n >= W / 8) break;
+          z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
+          z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+        }
+      });
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
+        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
       }
-    });
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
-      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
+    }
+    if (pass == SampledRowsPass::kMaxSum) {
+      store_max_sum(m, z);
+      continue;  // after walk's final barrier: sQ and sRange are free for the next group
     }
     const float base[2] = {exp_base(m[0]), exp_base(m[1])};
 
