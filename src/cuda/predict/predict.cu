@@ -68,23 +68,24 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   // all of K for fewer rows); the key splits fill the GPU instead.
   const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
   const int smem = sampled_row_smem<Tr>();
-  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(sampled_row_weights<T, kHeadDim>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t ctas = int64_t((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta) *
                        p.batch * p.heads_q;
   const int splits = sampled_row_key_splits(ctas, p.num_k_blocks, slots, p.head_dim);
   const dim3 grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, p.batch * p.heads_q,
                   splits);
-  if (splits == 1) {
-    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
-        p, slots, blocks_per_cta, SampledRowsPass::kWhole);
-  } else {
-    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
-        p, slots, blocks_per_cta, SampledRowsPass::kMaxSum);
-    SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (max, sum) launch");
-    sampled_row_weights<T, kHeadDim><<<grid, kEtThreads, smem, stream>>>(
-        p, slots, blocks_per_cta, SampledRowsPass::kMasses);
-  }
+  const auto run = [&](auto kernel) {
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (splits == 1) {
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);
+    } else {
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMaxSum);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (max, sum) launch");
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMasses);
+    }
+    return Status::ok();
+  };
+  if (p.block_k >= Tr::kStepKeys) SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, true>));
+  else SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, false>));
   SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
   return Status::ok();
 }

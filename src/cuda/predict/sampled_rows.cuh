@@ -103,7 +103,10 @@ __device__ __forceinline__ int64_t slot_row(const PredictParams& p, int h, int i
 // not a template one: the passes share the walk and score code, so one instance serves all three
 // (the branches on it sit outside the per-step loops).
 // Two CTAs per SM (128 registers; the K ring and the unit tiles take 96 KB at hd 128).
-template <typename T, int kHeadDim>
+// kFullSteps: block_k ≥ kStepKeys, so every step has kStepKeys keys and the score loops have
+// compile-time trip counts (unrolled without exits, the ldmatrix loads free to run ahead of the
+// mma chain); else steps of block_k keys.
+template <typename T, int kHeadDim, bool kFullSteps>
 __global__ void __launch_bounds__(kEtThreads, 2)
     sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass) {
   using Tr = EtTraits<T, kHeadDim>;
@@ -124,7 +127,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   const bool vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
   const float mul = float(p.scale) * kLog2e;
   const int64_t key_end = key_end_of(p, b);
-  const int W = min(p.block_k, Tr::kStepKeys);  // keys per step; divides block_k
+  const int W = kFullSteps ? Tr::kStepKeys : min(p.block_k, Tr::kStepKeys);  // divides block_k
+  const int tiles = kFullSteps ? kN : W / 8;  // 8-key tiles a step computes
   // This CTA's key blocks: split blockIdx.z of gridDim.z (all of them with one split).
   const int splits = gridDim.z, split = blockIdx.z;
   const int split_begin = int(int64_t(p.num_k_blocks) * split / splits);
@@ -211,10 +215,10 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     };
     // Scores of one step in log2 units, masked (the rows' keys and the dense mask).
     const auto step_scores = [&](int key0, const T* sKt, float (&s)[kN][4]) {
-      unit_scores<Tr, kN>(sQw, sKt, W / 8, s);
+      unit_scores<Tr, kN>(sQw, sKt, tiles, s);
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
-        if (n >= W / 8) break;
+        if (n >= tiles) break;
         scale_and_mask(s[n], mul, key0 + 8 * n, rk);
         if (p.attn_mask.data != nullptr) {
 #pragma unroll
@@ -274,7 +278,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < kN; ++n) {
-          if (n >= W / 8) break;
+          if (n >= tiles) break;
           mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
           mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
         }
@@ -288,7 +292,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         }
 #pragma unroll
         for (int n = 0; n < kN; ++n) {
-          if (n >= W / 8) break;
+          if (n >= tiles) break;
           z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
           z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
         }
@@ -332,7 +336,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       step_scores(key0, sKt, s);
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
-        if (n >= W / 8) break;
+        if (n >= tiles) break;
 #pragma unroll
         for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(s[n][e] - base[e >> 1]);
       }
