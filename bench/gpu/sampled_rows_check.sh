@@ -2,7 +2,7 @@
 # Device check of Stage 1's sampled_rows estimate on the tensor cores (sampled_rows.cuh): every
 # C++ GPU test, compute-sanitizer memcheck and racecheck on the tests that run the estimate, then
 # bench_stage1.py --error-target (every block estimated: the error target and sampled_rows with 4
-# and 16 rows per block, TopCdf 0.98, at 8K and 32K, hd 128 and 64, beside the dense kernel).
+# and 16 rows per block, TopCdf 0.98, at 4K, 8K and 32K, hd 128 and 64, beside the dense kernel).
 # Binaries from .devpack/bins.tgz (built here, carried). Returns summary.txt, the bench's JSON
 # Lines file and logs.tgz.
 #   bash bench/gpu/sampled_rows_check.sh <commit>
@@ -21,7 +21,7 @@ for tool in memcheck racecheck; do
   el "compute-sanitizer $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$L/sanitizer_$tool.log" | tail -1)"
 done
 timeout 300 python3 bench/gpu/bench_stage1.py --lib $B/libsparge_c.so --commit "$C" --error-target \
-  --seqs 8192,32768 --head-dims 128,64 --sample-rows 4,16 --out-dir "$OUT" --reps 5 > "$L/stage1.log" 2>&1
+  --seqs 4096,8192,32768 --head-dims 128,64 --sample-rows 4,16 --out-dir "$OUT" --reps 5 > "$L/stage1.log" 2>&1
 el "bench_stage1 --error-target rc=$?"
 grep -E '^\|' "$L/stage1.log"
 } 2>&1 | tee "$S"
