@@ -47,3 +47,24 @@ def test_the_decode_benchmark_runs_on_cpu():
             assert r["kept_bytes"] == 2 * 2 * 4 * 3000 * 32 * 4, r
         else:
             assert r["sparsity"] > 0.5, r
+
+
+def test_the_defaults_benchmark_runs_on_cpu():
+    """bench_defaults.py: a record per (workload, setting) beside SDPA's; on random inputs every
+    setting's gate forces every tile (nothing skipped, SDPA's output)."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu" / "bench_defaults.py"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--seqs", "1024",
+                          "--heads", "2", "--head-dim", "32", "--reps", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    workloads = {"video", "video-hilbert", "llm", "random"}
+    assert {r["workload"] for r in records if r["impl"] == "sdpa"} == workloads
+    settings = {r.get("setting") for r in records if r["impl"] == "sparge-exact"}
+    assert settings == {"today", "pooled-sim0.3", "rows4-cdf0.98-sim0.3", "rows8-cdf0.98-sim0.3"}
+    for r in records:
+        assert r["seq_q"] == 1024 and r["ms"] > 0
+        if r["impl"] == "sparge-exact" and r["workload"] == "random":
+            assert r["sparsity"] == 0.0 and r["forced_fraction"] == 1.0 and r["rel_l1"] < 1e-5, r
+        if r["impl"] == "sparge-exact" and r["workload"] == "llm":
+            assert r["causal"] and r["sparsity"] > 0.3, r
