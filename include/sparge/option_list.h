@@ -45,7 +45,10 @@
     "compressed map)")                                                                         \
   X(kSampledRows, ESTIMATE_SAMPLED_ROWS, 1, "sampled_rows",                                    \
     "exact softmax rows of sample_rows evenly spaced query rows per block, their mass per "    \
-    "key block averaged: TopCdf's select_value is then close to the true attention mass kept")
+    "key block averaged: TopCdf's select_value is then close to the true attention mass kept") \
+  X(kAuto, ESTIMATE_AUTO, 2, "auto",                                                           \
+    "sampled_rows where the call has a full query block (seq_q >= block_q) and no key blocks "  \
+    "stand in for k; pooled otherwise (decode steps, where sampling would read every row)")
 
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \

@@ -372,7 +372,8 @@ def _ring(q, k, v, group, is_causal, options, return_lse):
     for name in ("token_grid", "target_error"):
         if options.get(name):
             raise ValueError(f"{name} is not supported in ring mode; use Ulysses")
-    if options.get("estimate", "pooled") != "pooled":
+    # ("auto" is pooled here: the ring's Stage 1 takes the key side from gathered key blocks.)
+    if options.get("estimate", "pooled") == "sampled_rows":
         raise ValueError("estimate='sampled_rows' reads keys on other ranks: the ring takes "
                          "the pooled estimate only; use Ulysses")
     # Every other option must be one the ring passes on, so that none is dropped silently.

@@ -48,6 +48,20 @@ struct Problem {
   }
 };
 
+// The estimate EstimateMode::kAuto stands for in a call of seq_q query rows (`key_blocks`: the
+// call takes k's side from KeyBlocks): sampled rows where a few rows per full query block stand
+// for it (their Q·Kᵀ is sample_rows / block_q of the dense one), the pooled map where a block's
+// rows are all the rows there are (a decode step would sample every row: a dense Q·Kᵀ, twice) or
+// where key blocks replace k (they hold the pooled map's side only). The public entries resolve
+// it first, so that everything after them sees kPooled or kSampledRows.
+inline SparseOptions resolve_estimate(const SparseOptions& o, int64_t seq_q, bool key_blocks) {
+  if (o.estimate != EstimateMode::kAuto) return o;
+  SparseOptions r = o;
+  r.estimate = seq_q >= o.block_q && !key_blocks ? EstimateMode::kSampledRows
+                                                 : EstimateMode::kPooled;
+  return r;
+}
+
 // Whether Stage 1 ranks the key blocks by the pooled estimate alone: the mode that key blocks
 // (KeyBlocks) serve and the CUDA long-row selection takes; sampled rows and the error target read
 // k's rows.

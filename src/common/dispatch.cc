@@ -167,9 +167,10 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
   return ProblemShape{q.batch, q.heads, k.heads, q.tokens, k.tokens, q.head_dim, q.dtype};
 }
 
-std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device device,
+std::size_t workspace_size(const ProblemShape& s, const SparseOptions& opts, Device device,
                            bool caller_mask) {
   if (device != Device::kCUDA) return 0;
+  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, false);
   // A shape or options no call accepts need no workspace (and block sizes of 0 would divide by
   // zero below); the call itself reports what is wrong. The mask's index count must fit int64.
   int64_t cells = 0;
@@ -188,8 +189,9 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& o, Device
 }
 
 std::size_t workspace_size(const ProblemShape& s, const AttentionMask& attn_mask,
-                           const SparseOptions& o, Device device, bool caller_mask) {
-  if (attn_mask.data == nullptr) return workspace_size(s, o, device, caller_mask);
+                           const SparseOptions& opts, Device device, bool caller_mask) {
+  if (attn_mask.data == nullptr) return workspace_size(s, opts, device, caller_mask);
+  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, false);
   if (workspace_size(s, o, device) == 0) return 0;  // cpu, or a call no backend accepts
   // A mask every call rejects (validate_attn_mask's extents and dtype) needs none either.
   const auto fits = [](int64_t extent, int64_t full) { return extent == 1 || extent == full; };
@@ -247,9 +249,10 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
 }
 
 Status predict_block_mask(const TensorView& q, const TensorView& k, const TensorView& v,
-                          const AttentionMask& attn_mask, const SparseOptions& opts,
+                          const AttentionMask& attn_mask, const SparseOptions& opts_in,
                           const BlockMask& mask, const ExecContext& ctx,
                           const Stage1Stats& stats) {
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, false);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
@@ -264,8 +267,9 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
 
 Status predict_block_mask(const TensorView& q, const TensorView& k,
                           const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
-                          const SparseOptions& opts, const BlockMask& mask,
+                          const SparseOptions& opts_in, const BlockMask& mask,
                           const ExecContext& ctx, const Stage1Stats& stats) {
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, true);
   // k stands in for v in the shape checks: with key blocks Stage 1 reads neither.
   SPARGE_RETURN_IF_ERROR(validate(q, k, k, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
@@ -290,8 +294,10 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
 
 Status block_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                               const AttentionMask& attn_mask, const BlockMask& mask,
-                              const SparseOptions& opts, const TensorView& o,
+                              const SparseOptions& opts_in, const TensorView& o,
                               const AttentionExtras& extras, const ExecContext& ctx) {
+  // (No Stage 1 here; resolved so that nothing below sees kAuto.)
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, false);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
@@ -397,9 +403,10 @@ Status run_in_row_chunks(Backend backend, const TensorView& q, const TensorView&
 // Both stages; `key_blocks` (may be null) replaces Stage 1's pooling of k.
 Status run_sparse_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                             const AttentionMask& attn_mask, const KeyBlocks* key_blocks,
-                            const SparseOptions& opts, const TensorView& o,
+                            const SparseOptions& opts_in, const TensorView& o,
                             const AttentionExtras& extras, const ExecContext& ctx,
                             const BlockMask* mask_out) {
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, key_blocks != nullptr);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, q, k, opts));

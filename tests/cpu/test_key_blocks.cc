@@ -146,6 +146,35 @@ TEST(KeyBlocks, BuiltOnAllKeysTheCallEqualsThePlainCallBitForBit) {
   EXPECT_GT(forced, 0);
 }
 
+TEST(KeyBlocks, TheAutoEstimateIsThePooledOneAtDecodeStepsAndWithKeyBlocks) {
+  // EstimateMode::kAuto: the pooled map where key blocks stand in for k (they hold its side only)
+  // and at calls shorter than a query block (a decode step would sample every row); sampled
+  // rows for a call of whole query blocks without key blocks. The cases are chosen so that the
+  // two estimates' masks differ (checked), so that equality says which one ran.
+  const Cache c;
+  HostKeyBlocks kb = c.blocks();
+  check(build_key_blocks(c.k_at(1000), &kb.view()));
+  SparseOptions pooled = decode_options(SelectMode::kTopCdf, 0.8f);
+  pooled.sim_threshold.value = -1.0f;  // every block selectable: the estimate decides
+  SparseOptions sampled = pooled, automatic = pooled;
+  sampled.estimate = EstimateMode::kSampledRows;
+  automatic.estimate = EstimateMode::kAuto;
+  const HostTensor prefill = queries(300, 21), step = queries(37, 22);
+  const Call prefill_pooled = run(c, prefill, 1000, pooled, nullptr);
+  const Call prefill_sampled = run(c, prefill, 1000, sampled, nullptr);
+  ASSERT_NE(prefill_pooled.tiles, prefill_sampled.tiles) << "the case must tell them apart";
+  expect_same_call(run(c, prefill, 1000, automatic, nullptr), prefill_sampled);
+  expect_same_call(run(c, prefill, 1000, automatic, &kb.view()),
+                   run(c, prefill, 1000, pooled, &kb.view()));
+  const Call step_pooled = run(c, step, 1000, pooled, nullptr);
+  ASSERT_NE(step_pooled.tiles, run(c, step, 1000, sampled, nullptr).tiles);
+  expect_same_call(run(c, step, 1000, automatic, nullptr), step_pooled);
+  // Stage 1 alone resolves it the same way.
+  HostBlockMask got(Cache::B, Cache::Hq, 300, 1000, pooled.block_q, pooled.block_k);
+  check(predict_block_mask(prefill.view, c.k_at(1000), automatic, got.view()));
+  EXPECT_EQ(got.to_dense(), prefill_sampled.tiles);
+}
+
 TEST(KeyBlocks, Stage1TakesTheKeySideFromTheBlocks) {
   // Blocks built from other keys of the same shape: the mask is theirs, not k's.
   const Cache c, other_cache;

@@ -199,7 +199,7 @@ TEST(Validation, OptionRanges) {
   expect_everywhere([](Inputs& in) { in.opts.select = static_cast<SelectMode>(3); },
                     "SparseOptions.select must be kTopCdf or kTopK, got code 3");
   expect_everywhere([](Inputs& in) { in.opts.estimate = static_cast<EstimateMode>(5); },
-                    "SparseOptions.estimate must be kPooled or kSampledRows, got code 5");
+                    "SparseOptions.estimate must be kPooled, kSampledRows or kAuto, got code 5");
   // sample_rows is checked in either estimate mode (block_q is 16 here).
   expect_everywhere([](Inputs& in) { in.opts.sample_rows = 0; },
                     "SparseOptions.sample_rows must be in [1, block_q = 16], got 0");

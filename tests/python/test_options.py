@@ -120,7 +120,7 @@ def test_estimate_modes_reach_the_ops():
     # to the ops, whose C++ validation names the argument.
     from sparge import workloads
     assert _options.DEFAULTS["estimate"] == "pooled" and _options.DEFAULTS["sample_rows"] == 4
-    assert set(_options.TABLE["estimate"]["choices"]) == {"pooled", "sampled_rows"}
+    assert set(_options.TABLE["estimate"]["choices"]) == {"pooled", "sampled_rows", "auto"}
     w = workloads.language_like(heads_q=2, heads_kv=1, tokens=640, head_dim=32, seed=1)
     masks = {}
     for estimate in ("pooled", "sampled_rows"):
@@ -133,7 +133,17 @@ def test_estimate_modes_reach_the_ops():
         assert torch.equal(mask.counts, stats.block_mask.counts) and torch.isfinite(out).all()
         masks[estimate] = mask.counts
     assert not torch.equal(masks["pooled"], masks["sampled_rows"])
+    # "auto": sampled rows for this prefill (5 query blocks, no key blocks); the pooled map for a
+    # query shorter than a block (a decode step), as tests/cpu/test_key_blocks.cc checks in C++.
+    auto = sparge.predict_block_mask(w.q, w.k, is_causal=True, sim_threshold=-1.0,
+                                     cdf_threshold=0.9, estimate="auto", backend="cpu")
+    assert torch.equal(auto.counts, masks["sampled_rows"])
+    step = {e: sparge.predict_block_mask(w.q[:, :, -3:], w.k, is_causal=True,
+                                         causal_align="bottom_right", sim_threshold=-1.0,
+                                         cdf_threshold=0.9, estimate=e, backend="cpu").counts
+            for e in ("auto", "pooled")}
+    assert torch.equal(step["auto"], step["pooled"])
     with pytest.raises(ValueError, match=r"SparseOptions.sample_rows must be in \[1, block_q = 128\], got 129"):
         sparge.attention(w.q, w.k, w.v, estimate="sampled_rows", sample_rows=129, backend="cpu")
-    with pytest.raises(ValueError, match="estimate must be one of 'pooled', 'sampled_rows'"):
+    with pytest.raises(ValueError, match="estimate must be one of 'pooled', 'sampled_rows', 'auto'"):
         sparge.predict_block_mask(w.q, w.k, estimate="rows", backend="cpu")

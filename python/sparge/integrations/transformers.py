@@ -241,13 +241,14 @@ def _plan(module, query, key, attention_mask, kwargs, call_options=None):
 
 
 # Options under which a decode step may take its key side from KeyBlocks: the pooled estimate
-# (sampled rows and the error target read the keys) and the keys in cache order. `layer`: a tune
+# ("auto" is pooled at a decode step; sampled rows and the error target read the keys) and the
+# keys in cache order. `layer`: a tune
 # plan's options for the call (None: the configuration's).
 def _key_blocks_serve(config: Configuration, query, key, options: Dict,
                       layer: Optional[Dict] = None) -> bool:
     o = config.options if layer is None else layer
     return (config.decode_key_blocks and key.device.type == "cpu" and query.shape[2] == 1
-            and not options and o.get("estimate", "pooled") == "pooled"
+            and not options and o.get("estimate", "pooled") in ("pooled", "auto")
             and not o.get("target_error") and o.get("token_grid") is None)
 
 
