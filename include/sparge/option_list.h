@@ -47,8 +47,9 @@
     "exact softmax rows of sample_rows evenly spaced query rows per block, their mass per "    \
     "key block averaged: TopCdf's select_value is then close to the true attention mass kept") \
   X(kAuto, ESTIMATE_AUTO, 2, "auto",                                                           \
-    "sampled_rows where the call has a full query block (seq_q >= block_q) and no key blocks "  \
-    "stand in for k; pooled otherwise (decode steps, where sampling would read every row)")
+    "sampled_rows where the call has a full query block (seq_q >= block_q), no key blocks "    \
+    "stand in for k and k has at most 8192 key blocks; pooled otherwise (decode steps, where "  \
+    "sampling would read every row)")
 
 #define SPARGE_QUANT_MODE_VALUES(X)                                                             \
   X(kNone, QUANT_NONE, 0, "none", "exact: the inputs' dtype, fp32 accumulation")               \

@@ -48,17 +48,25 @@ struct Problem {
   }
 };
 
-// The estimate EstimateMode::kAuto stands for in a call of seq_q query rows (`key_blocks`: the
-// call takes k's side from KeyBlocks): sampled rows where a few rows per full query block stand
-// for it (their Q·Kᵀ is sample_rows / block_q of the dense one), the pooled map where a block's
-// rows are all the rows there are (a decode step would sample every row: a dense Q·Kᵀ, twice) or
-// where key blocks replace k (they hold the pooled map's side only). The public entries resolve
-// it first, so that everything after them sees kPooled or kSampledRows.
-inline SparseOptions resolve_estimate(const SparseOptions& o, int64_t seq_q, bool key_blocks) {
+// Key blocks past which EstimateMode::kAuto takes the pooled map on every backend: CUDA's Stage 1
+// ranks longer rows by the pooled map only (cuda/predict/params.h kMaxSortedKeyBlocks, asserted
+// equal there), and a call's mask should not depend on the backend.
+constexpr int64_t kAutoSampledMaxKeyBlocks = 8192;
+
+// The estimate EstimateMode::kAuto stands for in a call of seq_q query rows and seq_k keys
+// (`key_blocks`: the call takes k's side from KeyBlocks): sampled rows where a few rows per full
+// query block stand for it (their Q·Kᵀ is sample_rows / block_q of the dense one), the pooled map
+// where a block's rows are all the rows there are (a decode step would sample every row: a
+// dense Q·Kᵀ, twice), where key blocks replace k (they hold the pooled map's side only) and past
+// kAutoSampledMaxKeyBlocks key blocks. The public entries resolve it first, so that everything
+// after them sees kPooled or kSampledRows.
+inline SparseOptions resolve_estimate(const SparseOptions& o, int64_t seq_q, int64_t seq_k,
+                                      bool key_blocks) {
   if (o.estimate != EstimateMode::kAuto) return o;
   SparseOptions r = o;
-  r.estimate = seq_q >= o.block_q && !key_blocks ? EstimateMode::kSampledRows
-                                                 : EstimateMode::kPooled;
+  const bool sampled = seq_q >= o.block_q && !key_blocks && o.block_k > 0 &&
+                       (seq_k + o.block_k - 1) / o.block_k <= kAutoSampledMaxKeyBlocks;
+  r.estimate = sampled ? EstimateMode::kSampledRows : EstimateMode::kPooled;
   return r;
 }
 

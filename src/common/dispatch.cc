@@ -170,7 +170,7 @@ ProblemShape problem_shape(const TensorView& q, const TensorView& k) {
 std::size_t workspace_size(const ProblemShape& s, const SparseOptions& opts, Device device,
                            bool caller_mask) {
   if (device != Device::kCUDA) return 0;
-  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, false);
+  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, s.seq_k, false);
   // A shape or options no call accepts need no workspace (and block sizes of 0 would divide by
   // zero below); the call itself reports what is wrong. The mask's index count must fit int64.
   int64_t cells = 0;
@@ -191,7 +191,7 @@ std::size_t workspace_size(const ProblemShape& s, const SparseOptions& opts, Dev
 std::size_t workspace_size(const ProblemShape& s, const AttentionMask& attn_mask,
                            const SparseOptions& opts, Device device, bool caller_mask) {
   if (attn_mask.data == nullptr) return workspace_size(s, opts, device, caller_mask);
-  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, false);
+  const SparseOptions o = detail::resolve_estimate(opts, s.seq_q, s.seq_k, false);
   if (workspace_size(s, o, device) == 0) return 0;  // cpu, or a call no backend accepts
   // A mask every call rejects (validate_attn_mask's extents and dtype) needs none either.
   const auto fits = [](int64_t extent, int64_t full) { return extent == 1 || extent == full; };
@@ -252,7 +252,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k, const Tensor
                           const AttentionMask& attn_mask, const SparseOptions& opts_in,
                           const BlockMask& mask, const ExecContext& ctx,
                           const Stage1Stats& stats) {
-  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, false);
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, k.tokens, false);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
   Backend backend;
@@ -269,7 +269,7 @@ Status predict_block_mask(const TensorView& q, const TensorView& k,
                           const AttentionMask& attn_mask, const KeyBlocks& key_blocks,
                           const SparseOptions& opts_in, const BlockMask& mask,
                           const ExecContext& ctx, const Stage1Stats& stats) {
-  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, true);
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, k.tokens, true);
   // k stands in for v in the shape checks: with key blocks Stage 1 reads neither.
   SPARGE_RETURN_IF_ERROR(validate(q, k, k, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask_geometry(mask, q, k, opts));
@@ -297,7 +297,7 @@ Status block_sparse_attention(const TensorView& q, const TensorView& k, const Te
                               const SparseOptions& opts_in, const TensorView& o,
                               const AttentionExtras& extras, const ExecContext& ctx) {
   // (No Stage 1 here; resolved so that nothing below sees kAuto.)
-  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, false);
+  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, k.tokens, false);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   SPARGE_RETURN_IF_ERROR(detail::validate_mask(mask, q, k, opts));
@@ -406,7 +406,8 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
                             const SparseOptions& opts_in, const TensorView& o,
                             const AttentionExtras& extras, const ExecContext& ctx,
                             const BlockMask* mask_out) {
-  const SparseOptions opts = detail::resolve_estimate(opts_in, q.tokens, key_blocks != nullptr);
+  const SparseOptions opts =
+      detail::resolve_estimate(opts_in, q.tokens, k.tokens, key_blocks != nullptr);
   SPARGE_RETURN_IF_ERROR(validate(q, k, v, attn_mask, opts));
   SPARGE_RETURN_IF_ERROR(detail::validate_output(o, q));
   if (key_blocks) SPARGE_RETURN_IF_ERROR(check_key_blocks_for_call(*key_blocks, q, k, opts));

@@ -341,5 +341,27 @@ TEST(Predict, TopKOfOneWritesEveryVisibleTileWithoutStage1) {
   }
 }
 
+TEST(Predict, TheAutoEstimateRule) {
+  // detail::resolve_estimate: sampled rows from one full query block on, without key blocks and
+  // up to kAutoSampledMaxKeyBlocks key blocks; the pooled map otherwise; other modes untouched.
+  SparseOptions o;
+  o.estimate = EstimateMode::kAuto;
+  const auto resolved = [&](int64_t seq_q, int64_t seq_k, bool key_blocks) {
+    return detail::resolve_estimate(o, seq_q, seq_k, key_blocks).estimate;
+  };
+  const int64_t max_keys = detail::kAutoSampledMaxKeyBlocks * o.block_k;
+  EXPECT_EQ(resolved(o.block_q, 1000, false), EstimateMode::kSampledRows);
+  EXPECT_EQ(resolved(o.block_q - 1, 1000, false), EstimateMode::kPooled);  // a decode-sized call
+  EXPECT_EQ(resolved(1, 1000, false), EstimateMode::kPooled);
+  EXPECT_EQ(resolved(4096, 4096, true), EstimateMode::kPooled);
+  EXPECT_EQ(resolved(4096, max_keys, false), EstimateMode::kSampledRows);
+  EXPECT_EQ(resolved(4096, max_keys + 1, false), EstimateMode::kPooled);
+  for (EstimateMode e : {EstimateMode::kPooled, EstimateMode::kSampledRows}) {
+    o.estimate = e;
+    EXPECT_EQ(resolved(1, max_keys + 1, true), e);
+    EXPECT_EQ(resolved(4096, 4096, false), e);
+  }
+}
+
 }  // namespace
 }  // namespace sparge::test

@@ -21,6 +21,8 @@ constexpr int kMaxPredictHeads = 256;  // per-head thresholds travel inside the 
 // Longest mask row (key blocks) the selection sorts in one CTA's shared memory (16 bytes a slot);
 // longer rows take the long-row selection (select_long.cuh).
 constexpr int kMaxSortedKeyBlocks = 8192;
+static_assert(kMaxSortedKeyBlocks == detail::kAutoSampledMaxKeyBlocks,
+              "estimate auto turns pooled where sampled rows stop (common/backend.h)");
 // Rows of more key blocks than this take the long-row selection where it serves them (the pooled
 // estimate without the error target) although one CTA could sort them: on an H100 at 4096 key
 // blocks (256K tokens, H 8) it took Stage 1 5.8-8.0 ms against 12.0-12.1 on smooth inputs (top-k
