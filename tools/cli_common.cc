@@ -86,8 +86,8 @@ void add_sparse_options(ArgParser& p, bool sweep) {
     p.add("topk", "X", "", "select TopK instead: keep a fraction X of the key blocks");
   }
   p.add("estimate", "E", enum_name(d.estimate),
-        "where Stage 1's block mass comes from: pooled (block means) or sampled_rows (exact "
-        "softmax rows)");
+        "where Stage 1's block mass comes from: pooled (block means), sampled_rows (exact "
+        "softmax rows) or auto (sampled_rows from a full query block on, else pooled)");
   p.add("sample-rows", "N", std::to_string(d.sample_rows),
         "estimate sampled_rows: query rows sampled per query block, [1, block-q]");
   p.add("target-error", "E", number_text(d.target_error),
@@ -119,7 +119,8 @@ SparseOptions sparse_options(const ArgParser& p, bool causal, double swept_value
   o.block_k = std::stoi(p.choice("block-k", blocks));
   o.attention_sink = p.flag("sink");
   const std::string estimate = p.choice("estimate", {enum_name(EstimateMode::kPooled),
-                                                     enum_name(EstimateMode::kSampledRows)});
+                                                     enum_name(EstimateMode::kSampledRows),
+                                                     enum_name(EstimateMode::kAuto)});
   parse_enum(estimate.c_str(), &o.estimate);
   o.sample_rows = static_cast<int>(p.integer("sample-rows", 1, o.block_q));
   o.target_error = static_cast<float>(p.real("target-error", 0.0, 1.0));

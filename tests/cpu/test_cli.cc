@@ -95,6 +95,7 @@ TEST_F(Cli, BadArgumentsNameTheArgument) {
       {"demo --cdf 0.9 --topk 0.5", "give --cdf or --topk, not both"},
       {"tune", "--target-error E in (0, 1) is required"},
       {"demo --quant fp4", "--quant must be one of none, int8_fp8, int8, got 'fp4'"},
+      {"demo --estimate rows", "--estimate must be one of pooled, sampled_rows, auto, got 'rows'"},
   };
   for (const auto& [args, message] : cases) {
     const RunResult r = run_cli(args);
