@@ -144,8 +144,8 @@ Status validate_options(const SparseOptions& o, int64_t heads_q) {
     return Status::invalid(cat("SparseOptions.select must be kTopCdf or kTopK, got code ",
                                static_cast<int>(o.select)));
   if (enum_name(o.estimate) == nullptr)
-    return Status::invalid(cat("SparseOptions.estimate must be kPooled, kSampledRows or kAuto, got code ",
-                               static_cast<int>(o.estimate)));
+    return Status::invalid(cat("SparseOptions.estimate must be kPooled, kSampledRows or kAuto, ",
+                               "got code ", static_cast<int>(o.estimate)));
   if (enum_name(o.quant) == nullptr)
     return Status::invalid(cat("SparseOptions.quant must be kNone, kInt8Fp8 or kInt8, got code ",
                                static_cast<int>(o.quant)));

@@ -242,8 +242,7 @@ def _plan(module, query, key, attention_mask, kwargs, call_options=None):
 
 # Options under which a decode step may take its key side from KeyBlocks: the pooled estimate
 # ("auto" is pooled at a decode step; sampled rows and the error target read the keys) and the
-# keys in cache order. `layer`: a tune
-# plan's options for the call (None: the configuration's).
+# keys in cache order. `layer`: a tune plan's options for the call (None: the configuration's).
 def _key_blocks_serve(config: Configuration, query, key, options: Dict,
                       layer: Optional[Dict] = None) -> bool:
     o = config.options if layer is None else layer

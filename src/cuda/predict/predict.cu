@@ -68,11 +68,10 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   // all of K for fewer rows); the key splits fill the GPU instead.
   const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
   const int smem = sampled_row_smem<Tr>();
-  const int64_t ctas = int64_t((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta) *
-                       p.batch * p.heads_q;
-  const int splits = sampled_row_key_splits(ctas, p.num_k_blocks, slots, p.head_dim);
-  const dim3 grid((p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta, p.batch * p.heads_q,
-                  splits);
+  const int ctas_per_head = (p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta;
+  const int splits = sampled_row_key_splits(int64_t(ctas_per_head) * p.batch * p.heads_q,
+                                            p.num_k_blocks, slots, p.head_dim);
+  const dim3 grid(ctas_per_head, p.batch * p.heads_q, splits);
   const auto run = [&](auto kernel) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (splits == 1) {
@@ -84,8 +83,10 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
     }
     return Status::ok();
   };
-  if (p.block_k >= Tr::kStepKeys) SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, true>));
-  else SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, false>));
+  if (p.block_k >= Tr::kStepKeys)
+    SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, true>));
+  else
+    SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, false>));
   SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
   return Status::ok();
 }

@@ -58,8 +58,9 @@ static_assert(kEtWarps * kUnitRows == kSampledRowSlotsPerCta, "a unit per warp")
 enum class SampledRowsPass : int { kWhole, kMaxSum, kMasses };
 
 // K tiles in the ring (three loading while one is read). Two measured the same on an H100 (4.75
-// against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps do not wait on the loads; kept, as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128
-// (at hd 256 the 128 KB allow one; not timed).
+// against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps do not wait on the loads; kept,
+// as the registers, not the 96 KB, hold the kernel to two CTAs per SM at hd ≤ 128 (at hd 256 the
+// 128 KB allow one; not timed).
 constexpr int kSampleStages = 4;
 
 template <typename Tr>
@@ -192,15 +193,17 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       if (sRange[w][0] < sRange[w][1]) j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
     j_begin = max(j_begin, split_begin), j_end = min(j_end, split_end);  // and the split's
     __syncthreads();  // sRange is read; the next group rewrites it
+    // Row slot `slot`'s (max, sum) pairs, one per split (PredictParams::sr_partial).
+    const auto partials = [&](int slot) {
+      return p.sr_partial + ((int64_t(bh) * p.num_q_blocks + i0) * slots + slot) * splits;
+    };
     // kMaxSum: the rows' (max, sum) over the split's keys, quad-reduced, for kMasses to combine.
     const auto store_max_sum = [&](const float (&m)[2], const float (&z)[2]) {
       if (t4 != 0) return;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int slot = unit_slot + g + 8 * hh;
-        if (slot < total_slots)
-          p.sr_partial[((int64_t(bh) * p.num_q_blocks + i0) * slots + slot) * splits + split] =
-              make_float2(m[hh], z[hh]);
+        if (slot < total_slots) partials(slot)[split] = make_float2(m[hh], z[hh]);
       }
     };
     if (j_begin >= j_end) {  // no unit sees a key: let the q copies land before sQ is reused
@@ -262,8 +265,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       for (int hh = 0; hh < 2; ++hh) {
         const int slot = unit_slot + g + 8 * hh;
         if (slot >= total_slots) continue;
-        const float2* part =
-            p.sr_partial + ((int64_t(bh) * p.num_q_blocks + i0) * slots + slot) * splits;
+        const float2* part = partials(slot);
         for (int c = 0; c < splits; ++c) m[hh] = fmaxf(m[hh], part[c].x);
         for (int c = 0; c < splits; ++c) {
           const float2 mz = part[c];
