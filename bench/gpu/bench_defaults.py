@@ -8,12 +8,16 @@ Per (workload, N, setting): block sparsity, relative L1 against fp32 attention, 
 flash) on the same tensors, and the tiles the similarity gate forced (stats.forced_fraction).
 Settings: "today" passes nothing (the library's defaults), the others their options.
 bf16, B 1, H --heads, hd --head-dim; the video grid is (N/1024, 32, 32). CUDA events
-(sparge.measure.time_ms), median after warm-up. --device cpu: a smoke run on small shapes.
+(sparge.measure.time_ms), median after warm-up. --rounds R > 1 times SDPA and every setting R
+times in turn, the settings' order reversed every other round, and keeps the median of the
+rounds' medians (so that clock drift over a long run falls on every setting alike; each round's
+medians are in the record). --device cpu: a smoke run on small shapes.
 
     python3 bench/gpu/bench_defaults.py --commit $(git rev-parse --short HEAD) --out-dir .
 """
 import argparse
 import datetime
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,8 @@ SETTINGS = {
                                  sim_threshold=0.1),
     "rows8-cdf0.98-sim0.1": dict(estimate="sampled_rows", sample_rows=8, cdf_threshold=0.98,
                                  sim_threshold=0.1),
+    # The proposal as a user passes it (docs/method.md, "The defaults").
+    "auto-sim0.1": dict(estimate="auto", cdf_threshold=0.98, sim_threshold=0.1),
 }
 DEFAULT_SETTINGS = "today,pooled-sim0.3,rows4-cdf0.98-sim0.3,rows8-cdf0.98-sim0.3"
 
@@ -74,6 +80,7 @@ def main():
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds (see above)")
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -89,13 +96,24 @@ def main():
             shape = dict(batch=1, heads_q=q.shape[1], heads_kv=k.shape[1], seq_q=n, seq_k=n,
                          head_dim=q.shape[3])
             ref = reference(q, k, v, causal)
-            sdpa_ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), **timing)
+            labels = args.settings.split(",")
+            calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)}
+            for label in labels:
+                opts = dict(SETTINGS[label], is_causal=causal)
+                if grid is not None:
+                    opts["token_grid"] = grid
+                calls[label] = (lambda o: lambda: sparge.attention(q, k, v, **o))(opts)
+            rounds = {call: [] for call in calls}
+            for r in range(args.rounds):
+                for call in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+                    rounds[call].append(time_ms(calls[call], **timing))
+            sdpa_ms = statistics.median(rounds["sdpa"])
             base = dict(date=date, device=dev_name, commit=args.commit, workload=name,
                         dtype=str(dtype).replace("torch.", "").replace("bfloat16", "bf16"),
                         causal=causal, cos_sim=None, **shape)
             records.append(dict(base, impl="sdpa", ms=sdpa_ms, tops=dense_tops(shape, causal, sdpa_ms),
-                                sparsity=0.0, rel_l1=None))
-            for label in args.settings.split(","):
+                                sparsity=0.0, rel_l1=None, round_ms=rounds["sdpa"]))
+            for label in labels:
                 opts = dict(SETTINGS[label], is_causal=causal)
                 if grid is not None:
                     opts["token_grid"] = grid
@@ -103,12 +121,13 @@ def main():
                 err = float((out.float() - ref).abs().sum() / ref.abs().sum())
                 forced = stats.forced_fraction
                 forced = float(forced.mean()) if forced is not None else float("nan")
-                call_ms = time_ms(lambda: sparge.attention(q, k, v, **opts), **timing)
+                call_ms = statistics.median(rounds[label])
                 records.append(dict(base, impl="sparge-exact", setting=label, options=SETTINGS[label],
                                     ms=call_ms, tops=dense_tops(shape, causal, call_ms),
                                     sparsity=stats.sparsity, rel_l1=err,
                                     forced_fraction=forced, sdpa_ms=sdpa_ms,
-                                    speedup_vs_sdpa=sdpa_ms / call_ms, reps=args.reps))
+                                    speedup_vs_sdpa=sdpa_ms / call_ms, reps=args.reps,
+                                    rounds=args.rounds, round_ms=rounds[label]))
                 table.append(f"| {name} | {n} | {label} | {stats.sparsity:.3f} | {err:.4f} | "
                              f"{forced:.2f} | {call_ms:.3f} | {sdpa_ms:.3f} | "
                              f"{sdpa_ms / call_ms:.2f} |")

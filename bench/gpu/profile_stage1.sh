@@ -13,13 +13,20 @@ cat > /tmp/stage1_calls.py <<'PY'
 import sys, torch, sparge
 setting, n = sys.argv[1], int(sys.argv[2])
 q, k = (torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-opts = {} if setting == "gated" else dict(estimate="sampled_rows", sample_rows=4, sim_threshold=-1.0)
+opts = {"gated": {}, "call-today": {},
+        "gated-rows4": dict(estimate="sampled_rows", sample_rows=4, sim_threshold=0.1),
+        "call-auto": dict(estimate="auto", sim_threshold=0.1),
+        "rows4": dict(estimate="sampled_rows", sample_rows=4, sim_threshold=-1.0)}[setting]
+v = torch.randn_like(q)
 for _ in range(2):
-    sparge.predict_block_mask(q, k, **opts)
+    if setting.startswith("call-"):
+        sparge.attention(q, k, v, **opts)
+    else:
+        sparge.predict_block_mask(q, k, **opts)
 torch.cuda.synchronize()
 PY
 for n in ${SEQS:-4096 8192}; do
-  for setting in gated rows4; do
+  for setting in ${SETTINGS:-gated gated-rows4 rows4 call-today call-auto}; do
     rep=/tmp/stage1_${setting}_$n
     timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed \
       -f -o "$rep" python3 /tmp/stage1_calls.py $setting $n > "$out/ncu_stage1_${setting}_$n.log" 2>&1

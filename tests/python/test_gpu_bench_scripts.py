@@ -54,10 +54,13 @@ def test_the_defaults_benchmark_runs_on_cpu():
     setting's gate forces every tile (nothing skipped, SDPA's output)."""
     script = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu" / "bench_defaults.py"
     run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--seqs", "1024",
-                          "--heads", "2", "--head-dim", "32", "--reps", "1"],
+                          "--heads", "2", "--head-dim", "32", "--reps", "1", "--rounds", "2"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    # Two interleaved rounds: each record keeps both rounds' medians, and its time is theirs.
+    for r in records:
+        assert len(r["round_ms"]) == 2 and r["ms"] == sum(r["round_ms"]) / 2, r
     workloads = {"video", "video-hilbert", "llm", "random"}
     assert {r["workload"] for r in records if r["impl"] == "sdpa"} == workloads
     settings = {r.get("setting") for r in records if r["impl"] == "sparge-exact"}
