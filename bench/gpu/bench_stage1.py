@@ -10,7 +10,7 @@ forces nothing), not causal, target_error 0.02, bf16, B 1, H 32, hd 128 and 64, 
 them all, its worst case) and "smooth" (each token's q and k are a smooth function of its position
 plus noise: local attention, blocks self-similar as in the video-like workload, short walks). Beside it
 the sampled_rows estimate (TopCdf 0.98, --sample-rows rows per block, every block estimated), the dense
-non-causal kernel on the same inputs and each mask's sparsity.
+non-causal kernel on the same inputs and each mask's sparsity; --skip-target times those alone.
 
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --commit $(git rev-parse --short HEAD)
     python3 bench/gpu/bench_stage1.py --lib build-b/libsparge_c.so --error-target --seqs 8192,32768
@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--error-target", action="store_true", help="the error target with every block estimated")
     ap.add_argument("--head-dims", default="128,64", help="--error-target: head dims")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--skip-target", action="store_true",
+                    help="--error-target: time the sampled_rows estimates alone (not the target)")
     ap.add_argument("--sample-rows", default="4",
                     help="--error-target: sampled_rows estimates to time beside it, rows per block "
                          "(4: the default; 16: what sparge.tune's plans run)")
@@ -131,13 +133,16 @@ def error_target_sweep(args):
                                        sets, args.reps)
                 except RuntimeError:
                     ms_dense = float("nan")
-                opts = sp.options(False, target_error=0.02, sim_threshold=-1.0)
-                ws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], opts), device="cuda", dtype=torch.uint8)
-                ms = time_ms(lambda st: sp.predict(st[0], st[1], opts, mask, ws, stream, v=st[2]), sets, args.reps)
-                sp.predict(sets[0][0], sets[0][1], opts, mask, ws, stream, v=sets[0][2])
-                torch.cuda.synchronize()
-                sparsity = 1.0 - float(pc.sum()) / (B * H * nq * nk)
-                rows = [("target_error", ms, sparsity, ws.numel())]
+                rows = []
+                if not args.skip_target:
+                    opts = sp.options(False, target_error=0.02, sim_threshold=-1.0)
+                    ws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], opts), device="cuda",
+                                     dtype=torch.uint8)
+                    ms = time_ms(lambda st: sp.predict(st[0], st[1], opts, mask, ws, stream, v=st[2]),
+                                 sets, args.reps)
+                    sp.predict(sets[0][0], sets[0][1], opts, mask, ws, stream, v=sets[0][2])
+                    torch.cuda.synchronize()
+                    rows.append(("target_error", ms, 1.0 - float(pc.sum()) / (B * H * nq * nk), ws.numel()))
                 # The sampled_rows estimate (TopCdf 0.98) on the same inputs, every block
                 # estimated: the cheaper calibrated estimate, for comparison.
                 for nrows in [int(x) for x in args.sample_rows.split(",")]:
