@@ -438,6 +438,8 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
   s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);
   s.scores = reinterpret_cast<double*>(base + ws.scores);
+  s.sr_tile_lse = reinterpret_cast<float*>(base + ws.sr_tile_lse);
+  s.sr_one_pass = sampled_rows_one_pass(s.num_k_blocks, p.opts);
   s.cand_err = reinterpret_cast<double*>(base + ws.cand_err);
   s.cand_norm = reinterpret_cast<double*>(base + ws.cand_norm);
   s.head_tau = reinterpret_cast<double*>(base + ws.head_tau);

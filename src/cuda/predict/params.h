@@ -108,6 +108,10 @@ struct PredictParams {
   // With key splits, pass 1's (max, sum) per sampled row: [batch·heads_q, nq·slots, splits], in
   // pooled_q's space (slots · splits ≤ head_dim; pooled_q is not read again in that mode).
   float2* sr_partial;
+  // sampled_rows_one_pass: each sampled row's log2-sum-exp over each key block (its scores in
+  // log2 units), [batch·heads_q, nq·slots, nk] (entries of the rows' allowed key blocks only).
+  float* sr_tile_lse;
+  bool sr_one_pass;
   int sample_rows;
   bool attention_sink;
   bool per_head;          // thresholds below are per query head, else [0] for every head
@@ -232,6 +236,16 @@ inline bool uses_long_rows(int64_t num_k_blocks, const SparseOptions& o) {
                                              std::string(long_rows_switch()) == "all");
 }
 
+// Whether the sampled_rows estimate runs in one pass over the keys (SampledRowsPass::kTileSums,
+// then sampled_rows_combine; sampled_rows.cuh) instead of two: where a query block's rows take
+// at most 4 slots, so the per-row tile sums (4 bytes per slot and key block, sr_tile_lse) take
+// at most twice the score map's 8 bytes per query block and key block. Not for the error target
+// (its own kernels) nor the long rows (no score map).
+inline bool sampled_rows_one_pass(int64_t num_k_blocks, const SparseOptions& o) {
+  return o.estimate == EstimateMode::kSampledRows && o.target_error <= 0.0f &&
+         sampled_row_slots(o.sample_rows, o.block_q) <= 4 && !uses_long_rows(num_k_blocks, o);
+}
+
 // Rows per chunk of the long-row selection: all of them up to kLongRowChunkBytes of scratch
 // (the more rows a chunk has, the more CTAs its selection runs at once), in whole groups of
 // kScoreRowsPerCta rows (compressed_scores' unit), at least one group.
@@ -244,8 +258,8 @@ inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
-  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, cand_err, cand_norm,
-      head_tau, et_row_max, et_exact, lr_scores, mask_overflow, total;
+  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, sr_tile_lse, cand_err,
+      cand_norm, head_tau, et_row_max, et_exact, lr_scores, mask_overflow, total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
 };
 
@@ -263,6 +277,8 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   const bool long_rows = uses_long_rows(int64_t(nk), o);
   const std::size_t lr = long_rows ? std::size_t(long_row_chunk_rows(int64_t(bhq * nq), int64_t(nk))) : 0;
   w.lr_chunk_rows = int64_t(lr);
+  const std::size_t one_pass_slots =
+      sampled_rows_one_pass(int64_t(nk), o) ? std::size_t(sampled_row_slots(o.sample_rows, o.block_q)) : 0;
   // (field, element count, element size) in PredictParams order.
   const struct {
     std::size_t* field;
@@ -275,6 +291,7 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
       {&w.pooled_kt, bhk * d * nk, sizeof(double)},
       {&w.sim_k, bhk * nk, sizeof(double)},
       {&w.scores, long_rows ? 0 : bhq * nq * nk, sizeof(double)},
+      {&w.sr_tile_lse, bhq * nq * one_pass_slots * nk, sizeof(float)},
       {&w.cand_err, et * bhq * nq * detail::kErrorTargetCandidates, sizeof(double)},
       {&w.cand_norm, et * bhq * nq, sizeof(double)},
       {&w.head_tau, et * bhq, sizeof(double)},

@@ -48,6 +48,7 @@
 #include "cuda/common/mma_sm80.cuh"
 #include "cuda/predict/error_target_tiles.cuh"
 #include "cuda/predict/params.h"
+#include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
 
@@ -55,7 +56,7 @@ constexpr int kSlotsPerCta = kSampledRowSlotsPerCta;  // one 16-row unit per war
 static_assert(kEtWarps * kUnitRows == kSampledRowSlotsPerCta, "a unit per warp");
 
 // What a launch of sampled_row_weights runs (the file's comment).
-enum class SampledRowsPass : int { kWhole, kMaxSum, kMasses };
+enum class SampledRowsPass : int { kWhole, kMaxSum, kMasses, kTileSums };
 
 // K tiles in the ring (three loading while one is read). Two measured the same on an H100 (4.75
 // against 4.65 ms at 32K, 0.98 against 1.00 at 8K): the steps do not wait on the loads; kept,
@@ -136,7 +137,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   const int splits = gridDim.z, split = blockIdx.z;
   const int split_begin = int(int64_t(p.num_k_blocks) * split / splits);
   const int split_end = int(int64_t(p.num_k_blocks) * (split + 1) / splits);
-  const bool masses = pass != SampledRowsPass::kMaxSum;  // runs pass 2, writes weights
+  // Runs pass 2 and writes the weights (kTileSums: sampled_rows_combine does).
+  const bool masses = pass == SampledRowsPass::kWhole || pass == SampledRowsPass::kMasses;
 
   // Non-similar blocks: nothing is selected in their rows; zero weights.
   for (int bb = 0; bb < blocks && masses; ++bb) {
@@ -256,6 +258,64 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       __syncthreads();      // every warp is done with every buffer
     };
 
+    // One step of the online max and sum of 2^t per row (rows g, g + 8; this thread's columns,
+    // the max the quad's, so the partial sums share it and add up at the end).
+    const auto online_max_sum = [&](const float (&s)[kN][4], float (&m)[2], float (&z)[2]) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= tiles) break;
+        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
+        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
+        m[hh] = m_new;
+      }
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        if (n >= tiles) break;
+        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
+        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+      }
+    };
+    const auto quad_sum = [&](float (&z)[2]) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
+        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
+      }
+    };
+
+    if (pass == SampledRowsPass::kTileSums) {
+      // One pass: per row and key block the online max and sum over the block's steps, stored
+      // at its last step as log2 Σ 2^t (−∞ where the row sees none of its keys; NaN stays);
+      // sampled_rows_combine turns them into the weights.
+      float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i0) * slots * int64_t(p.num_k_blocks);
+      float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
+      walk([&](int, int key0, const T* sKt) {
+        if (!sees(key0)) return;
+        float s[kN][4];
+        step_scores(key0, sKt, s);
+        online_max_sum(s, m, z);
+        const int j = key0 / p.block_k;
+        if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
+        quad_sum(z);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int slot = unit_slot + g + 8 * hh;
+          if (t4 == 0 && slot < total_slots)
+            gL[int64_t(slot) * p.num_k_blocks + j] = z[hh] == 0.0f ? -INFINITY : m[hh] + log2f(z[hh]);
+          m[hh] = -INFINITY, z[hh] = 0.0f;
+        }
+      });
+      continue;  // after walk's final barrier: sQ and sRange are free for the next group
+    }
+
     // Pass 1: online max and sum of 2^t per row (each thread: rows g, g + 8, its columns; the
     // max is the quad's, so the partial sums share it and add up at the end). kMasses instead
     // combines the splits' (max, sum): z = Σ z_c · 2^(m_c − m), in split order.
@@ -279,33 +339,9 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         if (!sees(key0)) return;
         float s[kN][4];
         step_scores(key0, sKt, s);
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int n = 0; n < kN; ++n) {
-          if (n >= tiles) break;
-          mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-          mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-        }
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-          const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-          z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
-          m[hh] = m_new;
-        }
-#pragma unroll
-        for (int n = 0; n < kN; ++n) {
-          if (n >= tiles) break;
-          z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-          z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
-        }
+        online_max_sum(s, m, z);
       });
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
-      }
+      quad_sum(z);
     }
     if (pass == SampledRowsPass::kMaxSum) {
       store_max_sum(m, z);
@@ -359,6 +395,39 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     flush_weights(steps - 1);  // after walk's final barrier
     __syncthreads();  // the flush has read sRowWeight before the next group's pass 2 writes it
   }
+}
+
+// One pass's weights (sampled_rows_one_pass): grid (nq, batch·heads_q), kSelectThreads threads,
+// after sampled_row_weights(kTileSums). Per query block, each sampled row's tile sums L_j over
+// its allowed key blocks become masses 2^(L_j − m) / Σ_j 2^(L_j − m) (m the row's max), summed
+// over the rows in slot order and divided by their count; non-similar blocks get zeros, a row
+// that sees no key adds nothing (m = −∞), a NaN stays (it is in the row's sum). Each thread owns
+// the entries it writes, the sums are block reductions in a fixed order: reproducible.
+__global__ void __launch_bounds__(kSelectThreads) sampled_rows_combine(const PredictParams p, int slots) {
+  __shared__ double sScratch[kSelectThreads / 32];
+  const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
+  const EstimateBlock blk = estimate_block(p, i, h);
+  double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + i) * p.num_k_blocks;
+  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] = 0.0;
+  if (!blk.similar) return;
+  const float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i) * slots * int64_t(p.num_k_blocks);
+  // The max keeps a NaN (fmax would drop it), so a NaN row's sum and weights are NaN.
+  const auto max_op = [](double a, double b) { return a != a || a > b ? a : b; };
+  const auto sum_op = [](double a, double b) { return a + b; };
+  for (int s = 0; s < int(blk.count); ++s) {
+    const float* L = gL + int64_t(s) * p.num_k_blocks;
+    double local = -INFINITY;
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
+      local = max_op(local, double(L[j]));
+    const double m = block_reduce(local, sScratch, max_op);
+    if (m == -INFINITY) continue;  // the row sees no key (uniform over the CTA)
+    local = 0.0;
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) local += exp2(double(L[j]) - m);
+    const double total = block_reduce(local, sScratch, sum_op);
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
+      gW[j] += exp2(double(L[j]) - m) / total;
+  }
+  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] /= double(blk.count);
 }
 
 }  // namespace sparge::cuda
