@@ -88,7 +88,10 @@ def worker(rank, world, args, init_file, one_gpu, ref_file, queue):
     dist.init_process_group("gloo" if device == "cpu" else "nccl",
                             init_method=f"file://{init_file}", rank=rank, world_size=world)
     q, k, v = inputs(args, device)
-    opts = dict(topk=args.topk, sim_threshold=-1.0, pv_threshold=args.pv_threshold)
+    # The pooled map in every mode: the ring's Stage 1 takes it (its key side comes from gathered
+    # key blocks), so that all modes predict the same mask.
+    opts = dict(topk=args.topk, sim_threshold=-1.0, pv_threshold=args.pv_threshold,
+                estimate="pooled")
     reference = torch.load(ref_file) if rank == 0 else None  # one device's outputs (cpu)
     modes = ["ulysses", "ring"] + (["hybrid"] if world >= 4 and world % 2 == 0 else [])
     for mode in modes:
@@ -138,7 +141,10 @@ def main():
     # One device: the whole problem through sparge.attention (also the outputs' reference).
     device = "cpu" if args.device == "cpu" else "cuda:0"
     q, k, v = inputs(args, device)
-    opts = dict(topk=args.topk, sim_threshold=-1.0, pv_threshold=args.pv_threshold)
+    # The pooled map in every mode: the ring's Stage 1 takes it (its key side comes from gathered
+    # key blocks), so that all modes predict the same mask.
+    opts = dict(topk=args.topk, sim_threshold=-1.0, pv_threshold=args.pv_threshold,
+                estimate="pooled")
     one_gpu, reference = {}, {}
     records = []
     base = dict(date=datetime.date.today().isoformat(), device=name, commit=args.commit,

@@ -72,7 +72,7 @@
   BOOL(causal, false, "causal attention, aligned by causal_align")                            \
   ENUM(causal_align, CausalAlign, kTopLeft,                                                   \
        "alignment of causal and the window when seq_q != seq_k")                              \
-  HEAD(sim_threshold, 0.6f,                                                                    \
+  HEAD(sim_threshold, 0.1f,                                                                    \
        "a block is self-similar iff its mean pairwise cosine similarity is > sim_threshold; "  \
        "non-similar blocks are always computed. [-1, 1]: < 0 every block is similar, "        \
        ">= 1 none is (dense)")                                                                 \
@@ -94,7 +94,7 @@
   INT(window_right, -1,                                                                        \
       "sliding window: nor more than this many positions right of it; -1 = no limit "          \
       "(window_size[1]); causal hides every key right of the diagonal whatever this says")      \
-  ENUM(estimate, EstimateMode, kPooled, "where Stage 1's block mass estimate comes from")     \
+  ENUM(estimate, EstimateMode, kAuto, "where Stage 1's block mass estimate comes from")       \
   INT(sample_rows, 4,                                                                          \
       "estimate sampled_rows: query rows per query block whose exact softmax is computed, "    \
       "[1, block_q] (a tail block with fewer valid rows samples all of them)")              \

@@ -68,8 +68,8 @@ struct HeadParam {
 };
 
 // Every option of the method (include/sparge/option_list.h says what each means), validated in
-// one place (src/common/validate.cc). The defaults are TopCdf 0.98, sim 0.6, lambda 50, blocks
-// 128x64, exact.
+// one place (src/common/validate.cc). The defaults are estimate auto (sampled rows at prefill),
+// TopCdf 0.98, sim 0.1, lambda 50, blocks 128x64, exact (docs/method.md, "The defaults").
 struct SparseOptions {
 #define SPARGE_CXX_FLOAT(name, dflt, doc) float name = dflt;
 #define SPARGE_CXX_BOOL(name, dflt, doc) bool name = dflt;

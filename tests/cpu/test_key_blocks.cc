@@ -65,6 +65,9 @@ SparseOptions decode_options(SelectMode select, float value) {
   o.select_value.value = value;
   o.sim_threshold.value = 0.3f;  // the gate forces some blocks, keeps others selectable
   o.pv_threshold.value = 6.0f;
+  // Key blocks serve the pooled map: the calls they are compared with take it too (the default,
+  // auto, would sample rows in the calls without key blocks that have a full query block).
+  o.estimate = EstimateMode::kPooled;
   return o;
 }
 

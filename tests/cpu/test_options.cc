@@ -36,11 +36,12 @@ TEST(Options, TableListsEveryFieldWithItsDefault) {
   EXPECT_EQ(value("causal"), d.causal ? 1.0 : 0.0);
   EXPECT_EQ(value("causal_align"), int(d.causal_align));
   EXPECT_EQ(float(value("sim_threshold")), d.sim_threshold.value);
-  EXPECT_EQ(value("sim_threshold"), 0.6);  // the shortest decimal of the float default
+  EXPECT_EQ(value("sim_threshold"), 0.1);  // the shortest decimal of the float default
   EXPECT_EQ(value("select"), int(d.select));
   EXPECT_EQ(float(value("select_value")), d.select_value.value);
   EXPECT_EQ(value("estimate"), int(d.estimate));
-  EXPECT_EQ(d.estimate, EstimateMode::kPooled);  // SpargeAttn's rule stays the default
+  // Sampled rows at prefill, the pooled map at decode steps (docs/method.md, "The defaults").
+  EXPECT_EQ(d.estimate, EstimateMode::kAuto);
   EXPECT_EQ(value("sample_rows"), d.sample_rows);
   EXPECT_EQ(float(value("target_error")), d.target_error);
   EXPECT_EQ(d.target_error, 0.0f);  // off unless asked

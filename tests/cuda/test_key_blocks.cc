@@ -114,6 +114,9 @@ SparseOptions decode_options(SelectMode select, float value) {
   o.select_value.value = value;
   o.sim_threshold.value = 0.3f;
   o.pv_threshold.value = 8.0f;
+  // Key blocks hold the pooled map's side (estimate auto takes it with them); the plain calls
+  // compared against them must estimate the same way.
+  o.estimate = EstimateMode::kPooled;
   return o;
 }
 

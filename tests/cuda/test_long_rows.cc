@@ -199,6 +199,7 @@ TEST(CudaWorkspace, CallerMaskLeavesOutTheMaskAndLongRowsTheScoreMap) {
   s.batch = 1, s.heads_q = 8, s.heads_kv = 8, s.seq_q = 131072, s.seq_k = 131072,
   s.head_dim = 128, s.dtype = DType::kBFloat16;
   SparseOptions o;
+  o.estimate = EstimateMode::kPooled;  // the estimate whose rows take the long-row path
   o.select = SelectMode::kTopK;
   o.select_value.value = 0.1f;
   const std::size_t rows = 8 * 1024, nk = 2048;

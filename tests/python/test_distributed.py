@@ -90,8 +90,11 @@ def _check_ulysses(rank, world):
 
 
 def _ring_reference(q, k, v, causal, opts, stage1_opts):
-    """One process: Stage 1 on the whole sequence, then block_sparse_attention on that mask."""
-    mask = sparge.predict_block_mask(q, k, is_causal=causal, **stage1_opts)
+    """One process: Stage 1 on the whole sequence, then block_sparse_attention on that mask.
+    The ring's Stage 1 takes the pooled map (its key side comes from gathered key blocks; the
+    default estimate, auto, is pooled there), so the reference takes it too."""
+    mask = sparge.predict_block_mask(q, k, is_causal=causal,
+                                     **dict(dict(estimate="pooled"), **stage1_opts))
     out, stats = sparge.block_sparse_attention(q, k, v, mask, return_stats=True,
                                                pv_threshold=opts.get("pv_threshold", INF))
     return mask, out, stats.lse
@@ -169,7 +172,7 @@ def _check_ring(rank, world, ulysses, ring_group, ulysses_group):
     opts = dict(topk=0.5, sim_threshold=-1.0, pv_threshold=4.0, block_q=64, block_k=32)
     shard = [sd.shard_sequence(t, block_q=64, block_k=32, **groups) for t in (q, k, v)]
     got = sd.attention(*shard, **groups, **opts)
-    one = sparge.attention(q, k, v, **opts)
+    one = sparge.attention(q, k, v, estimate="pooled", **opts)  # the ring's Stage 1
     err = _rel_l1(got, sd.shard_sequence(one, block_q=64, block_k=32, **groups))
     assert err < 0.05, f"ring with lambda: rel L1 {err:.3g} vs one process"
 

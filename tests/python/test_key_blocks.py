@@ -8,8 +8,10 @@ import torch
 import sparge
 from conftest import CPU_BACKENDS, make_qkv, requires_cuda
 
+# The pooled map, which key blocks serve: the calls without them are compared with theirs (the
+# default estimate, auto, samples rows in a call with a full query block).
 OPTIONS = dict(is_causal=True, causal_align="bottom_right", topk=0.3, sim_threshold=0.3,
-               pv_threshold=6.0)
+               pv_threshold=6.0, estimate="pooled")
 
 
 def structured(batch, heads, tokens, head_dim, run, seed):
@@ -176,7 +178,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"key_blocks.block_k \(64\) must equal"):
         sparge.attention(q, k, v, key_blocks=blocks, block_k=32, **OPTIONS)
     with pytest.raises(NotImplementedError, match="pooled estimate only"):
-        sparge.attention(q, k, v, key_blocks=blocks, estimate="sampled_rows", **OPTIONS)
+        sparge.attention(q, k, v, key_blocks=blocks, **dict(OPTIONS, estimate="sampled_rows"))
     with pytest.raises(ValueError, match="token_grid"):
         sparge.attention(q, k, v, key_blocks=blocks, token_grid=(1, 20, 20),
                          **dict(OPTIONS, is_causal=False))

@@ -47,7 +47,7 @@ def test_python_defaults_are_the_cpp_defaults():
     table = {o["name"]: o for o in _C.option_table()}
     assert set(table) == set(_options.DEFAULTS)
     # Spot values, so a wrong table cannot agree with itself.
-    assert _options.DEFAULTS["sim_threshold"] == 0.6
+    assert _options.DEFAULTS["sim_threshold"] == 0.1 and _options.DEFAULTS["estimate"] == "auto"
     assert _options.DEFAULTS["select"] == "topcdf" and _options.DEFAULTS["select_value"] == 0.98
     assert _options.DEFAULTS["block_q"] == 128 and _options.DEFAULTS["block_k"] == 64
     assert _options.DEFAULTS["causal_align"] == "top_left" and _options.DEFAULTS["quant"] == "none"
@@ -119,7 +119,7 @@ def test_estimate_modes_reach_the_ops():
     # estimate / sample_rows are plain keywords: sparge.attention and predict_block_mask pass them
     # to the ops, whose C++ validation names the argument.
     from sparge import workloads
-    assert _options.DEFAULTS["estimate"] == "pooled" and _options.DEFAULTS["sample_rows"] == 4
+    assert _options.DEFAULTS["estimate"] == "auto" and _options.DEFAULTS["sample_rows"] == 4
     assert set(_options.TABLE["estimate"]["choices"]) == {"pooled", "sampled_rows", "auto"}
     w = workloads.language_like(heads_q=2, heads_kv=1, tokens=640, head_dim=32, seed=1)
     masks = {}

@@ -84,7 +84,7 @@ def test_mask_follows_the_rules(seed, causal, bottom_right, use_topk):
     kw = dict(topk=torch.tensor(keeps)) if use_topk else dict(cdf_threshold=torch.tensor(keeps))
     mask = sparge.predict_block_mask(q, k, is_causal=causal,
                                      causal_align="bottom_right" if bottom_right else "top_left",
-                                     sim_threshold=torch.tensor(sims), **kw)
+                                     sim_threshold=torch.tensor(sims), estimate="pooled", **kw)
     expected = predict_rules(q, k, sim=sims, keep=keeps, use_topk=use_topk, causal=causal,
                              bottom_right=bottom_right)
     assert torch.equal(mask.to_dense(), expected)

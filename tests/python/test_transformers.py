@@ -401,7 +401,8 @@ def test_smollm2_default_settings_report_sparsity(smollm2):
     assert run.sparge_calls == model.config.num_hidden_layers * 5 and run.fallbacks == {}
     assert run.options == {} and 0.0 <= run.sparsity < 1.0  # the defaults skip little here
     with torch.no_grad(), sparge_hf.configure(collect_stats=True, sim_threshold=0.3,
-                                              cdf_threshold=0.9, pv_threshold=10.0) as sparse:
+                                              cdf_threshold=0.9, pv_threshold=10.0,
+                                              estimate="pooled") as sparse:
         model(input_ids=ids)
     assert sparse.sparsity > 0.05 and sparse.fallbacks == {}
 
