@@ -64,8 +64,10 @@ inline SparseOptions resolve_estimate(const SparseOptions& o, int64_t seq_q, int
                                       bool key_blocks) {
   if (o.estimate != EstimateMode::kAuto) return o;
   SparseOptions r = o;
+  // ⌈seq_k / block_k⌉ without seq_k + block_k − 1, which overflows for a seq_k that validation
+  // is still to reject (workspace_size resolves before it validates).
   const bool sampled = seq_q >= o.block_q && !key_blocks && o.block_k > 0 &&
-                       (seq_k + o.block_k - 1) / o.block_k <= kAutoSampledMaxKeyBlocks;
+                       seq_k / o.block_k + (seq_k % o.block_k != 0) <= kAutoSampledMaxKeyBlocks;
   r.estimate = sampled ? EstimateMode::kSampledRows : EstimateMode::kPooled;
   return r;
 }

@@ -356,6 +356,8 @@ TEST(Predict, TheAutoEstimateRule) {
   EXPECT_EQ(resolved(4096, 4096, true), EstimateMode::kPooled);
   EXPECT_EQ(resolved(4096, max_keys, false), EstimateMode::kSampledRows);
   EXPECT_EQ(resolved(4096, max_keys + 1, false), EstimateMode::kPooled);
+  // A length validation will reject: no overflow on the way (UBSan runs this test).
+  EXPECT_EQ(resolved(4096, std::numeric_limits<int64_t>::max(), false), EstimateMode::kPooled);
   for (EstimateMode e : {EstimateMode::kPooled, EstimateMode::kSampledRows}) {
     o.estimate = e;
     EXPECT_EQ(resolved(1, max_keys + 1, true), e);
