@@ -49,6 +49,7 @@ std::vector<float> load_padded(const TensorView& t, int64_t b, int64_t h, int64_
 
 ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h, bool outputs)
     : p_(p),
+      attn_(p.attn_mask, p.shape.seq_k),
       avx512_(fast::use_avx512()),
       b_(b),
       h_(h),
@@ -108,6 +109,8 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
   // q rows times scale · log2(e): scores in log2 units, probabilities by exp2 (as Stage 2).
   qt_.assign(D_ * R, 0.0f);
   std::vector<int64_t> lo(R, 0), hi(R, -1);  // keys each row sees, from key0_; none for pads
+  std::vector<int64_t> qrow(R, -1);          // each slot's query row (-1: a pad)
+  const int64_t key_end = attn_.key_end(b_);  // keys past it are the entry's padding
   const float mul = p_.scale * kLog2e;
   for (const Block& blk : blocks_) {
     const int64_t first = blk.i * o.block_q, n = std::min<int64_t>(o.block_q, Nq - first);
@@ -115,8 +118,9 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
       const int64_t r = detail::sampled_row(first, n, blk.rows, s);
       for (int64_t d = 0; d < D_; ++d)
         qt_[d * R + blk.r0 + s] = load_element(p_.q, p_.q.offset(b_, h_, r, d)) * mul;
+      qrow[blk.r0 + s] = r;
       lo[blk.r0 + s] = detail::first_visible_key(r, band) - key0_;
-      hi[blk.r0 + s] = detail::last_visible_key(r, band, Nk) - key0_;
+      hi[blk.r0 + s] = std::min(detail::last_visible_key(r, band, Nk), key_end - 1) - key0_;
     }
   }
   st_.resize((round_up(keys_, 8) + 8) * R);
@@ -127,7 +131,7 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
   }
 
   // Tile by tile, while the tile (block_k keys × the group's rows) is in cache: scores, the keys
-  // a row does not see (causality, the window) at -inf, each row's tile maximum m_t and
+  // a row does not see (causality, the window, key padding) at -inf, the dense mask's values, each row's tile maximum m_t and
   // p = 2^(t − m_t) in place, and the tile's mass Σ p per row. A row that sees no key of the
   // tile has m_t = −inf; 0 in its place keeps its p at exactly 0.
   for (int64_t j = first_key_block; j < end_key_block; ++j) {
@@ -141,6 +145,9 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
         const int64_t end = std::clamp(hi[r] + 1, first, c0 + width);
         for (int64_t c = c0; c < first; ++c) st_[c * R + r] = kNegInf;
         for (int64_t c = end; c < c0 + width; ++c) st_[c * R + r] = kNegInf;
+        if (attn_.dense() && qrow[r] >= 0)  // the mask's value, in log2 units (−∞: hidden)
+          for (int64_t c = first; c < end; ++c)
+            st_[c * R + r] += kLog2e * attn_.value(b_, h_, qrow[r], key0_ + c);
       }
       for (int64_t r = 0; r < rp; r += 8) {
         float* line = &st_[c0 * R + blk.r0 + r];

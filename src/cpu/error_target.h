@@ -1,7 +1,7 @@
 // The error-target estimate of Stage 1 on the CPU (docs/method.md, "The error target"), for one
 // (batch, query head): the sampled rows' exact softmax and outputs, in fp32 with the fast
 // backend's AVX2 / AVX-512 score and P·V kernels (src/cpu/attention_fast_kernels.h). Its
-// sample() alone is also the sampled_rows estimate where no attention mask is given.
+// sample() alone is also the sampled_rows estimate (an attention mask joins its rows' scores).
 // predict.cc hands it groups of query blocks: sample() gives each block's weights, predict.cc
 // ranks the key blocks, then add_errors() sums every candidate's error over the group's rows.
 #pragma once
@@ -12,6 +12,7 @@
 
 #include "common/backend.h"
 #include "common/error_target.h"
+#include "cpu/attn_mask.h"
 
 namespace sparge::cpu {
 
@@ -36,7 +37,8 @@ class ErrorTargetRows {
 
   // The sampled rows (detail::sampled_row, p.opts.sample_rows per block) of the query blocks
   // `blocks` (ascending, each with allowed key blocks): their softmax over the keys each sees,
-  // kept for add_errors(). Then weight(t) is block blocks[t]'s weights: weight[j] for
+  // kept for add_errors(). p.attn_mask joins the scores as Stage 2 applies it: keys past the
+  // batch entry's key length are not seen, hidden pairs get no mass, additive values add. Then weight(t) is block blocks[t]'s weights: weight[j] for
   // j < allowed.end = the rows' mean mass on key block j (the sampled_rows estimate).
   void sample(const std::vector<int64_t>& blocks);
   const std::vector<double>& weight(size_t t) const { return blocks_[t].weight; }
@@ -61,6 +63,7 @@ class ErrorTargetRows {
   void scores(int64_t j);
 
   const detail::Problem& p_;
+  MaskReader attn_;
   bool avx512_;               // the AVX-512 kernels (fast::use_avx512), else AVX2
   int64_t b_, h_, D_, Dp_;    // Dp_: D rounded up to the P·V kernel's channel block
   std::vector<float> k_, v_;  // [Nk + 16, D] and [Nk + 16, Dp], zero tail

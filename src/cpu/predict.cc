@@ -124,76 +124,6 @@ std::vector<double> pooled_weights(const double* pooled_q, const KeyStats& ks,
   return weight;
 }
 
-// The sampled rows of one query block (detail::sampled_row): each row's exact softmax over the
-// keys it sees, softmax_c(scale · q_r · k_c) (unsmoothed k: the true attention row), zero
-// elsewhere. `k` is the kv head's [Nk, D] slice.
-struct SampledRows {
-  int64_t count = 0;
-  std::vector<int64_t> first, last;  // keys each row sees: [first, last], none when last < first
-  std::vector<double> prob;          // [count, seq_k]
-};
-
-SampledRows sample_block_rows(const TensorView& q, int64_t b, int64_t h,
-                              const std::vector<double>& k, int64_t i, double scale,
-                              const SparseOptions& o, const detail::KeyBand& band,
-                              int64_t seq_k, const MaskReader& attn) {
-  const int64_t D = q.head_dim, first = i * o.block_q;
-  const int64_t n = std::min<int64_t>(o.block_q, q.tokens - first);
-  SampledRows rows;
-  rows.count = detail::sampled_row_count(o.sample_rows, n);
-  rows.first.resize(rows.count);
-  rows.last.resize(rows.count);
-  rows.prob.assign(rows.count * seq_k, 0.0);
-  std::vector<double> qr(D);
-  for (int64_t s = 0; s < rows.count; ++s) {
-    const int64_t r = detail::sampled_row(first, n, rows.count, s);
-    const int64_t c0 = detail::first_visible_key(r, band);
-    // The attention mask joins the exact rows: padding keys are cut off, hidden pairs get no mass
-    // and additive values join the scores, so the rows are those Stage 2 computes.
-    const int64_t last = std::min(detail::last_visible_key(r, band, seq_k), attn.key_end(b) - 1);
-    rows.first[s] = c0;
-    rows.last[s] = last;
-    if (last < c0) continue;  // the row sees no key: it adds no mass
-    for (int64_t d = 0; d < D; ++d) qr[d] = load_element(q, q.offset(b, h, r, d));
-    double* p = &rows.prob[s * seq_k];
-    double max_score = -INFINITY;
-    for (int64_t c = c0; c <= last; ++c) {
-      double dot = 0.0;
-      for (int64_t d = 0; d < D; ++d) dot += qr[d] * k[c * D + d];
-      p[c] = scale * dot + attn.value(b, h, r, c);  // -inf: hidden
-      max_score = std::max(max_score, p[c]);
-    }
-    if (max_score == -INFINITY) {  // the mask hides every key the band shows the row
-      std::fill(p + c0, p + last + 1, 0.0);
-      rows.last[s] = c0 - 1;
-      continue;
-    }
-    double row_sum = 0.0;
-    for (int64_t c = c0; c <= last; ++c) {
-      p[c] = std::exp(p[c] - max_score);
-      row_sum += p[c];
-    }
-    for (int64_t c = c0; c <= last; ++c) p[c] /= row_sum;
-  }
-  return rows;
-}
-
-// estimate sampled_rows: weight[j] = the mean over the sampled rows of the mass they put on key
-// block j. Allowed columns, eligible or not.
-std::vector<double> sampled_weights(const SampledRows& rows, detail::BlockRange allowed,
-                                    int block_k, int64_t seq_k) {
-  std::vector<double> weight(allowed.end, 0.0), block_sum(allowed.end);
-  for (int64_t s = 0; s < rows.count; ++s) {
-    if (rows.last[s] < rows.first[s]) continue;
-    std::fill(block_sum.begin(), block_sum.end(), 0.0);
-    const double* p = &rows.prob[s * seq_k];
-    for (int64_t c = rows.first[s]; c <= rows.last[s]; ++c) block_sum[c / block_k] += p[c];
-    for (int64_t j = allowed.begin; j < allowed.end; ++j) weight[j] += block_sum[j];
-  }
-  for (double& w : weight) w /= static_cast<double>(rows.count);
-  return weight;
-}
-
 // Writes the stats of one (batch, query head) (host memory; null outputs are skipped). Row
 // chunks after the first add their forced tiles to the count (Problem::adds_to_stage1_stats).
 void write_stats(const Stage1Stats& st, int64_t bh, double select_value, double error,
@@ -253,12 +183,10 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
   const bool sampled = o.estimate == EstimateMode::kSampledRows || error_target;
   // The attention mask's tile classes: a tile it hides wholly is neither eligible nor kept.
   const MaskReader attn(p.attn_mask, s.seq_k);
-  // Sampled rows in groups of query blocks on the fp32 kernels of error_target.cc: the error
-  // target, and sampled_rows without an attention mask (in double, a row at a time, it took
-  // 0.39-0.41x a dense call at 4 rows and 1.51-1.57x at 16, now 0.12-0.13x and 0.10-0.12x:
-  // bench/results/2026-12-05_Intel-Xeon_cpu-sampled-rows.md).
-  // With a mask the rows are computed one by one in double below (sample_block_rows applies it).
-  const bool grouped = error_target || (sampled && !attn.active());
+  // Sampled rows (the estimate and the error target) run in groups of query blocks on the fp32
+  // kernels of error_target.cc, which apply the attention mask too (in double, a row at a time,
+  // they took 0.39-0.41x a dense call at 4 rows and 1.51-1.57x at 16, grouped 0.12-0.13x and
+  // 0.10-0.12x: bench/results/2026-12-05_Intel-Xeon_cpu-sampled-rows.md).
   const TileClasses tiles(attn, s.batch, s.heads_q, s.seq_q, o.block_q, o.block_k, band);
   MaskRowWriter writer(mask);
   if (detail::selection_keeps_every_tile(p, stats)) {  // every visible tile, q and k unread
@@ -296,11 +224,8 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
     const KeyStats& ks = key_stats[b * s.heads_kv + h / group];
     const double theta = o.sim_threshold.at(h);
-    const std::vector<double> k_slice = sampled && !grouped
-                                            ? load_slice<double>(p.k, b, h / group)
-                                            : std::vector<double>{};
     std::optional<ErrorTargetRows> estimator;
-    if (grouped) estimator.emplace(p, b, h, /*outputs=*/error_target);
+    if (sampled) estimator.emplace(p, b, h, /*outputs=*/error_target);
     std::vector<uint8_t> key_sim(nk), keep(nk);
     std::vector<int32_t> kept;  // one mask row's output
     for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
@@ -314,12 +239,19 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     const auto allowed_of = [&](int64_t i) {
       return detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
     };
-    if (grouped) {
-      // The blocks to estimate (similar, with eligible columns), in groups that share key tiles.
+    // The columns block i may select: allowed, similar, and not hidden whole by the mask.
+    const auto selectable_columns = [&](int64_t i) {
+      std::vector<int64_t> cols = eligible_columns(key_sim, allowed_of(i));
+      cols.erase(std::remove_if(cols.begin(), cols.end(),
+                                [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
+                 cols.end());
+      return cols;
+    };
+    if (sampled) {
+      // The blocks to estimate (similar, with selectable columns), in groups that share key tiles.
       std::vector<int64_t> todo;
       for (int64_t i = 0; i < nq; ++i)
-        if (is_similar(qs.sim[i], theta) && !eligible_columns(key_sim, allowed_of(i)).empty())
-          todo.push_back(i);
+        if (is_similar(qs.sim[i], theta) && !selectable_columns(i).empty()) todo.push_back(i);
       std::vector<uint8_t> forced(nk);
       for (int64_t j = 0; j < nk; ++j) forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
       const size_t step = estimator->group_blocks();
@@ -329,7 +261,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
         estimator->sample(group);
         for (size_t t = 0; t < group.size(); ++t) {
           const int64_t i = group[t];
-          std::vector<int64_t> cols = eligible_columns(key_sim, allowed_of(i));
+          std::vector<int64_t> cols = selectable_columns(i);
           if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
           selectable[i] = 1;
           rows[i].ranked = std::move(cols);
@@ -343,22 +275,13 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
         if (error_target) norm += estimator->add_errors(rows, selectable, forced, err);
       }
     }
-    for (int64_t i = 0; i < nq && !grouped; ++i) {
+    for (int64_t i = 0; i < nq && !sampled; ++i) {
       const detail::BlockRange allowed = allowed_of(i);
       if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
-      std::vector<int64_t> cols = eligible_columns(key_sim, allowed);
-      cols.erase(std::remove_if(cols.begin(), cols.end(),
-                                [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
-                 cols.end());
+      std::vector<int64_t> cols = selectable_columns(i);
       if (cols.empty()) continue;
-      std::vector<double> weight;
-      if (sampled) {
-        const SampledRows sr =
-            sample_block_rows(p.q, b, h, k_slice, i, scale, o, band, s.seq_k, attn);
-        weight = sampled_weights(sr, allowed, o.block_k, s.seq_k);
-      } else {
-        weight = pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
-      }
+      const std::vector<double> weight =
+          pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
       if (!rank_row(weight, &cols, &prob)) continue;
       selectable[i] = 1;
       rows[i].ranked = std::move(cols);

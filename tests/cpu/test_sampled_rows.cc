@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -63,8 +64,28 @@ double self_similarity(Row row, int64_t r0, int64_t r1, int64_t D,
   return sum2 / double((r1 - r0) * (r1 - r0));
 }
 
-// The sampled_rows mask as docs/method.md states it, in dense [B, Hq, nq, nk] 0/1 form.
-std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
+// An attention mask for the oracle: additive fp32 values [B, Nq, Nk] (natural-log units, −∞
+// hidden; shared by the heads) and per batch entry its key length (keys past it are padding).
+struct OracleMask {
+  std::vector<float> value;
+  std::vector<int32_t> key_lengths;
+  AttentionMask view(int64_t B, int64_t Nq, int64_t Nk) const {
+    AttentionMask m;
+    m.data = value.data();
+    m.dtype = MaskDType::kFloat32;
+    m.batch = B, m.heads = 1, m.seq_q = Nq, m.seq_k = Nk;
+    m.stride_batch = Nq * Nk, m.stride_q = Nk, m.stride_k = 1;
+    m.capacity = int64_t(value.size());
+    m.key_lengths = key_lengths.data();
+    return m;
+  }
+};
+
+// The sampled_rows mask as docs/method.md states it, in dense [B, Hq, nq, nk] 0/1 form. With
+// `mask`: the sampled rows see only the keys it leaves (values added to their scores), and a
+// tile it hides wholly (no visible pair) is neither selected nor kept.
+std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o,
+                                 const OracleMask* mask = nullptr) {
   const Shape& s = in.s;
   const int64_t BQ = o.block_q, BK = o.block_k;
   const int64_t nq = (s.Nq + BQ - 1) / BQ, nk = (s.Nk + BK - 1) / BK;
@@ -74,6 +95,18 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
     return o.causal ? std::min(s.Nk - 1, r + off) : s.Nk - 1;
   };
   std::vector<uint8_t> dense(s.B * s.Hq * nq * nk, 0);
+  // The mask's term of (b, r, c): 0 without one, −∞ for a padding key or a hidden pair.
+  const auto term = [&](int64_t b, int64_t r, int64_t c) -> double {
+    if (mask == nullptr) return 0.0;
+    if (c >= mask->key_lengths[b]) return -INFINITY;
+    return mask->value[(b * s.Nq + r) * s.Nk + c];
+  };
+  const auto tile_hidden = [&](int64_t b, int64_t i, int64_t j) {
+    for (int64_t r = i * BQ; r < std::min(s.Nq, (i + 1) * BQ); ++r)
+      for (int64_t c = j * BK; c < std::min(s.Nk, (j + 1) * BK) && c <= last_key(r); ++c)
+        if (term(b, r, c) != -INFINITY) return false;
+    return true;
+  };
 
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.Hq; ++h) {
@@ -111,16 +144,17 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
               double dot = 0.0;
               for (int64_t d = 0; d < s.D; ++d)
                 dot += double(in.q_at(b, h, r, d)) * in.k_at(b, hk, c, d);
-              p[c] = scale * dot;
+              p[c] = scale * dot + term(b, r, c);
               mx = std::max(mx, p[c]);
             }
+            if (mx == -INFINITY) continue;  // the mask hides every key the row sees
             for (double& x : p) z += (x = std::exp(x - mx));
             for (int64_t c = 0; c <= last; ++c) mass[c / BK] += p[c] / z / double(count);
           }
           std::vector<int64_t> cols;
           double total = 0.0;
           for (int64_t j = 0; j < allowed; ++j)
-            if (key_similar[j]) cols.push_back(j), total += mass[j];
+            if (key_similar[j] && !tile_hidden(b, i, j)) cols.push_back(j), total += mass[j];
           if (!cols.empty() && total > 0.0) {
             std::stable_sort(cols.begin(), cols.end(),
                              [&](int64_t a, int64_t c) { return mass[a] > mass[c]; });
@@ -143,6 +177,8 @@ std::vector<uint8_t> oracle_mask(const Inputs& in, const SparseOptions& o) {
         for (int64_t j = 0; j < allowed; ++j)
           if (!query_similar || !key_similar[j]) row[j] = 1;
         if (o.attention_sink && allowed > 0) row[0] = 1;
+        for (int64_t j = 0; j < allowed && mask != nullptr; ++j)
+          if (tile_hidden(b, i, j)) row[j] = 0;
       }
     }
   return dense;
@@ -247,6 +283,64 @@ TEST(SampledRows, MatchesTheOracleOnVideoAndLanguageWorkloads) {
   c = sampled(0.95f, -1.0f);
   c.causal = true;
   expect_oracle(llm, c, "llm 777 bf16 NHD", DType::kBFloat16, Layout::kNHD);
+}
+
+// With an attention mask the sampled rows see what Stage 2 computes: additive values join their
+// scores, hidden pairs and padding keys get no mass, rows it hides whole add nothing, and tiles
+// it hides whole are neither selected nor kept. Batch 0: two packed sequences (block-diagonal)
+// with a distance bias; batch 1: random hidden pairs and values in [-2, 2], a run of rows with
+// every key hidden, and key padding past 600.
+TEST(SampledRows, MatchesTheOracleWithAnAttentionMask) {
+  Inputs llm = from_workload(workloads::language_like(2, 4, 2, 777, 64, 11));
+  const int64_t N = 777;
+  OracleMask m;
+  m.value.resize(2 * N * N);
+  m.key_lengths = {int32_t(N), 600};
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f), bias(-2.0f, 2.0f);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t c = 0; c < N; ++c) {
+      m.value[r * N + c] = (r < 300) == (c < 300) ? -0.02f * float(std::abs(r - c)) : -INFINITY;
+      const bool hidden = u(rng) < 0.3f || (r >= 400 && r < 420);
+      m.value[(N + r) * N + c] = hidden ? -INFINITY : bias(rng);
+    }
+  const AttentionMask view = m.view(2, N, N);
+  for (bool causal : {true, false})
+    for (SelectMode select : {SelectMode::kTopCdf, SelectMode::kTopK}) {
+      SparseOptions o = sampled(select == SelectMode::kTopCdf ? 0.9f : 0.2f, 0.3f);
+      o.causal = causal;
+      o.select = select;
+      o.attention_sink = select == SelectMode::kTopK;
+      const std::string what = std::string("llm 777 masked ") + (causal ? "causal " : "") +
+                               (select == SelectMode::kTopK ? "TopK 0.2 sink" : "TopCdf 0.9");
+      const HostTensor qt = HostTensor::make(llm.q, 2, 4, N, 64, DType::kFloat32, Layout::kHND, 1);
+      const HostTensor kt = HostTensor::make(llm.k, 2, 2, N, 64, DType::kFloat32, Layout::kHND, 2);
+      HostBlockMask got(2, 4, N, N, o.block_q, o.block_k);
+      ASSERT_TRUE(predict_block_mask(qt.view, kt.view, kt.view, view, o, got.view()).is_ok()) << what;
+      const std::vector<uint8_t> a = got.to_dense(), b = oracle_mask(llm, o, &m);
+      int64_t differ = 0, kept = 0;
+      for (size_t t = 0; t < a.size(); ++t) differ += a[t] != b[t], kept += b[t];
+      // The same call without the mask keeps tiles the mask hides whole (batch 0: the first key
+      // block, the heads' sink, for the query blocks of the second sequence, rows 384 on); with
+      // it, none is kept.
+      HostBlockMask plain(2, 4, N, N, o.block_q, o.block_k);
+      ASSERT_TRUE(predict_block_mask(qt.view, kt.view, o, plain.view()).is_ok());
+      const std::vector<uint8_t> c = plain.to_dense();
+      const int64_t nk = got.view().num_k_blocks(), nq = got.view().num_q_blocks();
+      int64_t hidden_kept = 0, hidden_kept_plain = 0;
+      for (int64_t h = 0; h < 4; ++h)
+        for (int64_t i = 384 / o.block_q; i < nq; ++i) {
+          hidden_kept += a[(h * nq + i) * nk + 0];
+          hidden_kept_plain += c[(h * nq + i) * nk + 0];
+        }
+      std::printf("[ sampled_rows ] %-34s kept %6ld blocks, differ %ld, hidden tiles kept %ld "
+                  "(without the mask %ld)\n", what.c_str(), long(kept), long(differ),
+                  long(hidden_kept), long(hidden_kept_plain));
+      EXPECT_EQ(differ, 0) << what;
+      EXPECT_EQ(hidden_kept, 0) << what;
+      EXPECT_GT(hidden_kept_plain, 0) << what;
+      EXPECT_NE(c, a) << what;  // the mask changes the selection
+    }
 }
 
 // Query block of 16 rows: rows 0-14 match key block 1, row 15 (the one row that sample_rows = 1

@@ -219,7 +219,8 @@ TEST_P(DenseMask, BothStagesMatchTheReference) {
               c.name.c_str(), (long long)kept, a.size(), double(same) / double(a.size()), err,
               lse_err);
   std::fflush(stdout);
-  // Stage 1 is in double on both sides: only exact ties of masses could differ.
+  // The pooled map is double on both sides, the sampled rows fp32 in different orders: only
+  // (near-)ties of masses may differ.
   EXPECT_GE(double(same), 0.998 * double(a.size())) << c.name;
   // No kept tile is one the mask hides wholly (cpu/attn_mask.h's classes, the GPU's rule too).
   const cpu::TileClasses classes(cpu::MaskReader(mask.view(Device::kCPU), c.Nk), c.B, c.Hq, c.Nq,

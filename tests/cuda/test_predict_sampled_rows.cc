@@ -3,7 +3,7 @@
 // TopCdf and TopK, causal in both alignments, GQA, sinks, odd lengths, tail blocks with fewer
 // rows than sample_rows, sample_rows above one 16-row unit (9, 128: a block over whole units).
 // Both sides are fp32 in different orders (the GPU on the tensor cores, the CPU on the error
-// target's kernels; in double where an attention mask is given): only near-ties may differ.
+// target's kernels, masks included): only near-ties may differ.
 // sample_rows 3 and 20 leave empty row slots in the GPU's 16-row units. Small grids split the
 // keys over CTAs (two launches, sampled_rows.cuh); large ones run both passes in one.
 #include <gtest/gtest.h>

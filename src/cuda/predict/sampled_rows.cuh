@@ -18,7 +18,7 @@
 //
 // Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
 // exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU computes the same in
-// fp32 in another order (error_target.cc sample(); in double where a mask is given): the two
+// fp32 in another order (error_target.cc sample(), masks included): the two
 // differ by ~1e-6 relative, so a mask can differ where a TopCdf prefix lands within that of τ or
 // two masses tie that closely. The scalar kernel
 // this replaced (one CTA per query block, double, a thread per key) took 300 ms at 32K tokens,
