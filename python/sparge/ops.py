@@ -289,8 +289,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     `estimate` is where Stage 1's block masses come from: "pooled" (block means, SpargeAttn's
     map), "sampled_rows" (the exact softmax rows of `sample_rows` query rows per block, so
     that `cdf_threshold` is close to the true attention mass kept; docs/method.md) or "auto"
-    (sampled_rows where the call has a full query block, pooled at decode steps and with
-    `key_blocks`; with sim_threshold=0.1 the setting docs/method.md recommends untuned).
+    (the default: sampled_rows where the call has a full query block, pooled at decode steps
+    and with `key_blocks`; with the default sim_threshold=0.1 it serves untuned models,
+    docs/method.md "The defaults").
     `target_error` (0 = off, else in (0, 1)) picks per head and per call the sparsest TopCdf mass
     whose relative L1 error, estimated from the exact outputs of sampled rows, stays within it
     (it implies estimate="sampled_rows" and replaces cdf_threshold; not with topk).
