@@ -131,8 +131,9 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
   }
 
   // Tile by tile, while the tile (block_k keys × the group's rows) is in cache: scores, the keys
-  // a row does not see (causality, the window, key padding) at -inf, the dense mask's values, each row's tile maximum m_t and
-  // p = 2^(t − m_t) in place, and the tile's mass Σ p per row. A row that sees no key of the
+  // a row does not see (causality, the window, key padding) at -inf, the dense mask's values
+  // added, each row's tile maximum m_t and p = 2^(t − m_t) in place, and the tile's mass Σ p per
+  // row. A row that sees no key of the
   // tile has m_t = −inf; 0 in its place keeps its p at exactly 0.
   for (int64_t j = first_key_block; j < end_key_block; ++j) {
     scores(j);

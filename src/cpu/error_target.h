@@ -38,8 +38,9 @@ class ErrorTargetRows {
   // The sampled rows (detail::sampled_row, p.opts.sample_rows per block) of the query blocks
   // `blocks` (ascending, each with allowed key blocks): their softmax over the keys each sees,
   // kept for add_errors(). p.attn_mask joins the scores as Stage 2 applies it: keys past the
-  // batch entry's key length are not seen, hidden pairs get no mass, additive values add. Then weight(t) is block blocks[t]'s weights: weight[j] for
-  // j < allowed.end = the rows' mean mass on key block j (the sampled_rows estimate).
+  // batch entry's key length are not seen, hidden pairs get no mass, additive values add. Then
+  // weight(t) is block blocks[t]'s weights: weight[j] for j < allowed.end = the rows' mean mass
+  // on key block j (the sampled_rows estimate).
   void sample(const std::vector<int64_t>& blocks);
   const std::vector<double>& weight(size_t t) const { return blocks_[t].weight; }
 

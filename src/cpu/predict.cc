@@ -250,8 +250,12 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     if (sampled) {
       // The blocks to estimate (similar, with selectable columns), in groups that share key tiles.
       std::vector<int64_t> todo;
-      for (int64_t i = 0; i < nq; ++i)
-        if (is_similar(qs.sim[i], theta) && !selectable_columns(i).empty()) todo.push_back(i);
+      std::vector<std::vector<int64_t>> columns(nq);  // each estimated block's, ranked below
+      for (int64_t i = 0; i < nq; ++i) {
+        if (!is_similar(qs.sim[i], theta)) continue;
+        columns[i] = selectable_columns(i);
+        if (!columns[i].empty()) todo.push_back(i);
+      }
       std::vector<uint8_t> forced(nk);
       for (int64_t j = 0; j < nk; ++j) forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
       const size_t step = estimator->group_blocks();
@@ -261,7 +265,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
         estimator->sample(group);
         for (size_t t = 0; t < group.size(); ++t) {
           const int64_t i = group[t];
-          std::vector<int64_t> cols = selectable_columns(i);
+          std::vector<int64_t> cols = std::move(columns[i]);
           if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
           selectable[i] = 1;
           rows[i].ranked = std::move(cols);
