@@ -48,7 +48,6 @@
 #include "cuda/common/mma_sm80.cuh"
 #include "cuda/predict/error_target_tiles.cuh"
 #include "cuda/predict/params.h"
-#include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
 
@@ -397,37 +396,53 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   }
 }
 
-// One pass's weights (sampled_rows_one_pass): grid (nq, batch·heads_q), kSelectThreads threads,
-// after sampled_row_weights(kTileSums). Per query block, each sampled row's tile sums L_j over
-// its allowed key blocks become masses 2^(L_j − m) / Σ_j 2^(L_j − m) (m the row's max), summed
-// over the rows in slot order and divided by their count; non-similar blocks get zeros, a row
-// that sees no key adds nothing (m = −∞), a NaN stays (it is in the row's sum). Each thread owns
-// the entries it writes, the sums are block reductions in a fixed order: reproducible.
-__global__ void __launch_bounds__(kSelectThreads) sampled_rows_combine(const PredictParams p, int slots) {
-  __shared__ double sScratch[kSelectThreads / 32];
+// One pass's weights (sampled_rows_one_pass): grid (nq, batch·heads_q), kCombineThreads
+// threads (a warp per row slot), after sampled_row_weights(kTileSums). Per query block, warp s
+// reads its sampled row's tile sums L_j over the allowed key blocks once, for the row's max m and
+// total Σ_j 2^(L_j − m) (online, lanes combined in a fixed order); then each thread writes its
+// key blocks' weights Σ_s 2^(L_sj − m_s) / total_s over the rows in slot order, divided by their
+// count. Non-similar blocks get zeros; a row that sees no key (m = −∞) adds nothing; a NaN stays
+// (the max keeps it, so the row's total is NaN). Every entry has one writer and fixed-order sums:
+// reproducible.
+constexpr int kCombineThreads = 32 * 4;  // slots ≤ 4 (sampled_rows_one_pass)
+__global__ void __launch_bounds__(kCombineThreads) sampled_rows_combine(const PredictParams p, int slots) {
+  __shared__ float sMax[kCombineThreads / 32], sTotal[kCombineThreads / 32];
   const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const EstimateBlock blk = estimate_block(p, i, h);
   double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + i) * p.num_k_blocks;
-  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] = 0.0;
-  if (!blk.similar) return;
-  const float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i) * slots * int64_t(p.num_k_blocks);
-  // The max keeps a NaN (fmax would drop it), so a NaN row's sum and weights are NaN.
-  const auto max_op = [](double a, double b) { return a != a || a > b ? a : b; };
-  const auto sum_op = [](double a, double b) { return a + b; };
-  for (int s = 0; s < int(blk.count); ++s) {
-    const float* L = gL + int64_t(s) * p.num_k_blocks;
-    double local = -INFINITY;
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
-      local = max_op(local, double(L[j]));
-    const double m = block_reduce(local, sScratch, max_op);
-    if (m == -INFINITY) continue;  // the row sees no key (uniform over the CTA)
-    local = 0.0;
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) local += exp2(double(L[j]) - m);
-    const double total = block_reduce(local, sScratch, sum_op);
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
-      gW[j] += exp2(double(L[j]) - m) / total;
+  if (!blk.similar) {
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kCombineThreads) gW[j] = 0.0;
+    return;
   }
-  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] /= double(blk.count);
+  const float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i) * slots * int64_t(p.num_k_blocks);
+  // (m, z) ⊕ (m', z'): the max keeps a NaN (fmaxf would drop it); z rescaled to the new max.
+  const auto merge = [](float& m, float& z, float m2, float z2) {
+    const float mm = m != m || m > m2 ? m : m2;
+    const float base = mm == -INFINITY ? 0.0f : mm;
+    z = z * exp2f(m - base) + z2 * exp2f(m2 - base);  // 0 · 2^(−∞) = 0 for an empty side
+    m = mm;
+  };
+  if (warp < int(blk.count)) {
+    const float* L = gL + int64_t(warp) * p.num_k_blocks;
+    float m = -INFINITY, z = 0.0f;
+    for (int j = blk.begin + lane; j < blk.end; j += 32) merge(m, z, L[j], 1.0f);
+    for (int off = 16; off > 0; off >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, off), z2 = __shfl_xor_sync(0xffffffffu, z, off);
+      merge(m, z, m2, z2);
+    }
+    if (lane == 0) sMax[warp] = m, sTotal[warp] = z;
+  }
+  __syncthreads();
+  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kCombineThreads) {
+    double w = 0.0;
+    for (int s = 0; s < int(blk.count); ++s) {
+      const float m = sMax[s];
+      if (m == -INFINITY) continue;  // the row sees no key
+      w += double(exp2f(gL[int64_t(s) * p.num_k_blocks + j] - m)) / double(sTotal[s]);
+    }
+    gW[j] = w / double(blk.count);
+  }
 }
 
 }  // namespace sparge::cuda
