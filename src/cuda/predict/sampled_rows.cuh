@@ -25,9 +25,17 @@
 // H 32, hd 128 on an H100, 10.7x the dense kernel
 // (bench/results/2026-12-05_NVIDIA-H100_stage1-sampled-rows_check.md).
 //
+// One pass (sampled_rows_one_pass: a block's rows take at most 4 slots, as at the default 4
+// rows): SampledRowsPass::kTileSums walks the keys once, each row's online (max, sum) restarted
+// at every key block and stored at its last step as log2 Σ 2^t (PredictParams::sr_tile_lse, 4
+// bytes per row slot and key block); sampled_rows_combine then takes each row's max and total
+// over its key blocks and writes the weights. This is the CPU's order too (error_target.cc: per
+// tile max and mass, then rescaled by the row's max). It drops pass 2's second Q·Kᵀ and
+// exponentials, and with key splits their second launch (each split writes its own entries).
+//
 // Few CTAs (few heads, short sequences: 64 CTAs at 8K tokens and 32 heads, on 132 SMs) leave
 // most of the GPU idle; then the key blocks are split over gridDim.z CTAs (sampled_row_key_splits)
-// and the estimate runs as two launches: SampledRowsPass::kMaxSum, pass 1 over the split's keys,
+// and the two-pass estimate runs as two launches: SampledRowsPass::kMaxSum, pass 1 over the split's keys,
 // storing each row's (max, sum) (PredictParams::sr_partial); then kMasses, which combines a row's
 // splits in split order and runs pass 2 over its split's keys, writing the entries of its key
 // blocks (still one writer each, so still reproducible). kWhole: both passes over all keys.
