@@ -265,39 +265,6 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       __syncthreads();      // every warp is done with every buffer
     };
 
-    // One step of the online max and sum of 2^t per row (rows g, g + 8; this thread's columns,
-    // the max the quad's, so the partial sums share it and add up at the end).
-    const auto online_max_sum = [&](const float (&s)[kN][4], float (&m)[2], float (&z)[2]) {
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= tiles) break;
-        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-      }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
-        m[hh] = m_new;
-      }
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= tiles) break;
-        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
-      }
-    };
-    const auto quad_sum = [&](float (&z)[2]) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
-      }
-    };
-
     if (pass == SampledRowsPass::kTileSums) {
       // One pass: per row and key block the online max and sum over the block's steps, stored
       // at its last step as log2 Σ 2^t (−∞ where the row sees none of its keys; NaN stays);
@@ -308,7 +275,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         if (!sees(key0)) return;
         float s[kN][4];
         step_scores(key0, sKt, s);
-        online_max_sum(s, m, z);
+        online_max_sum<kN>(s, tiles, m, z);
         const int j = key0 / p.block_k;
         if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
         quad_sum(z);
@@ -346,7 +313,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         if (!sees(key0)) return;
         float s[kN][4];
         step_scores(key0, sKt, s);
-        online_max_sum(s, m, z);
+        online_max_sum<kN>(s, tiles, m, z);
       });
       quad_sum(z);
     }
