@@ -158,34 +158,14 @@ __global__ void __launch_bounds__(kEtThreads,
       if (!sees(key0)) return;
       float s[kN][4];
       unit_scores<Tr, kN>(sQw, sKt, W / 8, s);
-      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
         if (n >= W / 8) break;
         scale_and_mask(s[n], mul, key0 + 8 * n, rk);
-        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
       }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
-        m[hh] = m_new;
-      }
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= W / 8) break;
-        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
-      }
+      online_max_sum<kN>(s, W / 8, m, z);
     });
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
-      z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
-    }
+    quad_sum(z);
     const float base[2] = {exp_base(m[0]), exp_base(m[1])};
     const int64_t row0 = (int64_t(bh) * p.num_q_blocks + blk.i) * p.et_rows + int64_t(unit) * kUnitRows;
     const int g = lane / 4;

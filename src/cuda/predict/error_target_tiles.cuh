@@ -205,6 +205,45 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[4], float mul, int key
 // (so that its −∞ scores give exactly 0, not NaN).
 __device__ __forceinline__ float exp_base(float m) { return m == -INFINITY ? 0.0f : m; }
 
+// One step of a unit's online max and sum of 2^t per row (pass 1 of the sampled rows and of the
+// error target): s = the step's scores (log2 units, masked) of this thread's rows g and g + 8 in
+// its `tiles` 8-key tiles; m = the rows' running max (the quad's, so that the partial sums z of
+// the quad's threads share it and add up with quad_sum at the end).
+template <int kN>
+__device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tiles, float (&m)[2],
+                                               float (&z)[2]) {
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    if (n >= tiles) break;
+    mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+  }
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+    mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+    const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
+    z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
+    m[hh] = m_new;
+  }
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    if (n >= tiles) break;
+    z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
+    z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+  }
+}
+
+// The quad's partial sums of rows g and g + 8 added up (every thread of the quad gets them).
+__device__ __forceinline__ void quad_sum(float (&z)[2]) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
+    z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
+  }
+}
+
 // (a, b) as kParts 16-bit pairs whose sum is a, b to 8·kParts (bf16) / 11·kParts (fp16) bits:
 // each part is the rounding of what the previous ones left (the residual is exact in fp32).
 template <typename T>

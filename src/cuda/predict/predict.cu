@@ -77,7 +77,7 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
     if (p.sr_one_pass) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kTileSums);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (tile sums) launch");
-      sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kSelectThreads, 0, stream>>>(
+      sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
           p, slots);
     } else if (splits == 1) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);

@@ -56,7 +56,6 @@
 #include "cuda/common/mma_sm80.cuh"
 #include "cuda/predict/error_target_tiles.cuh"
 #include "cuda/predict/params.h"
-#include "cuda/predict/topcdf.cuh"
 
 namespace sparge::cuda {
 
@@ -266,39 +265,6 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       __syncthreads();      // every warp is done with every buffer
     };
 
-    // One step of the online max and sum of 2^t per row (rows g, g + 8; this thread's columns,
-    // the max the quad's, so the partial sums share it and add up at the end).
-    const auto online_max_sum = [&](const float (&s)[kN][4], float (&m)[2], float (&z)[2]) {
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= tiles) break;
-        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-      }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-        const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-        z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
-        m[hh] = m_new;
-      }
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= tiles) break;
-        z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-        z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
-      }
-    };
-    const auto quad_sum = [&](float (&z)[2]) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 1);
-        z[hh] += __shfl_xor_sync(0xffffffffu, z[hh], 2);
-      }
-    };
-
     if (pass == SampledRowsPass::kTileSums) {
       // One pass: per row and key block the online max and sum over the block's steps, stored
       // at its last step as log2 Σ 2^t (−∞ where the row sees none of its keys; NaN stays);
@@ -309,7 +275,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         if (!sees(key0)) return;
         float s[kN][4];
         step_scores(key0, sKt, s);
-        online_max_sum(s, m, z);
+        online_max_sum<kN>(s, tiles, m, z);
         const int j = key0 / p.block_k;
         if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
         quad_sum(z);
@@ -347,7 +313,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         if (!sees(key0)) return;
         float s[kN][4];
         step_scores(key0, sKt, s);
-        online_max_sum(s, m, z);
+        online_max_sum<kN>(s, tiles, m, z);
       });
       quad_sum(z);
     }
@@ -405,37 +371,53 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   }
 }
 
-// One pass's weights (sampled_rows_one_pass): grid (nq, batch·heads_q), kSelectThreads threads,
-// after sampled_row_weights(kTileSums). Per query block, each sampled row's tile sums L_j over
-// its allowed key blocks become masses 2^(L_j − m) / Σ_j 2^(L_j − m) (m the row's max), summed
-// over the rows in slot order and divided by their count; non-similar blocks get zeros, a row
-// that sees no key adds nothing (m = −∞), a NaN stays (it is in the row's sum). Each thread owns
-// the entries it writes, the sums are block reductions in a fixed order: reproducible.
-__global__ void __launch_bounds__(kSelectThreads) sampled_rows_combine(const PredictParams p, int slots) {
-  __shared__ double sScratch[kSelectThreads / 32];
+// One pass's weights (sampled_rows_one_pass): grid (nq, batch·heads_q), kCombineThreads
+// threads (a warp per row slot), after sampled_row_weights(kTileSums). Per query block, warp s
+// reads its sampled row's tile sums L_j over the allowed key blocks once, for the row's max m and
+// total Σ_j 2^(L_j − m) (online, lanes combined in a fixed order); then each thread writes its
+// key blocks' weights Σ_s 2^(L_sj − m_s) / total_s over the rows in slot order, divided by their
+// count. Non-similar blocks get zeros; a row that sees no key (m = −∞) adds nothing; a NaN stays
+// (the max keeps it, so the row's total is NaN). Every entry has one writer and fixed-order sums:
+// reproducible.
+constexpr int kCombineThreads = 32 * 4;  // slots ≤ 4 (sampled_rows_one_pass)
+__global__ void __launch_bounds__(kCombineThreads) sampled_rows_combine(const PredictParams p, int slots) {
+  __shared__ float sMax[kCombineThreads / 32], sTotal[kCombineThreads / 32];
   const int i = blockIdx.x, bh = blockIdx.y, h = bh % p.heads_q;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const EstimateBlock blk = estimate_block(p, i, h);
   double* gW = p.scores + (int64_t(bh) * p.num_q_blocks + i) * p.num_k_blocks;
-  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] = 0.0;
-  if (!blk.similar) return;
-  const float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i) * slots * int64_t(p.num_k_blocks);
-  // The max keeps a NaN (fmax would drop it), so a NaN row's sum and weights are NaN.
-  const auto max_op = [](double a, double b) { return a != a || a > b ? a : b; };
-  const auto sum_op = [](double a, double b) { return a + b; };
-  for (int s = 0; s < int(blk.count); ++s) {
-    const float* L = gL + int64_t(s) * p.num_k_blocks;
-    double local = -INFINITY;
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
-      local = max_op(local, double(L[j]));
-    const double m = block_reduce(local, sScratch, max_op);
-    if (m == -INFINITY) continue;  // the row sees no key (uniform over the CTA)
-    local = 0.0;
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) local += exp2(double(L[j]) - m);
-    const double total = block_reduce(local, sScratch, sum_op);
-    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads)
-      gW[j] += exp2(double(L[j]) - m) / total;
+  if (!blk.similar) {
+    for (int j = blk.begin + threadIdx.x; j < blk.end; j += kCombineThreads) gW[j] = 0.0;
+    return;
   }
-  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kSelectThreads) gW[j] /= double(blk.count);
+  const float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i) * slots * int64_t(p.num_k_blocks);
+  // (m, z) ⊕ (m', z'): the max keeps a NaN (fmaxf would drop it); z rescaled to the new max.
+  const auto merge = [](float& m, float& z, float m2, float z2) {
+    const float mm = m != m || m > m2 ? m : m2;
+    const float base = mm == -INFINITY ? 0.0f : mm;
+    z = z * exp2f(m - base) + z2 * exp2f(m2 - base);  // 0 · 2^(−∞) = 0 for an empty side
+    m = mm;
+  };
+  if (warp < int(blk.count)) {
+    const float* L = gL + int64_t(warp) * p.num_k_blocks;
+    float m = -INFINITY, z = 0.0f;
+    for (int j = blk.begin + lane; j < blk.end; j += 32) merge(m, z, L[j], 1.0f);
+    for (int off = 16; off > 0; off >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, off), z2 = __shfl_xor_sync(0xffffffffu, z, off);
+      merge(m, z, m2, z2);
+    }
+    if (lane == 0) sMax[warp] = m, sTotal[warp] = z;
+  }
+  __syncthreads();
+  for (int j = blk.begin + threadIdx.x; j < blk.end; j += kCombineThreads) {
+    double w = 0.0;
+    for (int s = 0; s < int(blk.count); ++s) {
+      const float m = sMax[s];
+      if (m == -INFINITY) continue;  // the row sees no key
+      w += double(exp2f(gL[int64_t(s) * p.num_k_blocks + j] - m)) / double(sTotal[s]);
+    }
+    gW[j] = w / double(blk.count);
+  }
 }
 
 }  // namespace sparge::cuda
