@@ -109,6 +109,13 @@ const PredictCase kPredictCases[] = {
     {"random", 2, 1, 300, 40000, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.1f, true},
     {"random", 2, 2, 700, 32700, 64, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, -0.5f, 0.7f, false},
     {"random", 2, 2, 700, 32768, 64, DType::kFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopK, -0.5f, 0.2f, true},
+    // Kv heads none of whose query blocks is similar skip the key side (key_side_needed): random
+    // blocks' similarity is ~1/block_q, so per-head thresholds 0, 0.1, 0.2 (sim 0.1) leave kv
+    // head 2 of 3 (query heads 4 and 5) without one and the others with some; then every head
+    // without one, with top-k and the sink, and on rows of the long-row selection.
+    {"random", 6, 3, 1000, 1500, 128, DType::kBFloat16, Layout::kHND, true, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.1f, 0.9f, false},
+    {"random", 4, 4, 2000, 2000, 64, DType::kFloat16, Layout::kNHD, false, CausalAlign::kTopLeft, SelectMode::kTopK, 0.3f, 0.3f, true},
+    {"random", 2, 1, 300, 40000, 64, DType::kBFloat16, Layout::kHND, false, CausalAlign::kTopLeft, SelectMode::kTopCdf, 0.3f, 0.6f, false},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictVsReference, ::testing::ValuesIn(kPredictCases));
 

@@ -139,6 +139,11 @@ struct PredictParams {
   double* sim_q;       // [batch·heads_q, nq]
   double* pooled_kt;   // [batch·heads_kv, D, nk] (transposed: the score kernel reads along nk)
   double* sim_k;       // [batch·heads_kv, nk]
+  // Per (batch, kv head): 1 when a query block of its heads is similar (pool_blocks<q> sets it,
+  // the launcher zeroes it first). Where none is, every mask row of those heads is computed whole
+  // (the gate), so the key mean and the key blocks' pooling are skipped: on inputs with no
+  // similar block (random ones) that is most of Stage 1's reading. Null: the key side always runs.
+  int32_t* key_side_needed;
   double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k, or the sampled rows' mass
   double* cand_err;    // error target: [batch·heads_q, nq, kErrorTargetCandidates] Σ_r ‖o_g − o‖₁
   double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁
@@ -258,7 +263,8 @@ inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
 
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
-  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, scores, sr_tile_lse, cand_err,
+  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, key_side_needed, scores,
+      sr_tile_lse, cand_err,
       cand_norm, head_tau, et_row_max, et_exact, lr_scores, mask_overflow, total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
 };
@@ -290,6 +296,7 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
       {&w.sim_q, bhq * nq, sizeof(double)},
       {&w.pooled_kt, bhk * d * nk, sizeof(double)},
       {&w.sim_k, bhk * nk, sizeof(double)},
+      {&w.key_side_needed, bhk, sizeof(int32_t)},
       {&w.scores, long_rows ? 0 : bhq * nq * nk, sizeof(double)},
       {&w.sr_tile_lse, bhq * nq * one_pass_slots * nk, sizeof(float)},
       {&w.cand_err, et * bhq * nq * detail::kErrorTargetCandidates, sizeof(double)},

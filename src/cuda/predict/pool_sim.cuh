@@ -1,11 +1,15 @@
 // Stage 1, first half: the key mean km and, per block of BQ (q) or BK (smoothed k) rows, the
 // pooled row p = Σ rows / n and the self-similarity s = ‖Σ x̂_r‖² / n² over the block's n valid
 // rows (x̂ = x/‖x‖, a zero row stays zero). Everything is accumulated in double, as in the CPU
-// reference, so that masks agree except at exact ties. One pass over q and two over k.
+// reference, so that masks agree except at exact ties. One pass over q and two over k; q is
+// pooled first, and the key side is skipped for the kv heads none of whose query blocks is
+// similar (PredictParams::key_side_needed).
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
+
+#include <math_constants.h>
 
 #include "cuda/common/math.cuh"
 #include "cuda/predict/params.h"
@@ -21,12 +25,19 @@ constexpr int kPoolThreads = 128;
 constexpr int kPoolWarps = kPoolThreads / 32;
 constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once; the next 4 are being loaded
 
+// Whether Stage 1 needs kv head `bhk`'s key side: not when no query block of its heads is
+// similar, since the gate then computes every tile of their rows whatever the keys hold.
+__device__ __forceinline__ bool key_side_skipped(const PredictParams& p, int bhk) {
+  return p.key_side_needed != nullptr && p.key_side_needed[bhk] == 0;
+}
+
 // Partial key sums over chunks of kKeyMeanChunk tokens: grid (chunks, batch·heads_kv),
 // kMeanThreads threads. Lane groups of lanes_per_row(D) lanes each read one token per load.
 template <typename T>
 __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictParams p) {
   __shared__ double sPart[kMeanThreads / 32][256];
   const int bh = blockIdx.y, b = bh / p.heads_kv, hk = bh % p.heads_kv;
+  if (key_side_skipped(p, bh)) return;
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const int D = p.head_dim, lanes = lanes_per_row(D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -76,6 +87,7 @@ __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictPa
 // km = Σ partials / Nk in a fixed order (runs are bit-reproducible): grid (batch·heads_kv).
 __global__ void key_mean_finalize(const PredictParams p, int chunks) {
   const int bh = blockIdx.x;
+  if (key_side_skipped(p, bh)) return;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     double sum = 0.0;
     for (int c = 0; c < chunks; ++c) sum += p.km_partial[(int64_t(bh) * chunks + c) * p.head_dim + d];
@@ -129,6 +141,14 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
   const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1] +
                 int64_t(row0) * stride[2];
   const bool vec = rows_vectorizable(gX, stride[2], D);
+  if (kIsKey && key_side_skipped(p, bh)) {
+    // Nothing reads this block's values (every row of its heads is computed whole); they are
+    // written as a zero block that is not similar, so that later kernels read defined memory.
+    for (int d = threadIdx.x; d < D; d += kPoolThreads)
+      p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = 0.0;
+    if (threadIdx.x == 0) p.sim_k[int64_t(bh) * nblocks + blk] = CUDART_NAN;
+    return;
+  }
   const int rows_per_group = kPoolWarps * rows_per_warp * kPoolRowsPerLane;
   const int groups = (n + rows_per_group - 1) / rows_per_group;
   // Block row of this lane's u-th load in group g: each load instruction reads adjacent rows.
@@ -231,7 +251,11 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
   if (threadIdx.x == 0) {
     double total = 0.0;
     for (int w = 0; w < kPoolWarps; ++w) total += sUnitSq[w];
-    (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = total / (double(n) * double(n));
+    const double sim = total / (double(n) * double(n));
+    (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = sim;
+    // The selection's test (NaN compares false: not similar).
+    if (!kIsKey && p.key_side_needed != nullptr && sim > double(p.sim_threshold[p.per_head ? h : 0]))
+      p.key_side_needed[b * p.heads_kv + h / p.group] = 1;
   }
 }
 

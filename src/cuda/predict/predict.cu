@@ -180,15 +180,16 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 
   if (!p.pooled_by_pass) {
+    // q first: its similarities decide which kv heads' key side is read (key_side_needed).
+    if (!p.keys_given && p.key_side_needed != nullptr)
+      SPARGE_CUDA_CHECK(cudaMemsetAsync(p.key_side_needed, 0, sizeof(int32_t) * bhk, stream));
+    pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
+    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
     if (!p.keys_given) {
       key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
       key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
-    }
-    pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
-    SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
-    if (!p.keys_given) {
       pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
       SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
     }
