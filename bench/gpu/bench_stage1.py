@@ -1,7 +1,9 @@
 """Stage 1 alone on the GPU, by estimate (pooled, sampled_rows, and the error target): bf16, B 1, H 32, hd 128,
 causal, N in {8K, 32K}; the time beside the dense causal kernel's on the same inputs. The inputs are random,
 so at the default similarity gate every query block is non-similar and the sampled_rows and error-target
-estimates are skipped (their rows time the gated path); bench_whole_call.py --error-target times the
+estimates are skipped (their rows time the gated path), and so is the key side (its key mean and
+pooling); --sim -1 makes every block similar, so that they all run (e.g. --sim -1 --estimates pooled:
+the pooling kernels, the pooled map and the selection). bench_whole_call.py --error-target times the
 error target with every block similar.
 
 --error-target times the error target alone with every block estimated (sim_threshold -1, so the gate
@@ -39,6 +41,11 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--skip-target", action="store_true",
                     help="--error-target: time the sampled_rows estimates alone (not the target)")
+    ap.add_argument("--sim", type=float, default=None,
+                    help="sim_threshold of the plain table (default: the library's; -1: every block "
+                         "similar, so the key side and the estimates run)")
+    ap.add_argument("--estimates", default="pooled,sampled_rows,target_error",
+                    help="the plain table's estimates")
     ap.add_argument("--sample-rows", default="4",
                     help="--error-target: sampled_rows estimates to time beside it, rows per block "
                          "(4: the default; 16: what sparge.tune's plans run)")
@@ -68,16 +75,19 @@ def main():
         sp.predict(sets[0][0], sets[0][1], dopts, mask, ws0, stream)  # sim 1: every allowed tile
         ms_dense = time_ms(lambda st: sp.attention(st[0], st[1], st[2], mask, dopts, out, stream), sets, 10)
         # The error target (target_error 0.02, SparseOptions) estimates with v too.
-        for est in ("pooled", "sampled_rows", "target_error"):
+        for est in args.estimates.split(","):
             kw = dict(target_error=0.02) if est == "target_error" else \
                 dict(estimate={"pooled": 0, "sampled_rows": 1}[est])
+            if args.sim is not None:
+                kw["sim_threshold"] = args.sim
             opts = sp.options(True, **kw)
             ws = torch.empty(sp.workspace_size(sets[0][0], sets[0][1], opts), device="cuda", dtype=torch.uint8)
             ms = time_ms(lambda st: sp.predict(st[0], st[1], opts, mask, ws, stream, v=st[2]), sets, 10)
             rec = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16",
                        head_dim=D, batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n, causal=True,
                        impl=f"sparge-stage1-{est}", ms=ms, tops=None, sparsity=None, rel_l1=None,
-                       cos_sim=None, dense_causal_kernel_ms=ms_dense)
+                       cos_sim=None, dense_causal_kernel_ms=ms_dense,
+                       sim_threshold=args.sim)
             f.write(json.dumps(rec) + "\n")
             print(f"| {n} | {est} | {ms:.3f} | {ms_dense:.3f} | {ms / ms_dense:.3f} |", flush=True)
     f.close()
