@@ -24,10 +24,6 @@ constexpr int kMeanTokensPerLane = 8;  // loads a lane issues before it adds the
 constexpr int kPoolThreads = 128;
 constexpr int kPoolWarps = kPoolThreads / 32;
 constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once; the next 4 are being loaded
-#ifndef SPARGE_POOL_MIN_CTAS
-#define SPARGE_POOL_MIN_CTAS 4
-#endif
-constexpr int kPoolMinCtas = SPARGE_POOL_MIN_CTAS;  // TEMP A/B
 
 // Whether Stage 1 needs kv head `bhk`'s key side: not when no query block of its heads is
 // similar, since the gate then computes every tile of their rows whatever the keys hold.
@@ -124,7 +120,7 @@ __device__ __forceinline__ double row_sums_scattered(const double (&v)[kPoolRows
 // lanes_per_row(D) lanes read one row per load; a lane loads the rows of group g + 1 while it
 // reduces those of group g, so each CTA has up to 8 loads per lane in flight.
 template <typename T, bool kIsKey>
-__global__ void __launch_bounds__(kPoolThreads, kPoolMinCtas) pool_blocks(const PredictParams p) {
+__global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictParams p) {
   __shared__ double sSum[kPoolWarps][256];
   __shared__ double sUnit[kPoolWarps][256];
   __shared__ double sUnitSq[kPoolWarps];
@@ -168,7 +164,7 @@ __global__ void __launch_bounds__(kPoolThreads, kPoolMinCtas) pool_blocks(const 
     }
   };
 
-  // km sits in shared memory, not registers (16 more registers per lane).
+  // km sits in shared memory, not registers: 16 more registers per lane would spill at 3 CTAs/SM.
   if (kIsKey) {
     for (int d = threadIdx.x; d < kMaxChunks * kChunkElems; d += kPoolThreads)
       sMean[d] = d < D ? p.km[int64_t(bh) * D + d] : 0.0;
@@ -188,28 +184,20 @@ __global__ void __launch_bounds__(kPoolThreads, kPoolMinCtas) pool_blocks(const 
 #pragma unroll
       for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
       if (g + 1 < groups) load_group(g + 1, next);
-      // Each row is widened twice (for ‖x‖², then for x̂) rather than kept: 4 rows of 8 doubles
-      // held across the norm's shuffles were 64 registers per lane, which capped the CTAs (and
-      // so the loads in flight) per SM. The second widening gives the same bits.
-      const auto widen = [&](int u, double (&x)[kChunkElems]) {
+      double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
+#pragma unroll
+      for (int u = 0; u < kPoolRowsPerLane; ++u) {
         double mean[kChunkElems];
 #pragma unroll
         for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
-        widen_chunk<T>(raw[u], mean, x);
+        widen_chunk<T>(raw[u], mean, x[u]);
         const bool row_ok = kFull || row_of(g, u) < n;  // rows past the block's end add nothing (not −km)
-#pragma unroll
-        for (int e = 0; e < kChunkElems; ++e) x[e] = row_ok ? x[e] : 0.0;
-      };
-      double sq[kPoolRowsPerLane];
-#pragma unroll
-      for (int u = 0; u < kPoolRowsPerLane; ++u) {
-        double x[kChunkElems];
-        widen(u, x);
         sq[u] = 0.0;
 #pragma unroll
         for (int e = 0; e < kChunkElems; ++e) {
-          sq[u] += x[e] * x[e];
-          sum[e] += x[e];
+          x[u][e] = row_ok ? x[u][e] : 0.0;
+          sq[u] += x[u][e] * x[u][e];
+          sum[e] += x[u][e];
         }
       }
       // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
@@ -218,10 +206,8 @@ __global__ void __launch_bounds__(kPoolThreads, kPoolMinCtas) pool_blocks(const 
 #pragma unroll
       for (int u = 0; u < kPoolRowsPerLane; ++u) {
         const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
-        double x[kChunkElems];
-        widen(u, x);
 #pragma unroll
-        for (int e = 0; e < kChunkElems; ++e) unit[e] += x[e] * inv;
+        for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
       }
     }
   };
