@@ -43,14 +43,15 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// (b, h) of t as fp32 [tokens + kRowBlock, width]; the extra rows and the channels ≥ head_dim are
-// zero (the score kernels read whole groups of 8 keys, the P·V kernels of 16 or 32 channels).
-std::vector<float> load_padded(const TensorView& t, int64_t b, int64_t h, int64_t width) {
-  std::vector<float> out((t.tokens + kRowBlock) * width, 0.0f);
+// (b, h) of t as fp32 [tokens + kRowBlock, width] into *out (its memory reused); the extra rows
+// and the channels ≥ head_dim are zero (the score kernels read whole groups of 8 keys, the P·V
+// kernels of 16 or 32 channels).
+void load_padded(const TensorView& t, int64_t b, int64_t h, int64_t width,
+                 std::vector<float>* out) {
+  out->assign((t.tokens + kRowBlock) * width, 0.0f);
   for (int64_t n = 0; n < t.tokens; ++n)
     for (int64_t d = 0; d < t.head_dim; ++d)
-      out[n * width + d] = load_element(t, t.offset(b, h, n, d));
-  return out;
+      (*out)[n * width + d] = load_element(t, t.offset(b, h, n, d));
 }
 
 }  // namespace
@@ -59,13 +60,19 @@ ErrorTargetRows::ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h,
     : p_(p),
       attn_(p.attn_mask, p.shape.seq_k),
       avx512_(fast::use_avx512()),
-      b_(b),
-      h_(h),
+      outputs_(outputs),
       D_(p.shape.head_dim),
       Dp_(round_up(p.shape.head_dim, avx512_ ? 32 : 16)) {
-  const int64_t hkv = h / (p.shape.heads_q / p.shape.heads_kv);
-  k_ = load_padded(p.k, b, hkv, D_);
-  if (outputs) v_ = load_padded(p.v, b, hkv, Dp_);
+  set_head(b, h);
+}
+
+void ErrorTargetRows::set_head(int64_t b, int64_t h) {
+  const int64_t hkv = h / (p_.shape.heads_q / p_.shape.heads_kv);
+  if (b != b_ || hkv != hkv_) {
+    load_padded(p_.k, b, hkv, D_, &k_);
+    if (outputs_) load_padded(p_.v, b, hkv, Dp_, &v_);
+  }
+  b_ = b, h_ = h, hkv_ = hkv;
 }
 
 size_t ErrorTargetRows::group_blocks() const {

@@ -25,10 +25,15 @@ struct RankedRow {
 
 class ErrorTargetRows {
  public:
-  // Reads the kv head's k and, with `outputs` (the error target; add_errors needs it), v once
-  // (fp32, zero-padded); `q` rows are read per group. Without `outputs` only sample() and
-  // weight() serve: the sampled_rows estimate.
+  // For (batch b, query head h) of p: reads the kv head's k and, with `outputs` (the error
+  // target; add_errors needs it), v once (fp32, zero-padded); `q` rows are read per group.
+  // Without `outputs` only sample() and weight() serve: the sampled_rows estimate.
   ErrorTargetRows(const detail::Problem& p, int64_t b, int64_t h, bool outputs = true);
+
+  // Moves on to (b, h), reading k (and v) again unless its kv head is the last one's. The buffers
+  // (k, v, the group's scores: megabytes at long lengths) keep their memory, so one object serves
+  // every head a thread runs without allocating them again (and faulting their pages in) per head.
+  void set_head(int64_t b, int64_t h);
 
   // How many query blocks one group should hold: their rows share every key tile the scores and
   // P·V kernels load, and the group's probabilities are stored (rows × key span floats), so long
@@ -69,9 +74,11 @@ class ErrorTargetRows {
 
   const detail::Problem& p_;
   MaskReader attn_;
-  bool avx512_;               // the AVX-512 kernels (fast::use_avx512), else AVX2
-  int64_t b_, h_, D_, Dp_;    // Dp_: D rounded up to the P·V kernel's channel block
-  std::vector<float> k_, v_;  // [Nk + 16, D] and [Nk + 16, Dp], zero tail
+  bool avx512_;                         // the AVX-512 kernels (fast::use_avx512), else AVX2
+  bool outputs_;                        // the error target: v is read, add_errors() serves
+  int64_t D_, Dp_;                      // Dp_: D rounded up to the P·V kernel's channel block
+  int64_t b_ = -1, h_ = -1, hkv_ = -1;  // the head set_head() moved to, and its kv head
+  std::vector<float> k_, v_;            // [Nk + 16, D] and [Nk + 16, Dp], zero tail
   std::vector<Block> blocks_;
   // The group's rows, packed: each block's sampled rows right after the previous block's (a
   // 16-row register block of the kernels holds rows of several blocks), padded at the end to a
