@@ -96,7 +96,7 @@ void ErrorTargetRows::scores(int64_t j, RowRange rows) {
   const int64_t width8 = round_up(std::min(BK, p_.shape.seq_k - j * BK), 8);
   const float* k = &k_[j * BK * D_];
   const float* qt = &qt_[rows.begin];
-  float* st = &st_[c0 * rows_ + rows.begin];
+  float* st = tile_scores(c0) + rows.begin;
   if (avx512_)
     fast::scores_tile_avx512(qt, rows_, k, D_, D_, width8, rows.end - rows.begin, st, rows_);
   else
@@ -150,7 +150,7 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
       hi[blk.r0 + s] = std::min(detail::last_visible_key(r, band, Nk), key_end - 1) - key0_;
     }
   }
-  st_.resize((round_up(keys_, 8) + 8) * R);
+  st_.resize((round_up(outputs_ ? keys_ : BK, 8) + 8) * R);
   mass_.assign(span_ * R, 0.0f);
   tile_max_.assign(span_ * R, kNegInf);
   rescale_.assign(span_ * R, 0.0f);
@@ -167,18 +167,19 @@ void ErrorTargetRows::sample(const std::vector<int64_t>& blocks) {
     const int64_t j = first_key_block + jj;
     scores(j, tile);
     const int64_t c0 = j * BK - key0_, width = std::min(BK, Nk - j * BK);
+    float* const st = tile_scores(c0);  // key c0 + c of row r at st[c * R + r]
     for (int64_t r = tile.begin; r < tile.end; ++r) {
       const bool sees = block_of_[r] >= 0 && blocks_[block_of_[r]].allowed.contains(j);
-      const int64_t first = sees ? std::clamp(lo[r], c0, c0 + width) : c0;
-      const int64_t end = sees ? std::clamp(hi[r] + 1, first, c0 + width) : c0;
-      for (int64_t c = c0; c < first; ++c) st_[c * R + r] = kNegInf;
-      for (int64_t c = end; c < c0 + width; ++c) st_[c * R + r] = kNegInf;
+      const int64_t first = sees ? std::clamp(lo[r] - c0, int64_t{0}, width) : 0;
+      const int64_t end = sees ? std::clamp(hi[r] + 1 - c0, first, width) : 0;
+      for (int64_t c = 0; c < first; ++c) st[c * R + r] = kNegInf;
+      for (int64_t c = end; c < width; ++c) st[c * R + r] = kNegInf;
       if (attn_.dense() && qrow[r] >= 0)  // the mask's value, in log2 units (−∞: hidden)
         for (int64_t c = first; c < end; ++c)
-          st_[c * R + r] += kLog2e * attn_.value(b_, h_, qrow[r], key0_ + c);
+          st[c * R + r] += kLog2e * attn_.value(b_, h_, qrow[r], key0_ + c0 + c);
     }
     for (int64_t r = tile.begin; r < tile.end; r += 8) {
-      float* line = &st_[c0 * R + r];
+      float* line = &st[r];
       __m256 mx = _mm256_set1_ps(kNegInf);
       for (int64_t c = 0; c < width; ++c) mx = _mm256_max_ps(_mm256_loadu_ps(line + c * R), mx);
       _mm256_storeu_ps(&tile_max_[jj * R + r], mx);

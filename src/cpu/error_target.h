@@ -71,6 +71,9 @@ class ErrorTargetRows {
   RowRange rows_seeing(int64_t j) const;
   // Scores of key block j for `rows`.
   void scores(int64_t j, RowRange rows);
+  // The stored scores of the key tile that starts c0 keys after key0_: add_errors() reads every
+  // tile's probabilities, so the error target keeps them all; the sampled_rows estimate keeps one.
+  float* tile_scores(int64_t c0) { return &st_[(outputs_ ? c0 : 0) * rows_]; }
 
   const detail::Problem& p_;
   MaskReader attn_;
@@ -90,7 +93,8 @@ class ErrorTargetRows {
   int64_t first_key_block_ = 0, span_ = 0;
   std::vector<RowRange> tile_rows_;  // [span_]: rows_seeing(first_key_block_ + jj)
   std::vector<float> qt_;            // [D, rows_]: sampled q rows · scale · log2(e), transposed
-  std::vector<float> st_;            // [keys, rows_]: scores, then unnormalized probabilities
+  // [keys, rows_]: scores, then unnormalized probabilities; without outputs_ one tile's keys.
+  std::vector<float> st_;
   // [span_, rows_]: per key block jj and row, the row's mass on it (relative to the row's
   // maximum once sample() is done), its maximum there, and the factor 2^(tile max − row max)
   // that scales the stored probabilities before P·V (0 where the row's block does not see it).
