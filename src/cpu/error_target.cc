@@ -76,6 +76,9 @@ void ErrorTargetRows::set_head(int64_t b, int64_t h) {
 }
 
 size_t ErrorTargetRows::group_blocks() const {
+  if (!outputs_) return kMaxGroup;  // one tile of scores is stored, whatever the length
+  // The error target's groups also fix how its norm is summed (add_errors returns a group's):
+  // kept as they were before the rows were packed.
   const int64_t per_block = round_up(p_.opts.sample_rows, kRowBlock) * (p_.shape.seq_k + 8);
   return static_cast<size_t>(std::clamp<int64_t>(kStoredFloats / per_block, 1, kMaxGroup));
 }

@@ -36,8 +36,8 @@ class ErrorTargetRows {
   void set_head(int64_t b, int64_t h);
 
   // How many query blocks one group should hold: their rows share every key tile the scores and
-  // P·V kernels load, and the group's probabilities are stored (rows × key span floats), so long
-  // sequences take fewer blocks per group.
+  // P·V kernels load. The error target stores the group's probabilities (rows × key span
+  // floats), so long sequences take fewer blocks per group; the sampled_rows estimate one tile's.
   size_t group_blocks() const;
 
   // The sampled rows (detail::sampled_row, p.opts.sample_rows per block) of the query blocks
