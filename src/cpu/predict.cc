@@ -218,116 +218,128 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
     key_stats[bh] = {key_store[bh].pooled.data(), D, 1, key_store[bh].sim.data()};
   }
 
-#pragma omp parallel for schedule(dynamic)
-  for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
-    const int64_t b = bh / s.heads_q, h = bh % s.heads_q;
-    const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
-    const KeyStats& ks = key_stats[b * s.heads_kv + h / group];
-    const double theta = o.sim_threshold.at(h);
+#pragma omp parallel
+  {
+    // One estimator per thread: its buffers (k, v, the scores of a group of query blocks:
+    // megabytes at long lengths) serve every head the thread runs, not allocated per head.
     std::optional<ErrorTargetRows> estimator;
-    if (sampled) estimator.emplace(p, b, h, /*outputs=*/error_target);
-    std::vector<uint8_t> key_sim(nk), keep(nk);
-    std::vector<int32_t> kept;  // one mask row's output
-    for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
-
-    // Per query block: the ranked eligible columns and how many of them the selection keeps.
-    // The error target decides the count per head after every block is ranked (below).
-    std::vector<RankedRow> rows(nq);
-    std::vector<uint8_t> selectable(nq, 0);
-    double err[detail::kErrorTargetCandidates] = {}, norm = 0.0;
-    std::vector<double> prob;
-    const auto allowed_of = [&](int64_t i) {
-      return detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
-    };
-    // The columns block i may select: allowed, similar, and not hidden whole by the mask.
-    const auto selectable_columns = [&](int64_t i) {
-      std::vector<int64_t> cols = eligible_columns(key_sim, allowed_of(i));
-      cols.erase(std::remove_if(cols.begin(), cols.end(),
-                                [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
-                 cols.end());
-      return cols;
-    };
-    if (sampled) {
-      // The blocks to estimate (similar, with selectable columns), in groups that share key tiles.
-      std::vector<int64_t> todo;
-      std::vector<std::vector<int64_t>> columns(nq);  // each estimated block's, ranked below
-      for (int64_t i = 0; i < nq; ++i) {
-        if (!is_similar(qs.sim[i], theta)) continue;
-        columns[i] = selectable_columns(i);
-        if (!columns[i].empty()) todo.push_back(i);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
+      const int64_t b = bh / s.heads_q, h = bh % s.heads_q;
+      const BlockStats qs = block_stats(p.q, b, h, o.block_q, {});
+      const KeyStats& ks = key_stats[b * s.heads_kv + h / group];
+      const double theta = o.sim_threshold.at(h);
+      if (sampled) {
+        if (estimator)
+          estimator->set_head(b, h);
+        else
+          estimator.emplace(p, b, h, /*outputs=*/error_target);
       }
-      std::vector<uint8_t> forced(nk);
-      for (int64_t j = 0; j < nk; ++j) forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
-      const size_t step = estimator->group_blocks();
-      for (size_t first = 0; first < todo.size(); first += step) {
-        const std::vector<int64_t> group(todo.begin() + first,
-                                         todo.begin() + std::min(first + step, todo.size()));
-        estimator->sample(group);
-        for (size_t t = 0; t < group.size(); ++t) {
-          const int64_t i = group[t];
-          std::vector<int64_t> cols = std::move(columns[i]);
-          if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
-          selectable[i] = 1;
-          rows[i].ranked = std::move(cols);
-          if (!error_target) {
-            rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed_of(i), o, h);
-            continue;
+      std::vector<uint8_t> key_sim(nk), keep(nk);
+      std::vector<int32_t> kept;  // one mask row's output
+      for (int64_t j = 0; j < nk; ++j) key_sim[j] = is_similar(ks.sim[j], theta);
+
+      // Per query block: the ranked eligible columns and how many of them the selection keeps.
+      // The error target decides the count per head after every block is ranked (below).
+      std::vector<RankedRow> rows(nq);
+      std::vector<uint8_t> selectable(nq, 0);
+      double err[detail::kErrorTargetCandidates] = {}, norm = 0.0;
+      std::vector<double> prob;
+      const auto allowed_of = [&](int64_t i) {
+        return detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+      };
+      // The columns block i may select: allowed, similar, and not hidden whole by the mask.
+      const auto selectable_columns = [&](int64_t i) {
+        std::vector<int64_t> cols = eligible_columns(key_sim, allowed_of(i));
+        cols.erase(std::remove_if(cols.begin(), cols.end(),
+                                  [&](int64_t j) { return tiles.skipped(b, h, i, j); }),
+                   cols.end());
+        return cols;
+      };
+      if (sampled) {
+        // The blocks to estimate (similar, with selectable columns), in groups that share key
+        // tiles.
+        std::vector<int64_t> todo;
+        std::vector<std::vector<int64_t>> columns(nq);  // each estimated block's, ranked below
+        for (int64_t i = 0; i < nq; ++i) {
+          if (!is_similar(qs.sim[i], theta)) continue;
+          columns[i] = selectable_columns(i);
+          if (!columns[i].empty()) todo.push_back(i);
+        }
+        std::vector<uint8_t> forced(nk);
+        for (int64_t j = 0; j < nk; ++j) forced[j] = !key_sim[j] || (o.attention_sink && j == 0);
+        const size_t step = estimator->group_blocks();
+        for (size_t first = 0; first < todo.size(); first += step) {
+          const std::vector<int64_t> group(todo.begin() + first,
+                                           todo.begin() + std::min(first + step, todo.size()));
+          estimator->sample(group);
+          for (size_t t = 0; t < group.size(); ++t) {
+            const int64_t i = group[t];
+            std::vector<int64_t> cols = std::move(columns[i]);
+            if (!rank_row(estimator->weight(t), &cols, &prob)) continue;
+            selectable[i] = 1;
+            rows[i].ranked = std::move(cols);
+            if (!error_target) {
+              rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed_of(i), o, h);
+              continue;
+            }
+            for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
+              rows[i].keep[g] = topcdf_length(prob, rows[i].ranked, detail::error_target_tau(g));
           }
-          for (int g = 0; g < detail::kErrorTargetCandidates; ++g)
-            rows[i].keep[g] = topcdf_length(prob, rows[i].ranked, detail::error_target_tau(g));
+          if (error_target) norm += estimator->add_errors(rows, selectable, forced, err);
         }
-        if (error_target) norm += estimator->add_errors(rows, selectable, forced, err);
       }
-    }
-    for (int64_t i = 0; i < nq && !sampled; ++i) {
-      const detail::BlockRange allowed = allowed_of(i);
-      if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
-      std::vector<int64_t> cols = selectable_columns(i);
-      if (cols.empty()) continue;
-      const std::vector<double> weight =
-          pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
-      if (!rank_row(weight, &cols, &prob)) continue;
-      selectable[i] = 1;
-      rows[i].ranked = std::move(cols);
-      rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed, o, h);
-    }
-    // The error target's choice for this head; kErrorTargetCandidates keeps every allowed tile.
-    const int choice = error_target
-                           ? detail::error_target_choice(err, norm, o.target_error)
-                           : 0;
-    const bool keep_all = choice == detail::kErrorTargetCandidates;
+      for (int64_t i = 0; i < nq && !sampled; ++i) {
+        const detail::BlockRange allowed = allowed_of(i);
+        if (!is_similar(qs.sim[i], theta)) continue;  // forced on whole below
+        std::vector<int64_t> cols = selectable_columns(i);
+        if (cols.empty()) continue;
+        const std::vector<double> weight =
+            pooled_weights(&qs.pooled[i * D], ks, cols, allowed, D, scale);
+        if (!rank_row(weight, &cols, &prob)) continue;
+        selectable[i] = 1;
+        rows[i].ranked = std::move(cols);
+        rows[i].keep[0] = keep_length(prob, rows[i].ranked, allowed, o, h);
+      }
+      // The error target's choice for this head; kErrorTargetCandidates keeps every allowed tile.
+      const int choice = error_target
+                             ? detail::error_target_choice(err, norm, o.target_error)
+                             : 0;
+      const bool keep_all = choice == detail::kErrorTargetCandidates;
 
-    int64_t forced_tiles = 0;
-    for (int64_t i = 0; i < nq; ++i) {
-      const detail::BlockRange allowed =
-          detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
-      const bool query_sim = is_similar(qs.sim[i], theta);
-      std::fill(keep.begin(), keep.end(), 0);
-      if (selectable[i])
-        for (size_t t = 0; t < rows[i].keep[choice < detail::kErrorTargetCandidates ? choice : 0];
-             ++t)
-          keep[rows[i].ranked[t]] = 1;
-      for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        if (!query_sim || !key_sim[j]) {
-          keep[j] = 1;
-          forced_tiles += !tiles.skipped(b, h, i, j);
-        } else if (keep_all) {
-          keep[j] = 1;
-        }
-      if (o.attention_sink && allowed.contains(0)) keep[0] = 1;
+      int64_t forced_tiles = 0;
+      for (int64_t i = 0; i < nq; ++i) {
+        const detail::BlockRange allowed =
+            detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+        const bool query_sim = is_similar(qs.sim[i], theta);
+        std::fill(keep.begin(), keep.end(), 0);
+        if (selectable[i])
+          for (size_t t = 0; t < rows[i].keep[choice < detail::kErrorTargetCandidates ? choice : 0];
+               ++t)
+            keep[rows[i].ranked[t]] = 1;
+        for (int64_t j = allowed.begin; j < allowed.end; ++j)
+          if (!query_sim || !key_sim[j]) {
+            keep[j] = 1;
+            forced_tiles += !tiles.skipped(b, h, i, j);
+          } else if (keep_all) {
+            keep[j] = 1;
+          }
+        if (o.attention_sink && allowed.contains(0)) keep[0] = 1;
 
-      kept.clear();
-      for (int64_t j = allowed.begin; j < allowed.end; ++j)
-        if (keep[j] && !tiles.skipped(b, h, i, j)) kept.push_back(static_cast<int32_t>(j));
-      writer.write(mask.row(b, h, i), kept);
+        kept.clear();
+        for (int64_t j = allowed.begin; j < allowed.end; ++j)
+          if (keep[j] && !tiles.skipped(b, h, i, j)) kept.push_back(static_cast<int32_t>(j));
+        writer.write(mask.row(b, h, i), kept);
+      }
+      if (!error_target)
+        write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles, p.adds_to_stage1_stats());
+      else if (keep_all)
+        write_stats(stats, bh, 1.0, 0.0, forced_tiles, p.adds_to_stage1_stats());
+      else
+        write_stats(stats, bh, detail::error_target_tau(choice),
+                    norm > 0.0 ? err[choice] / norm : 0.0, forced_tiles,
+                    p.adds_to_stage1_stats());
     }
-    if (!error_target)
-      write_stats(stats, bh, o.select_value.at(h), NAN, forced_tiles, p.adds_to_stage1_stats());
-    else if (keep_all)
-      write_stats(stats, bh, 1.0, 0.0, forced_tiles, p.adds_to_stage1_stats());
-    else
-      write_stats(stats, bh, detail::error_target_tau(choice), norm > 0.0 ? err[choice] / norm : 0.0,
-                  forced_tiles, p.adds_to_stage1_stats());
   }
   return writer.status();
 }
