@@ -309,8 +309,7 @@ Status predict_block_mask(const detail::Problem& p, const BlockMask& mask,
 
       int64_t forced_tiles = 0;
       for (int64_t i = 0; i < nq; ++i) {
-        const detail::BlockRange allowed =
-            detail::allowed_key_blocks(i, o.block_q, o.block_k, band, s.seq_q, s.seq_k);
+        const detail::BlockRange allowed = allowed_of(i);
         const bool query_sim = is_similar(qs.sim[i], theta);
         std::fill(keep.begin(), keep.end(), 0);
         if (selectable[i])

@@ -264,8 +264,8 @@ inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
 // Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
 struct PredictWorkspace {
   std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, key_side_needed, scores,
-      sr_tile_lse, cand_err,
-      cand_norm, head_tau, et_row_max, et_exact, lr_scores, mask_overflow, total;
+      sr_tile_lse, cand_err, cand_norm, head_tau, et_row_max, et_exact, lr_scores, mask_overflow,
+      total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
 };
 

@@ -79,6 +79,7 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (tile sums) launch");
       sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
           p, slots);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
     } else if (splits == 1) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);
     } else {
