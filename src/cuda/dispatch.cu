@@ -210,6 +210,17 @@ Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
   return Status::ok();
 }
 
+// Stage 1's one-pass sampled_rows estimate takes the attention's tensor-core family: wgmma
+// where the attention runs sm90 or sm90ws (PredictParams::wgmma), so SPARGE_CUDA_KERNEL=sm80
+// also compares the two estimates.
+Status choose_stage1_kernels(int device_index, PredictParams* s) {
+  Kernel kernel = Kernel::kSm80;
+  std::string why;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(device_index, &kernel, &why));
+  s->wgmma = kernel != Kernel::kSm80;
+  return Status::ok();
+}
+
 // Only the launchers that have an instance of kHeadDim are named (no undefined symbols);
 // attention_by_head_dim has already rejected a kernel without one.
 template <typename T, int kHeadDim, bool kBanded>
@@ -988,6 +999,7 @@ Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecC
       ctx, ws.total,
       "Stage 1 (workspace_size(..., caller_mask=true); C: sparge_workspace_size_caller_mask)"));
   PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
+  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p.q.device_index, &s));
   if (p.attn_mask.data != nullptr) {
     if (classes != nullptr) s.attn_mask = *classes;
     else SPARGE_RETURN_IF_ERROR(make_tile_classes(p, ctx, &s.attn_mask));
@@ -1097,6 +1109,7 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, quant_at + qws.total,
                                          "quantized sparse_attention on cuda (workspace_size())"));
   PredictParams s = to_params(p, mask, pws, ctx.workspace, extras.stage1);
+  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p.q.device_index, &s));
   s.pooled_by_pass = true;
   char* quant_base = static_cast<char*>(ctx.workspace) + quant_at;
   const QuantizedBuffers buf = quant_buffers(qws, quant_base, p.opts.quant);

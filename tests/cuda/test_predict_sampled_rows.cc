@@ -30,6 +30,7 @@ struct SampledCase {
   float sim, select_value;
   int sample_rows;
   bool sink;
+  int block_k = 64;  // 128: a key block over two of the estimate's 64-key steps
 };
 
 workloads::Workload make_workload(const SampledCase& c, uint64_t seed) {
@@ -57,6 +58,7 @@ TEST_P(SampledRowsVsCpu, MasksAgreeExceptAtTies) {
   for (int64_t h = 0; h < Hq; ++h) per_head_sim[h] = c.sim + 0.1f * float(h % 3) - 0.1f;
   opts.sim_threshold.per_head = per_head_sim.data();
   opts.select_value.value = c.select_value;
+  opts.block_k = c.block_k;
 
   const MaskAgreement m = predict_on_cpu_and_gpu(q, k, opts);
   ASSERT_TRUE(m.ok);
@@ -64,9 +66,9 @@ TEST_P(SampledRowsVsCpu, MasksAgreeExceptAtTies) {
   const double frac = m.identical;
   const int64_t same = m.same, kept = m.kept;
   const AttentionStats stats = mask_stats(ref.view(), c.causal, c.align);
-  std::printf("[ sampled_rows ] %s Hq%ld Nq%ld Nk%ld D%ld rows %d %s: identical blocks %.5f (%ld/%zu), "
+  std::printf("[ sampled_rows ] %s Hq%ld Nq%ld Nk%ld D%ld bk%d rows %d %s: identical blocks %.5f (%ld/%zu), "
               "ref sparsity %.3f\n",
-              c.workload.c_str(), long(Hq), long(Nq), long(Nk), long(D), c.sample_rows,
+              c.workload.c_str(), long(Hq), long(Nq), long(Nk), long(D), c.block_k, c.sample_rows,
               c.select == SelectMode::kTopK ? "topk" : "topcdf", frac, long(same), size_t(m.flags), stats.sparsity());
   std::fflush(stdout);
   EXPECT_GE(frac, 0.995);
@@ -102,6 +104,9 @@ const SampledCase kSampledCases[] = {
     // 260 heads: a chunk of 256 fills the GPU in one launch (SampledRowsPass::kWhole), the chunk
     // of 4 heads splits its keys (every case above splits, but the one of 128 rows).
     {"video", 260, 260, 256, 256, 64, kBf16, Layout::kHND, false, kTL, kCdf, -0.5f, 0.9f, 4, false},
+    // Key blocks of 128 keys (two 64-key steps each, the last one short), causal with a tail.
+    {"llm", 4, 2, 3000, 3000, 128, kBf16, Layout::kHND, true, kTL, kCdf, -0.5f, 0.95f, 4, false, 128},
+    {"video", 2, 2, 2000, 2000, 64, kFp16, Layout::kNHD, false, kTL, kTopK, 0.3f, 0.2f, 2, false, 128},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, SampledRowsVsCpu, ::testing::ValuesIn(kSampledCases));
 

@@ -13,13 +13,6 @@
 
 namespace sparge::cuda {
 
-// 2^x on the SFU (one MUFU.EX2; -inf -> +0). Denormal results flush to 0, far below bf16/fp16 P.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // kLazyRescaleLog2 = 0: the exponentials' base is the running max m_r, so P <= 1 and O is rescaled
 // whenever m_r moves. kLazyRescaleLog2 = k > 0: the base b_r moves to m_r only when m_r passed it by
 // more than k (log2 units), so P <= 2^k and most turns of a long row keep alpha = 1, i.e. no

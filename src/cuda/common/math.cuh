@@ -52,6 +52,23 @@ __device__ __forceinline__ float warp_max_xor(float x, int width_mask) {
   return x;
 }
 
+// 2^x on the SFU (one MUFU.EX2; -inf -> +0). Denormal results flush to 0: far below bf16/fp16
+// P in the attention kernels, and below an ulp of the sums Stage 1 adds them to (each sum holds
+// its maximum's 2^0 = 1). exp2f is the same MUFU.EX2 plus three instructions that keep denormals.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// log2 x on the SFU (one MUFU.LG2; absolute error below 2^-22 for x in [1, 2^126]): for sums
+// that hold their maximum's 2^0 = 1, so never denormal.
+__device__ __forceinline__ float log2_approx(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ double warp_sum(double x) {
   for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
   return x;

@@ -224,14 +224,15 @@ __device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tile
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
     const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
-    z[hh] *= exp2f(m[hh] - base);  // 0 while m is −∞
+    z[hh] *= exp2_approx(m[hh] - base);  // 0 while m is −∞
     m[hh] = m_new;
   }
+  // exp2_approx: a sum that reaches its max's 1 ends the same as with exp2f's denormals.
 #pragma unroll
   for (int n = 0; n < kN; ++n) {
     if (n >= tiles) break;
-    z[0] += exp2f(s[n][0] - exp_base(m[0])) + exp2f(s[n][1] - exp_base(m[0]));
-    z[1] += exp2f(s[n][2] - exp_base(m[1])) + exp2f(s[n][3] - exp_base(m[1]));
+    z[0] += exp2_approx(s[n][0] - exp_base(m[0])) + exp2_approx(s[n][1] - exp_base(m[0]));
+    z[1] += exp2_approx(s[n][2] - exp_base(m[1])) + exp2_approx(s[n][3] - exp_base(m[1]));
   }
 }
 

@@ -112,6 +112,10 @@ struct PredictParams {
   // log2 units), [batch·heads_q, nq·slots, nk] (entries of the rows' allowed key blocks only).
   float* sr_tile_lse;
   bool sr_one_pass;
+  // The device runs the attention's wgmma kernels (an sm_90 GPU, a build with sm_90a code, no
+  // SPARGE_CUDA_KERNEL=sm80): the one-pass sampled_rows estimate runs on wgmma too
+  // (sampled_rows_sm90.cuh).
+  bool wgmma;
   int sample_rows;
   bool attention_sink;
   bool per_head;          // thresholds below are per query head, else [0] for every head

@@ -19,6 +19,7 @@
 #include "cuda/predict/params.h"
 #include "cuda/predict/pool_sim.cuh"
 #include "cuda/predict/sampled_rows.cuh"
+#include "cuda/predict/sampled_rows_sm90.cuh"
 #include "cuda/predict/select_long.cuh"
 #include "cuda/predict/select_warp.cuh"
 #include "cuda/predict/topcdf.cuh"
@@ -72,14 +73,28 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   const int splits = sampled_row_key_splits(int64_t(ctas_per_head) * p.batch * p.heads_q,
                                             p.num_k_blocks, slots, p.head_dim);
   const dim3 grid(ctas_per_head, p.batch * p.heads_q, splits);
+  const auto combine = [&] {
+    sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
+        p, slots);
+    SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
+    return Status::ok();
+  };
+  if constexpr (kHeadDim <= 128) {
+    if (p.sr_one_pass && p.wgmma && p.block_k >= Tr::kStepKeys) {
+      const auto kernel = sampled_rows_tile_sums_sm90<T, kHeadDim>;
+      const int wgmma_smem = sampled_rows_sm90_smem<Tr>();
+      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma_smem));
+      kernel<<<grid, kEtThreads, wgmma_smem, stream>>>(p, slots, blocks_per_cta);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_tile_sums_sm90 launch");
+      return combine();
+    }
+  }
   const auto run = [&](auto kernel) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (p.sr_one_pass) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kTileSums);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (tile sums) launch");
-      sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
-          p, slots);
-      SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
+      return combine();
     } else if (splits == 1) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);
     } else {

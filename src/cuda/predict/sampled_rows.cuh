@@ -109,6 +109,48 @@ __device__ __forceinline__ int64_t slot_row(const PredictParams& p, int h, int i
   return detail::sampled_row(blk.first, blk.n, blk.count, s);
 }
 
+// A step's raw scores of this thread's rows g, g + 8 (qrow: their query rows, −1 for an empty
+// slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, to log2
+// units, masked: −∞ where a row does not see a key, the dense mask's value added (−∞ where it
+// hides the pair). Where every row of the warp's unit sees every key of the step and there is no
+// dense mask (all steps but those at the band's or the keys' edges), the scale alone: the same
+// values without the per-score tests. An empty slot's row counts as seeing them: its results are
+// never read (its Q row is zero, so its scores are too). Warp-wide (a vote).
+template <int kN>
+__device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (&s)[kN][4],
+                                                 int tiles, float mul, int key0,
+                                                 const UnitRowKeys& rk, const int64_t (&qrow)[2],
+                                                 int b, int h) {
+  bool sees_all = true;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh)
+    sees_all = sees_all && (qrow[hh] < 0 || (rk.first[hh] <= key0 && key0 + 8 * tiles - 1 <= rk.last[hh]));
+  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= tiles) break;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] *= mul;
+    }
+    return;
+  }
+  const int t4 = threadIdx.x % 4;
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    if (n >= tiles) break;
+    scale_and_mask(s[n], mul, key0 + 8 * n, rk);
+    if (p.attn_mask.data != nullptr) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + 8 * n + 2 * t4 + (e & 1);
+        if (s[n][e] == -INFINITY) continue;
+        const float v = dense_mask_value(p.attn_mask, b, h, int(qrow[e >> 1]), key);
+        s[n][e] = v == -INFINITY ? -INFINITY : s[n][e] + v * kLog2e;
+      }
+    }
+  }
+}
+
 // Grid (⌈nq / blocks_per_cta⌉, batch·heads_q, key splits), kEtThreads threads,
 // sampled_row_smem bytes. Runs after pool_blocks (it reads sim_q). `pass` is a kernel argument,
 // not a template one: the passes share the walk and score code, so one instance serves all three
@@ -230,20 +272,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     // Scores of one step in log2 units, masked (the rows' keys and the dense mask).
     const auto step_scores = [&](int key0, const T* sKt, float (&s)[kN][4]) {
       unit_scores<Tr, kN>(sQw, sKt, tiles, s);
-#pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n >= tiles) break;
-        scale_and_mask(s[n], mul, key0 + 8 * n, rk);
-        if (p.attn_mask.data != nullptr) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = key0 + 8 * n + 2 * t4 + (e & 1);
-            if (s[n][e] == -INFINITY) continue;
-            const float v = dense_mask_value(p.attn_mask, b, h, int(qrow[e >> 1]), key);
-            s[n][e] = v == -INFINITY ? -INFINITY : s[n][e] + v * kLog2e;
-          }
-        }
-      }
+      step_log2_scores<kN>(p, s, tiles, mul, key0, rk, qrow, b, h);
     };
     // Steps st = 0 .. steps − 1 in buffer st % kSampleStages, kSampleStages − 1 tiles ahead
     // loading while `visit` runs (one commit group a step, empty past the last tile).
