@@ -42,6 +42,9 @@
 // (H200, 32 heads, hd 128: 8K tokens 1.00 -> 0.45 ms, 4K 0.53 -> 0.19, whole Stage 1;
 // bench/results/2026-12-05_NVIDIA-H200_stage1-sampled-rows-split.md.)
 //
+// On sm_90 the one pass runs on warpgroup MMAs instead (sampled_rows_sm90.cuh), with this file's
+// masking and online (max, sum).
+//
 // A dense attention mask (PredictParams::attn_mask.data) joins the scores: a pair it hides is not
 // seen, a value is added (natural-log units), so the rows are those Stage 2 computes. Keys past a
 // batch entry's key length are seen by no row.
