@@ -112,6 +112,75 @@ __device__ __forceinline__ int64_t slot_row(const PredictParams& p, int h, int i
   return detail::sampled_row(blk.first, blk.n, blk.count, s);
 }
 
+// What a CTA of the estimate works on (grid (⌈nq / blocks_per_cta⌉, batch·heads_q, key splits)):
+// its (batch, head), its query blocks, the q and k slices, and its split of the key blocks.
+template <typename T>
+struct EstimateCta {
+  int bh, b, h, i0, blocks;  // batch·head index, batch, head; query blocks i0 .. i0 + blocks − 1
+  const T* gQ;
+  const T* gK;
+  bool vec_q, vec_k;         // rows_vectorizable
+  float mul;                 // scale · log2 e: scores to log2 units
+  int64_t key_end;           // the batch entry's keys (key_lengths)
+  int splits, split_begin, split_end;  // key blocks [split_begin, split_end): split blockIdx.z
+  __device__ EstimateCta(const PredictParams& p, int blocks_per_cta) {
+    bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q;
+    i0 = blockIdx.x * blocks_per_cta;
+    blocks = min(blocks_per_cta, p.num_q_blocks - i0);
+    gQ = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+    gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + (h / p.group) * p.k_stride[1];
+    vec_q = rows_vectorizable(gQ, p.q_stride[2], p.head_dim);
+    vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
+    mul = float(p.scale) * kLog2e;
+    key_end = key_end_of(p, b);
+    splits = gridDim.z;
+    split_begin = int(int64_t(p.num_k_blocks) * blockIdx.z / splits);
+    split_end = int(int64_t(p.num_k_blocks) * (blockIdx.z + 1) / splits);
+  }
+};
+
+// This lane's rows g and g + 8 of the unit whose first slot is `unit_slot`: their query rows (−1
+// for an empty slot) and the keys they see, [first, last] (first > last: none).
+__device__ __forceinline__ void unit_lane_rows(const PredictParams& p, int h, int i0, int blocks,
+                                               int slots, int unit_slot, int64_t key_end,
+                                               int64_t (&qrow)[2], UnitRowKeys& rk) {
+  const int g = (threadIdx.x % 32) / 4;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    qrow[hh] = slot_row(p, h, i0, blocks, slots, unit_slot + g + 8 * hh);
+    rk.first[hh] = 1, rk.last[hh] = 0;
+    if (qrow[hh] >= 0) {
+      rk.first[hh] = int(detail::first_visible_key(qrow[hh], p.band));
+      rk.last[hh] = int(detail::last_visible_key(qrow[hh], p.band, key_end));
+    }
+  }
+}
+
+// The allowed key blocks of the unit's similar blocks, [lo, hi) (lo ≥ hi: none).
+__device__ __forceinline__ int2 unit_key_blocks(const PredictParams& p, int h, int i0, int blocks,
+                                                int slots, int unit_slot) {
+  int lo = INT32_MAX, hi = 0;
+  const int bb0 = unit_slot / slots, bb1 = min(blocks, (unit_slot + kUnitRows - 1) / slots + 1);
+  for (int bb = bb0; bb < bb1; ++bb) {
+    const EstimateBlock blk = estimate_block(p, i0 + bb, h);
+    if (blk.similar && blk.begin < blk.end) lo = min(lo, blk.begin), hi = max(hi, blk.end);
+  }
+  return make_int2(lo, hi);
+}
+
+// Chunk c of query row `qr` (−1: an empty slot, zeros; so are channels past head_dim) to `dst`:
+// cp.async where the rows are vectorizable (the caller commits), else a plain store.
+template <typename T>
+__device__ __forceinline__ void copy_q_chunk(T* dst, const T* gQ, int64_t stride, int64_t qr, int c,
+                                             int head_dim, bool vec) {
+  const bool in = qr >= 0 && c * kChunkElems < head_dim;
+  const T* src = in ? gQ + qr * stride : gQ;
+  if (vec)
+    cp_async_16(dst, in ? src + c * kChunkElems : gQ, in);
+  else
+    *reinterpret_cast<uint4*>(dst) = in ? load_chunk(src, c, head_dim, false) : make_uint4(0, 0, 0, 0);
+}
+
 // A step's raw scores of this thread's rows g, g + 8 (qrow: their query rows, −1 for an empty
 // slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, to log2
 // units, masked: −∞ where a row does not see a key, the dense mask's value added (−∞ where it
@@ -173,22 +242,14 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
   __shared__ int sRange[kEtWarps][2];
 
-  const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q, hk = h / p.group;
+  const EstimateCta<T> cta(p, blocks_per_cta);
+  const int bh = cta.bh, b = cta.b, h = cta.h, i0 = cta.i0, blocks = cta.blocks;
+  const int splits = cta.splits, split = blockIdx.z, split_begin = cta.split_begin, split_end = cta.split_end;
+  const T *gQ = cta.gQ, *gK = cta.gK;
+  const float mul = cta.mul;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int i0 = blockIdx.x * blocks_per_cta;
-  const int blocks = min(blocks_per_cta, p.num_q_blocks - i0);
-  const T* gQ = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const bool vec_q = rows_vectorizable(gQ, p.q_stride[2], p.head_dim);
-  const bool vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
-  const float mul = float(p.scale) * kLog2e;
-  const int64_t key_end = key_end_of(p, b);
   const int W = kFullSteps ? Tr::kStepKeys : min(p.block_k, Tr::kStepKeys);  // divides block_k
   const int tiles = kFullSteps ? kN : W / 8;  // 8-key tiles a step computes
-  // This CTA's key blocks: split blockIdx.z of gridDim.z (all of them with one split).
-  const int splits = gridDim.z, split = blockIdx.z;
-  const int split_begin = int(int64_t(p.num_k_blocks) * split / splits);
-  const int split_end = int(int64_t(p.num_k_blocks) * (split + 1) / splits);
   // Runs pass 2 and writes the weights (kTileSums: sampled_rows_combine does).
   const bool masses = pass == SampledRowsPass::kWhole || pass == SampledRowsPass::kMasses;
 
@@ -209,36 +270,17 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     const int unit_slot = slot0 + warp * kUnitRows;
     int64_t qrow[2];
     UnitRowKeys rk;
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      qrow[hh] = slot_row(p, h, i0, blocks, slots, unit_slot + g + 8 * hh);
-      rk.first[hh] = 1, rk.last[hh] = 0;
-      if (qrow[hh] >= 0) {
-        rk.first[hh] = int(detail::first_visible_key(qrow[hh], p.band));
-        rk.last[hh] = int(detail::last_visible_key(qrow[hh], p.band, key_end));
-      }
-    }
+    unit_lane_rows(p, h, i0, blocks, slots, unit_slot, cta.key_end, qrow, rk);
     // The unit's q rows into its tile (zero rows for empty slots) and its allowed key blocks.
     T* sQw = sQ + warp * Tr::kUnitElems;
     for (int e = lane; e < kUnitRows * Tr::kChunks; e += 32) {
       const int r = e / Tr::kChunks, c = e % Tr::kChunks;
-      const int64_t qr = slot_row(p, h, i0, blocks, slots, unit_slot + r);
-      T* dst = sQw + swizzled<Tr::kChunks>(r, c);
-      const bool in = qr >= 0 && c * kChunkElems < p.head_dim;
-      const T* src = in ? gQ + qr * p.q_stride[2] : gQ;
-      if (vec_q)
-        cp_async_16(dst, in ? src + c * kChunkElems : gQ, in);
-      else
-        *reinterpret_cast<uint4*>(dst) = in ? load_chunk(src, c, p.head_dim, false) : make_uint4(0, 0, 0, 0);
+      copy_q_chunk(sQw + swizzled<Tr::kChunks>(r, c), gQ, p.q_stride[2],
+                   slot_row(p, h, i0, blocks, slots, unit_slot + r), c, p.head_dim, cta.vec_q);
     }
     if (lane == 0) {
-      int lo = INT32_MAX, hi = 0;
-      const int bb0 = unit_slot / slots, bb1 = min(blocks, (unit_slot + kUnitRows - 1) / slots + 1);
-      for (int bb = bb0; bb < bb1; ++bb) {
-        const EstimateBlock blk = estimate_block(p, i0 + bb, h);
-        if (blk.similar && blk.begin < blk.end) lo = min(lo, blk.begin), hi = max(hi, blk.end);
-      }
-      sRange[warp][0] = lo, sRange[warp][1] = hi;
+      const int2 range = unit_key_blocks(p, h, i0, blocks, slots, unit_slot);
+      sRange[warp][0] = range.x, sRange[warp][1] = range.y;
     }
     __syncthreads();
     const int u_begin = sRange[warp][0], u_end = sRange[warp][1];
@@ -283,7 +325,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       const auto load = [&](int st) {
         if (st < steps)
           load_key_tile<Tr>(sK + (st % kSampleStages) * Tr::kTileElems, gK, p.k_stride[2],
-                            key_begin + st * W, W, p.seq_k, p.head_dim, vec_k);
+                            key_begin + st * W, W, p.seq_k, p.head_dim, cta.vec_k);
         cp_async_commit();
       };
       for (int st = 0; st < kSampleStages - 1; ++st) load(st);

@@ -57,54 +57,26 @@ __global__ void __launch_bounds__(kEtThreads, 2)
   T* sQ = sK + kSampleStages * Tr::kTileElems;   // [kSlotsPerCta × kHeadDim]
   const uint32_t sK_addr = raw_addr + pad, sQ_addr = sK_addr + kSampleStages * kKTileBytes;
 
-  const int bh = blockIdx.y, b = bh / p.heads_q, h = bh % p.heads_q, hk = h / p.group;
+  const EstimateCta<T> cta(p, blocks_per_cta);
+  const int bh = cta.bh, b = cta.b, h = cta.h, i0 = cta.i0, blocks = cta.blocks;
+  const T *gQ = cta.gQ, *gK = cta.gK;
   const int warp = threadIdx.x / 32, wg = warp / 4, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int i0 = blockIdx.x * blocks_per_cta;
-  const int blocks = min(blocks_per_cta, p.num_q_blocks - i0);
   const int total_slots = blocks * slots;
-  const T* gQ = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
-  const bool vec_q = rows_vectorizable(gQ, p.q_stride[2], p.head_dim);
-  const bool vec_k = rows_vectorizable(gK, p.k_stride[2], p.head_dim);
-  const float mul = float(p.scale) * kLog2e;
-  const int64_t key_end = key_end_of(p, b);
-  const int splits = gridDim.z, split = blockIdx.z;
-  const int split_begin = int(int64_t(p.num_k_blocks) * split / splits);
-  const int split_end = int(int64_t(p.num_k_blocks) * (split + 1) / splits);
 
   // This warp's unit: slots 16·warp .. + 15; each lane's rows g and g + 8 and the keys they see.
   const int unit_slot = warp * kUnitRows;
   int64_t qrow[2];
   UnitRowKeys rk;
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    qrow[hh] = slot_row(p, h, i0, blocks, slots, unit_slot + g + 8 * hh);
-    rk.first[hh] = 1, rk.last[hh] = 0;
-    if (qrow[hh] >= 0) {
-      rk.first[hh] = int(detail::first_visible_key(qrow[hh], p.band));
-      rk.last[hh] = int(detail::last_visible_key(qrow[hh], p.band, key_end));
-    }
-  }
+  unit_lane_rows(p, h, i0, blocks, slots, unit_slot, cta.key_end, qrow, rk);
   // The CTA's q rows into the Q tile (zero rows for empty slots), then each unit's allowed key blocks.
   for (int e = threadIdx.x; e < kSlotsPerCta * Tr::kChunks; e += kEtThreads) {
     const int r = e / Tr::kChunks, c = e % Tr::kChunks;
-    const int64_t qr = slot_row(p, h, i0, blocks, slots, r);
-    T* dst = sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems);
-    const bool in = qr >= 0 && c * kChunkElems < p.head_dim;
-    const T* src = in ? gQ + qr * p.q_stride[2] : gQ;
-    if (vec_q)
-      cp_async_16(dst, in ? src + c * kChunkElems : gQ, in);
-    else
-      *reinterpret_cast<uint4*>(dst) = in ? load_chunk(src, c, p.head_dim, false) : make_uint4(0, 0, 0, 0);
+    copy_q_chunk(sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems), gQ, p.q_stride[2],
+                 slot_row(p, h, i0, blocks, slots, r), c, p.head_dim, cta.vec_q);
   }
   if (lane == 0) {
-    int lo = INT32_MAX, hi = 0;
-    const int bb0 = unit_slot / slots, bb1 = min(blocks, (unit_slot + kUnitRows - 1) / slots + 1);
-    for (int bb = bb0; bb < bb1; ++bb) {
-      const EstimateBlock blk = estimate_block(p, i0 + bb, h);
-      if (blk.similar && blk.begin < blk.end) lo = min(lo, blk.begin), hi = max(hi, blk.end);
-    }
-    sRange[warp][0] = lo, sRange[warp][1] = hi;
+    const int2 range = unit_key_blocks(p, h, i0, blocks, slots, unit_slot);
+    sRange[warp][0] = range.x, sRange[warp][1] = range.y;
   }
   __syncthreads();
   // The key blocks the CTA walks (the union of the units', within the split) and those this
@@ -115,7 +87,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
     if (w / 4 == wg) wg_begin = min(wg_begin, sRange[w][0]), wg_end = max(wg_end, sRange[w][1]);
   }
-  j_begin = max(j_begin, split_begin), j_end = min(j_end, split_end);
+  j_begin = max(j_begin, cta.split_begin), j_end = min(j_end, cta.split_end);
   if (j_begin >= j_end) {  // no unit sees a key of the split: let the q copies land, and leave
     cp_async_commit();
     cp_async_wait_all();
@@ -144,7 +116,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       for (int i = 0; i < kKeys / kLoadRows; ++i) {
         const bool in = chunk_in && load_key + i * kLoadRows < p.seq_k;
         const T* src = load_src + i * row_step;
-        if (vec_k)
+        if (cta.vec_k)
           cp_async_16(dst + i * kLoadRows * kRowElems, in ? src : gK, in);
         else
           *reinterpret_cast<uint4*>(dst + i * kLoadRows * kRowElems) =
@@ -190,7 +162,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
-    step_log2_scores<kN>(p, s, kN, mul, key0, rk, qrow, b, h);
+    step_log2_scores<kN>(p, s, kN, cta.mul, key0, rk, qrow, b, h);
     online_max_sum<kN>(s, kN, m, z);
     // The key block's last step (its last 64 keys, or the keys' end) stores it.
     if (block_step + 1 < steps_per_block && key0 + kKeys < p.seq_k) continue;
