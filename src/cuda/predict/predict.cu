@@ -59,7 +59,9 @@ Status launch_error_target_dim(const PredictParams& p, int sort_len, cudaStream_
   return Status::ok();
 }
 
-// The sampled_rows estimate's kernel for one compiled head dim (sampled_rows.cuh).
+// The sampled_rows estimate's kernel for one compiled head dim (sampled_rows.cuh): on the
+// warpgroup MMAs where the attention runs its wgmma kernels (sampled_rows_sm90.cuh; head dims 64
+// and 128, block_k ≥ 64, a group of at most 128 row slots), else on mma.sync.
 template <typename T, int kHeadDim>
 Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   using Tr = EtTraits<T, kHeadDim>;
@@ -68,48 +70,39 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   // until two CTAs per SM ran measured slower at 8K and at 32K on an H100 (each CTA then reads
   // all of K for fewer rows); the key splits fill the GPU instead.
   const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
-  const int smem = sampled_row_smem<Tr>();
   const int ctas_per_head = (p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta;
   const int splits = sampled_row_key_splits(int64_t(ctas_per_head) * p.batch * p.heads_q,
                                             p.num_k_blocks, slots, p.head_dim);
   const dim3 grid(ctas_per_head, p.batch * p.heads_q, splits);
-  const auto combine = [&] {
-    sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
-        p, slots);
-    SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
-    return Status::ok();
-  };
-  if constexpr (kHeadDim <= 128) {
-    if (p.sr_one_pass && p.wgmma && p.block_k >= Tr::kStepKeys) {
-      const auto kernel = sampled_rows_tile_sums_sm90<T, kHeadDim>;
-      const int wgmma_smem = sampled_rows_sm90_smem<Tr>();
-      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma_smem));
-      kernel<<<grid, kEtThreads, wgmma_smem, stream>>>(p, slots, blocks_per_cta);
-      SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_tile_sums_sm90 launch");
-      return combine();
-    }
-  }
-  const auto run = [&](auto kernel) {
+  const auto run = [&](auto kernel, int smem) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (p.sr_one_pass) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kTileSums);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (tile sums) launch");
-      return combine();
+      sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
+          p, slots);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
     } else if (splits == 1) {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
     } else {
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMaxSum);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (max, sum) launch");
       kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMasses);
+      SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (masses) launch");
     }
     return Status::ok();
   };
-  if (p.block_k >= Tr::kStepKeys)
-    SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, true>));
-  else
-    SPARGE_RETURN_IF_ERROR(run(sampled_row_weights<T, kHeadDim, false>));
-  SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
-  return Status::ok();
+  const bool full_steps = p.block_k >= Tr::kStepKeys;
+  if constexpr (kHeadDim <= 128) {
+    if (p.wgmma && full_steps && slots <= kSlotsPerCta) {
+      using Op = WgmmaOperands<Tr>;
+      return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
+    }
+  }
+  using Op = MmaSyncOperands<Tr>;
+  if (full_steps) return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
+  return run(sampled_row_weights<T, kHeadDim, false, Op>, Op::kSmemBytes);
 }
 
 template <typename T>

@@ -3,21 +3,23 @@
 // where the pooled mode writes its compressed scores (PredictParams::scores); select_blocks then
 // takes them as the eligible columns' weights (docs/method.md, Stage 1, step 4).
 //
-// On the tensor cores (mma.sync m16n8k16, fp32 accumulation; the pieces of
-// error_target_tiles.cuh). The sampled rows of consecutive query blocks of one head are packed
+// On the tensor cores, fp32 accumulation: mma.sync m16n8k16 (MmaSyncOperands, the pieces of
+// error_target_tiles.cuh) or, on sm_90, wgmma (WgmmaOperands, sampled_rows_sm90.cuh); the kernel
+// body is one, the operands' layout and Q·Kᵀ a policy. The sampled rows of consecutive query blocks of one head are packed
 // into 16-row units: each block takes `slots` row slots (sampled_row_slots: its rows rounded up
 // to a power of two up to 16, so 4 rows make four blocks a unit, else to whole units); a CTA's 8
 // warps hold 8 units (warp w = unit w), so a K tile loaded once serves 128 row slots (32 blocks at
 // the default 4 rows) instead of one block's rows. The CTA walks the union of its blocks' allowed
 // keys in steps of kStepKeys, K in a ring of kSampleStages cp.async tiles in swizzled shared
-// memory; a warp skips the steps its unit does not see. Pass 1: each row's online max and sum of
+// memory; a warp (a warpgroup with wgmma) skips the steps its unit (its four units) does not
+// see. Pass 1: each row's online max and sum of
 // 2^t over the keys it sees. Pass 2: P = 2^(t − m) summed per (row, key block), each row's mass
 // divided by its sum; per key block one thread adds the rows of one query block in slot order
 // into the block's score entry (a block over several groups of 128 slots through the entry
 // itself), so every sum has a fixed order and runs are bit-reproducible.
 //
 // Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
-// exp2f, each key block's mass a fp32 sum, the rows' weights double. The CPU computes the same in
+// MUFU.EX2 (exp2_approx in the running sums, exp2f in the masses), each key block's mass a fp32 sum, the rows' weights double. The CPU computes the same in
 // fp32 in another order (error_target.cc sample(), masks included): the two
 // differ by ~1e-6 relative, so a mask can differ where a TopCdf prefix lands within that of τ or
 // two masses tie that closely. The scalar kernel
@@ -41,9 +43,6 @@
 // blocks (still one writer each, so still reproducible). kWhole: both passes over all keys.
 // (H200, 32 heads, hd 128: 8K tokens 1.00 -> 0.45 ms, 4K 0.53 -> 0.19, whole Stage 1;
 // bench/results/2026-12-05_NVIDIA-H200_stage1-sampled-rows-split.md.)
-//
-// On sm_90 the one pass runs on warpgroup MMAs instead (sampled_rows_sm90.cuh), with this file's
-// masking and online (max, sum).
 //
 // A dense attention mask (PredictParams::attn_mask.data) joins the scores: a pair it hides is not
 // seen, a value is added (natural-log units), so the rows are those Stage 2 computes. Keys past a
@@ -74,11 +73,6 @@ enum class SampledRowsPass : int { kWhole, kMaxSum, kMasses, kTileSums };
 // 128 KB allow one; not timed).
 constexpr int kSampleStages = 4;
 
-template <typename Tr>
-constexpr int sampled_row_smem() {
-  return (kSampleStages * Tr::kTileElems + kEtWarps * Tr::kUnitElems) *
-         int(sizeof(typename Tr::Element));
-}
 
 // One query block of the CTA: its rows, whether it is estimated and its allowed key blocks.
 struct EstimateBlock {
@@ -223,33 +217,67 @@ __device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (
   }
 }
 
+// The operands of a step's Q·Kᵀ, the policy sampled_row_weights takes: where the group's q rows
+// and the K ring live in shared memory, and how a warp gets its unit's raw scores. This one runs
+// on every GPU: each warp's unit has its own [16 × head dim] tile and the ring's tiles are
+// [keys × head dim], rows XOR-swizzled for ldmatrix (error_target_tiles.cuh); a warp computes its
+// unit's scores alone (mma.sync m16n8k16), so it skips the steps its unit does not see. The
+// wgmma policy (sm_90a) is in sampled_rows_sm90.cuh.
+template <typename Tr>
+struct MmaSyncOperands {
+  using T = typename Tr::Element;
+  static constexpr bool kWarpgroupSteps = false;  // a warp runs the steps its own unit sees
+  static constexpr int kSmemBytes =
+      (kSampleStages * Tr::kTileElems + kSlotsPerCta * Tr::kHeadDim) * int(sizeof(T));
+  T* sK;  // [kSampleStages][kTileElems]
+  T* sQ;  // [kEtWarps][kUnitElems]
+  __device__ explicit MmaSyncOperands(unsigned char* smem)
+      : sK(reinterpret_cast<T*>(smem)), sQ(sK + kSampleStages * Tr::kTileElems) {}
+  // Where chunk c of the group's row slot r, and of key row r of ring stage `stage`, go.
+  __device__ T* q_chunk(int r, int c) const {
+    return sQ + (r / kUnitRows) * Tr::kUnitElems + swizzled<Tr::kChunks>(r % kUnitRows, c);
+  }
+  // Keys [key0, key0 + rows) of the (batch, kv head) slice gK into ring stage `stage` (zeros past
+  // seq_k and head_dim; cp.async where `vec`, the caller commits). CTA-wide.
+  __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int rows, int seq_k,
+                            int head_dim, bool vec) const {
+    load_key_tile<Tr>(sK + stage * Tr::kTileElems, gK, stride, key0, rows, seq_k, head_dim, vec);
+  }
+  // ldmatrix reads what this thread's cp.async wrote once the barrier after this has passed.
+  __device__ static void copies_landed() {}
+  // This warp's unit's raw scores against the first 8·tiles keys of stage `stage`.
+  template <int kN>
+  __device__ void scores(int stage, int tiles, float (&s)[kN][4]) const {
+    unit_scores<Tr, kN>(sQ + (threadIdx.x / 32) * Tr::kUnitElems, sK + stage * Tr::kTileElems, tiles, s);
+  }
+};
+
 // Grid (⌈nq / blocks_per_cta⌉, batch·heads_q, key splits), kEtThreads threads,
-// sampled_row_smem bytes. Runs after pool_blocks (it reads sim_q). `pass` is a kernel argument,
-// not a template one: the passes share the walk and score code, so one instance serves all three
-// (the branches on it sit outside the per-step loops).
-// Two CTAs per SM (128 registers; the K ring and the unit tiles take 96 KB at hd 128).
+// Operands::kSmemBytes of dynamic shared memory. Runs after pool_blocks (it reads sim_q). `pass`
+// is a kernel argument, not a template one: the passes share the walk and score code, so one
+// instance serves all four (the branches on it sit outside the per-step loops).
+// Two CTAs per SM (128 registers; the K ring and the q tiles take 96 KB at hd 128).
 // kFullSteps: block_k ≥ kStepKeys, so every step has kStepKeys keys and the score loops have
 // compile-time trip counts (unrolled without exits, the ldmatrix loads free to run ahead of the
 // mma chain; 12-19% faster where the estimate dominates, same record); else steps of block_k keys.
-template <typename T, int kHeadDim, bool kFullSteps>
+// Operands: MmaSyncOperands, or WgmmaOperands (sampled_rows_sm90.cuh; kFullSteps, hd ≤ 128).
+template <typename T, int kHeadDim, bool kFullSteps, typename Operands>
 __global__ void __launch_bounds__(kEtThreads, 2)
     sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass) {
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);            // [kSampleStages][kTileElems]
-  T* sQ = sK + kSampleStages * Tr::kTileElems;       // [kEtWarps][kUnitElems]
+  const Operands op(smem_raw);
   __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
   __shared__ int sRange[kEtWarps][2];
 
   const EstimateCta<T> cta(p, blocks_per_cta);
   const int bh = cta.bh, b = cta.b, h = cta.h, i0 = cta.i0, blocks = cta.blocks;
   const int splits = cta.splits, split = blockIdx.z, split_begin = cta.split_begin, split_end = cta.split_end;
-  const T *gQ = cta.gQ, *gK = cta.gK;
-  const float mul = cta.mul;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int W = kFullSteps ? Tr::kStepKeys : min(p.block_k, Tr::kStepKeys);  // divides block_k
   const int tiles = kFullSteps ? kN : W / 8;  // 8-key tiles a step computes
+  const int steps_per_block = p.block_k / W;
   // Runs pass 2 and writes the weights (kTileSums: sampled_rows_combine does).
   const bool masses = pass == SampledRowsPass::kWhole || pass == SampledRowsPass::kMasses;
 
@@ -265,28 +293,32 @@ __global__ void __launch_bounds__(kEtThreads, 2)
 
   const int total_slots = blocks * slots;
   for (int slot0 = 0; slot0 < total_slots; slot0 += kSlotsPerCta) {
-    // This warp's unit: slots slot0 + 16·warp .. + 15. Each lane's rows g and g + 8: their query
-    // rows and the keys they see, [first, last] (first > last: none).
+    // This warp's unit: slots slot0 + 16·warp .. + 15; each lane's rows g and g + 8 and the
+    // keys they see.
     const int unit_slot = slot0 + warp * kUnitRows;
     int64_t qrow[2];
     UnitRowKeys rk;
     unit_lane_rows(p, h, i0, blocks, slots, unit_slot, cta.key_end, qrow, rk);
-    // The unit's q rows into its tile (zero rows for empty slots) and its allowed key blocks.
-    T* sQw = sQ + warp * Tr::kUnitElems;
-    for (int e = lane; e < kUnitRows * Tr::kChunks; e += 32) {
+    // The group's q rows (zero rows for empty slots) and each unit's allowed key blocks.
+    for (int e = threadIdx.x; e < kSlotsPerCta * Tr::kChunks; e += kEtThreads) {
       const int r = e / Tr::kChunks, c = e % Tr::kChunks;
-      copy_q_chunk(sQw + swizzled<Tr::kChunks>(r, c), gQ, p.q_stride[2],
-                   slot_row(p, h, i0, blocks, slots, unit_slot + r), c, p.head_dim, cta.vec_q);
+      copy_q_chunk(op.q_chunk(r, c), cta.gQ, p.q_stride[2], slot_row(p, h, i0, blocks, slots, slot0 + r),
+                   c, p.head_dim, cta.vec_q);
     }
     if (lane == 0) {
       const int2 range = unit_key_blocks(p, h, i0, blocks, slots, unit_slot);
       sRange[warp][0] = range.x, sRange[warp][1] = range.y;
     }
     __syncthreads();
-    const int u_begin = sRange[warp][0], u_end = sRange[warp][1];
-    int j_begin = INT32_MAX, j_end = 0;  // the union of the units' allowed key blocks
-    for (int w = 0; w < kEtWarps; ++w)
-      if (sRange[w][0] < sRange[w][1]) j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
+    // The key blocks the CTA walks (the union of the units', within the split) and those this
+    // warp computes: its unit's, or its warpgroup's four units' (a wgmma is warpgroup-wide).
+    int j_begin = INT32_MAX, j_end = 0, u_begin = INT32_MAX, u_end = 0;
+    for (int w = 0; w < kEtWarps; ++w) {
+      if (sRange[w][0] >= sRange[w][1]) continue;
+      j_begin = min(j_begin, sRange[w][0]), j_end = max(j_end, sRange[w][1]);
+      if (Operands::kWarpgroupSteps ? w / 4 == warp / 4 : w == warp)
+        u_begin = min(u_begin, sRange[w][0]), u_end = max(u_end, sRange[w][1]);
+    }
     j_begin = max(j_begin, split_begin), j_end = min(j_end, split_end);  // and the split's
     __syncthreads();  // sRange is read; the next group rewrites it
     // Row slot `slot`'s (max, sum) pairs, one per split (PredictParams::sr_partial).
@@ -310,30 +342,39 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     }
     const int key_begin = j_begin * p.block_k, key_end_walk = min(j_end * p.block_k, p.seq_k);
     const int steps = (key_end_walk - key_begin + W - 1) / W;
-    const auto sees = [&](int key0) {
-      const int j = key0 / p.block_k;
-      return j >= u_begin && j < u_end;
+    // A step: its index, its key block and which of the block's steps it is, whether it is the
+    // block's last (the block's last W keys, or the keys' end), and whether this warp computes it.
+    struct Step {
+      int st, j, block_step;
+      bool block_last, computed;
     };
-    // Scores of one step in log2 units, masked (the rows' keys and the dense mask).
-    const auto step_scores = [&](int key0, const T* sKt, float (&s)[kN][4]) {
-      unit_scores<Tr, kN>(sQw, sKt, tiles, s);
-      step_log2_scores<kN>(p, s, tiles, mul, key0, rk, qrow, b, h);
-    };
-    // Steps st = 0 .. steps − 1 in buffer st % kSampleStages, kSampleStages − 1 tiles ahead
-    // loading while `visit` runs (one commit group a step, empty past the last tile).
+    // Steps st = 0 .. steps − 1 in ring stage st % kSampleStages, kSampleStages − 1 tiles ahead
+    // loading while `visit` runs (one commit group a step, empty past the last tile). Every
+    // thread calls visit(step, s); s holds the step's scores in log2 units where step.computed.
     const auto walk = [&](auto&& visit) {
       const auto load = [&](int st) {
         if (st < steps)
-          load_key_tile<Tr>(sK + (st % kSampleStages) * Tr::kTileElems, gK, p.k_stride[2],
-                            key_begin + st * W, W, p.seq_k, p.head_dim, cta.vec_k);
+          op.load_keys(st % kSampleStages, cta.gK, p.k_stride[2], key_begin + st * W, W, p.seq_k,
+                       p.head_dim, cta.vec_k);
         cp_async_commit();
       };
       for (int st = 0; st < kSampleStages - 1; ++st) load(st);
-      for (int st = 0; st < steps; ++st) {
-        cp_async_wait_groups<kSampleStages - 2>();  // tile st (and the q rows) are in
-        __syncthreads();  // for every thread; every warp is done with tile st − 1's buffer
-        load(st + kSampleStages - 1);
-        visit(st, key_begin + st * W, sK + (st % kSampleStages) * Tr::kTileElems);
+      Step step{0, j_begin, 0, false, false};
+      for (; step.st < steps; ++step.st) {
+        cp_async_wait_groups<kSampleStages - 2>();  // this thread's copies of tile st (and of q)
+        Operands::copies_landed();
+        __syncthreads();  // every thread's copies; every warp is done with tile st − 1's buffer
+        load(step.st + kSampleStages - 1);
+        const int key0 = key_begin + step.st * W;
+        step.block_last = step.block_step + 1 == steps_per_block || key0 + W >= p.seq_k;
+        step.computed = step.j >= u_begin && step.j < u_end;
+        float s[kN][4];
+        if (step.computed) {
+          op.template scores<kN>(step.st % kSampleStages, tiles, s);
+          step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
+        }
+        visit(step, s);
+        if (++step.block_step == steps_per_block) step.block_step = 0, ++step.j;
       }
       cp_async_wait_all();  // only empty groups remain
       __syncthreads();      // every warp is done with every buffer
@@ -342,26 +383,25 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     if (pass == SampledRowsPass::kTileSums) {
       // One pass: per row and key block the online max and sum over the block's steps, stored
       // at its last step as log2 Σ 2^t (−∞ where the row sees none of its keys; NaN stays);
-      // sampled_rows_combine turns them into the weights.
-      float* gL = p.sr_tile_lse + (int64_t(bh) * p.num_q_blocks + i0) * slots * int64_t(p.num_k_blocks);
+      // sampled_rows_combine turns them into the weights. Lane 4g + t (t < 2) stores row g + 8t
+      // (one logarithm a lane; log2_approx: z holds its max's 1).
+      float* row_lse = nullptr;
+      if (t4 < 2 && unit_slot + g + 8 * t4 < total_slots)
+        row_lse = p.sr_tile_lse +
+                  ((int64_t(bh) * p.num_q_blocks + i0) * slots + unit_slot + g + 8 * t4) * int64_t(p.num_k_blocks);
       float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
-      walk([&](int, int key0, const T* sKt) {
-        if (!sees(key0)) return;
-        float s[kN][4];
-        step_scores(key0, sKt, s);
+      walk([&](const Step& step, float (&s)[kN][4]) {
+        if (!step.computed) return;
         online_max_sum<kN>(s, tiles, m, z);
-        const int j = key0 / p.block_k;
-        if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
+        if (!step.block_last) return;
         quad_sum(z);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int slot = unit_slot + g + 8 * hh;
-          if (t4 == 0 && slot < total_slots)
-            gL[int64_t(slot) * p.num_k_blocks + j] = z[hh] == 0.0f ? -INFINITY : m[hh] + log2f(z[hh]);
-          m[hh] = -INFINITY, z[hh] = 0.0f;
+        if (row_lse != nullptr) {
+          const float mt = t4 == 0 ? m[0] : m[1], zt = t4 == 0 ? z[0] : z[1];
+          row_lse[step.j] = zt == 0.0f ? -INFINITY : mt + log2_approx(zt);
         }
+        m[0] = m[1] = -INFINITY, z[0] = z[1] = 0.0f;
       });
-      continue;  // after walk's final barrier: sQ and sRange are free for the next group
+      continue;  // after walk's final barrier: the q tiles and sRange are free for the next group
     }
 
     // Pass 1: online max and sum of 2^t per row (each thread: rows g, g + 8, its columns; the
@@ -383,26 +423,22 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         }
       }
     } else {
-      walk([&](int, int key0, const T* sKt) {
-        if (!sees(key0)) return;
-        float s[kN][4];
-        step_scores(key0, sKt, s);
-        online_max_sum<kN>(s, tiles, m, z);
+      walk([&](const Step& step, float (&s)[kN][4]) {
+        if (step.computed) online_max_sum<kN>(s, tiles, m, z);
       });
       quad_sum(z);
     }
     if (pass == SampledRowsPass::kMaxSum) {
       store_max_sum(m, z);
-      continue;  // after walk's final barrier: sQ and sRange are free for the next group
+      continue;  // after walk's final barrier: the q tiles and sRange are free for the next group
     }
     const float base[2] = {exp_base(m[0]), exp_base(m[1])};
 
-    // Key block j's weights (its last step, st) for every block of the CTA with slots in this
-    // group: thread bb adds its block's slots in order, to what earlier groups left in the entry,
-    // and divides by the block's row count after its last slot.
-    const auto flush_weights = [&](int st) {
-      const int key0 = key_begin + st * W, j = key0 / p.block_k;
-      if (key0 + W < min((j + 1) * p.block_k, p.seq_k) || int(threadIdx.x) >= blocks) return;
+    // Key block j's weights, which step st (its last) wrote, for every block of the CTA with
+    // slots in this group: thread bb adds its block's slots in order, to what earlier groups left
+    // in the entry, and divides by the block's row count after its last slot.
+    const auto flush_weights = [&](int st, int j) {
+      if (int(threadIdx.x) >= blocks) return;
       const int bb = threadIdx.x;
       const EstimateBlock blk = estimate_block(p, i0 + bb, h);
       const int first_slot = bb * slots, end_slot = first_slot + int(blk.count);
@@ -416,20 +452,19 @@ __global__ void __launch_bounds__(kEtThreads, 2)
 
     // Pass 2: P = 2^(t − m) summed per row and key block; at a key block's last step each row's
     // mass / sum goes to its slot (0 for an empty slot or a row that sees no key; NaN stays).
+    // The first step of a key block flushes the block before it (its last step wrote the
+    // weights before this step's barrier); the walk's last step ends a block.
     float mass[2] = {0.0f, 0.0f};  // the current key block's, this thread's columns
-    walk([&](int st, int key0, const T* sKt) {
-      if (st > 0) flush_weights(st - 1);
-      if (!sees(key0)) return;
-      float s[kN][4];
-      step_scores(key0, sKt, s);
+    walk([&](const Step& step, float (&s)[kN][4]) {
+      if (step.st > 0 && step.block_step == 0) flush_weights(step.st - 1, step.j - 1);
+      if (!step.computed) return;
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
         if (n >= tiles) break;
 #pragma unroll
         for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(s[n][e] - base[e >> 1]);
       }
-      const int j = key0 / p.block_k;
-      if (key0 + W < min((j + 1) * p.block_k, p.seq_k)) return;  // the key block goes on
+      if (!step.block_last) return;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         float ms = mass[hh];
@@ -437,10 +472,10 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         ms += __shfl_xor_sync(0xffffffffu, ms, 2);
         mass[hh] = 0.0f;
         if (t4 == 0)
-          sRowWeight[st & 1][warp * kUnitRows + g + 8 * hh] = z[hh] == 0.0f ? 0.0 : double(ms) / double(z[hh]);
+          sRowWeight[step.st & 1][warp * kUnitRows + g + 8 * hh] = z[hh] == 0.0f ? 0.0 : double(ms) / double(z[hh]);
       }
     });
-    flush_weights(steps - 1);  // after walk's final barrier
+    flush_weights(steps - 1, j_begin + (steps - 1) / steps_per_block);  // after walk's final barrier
     __syncthreads();  // the flush has read sRowWeight before the next group's pass 2 writes it
   }
 }
