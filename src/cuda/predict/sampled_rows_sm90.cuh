@@ -57,25 +57,21 @@ struct WgmmaOperands {
   }
   __device__ T* q_chunk(int r, int c) const { return sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems); }
   // Keys [key0, key0 + 64) of the (batch, kv head) slice gK into ring stage `stage` (zeros past
-  // seq_k and head_dim; cp.async where `vec`, the caller commits). CTA-wide: each thread copies
-  // one chunk column of every kLoadRows-th key, a multiple of 8 rows apart, so its swizzled
-  // offset (load_offset, from the constructor) moves by whole rows; 32-bit shared addresses.
+  // seq_k and head_dim; cp.async, the caller commits: the launcher takes this policy only for
+  // vectorizable rows, wgmma_rows_vectorizable). CTA-wide: each thread copies one chunk column of
+  // every kLoadRows-th key, a multiple of 8 rows apart, so its swizzled offset (load_offset, from
+  // the constructor) moves by whole rows; 32-bit shared addresses.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int /*rows: 64*/,
-                            int seq_k, int head_dim, bool vec) const {
+                            int seq_k, int head_dim, bool /*vec: true*/) const {
     const int r = threadIdx.x / Tr::kChunks, c = threadIdx.x % Tr::kChunks;
     const bool chunk_in = c * kChunkElems < head_dim;
     const uint32_t dst = k_addr + stage * kKTileBytes + load_offset;
-    const T* row = gK + int64_t(key0 + r) * stride + c * kChunkElems;
     const int64_t pass_stride = int64_t(kLoadRows) * stride;
+    const T* src = gK + int64_t(key0 + r) * stride + c * kChunkElems;
 #pragma unroll
-    for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, row += pass_stride) {
+    for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride) {
       const bool in = chunk_in && key0 + r + i * kLoadRows < seq_k;
-      const uint32_t d = dst + i * kLoadRows * kSw128RowBytes;
-      if (vec)
-        cp_async_16(d, in ? row : gK, in);
-      else  // the rare unaligned view: through the generic pointer
-        *reinterpret_cast<uint4*>(sK + (d - k_addr) / int(sizeof(T))) =
-            in ? load_chunk(row - c * kChunkElems, c, head_dim, false) : make_uint4(0, 0, 0, 0);
+      cp_async_16(dst + i * kLoadRows * kSw128RowBytes, in ? src : gK, in);
     }
   }
   // cp.async writes through the generic proxy: each writing thread fences them for the tensor
@@ -105,5 +101,15 @@ struct WgmmaOperands {
 #endif
   }
 };
+
+// Whether every (batch, head) slice of q and of k has 16-byte aligned rows (rows_vectorizable for
+// all of them): what WgmmaOperands::load_keys assumes; other views take MmaSyncOperands.
+inline bool wgmma_rows_vectorizable(const PredictParams& p) {
+  const auto aligned = [&](const void* base, const int64_t (&stride)[3]) {
+    return reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride[0] % kChunkElems == 0 &&
+           stride[1] % kChunkElems == 0 && stride[2] % kChunkElems == 0;
+  };
+  return p.head_dim % kChunkElems == 0 && aligned(p.q, p.q_stride) && aligned(p.k, p.k_stride);
+}
 
 }  // namespace sparge::cuda
