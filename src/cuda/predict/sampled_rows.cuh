@@ -1,46 +1,46 @@
 // Stage 1, estimate sampled_rows: per query block, the exact softmax rows of a few evenly spaced
-// query rows (detail::sampled_row), their mass per key block averaged over the rows, written
-// where the pooled mode writes its compressed scores (PredictParams::scores); select_blocks then
-// takes them as the eligible columns' weights (docs/method.md, Stage 1, step 4).
+// query rows (detail::sampled_row), their mass per key block averaged over the rows, written where
+// the pooled mode writes its compressed scores (PredictParams::scores); select_blocks then takes
+// them as the eligible columns' weights (docs/method.md, Stage 1, step 4).
 //
 // On the tensor cores, fp32 accumulation: mma.sync m16n8k16 (MmaSyncOperands, the pieces of
 // error_target_tiles.cuh) or, on sm_90, wgmma (WgmmaOperands, sampled_rows_sm90.cuh); the kernel
-// body is one, the operands' layout and Q·Kᵀ a policy. The sampled rows of consecutive query blocks of one head are packed
-// into 16-row units: each block takes `slots` row slots (sampled_row_slots: its rows rounded up
-// to a power of two up to 16, so 4 rows make four blocks a unit, else to whole units); a CTA's 8
-// warps hold 8 units (warp w = unit w), so a K tile loaded once serves 128 row slots (32 blocks at
-// the default 4 rows) instead of one block's rows. The CTA walks the union of its blocks' allowed
-// keys in steps of kStepKeys, K in a ring of kSampleStages cp.async tiles in swizzled shared
-// memory; a warp (a warpgroup with wgmma) skips the steps its unit (its four units) does not
-// see. Pass 1: each row's online max and sum of
-// 2^t over the keys it sees. Pass 2: P = 2^(t − m) summed per (row, key block), each row's mass
-// divided by its sum; per key block one thread adds the rows of one query block in slot order
-// into the block's score entry (a block over several groups of 128 slots through the entry
-// itself), so every sum has a fixed order and runs are bit-reproducible.
+// body is one, the operands' layout and Q·Kᵀ a policy. The sampled rows of consecutive query
+// blocks of one head are packed into 16-row units: each block takes `slots` row slots
+// (sampled_row_slots: its rows rounded up to a power of two up to 16, so 4 rows make four blocks a
+// unit, else to whole units); a CTA's 8 warps hold 8 units (warp w = unit w), so a K tile loaded
+// once serves 128 row slots (32 blocks at the default 4 rows) instead of one block's rows. The CTA
+// walks the union of its blocks' allowed keys in steps of kStepKeys, K in a ring of kSampleStages
+// cp.async tiles in swizzled shared memory; a warp (a warpgroup with wgmma) skips the steps its
+// unit (its four units) does not see. Pass 1: each row's online max and sum of 2^t over the keys
+// it sees. Pass 2: P = 2^(t − m) summed per (row, key block), each row's mass divided by its sum;
+// per key block one thread adds the rows of one query block in slot order into the block's score
+// entry (a block over several groups of 128 slots through the entry itself), so every sum has a
+// fixed order and runs are bit-reproducible.
 //
 // Scores are fp32 (the 16-bit inputs multiply exactly; the sums are the mma's), the exponentials
-// MUFU.EX2 (exp2_approx in the running sums, exp2f in the masses), each key block's mass a fp32 sum, the rows' weights double. The CPU computes the same in
-// fp32 in another order (error_target.cc sample(), masks included): the two
-// differ by ~1e-6 relative, so a mask can differ where a TopCdf prefix lands within that of τ or
-// two masses tie that closely. The scalar kernel
-// this replaced (one CTA per query block, double, a thread per key) took 300 ms at 32K tokens,
-// H 32, hd 128 on an H100, 10.7x the dense kernel
+// MUFU.EX2 (exp2_approx in the running sums, exp2f in the masses), each key block's mass a fp32
+// sum, the rows' weights double. The CPU computes the same in fp32 in another order
+// (error_target.cc sample(), masks included): the two differ by ~1e-6 relative, so a mask can
+// differ where a TopCdf prefix lands within that of τ or two masses tie that closely. The scalar
+// kernel this replaced (one CTA per query block, double, a thread per key) took 300 ms at 32K
+// tokens, H 32, hd 128 on an H100, 10.7x the dense kernel
 // (bench/results/2026-12-05_NVIDIA-H100_stage1-sampled-rows_check.md).
 //
-// One pass (sampled_rows_one_pass: a block's rows take at most 4 slots, as at the default 4
-// rows): SampledRowsPass::kTileSums walks the keys once, each row's online (max, sum) restarted
-// at every key block and stored at its last step as log2 Σ 2^t (PredictParams::sr_tile_lse, 4
-// bytes per row slot and key block); sampled_rows_combine then takes each row's max and total
-// over its key blocks and writes the weights. This is the CPU's order too (error_target.cc: per
-// tile max and mass, then rescaled by the row's max). It drops pass 2's second Q·Kᵀ and
-// exponentials, and with key splits their second launch (each split writes its own entries).
+// One pass (sampled_rows_one_pass: a block's rows take at most 4 slots, as at the default 4 rows):
+// SampledRowsPass::kTileSums walks the keys once, each row's online (max, sum) restarted at every
+// key block and stored at its last step as log2 Σ 2^t (PredictParams::sr_tile_lse, 4 bytes per row
+// slot and key block); sampled_rows_combine then takes each row's max and total over its key
+// blocks and writes the weights. This is the CPU's order too (error_target.cc: per tile max and
+// mass, then rescaled by the row's max). It drops pass 2's second Q·Kᵀ and exponentials, and with
+// key splits their second launch (each split writes its own entries).
 //
-// Few CTAs (few heads, short sequences: 64 CTAs at 8K tokens and 32 heads, on 132 SMs) leave
-// most of the GPU idle; then the key blocks are split over gridDim.z CTAs (sampled_row_key_splits)
-// and the two-pass estimate runs as two launches: SampledRowsPass::kMaxSum, pass 1 over the split's keys,
-// storing each row's (max, sum) (PredictParams::sr_partial); then kMasses, which combines a row's
-// splits in split order and runs pass 2 over its split's keys, writing the entries of its key
-// blocks (still one writer each, so still reproducible). kWhole: both passes over all keys.
+// Few CTAs (few heads, short sequences: 64 CTAs at 8K tokens and 32 heads, on 132 SMs) leave most
+// of the GPU idle; then the key blocks are split over gridDim.z CTAs (sampled_row_key_splits) and
+// the two-pass estimate runs as two launches: SampledRowsPass::kMaxSum, pass 1 over the split's
+// keys, storing each row's (max, sum) (PredictParams::sr_partial); then kMasses, which combines a
+// row's splits in split order and runs pass 2 over its split's keys, writing the entries of its
+// key blocks (still one writer each, so still reproducible). kWhole: both passes over all keys.
 // (H200, 32 heads, hd 128: 8K tokens 1.00 -> 0.45 ms, 4K 0.53 -> 0.19, whole Stage 1;
 // bench/results/2026-12-05_NVIDIA-H200_stage1-sampled-rows-split.md.)
 //
@@ -233,7 +233,7 @@ struct MmaSyncOperands {
   T* sQ;  // [kEtWarps][kUnitElems]
   __device__ explicit MmaSyncOperands(unsigned char* smem)
       : sK(reinterpret_cast<T*>(smem)), sQ(sK + kSampleStages * Tr::kTileElems) {}
-  // Where chunk c of the group's row slot r, and of key row r of ring stage `stage`, go.
+  // Where chunk c of the group's row slot r goes.
   __device__ T* q_chunk(int r, int c) const {
     return sQ + (r / kUnitRows) * Tr::kUnitElems + swizzled<Tr::kChunks>(r % kUnitRows, c);
   }
@@ -387,8 +387,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       // (one logarithm a lane; log2_approx: z holds its max's 1).
       float* row_lse = nullptr;
       if (t4 < 2 && unit_slot + g + 8 * t4 < total_slots)
-        row_lse = p.sr_tile_lse +
-                  ((int64_t(bh) * p.num_q_blocks + i0) * slots + unit_slot + g + 8 * t4) * int64_t(p.num_k_blocks);
+        row_lse = p.sr_tile_lse + ((int64_t(bh) * p.num_q_blocks + i0) * slots + unit_slot + g + 8 * t4) *
+                                      int64_t(p.num_k_blocks);
       float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
       walk([&](const Step& step, float (&s)[kN][4]) {
         if (!step.computed) return;

@@ -49,8 +49,8 @@ struct WgmmaOperands {
     sK = reinterpret_cast<T*>(smem + pad);
     sQ = sK + kSampleStages * Tr::kTileElems;
     k_addr = raw + pad;
-    load_offset = sw128_offset<Tr::kStepKeys>(threadIdx.x / Tr::kChunks, threadIdx.x % Tr::kChunks * kChunkElems) *
-                  int(sizeof(T));
+    const int load_row = threadIdx.x / Tr::kChunks, load_column = threadIdx.x % Tr::kChunks * kChunkElems;
+    load_offset = sw128_offset<Tr::kStepKeys>(load_row, load_column) * int(sizeof(T));
     const uint32_t q_addr = k_addr + kSampleStages * kKTileBytes;
     dq = sw128_desc(q_addr + (threadIdx.x / 128) * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
     dk0 = sw128_desc(k_addr, 16, kSw128AtomBytes);
