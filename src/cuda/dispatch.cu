@@ -210,9 +210,9 @@ Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
   return Status::ok();
 }
 
-// Stage 1's one-pass sampled_rows estimate takes the attention's tensor-core family: wgmma
-// where the attention runs sm90 or sm90ws (PredictParams::wgmma), so SPARGE_CUDA_KERNEL=sm80
-// also compares the two estimates.
+// Stage 1's sampled_rows estimate takes the attention's tensor-core family: wgmma where the
+// attention runs sm90 or sm90ws (PredictParams::wgmma), so SPARGE_CUDA_KERNEL=sm80 also compares
+// the two estimates.
 Status choose_stage1_kernels(int device_index, PredictParams* s) {
   Kernel kernel = Kernel::kSm80;
   std::string why;

@@ -113,7 +113,7 @@ struct PredictParams {
   float* sr_tile_lse;
   bool sr_one_pass;
   // The device runs the attention's wgmma kernels (an sm_90 GPU, a build with sm_90a code, no
-  // SPARGE_CUDA_KERNEL=sm80): the one-pass sampled_rows estimate runs on wgmma too
+  // SPARGE_CUDA_KERNEL=sm80): the sampled_rows estimate runs on wgmma too where it can
   // (sampled_rows_sm90.cuh).
   bool wgmma;
   int sample_rows;
