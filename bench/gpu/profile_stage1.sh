@@ -3,7 +3,8 @@
 # Python package) at short lengths, where its fixed costs weigh most (issue 11: the defaults'
 # Stage 1 at 4K-8K): bf16, B 1, H 32, hd 128, N in $SEQS (default 4096 8192), two settings per
 # length: "gated" (random inputs at the library's defaults: every block non-similar, the dense
-# path's Stage 1) and "rows4" (estimate="sampled_rows", 4 rows, every block estimated, sim -1).
+# path's Stage 1) and "rows4" (estimate="sampled_rows", 4 rows, every block estimated, sim -1;
+# "rows16": 16 rows, the two-pass estimate tuned models run).
 # One ncu report per (setting, N), the call made twice (read the second call's kernels: the first
 # pays the module loads); a table per report on stdout (bench/gpu/ncu_table.py), launch order.
 # Usage (repo root, GPU machine, package installed): bash bench/gpu/profile_stage1.sh
@@ -16,7 +17,8 @@ q, k = (torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16) for _ in
 opts = {"gated": {}, "call-today": {},
         "gated-rows4": dict(estimate="sampled_rows", sample_rows=4, sim_threshold=0.1),
         "call-auto": dict(estimate="auto", sim_threshold=0.1),
-        "rows4": dict(estimate="sampled_rows", sample_rows=4, sim_threshold=-1.0)}[setting]
+        "rows4": dict(estimate="sampled_rows", sample_rows=4, sim_threshold=-1.0),
+        "rows16": dict(estimate="sampled_rows", sample_rows=16, sim_threshold=-1.0)}[setting]
 v = torch.randn_like(q)
 for _ in range(2):
     if setting.startswith("call-"):
