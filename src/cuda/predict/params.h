@@ -156,11 +156,12 @@ struct PredictParams {
   // Stage 1's reading. The key side depends on all the keys only, so the row chunks of one call
   // (common/row_chunks.h) pool it once: the first chunk zeroes the states (first_row_chunk),
   // pool_blocks<q> marks kNeeded where a block is similar and the key side is still unused, the
-  // key kernels run for kNeeded, and key_side_pooled turns kNeeded into kPooled, which later
-  // chunks reuse (the workspace keeps the key side at the same offsets for every chunk). Null:
-  // the key side always runs.
+  // key kernels run for kNeeded, and where chunks follow key_side_pooled turns kNeeded into
+  // kPooled, which they reuse (the workspace keeps the key side at the same offsets for every
+  // chunk). Null: the key side always runs.
   int32_t* key_side_needed;
-  bool first_row_chunk;  // the call's first (or only) row chunk: the key side starts unused
+  bool first_row_chunk;   // the call's first (or only) row chunk: the key side starts unused
+  bool later_row_chunks;  // row chunks of the call follow this one: they reuse its key side
   double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k, or the sampled rows' mass
   double* cand_err;    // error target: [batch·heads_q, nq, kErrorTargetCandidates] Σ_r ‖o_g − o‖₁
   double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁

@@ -203,7 +203,7 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
       pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
       SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
-      if (p.key_side_needed != nullptr) {
+      if (p.key_side_needed != nullptr && p.later_row_chunks) {
         key_side_pooled<<<(bhk + 127) / 128, 128, 0, stream>>>(p);
         SPARGE_CUDA_CHECK_LAUNCH("key_side_pooled launch");
       }
