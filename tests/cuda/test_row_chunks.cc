@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/predict/params.h"
 #include "gpu_test_util.h"
 
 namespace sparge::test {
@@ -158,6 +159,29 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
       EXPECT_EQ(got.counters, whole.counters);
       EXPECT_EQ(got.forced, whole.forced);
     }
+  }
+}
+
+// The key side the first row chunk pools serves the later chunks (PredictParams::key_side_needed):
+// its arrays must sit at the same workspace offsets whatever the chunk's rows, the last, shorter
+// chunk included, and nothing sized by the rows may come before them. Host arithmetic only: runs
+// without a GPU.
+TEST(CudaRowChunks, KeySideOffsetsDoNotDependOnTheRows) {
+  SparseOptions o;
+  for (const EstimateMode estimate : {EstimateMode::kPooled, EstimateMode::kSampledRows}) {
+    o.estimate = estimate;
+    const ProblemShape full{1, 32, 8, 32768, 32768, 128, DType::kBFloat16};
+    ProblemShape last = full;
+    last.seq_q = 1000;  // a short last chunk
+    const cuda::PredictWorkspace a = cuda::predict_workspace(full, o);
+    const cuda::PredictWorkspace b = cuda::predict_workspace(last, o);
+    EXPECT_EQ(a.km_partial, b.km_partial);
+    EXPECT_EQ(a.km, b.km);
+    EXPECT_EQ(a.pooled_kt, b.pooled_kt);
+    EXPECT_EQ(a.sim_k, b.sim_k);
+    EXPECT_EQ(a.key_side_needed, b.key_side_needed);
+    EXPECT_GT(a.pooled_q, a.key_side_needed);  // the rows' arrays follow the key side
+    EXPECT_GT(a.total, b.total);
   }
 }
 
