@@ -210,14 +210,22 @@ Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
   return Status::ok();
 }
 
+// Every row of every (batch, head) slice of `t` starts 16-byte aligned: the base, and batch, head
+// and token strides of whole 8-element chunks (what the 16-byte chunk loads need).
+bool rows_in_chunks(const TensorView& t) {
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.stride_batch % 8 == 0 &&
+         t.stride_head % 8 == 0 && t.stride_token % 8 == 0;
+}
+
 // Stage 1's sampled_rows estimate takes the attention's tensor-core family: wgmma where the
-// attention runs sm90 or sm90ws (PredictParams::wgmma), so SPARGE_CUDA_KERNEL=sm80 also compares
-// the two estimates.
-Status choose_stage1_kernels(int device_index, PredictParams* s) {
+// attention runs sm90 or sm90ws, so SPARGE_CUDA_KERNEL=sm80 also compares the two estimates;
+// its wgmma K loads are whole 16-byte chunks, so q and k need rows_in_chunks (PredictParams::wgmma).
+Status choose_stage1_kernels(const detail::Problem& p, PredictParams* s) {
   Kernel kernel = Kernel::kSm80;
   std::string why;
-  SPARGE_RETURN_IF_ERROR(choose_kernel(device_index, &kernel, &why));
-  s->wgmma = kernel != Kernel::kSm80;
+  SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
+  s->wgmma = kernel != Kernel::kSm80 && p.shape.head_dim % 8 == 0 && rows_in_chunks(p.q) &&
+             rows_in_chunks(p.k);
   return Status::ok();
 }
 
@@ -350,9 +358,7 @@ Status check_workspace(const ExecContext& ctx, std::size_t bytes, const char* wh
 // The quantization pass reads 16-byte chunks of 8 channels: every row start must be 16-byte
 // aligned (TMA-ready tensors are).
 Status check_chunk_alignment(const TensorView& t, const char* name) {
-  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.stride_batch % 8 == 0 &&
-                       t.stride_head % 8 == 0 && t.stride_token % 8 == 0;
-  if (aligned) return Status::ok();
+  if (rows_in_chunks(t)) return Status::ok();
   return Status::unsupported(cat(name, " must be 16-byte aligned with batch, head and token strides that are multiples of 8 elements for the cuda quantization pass"));
 }
 
@@ -1001,7 +1007,7 @@ Status predict_with(const detail::Problem& p, const BlockMask& mask, const ExecC
       ctx, ws.total,
       "Stage 1 (workspace_size(..., caller_mask=true); C: sparge_workspace_size_caller_mask)"));
   PredictParams s = to_params(p, mask, ws, ctx.workspace, stats);
-  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p.q.device_index, &s));
+  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p, &s));
   if (p.attn_mask.data != nullptr) {
     if (classes != nullptr) s.attn_mask = *classes;
     else SPARGE_RETURN_IF_ERROR(make_tile_classes(p, ctx, &s.attn_mask));
@@ -1111,7 +1117,7 @@ Status sparse_attention(const detail::Problem& p, const BlockMask& mask, const T
   SPARGE_RETURN_IF_ERROR(check_workspace(ctx, quant_at + qws.total,
                                          "quantized sparse_attention on cuda (workspace_size())"));
   PredictParams s = to_params(p, mask, pws, ctx.workspace, extras.stage1);
-  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p.q.device_index, &s));
+  SPARGE_RETURN_IF_ERROR(choose_stage1_kernels(p, &s));
   s.pooled_by_pass = true;
   char* quant_base = static_cast<char*>(ctx.workspace) + quant_at;
   const QuantizedBuffers buf = quant_buffers(qws, quant_base, p.opts.quant);

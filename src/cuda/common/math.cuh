@@ -61,8 +61,8 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-// log2 x on the SFU (one MUFU.LG2; absolute error below 2^-22 for x in [1, 2^126]): for sums
-// that hold their maximum's 2^0 = 1, so never denormal.
+// log2 x on the SFU (one MUFU.LG2, an approximation of about 22 correct bits; denormals flush):
+// for sums that hold their maximum's 2^0 = 1, so never denormal.
 __device__ __forceinline__ float log2_approx(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

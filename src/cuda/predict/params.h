@@ -120,8 +120,8 @@ struct PredictParams {
   float* sr_tile_lse;
   bool sr_one_pass;
   // The device runs the attention's wgmma kernels (an sm_90 GPU, a build with sm_90a code, no
-  // SPARGE_CUDA_KERNEL=sm80): the sampled_rows estimate runs on wgmma too where it can
-  // (sampled_rows_sm90.cuh).
+  // SPARGE_CUDA_KERNEL=sm80) and q's and k's rows are whole 16-byte chunks: the sampled_rows
+  // estimate runs on wgmma too where its other limits allow (sampled_rows_sm90.cuh).
   bool wgmma;
   int sample_rows;
   bool attention_sink;

@@ -60,9 +60,8 @@ Status launch_error_target_dim(const PredictParams& p, int sort_len, cudaStream_
 }
 
 // The sampled_rows estimate's kernel for one compiled head dim (sampled_rows.cuh): on the
-// warpgroup MMAs where the attention runs its wgmma kernels (sampled_rows_sm90.cuh; head dims 64
-// and 128, block_k ≥ 64, a group of at most 128 row slots, 16-byte aligned rows), else on
-// mma.sync.
+// warpgroup MMAs where PredictParams::wgmma allows (sampled_rows_sm90.cuh; head dims 64 and 128,
+// block_k ≥ 64, a group of at most 128 row slots), else on mma.sync.
 template <typename T, int kHeadDim>
 Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   using Tr = EtTraits<T, kHeadDim>;
@@ -96,7 +95,7 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   };
   const bool full_steps = p.block_k >= Tr::kStepKeys;
   if constexpr (kHeadDim <= 128) {
-    if (p.wgmma && full_steps && slots <= kSlotsPerCta && wgmma_rows_vectorizable(p)) {
+    if (p.wgmma && full_steps && slots <= kSlotsPerCta) {
       using Op = WgmmaOperands<Tr>;
       return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
     }

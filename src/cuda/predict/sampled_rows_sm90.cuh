@@ -57,8 +57,8 @@ struct WgmmaOperands {
   }
   __device__ T* q_chunk(int r, int c) const { return sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems); }
   // Keys [key0, key0 + 64) of the (batch, kv head) slice gK into ring stage `stage` (zeros past
-  // seq_k and head_dim; cp.async, the caller commits: the launcher takes this policy only for
-  // vectorizable rows, wgmma_rows_vectorizable). CTA-wide: each thread copies one chunk column of
+  // seq_k and head_dim; cp.async, the caller commits: PredictParams::wgmma holds only for rows
+  // of whole 16-byte chunks). CTA-wide: each thread copies one chunk column of
   // every kLoadRows-th key, a multiple of 8 rows apart, so its swizzled offset (load_offset, from
   // the constructor) moves by whole rows; 32-bit shared addresses.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int /*rows: 64*/,
@@ -101,15 +101,5 @@ struct WgmmaOperands {
 #endif
   }
 };
-
-// Whether every (batch, head) slice of q and of k has 16-byte aligned rows (rows_vectorizable for
-// all of them): what WgmmaOperands::load_keys assumes; other views take MmaSyncOperands.
-inline bool wgmma_rows_vectorizable(const PredictParams& p) {
-  const auto aligned = [&](const void* base, const int64_t (&stride)[3]) {
-    return reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride[0] % kChunkElems == 0 &&
-           stride[1] % kChunkElems == 0 && stride[2] % kChunkElems == 0;
-  };
-  return p.head_dim % kChunkElems == 0 && aligned(p.q, p.q_stride) && aligned(p.k, p.k_stride);
-}
 
 }  // namespace sparge::cuda
