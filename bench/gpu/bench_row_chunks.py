@@ -30,8 +30,8 @@ def main():
     ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
     sp = Sparge(args.lib)
-    sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 9 + [C.c_void_p, C.c_void_p, C.c_void_p,
-                                                                   C.c_size_t]
+    # q, k, v, opts, o, lse, workspace, workspace_bytes, stream, mask_out, err, err_len
+    sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 7 + [C.c_size_t] + [C.c_void_p] * 3 + [C.c_size_t]
     dev = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
     B, H, D = 1, 32, 128
