@@ -455,6 +455,8 @@ PredictParams to_params(const detail::Problem& p, const BlockMask& mask, const P
   s.pooled_kt = reinterpret_cast<double*>(base + ws.pooled_kt);
   s.sim_k = reinterpret_cast<double*>(base + ws.sim_k);
   s.key_side_needed = reinterpret_cast<int32_t*>(base + ws.key_side_needed);
+  s.first_row_chunk = p.row_offset == 0;  // later row chunks reuse the key side it pools
+  s.later_row_chunks = p.call_seq_q > 0 && p.row_offset + p.shape.seq_q < p.call_seq_q;
   s.scores = reinterpret_cast<double*>(base + ws.scores);
   s.sr_tile_lse = reinterpret_cast<float*>(base + ws.sr_tile_lse);
   s.sr_one_pass = sampled_rows_one_pass(s.num_k_blocks, p.opts);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/predict/params.h"
 #include "gpu_test_util.h"
 
 namespace sparge::test {
@@ -72,7 +73,27 @@ struct Case {
   int64_t window_left;
   QuantMode quant;
   bool lengths;
+  // Query rows of the second half and every key a shared direction plus noise (self-similar
+  // blocks), the first half's rows noise: early chunks leave the key side unused, a later one
+  // pools it and the rest reuse it (PredictParams::key_side_needed). With the pooled estimate
+  // the pooled key blocks reach the scores too.
+  bool half_similar = false;
+  EstimateMode estimate = EstimateMode::kAuto;
 };
+
+// n rows of d values: noise (similar = false) or a direction per head plus noise.
+std::vector<float> rows_of(int64_t batch_heads, int64_t n, int64_t d, uint64_t seed,
+                           int64_t similar_from) {
+  std::vector<float> x = gaussian(batch_heads * n * d, seed);
+  const std::vector<float> dir = gaussian(batch_heads * d, seed + 100);
+  for (int64_t bh = 0; bh < batch_heads; ++bh)
+    for (int64_t r = similar_from; r < n; ++r)
+      for (int64_t c = 0; c < d; ++c) {
+        float& v = x[(bh * n + r) * d + c];
+        v = 2.0f * dir[bh * d + c] + 0.3f * v;
+      }
+  return x;
+}
 
 TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
   SPARGE_SKIP_WITHOUT_GPU();
@@ -81,14 +102,20 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
        QuantMode::kNone, true},
       {"window", 4, 4, 777, 777, 64, false, 300, QuantMode::kNone, false},
       {"quantized causal", 8, 2, 1100, 1100, 128, true, -1, QuantMode::kInt8Fp8, false},
+      {"key side pooled by a later chunk, sampled rows", 4, 2, 1000, 1200, 128, false, -1,
+       QuantMode::kNone, false, true, EstimateMode::kSampledRows},
+      {"key side pooled by a later chunk, pooled estimate", 4, 2, 1000, 1200, 64, true, -1,
+       QuantMode::kNone, true, true, EstimateMode::kPooled},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const int64_t B = 2;
-    const HostTensor q = HostTensor::make(gaussian(B * c.hq * c.nq * c.d, 5), B, c.hq, c.nq, c.d,
-                                          DType::kBFloat16, Layout::kHND);
-    const HostTensor k = HostTensor::make(gaussian(B * c.hkv * c.nk * c.d, 6), B, c.hkv, c.nk,
-                                          c.d, DType::kBFloat16, Layout::kHND);
+    const HostTensor q =
+        HostTensor::make(rows_of(B * c.hq, c.nq, c.d, 5, c.half_similar ? c.nq / 2 : c.nq), B, c.hq,
+                         c.nq, c.d, DType::kBFloat16, Layout::kHND);
+    const HostTensor k =
+        HostTensor::make(rows_of(B * c.hkv, c.nk, c.d, 6, c.half_similar ? 0 : c.nk), B, c.hkv,
+                         c.nk, c.d, DType::kBFloat16, Layout::kHND);
     const HostTensor v = HostTensor::make(gaussian(B * c.hkv * c.nk * c.d, 7), B, c.hkv, c.nk,
                                           c.d, DType::kBFloat16, Layout::kHND);
     SparseOptions o;
@@ -101,6 +128,7 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
     o.sim_threshold.value = 0.2f;
     o.pv_threshold.value = 5.0f;
     o.quant = c.quant;
+    o.estimate = c.estimate;
     const std::vector<int32_t> lengths =
         c.lengths ? std::vector<int32_t>{int32_t(c.nk), int32_t(c.nk - 333)}
                   : std::vector<int32_t>{};
@@ -117,7 +145,10 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
     EXPECT_FALSE(any_nan(whole.out));
     unsigned long long skipped = 0;
     for (int64_t h = 0; h < c.hq; ++h) skipped += whole.counters[2 * h + 1];
-    std::printf("[ row chunks ] %s: λ skipped %llu pairs\n", c.name, skipped);
+    int64_t forced = 0;
+    for (int64_t f : whole.forced) forced += f;
+    std::printf("[ row chunks ] %s: λ skipped %llu pairs, %lld tiles forced\n", c.name, skipped,
+                (long long)forced);
     for (const char* blocks : {"1", "2", "3"}) {
       SCOPED_TRACE(std::string("chunks of ") + blocks + " query blocks");
       const ScopedEnv on("SPARGE_ROW_CHUNK_BLOCKS", blocks);
@@ -128,6 +159,29 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
       EXPECT_EQ(got.counters, whole.counters);
       EXPECT_EQ(got.forced, whole.forced);
     }
+  }
+}
+
+// The key side the first row chunk pools serves the later chunks (PredictParams::key_side_needed):
+// its arrays must sit at the same workspace offsets whatever the chunk's rows, the last, shorter
+// chunk included, and nothing sized by the rows may come before them. Host arithmetic only: runs
+// without a GPU.
+TEST(CudaRowChunks, KeySideOffsetsDoNotDependOnTheRows) {
+  SparseOptions o;
+  for (const EstimateMode estimate : {EstimateMode::kPooled, EstimateMode::kSampledRows}) {
+    o.estimate = estimate;
+    const ProblemShape full{1, 32, 8, 32768, 32768, 128, DType::kBFloat16};
+    ProblemShape last = full;
+    last.seq_q = 1000;  // a short last chunk
+    const cuda::PredictWorkspace a = cuda::predict_workspace(full, o);
+    const cuda::PredictWorkspace b = cuda::predict_workspace(last, o);
+    EXPECT_EQ(a.km_partial, b.km_partial);
+    EXPECT_EQ(a.km, b.km);
+    EXPECT_EQ(a.pooled_kt, b.pooled_kt);
+    EXPECT_EQ(a.sim_k, b.sim_k);
+    EXPECT_EQ(a.key_side_needed, b.key_side_needed);
+    EXPECT_GT(a.pooled_q, a.key_side_needed);  // the rows' arrays follow the key side
+    EXPECT_GT(a.total, b.total);
   }
 }
 

@@ -74,6 +74,13 @@ inline int sampled_row_key_splits(int64_t ctas, int num_k_blocks, int slots, int
   return int(std::max<int64_t>(1, std::min(cap, kFillCtas / std::max<int64_t>(ctas, 1))));
 }
 
+// PredictParams::key_side_needed's states.
+enum KeySide : int32_t {
+  kKeySideUnused = 0,  // no similar query block so far in the call: zero blocks, not similar
+  kKeySideNeeded = 1,  // a similar query block in this row chunk: pool the keys now
+  kKeySidePooled = 2,  // pooled by an earlier row chunk of the call: reuse
+};
+
 struct PredictParams {
   const void* q;
   const void* k;
@@ -143,11 +150,18 @@ struct PredictParams {
   double* sim_q;       // [batch·heads_q, nq]
   double* pooled_kt;   // [batch·heads_kv, D, nk] (transposed: the score kernel reads along nk)
   double* sim_k;       // [batch·heads_kv, nk]
-  // Per (batch, kv head): 1 when a query block of its heads is similar (pool_blocks<q> sets it,
-  // the launcher zeroes it first). Where none is, every mask row of those heads is computed whole
-  // (the gate), so the key mean and the key blocks' pooling are skipped: on inputs with no
-  // similar block (random ones) that is most of Stage 1's reading. Null: the key side always runs.
+  // Per (batch, kv head), a KeySide state. Where no query block of a kv head's heads is similar,
+  // every mask row of those heads is computed whole (the gate), so the key mean and the key
+  // blocks' pooling are skipped: on inputs with no similar block (random ones) that is most of
+  // Stage 1's reading. The key side depends on all the keys only, so the row chunks of one call
+  // (common/row_chunks.h) pool it once: the first chunk zeroes the states (first_row_chunk),
+  // pool_blocks<q> marks kNeeded where a block is similar and the key side is still unused, the
+  // key kernels run for kNeeded, and where chunks follow key_side_pooled turns kNeeded into
+  // kPooled, which they reuse (the workspace keeps the key side at the same offsets for every
+  // chunk). Null: the key side always runs.
   int32_t* key_side_needed;
+  bool first_row_chunk;   // the call's first (or only) row chunk: the key side starts unused
+  bool later_row_chunks;  // row chunks of the call follow this one: they reuse its key side
   double* scores;      // [batch·heads_q, nq, nk] = scale · p_q · p_k, or the sampled rows' mass
   double* cand_err;    // error target: [batch·heads_q, nq, kErrorTargetCandidates] Σ_r ‖o_g − o‖₁
   double* cand_norm;   // error target: [batch·heads_q, nq] Σ_r ‖o‖₁
@@ -265,9 +279,10 @@ inline int64_t long_row_chunk_rows(int64_t rows, int64_t num_k_blocks) {
   return std::max<int64_t>(1, want / kScoreRowsPerCta) * kScoreRowsPerCta;
 }
 
-// Byte offsets of the workspace arrays, 256-byte aligned, in PredictParams order.
+// Byte offsets of the workspace arrays, 256-byte aligned (the key side first: predict_workspace
+// says why).
 struct PredictWorkspace {
-  std::size_t km_partial, km, pooled_q, sim_q, pooled_kt, sim_k, key_side_needed, scores,
+  std::size_t km_partial, km, pooled_kt, sim_k, key_side_needed, pooled_q, sim_q, scores,
       sr_tile_lse, cand_err, cand_norm, head_tau, et_row_max, et_exact, lr_scores, mask_overflow,
       total;
   int64_t lr_chunk_rows;  // 0 when the rows take the shared-memory selection
@@ -289,18 +304,20 @@ inline PredictWorkspace predict_workspace(const ProblemShape& s, const SparseOpt
   w.lr_chunk_rows = int64_t(lr);
   const std::size_t one_pass_slots =
       sampled_rows_one_pass(int64_t(nk), o) ? std::size_t(sampled_row_slots(o.sample_rows, o.block_q)) : 0;
-  // (field, element count, element size) in PredictParams order.
+  // (field, element count, element size).
   const struct {
     std::size_t* field;
     std::size_t count, size;
   } arrays[] = {
+      // The key side first: its offsets do not depend on the query rows, so a call's row chunks
+      // (shorter last chunk included) find the key side an earlier chunk pooled.
       {&w.km_partial, bhk * chunks * d, sizeof(double)},
       {&w.km, bhk * d, sizeof(double)},
-      {&w.pooled_q, bhq * nq * d, sizeof(double)},
-      {&w.sim_q, bhq * nq, sizeof(double)},
       {&w.pooled_kt, bhk * d * nk, sizeof(double)},
       {&w.sim_k, bhk * nk, sizeof(double)},
       {&w.key_side_needed, bhk, sizeof(int32_t)},
+      {&w.pooled_q, bhq * nq * d, sizeof(double)},
+      {&w.sim_q, bhq * nq, sizeof(double)},
       {&w.scores, long_rows ? 0 : bhq * nq * nk, sizeof(double)},
       {&w.sr_tile_lse, bhq * nq * one_pass_slots * nk, sizeof(float)},
       {&w.cand_err, et * bhq * nq * detail::kErrorTargetCandidates, sizeof(double)},

@@ -3,7 +3,7 @@
 // rows (x̂ = x/‖x‖, a zero row stays zero). Everything is accumulated in double, as in the CPU
 // reference, so that masks agree except at exact ties. One pass over q and two over k; q is
 // pooled first, and the key side is skipped for the kv heads none of whose query blocks is
-// similar (PredictParams::key_side_needed).
+// similar, and pooled once for all the row chunks of a call (PredictParams::key_side_needed).
 #pragma once
 
 #include <cstdint>
@@ -25,10 +25,19 @@ constexpr int kPoolThreads = 128;
 constexpr int kPoolWarps = kPoolThreads / 32;
 constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once; the next 4 are being loaded
 
-// Whether Stage 1 needs kv head `bhk`'s key side: not when no query block of its heads is
-// similar, since the gate then computes every tile of their rows whatever the keys hold.
-__device__ __forceinline__ bool key_side_skipped(const PredictParams& p, int bhk) {
-  return p.key_side_needed != nullptr && p.key_side_needed[bhk] == 0;
+// kv head `bhk`'s key side (PredictParams::key_side_needed): kNeeded (pool it now), kPooled (an
+// earlier row chunk of the call did) or kUnused (no query block of its heads is similar: the gate
+// computes every tile of their rows whatever the keys hold). Without the states: always kNeeded.
+__device__ __forceinline__ KeySide key_side_state(const PredictParams& p, int bhk) {
+  return p.key_side_needed == nullptr ? kKeySideNeeded : KeySide(p.key_side_needed[bhk]);
+}
+
+// After pool_blocks<k>: the key side pooled now serves the call's later row chunks. Grid
+// ⌈batch·heads_kv / 128⌉ × 128.
+__global__ void key_side_pooled(const PredictParams p) {
+  const int bhk = blockIdx.x * blockDim.x + threadIdx.x;
+  if (bhk < p.batch * p.heads_kv && p.key_side_needed[bhk] == kKeySideNeeded)
+    p.key_side_needed[bhk] = kKeySidePooled;
 }
 
 // Partial key sums over chunks of kKeyMeanChunk tokens: grid (chunks, batch·heads_kv),
@@ -37,7 +46,7 @@ template <typename T>
 __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictParams p) {
   __shared__ double sPart[kMeanThreads / 32][256];
   const int bh = blockIdx.y, b = bh / p.heads_kv, hk = bh % p.heads_kv;
-  if (key_side_skipped(p, bh)) return;
+  if (key_side_state(p, bh) != kKeySideNeeded) return;
   const T* gK = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const int D = p.head_dim, lanes = lanes_per_row(D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -87,7 +96,7 @@ __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictPa
 // km = Σ partials / Nk in a fixed order (runs are bit-reproducible): grid (batch·heads_kv).
 __global__ void key_mean_finalize(const PredictParams p, int chunks) {
   const int bh = blockIdx.x;
-  if (key_side_skipped(p, bh)) return;
+  if (key_side_state(p, bh) != kKeySideNeeded) return;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     double sum = 0.0;
     for (int c = 0; c < chunks; ++c) sum += p.km_partial[(int64_t(bh) * chunks + c) * p.head_dim + d];
@@ -141,7 +150,8 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
   const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1] +
                 int64_t(row0) * stride[2];
   const bool vec = rows_vectorizable(gX, stride[2], D);
-  if (kIsKey && key_side_skipped(p, bh)) {
+  if (kIsKey && key_side_state(p, bh) == kKeySidePooled) return;  // an earlier row chunk did
+  if (kIsKey && key_side_state(p, bh) == kKeySideUnused) {
     // Nothing reads this block's values (every row of its heads is computed whole); they are
     // written as a zero block that is not similar, so that later kernels read defined memory.
     for (int d = threadIdx.x; d < D; d += kPoolThreads)
@@ -253,9 +263,12 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
     for (int w = 0; w < kPoolWarps; ++w) total += sUnitSq[w];
     const double sim = total / (double(n) * double(n));
     (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = sim;
-    // The selection's test (NaN compares false: not similar).
-    if (!kIsKey && p.key_side_needed != nullptr && sim > double(p.sim_threshold[p.per_head ? h : 0]))
-      p.key_side_needed[b * p.heads_kv + h / p.group] = 1;
+    // The selection's test (NaN compares false: not similar). A key side an earlier row chunk
+    // pooled stays kPooled; the CTAs that race here all write kNeeded over kUnused.
+    if (!kIsKey && p.key_side_needed != nullptr && sim > double(p.sim_threshold[p.per_head ? h : 0])) {
+      int32_t& state = p.key_side_needed[b * p.heads_kv + h / p.group];
+      if (state == kKeySideUnused) state = kKeySideNeeded;
+    }
   }
 }
 

@@ -189,9 +189,10 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
   const int mean_threads = std::min(256, (p.head_dim + 31) / 32 * 32);
 
   if (!p.pooled_by_pass) {
-    // q first: its similarities decide which kv heads' key side is read (key_side_needed).
-    if (!p.keys_given && p.key_side_needed != nullptr)
-      SPARGE_CUDA_CHECK(cudaMemsetAsync(p.key_side_needed, 0, sizeof(int32_t) * bhk, stream));
+    // q first: its similarities decide which kv heads' key side is read (key_side_needed); a
+    // call's later row chunks keep the states, and the key side, of the chunks before them.
+    if (!p.keys_given && p.key_side_needed != nullptr && p.first_row_chunk)
+      SPARGE_CUDA_CHECK(cudaMemsetAsync(p.key_side_needed, kKeySideUnused, sizeof(int32_t) * bhk, stream));
     pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
     SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
     if (!p.keys_given) {
@@ -201,6 +202,10 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
       pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
       SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
+      if (p.key_side_needed != nullptr && p.later_row_chunks) {
+        key_side_pooled<<<(bhk + 127) / 128, 128, 0, stream>>>(p);
+        SPARGE_CUDA_CHECK_LAUNCH("key_side_pooled launch");
+      }
     }
   }
   if (p.lr_chunk_rows > 0) {
