@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Nsight Compute per-kernel durations of one whole sparse_attention call through the C ABI, run
+# in row chunks (the library's choice) and forced whole (SPARGE_ROW_CHUNK_BLOCKS = the query
+# blocks): where the chunked call's extra time goes (bench_row_chunks.py times both).
+# bf16, B 1, H 32, hd 128, not causal, library defaults, bench_stage1.py's "smooth" input
+# (every block estimated), N in $SEQS (default 32768). Each call is made twice; the table shows
+# the second (the first pays the module loads), grouped by kernel name with launch counts.
+# Usage (repo root, GPU machine): bash bench/gpu/profile_row_chunks.sh path/to/libsparge_c.so
+set -uo pipefail
+lib=${1:?libsparge_c.so}
+out=${OUT:-/tmp/sparge_out}; mkdir -p "$out"
+cat > /tmp/row_chunk_calls.py <<'PY'
+import ctypes as C, os, sys
+import torch
+sys.path.insert(0, "bench/gpu")
+from bench_attention import Sparge
+from bench_stage1 import smooth_inputs
+lib, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "whole":
+    os.environ["SPARGE_ROW_CHUNK_BLOCKS"] = str((n + 63) // 64)
+sp = Sparge(lib)
+sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 7 + [C.c_size_t] + [C.c_void_p] * 3 + [C.c_size_t]
+gen = torch.Generator(device="cuda").manual_seed(0)
+q, k, v = smooth_inputs(1, 32, n, 128, gen)
+o = torch.empty_like(q)
+opts = sp.options(False)
+ws = torch.empty(sp.workspace_size(q, k, opts, caller_mask=False), dtype=torch.uint8, device="cuda")
+print("workspace MiB", ws.numel() / 2**20)
+tq, tk, tv, to = (sp.tensor(t) for t in (q, k, v, o))
+for i in range(2):
+    torch.cuda.synchronize()
+    if i == 1:
+        torch.cuda.profiler.start()
+    sp.check(sp.lib.sparge_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), opts, C.byref(to), None,
+                                            C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
+                                            C.c_void_p(torch.cuda.current_stream().cuda_stream), None,
+                                            sp.err, C.c_size_t(1024)), "sparse_attention")
+    torch.cuda.synchronize()
+torch.cuda.profiler.stop()
+PY
+cat > /tmp/group_kernels.py <<'PY'
+import csv, sys, collections
+rows = list(csv.reader(open(sys.argv[1])))
+head = rows[0]
+tot, cnt, order = collections.defaultdict(float), collections.Counter(), []
+for r in rows[2:]:
+    c = dict(zip(head, r))
+    name = c["Kernel Name"].replace("void ", "").split("(")[0].split("<")[0]
+    if name not in cnt: order.append(name)
+    cnt[name] += 1; tot[name] += float(c["gpu__time_duration.sum"].replace(",", ""))
+print(f"{'kernel':44} {'launches':>8} {'us':>9}")
+for n in order: print(f"{n[:44]:44} {cnt[n]:8d} {tot[n] / 1e3:9.1f}")
+print(f"{'total':44} {sum(cnt.values()):8d} {sum(tot.values()) / 1e3:9.1f}")
+PY
+for n in ${SEQS:-32768}; do
+  for mode in chunked whole; do
+    rep=/tmp/row_chunks_${mode}_$n
+    timeout 200 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
+      -f -o "$rep" python3 /tmp/row_chunk_calls.py "$lib" $mode $n > "$out/ncu_row_chunks_${mode}_$n.log" 2>&1
+    echo "== $mode N=$n (ncu rc=$?) $(grep workspace "$out/ncu_row_chunks_${mode}_$n.log")"
+    timeout 100 ncu -i "$rep.ncu-rep" --page raw --csv --print-units base --metrics gpu__time_duration.sum \
+      > "$out/ncu_row_chunks_${mode}_$n.csv" 2>/dev/null
+    python3 /tmp/group_kernels.py "$out/ncu_row_chunks_${mode}_$n.csv"
+  done
+done
