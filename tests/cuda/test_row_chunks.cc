@@ -185,5 +185,35 @@ TEST(CudaRowChunks, KeySideOffsetsDoNotDependOnTheRows) {
   }
 }
 
+// The sampled_rows estimate's grid of a row chunk: its query blocks spread evenly over the CTAs
+// (no short last CTA), and in one pass enough key splits to fill the GPU where the two-pass
+// rule's floor would leave a quarter of it idle; whole calls of 4K-32K tokens at 32 heads keep
+// the counts they had. Host arithmetic only: runs without a GPU.
+TEST(CudaRowChunks, EstimateGridOfAChunkFillsTheGpu) {
+  constexpr int kSlots = 4;  // 4 sampled rows: 32 query blocks per CTA at most
+  for (int nq = 1; nq <= 600; ++nq) {
+    const int per = cuda::sampled_row_blocks_per_cta(nq, kSlots);
+    const int ctas = (nq + per - 1) / per;
+    ASSERT_LE(per, 32) << nq;
+    EXPECT_EQ(ctas, (nq + 31) / 32) << nq;           // as few CTAs as 128 slots allow
+    EXPECT_GT(nq - (ctas - 1) * per, per - ctas) << nq;  // the last CTA is at most ctas-1 short
+  }
+  EXPECT_EQ(cuda::sampled_row_blocks_per_cta(86, kSlots), 29);
+  EXPECT_EQ(cuda::sampled_row_blocks_per_cta(3, 256), 1);
+  // (query blocks, key blocks) at 32 heads: whole calls of 4K, 8K, 16K, 32K tokens, and a row
+  // chunk of 86 query blocks at 32K; the splits both rules give.
+  struct Case {
+    int nq, nk, one_pass, two_pass;
+  };
+  for (const Case c : {Case{32, 64, 8, 8}, Case{64, 128, 4, 4}, Case{128, 256, 2, 2},
+                       Case{256, 512, 1, 1}, Case{86, 512, 8, 2}}) {
+    const int per = cuda::sampled_row_blocks_per_cta(c.nq, kSlots);
+    const int64_t ctas = int64_t((c.nq + per - 1) / per) * 32;
+    EXPECT_EQ(cuda::sampled_row_key_splits(ctas, c.nk, kSlots, 128, true), c.one_pass) << c.nq;
+    EXPECT_EQ(cuda::sampled_row_key_splits(ctas, c.nk, kSlots, 128, false), c.two_pass) << c.nq;
+  }
+  EXPECT_EQ(cuda::sampled_row_key_splits(1, 3, kSlots, 128, true), 3);  // one key block each
+}
+
 }  // namespace
 }  // namespace sparge::test

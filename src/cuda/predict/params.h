@@ -60,18 +60,42 @@ __host__ __device__ inline int sampled_row_slots(int sample_rows, int block_q) {
   while (s < c) s <<= 1;
   return s;
 }
-// Query blocks one CTA estimates: 128 slots' worth, at least one (a block of more slots runs its
-// units as several groups of 8).
-__host__ __device__ inline int sampled_row_blocks_per_cta(int slots) {
-  return slots >= kSampledRowSlotsPerCta ? 1 : kSampledRowSlotsPerCta / slots;
+// Query blocks one CTA estimates: at most 128 slots' worth (at least one block), spread evenly
+// over the CTAs a head needs, so that a count that is not a multiple of 128 slots' worth (a row
+// chunk's 86 of 256 blocks at 32K tokens) leaves no short last CTA (a block of more than 128
+// slots runs its units as several groups of 8).
+inline int sampled_row_blocks_per_cta(int num_q_blocks, int slots) {
+  const int most = slots >= kSampledRowSlotsPerCta ? 1 : kSampledRowSlotsPerCta / slots;
+  const int ctas = std::max(1, (num_q_blocks + most - 1) / most);
+  return std::max(1, (num_q_blocks + ctas - 1) / ctas);
 }
-// Key splits of the estimate (gridDim.z): as many as bring `ctas` (its CTAs without a split) to
-// two per SM of a 132-SM H100 / H200, at most 8 and one key block each, and at most head_dim /
-// slots: the splits' (max, sum) pairs live in pooled_q's space (PredictParams::sr_partial).
-inline int sampled_row_key_splits(int64_t ctas, int num_k_blocks, int slots, int head_dim) {
+// Key splits of the estimate (gridDim.z), given `ctas`, its CTAs without a split, and a fill of
+// two CTAs per SM of a 132-SM H100 / H200 (kFillCtas).
+// Two passes: as many as bring `ctas` to kFillCtas, at most 8 and one key block each, and at
+// most head_dim / slots (the splits' (max, sum) pairs live in pooled_q's space,
+// PredictParams::sr_partial); rows combine their splits' sums, so the count is part of the result.
+// One pass: every key block's entries have one writer whatever the split, so the count only
+// shapes the grid: the one of at most 8 (and one key block each) with the least time by waves,
+// ⌈ctas · s / kFillCtas⌉ / s, the fewest on ties (each split loads its rows' Q again). Where the
+// two-pass rule floors, e.g. a row chunk's 96 CTAs at 32K tokens (2 splits, 192 CTAs: 73% of one
+// wave), this takes 8 (768 CTAs, 2.9 waves); whole calls of 4K-32K tokens at 32 heads keep their
+// counts.
+inline int sampled_row_key_splits(int64_t ctas, int num_k_blocks, int slots, int head_dim,
+                                  bool one_pass) {
   constexpr int64_t kFillCtas = 2 * 132;
-  const int64_t cap = std::min<int64_t>({8, num_k_blocks, head_dim / slots});
-  return int(std::max<int64_t>(1, std::min(cap, kFillCtas / std::max<int64_t>(ctas, 1))));
+  ctas = std::max<int64_t>(ctas, 1);
+  if (!one_pass) {
+    const int64_t cap = std::min<int64_t>({8, num_k_blocks, head_dim / slots});
+    return int(std::max<int64_t>(1, std::min(cap, kFillCtas / ctas)));
+  }
+  const int cap = std::max(1, std::min(8, num_k_blocks));
+  int best = 1;
+  int64_t best_waves = (ctas + kFillCtas - 1) / kFillCtas;  // cost of s splits: waves(s) / s
+  for (int s = 2; s <= cap; ++s) {
+    const int64_t waves = (ctas * s + kFillCtas - 1) / kFillCtas;
+    if (waves * best < best_waves * s) best = s, best_waves = waves;  // waves / s < best's
+  }
+  return best;
 }
 
 // PredictParams::key_side_needed's states.

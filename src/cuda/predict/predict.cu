@@ -66,13 +66,13 @@ template <typename T, int kHeadDim>
 Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   using Tr = EtTraits<T, kHeadDim>;
   const int slots = sampled_row_slots(p.sample_rows, p.block_q);
-  // Every CTA packs 128 row slots even where that leaves SMs idle: halving the blocks per CTA
-  // until two CTAs per SM ran measured slower at 8K and at 32K on an H100 (each CTA then reads
-  // all of K for fewer rows); the key splits fill the GPU instead.
-  const int blocks_per_cta = sampled_row_blocks_per_cta(slots);
+  // Every CTA packs up to 128 row slots even where that leaves SMs idle: halving the blocks per
+  // CTA until two CTAs per SM ran measured slower at 8K and at 32K on an H100 (each CTA then
+  // reads all of K for fewer rows); the key splits fill the GPU instead.
+  const int blocks_per_cta = sampled_row_blocks_per_cta(p.num_q_blocks, slots);
   const int ctas_per_head = (p.num_q_blocks + blocks_per_cta - 1) / blocks_per_cta;
   const int splits = sampled_row_key_splits(int64_t(ctas_per_head) * p.batch * p.heads_q,
-                                            p.num_k_blocks, slots, p.head_dim);
+                                            p.num_k_blocks, slots, p.head_dim, p.sr_one_pass);
   const dim3 grid(ctas_per_head, p.batch * p.heads_q, splits);
   const auto run = [&](auto kernel, int smem) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
