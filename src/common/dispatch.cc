@@ -454,6 +454,15 @@ Status run_sparse_attention(const TensorView& q, const TensorView& k, const Tens
   return cuda::predict_block_mask(make_problem(q, k, v, opts), mask_like(q, k, opts), ctx);
 #endif
   const WorkspaceLayout layout = workspace_layout(problem_shape(q, k), opts, may_chunk);
+  // A call that must be cut goes by heads where one KV-head group fits (row_chunks.h): each
+  // chunk is a whole call of its heads, within the workspace this call was sized for (and is not
+  // cut again: it fits its budget, or, when forced, it is one batch entry's chunk already).
+  if (may_chunk && (layout.chunks.cut() || detail::head_chunks_forced())) {
+    const int64_t heads = detail::heads_per_memory_chunk(problem_shape(q, k), opts, &chunked_bytes);
+    if (heads > 0 && (heads < q.heads || q.batch > 1))
+      return detail::sparse_attention_in_head_chunks(q, k, v, attn_mask, key_blocks, opts, o,
+                                                     extras, ctx, nullptr, heads);
+  }
   // The mask's storage leads the workspace unless the caller holds the mask (mask_out).
   const std::size_t mask_bytes = mask_out ? 0 : layout.stage1;
   if (ctx.workspace == nullptr || ctx.workspace_bytes < mask_bytes + layout.stage1_bytes) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 namespace sparge::detail {
 namespace {
@@ -15,7 +16,48 @@ int64_t forced_row_chunk_blocks() {
   return (end != nullptr && *end == '\0' && n > 0) ? int64_t(n) : 0;
 }
 
+bool rows_forced_by_env() {
+  const char* v = std::getenv("SPARGE_CHUNK_BY");
+  return v != nullptr && std::string(v) == "rows";
+}
+
+int64_t forced_head_chunk_heads() {
+  const char* v = std::getenv("SPARGE_HEAD_CHUNK_HEADS");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return (end != nullptr && *end == '\0' && n > 0) ? int64_t(n) : 0;
+}
+
 }  // namespace
+
+bool head_chunks_forced() { return forced_head_chunk_heads() > 0; }
+
+int64_t heads_per_memory_chunk(const ProblemShape& s, const SparseOptions& o, ChunkBytesFn bytes_of) {
+  if (forced_row_chunk_blocks() > 0 || rows_forced_by_env() || s.heads_kv < 1 ||
+      s.heads_q % s.heads_kv != 0)
+    return 0;
+  const int64_t group = s.heads_q / s.heads_kv;
+  if (const int64_t forced = forced_head_chunk_heads(); forced > 0)
+    return std::max(group, forced / group * group);
+  const auto fits = [&](int64_t groups) {
+    ProblemShape c = s;
+    c.batch = 1;
+    c.heads_q = groups * group;
+    c.heads_kv = groups;
+    return bytes_of(c, o) <= row_chunk_budget(c);
+  };
+  // The most groups a chunk holds (bytes_of grows with them faster than the budget's floor).
+  int64_t fit = 0;
+  for (int64_t lo = 1, hi = s.heads_kv; lo <= hi;) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (fits(mid)) fit = mid, lo = mid + 1;
+    else hi = mid - 1;
+  }
+  if (fit == 0) return 0;
+  const int64_t count = (s.heads_kv + fit - 1) / fit;  // as few chunks as fit, evenly spread
+  return (s.heads_kv + count - 1) / count * group;
+}
 
 RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkBytesFn bytes_of) {
   if (o.target_error > 0.0f || o.block_q < 1 || s.seq_q < 1) return {};

@@ -5,10 +5,12 @@
 // of one chunk. A chunk's Problem keeps the call's visibility band (Problem::row_offset,
 // call_seq_q), and Stage 1's rows depend only on their own query block and on all the keys, so
 // every chunk computes exactly the rows the whole call would (masks and outputs bit for bit).
-// The cost: each chunk's Stage 2 ends with its own tail, and the per-call key work (key mean,
-// key pooling, in quantized mode the INT8 / FP8 copies of K and V) is redone per chunk, but for
-// exact calls with the pooled estimate on the CPU backends, whose chunks read key blocks built
-// once (common/dispatch.cc, chunks_share_key_blocks).
+// The cost: each chunk's Stage 2 ends with its own tail, every chunk reads all of K (the
+// sampled-rows estimate; in quantized mode the INT8 / FP8 copies of K and V are redone), and the
+// row-parallel kernels run on a chunk's rows; the key mean and pooling are done once (CUDA:
+// PredictParams::key_side_needed; CPU: key blocks built once for exact pooled calls,
+// common/dispatch.cc, chunks_share_key_blocks). So CUDA cuts by heads where it can
+// (heads_per_memory_chunk) and by rows only where one KV-head group alone exceeds the budget.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +42,19 @@ struct RowChunking {
 // chunked call with the whole one on small inputs).
 using ChunkBytesFn = std::size_t (*)(const ProblemShape&, const SparseOptions&);
 RowChunking row_chunking(const ProblemShape& s, const SparseOptions& o, ChunkBytesFn bytes_of);
+
+// Where a CUDA call must be cut (row_chunking plans chunks), it goes by heads when it can: the
+// query heads of one batch entry in runs of whole KV-head groups (head_chunks.h), each run a
+// whole call of its heads that fits its own budget (bytes_of(run) <= row_chunk_budget(run)),
+// spread evenly. Row chunks each read all of K (the sampled-rows estimate's Q·Kᵀ, the quantized
+// copies) and cut every row-parallel kernel's grid; head chunks read each head's keys once. The
+// query heads per chunk, or 0 for row chunks: where one KV-head group of one batch entry does
+// not fit, where SPARGE_ROW_CHUNK_BLOCKS forces row chunks, or with SPARGE_CHUNK_BY=rows (the
+// benchmarks' way to compare the two). SPARGE_HEAD_CHUNK_HEADS=n forces chunks of n query heads
+// (rounded down to whole groups, at least one) on any call that may be cut, unless
+// SPARGE_ROW_CHUNK_BLOCKS forces rows (tests compare them with the whole call on small inputs).
+int64_t heads_per_memory_chunk(const ProblemShape& s, const SparseOptions& o, ChunkBytesFn bytes_of);
+bool head_chunks_forced();  // SPARGE_HEAD_CHUNK_HEADS is set
 
 // max(kRowChunkMinBytes, kRowChunkShareOfQkv · the bytes of Q, K and V): the most a chunk holds,
 // and the least workspace a cut call asks for, so that workspace_size grows with the shape (a

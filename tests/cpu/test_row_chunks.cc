@@ -197,6 +197,42 @@ TEST(RowChunks, ThePlan) {
   }
 }
 
+// Head chunks (heads_per_memory_chunk): the most whole KV-head groups of one batch entry whose
+// cost fits their own budget, spread evenly; 0 (row chunks) where one group does not fit or rows
+// are forced; a forced head count rounds down to whole groups.
+TEST(RowChunks, TheHeadChunkPlan) {
+  const ScopedEnv rows_off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+  const ScopedEnv by_off("SPARGE_CHUNK_BY", nullptr);
+  const ScopedEnv heads_off("SPARGE_HEAD_CHUNK_HEADS", nullptr);
+  SparseOptions o;
+  // A made-up cost: 10 MiB per query head (a 64 MiB floor: 6 heads fit).
+  const detail::ChunkBytesFn cost = [](const ProblemShape& s, const SparseOptions&) {
+    return std::size_t(s.batch * s.heads_q) * (std::size_t(10) << 20);
+  };
+  const ProblemShape mha{2, 32, 32, 4096, 4096, 64, DType::kBFloat16};
+  EXPECT_EQ(detail::heads_per_memory_chunk(mha, o, cost), 6);  // 6 chunks per batch entry
+  const ProblemShape gqa{1, 32, 8, 4096, 4096, 64, DType::kBFloat16};  // groups of 4: one fits
+  EXPECT_EQ(detail::heads_per_memory_chunk(gqa, o, cost), 4);
+  const ProblemShape wide{1, 64, 4, 4096, 4096, 64, DType::kBFloat16};  // groups of 16: none fits
+  EXPECT_EQ(detail::heads_per_memory_chunk(wide, o, cost), 0);
+  {
+    const ScopedEnv rows("SPARGE_CHUNK_BY", "rows");
+    EXPECT_EQ(detail::heads_per_memory_chunk(mha, o, cost), 0);
+  }
+  {
+    const ScopedEnv forced_rows("SPARGE_ROW_CHUNK_BLOCKS", "3");
+    EXPECT_EQ(detail::heads_per_memory_chunk(mha, o, cost), 0);
+  }
+  {
+    const ScopedEnv forced("SPARGE_HEAD_CHUNK_HEADS", "7");
+    EXPECT_TRUE(detail::head_chunks_forced());
+    EXPECT_EQ(detail::heads_per_memory_chunk(mha, o, cost), 7);
+    EXPECT_EQ(detail::heads_per_memory_chunk(gqa, o, cost), 4);   // rounded down to a group
+    EXPECT_EQ(detail::heads_per_memory_chunk(wide, o, cost), 16);  // at least one group
+  }
+  EXPECT_FALSE(detail::head_chunks_forced());
+}
+
 // The plan against CUDA's workspace arithmetic at long lengths (sizes only, no GPU): a chunk
 // holds the most query blocks whose whole-call workspace (and lse rows) fits the budget. CUDA's
 // long-row scratch stops growing at its cap, so a line through the sizes at 2 and 4 query blocks

@@ -1,7 +1,7 @@
 // Calls cut into chunks of query rows on CUDA (common/row_chunks.h; issue 14's memory target):
 // sparse_attention without a caller's mask, forced into chunks of 1, 2 or 3 query blocks
-// (SPARGE_ROW_CHUNK_BLOCKS), gives the whole call's output, LSE, λ counters and Stage-1 stats bit
-// for bit on every kernel it picks (exact and quantized, causal bottom-right with Nq < Nk and key
+// (SPARGE_ROW_CHUNK_BLOCKS) or of query heads (SPARGE_HEAD_CHUNK_HEADS, the cut CUDA prefers),
+// gives the whole call's output, LSE, λ counters and Stage-1 stats bit for bit on every kernel it picks (exact and quantized, causal bottom-right with Nq < Nk and key
 // lengths, a window, GQA), in a workspace of workspace_size() for the chunked plan; and a long
 // call's workspace_size() is the chunked one. Needs a GPU: skipped with a message without.
 #include <gtest/gtest.h>
@@ -152,6 +152,19 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
     for (const char* blocks : {"1", "2", "3"}) {
       SCOPED_TRACE(std::string("chunks of ") + blocks + " query blocks");
       const ScopedEnv on("SPARGE_ROW_CHUNK_BLOCKS", blocks);
+      const GpuRun got = run_on_gpu(q, k, v, o, lengths);
+      ASSERT_TRUE(got.status.is_ok()) << got.status.message();
+      EXPECT_EQ(std::memcmp(got.out.data(), whole.out.data(), 4 * whole.out.size()), 0);
+      EXPECT_EQ(std::memcmp(got.lse.data(), whole.lse.data(), 4 * whole.lse.size()), 0);
+      EXPECT_EQ(got.counters, whole.counters);
+      EXPECT_EQ(got.forced, whole.forced);
+    }
+    // Head chunks (row_chunks.h, heads_per_memory_chunk): one KV-head group, then three query
+    // heads (rounded down to whole groups), per batch entry.
+    for (const char* heads : {"1", "3"}) {
+      SCOPED_TRACE(std::string("head chunks of ") + heads + " query heads");
+      const ScopedEnv rows_off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+      const ScopedEnv on("SPARGE_HEAD_CHUNK_HEADS", heads);
       const GpuRun got = run_on_gpu(q, k, v, o, lengths);
       ASSERT_TRUE(got.status.is_ok()) << got.status.message();
       EXPECT_EQ(std::memcmp(got.out.data(), whole.out.data(), 4 * whole.out.size()), 0);
