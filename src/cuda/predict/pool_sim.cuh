@@ -124,12 +124,27 @@ __device__ __forceinline__ double row_sums_scattered(const double (&v)[kPoolRows
   return s;
 }
 
-// Pool one block: grid (blocks, batch·heads), kPoolThreads threads. kIsKey: subtract km and
-// write the pooled row transposed ([D][nk]) for the score kernel. Lane groups of
-// lanes_per_row(D) lanes read one row per load; a lane loads the rows of group g + 1 while it
-// reduces those of group g, so each CTA has up to 8 loads per lane in flight.
+// Blocks a CTA of pool_blocks pools in turn: enough that a CTA's start (the first loads' latency
+// with nothing to overlap) and end (the block's reduction) are paid once per several blocks,
+// while the grid keeps about 4 waves of 3 CTAs on each of a 132-SM H100 / H200's SMs; at most 8.
+// One block per CTA measured 1.8 TB/s pooling q and 1.3 pooling k (64-row blocks) at 32K tokens
+// on an H100 (bench/results/2026-12-06_NVIDIA-H100_stage1-ncu-016ff95.txt).
+inline int pool_blocks_per_cta(int64_t blocks, int64_t heads) {
+  constexpr int64_t kWaveCtas = 4 * 3 * 132;
+  const int64_t per = blocks * heads / kWaveCtas;
+  return int(per < 1 ? 1 : per > 8 ? 8 : per);
+}
+
+// Pool blocks: grid (⌈count / blocks_per_cta⌉, batch·heads), kPoolThreads threads; CTA x pools
+// blocks first + [x·blocks_per_cta, min((x+1)·blocks_per_cta, count)) of its (batch, head) in
+// turn, where first is PredictParams::key_block_first for keys, 0 for queries. kIsKey: subtract
+// km and write the pooled row transposed ([D][nk]) for the score kernel. Lane groups of
+// lanes_per_row(D) lanes read one row per load; a lane loads the rows of group g + 1 (the next
+// block's first group at a block's last) while it reduces those of group g, so each CTA has up to
+// 8 loads per lane in flight. Every block's sums run in the order of one block per CTA.
 template <typename T, bool kIsKey>
-__global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictParams p) {
+__global__ void __launch_bounds__(kPoolThreads, 3)
+    pool_blocks(const PredictParams p, int count, int blocks_per_cta) {
   __shared__ double sSum[kPoolWarps][256];
   __shared__ double sUnit[kPoolWarps][256];
   __shared__ double sUnitSq[kPoolWarps];
@@ -138,39 +153,52 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
   const int block_rows = kIsKey ? p.block_k : p.block_q;
   const int seq = kIsKey ? p.seq_k : p.seq_q;
   const int nblocks = kIsKey ? p.num_k_blocks : p.num_q_blocks;
-  const int blk = blockIdx.x + (kIsKey ? p.key_block_first : 0), bh = blockIdx.y;
+  const int first = kIsKey ? p.key_block_first : 0, bh = blockIdx.y;
+  const int local0 = blockIdx.x * blocks_per_cta, local_end = min(count, local0 + blocks_per_cta);
   const int b = bh / heads, h = bh % heads;
   const int64_t* stride = kIsKey ? p.k_stride : p.q_stride;
   const int D = p.head_dim, lanes = lanes_per_row(D), rows_per_warp = 32 / lanes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunk = lane % lanes, slot = lane / lanes;
   const bool has_chunk = chunk * kChunkElems < D;
-  const int row0 = blk * block_rows;
-  const int n = min(seq - row0, block_rows);
-  const T* gX = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1] +
-                int64_t(row0) * stride[2];
-  const bool vec = rows_vectorizable(gX, stride[2], D);
+  const T* gHead = static_cast<const T*>(kIsKey ? p.k : p.q) + b * stride[0] + h * stride[1];
   if (kIsKey && key_side_state(p, bh) == kKeySidePooled) return;  // an earlier row chunk did
   if (kIsKey && key_side_state(p, bh) == kKeySideUnused) {
-    // Nothing reads this block's values (every row of its heads is computed whole); they are
-    // written as a zero block that is not similar, so that later kernels read defined memory.
-    for (int d = threadIdx.x; d < D; d += kPoolThreads)
-      p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = 0.0;
-    if (threadIdx.x == 0) p.sim_k[int64_t(bh) * nblocks + blk] = CUDART_NAN;
+    // Nothing reads these blocks' values (every row of its heads is computed whole); they are
+    // written as zero blocks that are not similar, so that later kernels read defined memory.
+    for (int local = local0; local < local_end; ++local) {
+      const int blk = first + local;
+      for (int d = threadIdx.x; d < D; d += kPoolThreads)
+        p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = 0.0;
+      if (threadIdx.x == 0) p.sim_k[int64_t(bh) * nblocks + blk] = CUDART_NAN;
+    }
     return;
   }
   const int rows_per_group = kPoolWarps * rows_per_warp * kPoolRowsPerLane;
-  const int groups = (n + rows_per_group - 1) / rows_per_group;
+  // One block's rows: where they start, how many exist, whether 16-byte loads serve them.
+  struct BlockRows {
+    const T* gX;
+    int n;
+    bool vec;
+  };
+  const auto rows_of_block = [&](int local) {
+    const int row0 = (first + local) * block_rows;
+    BlockRows r;
+    r.gX = gHead + int64_t(row0) * stride[2];
+    r.n = min(seq - row0, block_rows);
+    r.vec = rows_vectorizable(r.gX, stride[2], D);
+    return r;
+  };
   // Block row of this lane's u-th load in group g: each load instruction reads adjacent rows.
   const auto row_of = [&](int g, int u) {
     return g * rows_per_group + (u * kPoolWarps + warp) * rows_per_warp + slot;
   };
-  const auto load_group = [&](int g, uint4 (&raw)[kPoolRowsPerLane]) {
+  const auto load_group = [&](const BlockRows& br, int g, uint4 (&raw)[kPoolRowsPerLane]) {
 #pragma unroll
     for (int u = 0; u < kPoolRowsPerLane; ++u) {
       const int r = row_of(g, u);
-      raw[u] = has_chunk && r < n ? load_chunk(gX + int64_t(r) * stride[2], chunk, D, vec)
-                                  : make_uint4(0, 0, 0, 0);
+      raw[u] = has_chunk && r < br.n ? load_chunk(br.gX + int64_t(r) * stride[2], chunk, D, br.vec)
+                                     : make_uint4(0, 0, 0, 0);
     }
   };
 
@@ -180,95 +208,107 @@ __global__ void __launch_bounds__(kPoolThreads, 3) pool_blocks(const PredictPara
       sMean[d] = d < D ? p.km[int64_t(bh) * D + d] : 0.0;
     __syncthreads();
   }
-  double sum[kChunkElems], unit[kChunkElems];
+  uint4 next[kPoolRowsPerLane];  // the next group's loads, in flight
+  BlockRows cur = rows_of_block(local0);
+  load_group(cur, 0, next);
+  for (int local = local0; local < local_end; ++local) {
+    const int blk = first + local;
+    const int n = cur.n;
+    const int groups = (n + rows_per_group - 1) / rows_per_group;
+    const bool has_next = local + 1 < local_end;
+    const BlockRows following = has_next ? rows_of_block(local + 1) : cur;
+    double sum[kChunkElems], unit[kChunkElems];
 #pragma unroll
-  for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
-  // A block whose groups are all full (every block but a sequence's last) runs without the
-  // per-element row test (its selects were ~11% of the kernel's instructions, ncu).
-  const auto walk = [&](auto full) {
-    constexpr bool kFull = decltype(full)::value;
-    uint4 next[kPoolRowsPerLane];
-    load_group(0, next);
-    for (int g = 0; g < groups; ++g) {
-      uint4 raw[kPoolRowsPerLane];
+    for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
+    // A block whose groups are all full (every block but a sequence's last) runs without the
+    // per-element row test (its selects were ~11% of the kernel's instructions, ncu).
+    const auto walk = [&](auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      for (int g = 0; g < groups; ++g) {
+        uint4 raw[kPoolRowsPerLane];
 #pragma unroll
-      for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
-      if (g + 1 < groups) load_group(g + 1, next);
-      double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
+        for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
+        if (g + 1 < groups)
+          load_group(cur, g + 1, next);
+        else if (has_next)
+          load_group(following, 0, next);
+        double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
 #pragma unroll
-      for (int u = 0; u < kPoolRowsPerLane; ++u) {
-        double mean[kChunkElems];
+        for (int u = 0; u < kPoolRowsPerLane; ++u) {
+          double mean[kChunkElems];
 #pragma unroll
-        for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
-        widen_chunk<T>(raw[u], mean, x[u]);
-        const bool row_ok = kFull || row_of(g, u) < n;  // rows past the block's end add nothing (not −km)
-        sq[u] = 0.0;
+          for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
+          widen_chunk<T>(raw[u], mean, x[u]);
+          const bool row_ok = kFull || row_of(g, u) < n;  // rows past the block's end add nothing (not −km)
+          sq[u] = 0.0;
 #pragma unroll
-        for (int e = 0; e < kChunkElems; ++e) {
-          x[u][e] = row_ok ? x[u][e] : 0.0;
-          sq[u] += x[u][e] * x[u][e];
-          sum[e] += x[u][e];
+          for (int e = 0; e < kChunkElems; ++e) {
+            x[u][e] = row_ok ? x[u][e] : 0.0;
+            sq[u] += x[u][e] * x[u][e];
+            sum[e] += x[u][e];
+          }
+        }
+        // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
+        const double row_sq = row_sums_scattered(sq, lanes);
+        const double inv_norm = row_sq > 0.0 ? 1.0 / sqrt(row_sq) : 0.0;
+#pragma unroll
+        for (int u = 0; u < kPoolRowsPerLane; ++u) {
+          const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
+#pragma unroll
+          for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
         }
       }
-      // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
-      const double row_sq = row_sums_scattered(sq, lanes);
-      const double inv_norm = row_sq > 0.0 ? 1.0 / sqrt(row_sq) : 0.0;
+    };
+    if (n == block_rows && block_rows % rows_per_group == 0)
+      walk(std::true_type{});
+    else
+      walk(std::false_type{});
+    // Fixed order: the row slots of a warp (xor tree), the warps in order, then ‖Σ x̂‖² over d.
+    for (int off = lanes; off < 32; off <<= 1)
 #pragma unroll
-      for (int u = 0; u < kPoolRowsPerLane; ++u) {
-        const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
-#pragma unroll
-        for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
+      for (int e = 0; e < kChunkElems; ++e) {
+        sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], off);
+        unit[e] += __shfl_xor_sync(0xffffffffu, unit[e], off);
       }
-    }
-  };
-  if (n == block_rows && block_rows % rows_per_group == 0)
-    walk(std::true_type{});
-  else
-    walk(std::false_type{});
-  // Fixed order: the row slots of a warp (xor tree), the warps in order, then ‖Σ x̂‖² over d.
-  for (int off = lanes; off < 32; off <<= 1)
 #pragma unroll
     for (int e = 0; e < kChunkElems; ++e) {
-      sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], off);
-      unit[e] += __shfl_xor_sync(0xffffffffu, unit[e], off);
+      const int d = chunk * kChunkElems + e;
+      if (slot == 0 && d < D) {
+        sSum[warp][d] = sum[e];
+        sUnit[warp][d] = unit[e];
+      }
     }
-#pragma unroll
-  for (int e = 0; e < kChunkElems; ++e) {
-    const int d = chunk * kChunkElems + e;
-    if (slot == 0 && d < D) {
-      sSum[warp][d] = sum[e];
-      sUnit[warp][d] = unit[e];
+    __syncthreads();
+    double unit_sq = 0.0;
+    for (int d = threadIdx.x; d < D; d += kPoolThreads) {
+      double s = 0.0, u = 0.0;
+      for (int w = 0; w < kPoolWarps; ++w) {
+        s += sSum[w][d];
+        u += sUnit[w][d];
+      }
+      unit_sq += u * u;
+      const double pooled = s / double(n);
+      if (kIsKey)
+        p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = pooled;
+      else
+        p.pooled_q[(int64_t(bh) * nblocks + blk) * D + d] = pooled;
     }
-  }
-  __syncthreads();
-  double unit_sq = 0.0;
-  for (int d = threadIdx.x; d < D; d += kPoolThreads) {
-    double s = 0.0, u = 0.0;
-    for (int w = 0; w < kPoolWarps; ++w) {
-      s += sSum[w][d];
-      u += sUnit[w][d];
+    unit_sq = warp_sum(unit_sq);
+    if (lane == 0) sUnitSq[warp] = unit_sq;
+    __syncthreads();  // also: every lane is done with sSum / sUnit before the next block's stores
+    if (threadIdx.x == 0) {
+      double total = 0.0;
+      for (int w = 0; w < kPoolWarps; ++w) total += sUnitSq[w];
+      const double sim = total / (double(n) * double(n));
+      (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = sim;
+      // The selection's test (NaN compares false: not similar). A key side an earlier row chunk
+      // pooled stays kPooled; the CTAs that race here all write kNeeded over kUnused.
+      if (!kIsKey && p.key_side_needed != nullptr && sim > double(p.sim_threshold[p.per_head ? h : 0])) {
+        int32_t& state = p.key_side_needed[b * p.heads_kv + h / p.group];
+        if (state == kKeySideUnused) state = kKeySideNeeded;
+      }
     }
-    unit_sq += u * u;
-    const double pooled = s / double(n);
-    if (kIsKey)
-      p.pooled_kt[(int64_t(bh) * D + d) * nblocks + blk] = pooled;
-    else
-      p.pooled_q[(int64_t(bh) * nblocks + blk) * D + d] = pooled;
-  }
-  unit_sq = warp_sum(unit_sq);
-  if (lane == 0) sUnitSq[warp] = unit_sq;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kPoolWarps; ++w) total += sUnitSq[w];
-    const double sim = total / (double(n) * double(n));
-    (kIsKey ? p.sim_k : p.sim_q)[int64_t(bh) * nblocks + blk] = sim;
-    // The selection's test (NaN compares false: not similar). A key side an earlier row chunk
-    // pooled stays kPooled; the CTAs that race here all write kNeeded over kUnused.
-    if (!kIsKey && p.key_side_needed != nullptr && sim > double(p.sim_threshold[p.per_head ? h : 0])) {
-      int32_t& state = p.key_side_needed[b * p.heads_kv + h / p.group];
-      if (state == kKeySideUnused) state = kKeySideNeeded;
-    }
+    cur = following;
   }
 }
 

@@ -193,14 +193,18 @@ Status launch_predict(const PredictParams& p, cudaStream_t stream) {
     // call's later row chunks keep the states, and the key side, of the chunks before them.
     if (!p.keys_given && p.key_side_needed != nullptr && p.first_row_chunk)
       SPARGE_CUDA_CHECK(cudaMemsetAsync(p.key_side_needed, kKeySideUnused, sizeof(int32_t) * bhk, stream));
-    pool_blocks<T, false><<<dim3(p.num_q_blocks, bhq), kPoolThreads, 0, stream>>>(p);
+    const int q_per_cta = pool_blocks_per_cta(p.num_q_blocks, bhq);
+    pool_blocks<T, false><<<dim3((p.num_q_blocks + q_per_cta - 1) / q_per_cta, bhq), kPoolThreads, 0,
+                            stream>>>(p, p.num_q_blocks, q_per_cta);
     SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(q) launch");
     if (!p.keys_given) {
       key_mean_partial<T><<<dim3(chunks, bhk), kMeanThreads, 0, stream>>>(p);
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_partial launch");
       key_mean_finalize<<<bhk, mean_threads, 0, stream>>>(p, chunks);
       SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
-      pool_blocks<T, true><<<dim3(p.num_k_blocks, bhk), kPoolThreads, 0, stream>>>(p);
+      const int k_per_cta = pool_blocks_per_cta(p.num_k_blocks, bhk);
+      pool_blocks<T, true><<<dim3((p.num_k_blocks + k_per_cta - 1) / k_per_cta, bhk), kPoolThreads, 0,
+                             stream>>>(p, p.num_k_blocks, k_per_cta);
       SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(k) launch");
       if (p.key_side_needed != nullptr && p.later_row_chunks) {
         key_side_pooled<<<(bhk + 127) / 128, 128, 0, stream>>>(p);
@@ -257,7 +261,9 @@ Status launch_key_blocks(const PredictParams& p, bool new_mean, int end_block,
     SPARGE_CUDA_CHECK_LAUNCH("key_mean_finalize launch");
   }
   if (end_block > p.key_block_first) {
-    pool_blocks<T, true><<<dim3(end_block - p.key_block_first, bhk), kPoolThreads, 0, stream>>>(p);
+    const int count = end_block - p.key_block_first, per_cta = pool_blocks_per_cta(count, bhk);
+    pool_blocks<T, true><<<dim3((count + per_cta - 1) / per_cta, bhk), kPoolThreads, 0, stream>>>(
+        p, count, per_cta);
     SPARGE_CUDA_CHECK_LAUNCH("pool_blocks(key blocks) launch");
   }
   return Status::ok();
