@@ -149,15 +149,19 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
     for (int64_t f : whole.forced) forced += f;
     std::printf("[ row chunks ] %s: λ skipped %llu pairs, %lld tiles forced\n", c.name, skipped,
                 (long long)forced);
-    for (const char* blocks : {"1", "2", "3"}) {
-      SCOPED_TRACE(std::string("chunks of ") + blocks + " query blocks");
-      const ScopedEnv on("SPARGE_ROW_CHUNK_BLOCKS", blocks);
+    // The call as the environment cuts it, against the whole one.
+    const auto expect_whole_call = [&] {
       const GpuRun got = run_on_gpu(q, k, v, o, lengths);
       ASSERT_TRUE(got.status.is_ok()) << got.status.message();
       EXPECT_EQ(std::memcmp(got.out.data(), whole.out.data(), 4 * whole.out.size()), 0);
       EXPECT_EQ(std::memcmp(got.lse.data(), whole.lse.data(), 4 * whole.lse.size()), 0);
       EXPECT_EQ(got.counters, whole.counters);
       EXPECT_EQ(got.forced, whole.forced);
+    };
+    for (const char* blocks : {"1", "2", "3"}) {
+      SCOPED_TRACE(std::string("chunks of ") + blocks + " query blocks");
+      const ScopedEnv on("SPARGE_ROW_CHUNK_BLOCKS", blocks);
+      expect_whole_call();
     }
     // Head chunks (row_chunks.h, heads_per_memory_chunk): one KV-head group, then three query
     // heads (rounded down to whole groups), per batch entry.
@@ -165,12 +169,7 @@ TEST(CudaRowChunks, EveryChunkSizeEqualsTheWholeCallBitForBit) {
       SCOPED_TRACE(std::string("head chunks of ") + heads + " query heads");
       const ScopedEnv rows_off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
       const ScopedEnv on("SPARGE_HEAD_CHUNK_HEADS", heads);
-      const GpuRun got = run_on_gpu(q, k, v, o, lengths);
-      ASSERT_TRUE(got.status.is_ok()) << got.status.message();
-      EXPECT_EQ(std::memcmp(got.out.data(), whole.out.data(), 4 * whole.out.size()), 0);
-      EXPECT_EQ(std::memcmp(got.lse.data(), whole.lse.data(), 4 * whole.lse.size()), 0);
-      EXPECT_EQ(got.counters, whole.counters);
-      EXPECT_EQ(got.forced, whole.forced);
+      expect_whole_call();
     }
   }
 }
