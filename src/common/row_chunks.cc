@@ -1,4 +1,4 @@
-// Calls cut into chunks of query rows (row_chunks.h): the plan and the views.
+// Calls cut into chunks of query rows or heads (row_chunks.h): the plans and the row views.
 #include "common/row_chunks.h"
 
 #include <algorithm>
@@ -8,25 +8,21 @@
 namespace sparge::detail {
 namespace {
 
-int64_t forced_row_chunk_blocks() {
-  const char* v = std::getenv("SPARGE_ROW_CHUNK_BLOCKS");
+// A positive integer from the environment variable `name`, else 0 (unset, empty or malformed).
+int64_t positive_env(const char* name) {
+  const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return 0;
   char* end = nullptr;
   const long long n = std::strtoll(v, &end, 10);
   return (end != nullptr && *end == '\0' && n > 0) ? int64_t(n) : 0;
 }
+
+int64_t forced_row_chunk_blocks() { return positive_env("SPARGE_ROW_CHUNK_BLOCKS"); }
+int64_t forced_head_chunk_heads() { return positive_env("SPARGE_HEAD_CHUNK_HEADS"); }
 
 bool rows_forced_by_env() {
   const char* v = std::getenv("SPARGE_CHUNK_BY");
   return v != nullptr && std::string(v) == "rows";
-}
-
-int64_t forced_head_chunk_heads() {
-  const char* v = std::getenv("SPARGE_HEAD_CHUNK_HEADS");
-  if (v == nullptr || *v == '\0') return 0;
-  char* end = nullptr;
-  const long long n = std::strtoll(v, &end, 10);
-  return (end != nullptr && *end == '\0' && n > 0) ? int64_t(n) : 0;
 }
 
 }  // namespace
