@@ -268,6 +268,29 @@ TEST(RowChunks, ChunksHoldWhatFitsAtLongLengths) {
   }
 }
 
+// Where CUDA's cut goes by heads (heads_per_memory_chunk against the workspace arithmetic, no
+// GPU): the defaults' 32K calls at 32 heads in three chunks of 11 heads, a 128K call at 8 heads
+// one head a chunk, and rows at 256K tokens (one head alone exceeds the 64 MiB floor).
+TEST(RowChunks, HeadChunksAgainstTheWorkspaceArithmetic) {
+  if (build_info().find("cuda: not built") != std::string::npos)
+    GTEST_SKIP() << "CUDA's workspace arithmetic: not in a CPU-only build";
+  const ScopedEnv rows_off("SPARGE_ROW_CHUNK_BLOCKS", nullptr);
+  const ScopedEnv by_off("SPARGE_CHUNK_BY", nullptr);
+  const ScopedEnv heads_off("SPARGE_HEAD_CHUNK_HEADS", nullptr);
+  const SparseOptions o;  // the defaults
+  struct Case {
+    int64_t heads, n, want;
+  };
+  for (const Case c : {Case{32, 32768, 11}, Case{8, 131072, 1}, Case{8, 262144, 0}}) {
+    const ProblemShape s{1, c.heads, c.heads, c.n, c.n, 128, DType::kBFloat16};
+    const int64_t got = detail::heads_per_memory_chunk(s, o, cuda_whole_call_bytes);
+    std::printf("[ head chunks ] H %lld, N %lld: %lld heads a chunk\n", (long long)c.heads,
+                (long long)c.n, (long long)got);
+    EXPECT_TRUE(detail::row_chunking(s, o, cuda_whole_call_bytes).cut());
+    EXPECT_EQ(got, c.want);
+  }
+}
+
 // Issue 14's target, for the workspace a call without a caller's mask needs (mask + Stage-1
 // scratch; on a build without CUDA, the mask alone): at most 10% of Q + K + V's bytes at 128K and
 // 1M tokens (B 1, H 8, hd 128, bf16, top-k), where a whole call would need several times that.
