@@ -268,6 +268,17 @@ def _key_shape_view(key_blocks, q: torch.Tensor, layout: str) -> torch.Tensor:
     return k.transpose(1, 2) if layout == "NHD" else k
 
 
+def _check_sdpa_arguments(dropout_p, enable_gqa):
+    """SDPA's dropout_p (only 0) and enable_gqa (a bool), which sparge.attention takes."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if dropout_p != 0.0:
+        raise ValueError(f"dropout_p must be 0 (Sparge has no attention dropout: it serves "
+                         f"inference), got {dropout_p}")
+    if not isinstance(enable_gqa, bool):
+        raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
               causal_align: str = DEFAULTS["causal_align"],
               window_left: int = DEFAULTS["window_left"],
@@ -280,7 +291,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
               quantized: Union[bool, str] = False, backend: str = "auto", return_stats: bool = False,
               target_error: float = DEFAULTS["target_error"],
-              attn_mask: Optional[torch.Tensor] = None, key_lengths=None, key_blocks=None):
+              attn_mask: Optional[torch.Tensor] = None, key_lengths=None, key_blocks=None,
+              dropout_p: float = 0.0, enable_gqa: bool = False):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
@@ -316,7 +328,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     `key_blocks` (sparge.KeyBlocks covering exactly k's tokens, with this call's block_k) give
     Stage 1 the key side kept beside a KV cache, so that it reads no key (decode, chunked
     prefill; pooled estimate only; sparge/key_blocks.py).
+    `dropout_p` and `enable_gqa` are SDPA's, taken so that a call to
+    F.scaled_dot_product_attention ports by its name alone: dropout_p must be 0 (Sparge has no
+    attention dropout: inference only), and GQA (Hq a multiple of Hkv) is served whatever
+    enable_gqa says.
     """
+    _check_sdpa_arguments(dropout_p, enable_gqa)
     _check_inputs(q, k, v, layout)
     if key_blocks is not None:
         _check_key_blocks(key_blocks)

@@ -374,11 +374,11 @@ class _Router:
         return self.counts.sparsity
 
 
-# The keywords of sparge.attention that a patch passes through (is_causal and scale come from
-# each SDPA call, layout is always HND, stats are the patch's own business; key blocks belong
-# to one KV cache, not to a patch).
+# The keywords of sparge.attention that a patch passes through (is_causal, scale, dropout_p and
+# enable_gqa come from each SDPA call, layout is always HND, stats are the patch's own business;
+# key blocks belong to one KV cache, not to a patch).
 _PER_CALL = {"is_causal", "scale", "layout", "return_stats", "attn_mask", "key_lengths",
-             "key_blocks"}
+             "key_blocks", "dropout_p", "enable_gqa"}
 _ATTENTION_OPTIONS = {name for name, p in inspect.signature(ops.attention).parameters.items()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY} - _PER_CALL
 

@@ -60,6 +60,18 @@ def test_gqa_and_scale(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sdpa_keywords_port_unchanged(backend):
+    """A call written for F.scaled_dot_product_attention (its keywords, dropout_p 0 and
+    enable_gqa either way) gives the output of the same call without them."""
+    q, k, v = make_qkv(heads_q=6, heads_kv=2, seq_q=150, seq_k=190, head_dim=16, seed=4)
+    plain = sparge.attention(q, k, v, is_causal=True, backend=backend)
+    for enable_gqa in (True, False):
+        out = sparge.attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True, scale=None,
+                               enable_gqa=enable_gqa, backend=backend)
+        assert torch.equal(out, plain)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_nhd_views_need_no_copy(backend):
     q, k, v = make_qkv(seq_q=140, layout="NHD", seed=4)  # [B, N, H, D] contiguous
     out = sparge.attention(q, k, v, layout="NHD", backend=backend, **dense_options())

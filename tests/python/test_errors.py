@@ -47,6 +47,10 @@ def qkv():
     (dict(token_grid=(2, 5)), TypeError, "token_grid must be a tuple of 3 ints"),
     (dict(token_grid=(2, 8, 8)), ValueError, "needs 128 tokens, but the sequence has 100"),
     (dict(token_grid=(1, 10, 10), is_causal=True), ValueError, "token_grid reorders tokens"),
+    (dict(dropout_p=0.1), ValueError, "dropout_p must be 0 (Sparge has no attention dropout"),
+    (dict(dropout_p=math.nan), ValueError, "dropout_p must be 0"),
+    (dict(dropout_p="0"), TypeError, "dropout_p must be a float, got str"),
+    (dict(enable_gqa=1), TypeError, "enable_gqa must be a bool, got int"),
 ])
 def test_option_errors(qkv, kwargs, error, fragment):
     with pytest.raises(error) as info:
