@@ -9,9 +9,7 @@ causal, the library's default options; inputs "random" (no block similar: Stage 
     python3 bench/gpu/bench_row_chunks.py --lib build-q/libsparge_c.so --commit $(git rev-parse --short HEAD)
 """
 import argparse
-import ctypes as C
 import datetime
-import json
 import os
 import sys
 
@@ -20,6 +18,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import Sparge, time_ms  # noqa: E402
+from bench_fused_stage1 import sparse_call  # noqa: E402
+from jsonl_out import record_path, write_jsonl  # noqa: E402
 from bench_stage1 import smooth_inputs  # noqa: E402
 
 
@@ -32,8 +32,6 @@ def main():
     ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
     sp = Sparge(args.lib)
-    # q, k, v, opts, o, lse, workspace, workspace_bytes, stream, mask_out, err, err_len
-    sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 7 + [C.c_size_t] + [C.c_void_p] * 3 + [C.c_size_t]
     dev = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
     B, H, D = 1, 32, 128
@@ -63,12 +61,7 @@ def main():
                 stream = torch.cuda.current_stream().cuda_stream
 
                 def call(qkv):
-                    tq, tk, tv, to = (sp.tensor(t) for t in (*qkv, o))
-                    rc = sp.lib.sparge_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), opts,
-                                                        C.byref(to), None, C.c_void_p(ws.data_ptr()),
-                                                        C.c_size_t(ws.numel()), C.c_void_p(stream), None,
-                                                        sp.err, C.c_size_t(1024))
-                    sp.check(rc, "sparge_sparse_attention")
+                    sparse_call(sp, *qkv, opts, o, ws, stream)
 
                 ms[label] = time_ms(call, sets, args.reps)
                 if not torch.isfinite(o).all():
@@ -86,11 +79,7 @@ def main():
             print(f"| {name} | {n} | {ms['chunked']:.3f} | {ms['rows']:.3f} | {ms['whole']:.3f} | {ms['sdpa']:.3f} | "
                   f"{ms['sdpa'] / ms['chunked']:.2f} | {ms['sdpa'] / ms['rows']:.2f} | "
                   f"{ms['sdpa'] / ms['whole']:.2f} |", flush=True)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in dev).strip("-")
-    path = os.path.join(args.out_dir, f"{date}_{slug}_row-chunks-{args.commit}.jsonl")
-    with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    write_jsonl(record_path(args.out_dir, dev, f"row-chunks-{args.commit}"), records)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,19 @@ bench_stage1.py's smooth input, bf16, B 1, H 32, hd 128, N 8K and 32K. Prints on
 
     python3 bench/gpu/host_enqueue_time.py build-q/libsparge_c.so
 """
-import ctypes as C, os, sys, time
+import os
+import sys
+import time
+
 import torch
-sys.path.insert(0, "bench/gpu")
-from bench_attention import Sparge
-from bench_stage1 import smooth_inputs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention import Sparge  # noqa: E402
+from bench_fused_stage1 import sparse_call  # noqa: E402
+from bench_stage1 import smooth_inputs  # noqa: E402
+
 lib = sys.argv[1]
 sp = Sparge(lib)
-sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 7 + [C.c_size_t] + [C.c_void_p] * 3 + [C.c_size_t]
 gen = torch.Generator(device="cuda").manual_seed(0)
 for n in (8192, 32768):
     q, k, v = smooth_inputs(1, 32, n, 128, gen)
@@ -23,11 +28,10 @@ for n in (8192, 32768):
         for e in ("SPARGE_ROW_CHUNK_BLOCKS", "SPARGE_CHUNK_BY"): os.environ.pop(e, None)
         os.environ.update(env)
         ws = torch.empty(sp.workspace_size(q, k, opts, caller_mask=False), dtype=torch.uint8, device="cuda")
-        tq, tk, tv, to = (sp.tensor(t) for t in (q, k, v, o))
         st = torch.cuda.current_stream().cuda_stream
+
         def call():
-            sp.check(sp.lib.sparge_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), opts, C.byref(to), None,
-                C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()), C.c_void_p(st), None, sp.err, C.c_size_t(1024)), "call")
+            sparse_call(sp, q, k, v, opts, o, ws, st)
         for _ in range(3): call()
         torch.cuda.synchronize()
         # host: enqueue cost per call while the GPU is busy (a long sleep kernel ahead keeps the queue from draining)

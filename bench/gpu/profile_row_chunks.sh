@@ -10,31 +10,27 @@ set -uo pipefail
 lib=${1:?libsparge_c.so}
 out=${OUT:-/tmp/sparge_out}; mkdir -p "$out"
 cat > /tmp/row_chunk_calls.py <<'PY'
-import ctypes as C, os, sys
+import os, sys
 import torch
 sys.path.insert(0, "bench/gpu")
 from bench_attention import Sparge
+from bench_fused_stage1 import sparse_call
 from bench_stage1 import smooth_inputs
 lib, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if mode == "whole":
     os.environ["SPARGE_ROW_CHUNK_BLOCKS"] = str((n + 63) // 64)
 sp = Sparge(lib)
-sp.lib.sparge_sparse_attention.argtypes = [C.c_void_p] * 7 + [C.c_size_t] + [C.c_void_p] * 3 + [C.c_size_t]
 gen = torch.Generator(device="cuda").manual_seed(0)
 q, k, v = smooth_inputs(1, 32, n, 128, gen)
 o = torch.empty_like(q)
 opts = sp.options(False)
 ws = torch.empty(sp.workspace_size(q, k, opts, caller_mask=False), dtype=torch.uint8, device="cuda")
 print("workspace MiB", ws.numel() / 2**20)
-tq, tk, tv, to = (sp.tensor(t) for t in (q, k, v, o))
 for i in range(2):
     torch.cuda.synchronize()
     if i == 1:
         torch.cuda.profiler.start()
-    sp.check(sp.lib.sparge_sparse_attention(C.byref(tq), C.byref(tk), C.byref(tv), opts, C.byref(to), None,
-                                            C.c_void_p(ws.data_ptr()), C.c_size_t(ws.numel()),
-                                            C.c_void_p(torch.cuda.current_stream().cuda_stream), None,
-                                            sp.err, C.c_size_t(1024)), "sparse_attention")
+    sparse_call(sp, q, k, v, opts, o, ws, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
 torch.cuda.profiler.stop()
 PY
