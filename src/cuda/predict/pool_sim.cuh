@@ -127,8 +127,9 @@ __device__ __forceinline__ double row_sums_scattered(const double (&v)[kPoolRows
 // Blocks a CTA of pool_blocks pools in turn: enough that a CTA's start (the first loads' latency
 // with nothing to overlap) and end (the block's reduction) are paid once per several blocks,
 // while the grid keeps about 4 waves of 3 CTAs on each of a 132-SM H100 / H200's SMs; at most 8.
-// One block per CTA measured 1.8 TB/s pooling q and 1.3 pooling k (64-row blocks) at 32K tokens
-// on an H100 (bench/results/2026-12-06_NVIDIA-H100_stage1-ncu-016ff95.txt).
+// Measured at 32K tokens on an H100: k (64-row blocks, twice the CTA starts per byte) 224 → 200
+// µs, q unchanged at 153 µs: its per-element loop, not its start, is q's cost
+// (bench/results/2026-12-06_NVIDIA-H100_pool-per-cta.md).
 inline int pool_blocks_per_cta(int64_t blocks, int64_t heads) {
   constexpr int64_t kWaveCtas = 4 * 3 * 132;
   const int64_t per = blocks * heads / kWaveCtas;
