@@ -176,14 +176,18 @@ __device__ __forceinline__ void copy_q_chunk(T* dst, const T* gQ, int64_t stride
 }
 
 // A step's raw scores of this thread's rows g, g + 8 (qrow: their query rows, −1 for an empty
-// slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, to log2
-// units, masked: −∞ where a row does not see a key, the dense mask's value added (−∞ where it
-// hides the pair). Where every row of the warp's unit sees every key of the step and there is no
-// dense mask (all steps but those at the band's or the keys' edges), the scale alone: the same
-// values without the per-score tests. An empty slot's row counts as seeing them: its results are
-// never read (its Q row is zero, so its scores are too). Warp-wide (a vote).
+// slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, masked:
+// −∞ where a row does not see a key, the dense mask's value added (−∞ where it hides the pair).
+// Returns the factor that takes the result to log2 units. Where every row of the warp's unit
+// sees every key of the step and there is no dense mask (all steps but those at the band's or the
+// keys' edges), the scores stay raw and the factor is scale · log2 e (`mul`): the readers fold
+// it into the FFMA before their exponentials (online_max_sum), which saves a FMUL and a FADD per
+// score on the path that dominates (the exponent is then one rounding of s·mul − m instead of
+// two: ~1 ulp). Elsewhere the scores are scaled here (the mask's values are in log2 units) and
+// the factor is 1. An empty slot's row counts as seeing them: its results are never read (its Q
+// row is zero, so its scores are too). Warp-wide (a vote).
 template <int kN>
-__device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (&s)[kN][4],
+__device__ __forceinline__ float step_log2_scores(const PredictParams& p, float (&s)[kN][4],
                                                  int tiles, float mul, int key0,
                                                  const UnitRowKeys& rk, const int64_t (&qrow)[2],
                                                  int b, int h) {
@@ -191,15 +195,7 @@ __device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh)
     sees_all = sees_all && (qrow[hh] < 0 || (rk.first[hh] <= key0 && key0 + 8 * tiles - 1 <= rk.last[hh]));
-  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n >= tiles) break;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] *= mul;
-    }
-    return;
-  }
+  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) return mul;
   const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int n = 0; n < kN; ++n) {
@@ -215,6 +211,7 @@ __device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (
       }
     }
   }
+  return 1.0f;
 }
 
 // The operands of a step's Q·Kᵀ, the policy sampled_row_weights takes: where the group's q rows
@@ -350,7 +347,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     };
     // Steps st = 0 .. steps − 1 in ring stage st % kSampleStages, kSampleStages − 1 tiles ahead
     // loading while `visit` runs (one commit group a step, empty past the last tile). Every
-    // thread calls visit(step, s); s holds the step's scores in log2 units where step.computed.
+    // thread calls visit(step, s, mul); where step.computed, mul · s are the step's scores in
+    // log2 units (step_log2_scores).
     const auto walk = [&](auto&& visit) {
       const auto load = [&](int st) {
         if (st < steps)
@@ -369,11 +367,12 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         step.block_last = step.block_step + 1 == steps_per_block || key0 + W >= p.seq_k;
         step.computed = step.j >= u_begin && step.j < u_end;
         float s[kN][4];
+        float mul = 1.0f;
         if (step.computed) {
           op.template scores<kN>(step.st % kSampleStages, tiles, s);
-          step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
+          mul = step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
         }
-        visit(step, s);
+        visit(step, s, mul);
         if (++step.block_step == steps_per_block) step.block_step = 0, ++step.j;
       }
       cp_async_wait_all();  // only empty groups remain
@@ -390,9 +389,9 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         row_lse = p.sr_tile_lse + ((int64_t(bh) * p.num_q_blocks + i0) * slots + unit_slot + g + 8 * t4) *
                                       int64_t(p.num_k_blocks);
       float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
-      walk([&](const Step& step, float (&s)[kN][4]) {
+      walk([&](const Step& step, float (&s)[kN][4], float mul) {
         if (!step.computed) return;
-        online_max_sum<kN>(s, tiles, m, z);
+        online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
         if (!step.block_last) return;
         quad_sum(z);
         if (row_lse != nullptr) {
@@ -423,8 +422,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         }
       }
     } else {
-      walk([&](const Step& step, float (&s)[kN][4]) {
-        if (step.computed) online_max_sum<kN>(s, tiles, m, z);
+      walk([&](const Step& step, float (&s)[kN][4], float mul) {
+        if (step.computed) online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
       });
       quad_sum(z);
     }
@@ -455,14 +454,14 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     // The first step of a key block flushes the block before it (its last step wrote the
     // weights before this step's barrier); the walk's last step ends a block.
     float mass[2] = {0.0f, 0.0f};  // the current key block's, this thread's columns
-    walk([&](const Step& step, float (&s)[kN][4]) {
+    walk([&](const Step& step, float (&s)[kN][4], float mul) {
       if (step.st > 0 && step.block_step == 0) flush_weights(step.st - 1, step.j - 1);
       if (!step.computed) return;
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
         if (n >= tiles) break;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(s[n][e] - base[e >> 1]);
+        for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(fmaf(s[n][e], mul, -base[e >> 1]));
       }
       if (!step.block_last) return;
 #pragma unroll

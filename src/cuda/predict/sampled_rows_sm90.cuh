@@ -52,7 +52,11 @@ struct WgmmaOperands {
     const int load_row = threadIdx.x / Tr::kChunks, load_column = threadIdx.x % Tr::kChunks * kChunkElems;
     load_offset = sw128_offset<Tr::kStepKeys>(load_row, load_column) * int(sizeof(T));
     const uint32_t q_addr = k_addr + kSampleStages * kKTileBytes;
-    dq = sw128_desc(q_addr + (threadIdx.x / 128) * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
+    // The warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform and
+    // keeps the descriptors in uniform registers (from threadIdx.x directly it moved both of
+    // every wgmma's descriptors into uniform registers, R2UR, before each of the step's 8).
+    const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
+    dq = sw128_desc(q_addr + warpgroup * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
     dk0 = sw128_desc(k_addr, 16, kSw128AtomBytes);
   }
   __device__ T* q_chunk(int r, int c) const { return sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems); }
@@ -68,6 +72,12 @@ struct WgmmaOperands {
     const uint32_t dst = k_addr + stage * kKTileBytes + load_offset;
     const int64_t pass_stride = int64_t(kLoadRows) * stride;
     const T* src = gK + int64_t(key0 + r) * stride + c * kChunkElems;
+    if (chunk_in && key0 + Tr::kStepKeys <= seq_k) {  // every step but the keys' last: no tests
+#pragma unroll
+      for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride)
+        cp_async_16(dst + i * kLoadRows * kSw128RowBytes, src, true);
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride) {
       const bool in = chunk_in && key0 + r + i * kLoadRows < seq_k;
@@ -86,7 +96,8 @@ struct WgmmaOperands {
   __device__ void scores(int stage, int /*tiles*/, float (&s)[kN][4]) const {
     static_assert(kN == 8, "m64n64: 8 key tiles");
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    const uint64_t dk = sw128_desc_advance(dk0, stage * kKTileBytes);
+    // The stage through a shuffle as well (see the constructor): uniform descriptors, no R2UR.
+    const uint64_t dk = sw128_desc_advance(dk0, __shfl_sync(0xffffffffu, stage, 0) * kKTileBytes);
     fence_operands(s);
     wgmma_fence();
 #pragma unroll
