@@ -219,21 +219,16 @@ template <int kN, bool kShortChains = false>
 __device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tiles, float (&m)[2],
                                                float (&z)[2], float mul = 1.0f) {
   float mx[2] = {-INFINITY, -INFINITY};
-  if (kShortChains && tiles == kN && (kN & (kN - 1)) == 0) {
-    // Whole steps: a tree (depth log2(2·kN)), where the chain below left each max waiting on
-    // the one before. fmaxf is associative (a NaN is dropped in any order), so both give one max.
+  bool tree = false;
+  if constexpr (kShortChains && (kN & (kN - 1)) == 0) {
+    if (tiles == kN) {  // whole steps: a tree, the same max as the chain below (fmaxf associates)
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float t[kN];
-#pragma unroll
-      for (int n = 0; n < kN; ++n) t[n] = fmaxf(s[n][2 * hh], s[n][2 * hh + 1]);
-#pragma unroll
-      for (int width = kN / 2; width >= 1; width /= 2)
-#pragma unroll
-        for (int n = 0; n < width; ++n) t[n] = fmaxf(t[n], t[n + width]);
-      mx[hh] = t[0];
+      for (int hh = 0; hh < 2; ++hh)
+        mx[hh] = fragment_row_max(s, hh, [](float a, float b) { return fmaxf(a, b); });
+      tree = true;
     }
-  } else {
+  }
+  if (!tree) {
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
       if (n >= tiles) break;
