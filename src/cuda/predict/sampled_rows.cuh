@@ -49,6 +49,8 @@
 // batch entry's key length are seen by no row.
 #pragma once
 
+#include <cuda.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -228,7 +230,7 @@ struct MmaSyncOperands {
       (kSampleStages * Tr::kTileElems + kSlotsPerCta * Tr::kHeadDim) * int(sizeof(T));
   T* sK;  // [kSampleStages][kTileElems]
   T* sQ;  // [kEtWarps][kUnitElems]
-  __device__ explicit MmaSyncOperands(unsigned char* smem)
+  __device__ MmaSyncOperands(unsigned char* smem, const CUtensorMap* /*k_map: TMA unused*/, bool /*k_by_tma*/)
       : sK(reinterpret_cast<T*>(smem)), sQ(sK + kSampleStages * Tr::kTileElems) {}
   // Where chunk c of the group's row slot r goes.
   __device__ T* q_chunk(int r, int c) const {
@@ -237,11 +239,11 @@ struct MmaSyncOperands {
   // Keys [key0, key0 + rows) of the (batch, kv head) slice gK into ring stage `stage` (zeros past
   // seq_k and head_dim; cp.async where `vec`, the caller commits). CTA-wide.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int rows, int seq_k,
-                            int head_dim, bool vec) const {
+                            int head_dim, bool vec, int /*b*/, int /*hk*/) const {
     load_key_tile<Tr>(sK + stage * Tr::kTileElems, gK, stride, key0, rows, seq_k, head_dim, vec);
   }
   // ldmatrix reads what this thread's cp.async wrote once the barrier after this has passed.
-  __device__ static void copies_landed() {}
+  __device__ static void keys_landed(int /*stage*/, bool /*first_step*/) {}
   // This warp's unit's raw scores against the first 8·tiles keys of stage `stage`.
   template <int kN>
   __device__ void scores(int stage, int tiles, float (&s)[kN][4]) const {
@@ -258,13 +260,15 @@ struct MmaSyncOperands {
 // compile-time trip counts (unrolled without exits, the ldmatrix loads free to run ahead of the
 // mma chain; 12-19% faster where the estimate dominates, same record); else steps of block_k keys.
 // Operands: MmaSyncOperands, or WgmmaOperands (sampled_rows_sm90.cuh; kFullSteps, hd ≤ 128).
+// k_map, k_by_tma: K by TMA (WgmmaOperands, where the launcher could encode the map).
 template <typename T, int kHeadDim, bool kFullSteps, typename Operands>
 __global__ void __launch_bounds__(kEtThreads, 2)
-    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass) {
+    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass,
+                        const __grid_constant__ CUtensorMap k_map, bool k_by_tma) {
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const Operands op(smem_raw);
+  Operands op(smem_raw, &k_map, k_by_tma);
   __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
   __shared__ int sRange[kEtWarps][2];
 
@@ -353,14 +357,14 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       const auto load = [&](int st) {
         if (st < steps)
           op.load_keys(st % kSampleStages, cta.gK, p.k_stride[2], key_begin + st * W, W, p.seq_k,
-                       p.head_dim, cta.vec_k);
+                       p.head_dim, cta.vec_k, b, h / p.group);
         cp_async_commit();
       };
       for (int st = 0; st < kSampleStages - 1; ++st) load(st);
       Step step{0, j_begin, 0, false, false};
       for (; step.st < steps; ++step.st) {
         cp_async_wait_groups<kSampleStages - 2>();  // this thread's copies of tile st (and of q)
-        Operands::copies_landed();
+        op.keys_landed(step.st % kSampleStages, step.st == 0);
         __syncthreads();  // every thread's copies; every warp is done with tile st − 1's buffer
         load(step.st + kSampleStages - 1);
         const int key0 = key_begin + step.st * W;
