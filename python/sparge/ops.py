@@ -279,10 +279,12 @@ def _check_sdpa_arguments(dropout_p, enable_gqa):
         raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+              is_causal: bool = False, *, scale: Optional[float] = None, enable_gqa: bool = False,
               causal_align: str = DEFAULTS["causal_align"],
               window_left: int = DEFAULTS["window_left"],
-              window_right: int = DEFAULTS["window_right"], scale: Optional[float] = None,
+              window_right: int = DEFAULTS["window_right"],
               layout: str = "HND", sim_threshold=DEFAULTS["sim_threshold"],
               cdf_threshold=None, topk=None, pv_threshold=DEFAULTS["pv_threshold"],
               attention_sink: bool = DEFAULTS["attention_sink"],
@@ -290,10 +292,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
               token_grid: Optional[Tuple[int, int, int]] = None, grid_offset: int = 0,
               block_q: int = DEFAULTS["block_q"], block_k: int = DEFAULTS["block_k"],
               quantized: Union[bool, str] = False, backend: str = "auto", return_stats: bool = False,
-              target_error: float = DEFAULTS["target_error"],
-              attn_mask: Optional[torch.Tensor] = None, key_lengths=None, key_blocks=None,
-              dropout_p: float = 0.0, enable_gqa: bool = False):
+              target_error: float = DEFAULTS["target_error"], key_lengths=None,
+              key_blocks=None):
     """Sparse attention, both stages: predict the block mask (Stage 1), then attend (Stage 2).
+
+    The parameters are F.scaled_dot_product_attention's as it takes them (query, key, value,
+    attn_mask, dropout_p, is_causal positional; scale and enable_gqa keywords), so a call to it
+    ports by the function's name alone, positional arguments included; Sparge's own options are
+    keywords after them.
 
     Thresholds are floats or 1-D tensors with one value per query head: `sim_threshold` in
     [-1, 1], `cdf_threshold` (TopCdf) or `topk` (TopK) in (0, 1] (TopCdf with the default 0.98
@@ -328,10 +334,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     `key_blocks` (sparge.KeyBlocks covering exactly k's tokens, with this call's block_k) give
     Stage 1 the key side kept beside a KV cache, so that it reads no key (decode, chunked
     prefill; pooled estimate only; sparge/key_blocks.py).
-    `dropout_p` and `enable_gqa` are SDPA's, taken so that a call to
-    F.scaled_dot_product_attention ports by its name alone: dropout_p must be 0 (Sparge has no
-    attention dropout: inference only), and GQA (Hq a multiple of Hkv) is served whatever
-    enable_gqa says.
+    `dropout_p` must be 0 (Sparge has no attention dropout: inference only), and GQA (Hq a
+    multiple of Hkv) is served whatever `enable_gqa` says.
     """
     _check_sdpa_arguments(dropout_p, enable_gqa)
     _check_inputs(q, k, v, layout)

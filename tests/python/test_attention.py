@@ -72,6 +72,24 @@ def test_sdpa_keywords_port_unchanged(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sdpa_positional_call_ports_unchanged(backend):
+    """F.scaled_dot_product_attention(q, k, v, mask, 0.0, False, scale=0.2) with its name
+    changed: the positional mask, dropout_p and is_causal land where SDPA puts them."""
+    q, k, v = make_qkv(heads_q=4, heads_kv=4, seq_q=130, seq_k=170, head_dim=16, seed=6)
+    mask = torch.rand(1, 4, 130, 170, generator=torch.Generator().manual_seed(1)) > 0.3
+    by_name = sparge.attention(q, k, v, attn_mask=mask, scale=0.2, backend=backend,
+                               **dense_options())
+    out = sparge.attention(q, k, v, mask, 0.0, False, scale=0.2, backend=backend, **dense_options())
+    assert torch.equal(out, by_name)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask, 0.0, False,
+                                              scale=0.2)
+    assert_close(out, expected, atol=ATOL32)
+    causal = sparge.attention(q, k, v, None, 0.0, True, backend=backend, **dense_options())
+    assert torch.equal(causal, sparge.attention(q, k, v, is_causal=True, backend=backend,
+                                                **dense_options()))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_nhd_views_need_no_copy(backend):
     q, k, v = make_qkv(seq_q=140, layout="NHD", seed=4)  # [B, N, H, D] contiguous
     out = sparge.attention(q, k, v, layout="NHD", backend=backend, **dense_options())

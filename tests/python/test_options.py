@@ -111,8 +111,21 @@ def test_documented_signature_lists_every_keyword():
     assert block, "docs/python.md must show sparge.attention's signature"
     documented = set(re.findall(r"(\w+)=", block.group(1)))
     params = inspect.signature(sparge.attention).parameters
-    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert documented == keywords
+    assert documented == set(params) - {"q", "k", "v"}
+
+
+def test_positional_parameters_are_sdpas():
+    # A call to F.scaled_dot_product_attention with positional arguments (the mask is often the
+    # 4th) ports by its name: sparge.attention's positional parameters are SDPA's, in its order,
+    # and everything after them is keyword-only, as SDPA's scale and enable_gqa are.
+    # (SDPA is a builtin without an inspectable signature; its schema: query, key, value,
+    # attn_mask, dropout_p, is_causal, then keyword-only scale and enable_gqa.)
+    params = inspect.signature(sparge.attention).parameters
+    positional = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert positional == ["q", "k", "v", "attn_mask", "dropout_p", "is_causal"]
+    assert list(params)[6:8] == ["scale", "enable_gqa"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items()
+               if n not in positional)
 
 
 def test_estimate_modes_reach_the_ops():
