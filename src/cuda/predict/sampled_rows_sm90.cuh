@@ -58,11 +58,13 @@ struct WgmmaOperands {
     const uint32_t raw = smem_addr(smem);
     const uint32_t pad = (kSw128AtomBytes - raw % kSw128AtomBytes) % kSw128AtomBytes;
     full = reinterpret_cast<uint64_t*>(smem + kBarrierOffset);
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if (k_by_tma && threadIdx.x == 0) {  // the kernel's barriers before the first load order these
       for (int st = 0; st < kSampleStages; ++st) mbarrier_init(&full[st], 1);
       mbarrier_init_fence();
       tma_prefetch_descriptor(k_map);
     }
+#endif
     sK = reinterpret_cast<T*>(smem + pad);
     sQ = sK + kSampleStages * Tr::kTileElems;
     k_addr = raw + pad;
@@ -86,6 +88,7 @@ struct WgmmaOperands {
                             int seq_k, int head_dim, bool /*vec: true*/, int b, int hk) {
     if (k_by_tma) {  // boxes of 64 channels × 64 keys: one SW128 column block each (zeros past
                      // seq_k and head_dim, counted in the bytes all the same)
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
       if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&full[stage], kKTileBytes);
 #pragma unroll
@@ -93,6 +96,9 @@ struct WgmmaOperands {
           tma_load_4d(k_map, &full[stage], sK + stage * Tr::kTileElems + cb * (kKColumnBytes / int(sizeof(T))),
                       cb * 64, key0, hk, b);
       }
+#else
+      __trap();  // launched only where sm_90a code runs (PredictParams::wgmma)
+#endif
       return;
     }
     const int r = threadIdx.x / Tr::kChunks, c = threadIdx.x % Tr::kChunks;
