@@ -55,7 +55,10 @@ def main():
             first = None
             for name, sp in libs:
                 opts = sp.options(causal)
-                ws = torch.empty(sp.workspace_size(q, k, opts, caller_mask=False), dtype=torch.uint8, device="cuda")
+                # A call that also writes the caller's mask may be cut differently: room for both.
+                ws = torch.empty(max(sp.workspace_size(q, k, opts, caller_mask=False),
+                                     sp.workspace_size(q, k, opts, caller_mask=True)),
+                                 dtype=torch.uint8, device="cuda")
                 counts = torch.empty(B * H * nq, device="cuda", dtype=torch.int32)
                 idx = torch.empty(B * H * nq * nk, device="cuda", dtype=torch.int32)
                 mask = ba.Mask(counts.data_ptr(), idx.data_ptr(), 1, 0, B, H, n, n, ba.BLOCK_Q, ba.BLOCK_K)

@@ -104,18 +104,12 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   const bool full_steps = p.block_k >= Tr::kStepKeys;
   if constexpr (kHeadDim <= 128) {
     if (p.wgmma && full_steps && slots <= kSlotsPerCta) {
-      // SPARGE_ESTIMATE_LEAN=1: the trimmed step (WgmmaOperands' kLean), with K by TMA where the
-      // tensor map encodes unless SPARGE_ESTIMATE_TMA=0 (benchmarks compare the three).
-      const char* lean_env = std::getenv("SPARGE_ESTIMATE_LEAN");
-      if (lean_env != nullptr && lean_env[0] == '1') {
-        using Op = WgmmaOperands<Tr, true>;
-        const char* tma_env = std::getenv("SPARGE_ESTIMATE_TMA");
-        k_by_tma = !(tma_env != nullptr && tma_env[0] == '0') &&
-                   encode_tensor_map_sw128(&k_map, p.k, std::is_same_v<T, __nv_bfloat16>, p.head_dim,
-                                           p.seq_k, p.heads_kv, p.batch, p.k_stride, Tr::kStepKeys);
-        return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
-      }
-      using Op = WgmmaOperands<Tr, false>;
+      using Op = WgmmaOperands<Tr>;
+      // SPARGE_ESTIMATE_TMA=0 keeps the cp.async loads (benchmarks compare the two).
+      const char* tma_env = std::getenv("SPARGE_ESTIMATE_TMA");
+      k_by_tma = !(tma_env != nullptr && tma_env[0] == '0') &&
+                 encode_tensor_map_sw128(&k_map, p.k, std::is_same_v<T, __nv_bfloat16>, p.head_dim,
+                                         p.seq_k, p.heads_kv, p.batch, p.k_stride, Tr::kStepKeys);
       return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
     }
   }

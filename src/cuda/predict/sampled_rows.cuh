@@ -182,13 +182,13 @@ __device__ __forceinline__ void copy_q_chunk(T* dst, const T* gQ, int64_t stride
 // −∞ where a row does not see a key, the dense mask's value added (−∞ where it hides the pair).
 // Returns the factor that takes the result to log2 units. Where every row of the warp's unit
 // sees every key of the step and there is no dense mask (all steps but those at the band's or the
-// keys' edges), the scale alone, without the per-score tests; with kFold not even that: the
-// scores stay raw and the factor is scale · log2 e (`mul`), which the readers fold into the FFMA
-// before their exponentials (online_max_sum), a FMUL and a FADD per score fewer on the path that
-// dominates (the exponent is then one rounding of s·mul − m instead of two: ~1 ulp). Elsewhere
-// the scores are scaled here (the mask's values are in log2 units) and the factor is 1. An empty slot's row counts as seeing them: its results are never read (its Q
+// keys' edges), the scores stay raw and the factor is scale · log2 e (`mul`): the readers fold
+// it into the FFMA before their exponentials (online_max_sum), which saves a FMUL and a FADD per
+// score on the path that dominates (the exponent is then one rounding of s·mul − m instead of
+// two: ~1 ulp). Elsewhere the scores are scaled here (the mask's values are in log2 units) and
+// the factor is 1. An empty slot's row counts as seeing them: its results are never read (its Q
 // row is zero, so its scores are too). Warp-wide (a vote).
-template <int kN, bool kFold>
+template <int kN>
 __device__ __forceinline__ float step_log2_scores(const PredictParams& p, float (&s)[kN][4],
                                                  int tiles, float mul, int key0,
                                                  const UnitRowKeys& rk, const int64_t (&qrow)[2],
@@ -197,16 +197,7 @@ __device__ __forceinline__ float step_log2_scores(const PredictParams& p, float 
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh)
     sees_all = sees_all && (qrow[hh] < 0 || (rk.first[hh] <= key0 && key0 + 8 * tiles - 1 <= rk.last[hh]));
-  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) {
-    if (kFold) return mul;
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n >= tiles) break;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] *= mul;
-    }
-    return 1.0f;
-  }
+  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) return mul;
   const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int n = 0; n < kN; ++n) {
@@ -235,7 +226,6 @@ template <typename Tr>
 struct MmaSyncOperands {
   using T = typename Tr::Element;
   static constexpr bool kWarpgroupSteps = false;  // a warp runs the steps its own unit sees
-  static constexpr bool kLeanStep = false;        // WgmmaOperands' trimmed step only
   static constexpr int kSmemBytes =
       (kSampleStages * Tr::kTileElems + kSlotsPerCta * Tr::kHeadDim) * int(sizeof(T));
   T* sK;  // [kSampleStages][kTileElems]
@@ -384,7 +374,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         float mul = 1.0f;
         if (step.computed) {
           op.template scores<kN>(step.st % kSampleStages, tiles, s);
-          mul = step_log2_scores<kN, Operands::kLeanStep>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
+          mul = step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
         }
         visit(step, s, mul);
         if (++step.block_step == steps_per_block) step.block_step = 0, ++step.j;
@@ -405,7 +395,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
       walk([&](const Step& step, float (&s)[kN][4], float mul) {
         if (!step.computed) return;
-        online_max_sum<kN, Operands::kLeanStep>(s, tiles, m, z, mul);
+        online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
         if (!step.block_last) return;
         quad_sum(z);
         if (row_lse != nullptr) {
@@ -437,7 +427,7 @@ __global__ void __launch_bounds__(kEtThreads, 2)
       }
     } else {
       walk([&](const Step& step, float (&s)[kN][4], float mul) {
-        if (step.computed) online_max_sum<kN, Operands::kLeanStep>(s, tiles, m, z, mul);
+        if (step.computed) online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
       });
       quad_sum(z);
     }

@@ -24,14 +24,9 @@
 
 namespace sparge::cuda {
 
-// kLean: the trimmed step (docs/cuda.md, "The wgmma path's step, trimmed"): uniform descriptors,
-// unconditional loads of whole steps, K by TMA where the launcher encodes the map, and, through
-// sampled_row_weights, the scale folded into the exponentials and the short chains. Off by
-// default (SPARGE_ESTIMATE_LEAN=1 selects it) until a GPU run has checked and timed it.
-template <typename Tr, bool kLean = false>
+template <typename Tr>
 struct WgmmaOperands {
   using T = typename Tr::Element;
-  static constexpr bool kLeanStep = kLean;
   static_assert(Tr::kStepKeys == 64 && Tr::kHeadDim % 64 == 0 && Tr::kHeadDim <= 128,
                 "64-key steps of whole 64-column blocks (head dims 64 and 128)");
   static constexpr bool kWarpgroupSteps = true;
@@ -64,7 +59,7 @@ struct WgmmaOperands {
     const uint32_t pad = (kSw128AtomBytes - raw % kSw128AtomBytes) % kSw128AtomBytes;
     full = reinterpret_cast<uint64_t*>(smem + kBarrierOffset);
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (kLean && k_by_tma && threadIdx.x == 0) {  // the kernel's barriers before the first load order these
+    if (k_by_tma && threadIdx.x == 0) {  // the kernel's barriers before the first load order these
       for (int st = 0; st < kSampleStages; ++st) mbarrier_init(&full[st], 1);
       mbarrier_init_fence();
       tma_prefetch_descriptor(k_map);
@@ -79,7 +74,7 @@ struct WgmmaOperands {
     // The warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform and
     // keeps the descriptors in uniform registers (from threadIdx.x directly it moved both of
     // every wgmma's descriptors into uniform registers, R2UR, before each of the step's 8).
-    const int warpgroup = kLean ? __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0) : int(threadIdx.x / 128);
+    const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
     dq = sw128_desc(q_addr + warpgroup * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
     dk0 = sw128_desc(k_addr, 16, kSw128AtomBytes);
   }
@@ -91,7 +86,7 @@ struct WgmmaOperands {
   // the constructor) moves by whole rows; 32-bit shared addresses.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int /*rows: 64*/,
                             int seq_k, int head_dim, bool /*vec: true*/, int b, int hk) {
-    if (kLean && k_by_tma) {  // boxes of 64 channels × 64 keys: one SW128 column block each (zeros past
+    if (k_by_tma) {  // boxes of 64 channels × 64 keys: one SW128 column block each (zeros past
                      // seq_k and head_dim, counted in the bytes all the same)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
       if (threadIdx.x == 0) {
@@ -111,7 +106,7 @@ struct WgmmaOperands {
     const uint32_t dst = k_addr + stage * kKTileBytes + load_offset;
     const int64_t pass_stride = int64_t(kLoadRows) * stride;
     const T* src = gK + int64_t(key0 + r) * stride + c * kChunkElems;
-    if (kLean && chunk_in && key0 + Tr::kStepKeys <= seq_k) {  // every step but the keys' last: no tests
+    if (chunk_in && key0 + Tr::kStepKeys <= seq_k) {  // every step but the keys' last: no tests
 #pragma unroll
       for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride)
         cp_async_16(dst + i * kLoadRows * kSw128RowBytes, src, true);
@@ -130,8 +125,8 @@ struct WgmmaOperands {
   // for the stage's transactions.
   __device__ void keys_landed(int stage, bool first_step) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (!(kLean && k_by_tma) || first_step) fence_proxy_async_smem();
-    if (kLean && k_by_tma) {
+    if (!k_by_tma || first_step) fence_proxy_async_smem();
+    if (k_by_tma) {
       mbarrier_wait(&full[stage], (phases >> stage) & 1u);
       phases ^= 1u << stage;
     }
@@ -143,8 +138,7 @@ struct WgmmaOperands {
     static_assert(kN == 8, "m64n64: 8 key tiles");
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // The stage through a shuffle as well (see the constructor): uniform descriptors, no R2UR.
-    const uint64_t dk =
-        sw128_desc_advance(dk0, (kLean ? __shfl_sync(0xffffffffu, stage, 0) : stage) * kKTileBytes);
+    const uint64_t dk = sw128_desc_advance(dk0, __shfl_sync(0xffffffffu, stage, 0) * kKTileBytes);
     fence_operands(s);
     wgmma_fence();
 #pragma unroll
