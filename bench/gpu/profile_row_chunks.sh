@@ -3,8 +3,9 @@
 # in row chunks (the library's choice) and forced whole (SPARGE_ROW_CHUNK_BLOCKS = the query
 # blocks): where the chunked call's extra time goes (bench_row_chunks.py times both).
 # bf16, B 1, H 32, hd 128, not causal, library defaults, bench_stage1.py's "smooth" input
-# (every block estimated), N in $SEQS (default 32768). Each call is made twice; the table shows
-# the second (the first pays the module loads), grouped by kernel name with launch counts.
+# (every block estimated), N in $SEQS (default 32768), modes in $MODES (default "chunked whole").
+# Each call is made twice; the table shows the second (the first pays the module loads), grouped
+# by kernel name with launch counts. $TAG (optional) names the csv files, for A/B runs.
 # Usage (repo root, GPU machine): bash bench/gpu/profile_row_chunks.sh path/to/libsparge_c.so
 set -uo pipefail
 lib=${1:?libsparge_c.so}
@@ -49,13 +50,13 @@ for n in order: print(f"{n[:44]:44} {cnt[n]:8d} {tot[n] / 1e3:9.1f}")
 print(f"{'total':44} {sum(cnt.values()):8d} {sum(tot.values()) / 1e3:9.1f}")
 PY
 for n in ${SEQS:-32768}; do
-  for mode in chunked whole; do
-    rep=/tmp/row_chunks_${mode}_$n
+  for mode in ${MODES:-chunked whole}; do
+    rep=/tmp/row_chunks_${mode}_$n${TAG:+_$TAG}
     timeout 200 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
-      -f -o "$rep" python3 /tmp/row_chunk_calls.py "$lib" $mode $n > "$out/ncu_row_chunks_${mode}_$n.log" 2>&1
-    echo "== $mode N=$n (ncu rc=$?) $(grep workspace "$out/ncu_row_chunks_${mode}_$n.log")"
+      -f -o "$rep" python3 /tmp/row_chunk_calls.py "$lib" $mode $n > "$rep.log" 2>&1
+    echo "== ${TAG:+$TAG }$mode N=$n (ncu rc=$?) $(grep workspace "$rep.log")"
     timeout 100 ncu -i "$rep.ncu-rep" --page raw --csv --print-units base --metrics gpu__time_duration.sum \
-      > "$out/ncu_row_chunks_${mode}_$n.csv" 2>/dev/null
-    python3 /tmp/group_kernels.py "$out/ncu_row_chunks_${mode}_$n.csv"
+      > "$out/$(basename "$rep").csv" 2>/dev/null
+    python3 /tmp/group_kernels.py "$out/$(basename "$rep").csv"
   done
 done

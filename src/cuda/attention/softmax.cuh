@@ -47,16 +47,8 @@ struct OnlineSoftmax {
   // kernel); a tree has the same count at depth log2(2·kNTiles).
   __device__ static void thread_max(const float (&s)[kNTiles][4], float (&m_loc)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float t[kNTiles];
-#pragma unroll
-      for (int n = 0; n < kNTiles; ++n) t[n] = max_nan(s[n][2 * r], s[n][2 * r + 1]);
-#pragma unroll
-      for (int width = kNTiles / 2; width >= 1; width /= 2)
-#pragma unroll
-        for (int n = 0; n < width; ++n) t[n] = max_nan(t[n], t[n + width]);
-      m_loc[r] = t[0];
-    }
+    for (int r = 0; r < 2; ++r)
+      m_loc[r] = fragment_row_max(s, r, [](float a, float b) { return max_nan(a, b); });
   }
 
   // Max of each of the thread's two rows over the tile, in log2 units. Scaling by a positive

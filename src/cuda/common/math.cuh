@@ -45,6 +45,23 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 #endif
 }
 
+// Max of one row of a thread's mma C fragments (values 2r and 2r + 1 of each of its kN tiles,
+// r = 0 for row g, 1 for row g + 8) as a tree: depth log2(2·kN), where a chain of 2·kN − 1
+// dependent maxima left each one waiting on the one before. `max2` is the NaN rule (max_nan, or
+// fmaxf, which drops a NaN operand); both are associative, so the order does not change the max.
+template <int kN, typename Max2>
+__device__ __forceinline__ float fragment_row_max(const float (&s)[kN][4], int r, Max2 max2) {
+  static_assert((kN & (kN - 1)) == 0, "a tree of pairs wants a power of two");
+  float t[kN];
+#pragma unroll
+  for (int n = 0; n < kN; ++n) t[n] = max2(s[n][2 * r], s[n][2 * r + 1]);
+#pragma unroll
+  for (int width = kN / 2; width >= 1; width /= 2)
+#pragma unroll
+    for (int n = 0; n < width; ++n) t[n] = max2(t[n], t[n + width]);
+  return t[0];
+}
+
 // Max over the lanes `off` = 1, 2, .. width_mask apart (a quad for width_mask 2); NaN-propagating.
 __device__ __forceinline__ float warp_max_xor(float x, int width_mask) {
   for (int off = 1; off <= width_mask; off <<= 1)

@@ -206,33 +206,73 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[4], float mul, int key
 __device__ __forceinline__ float exp_base(float m) { return m == -INFINITY ? 0.0f : m; }
 
 // One step of a unit's online max and sum of 2^t per row (pass 1 of the sampled rows and of the
-// error target): s = the step's scores (log2 units, masked) of this thread's rows g and g + 8 in
-// its `tiles` 8-key tiles; m = the rows' running max (the quad's, so that the partial sums z of
-// the quad's threads share it and add up with quad_sum at the end).
-template <int kN>
+// error target): t = mul · s, s the step's scores (masked) of this thread's rows g and g + 8 in
+// its `tiles` 8-key tiles: log2 units with mul = 1, or raw q·k with mul = scale · log2 e, the
+// scaling then folded into the exponentials' FFMA (a positive factor keeps the max: max(s)·mul
+// is max(s·mul) exactly); m = the rows' running max in log2 units (the quad's, so that the
+// partial sums z of the quad's threads share it and add up with quad_sum at the end). With
+// mul = 1 the FFMA is s − base exactly, the subtraction it replaces.
+// kShortChains: the max as a tree and the sum as four partial sums per row (where one chain left
+// each instruction waiting on the one before); it holds more registers, which the kernels near
+// their limit (the error target, the mma.sync estimate) pay in spills, so they keep the chains.
+template <int kN, bool kShortChains = false>
 __device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tiles, float (&m)[2],
-                                               float (&z)[2]) {
+                                               float (&z)[2], float mul = 1.0f) {
   float mx[2] = {-INFINITY, -INFINITY};
+  bool tree = false;
+  if constexpr (kShortChains && (kN & (kN - 1)) == 0) {
+    if (tiles == kN) {  // whole steps: a tree, the same max as the chain below (fmaxf associates)
 #pragma unroll
-  for (int n = 0; n < kN; ++n) {
-    if (n >= tiles) break;
-    mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+      for (int hh = 0; hh < 2; ++hh)
+        mx[hh] = fragment_row_max(s, hh, [](float a, float b) { return fmaxf(a, b); });
+      tree = true;
+    }
+  }
+  if (!tree) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= tiles) break;
+      mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+    }
   }
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-    const float m_new = fmaxf(m[hh], mx[hh]), base = exp_base(m_new);
+    const float m_new = fmaxf(m[hh], mx[hh] * mul), base = exp_base(m_new);
     z[hh] *= exp2_approx(m[hh] - base);  // 0 while m is −∞
     m[hh] = m_new;
   }
   // exp2_approx: a sum that reaches its max's 1 ends the same as with exp2f's denormals.
+  const float nb0 = -exp_base(m[0]), nb1 = -exp_base(m[1]);
+  if constexpr (!kShortChains) {
 #pragma unroll
-  for (int n = 0; n < kN; ++n) {
-    if (n >= tiles) break;
-    z[0] += exp2_approx(s[n][0] - exp_base(m[0])) + exp2_approx(s[n][1] - exp_base(m[0]));
-    z[1] += exp2_approx(s[n][2] - exp_base(m[1])) + exp2_approx(s[n][3] - exp_base(m[1]));
+    for (int n = 0; n < kN; ++n) {
+      if (n >= tiles) break;
+      z[0] += exp2_approx(fmaf(s[n][0], mul, nb0)) + exp2_approx(fmaf(s[n][1], mul, nb0));
+      z[1] += exp2_approx(fmaf(s[n][2], mul, nb1)) + exp2_approx(fmaf(s[n][3], mul, nb1));
+    }
+  } else {
+    // kSums independent partial sums per row, added up in a fixed order.
+    constexpr int kSums = kN < 4 ? kN : 4;
+    float part[2][kSums];
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= tiles) break;
+      const float a = exp2_approx(fmaf(s[n][0], mul, nb0)) + exp2_approx(fmaf(s[n][1], mul, nb0));
+      const float b = exp2_approx(fmaf(s[n][2], mul, nb1)) + exp2_approx(fmaf(s[n][3], mul, nb1));
+      part[0][n % kSums] = n < kSums ? a : part[0][n % kSums] + a;
+      part[1][n % kSums] = n < kSums ? b : part[1][n % kSums] + b;
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float sum = tiles > 0 ? part[hh][0] : 0.0f;
+#pragma unroll
+      for (int j = 1; j < kSums; ++j)
+        if (j < tiles) sum += part[hh][j];
+      z[hh] += sum;
+    }
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -74,21 +75,28 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   const int splits = sampled_row_key_splits(int64_t(ctas_per_head) * p.batch * p.heads_q,
                                             p.num_k_blocks, slots, p.head_dim, p.sr_one_pass);
   const dim3 grid(ctas_per_head, p.batch * p.heads_q, splits);
+  // K by TMA on the wgmma path where the tensor map encodes (else cp.async by every thread).
+  CUtensorMap k_map{};
+  bool k_by_tma = false;
   const auto run = [&](auto kernel, int smem) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (p.sr_one_pass) {
-      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kTileSums);
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kTileSums,
+                                                 k_map, k_by_tma);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (tile sums) launch");
       sampled_rows_combine<<<dim3(p.num_q_blocks, p.batch * p.heads_q), kCombineThreads, 0, stream>>>(
           p, slots);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_rows_combine launch");
     } else if (splits == 1) {
-      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole);
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kWhole,
+                                                 k_map, k_by_tma);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights launch");
     } else {
-      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMaxSum);
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMaxSum,
+                                                 k_map, k_by_tma);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (max, sum) launch");
-      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMasses);
+      kernel<<<grid, kEtThreads, smem, stream>>>(p, slots, blocks_per_cta, SampledRowsPass::kMasses,
+                                                 k_map, k_by_tma);
       SPARGE_CUDA_CHECK_LAUNCH("sampled_row_weights (masses) launch");
     }
     return Status::ok();
@@ -97,6 +105,11 @@ Status launch_sampled_rows_dim(const PredictParams& p, cudaStream_t stream) {
   if constexpr (kHeadDim <= 128) {
     if (p.wgmma && full_steps && slots <= kSlotsPerCta) {
       using Op = WgmmaOperands<Tr>;
+      // SPARGE_ESTIMATE_TMA=0 keeps the cp.async loads (benchmarks compare the two).
+      const char* tma_env = std::getenv("SPARGE_ESTIMATE_TMA");
+      k_by_tma = !(tma_env != nullptr && tma_env[0] == '0') &&
+                 encode_tensor_map_sw128(&k_map, p.k, std::is_same_v<T, __nv_bfloat16>, p.head_dim,
+                                         p.seq_k, p.heads_kv, p.batch, p.k_stride, Tr::kStepKeys);
       return run(sampled_row_weights<T, kHeadDim, true, Op>, Op::kSmemBytes);
     }
   }

@@ -49,6 +49,8 @@
 // batch entry's key length are seen by no row.
 #pragma once
 
+#include <cuda.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -176,14 +178,18 @@ __device__ __forceinline__ void copy_q_chunk(T* dst, const T* gQ, int64_t stride
 }
 
 // A step's raw scores of this thread's rows g, g + 8 (qrow: their query rows, −1 for an empty
-// slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, to log2
-// units, masked: −∞ where a row does not see a key, the dense mask's value added (−∞ where it
-// hides the pair). Where every row of the warp's unit sees every key of the step and there is no
-// dense mask (all steps but those at the band's or the keys' edges), the scale alone: the same
-// values without the per-score tests. An empty slot's row counts as seeing them: its results are
-// never read (its Q row is zero, so its scores are too). Warp-wide (a vote).
+// slot; rk: the keys they see) and keys key0 + 8n + 2·(lane % 4) + {0, 1}, n < tiles, masked:
+// −∞ where a row does not see a key, the dense mask's value added (−∞ where it hides the pair).
+// Returns the factor that takes the result to log2 units. Where every row of the warp's unit
+// sees every key of the step and there is no dense mask (all steps but those at the band's or the
+// keys' edges), the scores stay raw and the factor is scale · log2 e (`mul`): the readers fold
+// it into the FFMA before their exponentials (online_max_sum), which saves a FMUL and a FADD per
+// score on the path that dominates (the exponent is then one rounding of s·mul − m instead of
+// two: ~1 ulp). Elsewhere the scores are scaled here (the mask's values are in log2 units) and
+// the factor is 1. An empty slot's row counts as seeing them: its results are never read (its Q
+// row is zero, so its scores are too). Warp-wide (a vote).
 template <int kN>
-__device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (&s)[kN][4],
+__device__ __forceinline__ float step_log2_scores(const PredictParams& p, float (&s)[kN][4],
                                                  int tiles, float mul, int key0,
                                                  const UnitRowKeys& rk, const int64_t (&qrow)[2],
                                                  int b, int h) {
@@ -191,15 +197,7 @@ __device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh)
     sees_all = sees_all && (qrow[hh] < 0 || (rk.first[hh] <= key0 && key0 + 8 * tiles - 1 <= rk.last[hh]));
-  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n >= tiles) break;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] *= mul;
-    }
-    return;
-  }
+  if (p.attn_mask.data == nullptr && __all_sync(0xffffffffu, sees_all)) return mul;
   const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int n = 0; n < kN; ++n) {
@@ -215,6 +213,7 @@ __device__ __forceinline__ void step_log2_scores(const PredictParams& p, float (
       }
     }
   }
+  return 1.0f;
 }
 
 // The operands of a step's Q·Kᵀ, the policy sampled_row_weights takes: where the group's q rows
@@ -231,7 +230,7 @@ struct MmaSyncOperands {
       (kSampleStages * Tr::kTileElems + kSlotsPerCta * Tr::kHeadDim) * int(sizeof(T));
   T* sK;  // [kSampleStages][kTileElems]
   T* sQ;  // [kEtWarps][kUnitElems]
-  __device__ explicit MmaSyncOperands(unsigned char* smem)
+  __device__ MmaSyncOperands(unsigned char* smem, const CUtensorMap* /*k_map: TMA unused*/, bool /*k_by_tma*/)
       : sK(reinterpret_cast<T*>(smem)), sQ(sK + kSampleStages * Tr::kTileElems) {}
   // Where chunk c of the group's row slot r goes.
   __device__ T* q_chunk(int r, int c) const {
@@ -240,11 +239,11 @@ struct MmaSyncOperands {
   // Keys [key0, key0 + rows) of the (batch, kv head) slice gK into ring stage `stage` (zeros past
   // seq_k and head_dim; cp.async where `vec`, the caller commits). CTA-wide.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int rows, int seq_k,
-                            int head_dim, bool vec) const {
+                            int head_dim, bool vec, int /*b*/, int /*hk*/) const {
     load_key_tile<Tr>(sK + stage * Tr::kTileElems, gK, stride, key0, rows, seq_k, head_dim, vec);
   }
   // ldmatrix reads what this thread's cp.async wrote once the barrier after this has passed.
-  __device__ static void copies_landed() {}
+  __device__ static void keys_landed(int /*stage*/, bool /*first_step*/) {}
   // This warp's unit's raw scores against the first 8·tiles keys of stage `stage`.
   template <int kN>
   __device__ void scores(int stage, int tiles, float (&s)[kN][4]) const {
@@ -261,13 +260,15 @@ struct MmaSyncOperands {
 // compile-time trip counts (unrolled without exits, the ldmatrix loads free to run ahead of the
 // mma chain; 12-19% faster where the estimate dominates, same record); else steps of block_k keys.
 // Operands: MmaSyncOperands, or WgmmaOperands (sampled_rows_sm90.cuh; kFullSteps, hd ≤ 128).
+// k_map, k_by_tma: K by TMA (WgmmaOperands, where the launcher could encode the map).
 template <typename T, int kHeadDim, bool kFullSteps, typename Operands>
 __global__ void __launch_bounds__(kEtThreads, 2)
-    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass) {
+    sampled_row_weights(const PredictParams p, int slots, int blocks_per_cta, SampledRowsPass pass,
+                        const __grid_constant__ CUtensorMap k_map, bool k_by_tma) {
   using Tr = EtTraits<T, kHeadDim>;
   constexpr int kN = Tr::kStepKeys / 8;  // 8-key tiles per step
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const Operands op(smem_raw);
+  Operands op(smem_raw, &k_map, k_by_tma);
   __shared__ double sRowWeight[2][kSlotsPerCta];  // per step parity: each slot's mass / sum
   __shared__ int sRange[kEtWarps][2];
 
@@ -350,30 +351,32 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     };
     // Steps st = 0 .. steps − 1 in ring stage st % kSampleStages, kSampleStages − 1 tiles ahead
     // loading while `visit` runs (one commit group a step, empty past the last tile). Every
-    // thread calls visit(step, s); s holds the step's scores in log2 units where step.computed.
+    // thread calls visit(step, s, mul); where step.computed, mul · s are the step's scores in
+    // log2 units (step_log2_scores).
     const auto walk = [&](auto&& visit) {
       const auto load = [&](int st) {
         if (st < steps)
           op.load_keys(st % kSampleStages, cta.gK, p.k_stride[2], key_begin + st * W, W, p.seq_k,
-                       p.head_dim, cta.vec_k);
+                       p.head_dim, cta.vec_k, b, h / p.group);
         cp_async_commit();
       };
       for (int st = 0; st < kSampleStages - 1; ++st) load(st);
       Step step{0, j_begin, 0, false, false};
       for (; step.st < steps; ++step.st) {
         cp_async_wait_groups<kSampleStages - 2>();  // this thread's copies of tile st (and of q)
-        Operands::copies_landed();
+        op.keys_landed(step.st % kSampleStages, step.st == 0);
         __syncthreads();  // every thread's copies; every warp is done with tile st − 1's buffer
         load(step.st + kSampleStages - 1);
         const int key0 = key_begin + step.st * W;
         step.block_last = step.block_step + 1 == steps_per_block || key0 + W >= p.seq_k;
         step.computed = step.j >= u_begin && step.j < u_end;
         float s[kN][4];
+        float mul = 1.0f;
         if (step.computed) {
           op.template scores<kN>(step.st % kSampleStages, tiles, s);
-          step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
+          mul = step_log2_scores<kN>(p, s, tiles, cta.mul, key0, rk, qrow, b, h);
         }
-        visit(step, s);
+        visit(step, s, mul);
         if (++step.block_step == steps_per_block) step.block_step = 0, ++step.j;
       }
       cp_async_wait_all();  // only empty groups remain
@@ -390,9 +393,9 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         row_lse = p.sr_tile_lse + ((int64_t(bh) * p.num_q_blocks + i0) * slots + unit_slot + g + 8 * t4) *
                                       int64_t(p.num_k_blocks);
       float m[2] = {-INFINITY, -INFINITY}, z[2] = {0.0f, 0.0f};
-      walk([&](const Step& step, float (&s)[kN][4]) {
+      walk([&](const Step& step, float (&s)[kN][4], float mul) {
         if (!step.computed) return;
-        online_max_sum<kN>(s, tiles, m, z);
+        online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
         if (!step.block_last) return;
         quad_sum(z);
         if (row_lse != nullptr) {
@@ -423,8 +426,8 @@ __global__ void __launch_bounds__(kEtThreads, 2)
         }
       }
     } else {
-      walk([&](const Step& step, float (&s)[kN][4]) {
-        if (step.computed) online_max_sum<kN>(s, tiles, m, z);
+      walk([&](const Step& step, float (&s)[kN][4], float mul) {
+        if (step.computed) online_max_sum<kN, Operands::kWarpgroupSteps>(s, tiles, m, z, mul);
       });
       quad_sum(z);
     }
@@ -455,14 +458,14 @@ __global__ void __launch_bounds__(kEtThreads, 2)
     // The first step of a key block flushes the block before it (its last step wrote the
     // weights before this step's barrier); the walk's last step ends a block.
     float mass[2] = {0.0f, 0.0f};  // the current key block's, this thread's columns
-    walk([&](const Step& step, float (&s)[kN][4]) {
+    walk([&](const Step& step, float (&s)[kN][4], float mul) {
       if (step.st > 0 && step.block_step == 0) flush_weights(step.st - 1, step.j - 1);
       if (!step.computed) return;
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
         if (n >= tiles) break;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(s[n][e] - base[e >> 1]);
+        for (int e = 0; e < 4; ++e) mass[e >> 1] += exp2f(fmaf(s[n][e], mul, -base[e >> 1]));
       }
       if (!step.block_last) return;
 #pragma unroll

@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "cuda/common/mbarrier_sm90.cuh"
+#include "cuda/common/tma_sm90.cuh"
 #include "cuda/common/wgmma_sm90.cuh"
 #include "cuda/predict/sampled_rows.cuh"
 
@@ -32,9 +34,10 @@ struct WgmmaOperands {
   static constexpr int kQColumnBytes = kSlotsPerCta * kSw128RowBytes;  // a 64-column block of Q
   static constexpr int kKColumnBytes = Tr::kStepKeys * kSw128RowBytes;
   // The ring and the 128 row slots, and the slack that aligns them to a 1024-byte swizzle atom
-  // (96 KB + 1 KB at hd 128: two CTAs per SM).
-  static constexpr int kSmemBytes =
+  // (96 KB + 1 KB at hd 128: two CTAs per SM), then the ring's mbarriers (TMA loads).
+  static constexpr int kBarrierOffset =
       kSw128AtomBytes + (kSampleStages * Tr::kTileElems + kSlotsPerCta * Tr::kHeadDim) * int(sizeof(T));
+  static constexpr int kSmemBytes = kBarrierOffset + kSampleStages * 8;
   static constexpr int kLoadRows = kEtThreads / Tr::kChunks;  // key rows a load pass covers
   static_assert(Tr::kStepKeys % kLoadRows == 0 && kLoadRows % 8 == 0, "whole swizzle periods per pass");
   T* sK;  // [kSampleStages] SW128 tiles of [kStepKeys × kHeadDim]
@@ -43,16 +46,36 @@ struct WgmmaOperands {
   uint32_t load_offset;  // bytes from a stage to this thread's first chunk of load_keys
   uint64_t dq;   // this warpgroup's 64 row slots of Q
   uint64_t dk0;  // stage 0 of the ring (a k16 step, a column block and a stage move the address)
-  __device__ explicit WgmmaOperands(unsigned char* smem) {
+  // K by TMA (k_map encodes the call's K; else cp.async by every thread): one thread issues a
+  // stage's boxes, which complete on the stage's mbarrier; `phases` holds the parity each
+  // stage's next wait takes (every thread waits for every stage in the same order).
+  const CUtensorMap* k_map;
+  bool k_by_tma;
+  uint64_t* full;  // [kSampleStages]
+  uint32_t phases = 0;
+  __device__ WgmmaOperands(unsigned char* smem, const CUtensorMap* k_map_, bool k_by_tma_)
+      : k_map(k_map_), k_by_tma(k_by_tma_) {
     const uint32_t raw = smem_addr(smem);
     const uint32_t pad = (kSw128AtomBytes - raw % kSw128AtomBytes) % kSw128AtomBytes;
+    full = reinterpret_cast<uint64_t*>(smem + kBarrierOffset);
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (k_by_tma && threadIdx.x == 0) {  // the kernel's barriers before the first load order these
+      for (int st = 0; st < kSampleStages; ++st) mbarrier_init(&full[st], 1);
+      mbarrier_init_fence();
+      tma_prefetch_descriptor(k_map);
+    }
+#endif
     sK = reinterpret_cast<T*>(smem + pad);
     sQ = sK + kSampleStages * Tr::kTileElems;
     k_addr = raw + pad;
     const int load_row = threadIdx.x / Tr::kChunks, load_column = threadIdx.x % Tr::kChunks * kChunkElems;
     load_offset = sw128_offset<Tr::kStepKeys>(load_row, load_column) * int(sizeof(T));
     const uint32_t q_addr = k_addr + kSampleStages * kKTileBytes;
-    dq = sw128_desc(q_addr + (threadIdx.x / 128) * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
+    // The warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform and
+    // keeps the descriptors in uniform registers (from threadIdx.x directly it moved both of
+    // every wgmma's descriptors into uniform registers, R2UR, before each of the step's 8).
+    const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
+    dq = sw128_desc(q_addr + warpgroup * 64 * kSw128RowBytes, 16, kSw128AtomBytes);
     dk0 = sw128_desc(k_addr, 16, kSw128AtomBytes);
   }
   __device__ T* q_chunk(int r, int c) const { return sQ + sw128_offset<kSlotsPerCta>(r, c * kChunkElems); }
@@ -62,23 +85,51 @@ struct WgmmaOperands {
   // every kLoadRows-th key, a multiple of 8 rows apart, so its swizzled offset (load_offset, from
   // the constructor) moves by whole rows; 32-bit shared addresses.
   __device__ void load_keys(int stage, const T* gK, int64_t stride, int key0, int /*rows: 64*/,
-                            int seq_k, int head_dim, bool /*vec: true*/) const {
+                            int seq_k, int head_dim, bool /*vec: true*/, int b, int hk) {
+    if (k_by_tma) {  // boxes of 64 channels × 64 keys: one SW128 column block each (zeros past
+                     // seq_k and head_dim, counted in the bytes all the same)
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(&full[stage], kKTileBytes);
+#pragma unroll
+        for (int cb = 0; cb < Tr::kHeadDim / 64; ++cb)
+          tma_load_4d(k_map, &full[stage], sK + stage * Tr::kTileElems + cb * (kKColumnBytes / int(sizeof(T))),
+                      cb * 64, key0, hk, b);
+      }
+#else
+      __trap();  // launched only where sm_90a code runs (PredictParams::wgmma)
+#endif
+      return;
+    }
     const int r = threadIdx.x / Tr::kChunks, c = threadIdx.x % Tr::kChunks;
     const bool chunk_in = c * kChunkElems < head_dim;
     const uint32_t dst = k_addr + stage * kKTileBytes + load_offset;
     const int64_t pass_stride = int64_t(kLoadRows) * stride;
     const T* src = gK + int64_t(key0 + r) * stride + c * kChunkElems;
+    if (chunk_in && key0 + Tr::kStepKeys <= seq_k) {  // every step but the keys' last: no tests
+#pragma unroll
+      for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride)
+        cp_async_16(dst + i * kLoadRows * kSw128RowBytes, src, true);
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < Tr::kStepKeys / kLoadRows; ++i, src += pass_stride) {
       const bool in = chunk_in && key0 + r + i * kLoadRows < seq_k;
       cp_async_16(dst + i * kLoadRows * kSw128RowBytes, in ? src : gK, in);
     }
   }
-  // cp.async writes through the generic proxy: each writing thread fences them for the tensor
-  // cores' reads before the barrier.
-  __device__ static void copies_landed() {
+  // Stage `stage`'s keys have landed (the caller has waited for this thread's cp.async groups;
+  // the CTA barrier follows). cp.async writes through the generic proxy: each writing thread
+  // fences them for the tensor cores' reads; the TMA writes through the async proxy, so then
+  // only the group's first step fences (the Q tile, copied by cp.async) and every thread waits
+  // for the stage's transactions.
+  __device__ void keys_landed(int stage, bool first_step) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    fence_proxy_async_smem();
+    if (!k_by_tma || first_step) fence_proxy_async_smem();
+    if (k_by_tma) {
+      mbarrier_wait(&full[stage], (phases >> stage) & 1u);
+      phases ^= 1u << stage;
+    }
 #endif
   }
   // This warp's unit's raw scores against stage `stage` (all 64 keys: kFullSteps); warpgroup-wide.
@@ -86,7 +137,8 @@ struct WgmmaOperands {
   __device__ void scores(int stage, int /*tiles*/, float (&s)[kN][4]) const {
     static_assert(kN == 8, "m64n64: 8 key tiles");
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    const uint64_t dk = sw128_desc_advance(dk0, stage * kKTileBytes);
+    // The stage through a shuffle as well (see the constructor): uniform descriptors, no R2UR.
+    const uint64_t dk = sw128_desc_advance(dk0, __shfl_sync(0xffffffffu, stage, 0) * kKTileBytes);
     fence_operands(s);
     wgmma_fence();
 #pragma unroll
