@@ -14,26 +14,13 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_attention as ba  # noqa: E402
-from bench_fused_stage1 import dense_mask, sparse_call  # noqa: E402
+from bench_fused_stage1 import dense_mask, reference, sparse_call  # noqa: E402
 from bench_stage1 import smooth_inputs  # noqa: E402
 
-
-def rel_l1(a, b):
-    return float((a.float() - b.float()).abs().sum() / b.float().abs().sum())
-
-
-def reference(q, k, v, causal):
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
-        for h in range(0, q.shape[1], 4):
-            out[:, h:h + 4] = F.scaled_dot_product_attention(
-                q[:, h:h + 4].float(), k[:, h:h + 4].float(), v[:, h:h + 4].float(), is_causal=causal)
-    return out
+rel_l1 = ba.measure.rel_l1
 
 
 def main():

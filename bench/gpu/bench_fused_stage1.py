@@ -68,12 +68,13 @@ def dense_mask(counts, indices, nk):
     return dense[:, :nk]
 
 
-def reference(q, k, v):
+def reference(q, k, v, causal=False):
+    """fp32 attention, four heads at a time (PyTorch's memory-efficient kernel)."""
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
         for h in range(0, q.shape[1], 4):
             out[:, h:h + 4] = F.scaled_dot_product_attention(q[:, h:h + 4].float(), k[:, h:h + 4].float(),
-                                                             v[:, h:h + 4].float())
+                                                             v[:, h:h + 4].float(), is_causal=causal)
     return out
 
 

@@ -212,23 +212,20 @@ __device__ __forceinline__ float exp_base(float m) { return m == -INFINITY ? 0.0
 // is max(s·mul) exactly); m = the rows' running max in log2 units (the quad's, so that the
 // partial sums z of the quad's threads share it and add up with quad_sum at the end). With
 // mul = 1 the FFMA is s − base exactly, the subtraction it replaces.
-// kShortChains: the max as a tree and the sum as four partial sums per row (where one chain left
-// each instruction waiting on the one before); it holds more registers, which the kernels near
-// their limit (the error target, the mma.sync estimate) pay in spills, so they keep the chains.
+// kShortChains (whole steps only, tiles == kN): the max as a tree and the sum as four partial
+// sums per row, where one chain left each instruction waiting on the one before; it holds more
+// registers, which the kernels near their limit (the error target, the mma.sync estimate) pay in
+// spills, so they keep the chains. Both orders give the same max (fmaxf associates).
 template <int kN, bool kShortChains = false>
 __device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tiles, float (&m)[2],
                                                float (&z)[2], float mul = 1.0f) {
+  const bool short_chains = kShortChains && tiles == kN;
   float mx[2] = {-INFINITY, -INFINITY};
-  bool tree = false;
-  if constexpr (kShortChains && (kN & (kN - 1)) == 0) {
-    if (tiles == kN) {  // whole steps: a tree, the same max as the chain below (fmaxf associates)
+  if (short_chains) {
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-        mx[hh] = fragment_row_max(s, hh, [](float a, float b) { return fmaxf(a, b); });
-      tree = true;
-    }
-  }
-  if (!tree) {
+    for (int hh = 0; hh < 2; ++hh)
+      mx[hh] = fragment_row_max(s, hh, [](float a, float b) { return fmaxf(a, b); });
+  } else {
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
       if (n >= tiles) break;
@@ -246,32 +243,28 @@ __device__ __forceinline__ void online_max_sum(const float (&s)[kN][4], int tile
   }
   // exp2_approx: a sum that reaches its max's 1 ends the same as with exp2f's denormals.
   const float nb0 = -exp_base(m[0]), nb1 = -exp_base(m[1]);
-  if constexpr (!kShortChains) {
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n >= tiles) break;
-      z[0] += exp2_approx(fmaf(s[n][0], mul, nb0)) + exp2_approx(fmaf(s[n][1], mul, nb0));
-      z[1] += exp2_approx(fmaf(s[n][2], mul, nb1)) + exp2_approx(fmaf(s[n][3], mul, nb1));
-    }
-  } else {
-    // kSums independent partial sums per row, added up in a fixed order.
-    constexpr int kSums = kN < 4 ? kN : 4;
-    float part[2][kSums];
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n >= tiles) break;
-      const float a = exp2_approx(fmaf(s[n][0], mul, nb0)) + exp2_approx(fmaf(s[n][1], mul, nb0));
-      const float b = exp2_approx(fmaf(s[n][2], mul, nb1)) + exp2_approx(fmaf(s[n][3], mul, nb1));
-      part[0][n % kSums] = n < kSums ? a : part[0][n % kSums] + a;
-      part[1][n % kSums] = n < kSums ? b : part[1][n % kSums] + b;
-    }
+  const auto pair_sum = [&](int n, int hh) {
+    const float nb = hh == 0 ? nb0 : nb1;
+    return exp2_approx(fmaf(s[n][2 * hh], mul, nb)) + exp2_approx(fmaf(s[n][2 * hh + 1], mul, nb));
+  };
+  if (short_chains) {
+    constexpr int kSums = kN < 4 ? kN : 4;  // partial sums per row, added up in a fixed order
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      float sum = tiles > 0 ? part[hh][0] : 0.0f;
+      float part[kSums];
 #pragma unroll
-      for (int j = 1; j < kSums; ++j)
-        if (j < tiles) sum += part[hh][j];
+      for (int n = 0; n < kN; ++n) part[n % kSums] = n < kSums ? pair_sum(n, hh) : part[n % kSums] + pair_sum(n, hh);
+      float sum = part[0];
+#pragma unroll
+      for (int j = 1; j < kSums; ++j) sum += part[j];
       z[hh] += sum;
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= tiles) break;
+      z[0] += pair_sum(n, 0);
+      z[1] += pair_sum(n, 1);
     }
   }
 }
