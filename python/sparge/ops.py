@@ -103,8 +103,10 @@ def _check_inputs(q, k, v, layout):
                             "(float16, bfloat16); cast q, k and v with .to(torch.bfloat16)")
 
 
-def _padded_head_dim(x: torch.Tensor) -> int:
-    head_dim = x.shape[-1]
+def _padded_head_dim(x: torch.Tensor, *more: torch.Tensor) -> int:
+    """The head dim the ops run at: the widest of x's and `more`'s (v's may differ from q's, as
+    SDPA allows), rounded up to a compiled one on cuda."""
+    head_dim = max(t.shape[-1] for t in (x, *more))
     if not x.is_cuda:
         return head_dim
     fits = [d for d in CUDA_HEAD_DIMS if d >= head_dim]
@@ -113,15 +115,20 @@ def _padded_head_dim(x: torch.Tensor) -> int:
 
 def _pad(padded: int, q: torch.Tensor, *others: torch.Tensor):
     """q, k, (v) with zero channels up to `padded`: zero channels change no dot product, pooled
-    score or cosine similarity, and the scale is explicit, so the result is unchanged."""
+    score or cosine similarity, and the scale is explicit, so the result is unchanged. v may
+    have its own head dim (SDPA's Ev, as MLA-style models call it): padded to the same width, its
+    zero channels give zero output channels, which the caller slices off (`_value_channels`)."""
     head_dim = q.shape[-1]
-    if padded == head_dim:
-        return (q, *others)
-    for t, name in zip(others, ("k", "v")):
-        if t.shape[-1] != head_dim:  # checked here because padding would hide the mismatch
-            raise ValueError(f"k.head_dim and v.head_dim must equal q.head_dim ({head_dim}), "
-                             f"got {name}.head_dim {t.shape[-1]}")
-    return tuple(F.pad(t, (0, padded - head_dim)) for t in (q, *others))
+    if others and others[0].shape[-1] != head_dim:  # padding would hide the mismatch
+        raise ValueError(f"k.head_dim must equal q.head_dim ({head_dim}), got "
+                         f"{others[0].shape[-1]}")
+    return tuple(t if t.shape[-1] == padded else F.pad(t, (0, padded - t.shape[-1]))
+                 for t in (q, *others))
+
+
+def _value_channels(out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The output's first v.head_dim channels: the ones past it came from `_pad`'s zeros."""
+    return out[..., :v.shape[-1]] if out.shape[-1] != v.shape[-1] else out
 
 
 def _op_options(q, scale, kw):
@@ -378,14 +385,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       for t in (qh, kh, vh))
         mask4 = _permute_mask(mask4, gather_q, gather_k)
         reordered = True
-    head_dim = qh.shape[-1]
-    padded = _padded_head_dim(qh)
+    padded = _padded_head_dim(qh, vh)
     out, lse, counts, indices, pv_counters, stage1, forced = torch.ops.sparge.attention(
         *_pad(padded, qh, kh, vh), mask4, lengths, *_key_block_args(key_blocks, padded),
         **options,
         with_extras=return_stats)
-    if padded != head_dim:
-        out = out[..., :head_dim]
+    out = _value_channels(out, vh)
     if reordered:
         out = torch.ops.sparge.permute_tokens(out, order, grid_offset, True)
     out = _from_hnd(out, layout)
@@ -459,7 +464,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise TypeError(f"block_mask must be a sparge.BlockMask, got {type(block_mask).__name__}")
     qh, kh, vh = _to_hnd(q, layout), _to_hnd(k, layout), _to_hnd(v, layout)
     scale = _options.resolve_scale(scale, qh.shape[-1])
-    head_dim, padded = qh.shape[-1], _padded_head_dim(qh)
+    padded = _padded_head_dim(qh, vh)
     m = block_mask
     options = _op_options(qh, scale, dict(
         is_causal=m.is_causal, causal_align=m.causal_align,
@@ -474,7 +479,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out, lse, pv_counters = torch.ops.sparge.block_sparse_attention(
         *_pad(padded, qh, kh, vh), m.counts, m.indices, m.row_offsets, mask4, lengths,
         **options, with_extras=return_stats)
-    out = _from_hnd(out[..., :head_dim] if padded != head_dim else out, layout)
+    out = _from_hnd(_value_channels(out, vh), layout)
     return (out, SparseStats(m, lse, pv_counters)) if return_stats else out
 
 

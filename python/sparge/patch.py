@@ -94,9 +94,9 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
     if any(t.dim() not in dims for t in tensors) or len({t.dim() for t in tensors}) != 1:
         return ("inputs are not 3-D or 4-D [batch, (heads,) tokens, head_dim]" if layout == "HND"
                 else "inputs are not 4-D [batch, tokens, heads, head_dim]")
-    if query.shape[-1] != key.shape[-1] or key.shape[-1] != value.shape[-1]:
-        return "value head dim differs from query/key head dim"
-    if query.shape[-1] > 256:
+    if query.shape[-1] != key.shape[-1]:
+        return _LET_TORCH_RAISE  # SDPA's own error (value's head dim may differ: served)
+    if max(query.shape[-1], value.shape[-1]) > 256:
         return "head_dim > 256"
     head_axis, token_axis = (1, -2) if layout == "HND" else (2, -3)
     if query.dim() == 4 and query.shape[head_axis] != key.shape[head_axis] and \

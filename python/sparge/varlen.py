@@ -48,18 +48,16 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     q4, k4, v4 = _packed(q, "q"), _packed(k, "k"), _packed(v, "v")
     ops._check_inputs(q4, k4, v4, "NHD")
     qh, kh, vh = (ops._to_hnd(t, "NHD") for t in (q4, k4, v4))
-    head_dim = qh.shape[-1]
-    scale = _options.resolve_scale(scale, head_dim)
+    scale = _options.resolve_scale(scale, qh.shape[-1])
     options = ops._op_options(qh, scale, dict(
         is_causal=is_causal, causal_align=causal_align, sim_threshold=sim_threshold,
         cdf_threshold=cdf_threshold, topk=topk, pv_threshold=pv_threshold,
         attention_sink=attention_sink, block_q=block_q, block_k=block_k, quantized=quantized,
         backend=backend, estimate=estimate, sample_rows=sample_rows, window_left=window_left,
         window_right=window_right, target_error=target_error))
-    padded = ops._padded_head_dim(qh)
+    padded = ops._padded_head_dim(qh, vh)
     out = torch.ops.sparge.attention_varlen(
         *ops._pad(padded, qh, kh, vh), _cu_seqlens(cu_seqlens_q),
         _cu_seqlens(cu_seqlens_k), int(max_seqlen_q), int(max_seqlen_k), **options)
-    if padded != head_dim:
-        out = out[..., :head_dim]
+    out = ops._value_channels(out, vh)
     return out.transpose(1, 2).squeeze(0)

@@ -90,6 +90,36 @@ def test_sdpa_positional_call_ports_unchanged(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("head_dim,value_dim", [(24, 16), (16, 40)])
+def test_value_head_dim_of_its_own_as_sdpa(backend, head_dim, value_dim):
+    """SDPA takes v with its own head dim Ev (MLA-style models: DeepSeek's E 192, Ev 128): the
+    output has Ev channels, the scale stays 1/sqrt(E), and the mask Stage 1 picks is q and k's
+    alone (v's width changes nothing that decides a tile)."""
+    q, k, _ = make_qkv(heads_q=4, heads_kv=2, seq_q=150, seq_k=210, head_dim=head_dim, seed=8)
+    v = torch.randn(1, 2, 210, value_dim, generator=torch.Generator().manual_seed(9))
+    for causal in (False, True):
+        out = sparge.attention(q, k, v, is_causal=causal, backend=backend, **dense_options())
+        expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                  is_causal=causal, enable_gqa=True)
+        assert out.shape == (1, 4, 150, value_dim)
+        assert_close(out, expected, atol=ATOL32)
+    # With skipping on: the same mask as with v of q's width, and the reference on that mask.
+    out, stats = sparge.attention(q, k, v, cdf_threshold=0.5, sim_threshold=-1.0,
+                                  pv_threshold=math.inf, backend=backend, return_stats=True)
+    _, same_width = sparge.attention(q, k, torch.randn(1, 2, 210, head_dim), cdf_threshold=0.5,
+                                     sim_threshold=-1.0, pv_threshold=math.inf, backend=backend,
+                                     return_stats=True)
+    assert torch.equal(stats.block_mask.to_dense(), same_width.block_mask.to_dense())
+    assert 0.0 < stats.sparsity < 1.0
+    expected = reference_attention(q, k, v, token_mask=stats.block_mask.to_token_mask())
+    assert_close(out, expected, atol=ATOL32)
+    assert torch.equal(sparge.block_sparse_attention(q, k, v, stats.block_mask, backend=backend,
+                                                     pv_threshold=math.inf), out)
+    with pytest.raises(ValueError, match="k.head_dim must equal q.head_dim"):
+        sparge.attention(q, k[..., :8], v, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_nhd_views_need_no_copy(backend):
     q, k, v = make_qkv(seq_q=140, layout="NHD", seed=4)  # [B, N, H, D] contiguous
     out = sparge.attention(q, k, v, layout="NHD", backend=backend, **dense_options())

@@ -44,6 +44,19 @@ def test_dense_matches_reference(dtype, head_dim):
     check_against_reference(out, q, k, v, scale=0.11)
 
 
+@pytest.mark.parametrize("head_dim,value_dim", [(192, 128), (64, 128)])
+def test_value_head_dim_of_its_own(head_dim, value_dim):
+    """DeepSeek's MLA shape (E 192, Ev 128: both padded to 256 on the device) and v wider than
+    q: the output has v's channels, against the float64 reference."""
+    q, k, _ = make_qkv(heads_q=4, heads_kv=2, seq_q=333, seq_k=517, head_dim=head_dim,
+                       dtype=torch.bfloat16, device="cuda", seed=2)
+    v = torch.randn(1, 2, 517, value_dim, generator=torch.Generator().manual_seed(3)).to(
+        "cuda", torch.bfloat16)
+    out = sparge.attention(q, k, v, is_causal=True, **dense_options())
+    assert out.shape == (1, 4, 333, value_dim)
+    check_against_reference(out, q, k, v, is_causal=True)
+
+
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("align,seq_q,seq_k", [("top_left", 300, 300), ("top_left", 200, 450),
                                                ("bottom_right", 200, 450),

@@ -67,7 +67,7 @@ def test_tensor_errors(qkv):
         ((q[0], k, v), ValueError, "q must be 4-D"),
         ((q.tolist(), k, v), TypeError, "q must be a torch.Tensor"),
         ((q, k[:, :, :50], v), ValueError, "v shape must equal k shape"),
-        ((q, k[:, :1], v[:, :1, :, :8]), ValueError, "head_dim must equal q.head_dim (16)"),
+        ((q, k[:, :1, :, :8], v[:, :1]), ValueError, "k.head_dim must equal q.head_dim (16)"),
         ((torch.randn(1, 3, 100, 16), k, v), ValueError,
          "q.heads (3) must be a multiple of k.heads (2)"),
         ((torch.randn(2, 2, 100, 16), k, v), ValueError, "k.batch must equal q.batch (2)"),

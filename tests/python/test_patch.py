@@ -39,6 +39,21 @@ def test_sdpa_matches_torch_when_nothing_is_skipped():
                  atol=1e-5)
 
 
+def test_value_head_dim_of_its_own_is_served():
+    """MLA-style calls (v narrower than q and k, as DeepSeek's attention makes them) run in
+    Sparge, not in the fallback; k narrower than q stays PyTorch's error."""
+    q, k, _ = make_qkv(heads_q=4, heads_kv=4, seq_q=200, seq_k=200, head_dim=48, seed=5)
+    v = torch.randn(1, 4, 200, 32, generator=torch.Generator().manual_seed(6))
+    with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
+        got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with pytest.raises(RuntimeError):
+            F.scaled_dot_product_attention(q, k[..., :32], v)
+    assert patch.sparge_calls == 1 and patch.fallbacks == {}
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert got.shape == (1, 4, 200, 32)
+    assert_close(got, expected, atol=1e-5)
+
+
 def test_patch_counts_add_up_tiles_and_are_a_copy():
     q, k, v = make_qkv(heads_q=2, seq_q=300, head_dim=32, seed=3)
     with sparge.patch_sdpa(min_seq_len=0, collect_stats=True, **dense_options()) as patch:

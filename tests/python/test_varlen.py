@@ -62,6 +62,15 @@ def test_lists_for_cu_seqlens():
     assert torch.equal(out, sparge.attention_varlen(q, k, v, cu_q, cu_k, 9, 6))
 
 
+def test_value_head_dim_of_its_own():
+    """v with its own head dim (MLA-style): [total_q, Hq, Ev] out, equal to separate calls."""
+    q, k, v, cu_q, cu_k = packed_case([5, 130], [6, 140], 2, 2, 24, torch.float32, "cpu")
+    v = torch.randn(v.shape[0], 2, 8, generator=torch.Generator().manual_seed(3))
+    out = sparge.attention_varlen(q, k, v, cu_q, cu_k, 130, 140, is_causal=True)
+    assert out.shape == (135, 2, 8)
+    assert torch.equal(out, separate_calls(q, k, v, cu_q, cu_k, is_causal=True))
+
+
 @requires_cuda
 @pytest.mark.parametrize("head_dim", [128, 80])  # 80: padded to a compiled head dim and back
 def test_cuda_equals_separate_calls(head_dim):
