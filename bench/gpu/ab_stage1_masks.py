@@ -27,7 +27,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--libs", nargs="+", required=True, help="name=path, the first is the baseline")
     ap.add_argument("--seqs", default="8192,32768")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a sparge_options field set by name over the defaults (numeric; enums by "
+                         "value, e.g. estimate=0 for the pooled map, whose scores read the pooled "
+                         "rows, not only the similarities); repeatable")
     args = ap.parse_args()
+    extra = {e.split("=", 1)[0]: float(e.split("=", 1)[1]) for e in args.option}
+    if extra:
+        print(f"options over the defaults: {extra}\n")
     libs = [(e.split("=", 1)[0], ba.Sparge(e.split("=", 1)[1])) for e in args.libs]
     B, H, D = 1, 32, 128
     stream = torch.cuda.current_stream().cuda_stream
@@ -41,7 +48,7 @@ def main():
             nq, nk = math.ceil(n / ba.BLOCK_Q), math.ceil(n / ba.BLOCK_K)
             first = None
             for name, sp in libs:
-                opts = sp.options(causal)
+                opts = sp.options(causal, **extra)
                 # A call that also writes the caller's mask may be cut differently: room for both.
                 ws = torch.empty(max(sp.workspace_size(q, k, opts, caller_mask=False),
                                      sp.workspace_size(q, k, opts, caller_mask=True)),

@@ -58,23 +58,31 @@ __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictPa
   const double zero[kChunkElems] = {};
 
   double sum[kChunkElems] = {};
-  if (chunk * kChunkElems < D) {
+  // kVec: 16-byte loads (a compile-time choice, so the loop holds one load path).
+  const auto add_tokens = [&](auto vec_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value;
     for (int t = t0 + warp * (32 / lanes) + slot; t < t1; t += step * kMeanTokensPerLane) {
       uint4 raw[kMeanTokensPerLane];
 #pragma unroll
       for (int u = 0; u < kMeanTokensPerLane; ++u) {
         const int tu = t + u * step;
-        raw[u] = tu < t1 ? load_chunk(gK + int64_t(tu) * p.k_stride[2], chunk, D, vec)
+        raw[u] = tu < t1 ? load_chunk(gK + int64_t(tu) * p.k_stride[2], chunk, D, kVec)
                          : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kMeanTokensPerLane; ++u) {
         double x[kChunkElems];
-        widen_chunk<T>(raw[u], zero, x);
+        widen_chunk<T, false>(raw[u], zero, x);
 #pragma unroll
         for (int e = 0; e < kChunkElems; ++e) sum[e] += x[e];
       }
     }
+  };
+  if (chunk * kChunkElems < D) {
+    if (vec)
+      add_tokens(std::true_type{});
+    else
+      add_tokens(std::false_type{});
   }
   // Fixed order: the lanes of a chunk (xor tree), then the warps in order.
   for (int off = lanes; off < 32; off <<= 1)
@@ -175,33 +183,13 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
     }
     return;
   }
-  const int rows_per_group = kPoolWarps * rows_per_warp * kPoolRowsPerLane;
-  // One block's rows: where they start, how many exist, whether 16-byte loads serve them.
-  struct BlockRows {
-    const T* gX;
-    int n;
-    bool vec;
-  };
-  const auto rows_of_block = [&](int local) {
-    const int row0 = (first + local) * block_rows;
-    BlockRows r;
-    r.gX = gHead + int64_t(row0) * stride[2];
-    r.n = min(seq - row0, block_rows);
-    r.vec = rows_vectorizable(r.gX, stride[2], D);
-    return r;
-  };
-  // Block row of this lane's u-th load in group g: each load instruction reads adjacent rows.
-  const auto row_of = [&](int g, int u) {
-    return g * rows_per_group + (u * kPoolWarps + warp) * rows_per_warp + slot;
-  };
-  const auto load_group = [&](const BlockRows& br, int g, uint4 (&raw)[kPoolRowsPerLane]) {
-#pragma unroll
-    for (int u = 0; u < kPoolRowsPerLane; ++u) {
-      const int r = row_of(g, u);
-      raw[u] = has_chunk && r < br.n ? load_chunk(br.gX + int64_t(r) * stride[2], chunk, D, br.vec)
-                                     : make_uint4(0, 0, 0, 0);
-    }
-  };
+  // Lane (warp, slot)'s rows of a block: lane_row + g·rows_per_group + u·rows_per_load for its
+  // load u of group g; each load instruction of a warp reads adjacent rows.
+  const int rows_per_load = kPoolWarps * rows_per_warp;
+  const int rows_per_group = rows_per_load * kPoolRowsPerLane;
+  const int lane_row = warp * rows_per_warp + slot;
+  const int64_t load_step = int64_t(rows_per_load) * stride[2];
+  const auto rows_in_block = [&](int local) { return min(seq - (first + local) * block_rows, block_rows); };
 
   // km sits in shared memory, not registers: 16 more registers per lane would spill at 3 CTAs/SM.
   if (kIsKey) {
@@ -209,61 +197,9 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
       sMean[d] = d < D ? p.km[int64_t(bh) * D + d] : 0.0;
     __syncthreads();
   }
-  uint4 next[kPoolRowsPerLane];  // the next group's loads, in flight
-  BlockRows cur = rows_of_block(local0);
-  load_group(cur, 0, next);
-  for (int local = local0; local < local_end; ++local) {
-    const int blk = first + local;
-    const int n = cur.n;
-    const int groups = (n + rows_per_group - 1) / rows_per_group;
-    const bool has_next = local + 1 < local_end;
-    const BlockRows following = has_next ? rows_of_block(local + 1) : cur;
-    double sum[kChunkElems], unit[kChunkElems];
-#pragma unroll
-    for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
-    // A block whose groups are all full (every block but a sequence's last) runs without the
-    // per-element row test (its selects were ~11% of the kernel's instructions, ncu).
-    const auto walk = [&](auto full) {
-      constexpr bool kFull = decltype(full)::value;
-      for (int g = 0; g < groups; ++g) {
-        uint4 raw[kPoolRowsPerLane];
-#pragma unroll
-        for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
-        if (g + 1 < groups)
-          load_group(cur, g + 1, next);
-        else if (has_next)
-          load_group(following, 0, next);
-        double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
-#pragma unroll
-        for (int u = 0; u < kPoolRowsPerLane; ++u) {
-          double mean[kChunkElems];
-#pragma unroll
-          for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
-          widen_chunk<T>(raw[u], mean, x[u]);
-          const bool row_ok = kFull || row_of(g, u) < n;  // rows past the block's end add nothing (not −km)
-          sq[u] = 0.0;
-#pragma unroll
-          for (int e = 0; e < kChunkElems; ++e) {
-            x[u][e] = row_ok ? x[u][e] : 0.0;
-            sq[u] += x[u][e] * x[u][e];
-            sum[e] += x[u][e];
-          }
-        }
-        // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
-        const double row_sq = row_sums_scattered(sq, lanes);
-        const double inv_norm = row_sq > 0.0 ? 1.0 / sqrt(row_sq) : 0.0;
-#pragma unroll
-        for (int u = 0; u < kPoolRowsPerLane; ++u) {
-          const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
-#pragma unroll
-          for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
-        }
-      }
-    };
-    if (n == block_rows && block_rows % rows_per_group == 0)
-      walk(std::true_type{});
-    else
-      walk(std::false_type{});
+  // A block's sums, reduced in a fixed order: its pooled row, its similarity, and the key-side
+  // state the query side decides.
+  const auto finish_block = [&](int blk, int n, double (&sum)[kChunkElems], double (&unit)[kChunkElems]) {
     // Fixed order: the row slots of a warp (xor tree), the warps in order, then ‖Σ x̂‖² over d.
     for (int off = lanes; off < 32; off <<= 1)
 #pragma unroll
@@ -309,8 +245,84 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
         if (state == kKeySideUnused) state = kKeySideNeeded;
       }
     }
-    cur = following;
-  }
+  };
+  // 16-byte loads serve every row where they serve the head's first (base and token stride).
+  const bool vec = rows_vectorizable(gHead, stride[2], D);
+  // Every block of the CTA has block_rows rows in whole groups (all CTAs but one that holds a
+  // sequence's short last block).
+  const bool whole = block_rows % rows_per_group == 0 &&
+                     int64_t(first + local_end) * block_rows <= int64_t(seq);
+  // The CTA's walk over its blocks, with vec and whole as compile-time facts, so that the common
+  // case's loop tests no row and holds one load path. Each element is widened to double once and
+  // kept in registers until its row's norm is known (the former integer widening, redone by
+  // ptxas for the x̂ sums and with its non-finite checks, was ~40% of the kernel's instructions:
+  // 2026-12-06_NVIDIA-H100_stage1-ncu-full-8k-265a223.txt). The paths with row tests spill a
+  // few registers at 3 CTAs per SM; they serve a CTA that holds a sequence's short last block.
+  const auto walk_blocks = [&](auto vec_tag, auto whole_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value, kWhole = decltype(whole_tag)::value;
+    const auto load_group = [&](int local, int g, int n, uint4 (&raw)[kPoolRowsPerLane]) {
+      const int r0 = g * rows_per_group + lane_row;
+      const T* row = gHead + int64_t((first + local) * block_rows + r0) * stride[2];
+#pragma unroll
+      for (int u = 0; u < kPoolRowsPerLane; ++u)
+        raw[u] = has_chunk && (kWhole || r0 + u * rows_per_load < n)
+                     ? load_chunk(row + u * load_step, chunk, D, kVec)
+                     : make_uint4(0, 0, 0, 0);
+    };
+    uint4 next[kPoolRowsPerLane];  // the next group's loads, in flight
+    load_group(local0, 0, rows_in_block(local0), next);
+    for (int local = local0; local < local_end; ++local) {
+      const int blk = first + local;
+      const int n = rows_in_block(local);
+      const int groups = kWhole ? block_rows / rows_per_group : (n + rows_per_group - 1) / rows_per_group;
+      const bool has_next = local + 1 < local_end;
+      double sum[kChunkElems], unit[kChunkElems];
+#pragma unroll
+      for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
+      for (int g = 0; g < groups; ++g) {
+        uint4 raw[kPoolRowsPerLane];
+#pragma unroll
+        for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
+        if (g + 1 < groups)
+          load_group(local, g + 1, n, next);
+        else if (has_next)
+          load_group(local + 1, 0, rows_in_block(local + 1), next);
+        double mean[kChunkElems];
+#pragma unroll
+        for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
+        double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
+#pragma unroll
+        for (int u = 0; u < kPoolRowsPerLane; ++u) {
+          widen_chunk<T, kIsKey>(raw[u], mean, x[u]);
+          // rows past the block's end add nothing (not −km)
+          const bool row_ok = kWhole || g * rows_per_group + u * rows_per_load + lane_row < n;
+          sq[u] = 0.0;
+#pragma unroll
+          for (int e = 0; e < kChunkElems; ++e) {
+            x[u][e] = row_ok ? x[u][e] : 0.0;
+            sq[u] += x[u][e] * x[u][e];
+            sum[e] += x[u][e];
+          }
+        }
+        // ‖x_r‖² is spread over the row's lanes: each lane finishes one row's 1/‖x‖, then shares it.
+        const double row_sq = row_sums_scattered(sq, lanes);
+        const double inv_norm = row_sq > 0.0 ? 1.0 / sqrt(row_sq) : 0.0;
+#pragma unroll
+        for (int u = 0; u < kPoolRowsPerLane; ++u) {
+          const double inv = __shfl_sync(0xffffffffu, inv_norm, (lane & ~(lanes - 1)) | u);
+#pragma unroll
+          for (int e = 0; e < kChunkElems; ++e) unit[e] += x[u][e] * inv;
+        }
+      }
+      finish_block(blk, n, sum, unit);
+    }
+  };
+  if (vec && whole)
+    walk_blocks(std::true_type{}, std::true_type{});
+  else if (vec)
+    walk_blocks(std::true_type{}, std::false_type{});
+  else
+    walk_blocks(std::false_type{}, std::false_type{});
 }
 
 }  // namespace sparge::cuda

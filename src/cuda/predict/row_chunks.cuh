@@ -1,14 +1,15 @@
 // Rows of q or k read as 16-byte chunks of eight 16-bit values, and their exact widening to
 // double. Stage 1's pooling kernels read each input once and must run at HBM bandwidth, so a
-// lane issues several 16-byte loads before it needs the first one, and the widening uses integer
-// ops: F2F.F64 runs at a quarter of the FP64 rate on sm_80 and sm_90 and would make the FP64
-// pipe, not memory, the limit.
+// lane issues several 16-byte loads before it needs the first one, and each element is widened
+// once (F2F.F64 runs at a quarter of the FP64 rate on sm_80 and sm_90: one per element keeps
+// that pipe under the bandwidth; two per element, with the sums' three FP64 ops, would not).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace sparge::cuda {
 
@@ -49,59 +50,29 @@ __device__ __forceinline__ uint4 load_chunk(const T* row, int c, int head_dim, b
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// A 16-bit float's bits, shifted right (arithmetic) by kShift from the top of a 32-bit word and
-// masked with kMask, are a double's high word whose value is the input divided by kScale for
-// every finite input, zeros and subnormals included (an input subnormal lands as a double
-// subnormal with the same mantissa bits). kInfAbs: the smallest |bits| of an infinity or NaN.
+// Element `high` (0: bits 0-15, 1: bits 16-31) of a 32-bit word of a chunk as float, exactly
+// (bf16 is the top half of a float: one shift or mask).
 template <typename T>
-struct WidenBits;
-template <>
-struct WidenBits<__nv_bfloat16> {
-  static constexpr int kShift = 3;  // 8 exponent bits: 11 - 8
-  static constexpr uint32_t kMask = 0x8FFFE000u;
-  static constexpr double kScale = 0x1p896;  // 2^(1023 - 127)
-  static constexpr uint32_t kInfAbs = 0x7F80u;
-  static __device__ __forceinline__ float value(uint32_t bits) {
-    return __bfloat162float(__ushort_as_bfloat16(uint16_t(bits)));
-  }
-};
-template <>
-struct WidenBits<__half> {
-  static constexpr int kShift = 6;  // 5 exponent bits: 11 - 5
-  static constexpr uint32_t kMask = 0x81FFFC00u;
-  static constexpr double kScale = 0x1p1008;  // 2^(1023 - 15)
-  static constexpr uint32_t kInfAbs = 0x7C00u;
-  static __device__ __forceinline__ float value(uint32_t bits) {
-    return __half2float(__ushort_as_half(uint16_t(bits)));
-  }
-};
+__device__ __forceinline__ float chunk_element(uint32_t word, int high) {
+  if constexpr (std::is_same_v<T, __half>)
+    return __half2float(__ushort_as_half(uint16_t(high ? word >> 16 : word)));
+  else
+    return __uint_as_float(high ? word & 0xFFFF0000u : word << 16);
+}
 
-// x[e] = value[e] − sub[e], rounded once as double(value) − sub would be (value / kScale · kScale
-// is exact, so the FMA rounds only the difference). Infinities and NaNs, which the bit trick
-// would turn into finite values, take the exact F2F path, per chunk.
-template <typename T>
+// x[e] = value[e] − sub[e] (kSub) or value[e], rounded once as double(value) − sub: the 16-bit
+// value widens exactly to float (a shift for bf16, one conversion for fp16) and from there to
+// double with one F2F, which carries infinities, NaNs and subnormals exactly. (The former
+// integer widening took ~6 integer ops, a DFMA and a non-finite check per element, and ptxas
+// redid it for the pooling's second use rather than hold the doubles.)
+template <typename T, bool kSub>
 __device__ __forceinline__ void widen_chunk(uint4 raw, const double (&sub)[kChunkElems],
                                             double (&x)[kChunkElems]) {
-  using W = WidenBits<T>;
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-  // |bits| + (0x8000 − kInfAbs) sets bit 15 of a half exactly for an infinity or NaN; the two
-  // halves cannot carry into each other (|bits| <= 0x7FFF).
-  constexpr uint32_t kToSign = (0x8000u - W::kInfAbs) * 0x00010001u;
-  uint32_t special = 0;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) special |= (w[j] & 0x7FFF7FFFu) + kToSign;
-  if ((special & 0x80008000u) == 0) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t lo = uint32_t(int32_t(w[j] << 16) >> W::kShift) & W::kMask;
-      const uint32_t hi = uint32_t(int32_t(w[j]) >> W::kShift) & W::kMask;
-      x[2 * j] = fma(__hiloint2double(int(lo), 0), W::kScale, -sub[2 * j]);
-      x[2 * j + 1] = fma(__hiloint2double(int(hi), 0), W::kScale, -sub[2 * j + 1]);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < kChunkElems; ++e)
-      x[e] = double(W::value(w[e / 2] >> (16 * (e % 2)))) - sub[e];
+  for (int e = 0; e < kChunkElems; ++e) {
+    const double v = double(chunk_element<T>(w[e / 2], e % 2));
+    x[e] = kSub ? v - sub[e] : v;
   }
 }
 
