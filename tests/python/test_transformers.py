@@ -454,6 +454,37 @@ def test_configure_takes_a_tune_plan_as_patch_sdpa_does(tmp_path):
 
 
 @needs_transformers
+def test_mla_model_runs_every_layer_in_sparge():
+    """A tiny DeepSeek-V3 (multi-head latent attention, random weights): its attention calls
+    have v narrower than q and k (qk 24 = 16 + 8 rope channels, v 16), which SDPA takes and
+    Sparge now serves under both patch_sdpa and attn_implementation "sparge", with the logits
+    of "sdpa" when nothing is skipped."""
+    import transformers
+    config = transformers.DeepseekV3Config(
+        vocab_size=101, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None,
+        kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+        first_k_dense_replace=1, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(config).eval()
+    ids = torch.randint(0, 101, (1, 300), generator=torch.Generator().manual_seed(3))
+    sparge_hf.register()
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        expected = model(ids).logits
+        with sparge.patch_sdpa(min_seq_len=0, **DENSE) as patch:
+            patched = model(ids).logits
+        model.set_attn_implementation("sparge")
+        with sparge_hf.configure(**DENSE) as run:
+            served = model(ids).logits
+    assert patch.sparge_calls == 2 and patch.fallbacks == {}
+    assert run.sparge_calls == 2 and not run.fallbacks
+    torch.testing.assert_close(patched, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(served, expected, rtol=0, atol=1e-5)
+
+
+@needs_transformers
 def test_configure_plan_needs_its_model():
     plan = sparge.TunePlan(0.05, {}, {})
     with pytest.raises(TypeError, match="plan and model go together"):
