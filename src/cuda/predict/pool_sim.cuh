@@ -12,6 +12,7 @@
 #include <math_constants.h>
 
 #include "cuda/common/math.cuh"
+#include "cuda/common/mma_sm80.cuh"
 #include "cuda/predict/params.h"
 #include "cuda/predict/row_chunks.cuh"
 
@@ -23,7 +24,11 @@ constexpr int kMeanThreads = 256;
 constexpr int kMeanTokensPerLane = 8;  // loads a lane issues before it adds the first
 constexpr int kPoolThreads = 128;
 constexpr int kPoolWarps = kPoolThreads / 32;
-constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once; the next 4 are being loaded
+constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once (a group: 4 loads a lane)
+// Groups in pool_blocks' ring: two are loading while one is summed (24 KB of shared memory; the
+// former one group in flight, in registers, left pool_blocks below 60% of HBM bandwidth once
+// its instructions were cut: 2026-12-06 pooling record).
+constexpr int kPoolStages = 3;
 
 // kv head `bhk`'s key side (PredictParams::key_side_needed): kNeeded (pool it now), kPooled (an
 // earlier row chunk of the call did) or kUnused (no query block of its heads is similar: the gate
@@ -158,6 +163,7 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
   __shared__ double sUnit[kPoolWarps][256];
   __shared__ double sUnitSq[kPoolWarps];
   __shared__ double sMean[kMaxChunks * kChunkElems];  // km, zero past D (key blocks only)
+  __shared__ uint4 sRing[kPoolStages][kPoolRowsPerLane][kPoolThreads];  // groups in flight
   const int heads = kIsKey ? p.heads_kv : p.heads_q;
   const int block_rows = kIsKey ? p.block_k : p.block_q;
   const int seq = kIsKey ? p.seq_k : p.seq_q;
@@ -260,42 +266,60 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
   // few registers at 3 CTAs per SM; they serve a CTA that holds a sequence's short last block.
   const auto walk_blocks = [&](auto vec_tag, auto whole_tag) {
     constexpr bool kVec = decltype(vec_tag)::value, kWhole = decltype(whole_tag)::value;
-    const auto load_group = [&](int local, int g, int n, uint4 (&raw)[kPoolRowsPerLane]) {
-      const int r0 = g * rows_per_group + lane_row;
-      const T* row = gHead + int64_t((first + local) * block_rows + r0) * stride[2];
+    const int groups_per_block = (block_rows + rows_per_group - 1) / rows_per_group;
+    // The loads run kPoolStages − 1 groups ahead of the sums through a ring in shared memory (a
+    // lane reads back only its own copies, so its cp.async group waits are all the ordering
+    // needed). The element path (!kVec) stores its loads there synchronously.
+    int issue_local = local0, issue_g = 0, issue_slot = 0;
+    const auto issue_next_group = [&] {
+      if (issue_local < local_end) {
+        const int n = rows_in_block(issue_local);
+        const int r0 = issue_g * rows_per_group + lane_row;
+        const T* row = gHead + int64_t((first + issue_local) * block_rows + r0) * stride[2] +
+                       chunk * kChunkElems;
 #pragma unroll
-      for (int u = 0; u < kPoolRowsPerLane; ++u)
-        raw[u] = has_chunk && (kWhole || r0 + u * rows_per_load < n)
-                     ? load_chunk(row + u * load_step, chunk, D, kVec)
-                     : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < kPoolRowsPerLane; ++u) {
+          const bool load = has_chunk && (kWhole || r0 + u * rows_per_load < n);
+          uint4* dst = &sRing[issue_slot][u][threadIdx.x];
+          if constexpr (kVec) {
+            if (load) cp_async_16(dst, row + u * load_step, true);
+          } else {
+            *dst = load ? load_chunk(row - chunk * kChunkElems + u * load_step, chunk, D, false)
+                        : make_uint4(0, 0, 0, 0);
+          }
+        }
+        if (++issue_g == groups_per_block) issue_g = 0, ++issue_local;
+        issue_slot = issue_slot + 1 == kPoolStages ? 0 : issue_slot + 1;
+      }
+      cp_async_commit();  // empty groups past the end keep the count the waits assume
     };
-    uint4 next[kPoolRowsPerLane];  // the next group's loads, in flight
-    load_group(local0, 0, rows_in_block(local0), next);
+#pragma unroll
+    for (int s = 0; s + 1 < kPoolStages; ++s) issue_next_group();
+    int slot = 0;
     for (int local = local0; local < local_end; ++local) {
       const int blk = first + local;
       const int n = rows_in_block(local);
-      const int groups = kWhole ? block_rows / rows_per_group : (n + rows_per_group - 1) / rows_per_group;
-      const bool has_next = local + 1 < local_end;
+      const int groups = kWhole ? groups_per_block : (n + rows_per_group - 1) / rows_per_group;
       double sum[kChunkElems], unit[kChunkElems];
 #pragma unroll
       for (int e = 0; e < kChunkElems; ++e) sum[e] = unit[e] = 0.0;
-      for (int g = 0; g < groups; ++g) {
-        uint4 raw[kPoolRowsPerLane];
-#pragma unroll
-        for (int u = 0; u < kPoolRowsPerLane; ++u) raw[u] = next[u];
-        if (g + 1 < groups)
-          load_group(local, g + 1, n, next);
-        else if (has_next)
-          load_group(local + 1, 0, rows_in_block(local + 1), next);
+      for (int g = 0; g < groups_per_block; ++g) {
+        // The slot this lane read one group ago: its values are in use, so its reads are done.
+        issue_next_group();
+        cp_async_wait_groups<kPoolStages - 1>();
+        const int this_slot = slot;
+        slot = slot + 1 == kPoolStages ? 0 : slot + 1;
+        if (!kWhole && g >= groups) continue;  // a short block's groups past its rows
         double mean[kChunkElems];
 #pragma unroll
         for (int e = 0; e < kChunkElems; ++e) mean[e] = kIsKey ? sMean[chunk * kChunkElems + e] : 0.0;
         double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
 #pragma unroll
         for (int u = 0; u < kPoolRowsPerLane; ++u) {
-          widen_chunk<T, kIsKey>(raw[u], mean, x[u]);
           // rows past the block's end add nothing (not −km)
           const bool row_ok = kWhole || g * rows_per_group + u * rows_per_load + lane_row < n;
+          const uint4 raw = has_chunk && row_ok ? sRing[this_slot][u][threadIdx.x] : make_uint4(0, 0, 0, 0);
+          widen_chunk<T, kIsKey>(raw, mean, x[u]);
           sq[u] = 0.0;
 #pragma unroll
           for (int e = 0; e < kChunkElems; ++e) {
@@ -316,6 +340,7 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
       }
       finish_block(blk, n, sum, unit);
     }
+    cp_async_wait_all();  // no copy outlives the CTA's walk
   };
   if (vec && whole)
     walk_blocks(std::true_type{}, std::true_type{});
