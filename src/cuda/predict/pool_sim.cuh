@@ -19,7 +19,8 @@
 namespace sparge::cuda {
 
 // Both kernels read q or k once as 16-byte chunks (row_chunks.cuh) and keep several loads in
-// flight per lane, so that they run at HBM bandwidth; the sums are combined in a fixed order.
+// flight per lane (key mean: in registers; pooling: through a ring in shared memory), so that
+// they approach HBM bandwidth; the sums are combined in a fixed order.
 constexpr int kMeanThreads = 256;
 constexpr int kMeanTokensPerLane = 8;  // loads a lane issues before it adds the first
 constexpr int kPoolThreads = 128;
@@ -27,7 +28,7 @@ constexpr int kPoolWarps = kPoolThreads / 32;
 constexpr int kPoolRowsPerLane = 4;  // rows a lane widens at once (a group: 4 loads a lane)
 // Groups in pool_blocks' ring: two are loading while one is summed (24 KB of shared memory; the
 // former one group in flight, in registers, left pool_blocks below 60% of HBM bandwidth once
-// its instructions were cut: 2026-12-06 pooling record).
+// its instructions were cut: bench/results/2026-12-06_NVIDIA-H100_pool-widen-once.md).
 constexpr int kPoolStages = 3;
 
 // kv head `bhk`'s key side (PredictParams::key_side_needed): kNeeded (pool it now), kPooled (an
@@ -262,8 +263,8 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
   // case's loop tests no row and holds one load path. Each element is widened to double once and
   // kept in registers until its row's norm is known (the former integer widening, redone by
   // ptxas for the x̂ sums and with its non-finite checks, was ~40% of the kernel's instructions:
-  // 2026-12-06_NVIDIA-H100_stage1-ncu-full-8k-265a223.txt). The paths with row tests spill a
-  // few registers at 3 CTAs per SM; they serve a CTA that holds a sequence's short last block.
+  // 2026-12-06_NVIDIA-H100_stage1-ncu-full-8k-265a223.txt). At 3 CTAs per SM pool_blocks<k>
+  // spills a few registers, outside its whole-block loop (sm_90a, ptxas -v and SASS).
   const auto walk_blocks = [&](auto vec_tag, auto whole_tag) {
     constexpr bool kVec = decltype(vec_tag)::value, kWhole = decltype(whole_tag)::value;
     const int groups_per_block = (block_rows + rows_per_group - 1) / rows_per_group;
