@@ -60,60 +60,19 @@ __device__ __forceinline__ float chunk_element(uint32_t word, int high) {
     return __uint_as_float(high ? word & 0xFFFF0000u : word << 16);
 }
 
-// A 16-bit float's bits, shifted right (arithmetic) by kShift from the top of a 32-bit word and
-// masked with kMask, are a double's high word whose value is the input divided by kScale for
-// every finite input, zeros and subnormals included (an input subnormal lands as a double
-// subnormal with the same mantissa bits). kInfAbs: the smallest |bits| of an infinity or NaN.
-template <typename T>
-struct WidenBits;
-template <>
-struct WidenBits<__nv_bfloat16> {
-  static constexpr int kShift = 3;  // 8 exponent bits: 11 - 8
-  static constexpr uint32_t kMask = 0x8FFFE000u;
-  static constexpr double kScale = 0x1p896;  // 2^(1023 - 127)
-  static constexpr uint32_t kInfAbs = 0x7F80u;
-};
-template <>
-struct WidenBits<__half> {
-  static constexpr int kShift = 6;  // 5 exponent bits: 11 - 5
-  static constexpr uint32_t kMask = 0x81FFFC00u;
-  static constexpr double kScale = 0x1p1008;  // 2^(1023 - 15)
-  static constexpr uint32_t kInfAbs = 0x7C00u;
-};
-
-// x[e] = value[e] − sub[e] (kSub) or value[e], rounded once as double(value) − sub would be:
-// the bits become a double's high word (value / kScale, exact) and one FMA by kScale rounds
-// only the difference. That is one FP64-pipe operation per element, where F2F.F64 takes four
-// (it runs at a quarter of the FP64 rate), and the pooling's three FP64 operations per element
-// already load that pipe. Infinities and NaNs, which the bit trick would turn into finite
-// values, take the exact conversion, per chunk.
+// x[e] = value[e] − sub[e] (kSub) or value[e], rounded once as double(value) − sub: the 16-bit
+// value widens exactly to float (a shift for bf16, one conversion for fp16) and from there to
+// double with one F2F, which carries infinities, NaNs and subnormals exactly. (The former
+// integer widening took ~6 integer ops, a DFMA and a non-finite check per element, and ptxas
+// redid it for the pooling's second use rather than hold the doubles.)
 template <typename T, bool kSub>
 __device__ __forceinline__ void widen_chunk(uint4 raw, const double (&sub)[kChunkElems],
                                             double (&x)[kChunkElems]) {
-  using W = WidenBits<T>;
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-  // |bits| + (0x8000 − kInfAbs) sets bit 15 of a half exactly for an infinity or NaN; the two
-  // halves cannot carry into each other (|bits| <= 0x7FFF).
-  constexpr uint32_t kToSign = (0x8000u - W::kInfAbs) * 0x00010001u;
-  uint32_t special = 0;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) special |= (w[j] & 0x7FFF7FFFu) + kToSign;
-  if ((special & 0x80008000u) == 0) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t lo = uint32_t(int32_t(w[j] << 16) >> W::kShift) & W::kMask;
-      const uint32_t hi = uint32_t(int32_t(w[j]) >> W::kShift) & W::kMask;
-      x[2 * j] = kSub ? fma(__hiloint2double(int(lo), 0), W::kScale, -sub[2 * j])
-                      : __hiloint2double(int(lo), 0) * W::kScale;
-      x[2 * j + 1] = kSub ? fma(__hiloint2double(int(hi), 0), W::kScale, -sub[2 * j + 1])
-                          : __hiloint2double(int(hi), 0) * W::kScale;
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < kChunkElems; ++e) {
-      const double v = double(chunk_element<T>(w[e / 2], e % 2));
-      x[e] = kSub ? v - sub[e] : v;
-    }
+  for (int e = 0; e < kChunkElems; ++e) {
+    const double v = double(chunk_element<T>(w[e / 2], e % 2));
+    x[e] = kSub ? v - sub[e] : v;
   }
 }
 
