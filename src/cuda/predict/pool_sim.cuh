@@ -158,7 +158,7 @@ inline int pool_blocks_per_cta(int64_t blocks, int64_t heads) {
 // block's first group at a block's last) while it reduces those of group g, so each CTA has up to
 // 8 loads per lane in flight. Every block's sums run in the order of one block per CTA.
 template <typename T, bool kIsKey>
-__global__ void __launch_bounds__(kPoolThreads, 4)
+__global__ void __launch_bounds__(kPoolThreads, 3)
     pool_blocks(const PredictParams p, int count, int blocks_per_cta) {
   __shared__ double sSum[kPoolWarps][256];
   __shared__ double sUnit[kPoolWarps][256];
