@@ -18,6 +18,7 @@ off PyTorch's fused fast path (which would bypass SDPA) for its duration, and wa
 call asks for the attention weights, which Sparge cannot return.
 """
 import inspect
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -77,7 +78,7 @@ _LET_TORCH_RAISE = ""
 
 
 def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_seq_len,
-                     layout: str = "HND") -> Optional[str]:
+                     layout: str = "HND", scale=None) -> Optional[str]:
     """Why PyTorch must serve this SDPA-like call, "" to let PyTorch raise its own error, or
     None when Sparge serves it. `layout` "HND" is SDPA's [B, H, N, D] (or 3-D [B, N, D]);
     "NHD" is diffusers' token-major [B, N, H, D]."""
@@ -86,6 +87,15 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
         return _LET_TORCH_RAISE
     if dropout_p > 0.0:
         return "dropout_p > 0 (Sparge has no attention dropout)"
+    # SDPA takes any scale; Sparge's kernels take the max of the raw scores as that of the
+    # scaled ones, which needs scale > 0 (0 is uniform attention, NaN gives NaN rows in PyTorch).
+    if scale is not None:
+        try:
+            scale_value = float(scale)
+        except (TypeError, ValueError):
+            return _LET_TORCH_RAISE
+        if not (math.isfinite(scale_value) and scale_value > 0):
+            return f"scale {scale_value} (Sparge takes a finite scale > 0)"
     if attn_mask is not None:
         return mask_reason("an attn_mask")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -256,7 +266,7 @@ class _Router:
         mask_options = {}
         # Everything but the mask first: a mask is read only when Sparge would serve the call.
         reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
-                                  self.min_seq_len, layout)
+                                  self.min_seq_len, layout, scale)
         if attn_mask is not None and reason is None:
             mask_options, reason = self._mask_as_options(attn_mask, query, key, is_causal,
                                                          layout, token_grid, options)

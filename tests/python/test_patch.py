@@ -197,6 +197,26 @@ def test_fallbacks_warn_once_per_reason_and_match_torch():
     assert grad_q.grad is not None
 
 
+def test_scales_sparge_cannot_take_fall_back():
+    """SDPA takes any scale; Sparge's kernels need a finite scale > 0. A zero (uniform
+    attention), negative or NaN scale runs PyTorch's SDPA with a warning naming the scale,
+    where it used to raise Sparge's ValueError inside the patch."""
+    q, k, v = make_qkv(seq_q=200, head_dim=32, seed=7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sparge.patch_sdpa(min_seq_len=0) as patch:
+            got = [F.scaled_dot_product_attention(q, k, v, scale=s) for s in (0.0, -0.5, math.nan)]
+            positive = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+    assert patch.sparge_calls == 1 and sum(patch.fallbacks.values()) == 3
+    reasons = [str(w.message) for w in caught if issubclass(w.category, sparge.SpargeFallbackWarning)]
+    assert len(reasons) == 3 and all("finite scale > 0" in r for r in reasons), reasons
+    torch_sdpa = F.scaled_dot_product_attention
+    assert torch.equal(got[0], torch_sdpa(q, k, v, scale=0.0))
+    assert torch.equal(got[1], torch_sdpa(q, k, v, scale=-0.5))
+    assert got[2].isnan().all()
+    assert positive.shape == q.shape
+
+
 def test_torch_errors_pass_through():
     q, k, v = make_qkv(heads_q=4, heads_kv=2, seq_q=300, head_dim=32)
     with sparge.patch_sdpa():

@@ -301,7 +301,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     reason, options = _plan(module, query, key, attention_mask, kwargs,
                             config.options if layer is None else layer)
     if reason is None:
-        reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len)
+        reason = patch._fallback_reason(query, key, value, None, 0.0, True, run.min_seq_len,
+                                        scale=scaling)
     if reason is not None:
         if reason:  # the warning points at the model's layer
             causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
