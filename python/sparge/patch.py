@@ -100,16 +100,20 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
         return mask_reason("an attn_mask")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "gradients requested (Sparge is inference-only)"
-    dims = (3, 4) if layout == "HND" else (4,)
-    if any(t.dim() not in dims for t in tensors) or len({t.dim() for t in tensors}) != 1:
-        return ("inputs are not 3-D or 4-D [batch, (heads,) tokens, head_dim]" if layout == "HND"
+    # SDPA's [..., H, N, D]: 3-D is one head, more than 4-D several batch dims (flattened into
+    # one by the router when q, k and v share them).
+    if len({t.dim() for t in tensors}) != 1 or query.dim() < 3 or \
+            (layout != "HND" and query.dim() != 4):
+        return ("inputs are not [batch..., (heads,) tokens, head_dim] alike" if layout == "HND"
                 else "inputs are not 4-D [batch, tokens, heads, head_dim]")
+    if query.dim() > 4 and not (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]):
+        return "batch dims that differ between query, key and value (SDPA broadcasts them)"
     if query.shape[-1] != key.shape[-1]:
         return _LET_TORCH_RAISE  # SDPA's own error (value's head dim may differ: served)
     if max(query.shape[-1], value.shape[-1]) > 256:
         return "head_dim > 256"
-    head_axis, token_axis = (1, -2) if layout == "HND" else (2, -3)
-    if query.dim() == 4 and query.shape[head_axis] != key.shape[head_axis] and \
+    head_axis, token_axis = (-3, -2) if layout == "HND" else (2, -3)
+    if query.dim() >= 4 and query.shape[head_axis] != key.shape[head_axis] and \
             not (enable_gqa and query.shape[head_axis] % key.shape[head_axis] == 0):
         return _LET_TORCH_RAISE
     if query.device.type not in ("cpu", "cuda"):
@@ -267,6 +271,8 @@ class _Router:
         # Everything but the mask first: a mask is read only when Sparge would serve the call.
         reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
                                   self.min_seq_len, layout, scale)
+        if attn_mask is not None and reason is None and query.dim() > 4:
+            reason = "an attn_mask on inputs with more than one batch dim"
         if attn_mask is not None and reason is None:
             mask_options, reason = self._mask_as_options(attn_mask, query, key, is_causal,
                                                          layout, token_grid, options)
@@ -282,13 +288,17 @@ class _Router:
         if reason is not None:
             return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                               enable_gqa, layout)
-        three_d = query.dim() == 3
+        three_d, batch_dims = query.dim() == 3, query.shape[:-3]
         if three_d:  # [batch, tokens, head_dim]: one head
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        elif query.dim() > 4:  # [batch..., heads, tokens, head_dim]: the batch dims as one
+            query, key, value = (t.reshape(-1, *t.shape[-3:]) for t in (query, key, value))
         out = self.run(query, key, value, is_causal=bool(is_causal), scale=scale, layout=layout,
                        token_grid=token_grid, grid_offset=grid_offset, counts=counts,
                        options=options, **mask_options)
-        return out.squeeze(1) if three_d else out
+        if three_d:
+            return out.squeeze(1)
+        return out.reshape(*batch_dims, *out.shape[-3:]) if len(batch_dims) > 1 else out
 
     def _mask_as_options(self, attn_mask, query, key, is_causal, layout, token_grid,
                          call_options):

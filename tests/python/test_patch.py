@@ -197,6 +197,33 @@ def test_fallbacks_warn_once_per_reason_and_match_torch():
     assert grad_q.grad is not None
 
 
+def test_several_batch_dims_run_sparge():
+    """SDPA takes [batch..., heads, tokens, head_dim]: q, k and v with the same batch dims run
+    Sparge with those dims flattened into one (GQA on the heads axis); a mask on such inputs,
+    or batch dims that differ (SDPA broadcasts them), fall back."""
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 3, 4, 150, 32, generator=gen)
+    k, v = (torch.randn(2, 3, 2, 150, 32, generator=gen) for _ in range(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sparge.patch_sdpa(min_seq_len=0, **dense_options()) as patch:
+            got = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            masked = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 2),
+                                                    v.repeat_interleave(2, 2),
+                                                    attn_mask=torch.ones(150, 150, dtype=torch.bool))
+            broadcast = F.scaled_dot_product_attention(q, k[:1].repeat_interleave(2, 2),
+                                                       v[:1].repeat_interleave(2, 2))
+    assert patch.sparge_calls == 1 and sum(patch.fallbacks.values()) == 2, patch.fallbacks
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True,
+                                              enable_gqa=True)
+    assert got.shape == q.shape
+    assert_close(got, expected, atol=1e-5)
+    assert masked.shape == q.shape and broadcast.shape == q.shape
+    reasons = [str(w.message) for w in caught if issubclass(w.category, sparge.SpargeFallbackWarning)]
+    assert any("more than one batch dim" in r for r in reasons), reasons
+    assert any("batch dims that differ" in r for r in reasons), reasons
+
+
 def test_scales_sparge_cannot_take_fall_back():
     """SDPA takes any scale; Sparge's kernels need a finite scale > 0. A zero (uniform
     attention), negative or NaN scale runs PyTorch's SDPA with a warning naming the scale,
