@@ -154,9 +154,10 @@ inline int pool_blocks_per_cta(int64_t blocks, int64_t heads) {
 // blocks first + [x·blocks_per_cta, min((x+1)·blocks_per_cta, count)) of its (batch, head) in
 // turn, where first is PredictParams::key_block_first for keys, 0 for queries. kIsKey: subtract
 // km and write the pooled row transposed ([D][nk]) for the score kernel. Lane groups of
-// lanes_per_row(D) lanes read one row per load; a lane loads the rows of group g + 1 (the next
-// block's first group at a block's last) while it reduces those of group g, so each CTA has up to
-// 8 loads per lane in flight. Every block's sums run in the order of one block per CTA.
+// lanes_per_row(D) lanes read one row per load, 4 rows a lane per group; the CTA's blocks' groups
+// stream through a ring of kPoolStages groups in shared memory, the loads of the next two (across
+// block ends) in flight while a group is summed. Every block's sums run in the order of one block
+// per CTA.
 template <typename T, bool kIsKey>
 __global__ void __launch_bounds__(kPoolThreads, 3)
     pool_blocks(const PredictParams p, int count, int blocks_per_cta) {
