@@ -77,6 +77,31 @@ _TORCH_SDPA = F.scaled_dot_product_attention
 _LET_TORCH_RAISE = ""
 
 
+def _batch_dims(t: torch.Tensor, layout: str) -> Tuple[int, ...]:
+    """The dims SDPA broadcasts: all before [heads, tokens, head_dim] (HND; 3-D: before
+    [tokens, head_dim]), or the batch of diffusers' [B, N, H, D]."""
+    if layout != "HND":
+        return tuple(t.shape[:1])
+    return tuple(t.shape[:-3] if t.dim() >= 4 else t.shape[:-2])
+
+
+def _broadcast_batch(tensors, layout: str):
+    """q, k and v with their batch dims expanded to the common shape (views; copied on cuda,
+    where the kernels' tensor maps want a nonzero batch stride)."""
+    shapes = [_batch_dims(t, layout) for t in tensors]
+    if len(set(shapes)) == 1:
+        return tensors
+    common = torch.broadcast_shapes(*shapes)
+    out = []
+    for t, shape in zip(tensors, shapes):
+        if shape != tuple(common):
+            rest = t.shape[len(shape):]
+            t = t.expand(*common, *rest)
+            t = t.contiguous() if t.is_cuda else t
+        out.append(t)
+    return tuple(out)
+
+
 def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_seq_len,
                      layout: str = "HND", scale=None) -> Optional[str]:
     """Why PyTorch must serve this SDPA-like call, "" to let PyTorch raise its own error, or
@@ -106,15 +131,21 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
             (layout != "HND" and query.dim() != 4):
         return ("inputs are not [batch..., (heads,) tokens, head_dim] alike" if layout == "HND"
                 else "inputs are not 4-D [batch, tokens, heads, head_dim]")
-    if query.dim() > 4 and not (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]):
-        return "batch dims that differ between query, key and value (SDPA broadcasts them)"
+    if len({_batch_dims(t, layout) for t in tensors}) != 1:
+        try:  # SDPA broadcasts them: the router expands them to the common shape
+            torch.broadcast_shapes(*(_batch_dims(t, layout) for t in tensors))
+        except RuntimeError:
+            return _LET_TORCH_RAISE
     if query.shape[-1] != key.shape[-1]:
         return _LET_TORCH_RAISE  # SDPA's own error (value's head dim may differ: served)
     if max(query.shape[-1], value.shape[-1]) > 256:
         return "head_dim > 256"
     head_axis, token_axis = (-3, -2) if layout == "HND" else (2, -3)
-    if query.dim() >= 4 and query.shape[head_axis] != key.shape[head_axis] and \
-            not (enable_gqa and query.shape[head_axis] % key.shape[head_axis] == 0):
+    # Query heads a multiple of the key heads: GQA when asked, and one key head broadcast
+    # (SDPA's broadcasting, the same result) even when not.
+    if query.dim() >= 4 and (key.shape[head_axis] != value.shape[head_axis] or (
+            query.shape[head_axis] != key.shape[head_axis] and key.shape[head_axis] != 1 and
+            not (enable_gqa and query.shape[head_axis] % key.shape[head_axis] == 0))):
         return _LET_TORCH_RAISE
     if query.device.type not in ("cpu", "cuda"):
         return f"device {query.device.type} (Sparge runs on cpu and cuda)"
@@ -271,6 +302,8 @@ class _Router:
         # Everything but the mask first: a mask is read only when Sparge would serve the call.
         reason = _fallback_reason(query, key, value, None, dropout_p, enable_gqa,
                                   self.min_seq_len, layout, scale)
+        if reason is None:
+            query, key, value = _broadcast_batch((query, key, value), layout)
         if attn_mask is not None and reason is None and query.dim() > 4:
             reason = "an attn_mask on inputs with more than one batch dim"
         if attn_mask is not None and reason is None:
