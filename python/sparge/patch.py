@@ -131,11 +131,10 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, enable_gqa, min_se
             (layout != "HND" and query.dim() != 4):
         return ("inputs are not [batch..., (heads,) tokens, head_dim] alike" if layout == "HND"
                 else "inputs are not 4-D [batch, tokens, heads, head_dim]")
-    if len({_batch_dims(t, layout) for t in tensors}) != 1:
-        try:  # SDPA broadcasts them: the router expands them to the common shape
-            torch.broadcast_shapes(*(_batch_dims(t, layout) for t in tensors))
-        except RuntimeError:
-            return _LET_TORCH_RAISE
+    try:  # SDPA broadcasts the batch dims: the router expands them to the common shape
+        torch.broadcast_shapes(*(_batch_dims(t, layout) for t in tensors))
+    except RuntimeError:
+        return _LET_TORCH_RAISE
     if query.shape[-1] != key.shape[-1]:
         return _LET_TORCH_RAISE  # SDPA's own error (value's head dim may differ: served)
     if max(query.shape[-1], value.shape[-1]) > 256:

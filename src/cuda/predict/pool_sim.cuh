@@ -61,7 +61,6 @@ __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictPa
   const int t0 = blockIdx.x * kKeyMeanChunk;
   const int t1 = min(p.seq_k, t0 + kKeyMeanChunk);
   const int step = kMeanThreads / lanes;  // tokens one load instruction of the CTA covers
-  const double zero[kChunkElems] = {};
 
   double sum[kChunkElems] = {};
   // kVec: 16-byte loads (a compile-time choice, so the loop holds one load path).
@@ -78,7 +77,7 @@ __global__ void __launch_bounds__(kMeanThreads) key_mean_partial(const PredictPa
 #pragma unroll
       for (int u = 0; u < kMeanTokensPerLane; ++u) {
         double x[kChunkElems];
-        widen_chunk<T, false>(raw[u], zero, x);
+        widen_chunk<T>(raw[u], x);
 #pragma unroll
         for (int e = 0; e < kChunkElems; ++e) sum[e] += x[e];
       }
@@ -277,17 +276,15 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
       if (issue_local < local_end) {
         const int n = rows_in_block(issue_local);
         const int r0 = issue_g * rows_per_group + lane_row;
-        const T* row = gHead + int64_t((first + issue_local) * block_rows + r0) * stride[2] +
-                       chunk * kChunkElems;
+        const T* row = gHead + int64_t((first + issue_local) * block_rows + r0) * stride[2];
 #pragma unroll
         for (int u = 0; u < kPoolRowsPerLane; ++u) {
           const bool load = has_chunk && (kWhole || r0 + u * rows_per_load < n);
           uint4* dst = &sRing[issue_slot][u][threadIdx.x];
           if constexpr (kVec) {
-            if (load) cp_async_16(dst, row + u * load_step, true);
+            if (load) cp_async_16(dst, row + u * load_step + chunk * kChunkElems, true);
           } else {
-            *dst = load ? load_chunk(row - chunk * kChunkElems + u * load_step, chunk, D, false)
-                        : make_uint4(0, 0, 0, 0);
+            *dst = load ? load_chunk(row + u * load_step, chunk, D, false) : make_uint4(0, 0, 0, 0);
           }
         }
         if (++issue_g == groups_per_block) issue_g = 0, ++issue_local;
@@ -318,13 +315,14 @@ __global__ void __launch_bounds__(kPoolThreads, 3)
         double x[kPoolRowsPerLane][kChunkElems], sq[kPoolRowsPerLane];
 #pragma unroll
         for (int u = 0; u < kPoolRowsPerLane; ++u) {
-          // rows past the block's end add nothing (not −km)
+          // Rows past the block's end add nothing (not −km); their slots were not loaded, nor
+          // were a lane's channels past head_dim (zeros, as km is there).
           const bool row_ok = kWhole || g * rows_per_group + u * rows_per_load + lane_row < n;
-          const uint4 raw = has_chunk && row_ok ? sRing[this_slot][u][threadIdx.x] : make_uint4(0, 0, 0, 0);
-          widen_chunk<T, kIsKey>(raw, mean, x[u]);
+          widen_chunk<T>(has_chunk ? sRing[this_slot][u][threadIdx.x] : make_uint4(0, 0, 0, 0), x[u]);
           sq[u] = 0.0;
 #pragma unroll
           for (int e = 0; e < kChunkElems; ++e) {
+            if (kIsKey) x[u][e] -= mean[e];
             x[u][e] = row_ok ? x[u][e] : 0.0;
             sq[u] += x[u][e] * x[u][e];
             sum[e] += x[u][e];

@@ -9,7 +9,8 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <type_traits>
+
+#include "cuda/common/widen16.cuh"
 
 namespace sparge::cuda {
 
@@ -50,30 +51,15 @@ __device__ __forceinline__ uint4 load_chunk(const T* row, int c, int head_dim, b
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Element `high` (0: bits 0-15, 1: bits 16-31) of a 32-bit word of a chunk as float, exactly
-// (bf16 is the top half of a float: one shift or mask).
+// x[e] = the chunk's element e as double, exactly: widened to float, then one F2F (which carries
+// infinities, NaNs and subnormals exactly). Callers that subtract a mean do it in double, one
+// rounding. (The former integer widening took ~6 integer ops, a DFMA and a non-finite check per
+// element, and ptxas redid it for the pooling's second use rather than hold the doubles; done
+// once per element it measured 8-16% slower than this: the pooling record's call 3.)
 template <typename T>
-__device__ __forceinline__ float chunk_element(uint32_t word, int high) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __half2float(__ushort_as_half(uint16_t(high ? word >> 16 : word)));
-  else
-    return __uint_as_float(high ? word & 0xFFFF0000u : word << 16);
-}
-
-// x[e] = value[e] − sub[e] (kSub) or value[e], rounded once as double(value) − sub: the 16-bit
-// value widens exactly to float (a shift for bf16, one conversion for fp16) and from there to
-// double with one F2F, which carries infinities, NaNs and subnormals exactly. (The former
-// integer widening took ~6 integer ops, a DFMA and a non-finite check per element, and ptxas
-// redid it for the pooling's second use rather than hold the doubles.)
-template <typename T, bool kSub>
-__device__ __forceinline__ void widen_chunk(uint4 raw, const double (&sub)[kChunkElems],
-                                            double (&x)[kChunkElems]) {
-  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+__device__ __forceinline__ void widen_chunk(uint4 raw, double (&x)[kChunkElems]) {
 #pragma unroll
-  for (int e = 0; e < kChunkElems; ++e) {
-    const double v = double(chunk_element<T>(w[e / 2], e % 2));
-    x[e] = kSub ? v - sub[e] : v;
-  }
+  for (int e = 0; e < kChunkElems; ++e) x[e] = double(widen8_at<T>(raw, e));
 }
 
 }  // namespace sparge::cuda

@@ -12,6 +12,7 @@
 
 #include "common/quant_layout.h"
 #include "cuda/common/math.cuh"
+#include "cuda/common/widen16.cuh"  // the 16-byte row chunks, widened
 
 namespace sparge::cuda {
 
@@ -47,35 +48,6 @@ __device__ __forceinline__ uint8_t e4m3_code(float v, float inv_s) {
   const float x = __fmul_rn(v, inv_s);
   if (isnan(x)) return detail::kE4m3Nan;
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
-}
-
-// Eight consecutive 16-bit elements (one 16-byte load, kept raw: half the registers of floats)
-// widened to float.
-template <typename T>
-__device__ __forceinline__ void widen_chunk8(const uint4& raw, float (&x)[8]) {
-  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint16_t lo = static_cast<uint16_t>(w[i] & 0xffffu), hi = static_cast<uint16_t>(w[i] >> 16);
-    if constexpr (std::is_same_v<T, __half>) {
-      x[2 * i] = __half2float(__ushort_as_half(lo));
-      x[2 * i + 1] = __half2float(__ushort_as_half(hi));
-    } else {
-      x[2 * i] = __bfloat162float(__ushort_as_bfloat16(lo));
-      x[2 * i + 1] = __bfloat162float(__ushort_as_bfloat16(hi));
-    }
-  }
-}
-
-// Element e (0..7) of such a chunk widened to float (e a compile-time index after unrolling).
-template <typename T>
-__device__ __forceinline__ float widen8_at(const uint4& raw, int e) {
-  const uint32_t w = e < 2 ? raw.x : e < 4 ? raw.y : e < 6 ? raw.z : raw.w;
-  const uint16_t bits = static_cast<uint16_t>(e % 2 ? w >> 16 : w & 0xffffu);
-  if constexpr (std::is_same_v<T, __half>)
-    return __half2float(__ushort_as_half(bits));
-  else
-    return __bfloat162float(__ushort_as_bfloat16(bits));
 }
 
 }  // namespace sparge::cuda
