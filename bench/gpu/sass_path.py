@@ -47,14 +47,34 @@ def opcode(text):
     return word.split(".")[0]
 
 
+def list_loops(code):
+    """Every backward branch's body (branch target .. branch), innermost first by address."""
+    for address, text, _ in code:
+        m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)\s*$", text)
+        if not m or int(m.group(1), 16) >= address:
+            continue
+        lo = int(m.group(1), 16)
+        body = collections.Counter(opcode(t) for a, t, _ in code if lo <= a <= address)
+        top = ", ".join(f"{op} {n}" for op, n in body.most_common(8))
+        print(f"{lo:#x}-{address:#x}: {sum(body.values())} instructions ({top})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sass", help="cuobjdump -sass output")
-    ap.add_argument("ranges", nargs="+", help="inclusive address ranges, 0xLO-0xHI")
+    ap.add_argument("ranges", nargs="*", help="inclusive address ranges, 0xLO-0xHI")
+    ap.add_argument("--loops", action="store_true",
+                    help="list the loops instead (each backward branch: its range, instruction "
+                         "count and commonest opcodes), to find the ranges to pass")
     args = ap.parse_args()
     with open(args.sass) as f:
         code = instructions(f.read().split("\n"))
+    if args.loops:
+        list_loops(code)
+        return
+    if not args.ranges:
+        sys.exit("give address ranges, or --loops")
     ranges = []
     for r in args.ranges:
         lo, _, hi = r.partition("-")
