@@ -43,7 +43,8 @@ KERNELS = {"sm80": "launch_attn", "sm90": "launch_attn_sm90", "sm90ws": "launch_
 INCLUDES = {"sm80": "launch.cuh", "sm90": "launch.cuh", "sm90ws": "launch_sm90_ws.cuh",
             "sm90q8": "launch_sm90_q8.cuh", "sm80q8": "launch.cuh", "sm80dm": "launch.cuh",
             "sm80q8dm": "launch.cuh"}
-ARGS = {"sm90q8": "const AttnParams&, const QuantOperands&, cudaStream_t",
+ARGS = {"sm90ws": "const AttnParams&, cudaStream_t, bool",
+        "sm90q8": "const AttnParams&, const QuantOperands&, cudaStream_t",
         "sm80q8": "const AttnParams&, const QuantOperands&, cudaStream_t",
         "sm80q8dm": "const AttnParams&, const QuantOperands&, cudaStream_t"}
 # Kernels with banded instances only (the others have both).

@@ -55,6 +55,9 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--tag", default="window")
+    ap.add_argument("--kernels", default="auto",
+                    help="SPARGE_CUDA_KERNEL values to time in this process, e.g. sm90ws,sm90ws-persistent "
+                         "(each kernel's window rows are compared with its own dense causal rate)")
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     sp = Sparge(args.lib)
@@ -80,21 +83,34 @@ def main():
         counts = counts.repeat(H, 1).contiguous()
         dmask = Mask(counts.data_ptr(), idx.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
         dopts = sp.options(True, pv_threshold=float("inf"))
-        print(f"N {n}: dense causal kernel", flush=True)
-        ms_dense = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream), sets, args.reps)
+        kernels = args.kernels.split(",")
+        ms_dense = {}
+        for kernel in kernels:
+            os.environ["SPARGE_CUDA_KERNEL"] = kernel
+            print(f"N {n}: dense causal kernel ({kernel})", flush=True)
+            ms_dense[kernel] = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream),
+                                       sets, args.reps)
+        os.environ.pop("SPARGE_CUDA_KERNEL", None)
         tiles_dense_causal = int(counts.sum())
         for w in [int(x) for x in args.windows.split(",")]:
-            print(f"N {n} W {w}: sparge", flush=True)
             wc, wi, tiles, _ = window_mask(H, n, w)
             wmask = Mask(wc.data_ptr(), wi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
             opts = sp.options(True, pv_threshold=float("inf"), window_left=w)
             fn = lambda st: sp.attention(st[0], st[1], st[2], wmask, opts, out, stream)  # noqa: E731
-            out.fill_(float("nan"))
-            fn(sets[0])
-            if not torch.isfinite(out).all():
-                raise SystemExit(f"non-finite output at N={n} W={w}")
-            o_sparge = out.clone()
-            ms = time_ms(fn, sets, args.reps)
+            ms_window, o_sparge = {}, None
+            for kernel in kernels:
+                os.environ["SPARGE_CUDA_KERNEL"] = kernel
+                print(f"N {n} W {w}: sparge ({kernel})", flush=True)
+                out.fill_(float("nan"))
+                fn(sets[0])
+                if not torch.isfinite(out).all():
+                    raise SystemExit(f"non-finite output at N={n} W={w} kernel {kernel}")
+                if o_sparge is None:
+                    o_sparge = out.clone()
+                elif not torch.equal(out, o_sparge):
+                    raise SystemExit(f"kernel {kernel} differs from {kernels[0]} at N={n} W={w}")
+                ms_window[kernel] = time_ms(fn, sets, args.reps)
+            os.environ.pop("SPARGE_CUDA_KERNEL", None)
 
             print(f"N {n} W {w}: flex", flush=True)
             # A fresh compile per window: the compiled kernel bakes the mask_mod's window in, and
@@ -111,32 +127,36 @@ def main():
             ms_flex = time_ms(ffn, sets, args.reps)
             err = measure.rel_l1(o_sparge, o_flex)
             work = 4 * B * H * D * visible_pairs(n, w)
-            per_tile_dense = ms_dense / tiles_dense_causal  # counts were repeated per head
-            per_tile = ms / tiles
             base = dict(date=date, device=dev, commit=args.commit, workload="random", dtype="bf16",
                         head_dim=D, batch=B, heads_q=H, heads_kv=H, seq_q=n, seq_k=n, causal=True,
                         window_left=w, window_right=0, cos_sim=None)
-            recs = [dict(base, impl="sparge-exact", ms=ms, tops=work / (ms * 1e-3) / 1e12,
-                         sparsity=None, rel_l1_vs_flex=err, tiles=tiles,
-                         ms_per_tile_vs_dense_causal=per_tile / per_tile_dense),
-                    dict(base, impl="flex", ms=ms_flex, tops=work / (ms_flex * 1e-3) / 1e12, sparsity=None),
-                    dict(base, impl="sparge-exact-dense-causal", window_left=None, ms=ms_dense,
-                         tops=measure.dense_tops(base, True, ms_dense), sparsity=0.0)]
+            recs = [dict(base, impl="flex", ms=ms_flex, tops=work / (ms_flex * 1e-3) / 1e12, sparsity=None)]
+            for i, kernel in enumerate(kernels):
+                ms, msd = ms_window[kernel], ms_dense[kernel]
+                suffix = "" if i == 0 else f"-{kernel}"
+                per_tile_dense = msd / tiles_dense_causal  # counts were repeated per head
+                recs += [dict(base, impl="sparge-exact" + suffix, kernel=kernel, ms=ms,
+                              tops=work / (ms * 1e-3) / 1e12, sparsity=None, rel_l1_vs_flex=err,
+                              tiles=tiles, ms_per_tile_vs_dense_causal=ms / tiles / per_tile_dense),
+                         dict(base, impl="sparge-exact-dense-causal" + suffix, kernel=kernel,
+                              window_left=None, ms=msd, tops=measure.dense_tops(base, True, msd),
+                              sparsity=0.0)]
+                rows.append((n, w, kernel, ms, recs[-2]["tops"], ms_flex, recs[0]["tops"], msd,
+                             recs[-1]["tops"], ms / tiles / per_tile_dense, err))
             for r in recs:
                 out_file.write(json.dumps(r) + "\n")
                 out_file.flush()
-            rows.append((n, w, ms, recs[0]["tops"], ms_flex, recs[1]["tops"], ms_dense, recs[2]["tops"],
-                         per_tile / per_tile_dense, err))
         del sets, out
         torch.cuda.empty_cache()
     out_file.close()
     print(f"Device {dev}, commit {args.commit}, {date}: bf16, B {B}, H {H}, hd {D}, causal, window_left W; "
           "window TOPS = 4·B·H·D·visible pairs / time")
-    print("| N | W | sparge ms | sparge window TOPS | flex ms | flex window TOPS | dense causal ms (TOPS) | "
+    print("| N | W | kernel | sparge ms | sparge window TOPS | flex ms | flex window TOPS | dense causal ms (TOPS) | "
           "time per tile / dense causal's | rel_l1 vs flex |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, w, ms, t, msf, tf, msd, td, ratio, err in rows:
-        print(f"| {n} | {w} | {ms:.3f} | {t:.0f} | {msf:.3f} | {tf:.0f} | {msd:.2f} ({td:.0f}) | {ratio:.2f} | {err:.1e} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, w, kernel, ms, t, msf, tf, msd, td, ratio, err in rows:
+        print(f"| {n} | {w} | {kernel} | {ms:.3f} | {t:.0f} | {msf:.3f} | {tf:.0f} | {msd:.2f} ({td:.0f}) | "
+              f"{ratio:.2f} | {err:.1e} |")
 
 
 if __name__ == "__main__":

@@ -173,17 +173,27 @@ Status check_sizes(const detail::Problem& p) {
 // (bench/results/2026-12-03_NVIDIA-H200_sm90ws-turns_check.md). sm80 (mma.sync)
 // everywhere else. Head dim 256 has instances in sm90ws only (tools/gen_instances.py), so it runs
 // only on sm_90; the other kernels return Status::unsupported naming head_dim and the kernel.
-// SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|auto overrides the choice,
+// SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|sm90ws-persistent|auto overrides the choice,
 // to compare the kernels or to fall back; it is read at every call (getenv costs far less than a
-// launch), so a benchmark can switch kernels inside one process.
+// launch), so a benchmark can switch kernels inside one process. sm90ws-persistent is sm90ws on
+// its persistent grid (kernel_sm90_ws_persistent.cuh; exact mode; not the default while it is
+// measured).
+constexpr const char* kPersistentSm90Ws = "sm90ws-persistent";
 Status kernel_override(const char** value) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
   *value = env;
   if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90") || !std::strcmp(env, "sm90ws"))
+      !std::strcmp(env, "sm80") || !std::strcmp(env, "sm90") || !std::strcmp(env, "sm90ws") ||
+      !std::strcmp(env, kPersistentSm90Ws))
     return Status::ok();
-  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80, sm90 or sm90ws, got '",
-                             env, "'"));
+  return Status::invalid(cat("environment variable SPARGE_CUDA_KERNEL must be auto, sm80, sm90, sm90ws or ",
+                             kPersistentSm90Ws, ", got '", env, "'"));
+}
+
+// Whether sm90ws runs on its persistent grid (SPARGE_CUDA_KERNEL=sm90ws-persistent).
+bool persistent_grid() {
+  const char* env = std::getenv("SPARGE_CUDA_KERNEL");
+  return env != nullptr && !std::strcmp(env, kPersistentSm90Ws);
 }
 
 // `why` says what chose the kernel, for the error of a head dim that it lacks.
@@ -197,7 +207,8 @@ Status choose_kernel(int device_index, Kernel* kernel, std::string* why) {
   if (forced != nullptr && !std::strcmp(forced, "sm80")) {
     *kernel = Kernel::kSm80;
     *why = "SPARGE_CUDA_KERNEL=sm80";
-  } else if (forced != nullptr && (!std::strcmp(forced, "sm90") || !std::strcmp(forced, "sm90ws"))) {
+  } else if (forced != nullptr && (!std::strcmp(forced, "sm90") || !std::strcmp(forced, "sm90ws") ||
+                                    !std::strcmp(forced, kPersistentSm90Ws))) {
     if (!sm90_runs)
       return Status::unsupported(cat("SPARGE_CUDA_KERNEL=", forced, " needs an sm_90 device and a build with sm_90a (",
                                      "device ", major, ".", minor, ", archs ", SPARGE_CUDA_ARCHS, ")"));
@@ -240,7 +251,7 @@ Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
       break;
     case Kernel::kSm90Ws:
       if constexpr (kernel_has_head_dim(Kernel::kSm90Ws, kHeadDim))
-        return launch_attn_sm90ws<T, kHeadDim, kBanded>(params, stream);
+        return launch_attn_sm90ws<T, kHeadDim, kBanded>(params, stream, persistent_grid());
       break;
     default:
       if constexpr (kernel_has_head_dim(Kernel::kSm80, kHeadDim))

@@ -471,7 +471,7 @@ TEST(AttentionErrors, UnsupportedRequestsAreRejected) {
   if (saved) setenv("SPARGE_CUDA_KERNEL", restore.c_str(), 1);
   else unsetenv("SPARGE_CUDA_KERNEL");
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("SPARGE_CUDA_KERNEL must be auto, sm80, sm90 or sm90ws, got 'sm70'"),
+  EXPECT_NE(st.message().find("SPARGE_CUDA_KERNEL must be auto, sm80, sm90, sm90ws or sm90ws-persistent, got 'sm70'"),
             std::string::npos)
       << st.message();
 }

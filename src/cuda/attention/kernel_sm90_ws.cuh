@@ -32,6 +32,38 @@
 
 namespace sparge::cuda {
 
+// A consumer's end of a row: the mainloop's finish() hook, O normalized and stored (through the
+// row's Q tile, q_tile, where the mainloop stages it there), the LSE and the λ counters.
+template <typename Traits, typename Mainloop, typename Acc, typename QTile>
+__device__ __forceinline__ void finish_row(const typename Mainloop::Params& params, const WorkTile& w,
+                                           const WarpRows& rows, int consumer, int warp, int lane,
+                                           Acc& acc, typename Mainloop::Softmax& softmax,
+                                           unsigned visited, unsigned skipped, QTile* q_tile) {
+  const AttnParams& p = params.attn;
+  float lse_add[2];
+  Mainloop::finish(params, w, rows, lane, acc, lse_add);
+  float l[2];
+  softmax.finalize(l);
+  if constexpr (Mainloop::kOutputThroughQTile) {
+    store_output_tma<Traits>(&params.tma_o, q_tile, w.q0, w.h, w.b, p.seq_q, consumer, warp, lane,
+                             acc, l);
+    store_lse(p, w.b, w.h, rows.row_g, lane, softmax.exp_base(), l, lse_add);
+  } else {
+    store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.exp_base(), l, lse_add);
+  }
+  // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
+  // does not exist for the counters (docs/method.md), and one test here replaces one per block.
+  if (!rows.slab_exists) visited = skipped = 0;
+  add_pv_counters(p, w.h, lane, visited, skipped);
+}
+
+template <typename Acc>
+__device__ __forceinline__ void zero_accumulator(Acc& acc) {
+  constexpr int kTiles = sizeof(Acc) / sizeof(acc[0]);
+#pragma unroll
+  for (int d = 0; d < kTiles; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+}
+
 // Mainloop: MainloopSm90Tma (exact) or MainloopSm90Q8 (quantized, mainloop_sm90_q8.cuh); it
 // names the kernel's Params and Storage and provides load(), mma() and the finish() hook.
 template <typename Traits, bool kBanded, typename Mainloop = MainloopSm90Tma<Traits, kBanded>>
@@ -51,18 +83,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   if (threadIdx.x == 0) Mainloop::init_shared(smem);
   __syncthreads();  // the only CTA-wide barrier: after the role split the groups never meet
 
-  WorkTile w;
   // Banded: under causality late query blocks are the heavy ones; run them first so that the
   // tail of the grid is short (harmless for a window, whose rows are all alike).
-  w.qb = kBanded ? p.num_q_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
-  w.h = blockIdx.y;
-  w.b = blockIdx.z;
-  w.hk = w.h / p.group;
-  w.q0 = w.qb * Traits::kBlockM;
-  // Padding keys are masked, not skipped: the TMA reads them (one tensor map serves every batch
-  // entry), so a non-finite v row of a padding key in a kept tile reaches P·V as 0·v.
-  w.key_end = key_end_of(p, w.b);
-  w.mask_row = (int64_t(w.b) * p.heads_q + w.h) * p.num_q_blocks + w.qb;
+  const WorkTile w = work_tile<Traits>(
+      p, kBanded ? p.num_q_blocks - 1 - int(blockIdx.x) : int(blockIdx.x), blockIdx.y, blockIdx.z);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
 
   if (wg == 0) {
@@ -80,26 +104,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     typename Mainloop::Softmax softmax;
     softmax.init();
     float acc[Traits::kHeadDim / 8][4];
-#pragma unroll
-    for (int d = 0; d < Traits::kHeadDim / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+    zero_accumulator(acc);
     unsigned visited = 0, skipped = 0;
     Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
-    float lse_add[2];
-    Mainloop::finish(params, w, rows, lane, acc, lse_add);
-
-    float l[2];
-    softmax.finalize(l);
-    if constexpr (Mainloop::kOutputThroughQTile) {
-      store_output_tma<Traits>(&params.tma_o, smem.q, w.q0, w.h, w.b, p.seq_q, consumer, warp, lane,
-                               acc, l);
-      store_lse(p, w.b, w.h, rows.row_g, lane, softmax.exp_base(), l, lse_add);
-    } else {
-      store_output<Traits>(p, w.b, w.h, rows.row_g, lane, acc, softmax.exp_base(), l, lse_add);
-    }
-    // The mainloop counts every (warp, block) it tests; a warp whose rows are all past seq_q
-    // does not exist for the counters (docs/method.md), and one test here replaces one per block.
-    if (!rows.slab_exists) visited = skipped = 0;
-    add_pv_counters(p, w.h, lane, visited, skipped);
+    finish_row<Traits, Mainloop>(params, w, rows, consumer, warp, lane, acc, softmax, visited,
+                                 skipped, smem.q);
   }
 #else
   __trap();  // dispatch.cu launches this kernel only where sm_90a code was compiled

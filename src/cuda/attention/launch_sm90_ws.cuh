@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "cuda/attention/kernel_sm90_ws.cuh"
+#include "cuda/attention/kernel_sm90_ws_persistent.cuh"
 #include "cuda/attention/launch_kernel.cuh"
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits_sm90_ws.cuh"
@@ -21,8 +22,23 @@
 
 namespace sparge::cuda {
 
+// The SMs of the current device (cached per device: the attribute query is not free).
+inline Status multiprocessor_count(int* count) {
+  constexpr int kDevices = 64;
+  static int cached[kDevices] = {};
+  int device = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kDevices && cached[device] > 0) {
+    *count = cached[device];
+    return Status::ok();
+  }
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device));
+  if (device < kDevices) cached[device] = *count;
+  return Status::ok();
+}
+
 template <typename T, int kHeadDim, bool kBanded>
-Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
+Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream, bool persistent) {
   using Traits = AttnTraitsSm90Ws<T, kHeadDim>;
   constexpr auto kernel = attn_fwd_sm90_ws<Traits, kBanded>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -47,6 +63,16 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream) {
       return launch_attn_sm90<T, kHeadDim, kBanded>(params, stream);
   }
 
+  const int64_t rows = int64_t(params.num_q_blocks) * params.heads_q * params.batch;
+  if (persistent) {
+    int sms = 0;
+    SPARGE_RETURN_IF_ERROR(multiprocessor_count(&sms));
+    const int64_t ctas = rows < sms ? rows : sms;
+    if (rows + ctas < (int64_t(1) << 31))  // the kernel's row index is an int
+      return launch_kernel_on<attn_fwd_sm90_ws_persistent<Traits, kBanded>>(
+          "attn_fwd_sm90_ws_persistent", dim3(unsigned(ctas)), Traits::kThreads,
+          Traits::kPersistentSmemBytes, ws, stream);
+  }
   return launch_attention_kernel<Traits, kernel>("attn_fwd_sm90_ws", params, ws, stream);
 }
 

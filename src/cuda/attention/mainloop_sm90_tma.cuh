@@ -49,6 +49,21 @@ struct WorkTile {
   int64_t mask_row;
 };
 
+template <typename Traits>
+__device__ __forceinline__ WorkTile work_tile(const AttnParams& p, int qb, int h, int b) {
+  WorkTile w;
+  w.qb = qb;
+  w.h = h;
+  w.b = b;
+  w.hk = h / p.group;
+  w.q0 = qb * Traits::kBlockM;
+  // Padding keys are masked, not skipped: the TMA reads them (one tensor map serves every batch
+  // entry), so a non-finite v row of a padding key in a kept tile reaches P·V as 0·v.
+  w.key_end = key_end_of(p, b);
+  w.mask_row = (int64_t(b) * p.heads_q + h) * p.num_q_blocks + qb;
+  return w;
+}
+
 // The 16 rows of one consumer warp: this thread holds rows row_g and row_g + 8.
 struct WarpRows {
   int row_g;
@@ -113,6 +128,11 @@ struct MainloopSm90Tma {
   template <typename AnyStorage>
   static __device__ void init_barriers(AnyStorage& smem) {
     mbarrier_init(&smem.q_full, 1);
+    init_ring_barriers(smem);
+  }
+  // The K/V ring's barriers, then the fence (the persistent kernel inits its Q tiles' first).
+  template <typename AnyStorage>
+  static __device__ void init_ring_barriers(AnyStorage& smem) {
 #pragma unroll
     for (int s = 0; s < Traits::kStages; ++s) {
       mbarrier_init(&smem.k_full[s], 1);
@@ -125,19 +145,42 @@ struct MainloopSm90Tma {
 
   // ---- producer (one thread) ------------------------------------------------------------
   static __device__ void load(const AttnParamsSm90Ws& p, Storage& smem, const WorkTile& w) {
+    Cursor c;
+    load_row<false>(p, smem, w, c, smem.q, &smem.q_full);
+  }
+
+  // One row: Q into q_tile (q_full), then its turns into the ring from stage c on. An empty row
+  // loads nothing (nothing is consumed): its first slot says so (count 0). In the persistent
+  // kernel (kPersistent) the ring and the Q tiles run on across rows, so an empty row still takes
+  // one whole stage (the slot on K, an arrival without data on V) and arrives on q_full without
+  // Q: the consumers' cursors move with the producer's, and they stage the row's zeros there.
+  template <bool kPersistent, typename AnyStorage>
+  static __device__ void load_row(const AttnParamsSm90Ws& p, AnyStorage& smem, const WorkTile& w,
+                                  Cursor& c, T* q_tile, uint64_t* q_full) {
     Turns it(p.attn, w.mask_row);
-    if (it.done()) {  // nothing is consumed, so nothing may be loaded: the first slot says so
-      send_turn(smem.turn[0], it);
-      mbarrier_arrive(&smem.k_full[0]);
+    if (it.done()) {
+      if constexpr (kPersistent) {
+        mbarrier_arrive(q_full);
+        mbarrier_wait_sleep(&smem.k_empty[c.stage], c.phase ^ 1u);
+        send_turn(smem.turn[c.stage], it);
+        mbarrier_arrive(&smem.k_full[c.stage]);
+        mbarrier_wait_sleep(&smem.v_empty[c.stage], c.phase ^ 1u);
+        mbarrier_arrive(&smem.v_full[c.stage]);
+        c.advance();
+      } else {
+        send_turn(smem.turn[0], it);
+        mbarrier_arrive(&smem.k_full[0]);
+      }
       return;
     }
-    tma_prefetch_descriptor(&p.tma_k);
-    tma_prefetch_descriptor(&p.tma_v);
-    mbarrier_arrive_expect_tx(&smem.q_full, Traits::kQBytes);
+    if constexpr (!kPersistent) {  // the persistent producer prefetched them once
+      tma_prefetch_descriptor(&p.tma_k);
+      tma_prefetch_descriptor(&p.tma_v);
+    }
+    mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
 #pragma unroll
     for (int cb = 0; cb < Traits::kColumnBlocks; ++cb)
-      tma_load_4d(&p.tma_q, &smem.q_full, smem.q + cb * Traits::kBlockM * 64, cb * 64, w.q0, w.h, w.b);
-    Cursor c;
+      tma_load_4d(&p.tma_q, q_full, q_tile + cb * Traits::kBlockM * 64, cb * 64, w.q0, w.h, w.b);
     for (; !it.done(); it.next(), c.advance()) {
       mbarrier_wait_sleep(&smem.k_empty[c.stage], c.phase ^ 1u);
       send_turn(smem.turn[c.stage], it);
@@ -403,16 +446,41 @@ struct MainloopSm90Tma {
   static __device__ void mma(const AttnParamsSm90Ws& params, Storage& smem, const WorkTile& w,
                              const WarpRows& rows, int consumer, int lane, float (&acc)[kOTiles][4],
                              Softmax& softmax, unsigned& visited, unsigned& skipped) {
-    const AttnParams& p = params.attn;
     Cursor kc, vc;
+    mma_row<false>(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped, kc, vc,
+                   smem.q);
+  }
+
+  // One row from ring stages kc (K) and vc (V) on, with Q in q_tile. kPersistent: the caller has
+  // waited for the Q tile (its q_full also delivers the row), and an empty row releases the one
+  // stage the producer passed for it (load_row); otherwise Q is waited for here (q_full phase 0).
+  template <bool kPersistent, typename AnyStorage>
+  static __device__ void mma_row(const AttnParamsSm90Ws& params, AnyStorage& smem, const WorkTile& w,
+                                 const WarpRows& rows, int consumer, int lane,
+                                 float (&acc)[kOTiles][4], Softmax& softmax, unsigned& visited,
+                                 unsigned& skipped, Cursor& kc, Cursor& vc, const T* q_tile) {
+    const AttnParams& p = params.attn;
     // The first slot says whether the row keeps any block (count 0: nothing was loaded, and the
     // epilogue writes the empty row).
     mbarrier_wait(&smem.k_full[kc.stage], kc.phase);
     KeptTurn kept = KeptTurn::read(smem.turn[kc.stage], lane);
-    if (kept.count() == 0) return;
+    if (kept.count() == 0) {
+      if constexpr (kPersistent) {
+        release(smem.k_empty[kc.stage], lane);
+        kc.advance();
+        mbarrier_wait(&smem.v_full[vc.stage], vc.phase);
+        release(smem.v_empty[vc.stage], lane);
+        vc.advance();
+      }
+      return;
+    }
     const float lambda = p.pv_lambda_per_head ? p.pv_lambda[w.h] : p.pv_lambda_uniform;
     // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
-    const uint64_t dq = q_desc(smem_addr(smem.q), consumer);
+    uint64_t dq = q_desc(smem_addr(q_tile), consumer);
+    // Opaque to ptxas: with the persistent kernel's Q tile chosen at run time it otherwise rebuilt
+    // the Q descriptors from the address inside the turn loop (+45 instructions in the loop's
+    // SASS, d128); the row grid's loop is the same either way (1643 instructions).
+    asm volatile("" : "+l"(dq));
     const uint64_t dk0 = sw128_desc(smem_addr(smem.k[0]), 16, kSw128AtomBytes);
     const uint64_t dv0 = sw128_desc(smem_addr(smem.v[0]), Traits::kTurnN * kSw128RowBytes,
                                     kSw128AtomBytes);
@@ -425,7 +493,7 @@ struct MainloopSm90Tma {
     bool pv_skipped;  // the whole warpgroup skips the P·V of the turn whose P is in `prob`
 
     // First turn: S[0] alone.
-    mbarrier_wait(&smem.q_full, 0);
+    if constexpr (!kPersistent) mbarrier_wait(&smem.q_full, 0);
     turn.acquire();
     fence_scores(s);
     wgmma_fence();

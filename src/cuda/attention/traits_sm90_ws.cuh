@@ -83,6 +83,12 @@ struct AttnTraitsSm90Ws {
   static constexpr int kStages = kStagesFit < kMaxStages ? kStagesFit : kMaxStages;
   static constexpr int kSmemBytes = kFixedBytes + 2 * kStages * kStageBytes;
 
+  // The persistent grid (kernel_sm90_ws_persistent.cuh): a second Q tile, where it fits, so
+  // that the producer loads the next row's Q while the consumers still finish the current row and
+  // stage its O in the current Q tile (d128 194 KiB, d64 226 KiB; d256 keeps one: 258 KiB).
+  static constexpr int kPersistentQBuffers = kSmemBytes + kQBytes <= kSmemLimit ? 2 : 1;
+  static constexpr int kPersistentSmemBytes = kSmemBytes + (kPersistentQBuffers - 1) * kQBytes;
+
   static_assert(sizeof(T) == 2, "the SW128 layout is written for 16-bit elements");
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
                 "the turn and stage choices above are made for head dims 64, 128 and 256");
@@ -127,6 +133,28 @@ struct SharedStorageSm90Ws {
   uint64_t k_full[Traits::kStages];  // K of the stage landed
   uint64_t v_full[Traits::kStages];
   uint64_t k_empty[Traits::kStages];  // every consumer warp is done with K of the stage
+  uint64_t v_empty[Traits::kStages];
+};
+
+// The persistent grid's shared storage: the same ring, kPersistentQBuffers Q tiles, each with
+// its full and empty barriers and the row it holds (q_row: the linear tile index the producer
+// took from the schedule, -1 when the CTA has no row left), written before the arrive on q_full
+// that publishes it. A Q tile is released (q_empty) once the consumers' O staged in it has been
+// read by its TMA store.
+template <typename Traits>
+struct SharedStorageSm90WsPersistent {
+  using T = typename Traits::Element;
+  static constexpr int kQBuffers = Traits::kPersistentQBuffers;
+  alignas(kSw128AtomBytes) T q[kQBuffers][Traits::kBlockM * Traits::kHeadDim];
+  alignas(kSw128AtomBytes) T k[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
+  alignas(kSw128AtomBytes) T v[Traits::kStages][Traits::kTurnN * Traits::kHeadDim];
+  TurnSlot<Traits::kBlocksPerTurn> turn[Traits::kStages];
+  int32_t q_row[kQBuffers];
+  uint64_t q_full[kQBuffers];
+  uint64_t q_empty[kQBuffers];
+  uint64_t k_full[Traits::kStages];
+  uint64_t v_full[Traits::kStages];
+  uint64_t k_empty[Traits::kStages];
   uint64_t v_empty[Traits::kStages];
 };
 

@@ -4,6 +4,6 @@
 #if !SPARGE_FAST_BUILD
 namespace sparge::cuda {
 template Status launch_attn_sm90ws<__nv_bfloat16, 256, true>(
-    const AttnParams&, cudaStream_t);
+    const AttnParams&, cudaStream_t, bool);
 }  // namespace sparge::cuda
 #endif
