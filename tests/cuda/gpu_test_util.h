@@ -118,7 +118,7 @@ struct DeviceMask {
 inline bool sm90ws_runs() {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
   const bool chosen = env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto") ||
-                      !std::strcmp(env, "sm90ws");
+                      !std::strcmp(env, "sm90ws") || !std::strcmp(env, "sm90ws-persistent");
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||

@@ -572,6 +572,7 @@ struct MainloopSm90Tma {
         fence_operands(acc);
       }
       release(smem.v_empty[vc.stage], lane);
+      vc.advance();  // the persistent kernel's next row starts at the next stage
     };
     if (pv_skipped)
       last_step(std::false_type{});
