@@ -121,11 +121,12 @@ TEST(CudaPersistentGrid, EqualsTheRowGridBitForBit) {
   for (const Case& c : cases) expect_equal_grids(c);
 }
 
-// Small enough for compute-sanitizer (racecheck, memcheck): 134 rows of few blocks, so that two
-// CTAs of an H100 or H200 run a second row through the ring and the other Q tile.
+// Small enough for compute-sanitizer (racecheck, memcheck): 134 rows of ~13 blocks (5 turns at
+// d64), so that two CTAs of an H100 or H200 run a second row through the other Q tile, starting
+// at a stage of the ring other than 0.
 TEST(CudaPersistentGrid, SmallCaseForSanitizers) {
   SPARGE_SKIP_WITHOUT_SM90WS();
-  expect_equal_grids({"d64 fp16 causal 134 rows", 1, 2, 1, 8500, 64, DType::kFloat16, true, -1, 0.05});
+  expect_equal_grids({"d64 fp16 134 rows", 1, 2, 1, 8500, 64, DType::kFloat16, false, -1, 0.1});
 }
 
 }  // namespace

@@ -497,7 +497,7 @@ struct MainloopSm90Tma {
     turn.acquire();
     fence_scores(s);
     wgmma_fence();
-    issue_qk(s, dq, dk0);
+    issue_qk(s, dq, k_desc(dk0, kc.stage));  // stage 0 unless a persistent CTA's ring ran on
     wgmma_commit();
     turn.pass(false);
     wgmma_wait<0>();
