@@ -94,6 +94,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     const int consumer = __shfl_sync(0xffffffffu, wg - 1, 0);  // warp-uniform (kernel_sm90_ws.cuh)
     Cursor kc, vc;
     QCursor qc;
+    const MmaTurn<Traits> turn{consumer};
+    turn.start();  // across rows (MmaTurn)
     for (;;) {
       // The cursors are warp-uniform, but carried around this loop through the waits' retry
       // loops ptxas no longer knows it: broadcast from lane 0 (as `consumer`), so that the ring's
@@ -106,7 +108,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       // Lane 0 reads the row and, after the row, arrives on q_empty for its warp: that arrive
       // orders the read before the producer's next write (see KeptTurn::read).
       const int t = __shfl_sync(0xffffffffu, lane == 0 ? smem.q_row[qc.stage] : 0, 0);
-      if (t < 0) break;
+      if (t < 0) {
+        turn.finish();
+        break;
+      }
       const WorkTile w = persistent_work_tile<Traits, kBanded>(p, t);
       const WarpRows rows(p, w, consumer, warp, lane);
       typename Mainloop::Softmax softmax;

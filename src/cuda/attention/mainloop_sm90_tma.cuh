@@ -82,6 +82,9 @@ struct WarpRows {
 // on the other's. Consumer 1 lets consumer 0 go first (one arrival up front) and skips its
 // arrival after its last issue, so that each barrier sees as many arrivals as waits (both
 // consumers walk the same tiles, hence issue equally often).
+// The persistent kernel keeps the order across rows: the up-front arrival once per CTA, consumer
+// 1 arrives after its last issue of a row too (consumer 0 may start the next row while consumer 1
+// still writes O), and consumer 0 takes that last arrival when the CTA stops (finish()).
 // Traits::kPingPong = false: no order (each consumer issues as soon as its operands are ready).
 template <typename Traits>
 struct MmaTurn {
@@ -96,6 +99,10 @@ struct MmaTurn {
   __device__ void pass(bool last) const {
     if (Traits::kPingPong && !(last && consumer == 1))
       named_barrier_arrive(mma_turn_barrier(1 - consumer), Traits::kConsumerThreads);
+  }
+  __device__ void finish() const {
+    if (Traits::kPingPong && consumer == 0)
+      named_barrier_sync(mma_turn_barrier(0), Traits::kConsumerThreads);
   }
 };
 
@@ -485,7 +492,7 @@ struct MainloopSm90Tma {
     const uint64_t dv0 = sw128_desc(smem_addr(smem.v[0]), Traits::kTurnN * kSw128RowBytes,
                                     kSw128AtomBytes);
     const MmaTurn<Traits> turn{consumer};
-    turn.start();
+    if constexpr (!kPersistent) turn.start();  // the persistent kernel's once per CTA
     Scores s;    // scores of the turn being processed
     Probs prob;  // P of the previous turn
     float alpha[2];
@@ -566,7 +573,7 @@ struct MainloopSm90Tma {
         issue_pv(acc, prob, v_desc(dv0, vc.stage));
         wgmma_commit();
       }
-      turn.pass(true);
+      turn.pass(!kPersistent);
       if constexpr (kWithPv) {
         wgmma_wait<0>();
         fence_operands(acc);
