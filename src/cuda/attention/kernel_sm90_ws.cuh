@@ -32,14 +32,29 @@
 
 namespace sparge::cuda {
 
-// A consumer's end of a row: the mainloop's finish() hook, O normalized and stored (through the
-// row's Q tile, q_tile, where the mainloop stages it there), the LSE and the λ counters.
-template <typename Traits, typename Mainloop, typename Acc, typename QTile>
-__device__ __forceinline__ void finish_row(const typename Mainloop::Params& params, const WorkTile& w,
-                                           const WarpRows& rows, int consumer, int warp, int lane,
-                                           Acc& acc, typename Mainloop::Softmax& softmax,
-                                           unsigned visited, unsigned skipped, QTile* q_tile) {
+template <typename Acc>
+__device__ __forceinline__ void zero_accumulator(Acc& acc) {
+  constexpr int kTiles = sizeof(Acc) / sizeof(acc[0]);
+#pragma unroll
+  for (int d = 0; d < kTiles; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+}
+
+// A consumer warpgroup's row: the row state, the turns (`mma(rows, acc, softmax, visited,
+// skipped)`: the mainloop over the row's kept blocks), then the row's end: the mainloop's
+// finish() hook, O normalized and stored (through the row's Q tile, q_tile, where the mainloop
+// stages it there), the LSE and the λ counters.
+template <typename Traits, typename Mainloop, typename QTile, typename Mma>
+__device__ __forceinline__ void consume_row(const typename Mainloop::Params& params, const WorkTile& w,
+                                            int consumer, int warp, int lane, QTile* q_tile,
+                                            Mma&& mma) {
   const AttnParams& p = params.attn;
+  const WarpRows rows(p, w, consumer, warp, lane);
+  typename Mainloop::Softmax softmax;
+  softmax.init();
+  float acc[Traits::kHeadDim / 8][4];
+  zero_accumulator(acc);
+  unsigned visited = 0, skipped = 0;
+  mma(rows, acc, softmax, visited, skipped);
   float lse_add[2];
   Mainloop::finish(params, w, rows, lane, acc, lse_add);
   float l[2];
@@ -55,13 +70,6 @@ __device__ __forceinline__ void finish_row(const typename Mainloop::Params& para
   // does not exist for the counters (docs/method.md), and one test here replaces one per block.
   if (!rows.slab_exists) visited = skipped = 0;
   add_pv_counters(p, w.h, lane, visited, skipped);
-}
-
-template <typename Acc>
-__device__ __forceinline__ void zero_accumulator(Acc& acc) {
-  constexpr int kTiles = sizeof(Acc) / sizeof(acc[0]);
-#pragma unroll
-  for (int d = 0; d < kTiles; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
 }
 
 // Mainloop: MainloopSm90Tma (exact) or MainloopSm90Q8 (quantized, mainloop_sm90_q8.cuh); it
@@ -100,15 +108,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     // index is warp-uniform and keeps what derives from it (the Q descriptor of every Q·Kᵀ wgmma)
     // in uniform registers instead of moving it there (R2UR) before every wgmma.
     const int consumer = __shfl_sync(0xffffffffu, wg - 1, 0);
-    const WarpRows rows(p, w, consumer, warp, lane);
-    typename Mainloop::Softmax softmax;
-    softmax.init();
-    float acc[Traits::kHeadDim / 8][4];
-    zero_accumulator(acc);
-    unsigned visited = 0, skipped = 0;
-    Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
-    finish_row<Traits, Mainloop>(params, w, rows, consumer, warp, lane, acc, softmax, visited,
-                                 skipped, smem.q);
+    consume_row<Traits, Mainloop>(
+        params, w, consumer, warp, lane, smem.q,
+        [&](const WarpRows& rows, auto& acc, auto& softmax, unsigned& visited, unsigned& skipped) {
+          Mainloop::mma(params, smem, w, rows, consumer, lane, acc, softmax, visited, skipped);
+        });
   }
 #else
   __trap();  // dispatch.cu launches this kernel only where sm_90a code was compiled

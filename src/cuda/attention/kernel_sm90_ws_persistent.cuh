@@ -113,16 +113,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         break;
       }
       const WorkTile w = persistent_work_tile<Traits, kBanded>(p, t);
-      const WarpRows rows(p, w, consumer, warp, lane);
-      typename Mainloop::Softmax softmax;
-      softmax.init();
-      float acc[Traits::kHeadDim / 8][4];
-      zero_accumulator(acc);
-      unsigned visited = 0, skipped = 0;
-      Mainloop::template mma_row<true>(params, smem, w, rows, consumer, lane, acc, softmax, visited,
-                                       skipped, kc, vc, smem.q[qc.stage]);
-      finish_row<Traits, Mainloop>(params, w, rows, consumer, warp, lane, acc, softmax, visited,
-                                   skipped, smem.q[qc.stage]);
+      consume_row<Traits, Mainloop>(
+          params, w, consumer, warp, lane, smem.q[qc.stage],
+          [&](const WarpRows& rows, auto& acc, auto& softmax, unsigned& visited, unsigned& skipped) {
+            Mainloop::template mma_row<true>(params, smem, w, rows, consumer, lane, acc, softmax,
+                                             visited, skipped, kc, vc, smem.q[qc.stage]);
+          });
       // Warp 0's lane 0 has waited for the TMA store's reads of the staged O (store_output_tma).
       Mainloop::release(smem.q_empty[qc.stage], lane);
       qc.advance();
