@@ -257,11 +257,14 @@ def main():
                 except RuntimeError as e:
                     print(f"{impl} failed at N={n}: {e}", file=sys.stderr)
             opts = sp.options(causal, pv_threshold=float("inf"))
+            # The caller's workspace, as a library user passes it (the persistent grid keeps its
+            # row counter there).
+            ews = torch.empty(max(256, sp.workspace_size(q0, k0, opts)), device="cuda", dtype=torch.uint8)
             dense_ms = {}
             for s in [float(x) for x in args.sparsities.split(",")]:
                 keep, counts, indices, actual = random_block_mask(H, n, causal, s, seed=n + int(100 * s))
                 mask = Mask(counts.data_ptr(), indices.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
-                fn = lambda st: sp.attention(st[0], st[1], st[2], mask, opts, out, stream)
+                fn = lambda st: sp.attention(st[0], st[1], st[2], mask, opts, out, stream, ws=ews)
                 o_sparge = None
                 for kernel in args.kernels.split(","):
                     os.environ["SPARGE_CUDA_KERNEL"] = kernel

@@ -83,12 +83,16 @@ def main():
         counts = counts.repeat(H, 1).contiguous()
         dmask = Mask(counts.data_ptr(), idx.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
         dopts = sp.options(True, pv_threshold=float("inf"))
+        # The caller's workspace, as a library user passes it (the persistent grid keeps its row
+        # counter there).
+        ws = torch.empty(max(256, sp.workspace_size(sets[0][0], sets[0][1], dopts)), device="cuda",
+                         dtype=torch.uint8)
         kernels = args.kernels.split(",")
         ms_dense = {}
         for kernel in kernels:
             os.environ["SPARGE_CUDA_KERNEL"] = kernel
             print(f"N {n}: dense causal kernel ({kernel})", flush=True)
-            ms_dense[kernel] = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream),
+            ms_dense[kernel] = time_ms(lambda st: sp.attention(st[0], st[1], st[2], dmask, dopts, out, stream, ws=ws),
                                        sets, args.reps)
         os.environ.pop("SPARGE_CUDA_KERNEL", None)
         tiles_dense_causal = int(counts.sum())
@@ -96,7 +100,7 @@ def main():
             wc, wi, tiles, _ = window_mask(H, n, w)
             wmask = Mask(wc.data_ptr(), wi.data_ptr(), 1, 0, B, H, n, n, BLOCK_Q, BLOCK_K)
             opts = sp.options(True, pv_threshold=float("inf"), window_left=w)
-            fn = lambda st: sp.attention(st[0], st[1], st[2], wmask, opts, out, stream)  # noqa: E731
+            fn = lambda st: sp.attention(st[0], st[1], st[2], wmask, opts, out, stream, ws=ws)  # noqa: E731
             ms_window, o_sparge = {}, None
             for kernel in kernels:
                 os.environ["SPARGE_CUDA_KERNEL"] = kernel
