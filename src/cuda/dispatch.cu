@@ -1005,12 +1005,6 @@ Status attention_with(const detail::Problem& p, const BlockMask& mask, const Ten
   std::string why;
   SPARGE_RETURN_IF_ERROR(choose_kernel(p.q.device_index, &kernel, &why));
   if (p.opts.quant != QuantMode::kNone) return attention_quantized(kernel, why, p, a, ctx);
-  // The persistent grid's row counter: the workspace's first word. Everything there is scratch
-  // of this call (Stage 1's, which has run by now; the mask and the LSE of a row chunk lie before
-  // it), and the call's kernels run in stream order. Without a workspace the grid takes its rows
-  // in a fixed order.
-  if (persistent_grid() && ctx.workspace != nullptr && ctx.workspace_bytes >= sizeof(int))
-    a.row_counter = static_cast<int*>(ctx.workspace);
   return attention_by_head_dim(kernel, why, a, p.shape.head_dim, p.q.dtype, p.band().limited(),
                                stream);
 }

@@ -12,9 +12,9 @@
 // Why: the row grid's CTA pays its prologue, first loads and epilogue with nothing overlapping
 // them, about two turns' time per CTA (bench/results/2026-12-06_NVIDIA-H100_dense-row-length.md):
 // 6% of a 32-turn row at N 4K, ~30% of a W 512 sliding-window row of 5 turns.
-// Rows are taken from a counter in the caller's workspace (AttnParams::row_counter) or, without
-// one, in a fixed order (t += gridDim.x). Chosen by SPARGE_CUDA_KERNEL=sm90ws-persistent
-// (dispatch.cu) while it is measured; exact mode only.
+// The static schedule (no counter) is the row grid's order without its dynamic assignment: rows of
+// unequal weight (causal, sparse masks) may leave SMs idle at the end. Chosen by
+// SPARGE_CUDA_KERNEL=sm90ws-persistent (dispatch.cu) while it is measured; exact mode only.
 #pragma once
 
 #include <cstdint>
@@ -74,13 +74,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       tma_prefetch_descriptor(&params.tma_v);
       Cursor c;
       QCursor qc;
-      // Rows: blockIdx.x first, then the next untaken one (row_counter) or the next of a fixed
-      // stride (none given). The counter hands rows out in order as SMs free up, as the row grid's
-      // hardware scheduler does: rows of unequal weight (causal, sparse masks) then leave no SM
-      // idle at the end, and the SMs work on neighbouring rows, whose K and V they share in L2.
-      // A row is taken once this CTA's producer has issued the loads of its current one.
-      for (int t = blockIdx.x;;
-           t = p.row_counter != nullptr ? int(gridDim.x) + atomicAdd(p.row_counter, 1) : t + int(gridDim.x)) {
+      for (int t = blockIdx.x;; t += gridDim.x) {
         // The Q tile is free once every consumer warp is done with the row before last there
         // (its O read by the TMA store).
         mbarrier_wait_sleep(&smem.q_empty[qc.stage], qc.phase ^ 1u);

@@ -68,13 +68,10 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream, bool pe
     int sms = 0;
     SPARGE_RETURN_IF_ERROR(multiprocessor_count(&sms));
     const int64_t ctas = rows < sms ? rows : sms;
-    if (rows + ctas < (int64_t(1) << 31)) {  // the kernel's row index is an int
-      if (params.row_counter != nullptr)
-        SPARGE_CUDA_CHECK(cudaMemsetAsync(params.row_counter, 0, sizeof(int), stream));
+    if (rows + ctas < (int64_t(1) << 31))  // the kernel's row index is an int
       return launch_kernel_on<attn_fwd_sm90_ws_persistent<Traits, kBanded>>(
           "attn_fwd_sm90_ws_persistent", dim3(unsigned(ctas)), Traits::kThreads,
           Traits::kPersistentSmemBytes, ws, stream);
-    }
   }
   return launch_attention_kernel<Traits, kernel>("attn_fwd_sm90_ws", params, ws, stream);
 }

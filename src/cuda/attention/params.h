@@ -45,9 +45,6 @@ struct AttnParams {
   float pv_lambda_uniform;
   bool pv_lambda_per_head;
   float pv_lambda[kMaxParamHeads];
-  // The persistent sm90ws grid's row counter (kernel_sm90_ws_persistent.cuh): one int of scratch
-  // that its launcher zeroes; null: the grid takes its rows in a fixed order instead.
-  int* row_counter;
 };
 
 #if defined(__CUDACC__)  // device helpers (host translation units include the struct only)
