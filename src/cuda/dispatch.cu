@@ -175,9 +175,9 @@ Status check_sizes(const detail::Problem& p) {
 // only on sm_90; the other kernels return Status::unsupported naming head_dim and the kernel.
 // SPARGE_CUDA_KERNEL=sm80|sm90|sm90ws|sm90ws-persistent|auto overrides the choice,
 // to compare the kernels or to fall back; it is read at every call (getenv costs far less than a
-// launch), so a benchmark can switch kernels inside one process. sm90ws-persistent is sm90ws on
-// its persistent grid (kernel_sm90_ws_persistent.cuh; exact mode; not the default while it is
-// measured).
+// launch), so a benchmark can switch kernels inside one process. sm90ws and sm90ws-persistent
+// are the same kernel on its row grid and on its persistent grid (persistent_grid below; exact
+// mode).
 constexpr const char* kPersistentSm90Ws = "sm90ws-persistent";
 Status kernel_override(const char** value) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
@@ -190,10 +190,23 @@ Status kernel_override(const char** value) {
                              kPersistentSm90Ws, ", got '", env, "'"));
 }
 
-// Whether sm90ws runs on its persistent grid (SPARGE_CUDA_KERNEL=sm90ws-persistent).
-bool persistent_grid() {
+// Which grid sm90ws runs (kernel_sm90_ws_persistent.cuh): SPARGE_CUDA_KERNEL=sm90ws forces the
+// row grid, sm90ws-persistent the persistent grid; otherwise the persistent grid where no row can
+// keep more than kPersistentMaxRowBlocks key blocks (N up to 4K, sliding windows up to ~3.9K
+// keys), the row grid elsewhere. Measured on an H100 in one process, both orders
+// (bench/results/2026-12-06_NVIDIA-H100_persistent-grid.md): at N 4K (64 blocks a row) the
+// persistent grid is 1.03x (dense) to 1.2-1.3x (block sparsity 0.9) the row grid, causal 1.06x;
+// W 512 windows 1.16-1.18x; with longer rows its fixed row order loses to the hardware's dynamic
+// one (N 8K causal 0.95x, 32K causal 0.88-0.92x; W 4096 0.97-1.0x).
+constexpr int64_t kPersistentMaxRowBlocks = 64;
+bool persistent_grid(const AttnParams& a) {
   const char* env = std::getenv("SPARGE_CUDA_KERNEL");
-  return env != nullptr && !std::strcmp(env, kPersistentSm90Ws);
+  if (env != nullptr && !std::strcmp(env, kPersistentSm90Ws)) return true;
+  if (env != nullptr && !std::strcmp(env, "sm90ws")) return false;
+  // The keys a query block's rows see lie in [q0 + key_lo, q0 + kTileQ - 1 + key_hi].
+  const int64_t band_keys = int64_t(a.key_hi) - a.key_lo + kTileQ;
+  const int64_t band_blocks = (band_keys + kTileK - 1) / kTileK + 1;  // + 1: unaligned edges
+  return std::min<int64_t>(a.num_k_blocks, band_blocks) <= kPersistentMaxRowBlocks;
 }
 
 // `why` says what chose the kernel, for the error of a head dim that it lacks.
@@ -251,7 +264,7 @@ Status launch(Kernel kernel, const AttnParams& params, cudaStream_t stream) {
       break;
     case Kernel::kSm90Ws:
       if constexpr (kernel_has_head_dim(Kernel::kSm90Ws, kHeadDim))
-        return launch_attn_sm90ws<T, kHeadDim, kBanded>(params, stream, persistent_grid());
+        return launch_attn_sm90ws<T, kHeadDim, kBanded>(params, stream, persistent_grid(params));
       break;
     default:
       if constexpr (kernel_has_head_dim(Kernel::kSm80, kHeadDim))
