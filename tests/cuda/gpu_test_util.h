@@ -54,6 +54,30 @@ class DeviceBuffer {
   std::size_t bytes_ = 0;
 };
 
+// The extras a GPU test reads back: the LSE of `rows` query rows (NaN-poisoned before the call)
+// and the λ counters of `heads` query heads (zeroed), wired into `extras`.
+struct ExtrasOut {
+  DeviceBuffer lse, counters;
+  AttentionExtras extras;
+  ExtrasOut(int64_t rows, int64_t heads)
+      : lse(sizeof(float) * rows), counters(sizeof(unsigned long long) * heads * 2) {
+    cudaMemset(lse.get(), 0xff, lse.bytes());
+    cudaMemset(counters.get(), 0, counters.bytes());
+    extras.lse = static_cast<float*>(lse.get());
+    extras.pv_counters = static_cast<unsigned long long*>(counters.get());
+  }
+  std::vector<float> lse_host() const {
+    std::vector<float> h(lse.bytes() / sizeof(float));
+    cudaMemcpy(h.data(), lse.get(), lse.bytes(), cudaMemcpyDeviceToHost);
+    return h;
+  }
+  std::vector<unsigned long long> counters_host() const {
+    std::vector<unsigned long long> h(counters.bytes() / sizeof(unsigned long long));
+    cudaMemcpy(h.data(), counters.get(), counters.bytes(), cudaMemcpyDeviceToHost);
+    return h;
+  }
+};
+
 // A device copy of a HostTensor's storage with the same strides.
 struct DeviceTensor {
   DeviceBuffer buf;

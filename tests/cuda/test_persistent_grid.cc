@@ -61,28 +61,21 @@ GridRun run(const Case& c, const char* kernel) {
                      v = DeviceTensor::upload(hv);
   const DeviceMask mask = DeviceMask::upload(random_mask(c, opts));
   DeviceTensor out = DeviceTensor::upload(HostTensor::poisoned(c.B, c.Hq, c.N, c.D, c.dtype, Layout::kHND));
-  DeviceBuffer lse(sizeof(float) * c.B * c.Hq * c.N), counters(sizeof(unsigned long long) * c.Hq * 2);
-  cudaMemset(lse.get(), 0xff, lse.bytes());  // NaN
-  cudaMemset(counters.get(), 0, counters.bytes());
-  AttentionExtras extras;
-  extras.lse = static_cast<float*>(lse.get());
-  extras.pv_counters = static_cast<unsigned long long*>(counters.get());
+  const ExtrasOut extras(c.B * c.Hq * c.N, c.Hq);
   const std::size_t bytes = workspace_size(problem_shape(q.view, k.view), opts, Device::kCUDA);
   DeviceBuffer workspace(bytes);
   ExecContext ctx;
   ctx.workspace = workspace.get();
   ctx.workspace_bytes = bytes;
   GridRun r;
-  r.status = block_sparse_attention(q.view, k.view, v.view, mask.mask, opts, out.view, extras, ctx);
+  r.status = block_sparse_attention(q.view, k.view, v.view, mask.mask, opts, out.view, extras.extras, ctx);
   const cudaError_t sync = cudaDeviceSynchronize();
   if (r.status.is_ok() && sync != cudaSuccess)
     r.status = Status::internal(std::string("cudaDeviceSynchronize: ") + cudaGetErrorString(sync));
   if (!r.status.is_ok()) return r;
   r.out = out.download();
-  r.lse.resize(c.B * c.Hq * c.N);
-  r.counters.resize(c.Hq * 2);
-  cudaMemcpy(r.lse.data(), lse.get(), lse.bytes(), cudaMemcpyDeviceToHost);
-  cudaMemcpy(r.counters.data(), counters.get(), counters.bytes(), cudaMemcpyDeviceToHost);
+  r.lse = extras.lse_host();
+  r.counters = extras.counters_host();
   return r;
 }
 
