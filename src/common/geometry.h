@@ -86,6 +86,32 @@ SPARGE_HD int64_t key_end(const int32_t* key_lengths, int64_t b, int64_t seq_k) 
   return len < 0 ? 0 : (len > seq_k ? seq_k : len);
 }
 
+// The attention kernels' element mask, per row and per thread: the thread's score columns are
+// keys c0 + j (j a compile-time offset in [0, block_k)), and row `row` sees key c0 + j iff
+// first <= j <= last, the same pairs as "c0 + j < key_end and (unless banded is false)
+// key_lo <= c0 + j - row <= key_hi" (the band of AttnParams, clamped to ints). Two bounds a row
+// (in 64 bits, then clamped to [-1, block_k], where every bound past the block acts the same) make
+// each score one or two compares with an immediate instead of the key's index and three compares.
+struct VisibleColumns {
+  int first, last;
+  SPARGE_HD bool contains(int j) const { return j >= first && j <= last; }
+};
+
+SPARGE_HD int clamp_to_block(int64_t x, int block_k) {
+  return x < -1 ? -1 : (x > block_k ? block_k : int(x));
+}
+
+SPARGE_HD VisibleColumns visible_columns(int row, int c0, int key_end, int key_lo, int key_hi,
+                                         bool banded, int block_k) {
+  int64_t last = int64_t(key_end) - 1 - c0, first = -1;
+  if (banded) {
+    const int64_t band_last = int64_t(row) + key_hi - c0;
+    if (band_last < last) last = band_last;
+    first = int64_t(row) + key_lo - c0;
+  }
+  return VisibleColumns{clamp_to_block(first, block_k), clamp_to_block(last, block_k)};
+}
+
 // The key blocks query block qb may touch: [begin, end), empty when begin == end. The block's
 // first row sees the leftmost keys, its last valid row the rightmost, and every key between
 // them is seen by some row (the band moves one key per row and is at least one key wide).

@@ -130,6 +130,39 @@ std::vector<double> naive(const std::vector<float>& q, const std::vector<float>&
 
 void PrintTo(const WindowCase& c, std::ostream* os) { *os << c.name; }
 
+// The CUDA kernels' element mask (cuda/attention/mainloop_sm80.cuh apply_mask) takes each row's
+// visible columns as two bounds (detail::visible_columns); they must hide exactly the pairs of the
+// rule they replaced, "key >= key_end, or (banded) key - row outside [key_lo, key_hi]", for every
+// thread column c0 + j, also where the bounds would overflow an int (band ends at ±2^31 - 1 scale).
+TEST(WindowGeometry, KernelColumnBoundsHideExactlyTheMaskedPairs) {
+  std::mt19937_64 rng(31);
+  constexpr int kBlockN = 64;
+  const int big = std::numeric_limits<int>::max() - 64;
+  auto pick = [&](int lo, int hi) { return lo + int(rng() % uint64_t(int64_t(hi) - lo + 1)); };
+  int64_t checked = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const bool extreme = trial % 4 == 0;
+    const int row = extreme ? pick(0, big) : pick(0, 5000);
+    const int key0 = extreme ? pick(0, big / 64) * 64 : pick(0, 100) * 64;
+    const int c0 = key0 + 2 * pick(0, 3);
+    const int key_end = extreme ? pick(0, big) : pick(0, 7000);
+    const int key_lo = extreme ? pick(-big, big) : pick(-6000, 300);
+    const int key_hi = extreme ? pick(key_lo, big) : pick(key_lo, 6000);
+    const bool banded = rng() % 4 != 0;
+    const detail::VisibleColumns v =
+        detail::visible_columns(row, c0, key_end, key_lo, key_hi, banded, kBlockN);
+    for (int j = 0; j < kBlockN; ++j) {
+      const int64_t key = int64_t(c0) + j, d = key - row;
+      const bool masked = key >= key_end || (banded && (d > key_hi || d < key_lo));
+      ASSERT_EQ(v.contains(j), !masked) << "row " << row << " c0 " << c0 << " j " << j << " key_end "
+                                        << key_end << " band [" << key_lo << ", " << key_hi << "] banded "
+                                        << banded;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 20000 * kBlockN);
+}
+
 class WindowAttention : public ::testing::TestWithParam<WindowCase> {};
 
 // Dense thresholds (every block non-similar, λ = ∞): Stage 1 keeps exactly the allowed blocks,

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/geometry.h"
 #include "cuda/attention/params.h"
 #include "cuda/attention/traits.cuh"
 #include "cuda/common/dense_mask.cuh"
@@ -163,19 +164,20 @@ __device__ __forceinline__ bool block_needs_mask(const AttnParams& p, int key_en
 
 // Set masked pairs of one slab to -inf: keys at or past key_end, and (banded) keys outside the
 // row's band. Called only on tiles for which block_needs_mask holds.
+// Each row's visible columns are two bounds (detail::visible_columns), so a score costs two
+// compares with immediates and a select.
 template <typename Traits, bool kBanded>
 __device__ __forceinline__ void apply_mask(float (&s)[Traits::kBlockN / 8][4], const AttnParams& p,
                                            int key_end, int row_g, int key0, int lane) {
+  const int c0 = key0 + (lane & 3) * 2;  // this thread's first column: keys c0 + 8n + {0, 1}
+  const detail::VisibleColumns visible[2] = {
+      detail::visible_columns(row_g, c0, key_end, p.key_lo, p.key_hi, kBanded, Traits::kBlockN),
+      detail::visible_columns(row_g + 8, c0, key_end, p.key_lo, p.key_hi, kBanded, Traits::kBlockN)};
 #pragma unroll
   for (int n = 0; n < Traits::kBlockN / 8; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = key0 + n * 8 + (lane & 3) * 2 + (e & 1);
-      const int row = row_g + (e >> 1) * 8;
-      bool masked = key >= key_end;
-      if (kBanded) masked = masked || key - row > p.key_hi || key - row < p.key_lo;
-      if (masked) s[n][e] = -INFINITY;
-    }
+    for (int e = 0; e < 4; ++e)
+      if (!visible[e >> 1].contains(n * 8 + (e & 1))) s[n][e] = -INFINITY;
 }
 
 // A dense attention mask on one slab of a kept tile whose class is not plain (banded instances,
