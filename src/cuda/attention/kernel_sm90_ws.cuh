@@ -13,7 +13,8 @@
 //   too small for it, store from registers.
 // Shared memory (traits_sm90_ws.cuh): Q 128×D + kStages × (K + V) kTurnN×D, SW128 layout:
 //   d256 2 stages, 194 KiB; d128 2 stages, 162 KiB; d64 4 stages, 210 KiB; one CTA (384
-//   threads) per SM, one CTA per BlockMask row.
+//   threads) per SM, one CTA per BlockMask row (this file; kernel_sm90_ws_persistent.cuh runs the
+//   same roles and mainloop on a persistent grid, where dispatch.cu chooses it).
 // The default kernel on sm_90 (dispatch.cu; SPARGE_CUDA_KERNEL=sm90 or sm80 picks another) and
 //   the only one with head dim 256. The launcher falls back to attn_fwd_sm90 where the TMA
 //   cannot address Q, K or V (launch_sm90_ws.cuh); at d256, which attn_fwd_sm90 lacks, it

@@ -12,9 +12,11 @@
 // Why: the row grid's CTA pays its prologue, first loads and epilogue with nothing overlapping
 // them, about two turns' time per CTA (bench/results/2026-12-06_NVIDIA-H100_dense-row-length.md):
 // 6% of a 32-turn row at N 4K, ~30% of a W 512 sliding-window row of 5 turns.
-// The static schedule (no counter) is the row grid's order without its dynamic assignment: rows of
-// unequal weight (causal, sparse masks) may leave SMs idle at the end. Chosen by
-// SPARGE_CUDA_KERNEL=sm90ws-persistent (dispatch.cu) while it is measured; exact mode only.
+// The fixed order (no counter) is the row grid's order without its dynamic assignment: rows of
+// unequal weight (long causal rows, sparse masks) may leave SMs idle at the end, and CTAs that
+// drift apart share less K/V in L2 (measured: bench/results/2026-12-06_NVIDIA-H100_persistent-grid.md).
+// Chosen by dispatch.cu (persistent_grid): by default where no row can keep more than 64 key
+// blocks, or forced by SPARGE_CUDA_KERNEL=sm90ws-persistent; exact mode only.
 #pragma once
 
 #include <cstdint>

@@ -93,7 +93,7 @@ Status launch_attn(const AttnParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90(const AttnParams& params, cudaStream_t stream);
 // The warp-specialized TMA kernel (sm_90a; launch_sm90_ws.cuh), the default on sm_90; persistent:
-// its persistent grid (kernel_sm90_ws_persistent.cuh, SPARGE_CUDA_KERNEL=sm90ws-persistent).
+// on its persistent grid (kernel_sm90_ws_persistent.cuh; dispatch.cu's persistent_grid decides).
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream, bool persistent = false);
 // Its quantized variant (launch_sm90_q8.cuh): T is the output's type; k, v of `params` unused.
