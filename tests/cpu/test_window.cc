@@ -138,7 +138,9 @@ TEST(WindowGeometry, KernelColumnBoundsHideExactlyTheMaskedPairs) {
   std::mt19937_64 rng(31);
   constexpr int kBlockN = 64;
   const int big = std::numeric_limits<int>::max() - 64;
-  auto pick = [&](int lo, int hi) { return lo + int(rng() % uint64_t(int64_t(hi) - lo + 1)); };
+  auto pick = [&](int lo, int hi) {  // uniform in [lo, hi], in 64 bits: hi - lo may pass 2^31
+    return int(int64_t(lo) + int64_t(rng() % uint64_t(int64_t(hi) - lo + 1)));
+  };
   int64_t checked = 0;
   for (int trial = 0; trial < 20000; ++trial) {
     const bool extreme = trial % 4 == 0;
