@@ -22,21 +22,6 @@
 
 namespace sparge::cuda {
 
-// The SMs of the current device (cached per device: the attribute query is not free).
-inline Status multiprocessor_count(int* count) {
-  constexpr int kDevices = 64;
-  static int cached[kDevices] = {};
-  int device = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < kDevices && cached[device] > 0) {
-    *count = cached[device];
-    return Status::ok();
-  }
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device));
-  if (device < kDevices) cached[device] = *count;
-  return Status::ok();
-}
-
 template <typename T, int kHeadDim, bool kBanded>
 Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream, bool persistent) {
   using Traits = AttnTraitsSm90Ws<T, kHeadDim>;
@@ -63,10 +48,12 @@ Status launch_attn_sm90ws(const AttnParams& params, cudaStream_t stream, bool pe
       return launch_attn_sm90<T, kHeadDim, kBanded>(params, stream);
   }
 
-  const int64_t rows = int64_t(params.num_q_blocks) * params.heads_q * params.batch;
   if (persistent) {
-    int sms = 0;
-    SPARGE_RETURN_IF_ERROR(multiprocessor_count(&sms));
+    // One CTA per SM (a host-side lookup, as dispatch.cu's compute-capability queries each call).
+    int device = 0, sms = 0;
+    SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+    SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t rows = int64_t(params.num_q_blocks) * params.heads_q * params.batch;
     const int64_t ctas = rows < sms ? rows : sms;
     if (rows + ctas < (int64_t(1) << 31))  // the kernel's row index is an int
       return launch_kernel_on<attn_fwd_sm90_ws_persistent<Traits, kBanded>>(
