@@ -485,8 +485,9 @@ struct MainloopSm90Tma {
     // Descriptors built once; a turn only advances their start address (sw128_desc_advance).
     uint64_t dq = q_desc(smem_addr(q_tile), consumer);
     // Opaque to ptxas: with the persistent kernel's Q tile chosen at run time it otherwise rebuilt
-    // the Q descriptors from the address inside the turn loop (+45 instructions in the loop's
-    // SASS, d128); the row grid's loop is the same either way (1643 instructions).
+    // the Q descriptors from the address inside the turn loop (a mask and moves per wgmma); the
+    // row grid's loop is the same either way
+    // (bench/results/2026-12-06_sm90a-sass_attention-turn-loops.txt).
     asm volatile("" : "+l"(dq));
     const uint64_t dk0 = sw128_desc(smem_addr(smem.k[0]), 16, kSw128AtomBytes);
     const uint64_t dv0 = sw128_desc(smem_addr(smem.v[0]), Traits::kTurnN * kSw128RowBytes,
